@@ -1,0 +1,101 @@
+/* tern guest ABI, version 1 — the C interface between a service (wasm32-wasi guest)
+ * and the tern runtime.
+ *
+ * A service is a wasm32-wasi *reactor* module. It exports:
+ *   - `memory` (its linear memory; wasm-ld exports it by default),
+ *   - one function per handler, `int32_t NAME(void)`, named in the manifest,
+ *   - optionally `_initialize` (run once when a fresh instance starts, never after a
+ *     restore) and `__stack_pointer` (lets the runtime verify request boundaries).
+ * It imports only functions of the module "tern_v1" listed below (and, for libc++
+ * guests, a few WASI functions the runtime stubs). The import module carries the ABI
+ * version: a runtime refuses at deploy time a module that imports anything it does not
+ * provide, naming the import.
+ *
+ * A handler reads its request with tern_request_read(), answers with tern_reply()
+ * (at most once; the last call wins) and returns 0. Returning non-zero, or calling
+ * tern_fail(), fails the request with that status code. State kept in linear memory
+ * between requests is the instance's state: it survives snapshot, restore and
+ * migration when the service is `stateful`.
+ *
+ * Status codes are tern's (see TERN_* below); the same numbers are used on the wire.
+ */
+#ifndef TERN_TERN_H_
+#define TERN_TERN_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TERN_ABI_VERSION 1
+
+/* Status codes (same numbers as tern::StatusCode). */
+#define TERN_OK 0
+#define TERN_CANCELLED 1
+#define TERN_UNKNOWN 2
+#define TERN_INVALID_ARGUMENT 3
+#define TERN_DEADLINE_EXCEEDED 4
+#define TERN_NOT_FOUND 5
+#define TERN_ALREADY_EXISTS 6
+#define TERN_PERMISSION_DENIED 7
+#define TERN_RESOURCE_EXHAUSTED 8
+#define TERN_FAILED_PRECONDITION 9
+#define TERN_ABORTED 10
+#define TERN_OUT_OF_RANGE 11
+#define TERN_UNIMPLEMENTED 12
+#define TERN_INTERNAL 13
+#define TERN_UNAVAILABLE 14
+
+/* Log levels for tern_log. */
+#define TERN_LOG_DEBUG 0
+#define TERN_LOG_INFO 1
+#define TERN_LOG_WARN 2
+#define TERN_LOG_ERROR 3
+
+/* Clocks for tern_clock_ns. */
+#define TERN_CLOCK_MONOTONIC 0
+#define TERN_CLOCK_REALTIME 1
+
+#if defined(__wasm__)
+#define TERN_IMPORT(name) __attribute__((import_module("tern_v1"), import_name(#name)))
+#define TERN_EXPORT(name) __attribute__((export_name(#name)))
+#else
+#define TERN_IMPORT(name)
+#define TERN_EXPORT(name)
+#endif
+
+/* Size in bytes of the current request's payload. */
+TERN_IMPORT(request_len) uint32_t tern_request_len(void);
+
+/* Copies up to `len` bytes of the request payload, starting at `offset`, to `dst`.
+ * Returns the number of bytes copied (0 at or past the end). Traps if `dst..dst+len`
+ * is outside linear memory. */
+TERN_IMPORT(request_read) uint32_t tern_request_read(void* dst, uint32_t len, uint32_t offset);
+
+/* Sets the reply payload (copied). Returns TERN_OK, or TERN_RESOURCE_EXHAUSTED if
+ * `len` exceeds the service's response limit (the reply is then left unchanged). */
+TERN_IMPORT(reply) int32_t tern_reply(const void* data, uint32_t len);
+
+/* Fails the current request with `code` (non-zero) and a message (copied); the
+ * handler should return right after. */
+TERN_IMPORT(fail) void tern_fail(int32_t code, const char* msg, uint32_t msg_len);
+
+/* Writes a log line attributed to this instance. Rate-limited by the runtime. */
+TERN_IMPORT(log) void tern_log(int32_t level, const char* msg, uint32_t msg_len);
+
+/* Nanoseconds on the given clock (TERN_CLOCK_*). */
+TERN_IMPORT(clock_ns) int64_t tern_clock_ns(int32_t clock);
+
+/* --- Reserved for later ABI revisions (not provided by ABI v1 runtimes) -----------
+ * Calls to other services (tern_call) and dataset reads (tern_data_read/size/list)
+ * come with the data-plane and near-data issues; they will be added to "tern_v1" as
+ * optional imports, so v1 guests keep working. A module that imports a function the
+ * runtime does not provide is refused at deploy time with the import's name. */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TERN_TERN_H_ */

@@ -1,0 +1,67 @@
+#include "core/logging.h"
+
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+
+namespace tern {
+namespace {
+
+LogLevel InitialLevel() {
+  const char* env = std::getenv("TERN_LOG_LEVEL");
+  LogLevel level = LogLevel::kInfo;
+  if (env != nullptr) ParseLogLevel(env, &level);
+  return level;
+}
+
+std::atomic<int>& LevelStore() {
+  static std::atomic<int> level{static_cast<int>(InitialLevel())};
+  return level;
+}
+
+}  // namespace
+
+void SetMinLogLevel(LogLevel level) { LevelStore().store(static_cast<int>(level)); }
+LogLevel MinLogLevel() { return static_cast<LogLevel>(LevelStore().load(std::memory_order_relaxed)); }
+
+bool ParseLogLevel(std::string_view s, LogLevel* out) {
+  if (s == "debug") *out = LogLevel::kDebug;
+  else if (s == "info") *out = LogLevel::kInfo;
+  else if (s == "warn" || s == "warning") *out = LogLevel::kWarning;
+  else if (s == "error") *out = LogLevel::kError;
+  else return false;
+  return true;
+}
+
+namespace internal {
+
+LogMessage::LogMessage(LogLevel level, const char* file, int line) : level_(level) {
+  static constexpr char kLetters[] = "DIWEF";
+  struct timeval tv;
+  gettimeofday(&tv, nullptr);
+  struct tm tm;
+  localtime_r(&tv.tv_sec, &tm);
+  const char* base = std::strrchr(file, '/');
+  base = base ? base + 1 : file;
+  char prefix[96];
+  std::snprintf(prefix, sizeof(prefix), "%c%02d%02d %02d:%02d:%02d.%06ld %s:%d] ",
+                kLetters[static_cast<int>(level)], tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                tm.tm_min, tm.tm_sec, static_cast<long>(tv.tv_usec), base, line);
+  os_ << prefix;
+}
+
+LogMessage::~LogMessage() {
+  os_ << '\n';
+  std::string s = os_.str();
+  ssize_t ignored = ::write(STDERR_FILENO, s.data(), s.size());
+  (void)ignored;
+  if (level_ == LogLevel::kFatal) std::abort();
+}
+
+}  // namespace internal
+}  // namespace tern

@@ -1,0 +1,170 @@
+#include "core/manifest.h"
+
+#include <fmt/format.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <set>
+
+#include "core/file.h"
+#include "core/ids.h"
+
+namespace tern {
+namespace {
+
+Status FieldError(const std::string& source, const YAML::Node& node, const std::string& field,
+                  const std::string& what) {
+  const YAML::Mark m = node.Mark();
+  if (m.line >= 0) {
+    return InvalidArgumentError(
+        fmt::format("{}:{}: field '{}': {}", source, m.line + 1, field, what));
+  }
+  return InvalidArgumentError(fmt::format("{}: field '{}': {}", source, field, what));
+}
+
+Result<std::string> GetString(const std::string& src, const YAML::Node& n, const std::string& f) {
+  if (!n.IsScalar()) return FieldError(src, n, f, "expected a string");
+  return n.Scalar();
+}
+
+Result<uint32_t> GetUint(const std::string& src, const YAML::Node& n, const std::string& f,
+                         uint32_t lo, uint32_t hi) {
+  if (!n.IsScalar()) return FieldError(src, n, f, "expected an integer");
+  const std::string& s = n.Scalar();
+  if (s.empty() || s.size() > 10 || !std::all_of(s.begin(), s.end(), ::isdigit)) {
+    return FieldError(src, n, f, fmt::format("expected an integer in [{}, {}], got '{}'", lo, hi, s));
+  }
+  uint64_t v = std::stoull(s);
+  if (v < lo || v > hi) {
+    return FieldError(src, n, f, fmt::format("expected an integer in [{}, {}], got {}", lo, hi, v));
+  }
+  return static_cast<uint32_t>(v);
+}
+
+Result<bool> GetBool(const std::string& src, const YAML::Node& n, const std::string& f) {
+  if (!n.IsScalar()) return FieldError(src, n, f, "expected true or false");
+  const std::string& s = n.Scalar();
+  if (s == "true" || s == "yes") return true;
+  if (s == "false" || s == "no") return false;
+  return FieldError(src, n, f, fmt::format("expected true or false, got '{}'", s));
+}
+
+Status ParseLimits(const std::string& src, const YAML::Node& n, ServiceLimits* out) {
+  if (!n.IsMap()) return FieldError(src, n, "limits", "expected a mapping");
+  for (const auto& kv : n) {
+    const std::string key = kv.first.Scalar();
+    const YAML::Node& v = kv.second;
+    if (key == "memory_mib") {
+      TERN_ASSIGN_OR_RETURN(out->memory_mib, GetUint(src, v, "limits.memory_mib", 1, kMaxMemoryMib));
+    } else if (key == "cpu_ms") {
+      TERN_ASSIGN_OR_RETURN(out->cpu_ms, GetUint(src, v, "limits.cpu_ms", 1, kMaxCpuMs));
+    } else if (key == "request_kib") {
+      TERN_ASSIGN_OR_RETURN(out->request_kib, GetUint(src, v, "limits.request_kib", 1, kMaxPayloadKib));
+    } else if (key == "response_kib") {
+      TERN_ASSIGN_OR_RETURN(out->response_kib, GetUint(src, v, "limits.response_kib", 1, kMaxPayloadKib));
+    } else {
+      return FieldError(src, kv.first, "limits." + key,
+                        "unknown field (expected memory_mib, cpu_ms, request_kib, response_kib)");
+    }
+  }
+  return Status::Ok();
+}
+
+Result<Manifest> ParseNode(const YAML::Node& root, const std::string& src) {
+  if (!root.IsMap()) {
+    return InvalidArgumentError(src + ": a manifest must be a YAML mapping (name: ..., version: ...)");
+  }
+  Manifest m;
+  bool has_name = false, has_version = false, has_handlers = false;
+  for (const auto& kv : root) {
+    if (!kv.first.IsScalar()) return FieldError(src, kv.first, "?", "keys must be strings");
+    const std::string key = kv.first.Scalar();
+    const YAML::Node& v = kv.second;
+    if (key == "name") {
+      TERN_ASSIGN_OR_RETURN(m.name, GetString(src, v, key));
+      if (!IsValidName(m.name)) {
+        return FieldError(src, v, key, fmt::format("'{}' is not a valid name ([a-z0-9._-], 1-63 "
+                                                   "characters, starting with a letter or digit)", m.name));
+      }
+      has_name = true;
+    } else if (key == "version") {
+      TERN_ASSIGN_OR_RETURN(m.version, GetString(src, v, key));
+      if (m.version.empty() || m.version.size() > 64) return FieldError(src, v, key, "expected 1-64 characters");
+      has_version = true;
+    } else if (key == "module") {
+      TERN_ASSIGN_OR_RETURN(m.module, GetString(src, v, key));
+    } else if (key == "stateful") {
+      TERN_ASSIGN_OR_RETURN(m.stateful, GetBool(src, v, key));
+    } else if (key == "tenant") {
+      TERN_ASSIGN_OR_RETURN(m.tenant, GetString(src, v, key));
+      if (!IsValidName(m.tenant)) return FieldError(src, v, key, "not a valid name");
+    } else if (key == "replicas") {
+      TERN_ASSIGN_OR_RETURN(m.replicas, GetUint(src, v, key, 1, 10000));
+    } else if (key == "handlers") {
+      if (!v.IsSequence() || v.size() == 0) {
+        return FieldError(src, v, key, "expected a non-empty list of handler names, e.g. [handle]");
+      }
+      std::set<std::string> seen;
+      for (const auto& h : v) {
+        TERN_ASSIGN_OR_RETURN(std::string name, GetString(src, h, "handlers[]"));
+        if (name.empty() || name.size() > 63 || ::isdigit(static_cast<unsigned char>(name[0])) ||
+            name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") !=
+                std::string::npos) {
+          return FieldError(src, h, "handlers[]", fmt::format("'{}' is not a valid handler name", name));
+        }
+        if (name.rfind("tern_", 0) == 0 || name == "memory" || name == "_initialize" || name == "_start") {
+          return FieldError(src, h, "handlers[]", fmt::format("'{}' is reserved by the runtime", name));
+        }
+        if (!seen.insert(name).second) {
+          return FieldError(src, h, "handlers[]", fmt::format("'{}' is listed twice", name));
+        }
+        m.handlers.push_back(name);
+      }
+      has_handlers = true;
+    } else if (key == "limits") {
+      TERN_RETURN_IF_ERROR(ParseLimits(src, v, &m.limits));
+    } else {
+      return FieldError(src, kv.first, key,
+                        "unknown field (expected name, version, module, stateful, handlers, "
+                        "tenant, replicas, limits)");
+    }
+  }
+  if (!has_name) return InvalidArgumentError(src + ": required field 'name' is missing");
+  if (!has_version) return InvalidArgumentError(src + ": required field 'version' is missing");
+  if (!has_handlers) return InvalidArgumentError(src + ": required field 'handlers' is missing");
+  return m;
+}
+
+}  // namespace
+
+bool Manifest::HasHandler(const std::string& h) const {
+  return std::find(handlers.begin(), handlers.end(), h) != handlers.end();
+}
+
+Result<Manifest> ParseManifest(const std::string& yaml_text, const std::string& source) {
+  try {
+    YAML::Node root = YAML::Load(yaml_text);
+    return ParseNode(root, source);
+  } catch (const YAML::Exception& e) {
+    return InvalidArgumentError(fmt::format("{}:{}:{}: YAML syntax error: {}", source,
+                                            e.mark.line + 1, e.mark.column + 1, e.msg));
+  }
+}
+
+Result<Manifest> LoadManifest(const std::string& path) {
+  TERN_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  return ParseManifest(text, path);
+}
+
+std::string ManifestToYaml(const Manifest& m) {
+  std::string s = fmt::format("name: {}\nversion: \"{}\"\n", m.name, m.version);
+  if (!m.module.empty()) s += fmt::format("module: \"{}\"\n", m.module);
+  s += fmt::format("stateful: {}\nhandlers: [", m.stateful ? "true" : "false");
+  for (size_t i = 0; i < m.handlers.size(); ++i) s += (i ? ", " : "") + m.handlers[i];
+  s += fmt::format("]\ntenant: {}\nreplicas: {}\n", m.tenant, m.replicas);
+  s += fmt::format("limits:\n  memory_mib: {}\n  cpu_ms: {}\n  request_kib: {}\n  response_kib: {}\n",
+                   m.limits.memory_mib, m.limits.cpu_ms, m.limits.request_kib, m.limits.response_kib);
+  return s;
+}
+
+}  // namespace tern

@@ -1,0 +1,83 @@
+#include "core/manifest.h"
+
+#include <gtest/gtest.h>
+
+namespace tern {
+namespace {
+
+constexpr char kGood[] = R"(
+name: counter
+version: 1.0.0
+module: counter.wasm
+stateful: true
+handlers: [incr, get]
+limits:
+  memory_mib: 16
+  cpu_ms: 50
+)";
+
+TEST(ManifestTest, ParsesAllFields) {
+  Result<Manifest> m = ParseManifest(kGood, "counter.yaml");
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->name, "counter");
+  EXPECT_EQ(m->version, "1.0.0");
+  EXPECT_EQ(m->module, "counter.wasm");
+  EXPECT_TRUE(m->stateful);
+  EXPECT_EQ(m->handlers, (std::vector<std::string>{"incr", "get"}));
+  EXPECT_EQ(m->limits.memory_mib, 16u);
+  EXPECT_EQ(m->limits.cpu_ms, 50u);
+  EXPECT_EQ(m->limits.request_kib, 1024u);  // default
+  EXPECT_TRUE(m->HasHandler("get"));
+  EXPECT_FALSE(m->HasHandler("put"));
+}
+
+TEST(ManifestTest, RoundTripsThroughYaml) {
+  Result<Manifest> m = ParseManifest(kGood, "a");
+  ASSERT_TRUE(m.ok());
+  Result<Manifest> again = ParseManifest(ManifestToYaml(*m), "b");
+  ASSERT_TRUE(again.ok()) << again.status() << "\n" << ManifestToYaml(*m);
+  EXPECT_EQ(*m, *again);
+}
+
+struct BadCase {
+  const char* yaml;
+  const char* expect;  // substring of the error
+};
+
+class ManifestBadTest : public ::testing::TestWithParam<BadCase> {};
+
+TEST_P(ManifestBadTest, RejectsWithPreciseError) {
+  Result<Manifest> m = ParseManifest(GetParam().yaml, "svc.yaml");
+  ASSERT_FALSE(m.ok()) << GetParam().yaml;
+  EXPECT_EQ(m.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(m.status().message().find(GetParam().expect), std::string_view::npos)
+      << "got: " << m.status();
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, ManifestBadTest,
+    ::testing::Values(
+        BadCase{"version: 1\nhandlers: [a]\n", "'name' is missing"},
+        BadCase{"name: a\nhandlers: [a]\n", "'version' is missing"},
+        BadCase{"name: a\nversion: 1\n", "'handlers' is missing"},
+        BadCase{"name: Bad Name\nversion: 1\nhandlers: [a]\n", "not a valid name"},
+        BadCase{"name: a\nversion: 1\nhandlers: []\n", "non-empty list"},
+        BadCase{"name: a\nversion: 1\nhandlers: [a, a]\n", "listed twice"},
+        BadCase{"name: a\nversion: 1\nhandlers: [_initialize]\n", "reserved"},
+        BadCase{"name: a\nversion: 1\nhandlers: [a]\nstateful: maybe\n", "true or false"},
+        BadCase{"name: a\nversion: 1\nhandlers: [a]\nlimits:\n  memory_mib: 0\n", "svc.yaml:5"},
+        BadCase{"name: a\nversion: 1\nhandlers: [a]\nlimits:\n  memory_mib: -3\n", "limits.memory_mib"},
+        BadCase{"name: a\nversion: 1\nhandlers: [a]\nlimits:\n  cpu: 5\n", "unknown field"},
+        BadCase{"name: a\nversion: 1\nhandlers: [a]\ncolour: red\n", "svc.yaml:4: field 'colour'"},
+        BadCase{"name: [a\n", "YAML syntax error"},
+        BadCase{"- just\n- a list\n", "must be a YAML mapping"},
+        BadCase{"", "must be a YAML mapping"}));
+
+TEST(ManifestTest, MissingFileIsNotFound) {
+  Result<Manifest> m = LoadManifest("/nonexistent/tern/manifest.yaml");
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().code(), StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace tern

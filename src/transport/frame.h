@@ -1,0 +1,94 @@
+// Frame: the unit of tern's data-plane protocol, the same on every transport
+// (TCP now; shared memory and in-process later). Byte layout, version 1, little-endian
+// (docs/formats/frame.md):
+//
+//   off size field
+//   0   4    magic        "TRN1" (0x314E5254 as a little-endian u32)
+//   4   1    version      1
+//   5   1    type         FrameType
+//   6   2    flags        reserved, 0
+//   8   8    request_id
+//   16  8    epoch        routing epoch of the sender's view (0 = none)
+//   24  4    budget_us    time the receiver may spend, from receipt (0 = none)
+//   28  4    status       StatusCode (kError frames), else 0
+//   32  2    tenant_len   \
+//   34  2    service_len   } lengths of the strings that follow the header
+//   36  2    handler_len  /
+//   38  2    reserved, 0
+//   40  4    payload_len
+//   44  4    header_crc   CRC-32C of bytes 0..43
+//   48  ...  tenant, service, handler (UTF-8, no terminator), then payload
+//
+// Frame is a value type. FrameDecoder is a streaming decoder owned by one connection;
+// not thread-safe. A malformed frame is an error for that connection only.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/status.h"
+
+namespace tern::transport {
+
+inline constexpr uint32_t kFrameMagic = 0x314E5254;  // "TRN1"
+inline constexpr uint8_t kFrameVersion = 1;
+inline constexpr size_t kFrameHeaderBytes = 48;
+inline constexpr size_t kMaxNameBytes = 255;
+// Default bound on payloads; a decoder may be configured lower.
+inline constexpr uint32_t kMaxPayloadBytes = 64u << 20;
+
+enum class FrameType : uint8_t {
+  kInvoke = 1,   // call service/handler with payload
+  kReply = 2,    // successful answer to request_id
+  kError = 3,    // failed answer: status + message in payload
+  kMoved = 4,    // instance moved; payload says where (data-plane issue)
+  kPing = 5,     // liveness; answered with kPong
+  kPong = 6,
+};
+bool IsKnownFrameType(uint8_t t);
+
+struct Frame {
+  FrameType type = FrameType::kInvoke;
+  uint64_t request_id = 0;
+  uint64_t epoch = 0;
+  uint32_t budget_us = 0;
+  StatusCode status = StatusCode::kOk;
+  std::string tenant;
+  std::string service;
+  std::string handler;
+  std::string payload;
+
+  bool operator==(const Frame&) const = default;
+};
+
+// Appends the encoding of `f` to `out`. Returns kInvalidArgument if a name is longer
+// than kMaxNameBytes or the payload longer than kMaxPayloadBytes.
+Status EncodeFrame(const Frame& f, std::string* out);
+
+// Streaming decoder: feed bytes as they arrive, take frames out.
+class FrameDecoder {
+ public:
+  explicit FrameDecoder(uint32_t max_payload_bytes = kMaxPayloadBytes)
+      : max_payload_(max_payload_bytes) {}
+
+  // Appends received bytes.
+  void Feed(std::string_view bytes) { buf_.append(bytes.data(), bytes.size()); }
+  // Decodes the next complete frame into `out`. Returns true if one was decoded,
+  // false if more bytes are needed; an error (bad magic/version/type/CRC, oversized
+  // payload or name) is sticky: the connection should be closed.
+  Result<bool> Next(Frame* out);
+  size_t buffered() const { return buf_.size() - pos_; }
+
+ private:
+  uint32_t max_payload_;
+  std::string buf_;
+  size_t pos_ = 0;
+  Status error_;
+};
+
+// CRC-32C (Castagnoli), software table implementation.
+uint32_t Crc32c(const void* data, size_t n, uint32_t crc = 0);
+
+}  // namespace tern::transport

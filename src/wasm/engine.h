@@ -1,0 +1,137 @@
+// The sandbox: Engine / Module / Worker / Instance, independent of the wasm engine.
+//
+//   Engine   process-wide. Owns engine start-up, the compiled-module cache and the
+//            watchdog that enforces per-request CPU time. Thread-safe.
+//   Module   a compiled, validated module; immutable, shared (shared_ptr<const Module>)
+//            by every worker and instance that uses it. Thread-safe.
+//   Worker   one per thread that runs guests (for V8: one isolate). Created on, and
+//            used only from, the thread that runs its instances.
+//   Instance one running copy of a module inside a Worker: its state is its linear
+//            memory (+ the stack pointer, which is at its initial value between
+//            requests). Used only on its Worker's thread; destroy before the Worker.
+//
+// Failures inside a guest (trap, CPU-time limit, stack overflow, memory cap) come back
+// as a non-OK Status from Instance::Call; the instance may then hold a half-updated
+// state, so the caller (the agent) replaces it with a fresh instance restored from its
+// last good snapshot. Nothing in here throws.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/status.h"
+#include "wasm/module_info.h"
+#include "wasm/snapshot.h"
+
+namespace tern::wasm {
+
+inline constexpr uint32_t kWasmPageBytes = 65536;
+
+// What a guest's host calls (tern_v1.*) reach for the duration of one Call.
+// Implemented by the agent; the engine never keeps it past the Call.
+class HostCalls {
+ public:
+  virtual ~HostCalls() = default;
+  // The request payload; must stay valid for the whole Call.
+  virtual std::string_view Request() = 0;
+  // Sets the reply (the engine already checked the size against the limit).
+  virtual void SetReply(std::string_view bytes) = 0;
+  // The guest called tern_fail(code, msg) or returned `code` != 0.
+  virtual void SetFailure(StatusCode code, std::string_view message) = 0;
+  // tern_log and WASI fd_write to stdout/stderr.
+  virtual void Log(int32_t level, std::string_view line) = 0;
+};
+
+// Per-instance limits, checked by the engine.
+struct InstanceLimits {
+  uint32_t max_memory_pages = 1024;  // 64 MiB
+  uint32_t cpu_ms = 1000;            // CPU time per Call, measured on the worker thread
+  uint64_t max_reply_bytes = 1 << 20;
+};
+
+struct EngineOptions {
+  // Extra V8 flags ("--no-liftoff" etc.), for experiments; empty by default.
+  std::string engine_flags;
+  // How often the watchdog looks at running calls.
+  uint32_t watchdog_period_us = 2000;
+};
+
+class Module {
+ public:
+  virtual ~Module() = default;
+  // SHA-256 (hex) of the module bytes as deployed (before any rewriting).
+  virtual const std::string& hash() const = 0;
+  virtual const ModuleInfo& info() const = 0;
+  // The memory cap this module was compiled for.
+  virtual uint32_t max_memory_pages() const = 0;
+};
+
+class Instance;
+
+class Worker {
+ public:
+  virtual ~Worker() = default;
+  // Instantiates `module` (which must come from this worker's Engine). With
+  // `run_initialize`, calls the module's `_initialize` export if it has one; pass false
+  // when the instance is about to be restored from a snapshot.
+  virtual Result<std::unique_ptr<Instance>> Instantiate(std::shared_ptr<const Module> module,
+                                                         const InstanceLimits& limits,
+                                                         bool run_initialize) = 0;
+};
+
+class Instance {
+ public:
+  virtual ~Instance() = default;
+  virtual const Module& module() const = 0;
+
+  // Runs exported function `handler` (signature () -> i32) with `host` reachable
+  // through the tern_v1 imports. OK means the handler returned 0 and did not call
+  // tern_fail. Errors, with messages that say what happened:
+  //   kNotFound             no such export;
+  //   kDeadlineExceeded     the CPU-time limit was hit (the watchdog terminated it);
+  //   kResourceExhausted    the memory cap was hit, or the wasm stack overflowed;
+  //   kAborted              the guest trapped (out-of-bounds access, unreachable, ...);
+  //   the guest's own code  the guest failed the request (tern_fail or non-zero return).
+  // After kDeadlineExceeded, kResourceExhausted or kAborted the instance must not be
+  // used again (its memory may be half-updated): the caller discards it.
+  virtual Status Call(std::string_view handler, HostCalls* host) = 0;
+
+  // Linear memory, valid until the next Call (memory.grow may move or detach it).
+  virtual uint8_t* memory_data() = 0;
+  virtual uint64_t memory_bytes() = 0;
+
+  // The state between requests: memory bytes + stack pointer + module hash.
+  virtual Result<Snapshot> TakeSnapshot() = 0;
+  // Same, into `out`, reusing its buffer (no page faults when the size is unchanged):
+  // the fast path for repeated snapshots.
+  virtual Status SnapshotInto(Snapshot* out) = 0;
+  // Replaces the state with `snap` (same module hash required; memory grows as
+  // needed — a wasm memory cannot shrink, so restore into a fresh instance when the
+  // current one is larger than the snapshot).
+  virtual Status Restore(const Snapshot& snap) = 0;
+};
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  // Validates and compiles `wasm_bytes` with the memory cap `max_memory_pages`.
+  // The result is cached by (content hash, cap): a second call with the same bytes
+  // returns the same Module without compiling. Errors: kInvalidArgument for bytes that
+  // are not a valid wasm module, import something the runtime does not provide, or
+  // lack a `memory` export — the message names the problem.
+  virtual Result<std::shared_ptr<const Module>> Compile(std::string_view wasm_bytes,
+                                                        uint32_t max_memory_pages) = 0;
+  // Creates a Worker bound to the calling thread.
+  virtual Result<std::unique_ptr<Worker>> NewWorker() = 0;
+  // Number of distinct compiled modules in the cache (for tests and status).
+  virtual size_t CachedModuleCount() const = 0;
+};
+
+// The V8 engine (Debian's libnode). At most one per process: V8 is initialized once
+// and never torn down; creating a second returns kFailedPrecondition.
+Result<std::unique_ptr<Engine>> NewV8Engine(const EngineOptions& options);
+
+}  // namespace tern::wasm
