@@ -57,3 +57,37 @@ function(tern_add_guest)
     VERBATIM)
   add_custom_target(${ARG_NAME} ALL DEPENDS ${out})
 endfunction()
+
+# tern_add_native_guest(NAME <name> SOURCES <files...> [INCLUDES <dirs...>])
+#
+# Builds the same guest sources natively (host compiler, -O2) into a static library
+# <name>_native, linked with tern_sdk_native (sdk/native/tern_native.c: the tern_v1
+# imports implemented on the host; include "tern_native.h" to drive it). Use it to
+# benchmark a guest against native code and to unit-test its handlers. Handlers are
+# called by their C symbol, so give every handler a C symbol that is unique across the
+# guests linked into one binary (TERN_EXPORT(incr) int32_t counter_incr(void) in C,
+# TERN_HANDLER(counter_incr, "incr") in C++). C++ sources get -fno-exceptions
+# -fno-rtti, as in the wasm build, so native-only code does not creep in.
+get_filename_component(TERN_SDK_NATIVE_DIR ${CMAKE_CURRENT_LIST_DIR}/../native ABSOLUTE)
+
+function(tern_add_native_guest)
+  cmake_parse_arguments(ARG "" "NAME" "SOURCES;INCLUDES" ${ARGN})
+  set(warn -Wall -Wextra)
+  if(TERN_WERROR)
+    list(APPEND warn -Werror)
+  endif()
+  if(NOT TARGET tern_sdk_native)
+    add_library(tern_sdk_native STATIC ${TERN_SDK_NATIVE_DIR}/tern_native.c)
+    target_include_directories(tern_sdk_native PUBLIC ${TERN_SDK_INCLUDE_DIR}
+                                                      ${TERN_SDK_NATIVE_DIR})
+    set_target_properties(tern_sdk_native PROPERTIES C_STANDARD 17 C_EXTENSIONS OFF)
+    target_compile_options(tern_sdk_native PRIVATE -O2 ${warn})
+  endif()
+  add_library(${ARG_NAME}_native STATIC ${ARG_SOURCES})
+  target_include_directories(${ARG_NAME}_native PRIVATE ${ARG_INCLUDES})
+  target_link_libraries(${ARG_NAME}_native PUBLIC tern_sdk_native)
+  set_target_properties(${ARG_NAME}_native PROPERTIES
+    C_STANDARD 17 C_EXTENSIONS OFF CXX_STANDARD 20 CXX_EXTENSIONS OFF)
+  target_compile_options(${ARG_NAME}_native PRIVATE -O2 ${warn}
+                         $<$<COMPILE_LANGUAGE:CXX>:-fno-exceptions -fno-rtti>)
+endfunction()

@@ -51,3 +51,24 @@ TEST(IdsTest, NamesAndRequestIds) {
 
 }  // namespace
 }  // namespace tern
+
+#include "core/base64.h"
+
+namespace tern {
+namespace {
+TEST(Base64Test, RoundTripsAllLengthsAndRejectsGarbage) {
+  std::string data;
+  for (int n = 0; n < 70; ++n) {
+    Result<std::string> back = Base64Decode(Base64Encode(data));
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(*back, data);
+    data += static_cast<char>(n * 37);
+  }
+  EXPECT_EQ(Base64Encode("foobar"), "Zm9vYmFy");
+  EXPECT_EQ(Base64Encode("fo"), "Zm8=");
+  EXPECT_FALSE(Base64Decode("Zm9v!").ok());
+  EXPECT_FALSE(Base64Decode("Zm9").ok());
+  EXPECT_FALSE(Base64Decode("Zm=v").ok());
+}
+}  // namespace
+}  // namespace tern

@@ -11,22 +11,25 @@
 //   16  8    epoch        routing epoch of the sender's view (0 = none)
 //   24  4    budget_us    time the receiver may spend, from receipt (0 = none)
 //   28  4    status       StatusCode (kError frames), else 0
-//   32  2    tenant_len   \
-//   34  2    service_len   } lengths of the strings that follow the header
-//   36  2    handler_len  /
+//   32  2    tenant_len   -+
+//   34  2    service_len   | lengths of the strings that follow the header
+//   36  2    handler_len  -+
 //   38  2    reserved, 0
 //   40  4    payload_len
 //   44  4    header_crc   CRC-32C of bytes 0..43
 //   48  ...  tenant, service, handler (UTF-8, no terminator), then payload
 //
+// Senders write 0 into `flags` and `reserved`; receivers ignore them. The payload of a
+// kError frame is the UTF-8 error message (MakeErrorFrame / ErrorFrameStatus).
+//
 // Frame is a value type. FrameDecoder is a streaming decoder owned by one connection;
 // not thread-safe. A malformed frame is an error for that connection only.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
-#include <vector>
 
 #include "core/status.h"
 
@@ -40,14 +43,16 @@ inline constexpr size_t kMaxNameBytes = 255;
 inline constexpr uint32_t kMaxPayloadBytes = 64u << 20;
 
 enum class FrameType : uint8_t {
-  kInvoke = 1,   // call service/handler with payload
-  kReply = 2,    // successful answer to request_id
-  kError = 3,    // failed answer: status + message in payload
-  kMoved = 4,    // instance moved; payload says where (data-plane issue)
-  kPing = 5,     // liveness; answered with kPong
+  kInvoke = 1,  // call service/handler with payload
+  kReply = 2,   // successful answer to request_id
+  kError = 3,   // failed answer: status + message in payload
+  kMoved = 4,   // instance moved; payload says where (data-plane issue)
+  kPing = 5,    // liveness; answered with kPong
   kPong = 6,
 };
 bool IsKnownFrameType(uint8_t t);
+// "invoke", "reply", ...; "unknown" for other values.
+std::string_view FrameTypeName(FrameType t);
 
 struct Frame {
   FrameType type = FrameType::kInvoke;
@@ -63,32 +68,56 @@ struct Frame {
   bool operator==(const Frame&) const = default;
 };
 
+// Number of bytes EncodeFrame appends for `f` (assuming it is valid).
+inline size_t EncodedFrameSize(const Frame& f) {
+  return kFrameHeaderBytes + f.tenant.size() + f.service.size() + f.handler.size() +
+         f.payload.size();
+}
+
 // Appends the encoding of `f` to `out`. Returns kInvalidArgument if a name is longer
-// than kMaxNameBytes or the payload longer than kMaxPayloadBytes.
+// than kMaxNameBytes or the payload longer than kMaxPayloadBytes; `out` is then
+// unchanged.
 Status EncodeFrame(const Frame& f, std::string* out);
 
-// Streaming decoder: feed bytes as they arrive, take frames out.
+// An Error frame answering `request_id` (0 = the connection as a whole) with the code
+// and message of `s` (which must not be OK; an OK status becomes kInternal).
+Frame MakeErrorFrame(uint64_t request_id, const Status& s);
+// The Status carried by a kError frame: its code (kUnknown if the frame says kOk) and
+// its payload as the message. For any other frame type, returns OK.
+Status ErrorFrameStatus(const Frame& f);
+
+// Streaming decoder: feed bytes as they arrive, take frames out. The buffer is
+// compacted as frames are consumed, so a long-lived connection does not grow it.
 class FrameDecoder {
  public:
   explicit FrameDecoder(uint32_t max_payload_bytes = kMaxPayloadBytes)
       : max_payload_(max_payload_bytes) {}
 
-  // Appends received bytes.
-  void Feed(std::string_view bytes) { buf_.append(bytes.data(), bytes.size()); }
-  // Decodes the next complete frame into `out`. Returns true if one was decoded,
-  // false if more bytes are needed; an error (bad magic/version/type/CRC, oversized
-  // payload or name) is sticky: the connection should be closed.
+  // Appends received bytes. After an error, bytes are discarded.
+  void Feed(std::string_view bytes);
+  // Decodes the next complete frame into `out` (its strings' capacity is reused).
+  // Returns true if one was decoded, false if more bytes are needed; an error (bad
+  // magic/version/type/CRC, oversized payload or name) is sticky: the connection
+  // should be closed. The header is validated as soon as it has arrived, before any
+  // payload is buffered, so a huge payload_len is rejected without allocating.
   Result<bool> Next(Frame* out);
   size_t buffered() const { return buf_.size() - pos_; }
+  // The sticky error (OK if none).
+  const Status& error() const { return error_; }
+
+  size_t BufferCapacityForTest() const { return buf_.capacity(); }
 
  private:
+  Result<bool> Fail(Status s);
+
   uint32_t max_payload_;
   std::string buf_;
   size_t pos_ = 0;
   Status error_;
 };
 
-// CRC-32C (Castagnoli), software table implementation.
+// CRC-32C (Castagnoli), software table implementation (slicing-by-8). Chains:
+// Crc32c(b, nb, Crc32c(a, na)) == Crc32c(a ++ b).
 uint32_t Crc32c(const void* data, size_t n, uint32_t crc = 0);
 
 }  // namespace tern::transport

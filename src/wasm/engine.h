@@ -96,7 +96,9 @@ class Instance {
   //   kAborted              the guest trapped (out-of-bounds access, unreachable, ...);
   //   the guest's own code  the guest failed the request (tern_fail or non-zero return).
   // After kDeadlineExceeded, kResourceExhausted or kAborted the instance must not be
-  // used again (its memory may be half-updated): the caller discards it.
+  // used again (its memory may be half-updated): the caller discards it. (The V8 engine
+  // enforces this: later Calls fail with kFailedPrecondition until a successful
+  // Restore() puts a whole state back.)
   virtual Status Call(std::string_view handler, HostCalls* host) = 0;
 
   // Linear memory, valid until the next Call (memory.grow may move or detach it).

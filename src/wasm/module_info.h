@@ -17,10 +17,26 @@ namespace tern::wasm {
 
 enum class ExternKind : uint8_t { kFunction = 0, kTable = 1, kMemory = 2, kGlobal = 3, kTag = 4 };
 
+// Value types as encoded in the binary (i32 = 0x7f, i64 = 0x7e, f32 = 0x7d, f64 = 0x7c,
+// v128 = 0x7b, funcref = 0x70, externref = 0x6f).
+enum class ValType : uint8_t {
+  kI32 = 0x7f, kI64 = 0x7e, kF32 = 0x7d, kF64 = 0x7c, kV128 = 0x7b,
+  kFuncRef = 0x70, kExternRef = 0x6f,
+};
+
+// A function signature from the type section.
+struct FuncType {
+  std::vector<ValType> params;
+  std::vector<ValType> results;
+  bool operator==(const FuncType&) const = default;
+};
+
 struct ImportDesc {
   std::string module;
   std::string name;
   ExternKind kind;
+  // For kFunction: index into ModuleInfo::types.
+  uint32_t type_index = 0;
   bool operator==(const ImportDesc&) const = default;
 };
 
@@ -32,6 +48,7 @@ struct ExportDesc {
 };
 
 struct ModuleInfo {
+  std::vector<FuncType> types;
   std::vector<ImportDesc> imports;
   std::vector<ExportDesc> exports;
   // The module's own memory (index 0), if it defines one.
@@ -46,13 +63,16 @@ struct ModuleInfo {
 // memory and export sections). Does not validate code bodies — the engine does.
 Result<ModuleInfo> ParseModuleInfo(std::string_view wasm_bytes);
 
-// Checks that every import is one the runtime provides (tern_v1.* and the WASI stubs)
-// and that the module defines and exports `memory`. The error names each offending
-// import as "module.name".
+// Checks that every import is one the runtime provides (tern_v1.* and the WASI stubs),
+// with the signature the runtime provides it with, and that the module defines and
+// exports `memory`. The error (kInvalidArgument) names each offending import as
+// "module.name" and lists what the runtime provides.
 Status CheckImports(const ModuleInfo& info);
 
-// Returns a copy of the module whose memory maximum is min(declared max, cap).
-// Errors if the module's minimum already exceeds the cap.
+// Returns a copy of the module whose memory maximum is min(declared max, cap); every
+// other byte is kept. Errors (kInvalidArgument) if the module's minimum already exceeds
+// the cap, if it imports its memory, or if the bytes do not parse. A module without a
+// memory is returned unchanged.
 Result<std::string> CapMemory(std::string_view wasm_bytes, uint32_t max_pages);
 
 }  // namespace tern::wasm

@@ -19,6 +19,7 @@ namespace tern::wasm {
 struct Snapshot {
   std::string module_hash;                 // hex SHA-256 of the module bytes
   std::string memory;                      // linear memory, a whole number of 64 KiB pages
+                                           // (EncodeSnapshot pads a partial last page)
   std::optional<uint32_t> stack_pointer;   // __stack_pointer, when the module exports it
 
   uint32_t pages() const { return static_cast<uint32_t>(memory.size() / 65536); }
@@ -31,6 +32,10 @@ std::string EncodeSnapshot(const Snapshot& snap);
 // kInvalidArgument with a message saying what is wrong.
 Result<Snapshot> DecodeSnapshot(std::string_view bytes);
 
+// CRC32C (Castagnoli) of `data`, the checksum the snapshot format uses.
+uint32_t Crc32c(std::string_view data);
+
+// Writes atomically (temporary file + rename); errors name the path.
 Status WriteSnapshotFile(const std::string& path, const Snapshot& snap);
 Result<Snapshot> ReadSnapshotFile(const std::string& path);
 

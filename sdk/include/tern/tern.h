@@ -47,6 +47,8 @@ extern "C" {
 #define TERN_UNIMPLEMENTED 12
 #define TERN_INTERNAL 13
 #define TERN_UNAVAILABLE 14
+#define TERN_DATA_LOSS 15
+#define TERN_UNAUTHENTICATED 16
 
 /* Log levels for tern_log. */
 #define TERN_LOG_DEBUG 0

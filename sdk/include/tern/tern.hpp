@@ -1,3 +1,132 @@
-// Placeholder: the C++ convenience header over tern.h (being written).
-#pragma once
+// tern.hpp: a thin, header-only C++ layer over the guest C ABI in tern/tern.h.
+//
+//   #include "tern/tern.hpp"
+//
+//   TERN_HANDLER(greet) {                       // wasm export "greet", C symbol greet
+//     std::string_view who = tern::Request();
+//     if (who.empty()) return tern::Fail(TERN_INVALID_ARGUMENT, "empty name");
+//     std::string out = "hello, ";
+//     out += who;
+//     return tern::Reply(out);
+//   }
+//
+//   TERN_HANDLER(myservice_stats, "stats") {   // wasm export "stats", C symbol
+//     ...                                      // myservice_stats (unique when
+//   }                                          // several guests link natively)
+//
+// A handler body returns the request's status: 0 (TERN_OK) for success, or a TERN_*
+// code. Reply() and Fail() return a status, so `return tern::Reply(x);` and
+// `return tern::Fail(code, "why");` are the usual last lines.
+//
+// Builds with clang++-19 --target=wasm32-wasi -std=c++20 -fno-exceptions -fno-rtti
+// (the guest) and with the host's g++ 12 / clang 14 (native builds linked with
+// sdk/native/tern_native.c). Nothing here throws or needs RTTI.
+//
+// Ownership: the request buffer behind Request() belongs to the SDK; it grows to the
+// largest request seen and lives in linear memory (so it is part of a snapshot).
+// Thread-safety: a guest runs one request at a time on one thread; none of this may be
+// called from two threads at once (natively, too: tern_native is single-threaded).
+#ifndef TERN_TERN_HPP_
+#define TERN_TERN_HPP_
+
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string_view>
+
 #include "tern/tern.h"
+
+namespace tern {
+
+namespace internal {
+
+// The SDK's request buffer. Constant-initialized (no static constructor), never freed.
+inline char* request_buf = nullptr;
+inline uint32_t request_cap = 0;
+
+}  // namespace internal
+
+// Size in bytes of the current request's payload.
+inline uint32_t RequestSize() { return tern_request_len(); }
+
+// The whole payload of the current request. The view stays valid until the next call
+// of Request() (which re-reads the payload into the same buffer) and is meaningless
+// after the handler returns. Call it once per handler. Traps (aborts natively) if the
+// buffer cannot be grown: a guest that is out of memory cannot do anything useful.
+inline std::string_view Request() {
+  uint32_t len = tern_request_len();
+  if (len > internal::request_cap) {
+    void* grown = std::realloc(internal::request_buf, len);
+    if (grown == nullptr) __builtin_trap();
+    internal::request_buf = static_cast<char*>(grown);
+    internal::request_cap = len;
+  }
+  uint32_t got = len == 0 ? 0 : tern_request_read(internal::request_buf, len, 0);
+  return std::string_view(internal::request_buf, got);
+}
+
+// Sets the reply (copied by the runtime; the last call wins). Returns TERN_OK, or
+// TERN_RESOURCE_EXHAUSTED if `data` exceeds the service's response limit (the reply is
+// then unchanged), so `return tern::Reply(x);` fails the request in that case.
+inline int32_t Reply(std::string_view data) {
+  return tern_reply(data.data(), static_cast<uint32_t>(data.size()));
+}
+
+// Fails the current request with `code` (a non-zero TERN_* code) and `msg` (copied).
+// Returns `code`, for `return tern::Fail(...);`.
+inline int32_t Fail(int32_t code, std::string_view msg) {
+  tern_fail(code, msg.data(), static_cast<uint32_t>(msg.size()));
+  return code;
+}
+
+// Writes a log line at `level` (TERN_LOG_DEBUG .. TERN_LOG_ERROR). Rate-limited by the
+// runtime.
+inline void Log(int32_t level, std::string_view msg) {
+  tern_log(level, msg.data(), static_cast<uint32_t>(msg.size()));
+}
+
+// Writes a log line at TERN_LOG_INFO.
+inline void Log(std::string_view msg) { Log(TERN_LOG_INFO, msg); }
+
+// printf-style log line at `level`, truncated to 511 bytes. Pulls in libc's printf
+// code (tens of KiB of wasm) if used; Log() does not.
+__attribute__((format(printf, 2, 3))) inline void LogF(int32_t level, const char* fmt, ...) {
+  char line[512];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = std::vsnprintf(line, sizeof(line), fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  uint32_t len =
+      static_cast<uint32_t>(n) < sizeof(line) ? static_cast<uint32_t>(n) : sizeof(line) - 1;
+  tern_log(level, line, len);
+}
+
+// Nanoseconds on `clock` (TERN_CLOCK_MONOTONIC or TERN_CLOCK_REALTIME).
+inline int64_t NowNs(int32_t clock = TERN_CLOCK_MONOTONIC) { return tern_clock_ns(clock); }
+
+}  // namespace tern
+
+// TERN_HANDLER(name) { body }            exported as "name", C symbol `name`
+// TERN_HANDLER(symbol, "export") { body } exported as "export", C symbol `symbol`
+//
+// Defines `extern "C" int32_t symbol(void)`, a handler the manifest can list under its
+// export name. Give each handler a C symbol that is unique across the guests you link
+// into one native binary (e.g. prefix it with the service name); the export name is
+// what the manifest and callers see.
+#if defined(__wasm__)
+#define TERN_INTERNAL_EXPORT_AS(str) __attribute__((export_name(str)))
+#else
+#define TERN_INTERNAL_EXPORT_AS(str)
+#endif
+#define TERN_INTERNAL_HANDLER2(symbol, export_str) \
+  extern "C" TERN_INTERNAL_EXPORT_AS(export_str) int32_t symbol(void)
+#define TERN_INTERNAL_HANDLER1(name) TERN_INTERNAL_HANDLER2(name, #name)
+#define TERN_INTERNAL_HANDLER_SELECT(a, b, macro, ...) macro
+#define TERN_HANDLER(...)                                                                   \
+  TERN_INTERNAL_HANDLER_SELECT(__VA_ARGS__, TERN_INTERNAL_HANDLER2, TERN_INTERNAL_HANDLER1, \
+                               unused)                                                      \
+  (__VA_ARGS__)
+
+#endif  // TERN_TERN_HPP_

@@ -1,0 +1,164 @@
+// Agent: one device's runtime. Holds deployed services (manifest + compiled module),
+// runs their instances on worker threads, serves invocations, and snapshots/restores
+// instances. The network front ends (agent_server.h) and tests drive it through this
+// class; it does no I/O of its own besides its data directory.
+//
+// Ownership: the Agent owns its workers, their isolates and all instances; it borrows
+// the Engine (which must outlive it).
+//
+// Threading: every public method may be called from any thread. Each instance lives on
+// exactly one worker thread, which runs its requests one at a time (actor semantics);
+// Invoke() queues the request there and calls `done` on that worker thread. Methods
+// that touch an instance's memory (Snapshot, Restore, Start) post to its worker and
+// wait. Locks: `mu_` guards the routing tables only; it is never held while a guest
+// runs or while waiting for a worker.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/manifest.h"
+#include "core/mutex.h"
+#include "core/status.h"
+#include "wasm/engine.h"
+#include "wasm/snapshot.h"
+
+namespace tern::agent {
+
+struct AgentOptions {
+  std::string device = "dev0";      // this agent's device name
+  std::string data_dir;             // services and snapshots persist here; "" = nowhere
+  int workers = 2;                  // worker threads, each with its own isolate
+  size_t max_queue_per_instance = 1024;  // beyond: kResourceExhausted (back off)
+};
+
+struct InvokeRequest {
+  std::string service;
+  std::string handler;
+  std::string payload;
+  std::string instance;   // a specific instance, or "" to let the agent choose
+  uint64_t request_id = 0;
+};
+
+struct InvokeResult {
+  Status status;
+  std::string reply;
+  std::string instance;  // who served it
+  int64_t exec_ns = 0;   // time inside the guest
+};
+
+struct InstanceStatus {
+  std::string id;
+  std::string service;
+  int worker = 0;
+  uint64_t requests = 0;
+  uint64_t failures = 0;
+  uint64_t rollbacks = 0;
+  uint64_t memory_bytes = 0;
+  uint64_t queued = 0;
+  int64_t exec_ns_total = 0;
+  std::string last_error;
+};
+
+struct ServiceStatus {
+  Manifest manifest;
+  std::string module_hash;
+  uint64_t module_bytes = 0;
+  std::vector<std::string> instances;
+};
+
+struct AgentStatus {
+  std::string device;
+  int workers = 0;
+  size_t cached_modules = 0;
+  std::vector<ServiceStatus> services;
+  std::vector<InstanceStatus> instances;
+};
+
+class Agent {
+ public:
+  // Starts the worker threads (each creates its isolate) and, if `data_dir` holds
+  // services from an earlier run, deploys them again.
+  static Result<std::unique_ptr<Agent>> Create(const AgentOptions& options, wasm::Engine* engine);
+  ~Agent();  // Shutdown()
+  // Runs what is queued, stops the worker threads and destroys the instances. Later
+  // calls fail fast with kUnavailable. Idempotent.
+  void Shutdown();
+  Agent(const Agent&) = delete;
+  Agent& operator=(const Agent&) = delete;
+
+  // Deploys (or, for a new version, replaces) a service: validates the manifest
+  // against the module (every handler must be an exported function), compiles with
+  // the manifest's memory cap, persists both to the data dir, and starts
+  // `manifest.replicas` instances unless `start_instances` is false.
+  Result<ServiceStatus> Deploy(const Manifest& manifest, std::string module_bytes,
+                               bool start_instances = true);
+  // Stops all instances of the service and forgets it.
+  Status Undeploy(const std::string& service);
+
+  // Starts one more instance of `service`; returns its id.
+  Result<std::string> StartInstance(const std::string& service);
+  Status StopInstance(const std::string& instance_id);
+
+  // Queues a request. `done` runs exactly once, on a worker thread (or inline on the
+  // calling thread for requests rejected before queueing).
+  void Invoke(InvokeRequest request, std::function<void(InvokeResult)> done);
+  // Blocking convenience over Invoke().
+  InvokeResult InvokeSync(InvokeRequest request);
+
+  // The in-process path: runs the request right here, on the calling thread, which
+  // must be the worker thread that owns the target instance (`request.instance`, or
+  // the first instance of the service). kFailedPrecondition otherwise. No queue, no
+  // thread hop: what a co-located caller (and the in-agent benchmark) uses.
+  Result<InvokeResult> InvokeInline(const InvokeRequest& request);
+  // Runs `fn` on the worker thread that owns `instance_id` and waits.
+  Status RunOnWorkerOf(const std::string& instance_id, const std::function<void()>& fn);
+
+  // Snapshot of an instance's state at a request boundary.
+  Result<wasm::Snapshot> Snapshot(const std::string& instance_id);
+  // Replaces an instance's state with `snap` (taken from the same module). The restored
+  // state also becomes the instance's rollback point.
+  Status Restore(const std::string& instance_id, const wasm::Snapshot& snap);
+
+  AgentStatus GetStatus();
+  const AgentOptions& options() const { return options_; }
+
+  // Test hook: runs `fn` on the worker that owns `instance_id`, with its engine
+  // instance, and waits.
+  Status RunOnInstanceForTest(const std::string& instance_id,
+                              const std::function<void(wasm::Instance*)>& fn);
+
+ private:
+  struct Service;
+  struct Slot;
+  class WorkerThread;
+  struct Route {
+    int worker;
+    std::shared_ptr<const Service> service;
+    std::shared_ptr<std::atomic<uint64_t>> queued;
+  };
+
+  Agent(const AgentOptions& options, wasm::Engine* engine);
+  Status LoadFromDataDir();
+  Result<std::string> StartInstanceLocked(std::shared_ptr<const Service> svc) EXCLUDES(mu_);
+  Status StopInstanceOn(int worker, const std::string& id);
+  // Runs one request on instance `id`, on worker `wt`'s thread; rolls back on failure.
+  InvokeResult Execute(WorkerThread* wt, const std::string& id, const InvokeRequest& req);
+
+  const AgentOptions options_;
+  wasm::Engine* const engine_;
+  std::vector<std::unique_ptr<WorkerThread>> workers_;
+
+  Mutex mu_;
+  std::map<std::string, std::shared_ptr<const Service>> services_ GUARDED_BY(mu_);
+  std::map</*instance id*/ std::string, Route> routes_ GUARDED_BY(mu_);
+  std::map</*service*/ std::string, uint64_t> next_instance_ GUARDED_BY(mu_);
+  int next_worker_ GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace tern::agent

@@ -1,0 +1,67 @@
+#include "agent/agent_json.h"
+
+#include <nlohmann/json.hpp>
+
+namespace tern::agent {
+namespace {
+
+using nlohmann::json;
+
+json ManifestJson(const Manifest& m) {
+  return json{{"name", m.name},
+              {"version", m.version},
+              {"stateful", m.stateful},
+              {"handlers", m.handlers},
+              {"tenant", m.tenant},
+              {"replicas", m.replicas},
+              {"limits",
+               {{"memory_mib", m.limits.memory_mib},
+                {"cpu_ms", m.limits.cpu_ms},
+                {"request_kib", m.limits.request_kib},
+                {"response_kib", m.limits.response_kib}}}};
+}
+
+json ServiceJson(const ServiceStatus& s) {
+  return json{{"manifest", ManifestJson(s.manifest)},
+              {"module_hash", s.module_hash},
+              {"module_bytes", s.module_bytes},
+              {"instances", s.instances}};
+}
+
+}  // namespace
+
+std::string ServiceToJson(const ServiceStatus& s) { return ServiceJson(s).dump(); }
+
+std::string StatusToJson(const AgentStatus& st) {
+  json services = json::array();
+  for (const auto& s : st.services) services.push_back(ServiceJson(s));
+  json instances = json::array();
+  for (const auto& i : st.instances) {
+    instances.push_back(json{{"id", i.id},
+                             {"service", i.service},
+                             {"worker", i.worker},
+                             {"requests", i.requests},
+                             {"failures", i.failures},
+                             {"rollbacks", i.rollbacks},
+                             {"memory_bytes", i.memory_bytes},
+                             {"queued", i.queued},
+                             {"exec_ns_total", i.exec_ns_total},
+                             {"last_error", i.last_error}});
+  }
+  return json{{"device", st.device},
+              {"workers", st.workers},
+              {"cached_modules", st.cached_modules},
+              {"services", services},
+              {"instances", instances}}
+      .dump();
+}
+
+std::string ErrorToJson(const Status& s) {
+  return json{{"error",
+               {{"code", std::string(StatusCodeName(s.code()))},
+                {"code_number", static_cast<int>(s.code())},
+                {"message", std::string(s.message())}}}}
+      .dump();
+}
+
+}  // namespace tern::agent

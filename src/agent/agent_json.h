@@ -1,0 +1,16 @@
+// JSON renderings of the agent's status types, shared by the admin API and the CLI.
+// Pure functions; thread-safe.
+#pragma once
+
+#include <string>
+
+#include "agent/agent.h"
+
+namespace tern::agent {
+
+std::string StatusToJson(const AgentStatus& st);
+std::string ServiceToJson(const ServiceStatus& s);
+// {"error": {"code": "not_found", "code_number": 5, "message": "..."}}
+std::string ErrorToJson(const Status& s);
+
+}  // namespace tern::agent

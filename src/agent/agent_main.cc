@@ -1,0 +1,107 @@
+#include "agent/agent_main.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <thread>
+
+#include "agent/agent.h"
+#include "agent/agent_server.h"
+#include "cli/flags.h"
+#include "core/logging.h"
+#include "wasm/engine.h"
+
+namespace tern::agent {
+
+int RunAgentCommand(int argc, char** argv) {
+  cli::Flags f("tern agent [flags]",
+               "Runs the agent of one device: hosts service instances in V8 isolates, serves\n"
+               "invocations over the frame protocol and an HTTP/JSON admin API. Stops on\n"
+               "SIGINT/SIGTERM. Binds to loopback unless --host says otherwise.");
+  f.Add("host", "127.0.0.1", "address to listen on");
+  f.Add("port", "7400", "frame-protocol (data plane) port; 0 = any free port");
+  f.Add("admin-port", "7401", "HTTP/JSON admin port; 0 = any free port");
+  f.Add("device", "dev0", "this device's name");
+  f.Add("data-dir", "", "keep deployed services here and redeploy them on restart");
+  f.Add("workers", std::to_string(std::max(1u, std::thread::hardware_concurrency())),
+        "worker threads (one V8 isolate each)");
+  f.Add("log-level", "info", "debug, info, warn or error");
+  f.Add("v8-flags", "", "extra V8 flags, for experiments (e.g. --no-liftoff)");
+  Status ps = f.Parse(argc, argv, 2);
+  if (!ps.ok()) {
+    std::fprintf(stderr, "tern agent: %s\n\n%s", std::string(ps.message()).c_str(), f.Help().c_str());
+    return 2;
+  }
+  if (f.help_requested()) {
+    std::fputs(f.Help().c_str(), stdout);
+    return 0;
+  }
+  LogLevel level;
+  if (!ParseLogLevel(f.Get("log-level"), &level)) {
+    std::fprintf(stderr, "tern agent: --log-level must be debug, info, warn or error\n");
+    return 2;
+  }
+  SetMinLogLevel(level);
+  Result<int64_t> port = f.GetInt("port", 0, 65535);
+  Result<int64_t> admin_port = f.GetInt("admin-port", 0, 65535);
+  Result<int64_t> workers = f.GetInt("workers", 1, 256);
+  for (const Status& s : {port.status(), admin_port.status(), workers.status()}) {
+    if (!s.ok()) {
+      std::fprintf(stderr, "tern agent: %s\n", std::string(s.message()).c_str());
+      return 2;
+    }
+  }
+
+  // Block the stop signals in every thread; main waits for them with sigwait.
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  wasm::EngineOptions eo;
+  eo.engine_flags = f.Get("v8-flags");
+  Result<std::unique_ptr<wasm::Engine>> engine = wasm::NewV8Engine(eo);
+  if (!engine.ok()) {
+    TERN_LOG(ERROR) << "wasm engine: " << engine.status();
+    return 1;
+  }
+  AgentOptions ao;
+  ao.device = f.Get("device");
+  ao.data_dir = f.Get("data-dir");
+  ao.workers = static_cast<int>(*workers);
+  Result<std::unique_ptr<Agent>> agent = Agent::Create(ao, engine->get());
+  if (!agent.ok()) {
+    TERN_LOG(ERROR) << "agent: " << agent.status();
+    return 1;
+  }
+  AgentServerOptions so;
+  so.host = f.Get("host");
+  so.frame_port = static_cast<uint16_t>(*port);
+  so.admin_port = static_cast<uint16_t>(*admin_port);
+  Result<std::unique_ptr<AgentServer>> server = AgentServer::Start(agent->get(), so);
+  if (!server.ok()) {
+    TERN_LOG(ERROR) << "agent: " << server.status()
+                    << " (is another agent running? pick ports with --port/--admin-port)";
+    return 1;
+  }
+  TERN_LOG(INFO) << "agent " << ao.device << " ready: frames on " << so.host << ":"
+                 << (*server)->frame_port() << ", admin on http://" << so.host << ":"
+                 << (*server)->admin_port() << ", " << ao.workers << " workers"
+                 << (ao.data_dir.empty() ? "" : ", data in " + ao.data_dir);
+  // A line for scripts that started us with port 0.
+  std::printf("listening frames=%u admin=%u\n", (*server)->frame_port(), (*server)->admin_port());
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&stop, &sig);
+  TERN_LOG(INFO) << "agent " << ao.device << " stopping (" << strsignal(sig) << ")";
+  server->reset();
+  agent->reset();
+  return 0;
+}
+
+}  // namespace tern::agent

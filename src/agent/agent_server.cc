@@ -1,0 +1,288 @@
+#include "agent/agent_server.h"
+
+#include <fmt/format.h>
+
+#include <deque>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "agent/agent.h"
+#include "agent/agent_json.h"
+#include "core/base64.h"
+#include "core/logging.h"
+#include "core/mutex.h"
+#include "transport/event_loop.h"
+#include "transport/http.h"
+#include "transport/tcp.h"
+#include "wasm/snapshot.h"
+
+namespace tern::agent {
+
+using transport::Frame;
+using transport::FrameType;
+using transport::HttpRequest;
+using transport::HttpResponder;
+using transport::HttpResponse;
+
+namespace {
+
+constexpr char kTernVersion[] = "0.1.0";
+
+// A thread running blocking admin operations one at a time.
+class AdminThread {
+ public:
+  AdminThread() : thread_([this] { Loop(); }) {}
+  ~AdminThread() {
+    {
+      MutexLock l(&mu_);
+      stop_ = true;
+      cv_.Signal();
+    }
+    thread_.join();
+  }
+  void Post(std::function<void()> fn) {
+    MutexLock l(&mu_);
+    tasks_.push_back(std::move(fn));
+    cv_.Signal();
+  }
+
+ private:
+  void Loop() {
+    for (;;) {
+      std::function<void()> fn;
+      {
+        MutexLock l(&mu_);
+        while (tasks_.empty() && !stop_) cv_.Wait(&mu_);
+        if (tasks_.empty()) return;
+        fn = std::move(tasks_.front());
+        tasks_.pop_front();
+      }
+      fn();
+    }
+  }
+  Mutex mu_;
+  CondVar cv_;
+  std::deque<std::function<void()>> tasks_ GUARDED_BY(mu_);
+  bool stop_ GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+HttpResponse ErrorResponse(const Status& s) {
+  return HttpResponse::Json(transport::HttpStatusForCode(s.code()), ErrorToJson(s));
+}
+
+// The last path segment after `prefix` ("/v1/instances/" + "echo-1/snapshot" etc.).
+std::vector<std::string> PathParts(const std::string& path) {
+  std::vector<std::string> parts;
+  size_t i = 0;
+  while (i < path.size()) {
+    size_t j = path.find('/', i);
+    if (j == std::string::npos) j = path.size();
+    if (j > i) parts.push_back(transport::PercentDecode(path.substr(i, j - i), false));
+    i = j + 1;
+  }
+  return parts;
+}
+
+}  // namespace
+
+struct AgentServer::Impl {
+  Agent* agent = nullptr;
+  AgentServerOptions options;
+  std::unique_ptr<transport::EventLoopThread> loop;
+  std::unique_ptr<transport::FrameServer> frames;
+  std::unique_ptr<transport::HttpServer> http;
+  std::unique_ptr<AdminThread> admin;
+
+  void OnFrame(transport::FrameConnection* conn, Frame f) {
+    if (f.type != FrameType::kInvoke) {
+      // A failed send closes the connection by itself; nothing more to do.
+      (void)conn->Send(transport::MakeErrorFrame(
+          f.request_id, InvalidArgumentError(fmt::format("agent accepts invoke frames only, got '{}'",
+                                                         transport::FrameTypeName(f.type)))));
+      return;
+    }
+    InvokeRequest req;
+    req.service = std::move(f.service);
+    req.handler = std::move(f.handler);
+    req.payload = std::move(f.payload);
+    req.request_id = f.request_id;
+    transport::FrameConnectionRef ref = conn->ref();
+    const uint64_t id = f.request_id;
+    agent->Invoke(std::move(req), [ref, id](InvokeResult r) {
+      if (r.status.ok()) {
+        Frame reply;
+        reply.type = FrameType::kReply;
+        reply.request_id = id;
+        reply.payload = std::move(r.reply);
+        ref.Send(std::move(reply));
+      } else {
+        ref.Send(transport::MakeErrorFrame(id, r.status));
+      }
+    });
+  }
+
+  transport::HttpRouter Routes() {
+    transport::HttpRouter r;
+    r.Handle("GET", "/v1/info", [this](const HttpRequest&) {
+      nlohmann::json j{{"device", agent->options().device},
+                       {"frame_port", frames->port()},
+                       {"admin_port", http ? http->port() : 0},
+                       {"workers", agent->options().workers},
+                       {"abi", "tern_v1"},
+                       {"version", kTernVersion}};
+      return HttpResponse::Json(200, j.dump());
+    });
+    r.HandleAsync("GET", "/v1/status", [this](HttpRequest, HttpResponder resp) {
+      admin->Post([this, resp] { resp.Respond(HttpResponse::Json(200, StatusToJson(agent->GetStatus()))); });
+    });
+    r.HandleAsync("POST", "/v1/services", [this](HttpRequest req, HttpResponder resp) {
+      admin->Post([this, req = std::move(req), resp] { resp.Respond(Deploy(req)); });
+    });
+    r.HandleAsync("*", "/v1/services/*", [this](HttpRequest req, HttpResponder resp) {
+      admin->Post([this, req = std::move(req), resp] { resp.Respond(ServiceOp(req)); });
+    });
+    r.HandleAsync("*", "/v1/instances/*", [this](HttpRequest req, HttpResponder resp) {
+      admin->Post([this, req = std::move(req), resp] { resp.Respond(InstanceOp(req)); });
+    });
+    r.HandleAsync("POST", "/v1/invoke/*", [this](HttpRequest req, HttpResponder resp) {
+      std::vector<std::string> p = PathParts(req.path);  // v1 invoke SERVICE HANDLER
+      if (p.size() != 4) {
+        resp.Respond(ErrorResponse(InvalidArgumentError("use POST /v1/invoke/{service}/{handler}")));
+        return;
+      }
+      InvokeRequest ir;
+      ir.service = p[2];
+      ir.handler = p[3];
+      ir.payload = std::move(req.body);
+      ir.instance = std::string(req.Query("instance"));
+      agent->Invoke(std::move(ir), [resp](InvokeResult r) {
+        if (!r.status.ok()) {
+          resp.Respond(ErrorResponse(r.status));
+          return;
+        }
+        HttpResponse h;
+        h.status = 200;
+        h.content_type = "application/octet-stream";
+        h.body = std::move(r.reply);
+        h.headers.emplace_back("X-Tern-Instance", r.instance);
+        h.headers.emplace_back("X-Tern-Exec-Ns", std::to_string(r.exec_ns));
+        resp.Respond(std::move(h));
+      });
+    });
+    return r;
+  }
+
+  HttpResponse Deploy(const HttpRequest& req) {
+    nlohmann::json j = nlohmann::json::parse(req.body, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object()) {
+      return ErrorResponse(InvalidArgumentError(
+          "deploy: body must be a JSON object {\"manifest\": \"<yaml>\", \"module_b64\": \"...\"}"));
+    }
+    if (!j.contains("manifest") || !j["manifest"].is_string()) {
+      return ErrorResponse(InvalidArgumentError("deploy: field 'manifest' (YAML text) is missing"));
+    }
+    if (!j.contains("module_b64") || !j["module_b64"].is_string()) {
+      return ErrorResponse(InvalidArgumentError("deploy: field 'module_b64' (base64 wasm) is missing"));
+    }
+    Result<Manifest> m = ParseManifest(j["manifest"].get<std::string>(), "manifest");
+    if (!m.ok()) return ErrorResponse(m.status());
+    Result<std::string> bytes = Base64Decode(j["module_b64"].get<std::string>());
+    if (!bytes.ok()) return ErrorResponse(bytes.status().WithPrefix("module_b64"));
+    bool start = !(j.contains("start") && j["start"].is_boolean() && !j["start"].get<bool>());
+    Result<ServiceStatus> s = agent->Deploy(*m, std::move(*bytes), start);
+    if (!s.ok()) return ErrorResponse(s.status());
+    TERN_LOG(INFO) << "deployed " << m->name << " " << m->version << " (" << s->instances.size()
+                   << " instances, module " << s->module_hash.substr(0, 12) << ")";
+    return HttpResponse::Json(201, ServiceToJson(*s));
+  }
+
+  HttpResponse ServiceOp(const HttpRequest& req) {
+    std::vector<std::string> p = PathParts(req.path);  // v1 services NAME [instances]
+    if (p.size() == 3 && req.method == "DELETE") {
+      Status s = agent->Undeploy(p[2]);
+      if (!s.ok()) return ErrorResponse(s);
+      return HttpResponse::Json(200, nlohmann::json{{"undeployed", p[2]}}.dump());
+    }
+    if (p.size() == 4 && p[3] == "instances" && req.method == "POST") {
+      Result<std::string> id = agent->StartInstance(p[2]);
+      if (!id.ok()) return ErrorResponse(id.status());
+      return HttpResponse::Json(201, nlohmann::json{{"instance", *id}}.dump());
+    }
+    return ErrorResponse(NotFoundError(fmt::format("no route {} {}", req.method, req.path)));
+  }
+
+  HttpResponse InstanceOp(const HttpRequest& req) {
+    std::vector<std::string> p = PathParts(req.path);  // v1 instances ID [snapshot]
+    if (p.size() == 3 && req.method == "DELETE") {
+      Status s = agent->StopInstance(p[2]);
+      if (!s.ok()) return ErrorResponse(s);
+      return HttpResponse::Json(200, nlohmann::json{{"stopped", p[2]}}.dump());
+    }
+    if (p.size() == 4 && p[3] == "snapshot" && req.method == "GET") {
+      Result<wasm::Snapshot> snap = agent->Snapshot(p[2]);
+      if (!snap.ok()) return ErrorResponse(snap.status());
+      HttpResponse h;
+      h.content_type = "application/octet-stream";
+      h.body = wasm::EncodeSnapshot(*snap);
+      h.headers.emplace_back("X-Tern-Module", snap->module_hash);
+      return h;
+    }
+    if (p.size() == 4 && p[3] == "snapshot" && req.method == "PUT") {
+      Result<wasm::Snapshot> snap = wasm::DecodeSnapshot(req.body);
+      if (!snap.ok()) return ErrorResponse(snap.status().WithPrefix("snapshot"));
+      Status s = agent->Restore(p[2], *snap);
+      if (!s.ok()) return ErrorResponse(s);
+      TERN_LOG(INFO) << "restored " << p[2] << " from a " << req.body.size() << " byte snapshot";
+      return HttpResponse::Json(200, nlohmann::json{{"restored", p[2]}, {"pages", snap->pages()}}.dump());
+    }
+    return ErrorResponse(NotFoundError(fmt::format("no route {} {}", req.method, req.path)));
+  }
+};
+
+AgentServer::AgentServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Result<std::unique_ptr<AgentServer>> AgentServer::Start(Agent* agent,
+                                                        const AgentServerOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->agent = agent;
+  impl->options = options;
+  impl->admin = std::make_unique<AdminThread>();
+  TERN_ASSIGN_OR_RETURN(impl->loop, transport::EventLoopThread::Create());
+  transport::FrameServerOptions fo;
+  fo.host = options.host;
+  fo.port = options.frame_port;
+  Impl* raw = impl.get();
+  auto frames = transport::FrameServer::Start(
+      impl->loop->loop(), fo,
+      [raw](transport::FrameConnection* c, Frame f) { raw->OnFrame(c, std::move(f)); });
+  if (!frames.ok()) {
+    return frames.status().WithPrefix(fmt::format("frame port {}:{}", options.host, options.frame_port));
+  }
+  impl->frames = std::move(*frames);
+  transport::HttpServerOptions ho;
+  ho.host = options.host;
+  ho.port = options.admin_port;
+  auto http = transport::HttpServer::Start(impl->loop->loop(), ho, impl->Routes());
+  if (!http.ok()) {
+    return http.status().WithPrefix(fmt::format("admin port {}:{}", options.host, options.admin_port));
+  }
+  impl->http = std::move(*http);
+  impl->loop->Start();
+  return std::unique_ptr<AgentServer>(new AgentServer(std::move(impl)));
+}
+
+AgentServer::~AgentServer() {
+  // Finish admin work, then let the workers drain (their replies still reach the
+  // running loop), then stop the loop and close the sockets.
+  impl_->admin.reset();
+  impl_->agent->Shutdown();
+  impl_->loop->Stop();
+  impl_->http.reset();
+  impl_->frames.reset();
+}
+
+uint16_t AgentServer::frame_port() const { return impl_->frames->port(); }
+uint16_t AgentServer::admin_port() const { return impl_->http->port(); }
+
+}  // namespace tern::agent

@@ -1,0 +1,55 @@
+// AgentServer: the network front of an Agent — the data-plane frame server (TCP) and
+// the HTTP/JSON admin API, both on one event-loop thread, plus one admin thread for
+// operations that block (deploy compiles, snapshots wait for a request boundary), so
+// the I/O loop never waits on a guest.
+//
+// HTTP API (JSON unless noted; errors are {"error": {"code", "code_number", "message"}}):
+//   GET    /v1/info                          device, ports, ABI and tern versions
+//   GET    /v1/status                        services, instances, counters
+//   POST   /v1/services                      {"manifest": "<yaml>", "module_b64": "..."}
+//   DELETE /v1/services/{name}
+//   POST   /v1/services/{name}/instances     start one more instance
+//   DELETE /v1/instances/{id}                stop it
+//   GET    /v1/instances/{id}/snapshot       the snapshot file (application/octet-stream)
+//   PUT    /v1/instances/{id}/snapshot       restore from a snapshot file in the body
+//   POST   /v1/invoke/{service}/{handler}    body = request payload; 200 body = reply
+//                                            (?instance=ID picks an instance)
+// Frames: kInvoke → kReply / kError with the same request id; kPing → kPong.
+//
+// Ownership: borrows the Agent (must outlive the server). Thread-safety: Start and the
+// destructor from one thread; the rest is internal.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/status.h"
+
+namespace tern::agent {
+
+class Agent;
+
+struct AgentServerOptions {
+  std::string host = "127.0.0.1";
+  uint16_t frame_port = 7400;  // 0 = any free port
+  uint16_t admin_port = 7401;  // 0 = any free port
+};
+
+class AgentServer {
+ public:
+  static Result<std::unique_ptr<AgentServer>> Start(Agent* agent, const AgentServerOptions& options);
+  ~AgentServer();
+  AgentServer(const AgentServer&) = delete;
+  AgentServer& operator=(const AgentServer&) = delete;
+
+  uint16_t frame_port() const;
+  uint16_t admin_port() const;
+
+ private:
+  struct Impl;
+  explicit AgentServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tern::agent

@@ -1,0 +1,277 @@
+#include "agent/agent.h"
+
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "core/file.h"
+#include "core/manifest.h"
+#include "testing/test_env.h"
+#include "wasm/engine.h"
+#include "wasm/snapshot.h"
+
+namespace tern::agent {
+namespace {
+
+using tern::testing::ReadWasm;
+using tern::testing::SharedEngine;
+using tern::testing::SourcePath;
+
+Manifest ExampleManifest(const std::string& name) {
+  Result<Manifest> m = LoadManifest(SourcePath("examples/" + name + "/manifest.yaml"));
+  EXPECT_TRUE(m.ok()) << m.status();
+  return m.ok() ? *m : Manifest{};
+}
+
+Manifest FaultyManifest() {
+  Result<Manifest> m = LoadManifest(SourcePath("src/agent/testdata/faulty.yaml"));
+  EXPECT_TRUE(m.ok()) << m.status();
+  return *m;
+}
+
+std::unique_ptr<Agent> NewAgent(const std::string& data_dir = "", int workers = 2) {
+  AgentOptions o;
+  o.workers = workers;
+  o.data_dir = data_dir;
+  Result<std::unique_ptr<Agent>> a = Agent::Create(o, SharedEngine());
+  EXPECT_TRUE(a.ok()) << a.status();
+  return a.ok() ? std::move(*a) : nullptr;
+}
+
+InvokeResult Call(Agent* a, const std::string& svc, const std::string& handler,
+                  const std::string& payload = "", const std::string& instance = "") {
+  InvokeRequest r;
+  r.service = svc;
+  r.handler = handler;
+  r.payload = payload;
+  r.instance = instance;
+  return a->InvokeSync(std::move(r));
+}
+
+TEST(AgentTest, DeploysAndInvokesEcho) {
+  auto a = NewAgent();
+  Result<ServiceStatus> s = a->Deploy(ExampleManifest("echo"), ReadWasm("echo"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_EQ(s->instances.size(), 1u);
+  InvokeResult r = Call(a.get(), "echo", "echo", "hello tern");
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.reply, "hello tern");
+  EXPECT_EQ(r.instance, s->instances[0]);
+  std::string big(100000, 'x');
+  r = Call(a.get(), "echo", "echo", big);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.reply, big);
+}
+
+TEST(AgentTest, UnknownServiceAndHandlerAreNotFound) {
+  auto a = NewAgent();
+  ASSERT_TRUE(a->Deploy(ExampleManifest("echo"), ReadWasm("echo")).ok());
+  InvokeResult r = Call(a.get(), "nope", "echo");
+  EXPECT_EQ(r.status.code(), StatusCode::kNotFound);
+  EXPECT_NE(r.status.message().find("deployed: echo"), std::string_view::npos) << r.status;
+  r = Call(a.get(), "echo", "missing");
+  EXPECT_EQ(r.status.code(), StatusCode::kNotFound);
+  EXPECT_NE(r.status.message().find("handlers: echo"), std::string_view::npos) << r.status;
+  EXPECT_TRUE(Call(a.get(), "echo", "echo", "still fine").status.ok());
+}
+
+TEST(AgentTest, ManifestHandlerMustBeExported) {
+  auto a = NewAgent();
+  Manifest m = ExampleManifest("echo");
+  m.handlers.push_back("not_there");
+  Result<ServiceStatus> s = a->Deploy(m, ReadWasm("echo"));
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.status().message().find("not_there"), std::string_view::npos) << s.status();
+}
+
+TEST(AgentTest, MalformedModulesAreRejectedAndAgentLivesOn) {
+  auto a = NewAgent();
+  ASSERT_TRUE(a->Deploy(ExampleManifest("echo"), ReadWasm("echo")).ok());
+  Manifest m = ExampleManifest("echo");
+  m.name = "bad";
+  std::string good = ReadWasm("echo");
+  for (const std::string& bytes :
+       {std::string("not wasm at all"), std::string(), good.substr(0, good.size() / 2),
+        std::string("\0asm\x02\0\0\0", 8)}) {
+    Result<ServiceStatus> s = a->Deploy(m, bytes);
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.status().code(), StatusCode::kInvalidArgument) << s.status();
+  }
+  EXPECT_EQ(Call(a.get(), "echo", "echo", "ok").reply, "ok");
+}
+
+TEST(AgentTest, OversizedRequestIsRejectedBeforeTheGuestRuns) {
+  auto a = NewAgent();
+  ASSERT_TRUE(a->Deploy(FaultyManifest(), ReadWasm("guest_faulty")).ok());
+  InvokeResult r = Call(a.get(), "faulty", "incr", std::string(5000, 'x'));  // limit 4 KiB
+  EXPECT_EQ(r.status.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status.message().find("request_kib"), std::string_view::npos) << r.status;
+  EXPECT_EQ(Call(a.get(), "faulty", "get").reply, "0");  // the guest never ran
+}
+
+TEST(AgentTest, OversizedReplyFailsTheRequest) {
+  auto a = NewAgent();
+  ASSERT_TRUE(a->Deploy(FaultyManifest(), ReadWasm("guest_faulty")).ok());
+  InvokeResult r = Call(a.get(), "faulty", "big_reply");  // 256 KiB > 64 KiB
+  EXPECT_EQ(r.status.code(), StatusCode::kResourceExhausted) << r.status;
+}
+
+struct Misbehaviour {
+  const char* handler;
+  StatusCode code;
+  const char* words;  // expected in the message
+};
+
+class RollbackTest : public ::testing::TestWithParam<Misbehaviour> {};
+
+TEST_P(RollbackTest, FailureRollsBackToLastGoodStateAndOthersCarryOn) {
+  auto a = NewAgent();
+  ASSERT_TRUE(a->Deploy(FaultyManifest(), ReadWasm("guest_faulty")).ok());
+  ASSERT_TRUE(a->Deploy(ExampleManifest("counter"), ReadWasm("counter")).ok());
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Call(a.get(), "faulty", "incr").status.ok());
+  ASSERT_EQ(Call(a.get(), "counter", "incr", "7").reply, "7");
+
+  InvokeResult bad = Call(a.get(), "faulty", GetParam().handler);
+  EXPECT_EQ(bad.status.code(), GetParam().code) << bad.status;
+  EXPECT_NE(bad.status.message().find(GetParam().words), std::string_view::npos) << bad.status;
+  EXPECT_NE(bad.status.message().find("rolled back"), std::string_view::npos) << bad.status;
+
+  // The failed request's state change is gone, earlier ones are intact, heap consistent.
+  InvokeResult get = Call(a.get(), "faulty", "get");
+  ASSERT_TRUE(get.status.ok()) << get.status;
+  EXPECT_EQ(get.reply, "3");
+  EXPECT_EQ(Call(a.get(), "faulty", "incr").reply, "4");
+  // Another service's state is untouched.
+  EXPECT_EQ(Call(a.get(), "counter", "get").reply, "7");
+  AgentStatus st = a->GetStatus();
+  for (const auto& i : st.instances) {
+    if (i.service == "faulty") {
+      EXPECT_EQ(i.rollbacks, 1u);
+    }
+    if (i.service == "counter") {
+      EXPECT_EQ(i.rollbacks, 0u);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Guests, RollbackTest,
+    ::testing::Values(Misbehaviour{"incr_then_trap", StatusCode::kAborted, "unreachable"},
+                      Misbehaviour{"incr_then_oob", StatusCode::kAborted, "out of bounds"},
+                      Misbehaviour{"incr_then_loop", StatusCode::kDeadlineExceeded, "CPU"},
+                      Misbehaviour{"incr_then_recurse", StatusCode::kResourceExhausted, "stack"},
+                      Misbehaviour{"incr_then_oom", StatusCode::kResourceExhausted, "memory cap"}),
+    [](const ::testing::TestParamInfo<Misbehaviour>& info) { return std::string(info.param.handler); });
+
+TEST(AgentTest, CleanGuestFailureKeepsState) {
+  auto a = NewAgent();
+  ASSERT_TRUE(a->Deploy(FaultyManifest(), ReadWasm("guest_faulty")).ok());
+  InvokeResult r = Call(a.get(), "faulty", "fail_cleanly");
+  EXPECT_EQ(r.status.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(r.status.message().find("not today"), std::string_view::npos) << r.status;
+  EXPECT_EQ(Call(a.get(), "faulty", "get").reply, "1");  // a deliberate failure is a clean boundary
+}
+
+TEST(AgentTest, CounterStateSurvivesSnapshotAndRestoreIntoAnotherAgent) {
+  auto a = NewAgent();
+  Result<ServiceStatus> s = a->Deploy(ExampleManifest("counter"), ReadWasm("counter"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  const std::string id = s->instances[0];
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Call(a.get(), "counter", "incr").status.ok());
+  Result<wasm::Snapshot> snap = a->Snapshot(id);
+  ASSERT_TRUE(snap.ok()) << snap.status();
+  EXPECT_EQ(Call(a.get(), "counter", "incr").reply, "4");
+  ASSERT_TRUE(a->Restore(id, *snap).ok());
+  EXPECT_EQ(Call(a.get(), "counter", "get").reply, "3");
+
+  // Through the file format, into a different agent (other threads, other isolates).
+  std::string dir = tern::testing::TempDir("snap");
+  ASSERT_TRUE(wasm::WriteSnapshotFile(dir + "/c.snap", *snap).ok());
+  auto b = NewAgent("", 1);
+  Result<ServiceStatus> s2 = b->Deploy(ExampleManifest("counter"), ReadWasm("counter"));
+  ASSERT_TRUE(s2.ok());
+  EXPECT_EQ(Call(b.get(), "counter", "get").reply, "0");
+  Result<wasm::Snapshot> back = wasm::ReadSnapshotFile(dir + "/c.snap");
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_TRUE(b->Restore(s2->instances[0], *back).ok());
+  EXPECT_EQ(Call(b.get(), "counter", "incr").reply, "4");
+}
+
+TEST(AgentTest, RestoreRefusesSnapshotOfAnotherModule) {
+  auto a = NewAgent();
+  Result<ServiceStatus> c = a->Deploy(ExampleManifest("counter"), ReadWasm("counter"));
+  Result<ServiceStatus> e = a->Deploy(ExampleManifest("echo"), ReadWasm("echo"));
+  ASSERT_TRUE(c.ok() && e.ok());
+  Result<wasm::Snapshot> snap = a->Snapshot(e->instances[0]);
+  ASSERT_TRUE(snap.ok());
+  Status st = a->Restore(c->instances[0], *snap);
+  EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition) << st;
+}
+
+TEST(AgentTest, ServicesPersistAcrossAgentRestart) {
+  std::string dir = tern::testing::TempDir("agentdata");
+  std::string snap_path = dir + "/counter.snap";
+  {
+    auto a = NewAgent(dir);
+    Result<ServiceStatus> s = a->Deploy(ExampleManifest("counter"), ReadWasm("counter"));
+    ASSERT_TRUE(s.ok());
+    for (int i = 0; i < 5; ++i) ASSERT_TRUE(Call(a.get(), "counter", "incr").status.ok());
+    Result<wasm::Snapshot> snap = a->Snapshot(s->instances[0]);
+    ASSERT_TRUE(snap.ok());
+    ASSERT_TRUE(wasm::WriteSnapshotFile(snap_path, *snap).ok());
+  }
+  auto b = NewAgent(dir);
+  AgentStatus st = b->GetStatus();
+  ASSERT_EQ(st.services.size(), 1u);
+  ASSERT_EQ(st.instances.size(), 1u);
+  EXPECT_EQ(Call(b.get(), "counter", "get").reply, "0");  // a fresh instance
+  Result<wasm::Snapshot> snap = wasm::ReadSnapshotFile(snap_path);
+  ASSERT_TRUE(snap.ok());
+  ASSERT_TRUE(b->Restore(st.instances[0].id, *snap).ok());
+  EXPECT_EQ(Call(b.get(), "counter", "incr").reply, "6");
+}
+
+TEST(AgentTest, ManyConcurrentCallersAcrossInstances) {
+  auto a = NewAgent();
+  Manifest m = ExampleManifest("counter");
+  m.replicas = 1;
+  ASSERT_TRUE(a->Deploy(m, ReadWasm("counter")).ok());
+  Result<ServiceStatus> e = a->Deploy(ExampleManifest("echo"), ReadWasm("echo"));
+  ASSERT_TRUE(e.ok());
+  ASSERT_TRUE(a->StartInstance("echo").ok());
+  constexpr int kThreads = 4, kCalls = 200;
+  std::vector<std::thread> ts;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < kThreads; ++t) {
+    ts.emplace_back([&, t] {
+      for (int i = 0; i < kCalls; ++i) {
+        if (!Call(a.get(), "counter", "incr").status.ok()) failures++;
+        std::string p = std::to_string(t * 1000 + i);
+        if (Call(a.get(), "echo", "echo", p).reply != p) failures++;
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  // Actor semantics: no lost increments.
+  EXPECT_EQ(Call(a.get(), "counter", "get").reply, std::to_string(kThreads * kCalls));
+}
+
+TEST(AgentTest, StopAndUndeploy) {
+  auto a = NewAgent();
+  Result<ServiceStatus> s = a->Deploy(ExampleManifest("echo"), ReadWasm("echo"));
+  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE(a->StopInstance(s->instances[0]).ok());
+  EXPECT_EQ(Call(a.get(), "echo", "echo").status.code(), StatusCode::kUnavailable);
+  EXPECT_EQ(a->StopInstance(s->instances[0]).code(), StatusCode::kNotFound);
+  Result<std::string> id = a->StartInstance("echo");
+  ASSERT_TRUE(id.ok());
+  EXPECT_EQ(Call(a.get(), "echo", "echo", "x").reply, "x");
+  ASSERT_TRUE(a->Undeploy("echo").ok());
+  EXPECT_EQ(Call(a.get(), "echo", "echo").status.code(), StatusCode::kNotFound);
+  EXPECT_EQ(a->GetStatus().instances.size(), 0u);
+}
+
+}  // namespace
+}  // namespace tern::agent

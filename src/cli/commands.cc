@@ -1,0 +1,317 @@
+#include "cli/commands.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "cli/flags.h"
+#include "client/agent_client.h"
+#include "core/clock.h"
+#include "core/file.h"
+#include "core/manifest.h"
+
+namespace tern::cli {
+namespace {
+
+constexpr char kDefaultAgent[] = "127.0.0.1:7401";
+
+std::string DefaultAgent() {
+  const char* env = std::getenv("TERN_AGENT");
+  return env != nullptr && *env != '\0' ? env : kDefaultAgent;
+}
+
+void AddAgentFlag(Flags* f) {
+  f->Add("agent", DefaultAgent(), "agent admin address HOST:PORT ($TERN_AGENT)");
+  f->Add("timeout-ms", "30000", "give up after this many milliseconds");
+}
+
+int Fail(const Status& s) {
+  std::fprintf(stderr, "tern: %s\n", s.ToString().c_str());
+  return 1;
+}
+
+int Usage(const Flags& f, const Status& s) {
+  std::fprintf(stderr, "tern: %s\n\n%s", std::string(s.message()).c_str(), f.Help().c_str());
+  return 2;
+}
+
+// Parses flags; returns -1 to continue, or an exit code.
+int ParseOrExit(Flags* f, int argc, char** argv, size_t min_pos, size_t max_pos) {
+  Status s = f->Parse(argc, argv, 2);
+  if (!s.ok()) return Usage(*f, s);
+  if (f->help_requested()) {
+    std::fputs(f->Help().c_str(), stdout);
+    return 0;
+  }
+  size_t n = f->positional().size();
+  if (n < min_pos || n > max_pos) {
+    return Usage(*f, InvalidArgumentError(n < min_pos ? "missing arguments" : "too many arguments"));
+  }
+  return -1;
+}
+
+Result<std::unique_ptr<client::AgentClient>> Connect(const Flags& f) {
+  TERN_ASSIGN_OR_RETURN(int64_t ms, f.GetInt("timeout-ms", 1, 3'600'000));
+  return client::AgentClient::Connect(f.Get("agent"), std::chrono::milliseconds(ms));
+}
+
+int CmdDeploy(int argc, char** argv) {
+  Flags f("tern deploy MANIFEST [--module FILE.wasm] [flags]",
+          "Deploys a service (a manifest + its wasm module) to an agent and starts\n"
+          "`replicas` instances of it. Deploying a service again replaces it.");
+  f.Add("module", "", "the .wasm to deploy (default: the manifest's `module`, relative to the manifest)");
+  f.AddBool("no-start", "deploy without starting instances");
+  AddAgentFlag(&f);
+  if (int rc = ParseOrExit(&f, argc, argv, 1, 1); rc >= 0) return rc;
+  const std::string manifest_path = f.positional()[0];
+  Result<Manifest> m = LoadManifest(manifest_path);
+  if (!m.ok()) return Fail(m.status());
+  std::string module_path = f.Get("module");
+  if (module_path.empty()) {
+    if (m->module.empty()) {
+      return Fail(InvalidArgumentError(manifest_path + " has no `module:` field; pass --module FILE.wasm"));
+    }
+    module_path = JoinPath(DirName(manifest_path), m->module);
+  }
+  Result<std::string> bytes = ReadFile(module_path);
+  if (!bytes.ok()) {
+    return Fail(Status(bytes.status().code(),
+                       fmt::format("{} (pass --module PATH; `make build` puts guests in build/dev/wasm/)",
+                                   bytes.status().message())));
+  }
+  Result<std::string> yaml = ReadFile(manifest_path);
+  if (!yaml.ok()) return Fail(yaml.status());
+  auto c = Connect(f);
+  if (!c.ok()) return Fail(c.status());
+  Result<std::string> r = (*c)->Deploy(*yaml, *bytes, !f.GetBool("no-start"));
+  if (!r.ok()) return Fail(r.status());
+  nlohmann::json j = nlohmann::json::parse(*r, nullptr, false);
+  std::vector<std::string> inst = j.value("instances", std::vector<std::string>{});
+  std::string list;
+  for (const auto& i : inst) list += (list.empty() ? "" : ", ") + i;
+  std::printf("deployed %s %s (module %s, %zu bytes); instances: %s\n", m->name.c_str(),
+              m->version.c_str(), j.value("module_hash", std::string("?")).substr(0, 12).c_str(),
+              bytes->size(), list.empty() ? "none" : list.c_str());
+  return 0;
+}
+
+int CmdInvoke(int argc, char** argv) {
+  Flags f("tern invoke SERVICE HANDLER [PAYLOAD] [flags]",
+          "Calls a handler of a service over the agent's frame protocol and prints the\n"
+          "reply. PAYLOAD is taken literally; `-` reads it from stdin.");
+  f.Add("data-file", "", "read the payload from this file");
+  f.Add("repeat", "1", "call N times and print latency percentiles instead of the reply");
+  AddAgentFlag(&f);
+  if (int rc = ParseOrExit(&f, argc, argv, 2, 3); rc >= 0) return rc;
+  std::string payload;
+  if (f.positional().size() == 3) {
+    payload = f.positional()[2];
+    if (payload == "-") {
+      payload.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+    }
+  }
+  if (f.IsSet("data-file")) {
+    Result<std::string> d = ReadFile(f.Get("data-file"));
+    if (!d.ok()) return Fail(d.status());
+    payload = std::move(*d);
+  }
+  Result<int64_t> repeat = f.GetInt("repeat", 1, 10'000'000);
+  if (!repeat.ok()) return Usage(f, repeat.status());
+  Result<int64_t> tmo = f.GetInt("timeout-ms", 1, 3'600'000);
+  if (!tmo.ok()) return Usage(f, tmo.status());
+  auto c = Connect(f);
+  if (!c.ok()) return Fail(c.status());
+  const std::string& svc = f.positional()[0];
+  const std::string& handler = f.positional()[1];
+  if (*repeat == 1) {
+    Result<std::string> r = (*c)->Invoke(svc, handler, payload, std::chrono::milliseconds(*tmo));
+    if (!r.ok()) return Fail(r.status());
+    std::fwrite(r->data(), 1, r->size(), stdout);
+    if (isatty(STDOUT_FILENO) && (r->empty() || r->back() != '\n')) std::fputc('\n', stdout);
+    return 0;
+  }
+  std::vector<int64_t> ns;
+  ns.reserve(static_cast<size_t>(*repeat));
+  int64_t start = MonoNanos();
+  for (int64_t i = 0; i < *repeat; ++i) {
+    int64_t t0 = MonoNanos();
+    Result<std::string> r = (*c)->Invoke(svc, handler, payload, std::chrono::milliseconds(*tmo));
+    if (!r.ok()) return Fail(r.status().WithPrefix(fmt::format("call {} of {}", i + 1, *repeat)));
+    ns.push_back(MonoNanos() - t0);
+  }
+  double secs = (MonoNanos() - start) / 1e9;
+  std::sort(ns.begin(), ns.end());
+  auto pct = [&](double p) { return ns[std::min(ns.size() - 1, static_cast<size_t>(p * ns.size()))] / 1e3; };
+  std::printf("%lld calls in %.3f s (%.0f calls/s, one at a time)\n", static_cast<long long>(*repeat),
+              secs, *repeat / secs);
+  std::printf("latency us: p50 %.1f  p90 %.1f  p99 %.1f  max %.1f\n", pct(0.5), pct(0.9), pct(0.99),
+              ns.back() / 1e3);
+  return 0;
+}
+
+int CmdPs(int argc, char** argv) {
+  Flags f("tern ps [flags]", "Lists the agent's services and instances.");
+  f.AddBool("json", "print the raw JSON status");
+  AddAgentFlag(&f);
+  if (int rc = ParseOrExit(&f, argc, argv, 0, 0); rc >= 0) return rc;
+  auto c = Connect(f);
+  if (!c.ok()) return Fail(c.status());
+  Result<std::string> r = (*c)->StatusJson();
+  if (!r.ok()) return Fail(r.status());
+  if (f.GetBool("json")) {
+    std::printf("%s\n", r->c_str());
+    return 0;
+  }
+  nlohmann::json j = nlohmann::json::parse(*r, nullptr, false);
+  if (j.is_discarded()) return Fail(InternalError("agent sent malformed JSON"));
+  std::printf("device %s, %d workers, %zu compiled modules\n\n",
+              j.value("device", std::string("?")).c_str(), j.value("workers", 0),
+              j.value("cached_modules", size_t{0}));
+  std::printf("%-16s %-10s %-9s %-6s %-14s %s\n", "SERVICE", "VERSION", "STATEFUL", "INST", "MODULE", "HANDLERS");
+  for (const auto& s : j["services"]) {
+    const auto& m = s["manifest"];
+    std::string handlers;
+    for (const auto& h : m["handlers"]) handlers += (handlers.empty() ? "" : ",") + h.get<std::string>();
+    std::printf("%-16s %-10s %-9s %-6zu %-14s %s\n", m.value("name", std::string()).c_str(),
+                m.value("version", std::string()).c_str(), m.value("stateful", false) ? "yes" : "no",
+                s["instances"].size(), s.value("module_hash", std::string()).substr(0, 12).c_str(),
+                handlers.c_str());
+  }
+  std::printf("\n%-16s %-12s %-6s %-9s %-8s %-9s %-9s %-10s %s\n", "INSTANCE", "SERVICE", "WORKER",
+              "REQUESTS", "FAILED", "ROLLBACK", "MEMORY", "AVG_EXEC", "LAST ERROR");
+  for (const auto& i : j["instances"]) {
+    uint64_t req = i.value("requests", uint64_t{0});
+    double avg_us = req ? i.value("exec_ns_total", int64_t{0}) / 1e3 / static_cast<double>(req) : 0;
+    std::string err = i.value("last_error", std::string());
+    if (err.size() > 60) err = err.substr(0, 57) + "...";
+    std::printf("%-16s %-12s %-6d %-9llu %-8llu %-9llu %-9s %-10s %s\n",
+                i.value("id", std::string()).c_str(), i.value("service", std::string()).c_str(),
+                i.value("worker", 0), static_cast<unsigned long long>(req),
+                static_cast<unsigned long long>(i.value("failures", uint64_t{0})),
+                static_cast<unsigned long long>(i.value("rollbacks", uint64_t{0})),
+                fmt::format("{}K", i.value("memory_bytes", uint64_t{0}) >> 10).c_str(),
+                fmt::format("{:.1f}us", avg_us).c_str(), err.c_str());
+  }
+  return 0;
+}
+
+int CmdSimple(int argc, char** argv, const std::string& cmd) {
+  std::string usage, desc;
+  if (cmd == "start") {
+    usage = "tern start SERVICE";
+    desc = "Starts one more instance of a deployed service; prints its id.";
+  } else if (cmd == "stop") {
+    usage = "tern stop INSTANCE";
+    desc = "Stops an instance (its state is discarded; snapshot it first to keep it).";
+  } else {
+    usage = "tern undeploy SERVICE";
+    desc = "Stops every instance of a service and removes it from the agent.";
+  }
+  Flags f(usage + " [flags]", desc);
+  AddAgentFlag(&f);
+  if (int rc = ParseOrExit(&f, argc, argv, 1, 1); rc >= 0) return rc;
+  auto c = Connect(f);
+  if (!c.ok()) return Fail(c.status());
+  const std::string& arg = f.positional()[0];
+  if (cmd == "start") {
+    Result<std::string> id = (*c)->StartInstance(arg);
+    if (!id.ok()) return Fail(id.status());
+    std::printf("%s\n", id->c_str());
+    return 0;
+  }
+  Status s = cmd == "stop" ? (*c)->StopInstance(arg) : (*c)->Undeploy(arg);
+  if (!s.ok()) return Fail(s);
+  std::printf("%s %s\n", cmd == "stop" ? "stopped" : "undeployed", arg.c_str());
+  return 0;
+}
+
+int CmdSnapshot(int argc, char** argv) {
+  Flags f("tern snapshot INSTANCE [-o FILE] [flags]",
+          "Saves an instance's state (linear memory + stack pointer, taken between two\n"
+          "requests) to a file that `tern restore` accepts on any agent.");
+  f.Add("output", "", "file to write (default: INSTANCE.snap)");
+  f.AddAlias("o", "output");
+  AddAgentFlag(&f);
+  if (int rc = ParseOrExit(&f, argc, argv, 1, 1); rc >= 0) return rc;
+  const std::string& id = f.positional()[0];
+  std::string out = f.IsSet("output") ? f.Get("output") : id + ".snap";
+  auto c = Connect(f);
+  if (!c.ok()) return Fail(c.status());
+  Result<std::string> bytes = (*c)->Snapshot(id);
+  if (!bytes.ok()) return Fail(bytes.status());
+  Status w = WriteFileAtomic(out, *bytes);
+  if (!w.ok()) return Fail(w);
+  std::printf("snapshot of %s written to %s (%zu bytes)\n", id.c_str(), out.c_str(), bytes->size());
+  return 0;
+}
+
+int CmdRestore(int argc, char** argv) {
+  Flags f("tern restore INSTANCE FILE [flags]",
+          "Replaces an instance's state with a snapshot taken by `tern snapshot` from an\n"
+          "instance of the same module (on this or any other agent).");
+  AddAgentFlag(&f);
+  if (int rc = ParseOrExit(&f, argc, argv, 2, 2); rc >= 0) return rc;
+  Result<std::string> bytes = ReadFile(f.positional()[1]);
+  if (!bytes.ok()) return Fail(bytes.status());
+  auto c = Connect(f);
+  if (!c.ok()) return Fail(c.status());
+  Status s = (*c)->Restore(f.positional()[0], *bytes);
+  if (!s.ok()) return Fail(s);
+  std::printf("restored %s from %s\n", f.positional()[0].c_str(), f.positional()[1].c_str());
+  return 0;
+}
+
+}  // namespace
+
+void PrintTopLevelHelp() {
+  std::fputs(
+      "tern — offloadable, migratable WebAssembly microservices\n\n"
+      "usage: tern COMMAND [ARGS] [--help]\n\n"
+      "roles:\n"
+      "  agent       run the agent of one device (hosts instances, serves calls)\n\n"
+      "commands (talk to an agent; --agent HOST:PORT or $TERN_AGENT, default 127.0.0.1:7401):\n"
+      "  deploy      deploy a service: manifest + wasm module\n"
+      "  invoke      call a handler and print the reply\n"
+      "  ps          list services and instances\n"
+      "  start       start another instance of a service\n"
+      "  stop        stop an instance\n"
+      "  undeploy    remove a service\n"
+      "  snapshot    save an instance's state to a file\n"
+      "  restore     load an instance's state from a file\n"
+      "  version     print the version\n\n"
+      "`tern COMMAND --help` explains each one.\n",
+      stdout);
+}
+
+int RunClientCommand(int argc, char** argv) {
+  if (argc < 2) {
+    PrintTopLevelHelp();
+    return 2;
+  }
+  std::string cmd = argv[1];
+  if (cmd == "deploy") return CmdDeploy(argc, argv);
+  if (cmd == "invoke") return CmdInvoke(argc, argv);
+  if (cmd == "ps") return CmdPs(argc, argv);
+  if (cmd == "start" || cmd == "stop" || cmd == "undeploy") return CmdSimple(argc, argv, cmd);
+  if (cmd == "snapshot") return CmdSnapshot(argc, argv);
+  if (cmd == "restore") return CmdRestore(argc, argv);
+  if (cmd == "version" || cmd == "--version") {
+    std::printf("tern 0.1.0 (guest ABI tern_v1)\n");
+    return 0;
+  }
+  if (cmd == "help" || cmd == "--help" || cmd == "-h") {
+    PrintTopLevelHelp();
+    return 0;
+  }
+  std::fprintf(stderr, "tern: unknown command '%s'\n\n", cmd.c_str());
+  PrintTopLevelHelp();
+  return 2;
+}
+
+}  // namespace tern::cli

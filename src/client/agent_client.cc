@@ -1,0 +1,138 @@
+#include "client/agent_client.h"
+
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include "core/base64.h"
+#include "transport/frame.h"
+#include "transport/frame_client.h"
+#include "transport/http.h"
+
+namespace tern::client {
+
+namespace {
+
+Status SplitHostPort(const std::string& s, std::string* host, uint16_t* port) {
+  size_t c = s.rfind(':');
+  if (c == std::string::npos || c == 0 || c + 1 >= s.size()) {
+    return InvalidArgumentError(fmt::format("agent address '{}' is not HOST:PORT", s));
+  }
+  int p = 0;
+  for (char ch : s.substr(c + 1)) {
+    if (ch < '0' || ch > '9' || p > 65535) return InvalidArgumentError("bad port in '" + s + "'");
+    p = p * 10 + (ch - '0');
+  }
+  if (p < 1 || p > 65535) return InvalidArgumentError("bad port in '" + s + "'");
+  *host = s.substr(0, c);
+  *port = static_cast<uint16_t>(p);
+  return Status::Ok();
+}
+
+// Turns an error answer of the admin API into a Status.
+Status FromErrorBody(int http_status, const std::string& body) {
+  nlohmann::json j = nlohmann::json::parse(body, nullptr, false);
+  if (!j.is_discarded() && j.is_object() && j.contains("error") && j["error"].is_object()) {
+    const auto& e = j["error"];
+    int code = e.value("code_number", static_cast<int>(StatusCode::kUnknown));
+    return Status(StatusCodeFromInt(code), e.value("message", std::string("(no message)")));
+  }
+  return Status(StatusCode::kUnknown,
+                fmt::format("agent answered HTTP {}: {}", http_status, body.substr(0, 200)));
+}
+
+}  // namespace
+
+AgentClient::AgentClient(std::string host, std::unique_ptr<transport::HttpClient> http,
+                         std::chrono::milliseconds timeout)
+    : host_(std::move(host)), http_(std::move(http)), timeout_(timeout) {}
+
+AgentClient::~AgentClient() = default;
+
+Result<std::unique_ptr<AgentClient>> AgentClient::Connect(const std::string& admin,
+                                                          std::chrono::milliseconds timeout) {
+  std::string host;
+  uint16_t port = 0;
+  TERN_RETURN_IF_ERROR(SplitHostPort(admin, &host, &port));
+  auto http = transport::HttpClient::Connect(host, port, timeout);
+  if (!http.ok()) {
+    return Status(http.status().code(),
+                  fmt::format("cannot reach the agent's admin API at {} ({}); is `tern agent` "
+                              "running? (--agent HOST:PORT or $TERN_AGENT)",
+                              admin, http.status().message()));
+  }
+  return std::unique_ptr<AgentClient>(new AgentClient(host, std::move(*http), timeout));
+}
+
+Result<std::string> AgentClient::Admin(const std::string& method, const std::string& target,
+                                       const std::string& body, const std::string& content_type) {
+  TERN_ASSIGN_OR_RETURN(transport::HttpClientResponse r,
+                        http_->Request(method, target, body, content_type,
+                                       std::chrono::milliseconds(std::max<int64_t>(timeout_.count(), 60000))));
+  if (r.status < 200 || r.status > 299) return FromErrorBody(r.status, r.body);
+  return std::move(r.body);
+}
+
+Result<std::string> AgentClient::Info() { return Admin("GET", "/v1/info", "", ""); }
+Result<std::string> AgentClient::StatusJson() { return Admin("GET", "/v1/status", "", ""); }
+
+Result<std::string> AgentClient::Deploy(const std::string& manifest_yaml,
+                                        const std::string& module_bytes, bool start_instances) {
+  nlohmann::json j{{"manifest", manifest_yaml},
+                   {"module_b64", Base64Encode(module_bytes)},
+                   {"start", start_instances}};
+  return Admin("POST", "/v1/services", j.dump(), "application/json");
+}
+
+Status AgentClient::Undeploy(const std::string& service) {
+  return Admin("DELETE", "/v1/services/" + service, "", "").status();
+}
+
+Result<std::string> AgentClient::StartInstance(const std::string& service) {
+  TERN_ASSIGN_OR_RETURN(std::string body, Admin("POST", "/v1/services/" + service + "/instances", "", ""));
+  nlohmann::json j = nlohmann::json::parse(body, nullptr, false);
+  if (j.is_discarded() || !j.contains("instance")) return InternalError("bad answer: " + body);
+  return j["instance"].get<std::string>();
+}
+
+Status AgentClient::StopInstance(const std::string& instance) {
+  return Admin("DELETE", "/v1/instances/" + instance, "", "").status();
+}
+
+Result<std::string> AgentClient::Snapshot(const std::string& instance) {
+  return Admin("GET", "/v1/instances/" + instance + "/snapshot", "", "");
+}
+
+Status AgentClient::Restore(const std::string& instance, const std::string& snapshot_bytes) {
+  return Admin("PUT", "/v1/instances/" + instance + "/snapshot", snapshot_bytes,
+               "application/octet-stream")
+      .status();
+}
+
+Result<transport::FrameClient*> AgentClient::Frames() {
+  if (frames_ == nullptr || !frames_->error().ok()) {
+    TERN_ASSIGN_OR_RETURN(std::string info, Info());
+    nlohmann::json j = nlohmann::json::parse(info, nullptr, false);
+    if (j.is_discarded() || !j.contains("frame_port") || !j["frame_port"].is_number_integer()) {
+      return InternalError("agent info has no frame_port: " + info);
+    }
+    TERN_ASSIGN_OR_RETURN(frames_, transport::FrameClient::Connect(host_, j["frame_port"].get<uint16_t>(),
+                                                                   timeout_));
+  }
+  return frames_.get();
+}
+
+Result<std::string> AgentClient::Invoke(const std::string& service, const std::string& handler,
+                                        const std::string& payload,
+                                        std::chrono::milliseconds timeout) {
+  TERN_ASSIGN_OR_RETURN(transport::FrameClient * fc, Frames());
+  transport::Frame f;
+  f.type = transport::FrameType::kInvoke;
+  f.service = service;
+  f.handler = handler;
+  f.payload = payload;
+  TERN_ASSIGN_OR_RETURN(transport::Frame reply, fc->Call(std::move(f), timeout));
+  return std::move(reply.payload);
+}
+
+}  // namespace tern::client

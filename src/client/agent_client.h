@@ -1,0 +1,65 @@
+// AgentClient: the client library for one agent — its HTTP/JSON admin API and its
+// frame-protocol data plane. Used by the CLI, the integration tests and benchmarks.
+//
+// Errors: transport failures as the transport reports them (kUnavailable: is the agent
+// running? kDeadlineExceeded), and the agent's own errors with their code and message.
+// Ownership: owns its connections. Thread-safety: not thread-safe; one per thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/status.h"
+
+namespace tern::transport {
+class HttpClient;
+class FrameClient;
+}  // namespace tern::transport
+
+namespace tern::client {
+
+class AgentClient {
+ public:
+  // `admin` is "host:port" of the agent's HTTP admin API. Connects now.
+  static Result<std::unique_ptr<AgentClient>> Connect(const std::string& admin,
+                                                      std::chrono::milliseconds timeout);
+  ~AgentClient();
+  AgentClient(const AgentClient&) = delete;
+  AgentClient& operator=(const AgentClient&) = delete;
+
+  // The JSON documents of GET /v1/info and GET /v1/status.
+  Result<std::string> Info();
+  Result<std::string> StatusJson();
+  // Deploys; returns the service JSON (module hash, instances).
+  Result<std::string> Deploy(const std::string& manifest_yaml, const std::string& module_bytes,
+                             bool start_instances);
+  Status Undeploy(const std::string& service);
+  Result<std::string> StartInstance(const std::string& service);  // the new instance id
+  Status StopInstance(const std::string& instance);
+  // The snapshot file bytes (docs/formats/snapshot.md).
+  Result<std::string> Snapshot(const std::string& instance);
+  Status Restore(const std::string& instance, const std::string& snapshot_bytes);
+
+  // Invokes over the frame protocol (connects to the agent's frame port on first use).
+  Result<std::string> Invoke(const std::string& service, const std::string& handler,
+                             const std::string& payload,
+                             std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  // The frame client, for pipelined use (benchmarks); connects on first use.
+  Result<transport::FrameClient*> Frames();
+
+ private:
+  AgentClient(std::string host, std::unique_ptr<transport::HttpClient> http,
+              std::chrono::milliseconds timeout);
+  // Sends an admin request; non-2xx answers become the Status they carry.
+  Result<std::string> Admin(const std::string& method, const std::string& target,
+                            const std::string& body, const std::string& content_type);
+
+  std::string host_;
+  std::unique_ptr<transport::HttpClient> http_;
+  std::unique_ptr<transport::FrameClient> frames_;
+  std::chrono::milliseconds timeout_;
+};
+
+}  // namespace tern::client

@@ -1,0 +1,210 @@
+#include "transport/frame_client.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <optional>
+
+#include <fmt/format.h>
+
+#include "core/clock.h"
+
+namespace tern::transport {
+namespace {
+
+constexpr size_t kReadChunkBytes = 64u << 10;
+constexpr size_t kCompactOutputBytes = 1u << 20;
+
+}  // namespace
+
+Result<std::unique_ptr<FrameClient>> FrameClient::Connect(std::string_view host,
+                                                          uint16_t port,
+                                                          std::chrono::nanoseconds timeout,
+                                                          const FrameClientOptions& options) {
+  TERN_ASSIGN_OR_RETURN(UniqueFd fd, ConnectTcp(host, port, timeout));
+  return std::unique_ptr<FrameClient>(new FrameClient(std::move(fd), options));
+}
+
+FrameClient::FrameClient(UniqueFd fd, const FrameClientOptions& options)
+    : fd_(std::move(fd)),
+      decoder_(options.max_payload_bytes),
+      read_buf_(new char[kReadChunkBytes]) {}
+
+Status FrameClient::Break(Status s) {
+  if (broken_.ok()) {
+    broken_ = std::move(s);
+    fd_.reset();
+    out_.clear();
+    out_pos_ = 0;
+  }
+  return broken_;
+}
+
+Status FrameClient::WriteSome() {
+  while (out_pos_ < out_.size()) {
+    ssize_t n = send(fd_.get(), out_.data() + out_pos_, out_.size() - out_pos_,
+                     MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      out_pos_ += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    return Break(ErrnoError("frame client: send", n < 0 ? errno : EPIPE));
+  }
+  if (out_pos_ == out_.size()) {
+    out_.clear();
+    out_pos_ = 0;
+  } else if (out_pos_ >= kCompactOutputBytes && out_pos_ >= out_.size() / 2) {
+    out_.erase(0, out_pos_);
+    out_pos_ = 0;
+  }
+  return Status::Ok();
+}
+
+Status FrameClient::ReadSomeInput() {
+  for (;;) {
+    ssize_t n = recv(fd_.get(), read_buf_.get(), kReadChunkBytes, MSG_DONTWAIT);
+    if (n > 0) {
+      decoder_.Feed(std::string_view(read_buf_.get(), static_cast<size_t>(n)));
+      return Status::Ok();
+    }
+    if (n == 0) return Break(UnavailableError("frame client: server closed the connection"));
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Status::Ok();
+    return Break(ErrnoError("frame client: recv", errno));
+  }
+}
+
+Status FrameClient::PumpOnce(int64_t deadline, bool block) {
+  TERN_RETURN_IF_ERROR(WriteSome());
+  if (!block) return Status::Ok();
+  int timeout_ms = -1;
+  if (deadline > 0) {
+    int64_t left = deadline - MonoNanos();
+    if (left <= 0) return DeadlineExceededError("frame client: timed out");
+    int64_t ms = (left + 999'999) / 1'000'000;
+    timeout_ms = ms > 1'000'000'000 ? 1'000'000'000 : static_cast<int>(ms);
+  }
+  pollfd p{};
+  p.fd = fd_.get();
+  p.events = POLLIN;
+  if (out_pos_ < out_.size()) p.events |= POLLOUT;
+  int rc = poll(&p, 1, timeout_ms);
+  if (rc < 0) {
+    if (errno == EINTR) return Status::Ok();
+    return Break(ErrnoError("frame client: poll", errno));
+  }
+  if (rc == 0) return DeadlineExceededError("frame client: timed out");
+  if (p.revents & (POLLIN | POLLERR | POLLHUP)) TERN_RETURN_IF_ERROR(ReadSomeInput());
+  if (p.revents & POLLOUT) TERN_RETURN_IF_ERROR(WriteSome());
+  return Status::Ok();
+}
+
+Result<Frame> FrameClient::NextFrame(int64_t deadline) {
+  if (!broken_.ok()) return broken_;
+  for (;;) {
+    Frame f;
+    Result<bool> got = decoder_.Next(&f);
+    if (!got.ok()) {
+      return Break(UnavailableError(
+          fmt::format("frame client: malformed answer from server: {}", got.status().message())));
+    }
+    if (*got) {
+      if (f.type == FrameType::kError && f.request_id == 0) {
+        // The server rejects the whole connection (e.g. too many connections).
+        return Break(ErrorFrameStatus(f));
+      }
+      if (in_flight_ > 0) --in_flight_;
+      return f;
+    }
+    TERN_RETURN_IF_ERROR(PumpOnce(deadline, /*block=*/true));
+  }
+}
+
+Result<uint64_t> FrameClient::Send(Frame request) {
+  if (!broken_.ok()) return broken_;
+  request.request_id = next_id_++;
+  TERN_RETURN_IF_ERROR(EncodeFrame(request, &out_));
+  ++in_flight_;
+  TERN_RETURN_IF_ERROR(WriteSome());
+  return request.request_id;
+}
+
+Result<Frame> FrameClient::Receive(std::chrono::nanoseconds timeout) {
+  return NextFrame(DeadlineFromTimeout(timeout));
+}
+
+Status FrameClient::Flush(std::chrono::nanoseconds timeout) {
+  if (!broken_.ok()) return broken_;
+  const int64_t deadline = DeadlineFromTimeout(timeout);
+  while (out_pos_ < out_.size()) TERN_RETURN_IF_ERROR(PumpOnce(deadline, /*block=*/true));
+  return Status::Ok();
+}
+
+Result<Frame> FrameClient::Call(Frame request, std::chrono::nanoseconds timeout) {
+  const int64_t deadline = DeadlineFromTimeout(timeout);
+  TERN_ASSIGN_OR_RETURN(uint64_t id, Send(std::move(request)));
+  for (;;) {
+    Result<Frame> f = NextFrame(deadline);
+    if (!f.ok()) {
+      if (f.status().code() == StatusCode::kDeadlineExceeded) {
+        return DeadlineExceededError(fmt::format(
+            "frame client: no answer to request {} within {} ms", id, timeout.count() / 1'000'000));
+      }
+      return f.status();
+    }
+    if (f->request_id != id) continue;  // a late answer to an abandoned request
+    if (f->type == FrameType::kError) return ErrorFrameStatus(*f);
+    return f;
+  }
+}
+
+Result<std::chrono::nanoseconds> FrameClient::Ping(std::chrono::nanoseconds timeout) {
+  Frame ping;
+  ping.type = FrameType::kPing;
+  const int64_t start = MonoNanos();
+  TERN_ASSIGN_OR_RETURN(Frame pong, Call(std::move(ping), timeout));
+  if (pong.type != FrameType::kPong) {
+    return InternalError(
+        fmt::format("frame client: ping answered with a {} frame", FrameTypeName(pong.type)));
+  }
+  return std::chrono::nanoseconds(MonoNanos() - start);
+}
+
+Result<std::vector<Result<Frame>>> FrameClient::CallMany(std::vector<Frame> requests,
+                                                         size_t window,
+                                                         std::chrono::nanoseconds timeout) {
+  if (window == 0) window = 1;
+  const int64_t deadline = DeadlineFromTimeout(timeout);
+  const size_t n = requests.size();
+  const uint64_t base_id = next_id_;
+  std::vector<std::optional<Result<Frame>>> slots(n);
+  size_t sent = 0;
+  size_t done = 0;
+  while (done < n) {
+    while (sent < n && sent - done < window) {
+      TERN_ASSIGN_OR_RETURN(uint64_t id, Send(std::move(requests[sent])));
+      (void)id;  // == base_id + sent: ids are consecutive within this call
+      ++sent;
+    }
+    Result<Frame> f = NextFrame(deadline);
+    if (!f.ok()) return f.status();
+    if (f->request_id < base_id || f->request_id >= base_id + sent) continue;  // stale
+    std::optional<Result<Frame>>& slot = slots[f->request_id - base_id];
+    if (slot.has_value()) continue;  // duplicate answer: keep the first
+    if (f->type == FrameType::kError) {
+      slot.emplace(ErrorFrameStatus(*f));
+    } else {
+      slot.emplace(std::move(f).value());
+    }
+    ++done;
+  }
+  std::vector<Result<Frame>> results;
+  results.reserve(n);
+  for (auto& s : slots) results.push_back(std::move(*s));
+  return results;
+}
+
+}  // namespace tern::transport

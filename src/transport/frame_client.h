@@ -1,0 +1,97 @@
+// FrameClient: a blocking client for tern's frame protocol (frame.h) over TCP, for the
+// CLI, the client library and benchmarks.
+//
+//   auto c = FrameClient::Connect("127.0.0.1", port, std::chrono::seconds(2));
+//   Result<Frame> reply = (*c)->Call(request, std::chrono::seconds(5));
+//
+// Call() assigns the request id, sends, and waits for the answer with that id.
+// Pipelining: Send() + Receive() keep many requests in flight; CallMany() does it with
+// a bounded window and returns the answers in request order. Reading and writing are
+// interleaved, so a long pipeline cannot deadlock against a server that stops reading
+// while its replies are not being read.
+//
+// Errors follow STYLE.md: kUnavailable when the connection is refused, reset or closed
+// (connect again; the client is then unusable, see error()), kDeadlineExceeded when an
+// answer does not arrive in time (the connection stays usable; the late answer is
+// discarded by Call()), and for kError answers the code and message they carry.
+//
+// Ownership: owns its socket. Thread-safety: not thread-safe; use one client per
+// thread (or serialize calls).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/status.h"
+#include "transport/frame.h"
+#include "transport/socket.h"
+
+namespace tern::transport {
+
+struct FrameClientOptions {
+  // Answers with larger payloads break the connection (kUnavailable).
+  uint32_t max_payload_bytes = kMaxPayloadBytes;
+};
+
+class FrameClient {
+ public:
+  static Result<std::unique_ptr<FrameClient>> Connect(
+      std::string_view host, uint16_t port,
+      std::chrono::nanoseconds timeout = std::chrono::seconds(5),
+      const FrameClientOptions& options = {});
+  FrameClient(const FrameClient&) = delete;
+  FrameClient& operator=(const FrameClient&) = delete;
+
+  // Sends `request` (its request_id is replaced by a fresh one) and waits up to
+  // `timeout` (0 = forever) for the answer. Returns kReply, kMoved and kPong frames;
+  // a kError answer becomes its Status.
+  Result<Frame> Call(Frame request, std::chrono::nanoseconds timeout);
+  // Call() with a kPing frame; returns the round-trip time.
+  Result<std::chrono::nanoseconds> Ping(std::chrono::nanoseconds timeout);
+
+  // Pipelining. Send() assigns a fresh request id, queues the frame and writes what
+  // the socket takes without blocking; returns the id. Receive() waits up to `timeout`
+  // for the next incoming frame, whatever its id (kError frames included: see
+  // ErrorFrameStatus), writing queued requests meanwhile.
+  Result<uint64_t> Send(Frame request);
+  Result<Frame> Receive(std::chrono::nanoseconds timeout);
+  // Writes all queued requests (reading answers into the buffer meanwhile).
+  Status Flush(std::chrono::nanoseconds timeout);
+
+  // Sends every request keeping at most `window` unanswered, and returns one result
+  // per request, in request order (a kError answer becomes its Status). A transport
+  // failure or the `timeout` for the whole batch fails the batch.
+  Result<std::vector<Result<Frame>>> CallMany(std::vector<Frame> requests, size_t window,
+                                              std::chrono::nanoseconds timeout);
+
+  // Sent but not yet answered requests (as seen by Receive/Call/CallMany).
+  size_t in_flight() const { return in_flight_; }
+  // The error that broke the connection; OK while it is usable.
+  const Status& error() const { return broken_; }
+
+ private:
+  FrameClient(UniqueFd fd, const FrameClientOptions& options);
+  // Next decoded frame, pumping the socket until `deadline` (0 = none).
+  Result<Frame> NextFrame(int64_t deadline);
+  // Writes what the socket takes; with `block`, then waits (until `deadline`) for the
+  // socket to become readable or writable and reads or writes once more.
+  Status PumpOnce(int64_t deadline, bool block);
+  Status WriteSome();
+  Status ReadSomeInput();
+  Status Break(Status s);
+
+  UniqueFd fd_;
+  FrameDecoder decoder_;
+  std::string out_;
+  size_t out_pos_ = 0;
+  uint64_t next_id_ = 1;
+  size_t in_flight_ = 0;
+  Status broken_;
+  std::unique_ptr<char[]> read_buf_;
+};
+
+}  // namespace tern::transport

@@ -1,0 +1,359 @@
+#include "transport/frame.h"
+
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace tern::transport {
+namespace {
+
+Frame FullFrame() {
+  Frame f;
+  f.type = FrameType::kInvoke;
+  f.request_id = 0x0102030405060708ull;
+  f.epoch = 0x1112131415161718ull;
+  f.budget_us = 250000;
+  f.status = StatusCode::kOk;
+  f.tenant = "acme";
+  f.service = "orders";
+  f.handler = "place";
+  f.payload = std::string("hello\0world", 11);
+  return f;
+}
+
+std::string Encode(const Frame& f) {
+  std::string out;
+  Status s = EncodeFrame(f, &out);
+  EXPECT_TRUE(s.ok()) << s;
+  return out;
+}
+
+// Decodes every complete frame in `bytes` (fed at once).
+std::vector<Frame> DecodeAll(FrameDecoder* d, std::string_view bytes) {
+  d->Feed(bytes);
+  std::vector<Frame> frames;
+  Frame f;
+  for (;;) {
+    Result<bool> r = d->Next(&f);
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok() || !*r) break;
+    frames.push_back(f);
+  }
+  return frames;
+}
+
+void PutU32(std::string* s, size_t off, uint32_t v) {
+  for (int i = 0; i < 4; ++i) (*s)[off + i] = static_cast<char>((v >> (8 * i)) & 0xff);
+}
+void PutU16(std::string* s, size_t off, uint16_t v) {
+  (*s)[off] = static_cast<char>(v & 0xff);
+  (*s)[off + 1] = static_cast<char>(v >> 8);
+}
+// Recomputes the header CRC after a test edited header bytes.
+void FixCrc(std::string* s) { PutU32(s, 44, Crc32c(s->data(), 44)); }
+
+TEST(Crc32cTest, KnownVectorsAndChaining) {
+  EXPECT_EQ(Crc32c("123456789", 9), 0xE3069283u);
+  EXPECT_EQ(Crc32c("", 0), 0u);
+  std::string zeros(32, '\0');
+  EXPECT_EQ(Crc32c(zeros.data(), zeros.size()), 0x8A9136AAu);  // RFC 3720 B.4
+  std::string data = "The quick brown fox jumps over the lazy dog, twice over.";
+  for (size_t split = 0; split <= data.size(); ++split) {
+    EXPECT_EQ(Crc32c(data.data() + split, data.size() - split, Crc32c(data.data(), split)),
+              Crc32c(data.data(), data.size()))
+        << split;
+  }
+}
+
+TEST(FrameTest, HeaderLayoutMatchesTheSpec) {
+  Frame f = FullFrame();
+  f.payload = "xyz";
+  std::string b = Encode(f);
+  ASSERT_EQ(b.size(), kFrameHeaderBytes + 4 + 6 + 5 + 3);
+  EXPECT_EQ(b.substr(0, 4), "TRN1");
+  EXPECT_EQ(b[4], 1);
+  EXPECT_EQ(b[5], 1);
+  EXPECT_EQ(b[6], 0);
+  EXPECT_EQ(b[7], 0);
+  EXPECT_EQ(static_cast<uint8_t>(b[8]), 0x08);  // request_id, little-endian
+  EXPECT_EQ(static_cast<uint8_t>(b[15]), 0x01);
+  EXPECT_EQ(static_cast<uint8_t>(b[16]), 0x18);  // epoch
+  EXPECT_EQ(b[32], 4);                           // tenant_len
+  EXPECT_EQ(b[34], 6);                           // service_len
+  EXPECT_EQ(b[36], 5);                           // handler_len
+  EXPECT_EQ(b[40], 3);                           // payload_len
+  uint32_t crc = 0;
+  for (int i = 3; i >= 0; --i) crc = (crc << 8) | static_cast<uint8_t>(b[44 + i]);
+  EXPECT_EQ(crc, Crc32c(b.data(), 44));
+  EXPECT_EQ(b.substr(48), "acmeordersplacexyz");
+}
+
+TEST(FrameTest, RoundTripAllFieldsAndTypes) {
+  FrameDecoder d;
+  std::string stream;
+  std::vector<Frame> want;
+  for (uint8_t t = 1; t <= 6; ++t) {
+    Frame f = FullFrame();
+    f.type = static_cast<FrameType>(t);
+    f.status = t == 3 ? StatusCode::kUnavailable : StatusCode::kOk;
+    f.request_id += t;
+    want.push_back(f);
+    stream += Encode(f);
+  }
+  Frame empty;  // all defaults, empty strings and payload
+  want.push_back(empty);
+  stream += Encode(empty);
+  Frame big = FullFrame();
+  big.tenant = std::string(kMaxNameBytes, 't');
+  big.service = std::string(kMaxNameBytes, 's');
+  big.handler = std::string(kMaxNameBytes, 'h');
+  big.payload.resize(3 << 20);
+  for (size_t i = 0; i < big.payload.size(); ++i) big.payload[i] = static_cast<char>(i * 7);
+  want.push_back(big);
+  stream += Encode(big);
+
+  std::vector<Frame> got = DecodeAll(&d, stream);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_EQ(got[i], want[i]) << i;
+  EXPECT_EQ(d.buffered(), 0u);
+}
+
+TEST(FrameTest, EncodeRejectsLongNamesAndLeavesOutputAlone) {
+  Frame f = FullFrame();
+  f.service = std::string(kMaxNameBytes + 1, 's');
+  std::string out = "prefix";
+  Status s = EncodeFrame(f, &out);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("service"), std::string_view::npos) << s;
+  EXPECT_EQ(out, "prefix");
+}
+
+TEST(FrameTest, DecoderFedByteByByte) {
+  std::string stream;
+  std::vector<Frame> want;
+  for (int i = 0; i < 5; ++i) {
+    Frame f = FullFrame();
+    f.request_id = i;
+    f.payload = std::string(i * 100, 'p');
+    want.push_back(f);
+    stream += Encode(f);
+  }
+  FrameDecoder d;
+  std::vector<Frame> got;
+  Frame f;
+  for (char c : stream) {
+    d.Feed(std::string_view(&c, 1));
+    Result<bool> r = d.Next(&f);
+    ASSERT_TRUE(r.ok()) << r.status();
+    if (*r) got.push_back(f);
+  }
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_EQ(got[i], want[i]);
+}
+
+TEST(FrameTest, TruncatedFrameNeedsMoreBytesWithoutError) {
+  std::string b = Encode(FullFrame());
+  for (size_t cut : {size_t{0}, size_t{1}, size_t{4}, size_t{47}, size_t{48}, b.size() - 1}) {
+    FrameDecoder d;
+    d.Feed(std::string_view(b).substr(0, cut));
+    Frame f;
+    Result<bool> r = d.Next(&f);
+    ASSERT_TRUE(r.ok()) << cut << ": " << r.status();
+    EXPECT_FALSE(*r) << cut;
+    EXPECT_EQ(d.buffered(), cut);
+    // The rest completes it.
+    d.Feed(std::string_view(b).substr(cut));
+    r = d.Next(&f);
+    ASSERT_TRUE(r.ok() && *r) << cut;
+    EXPECT_EQ(f, FullFrame());
+  }
+}
+
+Status DecodeError(std::string bytes, uint32_t max_payload = kMaxPayloadBytes) {
+  FrameDecoder d(max_payload);
+  d.Feed(bytes);
+  Frame f;
+  Result<bool> r = d.Next(&f);
+  if (r.ok()) return Status::Ok();
+  EXPECT_EQ(d.error(), r.status());
+  return r.status();
+}
+
+TEST(FrameTest, BadMagicIsDetectedFromTheFirstByte) {
+  Status s = DecodeError("G");
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("bad magic"), std::string_view::npos) << s;
+  s = DecodeError("GET / HTTP/1.1\r\n\r\n");
+  EXPECT_NE(s.message().find("bad magic"), std::string_view::npos) << s;
+}
+
+TEST(FrameTest, UnsupportedVersion) {
+  std::string b = Encode(FullFrame());
+  b[4] = 2;
+  FixCrc(&b);
+  Status s = DecodeError(b.substr(0, 5));  // detected before the header is complete
+  EXPECT_NE(s.message().find("unsupported version 2"), std::string_view::npos) << s;
+}
+
+TEST(FrameTest, CorruptedHeaderCrc) {
+  std::string b = Encode(FullFrame());
+  b[9] ^= 0x40;  // a bit of request_id
+  Status s = DecodeError(b);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("header CRC mismatch"), std::string_view::npos) << s;
+}
+
+TEST(FrameTest, UnknownType) {
+  std::string b = Encode(FullFrame());
+  b[5] = 42;
+  FixCrc(&b);
+  Status s = DecodeError(b);
+  EXPECT_NE(s.message().find("unknown type 42"), std::string_view::npos) << s;
+}
+
+TEST(FrameTest, NameTooLong) {
+  std::string b = Encode(FullFrame());
+  PutU16(&b, 36, 300);  // handler_len
+  FixCrc(&b);
+  Status s = DecodeError(b);
+  EXPECT_NE(s.message().find("handler name too long"), std::string_view::npos) << s;
+}
+
+TEST(FrameTest, OversizedPayloadRejectedFromTheHeaderWithoutAllocating) {
+  std::string b = Encode(FullFrame()).substr(0, kFrameHeaderBytes);
+  PutU32(&b, 40, 0xFFFFFFFFu);  // a 4 GiB payload
+  FixCrc(&b);
+  FrameDecoder d;
+  d.Feed(b);
+  Frame f;
+  Result<bool> r = d.Next(&f);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(r.status().message().find("exceeds"), std::string_view::npos) << r.status();
+  EXPECT_LT(d.BufferCapacityForTest(), size_t{1} << 16);
+
+  // A configured lower limit applies too.
+  Frame small = FullFrame();
+  small.payload = std::string(1025, 'x');
+  EXPECT_EQ(DecodeError(Encode(small), 1024).code(), StatusCode::kResourceExhausted);
+  small.payload.resize(1024);
+  EXPECT_TRUE(DecodeError(Encode(small), 1024).ok());
+}
+
+TEST(FrameTest, ErrorsAreSticky) {
+  FrameDecoder d;
+  d.Feed("XXXX");
+  Frame f;
+  ASSERT_FALSE(d.Next(&f).ok());
+  d.Feed(Encode(FullFrame()));
+  Result<bool> r = d.Next(&f);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("bad magic"), std::string_view::npos);
+}
+
+TEST(FrameTest, RandomGarbageNeverCrashes) {
+  std::mt19937_64 rng(12345);
+  const std::string valid = Encode(FullFrame());
+  int errors = 0;
+  for (int iter = 0; iter < 3000; ++iter) {
+    std::string bytes;
+    switch (iter % 3) {
+      case 0:  // pure noise
+        bytes.resize(4 + rng() % 300);
+        for (char& c : bytes) c = static_cast<char>(rng());
+        break;
+      case 1:  // a valid frame with random bytes flipped
+        bytes = valid;
+        for (int k = 0; k < 3; ++k) bytes[rng() % bytes.size()] = static_cast<char>(rng());
+        break;
+      default:  // a plausible header (good magic, version and CRC) with random fields
+        bytes = valid.substr(0, kFrameHeaderBytes);
+        for (size_t i = 5; i < 44; ++i) bytes[i] = static_cast<char>(rng());
+        bytes[5] = static_cast<char>(1 + rng() % 7);
+        for (size_t i : {32, 34, 36}) PutU16(&bytes, i, static_cast<uint16_t>(rng() % 300));
+        PutU32(&bytes, 40, static_cast<uint32_t>(rng() % 2000));
+        FixCrc(&bytes);
+        bytes.resize(bytes.size() + rng() % 3000, 'z');
+        break;
+    }
+    FrameDecoder d(1000);
+    // Feed in random-sized pieces, decoding as we go.
+    size_t pos = 0;
+    bool failed = false;
+    while (pos < bytes.size() && !failed) {
+      size_t n = 1 + rng() % 64;
+      d.Feed(std::string_view(bytes).substr(pos, n));
+      pos += n;
+      Frame f;
+      for (;;) {
+        Result<bool> r = d.Next(&f);
+        if (!r.ok()) {
+          EXPECT_FALSE(r.status().message().empty());
+          failed = true;
+          break;
+        }
+        if (!*r) break;
+      }
+    }
+    errors += failed;
+  }
+  EXPECT_GT(errors, 1500);  // the noise cases all fail
+}
+
+TEST(FrameTest, DecoderBufferStaysSmallOnALongStream) {
+  Frame f = FullFrame();
+  f.payload = std::string(1000, 'q');
+  std::string one = Encode(f);
+  std::string stream;
+  for (int i = 0; i < 200; ++i) stream += one;
+  FrameDecoder d;
+  size_t decoded = 0;
+  size_t max_capacity = 0;
+  Frame out;
+  for (int round = 0; round < 25; ++round) {
+    // Chunks that split frames at varying places.
+    for (size_t pos = 0; pos < stream.size(); pos += 3001) {
+      d.Feed(std::string_view(stream).substr(pos, 3001));
+      for (;;) {
+        Result<bool> r = d.Next(&out);
+        ASSERT_TRUE(r.ok()) << r.status();
+        if (!*r) break;
+        ++decoded;
+      }
+      max_capacity = std::max(max_capacity, d.BufferCapacityForTest());
+    }
+  }
+  EXPECT_EQ(decoded, 25u * 200);
+  EXPECT_LT(max_capacity, size_t{64} << 10);
+}
+
+TEST(FrameTest, LargeFrameBufferIsReleasedAfterUse) {
+  Frame f = FullFrame();
+  f.payload = std::string(8 << 20, 'L');
+  FrameDecoder d;
+  ASSERT_EQ(DecodeAll(&d, Encode(f)).size(), 1u);
+  EXPECT_LT(d.BufferCapacityForTest(), size_t{1} << 20);
+}
+
+TEST(FrameTest, ErrorFramesCarryStatusAndMessage) {
+  Frame e = MakeErrorFrame(7, NotFoundError("no such service 'x'"));
+  EXPECT_EQ(e.type, FrameType::kError);
+  EXPECT_EQ(e.request_id, 7u);
+  EXPECT_EQ(e.payload, "no such service 'x'");
+  FrameDecoder d;
+  std::vector<Frame> got = DecodeAll(&d, Encode(e));
+  ASSERT_EQ(got.size(), 1u);
+  Status s = ErrorFrameStatus(got[0]);
+  EXPECT_EQ(s.code(), StatusCode::kNotFound);
+  EXPECT_EQ(s.message(), "no such service 'x'");
+  EXPECT_TRUE(ErrorFrameStatus(FullFrame()).ok());
+  Frame weird;
+  weird.type = FrameType::kError;  // status left OK by a sloppy sender
+  EXPECT_EQ(ErrorFrameStatus(weird).code(), StatusCode::kUnknown);
+}
+
+}  // namespace
+}  // namespace tern::transport

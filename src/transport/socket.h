@@ -1,0 +1,78 @@
+// Socket helpers shared by the event-loop servers and the blocking clients: an owning
+// fd wrapper, TCP listen/connect with name resolution, and deadline-bounded blocking
+// reads and writes on non-blocking sockets.
+//
+// Ownership: UniqueFd owns one descriptor and closes it on destruction.
+// Thread-safety: functions are stateless; a UniqueFd is used by one thread at a time.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "core/status.h"
+
+namespace tern::transport {
+
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  ~UniqueFd() { reset(); }
+  UniqueFd(UniqueFd&& other) noexcept : fd_(other.release()) {}
+  UniqueFd& operator=(UniqueFd&& other) noexcept {
+    if (this != &other) reset(other.release());
+    return *this;
+  }
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  // Gives up ownership without closing.
+  int release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+  // Closes the current fd (if any) and takes `fd`.
+  void reset(int fd = -1);
+
+ private:
+  int fd_ = -1;
+};
+
+// Creates a non-blocking listening TCP socket bound to host:port with SO_REUSEADDR.
+// `host` is a name or literal address; "" and "*" mean all IPv4 addresses. Port 0
+// picks a free port (see LocalPort).
+Result<UniqueFd> ListenTcp(std::string_view host, uint16_t port, int backlog);
+// The local port a socket is bound to.
+Result<uint16_t> LocalPort(int fd);
+// "ip:port" of the peer, or "?" if unknown (for logs).
+std::string PeerAddress(int fd);
+
+// Connects to host:port, trying each resolved address until `timeout` runs out.
+// Returns a non-blocking socket with TCP_NODELAY set. Errors: kUnavailable (refused,
+// unreachable, name resolution failed temporarily), kDeadlineExceeded, kNotFound
+// (no such host).
+Result<UniqueFd> ConnectTcp(std::string_view host, uint16_t port,
+                            std::chrono::nanoseconds timeout);
+
+Status SetNonBlocking(int fd);
+Status SetNoDelay(int fd);
+
+// Waits until `fd` is readable (or writable if `for_write`) or MonoNanos() reaches
+// `deadline_nanos` (kDeadlineExceeded). A deadline of 0 or less means no deadline.
+Status WaitFd(int fd, bool for_write, int64_t deadline_nanos);
+// Writes all of `data` to a non-blocking socket before the deadline. kUnavailable if
+// the peer is gone.
+Status WriteAll(int fd, std::string_view data, int64_t deadline_nanos);
+// Reads at least one byte (up to `n`) before the deadline; returns 0 at end of stream.
+Result<size_t> ReadSome(int fd, char* buf, size_t n, int64_t deadline_nanos);
+
+// MonoNanos() + timeout, saturating; a non-positive timeout means "no deadline" (0).
+int64_t DeadlineFromTimeout(std::chrono::nanoseconds timeout);
+
+}  // namespace tern::transport

@@ -1,0 +1,242 @@
+#include "wasm/snapshot.h"
+
+#include <fmt/format.h>
+
+#include <array>
+#include <cstring>
+
+#include "core/file.h"
+
+#if defined(__x86_64__)
+#include <nmmintrin.h>
+#endif
+
+namespace tern::wasm {
+namespace {
+
+// Byte layout: docs/formats/snapshot.md. All integers little-endian.
+constexpr char kMagic[8] = {'T', 'E', 'R', 'N', 'S', 'N', 'A', 'P'};
+constexpr uint32_t kFormatVersion = 1;
+constexpr uint32_t kFlagStackPointer = 1;
+constexpr size_t kHeaderBytes = 48;
+constexpr size_t kTrailerBytes = 4;  // CRC32C
+constexpr uint32_t kPageBytes = 65536;
+constexpr uint32_t kBlockBytes = 4096;  // zero elision granularity
+constexpr uint32_t kBlocksPerPage = kPageBytes / kBlockBytes;
+constexpr uint32_t kMaxPages = 65536;
+constexpr uint32_t kMaxHashBytes = 256;
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the format is little-endian");
+
+size_t Align8(size_t n) { return (n + 7) & ~size_t{7}; }
+
+// --- CRC32C (Castagnoli), reflected polynomial 0x82f63b78 ---
+
+struct Crc32cTable {
+  std::array<std::array<uint32_t, 256>, 8> t{};
+  constexpr Crc32cTable() {
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+      t[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; ++i) {
+      for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xff];
+    }
+  }
+};
+constexpr Crc32cTable kCrcTable;
+
+uint32_t Crc32cSoftware(uint32_t crc, const uint8_t* p, size_t n) {
+  const auto& t = kCrcTable.t;
+  while (n >= 8) {
+    uint64_t w;
+    std::memcpy(&w, p, 8);
+    w ^= crc;
+    crc = t[7][w & 0xff] ^ t[6][(w >> 8) & 0xff] ^ t[5][(w >> 16) & 0xff] ^
+          t[4][(w >> 24) & 0xff] ^ t[3][(w >> 32) & 0xff] ^ t[2][(w >> 40) & 0xff] ^
+          t[1][(w >> 48) & 0xff] ^ t[0][w >> 56];
+    p += 8;
+    n -= 8;
+  }
+  while (n--) crc = (crc >> 8) ^ t[0][(crc ^ *p++) & 0xff];
+  return crc;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) uint32_t Crc32cHardware(uint32_t crc, const uint8_t* p,
+                                                           size_t n) {
+  uint64_t c = crc;
+  while (n >= 8) {
+    uint64_t w;
+    std::memcpy(&w, p, 8);
+    c = _mm_crc32_u64(c, w);
+    p += 8;
+    n -= 8;
+  }
+  uint32_t c32 = static_cast<uint32_t>(c);
+  while (n--) c32 = _mm_crc32_u8(c32, *p++);
+  return c32;
+}
+#endif
+
+uint32_t Crc32cRaw(const void* data, size_t n) {
+  const auto* p = static_cast<const uint8_t*>(data);
+#if defined(__x86_64__)
+  static const bool kHaveSse42 = __builtin_cpu_supports("sse4.2");
+  if (kHaveSse42) return ~Crc32cHardware(~0u, p, n);
+#endif
+  return ~Crc32cSoftware(~0u, p, n);
+}
+
+bool IsZero(const char* p, size_t n) {
+  // n is a multiple of 64 here; OR 64 bytes at a time.
+  for (size_t i = 0; i < n; i += 64) {
+    uint64_t w[8];
+    std::memcpy(w, p + i, 64);
+    if ((w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) != 0) return false;
+  }
+  return true;
+}
+
+void Put32(char* p, uint32_t v) { std::memcpy(p, &v, 4); }
+void Put64(char* p, uint64_t v) { std::memcpy(p, &v, 8); }
+uint32_t Get32(const char* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+uint64_t Get64(const char* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+
+}  // namespace
+
+uint32_t Crc32c(std::string_view data) { return Crc32cRaw(data.data(), data.size()); }
+
+std::string EncodeSnapshot(const Snapshot& snap) {
+  // A partial trailing page (not a valid snapshot) is padded with zeros.
+  const uint32_t pages =
+      static_cast<uint32_t>((snap.memory.size() + kPageBytes - 1) / kPageBytes);
+  const uint64_t blocks = uint64_t{pages} * kBlocksPerPage;
+  const size_t hash_len = std::min<size_t>(snap.module_hash.size(), kMaxHashBytes);
+  const size_t bitmap_off = Align8(kHeaderBytes + hash_len);
+  const size_t bitmap_len = Align8((blocks + 7) / 8);
+  const size_t data_off = bitmap_off + bitmap_len;
+
+  std::string out;
+  out.resize(data_off + snap.memory.size() + kBlockBytes + kTrailerBytes);
+  char* o = out.data();
+  size_t pos = data_off;
+  uint32_t stored = 0;
+  for (uint64_t b = 0; b < blocks; ++b) {
+    size_t start = b * kBlockBytes;
+    if (start >= snap.memory.size()) break;
+    size_t n = std::min<size_t>(kBlockBytes, snap.memory.size() - start);
+    const char* src = snap.memory.data() + start;
+    if (n == kBlockBytes && IsZero(src, n)) continue;
+    o[bitmap_off + b / 8] = static_cast<char>(o[bitmap_off + b / 8] | (1u << (b % 8)));
+    std::memcpy(o + pos, src, n);
+    std::memset(o + pos + n, 0, kBlockBytes - n);
+    pos += kBlockBytes;
+    ++stored;
+  }
+  const size_t total = pos + kTrailerBytes;
+  std::memcpy(o, kMagic, 8);
+  Put32(o + 8, kFormatVersion);
+  Put32(o + 12, snap.stack_pointer ? kFlagStackPointer : 0);
+  Put64(o + 16, total);
+  Put32(o + 24, pages);
+  Put32(o + 28, snap.stack_pointer.value_or(0));
+  Put32(o + 32, kBlockBytes);
+  Put32(o + 36, stored);
+  Put32(o + 40, static_cast<uint32_t>(hash_len));
+  Put32(o + 44, 0);
+  std::memcpy(o + kHeaderBytes, snap.module_hash.data(), hash_len);
+  Put32(o + pos, Crc32cRaw(o, pos));
+  out.resize(total);
+  return out;
+}
+
+Result<Snapshot> DecodeSnapshot(std::string_view bytes) {
+  const char* p = bytes.data();
+  if (bytes.size() >= 8 && std::memcmp(p, kMagic, 8) != 0) {
+    return InvalidArgumentError("not a tern snapshot: bad magic");
+  }
+  if (bytes.size() < kHeaderBytes + kTrailerBytes) {
+    return DataLossError(fmt::format("snapshot truncated: {} bytes, shorter than the header",
+                                     bytes.size()));
+  }
+  uint32_t version = Get32(p + 8);
+  if (version != kFormatVersion) {
+    return InvalidArgumentError(fmt::format(
+        "unsupported snapshot format version {} (this build reads version {})", version,
+        kFormatVersion));
+  }
+  uint64_t total = Get64(p + 16);
+  if (total != bytes.size()) {
+    return DataLossError(fmt::format("snapshot {}: header says {} bytes, have {}",
+                                     total > bytes.size() ? "truncated" : "has trailing bytes",
+                                     total, bytes.size()));
+  }
+  uint32_t want_crc = Get32(p + total - kTrailerBytes);
+  uint32_t have_crc = Crc32cRaw(p, total - kTrailerBytes);
+  if (want_crc != have_crc) {
+    return DataLossError(fmt::format("snapshot checksum mismatch (stored {:08x}, computed {:08x})",
+                                     want_crc, have_crc));
+  }
+  // The checksum matched, so what follows only fails for a buggy or hostile writer.
+  uint32_t flags = Get32(p + 12);
+  uint32_t pages = Get32(p + 24);
+  uint32_t sp = Get32(p + 28);
+  uint32_t block_bytes = Get32(p + 32);
+  uint32_t stored = Get32(p + 36);
+  uint32_t hash_len = Get32(p + 40);
+  if ((flags & ~kFlagStackPointer) != 0) {
+    return DataLossError(fmt::format("snapshot has unknown flags 0x{:x}", flags));
+  }
+  if (block_bytes != kBlockBytes) {
+    return DataLossError(fmt::format("snapshot block size {} is not {}", block_bytes, kBlockBytes));
+  }
+  if (pages > kMaxPages) return DataLossError(fmt::format("snapshot claims {} pages", pages));
+  if (hash_len > kMaxHashBytes) return DataLossError("snapshot module hash is too long");
+  const uint64_t blocks = uint64_t{pages} * kBlocksPerPage;
+  const size_t bitmap_off = Align8(kHeaderBytes + hash_len);
+  const size_t bitmap_len = Align8((blocks + 7) / 8);
+  const uint64_t data_off = bitmap_off + bitmap_len;
+  if (stored > blocks || data_off + uint64_t{stored} * kBlockBytes + kTrailerBytes != total) {
+    return DataLossError(fmt::format(
+        "snapshot sizes disagree: {} pages, {} stored blocks, {} bytes", pages, stored, total));
+  }
+  Snapshot snap;
+  snap.module_hash.assign(p + kHeaderBytes, hash_len);
+  if (flags & kFlagStackPointer) snap.stack_pointer = sp;
+  snap.memory.resize(uint64_t{pages} * kPageBytes);  // zero-filled
+  const char* src = p + data_off;
+  uint32_t seen = 0;
+  for (uint64_t b = 0; b < blocks; ++b) {
+    if ((static_cast<uint8_t>(p[bitmap_off + b / 8]) >> (b % 8) & 1) == 0) continue;
+    if (++seen > stored) break;
+    std::memcpy(snap.memory.data() + b * kBlockBytes, src, kBlockBytes);
+    src += kBlockBytes;
+  }
+  if (seen != stored) {
+    return DataLossError(fmt::format("snapshot bitmap marks {} blocks, header says {}", seen, stored));
+  }
+  return snap;
+}
+
+Status WriteSnapshotFile(const std::string& path, const Snapshot& snap) {
+  return WriteFileAtomic(path, EncodeSnapshot(snap));
+}
+
+Result<Snapshot> ReadSnapshotFile(const std::string& path) {
+  TERN_ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
+  Result<Snapshot> snap = DecodeSnapshot(bytes);
+  if (!snap.ok()) return snap.status().WithPrefix(path);
+  return snap;
+}
+
+}  // namespace tern::wasm

@@ -1,0 +1,57 @@
+// Helpers shared by the wasm tests: guest loading, a hand-written wasm module builder,
+// a recording HostCalls and the process-wide test Engine.
+// Thread-safety: FakeHost is single-threaded; SharedEngine() is set up once by a gtest
+// Environment before any test runs.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "wasm/engine.h"
+
+namespace tern::wasm::testing {
+
+// Bytes of $TERN_WASM_DIR/<name>.wasm (the test fails if it is missing).
+std::string LoadGuest(std::string_view name);
+
+// The one V8 engine of the test process.
+Engine* SharedEngine();
+
+// A HostCalls that records what the guest did.
+class FakeHost final : public HostCalls {
+ public:
+  explicit FakeHost(std::string request = "") : request(std::move(request)) {}
+  std::string_view Request() override { return request; }
+  void SetReply(std::string_view bytes) override { reply.assign(bytes); }
+  void SetFailure(StatusCode code, std::string_view message) override {
+    failure_code = code;
+    failure_message.assign(message);
+  }
+  void Log(int32_t level, std::string_view line) override { logs.emplace_back(level, line); }
+
+  std::string request;
+  std::string reply;
+  StatusCode failure_code = StatusCode::kOk;
+  std::string failure_message;
+  std::vector<std::pair<int32_t, std::string>> logs;
+};
+
+// Counts operator new calls on the calling thread between Start and Stop (the test
+// binary replaces the global operator new; it forwards to malloc).
+void StartCountingAllocations();
+uint64_t StopCountingAllocations();
+
+// Little-endian u32 encoding helpers for the stateful guest's requests and replies.
+std::string U32s(std::initializer_list<uint32_t> values);
+uint32_t ReadU32(std::string_view bytes);
+
+// A tiny wasm binary builder for hand-written modules.
+std::string Leb(uint32_t v);
+std::string WasmName(std::string_view s);
+std::string WasmSection(uint8_t id, std::string_view payload);
+std::string WasmModule(std::initializer_list<std::string> sections);
+
+}  // namespace tern::wasm::testing

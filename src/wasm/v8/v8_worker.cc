@@ -1,0 +1,463 @@
+// V8Worker and V8Instance: instantiation, calls, snapshots.
+#include <sys/mman.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/logging.h"
+#include "wasm/v8/v8_internal.h"
+
+namespace tern::wasm::internal {
+namespace {
+
+v8::Local<v8::String> Str(v8::Isolate* isolate, std::string_view s) {
+  return v8::String::NewFromUtf8(isolate, s.data(), v8::NewStringType::kInternalized,
+                                 static_cast<int>(s.size()))
+      .ToLocalChecked();
+}
+
+// The host for calls that have no request (running `_initialize`): logs go to our log.
+class NullHost final : public HostCalls {
+ public:
+  std::string_view Request() override { return {}; }
+  void SetReply(std::string_view) override {}
+  void SetFailure(StatusCode, std::string_view) override {}
+  void Log(int32_t level, std::string_view line) override {
+    TERN_LOG(INFO) << "guest (initialize, level " << level << "): " << line;
+  }
+};
+
+constexpr uint32_t kPagesPerMiB = 16;
+
+}  // namespace
+
+// ---------------------------------------------------------------- V8Worker
+
+V8Worker::V8Worker(V8Engine* engine) : engine_(engine), thread_(std::this_thread::get_id()) {}
+
+Result<std::unique_ptr<V8Worker>> V8Worker::Create(V8Engine* engine) {
+  std::unique_ptr<V8Worker> w(new V8Worker(engine));
+  TERN_RETURN_IF_ERROR(w->Init());
+  return w;
+}
+
+Status V8Worker::Init() {
+  allocator_.reset(v8::ArrayBuffer::Allocator::NewDefaultAllocator());
+  v8::Isolate::CreateParams params;
+  params.array_buffer_allocator = allocator_.get();
+  isolate_ = v8::Isolate::New(params);
+  if (isolate_ == nullptr) return ResourceExhaustedError("cannot create a V8 isolate");
+  slot_ = engine_->watchdog().Register([iso = isolate_] { iso->TerminateExecution(); });
+
+  v8::Isolate::Scope isolate_scope(isolate_);
+  v8::HandleScope scope(isolate_);
+  v8::Local<v8::Context> ctx = v8::Context::New(isolate_);
+  if (ctx.IsEmpty()) return ResourceExhaustedError("cannot create a V8 context");
+  context_.Reset(isolate_, ctx);
+  v8::Context::Scope context_scope(ctx);
+
+  v8::Local<v8::Value> wa, ctor, rterr;
+  if (!ctx->Global()->Get(ctx, Str(isolate_, "WebAssembly")).ToLocal(&wa) || !wa->IsObject() ||
+      !wa.As<v8::Object>()->Get(ctx, Str(isolate_, "Instance")).ToLocal(&ctor) ||
+      !ctor->IsFunction() ||
+      !wa.As<v8::Object>()->Get(ctx, Str(isolate_, "RuntimeError")).ToLocal(&rterr) ||
+      !rterr->IsFunction()) {
+    return InternalError("V8 context has no WebAssembly object");
+  }
+  instance_ctor_.Reset(isolate_, ctor.As<v8::Function>());
+  runtime_error_ctor_.Reset(isolate_, rterr.As<v8::Function>());
+  exports_str_.Reset(isolate_, Str(isolate_, "exports"));
+  memory_str_.Reset(isolate_, Str(isolate_, "memory"));
+  sp_str_.Reset(isolate_, Str(isolate_, "__stack_pointer"));
+  value_str_.Reset(isolate_, Str(isolate_, "value"));
+  grow_str_.Reset(isolate_, Str(isolate_, "grow"));
+
+  v8::Local<v8::Object> imports = v8::Object::New(isolate_);
+  TERN_RETURN_IF_ERROR(AddHostImports(ctx, imports, this));
+  imports_.Reset(isolate_, imports);
+  return Status::Ok();
+}
+
+V8Worker::~V8Worker() {
+  CHECK(std::this_thread::get_id() == thread_) << "a Worker must be destroyed on its thread";
+  CHECK(live_instances_ == 0) << live_instances_ << " instances outlive their Worker";
+  slot_.reset();  // before the isolate goes: the watchdog may hold its pointer
+  if (isolate_ == nullptr) return;
+  {
+    v8::Isolate::Scope isolate_scope(isolate_);
+    modules_.clear();
+    imports_.Reset();
+    instance_ctor_.Reset();
+    runtime_error_ctor_.Reset();
+    exports_str_.Reset();
+    memory_str_.Reset();
+    sp_str_.Reset();
+    value_str_.Reset();
+    grow_str_.Reset();
+    context_.Reset();
+  }
+  isolate_->Dispose();
+}
+
+Result<v8::Local<v8::WasmModuleObject>> V8Worker::ModuleObject(
+    const std::shared_ptr<const V8Module>& m) {
+  auto it = modules_.find(m.get());
+  if (it != modules_.end()) return it->second.object.Get(isolate_);
+  v8::Local<v8::WasmModuleObject> obj;
+  if (!v8::WasmModuleObject::FromCompiledModule(isolate_, m->compiled()).ToLocal(&obj)) {
+    return InternalError("V8 could not re-create a compiled module in this isolate");
+  }
+  ModuleEntry& e = modules_[m.get()];
+  e.module = m;
+  e.object.Reset(isolate_, obj);
+  return obj;
+}
+
+Result<std::unique_ptr<Instance>> V8Worker::Instantiate(std::shared_ptr<const Module> module,
+                                                        const InstanceLimits& limits,
+                                                        bool run_initialize) {
+  DCHECK(std::this_thread::get_id() == thread_);
+  auto m = std::dynamic_pointer_cast<const V8Module>(module);
+  if (m == nullptr || m->engine() != engine_) {
+    return InvalidArgumentError("module was not compiled by this worker's engine");
+  }
+  if (limits.max_memory_pages < m->max_memory_pages()) {
+    return InvalidArgumentError(fmt::format(
+        "instance memory limit ({} pages) is below the cap the module was compiled with ({} "
+        "pages): compile it with the smaller cap",
+        limits.max_memory_pages, m->max_memory_pages()));
+  }
+  v8::Isolate::Scope isolate_scope(isolate_);
+  v8::HandleScope scope(isolate_);
+  v8::Local<v8::Context> ctx = context();
+  v8::Context::Scope context_scope(ctx);
+
+  if ((++instantiations_ & 15) == 0) PumpMessageLoop();
+
+  TERN_ASSIGN_OR_RETURN(v8::Local<v8::WasmModuleObject> module_obj, ModuleObject(m));
+  v8::TryCatch tc(isolate_);
+  v8::Local<v8::Value> argv[2] = {module_obj, imports_.Get(isolate_)};
+  v8::Local<v8::Object> instance;
+  if (!instance_ctor_.Get(isolate_)->NewInstance(ctx, 2, argv).ToLocal(&instance)) {
+    if (tc.HasTerminated()) {
+      isolate_->CancelTerminateExecution();
+      return AbortedError("instantiation was terminated");
+    }
+    std::string text = ExceptionText(isolate_, ctx, tc.Exception());
+    if (text.find("Out of memory") != std::string::npos) {
+      return ResourceExhaustedError("cannot instantiate: " + text);
+    }
+    return InvalidArgumentError("cannot instantiate: " + text);
+  }
+  v8::Local<v8::Value> exports_v, memory_v, sp_v;
+  if (!instance->Get(ctx, exports_str_.Get(isolate_)).ToLocal(&exports_v) ||
+      !exports_v->IsObject()) {
+    return InternalError("instance has no exports object");
+  }
+  v8::Local<v8::Object> exports = exports_v.As<v8::Object>();
+  if (!exports->Get(ctx, memory_str_.Get(isolate_)).ToLocal(&memory_v) ||
+      !memory_v->IsWasmMemoryObject()) {
+    return InvalidArgumentError("module does not export its memory as `memory`");
+  }
+  v8::Local<v8::Object> sp;
+  if (exports->Get(ctx, sp_str_.Get(isolate_)).ToLocal(&sp_v) && sp_v->IsObject()) {
+    sp = sp_v.As<v8::Object>();
+  }
+  auto inst = std::make_unique<V8Instance>(this, std::move(m), limits, instance, exports,
+                                           memory_v.As<v8::WasmMemoryObject>(), sp);
+  ++live_instances_;
+  if (run_initialize) {
+    const ExportDesc* init = inst->module().info().FindExport("_initialize");
+    if (init != nullptr && init->kind == ExternKind::kFunction) {
+      Status st = inst->CallInternal("_initialize", nullptr);
+      if (!st.ok()) return st.WithPrefix("_initialize");
+    }
+  }
+  return std::unique_ptr<Instance>(std::move(inst));
+}
+
+void V8Worker::PumpMessageLoop() {
+  while (v8::platform::PumpMessageLoop(engine_->platform(), isolate_)) {
+  }
+}
+
+void V8Worker::ThrowTrap(std::string_view message) {
+  v8::Local<v8::Context> ctx = context();
+  v8::Local<v8::Value> arg =
+      v8::String::NewFromUtf8(isolate_, message.data(), v8::NewStringType::kNormal,
+                              static_cast<int>(message.size()))
+          .ToLocalChecked();
+  v8::Local<v8::Object> err;
+  if (runtime_error_ctor_.Get(isolate_)->NewInstance(ctx, 1, &arg).ToLocal(&err)) {
+    isolate_->ThrowException(err);
+  } else {
+    isolate_->ThrowException(v8::Exception::Error(arg.As<v8::String>()));
+  }
+}
+
+Status V8Worker::Invoke(V8Instance* inst, v8::Local<v8::Function> fn, std::string_view name,
+                        HostCalls* host) {
+  NullHost null_host;
+  CallState& cs = call_;
+  cs.instance = inst;
+  cs.host = host != nullptr ? host : &null_host;
+  cs.max_reply_bytes = inst->limits().max_reply_bytes;
+  cs.failed = false;
+  cs.exited = false;
+
+  // Run tasks V8 posted to this isolate (GC finalization etc.) now and then.
+  if ((++calls_ & 4095) == 0) PumpMessageLoop();
+
+  v8::Local<v8::Context> ctx = context();
+  v8::TryCatch tc(isolate_);
+  slot_->Begin(static_cast<int64_t>(inst->limits().cpu_ms) * 1'000'000);
+  v8::MaybeLocal<v8::Value> result = fn->Call(ctx, v8::Undefined(isolate_), 0, nullptr);
+  const bool watchdog_fired = slot_->End();
+  cs.instance = nullptr;
+  HostCalls* const call_host = cs.host;
+  cs.host = nullptr;
+
+  // A termination must be checked before anything touches the exception.
+  if (tc.HasTerminated() || (result.IsEmpty() && isolate_->IsExecutionTerminating())) {
+    isolate_->CancelTerminateExecution();
+    return inst->Break(DeadlineExceededError(fmt::format(
+        "handler '{}' exceeded its CPU-time limit of {} ms", name, inst->limits().cpu_ms)));
+  }
+  // The call finished just as the watchdog fired: drop the undelivered termination.
+  if (watchdog_fired) isolate_->CancelTerminateExecution();
+
+  if (result.IsEmpty()) {
+    if (cs.exited) {
+      return inst->Break(
+          AbortedError(fmt::format("handler '{}' called proc_exit({})", name, cs.exit_code)));
+    }
+    v8::Local<v8::Value> exc = tc.Exception();
+    if (exc.IsEmpty()) {
+      return inst->Break(
+          AbortedError(fmt::format("handler '{}' failed without an exception", name)));
+    }
+    std::string text = ExceptionText(isolate_, ctx, exc);
+    if (exc->IsNativeError() && text.find("Maximum call stack size exceeded") != std::string::npos) {
+      return inst->Break(ResourceExhaustedError(
+          fmt::format("handler '{}' overflowed the wasm stack ({})", name, text)));
+    }
+    if (inst->NearMemoryCap()) {
+      return inst->Break(ResourceExhaustedError(
+          fmt::format("handler '{}': memory cap of {} MiB reached ({})", name,
+                      inst->v8_module().memory_limit_pages() / double{kPagesPerMiB}, text)));
+    }
+    return inst->Break(AbortedError(fmt::format("handler '{}' trapped: {}", name, text)));
+  }
+  if (cs.failed) return Status(cs.fail_code, cs.fail_message);
+  v8::Local<v8::Value> rv = result.ToLocalChecked();
+  int32_t rc = 0;
+  if (rv->IsInt32()) {
+    rc = rv.As<v8::Int32>()->Value();
+  } else if (!rv->IsUndefined()) {
+    rc = rv->Int32Value(ctx).FromMaybe(static_cast<int32_t>(StatusCode::kUnknown));
+  }
+  if (rc == 0) return Status::Ok();
+  StatusCode code = StatusCodeFromInt(rc);
+  if (code == StatusCode::kOk) code = StatusCode::kUnknown;
+  std::string msg = fmt::format("handler '{}' returned {} ({})", name, rc, StatusCodeName(code));
+  call_host->SetFailure(code, msg);
+  return Status(code, msg);
+}
+
+// ---------------------------------------------------------------- V8Instance
+
+V8Instance::V8Instance(V8Worker* worker, std::shared_ptr<const V8Module> module,
+                       const InstanceLimits& limits, v8::Local<v8::Object> instance,
+                       v8::Local<v8::Object> exports, v8::Local<v8::WasmMemoryObject> memory,
+                       v8::Local<v8::Object> stack_pointer)
+    : worker_(worker), module_(std::move(module)), limits_(limits) {
+  v8::Isolate* iso = worker_->isolate();
+  instance_.Reset(iso, instance);
+  exports_.Reset(iso, exports);
+  memory_.Reset(iso, memory);
+  if (!stack_pointer.IsEmpty()) stack_pointer_.Reset(iso, stack_pointer);
+}
+
+V8Instance::~V8Instance() {
+  handlers_.clear();
+  stack_pointer_.Reset();
+  memory_.Reset();
+  exports_.Reset();
+  instance_.Reset();
+  worker_->InstanceDestroyed();
+}
+
+Result<v8::Local<v8::Function>> V8Instance::Handler(std::string_view name) {
+  v8::Isolate* iso = worker_->isolate();
+  for (const HandlerEntry& h : handlers_) {
+    if (h.name == name) return h.fn.Get(iso);
+  }
+  const ExportDesc* e = module_->info().FindExport(name);
+  if (e == nullptr || e->kind != ExternKind::kFunction) {
+    std::string names;
+    for (const ExportDesc& x : module_->info().exports) {
+      if (x.kind != ExternKind::kFunction) continue;
+      if (!names.empty()) names += ", ";
+      names += x.name;
+    }
+    return NotFoundError(
+        fmt::format("module exports no handler '{}' (its functions: {})", name, names));
+  }
+  v8::Local<v8::Context> ctx = worker_->context();
+  v8::Local<v8::Value> v;
+  if (!exports_.Get(iso)->Get(ctx, Str(iso, name)).ToLocal(&v) || !v->IsFunction()) {
+    return NotFoundError(fmt::format("export '{}' is not a function", name));
+  }
+  handlers_.push_back(HandlerEntry{std::string(name), v8::Global<v8::Function>(iso, v.As<v8::Function>())});
+  return v.As<v8::Function>();
+}
+
+Status V8Instance::Call(std::string_view handler, HostCalls* host) {
+  return CallInternal(handler, host);
+}
+
+Status V8Instance::Break(Status why) {
+  broken_ = std::string(why.message());
+  return why;
+}
+
+Status V8Instance::CallInternal(std::string_view handler, HostCalls* host) {
+  if (!broken_.empty()) {
+    return FailedPreconditionError(fmt::format(
+        "instance is unusable after an earlier failure ({}); restore it or discard it", broken_));
+  }
+  v8::Isolate* iso = worker_->isolate();
+  v8::Isolate::Scope isolate_scope(iso);
+  v8::HandleScope scope(iso);
+  v8::Local<v8::Context> ctx = worker_->context();
+  v8::Context::Scope context_scope(ctx);
+  TERN_ASSIGN_OR_RETURN(v8::Local<v8::Function> fn, Handler(handler));
+  return worker_->Invoke(this, fn, handler, host);
+}
+
+v8::Local<v8::ArrayBuffer> V8Instance::Buffer() {
+  return memory_.Get(worker_->isolate())->Buffer();
+}
+
+bool V8Instance::NearMemoryCap() {
+  v8::Isolate* iso = worker_->isolate();
+  v8::HandleScope scope(iso);
+  const uint64_t pages = Buffer()->ByteLength() / kWasmPageBytes;
+  const uint64_t cap = module_->memory_limit_pages();
+  const uint64_t slack = std::max<uint64_t>(kPagesPerMiB, cap / 16);
+  return pages + slack >= cap;
+}
+
+uint8_t* V8Instance::memory_data() {
+  v8::Isolate* iso = worker_->isolate();
+  v8::Isolate::Scope isolate_scope(iso);
+  v8::HandleScope scope(iso);
+  return static_cast<uint8_t*>(Buffer()->Data());
+}
+
+uint64_t V8Instance::memory_bytes() {
+  v8::Isolate* iso = worker_->isolate();
+  v8::Isolate::Scope isolate_scope(iso);
+  v8::HandleScope scope(iso);
+  return Buffer()->ByteLength();
+}
+
+std::optional<uint32_t> V8Instance::ReadStackPointer() {
+  if (stack_pointer_.IsEmpty()) return std::nullopt;
+  v8::Isolate* iso = worker_->isolate();
+  v8::Local<v8::Context> ctx = worker_->context();
+  v8::TryCatch tc(iso);
+  v8::Local<v8::Value> v;
+  if (!stack_pointer_.Get(iso)->Get(ctx, worker_->value_string()).ToLocal(&v) || !v->IsNumber()) {
+    return std::nullopt;
+  }
+  return static_cast<uint32_t>(v->Int32Value(ctx).FromMaybe(0));
+}
+
+Result<Snapshot> V8Instance::TakeSnapshot() {
+  Snapshot snap;
+  TERN_RETURN_IF_ERROR(SnapshotInto(&snap));
+  return snap;
+}
+
+Status V8Instance::SnapshotInto(Snapshot* out) {
+  v8::Isolate* iso = worker_->isolate();
+  v8::Isolate::Scope isolate_scope(iso);
+  v8::HandleScope scope(iso);
+  v8::Context::Scope context_scope(worker_->context());
+  v8::Local<v8::ArrayBuffer> buf = Buffer();
+  if (out->module_hash != module_->hash()) out->module_hash = module_->hash();
+  // assign() reuses the buffer when its capacity suffices (no zero-fill, no faults).
+  out->memory.assign(static_cast<const char*>(buf->Data()), buf->ByteLength());
+  out->stack_pointer = ReadStackPointer();
+  return Status::Ok();
+}
+
+Status V8Instance::Restore(const Snapshot& snap) {
+  if (snap.module_hash != module_->hash()) {
+    return InvalidArgumentError(fmt::format(
+        "snapshot belongs to module {}, this instance runs module {}", snap.module_hash,
+        module_->hash()));
+  }
+  if (snap.memory.size() % kWasmPageBytes != 0) {
+    return InvalidArgumentError("snapshot memory is not a whole number of wasm pages");
+  }
+  v8::Isolate* iso = worker_->isolate();
+  v8::Isolate::Scope isolate_scope(iso);
+  v8::HandleScope scope(iso);
+  v8::Local<v8::Context> ctx = worker_->context();
+  v8::Context::Scope context_scope(ctx);
+  const uint64_t want = snap.memory.size();
+  const uint64_t have = Buffer()->ByteLength();
+  if (want < have) {
+    return FailedPreconditionError(fmt::format(
+        "snapshot has {} pages but the instance already has {} (a wasm memory cannot shrink): "
+        "restore into a fresh instance",
+        want / kWasmPageBytes, have / kWasmPageBytes));
+  }
+  if (want > have) {
+    const uint64_t delta = (want - have) / kWasmPageBytes;
+    if (want / kWasmPageBytes > module_->memory_limit_pages()) {
+      return ResourceExhaustedError(fmt::format(
+          "snapshot has {} pages, above the memory cap of {} pages", want / kWasmPageBytes,
+          module_->memory_limit_pages()));
+    }
+    v8::TryCatch tc(iso);
+    v8::Local<v8::WasmMemoryObject> mem = memory_.Get(iso);
+    v8::Local<v8::Value> grow;
+    v8::Local<v8::Value> arg = v8::Integer::NewFromUnsigned(iso, static_cast<uint32_t>(delta));
+    if (!mem->Get(ctx, worker_->grow_string()).ToLocal(&grow) || !grow->IsFunction() ||
+        grow.As<v8::Function>()->Call(ctx, mem, 1, &arg).IsEmpty()) {
+      if (tc.HasTerminated()) {
+        iso->CancelTerminateExecution();
+        return AbortedError("memory.grow was terminated");
+      }
+      return ResourceExhaustedError(
+          fmt::format("cannot grow memory by {} pages for the snapshot: {}", delta,
+                      tc.HasCaught() ? ExceptionText(iso, ctx, tc.Exception()) : "failed"));
+    }
+  }
+  v8::Local<v8::ArrayBuffer> buf = Buffer();  // grow detached the old one
+  if (buf->ByteLength() != want) {
+    return InternalError(fmt::format("memory is {} bytes after growing, expected {}",
+                                     buf->ByteLength(), want));
+  }
+  // Fault the destination in with one system call rather than one fault per 4 KiB page
+  // (page faults are expensive in VMs); harmless if it fails.
+  if (want > 0) ::madvise(buf->Data(), want, MADV_POPULATE_WRITE);
+  std::memcpy(buf->Data(), snap.memory.data(), want);
+  broken_.clear();  // the state is whole again
+  if (snap.stack_pointer && !stack_pointer_.IsEmpty()) {
+    v8::TryCatch tc(iso);
+    v8::Local<v8::Value> v = v8::Integer::New(iso, static_cast<int32_t>(*snap.stack_pointer));
+    if (stack_pointer_.Get(iso)->Set(ctx, worker_->value_string(), v).IsNothing()) {
+      return InternalError("cannot set __stack_pointer: " +
+                           ExceptionText(iso, ctx, tc.Exception()));
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace tern::wasm::internal
