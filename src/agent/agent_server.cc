@@ -230,7 +230,11 @@ struct AgentServer::Impl {
     }
     if (p.size() == 4 && p[3] == "snapshot" && req.method == "PUT") {
       Result<wasm::Snapshot> snap = wasm::DecodeSnapshot(req.body);
-      if (!snap.ok()) return ErrorResponse(snap.status().WithPrefix("snapshot"));
+      if (!snap.ok()) {
+        // A damaged upload is the caller's input to fix, whatever the decoder calls it.
+        return ErrorResponse(InvalidArgumentError(
+            fmt::format("the uploaded snapshot is not valid: {}", snap.status().message())));
+      }
       Status s = agent->Restore(p[2], *snap);
       if (!s.ok()) return ErrorResponse(s);
       TERN_LOG(INFO) << "restored " << p[2] << " from a " << req.body.size() << " byte snapshot";

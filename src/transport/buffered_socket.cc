@@ -88,6 +88,10 @@ void BufferedSocket::CommitOutput() {
     out_pos_ = 0;
     return;
   }
+  if (in_read_) {
+    flush_after_read_ = true;
+    return;
+  }
   ScheduleFlush();
 }
 
@@ -148,6 +152,9 @@ void BufferedSocket::OnEvents(uint32_t events) {
 
 void BufferedSocket::HandleRead() {
   char* buf = ReadScratch();
+  // Output produced while handling this read is flushed once at the end, without
+  // going through the deferred queue.
+  in_read_ = true;
   for (int i = 0; i < kMaxReadsPerEvent; ++i) {
     if (closed() || peer_eof_) break;
     if (state_ == State::kOpen && !(interest_ & EventLoop::kReadable)) break;  // paused
@@ -166,10 +173,7 @@ void BufferedSocket::HandleRead() {
     if (n == 0) {
       peer_eof_ = true;
       if (state_ == State::kDraining) {
-        if (pending_output() == 0) {
-          CloseNow(close_reason_);
-          return;
-        }
+        if (pending_output() == 0) CloseNow(close_reason_);
       } else {
         OnPeerEof();
       }
@@ -178,6 +182,13 @@ void BufferedSocket::HandleRead() {
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) break;
     CloseNow(ErrnoError("recv", errno));
+    break;
+  }
+  in_read_ = false;
+  if (closed()) return;
+  if (flush_after_read_) {
+    flush_after_read_ = false;
+    Flush();  // also updates the interest set
     return;
   }
   UpdateInterest();

@@ -115,6 +115,8 @@ class BufferedSocket {
   bool peer_eof_ = false;
   bool shut_wr_ = false;
   bool flush_scheduled_ = false;
+  bool in_read_ = false;
+  bool flush_after_read_ = false;
   uint32_t interest_ = 0;
   std::string out_;
   size_t out_pos_ = 0;

@@ -1,7 +1,9 @@
 #include "transport/frame_client.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 
 #include <cerrno>
 #include <optional>
@@ -29,7 +31,12 @@ Result<std::unique_ptr<FrameClient>> FrameClient::Connect(std::string_view host,
 FrameClient::FrameClient(UniqueFd fd, const FrameClientOptions& options)
     : fd_(std::move(fd)),
       decoder_(options.max_payload_bytes),
-      read_buf_(new char[kReadChunkBytes]) {}
+      read_buf_(new char[kReadChunkBytes]) {
+  // The socket blocks (bounded by SO_RCVTIMEO) when we only wait for answers, which
+  // saves a poll() per call; everything else passes MSG_DONTWAIT.
+  int flags = fcntl(fd_.get(), F_GETFL);
+  if (flags >= 0) fcntl(fd_.get(), F_SETFL, flags & ~O_NONBLOCK);
+}
 
 Status FrameClient::Break(Status s) {
   if (broken_.ok()) {
@@ -77,9 +84,47 @@ Status FrameClient::ReadSomeInput() {
   }
 }
 
+Status FrameClient::WaitAndRead(int64_t deadline) {
+  int64_t want = 0;  // SO_RCVTIMEO to use; 0 = wait forever
+  if (deadline > 0) {
+    want = deadline - MonoNanos();
+    if (want <= 0) return DeadlineExceededError("frame client: timed out");
+  }
+  // Re-arm the receive timeout only when it is far off the time left, so a run of
+  // calls with the same timeout costs no extra system call.
+  const bool rearm = want == 0 ? rcv_timeout_nanos_ != 0
+                               : (rcv_timeout_nanos_ == 0 || rcv_timeout_nanos_ > want + want / 8 ||
+                                  rcv_timeout_nanos_ < want / 2);
+  if (rearm) {
+    int64_t us = (want + 999) / 1000;
+    timeval tv{};
+    tv.tv_sec = static_cast<time_t>(us / 1'000'000);
+    tv.tv_usec = static_cast<suseconds_t>(us % 1'000'000);
+    if (setsockopt(fd_.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0) {
+      return Break(ErrnoError("frame client: setsockopt(SO_RCVTIMEO)", errno));
+    }
+    rcv_timeout_nanos_ = want;
+  }
+  ssize_t n = recv(fd_.get(), read_buf_.get(), kReadChunkBytes, 0);
+  if (n > 0) {
+    decoder_.Feed(std::string_view(read_buf_.get(), static_cast<size_t>(n)));
+    return Status::Ok();
+  }
+  if (n == 0) return Break(UnavailableError("frame client: server closed the connection"));
+  if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) {
+    if (deadline > 0 && MonoNanos() >= deadline) {
+      return DeadlineExceededError("frame client: timed out");
+    }
+    return Status::Ok();  // the caller loops
+  }
+  return Break(ErrnoError("frame client: recv", errno));
+}
+
 Status FrameClient::PumpOnce(int64_t deadline, bool block) {
   TERN_RETURN_IF_ERROR(WriteSome());
   if (!block) return Status::Ok();
+  // Nothing left to write: just wait for input.
+  if (out_pos_ == out_.size()) return WaitAndRead(deadline);
   int timeout_ms = -1;
   if (deadline > 0) {
     int64_t left = deadline - MonoNanos();
@@ -89,8 +134,7 @@ Status FrameClient::PumpOnce(int64_t deadline, bool block) {
   }
   pollfd p{};
   p.fd = fd_.get();
-  p.events = POLLIN;
-  if (out_pos_ < out_.size()) p.events |= POLLOUT;
+  p.events = POLLIN | POLLOUT;
   int rc = poll(&p, 1, timeout_ms);
   if (rc < 0) {
     if (errno == EINTR) return Status::Ok();

@@ -80,6 +80,8 @@ class FrameClient {
   // Writes what the socket takes; with `block`, then waits (until `deadline`) for the
   // socket to become readable or writable and reads or writes once more.
   Status PumpOnce(int64_t deadline, bool block);
+  // Blocks in recv() until input arrives or the deadline passes.
+  Status WaitAndRead(int64_t deadline);
   Status WriteSome();
   Status ReadSomeInput();
   Status Break(Status s);
@@ -92,6 +94,7 @@ class FrameClient {
   size_t in_flight_ = 0;
   Status broken_;
   std::unique_ptr<char[]> read_buf_;
+  int64_t rcv_timeout_nanos_ = 0;  // current SO_RCVTIMEO, 0 = none
 };
 
 }  // namespace tern::transport

@@ -401,6 +401,20 @@ TEST_F(HttpServerTest, ConcurrentClients) {
   EXPECT_EQ(ok, 400);
 }
 
+TEST_F(HttpServerTest, ConnectionLimitGets503) {
+  HttpServerOptions options;
+  options.max_connections = 1;
+  StartServer(options);
+  auto first = Client();
+  ASSERT_NE(first, nullptr);
+  ASSERT_TRUE(first->Request("GET", "/hello").ok());
+  std::string got = RawExchange("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_EQ(got.substr(0, 12), "HTTP/1.1 503") << got;
+  auto r = first->Request("GET", "/hello");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 200);
+}
+
 TEST(HttpClientTest, ConnectionRefusedIsUnavailable) {
   auto l = TcpListener::Listen("127.0.0.1", 0);
   ASSERT_TRUE(l.ok());

@@ -97,7 +97,9 @@ void FrameConnectionRef::Send(Frame f) const {
   loop_->Post([conn = conn_, alive = alive_, f = std::move(f)] {
     if (!*alive) return;
     Status s = conn->Send(f);
-    if (!s.ok() && s.code() != StatusCode::kUnavailable) {
+    // kUnavailable: closed meanwhile; kResourceExhausted: closed (and logged) just now.
+    if (!s.ok() && s.code() != StatusCode::kUnavailable &&
+        s.code() != StatusCode::kResourceExhausted) {
       TERN_LOG(WARN) << "connection " << conn->id() << ": reply dropped: " << s;
     }
   });

@@ -33,8 +33,12 @@ class EngineEnvironment : public ::testing::Environment {
 Engine* SharedEngine() { return EngineSlot().get(); }
 
 std::string LoadGuest(std::string_view name) {
+#ifndef TERN_DEFAULT_WASM_DIR
+#define TERN_DEFAULT_WASM_DIR "wasm"
+#endif
   const char* dir = std::getenv("TERN_WASM_DIR");
-  std::string path = std::string(dir != nullptr ? dir : "wasm") + "/" + std::string(name) + ".wasm";
+  std::string path = std::string(dir != nullptr ? dir : TERN_DEFAULT_WASM_DIR) + "/" +
+                     std::string(name) + ".wasm";
   Result<std::string> bytes = ReadFile(path);
   EXPECT_TRUE(bytes.ok()) << bytes.status() << " (set TERN_WASM_DIR)";
   return bytes.ok() ? *bytes : std::string();

@@ -579,14 +579,22 @@ TEST_F(V8EngineTest, TheCallFastPathDoesNotAllocate) {
   auto inst = New(CompileGuest("guest_stateful"));
   FakeHost host("some request");
   host.reply.reserve(64);
-  for (int i = 0; i < 100; ++i) ASSERT_TRUE(inst->Call("noop", &host).ok());
-  for (int i = 0; i < 100; ++i) ASSERT_TRUE(inst->Call("echo", &host).ok());
-  testing::StartCountingAllocations();
-  for (int i = 0; i < 10000; ++i) {
-    (void)inst->Call("noop", &host);
-    (void)inst->Call("echo", &host);
+  // Warm-up allocates inside V8, once: the generic JS-to-wasm wrapper is replaced by a
+  // compiled one per signature, and hot functions tier up from Liftoff to TurboFan (in
+  // the background; the calls that request it walk the stack). Once the code is
+  // stable, a call allocates nothing.
+  uint64_t allocations = 1;
+  for (int round = 0; round < 50 && allocations != 0; ++round) {
+    testing::StartCountingAllocations();
+    for (int i = 0; i < 5000; ++i) {
+      (void)inst->Call("noop", &host);
+      (void)inst->Call("echo", &host);
+    }
+    allocations = testing::StopCountingAllocations();
+    if (allocations != 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  EXPECT_EQ(testing::StopCountingAllocations(), 0u);
+  EXPECT_EQ(allocations, 0u);
+  EXPECT_EQ(host.reply, "some request");
 }
 
 // --- performance (numbers printed; thresholds loose: the machine is shared)

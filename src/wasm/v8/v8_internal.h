@@ -122,6 +122,7 @@ class V8Worker final : public Worker {
   std::unique_ptr<Watchdog::Slot> slot_;
   CallState call_;
   int live_instances_ = 0;
+  bool entered_ = false;  // isolate_ stays entered on thread_ (see Init)
   uint64_t instantiations_ = 0;
   uint64_t calls_ = 0;
 };

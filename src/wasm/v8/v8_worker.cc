@@ -50,6 +50,13 @@ Status V8Worker::Init() {
   isolate_ = v8::Isolate::New(params);
   if (isolate_ == nullptr) return ResourceExhaustedError("cannot create a V8 isolate");
   slot_ = engine_->watchdog().Register([iso = isolate_] { iso->TerminateExecution(); });
+  // Stay entered for the worker's life, so the Isolate::Scope of each call is a counter
+  // increment (entering an isolate that is not current allocates). Only the first
+  // worker on a thread does this, so destruction in any order stays well nested.
+  if (v8::Isolate::GetCurrent() == nullptr) {
+    isolate_->Enter();
+    entered_ = true;
+  }
 
   v8::Isolate::Scope isolate_scope(isolate_);
   v8::HandleScope scope(isolate_);
@@ -97,6 +104,10 @@ V8Worker::~V8Worker() {
     value_str_.Reset();
     grow_str_.Reset();
     context_.Reset();
+  }
+  if (entered_) {
+    CHECK(v8::Isolate::GetCurrent() == isolate_) << "isolates entered out of order";
+    isolate_->Exit();
   }
   isolate_->Dispose();
 }

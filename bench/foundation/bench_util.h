@@ -1,0 +1,104 @@
+// Shared pieces of the foundation benchmarks (bench/foundation/): sample statistics,
+// thread pinning, progress lines, and the result document every section appends to.
+//
+// A Report is the JSON document a driver run writes (bench/results/*.json): one row per
+// measurement (a distribution of samples, or a rate) and the summary lines that compare
+// tern with its floor or peer against the goals of issue #2. report.cc turns merged
+// Reports into foundation.json and foundation.md.
+//
+// Ownership: value types. Thread-safety: a Report is filled by one thread; Stats and
+// the helpers are pure or act on the calling thread only.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace tern::bench {
+
+// Order statistics of a set of samples (any unit; the benchmarks use nanoseconds).
+struct Stats {
+  size_t count = 0;
+  double min = 0, p50 = 0, p99 = 0, p999 = 0, max = 0, mean = 0;
+};
+// Sorts `samples` in place. p99.9 is computed always; the report prints it only where
+// there are at least kMinSamplesForP999 samples.
+Stats Summarize(std::vector<int64_t>& samples);
+inline constexpr size_t kMinSamplesForP999 = 10000;
+
+// Monotonic nanoseconds (clock_gettime(CLOCK_MONOTONIC), a vDSO read).
+int64_t NowNs();
+
+// The median cost of one NowNs() call, measured now (the timer's own overhead, which
+// every per-call sample includes once).
+double TimerOverheadNs();
+
+// Number of CPUs this process may run on (sched_getaffinity).
+int UsableCpus();
+// Pins the calling thread to `cpu`; false if the kernel refused.
+bool PinThisThread(int cpu);
+// Lets the calling thread run on every CPU again.
+void UnpinThisThread();
+// Pins every thread of process `pid` (as listed in /proc/<pid>/task) to `cpu`, or, with
+// cpu < 0, lets them run anywhere. Threads created later inherit the mask of their
+// creator. Returns the number of threads changed.
+int PinProcess(int pid, int cpu);
+
+// "1.23 µs", "456 ns", "12.3 ms", "1.20 s": a duration in ns, 3 significant digits.
+std::string FormatNs(double ns);
+// "1.23", "45.6", "789": 3 significant digits.
+std::string Fmt3(double v);
+// "123k", "1.23M": a count or rate.
+std::string FormatCount(double v);
+
+// Progress line on stderr: "[foundation  12.3s] <text>".
+void Progress(const std::string& text);
+
+// The document a driver run produces.
+class Report {
+ public:
+  Report();
+
+  // A distribution of per-operation times (ns). `extra` is a free-text column
+  // ("3.4 GB/s", "612k req/s"); `fields` holds machine-readable extras for the JSON.
+  void AddSamples(const std::string& section, const std::string& name,
+                  const std::string& pinning, std::vector<int64_t> samples_ns,
+                  const std::string& extra = "", nlohmann::json fields = nlohmann::json::object());
+  // A row without a distribution (a rate, a size).
+  void AddValue(const std::string& section, const std::string& name, const std::string& pinning,
+                const std::string& extra, nlohmann::json fields = nlohmann::json::object());
+
+  // One line of the summary table. `floor` is what tern is compared with (a raw engine
+  // call, memcpy, native code, raw TCP); ratio = tern / floor (for rates: floor / tern,
+  // so that > 1 always means "tern is slower"). `met` is empty when there is no goal.
+  struct SummaryLine {
+    std::string metric;
+    std::string tern;
+    std::string floor;
+    std::optional<double> ratio;
+    std::string goal;
+    std::optional<bool> met;
+  };
+  void AddSummary(const SummaryLine& line);
+
+  // Section titles and notes (printed above the section's table).
+  void SetSectionInfo(const std::string& section, const std::string& title,
+                      const std::string& notes);
+  void AddNote(const std::string& section, const std::string& note);
+
+  nlohmann::json& json() { return doc_; }
+  // Writes the document; false (with a message on stderr) on failure.
+  bool WriteTo(const std::string& path) const;
+
+ private:
+  nlohmann::json& Section(const std::string& section);
+  nlohmann::json doc_;
+};
+
+// Facts about this machine and run (CPU model, vCPUs, kernel, clocksource, git rev).
+nlohmann::json MachineInfo(const std::string& source_dir);
+
+}  // namespace tern::bench
