@@ -4,6 +4,7 @@
 #   A gtest binary `<name>`, its tests registered one by one with ctest.
 #   GUESTS: guest targets (tern_add_guest) the test needs built first; the test finds
 #   them in the directory given by the TERN_WASM_DIR environment variable.
+#   Sanitizer options for tests come from tests/testing/sanitizer_options.cc.
 
 set(TERN_WARNINGS -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers)
 if(TERN_WERROR)
@@ -45,10 +46,11 @@ function(tern_cc_test)
   foreach(g ${ARG_GUESTS})
     add_dependencies(${ARG_NAME} ${g})
   endforeach()
-  gtest_discover_tests(${ARG_NAME}
-    DISCOVERY_MODE PRE_TEST
-    PROPERTIES
-      ENVIRONMENT "TERN_WASM_DIR=${TERN_WASM_DIR};TERN_BIN_DIR=${CMAKE_BINARY_DIR}/src/bin;TERN_SOURCE_DIR=${PROJECT_SOURCE_DIR};ASAN_OPTIONS=handle_segv=0:allow_user_segv_handler=1:detect_leaks=0"
-      LABELS "${ARG_LABELS}"
-      TIMEOUT 120)
+  # One ENVIRONMENT entry only: gtest_discover_tests splits lists. Other paths are
+  # compiled into tern_testing (tests/testing/test_env.cc).
+  set(props ENVIRONMENT "TERN_WASM_DIR=${TERN_WASM_DIR}" TIMEOUT 120)
+  if(ARG_LABELS)
+    list(APPEND props LABELS ${ARG_LABELS})
+  endif()
+  gtest_discover_tests(${ARG_NAME} DISCOVERY_MODE PRE_TEST PROPERTIES ${props})
 endfunction()

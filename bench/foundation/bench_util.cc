@@ -1,6 +1,7 @@
 #include "bench_util.h"
 
 #include <dirent.h>
+#include <fmt/format.h>
 #include <sched.h>
 #include <sys/utsname.h>
 #include <time.h>
@@ -12,8 +13,6 @@
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
-
-#include <fmt/format.h>
 
 namespace tern::bench {
 
@@ -156,7 +155,9 @@ nlohmann::json& Report::Section(const std::string& section) {
   for (auto& s : doc_["sections"]) {
     if (s["id"] == section) return s;
   }
-  nlohmann::json s = {{"id", section}, {"title", section}, {"notes", nlohmann::json::array()},
+  nlohmann::json s = {{"id", section},
+                      {"title", section},
+                      {"notes", nlohmann::json::array()},
                       {"rows", nlohmann::json::array()}};
   doc_["sections"].push_back(std::move(s));
   return doc_["sections"].back();
@@ -177,23 +178,22 @@ void Report::AddSamples(const std::string& section, const std::string& name,
                         const std::string& pinning, std::vector<int64_t> samples_ns,
                         const std::string& extra, nlohmann::json fields) {
   Stats st = Summarize(samples_ns);
-  nlohmann::json row = {{"name", name},       {"pinning", pinning}, {"unit", "ns"},
-                        {"count", st.count},  {"min", st.min},      {"p50", st.p50},
-                        {"p99", st.p99},      {"max", st.max},      {"mean", st.mean},
+  nlohmann::json row = {{"name", name},      {"pinning", pinning}, {"unit", "ns"},
+                        {"count", st.count}, {"min", st.min},      {"p50", st.p50},
+                        {"p99", st.p99},     {"max", st.max},      {"mean", st.mean},
                         {"extra", extra}};
   if (st.count >= kMinSamplesForP999) row["p999"] = st.p999;
   for (auto& [k, v] : fields.items()) row[k] = v;
   Section(section)["rows"].push_back(std::move(row));
-  std::string line = fmt::format("{}: {} — p50 {} p99 {} min {} (n={}){}", section, name,
-                                 FormatNs(st.p50), FormatNs(st.p99), FormatNs(st.min), st.count,
-                                 extra.empty() ? "" : "; " + extra);
+  std::string line =
+      fmt::format("{}: {} — p50 {} p99 {} min {} (n={}){}", section, name, FormatNs(st.p50),
+                  FormatNs(st.p99), FormatNs(st.min), st.count, extra.empty() ? "" : "; " + extra);
   if (!pinning.empty()) line += " [" + pinning + "]";
   Progress(line);
 }
 
 void Report::AddValue(const std::string& section, const std::string& name,
-                      const std::string& pinning, const std::string& extra,
-                      nlohmann::json fields) {
+                      const std::string& pinning, const std::string& extra, nlohmann::json fields) {
   nlohmann::json row = {{"name", name}, {"pinning", pinning}, {"extra", extra}};
   for (auto& [k, v] : fields.items()) row[k] = v;
   Section(section)["rows"].push_back(std::move(row));
@@ -202,8 +202,8 @@ void Report::AddValue(const std::string& section, const std::string& name,
 }
 
 void Report::AddSummary(const SummaryLine& line) {
-  nlohmann::json j = {{"metric", line.metric}, {"tern", line.tern}, {"floor", line.floor},
-                      {"goal", line.goal}};
+  nlohmann::json j = {
+      {"metric", line.metric}, {"tern", line.tern}, {"floor", line.floor}, {"goal", line.goal}};
   j["ratio"] = line.ratio ? nlohmann::json(*line.ratio) : nlohmann::json(nullptr);
   j["met"] = line.met ? nlohmann::json(*line.met) : nlohmann::json(nullptr);
   doc_["summary"].push_back(std::move(j));

@@ -11,11 +11,10 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace tern::bench {
 
@@ -64,9 +63,9 @@ class Report {
 
   // A distribution of per-operation times (ns). `extra` is a free-text column
   // ("3.4 GB/s", "612k req/s"); `fields` holds machine-readable extras for the JSON.
-  void AddSamples(const std::string& section, const std::string& name,
-                  const std::string& pinning, std::vector<int64_t> samples_ns,
-                  const std::string& extra = "", nlohmann::json fields = nlohmann::json::object());
+  void AddSamples(const std::string& section, const std::string& name, const std::string& pinning,
+                  std::vector<int64_t> samples_ns, const std::string& extra = "",
+                  nlohmann::json fields = nlohmann::json::object());
   // A row without a distribution (a rate, a size).
   void AddValue(const std::string& section, const std::string& name, const std::string& pinning,
                 const std::string& extra, nlohmann::json fields = nlohmann::json::object());

@@ -1,7 +1,10 @@
 #include "raw_v8.h"
 
+#include <sys/mman.h>
 #include <v8.h>
 
+#include <cstring>
+#include <functional>
 #include <memory>
 #include <thread>
 
@@ -18,9 +21,7 @@ v8::Local<v8::String> Str(v8::Isolate* iso, std::string_view s) {
 }
 
 // Every import: returns 0 (the floor's guest never calls them on the measured path).
-void StubImport(const v8::FunctionCallbackInfo<v8::Value>& info) {
-  info.GetReturnValue().Set(0);
-}
+void StubImport(const v8::FunctionCallbackInfo<v8::Value>& info) { info.GetReturnValue().Set(0); }
 
 std::string ExceptionString(v8::Isolate* iso, v8::Local<v8::Context> ctx, v8::TryCatch& tc) {
   if (tc.HasTerminated()) return "terminated";
@@ -31,7 +32,19 @@ std::string ExceptionString(v8::Isolate* iso, v8::Local<v8::Context> ctx, v8::Tr
   return *u ? std::string(*u, u.length()) : "exception";
 }
 
-Status RunOnThisThread(std::string_view wasm_bytes, const RawV8Options& o, RawV8Results* out) {
+// What a measurement body gets: an entered isolate and context, a TryCatch, and a
+// function that instantiates the compiled module with stub imports.
+struct RawEnv {
+  v8::Isolate* iso;
+  v8::Local<v8::Context> ctx;
+  v8::TryCatch* tc;
+  // new WebAssembly.Instance(module, imports) [+ exports._initialize()]; the exports.
+  std::function<Result<v8::Local<v8::Object>>(bool run_init)> instantiate;
+};
+
+// Creates an isolate on the calling thread, compiles `wasm_bytes`, builds the stub
+// imports, runs `body`, and disposes of the isolate.
+Status WithRawModule(std::string_view wasm_bytes, const std::function<Status(RawEnv&)>& body) {
   TERN_ASSIGN_OR_RETURN(wasm::ModuleInfo info, wasm::ParseModuleInfo(wasm_bytes));
   std::unique_ptr<v8::ArrayBuffer::Allocator> allocator(
       v8::ArrayBuffer::Allocator::NewDefaultAllocator());
@@ -63,9 +76,13 @@ Status RunOnThisThread(std::string_view wasm_bytes, const RawV8Options& o, RawV8
       v8::Local<v8::Value> ns;
       if (!imports->Get(ctx, Str(iso, imp.module)).ToLocal(&ns) || !ns->IsObject()) {
         ns = v8::Object::New(iso);
-        (void)imports->Set(ctx, Str(iso, imp.module), ns);
+        if (imports->Set(ctx, Str(iso, imp.module), ns).IsNothing()) {
+          return InternalError("raw V8: cannot build the imports object");
+        }
       }
-      (void)ns.As<v8::Object>()->Set(ctx, Str(iso, imp.name), stub);
+      if (ns.As<v8::Object>()->Set(ctx, Str(iso, imp.name), stub).IsNothing()) {
+        return InternalError("raw V8: cannot build the imports object");
+      }
     }
     v8::Local<v8::Value> wa, ctor_v;
     if (!ctx->Global()->Get(ctx, Str(iso, "WebAssembly")).ToLocal(&wa) || !wa->IsObject() ||
@@ -78,8 +95,8 @@ Status RunOnThisThread(std::string_view wasm_bytes, const RawV8Options& o, RawV8
     v8::Local<v8::String> init_s = Str(iso, "_initialize");
     v8::Local<v8::Value> argv[2] = {module, imports};
 
-    // One instantiation: new WebAssembly.Instance(module, imports) [+ _initialize()].
-    auto instantiate = [&](bool run_init) -> Result<v8::Local<v8::Object>> {
+    RawEnv env{iso, ctx, &tc, nullptr};
+    env.instantiate = [&](bool run_init) -> Result<v8::Local<v8::Object>> {
       v8::Local<v8::Object> inst;
       v8::Local<v8::Value> exports;
       if (!ctor->NewInstance(ctx, 2, argv).ToLocal(&inst) ||
@@ -96,7 +113,18 @@ Status RunOnThisThread(std::string_view wasm_bytes, const RawV8Options& o, RawV8
       }
       return exports.As<v8::Object>();
     };
+    return body(env);
+  }();
+  iso->Dispose();
+  return st;
+}
 
+Status RunOnThisThread(std::string_view wasm_bytes, const RawV8Options& o, RawV8Results* out) {
+  return WithRawModule(wasm_bytes, [&](RawEnv& env) -> Status {
+    v8::Isolate* iso = env.iso;
+    v8::Local<v8::Context> ctx = env.ctx;
+    v8::TryCatch& tc = *env.tc;
+    auto& instantiate = env.instantiate;
     // --- export calls on one warm instance.
     TERN_ASSIGN_OR_RETURN(v8::Local<v8::Object> exports, instantiate(true));
     v8::Local<v8::Value> fn_v;
@@ -105,26 +133,34 @@ Status RunOnThisThread(std::string_view wasm_bytes, const RawV8Options& o, RawV8
     }
     v8::Local<v8::Function> fn = fn_v.As<v8::Function>();
     v8::Local<v8::Value> recv = v8::Undefined(iso);
-    auto call_batch = [&](size_t n, std::vector<int64_t>* samples) -> Status {
+    // Either times every call (`samples`) or every batch of kPerScope calls (`batches`,
+    // in 1/1000 ns per call).
+    auto call_batch = [&](size_t n, std::vector<int64_t>* samples,
+                          std::vector<int64_t>* batches) -> Status {
       constexpr size_t kPerScope = 1000;  // a HandleScope per batch of calls
       for (size_t done = 0; done < n;) {
         v8::HandleScope scope(iso);
         size_t end = std::min(n, done + kPerScope);
+        const size_t first = done;
+        const int64_t b0 = NowNs();
         for (; done < end; ++done) {
           int64_t t0 = samples ? NowNs() : 0;
           v8::MaybeLocal<v8::Value> r = fn->Call(ctx, recv, 0, nullptr);
           if (samples) samples->push_back(NowNs() - t0);
           if (r.IsEmpty()) return AbortedError("raw V8 call: " + ExceptionString(iso, ctx, tc));
         }
+        if (batches != nullptr && done - first == kPerScope) {
+          batches->push_back((NowNs() - b0) * 1000 / static_cast<int64_t>(kPerScope));
+        }
       }
       return Status::Ok();
     };
-    TERN_RETURN_IF_ERROR(call_batch(o.warmup_calls, nullptr));
+    TERN_RETURN_IF_ERROR(call_batch(o.warmup_calls, nullptr, nullptr));
     out->call_ns.reserve(o.calls);
-    TERN_RETURN_IF_ERROR(call_batch(o.calls, &out->call_ns));
-    int64_t t0 = NowNs();
-    TERN_RETURN_IF_ERROR(call_batch(o.batch_calls, nullptr));
-    out->batch_mean_ns = static_cast<double>(NowNs() - t0) / static_cast<double>(o.batch_calls);
+    TERN_RETURN_IF_ERROR(call_batch(o.calls, &out->call_ns, nullptr));
+    std::vector<int64_t> batches;
+    TERN_RETURN_IF_ERROR(call_batch(o.batch_calls, nullptr, &batches));
+    out->batch_median_ns = Summarize(batches).p50 / 1000.0;
 
     // --- instantiations (each instance dropped at once; V8's GC reclaims them).
     for (int pass = 0; pass < 2; ++pass) {
@@ -141,9 +177,49 @@ Status RunOnThisThread(std::string_view wasm_bytes, const RawV8Options& o, RawV8
       }
     }
     return Status::Ok();
-  }();
-  iso->Dispose();
-  return st;
+  });
+}
+
+Status RestoreOnThisThread(std::string_view wasm_bytes, std::string_view image, size_t reps,
+                           RawRestoreResults* out) {
+  return WithRawModule(wasm_bytes, [&](RawEnv& env) -> Status {
+    v8::Isolate* iso = env.iso;
+    v8::Local<v8::Context> ctx = env.ctx;
+    v8::Local<v8::String> memory_s = Str(iso, "memory");
+    v8::Local<v8::String> grow_s = Str(iso, "grow");
+    for (size_t i = 0; i < reps; ++i) {
+      v8::HandleScope scope(iso);
+      const int64_t t0 = NowNs();
+      TERN_ASSIGN_OR_RETURN(v8::Local<v8::Object> exports, env.instantiate(false));
+      const int64_t t1 = NowNs();
+      v8::Local<v8::Value> mem_v, grow_v;
+      if (!exports->Get(ctx, memory_s).ToLocal(&mem_v) || !mem_v->IsWasmMemoryObject()) {
+        return NotFoundError("raw V8: no memory export");
+      }
+      v8::Local<v8::WasmMemoryObject> mem = mem_v.As<v8::WasmMemoryObject>();
+      const size_t have = mem->Buffer()->ByteLength();
+      if (image.size() < have) return InvalidArgumentError("image smaller than a fresh memory");
+      v8::Local<v8::Value> delta =
+          v8::Integer::NewFromUnsigned(iso, static_cast<uint32_t>((image.size() - have) / 65536));
+      if (!mem->Get(ctx, grow_s).ToLocal(&grow_v) || !grow_v->IsFunction() ||
+          grow_v.As<v8::Function>()->Call(ctx, mem, 1, &delta).IsEmpty()) {
+        return ResourceExhaustedError("raw V8 memory.grow: " + ExceptionString(iso, ctx, *env.tc));
+      }
+      const int64_t t2 = NowNs();
+      v8::Local<v8::ArrayBuffer> buf = mem->Buffer();
+      if (buf->ByteLength() != image.size()) return InternalError("raw V8: grow gave a wrong size");
+      ::madvise(buf->Data(), image.size(), MADV_POPULATE_WRITE);
+      const int64_t t3 = NowNs();
+      std::memcpy(buf->Data(), image.data(), image.size());
+      const int64_t t4 = NowNs();
+      out->instantiate_ns.push_back(t1 - t0);
+      out->grow_ns.push_back(t2 - t1);
+      out->populate_ns.push_back(t3 - t2);
+      out->copy_ns.push_back(t4 - t3);
+      out->restore_ns.push_back(t4 - t1);
+    }
+    return Status::Ok();
+  });
 }
 
 }  // namespace
@@ -154,6 +230,19 @@ Result<RawV8Results> RunRawV8(std::string_view wasm_bytes, const RawV8Options& o
   std::thread t([&] {
     if (options.cpu >= 0) out.pinned = PinThisThread(options.cpu);
     st = RunOnThisThread(wasm_bytes, options, &out);
+  });
+  t.join();
+  if (!st.ok()) return st;
+  return out;
+}
+
+Result<RawRestoreResults> RunRawV8Restore(std::string_view wasm_bytes, std::string_view image,
+                                          size_t reps, int cpu) {
+  RawRestoreResults out;
+  Status st;
+  std::thread t([&] {
+    if (cpu >= 0) out.pinned = PinThisThread(cpu);
+    st = RestoreOnThisThread(wasm_bytes, image, reps, &out);
   });
   t.join();
   if (!st.ok()) return st;

@@ -65,7 +65,8 @@ int CmdDeploy(int argc, char** argv) {
   Flags f("tern deploy MANIFEST [--module FILE.wasm] [flags]",
           "Deploys a service (a manifest + its wasm module) to an agent and starts\n"
           "`replicas` instances of it. Deploying a service again replaces it.");
-  f.Add("module", "", "the .wasm to deploy (default: the manifest's `module`, relative to the manifest)");
+  f.Add("module", "", "the .wasm to deploy (default: the manifest's `module`, looked up next to the "
+        "manifest, in $TERN_WASM_PATH, then build/release/wasm and build/dev/wasm)");
   f.AddBool("no-start", "deploy without starting instances");
   AddAgentFlag(&f);
   if (int rc = ParseOrExit(&f, argc, argv, 1, 1); rc >= 0) return rc;
@@ -77,7 +78,21 @@ int CmdDeploy(int argc, char** argv) {
     if (m->module.empty()) {
       return Fail(InvalidArgumentError(manifest_path + " has no `module:` field; pass --module FILE.wasm"));
     }
-    module_path = JoinPath(DirName(manifest_path), m->module);
+    // Next to the manifest first, then where the build puts guests.
+    std::vector<std::string> candidates = {JoinPath(DirName(manifest_path), m->module)};
+    if (const char* p = std::getenv("TERN_WASM_PATH"); p != nullptr && *p != '\0') {
+      candidates.push_back(JoinPath(p, m->module));
+    }
+    for (const char* dir : {"build/release/wasm", "build/dev/wasm"}) {
+      candidates.push_back(JoinPath(dir, m->module));
+    }
+    module_path = candidates[0];
+    for (const auto& c : candidates) {
+      if (FileExists(c)) {
+        module_path = c;
+        break;
+      }
+    }
   }
   Result<std::string> bytes = ReadFile(module_path);
   if (!bytes.ok()) {

@@ -65,3 +65,12 @@ LogMessage::~LogMessage() {
 
 }  // namespace internal
 }  // namespace tern
+
+// Under AddressSanitizer, leave SIGSEGV to V8: its wasm trap handler turns guard-page
+// faults into wasm traps (see docs/design/sandbox.md). Lives here because every tern
+// binary links logging.cc.
+#if defined(__SANITIZE_ADDRESS__)
+extern "C" const char* __asan_default_options() {
+  return "handle_segv=0:allow_user_segv_handler=1:detect_leaks=0";
+}
+#endif

@@ -1,10 +1,9 @@
 #include "transport/buffered_socket.h"
 
+#include <fmt/format.h>
 #include <sys/socket.h>
 
 #include <cerrno>
-
-#include <fmt/format.h>
 
 #include "core/logging.h"
 
@@ -28,10 +27,7 @@ char* ReadScratch() {
 }  // namespace
 
 BufferedSocket::BufferedSocket(EventLoop* loop, UniqueFd fd, const SocketLimits& limits)
-    : loop_(loop),
-      fd_(std::move(fd)),
-      limits_(limits),
-      alive_(std::make_shared<bool>(true)) {}
+    : loop_(loop), fd_(std::move(fd)), limits_(limits), alive_(std::make_shared<bool>(true)) {}
 
 BufferedSocket::~BufferedSocket() {
   *alive_ = false;
@@ -113,11 +109,13 @@ void BufferedSocket::PauseReading(bool paused) {
 
 void BufferedSocket::UpdateInterest() {
   if (closed() || !registered_) return;
-  bool reading = !peer_eof_ && (state_ == State::kDraining ||
-                                (!app_paused_ && pending_output() <=
-                                                     limits_.pause_reading_output_bytes));
+  bool reading =
+      !peer_eof_ && (state_ == State::kDraining ||
+                     (!app_paused_ && pending_output() <= limits_.pause_reading_output_bytes));
   uint32_t want = reading ? EventLoop::kReadable : 0;
-  if (pending_output() > 0) want |= EventLoop::kWritable;
+  // Ask for writability only once the kernel refused bytes; output queued during this
+  // iteration is flushed at its end anyway.
+  if (write_blocked_ && pending_output() > 0) want |= EventLoop::kWritable;
   if (want == interest_) return;
   Status s = loop_->ModifyFd(fd_.get(), want);
   if (!s.ok()) {
@@ -142,8 +140,7 @@ void BufferedSocket::OnEvents(uint32_t events) {
     }
     if (!(interest_ & EventLoop::kReadable)) {
       // Hung up while we were not reading: nothing more can be exchanged.
-      CloseNow(state_ == State::kDraining ? close_reason_
-                                          : UnavailableError("connection hung up"));
+      CloseNow(state_ == State::kDraining ? close_reason_ : UnavailableError("connection hung up"));
       return;
     }
   }
@@ -211,6 +208,7 @@ void BufferedSocket::Flush() {
     CloseNow(ErrnoError("send", n < 0 ? errno : EPIPE));
     return;
   }
+  write_blocked_ = out_pos_ < out_.size();
   if (out_pos_ == out_.size()) {
     out_pos_ = 0;
     if (out_.capacity() > kShrinkOutputBytes) {

@@ -117,6 +117,7 @@ class BufferedSocket {
   bool flush_scheduled_ = false;
   bool in_read_ = false;
   bool flush_after_read_ = false;
+  bool write_blocked_ = false;  // the last send() hit EAGAIN
   uint32_t interest_ = 0;
   std::string out_;
   size_t out_pos_ = 0;

@@ -36,7 +36,7 @@ uint32_t FromEpoll(uint32_t e) {
 
 }  // namespace
 
-Result<std::unique_ptr<EventLoop>> EventLoop::Create() {
+Result<std::unique_ptr<EventLoop>> EventLoop::Create(const EventLoopOptions& options) {
   int ep = epoll_create1(EPOLL_CLOEXEC);
   if (ep < 0) return ErrnoError("epoll_create1", errno);
   int wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -45,7 +45,7 @@ Result<std::unique_ptr<EventLoop>> EventLoop::Create() {
     close(ep);
     return ErrnoError("eventfd", err);
   }
-  std::unique_ptr<EventLoop> loop(new EventLoop(ep, wake));
+  std::unique_ptr<EventLoop> loop(new EventLoop(ep, wake, options));
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.ptr = loop->wake_entry_.get();
@@ -55,9 +55,10 @@ Result<std::unique_ptr<EventLoop>> EventLoop::Create() {
   return loop;
 }
 
-EventLoop::EventLoop(int epoll_fd, int wake_fd)
+EventLoop::EventLoop(int epoll_fd, int wake_fd, const EventLoopOptions& options)
     : epoll_fd_(epoll_fd),
       wake_fd_(wake_fd),
+      busy_poll_nanos_(options.busy_poll.count() > 0 ? options.busy_poll.count() : 0),
       now_nanos_(MonoNanos()),
       events_(new epoll_event[kMaxEventsPerWait]) {
   wake_entry_ = std::make_unique<FdEntry>();
@@ -158,8 +159,7 @@ Status EventLoop::AddFd(int fd, uint32_t events, FdCallback cb) {
 Status EventLoop::ModifyFd(int fd, uint32_t events) {
   DCHECK(IsInLoopThread());
   if (fd < 0 || static_cast<size_t>(fd) >= fds_.size() || fds_[fd] == nullptr) {
-    return NotFoundError("EventLoop::ModifyFd: fd " + std::to_string(fd) +
-                         " is not registered");
+    return NotFoundError("EventLoop::ModifyFd: fd " + std::to_string(fd) + " is not registered");
   }
   epoll_event ev{};
   ev.events = ToEpoll(events);
@@ -179,8 +179,7 @@ void EventLoop::RemoveFd(int fd) {
   removed_fds_.push_back(std::move(fds_[fd]));
 }
 
-EventLoop::TimerId EventLoop::RunAfter(std::chrono::nanoseconds delay,
-                                       std::function<void()> fn) {
+EventLoop::TimerId EventLoop::RunAfter(std::chrono::nanoseconds delay, std::function<void()> fn) {
   DCHECK(IsInLoopThread());
   int64_t deadline = MonoNanos() + (delay.count() > 0 ? delay.count() : 0);
   TimerId id = next_timer_id_++;
@@ -249,15 +248,31 @@ void EventLoop::RunDeferred() {
   }
 }
 
+int EventLoop::Wait() {
+  int timeout = NextTimeoutMillis();
+  if (busy_poll_nanos_ > 0 && timeout != 0) {
+    // Spin only while "hot": within busy_poll of the last iteration that had work.
+    const int64_t spin_until = last_work_nanos_ + busy_poll_nanos_;
+    while (MonoNanos() < spin_until && !stop_.load(std::memory_order_relaxed)) {
+      int n = epoll_wait(epoll_fd_, events_.get(), kMaxEventsPerWait, 0);
+      if (n > 0) return n;
+    }
+    timeout = NextTimeoutMillis();
+  }
+  int n = epoll_wait(epoll_fd_, events_.get(), kMaxEventsPerWait, timeout);
+  if (n < 0) {
+    if (errno != EINTR) TERN_LOG(ERROR) << "epoll_wait: " << ErrnoError("", errno);
+    return 0;
+  }
+  return n;
+}
+
 void EventLoop::Run() {
   loop_thread_.store(std::this_thread::get_id(), std::memory_order_release);
   while (!stop_.load(std::memory_order_acquire)) {
-    int n = epoll_wait(epoll_fd_, events_.get(), kMaxEventsPerWait, NextTimeoutMillis());
-    if (n < 0) {
-      if (errno != EINTR) TERN_LOG(ERROR) << "epoll_wait: " << ErrnoError("", errno);
-      n = 0;
-    }
+    const int n = Wait();
     now_nanos_ = MonoNanos();
+    if (n > 0) last_work_nanos_ = now_nanos_;
     for (int i = 0; i < n; ++i) {
       auto* entry = static_cast<FdEntry*>(events_[i].data.ptr);
       if (entry->removed) continue;
@@ -281,8 +296,8 @@ void EventLoop::Run() {
   stop_.store(false, std::memory_order_release);
 }
 
-Result<std::unique_ptr<EventLoopThread>> EventLoopThread::Create() {
-  TERN_ASSIGN_OR_RETURN(std::unique_ptr<EventLoop> loop, EventLoop::Create());
+Result<std::unique_ptr<EventLoopThread>> EventLoopThread::Create(const EventLoopOptions& options) {
+  TERN_ASSIGN_OR_RETURN(std::unique_ptr<EventLoop> loop, EventLoop::Create(options));
   return std::unique_ptr<EventLoopThread>(new EventLoopThread(std::move(loop)));
 }
 

@@ -1,13 +1,12 @@
 #include "transport/event_loop.h"
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <thread>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "core/clock.h"
 
@@ -185,9 +184,7 @@ TEST(EventLoopTest, RunSyncFromTheLoopThreadRunsInline) {
   auto t = StartedLoop();
   EventLoop* loop = t->loop();
   int depth = 0;
-  loop->RunSync([&] {
-    loop->RunSync([&] { depth = 2; });
-  });
+  loop->RunSync([&] { loop->RunSync([&] { depth = 2; }); });
   EXPECT_EQ(depth, 2);
 }
 

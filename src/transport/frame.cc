@@ -1,15 +1,14 @@
 #include "transport/frame.h"
 
+#include <fmt/format.h>
+
 #include <bit>
 #include <cstring>
-
-#include <fmt/format.h>
 
 namespace tern::transport {
 namespace {
 
-static_assert(std::endian::native == std::endian::little ||
-                  std::endian::native == std::endian::big,
+static_assert(std::endian::native == std::endian::little || std::endian::native == std::endian::big,
               "mixed-endian hosts are not supported");
 
 // Header field offsets (frame.h, docs/formats/frame.md).
@@ -90,12 +89,18 @@ bool IsKnownFrameType(uint8_t t) {
 
 std::string_view FrameTypeName(FrameType t) {
   switch (t) {
-    case FrameType::kInvoke: return "invoke";
-    case FrameType::kReply: return "reply";
-    case FrameType::kError: return "error";
-    case FrameType::kMoved: return "moved";
-    case FrameType::kPing: return "ping";
-    case FrameType::kPong: return "pong";
+    case FrameType::kInvoke:
+      return "invoke";
+    case FrameType::kReply:
+      return "reply";
+    case FrameType::kError:
+      return "error";
+    case FrameType::kMoved:
+      return "moved";
+    case FrameType::kPing:
+      return "ping";
+    case FrameType::kPong:
+      return "pong";
   }
   return "unknown";
 }
@@ -106,9 +111,8 @@ uint32_t Crc32c(const void* data, size_t n, uint32_t crc) {
   while (n >= 8) {
     uint32_t lo = Load<uint32_t>(reinterpret_cast<const char*>(p)) ^ crc;
     uint32_t hi = Load<uint32_t>(reinterpret_cast<const char*>(p) + 4);
-    crc = kCrc.t[7][lo & 0xff] ^ kCrc.t[6][(lo >> 8) & 0xff] ^
-          kCrc.t[5][(lo >> 16) & 0xff] ^ kCrc.t[4][lo >> 24] ^
-          kCrc.t[3][hi & 0xff] ^ kCrc.t[2][(hi >> 8) & 0xff] ^
+    crc = kCrc.t[7][lo & 0xff] ^ kCrc.t[6][(lo >> 8) & 0xff] ^ kCrc.t[5][(lo >> 16) & 0xff] ^
+          kCrc.t[4][lo >> 24] ^ kCrc.t[3][hi & 0xff] ^ kCrc.t[2][(hi >> 8) & 0xff] ^
           kCrc.t[1][(hi >> 16) & 0xff] ^ kCrc.t[0][hi >> 24];
     p += 8;
     n -= 8;
@@ -120,8 +124,8 @@ uint32_t Crc32c(const void* data, size_t n, uint32_t crc) {
 Status EncodeFrame(const Frame& f, std::string* out) {
   auto check_name = [](std::string_view what, const std::string& s) -> Status {
     if (s.size() > kMaxNameBytes) {
-      return InvalidArgumentError(fmt::format("frame: {} name is {} bytes, max {}", what,
-                                              s.size(), kMaxNameBytes));
+      return InvalidArgumentError(
+          fmt::format("frame: {} name is {} bytes, max {}", what, s.size(), kMaxNameBytes));
     }
     return Status::Ok();
   };
@@ -129,8 +133,8 @@ Status EncodeFrame(const Frame& f, std::string* out) {
   TERN_RETURN_IF_ERROR(check_name("service", f.service));
   TERN_RETURN_IF_ERROR(check_name("handler", f.handler));
   if (f.payload.size() > kMaxPayloadBytes) {
-    return InvalidArgumentError(fmt::format("frame: payload is {} bytes, max {}",
-                                            f.payload.size(), kMaxPayloadBytes));
+    return InvalidArgumentError(
+        fmt::format("frame: payload is {} bytes, max {}", f.payload.size(), kMaxPayloadBytes));
   }
 
   const size_t start = out->size();
@@ -162,8 +166,7 @@ Frame MakeErrorFrame(uint64_t request_id, const Status& s) {
   f.type = FrameType::kError;
   f.request_id = request_id;
   f.status = s.ok() ? StatusCode::kInternal : s.code();
-  f.payload = s.ok() ? std::string("error frame made from an OK status")
-                     : std::string(s.message());
+  f.payload = s.ok() ? std::string("error frame made from an OK status") : std::string(s.message());
   if (f.payload.size() > kMaxPayloadBytes) f.payload.resize(kMaxPayloadBytes);
   return f;
 }
@@ -226,9 +229,9 @@ Result<bool> FrameDecoder::Next(Frame* out) {
   const uint32_t want_crc = Load<uint32_t>(p + kOffCrc);
   const uint32_t got_crc = Crc32c(p, kOffCrc);
   if (want_crc != got_crc) {
-    return Fail(InvalidArgumentError(fmt::format(
-        "frame: header CRC mismatch (header says 0x{:08x}, computed 0x{:08x})", want_crc,
-        got_crc)));
+    return Fail(InvalidArgumentError(
+        fmt::format("frame: header CRC mismatch (header says 0x{:08x}, computed 0x{:08x})",
+                    want_crc, got_crc)));
   }
   const uint8_t type = static_cast<uint8_t>(p[kOffType]);
   if (!IsKnownFrameType(type)) {
@@ -247,9 +250,9 @@ Result<bool> FrameDecoder::Next(Frame* out) {
   }
   const uint32_t payload_len = Load<uint32_t>(p + kOffPayloadLen);
   if (payload_len > max_payload_) {
-    return Fail(ResourceExhaustedError(fmt::format(
-        "frame: payload of {} bytes exceeds this receiver's limit of {} bytes", payload_len,
-        max_payload_)));
+    return Fail(ResourceExhaustedError(
+        fmt::format("frame: payload of {} bytes exceeds this receiver's limit of {} bytes",
+                    payload_len, max_payload_)));
   }
   const size_t total =
       kFrameHeaderBytes + tenant_len + service_len + handler_len + size_t{payload_len};

@@ -1,14 +1,13 @@
 #include "transport/frame_client.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
 #include <cerrno>
 #include <optional>
-
-#include <fmt/format.h>
 
 #include "core/clock.h"
 
@@ -20,8 +19,7 @@ constexpr size_t kCompactOutputBytes = 1u << 20;
 
 }  // namespace
 
-Result<std::unique_ptr<FrameClient>> FrameClient::Connect(std::string_view host,
-                                                          uint16_t port,
+Result<std::unique_ptr<FrameClient>> FrameClient::Connect(std::string_view host, uint16_t port,
                                                           std::chrono::nanoseconds timeout,
                                                           const FrameClientOptions& options) {
   TERN_ASSIGN_OR_RETURN(UniqueFd fd, ConnectTcp(host, port, timeout));
@@ -31,7 +29,8 @@ Result<std::unique_ptr<FrameClient>> FrameClient::Connect(std::string_view host,
 FrameClient::FrameClient(UniqueFd fd, const FrameClientOptions& options)
     : fd_(std::move(fd)),
       decoder_(options.max_payload_bytes),
-      read_buf_(new char[kReadChunkBytes]) {
+      read_buf_(new char[kReadChunkBytes]),
+      busy_poll_nanos_(options.busy_poll.count() > 0 ? options.busy_poll.count() : 0) {
   // The socket blocks (bounded by SO_RCVTIMEO) when we only wait for answers, which
   // saves a poll() per call; everything else passes MSG_DONTWAIT.
   int flags = fcntl(fd_.get(), F_GETFL);
@@ -89,6 +88,26 @@ Status FrameClient::WaitAndRead(int64_t deadline) {
   if (deadline > 0) {
     want = deadline - MonoNanos();
     if (want <= 0) return DeadlineExceededError("frame client: timed out");
+  }
+  if (busy_poll_nanos_ > 0) {
+    const int64_t start = MonoNanos();
+    int64_t spin_until = start + busy_poll_nanos_;
+    if (deadline > 0 && deadline < spin_until) spin_until = deadline;
+    do {
+      ssize_t n = recv(fd_.get(), read_buf_.get(), kReadChunkBytes, MSG_DONTWAIT);
+      if (n > 0) {
+        decoder_.Feed(std::string_view(read_buf_.get(), static_cast<size_t>(n)));
+        return Status::Ok();
+      }
+      if (n == 0) return Break(UnavailableError("frame client: server closed the connection"));
+      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        return Break(ErrnoError("frame client: recv", errno));
+      }
+    } while (MonoNanos() < spin_until);
+    if (deadline > 0) {
+      want = deadline - MonoNanos();
+      if (want <= 0) return DeadlineExceededError("frame client: timed out");
+    }
   }
   // Re-arm the receive timeout only when it is far off the time left, so a run of
   // calls with the same timeout costs no extra system call.
@@ -167,13 +186,19 @@ Result<Frame> FrameClient::NextFrame(int64_t deadline) {
   }
 }
 
-Result<uint64_t> FrameClient::Send(Frame request) {
+Result<uint64_t> FrameClient::Enqueue(Frame* request) {
   if (!broken_.ok()) return broken_;
-  request.request_id = next_id_++;
-  TERN_RETURN_IF_ERROR(EncodeFrame(request, &out_));
+  request->request_id = next_id_;
+  TERN_RETURN_IF_ERROR(EncodeFrame(*request, &out_));
+  ++next_id_;
   ++in_flight_;
+  return request->request_id;
+}
+
+Result<uint64_t> FrameClient::Send(Frame request) {
+  TERN_ASSIGN_OR_RETURN(uint64_t id, Enqueue(&request));
   TERN_RETURN_IF_ERROR(WriteSome());
-  return request.request_id;
+  return id;
 }
 
 Result<Frame> FrameClient::Receive(std::chrono::nanoseconds timeout) {
@@ -217,32 +242,47 @@ Result<std::chrono::nanoseconds> FrameClient::Ping(std::chrono::nanoseconds time
   return std::chrono::nanoseconds(MonoNanos() - start);
 }
 
-Result<std::vector<Result<Frame>>> FrameClient::CallMany(std::vector<Frame> requests,
-                                                         size_t window,
+Result<std::vector<Result<Frame>>> FrameClient::CallMany(std::vector<Frame> requests, size_t window,
                                                          std::chrono::nanoseconds timeout) {
   if (window == 0) window = 1;
   const int64_t deadline = DeadlineFromTimeout(timeout);
   const size_t n = requests.size();
   const uint64_t base_id = next_id_;
   std::vector<std::optional<Result<Frame>>> slots(n);
-  size_t sent = 0;
+  std::vector<size_t> slot_of;  // [request id - base_id] -> index into slots
+  slot_of.reserve(n);
+  size_t next = 0;     // next request to queue
+  size_t pending = 0;  // queued, not answered
   size_t done = 0;
   while (done < n) {
-    while (sent < n && sent - done < window) {
-      TERN_ASSIGN_OR_RETURN(uint64_t id, Send(std::move(requests[sent])));
-      (void)id;  // == base_id + sent: ids are consecutive within this call
-      ++sent;
+    // Queue the whole window; it leaves in as few writes as the socket allows.
+    while (next < n && pending < window) {
+      Result<uint64_t> id = Enqueue(&requests[next]);
+      if (id.ok()) {
+        slot_of.push_back(next);  // ids are consecutive within this call
+        ++pending;
+      } else if (broken_.ok()) {
+        slots[next].emplace(id.status());  // this request cannot be encoded
+        ++done;
+      } else {
+        return id.status();
+      }
+      ++next;
     }
+    if (done == n) break;
     Result<Frame> f = NextFrame(deadline);
     if (!f.ok()) return f.status();
-    if (f->request_id < base_id || f->request_id >= base_id + sent) continue;  // stale
-    std::optional<Result<Frame>>& slot = slots[f->request_id - base_id];
+    if (f->request_id < base_id || f->request_id - base_id >= slot_of.size()) {
+      continue;  // a late answer from before this call
+    }
+    std::optional<Result<Frame>>& slot = slots[slot_of[f->request_id - base_id]];
     if (slot.has_value()) continue;  // duplicate answer: keep the first
     if (f->type == FrameType::kError) {
       slot.emplace(ErrorFrameStatus(*f));
     } else {
       slot.emplace(std::move(f).value());
     }
+    --pending;
     ++done;
   }
   std::vector<Result<Frame>> results;

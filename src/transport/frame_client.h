@@ -35,6 +35,9 @@ namespace tern::transport {
 struct FrameClientOptions {
   // Answers with larger payloads break the connection (kUnavailable).
   uint32_t max_payload_bytes = kMaxPayloadBytes;
+  // Poll for an answer (non-blocking reads) for up to this long before blocking: saves
+  // the cross-CPU wake-up on a fast server, burns CPU meanwhile. 0 = never spin.
+  std::chrono::nanoseconds busy_poll{0};
 };
 
 class FrameClient {
@@ -63,8 +66,9 @@ class FrameClient {
   Status Flush(std::chrono::nanoseconds timeout);
 
   // Sends every request keeping at most `window` unanswered, and returns one result
-  // per request, in request order (a kError answer becomes its Status). A transport
-  // failure or the `timeout` for the whole batch fails the batch.
+  // per request, in request order (a kError answer, or a request that cannot be
+  // encoded, becomes its Status). A transport failure or the `timeout` for the whole
+  // batch fails the batch.
   Result<std::vector<Result<Frame>>> CallMany(std::vector<Frame> requests, size_t window,
                                               std::chrono::nanoseconds timeout);
 
@@ -75,6 +79,8 @@ class FrameClient {
 
  private:
   FrameClient(UniqueFd fd, const FrameClientOptions& options);
+  // Assigns the next request id to *request and queues its encoding (no I/O).
+  Result<uint64_t> Enqueue(Frame* request);
   // Next decoded frame, pumping the socket until `deadline` (0 = none).
   Result<Frame> NextFrame(int64_t deadline);
   // Writes what the socket takes; with `block`, then waits (until `deadline`) for the
@@ -95,6 +101,7 @@ class FrameClient {
   Status broken_;
   std::unique_ptr<char[]> read_buf_;
   int64_t rcv_timeout_nanos_ = 0;  // current SO_RCVTIMEO, 0 = none
+  const int64_t busy_poll_nanos_;
 };
 
 }  // namespace tern::transport

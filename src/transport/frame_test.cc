@@ -1,11 +1,11 @@
 #include "transport/frame.h"
 
+#include <gtest/gtest.h>
+
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 namespace tern::transport {
 namespace {

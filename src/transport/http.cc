@@ -1,12 +1,12 @@
 #include "transport/http.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <iterator>
 #include <limits>
-
-#include <fmt/format.h>
 
 #include "core/clock.h"
 #include "core/logging.h"
@@ -192,55 +192,99 @@ HttpResponse HttpResponse::Json(int status, std::string body) {
 
 std::string_view HttpReasonPhrase(int status) {
   switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 307: return "Temporary Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 411: return "Length Required";
-    case 412: return "Precondition Failed";
-    case 413: return "Content Too Large";
-    case 415: return "Unsupported Media Type";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 499: return "Client Closed Request";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
+    case 100:
+      return "Continue";
+    case 200:
+      return "OK";
+    case 201:
+      return "Created";
+    case 202:
+      return "Accepted";
+    case 204:
+      return "No Content";
+    case 301:
+      return "Moved Permanently";
+    case 302:
+      return "Found";
+    case 304:
+      return "Not Modified";
+    case 307:
+      return "Temporary Redirect";
+    case 400:
+      return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 408:
+      return "Request Timeout";
+    case 409:
+      return "Conflict";
+    case 411:
+      return "Length Required";
+    case 412:
+      return "Precondition Failed";
+    case 413:
+      return "Content Too Large";
+    case 415:
+      return "Unsupported Media Type";
+    case 429:
+      return "Too Many Requests";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 499:
+      return "Client Closed Request";
+    case 500:
+      return "Internal Server Error";
+    case 501:
+      return "Not Implemented";
+    case 502:
+      return "Bad Gateway";
+    case 503:
+      return "Service Unavailable";
+    case 504:
+      return "Gateway Timeout";
+    case 505:
+      return "HTTP Version Not Supported";
+    default:
+      return "Unknown";
   }
 }
 
 int HttpStatusForCode(StatusCode code) {
   switch (code) {
-    case StatusCode::kOk: return 200;
-    case StatusCode::kCancelled: return 499;
-    case StatusCode::kInvalidArgument: return 400;
-    case StatusCode::kDeadlineExceeded: return 504;
-    case StatusCode::kNotFound: return 404;
-    case StatusCode::kAlreadyExists: return 409;
-    case StatusCode::kPermissionDenied: return 403;
-    case StatusCode::kResourceExhausted: return 429;
-    case StatusCode::kFailedPrecondition: return 400;
-    case StatusCode::kAborted: return 409;
-    case StatusCode::kOutOfRange: return 400;
-    case StatusCode::kUnimplemented: return 501;
-    case StatusCode::kUnavailable: return 503;
-    case StatusCode::kUnauthenticated: return 401;
+    case StatusCode::kOk:
+      return 200;
+    case StatusCode::kCancelled:
+      return 499;
+    case StatusCode::kInvalidArgument:
+      return 400;
+    case StatusCode::kDeadlineExceeded:
+      return 504;
+    case StatusCode::kNotFound:
+      return 404;
+    case StatusCode::kAlreadyExists:
+      return 409;
+    case StatusCode::kPermissionDenied:
+      return 403;
+    case StatusCode::kResourceExhausted:
+      return 429;
+    case StatusCode::kFailedPrecondition:
+      return 400;
+    case StatusCode::kAborted:
+      return 409;
+    case StatusCode::kOutOfRange:
+      return 400;
+    case StatusCode::kUnimplemented:
+      return 501;
+    case StatusCode::kUnavailable:
+      return 503;
+    case StatusCode::kUnauthenticated:
+      return 401;
     case StatusCode::kUnknown:
     case StatusCode::kInternal:
     case StatusCode::kDataLoss:
@@ -573,8 +617,8 @@ bool HttpConnection::ParseHead() {
     have_length = true;
   }
   if (content_length_ > options_->max_body_bytes) {
-    Fail(413, fmt::format("request body of {} bytes exceeds the limit of {} bytes",
-                          content_length_, options_->max_body_bytes));
+    Fail(413, fmt::format("request body of {} bytes exceeds the limit of {} bytes", content_length_,
+                          options_->max_body_bytes));
     return false;
   }
 
@@ -661,8 +705,8 @@ void HttpConnection::WriteResponse(const HttpResponse& r) {
     out->append("Connection: keep-alive\r\n");
   }
   for (const auto& [k, v] : r.headers) {
-    if (!IsToken(k) || EqualsIgnoreCase(k, "content-length") ||
-        EqualsIgnoreCase(k, "connection") || EqualsIgnoreCase(k, "transfer-encoding")) {
+    if (!IsToken(k) || EqualsIgnoreCase(k, "content-length") || EqualsIgnoreCase(k, "connection") ||
+        EqualsIgnoreCase(k, "transfer-encoding")) {
       continue;
     }
     out->append(k);
@@ -698,8 +742,8 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(EventLoop* loop,
   std::unique_ptr<HttpServer> server(new HttpServer(loop, options, std::move(router)));
   TERN_ASSIGN_OR_RETURN(server->listener_, TcpListener::Listen(options.host, options.port));
   HttpServer* s = server.get();
-  TERN_RETURN_IF_ERROR(server->listener_->StartAccepting(
-      loop, [s](UniqueFd fd) { s->OnAccept(std::move(fd)); }));
+  TERN_RETURN_IF_ERROR(
+      server->listener_->StartAccepting(loop, [s](UniqueFd fd) { s->OnAccept(std::move(fd)); }));
   return server;
 }
 
@@ -783,10 +827,8 @@ Result<std::string> HttpClient::ReadLine(int64_t deadline) {
   }
 }
 
-Result<HttpClientResponse> HttpClient::Request(std::string_view method,
-                                               std::string_view target,
-                                               std::string_view body,
-                                               std::string_view content_type,
+Result<HttpClientResponse> HttpClient::Request(std::string_view method, std::string_view target,
+                                               std::string_view body, std::string_view content_type,
                                                std::chrono::nanoseconds timeout,
                                                const HttpHeaders& extra_headers) {
   if (!IsToken(method)) return InvalidArgumentError("http: malformed method");
@@ -800,8 +842,8 @@ Result<HttpClientResponse> HttpClient::Request(std::string_view method,
   std::string wire;
   wire.reserve(256 + body.size());
   const bool bracket = host_.find(':') != std::string::npos && host_.front() != '[';
-  fmt::format_to(std::back_inserter(wire), "{} {} HTTP/1.1\r\nHost: {}{}{}:{}\r\n", method,
-                 target, bracket ? "[" : "", host_, bracket ? "]" : "", port_);
+  fmt::format_to(std::back_inserter(wire), "{} {} HTTP/1.1\r\nHost: {}{}{}:{}\r\n", method, target,
+                 bracket ? "[" : "", host_, bracket ? "]" : "", port_);
   if (!body.empty() || method == "POST" || method == "PUT" || method == "PATCH") {
     fmt::format_to(std::back_inserter(wire), "Content-Length: {}\r\n", body.size());
   }
@@ -881,8 +923,7 @@ Result<HttpClientResponse> HttpClient::RequestOnce(const std::string& wire, bool
     if (!status_line.ok()) return timeout_error(status_line.status());
     std::string_view sl = *status_line;
     if (sl.size() < 12 || sl.substr(0, 7) != "HTTP/1." || sl[8] != ' ') {
-      return DataLossError("http: malformed status line '" + std::string(sl.substr(0, 64)) +
-                           "'");
+      return DataLossError("http: malformed status line '" + std::string(sl.substr(0, 64)) + "'");
     }
     int code = 0;
     for (size_t i = 9; i < 12; ++i) {

@@ -137,8 +137,7 @@ class HttpRouter {
     AsyncHandler async_handler;
   };
   // The best route for method + path, or nullptr; *path_matched tells 405 from 404.
-  const Route* Match(std::string_view method, std::string_view path,
-                     bool* path_matched) const;
+  const Route* Match(std::string_view method, std::string_view path, bool* path_matched) const;
 
  private:
   std::vector<Route> routes_;
@@ -186,8 +185,7 @@ class HttpServer {
   const HttpRouter router_;
   std::unique_ptr<TcpListener> listener_;
   uint64_t next_id_ = 1;
-  std::unordered_map</* connection id */ uint64_t,
-                     std::unique_ptr<internal::HttpConnection>>
+  std::unordered_map</* connection id */ uint64_t, std::unique_ptr<internal::HttpConnection>>
       conns_;
 };
 
@@ -219,17 +217,16 @@ class HttpClient {
   // refused/reset/closed), kDeadlineExceeded (`timeout` for the whole exchange),
   // kInvalidArgument (bad arguments), kDataLoss (malformed response). A request on a
   // reused connection that the server had already closed is retried once on a new one.
-  Result<HttpClientResponse> Request(
-      std::string_view method, std::string_view target, std::string_view body = {},
-      std::string_view content_type = {},
-      std::chrono::nanoseconds timeout = std::chrono::seconds(30),
-      const HttpHeaders& extra_headers = {});
+  Result<HttpClientResponse> Request(std::string_view method, std::string_view target,
+                                     std::string_view body = {}, std::string_view content_type = {},
+                                     std::chrono::nanoseconds timeout = std::chrono::seconds(30),
+                                     const HttpHeaders& extra_headers = {});
 
  private:
   HttpClient(std::string host, uint16_t port, UniqueFd fd)
       : host_(std::move(host)), port_(port), fd_(std::move(fd)) {}
-  Result<HttpClientResponse> RequestOnce(const std::string& wire, bool head,
-                                         int64_t deadline, bool* retryable);
+  Result<HttpClientResponse> RequestOnce(const std::string& wire, bool head, int64_t deadline,
+                                         bool* retryable);
   Status ReadMore(int64_t deadline);
   Result<std::string> ReadLine(int64_t deadline);
 

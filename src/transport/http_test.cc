@@ -1,12 +1,12 @@
 // HttpServer through real sockets on 127.0.0.1 (port 0), with HttpClient and raw bytes.
 #include "transport/http.h"
 
+#include <gtest/gtest.h>
+
 #include <atomic>
 #include <chrono>
 #include <thread>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "core/clock.h"
 #include "core/mutex.h"
@@ -78,9 +78,8 @@ class HttpServerTest : public ::testing::Test {
     ASSERT_TRUE(t.ok()) << t.status();
     loop_thread_ = std::move(t).value();
     HttpRouter router;
-    router.Handle("GET", "/hello", [](const HttpRequest&) {
-      return HttpResponse::Text(200, "hi\n");
-    });
+    router.Handle("GET", "/hello",
+                  [](const HttpRequest&) { return HttpResponse::Text(200, "hi\n"); });
     router.Handle("POST", "/echo", [](const HttpRequest& req) {
       HttpResponse r = HttpResponse::Text(200, req.body);
       r.content_type = std::string(req.Header("Content-Type"));

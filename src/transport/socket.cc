@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -12,8 +13,6 @@
 #include <cerrno>
 #include <limits>
 #include <memory>
-
-#include <fmt/format.h>
 
 #include "core/clock.h"
 
@@ -99,8 +98,8 @@ Result<UniqueFd> ListenTcp(std::string_view host, uint16_t port, int backlog) {
   TERN_ASSIGN_OR_RETURN(AddrInfoPtr res, Resolve(host, port, /*passive=*/true));
   Status last = UnavailableError(fmt::format("listen {}:{}: no usable address", host, port));
   for (addrinfo* ai = res.get(); ai != nullptr; ai = ai->ai_next) {
-    UniqueFd fd(socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                       ai->ai_protocol));
+    UniqueFd fd(
+        socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol));
     if (!fd.valid()) {
       last = ErrnoError("socket", errno);
       continue;
@@ -168,10 +167,10 @@ Result<UniqueFd> ConnectTcp(std::string_view host, uint16_t port,
   TERN_ASSIGN_OR_RETURN(AddrInfoPtr res, Resolve(host, port, /*passive=*/false));
   Status last = UnavailableError(fmt::format("connect {}:{}: no usable address", host, port));
   for (addrinfo* ai = res.get(); ai != nullptr; ai = ai->ai_next) {
-    const std::string where = fmt::format("connect {}:{} ({})", host, port,
-                                          AddrToString(ai->ai_addr));
-    UniqueFd fd(socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                       ai->ai_protocol));
+    const std::string where =
+        fmt::format("connect {}:{} ({})", host, port, AddrToString(ai->ai_addr));
+    UniqueFd fd(
+        socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol));
     if (!fd.valid()) {
       last = ErrnoError("socket", errno);
       continue;

@@ -57,8 +57,7 @@ std::string PeerAddress(int fd);
 // Returns a non-blocking socket with TCP_NODELAY set. Errors: kUnavailable (refused,
 // unreachable, name resolution failed temporarily), kDeadlineExceeded, kNotFound
 // (no such host).
-Result<UniqueFd> ConnectTcp(std::string_view host, uint16_t port,
-                            std::chrono::nanoseconds timeout);
+Result<UniqueFd> ConnectTcp(std::string_view host, uint16_t port, std::chrono::nanoseconds timeout);
 
 Status SetNonBlocking(int fd);
 Status SetNoDelay(int fd);

@@ -1,11 +1,10 @@
 #include "transport/tcp.h"
 
+#include <fmt/format.h>
 #include <sys/socket.h>
 
 #include <cerrno>
 #include <utility>
-
-#include <fmt/format.h>
 
 #include "core/logging.h"
 
@@ -19,8 +18,8 @@ constexpr auto kAcceptPauseOnFdExhaustion = std::chrono::milliseconds(100);
 
 // ---------------------------------------------------------------- TcpListener
 
-Result<std::unique_ptr<TcpListener>> TcpListener::Listen(std::string_view host,
-                                                         uint16_t port, int backlog) {
+Result<std::unique_ptr<TcpListener>> TcpListener::Listen(std::string_view host, uint16_t port,
+                                                         int backlog) {
   TERN_ASSIGN_OR_RETURN(UniqueFd fd, ListenTcp(host, port, backlog));
   TERN_ASSIGN_OR_RETURN(uint16_t bound, LocalPort(fd.get()));
   return std::unique_ptr<TcpListener>(new TcpListener(std::move(fd), bound));
@@ -108,8 +107,8 @@ void FrameConnectionRef::Send(Frame f) const {
 // ---------------------------------------------------------------- FrameConnection
 
 FrameConnection::FrameConnection(EventLoop* loop, UniqueFd fd, uint64_t id,
-                                 const FrameConnectionOptions& options,
-                                 FrameHandler on_frame, CloseHandler on_close)
+                                 const FrameConnectionOptions& options, FrameHandler on_frame,
+                                 CloseHandler on_close)
     : BufferedSocket(loop, std::move(fd), options.limits),
       id_(id),
       answer_pings_(options.answer_pings),
@@ -177,8 +176,8 @@ void FrameConnection::OnClosed(const Status& reason) {
 
 // ---------------------------------------------------------------- FrameServer
 
-FrameServer::FrameServer(EventLoop* loop, const FrameServerOptions& options,
-                         Handler handler, CloseHandler on_close)
+FrameServer::FrameServer(EventLoop* loop, const FrameServerOptions& options, Handler handler,
+                         CloseHandler on_close)
     : loop_(loop),
       options_(options),
       handler_(std::move(handler)),
@@ -186,15 +185,14 @@ FrameServer::FrameServer(EventLoop* loop, const FrameServerOptions& options,
 
 Result<std::unique_ptr<FrameServer>> FrameServer::Start(EventLoop* loop,
                                                         const FrameServerOptions& options,
-                                                        Handler handler,
-                                                        CloseHandler on_close) {
+                                                        Handler handler, CloseHandler on_close) {
   if (!handler) return InvalidArgumentError("FrameServer: a handler is required");
   std::unique_ptr<FrameServer> server(
       new FrameServer(loop, options, std::move(handler), std::move(on_close)));
   TERN_ASSIGN_OR_RETURN(server->listener_, TcpListener::Listen(options.host, options.port));
   FrameServer* s = server.get();
-  TERN_RETURN_IF_ERROR(server->listener_->StartAccepting(
-      loop, [s](UniqueFd fd) { s->OnAccept(std::move(fd)); }));
+  TERN_RETURN_IF_ERROR(
+      server->listener_->StartAccepting(loop, [s](UniqueFd fd) { s->OnAccept(std::move(fd)); }));
   return server;
 }
 
@@ -213,8 +211,7 @@ void FrameServer::OnAccept(UniqueFd fd) {
   const bool over_limit = conns_.size() >= options_.max_connections;
   auto on_close = [this, over_limit](FrameConnection* c, const Status& reason) {
     if (!reason.ok()) {
-      TERN_LOG(DEBUG) << "connection " << c->id() << " from " << c->peer()
-                      << " closed: " << reason;
+      TERN_LOG(DEBUG) << "connection " << c->id() << " from " << c->peer() << " closed: " << reason;
     }
     if (!over_limit && on_close_) on_close_(c, reason);
     auto it = conns_.find(c->id());

@@ -109,9 +109,8 @@ class FrameConnection final : private internal::BufferedSocket {
   using CloseHandler = std::function<void(FrameConnection*, const Status&)>;
 
   // Wraps a connected socket. Call Start() to begin reading. Loop thread.
-  FrameConnection(EventLoop* loop, UniqueFd fd, uint64_t id,
-                  const FrameConnectionOptions& options, FrameHandler on_frame,
-                  CloseHandler on_close);
+  FrameConnection(EventLoop* loop, UniqueFd fd, uint64_t id, const FrameConnectionOptions& options,
+                  FrameHandler on_frame, CloseHandler on_close);
   ~FrameConnection() override;
 
   Status Start() { return StartIo(); }

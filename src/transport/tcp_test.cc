@@ -1,13 +1,13 @@
 // FrameServer + FrameClient over 127.0.0.1 (port 0).
 #include "transport/tcp.h"
 
+#include <gtest/gtest.h>
+
 #include <atomic>
 #include <chrono>
 #include <set>
 #include <thread>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "core/clock.h"
 #include "core/mutex.h"
@@ -201,12 +201,15 @@ TEST_F(FrameServerTest, CallManyKeepsAWindowAndReturnsInOrder) {
   for (int i = 0; i < 5000; ++i) {
     reqs.push_back(Invoke(i % 10 == 0 ? "fail" : "echo", std::to_string(i)));
   }
+  reqs[77].handler.assign(kMaxNameBytes + 1, 'h');  // cannot be encoded
   auto results = c->CallMany(std::move(reqs), 64, 30s);
   ASSERT_TRUE(results.ok()) << results.status();
   ASSERT_EQ(results->size(), 5000u);
   for (int i = 0; i < 5000; ++i) {
     const Result<Frame>& r = (*results)[i];
-    if (i % 10 == 0) {
+    if (i == 77) {
+      EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    } else if (i % 10 == 0) {
       EXPECT_EQ(r.status().code(), StatusCode::kNotFound);
     } else {
       ASSERT_TRUE(r.ok()) << i << ": " << r.status();

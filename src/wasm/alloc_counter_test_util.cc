@@ -11,6 +11,10 @@ thread_local bool t_counting = false;
 thread_local uint64_t t_count = 0;
 }  // namespace
 
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+// (Sanitizers bring their own operator new; replacing only part of the family would
+// mismatch allocation and deallocation.)
+#define TERN_COUNT_ALLOCATIONS 1
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 
 void* operator new(size_t n) {
@@ -29,8 +33,17 @@ void operator delete(void* p) noexcept { std::free(p); }
 void operator delete(void* p, size_t) noexcept { std::free(p); }
 void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete[](void* p, size_t) noexcept { std::free(p); }
+#endif
 
 namespace tern::wasm::testing {
+
+bool CanCountAllocations() {
+#ifdef TERN_COUNT_ALLOCATIONS
+  return true;
+#else
+  return false;
+#endif
+}
 
 void StartCountingAllocations() {
   t_count = 0;

@@ -133,7 +133,9 @@ class Engine {
 };
 
 // The V8 engine (Debian's libnode). At most one per process: V8 is initialized once
-// and never torn down; creating a second returns kFailedPrecondition.
+// and never torn down; creating a second while one exists returns kFailedPrecondition
+// (after the first is destroyed a new one may be created; `engine_flags` only take
+// effect for the first). Workers must be destroyed before their Engine.
 Result<std::unique_ptr<Engine>> NewV8Engine(const EngineOptions& options);
 
 }  // namespace tern::wasm

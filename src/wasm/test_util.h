@@ -41,6 +41,8 @@ class FakeHost final : public HostCalls {
 
 // Counts operator new calls on the calling thread between Start and Stop (the test
 // binary replaces the global operator new; it forwards to malloc).
+// False in sanitizer builds, which keep their own operator new.
+bool CanCountAllocations();
 void StartCountingAllocations();
 uint64_t StopCountingAllocations();
 

@@ -19,13 +19,15 @@ std::string Env(const char* name, const char* fallback) {
 }  // namespace
 
 std::string WasmPath(const std::string& name) {
-  return Env("TERN_WASM_DIR", "build/dev/wasm") + "/" + name + ".wasm";
+  return Env("TERN_WASM_DIR", TERN_TEST_WASM_DIR) + "/" + name + ".wasm";
 }
 
-std::string SourcePath(const std::string& rel) { return Env("TERN_SOURCE_DIR", ".") + "/" + rel; }
+std::string SourcePath(const std::string& rel) {
+  return Env("TERN_SOURCE_DIR", TERN_TEST_SOURCE_DIR) + "/" + rel;
+}
 
 std::string BinPath(const std::string& name) {
-  return Env("TERN_BIN_DIR", "build/dev/src/bin") + "/" + name;
+  return Env("TERN_BIN_DIR", TERN_TEST_BIN_DIR) + "/" + name;
 }
 
 std::string ReadWasm(const std::string& name) {

@@ -576,6 +576,7 @@ TEST_F(V8EngineTest, InstanceLimitBelowModuleCapIsRefused) {
 }
 
 TEST_F(V8EngineTest, TheCallFastPathDoesNotAllocate) {
+  if (!testing::CanCountAllocations()) GTEST_SKIP() << "sanitizer build";
   auto inst = New(CompileGuest("guest_stateful"));
   FakeHost host("some request");
   host.reply.reserve(64);

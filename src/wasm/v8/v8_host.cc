@@ -66,7 +66,8 @@ class HostCall {
     size_ = buf->ByteLength();
   }
 
-  bool ok() const { return mem_ != nullptr || worker_->call().instance != nullptr; }
+  // False when there is no running call (a trap has been thrown).
+  bool ok() const { return worker_->call().instance != nullptr; }
   CallState& call() { return worker_->call(); }
   V8Worker* worker() { return worker_; }
 
@@ -117,8 +118,10 @@ void RequestRead(const Info& info) {
   if (p == nullptr) return;
   std::string_view req = hc.call().host->Request();
   uint32_t n = 0;
-  if (offset < req.size()) n = static_cast<uint32_t>(std::min<uint64_t>(len, req.size() - offset));
-  std::memcpy(p, req.data() + offset, n);
+  if (offset < req.size()) {
+    n = static_cast<uint32_t>(std::min<uint64_t>(len, req.size() - offset));
+    std::memcpy(p, req.data() + offset, n);
+  }
   info.GetReturnValue().Set(n);
 }
 
