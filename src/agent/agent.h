@@ -60,6 +60,8 @@ struct InstanceStatus {
   uint64_t failures = 0;
   uint64_t rollbacks = 0;
   uint64_t memory_bytes = 0;
+  uint64_t pages_copied = 0;  // 4 KiB pages copied to keep the rollback point
+  bool dirty_tracking = false;
   uint64_t queued = 0;
   int64_t exec_ns_total = 0;
   std::string last_error;
@@ -147,6 +149,14 @@ class Agent {
   Status LoadFromDataDir();
   Result<std::string> StartInstanceLocked(std::shared_ptr<const Service> svc) EXCLUDES(mu_);
   Status StopInstanceOn(int worker, const std::string& id);
+  // Puts `snap` into the slot's instance (in place, or into a fresh instance when the
+  // memory has grown past the snapshot). Worker thread.
+  Status RestoreSlot(WorkerThread* wt, Slot* slot, const wasm::Snapshot& snap);
+  // Starts dirty-page tracking of the slot's memory (stateful services). Worker thread.
+  void StartTracking(Slot* slot);
+  // Brings slot->good up to the instance's current state, copying only written pages
+  // when a tracker is active. Worker thread, at a request boundary.
+  Status UpdateGoodState(Slot* slot);
   // Runs one request on instance `id`, on worker `wt`'s thread; rolls back on failure.
   InvokeResult Execute(WorkerThread* wt, const std::string& id, const InvokeRequest& req);
 

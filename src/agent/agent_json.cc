@@ -44,6 +44,8 @@ std::string StatusToJson(const AgentStatus& st) {
                              {"failures", i.failures},
                              {"rollbacks", i.rollbacks},
                              {"memory_bytes", i.memory_bytes},
+                             {"pages_copied", i.pages_copied},
+                             {"dirty_tracking", i.dirty_tracking},
                              {"queued", i.queued},
                              {"exec_ns_total", i.exec_ns_total},
                              {"last_error", i.last_error}});

@@ -164,6 +164,49 @@ INSTANTIATE_TEST_SUITE_P(
                       Misbehaviour{"incr_then_oom", StatusCode::kResourceExhausted, "memory cap"}),
     [](const ::testing::TestParamInfo<Misbehaviour>& info) { return std::string(info.param.handler); });
 
+TEST(AgentTest, InterleavedFailuresNeverLoseOrCorruptState) {
+  auto a = NewAgent();
+  ASSERT_TRUE(a->Deploy(FaultyManifest(), ReadWasm("guest_faulty")).ok());
+  const char* bad[] = {"incr_then_trap", "incr_then_oob", "incr_then_recurse"};
+  for (int i = 1; i <= 60; ++i) {
+    ASSERT_EQ(Call(a.get(), "faulty", "incr").reply, std::to_string(i));
+    if (i % 3 == 0) {
+      EXPECT_FALSE(Call(a.get(), "faulty", bad[(i / 3) % 3]).status.ok());
+    }
+  }
+  InvokeResult get = Call(a.get(), "faulty", "get");  // also verifies the heap blob
+  ASSERT_TRUE(get.status.ok()) << get.status;
+  EXPECT_EQ(get.reply, "60");
+  AgentStatus st = a->GetStatus();
+  ASSERT_EQ(st.instances.size(), 1u);
+  EXPECT_EQ(st.instances[0].rollbacks, 20u);
+}
+
+TEST(AgentTest, RollbackPointCopiesOnlyWrittenPagesWhenTracked) {
+  auto a = NewAgent();
+  Result<ServiceStatus> s = a->Deploy(ExampleManifest("counter"), ReadWasm("counter"));
+  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE(Call(a.get(), "counter", "fill", "8192").status.ok());  // 8 MiB of state
+  AgentStatus before = a->GetStatus();
+  ASSERT_EQ(before.instances.size(), 1u);
+  EXPECT_GE(before.instances[0].memory_bytes, 8u << 20);
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(Call(a.get(), "counter", "incr").status.ok());
+  AgentStatus after = a->GetStatus();
+  uint64_t copied = after.instances[0].pages_copied - before.instances[0].pages_copied;
+  if (!after.instances[0].dirty_tracking) {
+    GTEST_SKIP() << "no userfaultfd write-protect here: the agent copies all "
+                 << after.instances[0].memory_bytes / 4096 << " pages per request";
+  }
+  EXPECT_LT(copied, 20u * 16) << "an incr writes a few pages, not 8 MiB";
+  EXPECT_TRUE(Call(a.get(), "counter", "check").status.ok());
+  // The tracked rollback point is exact: a rollback restores all 8 MiB correctly.
+  Result<wasm::Snapshot> snap = a->Snapshot(s->instances[0]);
+  ASSERT_TRUE(snap.ok());
+  ASSERT_TRUE(a->Restore(s->instances[0], *snap).ok());
+  EXPECT_TRUE(Call(a.get(), "counter", "check").status.ok());
+  EXPECT_EQ(Call(a.get(), "counter", "get").reply, "20");
+}
+
 TEST(AgentTest, CleanGuestFailureKeepsState) {
   auto a = NewAgent();
   ASSERT_TRUE(a->Deploy(FaultyManifest(), ReadWasm("guest_faulty")).ok());

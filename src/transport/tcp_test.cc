@@ -2,6 +2,7 @@
 #include "transport/tcp.h"
 
 #include <gtest/gtest.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <chrono>
@@ -358,6 +359,9 @@ TEST_F(FrameServerTest, PeerThatStopsReadingIsDisconnected) {
   StartServer(options);
   auto raw = ConnectTcp("127.0.0.1", server_->port(), 5s);
   ASSERT_TRUE(raw.ok()) << raw.status();
+  // A small, fixed receive buffer (no autotuning), so the kernel cannot absorb much.
+  int rcvbuf = 64 << 10;
+  ASSERT_EQ(setsockopt(raw->get(), SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)), 0);
   std::string req;
   ASSERT_TRUE(EncodeFrame(Invoke("flood", ""), &req).ok());
   ASSERT_TRUE(WriteAll(raw->get(), req, MonoNanos() + 5'000'000'000).ok());

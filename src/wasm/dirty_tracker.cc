@@ -104,7 +104,10 @@ class UffdTracker final : public DirtyTracker {
     reg.range.len = to - from;
     reg.mode = UFFDIO_REGISTER_MODE_WP;
     if (::ioctl(uffd_, UFFDIO_REGISTER, &reg) != 0) {
-      return ErrnoError("userfaultfd register (write-protect)", errno);
+      // E.g. a file mapping, or a range another tracker holds: Create() falls back.
+      int err = errno;
+      return UnimplementedError(
+          fmt::format("userfaultfd cannot write-protect this range: {}", std::strerror(err)));
     }
     if ((reg.ioctls & (uint64_t{1} << _UFFDIO_WRITEPROTECT)) == 0) {
       return UnimplementedError("userfaultfd cannot write-protect this memory");

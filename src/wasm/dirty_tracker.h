@@ -42,7 +42,8 @@ class DirtyTracker {
   // least 4096; use 65536 for wasm pages). `base` must be 4096-aligned and the range
   // mapped, private and anonymous (a wasm memory is). Writes before creation are not
   // reported. kUnimplemented when the kernel lacks userfaultfd write-protection,
-  // WP_ASYNC or PAGEMAP_SCAN; kInvalidArgument for a bad range.
+  // WP_ASYNC or PAGEMAP_SCAN, or cannot track this range (not anonymous memory, or
+  // already tracked by another uffd tracker); kInvalidArgument for a bad range.
   static Result<std::unique_ptr<DirtyTracker>> CreateUffd(uint8_t* base, size_t bytes,
                                                           size_t page_bytes);
   // The shadow-copy fallback; works everywhere. Copies the range now.

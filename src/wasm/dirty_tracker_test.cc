@@ -144,6 +144,18 @@ INSTANTIATE_TEST_SUITE_P(Kinds, DirtyTrackerTest,
                                                                                       : "Shadow";
                          });
 
+TEST(DirtyTrackerCreateTest, FallsBackWhenTheRangeIsAlreadyTracked) {
+  Region r(4 * kPage, 4 * kPage);
+  Result<std::unique_ptr<DirtyTracker>> first = DirtyTracker::CreateUffd(r.base(), 4 * kPage, kPage);
+  if (!first.ok()) GTEST_SKIP() << first.status();
+  Result<std::unique_ptr<DirtyTracker>> second = DirtyTracker::Create(r.base(), 4 * kPage, kPage);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ((*second)->kind(), DirtyTracker::Kind::kShadowCompare);
+  r.base()[kPage] = 1;
+  EXPECT_THAT(*(*first)->Collect(), ElementsAre(1));
+  EXPECT_THAT(*(*second)->Collect(), ElementsAre(1));
+}
+
 TEST(DirtyTrackerCreateTest, PrefersUffdWhenAvailable) {
   Region r(4 * kPage, 4 * kPage);
   Result<std::unique_ptr<DirtyTracker>> t = DirtyTracker::Create(r.base(), 4 * kPage, kPage);

@@ -77,12 +77,14 @@ TERN_EXPORT(incr_then_oob) int32_t faulty_incr_then_oob(void) {
   return 0;
 }
 
+static char* volatile last_chunk;  // keeps clang from eliding the allocations
 TERN_EXPORT(incr_then_oom) int32_t faulty_incr_then_oom(void) {
   counter += 1000;
   for (;;) {
     char* p = malloc(1 << 20);
     if (p == NULL) abort();
     memset(p, 1, 1 << 20);
+    last_chunk = p;
   }
 }
 

@@ -561,7 +561,7 @@ TEST_F(BadGuestTest, AllBadGuestsInOneWorkerInARow) {
 
 TEST_F(V8EngineTest, ShortCallsUnderATightCpuLimitDoNotTripTheWatchdog) {
   InstanceLimits l = Limits();
-  l.cpu_ms = 2;
+  l.cpu_ms = 10;  // five watchdog periods
   auto inst = New(CompileGuest("guest_stateful"), l);
   for (int i = 0; i < 20000; ++i) {
     Status st = CallWith(*inst, "noop");

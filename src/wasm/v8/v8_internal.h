@@ -83,6 +83,7 @@ class V8Worker final : public Worker {
   v8::Isolate* isolate() const { return isolate_; }
   v8::Local<v8::Context> context() const { return context_.Get(isolate_); }
   CallState& call() { return call_; }
+  bool OnWorkerThread() const { return std::this_thread::get_id() == thread_; }
 
   // Runs `fn` (an export of `inst`) under the CPU-time limit and turns the outcome into
   // a Status (engine.h). Needs an entered isolate, HandleScope and context.

@@ -129,7 +129,7 @@ Result<v8::Local<v8::WasmModuleObject>> V8Worker::ModuleObject(
 Result<std::unique_ptr<Instance>> V8Worker::Instantiate(std::shared_ptr<const Module> module,
                                                         const InstanceLimits& limits,
                                                         bool run_initialize) {
-  DCHECK(std::this_thread::get_id() == thread_);
+  DCHECK(OnWorkerThread()) << "Instantiate on another thread than the Worker's";
   auto m = std::dynamic_pointer_cast<const V8Module>(module);
   if (m == nullptr || m->engine() != engine_) {
     return InvalidArgumentError("module was not compiled by this worker's engine");
@@ -335,6 +335,7 @@ Status V8Instance::Break(Status why) {
 }
 
 Status V8Instance::CallInternal(std::string_view handler, HostCalls* host) {
+  DCHECK(worker_->OnWorkerThread()) << "an Instance is used only on its Worker's thread";
   if (!broken_.empty()) {
     return FailedPreconditionError(fmt::format(
         "instance is unusable after an earlier failure ({}); restore it or discard it", broken_));

@@ -10,8 +10,8 @@
 // system call (~1.3 µs on our VMs), more than a whole no-op guest call. The worker's
 // fast path is one vDSO clock read (wall time) and two atomic stores at Begin, and one
 // uncontended compare-and-swap at End. CPU used before the watchdog first sees a call is
-// charged as min(wall time since Begin, CPU since the previous look), so the limit is
-// exact to within one period and never undercharges a call by more than that.
+// charged as min(wall time since Begin, thread CPU since the previous look, one period),
+// so a call is stopped within about one period of its limit, early or late.
 //
 // Ownership: the Engine owns the Watchdog; each Worker owns its Slot, which must be
 // destroyed before the Watchdog. Thread-safety: Register and ~Slot from any thread;
