@@ -3,15 +3,16 @@
 # bench/results/foundation.{json,md}. Builds nothing: build first with
 #   ninja -C build/release -j2 foundation_bench      (also builds the guests and `tern`)
 #
-# usage: bench/run.sh BUILD_DIR [--quick]
-#   --quick   a smoke run (a few seconds; what CI runs once)
+# usage: bench/run.sh BUILD_DIR [--quick] [--out=DIR]
+#   --quick     a smoke run (a few seconds; what CI runs once, as a ctest test)
+#   --out=DIR   where results go (default: bench/results)
 # A full run takes about a minute (bounded: each driver is killed after a time limit).
 # Exit code: 0 if every section ran, 1 if one failed (the report says which), 2 on usage.
 # See docs/benchmarks.md for what the numbers mean.
 set -uo pipefail
 
 usage() {
-  echo "usage: $0 BUILD_DIR [--quick]" >&2
+  echo "usage: $0 BUILD_DIR [--quick] [--out=DIR]" >&2
   exit 2
 }
 
@@ -19,11 +20,13 @@ usage() {
 BUILD_DIR=$(cd "$1" 2>/dev/null && pwd) || { echo "no build directory '$1'" >&2; exit 2; }
 shift
 QUICK=()
+OUT=""
 LIMIT_INPROC=150
 LIMIT_NET=90
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=(--quick); LIMIT_INPROC=40; LIMIT_NET=30 ;;
+    --out=*) OUT=${arg#--out=} ;;
     *) usage ;;
   esac
 done
@@ -39,7 +42,7 @@ for f in "$BENCH" "$TERN" "$WASM/echo.wasm" "$WASM/counter.wasm" "$WASM/kernels.
   fi
 done
 
-OUT=$SRC/bench/results
+[[ -n $OUT ]] || OUT=$SRC/bench/results
 mkdir -p "$OUT"
 rm -f "$OUT/inproc.json" "$OUT/net.json" "$OUT/agent.log"
 rc=0
