@@ -101,20 +101,4 @@ std::string Flags::Help() const {
   return s;
 }
 
-Status ParseHostPort(const std::string& s, std::string* host, uint16_t* port) {
-  size_t c = s.rfind(':');
-  if (c == std::string::npos || c == 0 || c + 1 >= s.size()) {
-    return InvalidArgumentError(fmt::format("'{}' is not HOST:PORT (e.g. 127.0.0.1:7400)", s));
-  }
-  std::string p = s.substr(c + 1);
-  char* end = nullptr;
-  long v = std::strtol(p.c_str(), &end, 10);
-  if (*end != '\0' || v < 1 || v > 65535) {
-    return InvalidArgumentError(fmt::format("'{}': port must be 1-65535", s));
-  }
-  *host = s.substr(0, c);
-  *port = static_cast<uint16_t>(v);
-  return Status::Ok();
-}
-
 }  // namespace tern::cli

@@ -52,7 +52,4 @@ class Flags {
   bool help_ = false;
 };
 
-// Splits "host:port" (port required, 1..65535).
-Status ParseHostPort(const std::string& s, std::string* host, uint16_t* port);
-
 }  // namespace tern::cli

@@ -39,16 +39,5 @@ TEST(FlagsTest, ErrorsNameTheProblem) {
   EXPECT_NE(h.Help().find("--repeat VALUE"), std::string::npos);
 }
 
-TEST(FlagsTest, HostPort) {
-  std::string host;
-  uint16_t port;
-  ASSERT_TRUE(ParseHostPort("127.0.0.1:7400", &host, &port).ok());
-  EXPECT_EQ(host, "127.0.0.1");
-  EXPECT_EQ(port, 7400);
-  EXPECT_FALSE(ParseHostPort("nohost", &host, &port).ok());
-  EXPECT_FALSE(ParseHostPort("h:0", &host, &port).ok());
-  EXPECT_FALSE(ParseHostPort("h:99999", &host, &port).ok());
-}
-
 }  // namespace
 }  // namespace tern::cli

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/base64.h"
+#include "core/ids.h"
 #include "transport/frame.h"
 #include "transport/frame_client.h"
 #include "transport/http.h"
@@ -12,22 +13,6 @@
 namespace tern::client {
 
 namespace {
-
-Status SplitHostPort(const std::string& s, std::string* host, uint16_t* port) {
-  size_t c = s.rfind(':');
-  if (c == std::string::npos || c == 0 || c + 1 >= s.size()) {
-    return InvalidArgumentError(fmt::format("agent address '{}' is not HOST:PORT", s));
-  }
-  int p = 0;
-  for (char ch : s.substr(c + 1)) {
-    if (ch < '0' || ch > '9' || p > 65535) return InvalidArgumentError("bad port in '" + s + "'");
-    p = p * 10 + (ch - '0');
-  }
-  if (p < 1 || p > 65535) return InvalidArgumentError("bad port in '" + s + "'");
-  *host = s.substr(0, c);
-  *port = static_cast<uint16_t>(p);
-  return Status::Ok();
-}
 
 // Turns an error answer of the admin API into a Status.
 Status FromErrorBody(int http_status, const std::string& body) {
@@ -53,7 +38,7 @@ Result<std::unique_ptr<AgentClient>> AgentClient::Connect(const std::string& adm
                                                           std::chrono::milliseconds timeout) {
   std::string host;
   uint16_t port = 0;
-  TERN_RETURN_IF_ERROR(SplitHostPort(admin, &host, &port));
+  TERN_RETURN_IF_ERROR(ParseHostPort(admin, &host, &port));
   auto http = transport::HttpClient::Connect(host, port, timeout);
   if (!http.ok()) {
     return Status(http.status().code(),

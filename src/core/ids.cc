@@ -1,5 +1,6 @@
 #include "core/ids.h"
 
+#include <cstdlib>
 #include <random>
 
 namespace tern {
@@ -22,6 +23,22 @@ bool IsValidName(const std::string& name) {
     if (!alnum && c != '.' && c != '_' && c != '-') return false;
   }
   return true;
+}
+
+Status ParseHostPort(const std::string& s, std::string* host, uint16_t* port) {
+  size_t c = s.rfind(':');
+  if (c == std::string::npos || c == 0 || c + 1 >= s.size()) {
+    return InvalidArgumentError("'" + s + "' is not HOST:PORT (e.g. 127.0.0.1:7401)");
+  }
+  std::string p = s.substr(c + 1);
+  char* end = nullptr;
+  long v = std::strtol(p.c_str(), &end, 10);
+  if (p[0] < '0' || p[0] > '9' || *end != '\0' || v < 1 || v > 65535) {
+    return InvalidArgumentError("'" + s + "': port must be 1-65535");
+  }
+  *host = s.substr(0, c);
+  *port = static_cast<uint16_t>(v);
+  return Status::Ok();
 }
 
 }  // namespace tern

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 
+#include "core/status.h"
+
 namespace tern {
 
 // Request ids are (random 24-bit process salt << 40) | counter, so ids from two
@@ -26,5 +28,8 @@ std::string MakeInstanceId(const std::string& service, uint64_t n);
 // True for names made of [a-z0-9._-], 1..63 characters, starting with a letter or digit:
 // the names tern accepts for services, handlers, instances and devices.
 bool IsValidName(const std::string& name);
+
+// Splits "host:port" (port required, 1..65535). kInvalidArgument says what is wrong.
+Status ParseHostPort(const std::string& s, std::string* host, uint16_t* port);
 
 }  // namespace tern
