@@ -358,6 +358,48 @@ Status RunInvoke(const Options& o, Shared* s, Report* rep) {
     }
   }
   TERN_RETURN_IF_ERROR(ag->RunOnWorkerOf(id, [] { UnpinThisThread(); }));
+
+  // (f) a stateful request: counter/incr with 1 and 16 MiB of state. After each clean
+  // request the agent brings the instance's rollback point up to date, copying only the
+  // pages the request wrote (userfaultfd) or, without it, the whole memory.
+  std::vector<std::pair<uint32_t, double>> stateful_p50;
+  {
+    TERN_ASSIGN_OR_RETURN(agent::ServiceStatus cs, ag->Deploy(s->counter.manifest, s->counter.bytes));
+    if (cs.instances.empty()) return InternalError("counter deployed without an instance");
+    agent::InvokeRequest creq;
+    creq.service = "counter";
+    creq.instance = cs.instances[0];
+    uint32_t have_kib = 0;
+    for (uint32_t kib : {1024u, 16384u}) {
+      agent::InvokeRequest fill = creq;
+      fill.handler = "fill";
+      fill.payload = std::to_string(kib - have_kib);
+      have_kib = kib;
+      agent::InvokeResult fr = ag->InvokeSync(fill);
+      TERN_RETURN_IF_ERROR(fr.status.WithPrefix("counter fill"));
+      creq.handler = "incr";
+      std::vector<int64_t> ns;
+      Status cinner;
+      TERN_RETURN_IF_ERROR(ag->RunOnWorkerOf(creq.instance, [&] {
+        pinned = PinThisThread(kCpuA);
+        ns = TimeEach(o.N(2000, 200), o.N(20000, 2000), [&] {
+          Result<agent::InvokeResult> r = ag->InvokeInline(creq);
+          if (!r.ok()) cinner = r.status();
+          else if (!r->status.ok()) cinner = r->status;
+        });
+        UnpinThisThread();
+      }));
+      TERN_RETURN_IF_ERROR(cinner.WithPrefix("counter incr"));
+      agent::AgentStatus st = ag->GetStatus();
+      std::string how = "whole memory copied per request";
+      for (const auto& i : st.instances) {
+        if (i.id == creq.instance && i.dirty_tracking) how = "written pages copied (userfaultfd)";
+      }
+      stateful_p50.emplace_back(kib, P50(ns));
+      rep->AddSamples(sec, fmt::format("agent: stateful counter/incr, {} MiB state, InvokeInline", kib / 1024),
+                      PinText(pinned, kCpuA), std::move(ns), how, {{"state_kib", static_cast<double>(kib)}});
+    }
+  }
   ag->Shutdown();
 
   rep->AddSummary({"1. warm no-op invoke, in-process (Agent::InvokeInline, echo/nop), p50",
@@ -372,6 +414,12 @@ Status RunInvoke(const Options& o, Shared* s, Report* rep) {
   rep->AddSummary({"1d. cross-thread Agent::InvokeSync, same vCPU, p50", FormatNs(sync_same),
                    "Mutex+CondVar round trip " + FormatNs(cv_same), sync_same / cv_same, "",
                    std::nullopt});
+  for (const auto& [kib, p50] : stateful_p50) {
+    rep->AddSummary({fmt::format("1f. stateful invoke (counter/incr, {} MiB state, rollback point kept), p50",
+                                 kib / 1024),
+                     FormatNs(p50), "no-op invoke " + FormatNs(inline_p50), p50 / inline_p50, "",
+                     std::nullopt});
+  }
   if (s->cpus >= 2) {
     rep->AddSummary({"1e. cross-thread Agent::InvokeSync, cross vCPU, p50", FormatNs(sync_cross),
                      "Mutex+CondVar round trip " + FormatNs(cv_cross), sync_cross / cv_cross, "",
