@@ -157,8 +157,8 @@ TEST_P(RollbackTest, FailureRollsBackToLastGoodStateAndOthersCarryOn) {
 
 INSTANTIATE_TEST_SUITE_P(
     Guests, RollbackTest,
-    ::testing::Values(Misbehaviour{"incr_then_trap", StatusCode::kAborted, "unreachable"},
-                      Misbehaviour{"incr_then_oob", StatusCode::kAborted, "out of bounds"},
+    ::testing::Values(Misbehaviour{"incr_then_trap", StatusCode::kInternal, "unreachable"},
+                      Misbehaviour{"incr_then_oob", StatusCode::kInternal, "out of bounds"},
                       Misbehaviour{"incr_then_loop", StatusCode::kDeadlineExceeded, "CPU"},
                       Misbehaviour{"incr_then_recurse", StatusCode::kResourceExhausted, "stack"},
                       Misbehaviour{"incr_then_oom", StatusCode::kResourceExhausted, "memory cap"}),

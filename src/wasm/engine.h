@@ -93,9 +93,10 @@ class Instance {
   //   kNotFound             no such export;
   //   kDeadlineExceeded     the CPU-time limit was hit (the watchdog terminated it);
   //   kResourceExhausted    the memory cap was hit, or the wasm stack overflowed;
-  //   kAborted              the guest trapped (out-of-bounds access, unreachable, ...);
+  //   kInternal             the guest trapped (out-of-bounds access, unreachable, ...):
+  //                         a bug of the service, which a retry would only repeat;
   //   the guest's own code  the guest failed the request (tern_fail or non-zero return).
-  // After kDeadlineExceeded, kResourceExhausted or kAborted the instance must not be
+  // After kDeadlineExceeded, kResourceExhausted or kInternal the instance must not be
   // used again (its memory may be half-updated): the caller discards it. (The V8 engine
   // enforces this: later Calls fail with kFailedPrecondition until a successful
   // Restore() puts a whole state back.)

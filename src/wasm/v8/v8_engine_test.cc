@@ -234,7 +234,7 @@ TEST_F(V8EngineTest, HostPointersAreBoundsChecked) {
   for (const char* handler : {"read_oob", "reply_oob", "log_oob"}) {
     auto inst = New(m);
     Status st = CallWith(*inst, handler, "some request bytes");
-    EXPECT_EQ(st.code(), StatusCode::kAborted) << handler << ": " << st;
+    EXPECT_EQ(st.code(), StatusCode::kInternal) << handler << ": " << st;
     EXPECT_THAT(std::string(st.message()), HasSubstr("outside linear memory")) << handler;
     EXPECT_THAT(std::string(st.message()), HasSubstr("RuntimeError")) << handler;
   }
@@ -247,7 +247,7 @@ TEST_F(V8EngineTest, ABrokenInstanceRefusesCallsUntilRestored) {
   Result<Snapshot> good = inst->TakeSnapshot();
   ASSERT_TRUE(good.ok());
   EXPECT_EQ(Counter(*inst), 2u);
-  EXPECT_EQ(CallWith(*inst, "reply_oob").code(), StatusCode::kAborted);
+  EXPECT_EQ(CallWith(*inst, "reply_oob").code(), StatusCode::kInternal);
   Status st = CallWith(*inst, "counter");
   EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition) << st;
   EXPECT_THAT(std::string(st.message()), HasSubstr("outside linear memory"));
@@ -314,7 +314,7 @@ TEST_F(V8EngineTest, WasiStubs) {
   EXPECT_EQ(env, "(none)");
 
   Status st = CallWith(*inst, "exit");
-  EXPECT_EQ(st.code(), StatusCode::kAborted);
+  EXPECT_EQ(st.code(), StatusCode::kInternal);
   EXPECT_THAT(std::string(st.message()), HasSubstr("proc_exit(3)"));
 }
 
@@ -527,11 +527,11 @@ TEST_F(BadGuestTest, UnboundedRecursionIsResourceExhausted) {
 TEST_F(BadGuestTest, OutOfBoundsStoreIsAborted) {
   auto inst = New(CompileGuest("guest_oob"));
   Status st = CallWith(*inst, "oob");
-  EXPECT_EQ(st.code(), StatusCode::kAborted) << st;
+  EXPECT_EQ(st.code(), StatusCode::kInternal) << st;
   EXPECT_THAT(std::string(st.message()), HasSubstr("memory access out of bounds"));
   auto inst2 = New(CompileGuest("guest_oob"));
   st = CallWith(*inst2, "trap");
-  EXPECT_EQ(st.code(), StatusCode::kAborted) << st;
+  EXPECT_EQ(st.code(), StatusCode::kInternal) << st;
   EXPECT_THAT(std::string(st.message()), HasSubstr("unreachable"));
 }
 
@@ -553,7 +553,7 @@ TEST_F(BadGuestTest, AllBadGuestsInOneWorkerInARow) {
     auto rec = New(CompileGuest("guest_recurse", 64), l);
     EXPECT_EQ(CallWith(*rec, "recurse").code(), StatusCode::kResourceExhausted);
     auto oob = New(CompileGuest("guest_oob", 64), l);
-    EXPECT_EQ(CallWith(*oob, "oob").code(), StatusCode::kAborted);
+    EXPECT_EQ(CallWith(*oob, "oob").code(), StatusCode::kInternal);
     auto oom = New(CompileGuest("guest_oom", 64), l);
     EXPECT_EQ(CallWith(*oom, "oom").code(), StatusCode::kResourceExhausted);
   }

@@ -2,7 +2,7 @@
 //
 // Each callback reaches the running call through its worker's CallState. Every guest
 // pointer is bounds-checked against the current linear memory; a bad one throws a
-// WebAssembly.RuntimeError, which unwinds the guest and fails the call as kAborted.
+// WebAssembly.RuntimeError, which unwinds the guest and fails the call as kInternal.
 // Signatures were checked at compile time (CheckImports), so i32 arguments arrive as
 // Int32 numbers and i64 ones as BigInts.
 #include <sys/random.h>

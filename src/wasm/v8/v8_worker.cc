@@ -242,12 +242,12 @@ Status V8Worker::Invoke(V8Instance* inst, v8::Local<v8::Function> fn, std::strin
   if (result.IsEmpty()) {
     if (cs.exited) {
       return inst->Break(
-          AbortedError(fmt::format("handler '{}' called proc_exit({})", name, cs.exit_code)));
+          InternalError(fmt::format("handler '{}' called proc_exit({})", name, cs.exit_code)));
     }
     v8::Local<v8::Value> exc = tc.Exception();
     if (exc.IsEmpty()) {
       return inst->Break(
-          AbortedError(fmt::format("handler '{}' failed without an exception", name)));
+          InternalError(fmt::format("handler '{}' failed without an exception", name)));
     }
     std::string text = ExceptionText(isolate_, ctx, exc);
     if (exc->IsNativeError() && text.find("Maximum call stack size exceeded") != std::string::npos) {
@@ -259,7 +259,7 @@ Status V8Worker::Invoke(V8Instance* inst, v8::Local<v8::Function> fn, std::strin
           fmt::format("handler '{}': memory cap of {} MiB reached ({})", name,
                       inst->v8_module().memory_limit_pages() / double{kPagesPerMiB}, text)));
     }
-    return inst->Break(AbortedError(fmt::format("handler '{}' trapped: {}", name, text)));
+    return inst->Break(InternalError(fmt::format("handler '{}' trapped: {}", name, text)));
   }
   if (cs.failed) return Status(cs.fail_code, cs.fail_message);
   v8::Local<v8::Value> rv = result.ToLocalChecked();
