@@ -42,6 +42,7 @@ struct Agent::Slot {
   uint64_t requests = 0;
   uint64_t failures = 0;
   uint64_t rollbacks = 0;
+  uint64_t expired = 0;  // requests dropped at their deadline before running
   int64_t exec_ns_total = 0;
   std::string last_error;
 };
@@ -518,8 +519,16 @@ InvokeResult Agent::Execute(WorkerThread* wt, const std::string& id, const Invok
     return InvokeResult{UnavailableError(fmt::format("instance {} was stopped", id)), {}, id, 0};
   }
   Slot& slot = *it->second;
-  RequestHost host(req.payload, slot.id);
   int64_t t0 = MonoNanos();
+  if (req.deadline_ns != 0 && t0 >= req.deadline_ns) {
+    ++slot.expired;
+    return InvokeResult{DeadlineExceededError(fmt::format(
+                            "request expired after waiting in the queue of {} (its deadline "
+                            "passed {} µs ago); not run",
+                            id, (t0 - req.deadline_ns) / 1000)),
+                        {}, id, 0};
+  }
+  RequestHost host(req.payload, slot.id);
   Status s = slot.inst->Call(req.handler, &host);
   int64_t dt = MonoNanos() - t0;
   ++slot.requests;
@@ -782,6 +791,7 @@ AgentStatus Agent::GetStatus() {
         is.requests = slot->requests;
         is.failures = slot->failures;
         is.rollbacks = slot->rollbacks;
+        is.expired = slot->expired;
         is.memory_bytes = slot->inst->memory_bytes();
         is.pages_copied = slot->pages_copied;
         is.dirty_tracking = slot->tracker != nullptr;

@@ -43,6 +43,9 @@ struct InvokeRequest {
   std::string payload;
   std::string instance;   // a specific instance, or "" to let the agent choose
   uint64_t request_id = 0;
+  // Monotonic deadline (MonoNanos()); 0 = none. A request still queued at its deadline
+  // fails with kDeadlineExceeded without running: its caller has given up on it.
+  int64_t deadline_ns = 0;
 };
 
 struct InvokeResult {
@@ -59,6 +62,7 @@ struct InstanceStatus {
   uint64_t requests = 0;
   uint64_t failures = 0;
   uint64_t rollbacks = 0;
+  uint64_t expired = 0;
   uint64_t memory_bytes = 0;
   uint64_t pages_copied = 0;  // 4 KiB pages copied to keep the rollback point
   bool dirty_tracking = false;

@@ -43,6 +43,7 @@ std::string StatusToJson(const AgentStatus& st) {
                              {"requests", i.requests},
                              {"failures", i.failures},
                              {"rollbacks", i.rollbacks},
+                             {"expired", i.expired},
                              {"memory_bytes", i.memory_bytes},
                              {"pages_copied", i.pages_copied},
                              {"dirty_tracking", i.dirty_tracking},

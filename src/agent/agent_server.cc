@@ -9,6 +9,7 @@
 #include "agent/agent.h"
 #include "agent/agent_json.h"
 #include "core/base64.h"
+#include "core/clock.h"
 #include "core/logging.h"
 #include "core/mutex.h"
 #include "transport/event_loop.h"
@@ -107,6 +108,7 @@ struct AgentServer::Impl {
     req.handler = std::move(f.handler);
     req.payload = std::move(f.payload);
     req.request_id = f.request_id;
+    if (f.budget_us != 0) req.deadline_ns = MonoNanos() + int64_t{f.budget_us} * 1000;
     transport::FrameConnectionRef ref = conn->ref();
     const uint64_t id = f.request_id;
     agent->Invoke(std::move(req), [ref, id](InvokeResult r) {

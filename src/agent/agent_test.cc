@@ -4,6 +4,7 @@
 
 #include <thread>
 
+#include "core/clock.h"
 #include "core/file.h"
 #include "core/manifest.h"
 #include "testing/test_env.h"
@@ -299,6 +300,28 @@ TEST(AgentTest, ManyConcurrentCallersAcrossInstances) {
   EXPECT_EQ(failures.load(), 0);
   // Actor semantics: no lost increments.
   EXPECT_EQ(Call(a.get(), "counter", "get").reply, std::to_string(kThreads * kCalls));
+}
+
+TEST(AgentTest, RequestsPastTheirDeadlineAreNotRun) {
+  auto a = NewAgent("", 1);
+  ASSERT_TRUE(a->Deploy(FaultyManifest(), ReadWasm("guest_faulty")).ok());
+  // A slow request (100 ms CPU limit) occupies the instance; one queued behind it with
+  // a 10 ms budget expires before it can run, and must not change the state.
+  std::atomic<bool> slow_done{false};
+  InvokeRequest slow;
+  slow.service = "faulty";
+  slow.handler = "incr_then_loop";
+  a->Invoke(slow, [&](InvokeResult) { slow_done = true; });
+  InvokeRequest late;
+  late.service = "faulty";
+  late.handler = "incr";
+  late.deadline_ns = MonoNanos() + 10'000'000;
+  InvokeResult r = a->InvokeSync(late);
+  EXPECT_TRUE(slow_done.load());
+  EXPECT_EQ(r.status.code(), StatusCode::kDeadlineExceeded) << r.status;
+  EXPECT_NE(r.status.message().find("not run"), std::string_view::npos) << r.status;
+  EXPECT_EQ(Call(a.get(), "faulty", "get").reply, "0");
+  EXPECT_EQ(a->GetStatus().instances[0].expired, 1u);
 }
 
 TEST(AgentTest, StopAndUndeploy) {

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "core/base64.h"
@@ -116,6 +118,9 @@ Result<std::string> AgentClient::Invoke(const std::string& service, const std::s
   f.service = service;
   f.handler = handler;
   f.payload = payload;
+  // The agent drops the request unrun if it is still queued when we stop waiting.
+  f.budget_us = static_cast<uint32_t>(
+      std::min<int64_t>(std::chrono::microseconds(timeout).count(), UINT32_MAX));
   TERN_ASSIGN_OR_RETURN(transport::Frame reply, fc->Call(std::move(f), timeout));
   return std::move(reply.payload);
 }
