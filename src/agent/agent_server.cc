@@ -279,11 +279,13 @@ Result<std::unique_ptr<AgentServer>> AgentServer::Start(Agent* agent,
 }
 
 AgentServer::~AgentServer() {
-  // Finish admin work, then let the workers drain (their replies still reach the
-  // running loop), then stop the loop and close the sockets.
+  // 1. Stop the I/O loop: no handler runs any more, so nothing reaches `admin` or the
+  //    agent from the network. 2. Finish admin work and let the workers drain; their
+  //    replies are posted to the stopped loop and dropped with it (the loop object lives
+  //    until the end). 3. Close the sockets (allowed once the loop is not running).
+  impl_->loop->Stop();
   impl_->admin.reset();
   impl_->agent->Shutdown();
-  impl_->loop->Stop();
   impl_->http.reset();
   impl_->frames.reset();
 }
