@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <thread>
@@ -10,6 +11,7 @@
 #include "agent/agent.h"
 #include "agent/agent_server.h"
 #include "cli/flags.h"
+#include "core/config.h"
 #include "core/logging.h"
 #include "wasm/engine.h"
 
@@ -29,6 +31,8 @@ int RunAgentCommand(int argc, char** argv) {
         "worker threads (one V8 isolate each)");
   f.Add("log-level", "info", "debug, info, warn or error");
   f.Add("v8-flags", "", "extra V8 flags, for experiments (e.g. --no-liftoff)");
+  f.Add("config", "", "YAML file with any of: device, host, port, admin_port, data_dir, "
+                      "workers, log_level, v8_flags (flags given on the command line win)");
   Status ps = f.Parse(argc, argv, 2);
   if (!ps.ok()) {
     std::fprintf(stderr, "tern agent: %s\n\n%s", std::string(ps.message()).c_str(), f.Help().c_str());
@@ -38,15 +42,39 @@ int RunAgentCommand(int argc, char** argv) {
     std::fputs(f.Help().c_str(), stdout);
     return 0;
   }
+  Config cfg;
+  if (f.IsSet("config")) {
+    Result<Config> c = Config::Load(f.Get("config"), {"device", "host", "port", "admin_port", "data_dir",
+                                                      "workers", "log_level", "v8_flags"});
+    if (!c.ok()) {
+      std::fprintf(stderr, "tern agent: %s\n", c.status().ToString().c_str());
+      return 2;
+    }
+    cfg = std::move(*c);
+  }
+  // A flag given on the command line wins over the config file, which wins over defaults.
+  auto str = [&](const std::string& flag) -> std::string {
+    std::string key = flag;
+    std::replace(key.begin(), key.end(), '-', '_');
+    if (!f.IsSet(flag) && cfg.Has(key)) return *cfg.String(key);
+    return f.Get(flag);
+  };
+  auto num = [&](const std::string& flag, int64_t lo, int64_t hi) -> Result<int64_t> {
+    std::string key = flag;
+    std::replace(key.begin(), key.end(), '-', '_');
+    if (!f.IsSet(flag) && cfg.Has(key)) return cfg.Int(key, lo, hi);
+    return f.GetInt(flag, lo, hi);
+  };
   LogLevel level;
-  if (!ParseLogLevel(f.Get("log-level"), &level)) {
-    std::fprintf(stderr, "tern agent: --log-level must be debug, info, warn or error\n");
+  if (!ParseLogLevel(str("log-level"), &level)) {
+    std::fprintf(stderr, "tern agent: log level must be debug, info, warn or error, not '%s'\n",
+                 str("log-level").c_str());
     return 2;
   }
   SetMinLogLevel(level);
-  Result<int64_t> port = f.GetInt("port", 0, 65535);
-  Result<int64_t> admin_port = f.GetInt("admin-port", 0, 65535);
-  Result<int64_t> workers = f.GetInt("workers", 1, 256);
+  Result<int64_t> port = num("port", 0, 65535);
+  Result<int64_t> admin_port = num("admin-port", 0, 65535);
+  Result<int64_t> workers = num("workers", 1, 256);
   for (const Status& s : {port.status(), admin_port.status(), workers.status()}) {
     if (!s.ok()) {
       std::fprintf(stderr, "tern agent: %s\n", std::string(s.message()).c_str());
@@ -63,15 +91,15 @@ int RunAgentCommand(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
 
   wasm::EngineOptions eo;
-  eo.engine_flags = f.Get("v8-flags");
+  eo.engine_flags = str("v8-flags");
   Result<std::unique_ptr<wasm::Engine>> engine = wasm::NewV8Engine(eo);
   if (!engine.ok()) {
     TERN_LOG(ERROR) << "wasm engine: " << engine.status();
     return 1;
   }
   AgentOptions ao;
-  ao.device = f.Get("device");
-  ao.data_dir = f.Get("data-dir");
+  ao.device = str("device");
+  ao.data_dir = str("data-dir");
   ao.workers = static_cast<int>(*workers);
   Result<std::unique_ptr<Agent>> agent = Agent::Create(ao, engine->get());
   if (!agent.ok()) {
@@ -79,7 +107,7 @@ int RunAgentCommand(int argc, char** argv) {
     return 1;
   }
   AgentServerOptions so;
-  so.host = f.Get("host");
+  so.host = str("host");
   so.frame_port = static_cast<uint16_t>(*port);
   so.admin_port = static_cast<uint16_t>(*admin_port);
   Result<std::unique_ptr<AgentServer>> server = AgentServer::Start(agent->get(), so);

@@ -147,6 +147,39 @@ TEST(AgentIntegrationTest, CliErrorsSayWhatToDo) {
   }
 }
 
+TEST(AgentIntegrationTest, ConfigFileSetsDefaultsAndFlagsWin) {
+  std::string dir = testing::TempDir("config");
+  ASSERT_TRUE(WriteFileAtomic(dir + "/agent.yaml",
+                              "device: csd7\nworkers: 1\nport: 1\nlog_level: warn\n").ok());
+  // --port 0 on the command line wins over `port: 1` in the file.
+  auto p = ChildProcess::Start({BinPath("tern"), "agent", "--config", dir + "/agent.yaml", "--port",
+                                "0", "--admin-port", "0"});
+  ASSERT_TRUE(p.ok());
+  RunningAgent a;
+  a.proc = std::move(*p);
+  Result<std::string> line = a.proc->ReadLine(20s);
+  ASSERT_TRUE(line.ok()) << line.status();
+  unsigned fp = 0, ap = 0;
+  ASSERT_EQ(std::sscanf(line->c_str(), "listening frames=%u admin=%u", &fp, &ap), 2) << *line;
+  a.admin_port = static_cast<uint16_t>(ap);
+  auto c = Client(a);
+  ASSERT_NE(c, nullptr);
+  Result<std::string> info = c->Info();
+  ASSERT_TRUE(info.ok());
+  nlohmann::json j = nlohmann::json::parse(*info);
+  EXPECT_EQ(j["device"], "csd7");
+  EXPECT_EQ(j["workers"], 1);
+
+  ASSERT_TRUE(WriteFileAtomic(dir + "/bad.yaml", "device: x\nworkers: lots\n").ok());
+  CommandResult r = RunCommand({BinPath("tern"), "agent", "--config", dir + "/bad.yaml"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("bad.yaml:2: field 'workers'"), std::string::npos) << r.output;
+  ASSERT_TRUE(WriteFileAtomic(dir + "/typo.yaml", "devcie: x\n").ok());
+  r = RunCommand({BinPath("tern"), "agent", "--config", dir + "/typo.yaml"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("unknown field 'devcie'"), std::string::npos) << r.output;
+}
+
 TEST(AgentIntegrationTest, BadDeploymentsGetClearErrorsAndLoseNothing) {
   RunningAgent a = StartAgent("");
   auto c = Client(a);
