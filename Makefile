@@ -33,7 +33,7 @@ sanitize: setup
 	cmake --preset clang >/dev/null && cmake --build --preset clang
 
 format:
-	git ls-files '*.h' '*.cc' | xargs clang-format -i
+	git ls-files '*.h' '*.cc' '*.c' | xargs clang-format -i
 
 clean:
 	rm -rf build

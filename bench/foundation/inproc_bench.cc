@@ -364,7 +364,8 @@ Status RunInvoke(const Options& o, Shared* s, Report* rep) {
   // pages the request wrote (userfaultfd) or, without it, the whole memory.
   std::vector<std::pair<uint32_t, double>> stateful_p50;
   {
-    TERN_ASSIGN_OR_RETURN(agent::ServiceStatus cs, ag->Deploy(s->counter.manifest, s->counter.bytes));
+    TERN_ASSIGN_OR_RETURN(agent::ServiceStatus cs,
+                          ag->Deploy(s->counter.manifest, s->counter.bytes));
     if (cs.instances.empty()) return InternalError("counter deployed without an instance");
     agent::InvokeRequest creq;
     creq.service = "counter";
@@ -384,8 +385,10 @@ Status RunInvoke(const Options& o, Shared* s, Report* rep) {
         pinned = PinThisThread(kCpuA);
         ns = TimeEach(o.N(2000, 200), o.N(20000, 2000), [&] {
           Result<agent::InvokeResult> r = ag->InvokeInline(creq);
-          if (!r.ok()) cinner = r.status();
-          else if (!r->status.ok()) cinner = r->status;
+          if (!r.ok())
+            cinner = r.status();
+          else if (!r->status.ok())
+            cinner = r->status;
         });
         UnpinThisThread();
       }));
@@ -396,8 +399,9 @@ Status RunInvoke(const Options& o, Shared* s, Report* rep) {
         if (i.id == creq.instance && i.dirty_tracking) how = "written pages copied (userfaultfd)";
       }
       stateful_p50.emplace_back(kib, P50(ns));
-      rep->AddSamples(sec, fmt::format("agent: stateful counter/incr, {} MiB state, InvokeInline", kib / 1024),
-                      PinText(pinned, kCpuA), std::move(ns), how, {{"state_kib", static_cast<double>(kib)}});
+      rep->AddSamples(
+          sec, fmt::format("agent: stateful counter/incr, {} MiB state, InvokeInline", kib / 1024),
+          PinText(pinned, kCpuA), std::move(ns), how, {{"state_kib", static_cast<double>(kib)}});
     }
   }
   ag->Shutdown();
@@ -415,10 +419,11 @@ Status RunInvoke(const Options& o, Shared* s, Report* rep) {
                    "Mutex+CondVar round trip " + FormatNs(cv_same), sync_same / cv_same, "",
                    std::nullopt});
   for (const auto& [kib, p50] : stateful_p50) {
-    rep->AddSummary({fmt::format("1f. stateful invoke (counter/incr, {} MiB state, rollback point kept), p50",
-                                 kib / 1024),
-                     FormatNs(p50), "no-op invoke " + FormatNs(inline_p50), p50 / inline_p50, "",
-                     std::nullopt});
+    rep->AddSummary(
+        {fmt::format("1f. stateful invoke (counter/incr, {} MiB state, rollback point kept), p50",
+                     kib / 1024),
+         FormatNs(p50), "no-op invoke " + FormatNs(inline_p50), p50 / inline_p50, "",
+         std::nullopt});
   }
   if (s->cpus >= 2) {
     rep->AddSummary({"1e. cross-thread Agent::InvokeSync, cross vCPU, p50", FormatNs(sync_cross),

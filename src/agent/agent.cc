@@ -36,7 +36,7 @@ struct Agent::Slot {
   // the kernel supports userfaultfd write-protection); null = copy everything.
   std::unique_ptr<wasm::DirtyTracker> tracker;
   const uint8_t* tracked_base = nullptr;
-  wasm::Snapshot good;  // the last good state: the rollback point
+  wasm::Snapshot good;        // the last good state: the rollback point
   uint64_t pages_copied = 0;  // into `good`, in 4 KiB pages
   std::shared_ptr<std::atomic<uint64_t>> queued;
   uint64_t requests = 0;
@@ -68,10 +68,18 @@ class RequestHost final : public wasm::HostCalls {
     std::string_view l = line.substr(0, 4096);
     while (!l.empty() && (l.back() == '\n' || l.back() == '\r')) l.remove_suffix(1);
     switch (level) {
-      case 0: TERN_LOG(DEBUG) << "[" << instance_id_ << "] " << l; break;
-      case 1: TERN_LOG(INFO) << "[" << instance_id_ << "] " << l; break;
-      case 2: TERN_LOG(WARN) << "[" << instance_id_ << "] " << l; break;
-      default: TERN_LOG(ERROR) << "[" << instance_id_ << "] " << l; break;
+      case 0:
+        TERN_LOG(DEBUG) << "[" << instance_id_ << "] " << l;
+        break;
+      case 1:
+        TERN_LOG(INFO) << "[" << instance_id_ << "] " << l;
+        break;
+      case 2:
+        TERN_LOG(WARN) << "[" << instance_id_ << "] " << l;
+        break;
+      default:
+        TERN_LOG(ERROR) << "[" << instance_id_ << "] " << l;
+        break;
     }
   }
 
@@ -120,8 +128,10 @@ class Agent::WorkerThread {
       Result<std::unique_ptr<wasm::Worker>> w = engine_->NewWorker();
       {
         MutexLock l(&start_mu);
-        if (w.ok()) worker_ = std::move(*w);
-        else st = w.status();
+        if (w.ok())
+          worker_ = std::move(*w);
+        else
+          st = w.status();
         ready = true;
         started.Signal();
       }
@@ -241,7 +251,8 @@ void Agent::Shutdown() {
 
 Result<std::unique_ptr<Agent>> Agent::Create(const AgentOptions& options, wasm::Engine* engine) {
   if (options.workers < 1 || options.workers > 256) {
-    return InvalidArgumentError(fmt::format("workers must be in [1, 256], got {}", options.workers));
+    return InvalidArgumentError(
+        fmt::format("workers must be in [1, 256], got {}", options.workers));
   }
   std::unique_ptr<Agent> agent(new Agent(options, engine));
   for (int i = 0; i < options.workers; ++i) {
@@ -278,7 +289,8 @@ Status Agent::LoadFromDataDir() {
     }
     Result<ServiceStatus> r = Deploy(*m, std::move(*bytes), /*start_instances=*/true);
     if (!r.ok()) {
-      TERN_LOG(WARN) << "could not redeploy service '" << n << "' from " << base << ": " << r.status();
+      TERN_LOG(WARN) << "could not redeploy service '" << n << "' from " << base << ": "
+                     << r.status();
     } else {
       TERN_LOG(INFO) << "redeployed service '" << n << "' from " << base;
     }
@@ -303,7 +315,8 @@ Result<ServiceStatus> Agent::Deploy(const Manifest& manifest, std::string module
       }
       return InvalidArgumentError(fmt::format(
           "manifest of '{}' lists handler '{}', but the module exports no such function "
-          "(exported functions: {})", manifest.name, h, JoinNames(funcs)));
+          "(exported functions: {})",
+          manifest.name, h, JoinNames(funcs)));
     }
   }
   auto svc = std::make_shared<Service>();
@@ -349,7 +362,8 @@ Status Agent::Undeploy(const std::string& service) {
   std::vector<std::pair<int, std::string>> victims;
   {
     MutexLock l(&mu_);
-    if (services_.erase(service) == 0) return NotFoundError(fmt::format("no service '{}'", service));
+    if (services_.erase(service) == 0)
+      return NotFoundError(fmt::format("no service '{}'", service));
     for (auto it = routes_.begin(); it != routes_.end();) {
       if (it->second.service->manifest.name == service) {
         victims.emplace_back(it->second.worker, it->first);
@@ -374,7 +388,8 @@ Result<std::string> Agent::StartInstance(const std::string& service) {
   {
     MutexLock l(&mu_);
     auto it = services_.find(service);
-    if (it == services_.end()) return NotFoundError(fmt::format("no service '{}' deployed", service));
+    if (it == services_.end())
+      return NotFoundError(fmt::format("no service '{}' deployed", service));
     svc = it->second;
   }
   return StartInstanceLocked(svc);
@@ -406,7 +421,8 @@ Result<std::string> Agent::StartInstanceLocked(std::shared_ptr<const Service> sv
   if (services_.count(svc->manifest.name) == 0 || services_[svc->manifest.name] != svc) {
     // Undeployed or replaced meanwhile.
     wt->Post([wt, id] { wt->slots().erase(id); });
-    return AbortedError(fmt::format("service '{}' changed while starting {}", svc->manifest.name, id));
+    return AbortedError(
+        fmt::format("service '{}' changed while starting {}", svc->manifest.name, id));
   }
   routes_[id] = Route{w, svc, queued};
   return id;
@@ -441,18 +457,22 @@ void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
     if (sit == services_.end()) {
       std::vector<std::string> names;
       for (const auto& [n, _] : services_) names.push_back(n);
-      done(InvokeResult{NotFoundError(fmt::format("no service '{}' on device {} (deployed: {})",
-                                                  req.service, options_.device,
-                                                  names.empty() ? "none" : JoinNames(names))),
-                        {}, {}, 0});
+      done(InvokeResult{
+          NotFoundError(fmt::format("no service '{}' on device {} (deployed: {})", req.service,
+                                    options_.device, names.empty() ? "none" : JoinNames(names))),
+          {},
+          {},
+          0});
       return;
     }
     const Service& svc = *sit->second;
     if (!svc.manifest.HasHandler(req.handler)) {
-      done(InvokeResult{NotFoundError(fmt::format("service '{}' has no handler '{}' (handlers: {})",
-                                                  req.service, req.handler,
-                                                  JoinNames(svc.manifest.handlers))),
-                        {}, {}, 0});
+      done(InvokeResult{
+          NotFoundError(fmt::format("service '{}' has no handler '{}' (handlers: {})", req.service,
+                                    req.handler, JoinNames(svc.manifest.handlers))),
+          {},
+          {},
+          0});
       return;
     }
     if (req.payload.size() > svc.manifest.limits.request_bytes()) {
@@ -460,15 +480,19 @@ void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
                             "request of {} bytes exceeds the {} byte limit of service '{}' "
                             "(limits.request_kib in its manifest)",
                             req.payload.size(), svc.manifest.limits.request_bytes(), req.service)),
-                        {}, {}, 0});
+                        {},
+                        {},
+                        0});
       return;
     }
     if (!req.instance.empty()) {
       auto rit = routes_.find(req.instance);
       if (rit == routes_.end() || rit->second.service != sit->second) {
-        done(InvokeResult{NotFoundError(fmt::format("no instance '{}' of service '{}'", req.instance,
-                                                    req.service)),
-                          {}, {}, 0});
+        done(InvokeResult{NotFoundError(fmt::format("no instance '{}' of service '{}'",
+                                                    req.instance, req.service)),
+                          {},
+                          {},
+                          0});
         return;
       }
       id = rit->first;
@@ -489,17 +513,21 @@ void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
         done(InvokeResult{UnavailableError(fmt::format("service '{}' has no running instance "
                                                        "(start one: tern start {})",
                                                        req.service, req.service)),
-                          {}, {}, 0});
+                          {},
+                          {},
+                          0});
         return;
       }
     }
   }
   if (route.queued->fetch_add(1, std::memory_order_relaxed) >= options_.max_queue_per_instance) {
     route.queued->fetch_sub(1, std::memory_order_relaxed);
-    done(InvokeResult{ResourceExhaustedError(fmt::format(
-                          "instance {} has {} requests queued; back off and retry", id,
-                          options_.max_queue_per_instance)),
-                      {}, id, 0});
+    done(InvokeResult{
+        ResourceExhaustedError(fmt::format("instance {} has {} requests queued; back off and retry",
+                                           id, options_.max_queue_per_instance)),
+        {},
+        id,
+        0});
     return;
   }
   WorkerThread* wt = workers_[route.worker].get();
@@ -526,7 +554,9 @@ InvokeResult Agent::Execute(WorkerThread* wt, const std::string& id, const Invok
                             "request expired after waiting in the queue of {} (its deadline "
                             "passed {} µs ago); not run",
                             id, (t0 - req.deadline_ns) / 1000)),
-                        {}, id, 0};
+                        {},
+                        id,
+                        0};
   }
   RequestHost host(req.payload, slot.id);
   Status s = slot.inst->Call(req.handler, &host);
@@ -623,8 +653,7 @@ Status Agent::UpdateGoodState(Slot* slot) {
   wasm::Instance* inst = slot->inst.get();
   uint8_t* base = inst->memory_data();
   const uint64_t bytes = inst->memory_bytes();
-  if (slot->tracker == nullptr || base != slot->tracked_base ||
-      bytes < slot->good.memory.size()) {
+  if (slot->tracker == nullptr || base != slot->tracked_base || bytes < slot->good.memory.size()) {
     TERN_RETURN_IF_ERROR(inst->SnapshotInto(&slot->good));
     slot->pages_copied += bytes / kTrackPage;
     // Track from here if the memory is now big enough (or moved under a tracker).
@@ -746,9 +775,9 @@ Status Agent::Restore(const std::string& instance_id, const wasm::Snapshot& snap
         svc->manifest.name, svc->manifest.version));
   }
   if (snap.pages() > svc->limits.max_memory_pages) {
-    return ResourceExhaustedError(fmt::format(
-        "snapshot has {} pages, more than the {} page memory cap of service '{}'", snap.pages(),
-        svc->limits.max_memory_pages, svc->manifest.name));
+    return ResourceExhaustedError(
+        fmt::format("snapshot has {} pages, more than the {} page memory cap of service '{}'",
+                    snap.pages(), svc->limits.max_memory_pages, svc->manifest.name));
   }
   WorkerThread* wt = workers_[w].get();
   return wt->RunAndWait([&]() -> Status {

@@ -31,9 +31,9 @@
 namespace tern::agent {
 
 struct AgentOptions {
-  std::string device = "dev0";      // this agent's device name
-  std::string data_dir;             // services and snapshots persist here; "" = nowhere
-  int workers = 2;                  // worker threads, each with its own isolate
+  std::string device = "dev0";           // this agent's device name
+  std::string data_dir;                  // services and snapshots persist here; "" = nowhere
+  int workers = 2;                       // worker threads, each with its own isolate
   size_t max_queue_per_instance = 1024;  // beyond: kResourceExhausted (back off)
 };
 
@@ -41,7 +41,7 @@ struct InvokeRequest {
   std::string service;
   std::string handler;
   std::string payload;
-  std::string instance;   // a specific instance, or "" to let the agent choose
+  std::string instance;  // a specific instance, or "" to let the agent choose
   uint64_t request_id = 0;
   // Monotonic deadline (MonoNanos()); 0 = none. A request still queued at its deadline
   // fails with kDeadlineExceeded without running: its caller has given up on it.

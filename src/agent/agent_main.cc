@@ -31,11 +31,13 @@ int RunAgentCommand(int argc, char** argv) {
         "worker threads (one V8 isolate each)");
   f.Add("log-level", "info", "debug, info, warn or error");
   f.Add("v8-flags", "", "extra V8 flags, for experiments (e.g. --no-liftoff)");
-  f.Add("config", "", "YAML file with any of: device, host, port, admin_port, data_dir, "
-                      "workers, log_level, v8_flags (flags given on the command line win)");
+  f.Add("config", "",
+        "YAML file with any of: device, host, port, admin_port, data_dir, "
+        "workers, log_level, v8_flags (flags given on the command line win)");
   Status ps = f.Parse(argc, argv, 2);
   if (!ps.ok()) {
-    std::fprintf(stderr, "tern agent: %s\n\n%s", std::string(ps.message()).c_str(), f.Help().c_str());
+    std::fprintf(stderr, "tern agent: %s\n\n%s", std::string(ps.message()).c_str(),
+                 f.Help().c_str());
     return 2;
   }
   if (f.help_requested()) {
@@ -44,8 +46,9 @@ int RunAgentCommand(int argc, char** argv) {
   }
   Config cfg;
   if (f.IsSet("config")) {
-    Result<Config> c = Config::Load(f.Get("config"), {"device", "host", "port", "admin_port", "data_dir",
-                                                      "workers", "log_level", "v8_flags"});
+    Result<Config> c = Config::Load(
+        f.Get("config"),
+        {"device", "host", "port", "admin_port", "data_dir", "workers", "log_level", "v8_flags"});
     if (!c.ok()) {
       std::fprintf(stderr, "tern agent: %s\n", c.status().ToString().c_str());
       return 2;

@@ -99,8 +99,9 @@ struct AgentServer::Impl {
     if (f.type != FrameType::kInvoke) {
       // A failed send closes the connection by itself; nothing more to do.
       (void)conn->Send(transport::MakeErrorFrame(
-          f.request_id, InvalidArgumentError(fmt::format("agent accepts invoke frames only, got '{}'",
-                                                         transport::FrameTypeName(f.type)))));
+          f.request_id,
+          InvalidArgumentError(fmt::format("agent accepts invoke frames only, got '{}'",
+                                           transport::FrameTypeName(f.type)))));
       return;
     }
     InvokeRequest req;
@@ -136,7 +137,9 @@ struct AgentServer::Impl {
       return HttpResponse::Json(200, j.dump());
     });
     r.HandleAsync("GET", "/v1/status", [this](HttpRequest, HttpResponder resp) {
-      admin->Post([this, resp] { resp.Respond(HttpResponse::Json(200, StatusToJson(agent->GetStatus()))); });
+      admin->Post([this, resp] {
+        resp.Respond(HttpResponse::Json(200, StatusToJson(agent->GetStatus())));
+      });
     });
     r.HandleAsync("POST", "/v1/services", [this](HttpRequest req, HttpResponder resp) {
       admin->Post([this, req = std::move(req), resp] { resp.Respond(Deploy(req)); });
@@ -150,7 +153,8 @@ struct AgentServer::Impl {
     r.HandleAsync("POST", "/v1/invoke/*", [this](HttpRequest req, HttpResponder resp) {
       std::vector<std::string> p = PathParts(req.path);  // v1 invoke SERVICE HANDLER
       if (p.size() != 4) {
-        resp.Respond(ErrorResponse(InvalidArgumentError("use POST /v1/invoke/{service}/{handler}")));
+        resp.Respond(
+            ErrorResponse(InvalidArgumentError("use POST /v1/invoke/{service}/{handler}")));
         return;
       }
       InvokeRequest ir;
@@ -178,14 +182,16 @@ struct AgentServer::Impl {
   HttpResponse Deploy(const HttpRequest& req) {
     nlohmann::json j = nlohmann::json::parse(req.body, nullptr, /*allow_exceptions=*/false);
     if (j.is_discarded() || !j.is_object()) {
-      return ErrorResponse(InvalidArgumentError(
-          "deploy: body must be a JSON object {\"manifest\": \"<yaml>\", \"module_b64\": \"...\"}"));
+      return ErrorResponse(
+          InvalidArgumentError("deploy: body must be a JSON object {\"manifest\": \"<yaml>\", "
+                               "\"module_b64\": \"...\"}"));
     }
     if (!j.contains("manifest") || !j["manifest"].is_string()) {
       return ErrorResponse(InvalidArgumentError("deploy: field 'manifest' (YAML text) is missing"));
     }
     if (!j.contains("module_b64") || !j["module_b64"].is_string()) {
-      return ErrorResponse(InvalidArgumentError("deploy: field 'module_b64' (base64 wasm) is missing"));
+      return ErrorResponse(
+          InvalidArgumentError("deploy: field 'module_b64' (base64 wasm) is missing"));
     }
     Result<Manifest> m = ParseManifest(j["manifest"].get<std::string>(), "manifest");
     if (!m.ok()) return ErrorResponse(m.status());
@@ -240,7 +246,8 @@ struct AgentServer::Impl {
       Status s = agent->Restore(p[2], *snap);
       if (!s.ok()) return ErrorResponse(s);
       TERN_LOG(INFO) << "restored " << p[2] << " from a " << req.body.size() << " byte snapshot";
-      return HttpResponse::Json(200, nlohmann::json{{"restored", p[2]}, {"pages", snap->pages()}}.dump());
+      return HttpResponse::Json(
+          200, nlohmann::json{{"restored", p[2]}, {"pages", snap->pages()}}.dump());
     }
     return ErrorResponse(NotFoundError(fmt::format("no route {} {}", req.method, req.path)));
   }
@@ -263,7 +270,8 @@ Result<std::unique_ptr<AgentServer>> AgentServer::Start(Agent* agent,
       impl->loop->loop(), fo,
       [raw](transport::FrameConnection* c, Frame f) { raw->OnFrame(c, std::move(f)); });
   if (!frames.ok()) {
-    return frames.status().WithPrefix(fmt::format("frame port {}:{}", options.host, options.frame_port));
+    return frames.status().WithPrefix(
+        fmt::format("frame port {}:{}", options.host, options.frame_port));
   }
   impl->frames = std::move(*frames);
   transport::HttpServerOptions ho;
@@ -271,7 +279,8 @@ Result<std::unique_ptr<AgentServer>> AgentServer::Start(Agent* agent,
   ho.port = options.admin_port;
   auto http = transport::HttpServer::Start(impl->loop->loop(), ho, impl->Routes());
   if (!http.ok()) {
-    return http.status().WithPrefix(fmt::format("admin port {}:{}", options.host, options.admin_port));
+    return http.status().WithPrefix(
+        fmt::format("admin port {}:{}", options.host, options.admin_port));
   }
   impl->http = std::move(*http);
   impl->loop->Start();

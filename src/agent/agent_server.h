@@ -38,7 +38,8 @@ struct AgentServerOptions {
 
 class AgentServer {
  public:
-  static Result<std::unique_ptr<AgentServer>> Start(Agent* agent, const AgentServerOptions& options);
+  static Result<std::unique_ptr<AgentServer>> Start(Agent* agent,
+                                                    const AgentServerOptions& options);
   ~AgentServer();
   AgentServer(const AgentServer&) = delete;
   AgentServer& operator=(const AgentServer&) = delete;

@@ -163,7 +163,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Misbehaviour{"incr_then_loop", StatusCode::kDeadlineExceeded, "CPU"},
                       Misbehaviour{"incr_then_recurse", StatusCode::kResourceExhausted, "stack"},
                       Misbehaviour{"incr_then_oom", StatusCode::kResourceExhausted, "memory cap"}),
-    [](const ::testing::TestParamInfo<Misbehaviour>& info) { return std::string(info.param.handler); });
+    [](const ::testing::TestParamInfo<Misbehaviour>& info) {
+      return std::string(info.param.handler);
+    });
 
 TEST(AgentTest, InterleavedFailuresNeverLoseOrCorruptState) {
   auto a = NewAgent();

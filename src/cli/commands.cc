@@ -51,7 +51,8 @@ int ParseOrExit(Flags* f, int argc, char** argv, size_t min_pos, size_t max_pos)
   }
   size_t n = f->positional().size();
   if (n < min_pos || n > max_pos) {
-    return Usage(*f, InvalidArgumentError(n < min_pos ? "missing arguments" : "too many arguments"));
+    return Usage(*f,
+                 InvalidArgumentError(n < min_pos ? "missing arguments" : "too many arguments"));
   }
   return -1;
 }
@@ -65,7 +66,8 @@ int CmdDeploy(int argc, char** argv) {
   Flags f("tern deploy MANIFEST [--module FILE.wasm] [flags]",
           "Deploys a service (a manifest + its wasm module) to an agent and starts\n"
           "`replicas` instances of it. Deploying a service again replaces it.");
-  f.Add("module", "", "the .wasm to deploy (default: the manifest's `module`, looked up next to the "
+  f.Add("module", "",
+        "the .wasm to deploy (default: the manifest's `module`, looked up next to the "
         "manifest, in $TERN_WASM_PATH, then build/release/wasm and build/dev/wasm)");
   f.AddBool("no-start", "deploy without starting instances");
   AddAgentFlag(&f);
@@ -76,7 +78,8 @@ int CmdDeploy(int argc, char** argv) {
   std::string module_path = f.Get("module");
   if (module_path.empty()) {
     if (m->module.empty()) {
-      return Fail(InvalidArgumentError(manifest_path + " has no `module:` field; pass --module FILE.wasm"));
+      return Fail(
+          InvalidArgumentError(manifest_path + " has no `module:` field; pass --module FILE.wasm"));
     }
     // Next to the manifest first, then where the build puts guests.
     std::vector<std::string> candidates = {JoinPath(DirName(manifest_path), m->module)};
@@ -96,9 +99,10 @@ int CmdDeploy(int argc, char** argv) {
   }
   Result<std::string> bytes = ReadFile(module_path);
   if (!bytes.ok()) {
-    return Fail(Status(bytes.status().code(),
-                       fmt::format("{} (pass --module PATH; `make build` puts guests in build/dev/wasm/)",
-                                   bytes.status().message())));
+    return Fail(
+        Status(bytes.status().code(),
+               fmt::format("{} (pass --module PATH; `make build` puts guests in build/dev/wasm/)",
+                           bytes.status().message())));
   }
   Result<std::string> yaml = ReadFile(manifest_path);
   if (!yaml.ok()) return Fail(yaml.status());
@@ -162,9 +166,11 @@ int CmdInvoke(int argc, char** argv) {
   }
   double secs = (MonoNanos() - start) / 1e9;
   std::sort(ns.begin(), ns.end());
-  auto pct = [&](double p) { return ns[std::min(ns.size() - 1, static_cast<size_t>(p * ns.size()))] / 1e3; };
-  std::printf("%lld calls in %.3f s (%.0f calls/s, one at a time)\n", static_cast<long long>(*repeat),
-              secs, *repeat / secs);
+  auto pct = [&](double p) {
+    return ns[std::min(ns.size() - 1, static_cast<size_t>(p * ns.size()))] / 1e3;
+  };
+  std::printf("%lld calls in %.3f s (%.0f calls/s, one at a time)\n",
+              static_cast<long long>(*repeat), secs, *repeat / secs);
   std::printf("latency us: p50 %.1f  p90 %.1f  p99 %.1f  max %.1f\n", pct(0.5), pct(0.9), pct(0.99),
               ns.back() / 1e3);
   return 0;
@@ -188,15 +194,17 @@ int CmdPs(int argc, char** argv) {
   std::printf("device %s, %d workers, %zu compiled modules\n\n",
               j.value("device", std::string("?")).c_str(), j.value("workers", 0),
               j.value("cached_modules", size_t{0}));
-  std::printf("%-16s %-10s %-9s %-6s %-14s %s\n", "SERVICE", "VERSION", "STATEFUL", "INST", "MODULE", "HANDLERS");
+  std::printf("%-16s %-10s %-9s %-6s %-14s %s\n", "SERVICE", "VERSION", "STATEFUL", "INST",
+              "MODULE", "HANDLERS");
   for (const auto& s : j["services"]) {
     const auto& m = s["manifest"];
     std::string handlers;
-    for (const auto& h : m["handlers"]) handlers += (handlers.empty() ? "" : ",") + h.get<std::string>();
+    for (const auto& h : m["handlers"])
+      handlers += (handlers.empty() ? "" : ",") + h.get<std::string>();
     std::printf("%-16s %-10s %-9s %-6zu %-14s %s\n", m.value("name", std::string()).c_str(),
-                m.value("version", std::string()).c_str(), m.value("stateful", false) ? "yes" : "no",
-                s["instances"].size(), s.value("module_hash", std::string()).substr(0, 12).c_str(),
-                handlers.c_str());
+                m.value("version", std::string()).c_str(),
+                m.value("stateful", false) ? "yes" : "no", s["instances"].size(),
+                s.value("module_hash", std::string()).substr(0, 12).c_str(), handlers.c_str());
   }
   std::printf("\n%-16s %-12s %-6s %-9s %-8s %-9s %-9s %-10s %s\n", "INSTANCE", "SERVICE", "WORKER",
               "REQUESTS", "FAILED", "ROLLBACK", "MEMORY", "AVG_EXEC", "LAST ERROR");

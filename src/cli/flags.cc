@@ -9,7 +9,8 @@ namespace tern::cli {
 Flags::Flags(std::string usage, std::string description)
     : usage_(std::move(usage)), description_(std::move(description)) {}
 
-void Flags::Add(const std::string& name, const std::string& default_value, const std::string& help) {
+void Flags::Add(const std::string& name, const std::string& default_value,
+                const std::string& help) {
   defs_[name] = Def{default_value, help, false};
   order_.push_back(name);
 }

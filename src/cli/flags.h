@@ -22,7 +22,9 @@ class Flags {
   // Declares a boolean flag (false unless given).
   void AddBool(const std::string& name, const std::string& help);
   // Makes `-short` (or `--short`) mean `--name`.
-  void AddAlias(const std::string& short_name, const std::string& name) { aliases_[short_name] = name; }
+  void AddAlias(const std::string& short_name, const std::string& name) {
+    aliases_[short_name] = name;
+  }
 
   // Parses argv[first..]. Returns kInvalidArgument naming an unknown flag or a missing
   // value. `--help`/`-h` sets help_requested().

@@ -17,7 +17,8 @@ TEST(FlagsTest, ValuesBooleansPositionalsAndAliases) {
   f.Add("output", "", "file");
   f.AddAlias("o", "output");
   f.AddBool("json", "raw");
-  ASSERT_TRUE(ParseArgs(&f, {"svc", "--agent=h:1", "-o", "x.snap", "--json", "--", "--literal"}).ok());
+  ASSERT_TRUE(
+      ParseArgs(&f, {"svc", "--agent=h:1", "-o", "x.snap", "--json", "--", "--literal"}).ok());
   EXPECT_EQ(f.Get("agent"), "h:1");
   EXPECT_EQ(f.Get("output"), "x.snap");
   EXPECT_TRUE(f.GetBool("json"));

@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-
 #include <nlohmann/json.hpp>
 
 #include "core/base64.h"
@@ -53,9 +52,10 @@ Result<std::unique_ptr<AgentClient>> AgentClient::Connect(const std::string& adm
 
 Result<std::string> AgentClient::Admin(const std::string& method, const std::string& target,
                                        const std::string& body, const std::string& content_type) {
-  TERN_ASSIGN_OR_RETURN(transport::HttpClientResponse r,
-                        http_->Request(method, target, body, content_type,
-                                       std::chrono::milliseconds(std::max<int64_t>(timeout_.count(), 60000))));
+  TERN_ASSIGN_OR_RETURN(
+      transport::HttpClientResponse r,
+      http_->Request(method, target, body, content_type,
+                     std::chrono::milliseconds(std::max<int64_t>(timeout_.count(), 60000))));
   if (r.status < 200 || r.status > 299) return FromErrorBody(r.status, r.body);
   return std::move(r.body);
 }
@@ -76,7 +76,8 @@ Status AgentClient::Undeploy(const std::string& service) {
 }
 
 Result<std::string> AgentClient::StartInstance(const std::string& service) {
-  TERN_ASSIGN_OR_RETURN(std::string body, Admin("POST", "/v1/services/" + service + "/instances", "", ""));
+  TERN_ASSIGN_OR_RETURN(std::string body,
+                        Admin("POST", "/v1/services/" + service + "/instances", "", ""));
   nlohmann::json j = nlohmann::json::parse(body, nullptr, false);
   if (j.is_discarded() || !j.contains("instance")) return InternalError("bad answer: " + body);
   return j["instance"].get<std::string>();
@@ -103,8 +104,8 @@ Result<transport::FrameClient*> AgentClient::Frames() {
     if (j.is_discarded() || !j.contains("frame_port") || !j["frame_port"].is_number_integer()) {
       return InternalError("agent info has no frame_port: " + info);
     }
-    TERN_ASSIGN_OR_RETURN(frames_, transport::FrameClient::Connect(host_, j["frame_port"].get<uint16_t>(),
-                                                                   timeout_));
+    TERN_ASSIGN_OR_RETURN(
+        frames_, transport::FrameClient::Connect(host_, j["frame_port"].get<uint16_t>(), timeout_));
   }
   return frames_.get();
 }

@@ -22,7 +22,8 @@ Result<Config> Config::Parse(const std::string& yaml, const std::string& source,
                                             e.mark.line + 1, e.mark.column + 1, e.msg));
   }
   if (root.IsNull()) return c;  // an empty file: all defaults
-  if (!root.IsMap()) return InvalidArgumentError(source + ": expected a mapping of fields (key: value)");
+  if (!root.IsMap())
+    return InvalidArgumentError(source + ": expected a mapping of fields (key: value)");
   for (const auto& kv : root) {
     const int line = kv.first.Mark().line + 1;
     if (!kv.first.IsScalar()) {
@@ -32,15 +33,16 @@ Result<Config> Config::Parse(const std::string& yaml, const std::string& source,
     if (std::find(allowed_keys.begin(), allowed_keys.end(), key) == allowed_keys.end()) {
       std::string allowed;
       for (const auto& k : allowed_keys) allowed += (allowed.empty() ? "" : ", ") + k;
-      return InvalidArgumentError(
-          fmt::format("{}:{}: unknown field '{}' (expected one of: {})", source, line, key, allowed));
+      return InvalidArgumentError(fmt::format("{}:{}: unknown field '{}' (expected one of: {})",
+                                              source, line, key, allowed));
     }
     if (!kv.second.IsScalar()) {
       return InvalidArgumentError(fmt::format("{}:{}: field '{}': expected a single value", source,
                                               kv.second.Mark().line + 1, key));
     }
     if (c.values_.count(key)) {
-      return InvalidArgumentError(fmt::format("{}:{}: field '{}' is given twice", source, line, key));
+      return InvalidArgumentError(
+          fmt::format("{}:{}: field '{}' is given twice", source, line, key));
     }
     c.values_[key] = Value{kv.second.Scalar(), kv.second.Mark().line + 1};
   }

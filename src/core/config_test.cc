@@ -21,7 +21,8 @@ TEST(ConfigTest, ErrorsNameFileLineAndField) {
   auto err = [](const std::string& yaml) { return Config::Parse(yaml, "a.yaml", kKeys).status(); };
   EXPECT_NE(err("device: x\ncolour: red\n").message().find("a.yaml:2: unknown field 'colour'"),
             std::string_view::npos);
-  EXPECT_NE(err("device: [a, b]\n").message().find("expected a single value"), std::string_view::npos);
+  EXPECT_NE(err("device: [a, b]\n").message().find("expected a single value"),
+            std::string_view::npos);
   EXPECT_NE(err("device: [oops\n").message().find("YAML syntax error"), std::string_view::npos);
   EXPECT_NE(err("- a\n").message().find("expected a mapping"), std::string_view::npos);
   Result<Config> c = Config::Parse("device: x\nport: 99999\n", "a.yaml", kKeys);

@@ -27,14 +27,21 @@ std::atomic<int>& LevelStore() {
 }  // namespace
 
 void SetMinLogLevel(LogLevel level) { LevelStore().store(static_cast<int>(level)); }
-LogLevel MinLogLevel() { return static_cast<LogLevel>(LevelStore().load(std::memory_order_relaxed)); }
+LogLevel MinLogLevel() {
+  return static_cast<LogLevel>(LevelStore().load(std::memory_order_relaxed));
+}
 
 bool ParseLogLevel(std::string_view s, LogLevel* out) {
-  if (s == "debug") *out = LogLevel::kDebug;
-  else if (s == "info") *out = LogLevel::kInfo;
-  else if (s == "warn" || s == "warning") *out = LogLevel::kWarning;
-  else if (s == "error") *out = LogLevel::kError;
-  else return false;
+  if (s == "debug")
+    *out = LogLevel::kDebug;
+  else if (s == "info")
+    *out = LogLevel::kInfo;
+  else if (s == "warn" || s == "warning")
+    *out = LogLevel::kWarning;
+  else if (s == "error")
+    *out = LogLevel::kError;
+  else
+    return false;
   return true;
 }
 
@@ -50,8 +57,8 @@ LogMessage::LogMessage(LogLevel level, const char* file, int line) : level_(leve
   base = base ? base + 1 : file;
   char prefix[96];
   std::snprintf(prefix, sizeof(prefix), "%c%02d%02d %02d:%02d:%02d.%06ld %s:%d] ",
-                kLetters[static_cast<int>(level)], tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                tm.tm_min, tm.tm_sec, static_cast<long>(tv.tv_usec), base, line);
+                kLetters[static_cast<int>(level)], tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                tm.tm_sec, static_cast<long>(tv.tv_usec), base, line);
   os_ << prefix;
 }
 

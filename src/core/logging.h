@@ -49,20 +49,16 @@ struct LogVoidify {
 #define TERN_LOG_LEVEL_ERROR ::tern::LogLevel::kError
 #define TERN_LOG_LEVEL_FATAL ::tern::LogLevel::kFatal
 
-#define TERN_LOG(level)                                                   \
-  (TERN_LOG_LEVEL_##level < ::tern::MinLogLevel())                        \
-      ? (void)0                                                           \
-      : ::tern::internal::LogVoidify() &                                  \
-            ::tern::internal::LogMessage(TERN_LOG_LEVEL_##level, __FILE__, \
-                                         __LINE__)                        \
-                .stream()
+#define TERN_LOG(level)                            \
+  (TERN_LOG_LEVEL_##level < ::tern::MinLogLevel()) \
+      ? (void)0                                    \
+      : ::tern::internal::LogVoidify() &           \
+            ::tern::internal::LogMessage(TERN_LOG_LEVEL_##level, __FILE__, __LINE__).stream()
 
-#define CHECK(cond)                                                               \
-  (cond) ? (void)0                                                                \
-         : ::tern::internal::LogVoidify() &                                       \
-               ::tern::internal::LogMessage(::tern::LogLevel::kFatal, __FILE__, \
-                                            __LINE__)                           \
-                       .stream()                                                  \
+#define CHECK(cond)                                                                                \
+  (cond) ? (void)0                                                                                 \
+         : ::tern::internal::LogVoidify() &                                                        \
+               ::tern::internal::LogMessage(::tern::LogLevel::kFatal, __FILE__, __LINE__).stream() \
                    << "CHECK failed: " #cond " "
 
 #ifdef NDEBUG

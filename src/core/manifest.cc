@@ -32,7 +32,8 @@ Result<uint32_t> GetUint(const std::string& src, const YAML::Node& n, const std:
   if (!n.IsScalar()) return FieldError(src, n, f, "expected an integer");
   const std::string& s = n.Scalar();
   if (s.empty() || s.size() > 10 || !std::all_of(s.begin(), s.end(), ::isdigit)) {
-    return FieldError(src, n, f, fmt::format("expected an integer in [{}, {}], got '{}'", lo, hi, s));
+    return FieldError(src, n, f,
+                      fmt::format("expected an integer in [{}, {}], got '{}'", lo, hi, s));
   }
   uint64_t v = std::stoull(s);
   if (v < lo || v > hi) {
@@ -55,13 +56,16 @@ Status ParseLimits(const std::string& src, const YAML::Node& n, ServiceLimits* o
     const std::string key = kv.first.Scalar();
     const YAML::Node& v = kv.second;
     if (key == "memory_mib") {
-      TERN_ASSIGN_OR_RETURN(out->memory_mib, GetUint(src, v, "limits.memory_mib", 1, kMaxMemoryMib));
+      TERN_ASSIGN_OR_RETURN(out->memory_mib,
+                            GetUint(src, v, "limits.memory_mib", 1, kMaxMemoryMib));
     } else if (key == "cpu_ms") {
       TERN_ASSIGN_OR_RETURN(out->cpu_ms, GetUint(src, v, "limits.cpu_ms", 1, kMaxCpuMs));
     } else if (key == "request_kib") {
-      TERN_ASSIGN_OR_RETURN(out->request_kib, GetUint(src, v, "limits.request_kib", 1, kMaxPayloadKib));
+      TERN_ASSIGN_OR_RETURN(out->request_kib,
+                            GetUint(src, v, "limits.request_kib", 1, kMaxPayloadKib));
     } else if (key == "response_kib") {
-      TERN_ASSIGN_OR_RETURN(out->response_kib, GetUint(src, v, "limits.response_kib", 1, kMaxPayloadKib));
+      TERN_ASSIGN_OR_RETURN(out->response_kib,
+                            GetUint(src, v, "limits.response_kib", 1, kMaxPayloadKib));
     } else {
       return FieldError(src, kv.first, "limits." + key,
                         "unknown field (expected memory_mib, cpu_ms, request_kib, response_kib)");
@@ -72,7 +76,8 @@ Status ParseLimits(const std::string& src, const YAML::Node& n, ServiceLimits* o
 
 Result<Manifest> ParseNode(const YAML::Node& root, const std::string& src) {
   if (!root.IsMap()) {
-    return InvalidArgumentError(src + ": a manifest must be a YAML mapping (name: ..., version: ...)");
+    return InvalidArgumentError(src +
+                                ": a manifest must be a YAML mapping (name: ..., version: ...)");
   }
   Manifest m;
   bool has_name = false, has_version = false, has_handlers = false;
@@ -83,13 +88,16 @@ Result<Manifest> ParseNode(const YAML::Node& root, const std::string& src) {
     if (key == "name") {
       TERN_ASSIGN_OR_RETURN(m.name, GetString(src, v, key));
       if (!IsValidName(m.name)) {
-        return FieldError(src, v, key, fmt::format("'{}' is not a valid name ([a-z0-9._-], 1-63 "
-                                                   "characters, starting with a letter or digit)", m.name));
+        return FieldError(src, v, key,
+                          fmt::format("'{}' is not a valid name ([a-z0-9._-], 1-63 "
+                                      "characters, starting with a letter or digit)",
+                                      m.name));
       }
       has_name = true;
     } else if (key == "version") {
       TERN_ASSIGN_OR_RETURN(m.version, GetString(src, v, key));
-      if (m.version.empty() || m.version.size() > 64) return FieldError(src, v, key, "expected 1-64 characters");
+      if (m.version.empty() || m.version.size() > 64)
+        return FieldError(src, v, key, "expected 1-64 characters");
       has_version = true;
     } else if (key == "module") {
       TERN_ASSIGN_OR_RETURN(m.module, GetString(src, v, key));
@@ -108,12 +116,16 @@ Result<Manifest> ParseNode(const YAML::Node& root, const std::string& src) {
       for (const auto& h : v) {
         TERN_ASSIGN_OR_RETURN(std::string name, GetString(src, h, "handlers[]"));
         if (name.empty() || name.size() > 63 || ::isdigit(static_cast<unsigned char>(name[0])) ||
-            name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") !=
+            name.find_first_not_of(
+                "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") !=
                 std::string::npos) {
-          return FieldError(src, h, "handlers[]", fmt::format("'{}' is not a valid handler name", name));
+          return FieldError(src, h, "handlers[]",
+                            fmt::format("'{}' is not a valid handler name", name));
         }
-        if (name.rfind("tern_", 0) == 0 || name == "memory" || name == "_initialize" || name == "_start") {
-          return FieldError(src, h, "handlers[]", fmt::format("'{}' is reserved by the runtime", name));
+        if (name.rfind("tern_", 0) == 0 || name == "memory" || name == "_initialize" ||
+            name == "_start") {
+          return FieldError(src, h, "handlers[]",
+                            fmt::format("'{}' is reserved by the runtime", name));
         }
         if (!seen.insert(name).second) {
           return FieldError(src, h, "handlers[]", fmt::format("'{}' is listed twice", name));
@@ -162,8 +174,9 @@ std::string ManifestToYaml(const Manifest& m) {
   s += fmt::format("stateful: {}\nhandlers: [", m.stateful ? "true" : "false");
   for (size_t i = 0; i < m.handlers.size(); ++i) s += (i ? ", " : "") + m.handlers[i];
   s += fmt::format("]\ntenant: {}\nreplicas: {}\n", m.tenant, m.replicas);
-  s += fmt::format("limits:\n  memory_mib: {}\n  cpu_ms: {}\n  request_kib: {}\n  response_kib: {}\n",
-                   m.limits.memory_mib, m.limits.cpu_ms, m.limits.request_kib, m.limits.response_kib);
+  s += fmt::format(
+      "limits:\n  memory_mib: {}\n  cpu_ms: {}\n  request_kib: {}\n  response_kib: {}\n",
+      m.limits.memory_mib, m.limits.cpu_ms, m.limits.request_kib, m.limits.response_kib);
   return s;
 }
 

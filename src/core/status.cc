@@ -7,10 +7,23 @@ namespace tern {
 
 namespace {
 constexpr std::string_view kNames[] = {
-    "ok",        "cancelled",          "unknown",        "invalid_argument", "deadline_exceeded",
-    "not_found", "already_exists",     "permission_denied", "resource_exhausted",
-    "failed_precondition", "aborted",  "out_of_range",   "unimplemented",    "internal",
-    "unavailable", "data_loss",        "unauthenticated",
+    "ok",
+    "cancelled",
+    "unknown",
+    "invalid_argument",
+    "deadline_exceeded",
+    "not_found",
+    "already_exists",
+    "permission_denied",
+    "resource_exhausted",
+    "failed_precondition",
+    "aborted",
+    "out_of_range",
+    "unimplemented",
+    "internal",
+    "unavailable",
+    "data_loss",
+    "unauthenticated",
 };
 static_assert(sizeof(kNames) / sizeof(kNames[0]) == kMaxStatusCode + 1);
 }  // namespace
@@ -77,17 +90,40 @@ Status ErrnoError(std::string_view what, int err) {
   m += std::strerror(err);
   StatusCode code = StatusCode::kInternal;
   switch (err) {
-    case ENOENT: code = StatusCode::kNotFound; break;
-    case EEXIST: code = StatusCode::kAlreadyExists; break;
-    case EACCES: case EPERM: code = StatusCode::kPermissionDenied; break;
-    case ENOMEM: case ENOSPC: case EMFILE: case ENFILE: case EAGAIN:
-      code = StatusCode::kResourceExhausted; break;
-    case ECONNREFUSED: case ECONNRESET: case EPIPE: case EHOSTUNREACH: case ENETUNREACH:
-    case ENOTCONN: case ECONNABORTED:
-      code = StatusCode::kUnavailable; break;
-    case ETIMEDOUT: code = StatusCode::kDeadlineExceeded; break;
-    case EINVAL: code = StatusCode::kInvalidArgument; break;
-    default: break;
+    case ENOENT:
+      code = StatusCode::kNotFound;
+      break;
+    case EEXIST:
+      code = StatusCode::kAlreadyExists;
+      break;
+    case EACCES:
+    case EPERM:
+      code = StatusCode::kPermissionDenied;
+      break;
+    case ENOMEM:
+    case ENOSPC:
+    case EMFILE:
+    case ENFILE:
+    case EAGAIN:
+      code = StatusCode::kResourceExhausted;
+      break;
+    case ECONNREFUSED:
+    case ECONNRESET:
+    case EPIPE:
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+    case ENOTCONN:
+    case ECONNABORTED:
+      code = StatusCode::kUnavailable;
+      break;
+    case ETIMEDOUT:
+      code = StatusCode::kDeadlineExceeded;
+      break;
+    case EINVAL:
+      code = StatusCode::kInvalidArgument;
+      break;
+    default:
+      break;
   }
   return {code, m};
 }

@@ -22,18 +22,18 @@ enum class StatusCode : int32_t {
   kOk = 0,
   kCancelled = 1,
   kUnknown = 2,
-  kInvalidArgument = 3,    // fix the request
-  kDeadlineExceeded = 4,   // treat as a timeout
-  kNotFound = 5,           // fix the request
-  kAlreadyExists = 6,      // fix the request
+  kInvalidArgument = 3,   // fix the request
+  kDeadlineExceeded = 4,  // treat as a timeout
+  kNotFound = 5,          // fix the request
+  kAlreadyExists = 6,     // fix the request
   kPermissionDenied = 7,
-  kResourceExhausted = 8,  // back off
-  kFailedPrecondition = 9, // fix the state first
-  kAborted = 10,           // retry the whole operation
+  kResourceExhausted = 8,   // back off
+  kFailedPrecondition = 9,  // fix the state first
+  kAborted = 10,            // retry the whole operation
   kOutOfRange = 11,
-  kUnimplemented = 12,     // fall back
-  kInternal = 13,          // our bug
-  kUnavailable = 14,       // reconnect or try another node
+  kUnimplemented = 12,  // fall back
+  kInternal = 13,       // our bug
+  kUnavailable = 14,    // reconnect or try another node
   kDataLoss = 15,
   kUnauthenticated = 16,
 };
@@ -100,7 +100,7 @@ Status ErrnoError(std::string_view what, int err);
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  Result(T value) : v_(std::move(value)) {}        // NOLINT(google-explicit-constructor)
   Result(Status status) : v_(std::move(status)) {  // NOLINT(google-explicit-constructor)
     if (std::get<Status>(v_).ok()) {
       v_ = Status(StatusCode::kInternal, "Result constructed from an OK Status");
@@ -131,10 +131,10 @@ class [[nodiscard]] Result {
 #define TERN_STATUS_CONCAT_INNER_(a, b) a##b
 #define TERN_STATUS_CONCAT_(a, b) TERN_STATUS_CONCAT_INNER_(a, b)
 
-#define TERN_RETURN_IF_ERROR(expr)                  \
-  do {                                              \
-    ::tern::Status tern_status_ = (expr);           \
-    if (!tern_status_.ok()) return tern_status_;    \
+#define TERN_RETURN_IF_ERROR(expr)               \
+  do {                                           \
+    ::tern::Status tern_status_ = (expr);        \
+    if (!tern_status_.ok()) return tern_status_; \
   } while (0)
 
 #define TERN_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr) \

@@ -1,12 +1,11 @@
 #include "wasm/dirty_tracker.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-
-#include <fmt/format.h>
 
 #include <cerrno>
 #include <cstring>
@@ -136,9 +135,8 @@ class UffdTracker final : public DirtyTracker {
     arg.return_mask = kPageIsWritten;
     if (::ioctl(pagemap_, kPagemapScan, &arg) < 0) {
       int err = errno;
-      return UnimplementedError(
-          fmt::format("kernel lacks the PAGEMAP_SCAN ioctl (Linux >= 6.7 needed): {}",
-                      std::strerror(err)));
+      return UnimplementedError(fmt::format(
+          "kernel lacks the PAGEMAP_SCAN ioctl (Linux >= 6.7 needed): {}", std::strerror(err)));
     }
     return Status::Ok();
   }
@@ -155,7 +153,7 @@ class UffdTracker final : public DirtyTracker {
     size_t i = 0, j = 0;
     while (i < out.size() || j < scanned.size()) {
       uint32_t v = (j == scanned.size() || (i < out.size() && out[i] < scanned[j])) ? out[i++]
-                                                                                      : scanned[j++];
+                                                                                    : scanned[j++];
       PushUnique(&merged, v);
     }
     return merged;
@@ -245,7 +243,8 @@ class ShadowTracker final : public DirtyTracker {
   }
 
   Status Grow(size_t new_bytes) override {
-    if (new_bytes < shadow_.size()) return InvalidArgumentError("dirty tracker range cannot shrink");
+    if (new_bytes < shadow_.size())
+      return InvalidArgumentError("dirty tracker range cannot shrink");
     TERN_RETURN_IF_ERROR(CheckRange(base_, new_bytes, page_bytes_));
     shadow_.resize(new_bytes, 0);
     return Status::Ok();
@@ -261,8 +260,10 @@ class ShadowTracker final : public DirtyTracker {
 
 std::string_view DirtyTrackerKindName(DirtyTracker::Kind kind) {
   switch (kind) {
-    case DirtyTracker::Kind::kUffdWriteProtect: return "uffd-wp-async";
-    case DirtyTracker::Kind::kShadowCompare: return "shadow-compare";
+    case DirtyTracker::Kind::kUffdWriteProtect:
+      return "uffd-wp-async";
+    case DirtyTracker::Kind::kShadowCompare:
+      return "shadow-compare";
   }
   return "?";
 }
@@ -270,7 +271,8 @@ std::string_view DirtyTrackerKindName(DirtyTracker::Kind kind) {
 Result<std::unique_ptr<DirtyTracker>> DirtyTracker::CreateUffd(uint8_t* base, size_t bytes,
                                                                size_t page_bytes) {
   TERN_RETURN_IF_ERROR(CheckRange(base, bytes, page_bytes));
-  int uffd = static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
+  int uffd =
+      static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
   if (uffd < 0) {
     int err = errno;
     return UnimplementedError(fmt::format("userfaultfd unavailable: {}", std::strerror(err)));

@@ -55,11 +55,11 @@ class DirtyTrackerTest : public ::testing::TestWithParam<DirtyTracker::Kind> {
   std::string skip_reason_;
 };
 
-#define MAKE_OR_SKIP(var, ...)                     \
+#define MAKE_OR_SKIP(var, ...)                           \
   std::unique_ptr<DirtyTracker> var = Make(__VA_ARGS__); \
-  if (var == nullptr && !skip_reason_.empty()) {   \
-    GTEST_SKIP() << skip_reason_;                  \
-  }                                                \
+  if (var == nullptr && !skip_reason_.empty()) {         \
+    GTEST_SKIP() << skip_reason_;                        \
+  }                                                      \
   ASSERT_NE(var, nullptr)
 
 TEST_P(DirtyTrackerTest, ReportsExactlyTheWrittenPages) {
@@ -128,12 +128,15 @@ TEST_P(DirtyTrackerTest, CollectCostOn64MiB) {
     for (size_t i = 0; i < 100; ++i) r.base()[i * 163 * kPage] = static_cast<uint8_t>(round + 2);
     auto start = std::chrono::steady_clock::now();
     Result<std::vector<uint32_t>> d = t->Collect();
-    us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
+    us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start)
+                     .count());
     ASSERT_TRUE(d.ok());
     EXPECT_EQ(d->size(), 100u);
   }
-  std::printf("[ perf ] %s: Collect() over 64 MiB with 100 dirty pages: first %.0f us, then %.0f %.0f %.0f %.0f us\n",
-              std::string(DirtyTrackerKindName(t->kind())).c_str(), us[0], us[1], us[2], us[3], us[4]);
+  std::printf(
+      "[ perf ] %s: Collect() over 64 MiB with 100 dirty pages: first %.0f us, then %.0f %.0f %.0f "
+      "%.0f us\n",
+      std::string(DirtyTrackerKindName(t->kind())).c_str(), us[0], us[1], us[2], us[3], us[4]);
 }
 
 INSTANTIATE_TEST_SUITE_P(Kinds, DirtyTrackerTest,
@@ -146,7 +149,8 @@ INSTANTIATE_TEST_SUITE_P(Kinds, DirtyTrackerTest,
 
 TEST(DirtyTrackerCreateTest, FallsBackWhenTheRangeIsAlreadyTracked) {
   Region r(4 * kPage, 4 * kPage);
-  Result<std::unique_ptr<DirtyTracker>> first = DirtyTracker::CreateUffd(r.base(), 4 * kPage, kPage);
+  Result<std::unique_ptr<DirtyTracker>> first =
+      DirtyTracker::CreateUffd(r.base(), 4 * kPage, kPage);
   if (!first.ok()) GTEST_SKIP() << first.status();
   Result<std::unique_ptr<DirtyTracker>> second = DirtyTracker::Create(r.base(), 4 * kPage, kPage);
   ASSERT_TRUE(second.ok()) << second.status();
@@ -160,7 +164,7 @@ TEST(DirtyTrackerCreateTest, PrefersUffdWhenAvailable) {
   Region r(4 * kPage, 4 * kPage);
   Result<std::unique_ptr<DirtyTracker>> t = DirtyTracker::Create(r.base(), 4 * kPage, kPage);
   ASSERT_TRUE(t.ok()) << t.status();
-  Result<std::unique_ptr<DirtyTracker>> u = DirtyTracker::CreateUffd(r.base() , 0, kPage);
+  Result<std::unique_ptr<DirtyTracker>> u = DirtyTracker::CreateUffd(r.base(), 0, kPage);
   std::printf("[ info ] DirtyTracker::Create picked %s\n",
               std::string(DirtyTrackerKindName((*t)->kind())).c_str());
   if (u.ok()) {

@@ -78,8 +78,8 @@ class Worker {
   // `run_initialize`, calls the module's `_initialize` export if it has one; pass false
   // when the instance is about to be restored from a snapshot.
   virtual Result<std::unique_ptr<Instance>> Instantiate(std::shared_ptr<const Module> module,
-                                                         const InstanceLimits& limits,
-                                                         bool run_initialize) = 0;
+                                                        const InstanceLimits& limits,
+                                                        bool run_initialize) = 0;
 };
 
 class Instance {

@@ -16,13 +16,25 @@ constexpr uint32_t kMaxTypes = 1'000'000;
 constexpr uint32_t kMaxParams = 1000;
 
 enum SectionId : uint8_t {
-  kCustom = 0, kType = 1, kImport = 2, kFunction = 3, kTable = 4, kMemory = 5, kGlobal = 6,
-  kExport = 7, kStart = 8, kElement = 9, kCode = 10, kData = 11, kDataCount = 12, kTag = 13,
+  kCustom = 0,
+  kType = 1,
+  kImport = 2,
+  kFunction = 3,
+  kTable = 4,
+  kMemory = 5,
+  kGlobal = 6,
+  kExport = 7,
+  kStart = 8,
+  kElement = 9,
+  kCode = 10,
+  kData = 11,
+  kDataCount = 12,
+  kTag = 13,
 };
 
 const char* SectionName(uint8_t id) {
-  static constexpr const char* kNames[] = {"custom", "type",   "import", "function", "table",
-                                           "memory", "global", "export", "start",    "element",
+  static constexpr const char* kNames[] = {"custom", "type",   "import",    "function", "table",
+                                           "memory", "global", "export",    "start",    "element",
                                            "code",   "data",   "datacount", "tag"};
   return id < std::size(kNames) ? kNames[id] : "unknown";
 }
@@ -30,37 +42,62 @@ const char* SectionName(uint8_t id) {
 // Position of a known section id in the required order (custom sections go anywhere).
 int SectionRank(uint8_t id) {
   switch (id) {
-    case kType: return 1;
-    case kImport: return 2;
-    case kFunction: return 3;
-    case kTable: return 4;
-    case kMemory: return 5;
-    case kTag: return 6;
-    case kGlobal: return 7;
-    case kExport: return 8;
-    case kStart: return 9;
-    case kElement: return 10;
-    case kDataCount: return 11;
-    case kCode: return 12;
-    case kData: return 13;
-    default: return -1;
+    case kType:
+      return 1;
+    case kImport:
+      return 2;
+    case kFunction:
+      return 3;
+    case kTable:
+      return 4;
+    case kMemory:
+      return 5;
+    case kTag:
+      return 6;
+    case kGlobal:
+      return 7;
+    case kExport:
+      return 8;
+    case kStart:
+      return 9;
+    case kElement:
+      return 10;
+    case kDataCount:
+      return 11;
+    case kCode:
+      return 12;
+    case kData:
+      return 13;
+    default:
+      return -1;
   }
 }
 
 const char* KindName(ExternKind k) {
   switch (k) {
-    case ExternKind::kFunction: return "function";
-    case ExternKind::kTable: return "table";
-    case ExternKind::kMemory: return "memory";
-    case ExternKind::kGlobal: return "global";
-    case ExternKind::kTag: return "tag";
+    case ExternKind::kFunction:
+      return "function";
+    case ExternKind::kTable:
+      return "table";
+    case ExternKind::kMemory:
+      return "memory";
+    case ExternKind::kGlobal:
+      return "global";
+    case ExternKind::kTag:
+      return "tag";
   }
   return "?";
 }
 
 bool IsValType(uint8_t b) {
   switch (b) {
-    case 0x7f: case 0x7e: case 0x7d: case 0x7c: case 0x7b: case 0x70: case 0x6f:
+    case 0x7f:
+    case 0x7e:
+    case 0x7d:
+    case 0x7c:
+    case 0x7b:
+    case 0x70:
+    case 0x6f:
       return true;
     default:
       return false;
@@ -158,7 +195,8 @@ bool ReadLimits(Reader& r, bool is_memory, Limits* out) {
     out->max = max;
   }
   if (is_memory) {
-    if (out->min > kMaxPages32) return r.Fail(fmt::format("memory minimum {} pages is over 4 GiB", out->min));
+    if (out->min > kMaxPages32)
+      return r.Fail(fmt::format("memory minimum {} pages is over 4 GiB", out->min));
     if (out->max && *out->max > kMaxPages32) {
       return r.Fail(fmt::format("memory maximum {} pages is over 4 GiB", *out->max));
     }
@@ -172,7 +210,8 @@ bool ReadLimits(Reader& r, bool is_memory, Limits* out) {
 bool ReadTypeSection(Reader& r, ModuleInfo* info) {
   uint32_t n = 0;
   if (!r.U32(&n, "type count")) return false;
-  if (n > kMaxTypes || n > r.remaining()) return r.Fail(fmt::format("type count {} is too large", n));
+  if (n > kMaxTypes || n > r.remaining())
+    return r.Fail(fmt::format("type count {} is too large", n));
   info->types.reserve(n);
   for (uint32_t i = 0; i < n; ++i) {
     uint8_t form = 0;
@@ -182,12 +221,14 @@ bool ReadTypeSection(Reader& r, ModuleInfo* info) {
     for (auto* vec : {&t.params, &t.results}) {
       uint32_t m = 0;
       if (!r.U32(&m, "value type count")) return false;
-      if (m > kMaxParams || m > r.remaining()) return r.Fail(fmt::format("type {} has too many values", i));
+      if (m > kMaxParams || m > r.remaining())
+        return r.Fail(fmt::format("type {} has too many values", i));
       vec->reserve(m);
       for (uint32_t j = 0; j < m; ++j) {
         uint8_t b = 0;
         if (!r.U8(&b, "value type")) return false;
-        if (!IsValType(b)) return r.Fail(fmt::format("type {} has unknown value type 0x{:02x}", i, b));
+        if (!IsValType(b))
+          return r.Fail(fmt::format("type {} has unknown value type 0x{:02x}", i, b));
         vec->push_back(static_cast<ValType>(b));
       }
     }
@@ -244,7 +285,8 @@ bool ReadImportSection(Reader& r, ModuleInfo* info) {
         break;
       }
       default:
-        return r.Fail(fmt::format("import {}.{} has unknown kind 0x{:02x}", d.module, d.name, kind));
+        return r.Fail(
+            fmt::format("import {}.{} has unknown kind 0x{:02x}", d.module, d.name, kind));
     }
     info->imports.push_back(std::move(d));
   }
@@ -307,7 +349,8 @@ Status WalkSections(std::string_view bytes, Visit&& visit) {
                      static_cast<uint8_t>(bytes[6]) << 16 |
                      static_cast<uint32_t>(static_cast<uint8_t>(bytes[7])) << 24;
   if (version != kVersion) {
-    return InvalidArgumentError(fmt::format("unsupported wasm binary version {} (expected 1)", version));
+    return InvalidArgumentError(
+        fmt::format("unsupported wasm binary version {} (expected 1)", version));
   }
   Reader r(bytes.substr(8), 8);
   int last_rank = 0;
@@ -337,8 +380,8 @@ Status WalkSections(std::string_view bytes, Visit&& visit) {
     }
     Reader payload(bytes.substr(s.payload_offset, s.payload_size), s.payload_offset);
     if (!visit(s, payload)) {
-      return InvalidArgumentError(fmt::format("bad wasm module: {} section: {}",
-                                              SectionName(s.id), payload.error()));
+      return InvalidArgumentError(
+          fmt::format("bad wasm module: {} section: {}", SectionName(s.id), payload.error()));
     }
     r.Skip(size, "section payload");
   }
@@ -355,10 +398,18 @@ bool ParseSection(const Section& s, Reader& r, ModuleInfo* info) {
       if (ok) r.Skip(r.remaining(), "custom section");
       break;
     }
-    case kType: ok = ReadTypeSection(r, info); break;
-    case kImport: ok = ReadImportSection(r, info); break;
-    case kMemory: ok = ReadMemorySection(r, info); break;
-    case kExport: ok = ReadExportSection(r, info); break;
+    case kType:
+      ok = ReadTypeSection(r, info);
+      break;
+    case kImport:
+      ok = ReadImportSection(r, info);
+      break;
+    case kMemory:
+      ok = ReadMemorySection(r, info);
+      break;
+    case kExport:
+      ok = ReadExportSection(r, info);
+      break;
     default:
       // Bodies the engine validates.
       r.Skip(r.remaining(), "section");
@@ -413,13 +464,20 @@ const std::vector<Provided>& ProvidedImports() {
 std::string TypeString(const std::vector<ValType>& params, const std::vector<ValType>& results) {
   auto one = [](ValType t) -> std::string_view {
     switch (t) {
-      case ValType::kI32: return "i32";
-      case ValType::kI64: return "i64";
-      case ValType::kF32: return "f32";
-      case ValType::kF64: return "f64";
-      case ValType::kV128: return "v128";
-      case ValType::kFuncRef: return "funcref";
-      case ValType::kExternRef: return "externref";
+      case ValType::kI32:
+        return "i32";
+      case ValType::kI64:
+        return "i64";
+      case ValType::kF32:
+        return "f32";
+      case ValType::kF64:
+        return "f64";
+      case ValType::kV128:
+        return "v128";
+      case ValType::kFuncRef:
+        return "funcref";
+      case ValType::kExternRef:
+        return "externref";
     }
     return "?";
   };
@@ -466,9 +524,8 @@ const ExportDesc* ModuleInfo::FindExport(std::string_view name) const {
 
 Result<ModuleInfo> ParseModuleInfo(std::string_view wasm_bytes) {
   ModuleInfo info;
-  Status st = WalkSections(wasm_bytes, [&](const Section& s, Reader& r) {
-    return ParseSection(s, r, &info);
-  });
+  Status st = WalkSections(wasm_bytes,
+                           [&](const Section& s, Reader& r) { return ParseSection(s, r, &info); });
   if (!st.ok()) return st;
   return info;
 }
@@ -483,8 +540,8 @@ Status CheckImports(const ModuleInfo& info) {
         problems.push_back(fmt::format(
             "imports memory {} (a service must define and export its own memory)", qname));
       } else {
-        problems.push_back(fmt::format("imports {} {} (tern provides only functions)",
-                                       KindName(imp.kind), qname));
+        problems.push_back(
+            fmt::format("imports {} {} (tern provides only functions)", KindName(imp.kind), qname));
       }
       continue;
     }

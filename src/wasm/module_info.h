@@ -20,8 +20,13 @@ enum class ExternKind : uint8_t { kFunction = 0, kTable = 1, kMemory = 2, kGloba
 // Value types as encoded in the binary (i32 = 0x7f, i64 = 0x7e, f32 = 0x7d, f64 = 0x7c,
 // v128 = 0x7b, funcref = 0x70, externref = 0x6f).
 enum class ValType : uint8_t {
-  kI32 = 0x7f, kI64 = 0x7e, kF32 = 0x7d, kF64 = 0x7c, kV128 = 0x7b,
-  kFuncRef = 0x70, kExternRef = 0x6f,
+  kI32 = 0x7f,
+  kI64 = 0x7e,
+  kF32 = 0x7d,
+  kF64 = 0x7c,
+  kV128 = 0x7b,
+  kFuncRef = 0x70,
+  kExternRef = 0x6f,
 };
 
 // A function signature from the type section.

@@ -11,9 +11,9 @@ namespace tern::wasm {
 namespace {
 
 using ::testing::HasSubstr;
-using ::testing::Not;
 using testing::Leb;
 using testing::LoadGuest;
+using ::testing::Not;
 using testing::WasmModule;
 using testing::WasmName;
 using testing::WasmSection;
@@ -87,7 +87,11 @@ TEST(ModuleInfoTest, ParsesTheStatefulGuest) {
 TEST(ModuleInfoTest, RejectsWrongHeaders) {
   EXPECT_EQ(ParseModuleInfo("").status().code(), StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(ParseModuleInfo("\0as").status().message()), HasSubstr("shorter"));
-  EXPECT_THAT(std::string(ParseModuleInfo(std::string("\x7f" "ELF\x01\0\0\0", 8)).status().message()),
+  EXPECT_THAT(std::string(ParseModuleInfo(std::string("\x7f"
+                                                      "ELF\x01\0\0\0",
+                                                      8))
+                              .status()
+                              .message()),
               HasSubstr("bad magic"));
   EXPECT_THAT(std::string(ParseModuleInfo(std::string("\0asm\x02\0\0\0", 8)).status().message()),
               HasSubstr("version 2"));
@@ -125,7 +129,8 @@ TEST(ModuleInfoTest, RejectsStructuralErrors) {
   r = ParseModuleInfo(WasmModule({Memory(70000, std::nullopt)}));
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("over 4 GiB"));
   // Import with a type index past the types.
-  r = ParseModuleInfo(WasmModule({Types({">i"}), Imports({FuncImport("tern_v1", "request_len", 3)})}));
+  r = ParseModuleInfo(
+      WasmModule({Types({">i"}), Imports({FuncImport("tern_v1", "request_len", 3)})}));
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("only 1 types"));
   // A huge count with no bytes behind it.
   r = ParseModuleInfo(WasmModule({WasmSection(2, Leb(0xfffffff))}));
@@ -203,11 +208,11 @@ TEST(CheckImportsTest, RequiresAnExportedOwnMemory) {
 TEST(CheckImportsTest, ChecksSignaturesAndKinds) {
   std::string table_import = WasmName("env") + WasmName("tbl") + '\x01' + '\x70' + '\x00' + Leb(1);
   std::string global_import = WasmName("env") + WasmName("g") + '\x03' + '\x7f' + '\x00';
-  std::string m = WasmModule({Types({"I>i", "ii>i"}),
-                              Imports({FuncImport("tern_v1", "reply", 0),
-                                       FuncImport("wasi_snapshot_preview1", "fd_close", 1),
-                                       table_import, global_import}),
-                              Memory(1, std::nullopt), ExportMemory()});
+  std::string m = WasmModule(
+      {Types({"I>i", "ii>i"}),
+       Imports({FuncImport("tern_v1", "reply", 0),
+                FuncImport("wasi_snapshot_preview1", "fd_close", 1), table_import, global_import}),
+       Memory(1, std::nullopt), ExportMemory()});
   Result<ModuleInfo> info = ParseModuleInfo(m);
   ASSERT_TRUE(info.ok()) << info.status();
   std::string msg(CheckImports(*info).message());

@@ -53,9 +53,8 @@ uint32_t Crc32cSoftware(uint32_t crc, const uint8_t* p, size_t n) {
     uint64_t w;
     std::memcpy(&w, p, 8);
     w ^= crc;
-    crc = t[7][w & 0xff] ^ t[6][(w >> 8) & 0xff] ^ t[5][(w >> 16) & 0xff] ^
-          t[4][(w >> 24) & 0xff] ^ t[3][(w >> 32) & 0xff] ^ t[2][(w >> 40) & 0xff] ^
-          t[1][(w >> 48) & 0xff] ^ t[0][w >> 56];
+    crc = t[7][w & 0xff] ^ t[6][(w >> 8) & 0xff] ^ t[5][(w >> 16) & 0xff] ^ t[4][(w >> 24) & 0xff] ^
+          t[3][(w >> 32) & 0xff] ^ t[2][(w >> 40) & 0xff] ^ t[1][(w >> 48) & 0xff] ^ t[0][w >> 56];
     p += 8;
     n -= 8;
   }
@@ -65,7 +64,7 @@ uint32_t Crc32cSoftware(uint32_t crc, const uint8_t* p, size_t n) {
 
 #if defined(__x86_64__)
 __attribute__((target("sse4.2"))) uint32_t Crc32cHardware(uint32_t crc, const uint8_t* p,
-                                                           size_t n) {
+                                                          size_t n) {
   uint64_t c = crc;
   while (n >= 8) {
     uint64_t w;
@@ -118,8 +117,7 @@ uint32_t Crc32c(std::string_view data) { return Crc32cRaw(data.data(), data.size
 
 std::string EncodeSnapshot(const Snapshot& snap) {
   // A partial trailing page (not a valid snapshot) is padded with zeros.
-  const uint32_t pages =
-      static_cast<uint32_t>((snap.memory.size() + kPageBytes - 1) / kPageBytes);
+  const uint32_t pages = static_cast<uint32_t>((snap.memory.size() + kPageBytes - 1) / kPageBytes);
   const uint64_t blocks = uint64_t{pages} * kBlocksPerPage;
   const size_t hash_len = std::min<size_t>(snap.module_hash.size(), kMaxHashBytes);
   const size_t bitmap_off = Align8(kHeaderBytes + hash_len);
@@ -166,14 +164,14 @@ Result<Snapshot> DecodeSnapshot(std::string_view bytes) {
     return InvalidArgumentError("not a tern snapshot: bad magic");
   }
   if (bytes.size() < kHeaderBytes + kTrailerBytes) {
-    return DataLossError(fmt::format("snapshot truncated: {} bytes, shorter than the header",
-                                     bytes.size()));
+    return DataLossError(
+        fmt::format("snapshot truncated: {} bytes, shorter than the header", bytes.size()));
   }
   uint32_t version = Get32(p + 8);
   if (version != kFormatVersion) {
-    return InvalidArgumentError(fmt::format(
-        "unsupported snapshot format version {} (this build reads version {})", version,
-        kFormatVersion));
+    return InvalidArgumentError(
+        fmt::format("unsupported snapshot format version {} (this build reads version {})", version,
+                    kFormatVersion));
   }
   uint64_t total = Get64(p + 16);
   if (total != bytes.size()) {
@@ -223,7 +221,8 @@ Result<Snapshot> DecodeSnapshot(std::string_view bytes) {
     src += kBlockBytes;
   }
   if (seen != stored) {
-    return DataLossError(fmt::format("snapshot bitmap marks {} blocks, header says {}", seen, stored));
+    return DataLossError(
+        fmt::format("snapshot bitmap marks {} blocks, header says {}", seen, stored));
   }
   return snap;
 }

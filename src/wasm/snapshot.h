@@ -17,10 +17,10 @@
 namespace tern::wasm {
 
 struct Snapshot {
-  std::string module_hash;                 // hex SHA-256 of the module bytes
-  std::string memory;                      // linear memory, a whole number of 64 KiB pages
-                                           // (EncodeSnapshot pads a partial last page)
-  std::optional<uint32_t> stack_pointer;   // __stack_pointer, when the module exports it
+  std::string module_hash;                // hex SHA-256 of the module bytes
+  std::string memory;                     // linear memory, a whole number of 64 KiB pages
+                                          // (EncodeSnapshot pads a partial last page)
+  std::optional<uint32_t> stack_pointer;  // __stack_pointer, when the module exports it
 
   uint32_t pages() const { return static_cast<uint32_t>(memory.size() / 65536); }
   bool operator==(const Snapshot&) const = default;

@@ -84,7 +84,10 @@ TEST(SnapshotTest, EveryByteFlipIsDetected) {
 }
 
 TEST(SnapshotTest, ForeignAndFutureFiles) {
-  EXPECT_THAT(std::string(DecodeSnapshot("\x7f" "ELF and more bytes here").status().message()),
+  EXPECT_THAT(std::string(DecodeSnapshot("\x7f"
+                                         "ELF and more bytes here")
+                              .status()
+                              .message()),
               HasSubstr("bad magic"));
   EXPECT_EQ(DecodeSnapshot("").status().code(), StatusCode::kDataLoss);
   std::string enc = EncodeSnapshot(MakeSnapshot(1, false));

@@ -37,8 +37,8 @@ std::string LoadGuest(std::string_view name) {
 #define TERN_DEFAULT_WASM_DIR "wasm"
 #endif
   const char* dir = std::getenv("TERN_WASM_DIR");
-  std::string path = std::string(dir != nullptr ? dir : TERN_DEFAULT_WASM_DIR) + "/" +
-                     std::string(name) + ".wasm";
+  std::string path =
+      std::string(dir != nullptr ? dir : TERN_DEFAULT_WASM_DIR) + "/" + std::string(name) + ".wasm";
   Result<std::string> bytes = ReadFile(path);
   EXPECT_TRUE(bytes.ok()) << bytes.status() << " (set TERN_WASM_DIR)";
   return bytes.ok() ? *bytes : std::string();
@@ -69,7 +69,9 @@ std::string Leb(uint32_t v) {
   return out;
 }
 
-std::string WasmName(std::string_view s) { return Leb(static_cast<uint32_t>(s.size())) + std::string(s); }
+std::string WasmName(std::string_view s) {
+  return Leb(static_cast<uint32_t>(s.size())) + std::string(s);
+}
 
 std::string WasmSection(uint8_t id, std::string_view payload) {
   return std::string(1, static_cast<char>(id)) + Leb(static_cast<uint32_t>(payload.size())) +

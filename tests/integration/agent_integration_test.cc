@@ -41,8 +41,9 @@ struct RunningAgent {
 
 RunningAgent StartAgent(const std::string& data_dir) {
   RunningAgent a;
-  std::vector<std::string> argv = {BinPath("tern"), "agent", "--port", "0", "--admin-port", "0",
-                                   "--workers", "2", "--log-level", "warn"};
+  std::vector<std::string> argv = {BinPath("tern"), "agent", "--port",    "0",
+                                   "--admin-port",  "0",     "--workers", "2",
+                                   "--log-level",   "warn"};
   if (!data_dir.empty()) {
     argv.push_back("--data-dir");
     argv.push_back(data_dir);
@@ -74,7 +75,8 @@ std::string ManifestText(const std::string& example) {
   return m.ok() ? *m : "";
 }
 
-CommandResult Cli(const RunningAgent& a, std::vector<std::string> args, const std::string& in = "") {
+CommandResult Cli(const RunningAgent& a, std::vector<std::string> args,
+                  const std::string& in = "") {
   args.insert(args.begin(), BinPath("tern"));
   args.push_back("--agent");
   args.push_back(a.admin());
@@ -86,8 +88,8 @@ TEST(AgentIntegrationTest, CliDeployInvokePsSnapshotRestoreAcrossRestart) {
   RunningAgent a = StartAgent(dir + "/agent");
   ASSERT_NE(a.admin_port, 0);
 
-  CommandResult r = Cli(a, {"deploy", SourcePath("examples/counter/manifest.yaml"), "--module",
-                            WasmPath("counter")});
+  CommandResult r = Cli(
+      a, {"deploy", SourcePath("examples/counter/manifest.yaml"), "--module", WasmPath("counter")});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("instances: counter-1"), std::string::npos) << r.output;
   for (int i = 1; i <= 4; ++i) {
@@ -140,7 +142,8 @@ TEST(AgentIntegrationTest, CliErrorsSayWhatToDo) {
   r = Cli(a, {"deploy", "/nonexistent/manifest.yaml"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("/nonexistent/manifest.yaml"), std::string::npos) << r.output;
-  for (const char* cmd : {"agent", "deploy", "invoke", "ps", "snapshot", "restore", "start", "stop"}) {
+  for (const char* cmd :
+       {"agent", "deploy", "invoke", "ps", "snapshot", "restore", "start", "stop"}) {
     r = RunCommand({BinPath("tern"), cmd, "--help"});
     EXPECT_EQ(r.exit_code, 0) << cmd << ": " << r.output;
     EXPECT_NE(r.output.find("usage: tern"), std::string::npos) << cmd;
@@ -149,8 +152,9 @@ TEST(AgentIntegrationTest, CliErrorsSayWhatToDo) {
 
 TEST(AgentIntegrationTest, ConfigFileSetsDefaultsAndFlagsWin) {
   std::string dir = testing::TempDir("config");
-  ASSERT_TRUE(WriteFileAtomic(dir + "/agent.yaml",
-                              "device: csd7\nworkers: 1\nport: 1\nlog_level: warn\n").ok());
+  ASSERT_TRUE(
+      WriteFileAtomic(dir + "/agent.yaml", "device: csd7\nworkers: 1\nport: 1\nlog_level: warn\n")
+          .ok());
   // --port 0 on the command line wins over `port: 1` in the file.
   auto p = ChildProcess::Start({BinPath("tern"), "agent", "--config", dir + "/agent.yaml", "--port",
                                 "0", "--admin-port", "0"});
@@ -196,7 +200,8 @@ TEST(AgentIntegrationTest, BadDeploymentsGetClearErrorsAndLoseNothing) {
       {m, "definitely not wasm", "magic", StatusCode::kInvalidArgument},
       {m, ReadWasm("counter").substr(0, 300), "", StatusCode::kInvalidArgument},
       {m, ReadWasm("guest_badimport"), "does not provide", StatusCode::kInvalidArgument},
-      {"name: bad\nversion: 1\n", ReadWasm("echo"), "'handlers' is missing", StatusCode::kInvalidArgument},
+      {"name: bad\nversion: 1\n", ReadWasm("echo"), "'handlers' is missing",
+       StatusCode::kInvalidArgument},
       {"name: [oops\n", ReadWasm("echo"), "YAML syntax error", StatusCode::kInvalidArgument},
       {"name: bad\nversion: 1\nhandlers: [echo]\nlimits: {memory_mib: lots}\n", ReadWasm("echo"),
        "limits.memory_mib", StatusCode::kInvalidArgument},
@@ -212,9 +217,9 @@ TEST(AgentIntegrationTest, BadDeploymentsGetClearErrorsAndLoseNothing) {
   // Raw HTTP garbage to the admin API.
   auto http = transport::HttpClient::Connect("127.0.0.1", a.admin_port, 5s);
   ASSERT_TRUE(http.ok());
-  for (const std::string& body : {std::string("{not json"), std::string("[1,2]"),
-                                  std::string(R"({"manifest": 5})"),
-                                  std::string(R"({"manifest": "name: x", "module_b64": "@@@"})")}) {
+  for (const std::string& body :
+       {std::string("{not json"), std::string("[1,2]"), std::string(R"({"manifest": 5})"),
+        std::string(R"({"manifest": "name: x", "module_b64": "@@@"})")}) {
     auto r = (*http)->Request("POST", "/v1/services", body, "application/json", 5s);
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_EQ(r->status, 400) << body << " -> " << r->body;

@@ -6,8 +6,8 @@
 
 #include "tern/tern.h"
 
-static int64_t counter;          // the state
-static char* blob;               // heap state, to catch heap corruption on rollback
+static int64_t counter;  // the state
+static char* blob;       // heap state, to catch heap corruption on rollback
 static uint32_t blob_len;
 
 static void ReplyCounter(void) {

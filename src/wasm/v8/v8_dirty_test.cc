@@ -50,9 +50,11 @@ class V8DirtyTest : public ::testing::TestWithParam<DirtyTracker::Kind> {
 
   // Makes the tracker; false (test skipped) when the kernel lacks uffd-wp.
   bool Track() {
-    auto t = GetParam() == DirtyTracker::Kind::kUffdWriteProtect
-                 ? DirtyTracker::CreateUffd(inst_->memory_data(), inst_->memory_bytes(), kWasmPageBytes)
-                 : DirtyTracker::CreateShadow(inst_->memory_data(), inst_->memory_bytes(), kWasmPageBytes);
+    auto t =
+        GetParam() == DirtyTracker::Kind::kUffdWriteProtect
+            ? DirtyTracker::CreateUffd(inst_->memory_data(), inst_->memory_bytes(), kWasmPageBytes)
+            : DirtyTracker::CreateShadow(inst_->memory_data(), inst_->memory_bytes(),
+                                         kWasmPageBytes);
     if (!t.ok() && t.status().code() == StatusCode::kUnimplemented) return false;
     EXPECT_TRUE(t.ok()) << t.status();
     if (!t.ok()) return false;
@@ -161,14 +163,16 @@ TEST_P(V8DirtyTest, CostPerRequest) {
     std::vector<uint32_t> dirty;
     auto t0 = std::chrono::steady_clock::now();
     SyncCopy(&copy, &dirty);
-    us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+    us.push_back(
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
     dirty_pages += dirty.size();
   }
   std::sort(us.begin(), us.end());
-  std::printf("[ perf ] %s on V8 memory (%zu MiB): collect + copy of the dirty 64 KiB pages "
-              "(%.1f per request): median %.0f us, min %.0f us\n",
-              std::string(DirtyTrackerKindName(tracker_->kind())).c_str(), copy.size() >> 20,
-              double(dirty_pages) / kN, us[kN / 2], us[0]);
+  std::printf(
+      "[ perf ] %s on V8 memory (%zu MiB): collect + copy of the dirty 64 KiB pages "
+      "(%.1f per request): median %.0f us, min %.0f us\n",
+      std::string(DirtyTrackerKindName(tracker_->kind())).c_str(), copy.size() >> 20,
+      double(dirty_pages) / kN, us[kN / 2], us[0]);
 }
 
 INSTANTIATE_TEST_SUITE_P(Kinds, V8DirtyTest,

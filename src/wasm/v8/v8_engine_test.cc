@@ -6,10 +6,10 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <new>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <thread>
 
 #include "wasm/engine.h"
@@ -17,14 +17,13 @@
 
 extern char** environ;
 
-
 namespace tern::wasm {
 namespace {
 
-using ::testing::HasSubstr;
-using ::testing::Pair;
 using testing::FakeHost;
+using ::testing::HasSubstr;
 using testing::LoadGuest;
+using ::testing::Pair;
 using testing::ReadU32;
 using testing::SharedEngine;
 using testing::U32s;
@@ -184,8 +183,8 @@ TEST_F(V8EngineTest, HostCalls) {
   auto inst = New(CompileGuest("guest_stateful"));
   FakeHost host;
   ASSERT_TRUE(inst->Call("log", &host).ok());
-  EXPECT_THAT(host.logs, ::testing::ElementsAre(Pair(1, "hello from guest"),
-                                                Pair(2, "warning from guest")));
+  EXPECT_THAT(host.logs,
+              ::testing::ElementsAre(Pair(1, "hello from guest"), Pair(2, "warning from guest")));
 
   FakeHost clock_host;
   ASSERT_TRUE(inst->Call("clock", &clock_host).ok());
@@ -293,7 +292,8 @@ TEST_F(V8EngineTest, WasiStubs) {
   ASSERT_NE(inst, nullptr);
   FakeHost hello;
   ASSERT_TRUE(inst->Call("hello", &hello).ok());
-  EXPECT_THAT(hello.logs, ::testing::ElementsAre(Pair(1, "hello, stdout"), Pair(2, "hello, stderr")));
+  EXPECT_THAT(hello.logs,
+              ::testing::ElementsAre(Pair(1, "hello, stdout"), Pair(2, "hello, stderr")));
 
   FakeHost time;
   ASSERT_TRUE(inst->Call("time", &time).ok());
@@ -469,7 +469,8 @@ TEST(V8ChildProcessTest, RestoreFromFile) {
   auto r = (*w)->Instantiate(m, Limits(), false);
   ASSERT_TRUE(r.ok());
   ASSERT_TRUE((*r)->Restore(*snap).ok());
-  EXPECT_EQ(Counter(**r), static_cast<uint32_t>(std::atoi(std::getenv("TERN_TEST_EXPECT_COUNTER"))));
+  EXPECT_EQ(Counter(**r),
+            static_cast<uint32_t>(std::atoi(std::getenv("TERN_TEST_EXPECT_COUNTER"))));
   unsigned addr, len, hash;
   ASSERT_EQ(std::sscanf(std::getenv("TERN_TEST_PATTERN"), "%u,%u,%u", &addr, &len, &hash), 3);
   EXPECT_EQ(HashOf(**r, Pattern{addr, len, 0}), hash);
@@ -505,7 +506,8 @@ TEST_F(BadGuestTest, InfiniteLoopHitsTheCpuLimit) {
   auto inst = New(CompileGuest("guest_loop"), l);
   auto t0 = std::chrono::steady_clock::now();
   Status st = CallWith(*inst, "spin");
-  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_EQ(st.code(), StatusCode::kDeadlineExceeded) << st;
   EXPECT_THAT(std::string(st.message()), HasSubstr("CPU-time limit of 100 ms"));
   EXPECT_GE(ms, 90);
@@ -610,13 +612,17 @@ TEST_F(V8EngineTest, FastPathPerformance) {
   for (int rep = 0; rep < 3; ++rep) {
     auto t0 = std::chrono::steady_clock::now();
     for (int i = 0; i < kCalls; ++i) (void)inst->Call("noop", &host);
-    best_call_ns = std::min(best_call_ns, std::chrono::duration<double, std::nano>(
-                                              std::chrono::steady_clock::now() - t0).count() / kCalls);
+    best_call_ns = std::min(
+        best_call_ns,
+        std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() /
+            kCalls);
   }
   FakeHost echo_host("0123456789abcdef0123456789abcdef");
   auto t1 = std::chrono::steady_clock::now();
   for (int i = 0; i < kCalls; ++i) (void)inst->Call("echo", &echo_host);
-  double echo_ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t1).count() / kCalls;
+  double echo_ns =
+      std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t1).count() /
+      kCalls;
 
   constexpr int kInstances = 2000;
   double best_inst_us = 1e18, sum_us = 0;
@@ -624,7 +630,8 @@ TEST_F(V8EngineTest, FastPathPerformance) {
   for (int i = 0; i < kInstances; ++i) {
     auto t0 = std::chrono::steady_clock::now();
     auto r = worker_->Instantiate(m, Limits(), /*run_initialize=*/true);
-    double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+    double us =
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
     ASSERT_TRUE(r.ok()) << i << ": " << r.status();
     samples.push_back(us);
     best_inst_us = std::min(best_inst_us, us);
@@ -633,10 +640,11 @@ TEST_F(V8EngineTest, FastPathPerformance) {
   std::sort(samples.begin(), samples.end());
   std::printf("[ perf ] no-op call: %.0f ns (best of 3 x %d); echo 32 B: %.0f ns\n", best_call_ns,
               kCalls, echo_ns);
-  std::printf("[ perf ] instantiate from cached module (+_initialize): best %.1f us, median %.1f us, "
-              "p99 %.1f us, mean %.1f us (%d)\n",
-              best_inst_us, samples[samples.size() / 2], samples[samples.size() * 99 / 100],
-              sum_us / kInstances, kInstances);
+  std::printf(
+      "[ perf ] instantiate from cached module (+_initialize): best %.1f us, median %.1f us, "
+      "p99 %.1f us, mean %.1f us (%d)\n",
+      best_inst_us, samples[samples.size() / 2], samples[samples.size() * 99 / 100],
+      sum_us / kInstances, kInstances);
   EXPECT_LT(best_call_ns, 20000);
   EXPECT_LT(samples[samples.size() / 2], 2000);
 }
@@ -660,8 +668,10 @@ TEST_F(V8EngineTest, RestorePerformance) {
     inst_us += std::chrono::duration<double, std::micro>(t1 - t0).count();
     restore_us += std::chrono::duration<double, std::micro>(t2 - t1).count();
   }
-  std::printf("[ perf ] fresh instance (no _initialize): %.1f us + restore of %zu KiB: %.1f us (mean of %d)\n",
-              inst_us / kRestores, snap->memory.size() / 1024, restore_us / kRestores, kRestores);
+  std::printf(
+      "[ perf ] fresh instance (no _initialize): %.1f us + restore of %zu KiB: %.1f us (mean of "
+      "%d)\n",
+      inst_us / kRestores, snap->memory.size() / 1024, restore_us / kRestores, kRestores);
 }
 
 }  // namespace

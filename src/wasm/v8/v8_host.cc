@@ -5,9 +5,8 @@
 // WebAssembly.RuntimeError, which unwinds the guest and fails the call as kInternal.
 // Signatures were checked at compile time (CheckImports), so i32 arguments arrive as
 // Int32 numbers and i64 ones as BigInts.
-#include <sys/random.h>
-
 #include <fmt/format.h>
+#include <sys/random.h>
 
 #include <cerrno>
 #include <cstring>
@@ -42,8 +41,7 @@ V8Worker* WorkerOf(const Info& info) {
 uint32_t ArgU32(const Info& info, int i) {
   v8::Local<v8::Value> v = info[i];
   if (v->IsInt32()) return static_cast<uint32_t>(v.As<v8::Int32>()->Value());
-  return static_cast<uint32_t>(
-      v->Int32Value(info.GetIsolate()->GetCurrentContext()).FromMaybe(0));
+  return static_cast<uint32_t>(v->Int32Value(info.GetIsolate()->GetCurrentContext()).FromMaybe(0));
 }
 
 int64_t ArgI64(const Info& info, int i) {
@@ -74,8 +72,8 @@ class HostCall {
   // Guest range [ptr, ptr + len): its host address, or null after throwing a trap.
   uint8_t* Span(uint32_t ptr, uint64_t len, const char* what) {
     if (uint64_t{ptr} + len > size_) {
-      worker_->ThrowTrap(fmt::format(
-          "{}: {} [{:#x}, +{}) is outside linear memory ({} bytes)", fn_, what, ptr, len, size_));
+      worker_->ThrowTrap(fmt::format("{}: {} [{:#x}, +{}) is outside linear memory ({} bytes)", fn_,
+                                     what, ptr, len, size_));
       return nullptr;
     }
     return mem_ + ptr;
@@ -162,8 +160,8 @@ void Log(const Info& info) {
   uint32_t ptr = ArgU32(info, 1), len = ArgU32(info, 2);
   uint8_t* p = hc.Span(ptr, len, "message");
   if (p == nullptr) return;
-  hc.call().host->Log(level, std::string_view(reinterpret_cast<const char*>(p),
-                                              std::min(len, kMaxLogLine)));
+  hc.call().host->Log(
+      level, std::string_view(reinterpret_cast<const char*>(p), std::min(len, kMaxLogLine)));
 }
 
 int64_t ClockNanos(clockid_t id) {
@@ -177,9 +175,14 @@ void ClockNs(const Info& info) {
   if (!hc.ok()) return;
   int64_t t = -1;
   switch (ArgU32(info, 0)) {
-    case 0: t = ClockNanos(CLOCK_MONOTONIC); break;
-    case 1: t = ClockNanos(CLOCK_REALTIME); break;
-    default: break;  // unknown clock: -1
+    case 0:
+      t = ClockNanos(CLOCK_MONOTONIC);
+      break;
+    case 1:
+      t = ClockNanos(CLOCK_REALTIME);
+      break;
+    default:
+      break;  // unknown clock: -1
   }
   info.GetReturnValue().Set(v8::BigInt::New(info.GetIsolate(), t));
 }
@@ -207,7 +210,8 @@ void FdWrite(const Info& info) {
     if (p == nullptr) return;
     total += len;
     if (text.size() < kMaxLogLine) {
-      text.append(reinterpret_cast<const char*>(p), std::min<size_t>(len, kMaxLogLine - text.size()));
+      text.append(reinterpret_cast<const char*>(p),
+                  std::min<size_t>(len, kMaxLogLine - text.size()));
     }
   }
   if (!hc.StoreU32(nwritten_ptr, static_cast<uint32_t>(total), "nwritten")) return;
@@ -285,8 +289,8 @@ void ClockTimeGet(const Info& info) {
   if (!hc.ok()) return;
   uint32_t id = ArgU32(info, 0), ptr = ArgU32(info, 2);
   (void)ArgI64(info, 1);  // precision: ignored
-  static constexpr clockid_t kClocks[] = {CLOCK_REALTIME, CLOCK_MONOTONIC,
-                                          CLOCK_PROCESS_CPUTIME_ID, CLOCK_THREAD_CPUTIME_ID};
+  static constexpr clockid_t kClocks[] = {CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_PROCESS_CPUTIME_ID,
+                                          CLOCK_THREAD_CPUTIME_ID};
   if (id >= std::size(kClocks)) {
     hc.Return(kWasiInval);
     return;

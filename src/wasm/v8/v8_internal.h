@@ -36,7 +36,10 @@ class V8Module final : public Module {
  public:
   V8Module(const V8Engine* engine, std::string hash, ModuleInfo info, uint32_t cap,
            v8::CompiledWasmModule compiled)
-      : engine_(engine), hash_(std::move(hash)), info_(std::move(info)), cap_(cap),
+      : engine_(engine),
+        hash_(std::move(hash)),
+        info_(std::move(info)),
+        cap_(cap),
         compiled_(std::move(compiled)) {}
 
   const std::string& hash() const override { return hash_; }
@@ -130,10 +133,9 @@ class V8Worker final : public Worker {
 
 class V8Instance final : public Instance {
  public:
-  V8Instance(V8Worker* worker, std::shared_ptr<const V8Module> module,
-             const InstanceLimits& limits, v8::Local<v8::Object> instance,
-             v8::Local<v8::Object> exports, v8::Local<v8::WasmMemoryObject> memory,
-             v8::Local<v8::Object> stack_pointer);
+  V8Instance(V8Worker* worker, std::shared_ptr<const V8Module> module, const InstanceLimits& limits,
+             v8::Local<v8::Object> instance, v8::Local<v8::Object> exports,
+             v8::Local<v8::WasmMemoryObject> memory, v8::Local<v8::Object> stack_pointer);
   ~V8Instance() override;
   V8Instance(const V8Instance&) = delete;
   V8Instance& operator=(const V8Instance&) = delete;

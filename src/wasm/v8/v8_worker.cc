@@ -1,7 +1,6 @@
 // V8Worker and V8Instance: instantiation, calls, snapshots.
-#include <sys/mman.h>
-
 #include <fmt/format.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cstring>
@@ -250,7 +249,8 @@ Status V8Worker::Invoke(V8Instance* inst, v8::Local<v8::Function> fn, std::strin
           InternalError(fmt::format("handler '{}' failed without an exception", name)));
     }
     std::string text = ExceptionText(isolate_, ctx, exc);
-    if (exc->IsNativeError() && text.find("Maximum call stack size exceeded") != std::string::npos) {
+    if (exc->IsNativeError() &&
+        text.find("Maximum call stack size exceeded") != std::string::npos) {
       return inst->Break(ResourceExhaustedError(
           fmt::format("handler '{}' overflowed the wasm stack ({})", name, text)));
     }
@@ -321,7 +321,8 @@ Result<v8::Local<v8::Function>> V8Instance::Handler(std::string_view name) {
   if (!exports_.Get(iso)->Get(ctx, Str(iso, name)).ToLocal(&v) || !v->IsFunction()) {
     return NotFoundError(fmt::format("export '{}' is not a function", name));
   }
-  handlers_.push_back(HandlerEntry{std::string(name), v8::Global<v8::Function>(iso, v.As<v8::Function>())});
+  handlers_.push_back(
+      HandlerEntry{std::string(name), v8::Global<v8::Function>(iso, v.As<v8::Function>())});
   return v.As<v8::Function>();
 }
 
@@ -409,9 +410,9 @@ Status V8Instance::SnapshotInto(Snapshot* out) {
 
 Status V8Instance::Restore(const Snapshot& snap) {
   if (snap.module_hash != module_->hash()) {
-    return InvalidArgumentError(fmt::format(
-        "snapshot belongs to module {}, this instance runs module {}", snap.module_hash,
-        module_->hash()));
+    return InvalidArgumentError(
+        fmt::format("snapshot belongs to module {}, this instance runs module {}", snap.module_hash,
+                    module_->hash()));
   }
   if (snap.memory.size() % kWasmPageBytes != 0) {
     return InvalidArgumentError("snapshot memory is not a whole number of wasm pages");
@@ -432,9 +433,9 @@ Status V8Instance::Restore(const Snapshot& snap) {
   if (want > have) {
     const uint64_t delta = (want - have) / kWasmPageBytes;
     if (want / kWasmPageBytes > module_->memory_limit_pages()) {
-      return ResourceExhaustedError(fmt::format(
-          "snapshot has {} pages, above the memory cap of {} pages", want / kWasmPageBytes,
-          module_->memory_limit_pages()));
+      return ResourceExhaustedError(
+          fmt::format("snapshot has {} pages, above the memory cap of {} pages",
+                      want / kWasmPageBytes, module_->memory_limit_pages()));
     }
     v8::TryCatch tc(iso);
     v8::Local<v8::WasmMemoryObject> mem = memory_.Get(iso);
@@ -453,8 +454,8 @@ Status V8Instance::Restore(const Snapshot& snap) {
   }
   v8::Local<v8::ArrayBuffer> buf = Buffer();  // grow detached the old one
   if (buf->ByteLength() != want) {
-    return InternalError(fmt::format("memory is {} bytes after growing, expected {}",
-                                     buf->ByteLength(), want));
+    return InternalError(
+        fmt::format("memory is {} bytes after growing, expected {}", buf->ByteLength(), want));
   }
   // Fault the destination in with one system call rather than one fault per 4 KiB page
   // (page faults are expensive in VMs); harmless if it fails.

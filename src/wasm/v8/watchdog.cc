@@ -84,7 +84,8 @@ void Watchdog::Check(Slot* s, int64_t now_wall) {
     // First look at this call: charge what it can have used since it began, which is
     // at most its wall time and at most the thread's CPU time since the previous look;
     // never more than one period, so a late watchdog cannot overcharge a call by more.
-    int64_t charged = std::max<int64_t>(0, now_wall - s->start_wall_ns_.load(std::memory_order_relaxed));
+    int64_t charged =
+        std::max<int64_t>(0, now_wall - s->start_wall_ns_.load(std::memory_order_relaxed));
     if (prev_cpu >= 0) charged = std::min(charged, cpu - prev_cpu);
     charged = std::min<int64_t>(charged, int64_t{period_us_} * 1000);
     s->cpu_base_ = cpu - charged;

@@ -57,7 +57,8 @@ TEST(WatchdogTest, BeginEndCostsLittle) {
     slot->Begin(1'000'000'000);
     slot->End();
   }
-  double ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() / kN;
+  double ns =
+      std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() / kN;
   std::printf("[ perf ] watchdog Begin+End: %.1f ns\n", ns);
   EXPECT_LT(ns, 1000);
 }
