@@ -42,6 +42,17 @@ Result<uint32_t> GetUint(const std::string& src, const YAML::Node& n, const std:
   return static_cast<uint32_t>(v);
 }
 
+// Printable ASCII only: versions and paths travel through YAML, JSON, logs and HTTP.
+Status CheckPrintable(const std::string& src, const YAML::Node& n, const std::string& f,
+                      const std::string& v) {
+  for (unsigned char c : v) {
+    if (c < 0x20 || c > 0x7e) {
+      return FieldError(src, n, f, fmt::format("must be printable ASCII (byte 0x{:02x} is not)", c));
+    }
+  }
+  return Status::Ok();
+}
+
 Result<bool> GetBool(const std::string& src, const YAML::Node& n, const std::string& f) {
   if (!n.IsScalar()) return FieldError(src, n, f, "expected true or false");
   const std::string& s = n.Scalar();
@@ -52,8 +63,10 @@ Result<bool> GetBool(const std::string& src, const YAML::Node& n, const std::str
 
 Status ParseLimits(const std::string& src, const YAML::Node& n, ServiceLimits* out) {
   if (!n.IsMap()) return FieldError(src, n, "limits", "expected a mapping");
+  std::set<std::string> keys_seen;
   for (const auto& kv : n) {
     const std::string key = kv.first.Scalar();
+    if (!keys_seen.insert(key).second) return FieldError(src, kv.first, "limits." + key, "is given twice");
     const YAML::Node& v = kv.second;
     if (key == "memory_mib") {
       TERN_ASSIGN_OR_RETURN(out->memory_mib,
@@ -81,9 +94,11 @@ Result<Manifest> ParseNode(const YAML::Node& root, const std::string& src) {
   }
   Manifest m;
   bool has_name = false, has_version = false, has_handlers = false;
+  std::set<std::string> keys_seen;
   for (const auto& kv : root) {
     if (!kv.first.IsScalar()) return FieldError(src, kv.first, "?", "keys must be strings");
     const std::string key = kv.first.Scalar();
+    if (!keys_seen.insert(key).second) return FieldError(src, kv.first, key, "is given twice");
     const YAML::Node& v = kv.second;
     if (key == "name") {
       TERN_ASSIGN_OR_RETURN(m.name, GetString(src, v, key));
@@ -96,11 +111,15 @@ Result<Manifest> ParseNode(const YAML::Node& root, const std::string& src) {
       has_name = true;
     } else if (key == "version") {
       TERN_ASSIGN_OR_RETURN(m.version, GetString(src, v, key));
-      if (m.version.empty() || m.version.size() > 64)
+      if (m.version.empty() || m.version.size() > 64) {
         return FieldError(src, v, key, "expected 1-64 characters");
+      }
+      TERN_RETURN_IF_ERROR(CheckPrintable(src, v, key, m.version));
       has_version = true;
     } else if (key == "module") {
       TERN_ASSIGN_OR_RETURN(m.module, GetString(src, v, key));
+      if (m.module.size() > 4096) return FieldError(src, v, key, "longer than 4096 characters");
+      TERN_RETURN_IF_ERROR(CheckPrintable(src, v, key, m.module));
     } else if (key == "stateful") {
       TERN_ASSIGN_OR_RETURN(m.stateful, GetBool(src, v, key));
     } else if (key == "tenant") {
@@ -169,15 +188,24 @@ Result<Manifest> LoadManifest(const std::string& path) {
 }
 
 std::string ManifestToYaml(const Manifest& m) {
-  std::string s = fmt::format("name: {}\nversion: \"{}\"\n", m.name, m.version);
-  if (!m.module.empty()) s += fmt::format("module: \"{}\"\n", m.module);
-  s += fmt::format("stateful: {}\nhandlers: [", m.stateful ? "true" : "false");
-  for (size_t i = 0; i < m.handlers.size(); ++i) s += (i ? ", " : "") + m.handlers[i];
-  s += fmt::format("]\ntenant: {}\nreplicas: {}\n", m.tenant, m.replicas);
-  s += fmt::format(
-      "limits:\n  memory_mib: {}\n  cpu_ms: {}\n  request_kib: {}\n  response_kib: {}\n",
-      m.limits.memory_mib, m.limits.cpu_ms, m.limits.request_kib, m.limits.response_kib);
-  return s;
+  // yaml-cpp's emitter quotes and escapes whatever needs it, so any accepted manifest
+  // round-trips (checked by tests/fuzz/manifest_fuzz.cc).
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  out << YAML::Key << "name" << YAML::Value << YAML::DoubleQuoted << m.name;
+  out << YAML::Key << "version" << YAML::Value << YAML::DoubleQuoted << m.version;
+  if (!m.module.empty()) out << YAML::Key << "module" << YAML::Value << YAML::DoubleQuoted << m.module;
+  out << YAML::Key << "stateful" << YAML::Value << (m.stateful ? "true" : "false");
+  out << YAML::Key << "handlers" << YAML::Value << YAML::Flow << m.handlers;
+  out << YAML::Key << "tenant" << YAML::Value << YAML::DoubleQuoted << m.tenant;
+  out << YAML::Key << "replicas" << YAML::Value << m.replicas;
+  out << YAML::Key << "limits" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "memory_mib" << YAML::Value << m.limits.memory_mib;
+  out << YAML::Key << "cpu_ms" << YAML::Value << m.limits.cpu_ms;
+  out << YAML::Key << "request_kib" << YAML::Value << m.limits.request_kib;
+  out << YAML::Key << "response_kib" << YAML::Value << m.limits.response_kib;
+  out << YAML::EndMap << YAML::EndMap;
+  return std::string(out.c_str(), out.size()) + "\n";
 }
 
 }  // namespace tern

@@ -72,7 +72,21 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"name: a\nversion: 1\nhandlers: [a]\ncolour: red\n", "svc.yaml:4: field 'colour'"},
         BadCase{"name: [a\n", "YAML syntax error"},
         BadCase{"- just\n- a list\n", "must be a YAML mapping"},
-        BadCase{"", "must be a YAML mapping"}));
+        BadCase{"", "must be a YAML mapping"},
+        BadCase{"name: a\nversion: 1\nhandlers: [a]\nhandlers: [b]\n", "svc.yaml:4: field 'handlers': is given twice"},
+        BadCase{"name: a\nversion: 1\nhandlers: [a]\nlimits: {cpu_ms: 1, cpu_ms: 2}\n", "given twice"},
+        BadCase{"name: a\nversion: \"1\\x01\"\nhandlers: [a]\n", "printable ASCII"}));
+
+TEST(ManifestTest, OddStringsRoundTrip) {
+  Manifest m;
+  m.name = "a";
+  m.version = "1.0 \"beta\" \\ #2: yes";
+  m.module = "dir with spaces/x.wasm";
+  m.handlers = {"h"};
+  Result<Manifest> back = ParseManifest(ManifestToYaml(m), "x");
+  ASSERT_TRUE(back.ok()) << back.status() << "\n" << ManifestToYaml(m);
+  EXPECT_EQ(*back, m);
+}
 
 TEST(ManifestTest, MissingFileIsNotFound) {
   Result<Manifest> m = LoadManifest("/nonexistent/tern/manifest.yaml");
