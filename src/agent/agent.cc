@@ -364,13 +364,10 @@ Status Agent::Undeploy(const std::string& service) {
     MutexLock l(&mu_);
     if (services_.erase(service) == 0)
       return NotFoundError(fmt::format("no service '{}'", service));
-    for (auto it = routes_.begin(); it != routes_.end();) {
-      if (it->second.service->manifest.name == service) {
-        victims.emplace_back(it->second.worker, it->first);
-        it = routes_.erase(it);
-      } else {
-        ++it;
-      }
+    const std::vector<std::string> ids = InstancesOf(service);  // a copy: EraseRoute edits it
+    for (const std::string& id : ids) {
+      victims.emplace_back(routes_.at(id).worker, id);
+      EraseRoute(id);
     }
   }
   for (auto& [w, id] : victims) TERN_RETURN_IF_ERROR(StopInstanceOn(w, id));
@@ -424,7 +421,7 @@ Result<std::string> Agent::StartInstanceLocked(std::shared_ptr<const Service> sv
     return AbortedError(
         fmt::format("service '{}' changed while starting {}", svc->manifest.name, id));
   }
-  routes_[id] = Route{w, svc, queued};
+  AddRoute(id, Route{w, svc, queued});
   return id;
 }
 
@@ -435,9 +432,49 @@ Status Agent::StopInstance(const std::string& instance_id) {
     auto it = routes_.find(instance_id);
     if (it == routes_.end()) return NotFoundError(fmt::format("no instance '{}'", instance_id));
     w = it->second.worker;
-    routes_.erase(it);
+    EraseRoute(instance_id);
   }
   return StopInstanceOn(w, instance_id);
+}
+
+void Agent::AddRoute(const std::string& id, Route route) {
+  instances_of_[route.service->manifest.name].push_back(id);
+  routes_[id] = std::move(route);
+}
+
+void Agent::EraseRoute(const std::string& id) {
+  auto it = routes_.find(id);
+  if (it == routes_.end()) return;
+  auto svc = instances_of_.find(it->second.service->manifest.name);
+  if (svc != instances_of_.end()) {
+    std::erase(svc->second, id);
+    if (svc->second.empty()) instances_of_.erase(svc);
+  }
+  routes_.erase(it);
+}
+
+const std::vector<std::string>& Agent::InstancesOf(const std::string& service) const {
+  static const std::vector<std::string> kNone;
+  auto it = instances_of_.find(service);
+  return it == instances_of_.end() ? kNone : it->second;
+}
+
+Result<Agent::Route> Agent::FindRoute(const std::string& instance_id) {
+  MutexLock l(&mu_);
+  auto it = routes_.find(instance_id);
+  if (it == routes_.end()) return NotFoundError(fmt::format("no instance '{}'", instance_id));
+  return it->second;
+}
+
+Status Agent::RunOnSlot(const std::string& instance_id,
+                        const std::function<Status(WorkerThread*, Slot*)>& fn) {
+  TERN_ASSIGN_OR_RETURN(Route route, FindRoute(instance_id));
+  WorkerThread* wt = workers_[route.worker].get();
+  return wt->RunAndWait([&]() -> Status {
+    auto it = wt->slots().find(instance_id);
+    if (it == wt->slots().end()) return NotFoundError("instance " + instance_id + " was stopped");
+    return fn(wt, it->second.get());
+  });
 }
 
 Status Agent::StopInstanceOn(int worker, const std::string& id) {
@@ -500,8 +537,8 @@ void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
     } else {
       // Least-queued instance of the service (instances per service are few).
       uint64_t best = UINT64_MAX;
-      for (const auto& [rid, r] : routes_) {
-        if (r.service != sit->second) continue;
+      for (const std::string& rid : InstancesOf(req.service)) {
+        const Route& r = routes_.at(rid);
         uint64_t q = r.queued->load(std::memory_order_relaxed);
         if (q < best) {
           best = q;
@@ -692,8 +729,8 @@ Result<InvokeResult> Agent::InvokeInline(const InvokeRequest& req) {
       }
     } else {
       // Prefer an instance that lives on this very worker.
-      for (const auto& [rid, r] : routes_) {
-        if (r.service->manifest.name != req.service) continue;
+      for (const std::string& rid : InstancesOf(req.service)) {
+        const Route& r = routes_.at(rid);
         if (w < 0 || workers_[r.worker].get() == current_worker) {
           id = rid;
           w = r.worker;
@@ -710,14 +747,8 @@ Result<InvokeResult> Agent::InvokeInline(const InvokeRequest& req) {
 }
 
 Status Agent::RunOnWorkerOf(const std::string& instance_id, const std::function<void()>& fn) {
-  int w;
-  {
-    MutexLock l(&mu_);
-    auto it = routes_.find(instance_id);
-    if (it == routes_.end()) return NotFoundError(fmt::format("no instance '{}'", instance_id));
-    w = it->second.worker;
-  }
-  return workers_[w]->RunAndWait([&] {
+  TERN_ASSIGN_OR_RETURN(Route route, FindRoute(instance_id));
+  return workers_[route.worker]->RunAndWait([&] {
     fn();
     return Status::Ok();
   });
@@ -740,33 +771,16 @@ InvokeResult Agent::InvokeSync(InvokeRequest request) {
 }
 
 Result<wasm::Snapshot> Agent::Snapshot(const std::string& instance_id) {
-  int w;
-  {
-    MutexLock l(&mu_);
-    auto it = routes_.find(instance_id);
-    if (it == routes_.end()) return NotFoundError(fmt::format("no instance '{}'", instance_id));
-    w = it->second.worker;
-  }
-  WorkerThread* wt = workers_[w].get();
   wasm::Snapshot snap;
-  TERN_RETURN_IF_ERROR(wt->RunAndWait([&]() -> Status {
-    auto it = wt->slots().find(instance_id);
-    if (it == wt->slots().end()) return NotFoundError("instance " + instance_id + " was stopped");
-    return it->second->inst->SnapshotInto(&snap);
+  TERN_RETURN_IF_ERROR(RunOnSlot(instance_id, [&](WorkerThread*, Slot* slot) {
+    return slot->inst->SnapshotInto(&snap);
   }));
   return snap;
 }
 
 Status Agent::Restore(const std::string& instance_id, const wasm::Snapshot& snap) {
-  int w;
-  std::shared_ptr<const Service> svc;
-  {
-    MutexLock l(&mu_);
-    auto it = routes_.find(instance_id);
-    if (it == routes_.end()) return NotFoundError(fmt::format("no instance '{}'", instance_id));
-    w = it->second.worker;
-    svc = it->second.service;
-  }
+  TERN_ASSIGN_OR_RETURN(Route route, FindRoute(instance_id));
+  const std::shared_ptr<const Service>& svc = route.service;
   if (snap.module_hash != svc->module->hash()) {
     return FailedPreconditionError(fmt::format(
         "snapshot was taken from module {} but instance {} runs module {} (service '{}' "
@@ -779,13 +793,9 @@ Status Agent::Restore(const std::string& instance_id, const wasm::Snapshot& snap
         fmt::format("snapshot has {} pages, more than the {} page memory cap of service '{}'",
                     snap.pages(), svc->limits.max_memory_pages, svc->manifest.name));
   }
-  WorkerThread* wt = workers_[w].get();
-  return wt->RunAndWait([&]() -> Status {
-    auto it = wt->slots().find(instance_id);
-    if (it == wt->slots().end()) return NotFoundError("instance " + instance_id + " was stopped");
-    Slot& slot = *it->second;
-    TERN_RETURN_IF_ERROR(RestoreSlot(wt, &slot, snap));
-    slot.good = snap;
+  return RunOnSlot(instance_id, [&](WorkerThread* wt, Slot* slot) -> Status {
+    TERN_RETURN_IF_ERROR(RestoreSlot(wt, slot, snap));
+    slot->good = snap;
     return Status::Ok();
   });
 }
@@ -802,9 +812,7 @@ AgentStatus Agent::GetStatus() {
       ss.manifest = svc->manifest;
       ss.module_hash = svc->module->hash();
       ss.module_bytes = svc->module_size;
-      for (const auto& [id, r] : routes_) {
-        if (r.service == svc) ss.instances.push_back(id);
-      }
+      ss.instances = InstancesOf(name);
       st.services.push_back(std::move(ss));
     }
   }
@@ -838,18 +846,8 @@ AgentStatus Agent::GetStatus() {
 
 Status Agent::RunOnInstanceForTest(const std::string& instance_id,
                                    const std::function<void(wasm::Instance*)>& fn) {
-  int w;
-  {
-    MutexLock l(&mu_);
-    auto it = routes_.find(instance_id);
-    if (it == routes_.end()) return NotFoundError(instance_id);
-    w = it->second.worker;
-  }
-  WorkerThread* wt = workers_[w].get();
-  return wt->RunAndWait([&]() -> Status {
-    auto it = wt->slots().find(instance_id);
-    if (it == wt->slots().end()) return NotFoundError(instance_id);
-    fn(it->second->inst.get());
+  return RunOnSlot(instance_id, [&](WorkerThread*, Slot* slot) {
+    fn(slot->inst.get());
     return Status::Ok();
   });
 }

@@ -153,6 +153,16 @@ class Agent {
   Status LoadFromDataDir();
   Result<std::string> StartInstanceLocked(std::shared_ptr<const Service> svc) EXCLUDES(mu_);
   Status StopInstanceOn(int worker, const std::string& id);
+  void AddRoute(const std::string& id, Route route) REQUIRES(mu_);
+  void EraseRoute(const std::string& id) REQUIRES(mu_);
+  // The running instances of `service` (empty if none).
+  const std::vector<std::string>& InstancesOf(const std::string& service) const REQUIRES(mu_);
+  // The route of an instance; kNotFound if there is none.
+  Result<Route> FindRoute(const std::string& instance_id) EXCLUDES(mu_);
+  // Runs `fn` with the instance's slot on its worker thread and waits; kNotFound if the
+  // instance does not exist or was stopped meanwhile.
+  Status RunOnSlot(const std::string& instance_id,
+                   const std::function<Status(WorkerThread*, Slot*)>& fn) EXCLUDES(mu_);
   // Puts `snap` into the slot's instance (in place, or into a fresh instance when the
   // memory has grown past the snapshot). Worker thread.
   Status RestoreSlot(WorkerThread* wt, Slot* slot, const wasm::Snapshot& snap);
@@ -171,6 +181,9 @@ class Agent {
   Mutex mu_;
   std::map<std::string, std::shared_ptr<const Service>> services_ GUARDED_BY(mu_);
   std::map</*instance id*/ std::string, Route> routes_ GUARDED_BY(mu_);
+  // The same routes indexed by service, so that routing a request looks only at the
+  // instances of its service. Kept in step with routes_ by AddRoute/EraseRoute.
+  std::map</*service*/ std::string, std::vector<std::string>> instances_of_ GUARDED_BY(mu_);
   std::map</*service*/ std::string, uint64_t> next_instance_ GUARDED_BY(mu_);
   int next_worker_ GUARDED_BY(mu_) = 0;
 };
