@@ -5,7 +5,7 @@
 #include <cstdlib>
 #include <memory>
 
-#include "core/file.h"
+#include "testing/test_env.h"
 
 namespace tern::wasm::testing {
 namespace {
@@ -33,15 +33,7 @@ class EngineEnvironment : public ::testing::Environment {
 Engine* SharedEngine() { return EngineSlot().get(); }
 
 std::string LoadGuest(std::string_view name) {
-#ifndef TERN_DEFAULT_WASM_DIR
-#define TERN_DEFAULT_WASM_DIR "wasm"
-#endif
-  const char* dir = std::getenv("TERN_WASM_DIR");
-  std::string path =
-      std::string(dir != nullptr ? dir : TERN_DEFAULT_WASM_DIR) + "/" + std::string(name) + ".wasm";
-  Result<std::string> bytes = ReadFile(path);
-  EXPECT_TRUE(bytes.ok()) << bytes.status() << " (set TERN_WASM_DIR)";
-  return bytes.ok() ? *bytes : std::string();
+  return tern::testing::ReadWasm(std::string(name));
 }
 
 std::string U32s(std::initializer_list<uint32_t> values) {
