@@ -119,3 +119,26 @@ int64_t tern_clock_ns(int32_t clock) {
   clock_gettime(clock == TERN_CLOCK_REALTIME ? CLOCK_REALTIME : CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
+
+/* Calls to other services: a native build has no runtime to route them, so every call
+ * fails to start with TERN_UNIMPLEMENTED (a guest must handle a failed call anyway). */
+int32_t tern_call_start(const char* service, uint32_t service_len, const char* handler,
+                        uint32_t handler_len, const void* req, uint32_t req_len,
+                        uint32_t timeout_ms) {
+  (void)service, (void)service_len, (void)handler, (void)handler_len, (void)req,
+      (void)req_len, (void)timeout_ms;
+  return -TERN_UNIMPLEMENTED;
+}
+
+int32_t tern_call_wait(int32_t call, uint32_t* len) {
+  (void)call;
+  if (len != NULL) *len = 0;
+  return -TERN_NOT_FOUND;
+}
+
+uint32_t tern_call_read(int32_t call, void* dst, uint32_t len, uint32_t offset) {
+  (void)call, (void)dst, (void)len, (void)offset;
+  return 0;
+}
+
+void tern_call_close(int32_t call) { (void)call; }

@@ -7,11 +7,17 @@
 #include <deque>
 #include <thread>
 
+#include <algorithm>
+#include <optional>
+#include <unordered_map>
+
+#include "agent/channels.h"
 #include "core/clock.h"
 #include "core/cpu.h"
 #include "core/file.h"
 #include "core/ids.h"
 #include "core/logging.h"
+#include "transport/shm.h"
 #include "wasm/dirty_tracker.h"
 
 namespace tern::agent {
@@ -50,7 +56,7 @@ struct Agent::Slot {
 namespace {
 
 // HostCalls for one request.
-class RequestHost final : public wasm::HostCalls {
+class RequestHost : public wasm::HostCalls {
  public:
   RequestHost(std::string_view request, const std::string& instance_id)
       : request_(request), instance_id_(instance_id) {}
@@ -107,19 +113,60 @@ std::string JoinNames(const std::vector<std::string>& v) {
 }  // namespace
 
 // ---------------------------------------------------------------------------------
-// WorkerThread: a thread with its own wasm::Worker (isolate) and a task queue.
+// WorkerThread: a thread with its own wasm::Worker (isolate), a task queue, the
+// data-plane channels its guests call through, and the shared-memory connections it
+// serves. It sleeps on a Doorbell (an eventfd that other threads and processes ring).
 
 namespace {
 // The WorkerThread whose loop runs on this thread, if any.
 thread_local const void* current_worker = nullptr;
 }  // namespace
 
+// One outgoing call of a guest (tern_call_start .. tern_call_close).
+struct Agent::OutCall {
+  // Set once, by whoever completes the call; `done` is stored last (release).
+  std::atomic<bool> done{false};
+  StatusCode code = StatusCode::kOk;
+  std::string result;  // the reply, or the error message
+  // What to send (kept for a re-dispatch after kMoved).
+  std::string service, handler, payload, tenant;
+  int64_t deadline_ns = 0;
+  int attempts = 0;
+  std::vector<std::string> avoid;  // instances that answered kMoved
+  // Where it went (remote tiers): the channel key, the wire id and the instance.
+  std::string channel_key;
+  uint64_t wire_id = 0;
+  std::string instance;
+  dataplane::Tier tier = dataplane::Tier::kInProcess;
+
+  void Complete(StatusCode c, std::string r) {
+    code = c;
+    result = std::move(r);
+    done.store(true, std::memory_order_release);
+  }
+};
+
+// A shared-memory connection served by a worker (the server end).
+struct Agent::ServerConn {
+  std::unique_ptr<transport::ShmConnection> conn;
+  bool dead = false;
+};
+
 class Agent::WorkerThread {
  public:
-  WorkerThread(int index, wasm::Engine* engine) : index_(index), engine_(engine) {}
+  struct Task {
+    std::function<void()> fn;
+    // The instance the task runs a request on; "" for control tasks (start, stop,
+    // snapshot, ...), which never run while a guest on this thread waits in a call.
+    std::string instance;
+  };
+
+  WorkerThread(int index, wasm::Engine* engine, transport::Doorbell doorbell)
+      : index_(index), engine_(engine), doorbell_(std::move(doorbell)) {}
   ~WorkerThread() { Stop(); }
 
-  Status Start() {
+  Status Start(Agent* agent) {
+    agent_ = agent;
     Mutex start_mu;
     CondVar started;
     bool ready = false;
@@ -147,20 +194,23 @@ class Agent::WorkerThread {
       MutexLock l(&mu_);
       stopping_ = true;
       posted_.fetch_add(1, std::memory_order_release);
-      cv_.Signal();
     }
+    doorbell_.Ring();
     if (thread_.joinable()) thread_.join();
   }
 
   // Queues `task`; returns false if the worker is stopping (the task is dropped).
-  bool Post(std::function<void()> task) {
-    MutexLock l(&mu_);
-    if (stopping_) return false;
-    tasks_.push_back(std::move(task));
-    posted_.fetch_add(1, std::memory_order_release);
-    if (sleeping_) cv_.Signal();
+  bool Post(std::function<void()> fn, std::string instance = {}) {
+    {
+      MutexLock l(&mu_);
+      if (stopping_) return false;
+      tasks_.push_back(Task{std::move(fn), std::move(instance)});
+      posted_.fetch_add(1, std::memory_order_release);
+    }
+    if (current_worker != this) doorbell_.Ring();
     return true;
   }
+  void Wake() { doorbell_.Ring(); }
 
   // Runs `fn` on the worker thread and waits for its result.
   Status RunAndWait(const std::function<Status()>& fn) {
@@ -182,60 +232,665 @@ class Agent::WorkerThread {
   }
 
   int index() const { return index_; }
+  const transport::Doorbell& doorbell() const { return doorbell_; }
   // Worker-thread only.
   wasm::Worker* worker() { return worker_.get(); }
   std::map<std::string, std::unique_ptr<Slot>>& slots() { return slots_; }
 
+  // ---- worker-thread only: the call machinery
+
+  // Instances whose request is on this thread's stack (an outer request waiting in a
+  // call, and the request running now).
+  bool IsBusy(const std::string& id) const {
+    return std::find(busy_.begin(), busy_.end(), id) != busy_.end();
+  }
+  void PushBusy(const std::string& id) { busy_.push_back(id); }
+  void PopBusy() { busy_.pop_back(); }
+
+  // The outgoing channel for `key`, or null.
+  OutChannel* FindChannel(const std::string& key) {
+    auto it = channels_.find(key);
+    return it == channels_.end() ? nullptr : it->second.get();
+  }
+  void AddChannel(const std::string& key, std::unique_ptr<OutChannel> ch) {
+    channels_[key] = std::move(ch);
+  }
+  uint64_t NextWireId() { return (uint64_t{static_cast<uint32_t>(index_)} << 48) | ++wire_ids_; }
+  void AddInflight(std::shared_ptr<OutCall> call) {
+    ++outstanding_[call->instance];
+    inflight_[call->wire_id] = std::move(call);
+  }
+  // Forgets an unfinished remote call (abandoned, or past its deadline): a late answer
+  // is dropped.
+  void Forget(OutCall* call) {
+    auto it = inflight_.find(call->wire_id);
+    if (it != inflight_.end() && it->second.get() == call) {
+      DropOutstanding(call->instance);
+      inflight_.erase(it);
+    }
+  }
+  uint64_t Outstanding(const std::string& instance) const {
+    auto it = outstanding_.find(instance);
+    return it == outstanding_.end() ? 0 : it->second;
+  }
+
+  void AdoptServerConn(std::unique_ptr<transport::ShmConnection> conn) {
+    auto sc = std::make_shared<ServerConn>();
+    sc->conn = std::move(conn);
+    server_conns_.push_back(std::move(sc));
+  }
+
+  // Waits for `call` on this thread (inside a guest's tern_call_wait). Meanwhile the
+  // worker keeps going: it polls its channels and serves requests for instances that
+  // are not waiting themselves, so that a call that comes back to this worker (A on
+  // worker 0 calls B on worker 1, which calls C on worker 0) cannot deadlock.
+  void WaitCall(OutCall* call) {
+    int64_t spin_until = MonoNanos() + kSpinNanos;
+    while (!call->done.load(std::memory_order_acquire)) {
+      bool progress = Step(/*nested=*/true);
+      if (call->done.load(std::memory_order_acquire)) break;
+      int64_t now = MonoNanos();
+      if (call->deadline_ns != 0 && now >= call->deadline_ns) {
+        Forget(call);
+        call->Complete(StatusCode::kDeadlineExceeded,
+                       fmt::format("call to {}.{} got no answer within its deadline{}",
+                                   call->service, call->handler,
+                                   call->instance.empty() ? "" : " (instance " + call->instance + ")"));
+        break;
+      }
+      if (progress) {
+        spin_until = now + kSpinNanos;
+        continue;
+      }
+      if (now < spin_until) {
+        CpuRelax();
+        continue;
+      }
+      Sleep(call->deadline_ns, /*nested=*/true, [call] {
+        return call->done.load(std::memory_order_acquire);
+      });
+    }
+  }
+
  private:
   void Loop() {
     current_worker = this;
-    std::deque<std::function<void()>> batch;
+    int64_t spin_until = 0;
     for (;;) {
-      // Spin briefly before sleeping: a blocking wake-up across vCPUs costs ~35 µs
-      // here (../shared/notes/machine.md), a spinning worker picks a task up in < 1 µs.
-      const uint64_t seen = posted_.load(std::memory_order_acquire);
-      if (taken_ == seen) {
-        const int64_t until = MonoNanos() + kSpinNanos;
-        while (posted_.load(std::memory_order_acquire) == seen && MonoNanos() < until) {
-          CpuRelax();
-        }
-      }
+      bool progress = Step(/*nested=*/false);
       {
         MutexLock l(&mu_);
-        while (tasks_.empty() && !stopping_) {
-          sleeping_ = true;
-          cv_.Wait(&mu_);
-          sleeping_ = false;
-        }
-        taken_ = posted_.load(std::memory_order_relaxed);
-        if (tasks_.empty() && stopping_) break;
-        batch.swap(tasks_);
+        if (stopping_ && tasks_.empty() && deferred_.empty()) break;
       }
-      while (!batch.empty()) {
-        batch.front()();
-        batch.pop_front();
+      int64_t now = MonoNanos();
+      if (progress) {
+        spin_until = now + kSpinNanos;
+        continue;
       }
+      // Spin briefly before sleeping: a blocking wake-up across vCPUs costs ~35 µs
+      // here (../shared/notes/machine.md), a spinning worker picks work up in < 1 µs.
+      if (now < spin_until) {
+        CpuRelax();
+        continue;
+      }
+      Sleep(0, /*nested=*/false, [] { return false; });
     }
+    // Calls still in flight can no longer be answered.
+    for (auto& [id, call] : inflight_) {
+      call->Complete(StatusCode::kUnavailable, "agent is shutting down");
+    }
+    inflight_.clear();
+    channels_.clear();
+    server_conns_.clear();
     slots_.clear();  // instances die with their isolate, on this thread
     worker_.reset();
   }
 
+  // One round of work: tasks, channel replies, shared-memory requests. Returns true if
+  // anything happened. `nested`: a guest on this thread waits in a call, so control
+  // tasks and requests for instances on the stack are deferred until it returns.
+  bool Step(bool nested) {
+    bool progress = false;
+    if (!nested && !deferred_.empty()) {
+      std::deque<Task> d;
+      d.swap(deferred_);
+      for (Task& t : d) t.fn();
+      progress = true;
+    }
+    if (posted_.load(std::memory_order_acquire) != taken_) {
+      std::deque<Task> batch;
+      {
+        MutexLock l(&mu_);
+        taken_ = posted_.load(std::memory_order_relaxed);
+        batch.swap(tasks_);
+      }
+      for (Task& t : batch) {
+        if (nested && (t.instance.empty() || IsBusy(t.instance))) {
+          deferred_.push_back(std::move(t));
+        } else {
+          t.fn();
+        }
+      }
+      progress = progress || !batch.empty();
+    }
+    if (!inflight_.empty() || !channels_.empty()) progress |= PollChannels();
+    if (!server_conns_.empty()) progress |= PollServerConns();
+    return progress;
+  }
+
+  bool PollChannels() {
+    bool progress = false;
+    const int64_t now = MonoNanos();
+    std::vector<transport::Frame> frames;
+    for (auto it = channels_.begin(); it != channels_.end();) {
+      frames.clear();
+      Status st = it->second->Poll(now, &frames);
+      for (transport::Frame& f : frames) {
+        progress = true;
+        OnReply(std::move(f));
+      }
+      if (!st.ok()) {
+        // Every call in flight on this channel has failed.
+        FailChannelCalls(it->first, st);
+        it = channels_.erase(it);
+        progress = true;
+      } else {
+        ++it;
+      }
+    }
+    return progress;
+  }
+
+  void FailChannelCalls(const std::string& key, const Status& why) {
+    for (auto it = inflight_.begin(); it != inflight_.end();) {
+      if (it->second->channel_key == key) {
+        DropOutstanding(it->second->instance);
+        it->second->Complete(
+            why.code() == StatusCode::kResourceExhausted ? why.code() : StatusCode::kUnavailable,
+            fmt::format("call to {}.{} failed: {}", it->second->service, it->second->handler,
+                        why.message()));
+        it = inflight_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  void OnReply(transport::Frame f) {
+    auto it = inflight_.find(f.request_id);
+    if (it == inflight_.end()) return;  // abandoned or expired: dropped
+    std::shared_ptr<OutCall> call = std::move(it->second);
+    inflight_.erase(it);
+    DropOutstanding(call->instance);
+    switch (f.type) {
+      case transport::FrameType::kReply:
+        call->Complete(StatusCode::kOk, std::move(f.payload));
+        break;
+      case transport::FrameType::kMoved:
+        // The instance is not where our table said: re-select (once per instance).
+        call->avoid.push_back(call->instance);
+        agent_->Redispatch(this, std::move(call));
+        break;
+      default: {
+        Status s = transport::ErrorFrameStatus(f);
+        call->Complete(s.ok() ? StatusCode::kInternal : s.code(), std::string(s.message()));
+      }
+    }
+  }
+
+  bool PollServerConns() {
+    bool progress = false;
+    std::vector<transport::Frame> frames;
+    for (auto it = server_conns_.begin(); it != server_conns_.end();) {
+      ServerConn& sc = **it;
+      frames.clear();
+      Result<size_t> n = sc.conn->Poll(&frames);
+      for (transport::Frame& f : frames) {
+        progress = true;
+        agent_->ServeShmFrame(this, *it, std::move(f));
+      }
+      if (!n.ok() || !sc.conn->PeerAlive()) {
+        if (!n.ok() && n.status().code() != StatusCode::kUnavailable) {
+          TERN_LOG(WARN) << "closing a shared-memory connection: " << n.status();
+        }
+        sc.dead = true;
+        sc.conn->Close();
+        it = server_conns_.erase(it);
+        progress = true;
+      } else {
+        ++it;
+      }
+    }
+    return progress;
+  }
+
+  // Sleeps on the doorbell (and the fds of channels with calls in flight) until rung,
+  // a channel fd is ready, `deadline_ns` (0 = none) or a periodic liveness check.
+  template <typename Done>
+  void Sleep(int64_t deadline_ns, bool nested, Done done) {
+    doorbell_.PrepareSleep();
+    // Re-check after announcing the sleep: work posted before that is seen here,
+    // work posted after it rings the doorbell.
+    if (Step(nested) || done()) {
+      doorbell_.CancelSleep();
+      return;
+    }
+    {
+      MutexLock l(&mu_);
+      if (stopping_ && !nested) {
+        doorbell_.CancelSleep();
+        return;
+      }
+    }
+    int64_t now = MonoNanos();
+    // Shared-memory peers are checked for liveness at least every 10 ms.
+    int64_t timeout = (!server_conns_.empty() || !inflight_.empty()) ? 10'000'000 : 1'000'000'000;
+    if (deadline_ns != 0) timeout = std::min(timeout, std::max<int64_t>(0, deadline_ns - now));
+    fds_.clear();
+    for (auto& [key, ch] : channels_) {
+      int64_t due = ch->next_due_ns();
+      if (due != 0) timeout = std::min(timeout, std::max<int64_t>(0, due - now));
+      if (ch->wait_fd() >= 0) fds_.push_back(ch->wait_fd());
+    }
+    for (auto& sc : server_conns_) fds_.push_back(sc->conn->socket_fd());
+    Status st = doorbell_.Sleep(timeout, fds_);
+    if (!st.ok()) TERN_LOG(WARN) << "worker " << index_ << ": sleep failed: " << st;
+  }
+
+  void DropOutstanding(const std::string& instance) {
+    auto it = outstanding_.find(instance);
+    if (it != outstanding_.end() && --it->second == 0) outstanding_.erase(it);
+  }
+
   const int index_;
   wasm::Engine* const engine_;
+  Agent* agent_ = nullptr;
+  transport::Doorbell doorbell_;
   std::thread thread_;
   std::unique_ptr<wasm::Worker> worker_;
   std::map<std::string, std::unique_ptr<Slot>> slots_;  // worker thread only
+
+  // Worker thread only.
+  std::vector<std::string> busy_;
+  std::deque<Task> deferred_;
+  std::map<std::string, std::unique_ptr<OutChannel>> channels_;
+  std::unordered_map<uint64_t, std::shared_ptr<OutCall>> inflight_;
+  std::unordered_map<std::string, uint64_t> outstanding_;
+  std::vector<std::shared_ptr<ServerConn>> server_conns_;
+  std::vector<int> fds_;
+  uint64_t wire_ids_ = 0;
 
   static constexpr int64_t kSpinNanos = 20'000;
   std::atomic<uint64_t> posted_{0};  // tasks ever posted
   uint64_t taken_ = 0;               // worker thread only: posted_ when it last took tasks
 
   Mutex mu_;
-  CondVar cv_;
-  std::deque<std::function<void()>> tasks_ GUARDED_BY(mu_);
+  std::deque<Task> tasks_ GUARDED_BY(mu_);
   bool stopping_ GUARDED_BY(mu_) = false;
-  bool sleeping_ GUARDED_BY(mu_) = false;
 };
+
+// ---------------------------------------------------------------------------------
+// The host of one request, with calls to other services (tern_call_*).
+
+class Agent::CallingHost final : public RequestHost {
+ public:
+  CallingHost(Agent* agent, WorkerThread* wt, const InvokeRequest& req,
+              const std::string& instance_id)
+      : RequestHost(req.payload, instance_id), agent_(agent), wt_(wt), req_(req) {}
+  ~CallingHost() override {
+    for (auto& c : calls_) {
+      if (c != nullptr && !c->done.load(std::memory_order_acquire)) wt_->Forget(c.get());
+    }
+  }
+
+  int32_t CallStart(std::string_view service, std::string_view handler, std::string_view request,
+                    uint32_t timeout_ms) override {
+    if (!IsValidName(std::string(service)) || handler.empty()) {
+      return -static_cast<int32_t>(StatusCode::kInvalidArgument);
+    }
+    size_t slot = 0;
+    while (slot < calls_.size() && calls_[slot] != nullptr) ++slot;
+    if (slot == calls_.size()) {
+      if (calls_.size() >= kMaxOpenCalls) return -static_cast<int32_t>(StatusCode::kResourceExhausted);
+      calls_.emplace_back();
+    }
+    auto call = std::make_shared<OutCall>();
+    call->service.assign(service);
+    call->handler.assign(handler);
+    call->payload.assign(request);
+    int64_t deadline = req_.deadline_ns;
+    const int64_t now = MonoNanos();
+    int64_t own = timeout_ms > 0 ? now + int64_t{timeout_ms} * 1'000'000
+                                 : (deadline == 0 ? now + agent_->options_.call_timeout_ns : 0);
+    if (own != 0 && (deadline == 0 || own < deadline)) deadline = own;
+    call->deadline_ns = deadline;
+    call->tenant = req_.tenant;
+    calls_[slot] = call;
+    agent_->Dispatch(wt_, std::move(call));
+    return static_cast<int32_t>(slot + 1);
+  }
+
+  int32_t CallWait(int32_t handle, uint32_t* len) override {
+    OutCall* c = Get(handle);
+    *len = 0;
+    if (c == nullptr) return -static_cast<int32_t>(StatusCode::kNotFound);
+    if (!c->done.load(std::memory_order_acquire)) wt_->WaitCall(c);
+    *len = static_cast<uint32_t>(c->result.size());
+    return static_cast<int32_t>(c->code);
+  }
+
+  std::string_view CallResult(int32_t handle) override {
+    OutCall* c = Get(handle);
+    if (c == nullptr || !c->done.load(std::memory_order_acquire)) return {};
+    return c->result;
+  }
+
+  void CallClose(int32_t handle) override {
+    OutCall* c = Get(handle);
+    if (c == nullptr) return;
+    if (!c->done.load(std::memory_order_acquire)) wt_->Forget(c);
+    calls_[static_cast<size_t>(handle - 1)].reset();
+  }
+
+ private:
+  static constexpr size_t kMaxOpenCalls = 64;  // TERN_MAX_OPEN_CALLS
+
+  OutCall* Get(int32_t handle) {
+    if (handle <= 0 || static_cast<size_t>(handle) > calls_.size()) return nullptr;
+    return calls_[static_cast<size_t>(handle - 1)].get();
+  }
+
+  Agent* const agent_;
+  WorkerThread* const wt_;
+  const InvokeRequest& req_;
+  std::vector<std::shared_ptr<OutCall>> calls_;
+};
+
+namespace {
+std::string ChannelKey(dataplane::Tier tier, const dataplane::InstanceLocation& loc) {
+  return fmt::format("{}:{}", dataplane::TierName(tier), loc.agent);
+}
+}  // namespace
+
+void Agent::Dispatch(WorkerThread* wt, std::shared_ptr<OutCall> call) {
+  ++call->attempts;
+  struct Candidate {
+    dataplane::InstanceLocation loc;
+    dataplane::Tier tier;
+    int worker = -1;  // local instances
+    std::shared_ptr<std::atomic<uint64_t>> queued;
+  };
+  std::vector<Candidate> cands;
+  std::string why_none;
+  const dataplane::Self self{options_.device, options_.host};
+  bool local_service = false;
+  {
+    MutexLock l(&mu_);
+    auto sit = services_.find(call->service);
+    if (sit != services_.end()) {
+      local_service = true;
+      if (!sit->second->manifest.HasHandler(call->handler)) {
+        call->Complete(StatusCode::kNotFound,
+                       fmt::format("service '{}' has no handler '{}' (handlers: {})",
+                                   call->service, call->handler,
+                                   JoinNames(sit->second->manifest.handlers)));
+        return;
+      }
+    }
+    for (const std::string& id : InstancesOf(call->service)) {
+      const Route& r = routes_.at(id);
+      if (r.worker == wt->index() && wt->IsBusy(id)) {
+        why_none = fmt::format(
+            "instance {} is busy with a request that is waiting on this call (a call cycle)", id);
+        continue;
+      }
+      dataplane::InstanceLocation loc;
+      loc.instance = id;
+      loc.service = call->service;
+      loc.agent = options_.device;
+      loc.host = options_.host;
+      loc.tcp = options_.tcp_address;
+      loc.shm = options_.shm_path;
+      Result<dataplane::Tier> tier = dataplane::SelectTier(self, loc, options_.tier_policy);
+      if (!tier.ok()) {
+        why_none = std::string(tier.status().message());
+        continue;
+      }
+      cands.push_back(Candidate{std::move(loc), *tier, r.worker, r.queued});
+    }
+  }
+  for (dataplane::InstanceLocation& loc : locations_.Lookup(call->service)) {
+    if (loc.agent == options_.device) continue;  // our own instances are routed above
+    if (std::find(call->avoid.begin(), call->avoid.end(), loc.instance) != call->avoid.end()) {
+      continue;
+    }
+    Result<dataplane::Tier> tier = dataplane::SelectTier(self, loc, options_.tier_policy);
+    if (!tier.ok()) {
+      why_none = std::string(tier.status().message());
+      continue;
+    }
+    cands.push_back(Candidate{std::move(loc), *tier, -1, nullptr});
+  }
+  if (cands.empty()) {
+    if (!why_none.empty()) {
+      call->Complete(StatusCode::kUnavailable,
+                     fmt::format("no instance of '{}' can take the call: {}", call->service,
+                                 why_none));
+    } else if (local_service || !call->avoid.empty()) {
+      call->Complete(StatusCode::kUnavailable,
+                     fmt::format("service '{}' has no running instance that can be reached",
+                                 call->service));
+    } else {
+      call->Complete(StatusCode::kNotFound,
+                     fmt::format("no service '{}' is known to agent {} (not deployed here, and "
+                                 "no location for it in the location table)",
+                                 call->service, options_.device));
+    }
+    return;
+  }
+  std::optional<size_t> pick = dataplane::PickP2C(
+      cands.size(),
+      [&](size_t i) -> uint64_t {
+        const Candidate& c = cands[i];
+        uint64_t n = wt->Outstanding(c.loc.instance);
+        if (c.queued != nullptr) n += c.queued->load(std::memory_order_relaxed);
+        return n;
+      },
+      [&](size_t i) { return cands[i].tier; }, &wt_rng_state());
+  Candidate& c = cands[*pick];
+  call->instance = c.loc.instance;
+  call->tier = c.tier;
+  call_counts_[static_cast<int>(c.tier)].fetch_add(1, std::memory_order_relaxed);
+
+  if (c.tier == dataplane::Tier::kInProcess) {
+    InvokeRequest req;
+    req.service = call->service;
+    req.handler = call->handler;
+    req.payload = call->payload;
+    req.instance = c.loc.instance;
+    req.deadline_ns = call->deadline_ns;
+    if (c.worker == wt->index()) {
+      // Same worker: run it right here (the caller waits anyway).
+      InvokeResult r = Execute(wt, c.loc.instance, req);
+      if (r.status.ok()) {
+        call->Complete(StatusCode::kOk, std::move(r.reply));
+      } else {
+        call->Complete(r.status.code(), std::string(r.status.message()));
+      }
+      return;
+    }
+    Invoke(std::move(req), [call, wt](InvokeResult r) {
+      if (r.status.ok()) {
+        call->Complete(StatusCode::kOk, std::move(r.reply));
+      } else {
+        call->Complete(r.status.code(), std::string(r.status.message()));
+      }
+      wt->Wake();
+    });
+    return;
+  }
+
+  // Shared memory or TCP: through this worker's channel to that agent.
+  const std::string key = ChannelKey(c.tier, c.loc);
+  OutChannel* ch = wt->FindChannel(key);
+  if (ch == nullptr) {
+    Result<std::unique_ptr<OutChannel>> made = OpenChannel(wt, c.tier, c.loc);
+    if (!made.ok()) {
+      call->Complete(made.status().code(), fmt::format("call to {}.{}: {}", call->service,
+                                                       call->handler, made.status().message()));
+      return;
+    }
+    ch = made->get();
+    wt->AddChannel(key, std::move(*made));
+  }
+  if (c.tier == dataplane::Tier::kTcp && links_.size() > 0) {
+    ch->SetLink(links_.Find(options_.host, c.loc.host).value_or(dataplane::LinkSpec{}));
+  }
+  transport::Frame f;
+  f.type = transport::FrameType::kInvoke;
+  f.request_id = wt->NextWireId();
+  f.epoch = c.loc.epoch;
+  const int64_t now = MonoNanos();
+  if (call->deadline_ns != 0) {
+    int64_t left_us = (call->deadline_ns - now) / 1000;
+    f.budget_us = static_cast<uint32_t>(std::clamp<int64_t>(left_us, 1, UINT32_MAX));
+  }
+  f.tenant = call->tenant;
+  f.service = call->service;
+  f.handler = call->handler;
+  f.payload = call->payload;
+  Status st = ch->Send(f);
+  if (!st.ok()) {
+    call->Complete(st.code(), fmt::format("call to {}.{} via {}: {}", call->service,
+                                          call->handler, key, st.message()));
+    return;
+  }
+  call->channel_key = key;
+  call->wire_id = f.request_id;
+  wt->AddInflight(std::move(call));
+}
+
+void Agent::Redispatch(WorkerThread* wt, std::shared_ptr<OutCall> call) {
+  if (call->attempts >= 3) {
+    call->Complete(StatusCode::kUnavailable,
+                   fmt::format("call to {}.{}: instance moved {} times while calling; giving up",
+                               call->service, call->handler, call->attempts));
+    return;
+  }
+  moved_.fetch_add(1, std::memory_order_relaxed);
+  call->channel_key.clear();
+  call->wire_id = 0;
+  Dispatch(wt, std::move(call));
+}
+
+Result<std::unique_ptr<OutChannel>> Agent::OpenChannel(WorkerThread* wt, dataplane::Tier tier,
+                                                       const dataplane::InstanceLocation& loc) {
+  if (tier == dataplane::Tier::kSharedMemory) {
+    Result<std::unique_ptr<transport::ShmConnection>> conn =
+        transport::ShmConnect(loc.shm, wt->doorbell(), loc.instance);
+    if (!conn.ok()) {
+      return UnavailableError(fmt::format("cannot reach agent {} over shared memory at {}: {}",
+                                          loc.agent, loc.shm, conn.status().message()));
+    }
+    return MakeShmChannel(std::move(*conn));
+  }
+  TcpChannelOptions opt;
+  if (std::optional<dataplane::LinkSpec> link = links_.Find(options_.host, loc.host)) {
+    opt.link = *link;
+  }
+  return ConnectTcpChannel(loc.tcp, opt, 1'000'000'000);
+}
+
+uint64_t& Agent::wt_rng_state() {
+  thread_local uint64_t state = 0x9E3779B97F4A7C15ull ^ reinterpret_cast<uintptr_t>(&state);
+  return state;
+}
+
+// A request that arrived on a shared-memory connection owned by `wt`.
+void Agent::ServeShmFrame(WorkerThread* wt, const std::shared_ptr<ServerConn>& sc,
+                          transport::Frame f) {
+  using transport::Frame;
+  using transport::FrameType;
+  if (f.type == FrameType::kPing) {
+    Frame pong;
+    pong.type = FrameType::kPong;
+    pong.request_id = f.request_id;
+    (void)sc->conn->Send(pong);
+    return;
+  }
+  if (f.type != FrameType::kInvoke) {
+    (void)sc->conn->Send(transport::MakeErrorFrame(
+        f.request_id, InvalidArgumentError(fmt::format("unexpected {} frame",
+                                                       transport::FrameTypeName(f.type)))));
+    return;
+  }
+  const uint64_t id = f.request_id;
+  if (f.epoch != 0 && !HasService(f.service)) {
+    Frame moved;
+    moved.type = FrameType::kMoved;
+    moved.request_id = id;
+    (void)sc->conn->Send(moved);
+    return;
+  }
+  InvokeRequest req;
+  req.service = std::move(f.service);
+  req.handler = std::move(f.handler);
+  req.payload = std::move(f.payload);
+  req.tenant = std::move(f.tenant);
+  req.request_id = id;
+  if (f.budget_us != 0) req.deadline_ns = MonoNanos() + int64_t{f.budget_us} * 1000;
+  // The reply goes out on the connection's owner thread (connections are single-threaded).
+  Invoke(std::move(req), [wt, sc, id](InvokeResult r) {
+    Frame out;
+    if (r.status.ok()) {
+      out.type = FrameType::kReply;
+      out.request_id = id;
+      out.payload = std::move(r.reply);
+    } else {
+      out = transport::MakeErrorFrame(id, r.status);
+    }
+    auto send = [sc, out = std::move(out)] {
+      if (sc->dead) return;
+      Status st = sc->conn->Send(out);
+      if (!st.ok()) TERN_LOG(WARN) << "shared-memory reply dropped: " << st;
+    };
+    if (current_worker == wt) {
+      send();
+    } else {
+      wt->Post(std::move(send), /*instance=*/"~reply");
+    }
+  });
+}
+
+bool Agent::HasService(const std::string& service) {
+  MutexLock l(&mu_);
+  return services_.count(service) > 0;
+}
+
+Status Agent::AdoptShmConnection(std::unique_ptr<transport::ShmConnection> conn,
+                                 const transport::Doorbell* doorbell) {
+  WorkerThread* wt = nullptr;
+  for (auto& w : workers_) {
+    if (&w->doorbell() == doorbell) wt = w.get();
+  }
+  if (wt == nullptr) return InvalidArgumentError("no worker has that doorbell");
+  auto holder = std::make_shared<std::unique_ptr<transport::ShmConnection>>(std::move(conn));
+  if (!wt->Post([wt, holder] { wt->AdoptServerConn(std::move(*holder)); })) {
+    return UnavailableError("agent is shutting down");
+  }
+  return Status::Ok();
+}
+
+int Agent::WorkerForHint(std::string_view hint) {
+  MutexLock l(&mu_);
+  auto it = routes_.find(std::string(hint));
+  if (it != routes_.end()) return it->second.worker;
+  return static_cast<int>(next_conn_worker_++ % workers_.size());
+}
+
+const transport::Doorbell* Agent::DoorbellFor(std::string_view hint) {
+  return &workers_[WorkerForHint(hint)]->doorbell();
+}
 
 // ---------------------------------------------------------------------------------
 // Agent
@@ -256,9 +911,12 @@ Result<std::unique_ptr<Agent>> Agent::Create(const AgentOptions& options, wasm::
   }
   std::unique_ptr<Agent> agent(new Agent(options, engine));
   for (int i = 0; i < options.workers; ++i) {
-    auto w = std::make_unique<WorkerThread>(i, engine);
-    TERN_RETURN_IF_ERROR(w->Start().WithPrefix(fmt::format("starting worker {}", i)));
-    agent->workers_.push_back(std::move(w));
+    TERN_ASSIGN_OR_RETURN(transport::Doorbell bell, transport::Doorbell::Create());
+    agent->workers_.push_back(std::make_unique<WorkerThread>(i, engine, std::move(bell)));
+  }
+  for (int i = 0; i < options.workers; ++i) {
+    TERN_RETURN_IF_ERROR(
+        agent->workers_[i]->Start(agent.get()).WithPrefix(fmt::format("starting worker {}", i)));
   }
   if (!options.data_dir.empty()) {
     TERN_RETURN_IF_ERROR(MakeDirs(options.data_dir + "/services"));
@@ -572,7 +1230,7 @@ void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
     queued->fetch_sub(1, std::memory_order_relaxed);
     done(Execute(wt, id, req));
   };
-  if (!wt->Post(std::move(task))) {
+  if (!wt->Post(std::move(task), id)) {
     route.queued->fetch_sub(1, std::memory_order_relaxed);
     done(InvokeResult{UnavailableError("agent is shutting down"), {}, id, 0});
   }
@@ -595,8 +1253,10 @@ InvokeResult Agent::Execute(WorkerThread* wt, const std::string& id, const Invok
                         id,
                         0};
   }
-  RequestHost host(req.payload, slot.id);
+  CallingHost host(this, wt, req, slot.id);
+  wt->PushBusy(slot.id);
   Status s = slot.inst->Call(req.handler, &host);
+  wt->PopBusy();
   int64_t dt = MonoNanos() - t0;
   ++slot.requests;
   slot.exec_ns_total += dt;

@@ -23,18 +23,41 @@
 #include <vector>
 
 #include "core/manifest.h"
+#include "dataplane/link.h"
+#include "dataplane/location.h"
+#include "dataplane/picker.h"
 #include "core/mutex.h"
 #include "core/status.h"
 #include "wasm/engine.h"
 #include "wasm/snapshot.h"
 
+namespace tern::transport {
+class Doorbell;
+class ShmConnection;
+struct Frame;
+}  // namespace tern::transport
+
 namespace tern::agent {
+
+class OutChannel;
 
 struct AgentOptions {
   std::string device = "dev0";           // this agent's device name
   std::string data_dir;                  // services and snapshots persist here; "" = nowhere
   int workers = 2;                       // worker threads, each with its own isolate
   size_t max_queue_per_instance = 1024;  // beyond: kResourceExhausted (back off)
+
+  // The data plane (calls between services).
+  std::string host = "local";  // the (emulated) host this agent runs on
+  // Where other agents reach this one; set by AgentServer once it listens. They go into
+  // the location entries of this agent's own instances.
+  std::string tcp_address;  // "ip:port" of the frame server
+  std::string shm_path;     // Unix socket of the shared-memory listener
+  // Which transport guests' calls take: auto (the fastest the locations allow) or a
+  // forced tier, for benchmarks and debugging.
+  dataplane::TierPolicy tier_policy = dataplane::TierPolicy::kAuto;
+  // Deadline of a call whose caller has none and gives no timeout.
+  int64_t call_timeout_ns = 30'000'000'000;
 };
 
 struct InvokeRequest {
@@ -43,6 +66,7 @@ struct InvokeRequest {
   std::string payload;
   std::string instance;  // a specific instance, or "" to let the agent choose
   uint64_t request_id = 0;
+  std::string tenant;
   // Monotonic deadline (MonoNanos()); 0 = none. A request still queued at its deadline
   // fails with kDeadlineExceeded without running: its caller has given up on it.
   int64_t deadline_ns = 0;
@@ -132,7 +156,30 @@ class Agent {
   Status Restore(const std::string& instance_id, const wasm::Snapshot& snap);
 
   AgentStatus GetStatus();
+  bool HasService(const std::string& service) EXCLUDES(mu_);
   const AgentOptions& options() const { return options_; }
+  // Set once, before the first call (AgentServer does, when it knows its addresses).
+  void SetAddresses(std::string tcp_address, std::string shm_path) {
+    options_.tcp_address = std::move(tcp_address);
+    options_.shm_path = std::move(shm_path);
+  }
+
+  // Where the instances of other agents run (fed by the CLI, a file or a controller).
+  dataplane::LocationTable& locations() { return locations_; }
+  // Emulated links between hosts (user-space delay on the TCP tier).
+  dataplane::LinkTable& links() { return links_; }
+  // Calls made by guests of this agent, per tier (index: dataplane::Tier), and how many
+  // were re-dispatched after a kMoved answer.
+  uint64_t calls_by_tier(dataplane::Tier t) const {
+    return call_counts_[static_cast<int>(t)].load(std::memory_order_relaxed);
+  }
+  uint64_t moved_calls() const { return moved_.load(std::memory_order_relaxed); }
+
+  // Shared-memory server side: which worker's doorbell a new connection gets (by the
+  // instance id the client names as its hint), and handing the connection to it.
+  const transport::Doorbell* DoorbellFor(std::string_view hint);
+  Status AdoptShmConnection(std::unique_ptr<transport::ShmConnection> conn,
+                            const transport::Doorbell* doorbell);
 
   // Test hook: runs `fn` on the worker that owns `instance_id`, with its engine
   // instance, and waits.
@@ -143,6 +190,9 @@ class Agent {
   struct Service;
   struct Slot;
   class WorkerThread;
+  class CallingHost;
+  struct OutCall;
+  struct ServerConn;
   struct Route {
     int worker;
     std::shared_ptr<const Service> service;
@@ -174,7 +224,19 @@ class Agent {
   // Runs one request on instance `id`, on worker `wt`'s thread; rolls back on failure.
   InvokeResult Execute(WorkerThread* wt, const std::string& id, const InvokeRequest& req);
 
-  const AgentOptions options_;
+  // The call path (worker thread `wt`): picks an instance and a tier for `call` and
+  // sends it (or runs it, in-process); completes the call at once on errors.
+  void Dispatch(WorkerThread* wt, std::shared_ptr<OutCall> call);
+  // After a kMoved answer: picks again, avoiding the instance that moved.
+  void Redispatch(WorkerThread* wt, std::shared_ptr<OutCall> call);
+  Result<std::unique_ptr<OutChannel>> OpenChannel(WorkerThread* wt, dataplane::Tier tier,
+                                                  const dataplane::InstanceLocation& loc);
+  void ServeShmFrame(WorkerThread* wt, const std::shared_ptr<ServerConn>& sc,
+                     transport::Frame f);
+  int WorkerForHint(std::string_view hint) EXCLUDES(mu_);
+  static uint64_t& wt_rng_state();
+
+  AgentOptions options_;
   wasm::Engine* const engine_;
   std::vector<std::unique_ptr<WorkerThread>> workers_;
 
@@ -186,6 +248,12 @@ class Agent {
   std::map</*service*/ std::string, std::vector<std::string>> instances_of_ GUARDED_BY(mu_);
   std::map</*service*/ std::string, uint64_t> next_instance_ GUARDED_BY(mu_);
   int next_worker_ GUARDED_BY(mu_) = 0;
+  uint64_t next_conn_worker_ GUARDED_BY(mu_) = 0;
+
+  dataplane::LocationTable locations_;
+  dataplane::LinkTable links_;
+  std::atomic<uint64_t> call_counts_[4] = {};
+  std::atomic<uint64_t> moved_{0};
 };
 
 }  // namespace tern::agent

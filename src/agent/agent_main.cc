@@ -31,9 +31,22 @@ int RunAgentCommand(int argc, char** argv) {
         "worker threads (one V8 isolate each)");
   f.Add("log-level", "info", "debug, info, warn or error");
   f.Add("v8-flags", "", "extra V8 flags, for experiments (e.g. --no-liftoff)");
+  f.Add("host-id", "local",
+        "the (emulated) host this agent runs on: agents with the same host id call each "
+        "other over shared memory");
+  f.Add("shm-socket", "",
+        "Unix socket for shared-memory calls from agents on this host (default: "
+        "<data-dir>/shm.sock, else /tmp/tern-<device>.sock; 'none' disables)");
+  f.Add("call-transport", "auto",
+        "transport for calls between services: auto (the fastest the locations allow), "
+        "inproc, shm or tcp (forced, for benchmarks and debugging)");
+  f.Add("locations", "",
+        "YAML file with the location table (where other agents' instances run); see "
+        "docs/design/dataplane.md");
   f.Add("config", "",
         "YAML file with any of: device, host, port, admin_port, data_dir, "
-        "workers, log_level, v8_flags (flags given on the command line win)");
+        "workers, log_level, v8_flags, host_id, shm_socket, call_transport, locations "
+        "(flags given on the command line win)");
   Status ps = f.Parse(argc, argv, 2);
   if (!ps.ok()) {
     std::fprintf(stderr, "tern agent: %s\n\n%s", std::string(ps.message()).c_str(),
@@ -48,7 +61,8 @@ int RunAgentCommand(int argc, char** argv) {
   if (f.IsSet("config")) {
     Result<Config> c = Config::Load(
         f.Get("config"),
-        {"device", "host", "port", "admin_port", "data_dir", "workers", "log_level", "v8_flags"});
+        {"device", "host", "port", "admin_port", "data_dir", "workers", "log_level", "v8_flags",
+         "host_id", "shm_socket", "call_transport", "locations"});
     if (!c.ok()) {
       std::fprintf(stderr, "tern agent: %s\n", c.status().ToString().c_str());
       return 2;
@@ -104,6 +118,31 @@ int RunAgentCommand(int argc, char** argv) {
   ao.device = str("device");
   ao.data_dir = str("data-dir");
   ao.workers = static_cast<int>(*workers);
+  ao.host = str("host-id");
+  Result<dataplane::TierPolicy> policy = dataplane::ParseTierPolicy(str("call-transport"));
+  if (!policy.ok()) {
+    std::fprintf(stderr, "tern agent: --call-transport: %s\n",
+                 std::string(policy.status().message()).c_str());
+    return 2;
+  }
+  ao.tier_policy = *policy;
+  std::vector<dataplane::InstanceLocation> initial_locations;
+  if (!str("locations").empty()) {
+    Result<std::vector<dataplane::InstanceLocation>> locs =
+        dataplane::LoadLocationsFile(str("locations"));
+    if (!locs.ok()) {
+      std::fprintf(stderr, "tern agent: %s\n", locs.status().ToString().c_str());
+      return 2;
+    }
+    initial_locations = std::move(*locs);
+  }
+  std::string shm_socket = str("shm-socket");
+  if (shm_socket.empty()) {
+    shm_socket = ao.data_dir.empty() ? "/tmp/tern-" + ao.device + ".sock"
+                                     : ao.data_dir + "/shm.sock";
+  } else if (shm_socket == "none") {
+    shm_socket.clear();
+  }
   Result<std::unique_ptr<Agent>> agent = Agent::Create(ao, engine->get());
   if (!agent.ok()) {
     TERN_LOG(ERROR) << "agent: " << agent.status();
@@ -113,6 +152,8 @@ int RunAgentCommand(int argc, char** argv) {
   so.host = str("host");
   so.frame_port = static_cast<uint16_t>(*port);
   so.admin_port = static_cast<uint16_t>(*admin_port);
+  so.shm_path = shm_socket;
+  (*agent)->locations().Replace(std::move(initial_locations));
   Result<std::unique_ptr<AgentServer>> server = AgentServer::Start(agent->get(), so);
   if (!server.ok()) {
     TERN_LOG(ERROR) << "agent: " << server.status()
@@ -122,6 +163,8 @@ int RunAgentCommand(int argc, char** argv) {
   TERN_LOG(INFO) << "agent " << ao.device << " ready: frames on " << so.host << ":"
                  << (*server)->frame_port() << ", admin on http://" << so.host << ":"
                  << (*server)->admin_port() << ", " << ao.workers << " workers"
+                 << (shm_socket.empty() ? "" : ", shared memory on " + shm_socket)
+                 << ", host " << ao.host << ", calls " << dataplane::TierPolicyName(ao.tier_policy)
                  << (ao.data_dir.empty() ? "" : ", data in " + ao.data_dir);
   // A line for scripts that started us with port 0.
   std::printf("listening frames=%u admin=%u\n", (*server)->frame_port(), (*server)->admin_port());

@@ -1,6 +1,7 @@
 #include "agent/agent_server.h"
 
 #include <fmt/format.h>
+#include <sys/epoll.h>
 
 #include <deque>
 #include <nlohmann/json.hpp>
@@ -14,6 +15,7 @@
 #include "core/mutex.h"
 #include "transport/event_loop.h"
 #include "transport/http.h"
+#include "transport/shm.h"
 #include "transport/tcp.h"
 #include "wasm/snapshot.h"
 
@@ -94,6 +96,25 @@ struct AgentServer::Impl {
   std::unique_ptr<transport::FrameServer> frames;
   std::unique_ptr<transport::HttpServer> http;
   std::unique_ptr<AdminThread> admin;
+  std::unique_ptr<transport::ShmListener> shm;
+
+  // New shared-memory clients: each connection goes to the worker that owns the
+  // instance the client names (its hint), or round-robin.
+  void OnShmReadable() {
+    for (int i = 0; i < 16; ++i) {
+      std::string hint;
+      const transport::Doorbell* chosen = nullptr;
+      Result<std::unique_ptr<transport::ShmConnection>> c =
+          shm->Accept([&](std::string_view h) { return chosen = agent->DoorbellFor(h); }, &hint);
+      if (!c.ok()) {
+        TERN_LOG(WARN) << "shared-memory client refused: " << c.status();
+        continue;
+      }
+      if (*c == nullptr) return;
+      Status st = agent->AdoptShmConnection(std::move(*c), chosen);
+      if (!st.ok()) TERN_LOG(WARN) << "shared-memory connection dropped: " << st;
+    }
+  }
 
   void OnFrame(transport::FrameConnection* conn, Frame f) {
     if (f.type != FrameType::kInvoke) {
@@ -104,10 +125,20 @@ struct AgentServer::Impl {
                                            transport::FrameTypeName(f.type)))));
       return;
     }
+    if (f.epoch != 0 && !agent->HasService(f.service)) {
+      // The caller's location table says the instance is here: it has moved (or was
+      // stopped). kMoved makes the caller pick again.
+      Frame moved;
+      moved.type = FrameType::kMoved;
+      moved.request_id = f.request_id;
+      (void)conn->Send(moved);
+      return;
+    }
     InvokeRequest req;
     req.service = std::move(f.service);
     req.handler = std::move(f.handler);
     req.payload = std::move(f.payload);
+    req.tenant = std::move(f.tenant);
     req.request_id = f.request_id;
     if (f.budget_us != 0) req.deadline_ns = MonoNanos() + int64_t{f.budget_us} * 1000;
     transport::FrameConnectionRef ref = conn->ref();
@@ -135,6 +166,54 @@ struct AgentServer::Impl {
                        {"abi", "tern_v1"},
                        {"version", kTernVersion}};
       return HttpResponse::Json(200, j.dump());
+    });
+    r.Handle("GET", "/v1/locations", [this](const HttpRequest&) {
+      return HttpResponse::Json(200, dataplane::LocationsToJson(agent->locations().All()));
+    });
+    // PUT replaces the whole table; POST upserts (stale epochs are ignored).
+    auto set_locations = [this](const HttpRequest& req) {
+      Result<std::vector<dataplane::InstanceLocation>> locs =
+          dataplane::ParseLocationsJson(req.body);
+      if (!locs.ok()) return ErrorResponse(locs.status());
+      size_t applied = locs->size(), stale = 0;
+      if (req.method == "PUT") {
+        agent->locations().Replace(std::move(*locs));
+      } else {
+        for (const dataplane::InstanceLocation& l : *locs) {
+          Result<bool> r = agent->locations().Upsert(l);
+          if (!r.ok()) return ErrorResponse(r.status());
+          if (!*r) ++stale;
+        }
+        applied -= stale;
+      }
+      nlohmann::json j{{"applied", applied}, {"stale", stale},
+                       {"version", agent->locations().version()}};
+      return HttpResponse::Json(200, j.dump());
+    };
+    r.Handle("PUT", "/v1/locations", set_locations);
+    r.Handle("POST", "/v1/locations", set_locations);
+    r.Handle("PUT", "/v1/links", [this](const HttpRequest& req) {
+      nlohmann::json j = nlohmann::json::parse(req.body, nullptr, false);
+      if (!j.is_array()) {
+        return ErrorResponse(InvalidArgumentError(
+            "links: expected a JSON array of {\"a\", \"b\", \"latency\", \"bandwidth\"}"));
+      }
+      std::vector<std::tuple<std::string, std::string, dataplane::LinkSpec>> links;
+      for (size_t i = 0; i < j.size(); ++i) {
+        const nlohmann::json& l = j[i];
+        if (!l.is_object() || !l.contains("a") || !l.contains("b") || !l["a"].is_string() ||
+            !l["b"].is_string()) {
+          return ErrorResponse(InvalidArgumentError(
+              fmt::format("links[{}]: needs string fields \"a\" and \"b\" (host names)", i)));
+        }
+        std::string lat = l.value("latency", std::string("0"));
+        std::string bw = l.value("bandwidth", std::string("unlimited"));
+        Result<dataplane::LinkSpec> spec = dataplane::ParseLinkSpec(lat, bw);
+        if (!spec.ok()) return ErrorResponse(spec.status().WithPrefix(fmt::format("links[{}]", i)));
+        links.emplace_back(l["a"].get<std::string>(), l["b"].get<std::string>(), *spec);
+      }
+      for (auto& [a, b, spec] : links) agent->links().Set(a, b, spec);
+      return HttpResponse::Json(200, nlohmann::json{{"links", links.size()}}.dump());
     });
     r.HandleAsync("GET", "/v1/status", [this](HttpRequest, HttpResponder resp) {
       admin->Post([this, resp] {
@@ -283,6 +362,16 @@ Result<std::unique_ptr<AgentServer>> AgentServer::Start(Agent* agent,
         fmt::format("admin port {}:{}", options.host, options.admin_port));
   }
   impl->http = std::move(*http);
+  if (!options.shm_path.empty()) {
+    auto shm = transport::ShmListener::Listen(options.shm_path);
+    if (!shm.ok()) return shm.status().WithPrefix("shared-memory socket " + options.shm_path);
+    impl->shm = std::move(*shm);
+    TERN_RETURN_IF_ERROR(impl->loop->loop()->AddFd(impl->shm->fd(), EPOLLIN,
+                                                   [raw](uint32_t) { raw->OnShmReadable(); }));
+  }
+  agent->SetAddresses(fmt::format("{}:{}", options.host == "0.0.0.0" ? "127.0.0.1" : options.host,
+                                  impl->frames->port()),
+                      options.shm_path);
   impl->loop->Start();
   return std::unique_ptr<AgentServer>(new AgentServer(std::move(impl)));
 }
@@ -297,6 +386,8 @@ AgentServer::~AgentServer() {
   impl_->agent->Shutdown();
   impl_->http.reset();
   impl_->frames.reset();
+  if (impl_->shm) impl_->loop->loop()->RemoveFd(impl_->shm->fd());
+  impl_->shm.reset();
 }
 
 uint16_t AgentServer::frame_port() const { return impl_->frames->port(); }

@@ -14,7 +14,15 @@
 //   PUT    /v1/instances/{id}/snapshot       restore from a snapshot file in the body
 //   POST   /v1/invoke/{service}/{handler}    body = request payload; 200 body = reply
 //                                            (?instance=ID picks an instance)
-// Frames: kInvoke → kReply / kError with the same request id; kPing → kPong.
+//   GET    /v1/locations                     the location table (other agents' instances)
+//   PUT    /v1/locations                     replace it: [{"instance", "service", "agent",
+//                                            "host", "tcp", "shm", "epoch"}, ...]
+//   POST   /v1/locations                     upsert entries (older epochs are ignored)
+//   PUT    /v1/links                         emulated links [{"a", "b", "latency",
+//                                            "bandwidth"}] (user-space delay on TCP)
+// Frames: kInvoke → kReply / kError with the same request id; kPing → kPong; an
+// invoke with a non-zero epoch for a service that is not here → kMoved. The same
+// frames arrive over shared memory (shm_path), served by the agent's workers.
 //
 // Ownership: borrows the Agent (must outlive the server). Thread-safety: Start and the
 // destructor from one thread; the rest is internal.
@@ -34,6 +42,8 @@ struct AgentServerOptions {
   std::string host = "127.0.0.1";
   uint16_t frame_port = 7400;  // 0 = any free port
   uint16_t admin_port = 7401;  // 0 = any free port
+  // Unix socket of the shared-memory listener for agents on the same host; "" = none.
+  std::string shm_path;
 };
 
 class AgentServer {

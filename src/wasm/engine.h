@@ -43,6 +43,32 @@ class HostCalls {
   virtual void SetFailure(StatusCode code, std::string_view message) = 0;
   // tern_log and WASI fd_write to stdout/stderr.
   virtual void Log(int32_t level, std::string_view line) = 0;
+
+  // Outgoing calls (tern_call_*; see sdk/include/tern/tern.h for the guest's view).
+  // The views point into guest memory and are valid only during the host function:
+  // copy what is kept. A host without calls (tests, tools) keeps the defaults, which
+  // refuse with kUnimplemented.
+  //
+  // Starts a call; returns a handle > 0 or a negative StatusCode.
+  virtual int32_t CallStart(std::string_view service, std::string_view handler,
+                            std::string_view request, uint32_t timeout_ms) {
+    (void)service, (void)handler, (void)request, (void)timeout_ms;
+    return -static_cast<int32_t>(StatusCode::kUnimplemented);
+  }
+  // Waits for call `handle`; returns its code (negative kNotFound for a bad handle) and
+  // the size of its result (reply or error message) in `*len`. May run other guests on
+  // this thread meanwhile (nested calls into this engine are allowed).
+  virtual int32_t CallWait(int32_t handle, uint32_t* len) {
+    (void)handle;
+    *len = 0;
+    return -static_cast<int32_t>(StatusCode::kNotFound);
+  }
+  // The result bytes of a finished call (empty for an unknown or unfinished handle).
+  virtual std::string_view CallResult(int32_t handle) {
+    (void)handle;
+    return {};
+  }
+  virtual void CallClose(int32_t handle) { (void)handle; }
 };
 
 // Per-instance limits, checked by the engine.

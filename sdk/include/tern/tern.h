@@ -90,11 +90,56 @@ TERN_IMPORT(log) void tern_log(int32_t level, const char* msg, uint32_t msg_len)
 /* Nanoseconds on the given clock (TERN_CLOCK_*). */
 TERN_IMPORT(clock_ns) int64_t tern_clock_ns(int32_t clock);
 
+/* --- Calls to other services ------------------------------------------------------
+ * A handler may call handlers of other services by name. Where the callee runs is the
+ * runtime's business: the same agent (in-process), another agent on the same host
+ * (shared memory) or another host (TCP); the guest code is the same.
+ *
+ * Calls are started and then waited for, so a handler can fan out: start several calls,
+ * then wait for each. A call's deadline is `timeout_ms` from its start, and never later
+ * than the caller's own deadline (0 = inherit the caller's remaining budget). The
+ * request id and tenant of the caller's request travel with the call.
+ *
+ * Errors the guest can act on, as returned by tern_call_wait:
+ *   TERN_NOT_FOUND           no such service or handler anywhere the runtime knows of;
+ *   TERN_UNAVAILABLE         no running instance could be reached (peer died, shutting
+ *                            down, or a call cycle back into a busy instance);
+ *   TERN_DEADLINE_EXCEEDED   no answer within the deadline;
+ *   TERN_RESOURCE_EXHAUSTED  the callee (or the path to it) is overloaded: back off;
+ *   TERN_INVALID_ARGUMENT    the request was refused (too large, bad name);
+ *   any other code           the callee failed the request with it.
+ * On error, the call's "reply" is the error message (read it with tern_call_read). */
+
+/* Starts a call of `handler` of `service` with the request bytes (copied). Returns a
+ * call handle (> 0), or a negative TERN_* code if the call could not even start:
+ * -TERN_INVALID_ARGUMENT for an invalid name, -TERN_RESOURCE_EXHAUSTED when the handler
+ * has TERN_MAX_OPEN_CALLS calls open. Everything else is reported by tern_call_wait. */
+TERN_IMPORT(call_start)
+int32_t tern_call_start(const char* service, uint32_t service_len, const char* handler,
+                        uint32_t handler_len, const void* req, uint32_t req_len,
+                        uint32_t timeout_ms);
+
+/* Waits until call `call` has finished. Returns its status (TERN_OK or a code above) and
+ * stores at `*len` the size of its reply (on error: of its error message). Waiting again
+ * returns the same. -TERN_NOT_FOUND (negative) for a handle that is not open. */
+TERN_IMPORT(call_wait) int32_t tern_call_wait(int32_t call, uint32_t* len);
+
+/* Copies up to `len` bytes of the finished call's reply (or error message), starting at
+ * `offset`, to `dst`. Returns the number of bytes copied. */
+TERN_IMPORT(call_read)
+uint32_t tern_call_read(int32_t call, void* dst, uint32_t len, uint32_t offset);
+
+/* Releases a call handle and its reply. Handles still open when the handler returns are
+ * released by the runtime (a call still running is abandoned: its answer is dropped). */
+TERN_IMPORT(call_close) void tern_call_close(int32_t call);
+
+#define TERN_MAX_OPEN_CALLS 64
+
 /* --- Reserved for later ABI revisions (not provided by ABI v1 runtimes) -----------
- * Calls to other services (tern_call) and dataset reads (tern_data_read/size/list)
- * come with the data-plane and near-data issues; they will be added to "tern_v1" as
- * optional imports, so v1 guests keep working. A module that imports a function the
- * runtime does not provide is refused at deploy time with the import's name. */
+ * Dataset reads (tern_data_read/size/list) come with the near-data issue; they will be
+ * added to "tern_v1" as optional imports, so v1 guests keep working. A module that
+ * imports a function the runtime does not provide is refused at deploy time with the
+ * import's name. */
 
 #ifdef __cplusplus
 }

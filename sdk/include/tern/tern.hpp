@@ -33,7 +33,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <string_view>
+#include <utility>
 
 #include "tern/tern.h"
 
@@ -105,6 +107,83 @@ __attribute__((format(printf, 2, 3))) inline void LogF(int32_t level, const char
 
 // Nanoseconds on `clock` (TERN_CLOCK_MONOTONIC or TERN_CLOCK_REALTIME).
 inline int64_t NowNs(int32_t clock = TERN_CLOCK_MONOTONIC) { return tern_clock_ns(clock); }
+
+// ---- Calls to other services (see tern.h for the semantics and error codes)
+//
+//   tern::CallResult r = tern::Call("inventory", "reserve", item);
+//   if (!r.ok()) return tern::Fail(r.status, r.body);   // body = the error message
+//
+//   tern::PendingCall a = tern::StartCall("search", "shard0", q);   // fan-out:
+//   tern::PendingCall b = tern::StartCall("search", "shard1", q);   // both run at once
+//   tern::CallResult ra = a.Wait(), rb = b.Wait();
+
+// A finished call: its status (TERN_OK or an error code) and its reply, or on error its
+// error message.
+struct CallResult {
+  int32_t status = TERN_UNKNOWN;
+  std::string body;
+  bool ok() const { return status == TERN_OK; }
+};
+
+// A started call. Move-only; Wait() may be called once; the destructor releases the
+// handle (abandoning the call if it is still running).
+class PendingCall {
+ public:
+  explicit PendingCall(int32_t handle) : handle_(handle) {}
+  PendingCall(PendingCall&& o) noexcept : handle_(std::exchange(o.handle_, 0)) {}
+  PendingCall& operator=(PendingCall&& o) noexcept {
+    if (this != &o) {
+      Release();
+      handle_ = std::exchange(o.handle_, 0);
+    }
+    return *this;
+  }
+  PendingCall(const PendingCall&) = delete;
+  PendingCall& operator=(const PendingCall&) = delete;
+  ~PendingCall() { Release(); }
+
+  // Waits for the call to finish and collects its result.
+  CallResult Wait() {
+    CallResult r;
+    if (handle_ < 0) {  // it never started: the handle is the negated code
+      r.status = -handle_;
+      r.body = "call could not start";
+      return r;
+    }
+    uint32_t len = 0;
+    r.status = tern_call_wait(handle_, &len);
+    if (r.status < 0) r.status = -r.status;
+    r.body.resize(len);
+    if (len > 0) {
+      uint32_t got = tern_call_read(handle_, r.body.data(), len, 0);
+      r.body.resize(got);
+    }
+    Release();
+    return r;
+  }
+
+ private:
+  void Release() {
+    if (handle_ > 0) tern_call_close(handle_);
+    handle_ = 0;
+  }
+  int32_t handle_;
+};
+
+// Starts a call of `handler` of `service` (timeout 0 = the caller's remaining budget).
+inline PendingCall StartCall(std::string_view service, std::string_view handler,
+                             std::string_view request, uint32_t timeout_ms = 0) {
+  return PendingCall(tern_call_start(service.data(), static_cast<uint32_t>(service.size()),
+                                     handler.data(), static_cast<uint32_t>(handler.size()),
+                                     request.data(), static_cast<uint32_t>(request.size()),
+                                     timeout_ms));
+}
+
+// Calls `handler` of `service` and waits for the result.
+inline CallResult Call(std::string_view service, std::string_view handler,
+                       std::string_view request, uint32_t timeout_ms = 0) {
+  return StartCall(service, handler, request, timeout_ms).Wait();
+}
 
 }  // namespace tern
 

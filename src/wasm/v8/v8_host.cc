@@ -187,6 +187,69 @@ void ClockNs(const Info& info) {
   info.GetReturnValue().Set(v8::BigInt::New(info.GetIsolate(), t));
 }
 
+// ---- tern_v1 calls to other services
+
+void CallStart(const Info& info) {
+  HostCall hc(info, "tern_call_start");
+  if (!hc.ok()) return;
+  uint32_t svc = ArgU32(info, 0), svc_len = ArgU32(info, 1), h = ArgU32(info, 2),
+           h_len = ArgU32(info, 3), req = ArgU32(info, 4), req_len = ArgU32(info, 5),
+           timeout_ms = ArgU32(info, 6);
+  // Names are short; a huge length is a guest bug, reported as such (no trap).
+  if (svc_len > 255 || h_len > 255) {
+    hc.Return(-static_cast<int32_t>(StatusCode::kInvalidArgument));
+    return;
+  }
+  uint8_t* ps = hc.Span(svc, svc_len, "service name");
+  if (ps == nullptr) return;
+  uint8_t* ph = hc.Span(h, h_len, "handler name");
+  if (ph == nullptr) return;
+  uint8_t* pr = hc.Span(req, req_len, "request");
+  if (pr == nullptr) return;
+  hc.Return(hc.call().host->CallStart(
+      std::string_view(reinterpret_cast<const char*>(ps), svc_len),
+      std::string_view(reinterpret_cast<const char*>(ph), h_len),
+      std::string_view(reinterpret_cast<const char*>(pr), req_len), timeout_ms));
+}
+
+void CallWait(const Info& info) {
+  HostCall hc(info, "tern_call_wait");
+  if (!hc.ok()) return;
+  int32_t handle = static_cast<int32_t>(ArgU32(info, 0));
+  uint32_t len_ptr = ArgU32(info, 1);
+  if (hc.Span(len_ptr, 4, "length pointer") == nullptr) return;
+  // The host is saved here: waiting may run other guests on this worker (their calls
+  // save and restore the worker's CallState around themselves).
+  HostCalls* host = hc.call().host;
+  uint32_t len = 0;
+  int32_t rc = host->CallWait(handle, &len);
+  if (!hc.ok()) return;
+  if (!hc.StoreU32(len_ptr, len, "length pointer")) return;
+  hc.Return(rc);
+}
+
+void CallRead(const Info& info) {
+  HostCall hc(info, "tern_call_read");
+  if (!hc.ok()) return;
+  int32_t handle = static_cast<int32_t>(ArgU32(info, 0));
+  uint32_t dst = ArgU32(info, 1), len = ArgU32(info, 2), offset = ArgU32(info, 3);
+  uint8_t* p = hc.Span(dst, len, "destination");
+  if (p == nullptr) return;
+  std::string_view r = hc.call().host->CallResult(handle);
+  uint32_t n = 0;
+  if (offset < r.size()) {
+    n = static_cast<uint32_t>(std::min<uint64_t>(len, r.size() - offset));
+    std::memcpy(p, r.data() + offset, n);
+  }
+  info.GetReturnValue().Set(n);
+}
+
+void CallClose(const Info& info) {
+  HostCall hc(info, "tern_call_close");
+  if (!hc.ok()) return;
+  hc.call().host->CallClose(static_cast<int32_t>(ArgU32(info, 0)));
+}
+
 // ---- wasi_snapshot_preview1 stubs
 
 void FdWrite(const Info& info) {
@@ -333,6 +396,10 @@ constexpr HostFn kHostFns[] = {
     {"tern_v1", "fail", Fail, 3},
     {"tern_v1", "log", Log, 3},
     {"tern_v1", "clock_ns", ClockNs, 1},
+    {"tern_v1", "call_start", CallStart, 7},
+    {"tern_v1", "call_wait", CallWait, 2},
+    {"tern_v1", "call_read", CallRead, 4},
+    {"tern_v1", "call_close", CallClose, 1},
     {"wasi_snapshot_preview1", "fd_write", FdWrite, 4},
     {"wasi_snapshot_preview1", "fd_close", FdClose, 1},
     {"wasi_snapshot_preview1", "fd_seek", FdSeek, 4},

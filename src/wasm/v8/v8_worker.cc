@@ -210,6 +210,21 @@ void V8Worker::ThrowTrap(std::string_view message) {
 Status V8Worker::Invoke(V8Instance* inst, v8::Local<v8::Function> fn, std::string_view name,
                         HostCalls* host) {
   NullHost null_host;
+  // A guest waiting in tern_call_wait may run other guests on this thread (in-process
+  // calls): the outer call's state is saved here and put back on every return path.
+  // A nested call runs under the outer call's CPU-time limit (the watchdog slot tracks
+  // the outermost call only).
+  const bool nested = call_.instance != nullptr;
+  CallState outer;
+  if (nested) outer = std::move(call_);
+  struct Restore {
+    CallState& cs;
+    CallState& outer;
+    bool nested;
+    ~Restore() {
+      if (nested) cs = std::move(outer);
+    }
+  } restore{call_, outer, nested};
   CallState& cs = call_;
   cs.instance = inst;
   cs.host = host != nullptr ? host : &null_host;
@@ -218,19 +233,26 @@ Status V8Worker::Invoke(V8Instance* inst, v8::Local<v8::Function> fn, std::strin
   cs.exited = false;
 
   // Run tasks V8 posted to this isolate (GC finalization etc.) now and then.
-  if ((++calls_ & 4095) == 0) PumpMessageLoop();
+  if (!nested && (++calls_ & 4095) == 0) PumpMessageLoop();
 
   v8::Local<v8::Context> ctx = context();
   v8::TryCatch tc(isolate_);
-  slot_->Begin(static_cast<int64_t>(inst->limits().cpu_ms) * 1'000'000);
+  if (!nested) slot_->Begin(static_cast<int64_t>(inst->limits().cpu_ms) * 1'000'000);
   v8::MaybeLocal<v8::Value> result = fn->Call(ctx, v8::Undefined(isolate_), 0, nullptr);
-  const bool watchdog_fired = slot_->End();
+  const bool watchdog_fired = nested ? false : slot_->End();
   cs.instance = nullptr;
   HostCalls* const call_host = cs.host;
   cs.host = nullptr;
 
   // A termination must be checked before anything touches the exception.
   if (tc.HasTerminated() || (result.IsEmpty() && isolate_->IsExecutionTerminating())) {
+    if (nested) {
+      // The outermost call ran out of CPU time while this nested one ran: leave the
+      // termination pending so that it unwinds the outer guest too.
+      tc.ReThrow();
+      return inst->Break(DeadlineExceededError(fmt::format(
+          "handler '{}' was stopped: the calling request exceeded its CPU-time limit", name)));
+    }
     isolate_->CancelTerminateExecution();
     return inst->Break(DeadlineExceededError(fmt::format(
         "handler '{}' exceeded its CPU-time limit of {} ms", name, inst->limits().cpu_ms)));
