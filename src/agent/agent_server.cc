@@ -159,7 +159,16 @@ struct AgentServer::Impl {
   transport::HttpRouter Routes() {
     transport::HttpRouter r;
     r.Handle("GET", "/v1/info", [this](const HttpRequest&) {
+      nlohmann::json calls{
+          {"inproc", agent->calls_by_tier(dataplane::Tier::kInProcess)},
+          {"shm", agent->calls_by_tier(dataplane::Tier::kSharedMemory)},
+          {"tcp", agent->calls_by_tier(dataplane::Tier::kTcp)},
+          {"moved", agent->moved_calls()}};
       nlohmann::json j{{"device", agent->options().device},
+                       {"host", agent->options().host},
+                       {"shm", agent->options().shm_path},
+                       {"call_transport", dataplane::TierPolicyName(agent->options().tier_policy)},
+                       {"calls", calls},
                        {"frame_port", frames->port()},
                        {"admin_port", http ? http->port() : 0},
                        {"workers", agent->options().workers},

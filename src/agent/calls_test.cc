@@ -154,6 +154,25 @@ TEST(CallsTest, InProcessAcrossWorkersServesCallsThatComeBack) {
   EXPECT_EQ(r.reply, "deep");
 }
 
+// An in-process callee runs under its caller's CPU-time limit: when the caller's limit
+// hits during the nested call, both stop, both are rolled back, and both work after.
+TEST(CallsTest, CallerCpuLimitStopsANestedInProcessCall) {
+  Node n = Node::Start("a", "h1", /*workers=*/1);
+  Manifest caller = RelayManifest("relay-a");
+  caller.limits.cpu_ms = 100;
+  ASSERT_TRUE(n.agent->Deploy(caller, ReadWasm("relay")).ok());
+  n.Deploy("relay-b");  // cpu_ms 2000: its own limit is not what stops it
+  int64_t t0 = MonoNanos();
+  InvokeResult r = Invoke(n.agent.get(), "relay-a", "call", "relay-b|sleep|0|1500");
+  int64_t ms = (MonoNanos() - t0) / 1'000'000;
+  EXPECT_EQ(r.status.code(), StatusCode::kDeadlineExceeded) << r.status;
+  EXPECT_LT(ms, 1000) << "the nested call ran past its caller's CPU limit";
+  EXPECT_EQ(Invoke(n.agent.get(), "relay-a", "echo", "a ok").reply, "a ok");
+  EXPECT_EQ(Invoke(n.agent.get(), "relay-b", "echo", "b ok").reply, "b ok");
+  auto [code, body] = GuestCall(n.agent.get(), "relay-a", "relay-b", "echo", "again");
+  EXPECT_EQ(code, 0) << body;
+}
+
 TEST(CallsTest, FanOutRunsCallsConcurrently) {
   Node n = Node::Start("a", "h1", /*workers=*/2);
   n.Deploy("relay-a");

@@ -14,7 +14,9 @@
 #include "client/agent_client.h"
 #include "core/clock.h"
 #include "core/file.h"
+#include "core/ids.h"
 #include "core/manifest.h"
+#include "dataplane/location.h"
 
 namespace tern::cli {
 namespace {
@@ -70,11 +72,27 @@ int CmdDeploy(int argc, char** argv) {
         "the .wasm to deploy (default: the manifest's `module`, looked up next to the "
         "manifest, in $TERN_WASM_PATH, then build/release/wasm and build/dev/wasm)");
   f.AddBool("no-start", "deploy without starting instances");
+  f.Add("name", "", "deploy under this service name instead of the manifest's `name`");
+  f.Add("replicas", "", "number of instances instead of the manifest's `replicas`");
   AddAgentFlag(&f);
   if (int rc = ParseOrExit(&f, argc, argv, 1, 1); rc >= 0) return rc;
   const std::string manifest_path = f.positional()[0];
   Result<Manifest> m = LoadManifest(manifest_path);
   if (!m.ok()) return Fail(m.status());
+  const bool rewritten = !f.Get("name").empty() || !f.Get("replicas").empty();
+  if (!f.Get("name").empty()) {
+    if (!IsValidName(f.Get("name"))) {
+      return Fail(InvalidArgumentError(fmt::format(
+          "--name '{}' is not a valid service name (letters, digits, '-', '_', '.')",
+          f.Get("name"))));
+    }
+    m->name = f.Get("name");
+  }
+  if (!f.Get("replicas").empty()) {
+    Result<int64_t> n = f.GetInt("replicas", 0, 1024);
+    if (!n.ok()) return Fail(n.status());
+    m->replicas = static_cast<uint32_t>(*n);
+  }
   std::string module_path = f.Get("module");
   if (module_path.empty()) {
     if (m->module.empty()) {
@@ -104,7 +122,8 @@ int CmdDeploy(int argc, char** argv) {
                fmt::format("{} (pass --module PATH; `make build` puts guests in build/dev/wasm/)",
                            bytes.status().message())));
   }
-  Result<std::string> yaml = ReadFile(manifest_path);
+  Result<std::string> yaml = rewritten ? Result<std::string>(ManifestToYaml(*m))
+                                       : ReadFile(manifest_path);
   if (!yaml.ok()) return Fail(yaml.status());
   auto c = Connect(f);
   if (!c.ok()) return Fail(c.status());
@@ -174,6 +193,58 @@ int CmdInvoke(int argc, char** argv) {
   std::printf("latency us: p50 %.1f  p90 %.1f  p99 %.1f  max %.1f\n", pct(0.5), pct(0.9), pct(0.99),
               ns.back() / 1e3);
   return 0;
+}
+
+int CmdLocations(int argc, char** argv) {
+  Flags f("tern locations ls | set FILE.yaml [--replace] | links FILE.json [flags]",
+          "Shows or changes an agent's location table: where the instances of other agents\n"
+          "run (agent, host, TCP address, shared-memory socket, epoch). Calls from guests\n"
+          "pick an instance and a transport from it. `set` upserts the entries of a YAML\n"
+          "file (`locations:` list; older epochs are ignored) or, with --replace, replaces\n"
+          "the table. `links` sets emulated links between hosts from a JSON file:\n"
+          "[{\"a\": \"h1\", \"b\": \"h2\", \"latency\": \"50us\", \"bandwidth\": \"1gbit\"}].");
+  f.AddBool("replace", "replace the whole table instead of upserting");
+  AddAgentFlag(&f);
+  if (int rc = ParseOrExit(&f, argc, argv, 1, 2); rc >= 0) return rc;
+  const std::string sub = f.positional()[0];
+  auto c = Connect(f);
+  if (!c.ok()) return Fail(c.status());
+  if (sub == "ls") {
+    Result<std::string> r = (*c)->Locations();
+    if (!r.ok()) return Fail(r.status());
+    Result<std::vector<dataplane::InstanceLocation>> locs = dataplane::ParseLocationsJson(*r);
+    if (!locs.ok()) return Fail(locs.status());
+    std::printf("%-20s %-14s %-14s %-10s %-22s %-6s %s\n", "INSTANCE", "SERVICE", "AGENT", "HOST",
+                "TCP", "EPOCH", "SHM");
+    for (const auto& l : *locs) {
+      std::printf("%-20s %-14s %-14s %-10s %-22s %-6llu %s\n", l.instance.c_str(),
+                  l.service.c_str(), l.agent.c_str(), l.host.c_str(), l.tcp.c_str(),
+                  static_cast<unsigned long long>(l.epoch), l.shm.c_str());
+    }
+    return 0;
+  }
+  if (f.positional().size() != 2) {
+    return Fail(InvalidArgumentError("tern locations " + sub + " needs a FILE"));
+  }
+  if (sub == "set") {
+    Result<std::vector<dataplane::InstanceLocation>> locs =
+        dataplane::LoadLocationsFile(f.positional()[1]);
+    if (!locs.ok()) return Fail(locs.status());
+    Result<std::string> r =
+        (*c)->SetLocations(dataplane::LocationsToJson(*locs), f.GetBool("replace"));
+    if (!r.ok()) return Fail(r.status());
+    std::printf("%s\n", r->c_str());
+    return 0;
+  }
+  if (sub == "links") {
+    Result<std::string> body = ReadFile(f.positional()[1]);
+    if (!body.ok()) return Fail(body.status());
+    Result<std::string> r = (*c)->SetLinks(*body);
+    if (!r.ok()) return Fail(r.status());
+    std::printf("%s\n", r->c_str());
+    return 0;
+  }
+  return Fail(InvalidArgumentError("unknown subcommand '" + sub + "' (ls, set or links)"));
 }
 
 int CmdPs(int argc, char** argv) {
@@ -307,6 +378,7 @@ void PrintTopLevelHelp() {
       "  undeploy    remove a service\n"
       "  snapshot    save an instance's state to a file\n"
       "  restore     load an instance's state from a file\n"
+      "  locations   show or set where other agents' instances run (calls use it)\n"
       "  version     print the version\n\n"
       "`tern COMMAND --help` explains each one.\n",
       stdout);
@@ -324,6 +396,7 @@ int RunClientCommand(int argc, char** argv) {
   if (cmd == "start" || cmd == "stop" || cmd == "undeploy") return CmdSimple(argc, argv, cmd);
   if (cmd == "snapshot") return CmdSnapshot(argc, argv);
   if (cmd == "restore") return CmdRestore(argc, argv);
+  if (cmd == "locations") return CmdLocations(argc, argv);
   if (cmd == "version" || cmd == "--version") {
     std::printf("tern 0.1.0 (guest ABI tern_v1)\n");
     return 0;

@@ -63,6 +63,16 @@ Result<std::string> AgentClient::Admin(const std::string& method, const std::str
 Result<std::string> AgentClient::Info() { return Admin("GET", "/v1/info", "", ""); }
 Result<std::string> AgentClient::StatusJson() { return Admin("GET", "/v1/status", "", ""); }
 
+Result<std::string> AgentClient::Locations() { return Admin("GET", "/v1/locations", "", ""); }
+
+Result<std::string> AgentClient::SetLocations(const std::string& json, bool replace) {
+  return Admin(replace ? "PUT" : "POST", "/v1/locations", json, "application/json");
+}
+
+Result<std::string> AgentClient::SetLinks(const std::string& json) {
+  return Admin("PUT", "/v1/links", json, "application/json");
+}
+
 Result<std::string> AgentClient::Deploy(const std::string& manifest_yaml,
                                         const std::string& module_bytes, bool start_instances) {
   nlohmann::json j{{"manifest", manifest_yaml},

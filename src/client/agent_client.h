@@ -32,6 +32,11 @@ class AgentClient {
   // The JSON documents of GET /v1/info and GET /v1/status.
   Result<std::string> Info();
   Result<std::string> StatusJson();
+  // The location table: GET it; PUT (replace = true) or POST (upsert) a
+  // {"locations": [...]} document; PUT emulated links [{"a","b","latency","bandwidth"}].
+  Result<std::string> Locations();
+  Result<std::string> SetLocations(const std::string& json, bool replace);
+  Result<std::string> SetLinks(const std::string& json);
   // Deploys; returns the service JSON (module hash, instances).
   Result<std::string> Deploy(const std::string& manifest_yaml, const std::string& module_bytes,
                              bool start_instances);

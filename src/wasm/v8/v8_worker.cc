@@ -247,9 +247,9 @@ Status V8Worker::Invoke(V8Instance* inst, v8::Local<v8::Function> fn, std::strin
   // A termination must be checked before anything touches the exception.
   if (tc.HasTerminated() || (result.IsEmpty() && isolate_->IsExecutionTerminating())) {
     if (nested) {
-      // The outermost call ran out of CPU time while this nested one ran: leave the
-      // termination pending so that it unwinds the outer guest too.
-      tc.ReThrow();
+      // The outermost call ran out of CPU time while this nested one ran: terminate
+      // again, so that the outer guest is stopped as soon as control returns to it.
+      isolate_->TerminateExecution();
       return inst->Break(DeadlineExceededError(fmt::format(
           "handler '{}' was stopped: the calling request exceeded its CPU-time limit", name)));
     }
