@@ -8,6 +8,9 @@
 //           all; replies "calls=N bytes=<sum of reply sizes>". Fails with the first error.
 //   call    "svc|handler|timeout_ms|body"  one call; always succeeds itself and replies
 //           "<status code>|<reply or error message>", so a test sees what the guest saw.
+//   calls   "N|svc|handler|body"  makes N calls one after the other and replies with the
+//           N round-trip times in nanoseconds (little-endian int64 each), as the guest
+//           measured them: what a call costs the caller, for the benchmarks.
 //   echo    replies with the request.
 //   sleep   "ms": busy-waits that long (a slow callee), replies "slept".
 #include <cstdlib>
@@ -103,6 +106,26 @@ TERN_HANDLER(relay_call, "call") {
   }
   tern::CallResult r = tern::Call(svc, handler, body, ParseU32(timeout));
   return tern::Reply(Decimal(static_cast<uint64_t>(r.status)) + "|" + r.body);
+}
+
+TERN_HANDLER(relay_calls, "calls") {
+  std::string_view req = tern::Request();
+  std::string_view n_str, svc, handler, body, rest;
+  if (!SplitFirst(req, '|', &n_str, &rest) || !SplitFirst(rest, '|', &svc, &rest) ||
+      !SplitFirst(rest, '|', &handler, &body)) {
+    return tern::Fail(TERN_INVALID_ARGUMENT, "calls: expected \"N|svc|handler|body\"");
+  }
+  uint32_t n = ParseU32(n_str);
+  if (n == 0 || n > 1000000) return tern::Fail(TERN_INVALID_ARGUMENT, "calls: N in 1..1000000");
+  std::string out(size_t{n} * 8, '\0');
+  for (uint32_t i = 0; i < n; ++i) {
+    int64_t t0 = tern::NowNs();
+    tern::CallResult r = tern::Call(svc, handler, body);
+    int64_t dt = tern::NowNs() - t0;
+    if (!r.ok()) return tern::Fail(r.status, r.body);
+    for (int b = 0; b < 8; ++b) out[size_t{i} * 8 + b] = static_cast<char>((dt >> (8 * b)) & 0xff);
+  }
+  return tern::Reply(out);
 }
 
 TERN_HANDLER(relay_echo, "echo") { return tern::Reply(tern::Request()); }

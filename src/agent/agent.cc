@@ -1,6 +1,7 @@
 #include "agent/agent.h"
 
 #include <dirent.h>
+#include <sched.h>
 #include <fmt/format.h>
 
 #include <cstring>
@@ -159,6 +160,9 @@ class Agent::WorkerThread {
     // The instance the task runs a request on; "" for control tasks (start, stop,
     // snapshot, ...), which never run while a guest on this thread waits in a call.
     std::string instance;
+    // Transport work (adopting a connection, sending a reply): touches no instance,
+    // so it runs even while a guest on this thread waits in a call.
+    bool io = false;
   };
 
   WorkerThread(int index, wasm::Engine* engine, transport::Doorbell doorbell)
@@ -200,11 +204,11 @@ class Agent::WorkerThread {
   }
 
   // Queues `task`; returns false if the worker is stopping (the task is dropped).
-  bool Post(std::function<void()> fn, std::string instance = {}) {
+  bool Post(std::function<void()> fn, std::string instance = {}, bool io = false) {
     {
       MutexLock l(&mu_);
       if (stopping_) return false;
-      tasks_.push_back(Task{std::move(fn), std::move(instance)});
+      tasks_.push_back(Task{std::move(fn), std::move(instance), io});
       posted_.fetch_add(1, std::memory_order_release);
     }
     if (current_worker != this) doorbell_.Ring();
@@ -303,7 +307,7 @@ class Agent::WorkerThread {
         continue;
       }
       if (now < spin_until) {
-        CpuRelax();
+        Relax();
         continue;
       }
       Sleep(call->deadline_ns, /*nested=*/true, [call] {
@@ -330,7 +334,7 @@ class Agent::WorkerThread {
       // Spin briefly before sleeping: a blocking wake-up across vCPUs costs ~35 µs
       // here (../shared/notes/machine.md), a spinning worker picks work up in < 1 µs.
       if (now < spin_until) {
-        CpuRelax();
+        Relax();
         continue;
       }
       Sleep(0, /*nested=*/false, [] { return false; });
@@ -365,7 +369,7 @@ class Agent::WorkerThread {
         batch.swap(tasks_);
       }
       for (Task& t : batch) {
-        if (nested && (t.instance.empty() || IsBusy(t.instance))) {
+        if (nested && !t.io && (t.instance.empty() || IsBusy(t.instance))) {
           deferred_.push_back(std::move(t));
         } else {
           t.fn();
@@ -497,6 +501,17 @@ class Agent::WorkerThread {
     if (!st.ok()) TERN_LOG(WARN) << "worker " << index_ << ": sleep failed: " << st;
   }
 
+  // One step of an idle spin. Every few steps the thread yields, so that a peer that
+  // shares this vCPU (pinned runs, or more busy threads than vCPUs) gets to run instead
+  // of waiting for the end of our timeslice.
+  void Relax() {
+    if ((++relax_steps_ & 7) == 0) {
+      sched_yield();
+    } else {
+      CpuRelax();
+    }
+  }
+
   void DropOutstanding(const std::string& instance) {
     auto it = outstanding_.find(instance);
     if (it != outstanding_.end() && --it->second == 0) outstanding_.erase(it);
@@ -519,8 +534,11 @@ class Agent::WorkerThread {
   std::vector<std::shared_ptr<ServerConn>> server_conns_;
   std::vector<int> fds_;
   uint64_t wire_ids_ = 0;
+  uint32_t relax_steps_ = 0;
 
-  static constexpr int64_t kSpinNanos = 20'000;
+  // Longer than a cross-vCPU wake-up (~35 µs here): with a shorter spin, two threads
+  // that answer each other fall into a cycle where each finds the other asleep.
+  static constexpr int64_t kSpinNanos = 100'000;
   std::atomic<uint64_t> posted_{0};  // tasks ever posted
   uint64_t taken_ = 0;               // worker thread only: posted_ when it last took tasks
 
@@ -857,7 +875,7 @@ void Agent::ServeShmFrame(WorkerThread* wt, const std::shared_ptr<ServerConn>& s
     if (current_worker == wt) {
       send();
     } else {
-      wt->Post(std::move(send), /*instance=*/"~reply");
+      wt->Post(std::move(send), /*instance=*/"", /*io=*/true);
     }
   });
 }
@@ -875,7 +893,7 @@ Status Agent::AdoptShmConnection(std::unique_ptr<transport::ShmConnection> conn,
   }
   if (wt == nullptr) return InvalidArgumentError("no worker has that doorbell");
   auto holder = std::make_shared<std::unique_ptr<transport::ShmConnection>>(std::move(conn));
-  if (!wt->Post([wt, holder] { wt->AdoptServerConn(std::move(*holder)); })) {
+  if (!wt->Post([wt, holder] { wt->AdoptServerConn(std::move(*holder)); }, "", /*io=*/true)) {
     return UnavailableError("agent is shutting down");
   }
   return Status::Ok();

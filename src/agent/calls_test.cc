@@ -255,6 +255,23 @@ TEST(CallsTest, SameGuestCodeOnEveryTier) {
   EXPECT_EQ(r.reply, "far");
 }
 
+// a → b → a over shared memory, where the connection b opens back to a arrives while
+// a's worker waits in the outer call: it must be taken on anyway (not deferred).
+TEST(CallsTest, ShmConnectionArrivingWhileTheWorkerWaitsIsServed) {
+  Node a = Node::Start("a", "h1", /*workers=*/1);
+  Node b = Node::Start("b", "h1", /*workers=*/1);
+  a.Deploy("relay-a");
+  a.Deploy("back-at-a");
+  b.Deploy("relay-b");
+  Learn(a, b.Locations("relay-b"));
+  Learn(b, a.Locations("back-at-a"));
+  InvokeResult r = Invoke(a.agent.get(), "relay-a", "chain", "relay-b,back-at-a|round trip");
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.reply, "round trip");
+  EXPECT_EQ(a.agent->calls_by_tier(Tier::kSharedMemory), 1u);
+  EXPECT_EQ(b.agent->calls_by_tier(Tier::kSharedMemory), 1u);
+}
+
 TEST(CallsTest, ForcedTierIsUsedOrRefusedWithAReason) {
   Node a = Node::Start("a", "h1", 2, dataplane::TierPolicy::kForceTcp);
   Node b = Node::Start("b", "h1");
