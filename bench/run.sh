@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# Runs the foundation benchmarks (issue #2) against an existing build and writes
-# bench/results/foundation.{json,md}. Builds nothing: build first with
-#   ninja -C build/release -j2 foundation_bench      (also builds the guests and `tern`)
+# Runs the benchmark suites against an existing build and writes their reports:
+#   foundation  (issue #2)  bench/results/foundation.{json,md}   foundation_bench
+#   rpc                     bench/results/rpc.{json,md}          rpc_bench
+# Builds nothing: build first with
+#   ninja -C build/release -j2 foundation_bench rpc_bench   (also builds the guests and `tern`)
 #
-# usage: bench/run.sh BUILD_DIR [--quick] [--out=DIR]
-#   --quick     a smoke run (a few seconds; what CI runs once, as a ctest test)
+# usage: bench/run.sh BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc]
+#   --quick     a smoke run (a few seconds per suite; what CI runs once, as ctest tests)
 #   --out=DIR   where results go (default: bench/results)
-# A full run takes about a minute (bounded: each driver is killed after a time limit).
+#   --suites=   which suites to run (default: both)
+# A full run takes about a minute for foundation and two to three for rpc (bounded: each
+# driver is killed after a time limit).
 # Exit code: 0 if every section ran, 1 if one failed (the report says which), 2 on usage.
 # See docs/benchmarks.md for what the numbers mean.
 set -uo pipefail
 
 usage() {
-  echo "usage: $0 BUILD_DIR [--quick] [--out=DIR]" >&2
+  echo "usage: $0 BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc]" >&2
   exit 2
 }
 
@@ -21,55 +25,90 @@ BUILD_DIR=$(cd "$1" 2>/dev/null && pwd) || { echo "no build directory '$1'" >&2;
 shift
 QUICK=()
 OUT=""
+SUITES="foundation,rpc"
 LIMIT_INPROC=150
 LIMIT_NET=90
+LIMIT_RPC=240
 for arg in "$@"; do
   case "$arg" in
-    --quick) QUICK=(--quick); LIMIT_INPROC=40; LIMIT_NET=30 ;;
+    --quick) QUICK=(--quick); LIMIT_INPROC=40; LIMIT_NET=30; LIMIT_RPC=30 ;;
     --out=*) OUT=${arg#--out=} ;;
+    --suites=*) SUITES=${arg#--suites=} ;;
     *) usage ;;
   esac
 done
+RUN_FOUNDATION=0
+RUN_RPC=0
+IFS=',' read -ra suite_list <<<"$SUITES"
+for s in "${suite_list[@]}"; do
+  case "$s" in
+    foundation) RUN_FOUNDATION=1 ;;
+    rpc) RUN_RPC=1 ;;
+    *) echo "unknown suite '$s' (foundation, rpc)" >&2; usage ;;
+  esac
+done
+[[ $RUN_FOUNDATION == 1 || $RUN_RPC == 1 ]] || usage
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$BUILD_DIR/bench/foundation/foundation_bench
+RPC_BENCH=$BUILD_DIR/bench/rpc/rpc_bench
 TERN=$BUILD_DIR/src/bin/tern
 WASM=$BUILD_DIR/wasm
-for f in "$BENCH" "$TERN" "$WASM/echo.wasm" "$WASM/counter.wasm" "$WASM/kernels.wasm"; do
+needed=()
+[[ $RUN_FOUNDATION == 1 ]] &&
+  needed+=("$BENCH" "$TERN" "$WASM/echo.wasm" "$WASM/counter.wasm" "$WASM/kernels.wasm")
+[[ $RUN_RPC == 1 ]] && needed+=("$RPC_BENCH")
+for f in "${needed[@]}"; do
   if [[ ! -e $f ]]; then
-    echo "missing $f: build first with: ninja -C $BUILD_DIR -j2 foundation_bench" >&2
+    echo "missing $f: build first with: ninja -C $BUILD_DIR -j2 foundation_bench rpc_bench" \
+         "(rpc_bench needs gRPC: scripts/setup.sh)" >&2
     exit 2
   fi
 done
 
 [[ -n $OUT ]] || OUT=$SRC/bench/results
 mkdir -p "$OUT"
-rm -f "$OUT/inproc.json" "$OUT/net.json" "$OUT/agent.log"
 rc=0
 start=$(date +%s)
+written=()
 
-# 1-4 share one process (one V8 engine per process); 5 runs the client side in a
-# process of its own, against the real `tern agent` binary as a child.
-echo "== foundation_bench: invoke, instantiate, snapshot, kernels ${QUICK[*]}" >&2
-timeout --kill-after=5 "$LIMIT_INPROC" "$BENCH" "${QUICK[@]}" \
-  --sections=invoke,instantiate,snapshot,kernels \
-  --source-dir="$SRC" --wasm-dir="$WASM" --json="$OUT/inproc.json" || rc=1
+if [[ $RUN_FOUNDATION == 1 ]]; then
+  rm -f "$OUT/inproc.json" "$OUT/net.json" "$OUT/agent.log"
+  # 1-4 share one process (one V8 engine per process); 5 runs the client side in a
+  # process of its own, against the real `tern agent` binary as a child.
+  echo "== foundation_bench: invoke, instantiate, snapshot, kernels ${QUICK[*]}" >&2
+  timeout --kill-after=5 "$LIMIT_INPROC" "$BENCH" "${QUICK[@]}" \
+    --sections=invoke,instantiate,snapshot,kernels \
+    --source-dir="$SRC" --wasm-dir="$WASM" --json="$OUT/inproc.json" || rc=1
 
-echo "== foundation_bench: net ${QUICK[*]}" >&2
-timeout --kill-after=5 "$LIMIT_NET" "$BENCH" "${QUICK[@]}" --sections=net \
-  --source-dir="$SRC" --wasm-dir="$WASM" --tern="$TERN" --agent-log="$OUT/agent.log" \
-  --json="$OUT/net.json" || rc=1
+  echo "== foundation_bench: net ${QUICK[*]}" >&2
+  timeout --kill-after=5 "$LIMIT_NET" "$BENCH" "${QUICK[@]}" --sections=net \
+    --source-dir="$SRC" --wasm-dir="$WASM" --tern="$TERN" --agent-log="$OUT/agent.log" \
+    --json="$OUT/net.json" || rc=1
 
-inputs=()
-for f in "$OUT/inproc.json" "$OUT/net.json"; do
-  [[ -s $f ]] && inputs+=("$f")
-done
-if [[ ${#inputs[@]} -eq 0 ]]; then
-  echo "no results were written" >&2
-  exit 1
+  inputs=()
+  for f in "$OUT/inproc.json" "$OUT/net.json"; do
+    [[ -s $f ]] && inputs+=("$f")
+  done
+  if [[ ${#inputs[@]} -eq 0 ]]; then
+    echo "foundation: no results were written" >&2
+    rc=1
+  else
+    "$BENCH" --source-dir="$SRC" --report="$OUT/foundation" "${inputs[@]}" || rc=1
+    written+=("$OUT/foundation.md")
+  fi
 fi
-"$BENCH" --source-dir="$SRC" --report="$OUT/foundation" "${inputs[@]}" || rc=1
 
-echo "== done in $(( $(date +%s) - start )) s: $OUT/foundation.md, $OUT/foundation.json" \
+if [[ $RUN_RPC == 1 ]]; then
+  # Limits, tern and gRPC at 64 B / 4 KiB / 64 KiB, pinned and unpinned; rpc_bench
+  # starts (and stops) its own server processes.
+  rm -f "$OUT/rpc.json" "$OUT/rpc.md"
+  echo "== rpc_bench ${QUICK[*]}" >&2
+  timeout --kill-after=5 "$LIMIT_RPC" "$RPC_BENCH" "${QUICK[@]}" --source-dir="$SRC" \
+    --out="$OUT" || rc=1
+  [[ -s $OUT/rpc.md ]] && written+=("$OUT/rpc.md")
+fi
+
+echo "== done in $(( $(date +%s) - start )) s: ${written[*]:-no reports}" \
      "$([[ $rc -ne 0 ]] && echo '(SOME SECTIONS FAILED)')" >&2
 exit $rc

@@ -25,6 +25,8 @@ PACKAGES=(
   # libraries
   libgtest-dev libgmock-dev libbenchmark-dev libyaml-cpp-dev libfmt-dev nlohmann-json3-dev
   libssl-dev zlib1g-dev liblz4-dev libzstd-dev
+  # gRPC C++ 1.51 + protobuf: the peer in bench/rpc (gRPC's CMake config, protoc, the plugin)
+  libgrpc++-dev libgrpc-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
   # runtime dependencies of libnode108 (V8)
   libuv1 libicu72 libc-ares2 libnghttp2-14 libbrotli1 libssl3 zlib1g
   # tools used by tests and benchmarks

@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "bench_util.h"
+#include "common/bench_util.h"
 
 namespace tern::bench {
 

@@ -46,6 +46,7 @@ bool Flag(const char* arg, const char* name, std::string* value) {
 }
 
 int Main(int argc, char** argv) {
+  SetProgressName("foundation");
   Options o;
   o.source_dir = TERN_BENCH_SOURCE_DIR;
   const std::string build_dir = TERN_BENCH_BUILD_DIR;

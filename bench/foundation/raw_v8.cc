@@ -8,7 +8,7 @@
 #include <memory>
 #include <thread>
 
-#include "bench_util.h"
+#include "common/bench_util.h"
 #include "wasm/module_info.h"
 
 namespace tern::bench {

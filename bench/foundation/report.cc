@@ -22,27 +22,6 @@ std::string Esc(std::string s) {
   return s;
 }
 
-std::string GitRev(const std::string& source_dir) {
-  std::string rev = "unknown";
-  if (source_dir.empty()) return rev;
-  std::string cmd = "git -C '" + source_dir + "' rev-parse --short HEAD 2>/dev/null";
-  if (FILE* p = popen(cmd.c_str(), "r")) {
-    char buf[64] = {0};
-    if (fgets(buf, sizeof(buf), p) != nullptr) {
-      rev = buf;
-      while (!rev.empty() && (rev.back() == '\n' || rev.back() == '\r')) rev.pop_back();
-    }
-    pclose(p);
-  }
-  cmd = "git -C '" + source_dir + "' status --porcelain --untracked-files=no 2>/dev/null";
-  if (FILE* p = popen(cmd.c_str(), "r")) {
-    char buf[8];
-    if (fgets(buf, sizeof(buf), p) != nullptr) rev += " (with uncommitted changes)";
-    pclose(p);
-  }
-  return rev;
-}
-
 }  // namespace
 
 bool WriteFoundationReport(const std::vector<std::string>& inputs, const std::string& out_prefix,

@@ -349,7 +349,9 @@ Result<std::unique_ptr<AgentServer>> AgentServer::Start(Agent* agent,
   impl->agent = agent;
   impl->options = options;
   impl->admin = std::make_unique<AdminThread>();
-  TERN_ASSIGN_OR_RETURN(impl->loop, transport::EventLoopThread::Create());
+  transport::EventLoopOptions lo;
+  lo.busy_poll = std::chrono::microseconds(options.io_busy_poll_us);
+  TERN_ASSIGN_OR_RETURN(impl->loop, transport::EventLoopThread::Create(lo));
   transport::FrameServerOptions fo;
   fo.host = options.host;
   fo.port = options.frame_port;

@@ -1,13 +1,16 @@
-// Shared pieces of the foundation benchmarks (bench/foundation/): sample statistics,
-// thread pinning, progress lines, and the result document every section appends to.
+// Shared pieces of the benchmark drivers (bench/foundation/, bench/rpc/): sample
+// statistics, thread and process pinning, CPU-time reads, number formatting, progress
+// lines, machine facts, and the result document the foundation sections append to.
 //
-// A Report is the JSON document a driver run writes (bench/results/*.json): one row per
-// measurement (a distribution of samples, or a rate) and the summary lines that compare
-// tern with its floor or peer against the goals of issue #2. report.cc turns merged
-// Reports into foundation.json and foundation.md.
+// A Report is the JSON document a foundation driver run writes (bench/results/*.json):
+// one row per measurement (a distribution of samples, or a rate) and the summary lines
+// that compare tern with its floor or peer against the goals of issue #2.
+// bench/foundation/report.cc turns merged Reports into foundation.json and foundation.md;
+// bench/rpc writes its own document (rpc_report.cc) with the same helpers.
 //
 // Ownership: value types. Thread-safety: a Report is filled by one thread; Stats and
-// the helpers are pure or act on the calling thread only.
+// the helpers are pure or act on the calling thread only; SetProgressName is called
+// once by main() before other threads exist.
 #pragma once
 
 #include <cstdint>
@@ -53,8 +56,17 @@ std::string Fmt3(double v);
 // "123k", "1.23M": a count or rate.
 std::string FormatCount(double v);
 
-// Progress line on stderr: "[foundation  12.3s] <text>".
+// Progress line on stderr: "[<name> 12.3s] <text>" (seconds since the process started).
 void Progress(const std::string& text);
+// The <name> of progress lines ("bench" until set); `name` must outlive the process
+// (a string literal).
+void SetProgressName(const char* name);
+
+// CPU time (user + system) consumed so far, in seconds, by this process (all its
+// threads) or by process `pid` (clock_getcpuclockid: ns resolution, any process of the
+// same user); a negative value when `pid` cannot be read (it has exited).
+double ProcessCpuSeconds();
+double ProcessCpuSeconds(int pid);
 
 // The document a driver run produces.
 class Report {
@@ -99,5 +111,9 @@ class Report {
 
 // Facts about this machine and run (CPU model, vCPUs, kernel, clocksource, git rev).
 nlohmann::json MachineInfo(const std::string& source_dir);
+
+// `git rev-parse --short HEAD` of `source_dir`, with " (with uncommitted changes)" when
+// tracked files differ; "unknown" without git or a checkout.
+std::string GitRev(const std::string& source_dir);
 
 }  // namespace tern::bench

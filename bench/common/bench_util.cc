@@ -1,4 +1,4 @@
-#include "bench_util.h"
+#include "common/bench_util.h"
 
 #include <dirent.h>
 #include <fmt/format.h>
@@ -27,6 +27,7 @@ double Percentile(const std::vector<int64_t>& sorted, double q) {
 }
 
 const int64_t g_start_ns = NowNs();
+const char* g_progress_name = "bench";
 
 std::string ReadFirstLine(const std::string& path) {
   std::ifstream in(path);
@@ -138,9 +139,25 @@ std::string FormatCount(double v) {
 
 void Progress(const std::string& text) {
   double t = static_cast<double>(NowNs() - g_start_ns) / 1e9;
-  std::string line = fmt::format("[foundation {:6.1f}s] {}\n", t, text);
+  std::string line = fmt::format("[{} {:6.1f}s] {}\n", g_progress_name, t, text);
   std::fputs(line.c_str(), stderr);
   std::fflush(stderr);
+}
+
+void SetProgressName(const char* name) { g_progress_name = name; }
+
+double ProcessCpuSeconds() {
+  timespec ts;
+  if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0) return -1;
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
+double ProcessCpuSeconds(int pid) {
+  clockid_t clock;
+  if (clock_getcpuclockid(pid, &clock) != 0) return -1;
+  timespec ts;
+  if (clock_gettime(clock, &ts) != 0) return -1;
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
 }
 
 // ------------------------------------------------------------------------- Report
@@ -238,23 +255,33 @@ nlohmann::json MachineInfo(const std::string& source_dir) {
   m["clocksource"] =
       ReadFirstLine("/sys/devices/system/clocksource/clocksource0/current_clocksource");
   m["loadavg"] = ReadFirstLine("/proc/loadavg");
-  if (!source_dir.empty()) {
-    std::string cmd = "git -C '" + source_dir + "' rev-parse --short HEAD 2>/dev/null";
-    if (FILE* p = popen(cmd.c_str(), "r")) {
-      char buf[64] = {0};
-      if (fgets(buf, sizeof(buf), p) != nullptr) {
-        std::string rev(buf);
-        while (!rev.empty() && (rev.back() == '\n' || rev.back() == '\r')) rev.pop_back();
-        m["git_rev"] = rev;
-      }
-      pclose(p);
-    }
-  }
+  if (!source_dir.empty()) m["git_rev"] = GitRev(source_dir);
   time_t now = time(nullptr);
   char ts[64];
   strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
   m["date_utc"] = ts;
   return m;
+}
+
+std::string GitRev(const std::string& source_dir) {
+  std::string rev = "unknown";
+  if (source_dir.empty()) return rev;
+  std::string cmd = "git -C '" + source_dir + "' rev-parse --short HEAD 2>/dev/null";
+  if (FILE* p = popen(cmd.c_str(), "r")) {
+    char buf[64] = {0};
+    if (fgets(buf, sizeof(buf), p) != nullptr) {
+      rev = buf;
+      while (!rev.empty() && (rev.back() == '\n' || rev.back() == '\r')) rev.pop_back();
+    }
+    pclose(p);
+  }
+  cmd = "git -C '" + source_dir + "' status --porcelain --untracked-files=no 2>/dev/null";
+  if (FILE* p = popen(cmd.c_str(), "r")) {
+    char buf[8];
+    if (fgets(buf, sizeof(buf), p) != nullptr) rev += " (with uncommitted changes)";
+    pclose(p);
+  }
+  return rev;
 }
 
 }  // namespace tern::bench

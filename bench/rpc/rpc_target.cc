@@ -1,0 +1,191 @@
+#include "rpc_target.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "common/bench_util.h"
+
+namespace tern::bench::rpc {
+
+const char* PlacementName(Placement placement) {
+  switch (placement) {
+    case Placement::kPinned:
+      return "pinned";
+    case Placement::kUnpinned:
+      return "unpinned";
+    case Placement::kCross:
+      return "cross";
+  }
+  return "?";
+}
+
+int ClientCpu(Placement placement) { return placement == Placement::kUnpinned ? -1 : 0; }
+
+int ServerCpu(Placement placement) {
+  switch (placement) {
+    case Placement::kPinned:
+      return 0;
+    case Placement::kCross:
+      return 1;
+    case Placement::kUnpinned:
+      return -1;
+  }
+  return -1;
+}
+
+Result<uint64_t> RpcTarget::RunInFlight(int in_flight, std::span<const uint8_t> request,
+                                        int64_t deadline_ns) {
+  if (in_flight != 1) return UnimplementedError("only one call in flight");
+  std::vector<uint8_t> reply(request.size());
+  uint64_t calls = 0;
+  do {
+    TERN_RETURN_IF_ERROR(RoundTrip(request, reply));
+    ++calls;
+  } while (NowNs() < deadline_ns);
+  return calls;
+}
+
+int64_t ServeArgs::Int(const std::string& key, int64_t fallback) const {
+  auto it = values.find(key);
+  if (it == values.end() || it->second.empty()) return fallback;
+  char* end = nullptr;
+  long long v = std::strtoll(it->second.c_str(), &end, 10);
+  return (end != nullptr && *end == '\0') ? v : fallback;
+}
+
+const TargetInfo* TargetList::Find(const std::string& name) const {
+  for (const TargetInfo& t : targets_) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+// ------------------------------------------------------------------ ServerProcess
+
+Result<std::unique_ptr<ServerProcess>> ServerProcess::Start(const std::string& self_binary,
+                                                            const std::string& target,
+                                                            Placement placement,
+                                                            const std::vector<std::string>& args,
+                                                            const std::vector<int>& pass_fds) {
+  // Everything the child needs is prepared before fork: between fork and exec only
+  // async-signal-safe calls (the parent may have gRPC threads).
+  std::vector<std::string> strings = {self_binary, "--serve=" + target};
+  strings.insert(strings.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& s : strings) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  const int cpu = ServerCpu(placement);
+  if (cpu >= 0) {
+    CPU_SET(cpu, &cpus);
+  } else {
+    long n = sysconf(_SC_NPROCESSORS_CONF);
+    for (long i = 0; i < n && i < CPU_SETSIZE; ++i) CPU_SET(i, &cpus);
+  }
+
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) != 0) return ErrnoError("pipe2", errno);
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) {
+    Status st = ErrnoError("fork", errno);
+    close(out[0]);
+    close(out[1]);
+    return st;
+  }
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
+    sched_setaffinity(0, sizeof(cpus), &cpus);
+    dup2(out[1], STDOUT_FILENO);  // dup2 clears FD_CLOEXEC on the copy
+    for (int fd : pass_fds) fcntl(fd, F_SETFD, 0);
+    alarm(kServeMaxSeconds);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(out[1]);
+  std::unique_ptr<ServerProcess> p(new ServerProcess(pid));
+  std::string buf;
+  const int64_t deadline = NowNs() + 15'000'000'000;
+  while (buf.find('\n') == std::string::npos) {
+    int64_t left_ms = (deadline - NowNs()) / 1'000'000;
+    pollfd pfd{out[0], POLLIN, 0};
+    int r = left_ms > 0 ? poll(&pfd, 1, static_cast<int>(left_ms)) : 0;
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      close(out[0]);
+      return DeadlineExceededError("server '" + target + "' was not ready within 15 s");
+    }
+    char tmp[256];
+    ssize_t n = read(out[0], tmp, sizeof(tmp));
+    if (n <= 0) {
+      close(out[0]);
+      Status st = p->Stop();
+      return UnavailableError("server '" + target + "' exited before it was ready" +
+                              (st.ok() ? "" : " (" + st.ToString() + ")"));
+    }
+    buf.append(tmp, static_cast<size_t>(n));
+  }
+  close(out[0]);
+  buf.resize(buf.find('\n'));
+  if (buf.rfind("ready", 0) != 0) {
+    return InternalError("unexpected first line from server '" + target + "': " + buf);
+  }
+  p->ready_info_ = buf.size() > 6 ? buf.substr(6) : "";
+  return p;
+}
+
+ServerProcess::~ServerProcess() { (void)Stop(); }
+
+bool ServerProcess::Alive() const {
+  if (reaped_) return false;
+  siginfo_t info{};
+  if (waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT) != 0) return false;
+  return info.si_pid == 0;
+}
+
+Status ServerProcess::Stop() {
+  if (reaped_) return Status::Ok();
+  int status = 0;
+  // Exited by itself (crashed, or failed)?
+  pid_t r = waitpid(pid_, &status, WNOHANG);
+  bool by_itself = r == pid_;
+  if (!by_itself) {
+    kill(pid_, SIGTERM);
+    for (int i = 0; i < 200 && r != pid_; ++i) {
+      usleep(10'000);
+      r = waitpid(pid_, &status, WNOHANG);
+    }
+    if (r != pid_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, &status, 0);
+      reaped_ = true;
+      return DeadlineExceededError("server did not stop within 2 s of SIGTERM; killed");
+    }
+  }
+  reaped_ = true;
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return Status::Ok();
+  if (!by_itself && WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM) return Status::Ok();
+  if (WIFEXITED(status)) {
+    return InternalError("server exited with code " + std::to_string(WEXITSTATUS(status)));
+  }
+  return InternalError("server died of signal " + std::to_string(WTERMSIG(status)));
+}
+
+void ReportReady(const std::string& info) {
+  std::string line = "ready " + info + "\n";
+  (void)!write(STDOUT_FILENO, line.data(), line.size());
+}
+
+}  // namespace tern::bench::rpc
