@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs the benchmark suites against an existing build and writes their reports:
 #   foundation  (issue #2)  bench/results/foundation.{json,md}   foundation_bench
-#   rpc                     bench/results/rpc.{json,md}          rpc_bench
+#   rpc         (issue #3)  bench/results/rpc.{json,md}          rpc_bench
+#   calls       (issue #3)  bench/results/calls.{json,md}        calls_bench
 # Builds nothing: build first with
-#   ninja -C build/release -j2 foundation_bench rpc_bench   (also builds the guests and `tern`)
+#   ninja -C build/release -j2 foundation_bench rpc_bench calls_bench   (also builds the guests and `tern`)
 #
-# usage: bench/run.sh BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc]
+# usage: bench/run.sh BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc,calls]
 #   --quick     a smoke run (a few seconds per suite; what CI runs once, as ctest tests)
 #   --out=DIR   where results go (default: bench/results)
 #   --suites=   which suites to run (default: both)
@@ -16,7 +17,7 @@
 set -uo pipefail
 
 usage() {
-  echo "usage: $0 BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc]" >&2
+  echo "usage: $0 BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc,calls]" >&2
   exit 2
 }
 
@@ -25,7 +26,7 @@ BUILD_DIR=$(cd "$1" 2>/dev/null && pwd) || { echo "no build directory '$1'" >&2;
 shift
 QUICK=()
 OUT=""
-SUITES="foundation,rpc"
+SUITES="foundation,rpc,calls"
 LIMIT_INPROC=150
 LIMIT_NET=90
 LIMIT_RPC=240
@@ -39,28 +40,32 @@ for arg in "$@"; do
 done
 RUN_FOUNDATION=0
 RUN_RPC=0
+RUN_CALLS=0
 IFS=',' read -ra suite_list <<<"$SUITES"
 for s in "${suite_list[@]}"; do
   case "$s" in
     foundation) RUN_FOUNDATION=1 ;;
     rpc) RUN_RPC=1 ;;
-    *) echo "unknown suite '$s' (foundation, rpc)" >&2; usage ;;
+    calls) RUN_CALLS=1 ;;
+    *) echo "unknown suite '$s' (foundation, rpc, calls)" >&2; usage ;;
   esac
 done
-[[ $RUN_FOUNDATION == 1 || $RUN_RPC == 1 ]] || usage
+[[ $RUN_FOUNDATION == 1 || $RUN_RPC == 1 || $RUN_CALLS == 1 ]] || usage
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$BUILD_DIR/bench/foundation/foundation_bench
 RPC_BENCH=$BUILD_DIR/bench/rpc/rpc_bench
+CALLS_BENCH=$BUILD_DIR/bench/calls/calls_bench
 TERN=$BUILD_DIR/src/bin/tern
 WASM=$BUILD_DIR/wasm
 needed=()
 [[ $RUN_FOUNDATION == 1 ]] &&
   needed+=("$BENCH" "$TERN" "$WASM/echo.wasm" "$WASM/counter.wasm" "$WASM/kernels.wasm")
 [[ $RUN_RPC == 1 ]] && needed+=("$RPC_BENCH")
+[[ $RUN_CALLS == 1 ]] && needed+=("$CALLS_BENCH" "$WASM/relay.wasm")
 for f in "${needed[@]}"; do
   if [[ ! -e $f ]]; then
-    echo "missing $f: build first with: ninja -C $BUILD_DIR -j2 foundation_bench rpc_bench" \
+    echo "missing $f: build first with: ninja -C $BUILD_DIR -j2 foundation_bench rpc_bench calls_bench" \
          "(rpc_bench needs gRPC: scripts/setup.sh)" >&2
     exit 2
   fi
@@ -107,6 +112,16 @@ if [[ $RUN_RPC == 1 ]]; then
   timeout --kill-after=5 "$LIMIT_RPC" "$RPC_BENCH" "${QUICK[@]}" --source-dir="$SRC" \
     --out="$OUT" || rc=1
   [[ -s $OUT/rpc.md ]] && written+=("$OUT/rpc.md")
+fi
+
+if [[ $RUN_CALLS == 1 ]]; then
+  # Guest-to-guest calls per transport, chains and fan-out per placement (one process,
+  # three agents).
+  rm -f "$OUT/calls.json" "$OUT/calls.md"
+  echo "== calls_bench ${QUICK[*]}" >&2
+  timeout --kill-after=5 "${LIMIT_CALLS:-240}" "$CALLS_BENCH" "${QUICK[@]}" --wasm-dir="$WASM" \
+    --out="$OUT" > /dev/null || rc=1
+  [[ -s $OUT/calls.md ]] && written+=("$OUT/calls.md")
 fi
 
 echo "== done in $(( $(date +%s) - start )) s: ${written[*]:-no reports}" \
