@@ -145,6 +145,13 @@ struct Agent::OutCall {
     result = std::move(r);
     done.store(true, std::memory_order_release);
   }
+  void Complete(InvokeResult&& r) {
+    if (r.status.ok()) {
+      Complete(StatusCode::kOk, std::move(r.reply));
+    } else {
+      Complete(r.status.code(), std::string(r.status.message()));
+    }
+  }
 };
 
 // A shared-memory connection served by a worker (the server end).
@@ -729,20 +736,11 @@ void Agent::Dispatch(WorkerThread* wt, std::shared_ptr<OutCall> call) {
     req.deadline_ns = call->deadline_ns;
     if (c.worker == wt->index()) {
       // Same worker: run it right here (the caller waits anyway).
-      InvokeResult r = Execute(wt, c.loc.instance, req);
-      if (r.status.ok()) {
-        call->Complete(StatusCode::kOk, std::move(r.reply));
-      } else {
-        call->Complete(r.status.code(), std::string(r.status.message()));
-      }
+      call->Complete(Execute(wt, c.loc.instance, req));
       return;
     }
     Invoke(std::move(req), [call, wt](InvokeResult r) {
-      if (r.status.ok()) {
-        call->Complete(StatusCode::kOk, std::move(r.reply));
-      } else {
-        call->Complete(r.status.code(), std::string(r.status.message()));
-      }
+      call->Complete(std::move(r));
       wt->Wake();
     });
     return;
@@ -827,47 +825,14 @@ uint64_t& Agent::wt_rng_state() {
 // A request that arrived on a shared-memory connection owned by `wt`.
 void Agent::ServeShmFrame(WorkerThread* wt, const std::shared_ptr<ServerConn>& sc,
                           transport::Frame f) {
-  using transport::Frame;
-  using transport::FrameType;
-  if (f.type == FrameType::kPing) {
-    Frame pong;
-    pong.type = FrameType::kPong;
-    pong.request_id = f.request_id;
-    (void)sc->conn->Send(pong);
-    return;
-  }
-  if (f.type != FrameType::kInvoke) {
-    (void)sc->conn->Send(transport::MakeErrorFrame(
-        f.request_id, InvalidArgumentError(fmt::format("unexpected {} frame",
-                                                       transport::FrameTypeName(f.type)))));
+  if (std::optional<transport::Frame> answer = AnswerWithoutGuest(this, f)) {
+    (void)sc->conn->Send(*answer);
     return;
   }
   const uint64_t id = f.request_id;
-  if (f.epoch != 0 && !HasService(f.service)) {
-    Frame moved;
-    moved.type = FrameType::kMoved;
-    moved.request_id = id;
-    (void)sc->conn->Send(moved);
-    return;
-  }
-  InvokeRequest req;
-  req.service = std::move(f.service);
-  req.handler = std::move(f.handler);
-  req.payload = std::move(f.payload);
-  req.tenant = std::move(f.tenant);
-  req.request_id = id;
-  if (f.budget_us != 0) req.deadline_ns = MonoNanos() + int64_t{f.budget_us} * 1000;
   // The reply goes out on the connection's owner thread (connections are single-threaded).
-  Invoke(std::move(req), [wt, sc, id](InvokeResult r) {
-    Frame out;
-    if (r.status.ok()) {
-      out.type = FrameType::kReply;
-      out.request_id = id;
-      out.payload = std::move(r.reply);
-    } else {
-      out = transport::MakeErrorFrame(id, r.status);
-    }
-    auto send = [sc, out = std::move(out)] {
+  Invoke(RequestFromFrame(std::move(f)), [wt, sc, id](InvokeResult r) {
+    auto send = [sc, out = AnswerFrame(id, std::move(r))] {
       if (sc->dead) return;
       Status st = sc->conn->Send(out);
       if (!st.ok()) TERN_LOG(WARN) << "shared-memory reply dropped: " << st;
@@ -878,6 +843,46 @@ void Agent::ServeShmFrame(WorkerThread* wt, const std::shared_ptr<ServerConn>& s
       wt->Post(std::move(send), /*instance=*/"", /*io=*/true);
     }
   });
+}
+
+std::optional<transport::Frame> AnswerWithoutGuest(Agent* agent, const transport::Frame& f) {
+  using transport::FrameType;
+  transport::Frame out;
+  out.request_id = f.request_id;
+  switch (f.type) {
+    case FrameType::kInvoke:
+      if (f.epoch == 0 || agent->HasService(f.service)) return std::nullopt;
+      out.type = FrameType::kMoved;
+      return out;
+    case FrameType::kPing:
+      out.type = FrameType::kPong;
+      return out;
+    default:
+      return transport::MakeErrorFrame(
+          f.request_id,
+          InvalidArgumentError(fmt::format("agent accepts invoke frames only, got '{}'",
+                                           transport::FrameTypeName(f.type))));
+  }
+}
+
+InvokeRequest RequestFromFrame(transport::Frame&& f) {
+  InvokeRequest req;
+  req.service = std::move(f.service);
+  req.handler = std::move(f.handler);
+  req.payload = std::move(f.payload);
+  req.tenant = std::move(f.tenant);
+  req.request_id = f.request_id;
+  if (f.budget_us != 0) req.deadline_ns = MonoNanos() + int64_t{f.budget_us} * 1000;
+  return req;
+}
+
+transport::Frame AnswerFrame(uint64_t request_id, InvokeResult&& r) {
+  if (!r.status.ok()) return transport::MakeErrorFrame(request_id, r.status);
+  transport::Frame out;
+  out.type = transport::FrameType::kReply;
+  out.request_id = request_id;
+  out.payload = std::move(r.reply);
+  return out;
 }
 
 bool Agent::HasService(const std::string& service) {

@@ -19,6 +19,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,13 +29,13 @@
 #include "dataplane/picker.h"
 #include "core/mutex.h"
 #include "core/status.h"
+#include "transport/frame.h"
 #include "wasm/engine.h"
 #include "wasm/snapshot.h"
 
 namespace tern::transport {
 class Doorbell;
 class ShmConnection;
-struct Frame;
 }  // namespace tern::transport
 
 namespace tern::agent {
@@ -255,5 +256,17 @@ class Agent {
   std::atomic<uint64_t> call_counts_[4] = {};
   std::atomic<uint64_t> moved_{0};
 };
+
+// The data-plane protocol, shared by the TCP (agent_server.cc) and shared-memory
+// (Agent's workers) front ends.
+//
+// The answer to a frame that needs no guest: kPong for kPing, kError for a type an
+// agent does not serve, kMoved for an invoke whose epoch points here at a service that
+// is not here (the caller re-picks). nullopt: an invoke to run.
+std::optional<transport::Frame> AnswerWithoutGuest(Agent* agent, const transport::Frame& f);
+// The request an invoke frame asks for (its budget becomes a deadline from now).
+InvokeRequest RequestFromFrame(transport::Frame&& f);
+// The kReply or kError frame answering `request_id` with `r`.
+transport::Frame AnswerFrame(uint64_t request_id, InvokeResult&& r);
 
 }  // namespace tern::agent

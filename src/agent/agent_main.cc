@@ -36,7 +36,7 @@ int RunAgentCommand(int argc, char** argv) {
         "other over shared memory");
   f.Add("shm-socket", "",
         "Unix socket for shared-memory calls from agents on this host (default: "
-        "<data-dir>/shm.sock, else /tmp/tern-<device>.sock; 'none' disables)");
+        "<data-dir>/shm.sock, else /tmp/tern-<device>-<pid>.sock; 'none' disables)");
   f.Add("call-transport", "auto",
         "transport for calls between services: auto (the fastest the locations allow), "
         "inproc, shm or tcp (forced, for benchmarks and debugging)");
@@ -138,8 +138,11 @@ int RunAgentCommand(int argc, char** argv) {
   }
   std::string shm_socket = str("shm-socket");
   if (shm_socket.empty()) {
-    shm_socket = ao.data_dir.empty() ? "/tmp/tern-" + ao.device + ".sock"
-                                     : ao.data_dir + "/shm.sock";
+    // Without a data dir, the pid keeps two agents with the same device name (tests,
+    // several demos) from fighting over one socket; /v1/info tells the path.
+    shm_socket = ao.data_dir.empty()
+                     ? "/tmp/tern-" + ao.device + "-" + std::to_string(::getpid()) + ".sock"
+                     : ao.data_dir + "/shm.sock";
   } else if (shm_socket == "none") {
     shm_socket.clear();
   }

@@ -117,43 +117,15 @@ struct AgentServer::Impl {
   }
 
   void OnFrame(transport::FrameConnection* conn, Frame f) {
-    if (f.type != FrameType::kInvoke) {
+    if (std::optional<Frame> answer = AnswerWithoutGuest(agent, f)) {
       // A failed send closes the connection by itself; nothing more to do.
-      (void)conn->Send(transport::MakeErrorFrame(
-          f.request_id,
-          InvalidArgumentError(fmt::format("agent accepts invoke frames only, got '{}'",
-                                           transport::FrameTypeName(f.type)))));
+      (void)conn->Send(*answer);
       return;
     }
-    if (f.epoch != 0 && !agent->HasService(f.service)) {
-      // The caller's location table says the instance is here: it has moved (or was
-      // stopped). kMoved makes the caller pick again.
-      Frame moved;
-      moved.type = FrameType::kMoved;
-      moved.request_id = f.request_id;
-      (void)conn->Send(moved);
-      return;
-    }
-    InvokeRequest req;
-    req.service = std::move(f.service);
-    req.handler = std::move(f.handler);
-    req.payload = std::move(f.payload);
-    req.tenant = std::move(f.tenant);
-    req.request_id = f.request_id;
-    if (f.budget_us != 0) req.deadline_ns = MonoNanos() + int64_t{f.budget_us} * 1000;
     transport::FrameConnectionRef ref = conn->ref();
     const uint64_t id = f.request_id;
-    agent->Invoke(std::move(req), [ref, id](InvokeResult r) {
-      if (r.status.ok()) {
-        Frame reply;
-        reply.type = FrameType::kReply;
-        reply.request_id = id;
-        reply.payload = std::move(r.reply);
-        ref.Send(std::move(reply));
-      } else {
-        ref.Send(transport::MakeErrorFrame(id, r.status));
-      }
-    });
+    agent->Invoke(RequestFromFrame(std::move(f)),
+                  [ref, id](InvokeResult r) { ref.Send(AnswerFrame(id, std::move(r))); });
   }
 
   transport::HttpRouter Routes() {
