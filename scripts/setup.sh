@@ -31,6 +31,8 @@ PACKAGES=(
   libuv1 libicu72 libc-ares2 libnghttp2-14 libbrotli1 libssl3 zlib1g
   # tools used by tests and benchmarks
   curl python3 iproute2 procps
+  # the cluster: etcd (a ClusterStore backend), wrk (gateway load generator)
+  etcd-server etcd-client wrk
 )
 
 if [[ $EUID -ne 0 ]]; then
