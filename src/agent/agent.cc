@@ -1061,7 +1061,7 @@ Status Agent::Undeploy(const std::string& service) {
   return Status::Ok();
 }
 
-Result<std::string> Agent::StartInstance(const std::string& service) {
+Result<std::string> Agent::StartInstance(const std::string& service, const std::string& id) {
   std::shared_ptr<const Service> svc;
   {
     MutexLock l(&mu_);
@@ -1070,15 +1070,25 @@ Result<std::string> Agent::StartInstance(const std::string& service) {
       return NotFoundError(fmt::format("no service '{}' deployed", service));
     svc = it->second;
   }
-  return StartInstanceLocked(svc);
+  return StartInstanceLocked(svc, id);
 }
 
-Result<std::string> Agent::StartInstanceLocked(std::shared_ptr<const Service> svc) {
-  std::string id;
+Result<std::string> Agent::StartInstanceLocked(std::shared_ptr<const Service> svc,
+                                               std::string id) {
+  if (!id.empty() && !IsValidName(id)) {
+    return InvalidArgumentError(
+        fmt::format("instance id '{}' is not a valid name ([a-z0-9-], at most 63 chars)", id));
+  }
   int w = 0;
   {
     MutexLock l(&mu_);
-    id = MakeInstanceId(svc->manifest.name, ++next_instance_[svc->manifest.name]);
+    if (id.empty()) {
+      do {
+        id = MakeInstanceId(svc->manifest.name, ++next_instance_[svc->manifest.name]);
+      } while (routes_.count(id) > 0);
+    } else if (routes_.count(id) > 0) {
+      return AlreadyExistsError(fmt::format("instance '{}' already runs here", id));
+    }
     w = next_worker_++ % static_cast<int>(workers_.size());
   }
   auto queued = std::make_shared<std::atomic<uint64_t>>(0);

@@ -132,8 +132,10 @@ class Agent {
   // Stops all instances of the service and forgets it.
   Status Undeploy(const std::string& service);
 
-  // Starts one more instance of `service`; returns its id.
-  Result<std::string> StartInstance(const std::string& service);
+  // Starts one more instance of `service`; returns its id. `id` names it (a controller
+  // assigns cluster-wide unique ids; kAlreadyExists if taken, kInvalidArgument if not a
+  // valid name); "" = the agent picks "<service>-<n>".
+  Result<std::string> StartInstance(const std::string& service, const std::string& id = "");
   Status StopInstance(const std::string& instance_id);
 
   // Queues a request. `done` runs exactly once, on a worker thread (or inline on the
@@ -202,7 +204,8 @@ class Agent {
 
   Agent(const AgentOptions& options, wasm::Engine* engine);
   Status LoadFromDataDir();
-  Result<std::string> StartInstanceLocked(std::shared_ptr<const Service> svc) EXCLUDES(mu_);
+  Result<std::string> StartInstanceLocked(std::shared_ptr<const Service> svc,
+                                          std::string id = "") EXCLUDES(mu_);
   Status StopInstanceOn(int worker, const std::string& id);
   void AddRoute(const std::string& id, Route route) REQUIRES(mu_);
   void EraseRoute(const std::string& id) REQUIRES(mu_);

@@ -273,7 +273,17 @@ struct AgentServer::Impl {
       return HttpResponse::Json(200, nlohmann::json{{"undeployed", p[2]}}.dump());
     }
     if (p.size() == 4 && p[3] == "instances" && req.method == "POST") {
-      Result<std::string> id = agent->StartInstance(p[2]);
+      std::string want;
+      if (!req.body.empty()) {
+        nlohmann::json j = nlohmann::json::parse(req.body, nullptr, /*allow_exceptions=*/false);
+        if (j.is_discarded() || !j.is_object() ||
+            (j.contains("id") && !j["id"].is_string())) {
+          return ErrorResponse(InvalidArgumentError(
+              "start instance: the body must be empty or {\"id\": \"<instance id>\"}"));
+        }
+        if (j.contains("id")) want = j["id"].get<std::string>();
+      }
+      Result<std::string> id = agent->StartInstance(p[2], want);
       if (!id.ok()) return ErrorResponse(id.status());
       return HttpResponse::Json(201, nlohmann::json{{"instance", *id}}.dump());
     }

@@ -8,7 +8,8 @@
 //   GET    /v1/status                        services, instances, counters
 //   POST   /v1/services                      {"manifest": "<yaml>", "module_b64": "..."}
 //   DELETE /v1/services/{name}
-//   POST   /v1/services/{name}/instances     start one more instance
+//   POST   /v1/services/{name}/instances     start one more instance; optional body
+//                                            {"id": "..."} names it
 //   DELETE /v1/instances/{id}                stop it
 //   GET    /v1/instances/{id}/snapshot       the snapshot file (application/octet-stream)
 //   PUT    /v1/instances/{id}/snapshot       restore from a snapshot file in the body

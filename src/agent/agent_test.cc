@@ -341,5 +341,27 @@ TEST(AgentTest, StopAndUndeploy) {
   EXPECT_EQ(a->GetStatus().instances.size(), 0u);
 }
 
+TEST(AgentTest, InstancesCanBeNamedByTheCaller) {
+  auto a = NewAgent();
+  ASSERT_TRUE(a->Deploy(ExampleManifest("echo"), ReadWasm("echo"), false).ok());
+  Result<std::string> id = a->StartInstance("echo", "echo-c7");
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(*id, "echo-c7");
+  EXPECT_EQ(a->StartInstance("echo", "echo-c7").status().code(), StatusCode::kAlreadyExists);
+  EXPECT_EQ(a->StartInstance("echo", "Bad Name").status().code(),
+            StatusCode::kInvalidArgument);
+  InvokeRequest req{.service = "echo", .handler = "echo", .payload = "hi", .instance = "echo-c7"};
+  InvokeResult r = a->InvokeSync(req);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.instance, "echo-c7");
+  // Agent-picked ids skip names already taken by callers.
+  Result<std::string> next = a->StartInstance("echo", "echo-1");
+  ASSERT_TRUE(next.ok());
+  Result<std::string> picked = a->StartInstance("echo");
+  ASSERT_TRUE(picked.ok());
+  EXPECT_NE(*picked, "echo-1");
+  EXPECT_EQ(a->GetStatus().instances.size(), 3u);
+}
+
 }  // namespace
 }  // namespace tern::agent

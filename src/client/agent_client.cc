@@ -85,9 +85,12 @@ Status AgentClient::Undeploy(const std::string& service) {
   return Admin("DELETE", "/v1/services/" + service, "", "").status();
 }
 
-Result<std::string> AgentClient::StartInstance(const std::string& service) {
+Result<std::string> AgentClient::StartInstance(const std::string& service,
+                                               const std::string& id) {
+  std::string req = id.empty() ? std::string() : nlohmann::json{{"id", id}}.dump();
   TERN_ASSIGN_OR_RETURN(std::string body,
-                        Admin("POST", "/v1/services/" + service + "/instances", "", ""));
+                        Admin("POST", "/v1/services/" + service + "/instances", req,
+                              id.empty() ? "" : "application/json"));
   nlohmann::json j = nlohmann::json::parse(body, nullptr, false);
   if (j.is_discarded() || !j.contains("instance")) return InternalError("bad answer: " + body);
   return j["instance"].get<std::string>();

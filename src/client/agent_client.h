@@ -41,7 +41,8 @@ class AgentClient {
   Result<std::string> Deploy(const std::string& manifest_yaml, const std::string& module_bytes,
                              bool start_instances);
   Status Undeploy(const std::string& service);
-  Result<std::string> StartInstance(const std::string& service);  // the new instance id
+  // Starts an instance (named `id`, or by the agent if ""); returns its id.
+  Result<std::string> StartInstance(const std::string& service, const std::string& id = "");
   Status StopInstance(const std::string& instance);
   // The snapshot file bytes (docs/formats/snapshot.md).
   Result<std::string> Snapshot(const std::string& instance);
