@@ -59,12 +59,4 @@ std::string StatusToJson(const AgentStatus& st) {
       .dump();
 }
 
-std::string ErrorToJson(const Status& s) {
-  return json{{"error",
-               {{"code", std::string(StatusCodeName(s.code()))},
-                {"code_number", static_cast<int>(s.code())},
-                {"message", std::string(s.message())}}}}
-      .dump();
-}
-
 }  // namespace tern::agent

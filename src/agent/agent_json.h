@@ -10,7 +10,5 @@ namespace tern::agent {
 
 std::string StatusToJson(const AgentStatus& st);
 std::string ServiceToJson(const ServiceStatus& s);
-// {"error": {"code": "not_found", "code_number": 5, "message": "..."}}
-std::string ErrorToJson(const Status& s);
 
 }  // namespace tern::agent

@@ -13,8 +13,10 @@
 #include "core/clock.h"
 #include "core/logging.h"
 #include "core/mutex.h"
+#include "core/task_thread.h"
 #include "transport/event_loop.h"
 #include "transport/http.h"
+#include "transport/json_api.h"
 #include "transport/shm.h"
 #include "transport/tcp.h"
 #include "wasm/snapshot.h"
@@ -26,53 +28,13 @@ using transport::FrameType;
 using transport::HttpRequest;
 using transport::HttpResponder;
 using transport::HttpResponse;
+using transport::ErrorResponse;
 
 namespace {
 
 constexpr char kTernVersion[] = "0.1.0";
 
 // A thread running blocking admin operations one at a time.
-class AdminThread {
- public:
-  AdminThread() : thread_([this] { Loop(); }) {}
-  ~AdminThread() {
-    {
-      MutexLock l(&mu_);
-      stop_ = true;
-      cv_.Signal();
-    }
-    thread_.join();
-  }
-  void Post(std::function<void()> fn) {
-    MutexLock l(&mu_);
-    tasks_.push_back(std::move(fn));
-    cv_.Signal();
-  }
-
- private:
-  void Loop() {
-    for (;;) {
-      std::function<void()> fn;
-      {
-        MutexLock l(&mu_);
-        while (tasks_.empty() && !stop_) cv_.Wait(&mu_);
-        if (tasks_.empty()) return;
-        fn = std::move(tasks_.front());
-        tasks_.pop_front();
-      }
-      fn();
-    }
-  }
-  Mutex mu_;
-  CondVar cv_;
-  std::deque<std::function<void()>> tasks_ GUARDED_BY(mu_);
-  bool stop_ GUARDED_BY(mu_) = false;
-  std::thread thread_;
-};
-
-HttpResponse ErrorResponse(const Status& s) {
-  return HttpResponse::Json(transport::HttpStatusForCode(s.code()), ErrorToJson(s));
-}
 
 // The last path segment after `prefix` ("/v1/instances/" + "echo-1/snapshot" etc.).
 std::vector<std::string> PathParts(const std::string& path) {
@@ -95,7 +57,7 @@ struct AgentServer::Impl {
   std::unique_ptr<transport::EventLoopThread> loop;
   std::unique_ptr<transport::FrameServer> frames;
   std::unique_ptr<transport::HttpServer> http;
-  std::unique_ptr<AdminThread> admin;
+  std::unique_ptr<TaskThread> admin;
   std::unique_ptr<transport::ShmListener> shm;
 
   // New shared-memory clients: each connection goes to the worker that owns the
@@ -330,7 +292,7 @@ Result<std::unique_ptr<AgentServer>> AgentServer::Start(Agent* agent,
   auto impl = std::make_unique<Impl>();
   impl->agent = agent;
   impl->options = options;
-  impl->admin = std::make_unique<AdminThread>();
+  impl->admin = std::make_unique<TaskThread>();
   transport::EventLoopOptions lo;
   lo.busy_poll = std::chrono::microseconds(options.io_busy_poll_us);
   TERN_ASSIGN_OR_RETURN(impl->loop, transport::EventLoopThread::Create(lo));

@@ -10,24 +10,9 @@
 #include "transport/frame.h"
 #include "transport/frame_client.h"
 #include "transport/http.h"
+#include "transport/json_api.h"
 
 namespace tern::client {
-
-namespace {
-
-// Turns an error answer of the admin API into a Status.
-Status FromErrorBody(int http_status, const std::string& body) {
-  nlohmann::json j = nlohmann::json::parse(body, nullptr, false);
-  if (!j.is_discarded() && j.is_object() && j.contains("error") && j["error"].is_object()) {
-    const auto& e = j["error"];
-    int code = e.value("code_number", static_cast<int>(StatusCode::kUnknown));
-    return Status(StatusCodeFromInt(code), e.value("message", std::string("(no message)")));
-  }
-  return Status(StatusCode::kUnknown,
-                fmt::format("agent answered HTTP {}: {}", http_status, body.substr(0, 200)));
-}
-
-}  // namespace
 
 AgentClient::AgentClient(std::string host, std::unique_ptr<transport::HttpClient> http,
                          std::chrono::milliseconds timeout)
@@ -56,7 +41,7 @@ Result<std::string> AgentClient::Admin(const std::string& method, const std::str
       transport::HttpClientResponse r,
       http_->Request(method, target, body, content_type,
                      std::chrono::milliseconds(std::max<int64_t>(timeout_.count(), 60000))));
-  if (r.status < 200 || r.status > 299) return FromErrorBody(r.status, r.body);
+  if (r.status < 200 || r.status > 299) return transport::StatusFromErrorBody(r.status, r.body, "agent");
   return std::move(r.body);
 }
 
