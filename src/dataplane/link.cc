@@ -114,8 +114,48 @@ std::string Lower(std::string_view s) {
   return out;
 }
 
+std::string Upper(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) {
+    if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
+  }
+  return out;
+}
+
+// Bytes per unit for a bytes-per-second unit ("GB/s" -> 1e9, "MiB/s" -> 2^20), 0 if
+// `unit` is not one. Case-sensitive.
+double ByteRateScale(std::string_view unit) {
+  constexpr std::string_view kSuffix = "B/s";
+  if (unit.size() < kSuffix.size() || unit.substr(unit.size() - kSuffix.size()) != kSuffix) {
+    return 0;
+  }
+  const std::string_view prefix = unit.substr(0, unit.size() - kSuffix.size());
+  if (prefix.empty()) return 1;
+  if (prefix == "k" || prefix == "K") return 1e3;
+  if (prefix == "M") return 1e6;
+  if (prefix == "G") return 1e9;
+  if (prefix == "T") return 1e12;
+  if (prefix == "Ki") return 0x1p10;
+  if (prefix == "Mi") return 0x1p20;
+  if (prefix == "Gi") return 0x1p30;
+  if (prefix == "Ti") return 0x1p40;
+  return 0;
+}
+
 constexpr double kMaxLatencyNs = 3600e9;
 constexpr double kMaxBandwidthBps = 1e15;
+
+// The range check shared by bit and byte units.
+Result<double> CheckBandwidth(std::string_view text, double bps) {
+  if (bps < 1) {
+    return InvalidArgumentError(fmt::format(
+        "bandwidth '{}': must be at least 1 bit/s (write 'unlimited' for no limit)", text));
+  }
+  if (bps > kMaxBandwidthBps) {
+    return InvalidArgumentError(fmt::format("bandwidth '{}': more than 1000 tbit/s", text));
+  }
+  return bps;
+}
 
 }  // namespace
 
@@ -153,6 +193,11 @@ Result<double> ParseBandwidth(std::string_view text) {
   double value = 0;
   std::string_view unit_text;
   TERN_RETURN_IF_ERROR(SplitNumber("bandwidth", text, &value, &unit_text));
+  // Bytes per second: case-sensitive, a capital B and a mandatory "/s" ("16GB/s"), so
+  // that neither "Gb/s" (bits by convention) nor a size ("16GB") is taken for it.
+  if (const double bytes = ByteRateScale(unit_text); bytes > 0) {
+    return CheckBandwidth(text, value * bytes * 8);
+  }
   std::string unit = Lower(unit_text);
   if (unit.size() > 2 && unit.compare(unit.size() - 2, 2, "/s") == 0) {
     unit.resize(unit.size() - 2);
@@ -175,24 +220,26 @@ Result<double> ParseBandwidth(std::string_view text) {
         "bandwidth '{}': ambiguous unit '{}' (tc reads it as bytes per second); write '{}' "
         "or '{}/s' for bits per second",
         text, unit_text, bits, bits));
+  } else if (unit == "b" || unit == "kb" || unit == "mb" || unit == "gb" || unit == "tb") {
+    const std::string prefix = unit.substr(0, unit.size() - 1);
+    std::string bytes = prefix == "k" ? "kB/s" : Upper(prefix) + "B/s";
+    return InvalidArgumentError(fmt::format(
+        "bandwidth '{}': ambiguous unit '{}'; write '{}bit' for bits or '{}' for bytes per "
+        "second",
+        text, unit_text, prefix, bytes));
   } else if (unit.empty()) {
     return InvalidArgumentError(fmt::format(
-        "bandwidth '{}': needs a unit (bit, kbit, mbit, gbit or tbit) or 'unlimited'", text));
+        "bandwidth '{}': needs a unit (bit, kbit, mbit, gbit or tbit, or B/s, kB/s, MB/s, "
+        "GB/s, TB/s, KiB/s, MiB/s, GiB/s, TiB/s) or 'unlimited'",
+        text));
   } else {
     return InvalidArgumentError(
         fmt::format("bandwidth '{}': unknown unit '{}' (expected bit, kbit, mbit, gbit or "
-                    "tbit, optionally with /s, or 'unlimited')",
+                    "tbit, optionally with /s; B/s, kB/s, MB/s, GB/s, TB/s, KiB/s, MiB/s, "
+                    "GiB/s or TiB/s; or 'unlimited')",
                     text, unit_text));
   }
-  const double bps = value * scale;
-  if (bps < 1) {
-    return InvalidArgumentError(fmt::format(
-        "bandwidth '{}': must be at least 1 bit/s (write 'unlimited' for no limit)", text));
-  }
-  if (bps > kMaxBandwidthBps) {
-    return InvalidArgumentError(fmt::format("bandwidth '{}': more than 1000 tbit/s", text));
-  }
-  return bps;
+  return CheckBandwidth(text, value * scale);
 }
 
 Result<LinkSpec> ParseLinkSpec(std::string_view latency, std::string_view bandwidth) {

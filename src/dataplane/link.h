@@ -135,7 +135,11 @@ class DelayQueue {
 Result<int64_t> ParseLatency(std::string_view text);
 // Parses a bandwidth in bits per second: "unlimited" (-> 0), or a positive decimal with a
 // unit bit, kbit, mbit, gbit, tbit (SI, case-insensitive, optional "/s"): "100mbit",
-// "10Gbit/s". Byte units like "mbps" are refused as ambiguous (tc reads them as bytes).
+// "10Gbit/s"; or bytes per second with a capital B and "/s" (case-sensitive): B/s, kB/s
+// (or KB/s), MB/s, GB/s, TB/s (SI) and KiB/s, MiB/s, GiB/s, TiB/s, converted to bits:
+// "16GB/s" -> 1.28e11. Units like "mbps", "Gb/s" or "16GB" are refused as ambiguous (tc
+// reads "mbps" as bytes, "Gb/s" conventionally means bits). At least 1 bit/s, at most
+// 1000 tbit/s.
 Result<double> ParseBandwidth(std::string_view text);
 // Both of the above; errors name which one is wrong.
 Result<LinkSpec> ParseLinkSpec(std::string_view latency, std::string_view bandwidth);

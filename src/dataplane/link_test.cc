@@ -111,6 +111,14 @@ TEST(ParseLinkSpecTest, Good) {
       {"10\xC2\xB5s", "1tbit", {10 * kUs, 1e12}},
       {"0ms", "UNLIMITED", {0, 0}},
       {"3US", "9600bit", {3 * kUs, 9600}},
+      {"2us", "16GB/s", {2 * kUs, 128e9}},
+      {"2us", "500MB/s", {2 * kUs, 4e9}},
+      {"2us", "1.5kB/s", {2 * kUs, 12e3}},
+      {"2us", "2KB/s", {2 * kUs, 16e3}},
+      {"2us", "100B/s", {2 * kUs, 800}},
+      {"2us", "1GiB/s", {2 * kUs, 8.0 * (1 << 30)}},
+      {"2us", "3MiB/s", {2 * kUs, 24.0 * (1 << 20)}},
+      {"2us", "1TB/s", {2 * kUs, 8e12}},
   };
   for (const Case& c : cases) {
     Result<LinkSpec> r = ParseLinkSpec(c.latency, c.bandwidth);
@@ -146,6 +154,13 @@ TEST(ParseLinkSpecTest, Bad) {
       {"1ms", "-5gbit", "expected a non-negative number"},
       {"1ms", "2000tbit", "more than 1000 tbit/s"},
       {"1ms", "inf", "expected a non-negative number"},
+      {"1ms", "10Gb/s", "ambiguous unit 'Gb/s'; write 'gbit' for bits or 'GB/s' for bytes"},
+      {"1ms", "16GB", "ambiguous unit 'GB'; write 'gbit' for bits or 'GB/s' for bytes"},
+      {"1ms", "5kb/s", "write 'kbit' for bits or 'kB/s'"},
+      {"1ms", "5mB/s", "ambiguous unit 'mB/s'"},
+      {"1ms", "0GB/s", "must be at least 1 bit/s"},
+      {"1ms", "200TB/s", "more than 1000 tbit/s"},
+      {"1ms", "1GiB", "unknown unit 'GiB'"},
   };
   for (const Case& c : cases) {
     Result<LinkSpec> r = ParseLinkSpec(c.latency, c.bandwidth);
