@@ -3,13 +3,17 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <thread>
 
 #include "agent/agent.h"
 #include "agent/agent_server.h"
+#include "agent/registrar.h"
 #include "cli/flags.h"
 #include "core/config.h"
 #include "core/logging.h"
@@ -43,6 +47,15 @@ int RunAgentCommand(int argc, char** argv) {
   f.Add("locations", "",
         "YAML file with the location table (where other agents' instances run); see "
         "docs/design/dataplane.md");
+  f.Add("controller", "",
+        "join a cluster: register with the controller(s) at HOST:PORT[,HOST:PORT...] and "
+        "heartbeat; the controller then places instances here");
+  f.Add("kind", "cpu", "device kind reported to the controller: cpu, csd, cpm, nic, mem, gpu");
+  f.Add("cores", "1", "cores this device offers (fractional allowed, e.g. 0.25)");
+  f.Add("speed", "1", "speed per core relative to a reference host core");
+  f.Add("memory-mib", "1024", "memory this device offers to instances, MiB");
+  f.Add("advertise", "",
+        "address other agents and the controller reach this agent at (default: --host)");
   f.Add("config", "",
         "YAML file with any of: device, host, port, admin_port, data_dir, "
         "workers, log_level, v8_flags, host_id, shm_socket, call_transport, locations "
@@ -62,7 +75,8 @@ int RunAgentCommand(int argc, char** argv) {
     Result<Config> c = Config::Load(
         f.Get("config"),
         {"device", "host", "port", "admin_port", "data_dir", "workers", "log_level", "v8_flags",
-         "host_id", "shm_socket", "call_transport", "locations"});
+         "host_id", "shm_socket", "call_transport", "locations", "controller", "kind",
+         "cores", "speed", "memory_mib", "advertise"});
     if (!c.ok()) {
       std::fprintf(stderr, "tern agent: %s\n", c.status().ToString().c_str());
       return 2;
@@ -92,7 +106,21 @@ int RunAgentCommand(int argc, char** argv) {
   Result<int64_t> port = num("port", 0, 65535);
   Result<int64_t> admin_port = num("admin-port", 0, 65535);
   Result<int64_t> workers = num("workers", 1, 256);
-  for (const Status& s : {port.status(), admin_port.status(), workers.status()}) {
+  Result<int64_t> memory_mib = num("memory-mib", 1, int64_t{1} << 30);
+  auto positive = [&](const std::string& flag) -> Result<double> {
+    std::string v = str(flag);
+    char* end = nullptr;
+    double d = std::strtod(v.c_str(), &end);
+    if (v.empty() || *end != '\0' || !(d > 0) || d > 4096) {
+      return InvalidArgumentError(
+          fmt::format("--{} must be a number > 0 (like 0.25 or 2), not '{}'", flag, v));
+    }
+    return d;
+  };
+  Result<double> cores = positive("cores");
+  Result<double> speed = positive("speed");
+  for (const Status& s : {port.status(), admin_port.status(), workers.status(),
+                          memory_mib.status(), cores.status(), speed.status()}) {
     if (!s.ok()) {
       std::fprintf(stderr, "tern agent: %s\n", std::string(s.message()).c_str());
       return 2;
@@ -169,6 +197,30 @@ int RunAgentCommand(int argc, char** argv) {
                  << (shm_socket.empty() ? "" : ", shared memory on " + shm_socket)
                  << ", host " << ao.host << ", calls " << dataplane::TierPolicyName(ao.tier_policy)
                  << (ao.data_dir.empty() ? "" : ", data in " + ao.data_dir);
+  std::unique_ptr<Registrar> registrar;
+  if (!str("controller").empty()) {
+    RegistrarOptions ro;
+    for (size_t i = 0; i <= str("controller").size();) {
+      size_t j = str("controller").find(',', i);
+      if (j == std::string::npos) j = str("controller").size();
+      if (j > i) ro.controllers.push_back(str("controller").substr(i, j - i));
+      i = j + 1;
+    }
+    std::string advertise = str("advertise").empty() ? so.host : str("advertise");
+    ro.kind = str("kind");
+    ro.cores = *cores;
+    ro.speed = *speed;
+    ro.memory_bytes = static_cast<uint64_t>(*memory_mib) << 20;
+    ro.admin = fmt::format("{}:{}", advertise, (*server)->admin_port());
+    ro.tcp = fmt::format("{}:{}", advertise, (*server)->frame_port());
+    ro.shm = shm_socket;
+    Result<std::unique_ptr<Registrar>> r = Registrar::Start(agent->get(), ro);
+    if (!r.ok()) {
+      std::fprintf(stderr, "tern agent: --controller: %s\n", std::string(r.status().message()).c_str());
+      return 2;
+    }
+    registrar = std::move(*r);
+  }
   // A line for scripts that started us with port 0.
   std::printf("listening frames=%u admin=%u\n", (*server)->frame_port(), (*server)->admin_port());
   std::fflush(stdout);
@@ -176,6 +228,7 @@ int RunAgentCommand(int argc, char** argv) {
   int sig = 0;
   sigwait(&stop, &sig);
   TERN_LOG(INFO) << "agent " << ao.device << " stopping (" << strsignal(sig) << ")";
+  registrar.reset();
   server->reset();
   agent->reset();
   return 0;

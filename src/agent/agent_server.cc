@@ -13,6 +13,7 @@
 #include "core/clock.h"
 #include "core/logging.h"
 #include "core/mutex.h"
+#include "core/version.h"
 #include "core/task_thread.h"
 #include "transport/event_loop.h"
 #include "transport/http.h"
@@ -31,10 +32,6 @@ using transport::HttpResponse;
 using transport::ErrorResponse;
 
 namespace {
-
-constexpr char kTernVersion[] = "0.1.0";
-
-// A thread running blocking admin operations one at a time.
 
 // The last path segment after `prefix` ("/v1/instances/" + "echo-1/snapshot" etc.).
 std::vector<std::string> PathParts(const std::string& path) {

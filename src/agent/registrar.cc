@@ -1,0 +1,161 @@
+#include "agent/registrar.h"
+
+#include <fmt/format.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+
+#include "agent/agent.h"
+#include "agent/agent_json.h"
+#include "core/clock.h"
+#include "core/hash.h"
+#include "core/logging.h"
+#include "core/mutex.h"
+#include "transport/json_api.h"
+
+namespace tern::agent {
+
+using nlohmann::json;
+
+namespace {
+
+std::string NewBootId() {
+  std::random_device rd;
+  uint64_t a = (uint64_t{rd()} << 32) | rd();
+  uint64_t b = static_cast<uint64_t>(MonoNanos()) ^ (static_cast<uint64_t>(::getpid()) << 40);
+  return fmt::format("{:016x}{:08x}", a, static_cast<uint32_t>(b ^ (b >> 32)));
+}
+
+int64_t ProcessCpuNs() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+}
+
+uint64_t RssBytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (!f) return 0;
+  unsigned long size = 0, resident = 0;
+  int n = std::fscanf(f, "%lu %lu", &size, &resident);
+  std::fclose(f);
+  return n == 2 ? uint64_t{resident} * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE)) : 0;
+}
+
+}  // namespace
+
+struct Registrar::Impl {
+  Agent* agent = nullptr;
+  RegistrarOptions options;
+  std::string boot;
+  std::thread thread;
+  Mutex mu;
+  CondVar cv;
+  bool stop GUARDED_BY(mu) = false;
+
+  // Sleeps up to `d`; false if stopping.
+  bool Sleep(std::chrono::milliseconds d) {
+    MutexLock l(&mu);
+    int64_t deadline = MonoNanos() + std::chrono::nanoseconds(d).count();
+    while (!stop) {
+      int64_t left = deadline - MonoNanos();
+      if (left <= 0) return true;
+      cv.WaitFor(&mu, std::chrono::nanoseconds(left));
+    }
+    return false;
+  }
+
+  std::string RegisterBody() const {
+    const AgentOptions& ao = agent->options();
+    return json{{"device", ao.device}, {"host", ao.host},     {"kind", options.kind},
+                {"boot", boot},        {"admin", options.admin}, {"tcp", options.tcp},
+                {"shm", options.shm},  {"cores", options.cores}, {"speed", options.speed},
+                {"memory_bytes", options.memory_bytes}}
+        .dump();
+  }
+
+  std::string HeartbeatBody(int64_t lease) const {
+    json status = json::parse(StatusToJson(agent->GetStatus()), nullptr, false);
+    return json{{"lease", lease},           {"boot", boot},
+                {"cpu_ns", ProcessCpuNs()}, {"rss_bytes", RssBytes()},
+                {"cores", options.cores},   {"status", status}}
+        .dump();
+  }
+
+  void Loop() {
+    size_t next = 0;
+    bool outage_logged = false;
+    for (;;) {
+      const std::string& addr = options.controllers[next % options.controllers.size()];
+      Result<std::unique_ptr<transport::JsonApiClient>> c =
+          transport::JsonApiClient::Connect(addr, "controller", std::chrono::seconds(2));
+      Result<std::string> reg = c.ok() ? (*c)->Call("POST", "/v1/agents", RegisterBody(),
+                                                    std::chrono::seconds(10))
+                                       : Result<std::string>(c.status());
+      json j = reg.ok() ? json::parse(*reg, nullptr, false) : json();
+      if (!reg.ok() || j.is_discarded() || !j.contains("lease")) {
+        if (!outage_logged) {
+          TERN_LOG(WARN) << "cannot register with the controller at " << addr << ": "
+                         << (reg.ok() ? Status(InternalError("bad answer: " + *reg)) : reg.status())
+                         << " (retrying)";
+          outage_logged = true;
+        }
+        ++next;
+        if (!Sleep(std::chrono::milliseconds(500))) return;
+        continue;
+      }
+      int64_t lease = j["lease"].get<int64_t>();
+      auto every = std::chrono::milliseconds(std::max<int64_t>(j.value("heartbeat_ms", 1000), 50));
+      TERN_LOG(INFO) << "registered with the controller at " << addr << " (heartbeat every "
+                     << every.count() << " ms)";
+      outage_logged = false;
+      for (;;) {
+        if (!Sleep(every)) return;
+        Result<std::string> hb = (*c)->Call("POST",
+                                            "/v1/agents/" + agent->options().device + "/heartbeat",
+                                            HeartbeatBody(lease), std::chrono::seconds(2));
+        if (hb.ok()) continue;
+        if (hb.status().code() == StatusCode::kNotFound) {
+          TERN_LOG(WARN) << "the controller forgot this agent (" << hb.status().message()
+                         << "); registering again";
+        } else {
+          TERN_LOG(WARN) << "heartbeat to " << addr << ": " << hb.status();
+          ++next;
+        }
+        break;
+      }
+    }
+  }
+};
+
+Registrar::Registrar(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Result<std::unique_ptr<Registrar>> Registrar::Start(Agent* agent,
+                                                    const RegistrarOptions& options) {
+  if (options.controllers.empty()) return InvalidArgumentError("no controller address given");
+  if (options.admin.empty()) return InvalidArgumentError("the agent's admin address is unknown");
+  auto impl = std::make_unique<Impl>();
+  impl->agent = agent;
+  impl->options = options;
+  impl->boot = NewBootId();
+  Impl* raw = impl.get();
+  impl->thread = std::thread([raw] { raw->Loop(); });
+  return std::unique_ptr<Registrar>(new Registrar(std::move(impl)));
+}
+
+Registrar::~Registrar() {
+  {
+    MutexLock l(&impl_->mu);
+    impl_->stop = true;
+    impl_->cv.SignalAll();
+  }
+  impl_->thread.join();
+}
+
+const std::string& Registrar::boot() const { return impl_->boot; }
+
+}  // namespace tern::agent

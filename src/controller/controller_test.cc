@@ -1,0 +1,374 @@
+// The controller against real `tern agent` processes and both store backends.
+#include "controller/controller.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "client/agent_client.h"
+#include "core/base64.h"
+#include "core/clock.h"
+#include "store/embedded_store.h"
+#include "store/etcd_store.h"
+#include "testing/etcd.h"
+#include "testing/process.h"
+#include "testing/test_env.h"
+#include "transport/json_api.h"
+
+namespace tern::controller {
+namespace {
+
+using nlohmann::json;
+using tern::testing::BinPath;
+using tern::testing::ChildProcess;
+using tern::testing::SourcePath;
+using tern::testing::TempDir;
+using tern::testing::WasmPath;
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+ControllerOptions FastOptions(uint16_t port = 0, const std::string& id = "c1") {
+  ControllerOptions o;
+  o.id = id;
+  o.port = port;
+  o.agent_ttl = std::chrono::milliseconds(1500);
+  o.heartbeat = std::chrono::milliseconds(200);
+  o.reconcile_interval = std::chrono::milliseconds(400);
+  o.start_backoff = std::chrono::milliseconds(1000);
+  o.leader_ttl = std::chrono::milliseconds(1500);
+  return o;
+}
+
+// A real agent process joined to a controller.
+struct AgentProc {
+  std::unique_ptr<ChildProcess> child;
+  std::string device;
+  uint16_t admin = 0;
+
+  static AgentProc Start(const std::string& device, const std::string& controllers,
+                         const std::string& host = "h1") {
+    AgentProc a;
+    a.device = device;
+    std::string dir = TempDir("agent-" + device);
+    Result<std::unique_ptr<ChildProcess>> c = ChildProcess::Start(
+        {BinPath("tern"), "agent", "--port=0", "--admin-port=0", "--device=" + device,
+         "--host-id=" + host, "--workers=1", "--shm-socket=none", "--log-level=warn",
+         "--controller=" + controllers},
+        dir + "/agent.log");
+    EXPECT_TRUE(c.ok()) << c.status();
+    if (!c.ok()) return a;
+    a.child = std::move(*c);
+    Result<std::string> line = a.child->ReadLine(std::chrono::seconds(20));
+    EXPECT_TRUE(line.ok()) << line.status();
+    unsigned fp = 0, ap = 0;
+    if (line.ok() && std::sscanf(line->c_str(), "listening frames=%u admin=%u", &fp, &ap) == 2) {
+      a.admin = static_cast<uint16_t>(ap);
+    }
+    return a;
+  }
+  std::string admin_address() const { return "127.0.0.1:" + std::to_string(admin); }
+};
+
+struct Api {
+  std::unique_ptr<transport::JsonApiClient> c;
+  explicit Api(uint16_t port) {
+    auto r = transport::JsonApiClient::Connect("127.0.0.1:" + std::to_string(port), "controller",
+                                               std::chrono::seconds(2));
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (r.ok()) c = std::move(*r);
+  }
+  Result<json> Get(const std::string& target) {
+    TERN_ASSIGN_OR_RETURN(std::string body, c->Call("GET", target));
+    return json::parse(body);
+  }
+  Result<json> Deploy(const std::string& example, int replicas,
+                      std::vector<std::string> devices = {}) {
+    json req{{"manifest", ReadFile(SourcePath("examples/" + example + "/manifest.yaml"))},
+             {"module_b64", Base64Encode(ReadFile(WasmPath(example)))},
+             {"replicas", replicas}};
+    if (!devices.empty()) req["devices"] = devices;
+    TERN_ASSIGN_OR_RETURN(std::string body, c->Call("POST", "/v1/services", req.dump()));
+    return json::parse(body);
+  }
+};
+
+// Waits until `pred` holds (checked every 50 ms) or `timeout` passes.
+template <typename Pred>
+bool WaitFor(Pred pred, std::chrono::milliseconds timeout) {
+  int64_t deadline = MonoNanos() + std::chrono::nanoseconds(timeout).count();
+  while (MonoNanos() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return pred();
+}
+
+size_t LiveAgents(Api& api) {
+  Result<json> a = api.Get("/v1/agents");
+  return a.ok() ? a->size() : 0;
+}
+
+// Running instances of `service`: id -> device.
+std::map<std::string, std::string> Running(Api& api, const std::string& service) {
+  std::map<std::string, std::string> out;
+  Result<json> s = api.Get("/v1/services");
+  if (!s.ok()) return out;
+  for (const json& svc : *s) {
+    if (svc["name"] != service) continue;
+    for (const json& i : svc["instances"]) {
+      if (i["state"] == "running") out[i["id"]] = i["device"];
+    }
+  }
+  return out;
+}
+
+std::string InvokeOn(const AgentProc& a, const std::string& payload) {
+  auto c = client::AgentClient::Connect(a.admin_address(), std::chrono::milliseconds(2000));
+  if (!c.ok()) return "connect: " + std::string(c.status().message());
+  Result<std::string> r = (*c)->Invoke("echo", "echo", payload, std::chrono::milliseconds(5000));
+  return r.ok() ? *r : "error: " + std::string(r.status().message());
+}
+
+TEST(ControllerTest, PlacesReplicasPushesLocationsAndReplacesThoseOfADeadAgent) {
+  auto st = store::EmbeddedStore::Open("");
+  ASSERT_TRUE(st.ok()) << st.status();
+  auto ctl = Controller::Start(st->get(), FastOptions());
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
+  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr),
+            c = AgentProc::Start("csd0", addr, "h2");
+  Api api((*ctl)->port());
+  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 3; }, std::chrono::seconds(10)));
+  EXPECT_TRUE((*ctl)->is_leader());
+
+  Result<json> dep = api.Deploy("echo", 2, {"cpu0", "cpu1"});
+  ASSERT_TRUE(dep.ok()) << dep.status();
+  ASSERT_EQ((*dep)["instances"].size(), 2u) << dep->dump();
+  std::map<std::string, std::string> run = Running(api, "echo");
+  ASSERT_EQ(run.size(), 2u);
+  std::set<std::string> devices;
+  for (const auto& [id, dev] : run) devices.insert(dev);
+  EXPECT_EQ(devices, (std::set<std::string>{"cpu0", "cpu1"}));
+  EXPECT_EQ(InvokeOn(a, "hello"), "hello");
+  EXPECT_EQ(InvokeOn(b, "world"), "world");
+
+  // Every agent (csd0 too) got the location table with both instances.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto cl = client::AgentClient::Connect(c.admin_address(), std::chrono::milliseconds(2000));
+        if (!cl.ok()) return false;
+        Result<std::string> l = (*cl)->Locations();
+        return l.ok() && json::parse(*l)["locations"].size() == 2;
+      },
+      std::chrono::seconds(5)));
+
+  // A long poll returns at once for an old version and waits for a new one.
+  Result<json> locs = api.Get("/v1/locations");
+  ASSERT_TRUE(locs.ok());
+  uint64_t v = (*locs)["version"];
+  EXPECT_GE(v, 1u);
+  EXPECT_EQ((*locs)["locations"].size(), 2u);
+
+  // Now one allowed device dies: its replica is lost, detected within the TTL, and
+  // placed on the other allowed device.
+  std::string victim = run.begin()->second;
+  AgentProc& dead = victim == "cpu0" ? a : b;
+  AgentProc& alive = victim == "cpu0" ? b : a;
+  int64_t killed_at = MonoNanos();
+  ASSERT_TRUE(dead.child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto r = Running(api, "echo");
+        if (r.size() != 2) return false;
+        for (const auto& [id, dev] : r) {
+          if (dev != alive.device) return false;
+        }
+        return true;
+      },
+      std::chrono::seconds(10)))
+      << api.Get("/v1/cluster")->dump(1);
+  double detect_s = static_cast<double>(MonoNanos() - killed_at) / 1e9;
+  std::printf("dead agent detected and its replica replaced after %.2f s (ttl 1.5 s)\n", detect_s);
+  EXPECT_LT(detect_s, 6.0);
+  Result<json> after = api.Get("/v1/locations?after=" + std::to_string(v) + "&wait_ms=3000");
+  ASSERT_TRUE(after.ok());
+  EXPECT_GT((*after)["version"].get<uint64_t>(), v);
+  for (const json& l : (*after)["locations"]) EXPECT_EQ(l["agent"], alive.device);
+  Result<json> cluster = api.Get("/v1/cluster");
+  ASSERT_TRUE(cluster.ok());
+  EXPECT_NE(cluster->dump().find("agent " + dead.device + " is gone"), std::string::npos)
+      << cluster->dump(1);
+  EXPECT_EQ(InvokeOn(alive, "still here"), "still here");
+}
+
+TEST(ControllerTest, BadDeploysAreClearErrorsAndTheControllerLivesOn) {
+  auto st = store::EmbeddedStore::Open("");
+  ASSERT_TRUE(st.ok());
+  auto ctl = Controller::Start(st->get(), FastOptions());
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  Api api((*ctl)->port());
+  auto post = [&](const std::string& body) {
+    return api.c->Call("POST", "/v1/services", body).status();
+  };
+  Status s = post("not json");
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  s = post(json{{"manifest", "name: [oops"}, {"module_b64", Base64Encode("\0asm\1\0\0\0")}}.dump());
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s;
+  s = post(json{{"manifest", ReadFile(SourcePath("examples/echo/manifest.yaml"))},
+                {"module_b64", Base64Encode("MZ not wasm")}}
+               .dump());
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("not WebAssembly"), std::string::npos) << s;
+  s = post(json{{"manifest", ReadFile(SourcePath("examples/echo/manifest.yaml"))},
+                {"module_b64", Base64Encode(ReadFile(WasmPath("echo")))},
+                {"replicas", -3}}
+               .dump());
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  // With no agent, a valid deploy is accepted and says why nothing runs.
+  Result<json> dep = api.Deploy("echo", 1);
+  ASSERT_TRUE(dep.ok()) << dep.status();
+  EXPECT_EQ((*dep)["instances"].size(), 0u);
+  EXPECT_NE((*dep)["problem"].get<std::string>().find("no agent"), std::string::npos)
+      << dep->dump();
+  EXPECT_EQ(api.c->Call("DELETE", "/v1/services/nope").status().code(), StatusCode::kNotFound);
+  EXPECT_TRUE(api.Get("/v1/info").ok());
+}
+
+// Restarting the controller on the same store: nothing is lost, nothing duplicated,
+// the agents (which kept running) keep their instances.
+void RestartKeepsTheCluster(const std::function<std::unique_ptr<store::ClusterStore>()>& open) {
+  // A fixed port, so the agents find the restarted controller.
+  uint16_t port = 0;
+  {
+    auto st = open();
+    auto probe = Controller::Start(st.get(), FastOptions());
+    ASSERT_TRUE(probe.ok());
+    port = (*probe)->port();
+  }
+  std::string addr = "127.0.0.1:" + std::to_string(port);
+  auto st = open();
+  auto ctl = Controller::Start(st.get(), FastOptions(port));
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr);
+  {
+    Api api(port);
+    ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 2; }, std::chrono::seconds(10)));
+    ASSERT_TRUE(api.Deploy("echo", 2).ok());
+  }
+  std::map<std::string, std::string> before;
+  {
+    Api api(port);
+    before = Running(api, "echo");
+  }
+  ASSERT_EQ(before.size(), 2u);
+  ctl->reset();
+  st.reset();
+  st = open();
+  ctl = Controller::Start(st.get(), FastOptions(port));
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  Api api(port);
+  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 2 && Running(api, "echo") == before; },
+                      std::chrono::seconds(10)))
+      << api.Get("/v1/cluster")->dump(1);
+  // Give it a few reconcile rounds: still the same two instances, nothing restarted.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  EXPECT_EQ(Running(api, "echo"), before);
+  EXPECT_EQ(InvokeOn(a, "a"), "a");
+  EXPECT_EQ(InvokeOn(b, "b"), "b");
+}
+
+TEST(ControllerTest, RestartWithTheEmbeddedStore) {
+  std::string dir = TempDir("ctl-embedded");
+  RestartKeepsTheCluster([&] {
+    auto s = store::EmbeddedStore::Open(dir);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return std::unique_ptr<store::ClusterStore>(std::move(*s));
+  });
+}
+
+TEST(ControllerTest, RestartWithEtcd) {
+  if (!tern::testing::EtcdProcess::Available()) GTEST_SKIP() << "etcd is not installed";
+  auto etcd = tern::testing::EtcdProcess::Start(TempDir("ctl-etcd"));
+  ASSERT_TRUE(etcd.ok()) << etcd.status();
+  std::string ep = (*etcd)->endpoint();
+  RestartKeepsTheCluster([&] {
+    auto s = store::EtcdStore::Connect(ep);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return std::unique_ptr<store::ClusterStore>(std::move(*s));
+  });
+}
+
+// Two controllers on one etcd: the first, a real `tern controller` process, leads; it is
+// SIGKILLed (no resignation: its lease just runs out) and the second takes over.
+TEST(ControllerTest, EtcdLeaderFailover) {
+  if (!tern::testing::EtcdProcess::Available()) GTEST_SKIP() << "etcd is not installed";
+  auto etcd = tern::testing::EtcdProcess::Start(TempDir("ctl-failover"));
+  ASSERT_TRUE(etcd.ok()) << etcd.status();
+  std::string dir = TempDir("ctl-failover-c1");
+  auto c1 = ChildProcess::Start({BinPath("tern"), "controller", "--listen=127.0.0.1:0",
+                                 "--id=c1", "--store=etcd:" + (*etcd)->endpoint(),
+                                 "--agent-ttl-ms=1500", "--heartbeat-ms=200", "--log-level=warn"},
+                                dir + "/c1.log");
+  ASSERT_TRUE(c1.ok()) << c1.status();
+  Result<std::string> line = (*c1)->ReadLine(std::chrono::seconds(10));
+  ASSERT_TRUE(line.ok()) << line.status();
+  unsigned p1 = 0;
+  ASSERT_EQ(std::sscanf(line->c_str(), "controller listening on http://127.0.0.1:%u", &p1), 1)
+      << *line;
+  Api api1(static_cast<uint16_t>(p1));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        Result<json> i = api1.Get("/v1/info");
+        return i.ok() && (*i)["is_leader"] == true;
+      },
+      std::chrono::seconds(5)));
+  auto s2 = store::EtcdStore::Connect((*etcd)->endpoint());
+  ASSERT_TRUE(s2.ok()) << s2.status();
+  auto c2 = Controller::Start(s2->get(), FastOptions(0, "c2"));
+  ASSERT_TRUE(c2.ok()) << c2.status();
+  std::string both = "127.0.0.1:" + std::to_string(p1) + ",127.0.0.1:" +
+                     std::to_string((*c2)->port());
+  AgentProc a = AgentProc::Start("cpu0", both), b = AgentProc::Start("cpu1", both);
+  Api api2((*c2)->port());
+  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api1) == 2; }, std::chrono::seconds(10)));
+  EXPECT_FALSE((*c2)->is_leader());
+  // The follower refuses deploys and names the leader.
+  Result<json> refused = api2.Deploy("echo", 1);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kUnavailable);
+  EXPECT_NE(refused.status().message().find("the leader is c1"), std::string::npos)
+      << refused.status();
+  ASSERT_TRUE(api1.Deploy("echo", 2).ok());
+  ASSERT_EQ(Running(api1, "echo").size(), 2u);
+
+  int64_t t0 = MonoNanos();
+  ASSERT_TRUE((*c1)->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  ASSERT_TRUE(WaitFor([&] { return (*c2)->is_leader(); }, std::chrono::seconds(8)));
+  double takeover_s = static_cast<double>(MonoNanos() - t0) / 1e9;
+  EXPECT_LT(takeover_s, 6.0);
+  // The agents went on heartbeating through c2; the new leader runs the cluster: an
+  // agent death is handled by it.
+  EXPECT_EQ(Running(api2, "echo").size(), 2u);
+  ASSERT_TRUE(b.child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto r = Running(api2, "echo");
+        return r.size() == 2 && r.begin()->second == "cpu0" && r.rbegin()->second == "cpu0";
+      },
+      std::chrono::seconds(12)))
+      << api2.Get("/v1/cluster")->dump(1);
+  EXPECT_EQ(InvokeOn(a, "after failover"), "after failover");
+}
+
+}  // namespace
+}  // namespace tern::controller
