@@ -10,6 +10,8 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "cli/cluster.h"
+#include "cli/cluster_commands.h"
 #include "cli/flags.h"
 #include "client/agent_client.h"
 #include "core/clock.h"
@@ -31,6 +33,13 @@ std::string DefaultAgent() {
 void AddAgentFlag(Flags* f) {
   f->Add("agent", DefaultAgent(), "agent admin address HOST:PORT ($TERN_AGENT)");
   f->Add("timeout-ms", "30000", "give up after this many milliseconds");
+}
+
+// For commands that work on a whole cluster too: with a cluster (see cli/cluster.h)
+// they talk to its controller and gateway; with --agent, to that one agent.
+void AddTargetFlags(Flags* f) {
+  AddAgentFlag(f);
+  AddClusterFlags(f);
 }
 
 int Fail(const Status& s) {
@@ -66,15 +75,17 @@ Result<std::unique_ptr<client::AgentClient>> Connect(const Flags& f) {
 
 int CmdDeploy(int argc, char** argv) {
   Flags f("tern deploy MANIFEST [--module FILE.wasm] [flags]",
-          "Deploys a service (a manifest + its wasm module) to an agent and starts\n"
-          "`replicas` instances of it. Deploying a service again replaces it.");
+          "Deploys a service (a manifest + its wasm module) and starts `replicas`\n"
+          "instances of it: through the cluster's controller, which places them (see\n"
+          "`tern up`), or on one agent with --agent. Deploying a service again replaces it.");
   f.Add("module", "",
         "the .wasm to deploy (default: the manifest's `module`, looked up next to the "
         "manifest, in $TERN_WASM_PATH, then build/release/wasm and build/dev/wasm)");
   f.AddBool("no-start", "deploy without starting instances");
   f.Add("name", "", "deploy under this service name instead of the manifest's `name`");
   f.Add("replicas", "", "number of instances instead of the manifest's `replicas`");
-  AddAgentFlag(&f);
+  f.Add("devices", "", "cluster: the devices it may run on, comma-separated (default: any)");
+  AddTargetFlags(&f);
   if (int rc = ParseOrExit(&f, argc, argv, 1, 1); rc >= 0) return rc;
   const std::string manifest_path = f.positional()[0];
   Result<Manifest> m = LoadManifest(manifest_path);
@@ -125,6 +136,15 @@ int CmdDeploy(int argc, char** argv) {
   Result<std::string> yaml = rewritten ? Result<std::string>(ManifestToYaml(*m))
                                        : ReadFile(manifest_path);
   if (!yaml.ok()) return Fail(yaml.status());
+  Result<std::optional<ClusterRecord>> cluster = ResolveCluster(f);
+  if (!cluster.ok()) return Fail(cluster.status());
+  if (cluster->has_value()) {
+    Result<int64_t> tmo = f.GetInt("timeout-ms", 1, 3'600'000);
+    if (!tmo.ok()) return Usage(f, tmo.status());
+    int replicas = f.Get("replicas").empty() ? -1 : static_cast<int>(m->replicas);
+    if (f.GetBool("no-start")) replicas = 0;
+    return ClusterDeploy(**cluster, *yaml, *bytes, replicas, f.Get("devices"), *tmo);
+  }
   auto c = Connect(f);
   if (!c.ok()) return Fail(c.status());
   Result<std::string> r = (*c)->Deploy(*yaml, *bytes, !f.GetBool("no-start"));
@@ -141,11 +161,12 @@ int CmdDeploy(int argc, char** argv) {
 
 int CmdInvoke(int argc, char** argv) {
   Flags f("tern invoke SERVICE HANDLER [PAYLOAD] [flags]",
-          "Calls a handler of a service over the agent's frame protocol and prints the\n"
-          "reply. PAYLOAD is taken literally; `-` reads it from stdin.");
+          "Calls a handler of a service and prints the reply: through the cluster's\n"
+          "gateway (HTTP), or over one agent's frame protocol with --agent. PAYLOAD is\n"
+          "taken literally; `-` reads it from stdin.");
   f.Add("data-file", "", "read the payload from this file");
   f.Add("repeat", "1", "call N times and print latency percentiles instead of the reply");
-  AddAgentFlag(&f);
+  AddTargetFlags(&f);
   if (int rc = ParseOrExit(&f, argc, argv, 2, 3); rc >= 0) return rc;
   std::string payload;
   if (f.positional().size() == 3) {
@@ -163,6 +184,11 @@ int CmdInvoke(int argc, char** argv) {
   if (!repeat.ok()) return Usage(f, repeat.status());
   Result<int64_t> tmo = f.GetInt("timeout-ms", 1, 3'600'000);
   if (!tmo.ok()) return Usage(f, tmo.status());
+  Result<std::optional<ClusterRecord>> cluster = ResolveCluster(f);
+  if (!cluster.ok()) return Fail(cluster.status());
+  if (cluster->has_value()) {
+    return ClusterInvoke(**cluster, f.positional()[0], f.positional()[1], payload, *repeat, *tmo);
+  }
   auto c = Connect(f);
   if (!c.ok()) return Fail(c.status());
   const std::string& svc = f.positional()[0];
@@ -248,10 +274,19 @@ int CmdLocations(int argc, char** argv) {
 }
 
 int CmdPs(int argc, char** argv) {
-  Flags f("tern ps [flags]", "Lists the agent's services and instances.");
+  Flags f("tern ps [flags]",
+          "Lists devices, services, instances (placement, epoch, load) and recent events\n"
+          "of the cluster, or one agent's services and instances with --agent.");
   f.AddBool("json", "print the raw JSON status");
-  AddAgentFlag(&f);
+  AddTargetFlags(&f);
   if (int rc = ParseOrExit(&f, argc, argv, 0, 0); rc >= 0) return rc;
+  Result<std::optional<ClusterRecord>> cluster = ResolveCluster(f);
+  if (!cluster.ok()) return Fail(cluster.status());
+  if (cluster->has_value()) {
+    Result<int64_t> tmo = f.GetInt("timeout-ms", 1, 3'600'000);
+    if (!tmo.ok()) return Usage(f, tmo.status());
+    return ClusterPs(**cluster, f.GetBool("json"), *tmo);
+  }
   auto c = Connect(f);
   if (!c.ok()) return Fail(c.status());
   Result<std::string> r = (*c)->StatusJson();
@@ -305,11 +340,25 @@ int CmdSimple(int argc, char** argv, const std::string& cmd) {
     desc = "Stops an instance (its state is discarded; snapshot it first to keep it).";
   } else {
     usage = "tern undeploy SERVICE";
-    desc = "Stops every instance of a service and removes it from the agent.";
+    desc = "Stops every instance of a service and removes it (from the cluster, or from\n"
+           "one agent with --agent).";
   }
   Flags f(usage + " [flags]", desc);
-  AddAgentFlag(&f);
+  if (cmd == "undeploy") {
+    AddTargetFlags(&f);
+  } else {
+    AddAgentFlag(&f);
+  }
   if (int rc = ParseOrExit(&f, argc, argv, 1, 1); rc >= 0) return rc;
+  if (cmd == "undeploy") {
+    Result<std::optional<ClusterRecord>> cluster = ResolveCluster(f);
+    if (!cluster.ok()) return Fail(cluster.status());
+    if (cluster->has_value()) {
+      Result<int64_t> tmo = f.GetInt("timeout-ms", 1, 3'600'000);
+      if (!tmo.ok()) return Usage(f, tmo.status());
+      return ClusterUndeploy(**cluster, f.positional()[0], *tmo);
+    }
+  }
   auto c = Connect(f);
   if (!c.ok()) return Fail(c.status());
   const std::string& arg = f.positional()[0];
@@ -367,12 +416,20 @@ void PrintTopLevelHelp() {
   std::fputs(
       "tern — offloadable, migratable WebAssembly microservices\n\n"
       "usage: tern COMMAND [ARGS] [--help]\n\n"
-      "roles:\n"
-      "  agent       run the agent of one device (hosts instances, serves calls)\n\n"
-      "commands (talk to an agent; --agent HOST:PORT or $TERN_AGENT, default 127.0.0.1:7401):\n"
+      "an emulated datacenter on this machine:\n"
+      "  up          start a cluster from a topology file (controller, gateway, agents)\n"
+      "  down        stop it and remove everything it made\n"
+      "  topology    check a topology file\n"
+      "  logs        print the log of a device's agent, the controller or the gateway\n\n"
+      "roles (long-running processes; `tern up` starts them for you):\n"
+      "  agent       the agent of one device (hosts instances, serves calls)\n"
+      "  controller  the cluster controller (placement, locations, API)\n"
+      "  gateway     the HTTP ingress: POST /v1/invoke/{service}/{handler}\n\n"
+      "commands (the cluster `tern up` started, --controller/--gateway, or one agent with\n"
+      "--agent HOST:PORT / $TERN_AGENT):\n"
       "  deploy      deploy a service: manifest + wasm module\n"
       "  invoke      call a handler and print the reply\n"
-      "  ps          list services and instances\n"
+      "  ps          list devices, services and instances\n"
       "  start       start another instance of a service\n"
       "  stop        stop an instance\n"
       "  undeploy    remove a service\n"
@@ -397,6 +454,10 @@ int RunClientCommand(int argc, char** argv) {
   if (cmd == "snapshot") return CmdSnapshot(argc, argv);
   if (cmd == "restore") return CmdRestore(argc, argv);
   if (cmd == "locations") return CmdLocations(argc, argv);
+  if (cmd == "up") return CmdUp(argc, argv);
+  if (cmd == "down") return CmdDown(argc, argv);
+  if (cmd == "topology") return CmdTopology(argc, argv);
+  if (cmd == "logs") return CmdLogs(argc, argv);
   if (cmd == "version" || cmd == "--version") {
     std::printf("tern 0.1.0 (guest ABI tern_v1)\n");
     return 0;

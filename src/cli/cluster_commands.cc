@@ -1,0 +1,296 @@
+#include "cli/cluster_commands.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <deque>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+#include <vector>
+
+#include "cli/flags.h"
+#include "cluster/topology.h"
+#include "core/base64.h"
+#include "core/clock.h"
+#include "core/ids.h"
+#include "transport/http.h"
+#include "transport/json_api.h"
+
+namespace tern::cli {
+
+using nlohmann::json;
+
+namespace {
+
+int Fail(const Status& s) {
+  std::fprintf(stderr, "tern: %s\n", s.ToString().c_str());
+  return 1;
+}
+
+Result<std::unique_ptr<transport::JsonApiClient>> Controller(const ClusterRecord& c,
+                                                             int64_t timeout_ms) {
+  if (c.controller.empty()) {
+    return FailedPreconditionError("no controller address (--controller or `tern up` first)");
+  }
+  Result<std::unique_ptr<transport::JsonApiClient>> r = transport::JsonApiClient::Connect(
+      c.controller, "controller", std::chrono::milliseconds(std::min<int64_t>(timeout_ms, 5000)));
+  if (!r.ok()) {
+    return Status(r.status().code(),
+                  fmt::format("{} (is the cluster up? `tern up TOPOLOGY`, or --controller)",
+                              r.status().message()));
+  }
+  return r;
+}
+
+std::string Mib(uint64_t bytes) { return fmt::format("{}M", bytes >> 20); }
+
+}  // namespace
+
+int ClusterDeploy(const ClusterRecord& c, const std::string& manifest_yaml,
+                  const std::string& module, int replicas, const std::string& devices,
+                  int64_t timeout_ms) {
+  json req{{"manifest", manifest_yaml}, {"module_b64", Base64Encode(module)}};
+  if (replicas >= 0) req["replicas"] = replicas;
+  if (!devices.empty()) {
+    json d = json::array();
+    for (size_t i = 0; i <= devices.size();) {
+      size_t j = devices.find(',', i);
+      if (j == std::string::npos) j = devices.size();
+      if (j > i) d.push_back(devices.substr(i, j - i));
+      i = j + 1;
+    }
+    req["devices"] = d;
+  }
+  auto ctl = Controller(c, timeout_ms);
+  if (!ctl.ok()) return Fail(ctl.status());
+  Result<std::string> r = (*ctl)->Call("POST", "/v1/services", req.dump(),
+                                       std::chrono::milliseconds(timeout_ms));
+  if (!r.ok()) return Fail(r.status());
+  json s = json::parse(*r, nullptr, false);
+  if (s.is_discarded()) return Fail(InternalError("the controller sent malformed JSON"));
+  std::vector<std::string> where;
+  for (const json& i : s["instances"]) {
+    where.push_back(fmt::format("{} on {} ({})", i.value("id", ""), i.value("device", ""),
+                                i.value("host", "")));
+  }
+  std::printf("deployed %s (module %s): %zu of %d replicas%s%s\n", s.value("name", "").c_str(),
+              s.value("module_hash", "").substr(0, 12).c_str(), where.size(),
+              s.value("replicas", 0), where.empty() ? "" : ": ",
+              fmt::format("{}", fmt::join(where, ", ")).c_str());
+  if (s.contains("problem")) {
+    std::printf("note: %s\n", s["problem"].get<std::string>().c_str());
+  }
+  return 0;
+}
+
+int ClusterUndeploy(const ClusterRecord& c, const std::string& service, int64_t timeout_ms) {
+  auto ctl = Controller(c, timeout_ms);
+  if (!ctl.ok()) return Fail(ctl.status());
+  Result<std::string> r =
+      (*ctl)->Call("DELETE", "/v1/services/" + service, {}, std::chrono::milliseconds(timeout_ms));
+  if (!r.ok()) return Fail(r.status());
+  std::printf("undeployed %s\n", service.c_str());
+  return 0;
+}
+
+int ClusterPs(const ClusterRecord& c, bool raw_json, int64_t timeout_ms) {
+  auto ctl = Controller(c, timeout_ms);
+  if (!ctl.ok()) return Fail(ctl.status());
+  Result<std::string> r = (*ctl)->Call("GET", "/v1/cluster", {}, std::chrono::milliseconds(timeout_ms));
+  if (!r.ok()) return Fail(r.status());
+  if (raw_json) {
+    std::printf("%s\n", r->c_str());
+    return 0;
+  }
+  json j = json::parse(*r, nullptr, false);
+  if (j.is_discarded()) return Fail(InternalError("the controller sent malformed JSON"));
+  std::printf("cluster %s: controller %s (leader %s), store %s, gateway %s\n\n", c.name.c_str(),
+              c.controller.c_str(), j.value("leader", "?").c_str(), j.value("store", "?").c_str(),
+              c.gateway.empty() ? "-" : c.gateway.c_str());
+  // Per-instance telemetry, reported by the agents.
+  std::map<std::string, json> tel;
+  std::printf("%-12s %-8s %-5s %-6s %-6s %-6s %-7s %-5s %s\n", "DEVICE", "HOST", "KIND", "CORES",
+              "SPEED", "CPU", "MEMORY", "INST", "ADDRESS");
+  for (const json& a : j["agents"]) {
+    int inst = 0;
+    if (a.contains("instances")) {
+      for (const auto& [id, t] : a["instances"].items()) {
+        tel[id] = t;
+        ++inst;
+      }
+    }
+    std::printf("%-12s %-8s %-5s %-6.2f %-6.2f %-6s %-7s %-5d %s\n", a.value("device", "").c_str(),
+                a.value("host", "").c_str(), a.value("kind", "").c_str(), a.value("cores", 0.0),
+                a.value("speed", 0.0),
+                a.contains("cpu_util") ? fmt::format("{:.0f}%", 100 * a["cpu_util"].get<double>()).c_str()
+                                       : "-",
+                Mib(a.value("memory_bytes", uint64_t{0})).c_str(), inst,
+                a.value("tcp", "").c_str());
+  }
+  std::printf("\n%-18s %-12s %-12s %-8s %-6s %-9s %-9s %-9s %s\n", "INSTANCE", "SERVICE", "DEVICE",
+              "HOST", "EPOCH", "STATE", "REQ/S", "EXEC_US", "REQUESTS");
+  std::vector<std::string> problems;
+  for (const json& s : j["services"]) {
+    for (const json& i : s["instances"]) {
+      std::string id = i.value("id", "");
+      auto t = tel.find(id);
+      std::printf("%-18s %-12s %-12s %-8s %-6lld %-9s %-9s %-9s %s\n", id.c_str(),
+                  s.value("name", "").c_str(), i.value("device", "").c_str(),
+                  i.value("host", "").c_str(), static_cast<long long>(i.value("epoch", int64_t{0})),
+                  i.value("state", "").c_str(),
+                  t == tel.end() ? "-" : fmt::format("{:.1f}", t->second.value("rate", 0.0)).c_str(),
+                  t == tel.end() ? "-"
+                                 : fmt::format("{:.1f}", t->second.value("mean_exec_us", 0.0)).c_str(),
+                  t == tel.end()
+                      ? "-"
+                      : std::to_string(t->second.value("requests", uint64_t{0})).c_str());
+    }
+    if (s.contains("problem")) {
+      problems.push_back(fmt::format("{}: {}", s.value("name", ""), s["problem"].get<std::string>()));
+    }
+  }
+  for (const std::string& p : problems) std::printf("! %s\n", p.c_str());
+  if (j.contains("events") && !j["events"].empty()) {
+    std::printf("\nrecent events:\n");
+    const json& ev = j["events"];
+    size_t from = ev.size() > 8 ? ev.size() - 8 : 0;
+    for (size_t k = from; k < ev.size(); ++k) {
+      std::printf("  %s\n", ev[k].value("event", "").c_str());
+    }
+  }
+  return 0;
+}
+
+int ClusterInvoke(const ClusterRecord& c, const std::string& service, const std::string& handler,
+                  const std::string& payload, int64_t repeat, int64_t timeout_ms) {
+  if (c.gateway.empty()) {
+    return Fail(FailedPreconditionError("no gateway address (--gateway or `tern up` first)"));
+  }
+  std::string host;
+  uint16_t port = 0;
+  Status hp = ParseHostPort(c.gateway, &host, &port);
+  if (!hp.ok()) return Fail(hp.WithPrefix("gateway"));
+  auto http = transport::HttpClient::Connect(host, port, std::chrono::seconds(5));
+  if (!http.ok()) {
+    return Fail(Status(http.status().code(),
+                       fmt::format("gateway {}: {} (is the cluster up?)", c.gateway,
+                                   http.status().message())));
+  }
+  std::string target = "/v1/invoke/" + service + "/" + handler;
+  transport::HttpHeaders headers = {{"X-Tern-Timeout-Ms", std::to_string(timeout_ms)}};
+  auto once = [&]() -> Result<transport::HttpClientResponse> {
+    TERN_ASSIGN_OR_RETURN(transport::HttpClientResponse r,
+                          (*http)->Request("POST", target, payload, "application/octet-stream",
+                                           std::chrono::milliseconds(timeout_ms + 1000), headers));
+    if (r.status != 200) return transport::StatusFromErrorBody(r.status, r.body, "gateway");
+    return r;
+  };
+  if (repeat == 1) {
+    Result<transport::HttpClientResponse> r = once();
+    if (!r.ok()) return Fail(r.status());
+    std::fwrite(r->body.data(), 1, r->body.size(), stdout);
+    if (isatty(STDOUT_FILENO) && (r->body.empty() || r->body.back() != '\n')) std::fputc('\n', stdout);
+    return 0;
+  }
+  std::vector<int64_t> ns;
+  std::map<std::string, int> served;
+  int64_t start = MonoNanos();
+  for (int64_t i = 0; i < repeat; ++i) {
+    int64_t t0 = MonoNanos();
+    Result<transport::HttpClientResponse> r = once();
+    if (!r.ok()) return Fail(r.status().WithPrefix(fmt::format("call {} of {}", i + 1, repeat)));
+    ns.push_back(MonoNanos() - t0);
+    const std::string* who = r->FindHeader("x-tern-instance");
+    ++served[who ? *who : "?"];
+  }
+  double secs = static_cast<double>(MonoNanos() - start) / 1e9;
+  std::sort(ns.begin(), ns.end());
+  auto pct = [&](double p) {
+    return static_cast<double>(ns[std::min(ns.size() - 1, static_cast<size_t>(p * ns.size()))]) / 1e3;
+  };
+  std::printf("%lld calls through the gateway in %.3f s (%.0f calls/s, one at a time)\n",
+              static_cast<long long>(repeat), secs, static_cast<double>(repeat) / secs);
+  std::printf("latency us: p50 %.1f  p90 %.1f  p99 %.1f  max %.1f\n", pct(0.5), pct(0.9),
+              pct(0.99), static_cast<double>(ns.back()) / 1e3);
+  std::string by;
+  for (const auto& [id, n] : served) by += fmt::format("{}{} {}", by.empty() ? "" : ", ", id, n);
+  std::printf("served by: %s\n", by.c_str());
+  return 0;
+}
+
+int CmdTopology(int argc, char** argv) {
+  Flags f("tern topology check FILE.yaml",
+          "Validates a topology file (hosts, devices, links; docs/formats/topology.md) and\n"
+          "prints what it describes. Errors name the line and the field.");
+  Status s = f.Parse(argc, argv, 2);
+  if (!s.ok() || (!f.help_requested() && (f.positional().size() != 2 ||
+                                          f.positional()[0] != "check"))) {
+    std::fprintf(stderr, "tern: %s\n\n%s",
+                 s.ok() ? "usage: tern topology check FILE.yaml" : std::string(s.message()).c_str(),
+                 f.Help().c_str());
+    return 2;
+  }
+  if (f.help_requested()) {
+    std::fputs(f.Help().c_str(), stdout);
+    return 0;
+  }
+  Result<cluster::Topology> t = cluster::LoadTopologyFile(f.positional()[1]);
+  if (!t.ok()) return Fail(t.status());
+  std::fputs(cluster::DescribeTopology(*t).c_str(), stdout);
+  std::printf("ok: %s is a valid topology\n", f.positional()[1].c_str());
+  return 0;
+}
+
+int CmdLogs(int argc, char** argv) {
+  Flags f("tern logs DEVICE|controller|gateway [--lines N] [--follow]",
+          "Prints the log of a process of the cluster `tern up` started (the current one,\n"
+          "or --cluster NAME).");
+  f.Add("lines", "40", "how many of the last lines to print");
+  f.AddBool("follow", "keep printing new lines until interrupted");
+  f.Add("cluster", "", "the cluster (default: the current one)");
+  Status s = f.Parse(argc, argv, 2);
+  if (!s.ok() || (!f.help_requested() && f.positional().size() != 1)) {
+    std::fprintf(stderr, "tern: %s\n\n%s",
+                 s.ok() ? "name one process: a device, controller or gateway"
+                        : std::string(s.message()).c_str(),
+                 f.Help().c_str());
+    return 2;
+  }
+  if (f.help_requested()) {
+    std::fputs(f.Help().c_str(), stdout);
+    return 0;
+  }
+  Result<int64_t> lines = f.GetInt("lines", 0, 1000000);
+  if (!lines.ok()) return Fail(lines.status());
+  Result<ClusterRecord> c = LoadClusterRecord(f.Get("cluster"));
+  if (!c.ok()) return Fail(c.status());
+  const std::string& who = f.positional()[0];
+  std::string path = c->dir + "/logs/" + who + ".log";
+  std::ifstream in(path);
+  if (!in) {
+    std::string names = "controller, gateway";
+    for (const auto& [d, a] : c->agents) names += ", " + d;
+    return Fail(NotFoundError(fmt::format("no log {} (processes: {})", path, names)));
+  }
+  std::deque<std::string> last;
+  std::string line;
+  while (std::getline(in, line)) {
+    last.push_back(line);
+    if (last.size() > static_cast<size_t>(*lines)) last.pop_front();
+  }
+  for (const std::string& l : last) std::printf("%s\n", l.c_str());
+  std::fflush(stdout);
+  if (!f.GetBool("follow")) return 0;
+  in.clear();
+  for (;;) {
+    while (std::getline(in, line)) std::printf("%s\n", line.c_str());
+    std::fflush(stdout);
+    in.clear();
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+}  // namespace tern::cli

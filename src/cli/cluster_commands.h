@@ -1,0 +1,29 @@
+// The CLI's cluster commands: `tern up`/`down` (cluster_up.cc), `topology check`, `logs`,
+// and the cluster side of deploy/ps/invoke/undeploy, which talk to the controller
+// (placement, state) and the gateway (invocations) instead of one agent.
+// Each returns the process exit code: 0 ok, 1 the operation failed, 2 usage.
+// Single-threaded (the CLI).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "cli/cluster.h"
+
+namespace tern::cli {
+
+int CmdUp(int argc, char** argv);
+int CmdDown(int argc, char** argv);
+int CmdTopology(int argc, char** argv);
+int CmdLogs(int argc, char** argv);
+
+// `replicas` < 0: the manifest's; `devices`: comma-separated allowed devices ("" = any).
+int ClusterDeploy(const ClusterRecord& c, const std::string& manifest_yaml,
+                  const std::string& module, int replicas, const std::string& devices,
+                  int64_t timeout_ms);
+int ClusterPs(const ClusterRecord& c, bool raw_json, int64_t timeout_ms);
+int ClusterInvoke(const ClusterRecord& c, const std::string& service, const std::string& handler,
+                  const std::string& payload, int64_t repeat, int64_t timeout_ms);
+int ClusterUndeploy(const ClusterRecord& c, const std::string& service, int64_t timeout_ms);
+
+}  // namespace tern::cli

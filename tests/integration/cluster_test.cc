@@ -1,0 +1,227 @@
+// `tern up` / `tern down` with the real binaries: a 2-host topology in network
+// namespaces (as root) and on loopback; deploy and invoke through the CLI and the
+// gateway's HTTP API; an agent killed and its stateless replicas served elsewhere; bad
+// topology files; nothing left behind.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "core/clock.h"
+#include "core/ids.h"
+#include "testing/process.h"
+#include "testing/test_env.h"
+#include "transport/http.h"
+
+namespace tern {
+namespace {
+
+using nlohmann::json;
+using testing::BinPath;
+using testing::CommandResult;
+using testing::RunCommand;
+using testing::SourcePath;
+using testing::TempDir;
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+bool Root() { return ::geteuid() == 0; }
+
+// One cluster under a private $TERN_HOME, torn down by the destructor whatever happens.
+class Cluster {
+ public:
+  Cluster(std::string name, std::string isolation) : name_(std::move(name)), iso_(isolation) {
+    home_ = TempDir("home-" + name_);
+    ::setenv("TERN_HOME", home_.c_str(), 1);
+  }
+  ~Cluster() { Tern({"down", name_}); }
+
+  CommandResult Tern(std::vector<std::string> args) {
+    args.insert(args.begin(), BinPath("tern"));
+    return RunCommand(args);
+  }
+  CommandResult Up(const std::string& topology) {
+    return Tern({"up", topology, "--name", name_, "--isolation", iso_});
+  }
+  json Record() {
+    return json::parse(Slurp(home_ + "/clusters/" + name_ + "/cluster.json"), nullptr, false);
+  }
+  const std::string& home() const { return home_; }
+
+ private:
+  std::string name_, iso_, home_;
+};
+
+// POST /v1/invoke/{service}/{handler} on the gateway.
+Result<transport::HttpClientResponse> Invoke(const std::string& gateway, const std::string& svc,
+                                             const std::string& handler, const std::string& body) {
+  std::string host;
+  uint16_t port = 0;
+  TERN_RETURN_IF_ERROR(ParseHostPort(gateway, &host, &port));
+  TERN_ASSIGN_OR_RETURN(std::unique_ptr<transport::HttpClient> c,
+                        transport::HttpClient::Connect(host, port, std::chrono::seconds(2)));
+  return c->Request("POST", "/v1/invoke/" + svc + "/" + handler, body, "application/octet-stream",
+                    std::chrono::seconds(10));
+}
+
+// Shell commands (RunCommand does not search PATH).
+CommandResult Sh(const std::string& cmd) { return RunCommand({"/bin/sh", "-c", cmd}); }
+std::string NetnsList() { return Sh("ip netns list").output; }
+
+void UpDeployInvokeKillDown(const std::string& name, const std::string& isolation) {
+  {
+    Cluster c(name, isolation);
+    CommandResult up = c.Up(SourcePath("examples/topologies/laptop.yaml"));
+    ASSERT_EQ(up.exit_code, 0) << up.output;
+    EXPECT_NE(up.output.find("cluster " + name + " is up (" + isolation + ")"), std::string::npos)
+        << up.output;
+    json rec = c.Record();
+    ASSERT_FALSE(rec.is_discarded());
+    ASSERT_EQ(rec["agents"].size(), 4u);
+    if (isolation == "netns") {
+      EXPECT_NE(NetnsList().find("tern-" + name + "-h1"), std::string::npos);
+      // csd0 runs at a quarter of a core.
+      EXPECT_EQ(Slurp("/sys/fs/cgroup/cpu/tern/" + name + "/csd0/cpu.cfs_quota_us"), "25000\n");
+    }
+    // A second `tern up` of the same cluster is refused.
+    CommandResult again = c.Up(SourcePath("examples/topologies/laptop.yaml"));
+    EXPECT_EQ(again.exit_code, 1);
+    EXPECT_NE(again.output.find("already up"), std::string::npos) << again.output;
+
+    CommandResult dep = c.Tern({"deploy", SourcePath("examples/echo/manifest.yaml"), "--module",
+                                testing::WasmPath("echo"), "--replicas", "2", "--devices",
+                                "cpu0,cpu1"});
+    ASSERT_EQ(dep.exit_code, 0) << dep.output;
+    EXPECT_NE(dep.output.find("2 of 2 replicas"), std::string::npos) << dep.output;
+    CommandResult inv = c.Tern({"invoke", "echo", "echo", "through the gateway"});
+    ASSERT_EQ(inv.exit_code, 0) << inv.output;
+    EXPECT_EQ(inv.output, "through the gateway");
+
+    std::string gw = rec["gateway"];
+    std::set<std::string> served;
+    for (int i = 0; i < 40; ++i) {
+      Result<transport::HttpClientResponse> r = Invoke(gw, "echo", "echo", "x" + std::to_string(i));
+      ASSERT_TRUE(r.ok()) << r.status();
+      ASSERT_EQ(r->status, 200) << r->body;
+      EXPECT_EQ(r->body, "x" + std::to_string(i));
+      if (const std::string* who = r->FindHeader("x-tern-instance")) served.insert(*who);
+    }
+    EXPECT_EQ(served.size(), 2u) << "both replicas serve";
+    Result<transport::HttpClientResponse> missing = Invoke(gw, "nope", "echo", "");
+    ASSERT_TRUE(missing.ok());
+    EXPECT_EQ(missing->status, 404) << missing->body;
+
+    // Kill the agent of cpu1: the controller sees it go and places the replica on cpu0
+    // (the only other allowed device); the gateway follows.
+    int pid = rec["agents"]["cpu1"]["pid"];
+    ASSERT_GT(pid, 0);
+    ASSERT_EQ(::kill(pid, SIGKILL), 0);
+    int64_t killed = MonoNanos();
+    bool moved = false;
+    while (MonoNanos() - killed < int64_t{15} * 1000000000) {
+      CommandResult ps = c.Tern({"ps", "--json"});
+      json j = json::parse(ps.output, nullptr, false);
+      if (!j.is_discarded() && j.contains("services")) {
+        int on_cpu0 = 0, total = 0;
+        for (const json& s : j["services"]) {
+          for (const json& i : s["instances"]) {
+            ++total;
+            on_cpu0 += i["device"] == "cpu0" && i["state"] == "running";
+          }
+        }
+        if (total == 2 && on_cpu0 == 2) {
+          moved = true;
+          break;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    ASSERT_TRUE(moved) << c.Tern({"ps"}).output;
+    std::printf("agent killed: replica running elsewhere after %.2f s\n",
+                static_cast<double>(MonoNanos() - killed) / 1e9);
+    // The gateway serves every request again (it may need a moment to get the new table).
+    bool ok = false;
+    for (int i = 0; i < 50 && !ok; ++i) {
+      Result<transport::HttpClientResponse> r = Invoke(gw, "echo", "echo", "after");
+      ok = r.ok() && r->status == 200 && r->body == "after";
+      if (!ok) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    EXPECT_TRUE(ok);
+    for (int i = 0; i < 20; ++i) {
+      Result<transport::HttpClientResponse> r = Invoke(gw, "echo", "echo", "y");
+      ASSERT_TRUE(r.ok());
+      EXPECT_EQ(r->status, 200) << r->body;
+    }
+    CommandResult ps = c.Tern({"ps"});
+    EXPECT_NE(ps.output.find("agent cpu1 is gone"), std::string::npos) << ps.output;
+    CommandResult logs = c.Tern({"logs", "controller", "--lines", "200"});
+    EXPECT_EQ(logs.exit_code, 0);
+    EXPECT_NE(logs.output.find("placed echo-"), std::string::npos) << logs.output;
+
+    CommandResult down = c.Tern({"down", name});
+    ASSERT_EQ(down.exit_code, 0) << down.output;
+    EXPECT_NE(down.output.find("is down"), std::string::npos) << down.output;
+  }
+  EXPECT_EQ(NetnsList().find("tern-" + name + "-"), std::string::npos);
+  EXPECT_NE(::access(("/sys/fs/cgroup/cpu/tern/" + name).c_str(), F_OK), 0);
+  CommandResult links = Sh("ip link");
+  EXPECT_EQ(links.output.find("tb-" + name), std::string::npos);
+}
+
+TEST(ClusterTest, LoopbackUpDeployInvokeAgentDeathDown) {
+  UpDeployInvokeKillDown("itlo", "loopback");
+}
+
+TEST(ClusterTest, NamespacesUpDeployInvokeAgentDeathDown) {
+  if (!Root()) GTEST_SKIP() << "needs root (network namespaces, veth, tc, cgroups)";
+  if (Sh("ip -V").exit_code != 0) GTEST_SKIP() << "iproute2 (`ip`) is missing";
+  UpDeployInvokeKillDown("itns", "netns");
+}
+
+TEST(ClusterTest, BadTopologiesAreClearErrorsAndNothingIsStarted) {
+  std::string dir = TempDir("badtopo");
+  Cluster c("itbad", "loopback");
+  struct Case {
+    std::string yaml;
+    std::string expect;
+  } cases[] = {
+      {"name: x\nhosts:\n  - name: h1\n    devices:\n      - name: d0\n        kind: quantum\n",
+       ":6:"},
+      {"name: x\nhosts:\n  - name: h1\n    devices:\n      - name: d0\n        kind: cpu\n"
+       "        cores: -1\n",
+       "cores"},
+      {"name: x\nhosts: []\n", "hosts"},
+      {"name: x\nhosts:\n  - name: h1\n    devices: [{name: a, kind: cpu}]\n  - name: h2\n"
+       "    devices: [{name: b, kind: cpu}]\n",
+       "link"},
+      {"name: [unclosed\n", "t.yaml"},
+  };
+  for (const Case& k : cases) {
+    std::string path = dir + "/t.yaml";
+    std::ofstream(path) << k.yaml;
+    CommandResult check = c.Tern({"topology", "check", path});
+    EXPECT_EQ(check.exit_code, 1) << k.yaml;
+    EXPECT_NE(check.output.find(k.expect), std::string::npos) << check.output;
+    CommandResult up = c.Tern({"up", path, "--name", "itbad", "--isolation", "loopback"});
+    EXPECT_EQ(up.exit_code, 1) << up.output;
+    EXPECT_NE(up.output.find(k.expect), std::string::npos) << up.output;
+  }
+  EXPECT_NE(::access((c.home() + "/clusters/itbad/cluster.json").c_str(), F_OK), 0);
+  CommandResult good = c.Tern({"topology", "check", SourcePath("examples/topologies/rack.yaml")});
+  EXPECT_EQ(good.exit_code, 0) << good.output;
+  CommandResult down = c.Tern({"down", "itbad"});
+  EXPECT_NE(down.output.find("nothing to remove"), std::string::npos) << down.output;
+}
+
+}  // namespace
+}  // namespace tern
