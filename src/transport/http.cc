@@ -740,7 +740,8 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(EventLoop* loop,
                                                       const HttpServerOptions& options,
                                                       HttpRouter router) {
   std::unique_ptr<HttpServer> server(new HttpServer(loop, options, std::move(router)));
-  TERN_ASSIGN_OR_RETURN(server->listener_, TcpListener::Listen(options.host, options.port));
+  TERN_ASSIGN_OR_RETURN(server->listener_,
+                        TcpListener::Listen(options.host, options.port, 1024, options.reuse_port));
   HttpServer* s = server.get();
   TERN_RETURN_IF_ERROR(
       server->listener_->StartAccepting(loop, [s](UniqueFd fd) { s->OnAccept(std::move(fd)); }));

@@ -149,6 +149,8 @@ struct HttpServerOptions {
   size_t max_header_bytes = 16u << 10;
   size_t max_body_bytes = 64u << 20;
   size_t max_connections = 1024;
+  // SO_REUSEPORT: several servers (one per I/O thread) may listen on the same port.
+  bool reuse_port = false;
   // Output backpressure, idle keep-alive timeout (closes idle connections; never one
   // with a request in progress) and linger on close.
   internal::SocketLimits limits = DefaultLimits();

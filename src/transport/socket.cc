@@ -94,7 +94,7 @@ Status SetNoDelay(int fd) {
   return Status::Ok();
 }
 
-Result<UniqueFd> ListenTcp(std::string_view host, uint16_t port, int backlog) {
+Result<UniqueFd> ListenTcp(std::string_view host, uint16_t port, int backlog, bool reuse_port) {
   TERN_ASSIGN_OR_RETURN(AddrInfoPtr res, Resolve(host, port, /*passive=*/true));
   Status last = UnavailableError(fmt::format("listen {}:{}: no usable address", host, port));
   for (addrinfo* ai = res.get(); ai != nullptr; ai = ai->ai_next) {
@@ -106,6 +106,10 @@ Result<UniqueFd> ListenTcp(std::string_view host, uint16_t port, int backlog) {
     }
     int one = 1;
     setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (reuse_port && setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) {
+      last = ErrnoError("setsockopt(SO_REUSEPORT)", errno);
+      continue;
+    }
     if (bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0) {
       last = ErrnoError(fmt::format("bind {}", AddrToString(ai->ai_addr)), errno);
       continue;

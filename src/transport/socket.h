@@ -46,8 +46,10 @@ class UniqueFd {
 
 // Creates a non-blocking listening TCP socket bound to host:port with SO_REUSEADDR.
 // `host` is a name or literal address; "" and "*" mean all IPv4 addresses. Port 0
-// picks a free port (see LocalPort).
-Result<UniqueFd> ListenTcp(std::string_view host, uint16_t port, int backlog);
+// picks a free port (see LocalPort). With `reuse_port`, SO_REUSEPORT is set too, so several
+// sockets (one per I/O thread) can listen on one port and the kernel spreads connections.
+Result<UniqueFd> ListenTcp(std::string_view host, uint16_t port, int backlog,
+                           bool reuse_port = false);
 // The local port a socket is bound to.
 Result<uint16_t> LocalPort(int fd);
 // "ip:port" of the peer, or "?" if unknown (for logs).

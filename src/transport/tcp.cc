@@ -19,8 +19,8 @@ constexpr auto kAcceptPauseOnFdExhaustion = std::chrono::milliseconds(100);
 // ---------------------------------------------------------------- TcpListener
 
 Result<std::unique_ptr<TcpListener>> TcpListener::Listen(std::string_view host, uint16_t port,
-                                                         int backlog) {
-  TERN_ASSIGN_OR_RETURN(UniqueFd fd, ListenTcp(host, port, backlog));
+                                                         int backlog, bool reuse_port) {
+  TERN_ASSIGN_OR_RETURN(UniqueFd fd, ListenTcp(host, port, backlog, reuse_port));
   TERN_ASSIGN_OR_RETURN(uint16_t bound, LocalPort(fd.get()));
   return std::unique_ptr<TcpListener>(new TcpListener(std::move(fd), bound));
 }

@@ -40,8 +40,9 @@ namespace tern::transport {
 class TcpListener {
  public:
   // Binds host:port ("" = all IPv4 addresses; port 0 = any free port) and listens.
+  // `reuse_port`: see ListenTcp.
   static Result<std::unique_ptr<TcpListener>> Listen(std::string_view host, uint16_t port,
-                                                     int backlog = 1024);
+                                                     int backlog = 1024, bool reuse_port = false);
   ~TcpListener();
   TcpListener(const TcpListener&) = delete;
   TcpListener& operator=(const TcpListener&) = delete;
