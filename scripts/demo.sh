@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The tern demo: one device agent, the example services, the sandbox catching broken
-# guests, a stateful service whose state survives snapshot → agent crash → restore, and
-# calls between services over the three transports (in-process, shared memory, TCP).
+# guests, a stateful service whose state survives snapshot → agent crash → restore; then
+# an emulated datacenter (tern up): placement by the controller, HTTP through the
+# gateway, calls between services over the three transports (in-process, shared
+# memory, TCP), and a device failure handled.
 #
 #   scripts/demo.sh [BUILD_DIR]      (make demo runs it on build/release)
 #
-# Everything listens on 127.0.0.1 on free ports and stops when the script ends.
+# Everything listens on 127.0.0.1 (or, as root, in network namespaces it creates) on free
+# ports and stops when the script ends.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${1:-$ROOT/build/release}"
@@ -15,7 +18,9 @@ WASM="$BUILD/wasm"
 WORK="$(mktemp -d /tmp/tern-demo.XXXXXX)"
 AGENT_PID=""
 EXTRA_PIDS=()
+CLUSTER_UP=0
 cleanup() {
+  [[ $CLUSTER_UP == 1 ]] && "$TERN" down laptop >/dev/null 2>&1
   [[ -n "$AGENT_PID" ]] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null
   for p in "${EXTRA_PIDS[@]}"; do kill "$p" 2>/dev/null; done
   rm -rf "$WORK"
@@ -73,56 +78,60 @@ t invoke counter get
 t restore counter-1 "$WORK/counter.snap"
 t invoke counter incr
 
-bold "6. Calls between services: same code, the transport follows where the callee runs"
-# Two more agents: nic0 on the same host as cpu0 (h1: shared memory between them) and
-# csd0 on another host (h2: TCP, over an emulated 50 µs / 1 Gbit/s link).
-start_extra() {  # DEVICE HOST -> sets EXTRA_ADMIN, EXTRA_FRAMES
-  local dev=$1 host=$2 line
-  mkdir -p "$WORK/$dev"
-  "$TERN" agent --port 0 --admin-port 0 --device "$dev" --host-id "$host" --workers 1 \
-    --data-dir "$WORK/$dev" --log-level warn > "$WORK/$dev.out" 2>"$WORK/$dev.log" &
-  EXTRA_PIDS+=($!)
-  for _ in $(seq 100); do [[ -s "$WORK/$dev.out" ]] && break; sleep 0.1; done
-  line=$(head -1 "$WORK/$dev.out")
-  EXTRA_FRAMES=$(sed -E 's/.*frames=([0-9]+).*/\1/' <<<"$line")
-  EXTRA_ADMIN="127.0.0.1:$(sed -E 's/.*admin=([0-9]+).*/\1/' <<<"$line")"
-  echo "agent $dev up on host $host: $line"
-}
-start_extra nic0 h1; NIC_ADMIN=$EXTRA_ADMIN; NIC_FRAMES=$EXTRA_FRAMES
-start_extra csd0 h2; CSD_ADMIN=$EXTRA_ADMIN; CSD_FRAMES=$EXTRA_FRAMES
-CPU_FRAMES=$("$TERN" version >/dev/null; curl -s "http://$AGENT/v1/info" | sed -E 's/.*"frame_port":([0-9]+).*/\1/')
+bold "6. An emulated datacenter: tern up examples/topologies/laptop.yaml"
+kill "$AGENT_PID" 2>/dev/null; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=""
+export TERN_HOME="$WORK/home"
+CLUSTER_UP=1
+# Without --agent, deploy/ps/invoke talk to the cluster: the controller places
+# instances, the gateway serves HTTP.
+c() { printf '\033[36m$ tern %s\033[0m\n' "$*"; "$TERN" "$@"; local rc=$?; printf '\n'; return $rc; }
+run "$TERN" topology check "$ROOT/examples/topologies/laptop.yaml"
+c up "$ROOT/examples/topologies/laptop.yaml"
+GATEWAY=$(sed -nE 's/.*"gateway": "([^"]+)".*/\1/p' "$TERN_HOME/clusters/laptop/cluster.json")
+
+bold "7. Deploy: the controller places replicas over the devices; the gateway answers HTTP"
+c deploy "$ROOT/examples/echo/manifest.yaml" --module "$WASM/echo.wasm" --replicas 3
 RELAY="$ROOT/examples/relay/manifest.yaml"
-t deploy "$RELAY" --module "$WASM/relay.wasm" --name front
-t deploy "$RELAY" --module "$WASM/relay.wasm" --name here
-run "$TERN" deploy "$RELAY" --module "$WASM/relay.wasm" --name nearby --agent "$NIC_ADMIN"
-run "$TERN" deploy "$RELAY" --module "$WASM/relay.wasm" --name faraway --agent "$CSD_ADMIN"
-cat > "$WORK/locations.yaml" <<YAML
-locations:
-  - {instance: nearby-1, service: nearby, agent: nic0, host: h1,
-     tcp: "127.0.0.1:$NIC_FRAMES", shm: "$WORK/nic0/shm.sock"}
-  - {instance: faraway-1, service: faraway, agent: csd0, host: h2,
-     tcp: "127.0.0.1:$CSD_FRAMES", shm: "$WORK/csd0/shm.sock"}
-  - {instance: here-1, service: here, agent: cpu0, host: h1,
-     tcp: "127.0.0.1:$CPU_FRAMES", shm: "$WORK/agent/shm.sock"}
-YAML
-echo '[{"a": "h1", "b": "h2", "latency": "50us", "bandwidth": "1gbit"}]' > "$WORK/links.json"
-for a in "$AGENT" "$NIC_ADMIN" "$CSD_ADMIN"; do
-  "$TERN" locations set "$WORK/locations.yaml" --agent "$a" >/dev/null
-  "$TERN" locations links "$WORK/links.json" --agent "$a" >/dev/null
-done
-echo "every agent now knows where the others' instances run:"
-t locations ls
-echo "front calls each of them with the same code (relay's 'call' handler); per call:"
+c deploy "$RELAY" --module "$WASM/relay.wasm" --name front --devices cpu0
+c deploy "$RELAY" --module "$WASM/relay.wasm" --name here --devices cpu0
+c deploy "$RELAY" --module "$WASM/relay.wasm" --name nearby --devices nic0
+c deploy "$RELAY" --module "$WASM/relay.wasm" --name faraway --devices csd0
+run curl -s -X POST --data "hello over HTTP" "http://$GATEWAY/v1/invoke/echo/echo"
+printf '\n'
+run curl -s -i -X POST "http://$GATEWAY/v1/invoke/nope/echo"
+printf '\n'
+c invoke echo echo x --repeat 300
+
+bold "8. Calls between services: same code, the transport follows where the callee runs"
+echo "front (on cpu0, host h1) calls each relay with the same code: 300 calls each, timed"
+echo "inside the calling guest (relay's 'calls' handler), so only the call itself counts:"
+guest_timed() {  # the reply is one little-endian int64 of nanoseconds per call
+  od -An -v -t d8 | tr -s ' ' '\n' | grep -v '^$' | sort -n |
+    awk '{a[NR]=$1} END {printf "p50 %6.1f us   p99 %7.1f us\n", a[int(NR/2)]/1000, a[int(NR*0.99)]/1000}'
+}
 for target in here nearby faraway; do
-  printf '\033[36m$ tern invoke front call "%s|echo|0|hi" --repeat 2000\033[0m   ' "$target"
-  case $target in here) echo "(same agent: in-process)";; nearby) echo "(same host: shared memory)";;
-                  faraway) echo "(other host: TCP + 50 µs emulated link each way)";; esac
-  "$TERN" invoke front call "$target|echo|0|hi" --repeat 2000 --agent "$AGENT" | sed -n 2p
+  case $target in here) where="cpu0: same agent -> in-process     ";;
+                  nearby) where="nic0: same host h1 -> shared memory";;
+                  faraway) where="csd0: host h2 -> TCP, 50 us link  ";; esac
+  printf '\033[36m$ tern invoke front calls "300|%s|echo|hi"\033[0m  %s  ' "$target" "$where"
+  "$TERN" invoke front calls "300|$target|echo|hi" | guest_timed
 done
 echo
 echo "a chain across all three tiers: front -> nearby (shm) -> faraway (tcp) -> here (tcp back):"
-t invoke front chain "nearby,faraway,here|the reply came back through 3 hops"
-echo "calls made by cpu0's guests, per transport:"
-curl -s "http://$AGENT/v1/info" | sed -E 's/.*"calls":(\{[^}]*\}).*/\1/'; echo
+c invoke front chain "nearby,faraway,here|the reply came back through 3 hops"
+c ps
 
-bold "Done. Next milestones add the emulated datacenter, offload and live migration (see README)."
+bold "9. A device fails: kill cpu1's agent; the controller notices and re-places its replica"
+PID=$(sed -nE '/"cpu1"/,/}/s/.*"pid": ([0-9]+).*/\1/p' "$TERN_HOME/clusters/laptop/cluster.json")
+run kill -9 "$PID"
+for _ in $(seq 100); do
+  "$TERN" ps 2>/dev/null | grep -q "agent cpu1 is gone" && "$TERN" ps | grep -q "placed echo-4" && break
+  sleep 0.1
+done
+c ps
+c invoke echo echo "still answering" 
+c logs controller --lines 4
+c down
+CLUSTER_UP=0
+
+bold "Done. Next milestones: near-data offload (datasets on the CSD, a placement cost model) and live migration (see README)."
