@@ -25,6 +25,7 @@
 #include "core/task_thread.h"
 #include "core/version.h"
 #include "dataplane/location.h"
+#include "store/election.h"
 #include "store/store.h"
 #include "transport/event_loop.h"
 #include "transport/http.h"
@@ -99,9 +100,11 @@ struct Controller::Impl {
   std::unique_ptr<TaskThread> fast;  // registrations, heartbeats
   std::unique_ptr<TaskThread> slow;  // deploys, reads that range the store
 
-  // Leadership.
+  // Leadership (store/election.h); the election and its lease belong to the reconcile
+  // thread (and Start, before it runs).
   std::atomic<bool> leader{false};
-  store::LeaseId leader_lease = 0;  // reconcile thread
+  std::unique_ptr<store::Election> election;
+  store::LeaseId leader_lease = 0;
   Mutex leader_mu;
   std::string leader_id GUARDED_BY(leader_mu);
 
@@ -185,41 +188,43 @@ struct Controller::Impl {
 
   // ---- leadership ---------------------------------------------------------------------
 
-  std::string LeaderKey() const { return std::string(kElectionPrefix) + "/leader"; }
-
-  // Reconcile thread: keeps or tries to take the leadership. Returns whether we lead.
+  // Reconcile thread: joins (or re-joins, after its lease died) the election and says
+  // whether this controller leads now.
   bool Lead() {
-    if (leader.load() && leader_lease != 0) {
-      if (store->KeepAlive(leader_lease).ok()) return true;
-      Event(fmt::format("controller {} lost the leadership (its lease expired)", options.id));
-      leader = false;
-      leader_lease = 0;
+    if (election && !election->is_leader() && store->KeepAlive(leader_lease).code() ==
+                                                  StatusCode::kNotFound) {
+      election.reset();  // our lease is gone: campaign again with a new one
     }
-    Result<store::LeaseId> lease = store->GrantLease(options.leader_ttl);
-    if (!lease.ok()) {
-      if (Quiet(__LINE__, 10)) {} else TERN_LOG(WARN) << "leader election: " << lease.status();
-      return false;
-    }
-    Result<store::ClusterStore::ApplyResult> r =
-        store->Apply({store::Compare{LeaderKey(), 0}},
-                     {store::Op::Put(LeaderKey(), options.id, *lease)});
-    if (r.ok() && r->applied) {
-      leader_lease = *lease;
-      leader = true;
-      {
-        MutexLock l(&leader_mu);
-        leader_id = options.id;
+    if (!election) {
+      Result<store::LeaseId> lease = store->GrantLease(options.leader_ttl);
+      if (!lease.ok()) {
+        if (!Quiet(__LINE__, 10)) TERN_LOG(WARN) << "leader election: " << lease.status();
+        return false;
       }
-      Event(fmt::format("controller {} is the leader", options.id));
-      return true;
+      store::ElectionOptions eo;
+      eo.keepalive_interval = std::max(options.leader_ttl / 4, std::chrono::milliseconds(50));
+      Result<std::unique_ptr<store::Election>> e = store::Election::Start(
+          store, std::string(kElectionPrefix), options.id, *lease, [this](bool now_leader) {
+            Event(now_leader ? fmt::format("controller {} is the leader", options.id)
+                             : fmt::format("controller {} lost the leadership", options.id));
+            Poke();
+          },
+          eo);
+      if (!e.ok()) {
+        (void)store->Revoke(*lease);
+        if (!Quiet(__LINE__, 10)) TERN_LOG(WARN) << "leader election: " << e.status();
+        return false;
+      }
+      election = std::move(*e);
+      leader_lease = *lease;
     }
-    (void)store->Revoke(*lease);
-    Result<std::optional<store::KeyValue>> cur = store->Get(LeaderKey());
-    if (cur.ok() && cur->has_value()) {
+    bool lead = election->is_leader();
+    leader = lead;
+    {
       MutexLock l(&leader_mu);
-      leader_id = (*cur)->value;
+      leader_id = election->leader();
     }
-    return false;
+    return lead;
   }
 
   std::string Leader() {
@@ -939,7 +944,8 @@ Controller::~Controller() {
     i->http.reset();
   });
   i->loop->Stop();
-  if (i->leader.load() && i->leader_lease != 0) (void)i->store->Revoke(i->leader_lease);
+  i->election.reset();  // resigns
+  if (i->leader_lease != 0) (void)i->store->Revoke(i->leader_lease);
 }
 
 uint16_t Controller::port() const { return impl_->http->port(); }
