@@ -1,4 +1,4 @@
-// `tern up` / `tern down` with the real binaries: a 2-host topology in network
+// `tern up` / `tern down` with the real binaries: a 3-host topology in network
 // namespaces (as root) and on loopback; deploy and invoke through the CLI and the
 // gateway's HTTP API; an agent killed and its stateless replicas served elsewhere; bad
 // topology files; nothing left behind.
@@ -81,26 +81,28 @@ std::string NetnsList() { return Sh("ip netns list").output; }
 void UpDeployInvokeKillDown(const std::string& name, const std::string& isolation) {
   {
     Cluster c(name, isolation);
-    CommandResult up = c.Up(SourcePath("examples/topologies/laptop.yaml"));
+    CommandResult up = c.Up(SourcePath("examples/topologies/rack.yaml"));
     ASSERT_EQ(up.exit_code, 0) << up.output;
     EXPECT_NE(up.output.find("cluster " + name + " is up (" + isolation + ")"), std::string::npos)
         << up.output;
     json rec = c.Record();
     ASSERT_FALSE(rec.is_discarded());
-    ASSERT_EQ(rec["agents"].size(), 4u);
+    ASSERT_EQ(rec["agents"].size(), 5u);  // 3 hosts: c1, c2, s1 (with two CSDs)
     if (isolation == "netns") {
-      EXPECT_NE(NetnsList().find("tern-" + name + "-h1"), std::string::npos);
-      // csd0 runs at a quarter of a core.
-      EXPECT_EQ(Slurp("/sys/fs/cgroup/cpu/tern/" + name + "/csd0/cpu.cfs_quota_us"), "25000\n");
+      for (const char* h : {"c1", "c2", "s1"}) {
+        EXPECT_NE(NetnsList().find("tern-" + name + "-" + h), std::string::npos) << h;
+      }
+      // csd0 runs at half a core.
+      EXPECT_EQ(Slurp("/sys/fs/cgroup/cpu/tern/" + name + "/csd0/cpu.cfs_quota_us"), "50000\n");
     }
     // A second `tern up` of the same cluster is refused.
-    CommandResult again = c.Up(SourcePath("examples/topologies/laptop.yaml"));
+    CommandResult again = c.Up(SourcePath("examples/topologies/rack.yaml"));
     EXPECT_EQ(again.exit_code, 1);
     EXPECT_NE(again.output.find("already up"), std::string::npos) << again.output;
 
     CommandResult dep = c.Tern({"deploy", SourcePath("examples/echo/manifest.yaml"), "--module",
                                 testing::WasmPath("echo"), "--replicas", "2", "--devices",
-                                "cpu0,cpu1"});
+                                "c1-cpu,c2-cpu"});
     ASSERT_EQ(dep.exit_code, 0) << dep.output;
     EXPECT_NE(dep.output.find("2 of 2 replicas"), std::string::npos) << dep.output;
     CommandResult inv = c.Tern({"invoke", "echo", "echo", "through the gateway"});
@@ -121,9 +123,9 @@ void UpDeployInvokeKillDown(const std::string& name, const std::string& isolatio
     ASSERT_TRUE(missing.ok());
     EXPECT_EQ(missing->status, 404) << missing->body;
 
-    // Kill the agent of cpu1: the controller sees it go and places the replica on cpu0
-    // (the only other allowed device); the gateway follows.
-    int pid = rec["agents"]["cpu1"]["pid"];
+    // Kill the agent of c2-cpu: the controller sees it go and places the replica on
+    // c1-cpu (the only other allowed device); the gateway follows.
+    int pid = rec["agents"]["c2-cpu"]["pid"];
     ASSERT_GT(pid, 0);
     ASSERT_EQ(::kill(pid, SIGKILL), 0);
     int64_t killed = MonoNanos();
@@ -136,7 +138,7 @@ void UpDeployInvokeKillDown(const std::string& name, const std::string& isolatio
         for (const json& s : j["services"]) {
           for (const json& i : s["instances"]) {
             ++total;
-            on_cpu0 += i["device"] == "cpu0" && i["state"] == "running";
+            on_cpu0 += i["device"] == "c1-cpu" && i["state"] == "running";
           }
         }
         if (total == 2 && on_cpu0 == 2) {
@@ -163,7 +165,7 @@ void UpDeployInvokeKillDown(const std::string& name, const std::string& isolatio
       EXPECT_EQ(r->status, 200) << r->body;
     }
     CommandResult ps = c.Tern({"ps"});
-    EXPECT_NE(ps.output.find("agent cpu1 is gone"), std::string::npos) << ps.output;
+    EXPECT_NE(ps.output.find("agent c2-cpu is gone"), std::string::npos) << ps.output;
     CommandResult logs = c.Tern({"logs", "controller", "--lines", "200"});
     EXPECT_EQ(logs.exit_code, 0);
     EXPECT_NE(logs.output.find("placed echo-"), std::string::npos) << logs.output;
