@@ -15,6 +15,7 @@
 #include "agent/agent_server.h"
 #include "agent/registrar.h"
 #include "cli/flags.h"
+#include "cli/main_util.h"
 #include "core/config.h"
 #include "core/logging.h"
 #include "wasm/engine.h"
@@ -60,16 +61,7 @@ int RunAgentCommand(int argc, char** argv) {
         "YAML file with any of: device, host, port, admin_port, data_dir, "
         "workers, log_level, v8_flags, host_id, shm_socket, call_transport, locations "
         "(flags given on the command line win)");
-  Status ps = f.Parse(argc, argv, 2);
-  if (!ps.ok()) {
-    std::fprintf(stderr, "tern agent: %s\n\n%s", std::string(ps.message()).c_str(),
-                 f.Help().c_str());
-    return 2;
-  }
-  if (f.help_requested()) {
-    std::fputs(f.Help().c_str(), stdout);
-    return 0;
-  }
+  if (int rc = cli::ParseFlagsOrExit(&f, argc, argv, "tern agent", 0, 0); rc >= 0) return rc;
   Config cfg;
   if (f.IsSet("config")) {
     Result<Config> c = Config::Load(
@@ -127,13 +119,8 @@ int RunAgentCommand(int argc, char** argv) {
     }
   }
 
-  // Block the stop signals in every thread; main waits for them with sigwait.
-  sigset_t stop;
-  sigemptyset(&stop);
-  sigaddset(&stop, SIGINT);
-  sigaddset(&stop, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  // Block the stop signals in every thread; main waits for them.
+  cli::BlockStopSignals();
 
   wasm::EngineOptions eo;
   eo.engine_flags = str("v8-flags");
@@ -225,9 +212,8 @@ int RunAgentCommand(int argc, char** argv) {
   std::printf("listening frames=%u admin=%u\n", (*server)->frame_port(), (*server)->admin_port());
   std::fflush(stdout);
 
-  int sig = 0;
-  sigwait(&stop, &sig);
-  TERN_LOG(INFO) << "agent " << ao.device << " stopping (" << strsignal(sig) << ")";
+  std::string sig = cli::WaitForStopSignal();
+  TERN_LOG(INFO) << "agent " << ao.device << " stopping (" << sig << ")";
   registrar.reset();
   server->reset();
   agent->reset();

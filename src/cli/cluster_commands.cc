@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cli/flags.h"
+#include "cli/main_util.h"
 #include "cluster/topology.h"
 #include "core/base64.h"
 #include "core/clock.h"
@@ -24,11 +25,6 @@ namespace tern::cli {
 using nlohmann::json;
 
 namespace {
-
-int Fail(const Status& s) {
-  std::fprintf(stderr, "tern: %s\n", s.ToString().c_str());
-  return 1;
-}
 
 Result<std::unique_ptr<transport::JsonApiClient>> Controller(const ClusterRecord& c,
                                                              int64_t timeout_ms) {
@@ -65,12 +61,12 @@ int ClusterDeploy(const ClusterRecord& c, const std::string& manifest_yaml,
     req["devices"] = d;
   }
   auto ctl = Controller(c, timeout_ms);
-  if (!ctl.ok()) return Fail(ctl.status());
+  if (!ctl.ok()) return CommandFailed(ctl.status());
   Result<std::string> r = (*ctl)->Call("POST", "/v1/services", req.dump(),
                                        std::chrono::milliseconds(timeout_ms));
-  if (!r.ok()) return Fail(r.status());
+  if (!r.ok()) return CommandFailed(r.status());
   json s = json::parse(*r, nullptr, false);
-  if (s.is_discarded()) return Fail(InternalError("the controller sent malformed JSON"));
+  if (s.is_discarded()) return CommandFailed(InternalError("the controller sent malformed JSON"));
   std::vector<std::string> where;
   for (const json& i : s["instances"]) {
     where.push_back(fmt::format("{} on {} ({})", i.value("id", ""), i.value("device", ""),
@@ -88,25 +84,25 @@ int ClusterDeploy(const ClusterRecord& c, const std::string& manifest_yaml,
 
 int ClusterUndeploy(const ClusterRecord& c, const std::string& service, int64_t timeout_ms) {
   auto ctl = Controller(c, timeout_ms);
-  if (!ctl.ok()) return Fail(ctl.status());
+  if (!ctl.ok()) return CommandFailed(ctl.status());
   Result<std::string> r =
       (*ctl)->Call("DELETE", "/v1/services/" + service, {}, std::chrono::milliseconds(timeout_ms));
-  if (!r.ok()) return Fail(r.status());
+  if (!r.ok()) return CommandFailed(r.status());
   std::printf("undeployed %s\n", service.c_str());
   return 0;
 }
 
 int ClusterPs(const ClusterRecord& c, bool raw_json, int64_t timeout_ms) {
   auto ctl = Controller(c, timeout_ms);
-  if (!ctl.ok()) return Fail(ctl.status());
+  if (!ctl.ok()) return CommandFailed(ctl.status());
   Result<std::string> r = (*ctl)->Call("GET", "/v1/cluster", {}, std::chrono::milliseconds(timeout_ms));
-  if (!r.ok()) return Fail(r.status());
+  if (!r.ok()) return CommandFailed(r.status());
   if (raw_json) {
     std::printf("%s\n", r->c_str());
     return 0;
   }
   json j = json::parse(*r, nullptr, false);
-  if (j.is_discarded()) return Fail(InternalError("the controller sent malformed JSON"));
+  if (j.is_discarded()) return CommandFailed(InternalError("the controller sent malformed JSON"));
   std::printf("cluster %s: controller %s (leader %s), store %s, gateway %s\n\n", c.name.c_str(),
               c.controller.c_str(), j.value("leader", "?").c_str(), j.value("store", "?").c_str(),
               c.gateway.empty() ? "-" : c.gateway.c_str());
@@ -167,15 +163,15 @@ int ClusterPs(const ClusterRecord& c, bool raw_json, int64_t timeout_ms) {
 int ClusterInvoke(const ClusterRecord& c, const std::string& service, const std::string& handler,
                   const std::string& payload, int64_t repeat, int64_t timeout_ms) {
   if (c.gateway.empty()) {
-    return Fail(FailedPreconditionError("no gateway address (--gateway or `tern up` first)"));
+    return CommandFailed(FailedPreconditionError("no gateway address (--gateway or `tern up` first)"));
   }
   std::string host;
   uint16_t port = 0;
   Status hp = ParseHostPort(c.gateway, &host, &port);
-  if (!hp.ok()) return Fail(hp.WithPrefix("gateway"));
+  if (!hp.ok()) return CommandFailed(hp.WithPrefix("gateway"));
   auto http = transport::HttpClient::Connect(host, port, std::chrono::seconds(5));
   if (!http.ok()) {
-    return Fail(Status(http.status().code(),
+    return CommandFailed(Status(http.status().code(),
                        fmt::format("gateway {}: {} (is the cluster up?)", c.gateway,
                                    http.status().message())));
   }
@@ -190,7 +186,7 @@ int ClusterInvoke(const ClusterRecord& c, const std::string& service, const std:
   };
   if (repeat == 1) {
     Result<transport::HttpClientResponse> r = once();
-    if (!r.ok()) return Fail(r.status());
+    if (!r.ok()) return CommandFailed(r.status());
     std::fwrite(r->body.data(), 1, r->body.size(), stdout);
     if (isatty(STDOUT_FILENO) && (r->body.empty() || r->body.back() != '\n')) std::fputc('\n', stdout);
     return 0;
@@ -201,7 +197,7 @@ int ClusterInvoke(const ClusterRecord& c, const std::string& service, const std:
   for (int64_t i = 0; i < repeat; ++i) {
     int64_t t0 = MonoNanos();
     Result<transport::HttpClientResponse> r = once();
-    if (!r.ok()) return Fail(r.status().WithPrefix(fmt::format("call {} of {}", i + 1, repeat)));
+    if (!r.ok()) return CommandFailed(r.status().WithPrefix(fmt::format("call {} of {}", i + 1, repeat)));
     ns.push_back(MonoNanos() - t0);
     const std::string* who = r->FindHeader("x-tern-instance");
     ++served[who ? *who : "?"];
@@ -225,20 +221,12 @@ int CmdTopology(int argc, char** argv) {
   Flags f("tern topology check FILE.yaml",
           "Validates a topology file (hosts, devices, links; docs/formats/topology.md) and\n"
           "prints what it describes. Errors name the line and the field.");
-  Status s = f.Parse(argc, argv, 2);
-  if (!s.ok() || (!f.help_requested() && (f.positional().size() != 2 ||
-                                          f.positional()[0] != "check"))) {
-    std::fprintf(stderr, "tern: %s\n\n%s",
-                 s.ok() ? "usage: tern topology check FILE.yaml" : std::string(s.message()).c_str(),
-                 f.Help().c_str());
-    return 2;
-  }
-  if (f.help_requested()) {
-    std::fputs(f.Help().c_str(), stdout);
-    return 0;
+  if (int rc = ParseFlagsOrExit(&f, argc, argv, "tern topology", 2, 2); rc >= 0) return rc;
+  if (f.positional()[0] != "check") {
+    return UsageError(f, "tern topology", "unknown subcommand '" + f.positional()[0] + "'");
   }
   Result<cluster::Topology> t = cluster::LoadTopologyFile(f.positional()[1]);
-  if (!t.ok()) return Fail(t.status());
+  if (!t.ok()) return CommandFailed(t.status());
   std::fputs(cluster::DescribeTopology(*t).c_str(), stdout);
   std::printf("ok: %s is a valid topology\n", f.positional()[1].c_str());
   return 0;
@@ -251,29 +239,18 @@ int CmdLogs(int argc, char** argv) {
   f.Add("lines", "40", "how many of the last lines to print");
   f.AddBool("follow", "keep printing new lines until interrupted");
   f.Add("cluster", "", "the cluster (default: the current one)");
-  Status s = f.Parse(argc, argv, 2);
-  if (!s.ok() || (!f.help_requested() && f.positional().size() != 1)) {
-    std::fprintf(stderr, "tern: %s\n\n%s",
-                 s.ok() ? "name one process: a device, controller or gateway"
-                        : std::string(s.message()).c_str(),
-                 f.Help().c_str());
-    return 2;
-  }
-  if (f.help_requested()) {
-    std::fputs(f.Help().c_str(), stdout);
-    return 0;
-  }
+  if (int rc = ParseFlagsOrExit(&f, argc, argv, "tern logs", 1, 1); rc >= 0) return rc;
   Result<int64_t> lines = f.GetInt("lines", 0, 1000000);
-  if (!lines.ok()) return Fail(lines.status());
+  if (!lines.ok()) return CommandFailed(lines.status());
   Result<ClusterRecord> c = LoadClusterRecord(f.Get("cluster"));
-  if (!c.ok()) return Fail(c.status());
+  if (!c.ok()) return CommandFailed(c.status());
   const std::string& who = f.positional()[0];
   std::string path = c->dir + "/logs/" + who + ".log";
   std::ifstream in(path);
   if (!in) {
     std::string names = "controller, gateway";
     for (const auto& [d, a] : c->agents) names += ", " + d;
-    return Fail(NotFoundError(fmt::format("no log {} (processes: {})", path, names)));
+    return CommandFailed(NotFoundError(fmt::format("no log {} (processes: {})", path, names)));
   }
   std::deque<std::string> last;
   std::string line;

@@ -22,6 +22,7 @@
 #include "cli/cluster.h"
 #include "cli/cluster_commands.h"
 #include "cli/flags.h"
+#include "cli/main_util.h"
 #include "cluster/topology.h"
 #include "core/clock.h"
 #include "core/file.h"
@@ -38,11 +39,6 @@ namespace tern::cli {
 using nlohmann::json;
 
 namespace {
-
-int Fail(const Status& s) {
-  std::fprintf(stderr, "tern: %s\n", s.ToString().c_str());
-  return 1;
-}
 
 std::string StateDir() { return TernHome() + "/clusters"; }
 
@@ -387,44 +383,32 @@ int CmdUp(int argc, char** argv) {
   f.Add("isolation", "auto", "netns (needs root), loopback, or auto (netns when possible)");
   f.Add("store", "embedded", "the controller's store: embedded, or etcd (starts a real etcd)");
   f.Add("timeout-ms", "60000", "give up when the cluster is not up in this time");
-  Status ps = f.Parse(argc, argv, 2);
-  if (!ps.ok() || (!f.help_requested() && f.positional().size() != 1)) {
-    std::fprintf(stderr, "tern: %s\n\n%s",
-                 ps.ok() ? "name one topology file" : std::string(ps.message()).c_str(),
-                 f.Help().c_str());
-    return 2;
-  }
-  if (f.help_requested()) {
-    std::fputs(f.Help().c_str(), stdout);
-    return 0;
-  }
+  if (int rc = ParseFlagsOrExit(&f, argc, argv, "tern up", 1, 1); rc >= 0) return rc;
   UpOptions o;
   o.topology_path = f.positional()[0];
   o.name = f.Get("name");
   o.isolation = f.Get("isolation");
   o.store = f.Get("store");
   if (o.isolation != "auto" && o.isolation != "netns" && o.isolation != "loopback") {
-    std::fprintf(stderr, "tern: --isolation must be auto, netns or loopback\n");
-    return 2;
+    return UsageError(f, "tern up", "--isolation must be auto, netns or loopback");
   }
   if (o.store != "embedded" && o.store != "etcd") {
-    std::fprintf(stderr, "tern: --store must be embedded or etcd\n");
-    return 2;
+    return UsageError(f, "tern up", "--store must be embedded or etcd");
   }
   Result<int64_t> tmo = f.GetInt("timeout-ms", 1000, 3600000);
-  if (!tmo.ok()) return Fail(tmo.status());
+  if (!tmo.ok()) return CommandFailed(tmo.status());
   o.timeout = std::chrono::milliseconds(*tmo);
   // Refuse to start over a running cluster of the same name; clean up a dead one.
   {
     Result<cluster::Topology> t = cluster::LoadTopologyFile(o.topology_path);
-    if (!t.ok()) return Fail(t.status());
+    if (!t.ok()) return CommandFailed(t.status());
     std::string name = o.name.empty() ? t->name : o.name;
     Result<ClusterRecord> old = LoadClusterRecord(name);
     if (old.ok()) {
       auto c = transport::JsonApiClient::Connect(old->controller, "controller",
                                                  std::chrono::milliseconds(500));
       if (c.ok() && (*c)->Call("GET", "/v1/info", {}, std::chrono::seconds(2)).ok()) {
-        return Fail(AlreadyExistsError(fmt::format(
+        return CommandFailed(AlreadyExistsError(fmt::format(
             "cluster '{}' is already up (controller {}); `tern down {}` first", name,
             old->controller, name)));
       }
@@ -449,7 +433,7 @@ int CmdUp(int argc, char** argv) {
     return 1;
   }
   Status saved = SaveClusterRecord(rec);
-  if (!saved.ok()) return Fail(saved);
+  if (!saved.ok()) return CommandFailed(saved);
   std::printf("\ncluster %s is up (%s): %zu devices on %s\n", rec.name.c_str(),
               rec.isolation.c_str(), rec.agents.size(), rec.topology.c_str());
   std::printf("%-12s %-8s %s\n", "DEVICE", "HOST", "ADMIN");
@@ -472,27 +456,17 @@ int CmdDown(int argc, char** argv) {
           "Stops the cluster `tern up` started (the current one, or NAME) and removes every\n"
           "process, network namespace, link and cgroup it made, and only those. Works after\n"
           "a crash of `tern up` too.");
-  Status ps = f.Parse(argc, argv, 2);
-  if (!ps.ok() || f.positional().size() > 1) {
-    std::fprintf(stderr, "tern: %s\n\n%s",
-                 ps.ok() ? "too many arguments" : std::string(ps.message()).c_str(),
-                 f.Help().c_str());
-    return 2;
-  }
-  if (f.help_requested()) {
-    std::fputs(f.Help().c_str(), stdout);
-    return 0;
-  }
+  if (int rc = ParseFlagsOrExit(&f, argc, argv, "tern down", 0, 1); rc >= 0) return rc;
   std::string name;
   if (!f.positional().empty()) {
     name = f.positional()[0];
   } else {
     Result<ClusterRecord> cur = LoadClusterRecord("");
-    if (!cur.ok()) return Fail(cur.status());
+    if (!cur.ok()) return CommandFailed(cur.status());
     name = cur->name;
   }
   Result<emu::TeardownReport> r = emu::Teardown(StateDir(), name);
-  if (!r.ok()) return Fail(r.status());
+  if (!r.ok()) return CommandFailed(r.status());
   PrintReport(*r);
   ForgetClusterRecord(name);
   if (!r->clean()) return 1;

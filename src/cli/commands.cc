@@ -13,6 +13,7 @@
 #include "cli/cluster.h"
 #include "cli/cluster_commands.h"
 #include "cli/flags.h"
+#include "cli/main_util.h"
 #include "client/agent_client.h"
 #include "core/clock.h"
 #include "core/file.h"
@@ -42,30 +43,10 @@ void AddTargetFlags(Flags* f) {
   AddClusterFlags(f);
 }
 
-int Fail(const Status& s) {
-  std::fprintf(stderr, "tern: %s\n", s.ToString().c_str());
-  return 1;
-}
-
-int Usage(const Flags& f, const Status& s) {
-  std::fprintf(stderr, "tern: %s\n\n%s", std::string(s.message()).c_str(), f.Help().c_str());
-  return 2;
-}
-
-// Parses flags; returns -1 to continue, or an exit code.
+int Fail(const Status& s) { return CommandFailed(s); }
+int Usage(const Flags& f, const Status& s) { return UsageError(f, "tern", s.message()); }
 int ParseOrExit(Flags* f, int argc, char** argv, size_t min_pos, size_t max_pos) {
-  Status s = f->Parse(argc, argv, 2);
-  if (!s.ok()) return Usage(*f, s);
-  if (f->help_requested()) {
-    std::fputs(f->Help().c_str(), stdout);
-    return 0;
-  }
-  size_t n = f->positional().size();
-  if (n < min_pos || n > max_pos) {
-    return Usage(*f,
-                 InvalidArgumentError(n < min_pos ? "missing arguments" : "too many arguments"));
-  }
-  return -1;
+  return ParseFlagsOrExit(f, argc, argv, "tern", min_pos, max_pos);
 }
 
 Result<std::unique_ptr<client::AgentClient>> Connect(const Flags& f) {

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/flags.h"
+#include "cli/main_util.h"
 #include "cluster/topology.h"
 #include "controller/controller.h"
 #include "core/ids.h"
@@ -31,9 +32,7 @@ std::string LinksJson(const cluster::Topology& t) {
 }
 
 int Usage(const cli::Flags& f, const Status& s) {
-  std::fprintf(stderr, "tern controller: %s\n\n%s", std::string(s.message()).c_str(),
-               f.Help().c_str());
-  return 2;
+  return cli::UsageError(f, "tern controller", s.message());
 }
 
 }  // namespace
@@ -54,12 +53,7 @@ int RunControllerCommand(int argc, char** argv) {
   f.Add("agent-ttl-ms", "3000", "an agent silent for this long is dead");
   f.Add("heartbeat-ms", "1000", "how often agents heartbeat");
   f.Add("log-level", "info", "debug, info, warn or error");
-  Status ps = f.Parse(argc, argv, 2);
-  if (!ps.ok()) return Usage(f, ps);
-  if (f.help_requested()) {
-    std::fputs(f.Help().c_str(), stdout);
-    return 0;
-  }
+  if (int rc = cli::ParseFlagsOrExit(&f, argc, argv, "tern controller", 0, 0); rc >= 0) return rc;
   LogLevel level;
   if (!ParseLogLevel(f.Get("log-level"), &level)) {
     return Usage(f, InvalidArgumentError("--log-level must be debug, info, warn or error"));
@@ -100,12 +94,7 @@ int RunControllerCommand(int argc, char** argv) {
     o.links_json = LinksJson(*t);
   }
 
-  sigset_t stop;
-  sigemptyset(&stop);
-  sigaddset(&stop, SIGINT);
-  sigaddset(&stop, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  cli::BlockStopSignals();
 
   std::unique_ptr<store::ClusterStore> st;
   std::string spec = f.Get("store");
@@ -140,9 +129,8 @@ int RunControllerCommand(int argc, char** argv) {
                  << ", store " << st->Describe();
   std::printf("controller listening on http://%s:%u\n", o.host.c_str(), (*c)->port());
   std::fflush(stdout);
-  int sig = 0;
-  sigwait(&stop, &sig);
-  TERN_LOG(INFO) << "controller " << o.id << " stopping (" << strsignal(sig) << ")";
+  std::string sig = cli::WaitForStopSignal();
+  TERN_LOG(INFO) << "controller " << o.id << " stopping (" << sig << ")";
   c->reset();
   st.reset();
   return 0;

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cli/flags.h"
+#include "cli/main_util.h"
 #include "core/logging.h"
 #include "dataplane/location.h"
 #include "gateway/gateway.h"
@@ -15,8 +16,7 @@ namespace tern::gateway {
 namespace {
 
 int Usage(const cli::Flags& f, const std::string& message) {
-  std::fprintf(stderr, "tern gateway: %s\n\n%s", message.c_str(), f.Help().c_str());
-  return 2;
+  return cli::UsageError(f, "tern gateway", message);
 }
 
 }  // namespace
@@ -38,12 +38,7 @@ int RunGatewayCommand(int argc, char** argv) {
   f.Add("max-inflight", "1024", "requests in flight; beyond it, 503 with Retry-After: 1");
   f.Add("threads", "1", "I/O threads (each with its own listener and agent connections)");
   f.Add("log-level", "info", "debug, info, warn or error");
-  Status ps = f.Parse(argc, argv, 2);
-  if (!ps.ok()) return Usage(f, std::string(ps.message()));
-  if (f.help_requested()) {
-    std::fputs(f.Help().c_str(), stdout);
-    return 0;
-  }
+  if (int rc = cli::ParseFlagsOrExit(&f, argc, argv, "tern gateway"); rc >= 0) return rc;
   if (!f.positional().empty()) return Usage(f, "unexpected argument '" + f.positional()[0] + "'");
   LogLevel level;
   if (!ParseLogLevel(f.Get("log-level"), &level)) {
@@ -90,12 +85,7 @@ int RunGatewayCommand(int argc, char** argv) {
   }
 
   // Block the stop signals in every thread; main waits for them with sigwait.
-  sigset_t stop;
-  sigemptyset(&stop);
-  sigaddset(&stop, SIGINT);
-  sigaddset(&stop, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  cli::BlockStopSignals();
 
   Result<std::unique_ptr<Gateway>> gw = Gateway::Start(o);
   if (!gw.ok()) {
@@ -110,9 +100,8 @@ int RunGatewayCommand(int argc, char** argv) {
   std::printf("gateway listening on http://%s:%u\n", o.listen_host.c_str(), (*gw)->port());
   std::fflush(stdout);
 
-  int sig = 0;
-  sigwait(&stop, &sig);
-  TERN_LOG(INFO) << "gateway stopping (" << strsignal(sig) << ")";
+  std::string sig = cli::WaitForStopSignal();
+  TERN_LOG(INFO) << "gateway stopping (" << sig << ")";
   gw->reset();
   return 0;
 }
