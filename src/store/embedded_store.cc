@@ -12,33 +12,13 @@
 #include <cstring>
 #include <utility>
 
+#include "core/crc32c.h"
 #include "core/clock.h"
 #include "core/file.h"
 #include "core/logging.h"
 
 namespace tern::store {
 
-// ---------------------------------------------------------------- CRC32C
-
-namespace {
-constexpr std::array<uint32_t, 256> MakeCrcTable() {
-  std::array<uint32_t, 256> t{};
-  for (uint32_t i = 0; i < 256; ++i) {
-    uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-    t[i] = c;
-  }
-  return t;
-}
-constexpr std::array<uint32_t, 256> kCrcTable = MakeCrcTable();
-}  // namespace
-
-uint32_t Crc32c(const void* data, size_t n, uint32_t crc) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  crc = ~crc;
-  for (size_t i = 0; i < n; ++i) crc = kCrcTable[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
-  return ~crc;
-}
 
 // ---------------------------------------------------------------- encoding
 

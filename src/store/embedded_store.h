@@ -144,7 +144,4 @@ class EmbeddedStore final : public ClusterStore {
   std::thread dispatch_thread_;
 };
 
-// CRC32C (Castagnoli), as used by the log; exposed for tests that forge records.
-uint32_t Crc32c(const void* data, size_t n, uint32_t crc = 0);
-
 }  // namespace tern::store

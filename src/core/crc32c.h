@@ -1,0 +1,19 @@
+// CRC32C (Castagnoli, the checksum of iSCSI, ext4 metadata, LevelDB): for the store's log
+// and the dataset store's chunks. Uses the SSE4.2 crc32 instruction when the CPU has it
+// (~20 GB/s here), a table otherwise; both give the same values.
+// Thread-safety: stateless.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace tern {
+
+// The CRC32C of data[0, n), continuing from `crc` (the result of an earlier call over the
+// bytes before; 0 to start).
+uint32_t Crc32c(const void* data, size_t n, uint32_t crc = 0);
+
+// The table-driven version, for tests that compare the two.
+uint32_t Crc32cPortable(const void* data, size_t n, uint32_t crc = 0);
+
+}  // namespace tern
