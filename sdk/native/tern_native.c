@@ -130,6 +130,25 @@ int32_t tern_call_start(const char* service, uint32_t service_len, const char* h
   return -TERN_UNIMPLEMENTED;
 }
 
+/* Datasets: a native build has no store to read from. */
+int64_t tern_data_read(const char* dataset, uint32_t dataset_len, const char* key,
+                       uint32_t key_len, uint64_t offset, void* dst, uint32_t len) {
+  (void)dataset, (void)dataset_len, (void)key, (void)key_len, (void)offset, (void)dst,
+      (void)len;
+  return -TERN_UNIMPLEMENTED;
+}
+
+int64_t tern_data_size(const char* dataset, uint32_t dataset_len, const char* key,
+                       uint32_t key_len) {
+  (void)dataset, (void)dataset_len, (void)key, (void)key_len;
+  return -TERN_UNIMPLEMENTED;
+}
+
+int64_t tern_data_list(const char* dataset, uint32_t dataset_len, void* dst, uint32_t len) {
+  (void)dataset, (void)dataset_len, (void)dst, (void)len;
+  return -TERN_UNIMPLEMENTED;
+}
+
 int32_t tern_call_wait(int32_t call, uint32_t* len) {
   (void)call;
   if (len != NULL) *len = 0;

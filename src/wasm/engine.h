@@ -69,6 +69,26 @@ class HostCalls {
     return {};
   }
   virtual void CallClose(int32_t handle) { (void)handle; }
+
+  // Datasets (tern_data_*). Like calls, these may block (a remote read) and run other
+  // guests on this thread meanwhile. Results >= 0 are sizes; negative ones StatusCodes.
+  // The defaults refuse with kUnimplemented.
+  //
+  // Reads up to `len` bytes from `offset` into `*out`; returns the count.
+  virtual int64_t DataRead(std::string_view dataset, std::string_view key, uint64_t offset,
+                           uint32_t len, std::string* out) {
+    (void)dataset, (void)key, (void)offset, (void)len, (void)out;
+    return -static_cast<int64_t>(StatusCode::kUnimplemented);
+  }
+  virtual int64_t DataSize(std::string_view dataset, std::string_view key) {
+    (void)dataset, (void)key;
+    return -static_cast<int64_t>(StatusCode::kUnimplemented);
+  }
+  // The listing ("key\tsize\n" lines) into `*out`; returns 0.
+  virtual int64_t DataList(std::string_view dataset, std::string* out) {
+    (void)dataset, (void)out;
+    return -static_cast<int64_t>(StatusCode::kUnimplemented);
+  }
 };
 
 // Per-instance limits, checked by the engine.

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -31,7 +32,31 @@ class FakeHost final : public HostCalls {
     failure_message.assign(message);
   }
   void Log(int32_t level, std::string_view line) override { logs.emplace_back(level, line); }
+  // Datasets from `objects` ((dataset, key) -> bytes).
+  int64_t DataRead(std::string_view dataset, std::string_view key, uint64_t offset, uint32_t len,
+                   std::string* out) override {
+    auto it = objects.find({std::string(dataset), std::string(key)});
+    if (it == objects.end()) return -static_cast<int64_t>(StatusCode::kNotFound);
+    if (offset > it->second.size()) return -static_cast<int64_t>(StatusCode::kOutOfRange);
+    *out = it->second.substr(offset, len);
+    return static_cast<int64_t>(out->size());
+  }
+  int64_t DataSize(std::string_view dataset, std::string_view key) override {
+    auto it = objects.find({std::string(dataset), std::string(key)});
+    return it == objects.end() ? -static_cast<int64_t>(StatusCode::kNotFound)
+                               : static_cast<int64_t>(it->second.size());
+  }
+  int64_t DataList(std::string_view dataset, std::string* out) override {
+    bool any = false;
+    for (const auto& [k, v] : objects) {
+      if (k.first != dataset) continue;
+      any = true;
+      *out += k.second + "\t" + std::to_string(v.size()) + "\n";
+    }
+    return any ? 0 : -static_cast<int64_t>(StatusCode::kNotFound);
+  }
 
+  std::map<std::pair<std::string, std::string>, std::string> objects;
   std::string request;
   std::string reply;
   StatusCode failure_code = StatusCode::kOk;

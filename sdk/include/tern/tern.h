@@ -135,11 +135,38 @@ TERN_IMPORT(call_close) void tern_call_close(int32_t call);
 
 #define TERN_MAX_OPEN_CALLS 64
 
-/* --- Reserved for later ABI revisions (not provided by ABI v1 runtimes) -----------
- * Dataset reads (tern_data_read/size/list) come with the near-data issue; they will be
- * added to "tern_v1" as optional imports, so v1 guests keep working. A module that
- * imports a function the runtime does not provide is refused at deploy time with the
- * import's name. */
+/* --- Datasets ----------------------------------------------------------------------
+ * Named objects kept by storage devices ("logs/day1.bin"; `tern data put`). A guest reads
+ * them by name wherever it runs: on the device that holds the dataset the read goes
+ * straight to its store; elsewhere it becomes chunked requests over the data plane to
+ * the device that holds it. Every byte is counted, local or remote. Negative results:
+ *   -TERN_NOT_FOUND          no such dataset or object anywhere the runtime knows of;
+ *   -TERN_OUT_OF_RANGE       offset beyond the object's end;
+ *   -TERN_DATA_LOSS          the stored bytes fail their checksum;
+ *   -TERN_UNAVAILABLE        the device holding it cannot be reached;
+ *   -TERN_INVALID_ARGUMENT   a bad name;
+ *   -TERN_UNIMPLEMENTED      a runtime without datasets. */
+
+/* Reads up to `len` bytes of object `key` of `dataset` from `offset` into `dst`. Returns
+ * the number of bytes read (fewer than `len` only at the end of the object, 0 at it), or
+ * a negative code above. */
+TERN_IMPORT(data_read)
+int64_t tern_data_read(const char* dataset, uint32_t dataset_len, const char* key,
+                       uint32_t key_len, uint64_t offset, void* dst, uint32_t len);
+
+/* The size of object `key` of `dataset` in bytes, or a negative code. */
+TERN_IMPORT(data_size)
+int64_t tern_data_size(const char* dataset, uint32_t dataset_len, const char* key,
+                       uint32_t key_len);
+
+/* Lists the objects of `dataset` as lines "key<TAB>size<LF>", sorted by key, into `dst`
+ * (at most `len` bytes). Returns the size of the whole list (call again with a larger
+ * buffer if it is more than `len`), or a negative code. */
+TERN_IMPORT(data_list)
+int64_t tern_data_list(const char* dataset, uint32_t dataset_len, void* dst, uint32_t len);
+
+/* Imports a runtime does not provide make the module be refused at deploy time, naming
+ * the import; all tern_v1 imports after the first revision are optional in that sense. */
 
 #ifdef __cplusplus
 }

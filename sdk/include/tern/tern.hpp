@@ -185,6 +185,44 @@ inline CallResult Call(std::string_view service, std::string_view handler,
   return StartCall(service, handler, request, timeout_ms).Wait();
 }
 
+// ---- datasets (see tern_data_* in tern.h)
+//
+//   std::string buf(1 << 20, '\0');
+//   int64_t n = tern::DataRead("logs", "day1.bin", offset, buf.data(), buf.size());
+//   if (n < 0) return tern::Fail(static_cast<int32_t>(-n), "read failed");
+
+// Bytes read into dst (>= 0), or a negative TERN_* code.
+inline int64_t DataRead(std::string_view dataset, std::string_view key, uint64_t offset,
+                        void* dst, uint32_t len) {
+  return tern_data_read(dataset.data(), static_cast<uint32_t>(dataset.size()), key.data(),
+                        static_cast<uint32_t>(key.size()), offset, dst, len);
+}
+
+// The object's size, or a negative TERN_* code.
+inline int64_t DataSize(std::string_view dataset, std::string_view key) {
+  return tern_data_size(dataset.data(), static_cast<uint32_t>(dataset.size()), key.data(),
+                        static_cast<uint32_t>(key.size()));
+}
+
+// The listing "key\tsize\n..." of a dataset; `*code` gets 0 or a TERN_* code.
+inline std::string DataList(std::string_view dataset, int32_t* code = nullptr) {
+  std::string out(4096, '\0');
+  for (;;) {
+    int64_t n = tern_data_list(dataset.data(), static_cast<uint32_t>(dataset.size()), out.data(),
+                               static_cast<uint32_t>(out.size()));
+    if (n < 0) {
+      if (code) *code = static_cast<int32_t>(-n);
+      return {};
+    }
+    if (static_cast<uint64_t>(n) <= out.size()) {
+      out.resize(static_cast<size_t>(n));
+      if (code) *code = 0;
+      return out;
+    }
+    out.assign(static_cast<size_t>(n), '\0');
+  }
+}
+
 }  // namespace tern
 
 // TERN_HANDLER(name) { body }            exported as "name", C symbol `name`

@@ -287,6 +287,58 @@ TEST_F(V8EngineTest, ModulesAreSharedAcrossWorkerThreads) {
   for (int t = 1; t < 4; ++t) EXPECT_EQ(compiled[t].get(), compiled[0].get());
 }
 
+// tern_data_* through the V8 glue, with the host's side faked: bytes land in guest
+// memory, errors come back as negative codes, a wild destination traps.
+TEST_F(V8EngineTest, DatasetImports) {
+  auto inst = New(CompileGuest("guest_data"));
+  ASSERT_NE(inst, nullptr);
+  std::string obj(70000, '\0');
+  for (size_t i = 0; i < obj.size(); ++i) obj[i] = static_cast<char>(i * 7);
+  auto host = [&](std::string request) {
+    FakeHost h(std::move(request));
+    h.objects[{"logs", "a"}] = obj;
+    h.objects[{"logs", "b"}] = "bee";
+    return h;
+  };
+  FakeHost r = host("logs|a|65000|1000");  // across a 64 KiB boundary; replies are capped at 1 KiB here
+  ASSERT_TRUE(inst->Call("read", &r).ok());
+  ASSERT_EQ(r.reply.size(), 1000u) << static_cast<int>(r.failure_code) << r.failure_message;
+  EXPECT_TRUE(r.reply == obj.substr(65000, 1000));
+  FakeHost end = host("logs|a|69990|100");
+  ASSERT_TRUE(inst->Call("read", &end).ok());
+  EXPECT_TRUE(end.reply == obj.substr(69990)) << end.reply.size();
+  FakeHost missing = host("logs|zzz|0|10");
+  // The guest fails the request with the code it got (tern_fail).
+  EXPECT_EQ(inst->Call("read", &missing).code(), StatusCode::kNotFound);
+  EXPECT_EQ(missing.failure_code, StatusCode::kNotFound);
+  FakeHost past = host("logs|b|4|1");
+  EXPECT_EQ(inst->Call("read", &past).code(), StatusCode::kOutOfRange);
+  FakeHost size = host("logs|a");
+  ASSERT_TRUE(inst->Call("size", &size).ok());
+  ASSERT_EQ(size.reply.size(), 8u);
+  int64_t n = 0;
+  std::memcpy(&n, size.reply.data(), 8);
+  EXPECT_EQ(n, 70000);
+  FakeHost list = host("logs");
+  ASSERT_TRUE(inst->Call("list", &list).ok());
+  EXPECT_EQ(list.reply, "a\t70000\nb\t3\n");
+  FakeHost wild = host("");
+  Status trap = inst->Call("wild", &wild);
+  EXPECT_FALSE(trap.ok());
+  EXPECT_NE(trap.message().find("outside linear memory"), std::string::npos) << trap;
+  // A host without datasets (the default HostCalls) answers kUnimplemented.
+  struct Plain : HostCalls {
+    std::string_view Request() override { return "logs|a|0|1"; }
+    void SetReply(std::string_view) override {}
+    void SetFailure(StatusCode c, std::string_view) override { code = c; }
+    void Log(int32_t, std::string_view) override {}
+    StatusCode code = StatusCode::kOk;
+  } plain;
+  auto fresh = New(CompileGuest("guest_data"));
+  EXPECT_EQ(fresh->Call("read", &plain).code(), StatusCode::kUnimplemented);
+  EXPECT_EQ(plain.code, StatusCode::kUnimplemented);
+}
+
 TEST_F(V8EngineTest, WasiStubs) {
   auto inst = New(CompileGuest("guest_wasi"));
   ASSERT_NE(inst, nullptr);

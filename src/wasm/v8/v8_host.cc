@@ -250,6 +250,88 @@ void CallClose(const Info& info) {
   hc.call().host->CallClose(static_cast<int32_t>(ArgU32(info, 0)));
 }
 
+// ---- tern_v1 datasets
+
+// The two names of a dataset call, or false after returning -kInvalidArgument or
+// throwing a trap.
+bool DataNames(HostCall& hc, const Info& info, bool with_key, std::string* dataset,
+               std::string* key) {
+  uint32_t d = ArgU32(info, 0), d_len = ArgU32(info, 1);
+  uint32_t k = with_key ? ArgU32(info, 2) : 0, k_len = with_key ? ArgU32(info, 3) : 0;
+  if (d_len > 255 || k_len > 255) {
+    info.GetReturnValue().Set(
+        v8::BigInt::New(info.GetIsolate(), -static_cast<int64_t>(StatusCode::kInvalidArgument)));
+    return false;
+  }
+  uint8_t* pd = hc.Span(d, d_len, "dataset name");
+  if (pd == nullptr) return false;
+  dataset->assign(reinterpret_cast<const char*>(pd), d_len);
+  if (with_key) {
+    uint8_t* pk = hc.Span(k, k_len, "object key");
+    if (pk == nullptr) return false;
+    key->assign(reinterpret_cast<const char*>(pk), k_len);
+  }
+  return true;
+}
+
+void ReturnI64(const Info& info, int64_t v) {
+  info.GetReturnValue().Set(v8::BigInt::New(info.GetIsolate(), v));
+}
+
+void DataRead(const Info& info) {
+  HostCall hc(info, "tern_data_read");
+  if (!hc.ok()) return;
+  std::string dataset, key;
+  if (!DataNames(hc, info, true, &dataset, &key)) return;
+  uint64_t offset = static_cast<uint64_t>(ArgI64(info, 4));
+  uint32_t dst = ArgU32(info, 5), len = ArgU32(info, 6);
+  if (hc.Span(dst, len, "destination") == nullptr) return;
+  // The host is saved here: a remote read may run other guests on this worker.
+  HostCalls* host = hc.call().host;
+  std::string bytes;
+  int64_t n = host->DataRead(dataset, key, offset, len, &bytes);
+  if (!hc.ok()) return;
+  if (n > 0) {
+    n = std::min<int64_t>(n, std::min<uint64_t>(len, bytes.size()));
+    // Looked up again: the memory cannot have moved (this instance was suspended), but
+    // the span is re-checked rather than assumed.
+    uint8_t* p = hc.Span(dst, static_cast<uint64_t>(n), "destination");
+    if (p == nullptr) return;
+    std::memcpy(p, bytes.data(), static_cast<size_t>(n));
+  }
+  ReturnI64(info, n);
+}
+
+void DataSize(const Info& info) {
+  HostCall hc(info, "tern_data_size");
+  if (!hc.ok()) return;
+  std::string dataset, key;
+  if (!DataNames(hc, info, true, &dataset, &key)) return;
+  HostCalls* host = hc.call().host;
+  int64_t n = host->DataSize(dataset, key);
+  if (!hc.ok()) return;
+  ReturnI64(info, n);
+}
+
+void DataList(const Info& info) {
+  HostCall hc(info, "tern_data_list");
+  if (!hc.ok()) return;
+  std::string dataset, unused;
+  if (!DataNames(hc, info, false, &dataset, &unused)) return;
+  uint32_t dst = ArgU32(info, 2), len = ArgU32(info, 3);
+  if (hc.Span(dst, len, "destination") == nullptr) return;
+  HostCalls* host = hc.call().host;
+  std::string list;
+  int64_t rc = host->DataList(dataset, &list);
+  if (!hc.ok()) return;
+  if (rc < 0) return ReturnI64(info, rc);
+  uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(len, list.size()));
+  uint8_t* p = hc.Span(dst, n, "destination");
+  if (p == nullptr) return;
+  std::memcpy(p, list.data(), n);
+  ReturnI64(info, static_cast<int64_t>(list.size()));
+}
+
 // ---- wasi_snapshot_preview1 stubs
 
 void FdWrite(const Info& info) {
@@ -400,6 +482,9 @@ constexpr HostFn kHostFns[] = {
     {"tern_v1", "call_wait", CallWait, 2},
     {"tern_v1", "call_read", CallRead, 4},
     {"tern_v1", "call_close", CallClose, 1},
+    {"tern_v1", "data_read", DataRead, 7},
+    {"tern_v1", "data_size", DataSize, 4},
+    {"tern_v1", "data_list", DataList, 4},
     {"wasi_snapshot_preview1", "fd_write", FdWrite, 4},
     {"wasi_snapshot_preview1", "fd_close", FdClose, 1},
     {"wasi_snapshot_preview1", "fd_seek", FdSeek, 4},
