@@ -3,21 +3,23 @@
 #   foundation  (issue #2)  bench/results/foundation.{json,md}   foundation_bench
 #   rpc         (issue #3)  bench/results/rpc.{json,md}          rpc_bench
 #   calls       (issue #3)  bench/results/calls.{json,md}        calls_bench
+#   cluster                 bench/results/cluster.{json,md}      cluster_bench (wrk, etcd)
 # Builds nothing: build first with
-#   ninja -C build/release -j2 foundation_bench rpc_bench calls_bench   (also builds the guests and `tern`)
+#   ninja -C build/release -j2 foundation_bench rpc_bench calls_bench cluster_bench
+#   (also builds the guests and `tern`)
 #
-# usage: bench/run.sh BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc,calls]
+# usage: bench/run.sh BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc,calls,cluster]
 #   --quick     a smoke run (a few seconds per suite; what CI runs once, as ctest tests)
 #   --out=DIR   where results go (default: bench/results)
-#   --suites=   which suites to run (default: both)
-# A full run takes about a minute for foundation and two to three for rpc (bounded: each
-# driver is killed after a time limit).
+#   --suites=   which suites to run (default: all four)
+# A full run takes about a minute for foundation, two to three for rpc and about four for
+# cluster (bounded: each driver is killed after a time limit).
 # Exit code: 0 if every section ran, 1 if one failed (the report says which), 2 on usage.
 # See docs/benchmarks.md for what the numbers mean.
 set -uo pipefail
 
 usage() {
-  echo "usage: $0 BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc,calls]" >&2
+  echo "usage: $0 BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc,calls,cluster]" >&2
   exit 2
 }
 
@@ -26,13 +28,14 @@ BUILD_DIR=$(cd "$1" 2>/dev/null && pwd) || { echo "no build directory '$1'" >&2;
 shift
 QUICK=()
 OUT=""
-SUITES="foundation,rpc,calls"
+SUITES="foundation,rpc,calls,cluster"
 LIMIT_INPROC=150
 LIMIT_NET=90
 LIMIT_RPC=240
+LIMIT_CLUSTER=330
 for arg in "$@"; do
   case "$arg" in
-    --quick) QUICK=(--quick); LIMIT_INPROC=40; LIMIT_NET=30; LIMIT_RPC=30 ;;
+    --quick) QUICK=(--quick); LIMIT_INPROC=40; LIMIT_NET=30; LIMIT_RPC=30; LIMIT_CLUSTER=90 ;;
     --out=*) OUT=${arg#--out=} ;;
     --suites=*) SUITES=${arg#--suites=} ;;
     *) usage ;;
@@ -41,21 +44,24 @@ done
 RUN_FOUNDATION=0
 RUN_RPC=0
 RUN_CALLS=0
+RUN_CLUSTER=0
 IFS=',' read -ra suite_list <<<"$SUITES"
 for s in "${suite_list[@]}"; do
   case "$s" in
     foundation) RUN_FOUNDATION=1 ;;
     rpc) RUN_RPC=1 ;;
     calls) RUN_CALLS=1 ;;
-    *) echo "unknown suite '$s' (foundation, rpc, calls)" >&2; usage ;;
+    cluster) RUN_CLUSTER=1 ;;
+    *) echo "unknown suite '$s' (foundation, rpc, calls, cluster)" >&2; usage ;;
   esac
 done
-[[ $RUN_FOUNDATION == 1 || $RUN_RPC == 1 || $RUN_CALLS == 1 ]] || usage
+[[ $RUN_FOUNDATION == 1 || $RUN_RPC == 1 || $RUN_CALLS == 1 || $RUN_CLUSTER == 1 ]] || usage
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$BUILD_DIR/bench/foundation/foundation_bench
 RPC_BENCH=$BUILD_DIR/bench/rpc/rpc_bench
 CALLS_BENCH=$BUILD_DIR/bench/calls/calls_bench
+CLUSTER_BENCH=$BUILD_DIR/bench/cluster/cluster_bench
 TERN=$BUILD_DIR/src/bin/tern
 WASM=$BUILD_DIR/wasm
 needed=()
@@ -63,10 +69,11 @@ needed=()
   needed+=("$BENCH" "$TERN" "$WASM/echo.wasm" "$WASM/counter.wasm" "$WASM/kernels.wasm")
 [[ $RUN_RPC == 1 ]] && needed+=("$RPC_BENCH")
 [[ $RUN_CALLS == 1 ]] && needed+=("$CALLS_BENCH" "$WASM/relay.wasm")
+[[ $RUN_CLUSTER == 1 ]] && needed+=("$CLUSTER_BENCH" "$TERN" "$WASM/echo.wasm" /usr/bin/wrk)
 for f in "${needed[@]}"; do
   if [[ ! -e $f ]]; then
-    echo "missing $f: build first with: ninja -C $BUILD_DIR -j2 foundation_bench rpc_bench calls_bench" \
-         "(rpc_bench needs gRPC: scripts/setup.sh)" >&2
+    echo "missing $f: build first with: ninja -C $BUILD_DIR -j2 foundation_bench rpc_bench calls_bench cluster_bench" \
+         "(rpc_bench needs gRPC, cluster_bench wrk and etcd: scripts/setup.sh)" >&2
     exit 2
   fi
 done
@@ -122,6 +129,16 @@ if [[ $RUN_CALLS == 1 ]]; then
   timeout --kill-after=5 "${LIMIT_CALLS:-240}" "$CALLS_BENCH" "${QUICK[@]}" --wasm-dir="$WASM" \
     --out="$OUT" > /dev/null || rc=1
   [[ -s $OUT/calls.md ]] && written+=("$OUT/calls.md")
+fi
+
+if [[ $RUN_CLUSTER == 1 ]]; then
+  # Gateway/limit/agent HTTP with wrk, deploying 1000 instances, detecting a dead agent;
+  # cluster_bench starts (and kills) its own controller, agents, gateway and etcd.
+  rm -f "$OUT/cluster.json" "$OUT/cluster.md"
+  echo "== cluster_bench ${QUICK[*]}" >&2
+  timeout --kill-after=5 "$LIMIT_CLUSTER" "$CLUSTER_BENCH" "${QUICK[@]}" --source-dir="$SRC" \
+    --build-dir="$BUILD_DIR" --out="$OUT" || rc=1
+  [[ -s $OUT/cluster.md ]] && written+=("$OUT/cluster.md")
 fi
 
 echo "== done in $(( $(date +%s) - start )) s: ${written[*]:-no reports}" \
