@@ -1,0 +1,38 @@
+#include "core/crc32c.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+#include <string>
+
+namespace tern {
+namespace {
+
+TEST(Crc32cTest, KnownValues) {
+  // RFC 3720 B.4 test vectors.
+  std::string zeros(32, '\0'), ones(32, '\xff'), inc(32, '\0');
+  for (int i = 0; i < 32; ++i) inc[i] = static_cast<char>(i);
+  EXPECT_EQ(Crc32c(zeros.data(), zeros.size()), 0x8A9136AAu);
+  EXPECT_EQ(Crc32c(ones.data(), ones.size()), 0x62A8AB43u);
+  EXPECT_EQ(Crc32c(inc.data(), inc.size()), 0x46DD794Eu);
+  EXPECT_EQ(Crc32c("123456789", 9), 0xE3069283u);
+  EXPECT_EQ(Crc32c("", 0), 0u);
+}
+
+TEST(Crc32cTest, HardwareAndTableAgreeAndChainingWorks) {
+  std::mt19937 rng(7);
+  std::string data(100003, '\0');
+  for (char& c : data) c = static_cast<char>(rng());
+  for (size_t n : {size_t{0}, size_t{1}, size_t{7}, size_t{8}, size_t{9}, size_t{4096},
+                   data.size()}) {
+    EXPECT_EQ(Crc32c(data.data(), n), Crc32cPortable(data.data(), n)) << n;
+  }
+  uint32_t whole = Crc32c(data.data(), data.size());
+  uint32_t parts = Crc32c(data.data() + 1000, data.size() - 1000, Crc32c(data.data(), 1000));
+  EXPECT_EQ(whole, parts);
+  data[5000] ^= 1;
+  EXPECT_NE(Crc32c(data.data(), data.size()), whole);
+}
+
+}  // namespace
+}  // namespace tern
