@@ -2,7 +2,8 @@
 // channel, default options (but no HTTP proxy lookup and no 4 MiB message limit), server
 // in a child process.
 //
-//   grpc_unary_sync      sync server (Echo::Service) + blocking stub; one call in flight
+//   grpc_unary_sync      sync server (Echo::Service) + blocking stub; one call in flight;
+//                        also across the emulated network (netns rows)
 //   grpc_callback_async  callback server (Echo::CallbackService, DefaultReactor) + async
 //                        client on a CompletionQueue polled by the calling thread;
 //                        1 call in flight (latency) and 16 (throughput)
@@ -12,6 +13,7 @@
 // other target.
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -49,19 +51,28 @@ class GrpcTargetBase : public RpcTarget {
   explicit GrpcTargetBase(std::string name) : name_(std::move(name)) {}
 
   Status Setup(const TargetConfig& config) override {
-    TERN_ASSIGN_OR_RETURN(server_,
-                          ServerProcess::Start(config.self_binary, name_, config.placement, {}));
+    std::vector<std::string> serve_args = {"--bind=" + ServerAddress(config)};
+    if (config.netns != nullptr) {
+      serve_args.push_back("--expect-peer=" + ClientAddress(config));
+    }
+    TERN_ASSIGN_OR_RETURN(server_, ServerProcess::Start(config.self_binary, name_, config.placement,
+                                                        serve_args, {}, config.netns));
+    const std::string where = ServerAddress(config) + ":" + server_->ready_info();
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_ENABLE_HTTP_PROXY, 0);
     args.SetMaxReceiveMessageSize(-1);  // payloads above gRPC's 4 MiB default
-    channel_ = grpc::CreateCustomChannel("127.0.0.1:" + server_->ready_info(),
-                                         grpc::InsecureChannelCredentials(), args);
-    if (!channel_->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
-      return UnavailableError("gRPC channel to 127.0.0.1:" + server_->ready_info() +
-                              " did not connect within 10 s");
-    }
-    stub_ = Echo::NewStub(channel_);
-    return Status::Ok();
+    // The connection is made while this thread is in the client host's namespace (netns
+    // rows); the server refuses calls from any other address (--expect-peer), so a
+    // connection gRPC made from another thread (in the root namespace) fails loudly.
+    return RunAsClient(config, [&]() -> Status {
+      channel_ = grpc::CreateCustomChannel(where, grpc::InsecureChannelCredentials(), args);
+      if (!channel_->WaitForConnected(std::chrono::system_clock::now() +
+                                      std::chrono::seconds(10))) {
+        return UnavailableError("gRPC channel to " + where + " did not connect within 10 s");
+      }
+      stub_ = Echo::NewStub(channel_);
+      return Status::Ok();
+    });
   }
 
   pid_t ServerPid() const override { return server_ ? server_->pid() : 0; }
@@ -183,10 +194,27 @@ class GrpcCallbackAsync final : public GrpcTargetBase {
 // ------------------------------------------------------------------ servers
 
 class SyncEcho final : public Echo::Service {
-  grpc::Status Call(grpc::ServerContext*, const EchoMessage* req, EchoMessage* rep) override {
+ public:
+  // expect_peer: "" or the only client address served (the netns rows' check that the
+  // client's connection comes from the client host).
+  explicit SyncEcho(std::string expect_peer) : expect_peer_(std::move(expect_peer)) {}
+
+  grpc::Status Call(grpc::ServerContext* ctx, const EchoMessage* req, EchoMessage* rep) override {
+    if (!expect_peer_.empty() && !peer_checked_.load(std::memory_order_relaxed)) {
+      const std::string peer = ctx->peer();  // "ipv4:10.1.2.3:45678"
+      if (peer.rfind("ipv4:" + expect_peer_ + ":", 0) != 0) {
+        return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                            "call from " + peer + ", not from the client host " + expect_peer_);
+      }
+      peer_checked_.store(true, std::memory_order_relaxed);
+    }
     rep->set_payload(req->payload());
     return grpc::Status::OK;
   }
+
+ private:
+  const std::string expect_peer_;
+  std::atomic<bool> peer_checked_{false};  // one channel, one connection: check it once
 };
 
 class CallbackEcho final : public Echo::CallbackService {
@@ -200,15 +228,15 @@ class CallbackEcho final : public Echo::CallbackService {
 };
 
 // Serves until SIGTERM (or until rpc_bench dies).
-int ServeGrpc(grpc::Service* service) {
+int ServeGrpc(grpc::Service* service, const ServeArgs& args) {
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(args.bind_address() + ":0", grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(service);
   builder.SetMaxReceiveMessageSize(-1);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
-    std::fprintf(stderr, "gRPC server: could not listen on 127.0.0.1\n");
+    std::fprintf(stderr, "gRPC server: could not listen on %s\n", args.bind_address().c_str());
     return 1;
   }
   ReportReady(std::to_string(port));
@@ -226,10 +254,12 @@ void RegisterGrpcTargets(TargetList* list) {
              .in_flight = {1},
              .make = [] { return std::make_unique<GrpcUnarySync>(); },
              .serve =
-                 [](const ServeArgs&) {
-                   SyncEcho service;
-                   return ServeGrpc(&service);
-                 }});
+                 [](const ServeArgs& args) {
+                   auto it = args.values.find("expect-peer");
+                   SyncEcho service(it == args.values.end() ? "" : it->second);
+                   return ServeGrpc(&service, args);
+                 },
+             .netns = true});
   list->Add({.name = "grpc_callback_async",
              .group = "peer",
              .description = "gRPC 1.51 unary echo (bytes): callback server, async client on a "
@@ -237,9 +267,9 @@ void RegisterGrpcTargets(TargetList* list) {
              .in_flight = {1, 16},
              .make = [] { return std::make_unique<GrpcCallbackAsync>(); },
              .serve =
-                 [](const ServeArgs&) {
+                 [](const ServeArgs& args) {
                    CallbackEcho service;
-                   return ServeGrpc(&service);
+                   return ServeGrpc(&service, args);
                  }});
 }
 

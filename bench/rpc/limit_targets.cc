@@ -8,7 +8,8 @@
 //              ends on one vCPU), where it never spins (futex only).
 //   limit_tcp  127.0.0.1, TCP_NODELAY, a uint32 length then the payload; blocking
 //              writev/readv in the client; the echo server reads what has arrived and
-//              writes back every complete message with one write.
+//              writes back every complete message with one write. Also across the
+//              emulated network (netns rows: the server host's 10.x address).
 //
 // Both also keep 16 calls in flight (pipelining on the same connection or ring pair):
 // the throughput ceiling a transport could reach with that much concurrency.
@@ -249,19 +250,41 @@ class LimitTcp final : public RpcTarget {
   }
 
   Status Setup(const TargetConfig& config) override {
-    TERN_ASSIGN_OR_RETURN(
-        server_, ServerProcess::Start(config.self_binary, "limit_tcp", config.placement, {}));
+    const std::string address = ServerAddress(config);
+    TERN_ASSIGN_OR_RETURN(server_,
+                          ServerProcess::Start(config.self_binary, "limit_tcp", config.placement,
+                                               {"--bind=" + address}, {}, config.netns));
     const int port = std::atoi(server_->ready_info().c_str());
-    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd_ < 0) return ErrnoError("socket", errno);
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     addr.sin_port = htons(static_cast<uint16_t>(port));
-    if (connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-      return ErrnoError("connect to the limit_tcp server", errno);
+    if (inet_pton(AF_INET, address.c_str(), &addr.sin_addr) != 1) {
+      return InvalidArgumentError("bad server address '" + address + "'");
     }
+    TERN_RETURN_IF_ERROR(RunAsClient(config, [&]() -> Status {
+      fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (fd_ < 0) return ErrnoError("socket", errno);
+      if (connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+        return ErrnoError("connect to the limit_tcp server at " + address, errno);
+      }
+      return Status::Ok();
+    }));
     NoDelay(fd_);
+    if (config.netns != nullptr) {
+      // The socket must be the client host's, not the root namespace's (which reaches
+      // the server host through the bridge too, over one veth instead of two).
+      sockaddr_in local{};
+      socklen_t len = sizeof(local);
+      char text[INET_ADDRSTRLEN] = "?";
+      if (getsockname(fd_, reinterpret_cast<sockaddr*>(&local), &len) != 0) {
+        return ErrnoError("getsockname", errno);
+      }
+      inet_ntop(AF_INET, &local.sin_addr, text, sizeof(text));
+      if (ClientAddress(config) != text) {
+        return InternalError(std::string("the client socket's address is ") + text +
+                             ", not the client host's " + ClientAddress(config));
+      }
+    }
     return Status::Ok();
   }
 
@@ -372,8 +395,11 @@ int ServeLimitTcp(const ServeArgs& args) {
   int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   socklen_t alen = sizeof(addr);
+  if (inet_pton(AF_INET, args.bind_address().c_str(), &addr.sin_addr) != 1) {
+    std::fprintf(stderr, "limit_tcp server: bad --bind=%s\n", args.bind_address().c_str());
+    return 2;
+  }
   if (ls < 0 || bind(ls, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
       listen(ls, 1) != 0 || getsockname(ls, reinterpret_cast<sockaddr*>(&addr), &alen) != 0) {
     std::perror("limit_tcp server: listen");
@@ -428,7 +454,8 @@ void RegisterLimitTargets(TargetList* list) {
                             "messages, blocking read/write, echo process",
              .in_flight = {1, 16},
              .make = [] { return std::make_unique<LimitTcp>(); },
-             .serve = ServeLimitTcp});
+             .serve = ServeLimitTcp,
+             .netns = true});
 }
 
 }  // namespace tern::bench::rpc

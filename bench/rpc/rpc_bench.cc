@@ -4,11 +4,17 @@
 // bench/run.sh runs it. By hand:
 //
 //   rpc_bench [--quick] [--out=DIR] [--targets=a,b,...] [--payloads=64,4096,65536]
-//             [--pinning=pinned,unpinned[,cross]] [--source-dir=DIR]
+//             [--pinning=pinned,unpinned[,cross]] [--network=loopback,netns]
+//             [--source-dir=DIR]
 //
 // writes DIR/rpc.json and DIR/rpc.md (default DIR: bench/results of the checkout),
 // progress on stderr, the tables on stdout. `rpc_bench --serve=<target> ...` is the
 // server side of a target, started by rpc_bench itself (ServerProcess).
+//
+// --network (default both): loopback rows, and netns rows for the TCP targets across
+// two network namespaces of an emulated network (netns_site.h), built for the run and
+// torn down after it (also on SIGINT/SIGTERM). The netns rows need root and iproute2;
+// without them the report says they were skipped and why.
 //
 // Exit code: 0 when every measurement ran, 1 when one failed (the report says which),
 // 2 on bad flags.
@@ -26,6 +32,7 @@
 #include <vector>
 
 #include "common/bench_util.h"
+#include "netns_site.h"
 #include "rpc_report.h"
 #include "rpc_target.h"
 #include "shm_ring.h"
@@ -39,7 +46,8 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: rpc_bench [--quick] [--out=DIR] [--targets=a,b,...] [--payloads=64,4096,65536]\n"
-    "                 [--pinning=pinned,unpinned,cross] [--source-dir=DIR]\n"
+    "                 [--pinning=pinned,unpinned,cross] [--network=loopback,netns]\n"
+    "                 [--source-dir=DIR]\n"
     "       (rpc_bench --serve=TARGET ... is the server side, started by rpc_bench)\n";
 
 struct Options {
@@ -49,6 +57,8 @@ struct Options {
   std::vector<std::string> targets;  // empty = all
   std::vector<size_t> payloads = {64, 4096, 65536};
   std::vector<Placement> placements = {Placement::kPinned, Placement::kUnpinned};
+  bool loopback = true;  // --network: the loopback rows
+  bool netns = true;     // --network: the netns rows (TCP targets; as root only)
   std::string self_binary;
 };
 
@@ -105,14 +115,17 @@ void Stamp(std::vector<uint8_t>& request, uint64_t seq) {
   std::memcpy(request.data(), &seq, sizeof(seq));
 }
 
-// Runs one target at one payload and placement; returns its result row.
+// Runs one target at one payload and placement, on loopback (site null) or across the
+// emulated network of `site`; returns its result row.
 nlohmann::json Measure(const Options& o, const TargetInfo& info, size_t payload,
-                       Placement placement) {
-  const std::string label = info.name + " " + PayloadName(payload) + " " + PlacementName(placement);
+                       Placement placement, const NetnsSite* site) {
+  const std::string label = info.name + " " + PayloadName(payload) + " " +
+                            PlacementName(placement) + (site != nullptr ? " netns" : "");
   nlohmann::json row = {{"target", info.name},
                         {"group", info.group},
                         {"payload", payload},
                         {"pinning", PlacementName(placement)},
+                        {"network", site != nullptr ? "netns" : "loopback"},
                         {"ok", false}};
   auto fail = [&](const Status& st, const char* phase) {
     row["error"] = std::string(phase) + ": " + st.ToString();
@@ -125,6 +138,7 @@ nlohmann::json Measure(const Options& o, const TargetInfo& info, size_t payload,
   config.placement = placement;
   config.max_in_flight = *std::max_element(info.in_flight.begin(), info.in_flight.end());
   config.self_binary = o.self_binary;
+  config.netns = site;
 
   PlaceClient(placement);
   std::unique_ptr<RpcTarget> target = info.make();
@@ -225,6 +239,56 @@ nlohmann::json Measure(const Options& o, const TargetInfo& info, size_t payload,
   return row;
 }
 
+// Builds the emulated network for the netns rows when they are wanted (--network has
+// netns and a chosen target supports it) and possible (root, iproute2, no other run using
+// it). Describes the outcome in (*doc)["netns"]: status "ok" (with the topology),
+// "skipped" or "off" (with the reason), or "failed" (then *ok = false).
+std::unique_ptr<NetnsSite> StartNetns(const Options& o,
+                                      const std::vector<const TargetInfo*>& chosen,
+                                      nlohmann::json* doc, bool* ok) {
+  nlohmann::json& n = (*doc)["netns"];
+  bool any = false;
+  for (const TargetInfo* t : chosen) any = any || t->netns;
+  if (!o.netns) {
+    n = {{"status", "off"}, {"reason", "not requested (--network without netns)"}};
+    return nullptr;
+  }
+  if (!any) {
+    n = {{"status", "off"},
+         {"reason",
+          "no chosen target runs across namespaces (limit_tcp, tern_tcp and "
+          "grpc_unary_sync do)"}};
+    return nullptr;
+  }
+  NetnsSiteOptions so;
+  so.teardown_on_signal = true;
+  Result<std::unique_ptr<NetnsSite>> site = NetnsSite::Create(so);
+  if (!site.ok()) {
+    const StatusCode code = site.status().code();
+    const std::string why = code == StatusCode::kPermissionDenied ? "needs root"
+                            : code == StatusCode::kUnavailable    ? "unavailable"
+                                                                  : "failed";
+    n = {{"status", code == StatusCode::kPermissionDenied || code == StatusCode::kUnavailable
+                        ? "skipped"
+                        : "failed"},
+         {"reason", why + ": " + site.status().ToString()}};
+    if (n["status"] == "failed") *ok = false;
+    Progress("netns rows " + n["status"].get<std::string>() + ": " + site.status().ToString());
+    return nullptr;
+  }
+  const emu::HostNetwork& net = (*site)->network();
+  n = {{"status", "ok"},
+       {"cluster", net.cluster},
+       {"state_dir", so.state_dir},
+       {"bridge", {{"name", net.bridge}, {"address", net.bridge_address}}},
+       {"server", {{"netns", (*site)->server_netns()}, {"address", (*site)->server_address()}}},
+       {"client", {{"netns", (*site)->client_netns()}, {"address", (*site)->client_address()}}}};
+  Progress(fmt::format("netns: server in {} ({}), client sockets in {} ({}), bridge {}",
+                       (*site)->server_netns(), (*site)->server_address(), (*site)->client_netns(),
+                       (*site)->client_address(), net.bridge));
+  return std::move(*site);
+}
+
 int Serve(const std::string& name, int argc, char** argv) {
   ServeArgs args;
   for (int i = 1; i < argc; ++i) {
@@ -237,6 +301,7 @@ int Serve(const std::string& name, int argc, char** argv) {
       args.values[a.substr(2, eq - 2)] = a.substr(eq + 1);
     }
   }
+  PrepareServeProcess(args);
   TargetList list;
   RegisterLimitTargets(&list);
   RegisterGrpcTargets(&list);
@@ -290,6 +355,19 @@ int Main(int argc, char** argv) {
           return 2;
         }
       }
+    } else if (Flag(a, "--network", &v)) {
+      o.loopback = o.netns = false;
+      for (const std::string& n : Split(v)) {
+        if (n == "loopback") {
+          o.loopback = true;
+        } else if (n == "netns") {
+          o.netns = true;
+        } else {
+          std::fprintf(stderr, "rpc_bench: bad network '%s' (loopback, netns)\n%s", n.c_str(),
+                       kUsage);
+          return 2;
+        }
+      }
     } else if (std::strcmp(a, "--help") == 0 || std::strcmp(a, "-h") == 0) {
       std::fputs(kUsage, stdout);
       return 0;
@@ -298,7 +376,7 @@ int Main(int argc, char** argv) {
       return 2;
     }
   }
-  if (o.payloads.empty() || o.placements.empty()) {
+  if (o.payloads.empty() || o.placements.empty() || (!o.loopback && !o.netns)) {
     std::fprintf(stderr, "rpc_bench: nothing to measure\n%s", kUsage);
     return 2;
   }
@@ -348,6 +426,9 @@ int Main(int argc, char** argv) {
   doc["placements"] = nlohmann::json::array();
   for (Placement p : o.placements) doc["placements"].push_back(PlacementName(p));
   doc["payloads"] = o.payloads;
+  doc["networks"] = nlohmann::json::array();
+  if (o.loopback) doc["networks"].push_back("loopback");
+  if (o.netns) doc["networks"].push_back("netns");
   doc["machine"]["limit_shm_spin_ns"] = SpinWindowNs();
   doc["notes"] = {
       fmt::format("limit_shm does **not spin in the pinned run** (futex wait only): with both "
@@ -356,33 +437,60 @@ int Main(int argc, char** argv) {
                   "futex-waits.",
                   kLimitShmSpin, FormatNs(doc["machine"]["limit_shm_spin_ns"].get<double>())),
       "The server side of every target is a separate process (`rpc_bench --serve=...`) on "
-      "127.0.0.1 or a shared memfd; the client is rpc_bench's main thread."};
+      "127.0.0.1 or a shared memfd; the client is rpc_bench's main thread. The netns rows "
+      "put the server in one network namespace and the client's socket in another, joined "
+      "by veth pairs through a bridge (see *TCP across two network namespaces*)."};
   doc["targets"] = nlohmann::json::array();
   for (const TargetInfo* t : chosen) {
     doc["targets"].push_back({{"name", t->name},
                               {"group", t->group},
                               {"description", t->description},
-                              {"in_flight", t->in_flight}});
+                              {"in_flight", t->in_flight},
+                              {"netns", t->netns}});
   }
   Progress(fmt::format("{} run: {} targets × {} payloads × {} placements",
                        doc["mode"].get<std::string>(), chosen.size(), o.payloads.size(),
                        o.placements.size()));
 
   bool ok = true;
+  std::unique_ptr<NetnsSite> site = StartNetns(o, chosen, &doc, &ok);
+  // --quick (the ctest smoke run) measures the netns rows at the smallest payload only.
+  const size_t smallest = *std::min_element(o.payloads.begin(), o.payloads.end());
   doc["results"] = nlohmann::json::array();
   for (Placement p : o.placements) {
     for (size_t payload : o.payloads) {
       for (const TargetInfo* t : chosen) {
-        nlohmann::json row = Measure(o, *t, payload, p);
-        ok = ok && row["ok"].get<bool>();
-        doc["results"].push_back(std::move(row));
+        std::vector<const NetnsSite*> networks;
+        if (o.loopback) networks.push_back(nullptr);
+        if (site != nullptr && t->netns && (!o.quick || payload == smallest)) {
+          networks.push_back(site.get());
+        }
+        for (const NetnsSite* network : networks) {
+          nlohmann::json row = Measure(o, *t, payload, p, network);
+          ok = ok && row["ok"].get<bool>();
+          doc["results"].push_back(std::move(row));
+        }
       }
     }
+  }
+  if (site != nullptr) {
+    PinProcess(getpid(), -1);
+    const emu::TeardownReport down = site->Teardown();
+    doc["netns"]["teardown"] = {
+        {"clean", down.clean()}, {"removed", down.removed.size()}, {"remaining", down.remaining}};
+    if (!down.clean()) {
+      ok = false;
+      Progress("netns: teardown left: " + doc["netns"]["teardown"]["remaining"].dump());
+    } else {
+      Progress(fmt::format("netns: torn down ({} resources removed)", down.removed.size()));
+    }
+    site.reset();
   }
   PinProcess(getpid(), -1);
   doc["ok"] = ok;
   doc["seconds"] = static_cast<double>(NowNs() - t0) / 1e9;
   AddGoalSummary(doc);
+  AddNetnsOverhead(doc);
 
   std::filesystem::create_directories(o.out_dir, ec);
   const std::string json_path = o.out_dir + "/rpc.json";

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -27,12 +28,15 @@ std::string PlacementText(const std::string& pinning) {
   return pinning;
 }
 
-// The successful result of `target` at this payload and placement, or nullptr.
+// "loopback" or "netns"; rows of files written before the netns rows are loopback.
+std::string Network(const json& r) { return r.value("network", std::string("loopback")); }
+
+// The successful result of `target` at this payload, placement and network, or nullptr.
 const json* Find(const json& doc, const std::string& target, size_t payload,
-                 const std::string& pinning) {
+                 const std::string& pinning, const std::string& network = "loopback") {
   for (const json& r : doc["results"]) {
     if (r["target"] == target && r["payload"] == payload && r["pinning"] == pinning &&
-        r.value("ok", false) && r.contains("latency")) {
+        Network(r) == network && r.value("ok", false) && r.contains("latency")) {
       return &r;
     }
   }
@@ -51,12 +55,13 @@ struct Best {
   std::string where;  // "grpc_unary_sync" or "grpc_callback_async, unpinned, 16 in flight"
 };
 
-// The lowest p50 among the targets of `group` at this payload and placement.
+// The lowest p50 among the loopback rows of `group` at this payload and placement.
 Best LowestP50(const json& doc, const std::string& group, size_t payload,
                const std::string& pinning) {
   Best b;
   for (const json& r : doc["results"]) {
     if (r["group"] != group || r["payload"] != payload || r["pinning"] != pinning) continue;
+    if (Network(r) != "loopback") continue;
     std::optional<double> p = P50(&r);
     if (p && (!b.value || *p < *b.value)) {
       b.value = p;
@@ -66,13 +71,13 @@ Best LowestP50(const json& doc, const std::string& group, size_t payload,
   return b;
 }
 
-// The highest calls/s per core among the rows of `group` (or of `target` when not
-// empty) at this payload, any placement and in-flight count.
+// The highest calls/s per core among the loopback rows of `group` (or of `target` when
+// not empty) at this payload, any placement and in-flight count.
 Best HighestPerCore(const json& doc, const std::string& group, const std::string& target,
                     size_t payload) {
   Best b;
   for (const json& r : doc["results"]) {
-    if (r["payload"] != payload || !r.value("ok", false)) continue;
+    if (r["payload"] != payload || !r.value("ok", false) || Network(r) != "loopback") continue;
     if (target.empty() ? r["group"] != group : r["target"] != target) continue;
     for (const json& t : r.value("throughput", json::array())) {
       if (!t.contains("calls_per_core_s")) continue;
@@ -153,6 +158,80 @@ std::string LatencyCell(const json& lat, const char* key) {
   return lat.contains(key) ? FormatNs(lat[key].get<double>()) : "—";
 }
 
+std::string SignedNs(double ns) { return (ns < 0 ? "−" : "+") + FormatNs(ns < 0 ? -ns : ns); }
+
+// The section on the netns rows: where they ran and netns − loopback per row, or why
+// there are none.
+void NetnsSection(std::ostringstream& md, const json& doc) {
+  md << "\n## TCP across two network namespaces\n\n";
+  const json n = doc.value("netns", json::object());
+  const std::string status = n.value("status", std::string("off"));
+  if (status == "skipped") {
+    md << "**skipped: " << Esc(n.value("reason", std::string("?"))) << "**\n";
+    return;
+  }
+  if (status == "off") {
+    md << "Not measured: " << Esc(n.value("reason", std::string("not requested"))) << ".\n";
+    return;
+  }
+  if (status != "ok") {
+    md << "**failed**: " << Esc(n.value("reason", std::string("?"))) << "\n";
+    return;
+  }
+  md << fmt::format(
+      "The netns rows (`· netns` in the tables below) run the server in network namespace "
+      "`{}` ({}) and create the client's socket in `{}` ({}), two hosts of an emulated "
+      "network (`src/emu`, cluster `{}`) whose veth pairs meet at the bridge `{}` in the "
+      "root namespace: every message crosses veth → bridge → veth, where a loopback row "
+      "crosses the loopback device. Unshaped, no emulated latency (this kernel has no "
+      "netem); same client thread, servers, placements and budgets as the loopback rows.\n\n",
+      n["server"]["netns"].get<std::string>(), n["server"]["address"].get<std::string>(),
+      n["client"]["netns"].get<std::string>(), n["client"]["address"].get<std::string>(),
+      n.value("cluster", std::string("?")), n["bridge"]["name"].get<std::string>());
+  const json overhead = doc.value("netns_overhead", json::array());
+  if (overhead.empty()) {
+    md << "No netns row has a loopback row to compare with.\n";
+  } else {
+    md << "| target | placement | payload | p50 loopback | p50 netns | **overhead p50** | "
+          "p99 loopback | p99 netns | overhead p99 |\n";
+    md << "|---|---|---|---|---|---|---|---|---|\n";
+    std::optional<double> lo, hi;
+    for (const json& o : overhead) {
+      const double d = o["overhead_p50"].get<double>();
+      lo = lo ? std::min(*lo, d) : d;
+      hi = hi ? std::max(*hi, d) : d;
+      md << fmt::format(
+          "| {} | {} | {} | {} | {} | **{}** | {} | {} | {} |\n", o["target"].get<std::string>(),
+          o["pinning"].get<std::string>(), PayloadName(o["payload"].get<size_t>()),
+          FormatNs(o["loopback_p50"].get<double>()), FormatNs(o["netns_p50"].get<double>()),
+          SignedNs(d), FormatNs(o["loopback_p99"].get<double>()),
+          FormatNs(o["netns_p99"].get<double>()), SignedNs(o["overhead_p99"].get<double>()));
+    }
+    // The sentence: the raw TCP ping-pong is the veth/bridge cost with nothing else in it.
+    std::string raw;
+    for (const json& o : overhead) {
+      if (o["target"] != "limit_tcp") continue;
+      raw += fmt::format("{}{} {} {}", raw.empty() ? "" : ", ",
+                         SignedNs(o["overhead_p50"].get<double>()),
+                         PayloadName(o["payload"].get<size_t>()), o["pinning"].get<std::string>());
+    }
+    md << fmt::format(
+        "\n**veth + bridge overhead** = netns − loopback p50, per round trip (request and "
+        "reply each cross veth → bridge → veth): {}{} rows.\n",
+        raw.empty() ? "" : "raw TCP (limit_tcp) " + raw + "; ",
+        fmt::format("from {} to {} over all netns", SignedNs(*lo), SignedNs(*hi)));
+  }
+  if (n.contains("teardown")) {
+    const json& t = n["teardown"];
+    if (t.value("clean", false)) {
+      md << fmt::format("\nThe network was torn down after the run ({} resources removed).\n",
+                        t.value("removed", 0));
+    } else {
+      md << "\n**Teardown left**: " << Esc(t["remaining"].dump()) << "\n";
+    }
+  }
+}
+
 }  // namespace
 
 void AddGoalSummary(json& doc) {
@@ -218,6 +297,30 @@ void AddGoalSummary(json& doc) {
   doc["headroom"] = std::move(headroom);
 }
 
+void AddNetnsOverhead(json& doc) {
+  json out = json::array();
+  for (const json& r : doc["results"]) {
+    if (Network(r) != "netns" || !r.value("ok", false) || !r.contains("latency")) continue;
+    const std::string target = r["target"].get<std::string>();
+    const std::string pin = r["pinning"].get<std::string>();
+    const size_t payload = r["payload"].get<size_t>();
+    const json* loop = Find(doc, target, payload, pin, "loopback");
+    if (loop == nullptr) continue;
+    const json& a = (*loop)["latency"];
+    const json& b = r["latency"];
+    out.push_back({{"target", target},
+                   {"payload", payload},
+                   {"pinning", pin},
+                   {"loopback_p50", a["p50"]},
+                   {"netns_p50", b["p50"]},
+                   {"overhead_p50", b["p50"].get<double>() - a["p50"].get<double>()},
+                   {"loopback_p99", a["p99"]},
+                   {"netns_p99", b["p99"]},
+                   {"overhead_p99", b["p99"].get<double>() - a["p99"].get<double>()}});
+  }
+  doc["netns_overhead"] = std::move(out);
+}
+
 std::string RenderTables(const json& doc) {
   std::ostringstream md;
   const std::vector<int> columns = InFlightColumns(doc);
@@ -235,7 +338,8 @@ std::string RenderTables(const json& doc) {
       md << "\n";
       for (const json& r : doc["results"]) {
         if (r["payload"] != payload || r["pinning"] != pin) continue;
-        md << fmt::format("| {} | {} |", r["target"].get<std::string>(),
+        md << fmt::format("| {}{} | {} |", r["target"].get<std::string>(),
+                          Network(r) == "netns" ? " · **netns**" : "",
                           r["group"].get<std::string>());
         if (!r.value("ok", false) && !r.contains("latency")) {
           md << fmt::format(" **failed**: {} |", Esc(r.value("error", "?")));
@@ -296,6 +400,8 @@ std::string RenderMarkdown(const json& doc) {
   md << "\nWhat any transport on this machine could reach at best; a goal the limit itself "
         "misses cannot be met by tern in that placement.\n";
 
+  NetnsSection(md, doc);
+
   md << RenderTables(doc);
   md << "\nn = latency samples (one call in flight); p99.9 only with ≥ " << kMinSamplesForP999
      << " samples. calls/s = completed calls ÷ wall time; per core = calls ÷ (client + server "
@@ -312,9 +418,9 @@ std::string RenderMarkdown(const json& doc) {
     md << "\n## Failures\n\n";
     for (const json& r : doc["results"]) {
       if (r.value("ok", false)) continue;
-      md << fmt::format("- {} {} {}: {}\n", r["target"].get<std::string>(),
+      md << fmt::format("- {} {} {}{}: {}\n", r["target"].get<std::string>(),
                         PayloadName(r["payload"].get<size_t>()), r["pinning"].get<std::string>(),
-                        Esc(r.value("error", "?")));
+                        Network(r) == "netns" ? " netns" : "", Esc(r.value("error", "?")));
     }
   }
   return md.str();

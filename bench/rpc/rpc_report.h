@@ -3,8 +3,9 @@
 // the tables from it. The JSON layout:
 //
 //   machine, git_rev, mode ("full"|"quick"), seconds, ok, placements, payloads, notes,
-//   targets:  [{name, group, description, in_flight}]
-//   results:  [{target, group, payload, pinning, ok, error,
+//   networks: ["loopback", "netns"] (what was asked for)
+//   targets:  [{name, group, description, in_flight, netns}]
+//   results:  [{target, group, payload, pinning, network ("loopback"|"netns"), ok, error,
 //               latency: {count, min, p50, p99, p999 (only with >= 10k samples), max,
 //                         mean}                                              (ns)
 //               throughput: [{in_flight, calls, seconds, calls_per_s, cpu_client_s,
@@ -12,7 +13,15 @@
 //   summary:  [{goal, placement, payload, tern, reference, ratio, ratio_label, target,
 //               met}]                       (the goals; tern "not measured")
 //   headroom: the same comparisons made with the limits in tern's place
+//             (summary and headroom use the loopback rows only)
+//   netns:    {status: "ok"|"skipped"|"off"|"failed", reason, cluster, state_dir,
+//              bridge: {name, address}, server: {netns, address}, client: {netns, address},
+//              teardown: {clean, removed, remaining}}
+//   netns_overhead: [{target, payload, pinning, loopback_p50, netns_p50, overhead_p50,
+//                     loopback_p99, netns_p99, overhead_p99}]   (ns; netns − loopback,
+//                     for each netns row whose loopback row succeeded)
 //
+// A result without "network" (older files) is a loopback row.
 // Thread-safety: pure functions of their arguments.
 #pragma once
 
@@ -24,8 +33,11 @@ namespace tern::bench::rpc {
 // Fills doc["summary"] and doc["headroom"] from doc["results"].
 void AddGoalSummary(nlohmann::json& doc);
 
-// rpc.md: header, the goal summary, the headroom, one table per payload and placement,
-// the target list, failures.
+// Fills doc["netns_overhead"] from doc["results"].
+void AddNetnsOverhead(nlohmann::json& doc);
+
+// rpc.md: header, the goal summary, the headroom, the netns section (or why it was
+// skipped), one table per payload and placement, the target list, failures.
 std::string RenderMarkdown(const nlohmann::json& doc);
 
 // The per-payload tables alone (what rpc_bench prints on stdout at the end).

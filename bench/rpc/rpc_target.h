@@ -21,6 +21,11 @@
 //    every target of the group "tern" for the throughput goal; any name works for the
 //    per-payload tables.
 //
+// 5. A TCP target may also run across the emulated network (the `netns` rows): set
+//    TargetInfo::netns, have the server listen on ServeArgs bind_address (the --bind=
+//    argument), and in Setup() start the server with config.netns, listen/connect to
+//    ServerAddress(config), and create the client's sockets inside RunAsClient(config, …).
+//
 // A target must echo: the reply has the request's size and bytes (the driver checks
 // the bytes during warm-up and a sequence number in the first 8 bytes on every call).
 // Everything is bounded: a call that does not complete within kCallTimeoutNs returns
@@ -45,7 +50,15 @@
 
 #include "core/status.h"
 
+// Declared only: this header is included next to gRPC's, whose absl thread annotations
+// clash with core/mutex.h (which emu/ledger.h and netns_site.h include).
+namespace tern::emu {
+class Ledger;
+}
+
 namespace tern::bench::rpc {
+
+class NetnsSite;  // netns_site.h
 
 // Where the two ends run. kPinned: the client and every thread of the server on cpu0
 // (same vCPU: every exchange is a context switch, nothing runs in parallel). kUnpinned:
@@ -69,7 +82,20 @@ struct TargetConfig {
   Placement placement = Placement::kUnpinned;
   int max_in_flight = 1;    // the largest count RunInFlight() will be called with
   std::string self_binary;  // this rpc_bench binary (for ServerProcess::Start)
+  // The `netns` rows: the server runs in the emulated network's server host, the client's
+  // sockets are created in its client host (netns_site.h). Null: both on loopback.
+  const NetnsSite* netns = nullptr;
 };
+
+// The address the server listens on and the client connects to: 127.0.0.1, or the
+// server host's address on the emulated network.
+std::string ServerAddress(const TargetConfig& config);
+// The address the client's connections come from in the netns rows (the client host's),
+// "127.0.0.1" on loopback.
+std::string ClientAddress(const TargetConfig& config);
+// Runs `fn` (which creates and connects the client's sockets) in the client host's
+// network namespace for the netns rows, else simply runs it.
+Status RunAsClient(const TargetConfig& config, const std::function<Status()>& fn);
 
 class RpcTarget {
  public:
@@ -103,6 +129,8 @@ struct ServeArgs {
   std::map<std::string, std::string> values;
   // The value of `key` as an integer, or `fallback` when it is missing or malformed.
   int64_t Int(const std::string& key, int64_t fallback) const;
+  // --bind=ADDR: the address a TCP server listens on (ServerAddress); 127.0.0.1 if absent.
+  std::string bind_address() const;
 };
 
 struct TargetInfo {
@@ -114,6 +142,9 @@ struct TargetInfo {
   // The server side, run in the child process `rpc_bench --serve=<name> ...`; returns
   // the process's exit code. Null when the target starts no child of rpc_bench.
   std::function<int(const ServeArgs&)> serve;
+  // Also measured across the emulated network (a `netns` row after each loopback row)
+  // when rpc_bench runs as root; the target must follow step 5 above.
+  bool netns = false;
 };
 
 // The targets one rpc_bench run knows about, in registration order (= row order).
@@ -142,6 +173,11 @@ void RegisterTernTargets(TargetList* list);
 // inherited under the same numbers, stdout a pipe on which it prints one line
 // "ready <info>" once it serves (ReportReady), stderr shared with rpc_bench. It dies
 // with rpc_bench (PR_SET_PDEATHSIG) and after kServeMaxSeconds in any case.
+// With a NetnsSite, the child is started by emu::Spawn in the site's server namespace
+// and recorded in its ledger (so the site's teardown stops it even if rpc_bench
+// crashed); its affinity, PR_SET_PDEATHSIG and time limit are then applied by the child
+// itself (--cpu=, --parent=, --max-seconds=: PrepareServeProcess), before it starts any
+// thread; pass_fds must be empty (Spawn closes every other fd).
 // Thread-safety: one thread uses a ServerProcess.
 class ServerProcess {
  public:
@@ -152,7 +188,8 @@ class ServerProcess {
                                                       const std::string& target,
                                                       Placement placement,
                                                       const std::vector<std::string>& args,
-                                                      const std::vector<int>& pass_fds = {});
+                                                      const std::vector<int>& pass_fds = {},
+                                                      const NetnsSite* site = nullptr);
   ~ServerProcess();
   ServerProcess(const ServerProcess&) = delete;
   ServerProcess& operator=(const ServerProcess&) = delete;
@@ -168,12 +205,26 @@ class ServerProcess {
 
  private:
   explicit ServerProcess(pid_t pid) : pid_(pid) {}
+  static Result<std::unique_ptr<ServerProcess>> SpawnInNetns(const std::string& self_binary,
+                                                             const std::string& target,
+                                                             Placement placement,
+                                                             const std::vector<std::string>& args,
+                                                             const NetnsSite& site);
+  Status Reap();  // Stop() without the ledger
   pid_t pid_;
+  emu::Ledger* ledger_ = nullptr;  // the site's, for a spawned child: forgotten when reaped
+  uint64_t start_time_ = 0;        // with pid_, its emu::ProcessRecord in the ledger
+  std::string exe_;
   bool reaped_ = false;
   std::string ready_info_;
 };
 
 // In the server child: prints "ready <info>" on stdout (the pipe ServerProcess reads).
 void ReportReady(const std::string& info);
+
+// In the server child, before anything else: applies --cpu=N (-1: every CPU),
+// --parent=PID (PR_SET_PDEATHSIG; exits at once if PID is no longer its parent) and
+// --max-seconds=S (alarm), where present. Only spawned children get them.
+void PrepareServeProcess(const ServeArgs& args);
 
 }  // namespace tern::bench::rpc

@@ -10,7 +10,8 @@
 //              before sleeping on its doorbell (as limit_shm does), and not at all in the
 //              pinned run.
 //   tern_tcp   tern's frame protocol on 127.0.0.1 through FrameClient (blocking reads, as
-//              limit_tcp); in the agent: I/O thread → worker → I/O thread.
+//              limit_tcp); in the agent: I/O thread → worker → I/O thread. Also across
+//              the emulated network (netns rows: the agent in the server host's namespace).
 #include <fmt/format.h>
 #include <signal.h>
 #include <unistd.h>
@@ -80,6 +81,7 @@ int ServeTernAgent(const ServeArgs& args) {
   char tmpl[] = "/tmp/tern-rpc-bench.XXXXXX";
   std::string dir = mkdtemp(tmpl);
   agent::AgentServerOptions so;
+  so.host = args.bind_address();
   so.frame_port = 0;
   so.admin_port = 0;
   so.shm_path = dir + "/shm.sock";
@@ -107,9 +109,10 @@ struct AgentInfo {
 // `target` names the registered target whose serve function (ServeTernAgent) runs.
 Result<AgentInfo> StartAgent(const TargetConfig& config, const char* target,
                              std::unique_ptr<ServerProcess>* out) {
-  TERN_ASSIGN_OR_RETURN(*out, ServerProcess::Start(config.self_binary, target,
-                                                   config.placement,
-                                                   {"--wasm=" + EchoWasmNextTo(config.self_binary)}));
+  TERN_ASSIGN_OR_RETURN(*out, ServerProcess::Start(config.self_binary, target, config.placement,
+                                                   {"--wasm=" + EchoWasmNextTo(config.self_binary),
+                                                    "--bind=" + ServerAddress(config)},
+                                                   {}, config.netns));
   AgentInfo info;
   char path[PATH_MAX], inst[256];
   if (std::sscanf((*out)->ready_info().c_str(), "%d %4095s %255s", &info.port, path, inst) != 3) {
@@ -223,9 +226,11 @@ class TernTcp final : public RpcTarget {
  public:
   Status Setup(const TargetConfig& config) override {
     TERN_ASSIGN_OR_RETURN(AgentInfo info, StartAgent(config, kTernTcp, &server_));
-    TERN_ASSIGN_OR_RETURN(client_, transport::FrameClient::Connect(
-                                       "127.0.0.1", static_cast<uint16_t>(info.port)));
-    return Status::Ok();
+    return RunAsClient(config, [&]() -> Status {
+      TERN_ASSIGN_OR_RETURN(client_, transport::FrameClient::Connect(
+                                         ServerAddress(config), static_cast<uint16_t>(info.port)));
+      return Status::Ok();
+    });
   }
 
   Status RoundTrip(std::span<const uint8_t> request, std::span<uint8_t> reply) override {
@@ -286,7 +291,8 @@ void RegisterTernTargets(TargetList* list) {
                             "worker → echo guest → I/O thread",
              .in_flight = {1, 16},
              .make = [] { return std::make_unique<TernTcp>(); },
-             .serve = ServeTernAgent});
+             .serve = ServeTernAgent,
+             .netns = true});
 }
 
 }  // namespace tern::bench::rpc
