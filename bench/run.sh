@@ -4,11 +4,12 @@
 #   rpc         (issue #3)  bench/results/rpc.{json,md}          rpc_bench
 #   calls       (issue #3)  bench/results/calls.{json,md}        calls_bench
 #   cluster                 bench/results/cluster.{json,md}      cluster_bench (wrk, etcd)
+#   placement   (issue #5)  bench/results/placement.{json,md}    placement_bench
 # Builds nothing: build first with
-#   ninja -C build/release -j2 foundation_bench rpc_bench calls_bench cluster_bench
+#   ninja -C build/release -j2 foundation_bench rpc_bench calls_bench cluster_bench placement_bench
 #   (also builds the guests and `tern`)
 #
-# usage: bench/run.sh BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc,calls,cluster]
+# usage: bench/run.sh BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc,calls,cluster,placement]
 #   --quick     a smoke run (a few seconds per suite; what CI runs once, as ctest tests)
 #   --out=DIR   where results go (default: bench/results)
 #   --suites=   which suites to run (default: all four)
@@ -19,7 +20,7 @@
 set -uo pipefail
 
 usage() {
-  echo "usage: $0 BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc,calls,cluster]" >&2
+  echo "usage: $0 BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc,calls,cluster,placement]" >&2
   exit 2
 }
 
@@ -28,14 +29,15 @@ BUILD_DIR=$(cd "$1" 2>/dev/null && pwd) || { echo "no build directory '$1'" >&2;
 shift
 QUICK=()
 OUT=""
-SUITES="foundation,rpc,calls,cluster"
+SUITES="foundation,rpc,calls,cluster,placement"
 LIMIT_INPROC=150
 LIMIT_NET=90
 LIMIT_RPC=240
 LIMIT_CLUSTER=330
+LIMIT_PLACEMENT=120
 for arg in "$@"; do
   case "$arg" in
-    --quick) QUICK=(--quick); LIMIT_INPROC=40; LIMIT_NET=30; LIMIT_RPC=30; LIMIT_CLUSTER=90 ;;
+    --quick) QUICK=(--quick); LIMIT_INPROC=40; LIMIT_NET=30; LIMIT_RPC=30; LIMIT_CLUSTER=90; LIMIT_PLACEMENT=60 ;;
     --out=*) OUT=${arg#--out=} ;;
     --suites=*) SUITES=${arg#--suites=} ;;
     *) usage ;;
@@ -45,6 +47,7 @@ RUN_FOUNDATION=0
 RUN_RPC=0
 RUN_CALLS=0
 RUN_CLUSTER=0
+RUN_PLACEMENT=0
 IFS=',' read -ra suite_list <<<"$SUITES"
 for s in "${suite_list[@]}"; do
   case "$s" in
@@ -52,16 +55,19 @@ for s in "${suite_list[@]}"; do
     rpc) RUN_RPC=1 ;;
     calls) RUN_CALLS=1 ;;
     cluster) RUN_CLUSTER=1 ;;
-    *) echo "unknown suite '$s' (foundation, rpc, calls, cluster)" >&2; usage ;;
+    placement) RUN_PLACEMENT=1 ;;
+    *) echo "unknown suite '$s' (foundation, rpc, calls, cluster, placement)" >&2; usage ;;
   esac
 done
-[[ $RUN_FOUNDATION == 1 || $RUN_RPC == 1 || $RUN_CALLS == 1 || $RUN_CLUSTER == 1 ]] || usage
+[[ $RUN_FOUNDATION == 1 || $RUN_RPC == 1 || $RUN_CALLS == 1 || $RUN_CLUSTER == 1 ||
+   $RUN_PLACEMENT == 1 ]] || usage
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$BUILD_DIR/bench/foundation/foundation_bench
 RPC_BENCH=$BUILD_DIR/bench/rpc/rpc_bench
 CALLS_BENCH=$BUILD_DIR/bench/calls/calls_bench
 CLUSTER_BENCH=$BUILD_DIR/bench/cluster/cluster_bench
+PLACEMENT_BENCH=$BUILD_DIR/bench/placement/placement_bench
 TERN=$BUILD_DIR/src/bin/tern
 WASM=$BUILD_DIR/wasm
 needed=()
@@ -70,9 +76,10 @@ needed=()
 [[ $RUN_RPC == 1 ]] && needed+=("$RPC_BENCH")
 [[ $RUN_CALLS == 1 ]] && needed+=("$CALLS_BENCH" "$WASM/relay.wasm")
 [[ $RUN_CLUSTER == 1 ]] && needed+=("$CLUSTER_BENCH" "$TERN" "$WASM/echo.wasm" /usr/bin/wrk)
+[[ $RUN_PLACEMENT == 1 ]] && needed+=("$PLACEMENT_BENCH")
 for f in "${needed[@]}"; do
   if [[ ! -e $f ]]; then
-    echo "missing $f: build first with: ninja -C $BUILD_DIR -j2 foundation_bench rpc_bench calls_bench cluster_bench" \
+    echo "missing $f: build first with: ninja -C $BUILD_DIR -j2 foundation_bench rpc_bench calls_bench cluster_bench placement_bench" \
          "(rpc_bench needs gRPC, cluster_bench wrk and etcd: scripts/setup.sh)" >&2
     exit 2
   fi
@@ -139,6 +146,15 @@ if [[ $RUN_CLUSTER == 1 ]]; then
   timeout --kill-after=5 "$LIMIT_CLUSTER" "$CLUSTER_BENCH" "${QUICK[@]}" --source-dir="$SRC" \
     --build-dir="$BUILD_DIR" --out="$OUT" || rc=1
   [[ -s $OUT/cluster.md ]] && written+=("$OUT/cluster.md")
+fi
+
+if [[ $RUN_PLACEMENT == 1 ]]; then
+  # Pure computation: the placement engine on synthetic clusters (no processes).
+  rm -f "$OUT/placement.json" "$OUT/placement.md"
+  echo "== placement_bench ${QUICK[*]}" >&2
+  timeout --kill-after=5 "$LIMIT_PLACEMENT" "$PLACEMENT_BENCH" "${QUICK[@]}" --source-dir="$SRC" \
+    --out="$OUT" > /dev/null || rc=1
+  [[ -s $OUT/placement.md ]] && written+=("$OUT/placement.md")
 fi
 
 echo "== done in $(( $(date +%s) - start )) s: ${written[*]:-no reports}" \

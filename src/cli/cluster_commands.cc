@@ -68,12 +68,17 @@ int ClusterDeploy(const ClusterRecord& c, const std::string& manifest_yaml,
   json s = json::parse(*r, nullptr, false);
   if (s.is_discarded()) return CommandFailed(InternalError("the controller sent malformed JSON"));
   std::vector<std::string> where;
+  size_t total = s["instances"].size();
   for (const json& i : s["instances"]) {
+    if (where.size() == 8 && total > 9) {
+      where.push_back(fmt::format("and {} more (tern ps)", total - 8));
+      break;
+    }
     where.push_back(fmt::format("{} on {} ({})", i.value("id", ""), i.value("device", ""),
                                 i.value("host", "")));
   }
   std::printf("deployed %s (module %s): %zu of %d replicas%s%s\n", s.value("name", "").c_str(),
-              s.value("module_hash", "").substr(0, 12).c_str(), where.size(),
+              s.value("module_hash", "").substr(0, 12).c_str(), total,
               s.value("replicas", 0), where.empty() ? "" : ": ",
               fmt::format("{}", fmt::join(where, ", ")).c_str());
   if (s.contains("problem")) {
