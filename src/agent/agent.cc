@@ -2,6 +2,8 @@
 
 #include <dirent.h>
 #include <sched.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
 #include <fmt/format.h>
 
 #include <cstring>
@@ -121,6 +123,17 @@ std::string JoinNames(const std::vector<std::string>& v) {
 namespace {
 // The WorkerThread whose loop runs on this thread, if any.
 thread_local const void* current_worker = nullptr;
+
+constexpr size_t kTcpReadChunk = 64 << 10;
+// Reads per connection and round before the worker turns to its other work (epoll is
+// level-triggered: the rest is read next round).
+constexpr int kTcpReadsPerRound = 16;
+
+// One read buffer per worker thread: bytes are fed to a decoder before the next read.
+char* TcpReadScratch() {
+  thread_local std::unique_ptr<char[]> buf(new char[kTcpReadChunk]);
+  return buf.get();
+}
 }  // namespace
 
 // One outgoing call of a guest (tern_call_start .. tern_call_close).
@@ -158,6 +171,49 @@ struct Agent::OutCall {
 struct Agent::ServerConn {
   std::unique_ptr<transport::ShmConnection> conn;
   bool dead = false;
+};
+
+// A TCP frame connection served by a worker (the server end). Touched only by its
+// owner worker; it changes owner at most once (at its first invoke, before any request
+// of it is in flight). Replies computed on other workers are posted to the owner.
+struct Agent::TcpConn {
+  enum class State {
+    kOpen,       // reading, answering
+    kLingering,  // closed for malformed input: the kError frame is flushed, input discarded
+    kClosed,
+  };
+  TcpConn(transport::UniqueFd f, const TcpConnLimits& l, TcpCounters* c)
+      : fd(std::move(f)), limits(l), decoder(l.max_payload_bytes), counters(c) {}
+  ~TcpConn() {
+    if (state != State::kClosed) {
+      counters->open.fetch_sub(1, std::memory_order_relaxed);
+      counters->output_bytes.fetch_sub(pending(), std::memory_order_relaxed);
+    }
+  }
+  TcpConn(const TcpConn&) = delete;
+  TcpConn& operator=(const TcpConn&) = delete;
+
+  size_t pending() const { return out.size() - out_pos; }
+
+  transport::UniqueFd fd;
+  const TcpConnLimits limits;
+  transport::FrameDecoder decoder;
+  TcpCounters* const counters;
+  const void* owner = nullptr;  // the WorkerThread serving it
+  State state = State::kOpen;
+  bool placed = false;      // its first invoke has chosen its worker
+  bool peer_eof = false;    // the peer will send nothing more
+  bool registered = false;  // in the owner's epoll set
+  bool write_blocked = false;
+  bool shut_wr = false;
+  bool dirty = false;  // in the owner's list of connections with new output
+  uint32_t interest = 0;
+  std::string out;
+  size_t out_pos = 0;
+  uint64_t inflight = 0;        // invokes not answered yet
+  int64_t stalled_since = 0;    // output waiting and none taken by the peer since then
+  int64_t received_ns = 0;      // when the kernel received the last bytes read (MonoNanos)
+  int64_t linger_until = 0;
 };
 
 class Agent::WorkerThread {
@@ -291,6 +347,78 @@ class Agent::WorkerThread {
     server_conns_.push_back(std::move(sc));
   }
 
+  // ---- worker-thread only: TCP frame connections
+
+  // Takes `c` on: a new connection, or one moved here with its first invoke `first`.
+  void AdoptTcpConn(std::shared_ptr<TcpConn> c, std::optional<transport::Frame> first) {
+    if (!epoll_fd_.valid()) {
+      int ep = ::epoll_create1(EPOLL_CLOEXEC);
+      if (ep < 0) {
+        TERN_LOG(ERROR) << "worker " << index_ << ": " << ErrnoError("epoll_create1", errno)
+                        << "; TCP connection dropped";
+        CloseTcp(c, ErrnoError("epoll_create1", errno));
+        return;
+      }
+      epoll_fd_ = transport::UniqueFd(ep);
+    }
+    c->registered = false;
+    c->interest = 0;
+    c->dirty = false;
+    tcp_conns_[c->fd.get()] = c;
+    UpdateTcpInterest(c);
+    if (c->state == TcpConn::State::kClosed) return;
+    if (c->pending() > 0) MarkTcpDirty(c);
+    if (first.has_value() && !agent_->ServeTcpFrame(this, c, std::move(*first))) return;
+    DecodeTcp(c);  // frames that were already buffered
+  }
+
+  // Hands `c` to worker `to`, which serves `first` (its first invoke) and what follows.
+  void MoveTcpConn(const std::shared_ptr<TcpConn>& c, WorkerThread* to, transport::Frame first) {
+    if (c->registered) ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, c->fd.get(), nullptr);
+    c->registered = false;
+    tcp_conns_.erase(c->fd.get());
+    c->owner = to;  // our entry in tcp_dirty_ (if any) is skipped from now on
+    // If `to` is stopping, the task is dropped and the connection closes with it.
+    to->Post([to, c, f = std::move(first)]() mutable { to->AdoptTcpConn(c, std::move(f)); },
+             /*instance=*/"", /*io=*/true);
+  }
+
+  // Queues `f` for the peer of `c`; it leaves at the end of this round.
+  void QueueTcp(const std::shared_ptr<TcpConn>& c, const transport::Frame& f) {
+    if (c->state != TcpConn::State::kOpen) return;
+    const size_t n = transport::EncodedFrameSize(f);
+    if (c->pending() > 0 && c->pending() + n > c->limits.max_output_bytes) {
+      agent_->tcp_.closed_slow.fetch_add(1, std::memory_order_relaxed);
+      Status why = ResourceExhaustedError(fmt::format(
+          "peer is not reading: {} bytes queued for sending, {} more would exceed the limit "
+          "of {}",
+          c->pending(), n, c->limits.max_output_bytes));
+      TERN_LOG(WARN) << "closing a TCP frame connection: " << why;
+      CloseTcp(c, why);
+      return;
+    }
+    const size_t before = c->out.size();
+    Status s = transport::EncodeFrame(f, &c->out);
+    if (!s.ok()) {
+      // A reply that cannot be encoded (too large for a frame) fails its request.
+      s = transport::EncodeFrame(
+          transport::MakeErrorFrame(f.request_id, InternalError(fmt::format(
+                                                      "the reply cannot be sent: {}",
+                                                      s.message()))),
+          &c->out);
+      if (!s.ok()) TERN_LOG(ERROR) << "TCP reply dropped: " << s;
+    }
+    agent_->tcp_.output_bytes.fetch_add(c->out.size() - before, std::memory_order_relaxed);
+    MarkTcpDirty(c);
+  }
+
+  // A reply computed for a request of `c` (this thread owns `c`).
+  void OnTcpReply(const std::shared_ptr<TcpConn>& c, const transport::Frame& f) {
+    --c->inflight;
+    if (c->state != TcpConn::State::kOpen) return;
+    QueueTcp(c, f);
+  }
+
   // Waits for `call` on this thread (inside a guest's tern_call_wait). Meanwhile the
   // worker keeps going: it polls its channels and serves requests for instances that
   // are not waiting themselves, so that a call that comes back to this worker (A on
@@ -353,6 +481,16 @@ class Agent::WorkerThread {
     inflight_.clear();
     channels_.clear();
     server_conns_.clear();
+    // Replies already computed leave if the socket takes them now; then every TCP
+    // connection closes (its peer sees EOF).
+    std::vector<std::shared_ptr<TcpConn>> conns;
+    for (auto& [fd, c] : tcp_conns_) conns.push_back(c);
+    for (auto& c : conns) {
+      FlushTcp(c);
+      CloseTcp(c, UnavailableError("agent is shutting down"));
+    }
+    tcp_conns_.clear();
+    tcp_dirty_.clear();
     slots_.clear();  // instances die with their isolate, on this thread
     worker_.reset();
   }
@@ -386,6 +524,7 @@ class Agent::WorkerThread {
     }
     if (!inflight_.empty() || !channels_.empty()) progress |= PollChannels();
     if (!server_conns_.empty()) progress |= PollServerConns();
+    if (!tcp_conns_.empty() || !tcp_dirty_.empty()) progress |= PollTcp();
     return progress;
   }
 
@@ -475,6 +614,270 @@ class Agent::WorkerThread {
     return progress;
   }
 
+  void MarkTcpDirty(const std::shared_ptr<TcpConn>& c) {
+    if (c->dirty) return;
+    c->dirty = true;
+    tcp_dirty_.push_back(c);
+  }
+
+  // Registers the events `c` needs: input unless paused (output over the limit) or at
+  // EOF; writability while the kernel refuses output.
+  void UpdateTcpInterest(const std::shared_ptr<TcpConn>& c) {
+    if (c->state == TcpConn::State::kClosed) return;
+    const bool reading = !c->peer_eof && (c->state == TcpConn::State::kLingering ||
+                                          c->pending() <= c->limits.pause_reading_output_bytes);
+    uint32_t want = 0;
+    if (reading) want |= EPOLLIN;
+    if (c->write_blocked && c->pending() > 0) want |= EPOLLOUT;
+    if (c->registered && want == c->interest) return;
+    epoll_event ev{};
+    ev.events = want;
+    ev.data.fd = c->fd.get();
+    if (::epoll_ctl(epoll_fd_.get(), c->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, c->fd.get(),
+                    &ev) != 0) {
+      CloseTcp(c, ErrnoError("epoll_ctl", errno));
+      return;
+    }
+    c->registered = true;
+    c->interest = want;
+  }
+
+  void CloseTcp(const std::shared_ptr<TcpConn>& c, const Status& why) {
+    if (c->state == TcpConn::State::kClosed) return;
+    if (!why.ok() && why.code() != StatusCode::kUnavailable) {
+      TERN_LOG(DEBUG) << "worker " << index_ << ": TCP frame connection closed: " << why;
+    }
+    const int fd = c->fd.get();
+    if (c->registered) ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd, nullptr);
+    c->registered = false;
+    auto it = tcp_conns_.find(fd);
+    if (it != tcp_conns_.end() && it->second == c) tcp_conns_.erase(it);
+    c->fd.reset();
+    c->state = TcpConn::State::kClosed;
+    agent_->tcp_.open.fetch_sub(1, std::memory_order_relaxed);
+    agent_->tcp_.output_bytes.fetch_sub(c->pending(), std::memory_order_relaxed);
+    std::string().swap(c->out);
+    c->out_pos = 0;
+  }
+
+  // Malformed input: a kError frame for the whole connection (request id 0), then the
+  // connection lingers, discarding input, until the peer closes or linger_ns passes.
+  void FailTcpInput(const std::shared_ptr<TcpConn>& c, const Status& why) {
+    agent_->tcp_.closed_malformed.fetch_add(1, std::memory_order_relaxed);
+    TERN_LOG(INFO) << "TCP frame connection: malformed input, closing: " << why;
+    QueueTcp(c, transport::MakeErrorFrame(0, why));
+    if (c->state != TcpConn::State::kOpen) return;
+    c->state = TcpConn::State::kLingering;
+    c->linger_until = MonoNanos() + c->limits.linger_ns;
+    tcp_timers_ = true;
+    FlushTcp(c);
+  }
+
+  // Decodes and serves the frames buffered in `c`. False if `c` is no longer served by
+  // this thread as an open connection (moved, closed or failed).
+  bool DecodeTcp(const std::shared_ptr<TcpConn>& c) {
+    while (c->state == TcpConn::State::kOpen) {
+      transport::Frame f;
+      Result<bool> got = c->decoder.Next(&f);
+      if (!got.ok()) {
+        FailTcpInput(c, got.status());
+        return false;
+      }
+      if (!*got) return true;
+      if (!agent_->ServeTcpFrame(this, c, std::move(f))) return false;
+    }
+    return false;
+  }
+
+  // recv() that also sets c->received_ns: the kernel's receive time of the data (from
+  // SCM_TIMESTAMPNS, on CLOCK_REALTIME, moved to the monotonic clock), else now.
+  static ssize_t RecvDated(TcpConn* c, char* buf) {
+    iovec iov{buf, kTcpReadChunk};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(timespec))];
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    ssize_t n = ::recvmsg(c->fd.get(), &msg, MSG_DONTWAIT);
+    if (n <= 0) return n;
+    const int64_t mono = MonoNanos();
+    c->received_ns = mono;
+    for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm != nullptr; cm = CMSG_NXTHDR(&msg, cm)) {
+      if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_TIMESTAMPNS) continue;
+      timespec ts;
+      std::memcpy(&ts, CMSG_DATA(cm), sizeof(ts));
+      timespec real;
+      ::clock_gettime(CLOCK_REALTIME, &real);
+      const int64_t age = (int64_t{real.tv_sec} - ts.tv_sec) * 1'000'000'000 +
+                          (int64_t{real.tv_nsec} - ts.tv_nsec);
+      // A clock step could make the age negative or absurd: then the read time stands.
+      if (age > 0 && age < 60'000'000'000) c->received_ns = mono - age;
+    }
+    return n;
+  }
+
+  void ReadTcp(const std::shared_ptr<TcpConn>& c, uint32_t events) {
+    char* buf = TcpReadScratch();
+    for (int i = 0; i < kTcpReadsPerRound; ++i) {
+      if (c->state == TcpConn::State::kClosed || c->peer_eof) break;
+      if (c->state == TcpConn::State::kOpen &&
+          c->pending() > c->limits.pause_reading_output_bytes) {
+        break;  // paused: the peer is not reading its replies
+      }
+      ssize_t n = RecvDated(c.get(), buf);
+      if (n > 0) {
+        if (c->state == TcpConn::State::kOpen) {
+          c->decoder.Feed(std::string_view(buf, static_cast<size_t>(n)));
+          if (!DecodeTcp(c)) {
+            if (c->owner != this) return;  // moved: no longer ours
+            continue;                      // lingering (discard the rest) or closed
+          }
+        }
+        if (static_cast<size_t>(n) < kTcpReadChunk) break;  // most likely drained
+        continue;
+      }
+      if (n == 0) {
+        c->peer_eof = true;
+        break;
+      }
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      CloseTcp(c, ErrnoError("recv", errno));
+      return;
+    }
+    if (c->state == TcpConn::State::kClosed) return;
+    if (c->peer_eof || (events & EPOLLHUP)) {
+      // Lingering: the peer has seen our error. Otherwise answer what is in flight first,
+      // unless the peer is gone altogether (nothing can be sent any more).
+      if (c->state == TcpConn::State::kLingering || (events & (EPOLLHUP | EPOLLERR)) ||
+          (c->inflight == 0 && c->pending() == 0)) {
+        CloseTcp(c, Status::Ok());
+        return;
+      }
+    }
+    UpdateTcpInterest(c);
+  }
+
+  // Sends what the socket takes now. True if bytes went out.
+  bool FlushTcp(const std::shared_ptr<TcpConn>& c) {
+    if (c->state == TcpConn::State::kClosed) return false;
+    const size_t before = c->out_pos;
+    while (c->out_pos < c->out.size()) {
+      ssize_t n = ::send(c->fd.get(), c->out.data() + c->out_pos, c->out.size() - c->out_pos,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n > 0) {
+        c->out_pos += static_cast<size_t>(n);
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+      const size_t sent = c->out_pos - before;
+      agent_->tcp_.output_bytes.fetch_sub(sent, std::memory_order_relaxed);
+      CloseTcp(c, ErrnoError("send", n < 0 ? errno : EPIPE));
+      return sent > 0;
+    }
+    const size_t sent = c->out_pos - before;
+    agent_->tcp_.output_bytes.fetch_sub(sent, std::memory_order_relaxed);
+    if (c->pending() == 0) {
+      c->out_pos = 0;
+      if (c->out.capacity() > (4u << 20)) {
+        std::string().swap(c->out);
+      } else {
+        c->out.clear();
+      }
+      c->write_blocked = false;
+      c->stalled_since = 0;
+      if (c->state == TcpConn::State::kLingering && !c->shut_wr) {
+        ::shutdown(c->fd.get(), SHUT_WR);
+        c->shut_wr = true;
+      }
+      if (c->state == TcpConn::State::kOpen && c->peer_eof && c->inflight == 0) {
+        CloseTcp(c, Status::Ok());
+        return sent > 0;
+      }
+    } else {
+      c->write_blocked = true;
+      if (sent > 0 || c->stalled_since == 0) c->stalled_since = MonoNanos();
+      tcp_timers_ = true;
+      if (c->out_pos >= (1u << 20) && c->out_pos >= c->out.size() / 2) {
+        c->out.erase(0, c->out_pos);
+        c->out_pos = 0;
+      }
+    }
+    UpdateTcpInterest(c);
+    return sent > 0;
+  }
+
+  // Closes connections whose peer stopped reading for write_stall_ns, and lingering
+  // ones whose time is up.
+  void CheckTcpTimers(int64_t now) {
+    std::vector<std::pair<std::shared_ptr<TcpConn>, Status>> victims;
+    bool still = false;
+    for (auto& [fd, c] : tcp_conns_) {
+      if (c->state == TcpConn::State::kLingering) {
+        if (now >= c->linger_until) {
+          victims.emplace_back(c, Status::Ok());
+        } else {
+          still = true;
+        }
+      } else if (c->write_blocked && c->pending() > 0) {
+        if (now - c->stalled_since >= c->limits.write_stall_ns) {
+          victims.emplace_back(c, DeadlineExceededError(fmt::format(
+                                      "peer took none of {} queued reply bytes for {} ms",
+                                      c->pending(), c->limits.write_stall_ns / 1'000'000)));
+        } else {
+          still = true;
+        }
+      }
+    }
+    for (auto& [c, why] : victims) {
+      if (!why.ok()) {
+        agent_->tcp_.closed_slow.fetch_add(1, std::memory_order_relaxed);
+        TERN_LOG(WARN) << "closing a TCP frame connection: " << why;
+      }
+      CloseTcp(c, why);
+    }
+    tcp_timers_ = still;
+  }
+
+  bool PollTcp() {
+    bool progress = false;
+    if (!tcp_conns_.empty()) {
+      epoll_event evs[64];
+      int n = ::epoll_wait(epoll_fd_.get(), evs, 64, 0);
+      for (int i = 0; i < n; ++i) {
+        auto it = tcp_conns_.find(evs[i].data.fd);
+        if (it == tcp_conns_.end()) continue;  // closed earlier in this round
+        std::shared_ptr<TcpConn> c = it->second;
+        progress = true;
+        const uint32_t e = evs[i].events;
+        if (e & EPOLLOUT) FlushTcp(c);
+        if (c->state != TcpConn::State::kClosed && (e & (EPOLLIN | EPOLLHUP | EPOLLERR))) {
+          ReadTcp(c, e);
+        }
+      }
+    }
+    // Output queued in this round (replies, pongs, errors): one send per connection.
+    if (!tcp_dirty_.empty()) {
+      std::vector<std::shared_ptr<TcpConn>> dirty;
+      dirty.swap(tcp_dirty_);
+      for (std::shared_ptr<TcpConn>& c : dirty) {
+        if (c->owner != this) continue;  // moved away; its new owner flushes it
+        c->dirty = false;
+        progress |= FlushTcp(c);
+      }
+    }
+    if (tcp_timers_) {
+      const int64_t now = MonoNanos();
+      if (now >= next_tcp_check_) {
+        next_tcp_check_ = now + 10'000'000;
+        CheckTcpTimers(now);
+      }
+    }
+    return progress;
+  }
+
   // Sleeps on the doorbell (and the fds of channels with calls in flight) until rung,
   // a channel fd is ready, `deadline_ns` (0 = none) or a periodic liveness check.
   template <typename Done>
@@ -495,7 +898,8 @@ class Agent::WorkerThread {
     }
     int64_t now = MonoNanos();
     // Shared-memory peers are checked for liveness at least every 10 ms.
-    int64_t timeout = (!server_conns_.empty() || !inflight_.empty()) ? 10'000'000 : 1'000'000'000;
+    int64_t timeout =
+        (!server_conns_.empty() || !inflight_.empty() || tcp_timers_) ? 10'000'000 : 1'000'000'000;
     if (deadline_ns != 0) timeout = std::min(timeout, std::max<int64_t>(0, deadline_ns - now));
     fds_.clear();
     for (auto& [key, ch] : channels_) {
@@ -504,6 +908,7 @@ class Agent::WorkerThread {
       if (ch->wait_fd() >= 0) fds_.push_back(ch->wait_fd());
     }
     for (auto& sc : server_conns_) fds_.push_back(sc->conn->socket_fd());
+    if (!tcp_conns_.empty()) fds_.push_back(epoll_fd_.get());
     Status st = doorbell_.Sleep(timeout, fds_);
     if (!st.ok()) TERN_LOG(WARN) << "worker " << index_ << ": sleep failed: " << st;
   }
@@ -539,6 +944,11 @@ class Agent::WorkerThread {
   std::unordered_map<uint64_t, std::shared_ptr<OutCall>> inflight_;
   std::unordered_map<std::string, uint64_t> outstanding_;
   std::vector<std::shared_ptr<ServerConn>> server_conns_;
+  transport::UniqueFd epoll_fd_;  // the TCP connections it owns
+  std::unordered_map</*fd*/ int, std::shared_ptr<TcpConn>> tcp_conns_;
+  std::vector<std::shared_ptr<TcpConn>> tcp_dirty_;  // output queued since the last flush
+  bool tcp_timers_ = false;  // a connection is stalled or lingering: check it every 10 ms
+  int64_t next_tcp_check_ = 0;
   std::vector<int> fds_;
   uint64_t wire_ids_ = 0;
   uint32_t relax_steps_ = 0;
@@ -845,6 +1255,70 @@ void Agent::ServeShmFrame(WorkerThread* wt, const std::shared_ptr<ServerConn>& s
   });
 }
 
+// A request that arrived on a TCP connection owned by `wt`.
+bool Agent::ServeTcpFrame(WorkerThread* wt, const std::shared_ptr<TcpConn>& c,
+                          transport::Frame f) {
+  if (std::optional<transport::Frame> answer = AnswerWithoutGuest(this, f)) {
+    wt->QueueTcp(c, *answer);
+    return true;
+  }
+  if (!c->placed) {
+    // The first invoke says what the connection is for: it moves to the worker of an
+    // instance of that service, if that is another one.
+    c->placed = true;
+    const int w = WorkerForService(f.service);
+    if (w >= 0 && w != wt->index()) {
+      tcp_.moved.fetch_add(1, std::memory_order_relaxed);
+      wt->MoveTcpConn(c, workers_[w].get(), std::move(f));
+      return false;
+    }
+  }
+  ++c->inflight;
+  const uint64_t id = f.request_id;
+  // The budget counts from when the kernel received the bytes: a request that waited in
+  // the socket while this worker ran a guest has used that time up.
+  Invoke(RequestFromFrame(std::move(f), c->received_ns), [wt, c, id](InvokeResult r) {
+    auto send = [wt, c, out = AnswerFrame(id, std::move(r))] { wt->OnTcpReply(c, out); };
+    if (current_worker == wt) {
+      send();
+    } else {
+      // If the owner is stopping, the reply is dropped with the connection.
+      wt->Post(std::move(send), /*instance=*/"", /*io=*/true);
+    }
+  });
+  return true;
+}
+
+Status Agent::AdoptTcpConnection(transport::UniqueFd fd, const TcpConnLimits& limits) {
+  tcp_.accepted.fetch_add(1, std::memory_order_relaxed);
+  tcp_.open.fetch_add(1, std::memory_order_relaxed);
+  // Receive timestamps (SCM_TIMESTAMPNS) date each read; without them, the time of
+  // the read is used.
+  const int on = 1;
+  if (::setsockopt(fd.get(), SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof(on)) != 0) {
+    TERN_LOG(DEBUG) << "no receive timestamps on a TCP frame connection: "
+                    << ErrnoError("setsockopt(SO_TIMESTAMPNS)", errno);
+  }
+  auto c = std::make_shared<TcpConn>(std::move(fd), limits, &tcp_);
+  WorkerThread* wt = workers_[WorkerForHint("")].get();
+  c->owner = wt;
+  if (!wt->Post([wt, c] { wt->AdoptTcpConn(c, std::nullopt); }, "", /*io=*/true)) {
+    return UnavailableError("agent is shutting down");
+  }
+  return Status::Ok();
+}
+
+TcpConnStats Agent::tcp_stats() const {
+  TcpConnStats s;
+  s.accepted = tcp_.accepted.load(std::memory_order_relaxed);
+  s.open = tcp_.open.load(std::memory_order_relaxed);
+  s.moved = tcp_.moved.load(std::memory_order_relaxed);
+  s.closed_malformed = tcp_.closed_malformed.load(std::memory_order_relaxed);
+  s.closed_slow = tcp_.closed_slow.load(std::memory_order_relaxed);
+  s.output_bytes = tcp_.output_bytes.load(std::memory_order_relaxed);
+  return s;
+}
+
 std::optional<transport::Frame> AnswerWithoutGuest(Agent* agent, const transport::Frame& f) {
   using transport::FrameType;
   transport::Frame out;
@@ -856,6 +1330,7 @@ std::optional<transport::Frame> AnswerWithoutGuest(Agent* agent, const transport
       return out;
     case FrameType::kPing:
       out.type = FrameType::kPong;
+      out.payload = f.payload;  // a Pong carries its Ping's payload (docs/formats/frame.md)
       return out;
     default:
       return transport::MakeErrorFrame(
@@ -865,14 +1340,16 @@ std::optional<transport::Frame> AnswerWithoutGuest(Agent* agent, const transport
   }
 }
 
-InvokeRequest RequestFromFrame(transport::Frame&& f) {
+InvokeRequest RequestFromFrame(transport::Frame&& f, int64_t received_ns) {
   InvokeRequest req;
   req.service = std::move(f.service);
   req.handler = std::move(f.handler);
   req.payload = std::move(f.payload);
   req.tenant = std::move(f.tenant);
   req.request_id = f.request_id;
-  if (f.budget_us != 0) req.deadline_ns = MonoNanos() + int64_t{f.budget_us} * 1000;
+  if (f.budget_us != 0) {
+    req.deadline_ns = (received_ns != 0 ? received_ns : MonoNanos()) + int64_t{f.budget_us} * 1000;
+  }
   return req;
 }
 
@@ -909,6 +1386,21 @@ int Agent::WorkerForHint(std::string_view hint) {
   auto it = routes_.find(std::string(hint));
   if (it != routes_.end()) return it->second.worker;
   return static_cast<int>(next_conn_worker_++ % workers_.size());
+}
+
+int Agent::WorkerForService(const std::string& service) {
+  MutexLock l(&mu_);
+  int w = -1;
+  uint64_t best = UINT64_MAX;
+  for (const std::string& id : InstancesOf(service)) {
+    const Route& r = routes_.at(id);
+    const uint64_t q = r.queued->load(std::memory_order_relaxed);
+    if (q < best) {
+      best = q;
+      w = r.worker;
+    }
+  }
+  return w;
 }
 
 const transport::Doorbell* Agent::DoorbellFor(std::string_view hint) {
@@ -1226,12 +1718,14 @@ void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
       id = rit->first;
       route = rit->second;
     } else {
-      // Least-queued instance of the service (instances per service are few).
+      // Least-queued instance of the service (instances per service are few); on a tie,
+      // one on the calling worker (no thread hop).
       uint64_t best = UINT64_MAX;
       for (const std::string& rid : InstancesOf(req.service)) {
         const Route& r = routes_.at(rid);
         uint64_t q = r.queued->load(std::memory_order_relaxed);
-        if (q < best) {
+        if (q < best ||
+            (q == best && current_worker != nullptr && workers_[r.worker].get() == current_worker)) {
           best = q;
           id = rid;
           route = r;

@@ -30,6 +30,7 @@
 #include "core/mutex.h"
 #include "core/status.h"
 #include "transport/frame.h"
+#include "transport/socket.h"
 #include "wasm/engine.h"
 #include "wasm/snapshot.h"
 
@@ -111,6 +112,34 @@ struct AgentStatus {
   std::vector<InstanceStatus> instances;
 };
 
+// Limits of a TCP frame connection owned by a worker (Agent::AdoptTcpConnection); the
+// same roles as transport::internal::SocketLimits of the loop-served frame server.
+struct TcpConnLimits {
+  // Frames with a larger payload close the connection (after a kError frame).
+  uint32_t max_payload_bytes = transport::kMaxPayloadBytes;
+  // Reading pauses while more than this waits to be sent: a peer that pipelines
+  // requests but does not read its replies is slowed down by TCP flow control.
+  size_t pause_reading_output_bytes = 4u << 20;
+  // A reply that would queue more than this (with output already waiting) closes the
+  // connection.
+  size_t max_output_bytes = 128u << 20;
+  // Output waiting and not one byte of it taken by the peer for this long: closed.
+  int64_t write_stall_ns = 30'000'000'000;
+  // How long a connection closed for malformed input keeps discarding what the peer
+  // still sends, so that the kError frame reaches it instead of a reset.
+  int64_t linger_ns = 2'000'000'000;
+};
+
+// Counters of the worker-owned TCP frame connections (GET /v1/info).
+struct TcpConnStats {
+  uint64_t accepted = 0;          // handed to workers, ever
+  uint64_t open = 0;              // now
+  uint64_t moved = 0;             // moved to the worker of their service at the first invoke
+  uint64_t closed_malformed = 0;  // closed for malformed input
+  uint64_t closed_slow = 0;       // closed because the peer did not read its replies
+  uint64_t output_bytes = 0;      // replies waiting to be sent, over all connections, now
+};
+
 class Agent {
  public:
   // Starts the worker threads (each creates its isolate) and, if `data_dir` holds
@@ -184,6 +213,15 @@ class Agent {
   Status AdoptShmConnection(std::unique_ptr<transport::ShmConnection> conn,
                             const transport::Doorbell* doorbell);
 
+  // TCP server side, served by workers (AgentServer with TcpServing::kWorker): hands a
+  // connected socket to a worker (round-robin), which from then on reads it, answers
+  // pings/kMoved/errors, runs the invokes and writes the replies in its own loop. At
+  // its first invoke the connection moves, once, to the worker of an instance of the
+  // service it names, so that later requests to that service take no thread hop.
+  // Any thread. kUnavailable when the agent is shutting down (the socket is closed).
+  Status AdoptTcpConnection(transport::UniqueFd fd, const TcpConnLimits& limits);
+  TcpConnStats tcp_stats() const;
+
   // Test hook: runs `fn` on the worker that owns `instance_id`, with its engine
   // instance, and waits.
   Status RunOnInstanceForTest(const std::string& instance_id,
@@ -196,6 +234,7 @@ class Agent {
   class CallingHost;
   struct OutCall;
   struct ServerConn;
+  struct TcpConn;
   struct Route {
     int worker;
     std::shared_ptr<const Service> service;
@@ -237,7 +276,12 @@ class Agent {
                                                   const dataplane::InstanceLocation& loc);
   void ServeShmFrame(WorkerThread* wt, const std::shared_ptr<ServerConn>& sc,
                      transport::Frame f);
+  // A request that arrived on a TCP connection owned by `wt`. Returns false if the
+  // connection moved to another worker instead (which serves `f`).
+  bool ServeTcpFrame(WorkerThread* wt, const std::shared_ptr<TcpConn>& c, transport::Frame f);
   int WorkerForHint(std::string_view hint) EXCLUDES(mu_);
+  // The worker of the least-queued instance of `service`; -1 if it has none.
+  int WorkerForService(const std::string& service) EXCLUDES(mu_);
   static uint64_t& wt_rng_state();
 
   AgentOptions options_;
@@ -258,6 +302,11 @@ class Agent {
   dataplane::LinkTable links_;
   std::atomic<uint64_t> call_counts_[4] = {};
   std::atomic<uint64_t> moved_{0};
+  struct TcpCounters {
+    std::atomic<uint64_t> accepted{0}, open{0}, moved{0}, closed_malformed{0}, closed_slow{0},
+        output_bytes{0};
+  };
+  TcpCounters tcp_;
 };
 
 // The data-plane protocol, shared by the TCP (agent_server.cc) and shared-memory
@@ -267,8 +316,9 @@ class Agent {
 // agent does not serve, kMoved for an invoke whose epoch points here at a service that
 // is not here (the caller re-picks). nullopt: an invoke to run.
 std::optional<transport::Frame> AnswerWithoutGuest(Agent* agent, const transport::Frame& f);
-// The request an invoke frame asks for (its budget becomes a deadline from now).
-InvokeRequest RequestFromFrame(transport::Frame&& f);
+// The request an invoke frame asks for. Its budget becomes a deadline counted from
+// `received_ns` (MonoNanos() when the frame arrived; 0 = now).
+InvokeRequest RequestFromFrame(transport::Frame&& f, int64_t received_ns = 0);
 // The kReply or kError frame answering `request_id` with `r`.
 transport::Frame AnswerFrame(uint64_t request_id, InvokeResult&& r);
 

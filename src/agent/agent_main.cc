@@ -45,6 +45,10 @@ int RunAgentCommand(int argc, char** argv) {
   f.Add("call-transport", "auto",
         "transport for calls between services: auto (the fastest the locations allow), "
         "inproc, shm or tcp (forced, for benchmarks and debugging)");
+  f.Add("tcp-serving", "worker",
+        "who serves TCP frame connections: worker (the worker that runs the service reads, "
+        "runs and answers them: no thread hop) or loop (the I/O thread reads and writes "
+        "them and hands each request to a worker)");
   f.Add("locations", "",
         "YAML file with the location table (where other agents' instances run); see "
         "docs/design/dataplane.md");
@@ -59,7 +63,8 @@ int RunAgentCommand(int argc, char** argv) {
         "address other agents and the controller reach this agent at (default: --host)");
   f.Add("config", "",
         "YAML file with any of: device, host, port, admin_port, data_dir, "
-        "workers, log_level, v8_flags, host_id, shm_socket, call_transport, locations "
+        "workers, log_level, v8_flags, host_id, shm_socket, call_transport, tcp_serving, "
+        "locations "
         "(flags given on the command line win)");
   if (int rc = cli::ParseFlagsOrExit(&f, argc, argv, "tern agent", 0, 0); rc >= 0) return rc;
   Config cfg;
@@ -67,7 +72,8 @@ int RunAgentCommand(int argc, char** argv) {
     Result<Config> c = Config::Load(
         f.Get("config"),
         {"device", "host", "port", "admin_port", "data_dir", "workers", "log_level", "v8_flags",
-         "host_id", "shm_socket", "call_transport", "locations", "controller", "kind",
+         "host_id", "shm_socket", "call_transport", "tcp_serving", "locations", "controller",
+         "kind",
          "cores", "speed", "memory_mib", "advertise"});
     if (!c.ok()) {
       std::fprintf(stderr, "tern agent: %s\n", c.status().ToString().c_str());
@@ -141,6 +147,12 @@ int RunAgentCommand(int argc, char** argv) {
     return 2;
   }
   ao.tier_policy = *policy;
+  Result<TcpServing> tcp_serving = ParseTcpServing(str("tcp-serving"));
+  if (!tcp_serving.ok()) {
+    std::fprintf(stderr, "tern agent: --tcp-serving: %s\n",
+                 std::string(tcp_serving.status().message()).c_str());
+    return 2;
+  }
   std::vector<dataplane::InstanceLocation> initial_locations;
   if (!str("locations").empty()) {
     Result<std::vector<dataplane::InstanceLocation>> locs =
@@ -171,6 +183,7 @@ int RunAgentCommand(int argc, char** argv) {
   so.frame_port = static_cast<uint16_t>(*port);
   so.admin_port = static_cast<uint16_t>(*admin_port);
   so.shm_path = shm_socket;
+  so.tcp_serving = *tcp_serving;
   (*agent)->locations().Replace(std::move(initial_locations));
   Result<std::unique_ptr<AgentServer>> server = AgentServer::Start(agent->get(), so);
   if (!server.ok()) {
@@ -183,6 +196,7 @@ int RunAgentCommand(int argc, char** argv) {
                  << (*server)->admin_port() << ", " << ao.workers << " workers"
                  << (shm_socket.empty() ? "" : ", shared memory on " + shm_socket)
                  << ", host " << ao.host << ", calls " << dataplane::TierPolicyName(ao.tier_policy)
+                 << ", TCP served by " << TcpServingName(so.tcp_serving)
                  << (ao.data_dir.empty() ? "" : ", data in " + ao.data_dir);
   std::unique_ptr<Registrar> registrar;
   if (!str("controller").empty()) {

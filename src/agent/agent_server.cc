@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 
 #include <deque>
 #include <nlohmann/json.hpp>
@@ -48,11 +49,26 @@ std::vector<std::string> PathParts(const std::string& path) {
 
 }  // namespace
 
+std::string_view TcpServingName(TcpServing s) {
+  return s == TcpServing::kWorker ? "worker" : "loop";
+}
+
+Result<TcpServing> ParseTcpServing(std::string_view s) {
+  if (s == "worker") return TcpServing::kWorker;
+  if (s == "loop") return TcpServing::kLoop;
+  return InvalidArgumentError(fmt::format(
+      "TCP serving must be 'worker' (workers own their connections) or 'loop' (the I/O "
+      "thread reads and writes them), not '{}'",
+      s));
+}
+
 struct AgentServer::Impl {
   Agent* agent = nullptr;
   AgentServerOptions options;
   std::unique_ptr<transport::EventLoopThread> loop;
-  std::unique_ptr<transport::FrameServer> frames;
+  std::unique_ptr<transport::FrameServer> frames;      // TcpServing::kLoop
+  std::unique_ptr<transport::TcpListener> listener;   // TcpServing::kWorker
+  uint64_t rejected_connections = 0;                  // loop thread (kWorker)
   std::unique_ptr<transport::HttpServer> http;
   std::unique_ptr<TaskThread> admin;
   std::unique_ptr<transport::ShmListener> shm;
@@ -73,6 +89,45 @@ struct AgentServer::Impl {
       Status st = agent->AdoptShmConnection(std::move(*c), chosen);
       if (!st.ok()) TERN_LOG(WARN) << "shared-memory connection dropped: " << st;
     }
+  }
+
+  uint16_t frame_port() const { return frames ? frames->port() : listener->port(); }
+
+  // TcpServing::kWorker: a new connection goes to a worker, which serves it from now on.
+  void OnTcpAccept(transport::UniqueFd fd) {
+    if (agent->tcp_stats().open >= options.max_frame_connections) {
+      ++rejected_connections;
+      Status why = ResourceExhaustedError(fmt::format(
+          "server has too many connections (limit {}); try later", options.max_frame_connections));
+      TERN_LOG(WARN) << "rejecting connection from " << transport::PeerAddress(fd.get()) << ": "
+                     << why;
+      // A fresh socket's send buffer takes one small frame; then it closes.
+      std::string bytes;
+      if (transport::EncodeFrame(transport::MakeErrorFrame(0, why), &bytes).ok()) {
+        (void)::send(fd.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      }
+      return;
+    }
+    Status st = agent->AdoptTcpConnection(std::move(fd), options.tcp_limits);
+    if (!st.ok()) TERN_LOG(WARN) << "TCP frame connection dropped: " << st;
+  }
+
+  nlohmann::json FrameConnectionsJson() {
+    nlohmann::json j{{"serving", TcpServingName(options.tcp_serving)}};
+    if (frames) {
+      j["open"] = frames->connection_count();
+      j["rejected"] = frames->rejected_connections();
+      return j;
+    }
+    TcpConnStats s = agent->tcp_stats();
+    j["accepted"] = s.accepted;
+    j["open"] = s.open;
+    j["rejected"] = rejected_connections;
+    j["moved"] = s.moved;
+    j["closed_malformed"] = s.closed_malformed;
+    j["closed_slow"] = s.closed_slow;
+    j["output_bytes"] = s.output_bytes;
+    return j;
   }
 
   void OnFrame(transport::FrameConnection* conn, Frame f) {
@@ -100,7 +155,8 @@ struct AgentServer::Impl {
                        {"shm", agent->options().shm_path},
                        {"call_transport", dataplane::TierPolicyName(agent->options().tier_policy)},
                        {"calls", calls},
-                       {"frame_port", frames->port()},
+                       {"frame_port", frame_port()},
+                       {"frame_connections", FrameConnectionsJson()},
                        {"admin_port", http ? http->port() : 0},
                        {"workers", agent->options().workers},
                        {"abi", "tern_v1"},
@@ -293,18 +349,30 @@ Result<std::unique_ptr<AgentServer>> AgentServer::Start(Agent* agent,
   transport::EventLoopOptions lo;
   lo.busy_poll = std::chrono::microseconds(options.io_busy_poll_us);
   TERN_ASSIGN_OR_RETURN(impl->loop, transport::EventLoopThread::Create(lo));
-  transport::FrameServerOptions fo;
-  fo.host = options.host;
-  fo.port = options.frame_port;
   Impl* raw = impl.get();
-  auto frames = transport::FrameServer::Start(
-      impl->loop->loop(), fo,
-      [raw](transport::FrameConnection* c, Frame f) { raw->OnFrame(c, std::move(f)); });
-  if (!frames.ok()) {
-    return frames.status().WithPrefix(
-        fmt::format("frame port {}:{}", options.host, options.frame_port));
+  const std::string frame_where = fmt::format("frame port {}:{}", options.host, options.frame_port);
+  if (options.tcp_serving == TcpServing::kLoop) {
+    transport::FrameServerOptions fo;
+    fo.host = options.host;
+    fo.port = options.frame_port;
+    fo.max_connections = options.max_frame_connections;
+    fo.connection.max_payload_bytes = options.tcp_limits.max_payload_bytes;
+    fo.connection.limits.max_output_bytes = options.tcp_limits.max_output_bytes;
+    fo.connection.limits.pause_reading_output_bytes =
+        options.tcp_limits.pause_reading_output_bytes;
+    fo.connection.limits.linger = std::chrono::nanoseconds(options.tcp_limits.linger_ns);
+    auto frames = transport::FrameServer::Start(
+        impl->loop->loop(), fo,
+        [raw](transport::FrameConnection* c, Frame f) { raw->OnFrame(c, std::move(f)); });
+    if (!frames.ok()) return frames.status().WithPrefix(frame_where);
+    impl->frames = std::move(*frames);
+  } else {
+    auto listener = transport::TcpListener::Listen(options.host, options.frame_port);
+    if (!listener.ok()) return listener.status().WithPrefix(frame_where);
+    impl->listener = std::move(*listener);
+    TERN_RETURN_IF_ERROR(impl->listener->StartAccepting(
+        impl->loop->loop(), [raw](transport::UniqueFd fd) { raw->OnTcpAccept(std::move(fd)); }));
   }
-  impl->frames = std::move(*frames);
   transport::HttpServerOptions ho;
   ho.host = options.host;
   ho.port = options.admin_port;
@@ -322,7 +390,7 @@ Result<std::unique_ptr<AgentServer>> AgentServer::Start(Agent* agent,
                                                    [raw](uint32_t) { raw->OnShmReadable(); }));
   }
   agent->SetAddresses(fmt::format("{}:{}", options.host == "0.0.0.0" ? "127.0.0.1" : options.host,
-                                  impl->frames->port()),
+                                  impl->frame_port()),
                       options.shm_path);
   impl->loop->Start();
   return std::unique_ptr<AgentServer>(new AgentServer(std::move(impl)));
@@ -332,17 +400,19 @@ AgentServer::~AgentServer() {
   // 1. Stop the I/O loop: no handler runs any more, so nothing reaches `admin` or the
   //    agent from the network. 2. Finish admin work and let the workers drain; their
   //    replies are posted to the stopped loop and dropped with it (the loop object lives
-  //    until the end). 3. Close the sockets (allowed once the loop is not running).
+  //    until the end); workers close the TCP connections they own. 3. Close the sockets
+  //    (allowed once the loop is not running).
   impl_->loop->Stop();
   impl_->admin.reset();
   impl_->agent->Shutdown();
   impl_->http.reset();
   impl_->frames.reset();
+  impl_->listener.reset();
   if (impl_->shm) impl_->loop->loop()->RemoveFd(impl_->shm->fd());
   impl_->shm.reset();
 }
 
-uint16_t AgentServer::frame_port() const { return impl_->frames->port(); }
+uint16_t AgentServer::frame_port() const { return impl_->frame_port(); }
 uint16_t AgentServer::admin_port() const { return impl_->http->port(); }
 
 }  // namespace tern::agent

@@ -3,8 +3,16 @@
 // operations that block (deploy compiles, snapshots wait for a request boundary), so
 // the I/O loop never waits on a guest.
 //
+// TCP frame connections are served one of two ways (AgentServerOptions::tcp_serving):
+//   worker  the I/O thread only accepts; each connection goes to an agent worker
+//           (Agent::AdoptTcpConnection), which reads, runs and answers it in its own
+//           loop, as it does for shared-memory connections: no thread hop. Default.
+//   loop    the I/O thread reads and writes every connection (transport::FrameServer)
+//           and queues each invoke to a worker: I/O thread → worker → I/O thread.
+//
 // HTTP API (JSON unless noted; errors are {"error": {"code", "code_number", "message"}}):
-//   GET    /v1/info                          device, ports, ABI and tern versions
+//   GET    /v1/info                          device, ports, ABI and tern versions,
+//                                            call counters, frame connection counters
 //   GET    /v1/status                        services, instances, counters
 //   POST   /v1/services                      {"manifest": "<yaml>", "module_b64": "..."}
 //   DELETE /v1/services/{name}
@@ -33,11 +41,16 @@
 #include <memory>
 #include <string>
 
+#include "agent/agent.h"
 #include "core/status.h"
 
 namespace tern::agent {
 
-class Agent;
+// Who reads and writes TCP frame connections (see the top of this file).
+enum class TcpServing { kWorker, kLoop };
+std::string_view TcpServingName(TcpServing s);
+// "worker" or "loop"; kInvalidArgument naming the choices otherwise.
+Result<TcpServing> ParseTcpServing(std::string_view s);
 
 struct AgentServerOptions {
   std::string host = "127.0.0.1";
@@ -48,6 +61,11 @@ struct AgentServerOptions {
   // The I/O thread polls for this long after handling events before blocking: replies
   // from workers then leave without a cross-vCPU wake-up (~35 µs here). 0 = never.
   uint32_t io_busy_poll_us = 100;
+  TcpServing tcp_serving = TcpServing::kWorker;
+  // Limits of each TCP frame connection (output buffering, stalled peers, payloads).
+  TcpConnLimits tcp_limits;
+  // Connections beyond this are sent a kResourceExhausted kError frame and closed.
+  size_t max_frame_connections = 4096;
 };
 
 class AgentServer {

@@ -43,7 +43,8 @@ struct Node {
   std::unique_ptr<AgentServer> server;
 
   static Node Start(const std::string& device, const std::string& host, int workers = 2,
-                    dataplane::TierPolicy policy = dataplane::TierPolicy::kAuto) {
+                    dataplane::TierPolicy policy = dataplane::TierPolicy::kAuto,
+                    TcpServing serving = TcpServing::kWorker) {
     Node n;
     AgentOptions o;
     o.device = device;
@@ -57,6 +58,7 @@ struct Node {
     so.frame_port = 0;
     so.admin_port = 0;
     so.shm_path = tern::testing::TempDir("shm-" + device) + "/shm.sock";
+    so.tcp_serving = serving;
     Result<std::unique_ptr<AgentServer>> s = AgentServer::Start(n.agent.get(), so);
     EXPECT_TRUE(s.ok()) << s.status();
     n.server = std::move(*s);
@@ -270,6 +272,33 @@ TEST(CallsTest, ShmConnectionArrivingWhileTheWorkerWaitsIsServed) {
   EXPECT_EQ(r.reply, "round trip");
   EXPECT_EQ(a.agent->calls_by_tier(Tier::kSharedMemory), 1u);
   EXPECT_EQ(b.agent->calls_by_tier(Tier::kSharedMemory), 1u);
+}
+
+// a → b → a over TCP (other hosts), one worker each: b's call back to a arrives on a
+// new TCP connection while a's only worker waits in the outer call. With worker-owned
+// connections that worker must take the connection on and serve it meanwhile.
+TEST(CallsTest, TcpCallBackIntoTheWaitingWorkerIsServed) {
+  for (TcpServing serving : {TcpServing::kWorker, TcpServing::kLoop}) {
+    SCOPED_TRACE(std::string(TcpServingName(serving)));
+    Node a = Node::Start("a", "h1", /*workers=*/1, dataplane::TierPolicy::kAuto, serving);
+    Node b = Node::Start("b", "h2", /*workers=*/1, dataplane::TierPolicy::kAuto, serving);
+    a.Deploy("relay-a");
+    a.Deploy("back-at-a");
+    b.Deploy("relay-b");
+    Learn(a, b.Locations("relay-b"));
+    Learn(b, a.Locations("back-at-a"));
+    InvokeResult r = Invoke(a.agent.get(), "relay-a", "chain", "relay-b,back-at-a|round trip");
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    EXPECT_EQ(r.reply, "round trip");
+    EXPECT_EQ(a.agent->calls_by_tier(Tier::kTcp), 1u);
+    EXPECT_EQ(b.agent->calls_by_tier(Tier::kTcp), 1u);
+    // And again, on the connections now open, a few times over.
+    for (int i = 0; i < 5; ++i) {
+      r = Invoke(a.agent.get(), "relay-a", "chain", "relay-b,back-at-a|again");
+      ASSERT_TRUE(r.status.ok()) << r.status;
+      EXPECT_EQ(r.reply, "again");
+    }
+  }
 }
 
 TEST(CallsTest, ForcedTierIsUsedOrRefusedWithAReason) {

@@ -1,0 +1,364 @@
+// TCP frame connections of an agent, served by its workers (TcpServing::kWorker, the
+// default) or by the I/O thread (kLoop): pipelining, malformed input, peers that stop
+// reading, deadlines of queued requests, moving a connection to its service's worker,
+// shutdown with connections open. The behaviour both modes share runs on both.
+#include <gtest/gtest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <map>
+#include <thread>
+
+#include "agent/agent.h"
+#include "agent/agent_server.h"
+#include "core/clock.h"
+#include "core/manifest.h"
+#include "testing/test_env.h"
+#include "transport/frame.h"
+#include "transport/frame_client.h"
+#include "transport/socket.h"
+
+namespace tern::agent {
+namespace {
+
+using tern::testing::ReadWasm;
+using tern::testing::SharedEngine;
+using tern::testing::SourcePath;
+using transport::Frame;
+using transport::FrameType;
+
+constexpr auto kTimeout = std::chrono::seconds(10);
+
+// Waits until `cond` holds or `seconds` pass; returns whether it held.
+template <typename Cond>
+bool WaitFor(Cond cond, int seconds = 10) {
+  const int64_t deadline = MonoNanos() + int64_t{seconds} * 1'000'000'000;
+  while (!cond()) {
+    if (MonoNanos() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
+struct Server {
+  std::unique_ptr<Agent> agent;
+  std::unique_ptr<AgentServer> server;
+
+  static Server Start(TcpServing serving, int workers, const TcpConnLimits& limits = {}) {
+    Server s;
+    AgentOptions o;
+    o.device = "tcp-test";
+    o.workers = workers;
+    Result<std::unique_ptr<Agent>> a = Agent::Create(o, SharedEngine());
+    EXPECT_TRUE(a.ok()) << a.status();
+    s.agent = std::move(*a);
+    AgentServerOptions so;
+    so.frame_port = 0;
+    so.admin_port = 0;
+    so.tcp_serving = serving;
+    so.tcp_limits = limits;
+    Result<std::unique_ptr<AgentServer>> srv = AgentServer::Start(s.agent.get(), so);
+    EXPECT_TRUE(srv.ok()) << srv.status();
+    s.server = std::move(*srv);
+    return s;
+  }
+
+  void Deploy(const std::string& name, uint32_t replicas = 1) {
+    Result<Manifest> m = LoadManifest(SourcePath("examples/relay/manifest.yaml"));
+    ASSERT_TRUE(m.ok()) << m.status();
+    m->name = name;
+    m->replicas = replicas;
+    Result<ServiceStatus> st = agent->Deploy(*m, ReadWasm("relay"));
+    ASSERT_TRUE(st.ok()) << st.status();
+  }
+
+  std::unique_ptr<transport::FrameClient> Connect() {
+    Result<std::unique_ptr<transport::FrameClient>> c =
+        transport::FrameClient::Connect("127.0.0.1", server->frame_port());
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? std::move(*c) : nullptr;
+  }
+
+  // A raw connected socket (blocking) to the frame port.
+  transport::UniqueFd RawConnect(int rcvbuf = 0) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    EXPECT_GE(fd, 0);
+    if (rcvbuf > 0) ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(server->frame_port());
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    return transport::UniqueFd(fd);
+  }
+};
+
+Frame Invoke(const std::string& svc, const std::string& handler, const std::string& payload,
+             uint32_t budget_us = 0) {
+  Frame f;
+  f.type = FrameType::kInvoke;
+  f.service = svc;
+  f.handler = handler;
+  f.payload = payload;
+  f.budget_us = budget_us;
+  return f;
+}
+
+// Echo through `c`; true if the reply is right.
+bool EchoWorks(transport::FrameClient* c, const std::string& svc, const std::string& body) {
+  Result<Frame> r = c->Call(Invoke(svc, "echo", body), kTimeout);
+  EXPECT_TRUE(r.ok()) << r.status();
+  return r.ok() && r->type == FrameType::kReply && r->payload == body;
+}
+
+class TcpServingTest : public ::testing::TestWithParam<TcpServing> {};
+
+INSTANTIATE_TEST_SUITE_P(Modes, TcpServingTest,
+                         ::testing::Values(TcpServing::kWorker, TcpServing::kLoop),
+                         [](const ::testing::TestParamInfo<TcpServing>& i) {
+                           return std::string(TcpServingName(i.param));
+                         });
+
+// Many requests in flight on one connection, to two instances on two workers (one of
+// them slow at first), plus pings: every answer comes back once, matched by its id.
+TEST_P(TcpServingTest, PipelinedRequestsAreAnsweredById) {
+  Server s = Server::Start(GetParam(), /*workers=*/2);
+  s.Deploy("svc", /*replicas=*/2);
+  auto c = s.Connect();
+  ASSERT_NE(c, nullptr);
+  std::map<uint64_t, std::string> want;
+  // A slow request first: later ones overtake it on the other instance.
+  Result<uint64_t> slow = c->Send(Invoke("svc", "sleep", "50"));
+  ASSERT_TRUE(slow.ok()) << slow.status();
+  want[*slow] = "slept";
+  constexpr int kRequests = 300;
+  for (int i = 0; i < kRequests; ++i) {
+    Frame f = i % 50 == 7 ? Frame{} : Invoke("svc", "echo", "req-" + std::to_string(i));
+    if (i % 50 == 7) {
+      f.type = FrameType::kPing;
+      f.payload = "ping-" + std::to_string(i);
+    }
+    Result<uint64_t> id = c->Send(f);
+    ASSERT_TRUE(id.ok()) << id.status();
+    want[*id] = f.payload.empty() ? "" : f.payload;
+  }
+  std::vector<uint64_t> order;
+  while (!want.empty()) {
+    Result<Frame> r = c->Receive(kTimeout);
+    ASSERT_TRUE(r.ok()) << r.status() << " with " << want.size() << " answers missing";
+    auto it = want.find(r->request_id);
+    ASSERT_NE(it, want.end()) << "an answer for unknown or already answered id " << r->request_id;
+    EXPECT_TRUE(r->type == FrameType::kReply || r->type == FrameType::kPong)
+        << transport::FrameTypeName(r->type) << ": " << r->payload;
+    EXPECT_EQ(r->payload, it->second) << "id " << r->request_id;
+    order.push_back(r->request_id);
+    want.erase(it);
+  }
+  // The slow request did not hold the others up: it is not the first answer.
+  EXPECT_NE(order.front(), *slow);
+  if (GetParam() == TcpServing::kWorker) {
+    EXPECT_EQ(s.agent->tcp_stats().accepted, 1u);
+    EXPECT_EQ(s.agent->tcp_stats().open, 1u);
+  }
+}
+
+TEST_P(TcpServingTest, MalformedFrameClosesOnlyThatConnection) {
+  Server s = Server::Start(GetParam(), /*workers=*/1);
+  s.Deploy("svc");
+  auto good = s.Connect();
+  ASSERT_NE(good, nullptr);
+  ASSERT_TRUE(EchoWorks(good.get(), "svc", "before"));
+
+  transport::UniqueFd bad = s.RawConnect();
+  const char junk[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(::send(bad.get(), junk, sizeof(junk) - 1, MSG_NOSIGNAL),
+            static_cast<ssize_t>(sizeof(junk) - 1));
+  timeval tv{10, 0};
+  ::setsockopt(bad.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  // The peer gets a kError frame for the whole connection (request id 0), then EOF.
+  std::string got;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::recv(bad.get(), buf, sizeof(buf), 0);
+    if (n <= 0) {
+      ASSERT_EQ(n, 0) << "expected EOF, got errno " << errno;
+      break;
+    }
+    got.append(buf, static_cast<size_t>(n));
+  }
+  transport::FrameDecoder d;
+  d.Feed(got);
+  Frame f;
+  Result<bool> one = d.Next(&f);
+  ASSERT_TRUE(one.ok() && *one) << "no frame before the close (" << got.size() << " bytes)";
+  EXPECT_EQ(f.type, FrameType::kError);
+  EXPECT_EQ(f.request_id, 0u);
+  EXPECT_EQ(transport::ErrorFrameStatus(f).code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(f.payload.find("magic"), std::string::npos) << f.payload;
+
+  EXPECT_TRUE(EchoWorks(good.get(), "svc", "after"));
+  auto fresh = s.Connect();
+  ASSERT_NE(fresh, nullptr);
+  EXPECT_TRUE(EchoWorks(fresh.get(), "svc", "new connection"));
+  if (GetParam() == TcpServing::kWorker) {
+    EXPECT_EQ(s.agent->tcp_stats().closed_malformed, 1u);
+    EXPECT_TRUE(WaitFor([&] { return s.agent->tcp_stats().open == 2; }));
+  }
+}
+
+// A request still queued at its deadline (budget_us) is answered kDeadlineExceeded and
+// never runs; the one ahead of it is answered normally.
+TEST_P(TcpServingTest, DeadlineExpiresWhileQueued) {
+  Server s = Server::Start(GetParam(), /*workers=*/1);
+  s.Deploy("svc");
+  auto c = s.Connect();
+  ASSERT_NE(c, nullptr);
+  // Bytes that reach the agent before it accepted the connection are dated by their
+  // read (the kernel timestamps them only once the socket asks): start with a ping.
+  ASSERT_TRUE(c->Ping(kTimeout).ok());
+  Result<uint64_t> slow = c->Send(Invoke("svc", "sleep", "200"));
+  ASSERT_TRUE(slow.ok());
+  // With worker serving, the late request may wait in the socket while the worker runs
+  // the slow one; its budget still counts from its arrival.
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  Result<uint64_t> late = c->Send(Invoke("svc", "echo", "too late", /*budget_us=*/20'000));
+  ASSERT_TRUE(late.ok());
+  std::map<uint64_t, Frame> got;
+  while (got.size() < 2) {
+    Result<Frame> r = c->Receive(kTimeout);
+    ASSERT_TRUE(r.ok()) << r.status();
+    got[r->request_id] = *r;
+  }
+  EXPECT_EQ(got[*slow].type, FrameType::kReply);
+  EXPECT_EQ(got[*slow].payload, "slept");
+  Status st = transport::ErrorFrameStatus(got[*late]);
+  EXPECT_EQ(st.code(), StatusCode::kDeadlineExceeded) << st;
+  EXPECT_NE(st.message().find("not run"), std::string_view::npos) << st;
+  EXPECT_EQ(s.agent->GetStatus().instances.at(0).expired, 1u);
+}
+
+// Destroying the server with connections open (one with a request running) closes
+// them: every client sees the connection end, and the shutdown does not hang.
+TEST_P(TcpServingTest, ShutdownWithConnectionsOpen) {
+  Server s = Server::Start(GetParam(), /*workers=*/2);
+  s.Deploy("svc", 2);
+  std::vector<std::unique_ptr<transport::FrameClient>> clients;
+  for (int i = 0; i < 4; ++i) {
+    clients.push_back(s.Connect());
+    ASSERT_NE(clients.back(), nullptr);
+    ASSERT_TRUE(EchoWorks(clients.back().get(), "svc", "hi"));
+  }
+  ASSERT_TRUE(clients[0]->Send(Invoke("svc", "sleep", "100")).ok());
+  ASSERT_TRUE(clients[0]->Flush(kTimeout).ok());
+  const int64_t t0 = MonoNanos();
+  s.server.reset();
+  s.agent.reset();
+  EXPECT_LT(MonoNanos() - t0, 5'000'000'000) << "shutdown took too long";
+  for (size_t i = 0; i < clients.size(); ++i) {
+    // The running request may have been answered before the close; after that, or for
+    // the idle ones at once, the connection is gone.
+    Result<Frame> r = clients[i]->Receive(kTimeout);
+    if (i == 0 && r.ok()) {
+      // Answered before the close: run, or refused as the agent stopped.
+      if (r->type == FrameType::kReply) {
+        EXPECT_EQ(r->payload, "slept");
+      } else {
+        EXPECT_EQ(transport::ErrorFrameStatus(*r).code(), StatusCode::kUnavailable);
+      }
+      r = clients[i]->Receive(kTimeout);
+    }
+    ASSERT_FALSE(r.ok()) << "client " << i << " got a frame after shutdown";
+    EXPECT_EQ(r.status().code(), StatusCode::kUnavailable) << "client " << i << ": " << r.status();
+  }
+}
+
+// Worker serving: a connection starts on a worker picked round-robin and moves, at its
+// first invoke, to the worker of the service it calls.
+TEST(TcpWorkerServingTest, ConnectionMovesToTheWorkerOfItsService) {
+  Server s = Server::Start(TcpServing::kWorker, /*workers=*/2);
+  s.Deploy("first");   // worker 0
+  s.Deploy("second");  // worker 1
+  auto c0 = s.Connect();  // connections go to worker 0, then 1
+  auto c1 = s.Connect();
+  ASSERT_NE(c0, nullptr);
+  ASSERT_NE(c1, nullptr);
+  ASSERT_TRUE(WaitFor([&] { return s.agent->tcp_stats().accepted == 2; }));
+  // c0 starts on worker 0 and calls `second` (worker 1): it moves. c1 starts on worker
+  // 1 and also calls `second`: it stays.
+  ASSERT_TRUE(c0->Ping(kTimeout).ok());
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(EchoWorks(c0.get(), "second", "c0-" + std::to_string(i)));
+    ASSERT_TRUE(EchoWorks(c1.get(), "second", "c1-" + std::to_string(i)));
+  }
+  EXPECT_EQ(s.agent->tcp_stats().moved, 1u);
+  // Once placed, a connection stays: other services are still served from there.
+  EXPECT_TRUE(EchoWorks(c0.get(), "first", "elsewhere"));
+  EXPECT_EQ(s.agent->tcp_stats().moved, 1u);
+  ASSERT_TRUE(c0->Ping(kTimeout).ok());
+}
+
+// Worker serving: a peer that sends requests and never reads the replies. The worker
+// stops reading it once its output passes the limit (so TCP flow control stops the
+// peer and memory stays bounded), other connections keep working, and after
+// write_stall_ns without progress the connection is closed.
+TEST(TcpWorkerServingTest, PeerThatStopsReadingIsPausedThenClosed) {
+  TcpConnLimits limits;
+  limits.pause_reading_output_bytes = 256u << 10;
+  limits.max_output_bytes = 8u << 20;
+  limits.write_stall_ns = 1'000'000'000;
+  Server s = Server::Start(TcpServing::kWorker, /*workers=*/1, limits);
+  s.Deploy("svc");
+  transport::UniqueFd hog = s.RawConnect(/*rcvbuf=*/64 << 10);
+  ASSERT_TRUE(transport::SetNonBlocking(hog.get()).ok());
+  std::string frame;
+  ASSERT_TRUE(transport::EncodeFrame(Invoke("svc", "echo", std::string(32 << 10, 'h')), &frame).ok());
+  // Send until the agent has not taken a byte for 300 ms (it stopped reading), with a
+  // cap far above what kernel buffers plus the agent's limits can hold.
+  constexpr size_t kCap = 256u << 20;
+  size_t sent = 0, off = 0;
+  int64_t last_progress = MonoNanos();
+  while (MonoNanos() - last_progress < 300'000'000) {
+    ASSERT_LT(sent, kCap) << "the agent kept reading from a peer that reads nothing";
+    ssize_t n = ::send(hog.get(), frame.data() + off, frame.size() - off, MSG_NOSIGNAL);
+    if (n > 0) {
+      sent += static_cast<size_t>(n);
+      off = (off + static_cast<size_t>(n)) % frame.size();
+      last_progress = MonoNanos();
+      continue;
+    }
+    ASSERT_TRUE(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) << "send: errno " << errno;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  const TcpConnStats paused = s.agent->tcp_stats();
+  EXPECT_LE(paused.output_bytes, limits.max_output_bytes)
+      << "replies buffered for a peer that does not read";
+  EXPECT_GE(paused.output_bytes, limits.pause_reading_output_bytes)
+      << "reading stopped before the output limit was reached (sent " << sent << " bytes)";
+  EXPECT_EQ(paused.closed_slow, 0u);
+  // Another connection is served meanwhile.
+  auto other = s.Connect();
+  ASSERT_NE(other, nullptr);
+  EXPECT_TRUE(EchoWorks(other.get(), "svc", "still here"));
+  // The stalled peer is closed after write_stall_ns.
+  ASSERT_TRUE(WaitFor([&] { return s.agent->tcp_stats().closed_slow == 1; }))
+      << "a peer that read nothing for long was not closed";
+  EXPECT_TRUE(WaitFor([&] { return s.agent->tcp_stats().open == 1; }));
+  EXPECT_EQ(s.agent->tcp_stats().output_bytes, 0u);
+  EXPECT_TRUE(EchoWorks(other.get(), "svc", "after the close"));
+}
+
+TEST(TcpServingNamesTest, ParseAndName) {
+  EXPECT_EQ(*ParseTcpServing("worker"), TcpServing::kWorker);
+  EXPECT_EQ(*ParseTcpServing("loop"), TcpServing::kLoop);
+  Result<TcpServing> bad = ParseTcpServing("threads");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("'threads'"), std::string_view::npos);
+  EXPECT_EQ(TcpServingName(TcpServing::kWorker), "worker");
+}
+
+}  // namespace
+}  // namespace tern::agent
