@@ -377,8 +377,9 @@ struct Controller::Impl {
     return Status::Ok();
   }
 
-  // Next instance id of a service: a counter in the store, so ids are never reused.
-  Result<std::string> NextInstanceId(const std::string& service) {
+  // Reserves `count` instance numbers of a service at once (a counter in the store, so
+  // ids are never reused); returns the first.
+  Result<int64_t> ReserveInstanceIds(const std::string& service, int64_t count) {
     std::string key = std::string(kSeqPrefix) + service;
     for (int attempt = 0; attempt < 16; ++attempt) {
       TERN_ASSIGN_OR_RETURN(std::optional<store::KeyValue> cur, store->Get(key));
@@ -388,11 +389,10 @@ struct Controller::Impl {
         n = std::strtoll(cur->value.c_str(), nullptr, 10);
         rev = cur->mod_revision;
       }
-      ++n;
       TERN_ASSIGN_OR_RETURN(store::ClusterStore::ApplyResult r,
                             store->Apply({store::Compare{key, rev}},
-                                         {store::Op::Put(key, std::to_string(n))}));
-      if (r.applied) return MakeInstanceId(service, static_cast<uint64_t>(n));
+                                         {store::Op::Put(key, std::to_string(n + count))}));
+      if (r.applied) return n + 1;
     }
     return AbortedError("could not allocate an instance id (contention)");
   }
@@ -476,7 +476,7 @@ struct Controller::Impl {
         return;
       }
       case Action::Kind::kCreate: {
-        Result<std::string> id = NextInstanceId(a.service);
+        Result<std::string> id = TakeInstanceId(a.service);
         if (!id.ok()) {
           Fail(a, id.status());
           return;
@@ -500,9 +500,30 @@ struct Controller::Impl {
     }
   }
 
+  // Instance numbers reserved for this round's creations, per service.
+  std::map<std::string, std::pair</*next*/ int64_t, /*end*/ int64_t>> reserved_ids;
+
+  Result<std::string> TakeInstanceId(const std::string& service) {
+    auto it = reserved_ids.find(service);
+    if (it == reserved_ids.end() || it->second.first >= it->second.second) {
+      return InternalError("no instance id reserved for " + service);
+    }
+    return MakeInstanceId(service, static_cast<uint64_t>(it->second.first++));
+  }
+
   Status Reconcile() {
     TERN_ASSIGN_OR_RETURN(ClusterView view, LoadView());
     Plan plan = PlanReconcile(view);
+    // One store round trip per service for the ids of all its new instances.
+    std::map<std::string, int64_t> creates;
+    for (const Action& a : plan.actions) {
+      if (a.kind == Action::Kind::kCreate) ++creates[a.service];
+    }
+    reserved_ids.clear();
+    for (const auto& [service, n] : creates) {
+      Result<int64_t> first = ReserveInstanceIds(service, n);
+      if (first.ok()) reserved_ids[service] = {*first, *first + n};
+    }
     for (const Action& a : plan.actions) Execute(view, a);
     if (!plan.actions.empty()) {
       TERN_ASSIGN_OR_RETURN(view, LoadView());
