@@ -20,10 +20,14 @@
 #include "core/file.h"
 #include "core/ids.h"
 #include "core/logging.h"
+#include "storage/dataset_store.h"
 #include "transport/shm.h"
 #include "wasm/dirty_tracker.h"
 
 namespace tern::agent {
+
+// The pseudo-service of dataset requests between agents (AnswerDataFrame).
+constexpr char kDataService[] = "$data";
 
 // ---------------------------------------------------------------------------------
 // Service and Slot
@@ -93,6 +97,7 @@ class RequestHost : public wasm::HostCalls {
   }
 
   std::string& reply() { return reply_; }
+  const std::string& instance_id() const { return instance_id_; }
   // True if `s` is the failure the guest itself reported (a clean request boundary).
   bool IsGuestFailure(const Status& s) const { return guest_failed_ && s.code() == guest_code_; }
 
@@ -1027,8 +1032,74 @@ class Agent::CallingHost final : public RequestHost {
     calls_[static_cast<size_t>(handle - 1)].reset();
   }
 
+  // Datasets: this device's store when it keeps the dataset, else its owner's over the
+  // data plane, in chunks.
+  int64_t DataRead(std::string_view dataset, std::string_view key, uint64_t offset, uint32_t len,
+                   std::string* out) override {
+    std::string ds(dataset), k(key);
+    if (!storage::ValidateDatasetName(ds).ok() || !storage::ValidateObjectKey(k).ok()) {
+      return -static_cast<int64_t>(StatusCode::kInvalidArgument);
+    }
+    storage::DatasetStore* local = agent_->datasets();
+    if (local != nullptr && local->HasDataset(ds)) {
+      Result<std::string> r = local->Read(ds, k, offset, len);
+      if (!r.ok()) return -static_cast<int64_t>(r.status().code());
+      agent_->CountData(instance_id(), r->size(), 0, "");
+      *out = std::move(*r);
+      return static_cast<int64_t>(out->size());
+    }
+    out->clear();
+    uint64_t pos = offset;
+    uint32_t left = len;
+    do {
+      uint32_t chunk = std::min<uint32_t>(left, kDataChunk);
+      Result<std::string> r = agent_->RemoteData(wt_, req_, instance_id(), "read", ds, k, pos, chunk);
+      if (!r.ok()) return -static_cast<int64_t>(r.status().code());
+      out->append(*r);
+      pos += r->size();
+      left -= static_cast<uint32_t>(r->size());
+      if (r->size() < chunk) break;  // the end of the object
+    } while (left > 0);
+    return static_cast<int64_t>(out->size());
+  }
+
+  int64_t DataSize(std::string_view dataset, std::string_view key) override {
+    std::string ds(dataset), k(key);
+    if (!storage::ValidateDatasetName(ds).ok() || !storage::ValidateObjectKey(k).ok()) {
+      return -static_cast<int64_t>(StatusCode::kInvalidArgument);
+    }
+    storage::DatasetStore* local = agent_->datasets();
+    if (local != nullptr && local->HasDataset(ds)) {
+      Result<uint64_t> n = local->Size(ds, k);
+      return n.ok() ? static_cast<int64_t>(*n) : -static_cast<int64_t>(n.status().code());
+    }
+    Result<std::string> r = agent_->RemoteData(wt_, req_, instance_id(), "size", ds, k, 0, 0);
+    if (!r.ok()) return -static_cast<int64_t>(r.status().code());
+    return static_cast<int64_t>(std::strtoull(r->c_str(), nullptr, 10));
+  }
+
+  int64_t DataList(std::string_view dataset, std::string* out) override {
+    std::string ds(dataset);
+    if (!storage::ValidateDatasetName(ds).ok()) {
+      return -static_cast<int64_t>(StatusCode::kInvalidArgument);
+    }
+    storage::DatasetStore* local = agent_->datasets();
+    if (local != nullptr && local->HasDataset(ds)) {
+      Result<std::vector<storage::ObjectInfo>> objs = local->List(ds);
+      if (!objs.ok()) return -static_cast<int64_t>(objs.status().code());
+      for (const storage::ObjectInfo& o : *objs) *out += fmt::format("{}\t{}\n", o.key, o.size);
+      return 0;
+    }
+    Result<std::string> r = agent_->RemoteData(wt_, req_, instance_id(), "list", ds, "", 0, 0);
+    if (!r.ok()) return -static_cast<int64_t>(r.status().code());
+    *out = std::move(*r);
+    return 0;
+  }
+
  private:
   static constexpr size_t kMaxOpenCalls = 64;  // TERN_MAX_OPEN_CALLS
+  // Remote dataset reads go in requests of at most this many bytes.
+  static constexpr uint32_t kDataChunk = 1u << 20;
 
   OutCall* Get(int32_t handle) {
     if (handle <= 0 || static_cast<size_t>(handle) > calls_.size()) return nullptr;
@@ -1156,6 +1227,15 @@ void Agent::Dispatch(WorkerThread* wt, std::shared_ptr<OutCall> call) {
     return;
   }
 
+  SendRemote(wt, std::move(call), c.tier, c.loc);
+}
+
+void Agent::SendRemote(WorkerThread* wt, std::shared_ptr<OutCall> call, dataplane::Tier tier,
+                       const dataplane::InstanceLocation& loc) {
+  struct {
+    dataplane::Tier tier;
+    const dataplane::InstanceLocation& loc;
+  } c{tier, loc};
   // Shared memory or TCP: through this worker's channel to that agent.
   const std::string key = ChannelKey(c.tier, c.loc);
   OutChannel* ch = wt->FindChannel(key);
@@ -1319,12 +1399,58 @@ TcpConnStats Agent::tcp_stats() const {
   return s;
 }
 
+namespace {
+
+// "$data" frames: dataset requests from other agents' guests, answered from this
+// device's store without a guest. Handler = read | size | list; payload =
+// "dataset\nkey\noffset\nlen" (decimal).
+transport::Frame AnswerDataFrame(Agent* agent, const transport::Frame& f) {
+  std::vector<std::string> p;
+  size_t i = 0;
+  while (p.size() < 4) {
+    size_t j = f.payload.find('\n', i);
+    p.push_back(f.payload.substr(i, j == std::string::npos ? std::string::npos : j - i));
+    if (j == std::string::npos) break;
+    i = j + 1;
+  }
+  auto fail = [&](const Status& s) { return transport::MakeErrorFrame(f.request_id, s); };
+  if (p.size() != 4) return fail(InvalidArgumentError("malformed dataset request"));
+  storage::DatasetStore* st = agent->datasets();
+  if (st == nullptr || !st->HasDataset(p[0])) {
+    return fail(NotFoundError(fmt::format("agent {} does not keep dataset '{}'",
+                                          agent->options().device, p[0])));
+  }
+  transport::Frame out;
+  out.type = transport::FrameType::kReply;
+  out.request_id = f.request_id;
+  if (f.handler == "read") {
+    uint64_t len = std::min<uint64_t>(std::strtoull(p[3].c_str(), nullptr, 10), 16u << 20);
+    Result<std::string> r = st->Read(p[0], p[1], std::strtoull(p[2].c_str(), nullptr, 10), len);
+    if (!r.ok()) return fail(r.status());
+    out.payload = std::move(*r);
+  } else if (f.handler == "size") {
+    Result<uint64_t> n = st->Size(p[0], p[1]);
+    if (!n.ok()) return fail(n.status());
+    out.payload = std::to_string(*n);
+  } else if (f.handler == "list") {
+    Result<std::vector<storage::ObjectInfo>> objs = st->List(p[0]);
+    if (!objs.ok()) return fail(objs.status());
+    for (const storage::ObjectInfo& o : *objs) out.payload += fmt::format("{}\t{}\n", o.key, o.size);
+  } else {
+    return fail(InvalidArgumentError(fmt::format("unknown dataset operation '{}'", f.handler)));
+  }
+  return out;
+}
+
+}  // namespace
+
 std::optional<transport::Frame> AnswerWithoutGuest(Agent* agent, const transport::Frame& f) {
   using transport::FrameType;
   transport::Frame out;
   out.request_id = f.request_id;
   switch (f.type) {
     case FrameType::kInvoke:
+      if (f.service == kDataService) return AnswerDataFrame(agent, f);
       if (f.epoch == 0 || agent->HasService(f.service)) return std::nullopt;
       out.type = FrameType::kMoved;
       return out;
@@ -1432,6 +1558,11 @@ Result<std::unique_ptr<Agent>> Agent::Create(const AgentOptions& options, wasm::
   for (int i = 0; i < options.workers; ++i) {
     TERN_RETURN_IF_ERROR(
         agent->workers_[i]->Start(agent.get()).WithPrefix(fmt::format("starting worker {}", i)));
+  }
+  std::string datasets_dir = options.datasets_dir;
+  if (datasets_dir.empty() && !options.data_dir.empty()) datasets_dir = options.data_dir + "/datasets";
+  if (!datasets_dir.empty()) {
+    TERN_ASSIGN_OR_RETURN(agent->datasets_, storage::DatasetStore::Open(datasets_dir));
   }
   if (!options.data_dir.empty()) {
     TERN_RETURN_IF_ERROR(MakeDirs(options.data_dir + "/services"));
@@ -2028,7 +2159,93 @@ AgentStatus Agent::GetStatus() {
     });
     if (s.ok()) st.instances.insert(st.instances.end(), part.begin(), part.end());
   }
+  MutexLock l(&mu_);
+  for (InstanceStatus& is : st.instances) {
+    auto it = data_counters_.find(is.id);
+    if (it != data_counters_.end()) is.data = it->second;
+  }
   return st;
+}
+
+void Agent::SetDatasetLocations(std::vector<DatasetLocation> locations) {
+  MutexLock l(&mu_);
+  dataset_locations_.clear();
+  for (DatasetLocation& d : locations) {
+    std::string name = d.dataset;
+    dataset_locations_[name] = std::move(d);
+  }
+}
+
+std::vector<DatasetLocation> Agent::DatasetLocations() {
+  MutexLock l(&mu_);
+  std::vector<DatasetLocation> out;
+  for (const auto& [name, d] : dataset_locations_) out.push_back(d);
+  return out;
+}
+
+std::map<std::string, uint64_t> Agent::RemoteDataBytesByHost() {
+  MutexLock l(&mu_);
+  return remote_data_by_host_;
+}
+
+void Agent::CountData(const std::string& instance, uint64_t local, uint64_t remote,
+                      const std::string& remote_host) {
+  MutexLock l(&mu_);
+  DataCounters& c = data_counters_[instance];
+  ++c.reads;
+  c.local_bytes += local;
+  c.remote_bytes += remote;
+  if (remote > 0) remote_data_by_host_[remote_host] += remote;
+}
+
+Result<std::string> Agent::RemoteData(WorkerThread* wt, const InvokeRequest& caller,
+                                      const std::string& instance, const std::string& op, const std::string& dataset,
+                                      const std::string& key, uint64_t offset, uint32_t len) {
+  DatasetLocation where;
+  {
+    MutexLock l(&mu_);
+    auto it = dataset_locations_.find(dataset);
+    if (it == dataset_locations_.end()) {
+      return NotFoundError(fmt::format("no device known to agent {} keeps dataset '{}'",
+                                       options_.device, dataset));
+    }
+    where = it->second;
+  }
+  if (where.agent == options_.device) {
+    return NotFoundError(fmt::format("dataset '{}' is listed as kept here, but is not", dataset));
+  }
+  dataplane::InstanceLocation loc;
+  loc.instance = "$data@" + where.agent;
+  loc.service = kDataService;
+  loc.agent = where.agent;
+  loc.host = where.host;
+  loc.tcp = where.tcp;
+  loc.shm = where.shm;
+  Result<dataplane::Tier> tier =
+      dataplane::SelectTier(dataplane::Self{options_.device, options_.host}, loc,
+                            options_.tier_policy == dataplane::TierPolicy::kForceInProcess
+                                ? dataplane::TierPolicy::kAuto
+                                : options_.tier_policy);
+  if (!tier.ok()) return tier.status();
+  auto call = std::make_shared<OutCall>();
+  call->service = kDataService;
+  call->handler = op;
+  call->payload = fmt::format("{}\n{}\n{}\n{}", dataset, key, offset, len);
+  call->tenant = caller.tenant;
+  int64_t deadline = caller.deadline_ns;
+  if (deadline == 0) deadline = MonoNanos() + options_.call_timeout_ns;
+  call->deadline_ns = deadline;
+  call->instance = loc.instance;
+  call->tier = *tier;
+  std::shared_ptr<OutCall> keep = call;
+  call_counts_[static_cast<int>(*tier)].fetch_add(1, std::memory_order_relaxed);
+  SendRemote(wt, std::move(call), *tier, loc);
+  if (!keep->done.load(std::memory_order_acquire)) wt->WaitCall(keep.get());
+  if (keep->code != StatusCode::kOk) return Status(keep->code, keep->result);
+  if (op == "read") {
+    CountData(instance, 0, keep->result.size(), where.host == options_.host ? "" : where.host);
+  }
+  return std::move(keep->result);
 }
 
 Status Agent::RunOnInstanceForTest(const std::string& instance_id,

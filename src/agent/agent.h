@@ -34,6 +34,10 @@
 #include "wasm/engine.h"
 #include "wasm/snapshot.h"
 
+namespace tern::storage {
+class DatasetStore;
+}
+
 namespace tern::transport {
 class Doorbell;
 class ShmConnection;
@@ -60,6 +64,27 @@ struct AgentOptions {
   dataplane::TierPolicy tier_policy = dataplane::TierPolicy::kAuto;
   // Deadline of a call whose caller has none and gives no timeout.
   int64_t call_timeout_ns = 30'000'000'000;
+
+  // Where this device keeps its datasets (storage/dataset_store.h); "" = <data_dir>/datasets,
+  // or none without a data dir (reads then go to other devices).
+  std::string datasets_dir;
+};
+
+// Where a dataset is kept: the agent that serves it and how to reach it.
+struct DatasetLocation {
+  std::string dataset;
+  std::string agent;
+  std::string host;
+  std::string tcp;
+  std::string shm;
+  bool operator==(const DatasetLocation&) const = default;
+};
+
+// Dataset bytes read by an instance's guests (tern_data_read), by where they came from.
+struct DataCounters {
+  uint64_t reads = 0;
+  uint64_t local_bytes = 0;   // from this device's store
+  uint64_t remote_bytes = 0;  // fetched from another device over the data plane
 };
 
 struct InvokeRequest {
@@ -95,6 +120,7 @@ struct InstanceStatus {
   uint64_t queued = 0;
   int64_t exec_ns_total = 0;
   std::string last_error;
+  DataCounters data;
 };
 
 struct ServiceStatus {
@@ -207,6 +233,15 @@ class Agent {
   }
   uint64_t moved_calls() const { return moved_.load(std::memory_order_relaxed); }
 
+  // Datasets kept by this device (null when it keeps none), and where other devices'
+  // datasets are (fed by the controller; PUT /v1/dataset-locations).
+  storage::DatasetStore* datasets() const { return datasets_.get(); }
+  void SetDatasetLocations(std::vector<DatasetLocation> locations) EXCLUDES(mu_);
+  std::vector<DatasetLocation> DatasetLocations() EXCLUDES(mu_);
+  // Bytes fetched from other devices for guests of this agent, per peer host (the link
+  // crossed; "" = a device of the same host).
+  std::map<std::string, uint64_t> RemoteDataBytesByHost() EXCLUDES(mu_);
+
   // Shared-memory server side: which worker's doorbell a new connection gets (by the
   // instance id the client names as its hint), and handing the connection to it.
   const transport::Doorbell* DoorbellFor(std::string_view hint);
@@ -270,6 +305,17 @@ class Agent {
   // The call path (worker thread `wt`): picks an instance and a tier for `call` and
   // sends it (or runs it, in-process); completes the call at once on errors.
   void Dispatch(WorkerThread* wt, std::shared_ptr<OutCall> call);
+  // Sends `call` to the agent at `loc` over `tier` (shared memory or TCP) through this
+  // worker's channel; completes the call at once on errors.
+  void SendRemote(WorkerThread* wt, std::shared_ptr<OutCall> call, dataplane::Tier tier,
+                  const dataplane::InstanceLocation& loc);
+  // A guest's dataset request (read/size/list) for a dataset kept elsewhere: a "$data"
+  // invoke to its owner, waited for on this worker. Returns the result or a status.
+  Result<std::string> RemoteData(WorkerThread* wt, const InvokeRequest& caller,
+                                 const std::string& instance, const std::string& op, const std::string& dataset,
+                                 const std::string& key, uint64_t offset, uint32_t len);
+  void CountData(const std::string& instance, uint64_t local, uint64_t remote,
+                 const std::string& remote_host) EXCLUDES(mu_);
   // After a kMoved answer: picks again, avoiding the instance that moved.
   void Redispatch(WorkerThread* wt, std::shared_ptr<OutCall> call);
   Result<std::unique_ptr<OutChannel>> OpenChannel(WorkerThread* wt, dataplane::Tier tier,
@@ -297,6 +343,11 @@ class Agent {
   std::map</*service*/ std::string, uint64_t> next_instance_ GUARDED_BY(mu_);
   int next_worker_ GUARDED_BY(mu_) = 0;
   uint64_t next_conn_worker_ GUARDED_BY(mu_) = 0;
+
+  std::unique_ptr<storage::DatasetStore> datasets_;
+  std::map</*dataset*/ std::string, DatasetLocation> dataset_locations_ GUARDED_BY(mu_);
+  std::map</*instance*/ std::string, DataCounters> data_counters_ GUARDED_BY(mu_);
+  std::map</*peer host*/ std::string, uint64_t> remote_data_by_host_ GUARDED_BY(mu_);
 
   dataplane::LocationTable locations_;
   dataplane::LinkTable links_;

@@ -49,6 +49,10 @@ std::string StatusToJson(const AgentStatus& st) {
                              {"dirty_tracking", i.dirty_tracking},
                              {"queued", i.queued},
                              {"exec_ns_total", i.exec_ns_total},
+                             {"data",
+                              {{"reads", i.data.reads},
+                               {"local_bytes", i.data.local_bytes},
+                               {"remote_bytes", i.data.remote_bytes}}},
                              {"last_error", i.last_error}});
   }
   return json{{"device", st.device},

@@ -52,6 +52,9 @@ int RunAgentCommand(int argc, char** argv) {
   f.Add("locations", "",
         "YAML file with the location table (where other agents' instances run); see "
         "docs/design/dataplane.md");
+  f.Add("datasets-dir", "",
+        "where this device keeps its datasets (default: <data-dir>/datasets; none without "
+        "a data dir)");
   f.Add("controller", "",
         "join a cluster: register with the controller(s) at HOST:PORT[,HOST:PORT...] and "
         "heartbeat; the controller then places instances here");
@@ -74,7 +77,7 @@ int RunAgentCommand(int argc, char** argv) {
         {"device", "host", "port", "admin_port", "data_dir", "workers", "log_level", "v8_flags",
          "host_id", "shm_socket", "call_transport", "tcp_serving", "locations", "controller",
          "kind",
-         "cores", "speed", "memory_mib", "advertise"});
+         "cores", "speed", "memory_mib", "advertise", "datasets_dir"});
     if (!c.ok()) {
       std::fprintf(stderr, "tern agent: %s\n", c.status().ToString().c_str());
       return 2;
@@ -140,6 +143,7 @@ int RunAgentCommand(int argc, char** argv) {
   ao.data_dir = str("data-dir");
   ao.workers = static_cast<int>(*workers);
   ao.host = str("host-id");
+  ao.datasets_dir = str("datasets-dir");
   Result<dataplane::TierPolicy> policy = dataplane::ParseTierPolicy(str("call-transport"));
   if (!policy.ok()) {
     std::fprintf(stderr, "tern agent: --call-transport: %s\n",

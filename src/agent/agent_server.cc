@@ -15,6 +15,7 @@
 #include "core/logging.h"
 #include "core/mutex.h"
 #include "core/version.h"
+#include "storage/dataset_store.h"
 #include "core/task_thread.h"
 #include "transport/event_loop.h"
 #include "transport/http.h"
@@ -155,6 +156,8 @@ struct AgentServer::Impl {
                        {"shm", agent->options().shm_path},
                        {"call_transport", dataplane::TierPolicyName(agent->options().tier_policy)},
                        {"calls", calls},
+                       {"data_remote_bytes_by_host", agent->RemoteDataBytesByHost()},
+                       {"datasets_dir", agent->datasets() ? agent->datasets()->root() : ""},
                        {"frame_port", frame_port()},
                        {"frame_connections", FrameConnectionsJson()},
                        {"admin_port", http ? http->port() : 0},
@@ -210,6 +213,49 @@ struct AgentServer::Impl {
       }
       for (auto& [a, b, spec] : links) agent->links().Set(a, b, spec);
       return HttpResponse::Json(200, nlohmann::json{{"links", links.size()}}.dump());
+    });
+    r.Handle("GET", "/v1/dataset-locations", [this](const HttpRequest&) {
+      nlohmann::json out = nlohmann::json::array();
+      for (const DatasetLocation& d : agent->DatasetLocations()) {
+        out.push_back({{"dataset", d.dataset}, {"agent", d.agent}, {"host", d.host},
+                       {"tcp", d.tcp}, {"shm", d.shm}});
+      }
+      return HttpResponse::Json(200, nlohmann::json{{"datasets", out}}.dump());
+    });
+    r.Handle("PUT", "/v1/dataset-locations", [this](const HttpRequest& req) {
+      nlohmann::json j = nlohmann::json::parse(req.body, nullptr, false);
+      if (j.is_discarded() || !j.is_object() || !j.contains("datasets") ||
+          !j["datasets"].is_array()) {
+        return ErrorResponse(InvalidArgumentError(
+            "dataset locations: expected {\"datasets\": [{\"dataset\", \"agent\", \"host\", "
+            "\"tcp\", \"shm\"}]}"));
+      }
+      std::vector<DatasetLocation> locs;
+      for (size_t i = 0; i < j["datasets"].size(); ++i) {
+        const nlohmann::json& d = j["datasets"][i];
+        auto str = [&](const char* k) {
+          return d.is_object() && d.contains(k) && d[k].is_string() ? d[k].get<std::string>()
+                                                                    : std::string();
+        };
+        DatasetLocation l{str("dataset"), str("agent"), str("host"), str("tcp"), str("shm")};
+        if (!storage::ValidateDatasetName(l.dataset).ok() || l.agent.empty() ||
+            (l.tcp.empty() && l.shm.empty())) {
+          return ErrorResponse(InvalidArgumentError(fmt::format(
+              "datasets[{}]: needs a valid \"dataset\", an \"agent\" and \"tcp\" or \"shm\"",
+              i)));
+        }
+        if (l.host.empty()) l.host = l.agent;
+        locs.push_back(std::move(l));
+      }
+      size_t n = locs.size();
+      agent->SetDatasetLocations(std::move(locs));
+      return HttpResponse::Json(200, nlohmann::json{{"datasets", n}}.dump());
+    });
+    r.HandleAsync("*", "/v1/datasets", [this](HttpRequest req, HttpResponder resp) {
+      admin->Post([this, req = std::move(req), resp] { resp.Respond(DatasetOp(req)); });
+    });
+    r.HandleAsync("*", "/v1/datasets/*", [this](HttpRequest req, HttpResponder resp) {
+      admin->Post([this, req = std::move(req), resp] { resp.Respond(DatasetOp(req)); });
     });
     r.HandleAsync("GET", "/v1/status", [this](HttpRequest, HttpResponder resp) {
       admin->Post([this, resp] {
@@ -278,6 +324,71 @@ struct AgentServer::Impl {
     TERN_LOG(INFO) << "deployed " << m->name << " " << m->version << " (" << s->instances.size()
                    << " instances, module " << s->module_hash.substr(0, 12) << ")";
     return HttpResponse::Json(201, ServiceToJson(*s));
+  }
+
+  // /v1/datasets[/DATASET[/KEY]]: this device's datasets (admin thread: puts fsync).
+  HttpResponse DatasetOp(const HttpRequest& req) {
+    storage::DatasetStore* st = agent->datasets();
+    if (st == nullptr) {
+      return ErrorResponse(FailedPreconditionError(fmt::format(
+          "agent {} keeps no datasets (start it with --data-dir or --datasets-dir)",
+          agent->options().device)));
+    }
+    std::vector<std::string> p = PathParts(req.path);  // v1 datasets [DATASET [KEY]]
+    if (p.size() == 2 && req.method == "GET") {
+      Result<std::vector<storage::DatasetInfo>> ds = st->Datasets();
+      if (!ds.ok()) return ErrorResponse(ds.status());
+      nlohmann::json out = nlohmann::json::array();
+      for (const storage::DatasetInfo& d : *ds) {
+        storage::DatasetCounters c = st->counters(d.name);
+        out.push_back({{"name", d.name}, {"objects", d.objects}, {"bytes", d.bytes},
+                       {"reads", c.reads}, {"bytes_read", c.bytes_read}});
+      }
+      return HttpResponse::Json(200, out.dump());
+    }
+    if (p.size() == 3 && req.method == "GET") {
+      Result<std::vector<storage::ObjectInfo>> objs = st->List(p[2]);
+      if (!objs.ok()) return ErrorResponse(objs.status());
+      nlohmann::json out = nlohmann::json::array();
+      for (const storage::ObjectInfo& o : *objs) out.push_back({{"key", o.key}, {"size", o.size}});
+      return HttpResponse::Json(200, out.dump());
+    }
+    if (p.size() == 3 && req.method == "DELETE") {
+      Status s = st->RemoveDataset(p[2]);
+      if (!s.ok()) return ErrorResponse(s);
+      return HttpResponse::Json(200, nlohmann::json{{"removed", p[2]}}.dump());
+    }
+    if (p.size() == 4 && req.method == "PUT") {
+      Status s = st->Put(p[2], p[3], req.body);
+      if (!s.ok()) return ErrorResponse(s);
+      TERN_LOG(INFO) << "dataset object " << p[2] << "/" << p[3] << " stored (" << req.body.size()
+                     << " bytes)";
+      return HttpResponse::Json(
+          201, nlohmann::json{{"dataset", p[2]}, {"key", p[3]}, {"size", req.body.size()}}.dump());
+    }
+    if (p.size() == 4 && req.method == "GET") {
+      uint64_t off = req.Query("offset").empty()
+                         ? 0
+                         : std::strtoull(std::string(req.Query("offset")).c_str(), nullptr, 10);
+      uint64_t len = req.Query("len").empty()
+                         ? storage::kMaxObjectBytes
+                         : std::strtoull(std::string(req.Query("len")).c_str(), nullptr, 10);
+      Result<std::string> r = st->Read(p[2], p[3], off, len);
+      if (!r.ok()) return ErrorResponse(r.status());
+      HttpResponse h;
+      h.content_type = "application/octet-stream";
+      h.body = std::move(*r);
+      return h;
+    }
+    if (p.size() == 4 && req.method == "DELETE") {
+      Status s = st->Remove(p[2], p[3]);
+      if (!s.ok()) return ErrorResponse(s);
+      return HttpResponse::Json(200, nlohmann::json{{"removed", p[2] + "/" + p[3]}}.dump());
+    }
+    return ErrorResponse(NotFoundError(fmt::format(
+        "no route {} {} (GET /v1/datasets[/DATASET[/KEY]], PUT or DELETE "
+        "/v1/datasets/DATASET/KEY, DELETE /v1/datasets/DATASET)",
+        req.method, req.path)));
   }
 
   HttpResponse ServiceOp(const HttpRequest& req) {

@@ -29,6 +29,13 @@
 //   POST   /v1/locations                     upsert entries (older epochs are ignored)
 //   PUT    /v1/links                         emulated links [{"a", "b", "latency",
 //                                            "bandwidth"}] (user-space delay on TCP)
+//   GET    /v1/datasets                      this device's datasets (objects, bytes, reads)
+//   GET    /v1/datasets/{ds}                 its objects; DELETE removes the dataset
+//   PUT    /v1/datasets/{ds}/{key}           store an object (body = bytes; fsync'd)
+//   GET    /v1/datasets/{ds}/{key}           read it (?offset=&len=); DELETE removes it
+//   GET|PUT /v1/dataset-locations            where other devices' datasets are:
+//                                            {"datasets": [{"dataset", "agent", "host",
+//                                            "tcp", "shm"}]} (the controller pushes it)
 // Frames: kInvoke → kReply / kError with the same request id; kPing → kPong; an
 // invoke with a non-zero epoch for a service that is not here → kMoved. The same
 // frames arrive over shared memory (shm_path), served by the agent's workers.

@@ -16,6 +16,7 @@
 #include "core/hash.h"
 #include "core/logging.h"
 #include "core/mutex.h"
+#include "storage/dataset_store.h"
 #include "transport/json_api.h"
 
 namespace tern::agent {
@@ -80,7 +81,18 @@ struct Registrar::Impl {
 
   std::string HeartbeatBody(int64_t lease) const {
     json status = json::parse(StatusToJson(agent->GetStatus()), nullptr, false);
-    return json{{"lease", lease},           {"boot", boot},
+    json datasets = json::array();
+    if (storage::DatasetStore* st = agent->datasets()) {
+      Result<std::vector<storage::DatasetInfo>> ds = st->Datasets();
+      if (ds.ok()) {
+        for (const storage::DatasetInfo& d : *ds) {
+          storage::DatasetCounters c = st->counters(d.name);
+          datasets.push_back({{"name", d.name}, {"objects", d.objects}, {"bytes", d.bytes},
+                              {"bytes_read", c.bytes_read}});
+        }
+      }
+    }
+    return json{{"lease", lease},           {"boot", boot},       {"datasets", datasets},
                 {"cpu_ns", ProcessCpuNs()}, {"rss_bytes", RssBytes()},
                 {"cores", options.cores},   {"status", status}}
         .dump();

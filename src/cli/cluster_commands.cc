@@ -154,6 +154,18 @@ int ClusterPs(const ClusterRecord& c, bool raw_json, int64_t timeout_ms) {
     }
   }
   for (const std::string& p : problems) std::printf("! %s\n", p.c_str());
+  bool any_data = false;
+  for (const json& a : j["agents"]) {
+    if (!a.contains("datasets") || a["datasets"].empty()) continue;
+    if (!any_data) std::printf("\n%-20s %-12s %-8s %-10s %s\n", "DATASET", "DEVICE", "OBJECTS", "SIZE", "SERVED");
+    any_data = true;
+    for (const auto& [name, d] : a["datasets"].items()) {
+      std::printf("%-20s %-12s %-8llu %-10s %s\n", name.c_str(), a.value("device", "").c_str(),
+                  static_cast<unsigned long long>(d.value("objects", uint64_t{0})),
+                  Mib(d.value("bytes", uint64_t{0})).c_str(),
+                  Mib(d.value("bytes_read", uint64_t{0})).c_str());
+    }
+  }
   if (j.contains("events") && !j["events"].empty()) {
     std::printf("\nrecent events:\n");
     const json& ev = j["events"];

@@ -16,6 +16,7 @@ int CmdUp(int argc, char** argv);
 int CmdDown(int argc, char** argv);
 int CmdTopology(int argc, char** argv);
 int CmdLogs(int argc, char** argv);
+int CmdData(int argc, char** argv);  // data_commands.cc
 
 // `replicas` < 0: the manifest's; `devices`: comma-separated allowed devices ("" = any).
 int ClusterDeploy(const ClusterRecord& c, const std::string& manifest_yaml,

@@ -125,6 +125,11 @@ class Up {
     if (o_.name.empty()) o_.name = topo_.name;
     TERN_RETURN_IF_ERROR(emu::ValidateClusterName(o_.name));
     dir_ = ClusterDir(o_.name);
+    // A fresh start: logs, store and sockets of an earlier run go (datasets in data/ stay,
+    // like the disks of a rack that was powered off).
+    for (const char* old : {"/logs", "/store", "/sock", "/etcd.data"}) {
+      TERN_RETURN_IF_ERROR(RemoveTree(dir_ + old));
+    }
     TERN_RETURN_IF_ERROR(MakeDirs(dir_ + "/logs"));
     TERN_RETURN_IF_ERROR(MakeDirs(dir_ + "/sock"));
     TERN_ASSIGN_OR_RETURN(ledger_, emu::Ledger::Open(StateDir(), o_.name));
@@ -277,7 +282,8 @@ class Up {
           "--speed",     fmt::format("{}", d->speed),
           "--memory-mib", std::to_string(std::max<uint64_t>(d->memory_bytes >> 20, 1)),
           "--workers",   std::to_string(workers),
-          "--shm-socket", dir_ + "/sock/" + d->name + ".sock"};
+          "--shm-socket", dir_ + "/sock/" + d->name + ".sock",
+          "--datasets-dir", dir_ + "/data/" + d->name};
       std::string ns = netns_ ? netns_of_.at(d->host) : "";
       TERN_ASSIGN_OR_RETURN(emu::ProcessRecord p, Spawn(d->name, argv, ns, cgroups));
       started.push_back({d, p});

@@ -401,7 +401,8 @@ void PrintTopLevelHelp() {
       "  up          start a cluster from a topology file (controller, gateway, agents)\n"
       "  down        stop it and remove everything it made\n"
       "  topology    check a topology file\n"
-      "  logs        print the log of a device's agent, the controller or the gateway\n\n"
+      "  logs        print the log of a device's agent, the controller or the gateway\n"
+      "  data        put, list, read and remove datasets on storage devices\n\n"
       "roles (long-running processes; `tern up` starts them for you):\n"
       "  agent       the agent of one device (hosts instances, serves calls)\n"
       "  controller  the cluster controller (placement, locations, API)\n"
@@ -439,6 +440,7 @@ int RunClientCommand(int argc, char** argv) {
   if (cmd == "down") return CmdDown(argc, argv);
   if (cmd == "topology") return CmdTopology(argc, argv);
   if (cmd == "logs") return CmdLogs(argc, argv);
+  if (cmd == "data") return CmdData(argc, argv);
   if (cmd == "version" || cmd == "--version") {
     std::printf("tern 0.1.0 (guest ABI tern_v1)\n");
     return 0;

@@ -46,12 +46,39 @@ Result<std::string> AgentClient::Admin(const std::string& method, const std::str
 }
 
 Result<std::string> AgentClient::Info() { return Admin("GET", "/v1/info", "", ""); }
+
+Status AgentClient::PutObject(const std::string& dataset, const std::string& key,
+                              const std::string& bytes) {
+  return Admin("PUT", "/v1/datasets/" + dataset + "/" + key, bytes, "application/octet-stream")
+      .status();
+}
+
+Result<std::string> AgentClient::Datasets() { return Admin("GET", "/v1/datasets", "", ""); }
+
+Result<std::string> AgentClient::ListDataset(const std::string& dataset) {
+  return Admin("GET", "/v1/datasets/" + dataset, "", "");
+}
+
+Result<std::string> AgentClient::ReadObject(const std::string& dataset, const std::string& key,
+                                            uint64_t offset, uint64_t len) {
+  return Admin("GET", fmt::format("/v1/datasets/{}/{}?offset={}&len={}", dataset, key, offset, len),
+               "", "");
+}
+
+Status AgentClient::RemoveObject(const std::string& dataset, const std::string& key) {
+  return Admin("DELETE", "/v1/datasets/" + dataset + (key.empty() ? "" : "/" + key), "", "")
+      .status();
+}
 Result<std::string> AgentClient::StatusJson() { return Admin("GET", "/v1/status", "", ""); }
 
 Result<std::string> AgentClient::Locations() { return Admin("GET", "/v1/locations", "", ""); }
 
 Result<std::string> AgentClient::SetLocations(const std::string& json, bool replace) {
   return Admin(replace ? "PUT" : "POST", "/v1/locations", json, "application/json");
+}
+
+Result<std::string> AgentClient::SetDatasetLocations(const std::string& json) {
+  return Admin("PUT", "/v1/dataset-locations", json, "application/json");
 }
 
 Result<std::string> AgentClient::SetLinks(const std::string& json) {

@@ -37,6 +37,8 @@ class AgentClient {
   Result<std::string> Locations();
   Result<std::string> SetLocations(const std::string& json, bool replace);
   Result<std::string> SetLinks(const std::string& json);
+  // PUT /v1/dataset-locations: {"datasets": [{"dataset", "agent", "host", "tcp", "shm"}]}.
+  Result<std::string> SetDatasetLocations(const std::string& json);
   // Deploys; returns the service JSON (module hash, instances).
   Result<std::string> Deploy(const std::string& manifest_yaml, const std::string& module_bytes,
                              bool start_instances);
@@ -47,6 +49,16 @@ class AgentClient {
   // The snapshot file bytes (docs/formats/snapshot.md).
   Result<std::string> Snapshot(const std::string& instance);
   Status Restore(const std::string& instance, const std::string& snapshot_bytes);
+
+  // Datasets kept by this agent (a storage device's): objects are put, listed, read and
+  // removed through the admin API (/v1/datasets/...).
+  Status PutObject(const std::string& dataset, const std::string& key, const std::string& bytes);
+  Result<std::string> Datasets();                            // JSON: every dataset
+  Result<std::string> ListDataset(const std::string& dataset);  // JSON: its objects
+  Result<std::string> ReadObject(const std::string& dataset, const std::string& key,
+                                 uint64_t offset, uint64_t len);
+  // Removes one object, or the whole dataset when `key` is "".
+  Status RemoveObject(const std::string& dataset, const std::string& key);
 
   // Invokes over the frame protocol (connects to the agent's frame port on first use).
   Result<std::string> Invoke(const std::string& service, const std::string& handler,

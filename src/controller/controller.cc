@@ -73,11 +73,17 @@ struct Telemetry {
     int64_t exec_ns_total = 0;
     uint64_t queued = 0;
     uint64_t memory_bytes = 0;
+    uint64_t data_local_bytes = 0;   // dataset bytes read from its own device
+    uint64_t data_remote_bytes = 0;  // ... fetched from other devices
     double rate = 0;          // requests/s over the last interval
     double mean_exec_us = 0;  // over the last interval
   };
   std::map<std::string, Inst> instances;
   std::set<std::string> services;  // deployed on the agent
+  struct Dataset {
+    uint64_t objects = 0, bytes = 0, bytes_read = 0;
+  };
+  std::map<std::string, Dataset> datasets;  // kept by the agent
 };
 
 // The reconcile thread's connection to one agent.
@@ -88,6 +94,7 @@ struct AgentConn {
   std::set<std::string> deployed;  // "service@module_hash"
   bool synced = false;             // locations and links pushed for this boot
   uint64_t pushed_version = 0;
+  std::string pushed_datasets;     // the dataset-locations document it has
 };
 
 }  // namespace
@@ -548,6 +555,7 @@ struct Controller::Impl {
     // Push the table to every agent that has not seen this version (and the emulated
     // links to agents that are new or restarted).
     std::string doc = dataplane::LocationsToJson(locs);
+    std::string datasets_doc = DatasetLocationsDoc(view);
     for (const auto& [device, a] : view.agents) {
       Result<AgentConn*> c = Conn(a);
       if (!c.ok()) continue;
@@ -565,7 +573,39 @@ struct Controller::Impl {
       (*c)->synced = true;
       (*c)->pushed_version = v;
     }
+    for (const auto& [device, a] : view.agents) {
+      auto it = conns.find(device);
+      if (it == conns.end() || !it->second.synced || it->second.pushed_datasets == datasets_doc) {
+        continue;
+      }
+      Result<std::string> r = it->second.client->SetDatasetLocations(datasets_doc);
+      if (r.ok()) {
+        it->second.pushed_datasets = datasets_doc;
+      } else if (!Quiet(__LINE__, 5)) {
+        TERN_LOG(WARN) << "pushing dataset locations to " << device << ": " << r.status();
+      }
+    }
     return Status::Ok();
+  }
+
+  // Where each dataset is, from what live agents report (the first device by name that
+  // keeps it), as agents' PUT /v1/dataset-locations wants it.
+  std::string DatasetLocationsDoc(const ClusterView& view) {
+    std::map<std::string, const AgentRecord*> owner;
+    {
+      MutexLock l(&pub_mu);
+      for (const auto& [device, t] : telemetry) {
+        auto a = view.agents.find(device);
+        if (a == view.agents.end()) continue;
+        for (const auto& [name, d] : t.datasets) owner.emplace(name, &a->second);
+      }
+    }
+    json out = json::array();
+    for (const auto& [name, a] : owner) {
+      out.push_back({{"dataset", name}, {"agent", a->device}, {"host", a->host},
+                     {"tcp", a->tcp}, {"shm", a->shm}});
+    }
+    return json{{"datasets", out}}.dump();
   }
 
   // ---- API handlers -------------------------------------------------------------------
@@ -639,6 +679,10 @@ struct Controller::Impl {
           x.exec_ns_total = i.value("exec_ns_total", int64_t{0});
           x.queued = i.value("queued", uint64_t{0});
           x.memory_bytes = i.value("memory_bytes", uint64_t{0});
+          if (i.contains("data") && i["data"].is_object()) {
+            x.data_local_bytes = i["data"].value("local_bytes", uint64_t{0});
+            x.data_remote_bytes = i["data"].value("remote_bytes", uint64_t{0});
+          }
         }
       }
       if (st.contains("services") && st["services"].is_array()) {
@@ -647,6 +691,15 @@ struct Controller::Impl {
             t.services.insert(sv["manifest"]["name"].get<std::string>());
           }
         }
+      }
+    }
+    if (j.contains("datasets") && j["datasets"].is_array()) {
+      for (const json& d : j["datasets"]) {
+        if (!d.is_object() || !d.contains("name") || !d["name"].is_string()) continue;
+        Telemetry::Dataset& x = t.datasets[d["name"].get<std::string>()];
+        x.objects = d.value("objects", uint64_t{0});
+        x.bytes = d.value("bytes", uint64_t{0});
+        x.bytes_read = d.value("bytes_read", uint64_t{0});
       }
     }
     MutexLock l(&pub_mu);
@@ -773,9 +826,16 @@ struct Controller::Impl {
           inst[id] = json{{"service", x.service},         {"requests", x.requests},
                           {"failures", x.failures},       {"queued", x.queued},
                           {"memory_bytes", x.memory_bytes}, {"rate", x.rate},
-                          {"mean_exec_us", x.mean_exec_us}};
+                          {"mean_exec_us", x.mean_exec_us},
+                          {"data_local_bytes", x.data_local_bytes},
+                          {"data_remote_bytes", x.data_remote_bytes}};
         }
         j["instances"] = inst;
+        json ds = json::object();
+        for (const auto& [name, d] : t->second.datasets) {
+          ds[name] = json{{"objects", d.objects}, {"bytes", d.bytes}, {"bytes_read", d.bytes_read}};
+        }
+        j["datasets"] = ds;
       }
       out.push_back(j);
     }

@@ -1,10 +1,15 @@
 #include "core/file.h"
 
+#include <fmt/format.h>
+#include <ftw.h>
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstring>
 
 namespace tern {
 
@@ -98,6 +103,25 @@ std::string JoinPath(const std::string& base, const std::string& rel) {
   if (rel.empty() || rel[0] == '/' || base.empty() || base == ".") return rel;
   if (base.back() == '/') return base + rel;
   return base + "/" + rel;
+}
+
+namespace {
+int RemoveEntry(const char* path, const struct stat*, int, struct FTW*) {
+  return ::remove(path) == 0 || errno == ENOENT ? 0 : -1;
+}
+}  // namespace
+
+Status RemoveTree(const std::string& path) {
+  if (path.empty() || path == "/") return InvalidArgumentError("refusing to remove '" + path + "'");
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) {
+    return errno == ENOENT ? Status::Ok()
+                           : InternalError(fmt::format("stat {}: {}", path, std::strerror(errno)));
+  }
+  if (::nftw(path.c_str(), RemoveEntry, 16, FTW_DEPTH | FTW_PHYS) != 0) {
+    return InternalError(fmt::format("removing {}: {}", path, std::strerror(errno)));
+  }
+  return Status::Ok();
 }
 
 }  // namespace tern

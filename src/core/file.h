@@ -18,6 +18,9 @@ Status WriteFileAtomic(const std::string& path, std::string_view data);
 // Creates a directory and its parents (like mkdir -p).
 Status MakeDirs(const std::string& path);
 bool FileExists(const std::string& path);
+// Removes a file or a directory tree (like rm -rf; symlinks are removed, not followed).
+// A missing path is OK.
+Status RemoveTree(const std::string& path);
 // The directory part of a path ("a/b/c.yaml" -> "a/b", "c.yaml" -> ".").
 std::string DirName(const std::string& path);
 // Joins a base directory and a relative path; absolute `rel` is returned as is.

@@ -326,6 +326,12 @@ Result<std::vector<ObjectInfo>> DatasetStore::List(std::string_view dataset) {
   return out;
 }
 
+bool DatasetStore::HasDataset(std::string_view dataset) const {
+  if (!ValidateDatasetName(dataset).ok()) return false;
+  struct stat st {};
+  return ::stat(fmt::format("{}/{}", root_, dataset).c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 Result<std::vector<DatasetInfo>> DatasetStore::Datasets() {
   TERN_ASSIGN_OR_RETURN(std::vector<std::string> names, Entries(root_));
   std::vector<DatasetInfo> out;

@@ -77,6 +77,8 @@ class DatasetStore {
   Result<uint64_t> Size(std::string_view dataset, std::string_view key);
   // The objects of a dataset, sorted by key; kNotFound if there is no such dataset.
   Result<std::vector<ObjectInfo>> List(std::string_view dataset);
+  // Whether the dataset exists here (a directory check: cheap enough per read).
+  bool HasDataset(std::string_view dataset) const;
   // Every dataset, sorted by name.
   Result<std::vector<DatasetInfo>> Datasets();
   // Removes an object; kNotFound if absent. Removing its last object keeps the dataset.
