@@ -47,8 +47,9 @@ std::string Mib(uint64_t bytes) { return fmt::format("{}M", bytes >> 20); }
 
 int ClusterDeploy(const ClusterRecord& c, const std::string& manifest_yaml,
                   const std::string& module, int replicas, const std::string& devices,
-                  int64_t timeout_ms) {
+                  const std::string& placement_json, int64_t timeout_ms) {
   json req{{"manifest", manifest_yaml}, {"module_b64", Base64Encode(module)}};
+  if (!placement_json.empty()) req["placement"] = json::parse(placement_json);
   if (replicas >= 0) req["replicas"] = replicas;
   if (!devices.empty()) {
     json d = json::array();
@@ -231,6 +232,37 @@ int ClusterInvoke(const ClusterRecord& c, const std::string& service, const std:
   std::string by;
   for (const auto& [id, n] : served) by += fmt::format("{}{} {}", by.empty() ? "" : ", ", id, n);
   std::printf("served by: %s\n", by.c_str());
+  return 0;
+}
+
+int CmdExplain(int argc, char** argv) {
+  Flags f("tern explain SERVICE",
+          "Shows where the placement engine would put one more instance of a service, and\n"
+          "why: every device with its predicted p50/p99 latency, energy per request and\n"
+          "bytes moved, and the verdict (chosen, rejected and for what).");
+  f.Add("timeout-ms", "30000", "give up after this many milliseconds");
+  AddClusterFlags(&f);
+  if (int rc = ParseFlagsOrExit(&f, argc, argv, "tern explain", 1, 1); rc >= 0) return rc;
+  Result<std::optional<ClusterRecord>> c = ResolveCluster(f);
+  if (!c.ok()) return CommandFailed(c.status());
+  if (!c->has_value()) {
+    return CommandFailed(FailedPreconditionError("no cluster: `tern up` first, or --controller"));
+  }
+  auto ctl = Controller(**c, 30000);
+  if (!ctl.ok()) return CommandFailed(ctl.status());
+  Result<std::string> r =
+      (*ctl)->Call("GET", "/v1/services/" + f.positional()[0] + "/explain", {});
+  if (!r.ok()) return CommandFailed(r.status());
+  json j = json::parse(*r, nullptr, false);
+  if (j.is_discarded()) return CommandFailed(InternalError("the controller sent malformed JSON"));
+  std::string where;
+  for (const json& i : j["instances"]) {
+    where += fmt::format("{}{} on {}", where.empty() ? "" : ", ", i.value("id", ""),
+                         i.value("device", ""));
+  }
+  std::printf("%s: policy %s; running: %s\n\n%s", j.value("service", "").c_str(),
+              j.value("policy", "").c_str(), where.empty() ? "none" : where.c_str(),
+              j.value("text", "").c_str());
   return 0;
 }
 

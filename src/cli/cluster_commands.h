@@ -19,9 +19,11 @@ int CmdLogs(int argc, char** argv);
 int CmdData(int argc, char** argv);  // data_commands.cc
 
 // `replicas` < 0: the manifest's; `devices`: comma-separated allowed devices ("" = any).
+// `placement_json`: the controller's placement hints ("" = the spread policy).
 int ClusterDeploy(const ClusterRecord& c, const std::string& manifest_yaml,
                   const std::string& module, int replicas, const std::string& devices,
-                  int64_t timeout_ms);
+                  const std::string& placement_json, int64_t timeout_ms);
+int CmdExplain(int argc, char** argv);
 int ClusterPs(const ClusterRecord& c, bool raw_json, int64_t timeout_ms);
 int ClusterInvoke(const ClusterRecord& c, const std::string& service, const std::string& handler,
                   const std::string& payload, int64_t repeat, int64_t timeout_ms);

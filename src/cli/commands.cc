@@ -66,6 +66,13 @@ int CmdDeploy(int argc, char** argv) {
   f.Add("name", "", "deploy under this service name instead of the manifest's `name`");
   f.Add("replicas", "", "number of instances instead of the manifest's `replicas`");
   f.Add("devices", "", "cluster: the devices it may run on, comma-separated (default: any)");
+  f.Add("policy", "",
+        "cluster: let the placement engine place it: latency, energy, balanced, host-only, "
+        "random or data-local (default: spread replicas over devices)");
+  f.Add("cpu-us", "", "placement hint: CPU time per request on a reference core, µs");
+  f.Add("reads", "", "placement hint: dataset bytes read per request, DATASET=BYTES[,...]");
+  f.Add("slo-p99-ms", "", "placement: the p99 latency target, ms");
+  f.Add("rate", "", "placement hint: requests per second per instance");
   AddTargetFlags(&f);
   if (int rc = ParseOrExit(&f, argc, argv, 1, 1); rc >= 0) return rc;
   const std::string manifest_path = f.positional()[0];
@@ -124,7 +131,42 @@ int CmdDeploy(int argc, char** argv) {
     if (!tmo.ok()) return Usage(f, tmo.status());
     int replicas = f.Get("replicas").empty() ? -1 : static_cast<int>(m->replicas);
     if (f.GetBool("no-start")) replicas = 0;
-    return ClusterDeploy(**cluster, *yaml, *bytes, replicas, f.Get("devices"), *tmo);
+    std::string placement;
+    if (!f.Get("policy").empty()) {
+      nlohmann::json p{{"policy", f.Get("policy")}};
+      for (const char* k : {"cpu-us", "slo-p99-ms", "rate"}) {
+        if (f.Get(k).empty()) continue;
+        char* end = nullptr;
+        double v = std::strtod(f.Get(k).c_str(), &end);
+        if (*end != '\0' || !(v >= 0)) {
+          return Usage(f, InvalidArgumentError(fmt::format("--{} must be a number >= 0", k)));
+        }
+        if (std::string(k) == "cpu-us") p["cpu_us"] = v;
+        if (std::string(k) == "slo-p99-ms") p["slo_p99_us"] = v * 1000;
+        if (std::string(k) == "rate") p["rate"] = v;
+      }
+      nlohmann::json reads = nlohmann::json::array();
+      std::string spec = f.Get("reads");
+      for (size_t i = 0; i < spec.size();) {
+        size_t j = spec.find(',', i);
+        if (j == std::string::npos) j = spec.size();
+        std::string one = spec.substr(i, j - i);
+        size_t eq = one.find('=');
+        char* end = nullptr;
+        double v = eq == std::string::npos ? -1 : std::strtod(one.c_str() + eq + 1, &end);
+        if (eq == std::string::npos || *end != '\0' || !(v >= 0)) {
+          return Usage(f, InvalidArgumentError("--reads must be DATASET=BYTES[,DATASET=BYTES]"));
+        }
+        reads.push_back({{"dataset", one.substr(0, eq)}, {"bytes", v}});
+        i = j + 1;
+      }
+      if (!reads.empty()) p["reads"] = reads;
+      placement = p.dump();
+    } else if (!f.Get("cpu-us").empty() || !f.Get("reads").empty() ||
+               !f.Get("slo-p99-ms").empty() || !f.Get("rate").empty()) {
+      return Usage(f, InvalidArgumentError("placement hints need --policy"));
+    }
+    return ClusterDeploy(**cluster, *yaml, *bytes, replicas, f.Get("devices"), placement, *tmo);
   }
   auto c = Connect(f);
   if (!c.ok()) return Fail(c.status());
@@ -402,7 +444,8 @@ void PrintTopLevelHelp() {
       "  down        stop it and remove everything it made\n"
       "  topology    check a topology file\n"
       "  logs        print the log of a device's agent, the controller or the gateway\n"
-      "  data        put, list, read and remove datasets on storage devices\n\n"
+      "  data        put, list, read and remove datasets on storage devices\n"
+      "  explain     where the placement engine would put a service, and why\n\n"
       "roles (long-running processes; `tern up` starts them for you):\n"
       "  agent       the agent of one device (hosts instances, serves calls)\n"
       "  controller  the cluster controller (placement, locations, API)\n"
@@ -441,6 +484,7 @@ int RunClientCommand(int argc, char** argv) {
   if (cmd == "topology") return CmdTopology(argc, argv);
   if (cmd == "logs") return CmdLogs(argc, argv);
   if (cmd == "data") return CmdData(argc, argv);
+  if (cmd == "explain") return CmdExplain(argc, argv);
   if (cmd == "version" || cmd == "--version") {
     std::printf("tern 0.1.0 (guest ABI tern_v1)\n");
     return 0;

@@ -13,7 +13,9 @@
 #include <thread>
 
 #include "client/agent_client.h"
+#include "controller/advisor.h"
 #include "controller/model.h"
+#include "placement/explain.h"
 #include "controller/plan.h"
 #include "core/base64.h"
 #include "core/clock.h"
@@ -75,6 +77,7 @@ struct Telemetry {
     uint64_t memory_bytes = 0;
     uint64_t data_local_bytes = 0;   // dataset bytes read from its own device
     uint64_t data_remote_bytes = 0;  // ... fetched from other devices
+    double data_per_request = 0;  // dataset bytes per request over the last interval
     double rate = 0;          // requests/s over the last interval
     double mean_exec_us = 0;  // over the last interval
   };
@@ -518,8 +521,54 @@ struct Controller::Impl {
     return MakeInstanceId(service, static_cast<uint64_t>(it->second.first++));
   }
 
+  // The placement engine's inputs from telemetry: device utilization, datasets kept,
+  // and per-service measurements.
+  void EngineInputs(const ClusterView& view, std::map<std::string, double>* util,
+                    std::map<std::string, std::vector<std::string>>* datasets,
+                    std::map<std::string, ServiceMeasurement>* measured) {
+    MutexLock l(&pub_mu);
+    for (const auto& [device, t] : telemetry) {
+      if (!view.agents.count(device)) continue;
+      (*util)[device] = t.cpu_util;
+      for (const auto& [name, d] : t.datasets) (*datasets)[device].push_back(name);
+      double speed = view.agents.at(device).speed;
+      for (const auto& [id, x] : t.instances) {
+        if (x.rate <= 0) continue;
+        ServiceMeasurement& m = (*measured)[x.service];
+        double n = x.rate;  // weights: requests per second of this instance
+        double total = m.requests + n;
+        m.cpu_ns_speed1 = (m.cpu_ns_speed1 * m.requests + x.mean_exec_us * 1e3 * speed * n) / total;
+        m.data_bytes = (m.data_bytes * m.requests + x.data_per_request * n) / total;
+        m.rate = std::max(m.rate, x.rate);
+        m.requests = total;
+      }
+    }
+  }
+
+  // The engine's view, and a service's decision under its policy.
+  Result<placement::Decision> AdviseFor(const ClusterView& view, const ServiceRecord& svc) {
+    std::map<std::string, double> util;
+    std::map<std::string, std::vector<std::string>> datasets;
+    std::map<std::string, ServiceMeasurement> measured;
+    EngineInputs(view, &util, &datasets, &measured);
+    TERN_ASSIGN_OR_RETURN(PlacementHints hints, HintsFromJson(svc.placement));
+    placement::ClusterView pv = BuildPlacementView(options.topology.get(), view, util, datasets);
+    auto m = measured.find(svc.name);
+    return Advise(svc, hints, pv,
+                  m == measured.end() ? std::nullopt : std::optional<ServiceMeasurement>(m->second));
+  }
+
   Status Reconcile() {
     TERN_ASSIGN_OR_RETURN(ClusterView view, LoadView());
+    for (const auto& [name, svc] : view.services) {
+      if (svc.placement.empty()) continue;
+      Result<placement::Decision> d = AdviseFor(view, svc);
+      if (!d.ok()) {
+        if (!Quiet(__LINE__, 10)) TERN_LOG(WARN) << "placing " << name << ": " << d.status();
+        continue;
+      }
+      view.ranked[name] = RankedDevices(*d);
+    }
     Plan plan = PlanReconcile(view);
     // One store round trip per service for the ids of all its new instances.
     std::map<std::string, int64_t> creates;
@@ -716,6 +765,10 @@ struct Controller::Impl {
         x.rate = static_cast<double>(dn) / dt;
         x.mean_exec_us =
             dn ? static_cast<double>(x.exec_ns_total - pi->second.exec_ns_total) / dn / 1e3 : 0;
+        uint64_t data_now = x.data_local_bytes + x.data_remote_bytes;
+        uint64_t data_then = pi->second.data_local_bytes + pi->second.data_remote_bytes;
+        x.data_per_request =
+            dn && data_now >= data_then ? static_cast<double>(data_now - data_then) / dn : 0;
       }
     }
     telemetry[device] = std::move(t);
@@ -785,6 +838,11 @@ struct Controller::Impl {
         s.devices.push_back(d.get<std::string>());
       }
     }
+    if (j.contains("placement")) {
+      Result<PlacementHints> h = HintsFromJson(j["placement"].dump());
+      if (!h.ok()) return ErrorResponse(h.status().WithPrefix("deploy"));
+      if (!h->policy.empty()) s.placement = HintsToJson(*h);
+    }
     Result<store::ClusterStore::ApplyResult> w = store->Apply(
         {}, {store::Op::Put(std::string(kModulesPrefix) + s.module_hash, *module),
              store::Op::Put(std::string(kServicesPrefix) + s.name, ToJson(s))});
@@ -807,6 +865,34 @@ struct Controller::Impl {
     Status round = WaitForRound(std::chrono::seconds(60));
     if (!round.ok()) return ErrorResponse(round);
     return HttpResponse::Json(200, json{{"undeployed", name}}.dump());
+  }
+
+  HttpResponse Explain(const std::string& name) {
+    Result<ClusterView> view = LoadView();
+    if (!view.ok()) return ErrorResponse(view.status());
+    auto it = view->services.find(name);
+    if (it == view->services.end()) return ErrorResponse(NotFoundError("no service '" + name + "'"));
+    ServiceRecord svc = it->second;
+    bool spread = svc.placement.empty();
+    if (spread) svc.placement = HintsToJson(PlacementHints{"balanced"});
+    Result<placement::Decision> d = AdviseFor(*view, svc);
+    if (!d.ok()) return ErrorResponse(d.status());
+    std::string text = placement::ExplainDecision(*d);
+    if (spread) {
+      text = "(" + name + " is placed by the spread policy; this is what the balanced policy "
+             "would choose — deploy with --policy to use it)\n" + text;
+    }
+    json running = json::array();
+    for (const auto& [id, p] : view->instances) {
+      if (p.record.service == name) running.push_back({{"id", id}, {"device", p.record.device}});
+    }
+    return HttpResponse::Json(200, json{{"service", name},
+                                        {"policy", placement::PolicyName(d->policy)},
+                                        {"device", d->device},
+                                        {"slo_met", d->slo_met},
+                                        {"instances", running},
+                                        {"text", text}}
+                                       .dump());
   }
 
   json AgentsJson(const ClusterView& view) {
@@ -938,6 +1024,14 @@ struct Controller::Impl {
         for (const auto& [name, s] : view->services) out.push_back(ServiceJson(s, *view));
         resp.Respond(HttpResponse::Json(200, out.dump()));
       });
+    });
+    r.HandleAsync("GET", "/v1/services/*", [this](HttpRequest req, HttpResponder resp) {
+      std::vector<std::string> p = PathParts(req.path);  // v1 services NAME explain
+      if (p.size() != 4 || p[3] != "explain") {
+        return resp.Respond(
+            ErrorResponse(NotFoundError("use GET /v1/services/{name}/explain")));
+      }
+      slow->Post([this, name = p[2], resp] { resp.Respond(Explain(name)); });
     });
     r.HandleAsync("DELETE", "/v1/services/*", [this](HttpRequest req, HttpResponder resp) {
       std::vector<std::string> p = PathParts(req.path);

@@ -22,6 +22,8 @@
 //   GET    /v1/locations?after=V&wait_ms=N   {"version", "locations"}: answers when the
 //                                        version is > V, or after wait_ms (long poll)
 //   GET    /v1/topology                  the topology it was started with (JSON), if any
+//   GET    /v1/services/{name}/explain   the placement engine's decision for one more
+//                                        instance: every candidate and its predicted cost
 //
 // Ownership: borrows the ClusterStore (must outlive it). Thread-safety: Start and the
 // destructor from one thread; everything else is internal (an HTTP loop thread, a task
@@ -37,6 +39,9 @@
 
 namespace tern::store {
 class ClusterStore;
+}
+namespace tern::cluster {
+struct Topology;
 }
 
 namespace tern::controller {
@@ -61,6 +66,9 @@ struct ControllerOptions {
   // Emulated links to push to every agent (PUT /v1/links: [{"a","b","latency",
   // "bandwidth"}]); "" = none.
   std::string links_json;
+  // The topology (power models, reserved shares, datasets, links) the placement engine
+  // prices placements with; null = only what agents register.
+  std::shared_ptr<const cluster::Topology> topology;
 };
 
 class Controller {

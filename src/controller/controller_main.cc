@@ -91,6 +91,7 @@ int RunControllerCommand(int argc, char** argv) {
       return 2;
     }
     o.topology_json = cluster::TopologyToJson(*t);
+    o.topology = std::make_shared<const cluster::Topology>(*t);
     o.links_json = LinksJson(*t);
   }
 

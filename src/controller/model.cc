@@ -67,7 +67,8 @@ std::string ToJson(const ServiceRecord& r) {
               {"replicas", r.replicas},
               {"devices", r.devices},
               {"memory_bytes", r.memory_bytes},
-              {"created_unix_ms", r.created_unix_ms}}
+              {"created_unix_ms", r.created_unix_ms},
+              {"placement", r.placement}}
       .dump();
 }
 
@@ -112,6 +113,7 @@ Result<ServiceRecord> ServiceFromJson(std::string_view text, std::string_view wh
   TERN_RETURN_IF_ERROR(Field(j, "devices", &r.devices, what));
   TERN_RETURN_IF_ERROR(Field(j, "memory_bytes", &r.memory_bytes, what));
   TERN_RETURN_IF_ERROR(Field(j, "created_unix_ms", &r.created_unix_ms, what));
+  TERN_RETURN_IF_ERROR(Field(j, "placement", &r.placement, what));
   return r;
 }
 

@@ -59,6 +59,7 @@ struct ServiceRecord {
   std::vector<std::string> devices;
   uint64_t memory_bytes = 0;  // the manifest's memory cap: what one instance may take
   int64_t created_unix_ms = 0;
+  std::string placement;  // placement hints (advisor.h PlacementHints, JSON); "" = spread
 
   bool operator==(const ServiceRecord&) const = default;
 };

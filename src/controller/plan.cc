@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <optional>
 #include <tuple>
 
 namespace tern::controller {
@@ -24,8 +25,36 @@ void AddUse(UseMap* use, const std::string& device, const ServiceRecord* svc,
 
 }  // namespace
 
+namespace {
+
+// The engine's ranking (view.ranked) applied within the planner's own checks.
+std::optional<std::string> ChooseRanked(const ClusterView& view, const ServiceRecord& svc,
+                                        const UseMap& use) {
+  auto r = view.ranked.find(svc.name);
+  if (r == view.ranked.end()) return std::nullopt;
+  const std::string* fallback = nullptr;
+  for (const std::string& device : r->second) {
+    auto a = view.agents.find(device);
+    if (a == view.agents.end() || !Allowed(svc, device) || view.backoff.count({device, svc.name})) {
+      continue;
+    }
+    auto it = use.find(device);
+    const DeviceUse empty;
+    const DeviceUse& u = it == use.end() ? empty : it->second;
+    if (svc.memory_bytes > 0 && u.memory_bytes + svc.memory_bytes > a->second.memory_bytes) continue;
+    auto same = u.of_service.find(svc.name);
+    if (same == u.of_service.end() || same->second == 0) return device;
+    if (fallback == nullptr) fallback = &device;
+  }
+  if (fallback != nullptr) return *fallback;
+  return std::nullopt;
+}
+
+}  // namespace
+
 Result<std::string> ChooseDevice(const ClusterView& view, const ServiceRecord& svc,
                                  const UseMap& use) {
+  if (std::optional<std::string> d = ChooseRanked(view, svc, use)) return *d;
   const std::string* best = nullptr;
   std::tuple<int, double, std::string> best_key;
   std::vector<std::string> why;

@@ -35,6 +35,9 @@ struct ClusterView {
   std::map</*id*/ std::string, PlacedInstance> instances;
   // (device, service) pairs where starting failed recently: not tried again for now.
   std::set<std::pair<std::string, std::string>> backoff;
+  // Services placed by the placement engine (advisor.h): their devices, best first. The
+  // planner takes the first that fits, preferring devices without a replica yet.
+  std::map</*service*/ std::string, std::vector<std::string>> ranked;
 };
 
 struct Action {
