@@ -73,6 +73,9 @@ int CmdDeploy(int argc, char** argv) {
   f.Add("reads", "", "placement hint: dataset bytes read per request, DATASET=BYTES[,...]");
   f.Add("slo-p99-ms", "", "placement: the p99 latency target, ms");
   f.Add("rate", "", "placement hint: requests per second per instance");
+  f.Add("cv2", "",
+        "placement hint: variability of the CPU time per request, variance/mean^2 (1 = "
+        "exponential, the default; 0 = constant, e.g. a scan of a fixed object)");
   AddTargetFlags(&f);
   if (int rc = ParseOrExit(&f, argc, argv, 1, 1); rc >= 0) return rc;
   const std::string manifest_path = f.positional()[0];
@@ -134,7 +137,7 @@ int CmdDeploy(int argc, char** argv) {
     std::string placement;
     if (!f.Get("policy").empty()) {
       nlohmann::json p{{"policy", f.Get("policy")}};
-      for (const char* k : {"cpu-us", "slo-p99-ms", "rate"}) {
+      for (const char* k : {"cpu-us", "slo-p99-ms", "rate", "cv2"}) {
         if (f.Get(k).empty()) continue;
         char* end = nullptr;
         double v = std::strtod(f.Get(k).c_str(), &end);
@@ -144,6 +147,7 @@ int CmdDeploy(int argc, char** argv) {
         if (std::string(k) == "cpu-us") p["cpu_us"] = v;
         if (std::string(k) == "slo-p99-ms") p["slo_p99_us"] = v * 1000;
         if (std::string(k) == "rate") p["rate"] = v;
+        if (std::string(k) == "cv2") p["cv2"] = v;
       }
       nlohmann::json reads = nlohmann::json::array();
       std::string spec = f.Get("reads");
@@ -163,7 +167,7 @@ int CmdDeploy(int argc, char** argv) {
       if (!reads.empty()) p["reads"] = reads;
       placement = p.dump();
     } else if (!f.Get("cpu-us").empty() || !f.Get("reads").empty() ||
-               !f.Get("slo-p99-ms").empty() || !f.Get("rate").empty()) {
+               !f.Get("slo-p99-ms").empty() || !f.Get("rate").empty() || !f.Get("cv2").empty()) {
       return Usage(f, InvalidArgumentError("placement hints need --policy"));
     }
     return ClusterDeploy(**cluster, *yaml, *bytes, replicas, f.Get("devices"), placement, *tmo);

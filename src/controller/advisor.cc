@@ -18,7 +18,7 @@ std::string HintsToJson(const PlacementHints& h) {
     reads.push_back({{"dataset", r.dataset}, {"bytes", r.bytes_per_request}});
   }
   return json{{"policy", h.policy}, {"cpu_us", h.cpu_us}, {"rate", h.rate},
-              {"slo_p99_us", h.slo_p99_us}, {"reads", reads}}
+              {"slo_p99_us", h.slo_p99_us}, {"cv2", h.cv2}, {"reads", reads}}
       .dump();
 }
 
@@ -40,7 +40,7 @@ Result<PlacementHints> HintsFromJson(std::string_view text) {
   };
   for (const auto& [key, value] : j.items()) {
     if (key != "policy" && key != "cpu_us" && key != "rate" && key != "slo_p99_us" &&
-        key != "reads") {
+        key != "reads" && key != "cv2") {
       return InvalidArgumentError(fmt::format("placement: unknown field '{}'", key));
     }
   }
@@ -54,6 +54,7 @@ Result<PlacementHints> HintsFromJson(std::string_view text) {
   TERN_RETURN_IF_ERROR(number("cpu_us", &h.cpu_us));
   TERN_RETURN_IF_ERROR(number("rate", &h.rate));
   TERN_RETURN_IF_ERROR(number("slo_p99_us", &h.slo_p99_us));
+  TERN_RETURN_IF_ERROR(number("cv2", &h.cv2));
   if (j.contains("reads")) {
     if (!j["reads"].is_array()) return InvalidArgumentError("placement.reads: expected a list");
     for (size_t i = 0; i < j["reads"].size(); ++i) {
@@ -150,6 +151,7 @@ Result<placement::ServiceProfile> BuildProfile(const ServiceRecord& svc,
   p.name = svc.name;
   p.replicas = std::max(svc.replicas, 1);
   p.allowed_devices = svc.devices;
+  p.service_cv2 = hints.cv2;
   if (m && m->requests > 0 && m->cpu_ns_speed1 > 0) {
     placement::Measurement meas;
     meas.cpu_ns_per_request = m->cpu_ns_speed1;

@@ -29,6 +29,9 @@ struct PlacementHints {
   double rate = 0;          // requests/s per instance
   double slo_p99_us = 0;    // 0 = none
   std::vector<placement::DatasetRead> reads;  // bytes per request per dataset
+  // Variability of the CPU time per request (variance / mean²): 1 = exponential (the
+  // cautious default), 0 = always the same (a scan of a fixed object).
+  double cv2 = 1;
 
   bool operator==(const PlacementHints&) const = default;
 };

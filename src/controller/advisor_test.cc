@@ -43,7 +43,7 @@ ServiceRecord Scan(const std::string& hints) {
 }
 
 TEST(AdvisorTest, HintsRoundTripAndBadOnesAreNamed) {
-  PlacementHints h{"latency", 120, 5, 2000, {{"logs", 1e6}}};
+  PlacementHints h{"latency", 120, 5, 2000, {{"logs", 1e6}}, 0.25};
   Result<PlacementHints> back = HintsFromJson(HintsToJson(h));
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(*back, h);
