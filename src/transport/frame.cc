@@ -54,27 +54,6 @@ T Load(const char* p) {
   return ByteSwapIfBig(v);
 }
 
-// CRC-32C tables for slicing-by-8, computed at compile time.
-constexpr uint32_t kCrcPoly = 0x82F63B78;  // reflected Castagnoli polynomial
-struct CrcTables {
-  uint32_t t[8][256];
-};
-constexpr CrcTables MakeCrcTables() {
-  CrcTables tables{};
-  for (uint32_t i = 0; i < 256; ++i) {
-    uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ kCrcPoly : c >> 1;
-    tables.t[0][i] = c;
-  }
-  for (uint32_t i = 0; i < 256; ++i) {
-    for (int s = 1; s < 8; ++s) {
-      uint32_t prev = tables.t[s - 1][i];
-      tables.t[s][i] = (prev >> 8) ^ tables.t[0][prev & 0xff];
-    }
-  }
-  return tables;
-}
-constexpr CrcTables kCrc = MakeCrcTables();
 
 // Grow-and-shrink policy of the decoder buffer.
 constexpr size_t kCompactMinBytes = 4096;
@@ -105,21 +84,6 @@ std::string_view FrameTypeName(FrameType t) {
   return "unknown";
 }
 
-uint32_t Crc32c(const void* data, size_t n, uint32_t crc) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  crc = ~crc;
-  while (n >= 8) {
-    uint32_t lo = Load<uint32_t>(reinterpret_cast<const char*>(p)) ^ crc;
-    uint32_t hi = Load<uint32_t>(reinterpret_cast<const char*>(p) + 4);
-    crc = kCrc.t[7][lo & 0xff] ^ kCrc.t[6][(lo >> 8) & 0xff] ^ kCrc.t[5][(lo >> 16) & 0xff] ^
-          kCrc.t[4][lo >> 24] ^ kCrc.t[3][hi & 0xff] ^ kCrc.t[2][(hi >> 8) & 0xff] ^
-          kCrc.t[1][(hi >> 16) & 0xff] ^ kCrc.t[0][hi >> 24];
-    p += 8;
-    n -= 8;
-  }
-  while (n-- > 0) crc = (crc >> 8) ^ kCrc.t[0][(crc ^ *p++) & 0xff];
-  return ~crc;
-}
 
 Status EncodeFrame(const Frame& f, std::string* out) {
   auto check_name = [](std::string_view what, const std::string& s) -> Status {

@@ -31,6 +31,7 @@
 #include <string>
 #include <string_view>
 
+#include "core/crc32c.h"
 #include "core/status.h"
 
 namespace tern::transport {
@@ -116,8 +117,7 @@ class FrameDecoder {
   Status error_;
 };
 
-// CRC-32C (Castagnoli), software table implementation (slicing-by-8). Chains:
-// Crc32c(b, nb, Crc32c(a, na)) == Crc32c(a ++ b).
-uint32_t Crc32c(const void* data, size_t n, uint32_t crc = 0);
+// CRC-32C of the header: core/crc32c.h (hardware-accelerated).
+using ::tern::Crc32c;
 
 }  // namespace tern::transport

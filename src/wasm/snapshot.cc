@@ -5,10 +5,10 @@
 #include <array>
 #include <cstring>
 
+#include "core/crc32c.h"
 #include "core/file.h"
 
 #if defined(__x86_64__)
-#include <nmmintrin.h>
 #endif
 
 namespace tern::wasm {
@@ -30,63 +30,8 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the format is little-e
 
 size_t Align8(size_t n) { return (n + 7) & ~size_t{7}; }
 
-// --- CRC32C (Castagnoli), reflected polynomial 0x82f63b78 ---
-
-struct Crc32cTable {
-  std::array<std::array<uint32_t, 256>, 8> t{};
-  constexpr Crc32cTable() {
-    for (uint32_t i = 0; i < 256; ++i) {
-      uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82f63b78u : c >> 1;
-      t[0][i] = c;
-    }
-    for (uint32_t i = 0; i < 256; ++i) {
-      for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xff];
-    }
-  }
-};
-constexpr Crc32cTable kCrcTable;
-
-uint32_t Crc32cSoftware(uint32_t crc, const uint8_t* p, size_t n) {
-  const auto& t = kCrcTable.t;
-  while (n >= 8) {
-    uint64_t w;
-    std::memcpy(&w, p, 8);
-    w ^= crc;
-    crc = t[7][w & 0xff] ^ t[6][(w >> 8) & 0xff] ^ t[5][(w >> 16) & 0xff] ^ t[4][(w >> 24) & 0xff] ^
-          t[3][(w >> 32) & 0xff] ^ t[2][(w >> 40) & 0xff] ^ t[1][(w >> 48) & 0xff] ^ t[0][w >> 56];
-    p += 8;
-    n -= 8;
-  }
-  while (n--) crc = (crc >> 8) ^ t[0][(crc ^ *p++) & 0xff];
-  return crc;
-}
-
-#if defined(__x86_64__)
-__attribute__((target("sse4.2"))) uint32_t Crc32cHardware(uint32_t crc, const uint8_t* p,
-                                                          size_t n) {
-  uint64_t c = crc;
-  while (n >= 8) {
-    uint64_t w;
-    std::memcpy(&w, p, 8);
-    c = _mm_crc32_u64(c, w);
-    p += 8;
-    n -= 8;
-  }
-  uint32_t c32 = static_cast<uint32_t>(c);
-  while (n--) c32 = _mm_crc32_u8(c32, *p++);
-  return c32;
-}
-#endif
-
-uint32_t Crc32cRaw(const void* data, size_t n) {
-  const auto* p = static_cast<const uint8_t*>(data);
-#if defined(__x86_64__)
-  static const bool kHaveSse42 = __builtin_cpu_supports("sse4.2");
-  if (kHaveSse42) return ~Crc32cHardware(~0u, p, n);
-#endif
-  return ~Crc32cSoftware(~0u, p, n);
-}
+// CRC32C of the file's sections: core/crc32c.h.
+uint32_t Crc32cRaw(const void* data, size_t n) { return ::tern::Crc32c(data, n); }
 
 bool IsZero(const char* p, size_t n) {
   // n is a multiple of 64 here; OR 64 bytes at a time.
