@@ -100,24 +100,6 @@ Result<std::string> WaitForLine(Child* c, const std::string& role, const std::st
   }
 }
 
-// A port that was free a moment ago (bound to port 0, then released).
-Result<uint16_t> FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return ErrnoError("socket", errno);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(a);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-    int err = errno;
-    ::close(fd);
-    return ErrnoError("bind 127.0.0.1:0", err);
-  }
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 }  // namespace
 
 // ------------------------------------------------------------------------------ Child
@@ -350,8 +332,8 @@ Result<Etcd> StartEtcd(const std::string& dir) {
   TERN_RETURN_IF_ERROR(MakeDirs(dir));
   Status last;
   for (int attempt = 0; attempt < 3; ++attempt) {  // a port may be taken meanwhile
-    TERN_ASSIGN_OR_RETURN(uint16_t client, FreePort());
-    TERN_ASSIGN_OR_RETURN(uint16_t peer, FreePort());
+    TERN_ASSIGN_OR_RETURN(uint16_t client, transport::PickFreeLoopbackPort());
+    TERN_ASSIGN_OR_RETURN(uint16_t peer, transport::PickFreeLoopbackPort());
     if (client == peer) continue;
     const std::string c = fmt::format("http://127.0.0.1:{}", client);
     const std::string p = fmt::format("http://127.0.0.1:{}", peer);

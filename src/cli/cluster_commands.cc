@@ -205,8 +205,7 @@ int ClusterInvoke(const ClusterRecord& c, const std::string& service, const std:
   if (repeat == 1) {
     Result<transport::HttpClientResponse> r = once();
     if (!r.ok()) return CommandFailed(r.status());
-    std::fwrite(r->body.data(), 1, r->body.size(), stdout);
-    if (isatty(STDOUT_FILENO) && (r->body.empty() || r->body.back() != '\n')) std::fputc('\n', stdout);
+    PrintReply(r->body);
     return 0;
   }
   std::vector<int64_t> ns;
@@ -220,15 +219,8 @@ int ClusterInvoke(const ClusterRecord& c, const std::string& service, const std:
     const std::string* who = r->FindHeader("x-tern-instance");
     ++served[who ? *who : "?"];
   }
-  double secs = static_cast<double>(MonoNanos() - start) / 1e9;
-  std::sort(ns.begin(), ns.end());
-  auto pct = [&](double p) {
-    return static_cast<double>(ns[std::min(ns.size() - 1, static_cast<size_t>(p * ns.size()))]) / 1e3;
-  };
-  std::printf("%lld calls through the gateway in %.3f s (%.0f calls/s, one at a time)\n",
-              static_cast<long long>(repeat), secs, static_cast<double>(repeat) / secs);
-  std::printf("latency us: p50 %.1f  p90 %.1f  p99 %.1f  max %.1f\n", pct(0.5), pct(0.9),
-              pct(0.99), static_cast<double>(ns.back()) / 1e3);
+  PrintLatencySummary(std::move(ns), static_cast<double>(MonoNanos() - start) / 1e9,
+                      " through the gateway");
   std::string by;
   for (const auto& [id, n] : served) by += fmt::format("{}{} {}", by.empty() ? "" : ", ", id, n);
   std::printf("served by: %s\n", by.c_str());

@@ -9,8 +9,6 @@
 //       down.
 // down: emu::Teardown (ledger + sweep by name), then forgets the cluster.
 #include <fmt/format.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -33,6 +31,7 @@
 #include "emu/spawn.h"
 #include "emu/teardown.h"
 #include "transport/json_api.h"
+#include "transport/socket.h"
 
 namespace tern::cli {
 
@@ -93,20 +92,6 @@ Result<std::string> WaitForLine(const std::string& path, const std::string& pref
   }
 }
 
-uint16_t FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(a);
-  uint16_t port = 0;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
-    port = ntohs(a.sin_port);
-  }
-  ::close(fd);
-  return port;
-}
 
 struct UpOptions {
   std::string topology_path;
@@ -211,7 +196,8 @@ class Up {
 
   Status Store() {
     if (o_.store == "embedded") return Status::Ok();
-    uint16_t client = FreePort(), peer = FreePort();
+    TERN_ASSIGN_OR_RETURN(uint16_t client, transport::PickFreeLoopbackPort());
+    TERN_ASSIGN_OR_RETURN(uint16_t peer, transport::PickFreeLoopbackPort());
     std::string c = fmt::format("http://127.0.0.1:{}", client);
     std::string p = fmt::format("http://127.0.0.1:{}", peer);
     TERN_ASSIGN_OR_RETURN(

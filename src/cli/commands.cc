@@ -223,8 +223,7 @@ int CmdInvoke(int argc, char** argv) {
   if (*repeat == 1) {
     Result<std::string> r = (*c)->Invoke(svc, handler, payload, std::chrono::milliseconds(*tmo));
     if (!r.ok()) return Fail(r.status());
-    std::fwrite(r->data(), 1, r->size(), stdout);
-    if (isatty(STDOUT_FILENO) && (r->empty() || r->back() != '\n')) std::fputc('\n', stdout);
+    PrintReply(*r);
     return 0;
   }
   std::vector<int64_t> ns;
@@ -236,15 +235,7 @@ int CmdInvoke(int argc, char** argv) {
     if (!r.ok()) return Fail(r.status().WithPrefix(fmt::format("call {} of {}", i + 1, *repeat)));
     ns.push_back(MonoNanos() - t0);
   }
-  double secs = (MonoNanos() - start) / 1e9;
-  std::sort(ns.begin(), ns.end());
-  auto pct = [&](double p) {
-    return ns[std::min(ns.size() - 1, static_cast<size_t>(p * ns.size()))] / 1e3;
-  };
-  std::printf("%lld calls in %.3f s (%.0f calls/s, one at a time)\n",
-              static_cast<long long>(*repeat), secs, *repeat / secs);
-  std::printf("latency us: p50 %.1f  p90 %.1f  p99 %.1f  max %.1f\n", pct(0.5), pct(0.9), pct(0.99),
-              ns.back() / 1e3);
+  PrintLatencySummary(std::move(ns), (MonoNanos() - start) / 1e9, "");
   return 0;
 }
 

@@ -2,6 +2,9 @@
 
 #include <signal.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
@@ -32,6 +35,25 @@ int ParseFlagsOrExit(Flags* f, int argc, char** argv, std::string_view prog, siz
   if (n < min_pos) return UsageError(*f, prog, "missing arguments");
   if (n > max_pos) return UsageError(*f, prog, "too many arguments");
   return -1;
+}
+
+void PrintReply(std::string_view bytes) {
+  std::fwrite(bytes.data(), 1, bytes.size(), stdout);
+  if (isatty(STDOUT_FILENO) && (bytes.empty() || bytes.back() != '\n')) std::fputc('\n', stdout);
+}
+
+void PrintLatencySummary(std::vector<int64_t> ns, double seconds, std::string_view where) {
+  if (ns.empty()) return;
+  std::sort(ns.begin(), ns.end());
+  auto pct = [&](double p) {
+    return static_cast<double>(ns[std::min(ns.size() - 1, static_cast<size_t>(p * ns.size()))]) /
+           1e3;
+  };
+  std::printf("%zu calls%.*s in %.3f s (%.0f calls/s, one at a time)\n", ns.size(),
+              static_cast<int>(where.size()), where.data(), seconds,
+              static_cast<double>(ns.size()) / seconds);
+  std::printf("latency us: p50 %.1f  p90 %.1f  p99 %.1f  max %.1f\n", pct(0.5), pct(0.9),
+              pct(0.99), static_cast<double>(ns.back()) / 1e3);
 }
 
 namespace {

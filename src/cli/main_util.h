@@ -8,6 +8,7 @@
 #include <limits>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/status.h"
 
@@ -24,6 +25,12 @@ int CommandFailed(const Status& s);
 // positional arguments outside [min_pos, max_pos]).
 int ParseFlagsOrExit(Flags* f, int argc, char** argv, std::string_view prog, size_t min_pos = 0,
                      size_t max_pos = std::numeric_limits<size_t>::max());
+
+// Writes a reply's bytes to stdout as they are, plus a newline on a terminal.
+void PrintReply(std::string_view bytes);
+// `tern invoke --repeat`: "N calls<where> in S s (R calls/s, one at a time)" and the
+// latency percentiles of `ns` (one per call; sorted here).
+void PrintLatencySummary(std::vector<int64_t> ns, double seconds, std::string_view where);
 
 // For the long-running roles: blocks SIGINT and SIGTERM (call before starting threads,
 // which inherit the mask) and ignores SIGPIPE.

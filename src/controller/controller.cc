@@ -134,6 +134,8 @@ struct Controller::Impl {
   Mutex pub_mu;
   uint64_t version GUARDED_BY(pub_mu) = 0;
   std::vector<dataplane::InstanceLocation> locations GUARDED_BY(pub_mu);
+  // {"version", "locations"} as long polls get it, rendered once per version.
+  std::string locations_doc GUARDED_BY(pub_mu) = R"({"locations":[],"version":0})";
   std::map<std::string, std::string> unplaceable GUARDED_BY(pub_mu);
   std::deque<std::pair<int64_t, std::string>> events GUARDED_BY(pub_mu);
   std::map<std::string, Telemetry> telemetry GUARDED_BY(pub_mu);
@@ -170,7 +172,8 @@ struct Controller::Impl {
     while (events.size() > 64) events.pop_front();
   }
 
-  std::string LocationsDoc(uint64_t v, const std::vector<dataplane::InstanceLocation>& locs) {
+  static std::string LocationsDoc(uint64_t v,
+                                  const std::vector<dataplane::InstanceLocation>& locs) {
     json j = json::parse(dataplane::LocationsToJson(locs));
     j["version"] = v;
     return j.dump();
@@ -183,7 +186,7 @@ struct Controller::Impl {
     {
       MutexLock l(&pub_mu);
       v = version;
-      doc = LocationsDoc(version, locations);
+      doc = locations_doc;
     }
     for (auto it = waiters.begin(); it != waiters.end();) {
       if (v > it->after) {
@@ -596,6 +599,7 @@ struct Controller::Impl {
       if (locs != locations) {
         locations = locs;
         ++version;
+        locations_doc = LocationsDoc(version, locations);
         changed = true;
       }
       v = version;
@@ -957,7 +961,7 @@ struct Controller::Impl {
     std::string doc;
     {
       MutexLock l(&pub_mu);
-      if (version > after || wait_ms == 0) doc = LocationsDoc(version, locations);
+      if (version > after || wait_ms == 0) doc = locations_doc;
     }
     if (!doc.empty()) {
       resp.Respond(HttpResponse::Json(200, doc));
@@ -968,7 +972,7 @@ struct Controller::Impl {
       std::string d;
       {
         MutexLock l(&pub_mu);
-        d = LocationsDoc(version, locations);
+        d = locations_doc;
       }
       it->responder.Respond(HttpResponse::Json(200, d));
       waiters.erase(it);

@@ -94,6 +94,11 @@ Status SetNoDelay(int fd) {
   return Status::Ok();
 }
 
+Result<uint16_t> PickFreeLoopbackPort() {
+  TERN_ASSIGN_OR_RETURN(UniqueFd fd, ListenTcp("127.0.0.1", 0, 1));
+  return LocalPort(fd.get());
+}
+
 Result<UniqueFd> ListenTcp(std::string_view host, uint16_t port, int backlog, bool reuse_port) {
   TERN_ASSIGN_OR_RETURN(AddrInfoPtr res, Resolve(host, port, /*passive=*/true));
   Status last = UnavailableError(fmt::format("listen {}:{}: no usable address", host, port));

@@ -52,6 +52,9 @@ Result<UniqueFd> ListenTcp(std::string_view host, uint16_t port, int backlog,
                            bool reuse_port = false);
 // The local port a socket is bound to.
 Result<uint16_t> LocalPort(int fd);
+// A loopback TCP port that was free a moment ago (bound to port 0, then released), for
+// programs that must be told their port before they start (etcd). Racy by nature.
+Result<uint16_t> PickFreeLoopbackPort();
 // "ip:port" of the peer, or "?" if unknown (for logs).
 std::string PeerAddress(int fd);
 
