@@ -92,8 +92,15 @@ struct InvokeRequest {
   std::string handler;
   std::string payload;
   std::string instance;  // a specific instance, or "" to let the agent choose
-  uint64_t request_id = 0;
+  uint64_t request_id = 0;  // per hop: matches a reply to its request on one connection
   std::string tenant;
+  // End to end: the id of the outside request this call serves (set by the gateway or
+  // the client, inherited by every nested tern_call); 0 = none.
+  uint64_t trace_id = 0;
+  // One logical call across retries (the caller reuses it when it retries); an instance
+  // answers a key it has already answered from its dedup table instead of running the
+  // request again (exactly-once across migrations, issue #6). 0 = no deduplication.
+  uint64_t idempotency_key = 0;
   // Monotonic deadline (MonoNanos()); 0 = none. A request still queued at its deadline
   // fails with kDeadlineExceeded without running: its caller has given up on it.
   int64_t deadline_ns = 0;
