@@ -1,6 +1,7 @@
 #include "agent/partition.h"
 
 #include <fmt/format.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <cerrno>
@@ -23,6 +24,21 @@ Status WriteValue(const std::string& path, const std::string& value, bool append
   out.flush();
   if (!out) return ErrnoError(fmt::format("write '{}' to {}", value, path), errno);
   return Status::Ok();
+}
+
+// The fallback without cgroups: the guest threads yield to the main task.
+Result<Partition> NiceGuests(const PartitionSpec& spec, std::string why) {
+  for (pid_t tid : spec.guest_tids) {
+    errno = 0;
+    int now = ::getpriority(PRIO_PROCESS, static_cast<id_t>(tid));
+    if (errno == 0 && now >= kGuestNice) continue;  // already as low (raising needs root)
+    if (::setpriority(PRIO_PROCESS, static_cast<id_t>(tid), kGuestNice) != 0) {
+      return ErrnoError(fmt::format("setpriority(thread {}, {})", tid, kGuestNice), errno);
+    }
+  }
+  Partition p;
+  p.mode = fmt::format("nice: guest workers at nice {} ({})", kGuestNice, why);
+  return p;
 }
 
 }  // namespace
@@ -61,23 +77,14 @@ Result<Partition> PartitionGuests(const PartitionSpec& spec) {
     return p;
   }
   const std::string cpu_root = spec.cgroup_root + "/cpu";
-  if (!IsDir(cpu_root)) {
-    p.mode = "none: no cgroup v1 cpu controller at " + cpu_root;
-    return p;
-  }
+  if (!IsDir(cpu_root)) return NiceGuests(spec, "no cgroup v1 cpu controller at " + cpu_root);
   std::ifstream in(spec.proc_self_cgroup);
   std::stringstream text;
   text << in.rdbuf();
   Result<std::string> path = CpuCgroupPath(text.str());
-  if (!path.ok()) {
-    p.mode = "none: " + std::string(path.status().message());
-    return p;
-  }
+  if (!path.ok()) return NiceGuests(spec, std::string(path.status().message()));
   std::string parent = cpu_root + (*path == "/" ? "" : *path);
-  if (!IsDir(parent)) {
-    p.mode = "none: the agent's cpu cgroup " + parent + " is not visible";
-    return p;
-  }
+  if (!IsDir(parent)) return NiceGuests(spec, "the agent's cpu cgroup " + parent + " is not visible");
   p.dir = parent + "/" + kGuestCgroupName;
   if (::mkdir(p.dir.c_str(), 0755) != 0 && errno != EEXIST) {
     return ErrnoError("mkdir " + p.dir, errno);

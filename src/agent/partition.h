@@ -9,8 +9,10 @@
 // fill only up to their share. cgroup v1's `tasks` file takes thread ids, so threads of
 // one process can sit in different cgroups.
 //
-// Without cgroup v1 (or without the right to write it), partitioning is off and says why
-// (Partition::mode); dataset requests are still served off the guest workers.
+// Without cgroup v1 the guest workers are lowered to nice kGuestNice instead (a thread's
+// nice value is its own on Linux): no budget, but whenever the device's main task and a
+// guest want the CPU at once, the main task wins (CFS gives a nice-0 thread ~10× the
+// share of a nice-10 one). Dataset requests are served off the guest workers either way.
 //
 // Pure functions over files; the caller passes the cgroup root (tests use a temp dir).
 // Thread-safety: stateless; safe from any thread.
@@ -28,6 +30,7 @@ namespace tern::agent {
 
 inline constexpr int64_t kGuestCfsPeriodUs = 100000;
 inline constexpr char kGuestCgroupName[] = "guests";
+inline constexpr int kGuestNice = 10;
 
 struct PartitionSpec {
   double cores = 0;     // the device's cores (its cgroup's quota)
@@ -38,7 +41,7 @@ struct PartitionSpec {
 };
 
 struct Partition {
-  std::string mode;          // "cgroup" or "none: <why>"
+  std::string mode;          // "cgroup", "nice: <why no cgroup>" or "none: <why>"
   std::string dir;           // the guests' cgroup directory (mode cgroup)
   double guest_cores = 0;    // what guests may use; 0 = unlimited
   int64_t quota_us = -1;     // cpu.cfs_quota_us written (-1 = none)
@@ -54,8 +57,9 @@ int64_t GuestQuotaUs(double cores, double reserved);
 
 // Creates <root>/cpu<path>/guests, writes its period and quota, and moves every guest
 // thread into it. Returns mode "none: ..." (not an error) when there is nothing to do
-// (reserved == 0, cores <= 0) or no cgroup v1 cpu controller; an error when the
-// controller is there but writing it fails (naming the file).
+// (reserved == 0, cores <= 0); mode "nice: ..." when there is no cgroup v1 cpu controller
+// (the guest threads get nice kGuestNice); an error when the controller is there but
+// writing it fails (naming the file).
 Result<Partition> PartitionGuests(const PartitionSpec& spec);
 
 }  // namespace tern::agent

@@ -4,10 +4,13 @@
 #include "agent/partition.h"
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -68,7 +71,7 @@ TEST(PartitionTest, WritesTheChildCgroupAndMovesTheGuestThreads) {
   EXPECT_TRUE(PartitionGuests(s).ok());
 }
 
-TEST(PartitionTest, OffWithoutAReservedShareOrCgroups) {
+TEST(PartitionTest, OffWithoutAReservedShare) {
   std::string root = TempDir("cgnone");
   PartitionSpec s;
   s.cores = 1;
@@ -77,12 +80,38 @@ TEST(PartitionTest, OffWithoutAReservedShareOrCgroups) {
   Result<Partition> p = PartitionGuests(s);
   ASSERT_TRUE(p.ok());
   EXPECT_EQ(p->mode.rfind("none: no share", 0), 0u) << p->mode;
-  s.reserved = 0.5;
-  p = PartitionGuests(s);  // no <root>/cpu
-  ASSERT_TRUE(p.ok());
-  EXPECT_NE(p->mode.find("no cgroup v1 cpu controller"), std::string::npos) << p->mode;
   s.reserved = 1.5;
   EXPECT_EQ(PartitionGuests(s).status().code(), StatusCode::kInvalidArgument);
+}
+
+// Without cgroup v1 the guest threads yield to the device's main task by nice value.
+TEST(PartitionTest, WithoutCgroupsGuestThreadsAreLoweredInPriority) {
+  errno = 0;
+  const int before = ::getpriority(PRIO_PROCESS, 0);  // the test may run under `nice`
+  std::atomic<pid_t> tid{0};
+  std::atomic<bool> stop{false};
+  std::thread guest([&] {
+    tid.store(static_cast<pid_t>(::gettid()));
+    while (!stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  });
+  while (tid.load() == 0) std::this_thread::yield();
+  PartitionSpec s;
+  s.cores = 1;
+  s.reserved = 0.5;
+  s.guest_tids = {tid.load()};
+  s.cgroup_root = TempDir("cgnocpu");  // no <root>/cpu
+  Result<Partition> p = PartitionGuests(s);
+  errno = 0;
+  int nice_guest = ::getpriority(PRIO_PROCESS, static_cast<id_t>(tid.load()));
+  int nice_self = ::getpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()));
+  stop.store(true);
+  guest.join();
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->mode.rfind("nice: ", 0), 0u) << p->mode;
+  EXPECT_NE(p->mode.find("no cgroup v1 cpu controller"), std::string::npos) << p->mode;
+  EXPECT_EQ(nice_guest, std::max(kGuestNice, before));
+  EXPECT_EQ(nice_self, before);  // only the guest threads
+  EXPECT_EQ(p->guest_cores, 0);
 }
 
 // As root with cgroup v1: a thread moved into the guests' cgroup gets no more than its
