@@ -402,5 +402,64 @@ TEST_F(MigrationTest, GarbageOnTheMigrationPortClosesThatConnectionOnly) {
   EXPECT_TRUE(Runs(b_->agent.get(), id_));
 }
 
+TEST(MigrationNestedTest, WaitsForTheRequestBoundaryThenFailsClearlyAtTheTimeout) {
+  // One worker on the source: a relay request waiting in a nested call (to a slow callee
+  // on another agent) holds back every control step on that worker.
+  std::unique_ptr<Node> a = Node::Start("src", /*workers=*/1);
+  std::unique_ptr<Node> b = Node::Start("dst");
+  Result<ServiceStatus> c = a->agent->Deploy(CounterManifest(1), ReadWasm("counter"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  const std::string id = c->instances.at(0);
+  Result<Manifest> relay = LoadManifest(SourcePath("examples/relay/manifest.yaml"));
+  ASSERT_TRUE(relay.ok());
+  relay->replicas = 1;
+  relay->name = "relay-a";
+  ASSERT_TRUE(a->agent->Deploy(*relay, ReadWasm("relay")).ok());
+  relay->name = "relay-b";
+  Result<ServiceStatus> rb = b->agent->Deploy(*relay, ReadWasm("relay"));
+  ASSERT_TRUE(rb.ok());
+  dataplane::InstanceLocation l;
+  l.instance = rb->instances.at(0);
+  l.service = "relay-b";
+  l.agent = "dst";
+  l.host = "h2";
+  l.tcp = b->tcp;
+  l.epoch = 1;
+  ASSERT_TRUE(a->agent->locations().Upsert(l).ok());
+  ASSERT_EQ(Call(a->agent.get(), "incr", "2").reply, "2");
+
+  std::thread slow([&] {
+    InvokeRequest r;
+    r.service = "relay-a";
+    r.handler = "call";
+    r.payload = "relay-b|sleep|10000|1200";  // the callee busy-waits 1.2 s
+    InvokeResult res = a->agent->InvokeSync(std::move(r));
+    EXPECT_TRUE(res.status.ok()) << res.status;
+    EXPECT_EQ(res.reply, "0|slept");
+  });
+  // Let the relay request reach its nested call (relay-b then busy-waits 1.2 s).
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  MigrateOptions o;
+  o.to_tcp = b->tcp;
+  o.to_device = "dst";
+  o.freeze_timeout_ns = 300'000'000;
+  const int64_t t0 = MonoNanos();
+  Result<MigrationReport> r = a->agent->Migrate(id, o);
+  const int64_t took = MonoNanos() - t0;
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kDeadlineExceeded) << r.status();
+  EXPECT_NE(r.status().message().find("request boundary"), std::string_view::npos) << r.status();
+  EXPECT_NE(r.status().message().find("keeps serving here"), std::string_view::npos) << r.status();
+  EXPECT_LT(took, 1'000'000'000) << "the migration waited for the nested call instead of timing out";
+  // Requests still run on that worker while the relay waits, and the state is intact.
+  EXPECT_EQ(Call(a->agent.get(), "incr", "1").reply, "3");
+  slow.join();
+  // At the boundary, the same migration goes through.
+  o.freeze_timeout_ns = 5'000'000'000;
+  Result<MigrationReport> again = a->agent->Migrate(id, o);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(Call(b->agent.get(), "get").reply, "3");
+}
+
 }  // namespace
 }  // namespace tern::agent
