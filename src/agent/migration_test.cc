@@ -18,6 +18,8 @@
 #include "testing/test_env.h"
 #include "transport/frame.h"
 #include "transport/frame_client.h"
+#include "transport/http.h"
+#include <nlohmann/json.hpp>
 #include "transport/socket.h"
 
 namespace tern::agent {
@@ -366,6 +368,42 @@ TEST_F(MigrationTest, RefusesBadTargetsClearly) {
   EXPECT_EQ(dup.status().code(), StatusCode::kAlreadyExists) << dup.status();
   EXPECT_TRUE(Runs(a_->agent.get(), id_));
   EXPECT_TRUE(Call(a_->agent.get(), "incr", "1", 0, id_).status.ok());
+}
+
+TEST_F(MigrationTest, AdminApiMigratesAndReportsErrorsAsJson) {
+  ASSERT_TRUE(Call(a_->agent.get(), "incr", "4").status.ok());
+  Result<std::unique_ptr<transport::HttpClient>> http =
+      transport::HttpClient::Connect("127.0.0.1", a_->server->admin_port());
+  ASSERT_TRUE(http.ok()) << http.status();
+  auto post = [&](const std::string& path, const std::string& body) {
+    Result<transport::HttpClientResponse> r =
+        (*http)->Request("POST", path, body, "application/json");
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : transport::HttpClientResponse{};
+  };
+  transport::HttpClientResponse bad = post("/v1/instances/" + id_ + "/migrate", "{\"to\": 1}");
+  EXPECT_EQ(bad.status, 400) << bad.body;
+  EXPECT_NE(bad.body.find("to_tcp"), std::string::npos) << bad.body;
+  transport::HttpClientResponse mode =
+      post("/v1/instances/" + id_ + "/migrate",
+           nlohmann::json{{"to_tcp", b_->tcp}, {"mode", "teleport"}}.dump());
+  EXPECT_EQ(mode.status, 400) << mode.body;
+  transport::HttpClientResponse missing =
+      post("/v1/instances/nope-9/migrate", nlohmann::json{{"to_tcp", b_->tcp}}.dump());
+  EXPECT_EQ(missing.status, 404) << missing.body;
+  transport::HttpClientResponse ok = post(
+      "/v1/instances/" + id_ + "/migrate",
+      nlohmann::json{{"to_tcp", b_->tcp}, {"to_device", "dst"}, {"codec", "lz4"}}.dump());
+  ASSERT_EQ(ok.status, 200) << ok.body;
+  nlohmann::json j = nlohmann::json::parse(ok.body, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << ok.body;
+  EXPECT_EQ(j["instance"], id_);
+  EXPECT_EQ(j["to_device"], "dst");
+  EXPECT_EQ(j["codec"], "lz4");
+  EXPECT_GE(j["downtime_us"].get<int64_t>(), 0);
+  EXPECT_LT(j["bytes_sent"].get<uint64_t>(), j["memory_bytes"].get<uint64_t>())
+      << "zero pages and LZ4 should have shrunk a fresh counter's memory";
+  EXPECT_EQ(Call(b_->agent.get(), "get").reply, "4");
 }
 
 TEST_F(MigrationTest, GarbageOnTheMigrationPortClosesThatConnectionOnly) {
