@@ -49,6 +49,9 @@ namespace {
 constexpr size_t kDedupEntries = 4096;
 constexpr size_t kDedupBytes = 4u << 20;
 constexpr uint32_t kNoCrc = 0xFFFFFFFF;  // a page not copied yet (checksum mode)
+// How long after a migration frames that route by epoch are still forwarded to the
+// instance's new agent instead of being answered kMoved.
+constexpr int64_t kForwardGraceNs = 10'000'000'000;
 }  // namespace
 
 // An outgoing migration's state on the instance's worker.
@@ -1517,6 +1520,10 @@ std::optional<transport::Frame> AnswerWithoutGuest(Agent* agent, const transport
         return out;
       }
       if (f.epoch == 0 || agent->HasRunningInstance(f.service)) return std::nullopt;
+      // A caller routing by a location table that still points here. Right after a
+      // migration its table is about to change (the controller publishes the new
+      // location): forward rather than fail it; later, kMoved makes it re-pick.
+      if (agent->RecentlyMoved(f.service)) return std::nullopt;
       out.type = FrameType::kMoved;
       return out;
     case FrameType::kPing:
@@ -2444,6 +2451,16 @@ std::optional<Agent::MovedTo> Agent::MovedRecord(const std::string& instance,
   }
   if (best == nullptr) return std::nullopt;
   return *best;
+}
+
+bool Agent::RecentlyMoved(const std::string& service) {
+  if (!has_moved_.load(std::memory_order_acquire)) return false;
+  const int64_t now = MonoNanos();
+  MutexLock l(&mu_);
+  for (const auto& [_, m] : moved_to_) {
+    if (m.service == service && now - m.at_ns < kForwardGraceNs) return true;
+  }
+  return false;
 }
 
 std::map<std::string, std::string> Agent::MovedInstances() {

@@ -284,6 +284,8 @@ class Agent {
   Result<std::string> MigrationAddress();
   // Instances that migrated away from here and where they went (device), for status.
   std::map<std::string, std::string> MovedInstances() EXCLUDES(mu_);
+  // Whether an instance of `service` migrated away from here in the last few seconds.
+  bool RecentlyMoved(const std::string& service) EXCLUDES(mu_);
 
   AgentStatus GetStatus();
   bool HasService(const std::string& service) EXCLUDES(mu_);

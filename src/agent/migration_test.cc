@@ -227,6 +227,22 @@ TEST_F(MigrationTest, PrecopyMovesStateDedupTableAndIdentity) {
   EXPECT_EQ(Call(a_->agent.get(), "incr", "1", 0, id_).reply, "16");
   EXPECT_EQ(Call(a_->agent.get(), "get").reply, "16");
   EXPECT_EQ(a_->agent->MovedInstances().at(id_), "dst");
+  // A caller routing by a (stale) location table: its frame carries an epoch. Right
+  // after the move it is forwarded rather than bounced.
+  std::string host;
+  uint16_t port = 0;
+  ASSERT_TRUE(ParseHostPort(a_->tcp, &host, &port).ok());
+  Result<std::unique_ptr<transport::FrameClient>> c =
+      transport::FrameClient::Connect(host, port, std::chrono::seconds(2));
+  ASSERT_TRUE(c.ok()) << c.status();
+  transport::Frame f;
+  f.service = "counter";
+  f.handler = "get";
+  f.epoch = 7;
+  Result<transport::Frame> got = (*c)->Call(f, std::chrono::seconds(5));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->type, transport::FrameType::kReply);
+  EXPECT_EQ(got->payload, "16");
 }
 
 TEST_F(MigrationTest, StopAndCopySendsEverythingWhileFrozen) {
