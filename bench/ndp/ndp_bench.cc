@@ -314,6 +314,7 @@ struct Measured {
   double inst_cpu_ns_per_query = 0;
   std::map<std::string, double> cpu_ns_by_device;
   double joules_per_query = 0;
+  double telemetry_j = -1;  // the controller's energy telemetry (J/request), -1 = none
   bool cgroup_cpu = false;
   int errors = 0;
 };
@@ -404,7 +405,8 @@ json MeasuredJson(const Measured& m) {
               {"cpu_ns_by_device", m.cpu_ns_by_device},
               {"instance_cpu_ns_per_query", m.inst_cpu_ns_per_query},
               {"cpu_source", m.cgroup_cpu ? "cgroup cpuacct.usage" : "instance thread CPU"},
-              {"joules_per_query", m.joules_per_query}};
+              {"joules_per_query", m.joules_per_query},
+              {"controller_telemetry_j_per_request", m.telemetry_j}};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -497,6 +499,24 @@ class Bench {
       Result<Measured> m = Measure(
           *c_, dev, svc, k.handler, k.queries, [&](int i) { return Payload(k, i); },
           [&](int i, const std::string& b) { return Check(k, i, b); });
+      // tern's own energy telemetry for the service (GET /v1/services: the device power
+      // model with idle power shared by CPU time; controller/energy.h), once a heartbeat
+      // interval with requests has been seen.
+      if (m.ok()) {
+        int64_t until = NowNs() + int64_t{3} * 1000000000;
+        while (NowNs() < until) {
+          Result<json> svcs = c_->Get(c_->controller(), "/v1/services");
+          if (svcs.ok()) {
+            for (const json& sj : *svcs) {
+              if (sj.value("name", "") == svc && sj.contains("energy")) {
+                m->telemetry_j = sj["energy"]["j_per_request"].get<double>();
+              }
+            }
+          }
+          if (m->telemetry_j >= 0) break;
+          std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        }
+      }
       Status un = c_->Undeploy(svc);
       if (!m.ok()) return m.status();
       TERN_RETURN_IF_ERROR(un);
@@ -821,7 +841,10 @@ int Main(const Args& a) {
   md +=
       "Latency: the client's, through the gateway. Bytes moved: the agents' counters (dataset "
       "bytes read across the link + reply bytes). Joules: Σ devices active W / cores × CPU "
-      "time (the devices' cgroups, `cpuacct.usage`) + link J/B × bytes moved. RAPL: "
+      "time (the devices' cgroups, `cpuacct.usage`) + link J/B × bytes moved. tern's J/req: "
+      "the controller's own energy telemetry for the service (`GET /v1/services`, last "
+      "heartbeat interval: the device's idle + (active − idle) × utilization shared by CPU "
+      "time, + link J/B × bytes; it charges idle power, the column before does not). RAPL: "
       "/sys/class/powercap is " +
       std::string(::access("/sys/class/powercap", R_OK) == 0 ? "present (not used yet)"
                                                               : "absent on this VM") +
@@ -852,8 +875,8 @@ int Main(const Args& a) {
     md += fmt::format("## {} (SLO p99 {} ms, {} queries per placement)\n\n", r.c.name, r.c.slo_ms,
                       r.c.queries);
     md += Row({"placement", "device", "p50", "p99", "bytes moved / query", "CPU / query",
-               "J / query", "p50 vs host-only", "bytes vs host-only", "vs oracle"});
-    md += Row({"---", "---", "---", "---", "---", "---", "---", "---", "---", "---"});
+               "J / query", "tern's J/req", "p50 vs host-only", "bytes vs host-only", "vs oracle"});
+    md += Row({"---", "---", "---", "---", "---", "---", "---", "---", "---", "---", "---"});
     json cj{{"case", r.c.name}, {"slo_p99_ms", r.c.slo_ms}, {"hints", r.hints}};
     for (const auto& [d, m] : r.by_device) cj["measured"][d] = MeasuredJson(m);
     for (const std::string& p : kPolicies) {
@@ -878,7 +901,9 @@ int Main(const Args& a) {
       double byte_ratio = host.bytes_per_query / std::max(m.bytes_per_query, 1.0);
       md += Row({p, m.device, FormatNs(m.latency.p50), FormatNs(m.latency.p99),
                  FormatCount(m.bytes_per_query), FormatNs(m.cpu_ns_per_query),
-                 fmt::format("{:.4f}", m.joules_per_query), fmt::format("{:.2f}× faster", lat_ratio),
+                 fmt::format("{:.4f}", m.joules_per_query),
+                 m.telemetry_j >= 0 ? fmt::format("{:.4f}", m.telemetry_j) : "-",
+                 fmt::format("{:.2f}× faster", lat_ratio),
                  fmt::format("{:.1f}× fewer", byte_ratio),
                  fmt::format("{:.2f} ({})", vs_oracle, obj)});
       cj["policies"][p] = json{{"device", m.device}, {"p50_vs_host_only", lat_ratio},
@@ -888,6 +913,7 @@ int Main(const Args& a) {
     md += Row({"oracle (latency)", best_lat->device, FormatNs(best_lat->latency.p50),
                FormatNs(best_lat->latency.p99), FormatCount(best_lat->bytes_per_query),
                FormatNs(best_lat->cpu_ns_per_query), fmt::format("{:.4f}", best_lat->joules_per_query),
+               best_lat->telemetry_j >= 0 ? fmt::format("{:.4f}", best_lat->telemetry_j) : "-",
                fmt::format("{:.2f}× faster", host.latency.p50 / best_lat->latency.p50),
                fmt::format("{:.1f}× fewer", host.bytes_per_query / std::max(best_lat->bytes_per_query, 1.0)),
                "1"});

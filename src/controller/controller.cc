@@ -84,8 +84,8 @@ struct Telemetry {
     double mean_exec_us = 0;  // over the last interval
     int64_t cpu_ns_total = 0;        // worker CPU time during its requests (cumulative)
     uint64_t reply_bytes_total = 0;  // reply payload bytes (cumulative)
-    double mean_cpu_us = 0;          // CPU per request over the last interval
-    EnergyEstimate energy;           // per request over the last interval (energy.h)
+    double mean_cpu_us = 0;          // CPU per request over the last interval with requests
+    EnergyEstimate energy;           // per request, likewise (energy.h)
   };
   std::map<std::string, Inst> instances;
   std::set<std::string> services;  // deployed on the agent
@@ -781,6 +781,9 @@ struct Controller::Impl {
         auto pi = p.instances.find(id);
         if (pi == p.instances.end() || x.requests < pi->second.requests) continue;
         uint64_t dn = x.requests - pi->second.requests;
+        // An idle interval keeps the last per-request figures (there is nothing new).
+        x.energy = pi->second.energy;
+        x.mean_cpu_us = pi->second.mean_cpu_us;
         x.rate = static_cast<double>(dn) / dt;
         x.mean_exec_us =
             dn ? static_cast<double>(x.exec_ns_total - pi->second.exec_ns_total) / dn / 1e3 : 0;
@@ -788,8 +791,9 @@ struct Controller::Impl {
         uint64_t data_then = pi->second.data_local_bytes + pi->second.data_remote_bytes;
         x.data_per_request =
             dn && data_now >= data_then ? static_cast<double>(data_now - data_then) / dn : 0;
-        x.mean_cpu_us =
-            dn ? static_cast<double>(x.cpu_ns_total - pi->second.cpu_ns_total) / dn / 1e3 : 0;
+        if (dn > 0) {
+          x.mean_cpu_us = static_cast<double>(x.cpu_ns_total - pi->second.cpu_ns_total) / dn / 1e3;
+        }
         // Energy (energy.h): the device's power model from the topology, or RAPL.
         const cluster::Device* dev =
             options.topology ? options.topology->FindDevice(device) : nullptr;
@@ -845,17 +849,19 @@ struct Controller::Impl {
     std::string source;
     for (const auto& [device, t] : telemetry) {
       for (const auto& [id, x] : t.instances) {
-        if (x.service != s.name || x.rate <= 0 || x.energy.j_per_request <= 0) continue;
-        rate += x.rate;
-        joules += x.energy.j_per_request * x.rate;
-        cpu_us += x.mean_cpu_us * x.rate;
+        if (x.service != s.name || x.energy.j_per_request <= 0) continue;
+        // Idle instances (their last figures) count, with a tiny weight.
+        const double w = std::max(x.rate, 1e-9);
+        rate += w;
+        joules += x.energy.j_per_request * w;
+        cpu_us += x.mean_cpu_us * w;
         source = source.empty() || source == x.energy.source ? x.energy.source : "mixed";
       }
     }
     if (rate > 0) {
       out["energy"] = json{{"j_per_request", joules / rate},
                            {"cpu_us_per_request", cpu_us / rate},
-                           {"watts", joules},
+                           {"watts", rate > 1e-6 ? joules : 0.0},
                            {"source", source}};
     }
     auto u = unplaceable.find(s.name);
