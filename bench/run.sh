@@ -16,7 +16,7 @@
 #   --out=DIR   where results go (default: bench/results)
 #   --suites=   which suites to run (default: all)
 # A full run takes about a minute for foundation, two to three for rpc and about four for
-# cluster, about four for ndp (1 GiB dataset) (bounded: each driver is killed after a
+# cluster, about two for ndp (1 GiB dataset) (bounded: each driver is killed after a
 # time limit).
 # Exit code: 0 if every section ran, 1 if one failed (the report says which), 2 on usage.
 # See docs/benchmarks.md for what the numbers mean.
