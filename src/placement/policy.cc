@@ -6,6 +6,7 @@
 #include <cmath>
 #include <map>
 #include <unordered_map>
+#include <tuple>
 #include <utility>
 
 #include "placement/internal.h"
@@ -65,7 +66,11 @@ struct Key {
     return d < o.d;
   }
 };
-bool Greater(const Key& x, const Key& y) { return y < x; }
+// The heaps' comparison (a min-heap by Key), as a type so that it inlines (a function
+// pointer passed to std::push_heap and friends is called indirectly on every comparison).
+struct Greater {
+  bool operator()(const Key& x, const Key& y) const { return y < x; }
+};
 
 // Lower bounds are shaded by this factor so that rounding never lifts one above the
 // exact value it bounds.
@@ -78,6 +83,27 @@ struct HostFacts {
   std::vector<double> min_inv_speed_cpu;     // the same over its host CPUs (inf: none)
   std::vector<double> min_j_per_ns;          // min of watts_per_core / speed × 1e-9
   std::vector<int> first_device, first_cpu;  // -1: none
+  // Hosts grouped by their links: two hosts are in one group when every other host
+  // reaches both over links of the same latency, bandwidth and J/B (a rack of a
+  // uniform network; every host when the view has only a default link). A service's
+  // lower bound for data, caller and calls is then the same on every host of a group
+  // that holds none of its replicas, callers or callees ("plain" hosts), so the
+  // devices of a group's plain hosts come out of the lazily sorted order in a
+  // precomputed order (their bounds differ only by the devices' speed or power): a
+  // service's bounds and heaps cost O(groups + the hosts it names), not O(hosts), and
+  // a device that cannot take the service is passed over by one check, not by heap
+  // operations.
+  struct Group {
+    std::vector<int> members;  // host indices, ascending
+    // The group's devices in the order of their bounds on a plain host (which share
+    // one data + caller + rpc bound), for each kind of key:
+    std::vector<int> by_inv;      // fixed costs: by (1 / server_speed, index)
+    std::vector<int> by_inv_cpu;  // the same, host CPUs only (host-only)
+    std::vector<int> by_energy;   // energy: by (watts_per_core / speed, 1 / server_speed, index)
+    std::vector<int> by_local;    // data-local: by (not a host CPU, 1 / server_speed, index)
+  };
+  std::vector<Group> groups;
+  std::vector<int> group_of;  // per host
 };
 
 HostFacts MakeHostFacts(const Compiled& c) {
@@ -101,6 +127,55 @@ HostFacts MakeHostFacts(const Compiled& c) {
       if (f.first_cpu[d.host] < 0) f.first_cpu[d.host] = d_i;
     }
   }
+  // Groups. Host x reaches host y over link HL(x, y) (the bounds read columns). h joins
+  // a group when its column equals that of the group's first host r on every row but h
+  // and r, and the link from r reaches h as it reaches the group's other hosts; then any
+  // two hosts of the group have equal columns except on their own rows.
+  auto same = [&](size_t k1, size_t k2) {
+    return c.hl_lat[k1] == c.hl_lat[k2] && c.hl_nspb[k1] == c.hl_nspb[k2] &&
+           c.hl_j[k1] == c.hl_j[k2];
+  };
+  f.group_of.assign(h, -1);
+  for (int y = 0; y < c.hosts; ++y) {
+    int joined = -1;
+    for (size_t g = 0; g < f.groups.size() && joined < 0; ++g) {
+      const std::vector<int>& m = f.groups[g].members;
+      int r = m[0];
+      bool ok = true;
+      for (size_t i = 1; i < m.size() && ok; ++i) ok = same(c.HL(r, y), c.HL(r, m[i]));
+      for (int x = 0; x < c.hosts && ok; ++x) {
+        if (x != y && x != r) ok = same(c.HL(x, y), c.HL(x, r));
+      }
+      if (ok) joined = static_cast<int>(g);
+    }
+    if (joined < 0) {
+      joined = static_cast<int>(f.groups.size());
+      f.groups.emplace_back();
+    }
+    f.groups[joined].members.push_back(y);
+    f.group_of[y] = joined;
+  }
+  auto inv = [&](int d) { return 1 / c.dev[d].server_speed; };
+  auto jpn = [&](int d) { return c.dev[d].watts_per_core / c.dev[d].speed; };
+  auto not_cpu = [&](int d) { return c.dev[d].kind != DeviceKind::kCpu; };
+  for (HostFacts::Group& g : f.groups) {
+    for (int x : g.members) {
+      for (int d : f.devices[x]) {
+        g.by_inv.push_back(d);
+        if (!not_cpu(d)) g.by_inv_cpu.push_back(d);
+      }
+    }
+    g.by_energy = g.by_local = g.by_inv;
+    auto by_inv = [&](int a, int b) { return std::make_pair(inv(a), a) < std::make_pair(inv(b), b); };
+    std::sort(g.by_inv.begin(), g.by_inv.end(), by_inv);
+    std::sort(g.by_inv_cpu.begin(), g.by_inv_cpu.end(), by_inv);
+    std::sort(g.by_energy.begin(), g.by_energy.end(), [&](int a, int b) {
+      return std::make_tuple(jpn(a), inv(a), a) < std::make_tuple(jpn(b), inv(b), b);
+    });
+    std::sort(g.by_local.begin(), g.by_local.end(), [&](int a, int b) {
+      return std::make_tuple(not_cpu(a), inv(a), a) < std::make_tuple(not_cpu(b), inv(b), b);
+    });
+  }
   return f;
 }
 
@@ -110,17 +185,23 @@ enum class OrderBy { kFixed, kEnergy, kLocal };
 // devices in key order produced lazily from lower bounds: a host's bound (the cheapest
 // thing any of its devices could cost) is expanded into its devices' bounds, and a
 // device's bound into its exact key, only when it could be next. So a scan that stops
-// after a few devices evaluates only those near the front: O(hosts) per service plus a
-// few exact evaluations, instead of O(devices).
+// after a few devices evaluates only those near the front: O(host groups + the hosts the
+// service names) per service plus a few exact evaluations, instead of O(devices).
 struct ServiceWork {
   const Compiled* c = nullptr;
   const HostFacts* facts = nullptr;
   CService cs;
   std::vector<Static> st;
   std::vector<char> done;
-  std::vector<double> lat_lb, energy_lb;  // per host: data + caller + rpc lower bounds
+  std::vector<int> done_list;  // the devices set in `done`, to clear them
+  // Per host, valid for the hosts the service names (`named`: replicas, caller,
+  // callees); the other ("plain") hosts take their group's figures.
+  std::vector<double> lat_lb, energy_lb;  // data + caller + rpc lower bounds
+  std::vector<double> host_local;         // max over its devices of bytes read locally
+  std::vector<char> named;
+  std::vector<int> named_list;
+  std::vector<double> group_lat, group_energy;  // per group, for its plain hosts
   std::unordered_map<int, double> local;  // device -> bytes per request read locally
-  std::vector<double> host_local;         // per host: max over its devices
   double min_fixed_lb = internal::kInf;
   bool cpu_only = false;
   // The placement run's state, when set: devices that cannot take an instance of this
@@ -145,11 +226,34 @@ struct ServiceWork {
     if (!done[d]) {
       st[d] = internal::EvalStatic(*c, cs, d);
       done[d] = 1;
+      done_list.push_back(d);
     }
     return st[d];
   }
 
-  // The lazily sorted order by one kind of key.
+  double LatLb(int h) const { return named[h] ? lat_lb[h] : group_lat[facts->group_of[h]]; }
+  double EnergyLb(int h) const {
+    return named[h] ? energy_lb[h] : group_energy[facts->group_of[h]];
+  }
+  double HostLocal(int h) const { return named[h] ? host_local[h] : 0.0; }
+
+  // The devices of one group in the order their bounds by `by` grow on a plain host
+  // (nullptr: the group's hosts are pushed one by one, a combination no policy uses).
+  const std::vector<int>* GroupOrder(const HostFacts::Group& g, OrderBy by) const {
+    switch (by) {
+      case OrderBy::kFixed:
+        return cpu_only ? &g.by_inv_cpu : &g.by_inv;
+      case OrderBy::kEnergy:
+        return cpu_only ? nullptr : &g.by_energy;
+      case OrderBy::kLocal:
+        return cpu_only ? nullptr : &g.by_local;
+    }
+    return nullptr;
+  }
+
+  // The lazily sorted order by one kind of key. Three heaps: host bounds (the hosts the
+  // service names), device bounds (their devices, and each group's next device on a
+  // plain host) and exact keys.
   class Order {
    public:
     void Reset(ServiceWork* w, OrderBy by) {
@@ -159,42 +263,61 @@ struct ServiceWork {
       devs_.clear();
       exact_.clear();
       sorted_.clear();
-      for (int h = 0; h < w->c->hosts; ++h) {
-        Key k;
-        if (w->HostKey(h, by, &k)) hosts_.push_back(k);
+      lists_.clear();
+      const HostFacts& f = *w->facts;
+      Key k;
+      for (int h : w->named_list) {
+        if (w->HostKey(h, by, &k)) hosts_.push_back(HostEntry{k, h});
       }
-      std::make_heap(hosts_.begin(), hosts_.end(), Greater);
+      for (size_t g = 0; g < f.groups.size(); ++g) {
+        const std::vector<int>* list = w->GroupOrder(f.groups[g], by);
+        if (list == nullptr) {
+          for (int h : f.groups[g].members) {
+            if (!w->named[h] && w->HostKey(h, by, &k)) hosts_.push_back(HostEntry{k, h});
+          }
+          continue;
+        }
+        lists_.push_back(list);
+        PushNext(static_cast<int>(lists_.size()) - 1, 0);
+      }
+      std::make_heap(hosts_.begin(), hosts_.end(), EntryGreater{});
+      std::make_heap(devs_.begin(), devs_.end(), EntryGreater{});
     }
     // The i-th key in order; false past the end.
     bool At(size_t i, Key* out) {
       while (sorted_.size() <= i) {
         const Key* best = exact_.empty() ? nullptr : &exact_.front();
-        bool host_first = !hosts_.empty() && (best == nullptr || hosts_.front() < *best) &&
-                          (devs_.empty() || hosts_.front() < devs_.front());
+        bool host_first = !hosts_.empty() && (best == nullptr || hosts_.front().k < *best) &&
+                          (devs_.empty() || hosts_.front().k < devs_.front().k);
         if (host_first) {
-          std::pop_heap(hosts_.begin(), hosts_.end(), Greater);
-          int h = w_->c->dev[hosts_.back().d].host;
+          std::pop_heap(hosts_.begin(), hosts_.end(), EntryGreater{});
+          int h = hosts_.back().pos;
           hosts_.pop_back();
           for (int d : w_->facts->devices[h]) {
             Key k;
             if (!w_->Hopeless(d) && w_->DeviceKey(d, by_, &k)) {
-              devs_.push_back(k);
-              std::push_heap(devs_.begin(), devs_.end(), Greater);
+              devs_.push_back(DevEntry{k, -1, 0});
+              std::push_heap(devs_.begin(), devs_.end(), EntryGreater{});
             }
           }
           continue;
         }
-        if (!devs_.empty() && (best == nullptr || devs_.front() < *best)) {
-          std::pop_heap(devs_.begin(), devs_.end(), Greater);
-          int d = devs_.back().d;
+        if (!devs_.empty() && (best == nullptr || devs_.front().k < *best)) {
+          std::pop_heap(devs_.begin(), devs_.end(), EntryGreater{});
+          DevEntry e = devs_.back();
           devs_.pop_back();
+          // The group's next device; its bound is not below this one's.
+          if (e.list >= 0 && PushNext(e.list, e.pos + 1)) {
+            std::push_heap(devs_.begin(), devs_.end(), EntryGreater{});
+          }
+          int d = e.k.d;
           if (w_->Hopeless(d)) continue;  // filled up since its host was expanded
           exact_.push_back(w_->ExactKey(d, by_));
-          std::push_heap(exact_.begin(), exact_.end(), Greater);
+          std::push_heap(exact_.begin(), exact_.end(), Greater{});
           continue;
         }
         if (best == nullptr) return false;
-        std::pop_heap(exact_.begin(), exact_.end(), Greater);
+        std::pop_heap(exact_.begin(), exact_.end(), Greater{});
         sorted_.push_back(exact_.back());
         exact_.pop_back();
       }
@@ -203,9 +326,44 @@ struct ServiceWork {
     }
 
    private:
+    struct HostEntry {
+      Key k;
+      int pos = 0;  // the host
+    };
+    struct DevEntry {
+      Key k;        // k.d: the device
+      int list = -1;  // index in lists_ (a group's order), or -1: a named host's device
+      int pos = 0;    // the device's position in that list
+    };
+    struct EntryGreater {
+      template <typename E>
+      bool operator()(const E& x, const E& y) const {
+        return y.k < x.k;
+      }
+    };
+    // Appends (not heapified) the first device at or after `pos` of list `li` that is on
+    // a plain host and can still take the service.
+    bool PushNext(int li, int pos) {
+      const std::vector<int>& list = *lists_[li];
+      const std::vector<internal::CDevice>& dev = w_->c->dev;
+      Key k;
+      for (int n = static_cast<int>(list.size()); pos < n; ++pos) {
+        int d = list[pos];
+        if (w_->named[dev[d].host] || w_->Hopeless(d)) continue;
+        if (w_->DeviceKey(d, by_, &k)) {
+          devs_.push_back(DevEntry{k, li, pos});
+          return true;
+        }
+      }
+      return false;
+    }
+
     ServiceWork* w_ = nullptr;
     OrderBy by_ = OrderBy::kFixed;
-    std::vector<Key> hosts_, devs_, exact_, sorted_;
+    std::vector<HostEntry> hosts_;
+    std::vector<DevEntry> devs_;
+    std::vector<Key> exact_, sorted_;
+    std::vector<const std::vector<int>*> lists_;
   };
   Order by_fixed, by_energy, by_local;
 
@@ -215,16 +373,16 @@ struct ServiceWork {
     int first = cpu_only ? facts->first_cpu[h] : facts->first_device[h];
     if (first < 0) return false;
     double inv = cpu_only ? facts->min_inv_speed_cpu[h] : facts->min_inv_speed[h];
-    double fixed = (lat_lb[h] + Cpu() * inv) * kShade;
+    double fixed = (LatLb(h) + Cpu() * inv) * kShade;
     switch (by) {
       case OrderBy::kFixed:
         *k = Key{fixed, 0, 0, first};
         break;
       case OrderBy::kEnergy:
-        *k = Key{(energy_lb[h] + Cpu() * facts->min_j_per_ns[h]) * kShade, fixed, 0, first};
+        *k = Key{(EnergyLb(h) + Cpu() * facts->min_j_per_ns[h]) * kShade, fixed, 0, first};
         break;
       case OrderBy::kLocal:
-        *k = Key{-host_local[h], facts->first_cpu[h] >= 0 ? 0.0 : 1.0, fixed, first};
+        *k = Key{-HostLocal(h), facts->first_cpu[h] >= 0 ? 0.0 : 1.0, fixed, first};
         break;
     }
     return true;
@@ -232,13 +390,13 @@ struct ServiceWork {
   bool DeviceKey(int d, OrderBy by, Key* k) const {
     const internal::CDevice& dev = c->dev[d];
     if (cpu_only && dev.kind != DeviceKind::kCpu) return false;
-    double fixed = (lat_lb[dev.host] + Cpu() / dev.server_speed) * kShade;
+    double fixed = (LatLb(dev.host) + Cpu() / dev.server_speed) * kShade;
     switch (by) {
       case OrderBy::kFixed:
         *k = Key{fixed, 0, 0, d};
         break;
       case OrderBy::kEnergy:
-        *k = Key{(energy_lb[dev.host] + Cpu() * dev.watts_per_core / dev.speed * 1e-9) * kShade,
+        *k = Key{(EnergyLb(dev.host) + Cpu() * dev.watts_per_core / dev.speed * 1e-9) * kShade,
                  fixed, 0, d};
         break;
       case OrderBy::kLocal: {
@@ -263,86 +421,135 @@ struct ServiceWork {
     return Key{};
   }
 
-  // Lower bounds per host of what a device there pays for data, caller and calls: a
+  // Lower bounds on host h of what a device there pays for data, caller and calls: a
   // replica, caller or callee on another host costs at least the TCP tier over the host
   // link; on the same host, at least nothing.
-  void Bounds() {
+  void HostBounds(int h, double* lat, double* energy) const {
     const Compiled& cc = *c;
     const TierCost& tcp = cc.view->transports.tcp;
-    size_t nh = static_cast<size_t>(cc.hosts);
-    lat_lb.assign(nh, 0);
-    energy_lb.assign(nh, 0);
-    host_local.assign(nh, 0);
-    local.clear();
-    std::vector<int> src;
-    auto add_remote = [&](const std::vector<int>& src_hosts, double bytes, double times) {
-      for (size_t h = 0; h < nh; ++h) {
-        double best_t = internal::kInf, best_j = internal::kInf;
-        for (int x : src_hosts) {
-          if (static_cast<size_t>(x) == h) {
-            best_t = best_j = 0;
-            break;
-          }
-          size_t k = cc.HL(x, static_cast<int>(h));
-          best_t = std::min(best_t, tcp.fixed_ns + 2 * cc.hl_lat[k] +
-                                        bytes * std::max(cc.hl_nspb[k], tcp.ns_per_byte));
-          best_j = std::min(best_j, bytes * cc.hl_j[k]);
-        }
-        lat_lb[h] += times * best_t;
-        energy_lb[h] += times * best_j;
-      }
-    };
-    auto hosts_of = [&](const std::vector<int>& devices) {
-      src.clear();
+    double t_sum = 0, j_sum = 0;
+    // The cheapest of the hosts of `devices` (0 if h is one of them).
+    auto remote = [&](const std::vector<int>& devices, double bytes, double times) {
+      double best_t = internal::kInf, best_j = internal::kInf;
       for (int d : devices) {
-        int h = cc.dev[d].host;
-        if (std::find(src.begin(), src.end(), h) == src.end()) src.push_back(h);
+        int x = cc.dev[d].host;
+        if (x == h) {
+          best_t = best_j = 0;
+          break;
+        }
+        size_t k = cc.HL(x, h);
+        best_t = std::min(best_t, tcp.fixed_ns + 2 * cc.hl_lat[k] +
+                                      bytes * std::max(cc.hl_nspb[k], tcp.ns_per_byte));
+        best_j = std::min(best_j, bytes * cc.hl_j[k]);
       }
-      return src;
+      t_sum += times * best_t;
+      j_sum += times * best_j;
     };
+    for (const internal::CRead& r : cs.reads) remote(r.replicas, r.bytes, 1);
+    const ServiceProfile& p = *cs.profile;
+    double caller_bytes = p.request_bytes + p.reply_bytes;
+    if (cs.caller_device >= 0) {
+      remote({cs.caller_device}, caller_bytes, 1);
+    } else if (cs.caller_host >= 0) {
+      // The gateway pays TCP even on its own host.
+      double t = tcp.fixed_ns + caller_bytes * tcp.ns_per_byte;
+      double j = 0;
+      if (h != cs.caller_host) {
+        size_t k = cc.HL(cs.caller_host, h);
+        t = tcp.fixed_ns + 2 * cc.hl_lat[k] +
+            caller_bytes * std::max(cc.hl_nspb[k], tcp.ns_per_byte);
+        j = caller_bytes * cc.hl_j[k];
+      }
+      t_sum += t;
+      j_sum += j;
+    }
+    for (const internal::CEdge& e : cs.edges) {
+      if (e.callees.empty()) continue;
+      remote(e.callees, e.request_bytes + e.reply_bytes, e.calls);
+    }
+    *lat = t_sum;
+    *energy = j_sum;
+  }
+
+  void Name(int h) {
+    if (!named[h]) {
+      named[h] = 1;
+      named_list.push_back(h);
+    }
+  }
+
+  void Bounds() {
+    const Compiled& cc = *c;
+    const HostFacts& f = *facts;
+    for (int h : named_list) named[h] = 0;
+    named_list.clear();
+    local.clear();
     for (const internal::CRead& r : cs.reads) {
-      add_remote(hosts_of(r.replicas), r.bytes, 1);
-      for (int x : r.replicas) local[x] += r.bytes;
+      for (int x : r.replicas) {
+        Name(cc.dev[x].host);
+        local[x] += r.bytes;
+      }
+    }
+    if (cs.caller_device >= 0) Name(cc.dev[cs.caller_device].host);
+    if (cs.caller_host >= 0) Name(cs.caller_host);
+    for (const internal::CEdge& e : cs.edges) {
+      for (int y : e.callees) Name(cc.dev[y].host);
+    }
+    for (int h : named_list) {
+      HostBounds(h, &lat_lb[h], &energy_lb[h]);
+      host_local[h] = 0;
     }
     for (const auto& [d, bytes] : local) {
       host_local[cc.dev[d].host] = std::max(host_local[cc.dev[d].host], bytes);
     }
-    const ServiceProfile& p = *cs.profile;
-    double caller_bytes = p.request_bytes + p.reply_bytes;
-    if (cs.caller_device >= 0) {
-      add_remote({cc.dev[cs.caller_device].host}, caller_bytes, 1);
-    } else if (cs.caller_host >= 0) {
-      // The gateway pays TCP even on its own host.
-      for (size_t h = 0; h < nh; ++h) {
-        double t = tcp.fixed_ns + caller_bytes * tcp.ns_per_byte;
-        double j = 0;
-        if (static_cast<int>(h) != cs.caller_host) {
-          size_t k = cc.HL(cs.caller_host, static_cast<int>(h));
-          t = tcp.fixed_ns + 2 * cc.hl_lat[k] +
-              caller_bytes * std::max(cc.hl_nspb[k], tcp.ns_per_byte);
-          j = caller_bytes * cc.hl_j[k];
+    // A group's plain hosts all see the named hosts over equal links: one of them stands
+    // for all.
+    for (size_t g = 0; g < f.groups.size(); ++g) {
+      group_lat[g] = group_energy[g] = internal::kInf;
+      for (int h : f.groups[g].members) {
+        if (!named[h]) {
+          HostBounds(h, &group_lat[g], &group_energy[g]);
+          break;
         }
-        lat_lb[h] += t;
-        energy_lb[h] += j;
       }
-    }
-    for (const internal::CEdge& e : cs.edges) {
-      if (e.callees.empty()) continue;
-      add_remote(hosts_of(e.callees), e.request_bytes + e.reply_bytes, e.calls);
     }
   }
 
   void Prepare(const Compiled& cc, const HostFacts& f, Policy policy) {
     c = &cc;
     facts = &f;
-    st.resize(cc.dev.size());
-    done.assign(cc.dev.size(), 0);
+    size_t nh = static_cast<size_t>(cc.hosts);
+    if (st.size() != cc.dev.size() || named.size() != nh ||
+        group_lat.size() != f.groups.size()) {
+      st.resize(cc.dev.size());
+      done.assign(cc.dev.size(), 0);
+      done_list.clear();
+      lat_lb.assign(nh, 0);
+      energy_lb.assign(nh, 0);
+      host_local.assign(nh, 0);
+      named.assign(nh, 0);
+      named_list.clear();
+      group_lat.assign(f.groups.size(), 0);
+      group_energy.assign(f.groups.size(), 0);
+    }
+    for (int d : done_list) done[d] = 0;
+    done_list.clear();
     cpu_only = policy == Policy::kHostOnly;
     Bounds();
+    // The least fixed-cost bound: a named host's, or the first plain host of a group.
     min_fixed_lb = internal::kInf;
-    for (int h = 0; h < cc.hosts; ++h) {
-      Key k;
+    Key k;
+    for (int h : named_list) {
       if (HostKey(h, OrderBy::kFixed, &k)) min_fixed_lb = std::min(min_fixed_lb, k.a);
+    }
+    // A host's bound is that of its fastest device: on plain hosts, the group's first.
+    for (const HostFacts::Group& g : f.groups) {
+      for (int d : *GroupOrder(g, OrderBy::kFixed)) {
+        int h = cc.dev[d].host;
+        if (named[h]) continue;
+        if (HostKey(h, OrderBy::kFixed, &k)) min_fixed_lb = std::min(min_fixed_lb, k.a);
+        break;
+      }
     }
     if (policy == Policy::kLatency || policy == Policy::kHostOnly || policy == Policy::kBalanced) {
       by_fixed.Reset(this, OrderBy::kFixed);
