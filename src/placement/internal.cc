@@ -400,9 +400,11 @@ WaitTimes MmcWait(int servers, double utilization, double service_ns, double cv2
   }
   int c = std::max(1, servers);
   double a = utilization * c;  // offered load in servers
-  // Erlang B by the stable recurrence, then Erlang C.
-  double b = 1;
-  for (int k = 1; k <= c; ++k) b = a * b / (k + a * b);
+  // Erlang B by the stable recurrence on its reciprocal (1/B_k = 1 + (k/a)/B_{k-1}: no
+  // division in the loop), then Erlang C.
+  double inv_a = 1 / a, inv_b = 1;
+  for (int k = 1; k <= c; ++k) inv_b = 1 + k * inv_a * inv_b;
+  double b = 1 / inv_b;
   double pw = b / (1 - utilization * (1 - b));
   double decay = c * (1 - utilization) / (service_ns * (1 + cv2) / 2);  // per ns
   w.p_wait = pw;

@@ -204,6 +204,10 @@ struct ServiceWork {
   std::unordered_map<int, double> local;  // device -> bytes per request read locally
   double min_fixed_lb = internal::kInf;
   bool cpu_only = false;
+  // The energy order leaves out devices whose fixed costs exceed this (balanced's SLO,
+  // in ns): its scan would skip them (ScanEnergy, need_slo), so their exact keys are
+  // not computed. The bound's fixed part (key.b) is below the exact one.
+  double energy_max_fixed = internal::kInf;
   // The placement run's state, when set: devices that cannot take an instance of this
   // service any more (not allowed, memory full, offered cores full) leave the order
   // before their exact key is computed. Sound because a run only ever adds load and
@@ -212,14 +216,18 @@ struct ServiceWork {
   // of services walked past the same full devices again and again.
   const State* state = nullptr;
 
-  bool Hopeless(int d) const {
+  // `capped`: also when the instance would take the device past the utilization cap
+  // that keeps earlier instances within their SLOs (Plausible's `protect`; caps only
+  // fall and load only rises in a run, so this too lasts).
+  bool Hopeless(int d, bool capped = false) const {
     if (state == nullptr) return false;
     if (!cs.allowed.empty() && cs.allowed[d] == 0) return true;
     const internal::CDevice& dev = c->dev[d];
     const ServiceProfile& p = *cs.profile;
     if (state->committed[d] + p.memory_bytes > dev.memory) return true;
     double load = p.request_rate * (p.cpu_ns_per_request / dev.speed) * 1e-9;
-    return !((state->used[d] + load) / dev.offered < 1);
+    double util = (state->used[d] + load) / dev.offered;
+    return !(util < 1) || (capped && util > state->cap[d]);
   }
 
   const Static& Get(int d) {
@@ -256,9 +264,13 @@ struct ServiceWork {
   // plain host) and exact keys.
   class Order {
    public:
-    void Reset(ServiceWork* w, OrderBy by) {
+    // `capped`: the order leaves out devices past their utilization caps (for scans
+    // with `protect`, which would skip them).
+    void Reset(ServiceWork* w, OrderBy by, bool capped = false) {
       w_ = w;
       by_ = by;
+      capped_ = capped;
+      ready_ = true;
       hosts_.clear();
       devs_.clear();
       exact_.clear();
@@ -267,13 +279,15 @@ struct ServiceWork {
       const HostFacts& f = *w->facts;
       Key k;
       for (int h : w->named_list) {
-        if (w->HostKey(h, by, &k)) hosts_.push_back(HostEntry{k, h});
+        if (w->HostKey(h, by, &k) && Wanted(k)) hosts_.push_back(HostEntry{k, h});
       }
       for (size_t g = 0; g < f.groups.size(); ++g) {
         const std::vector<int>* list = w->GroupOrder(f.groups[g], by);
         if (list == nullptr) {
           for (int h : f.groups[g].members) {
-            if (!w->named[h] && w->HostKey(h, by, &k)) hosts_.push_back(HostEntry{k, h});
+            if (!w->named[h] && w->HostKey(h, by, &k) && Wanted(k)) {
+              hosts_.push_back(HostEntry{k, h});
+            }
           }
           continue;
         }
@@ -295,7 +309,7 @@ struct ServiceWork {
           hosts_.pop_back();
           for (int d : w_->facts->devices[h]) {
             Key k;
-            if (!w_->Hopeless(d) && w_->DeviceKey(d, by_, &k)) {
+            if (!Dropped(d) && w_->DeviceKey(d, by_, &k) && Wanted(k)) {
               devs_.push_back(DevEntry{k, -1, 0});
               std::push_heap(devs_.begin(), devs_.end(), EntryGreater{});
             }
@@ -311,8 +325,10 @@ struct ServiceWork {
             std::push_heap(devs_.begin(), devs_.end(), EntryGreater{});
           }
           int d = e.k.d;
-          if (w_->Hopeless(d)) continue;  // filled up since its host was expanded
-          exact_.push_back(w_->ExactKey(d, by_));
+          if (Dropped(d)) continue;  // filled up since its host was expanded
+          Key x = w_->ExactKey(d, by_);
+          if (!Wanted(x)) continue;
+          exact_.push_back(x);
           std::push_heap(exact_.begin(), exact_.end(), Greater{});
           continue;
         }
@@ -324,6 +340,10 @@ struct ServiceWork {
       *out = sorted_[i];
       return true;
     }
+    // Built for the service being prepared (Prepare clears it; the orders are built on
+    // first use).
+    bool ready() const { return ready_; }
+    void Invalidate() { ready_ = false; }
 
    private:
     struct HostEntry {
@@ -341,6 +361,13 @@ struct ServiceWork {
         return y.k < x.k;
       }
     };
+    // True for a device the scans would pass over (full, or past its cap in a capped
+    // order).
+    bool Dropped(int d) const { return w_->Hopeless(d, capped_); }
+    // False for a key (bound or exact) whose devices the scan would skip.
+    bool Wanted(const Key& k) const {
+      return by_ != OrderBy::kEnergy || !(k.b > w_->energy_max_fixed);
+    }
     // Appends (not heapified) the first device at or after `pos` of list `li` that is on
     // a plain host and can still take the service.
     bool PushNext(int li, int pos) {
@@ -349,8 +376,8 @@ struct ServiceWork {
       Key k;
       for (int n = static_cast<int>(list.size()); pos < n; ++pos) {
         int d = list[pos];
-        if (w_->named[dev[d].host] || w_->Hopeless(d)) continue;
-        if (w_->DeviceKey(d, by_, &k)) {
+        if (w_->named[dev[d].host] || Dropped(d)) continue;
+        if (w_->DeviceKey(d, by_, &k) && Wanted(k)) {
           devs_.push_back(DevEntry{k, li, pos});
           return true;
         }
@@ -360,12 +387,29 @@ struct ServiceWork {
 
     ServiceWork* w_ = nullptr;
     OrderBy by_ = OrderBy::kFixed;
+    bool capped_ = false, ready_ = false;
     std::vector<HostEntry> hosts_;
     std::vector<DevEntry> devs_;
     std::vector<Key> exact_, sorted_;
     std::vector<const std::vector<int>*> lists_;
   };
-  Order by_fixed, by_energy, by_local;
+  Order by_fixed, by_fixed_capped, by_energy, by_local;
+  // The orders, built on first use for this service.
+  Order& Fixed(bool capped) {
+    Order& o = capped ? by_fixed_capped : by_fixed;
+    if (!o.ready()) o.Reset(this, OrderBy::kFixed, capped);
+    return o;
+  }
+  Order& Energy() {
+    // Balanced scans it only with `protect` (ScanEnergy).
+    if (!by_energy.ready()) by_energy.Reset(this, OrderBy::kEnergy, balanced);
+    return by_energy;
+  }
+  Order& Local() {
+    if (!by_local.ready()) by_local.Reset(this, OrderBy::kLocal);
+    return by_local;
+  }
+  bool balanced = false;
 
   double Cpu() const { return cs.profile->cpu_ns_per_request; }
 
@@ -551,13 +595,15 @@ struct ServiceWork {
         break;
       }
     }
-    if (policy == Policy::kLatency || policy == Policy::kHostOnly || policy == Policy::kBalanced) {
-      by_fixed.Reset(this, OrderBy::kFixed);
+    energy_max_fixed = internal::kInf;
+    if (policy == Policy::kBalanced && cs.profile->slo_p99_us > 0) {
+      energy_max_fixed = cs.profile->slo_p99_us * 1e3;
     }
-    if (policy == Policy::kEnergy || policy == Policy::kBalanced) {
-      by_energy.Reset(this, OrderBy::kEnergy);
-    }
-    if (policy == Policy::kDataLocal) by_local.Reset(this, OrderBy::kLocal);
+    balanced = policy == Policy::kBalanced;
+    by_fixed.Invalidate();
+    by_fixed_capped.Invalidate();
+    by_energy.Invalidate();
+    by_local.Invalidate();
   }
 };
 
@@ -655,28 +701,30 @@ Eval Choose(const Compiled& c, ServiceWork& w, const State& s, Policy policy,
   switch (policy) {
     case Policy::kLatency: {
       // First without pushing instances placed earlier past their SLOs, then regardless.
-      Eval e = ScanLatency(c, w, w.by_fixed, s, t, /*grouped=*/false, /*protect=*/true);
+      Eval e = ScanLatency(c, w, w.Fixed(/*capped=*/true), s, t, /*grouped=*/false,
+                           /*protect=*/true);
       if (e.d >= 0) return e;
-      return ScanLatency(c, w, w.by_fixed, s, t, /*grouped=*/false);
+      return ScanLatency(c, w, w.Fixed(false), s, t, /*grouped=*/false);
     }
     case Policy::kHostOnly:
-      return ScanLatency(c, w, w.by_fixed, s, t, /*grouped=*/false);
+      return ScanLatency(c, w, w.Fixed(false), s, t, /*grouped=*/false);
     case Policy::kEnergy:
-      return ScanEnergy(c, w, w.by_energy, s, t, /*need_slo=*/false);
+      return ScanEnergy(c, w, w.Energy(), s, t, /*need_slo=*/false);
     case Policy::kBalanced: {
       double slo_ns = w.cs.profile->slo_p99_us * 1e3;
       if (slo_ns <= 0 || w.min_fixed_lb <= slo_ns) {
-        Eval e = ScanEnergy(c, w, w.by_energy, s, t, /*need_slo=*/true, /*protect=*/true);
+        Eval e = ScanEnergy(c, w, w.Energy(), s, t, /*need_slo=*/true, /*protect=*/true);
         if (e.d >= 0) return e;
       }
-      Eval e = ScanLatency(c, w, w.by_fixed, s, t, /*grouped=*/false, /*protect=*/true);
+      Eval e = ScanLatency(c, w, w.Fixed(/*capped=*/true), s, t, /*grouped=*/false,
+                           /*protect=*/true);
       if (e.d >= 0) return e;
-      return ScanLatency(c, w, w.by_fixed, s, t, /*grouped=*/false);
+      return ScanLatency(c, w, w.Fixed(false), s, t, /*grouped=*/false);
     }
     case Policy::kRandom:
       return PickRandom(c, w, s, t, options.seed, replica);
     case Policy::kDataLocal:
-      return ScanLatency(c, w, w.by_local, s, t, /*grouped=*/true);
+      return ScanLatency(c, w, w.Local(), s, t, /*grouped=*/true);
   }
   return Eval{};
 }
@@ -970,6 +1018,7 @@ Result<PlaceAllResult> PlaceAll(const ClusterView& view,
         w.state = nullptr;  // every device, full or not
         w.by_fixed.Reset(&w, OrderBy::kFixed);
         bool any = w.by_fixed.At(0, &first);
+        w.by_fixed.Invalidate();  // the next replica's order leaves full devices out again
         w.state = &s;
         if (any) {
           int d = first.d;
