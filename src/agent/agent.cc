@@ -1611,6 +1611,7 @@ Status Agent::AdoptShmConnection(std::unique_ptr<transport::ShmConnection> conn,
   for (auto& w : workers_) {
     if (&w->doorbell() == doorbell) wt = w.get();
   }
+  if (data_worker_ != nullptr && &data_worker_->doorbell() == doorbell) wt = data_worker_.get();
   if (wt == nullptr) return InvalidArgumentError("no worker has that doorbell");
   auto holder = std::make_shared<std::unique_ptr<transport::ShmConnection>>(std::move(conn));
   if (!wt->Post([wt, holder] { wt->AdoptServerConn(std::move(*holder)); }, "", /*io=*/true)) {
@@ -1642,6 +1643,15 @@ int Agent::WorkerForService(const std::string& service) {
 }
 
 const transport::Doorbell* Agent::DoorbellFor(std::string_view hint) {
+  // A reader of this device's datasets ("$data@DEVICE", OpenDataChannel) is served by
+  // the dataset worker, off the workers that run guests, like a TCP reader
+  // (ServeTcpFrame): the device's main task does not wait for its guests.
+  const std::string_view data(kDataService);
+  if (data_worker_ != nullptr &&
+      (hint == data || (hint.size() > data.size() && hint.substr(0, data.size()) == data &&
+                        hint[data.size()] == '@'))) {
+    return &data_worker_->doorbell();
+  }
   return &workers_[WorkerForHint(hint)]->doorbell();
 }
 

@@ -333,7 +333,8 @@ class Agent {
   std::map<std::string, uint64_t> RemoteDataBytesByHost() EXCLUDES(mu_);
 
   // Shared-memory server side: which worker's doorbell a new connection gets (by the
-  // instance id the client names as its hint), and handing the connection to it.
+  // instance id the client names as its hint; "$data@DEVICE", a dataset reader, gets the
+  // dataset worker's), and handing the connection to it.
   const transport::Doorbell* DoorbellFor(std::string_view hint);
   Status AdoptShmConnection(std::unique_ptr<transport::ShmConnection> conn,
                             const transport::Doorbell* doorbell);

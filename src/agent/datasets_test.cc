@@ -156,19 +156,30 @@ TEST_P(DatasetsTest, LocalAndRemoteReadsGiveTheSameBytesAndAreCounted) {
             0u);
 }
 
-// The device's main task is not delayed by its guests: a "$data" request over TCP is
-// answered while the agent's only guest worker is busy with a guest that spins (issue
-// #5, point 4). Before the dataset worker, it waited for the guest's CPU limit.
-TEST(DatasetsServingTest, DataRequestsAreAnsweredWhileTheOnlyGuestWorkerIsBusy) {
+// The device's main task is not delayed by its guests: a "$data" request is answered
+// while the agent's only guest worker is busy with a guest that spins (issue #5, point
+// 4), over TCP (a reader on another host) and over shared memory (a reader on another
+// device of the same host). Before the dataset worker, it waited for the guest's CPU
+// limit; the shared-memory connection waited for it until it, too, went to the dataset
+// worker.
+class DatasetsServingTest : public ::testing::TestWithParam<bool /*same host: shm*/> {};
+
+TEST_P(DatasetsServingTest, DataRequestsAreAnsweredWhileTheOnlyGuestWorkerIsBusy) {
+  const bool same_host = GetParam();
   Device csd = Device::Start("csd0", "h2", true);
-  Device cpu = Device::Start("cpu0", "h1", false);
+  Device cpu = Device::Start("cpu0", same_host ? "h2" : "h1", false);
   ASSERT_TRUE(csd.agent->datasets()->Put("logs", "day1", Lines(1000)).ok());
   cpu.agent->SetDatasetLocations({csd.Where("logs")});
   Manifest spin = GuestManifest("spin", {"spin"});
   spin.limits.cpu_ms = 3000;  // the guest spins until this CPU limit stops it
   ASSERT_TRUE(csd.agent->Deploy(spin, ReadWasm("guest_loop")).ok());
-  // A first read opens the TCP connection (and moves it to the dataset worker).
+  // A first read opens the connection (a TCP one moves to the dataset worker; a
+  // shared-memory one is accepted there).
+  const dataplane::Tier tier =
+      same_host ? dataplane::Tier::kSharedMemory : dataplane::Tier::kTcp;
+  const uint64_t calls_before = cpu.agent->calls_by_tier(tier);
   ASSERT_TRUE(cpu.Call("data", "read", "logs|day1|0|10").status.ok());
+  ASSERT_GT(cpu.agent->calls_by_tier(tier), calls_before) << "the read took another transport";
 
   std::atomic<bool> spin_done{false};
   std::atomic<int64_t> spin_end{0}, spin_exec{0};
@@ -208,6 +219,10 @@ TEST(DatasetsServingTest, DataRequestsAreAnsweredWhileTheOnlyGuestWorkerIsBusy) 
 }
 
 INSTANTIATE_TEST_SUITE_P(Tiers, DatasetsTest, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& i) {
+                           return i.param ? "SharedMemory" : "Tcp";
+                         });
+INSTANTIATE_TEST_SUITE_P(Tiers, DatasetsServingTest, ::testing::Values(false, true),
                          [](const ::testing::TestParamInfo<bool>& i) {
                            return i.param ? "SharedMemory" : "Tcp";
                          });

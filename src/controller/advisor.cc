@@ -82,7 +82,7 @@ placement::DeviceKind KindOf(std::string_view name) {
 
 placement::ClusterView BuildPlacementView(
     const cluster::Topology* topology, const ClusterView& view,
-    const std::map<std::string, double>& utilization,
+    const std::map<std::string, double>& guest_cores,
     const std::map<std::string, std::vector<std::string>>& datasets) {
   placement::ClusterView v;
   std::map<std::string, uint64_t> committed;
@@ -114,8 +114,9 @@ placement::ClusterView BuildPlacementView(
         }
       }
     }
-    auto u = utilization.find(device);
-    d.utilization = u == utilization.end() ? 0 : std::clamp(u->second, 0.0, 1.0);
+    auto u = guest_cores.find(device);
+    const double offered = d.cores * (1 - d.reserved);
+    d.utilization = u == guest_cores.end() ? 0 : std::clamp(u->second / offered, 0.0, 1.0);
     d.memory_committed_bytes = committed[device];
     v.devices.push_back(std::move(d));
   }

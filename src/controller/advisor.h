@@ -49,10 +49,14 @@ struct ServiceMeasurement {
 
 // The engine's view: the live agents' devices, described by the topology where it has
 // them (power, reserved share, datasets, links), else by what the agent registered.
-// `utilization` and `datasets` are per device (telemetry).
+// `guest_cores` and `datasets` are per device (telemetry): `guest_cores` is the
+// core-equivalents its guests keep busy (their requests' CPU time per second), which
+// becomes the utilization of the offered cores, cores × (1 − reserved). The agent's own
+// CPU (heartbeats, serving datasets to other devices) is not in it: that is the
+// device's main task, what the reserved share is for.
 placement::ClusterView BuildPlacementView(
     const cluster::Topology* topology, const ClusterView& view,
-    const std::map<std::string, double>& utilization,
+    const std::map<std::string, double>& guest_cores,
     const std::map<std::string, std::vector<std::string>>& datasets);
 
 // The profile of `svc`: hints first, measurements when there are any.

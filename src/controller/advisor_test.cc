@@ -108,5 +108,42 @@ TEST(AdvisorTest, ThePlannerFollowsTheRankingWithinItsOwnChecks) {
   EXPECT_EQ(p.actions[0].device, "cpu0");
 }
 
+
+// The utilization the engine sees is the guests' CPU over the offered cores: bench/ndp's
+// csd0 (0.25 core, half reserved for serving its data) with 0.01 core of guests is 8%
+// busy; the agent's own CPU is not passed in (it is the reserved share). On the idle
+// drive, the full-selectivity filter goes to csd0 (placement_test has the numbers).
+TEST(AdvisorTest, GuestCoresAreAShareOfTheOfferedCores) {
+  Result<cluster::Topology> t = cluster::ParseTopology(R"(name: ndp
+hosts:
+  - name: h1
+    devices:
+      - {name: cpu0, kind: cpu, cores: 1}
+  - name: h2
+    devices:
+      - {name: csd0, kind: csd, cores: 0.25, speed: 1.0, reserved: 0.5, datasets: [ndp]}
+links:
+  - {a: h1, b: h2, latency: 50us, bandwidth: 1gbit}
+)",
+                                                       "ndp.yaml");
+  ASSERT_TRUE(t.ok()) << t.status();
+  ClusterView view;
+  view.agents["cpu0"] = Agent("cpu0", "h1", "cpu", 1, 1);
+  view.agents["csd0"] = Agent("csd0", "h2", "csd", 0.25, 1);
+  placement::ClusterView pv = BuildPlacementView(&*t, view, {{"csd0", 0.01}, {"cpu0", 0.5}}, {});
+  ASSERT_EQ(pv.devices.size(), 2u);
+  EXPECT_NEAR(pv.devices[0].utilization, 0.5, 1e-9);
+  EXPECT_NEAR(pv.devices[1].utilization, 0.08, 1e-9);
+  pv = BuildPlacementView(&*t, view, {{"csd0", 1.0}}, {});
+  EXPECT_EQ(pv.devices[1].utilization, 1.0);  // clamped
+
+  ServiceRecord filter = Scan(R"({"policy": "latency", "cpu_us": 8400, "rate": 1, "cv2": 0,
+                                 "reads": [{"dataset": "ndp", "bytes": 16777216}]})");
+  pv = BuildPlacementView(&*t, view, {}, {});
+  Result<placement::Decision> d = Advise(filter, *HintsFromJson(filter.placement), pv, std::nullopt);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->device, "csd0") << d->explanation;
+}
+
 }  // namespace
 }  // namespace tern::controller

@@ -70,6 +70,10 @@ struct Telemetry {
   std::optional<uint64_t> rapl_uj;  // package energy counter, where the agent reads RAPL
   uint64_t rss_bytes = 0;
   double cpu_util = 0;       // of its cores, over the last interval
+  // Core-equivalents its guests kept busy over the last interval: the CPU time of their
+  // requests (the placement engine's utilization of the offered cores; the agent's own
+  // work, serving datasets included, is the device's reserved share).
+  double guest_cores = 0;
   struct Inst {
     std::string service;
     uint64_t requests = 0;
@@ -530,15 +534,15 @@ struct Controller::Impl {
     return MakeInstanceId(service, static_cast<uint64_t>(it->second.first++));
   }
 
-  // The placement engine's inputs from telemetry: device utilization, datasets kept,
-  // and per-service measurements.
+  // The placement engine's inputs from telemetry: core-equivalents busy with guests per
+  // device, datasets kept, and per-service measurements.
   void EngineInputs(const ClusterView& view, std::map<std::string, double>* util,
                     std::map<std::string, std::vector<std::string>>* datasets,
                     std::map<std::string, ServiceMeasurement>* measured) {
     MutexLock l(&pub_mu);
     for (const auto& [device, t] : telemetry) {
       if (!view.agents.count(device)) continue;
-      (*util)[device] = t.cpu_util;
+      (*util)[device] = t.guest_cores;
       for (const auto& [name, d] : t.datasets) (*datasets)[device].push_back(name);
       double speed = view.agents.at(device).speed;
       for (const auto& [id, x] : t.instances) {
@@ -781,6 +785,11 @@ struct Controller::Impl {
         auto pi = p.instances.find(id);
         if (pi == p.instances.end() || x.requests < pi->second.requests) continue;
         uint64_t dn = x.requests - pi->second.requests;
+        // CPU time where the agent measures it, else (older agents) the wall time.
+        const int64_t busy_ns = x.cpu_ns_total > 0
+                                    ? x.cpu_ns_total - pi->second.cpu_ns_total
+                                    : x.exec_ns_total - pi->second.exec_ns_total;
+        if (busy_ns > 0) t.guest_cores += static_cast<double>(busy_ns) / 1e9 / dt;
         // An idle interval keeps the last per-request figures (there is nothing new).
         x.energy = pi->second.energy;
         x.mean_cpu_us = pi->second.mean_cpu_us;
