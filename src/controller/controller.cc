@@ -80,6 +80,7 @@ struct Telemetry {
     double data_per_request = 0;  // dataset bytes per request over the last interval
     double rate = 0;          // requests/s over the last interval
     double mean_exec_us = 0;  // over the last interval
+    std::string last_trace_id;  // of the last request it served, as of the heartbeat
   };
   std::map<std::string, Inst> instances;
   std::set<std::string> services;  // deployed on the agent
@@ -732,6 +733,7 @@ struct Controller::Impl {
           x.exec_ns_total = i.value("exec_ns_total", int64_t{0});
           x.queued = i.value("queued", uint64_t{0});
           x.memory_bytes = i.value("memory_bytes", uint64_t{0});
+          x.last_trace_id = i.value("last_trace_id", std::string());
           if (i.contains("data") && i["data"].is_object()) {
             x.data_local_bytes = i["data"].value("local_bytes", uint64_t{0});
             x.data_remote_bytes = i["data"].value("remote_bytes", uint64_t{0});
@@ -913,12 +915,16 @@ struct Controller::Impl {
         j["rss_bytes"] = t->second.rss_bytes;
         json inst = json::object();
         for (const auto& [id, x] : t->second.instances) {
-          inst[id] = json{{"service", x.service},         {"requests", x.requests},
-                          {"failures", x.failures},       {"queued", x.queued},
-                          {"memory_bytes", x.memory_bytes}, {"rate", x.rate},
+          inst[id] = json{{"service", x.service},
+                          {"requests", x.requests},
+                          {"failures", x.failures},
+                          {"queued", x.queued},
+                          {"memory_bytes", x.memory_bytes},
+                          {"rate", x.rate},
                           {"mean_exec_us", x.mean_exec_us},
                           {"data_local_bytes", x.data_local_bytes},
-                          {"data_remote_bytes", x.data_remote_bytes}};
+                          {"data_remote_bytes", x.data_remote_bytes},
+                          {"last_trace_id", x.last_trace_id}};
         }
         j["instances"] = inst;
         json ds = json::object();
