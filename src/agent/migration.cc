@@ -122,6 +122,8 @@ class Agent::Forwarder {
         f.handler = h.req.instance.empty() ? h.req.handler : h.req.handler + "@" + h.req.instance;
         f.payload = h.req.payload;
         f.tenant = h.req.tenant;
+        f.trace_id = h.req.trace_id;
+        f.idempotency_key = h.req.idempotency_key;
         const int64_t now = MonoNanos();
         int64_t until = h.req.deadline_ns != 0 ? h.req.deadline_ns : now + 30'000'000'000;
         if (h.req.deadline_ns != 0) {

@@ -185,7 +185,8 @@ int ClusterPs(const ClusterRecord& c, bool raw_json, int64_t timeout_ms) {
 }
 
 int ClusterInvoke(const ClusterRecord& c, const std::string& service, const std::string& handler,
-                  const std::string& payload, int64_t repeat, int64_t timeout_ms) {
+                  const std::string& payload, int64_t repeat, int64_t timeout_ms,
+                  const transport::CallIds& ids) {
   if (c.gateway.empty()) {
     return CommandFailed(FailedPreconditionError("no gateway address (--gateway or `tern up` first)"));
   }
@@ -200,7 +201,18 @@ int ClusterInvoke(const ClusterRecord& c, const std::string& service, const std:
                                    http.status().message())));
   }
   std::string target = "/v1/invoke/" + service + "/" + handler;
-  transport::HttpHeaders headers = {{"X-Tern-Timeout-Ms", std::to_string(timeout_ms)}};
+  transport::HttpHeaders headers = {{"X-Tern-Timeout-Ms", std::to_string(timeout_ms)},
+                                    {transport::kTraceIdHeader, TraceIdHex(ids.trace_id)}};
+  if (ids.idempotency_key != 0) {
+    headers.emplace_back(transport::kIdempotencyKeyHeader, std::to_string(ids.idempotency_key));
+  }
+  // The trace id the gateway used (it echoes ours), on stderr (stdout is the reply) when
+  // that is a terminal.
+  auto print_trace = [&](const transport::HttpClientResponse* r) {
+    if (!isatty(STDERR_FILENO)) return;
+    const std::string* t = r ? r->FindHeader(transport::kTraceIdHeader) : nullptr;
+    std::fprintf(stderr, "trace %s\n", t ? t->c_str() : TraceIdHex(ids.trace_id).c_str());
+  };
   auto once = [&]() -> Result<transport::HttpClientResponse> {
     TERN_ASSIGN_OR_RETURN(transport::HttpClientResponse r,
                           (*http)->Request("POST", target, payload, "application/octet-stream",
@@ -210,6 +222,7 @@ int ClusterInvoke(const ClusterRecord& c, const std::string& service, const std:
   };
   if (repeat == 1) {
     Result<transport::HttpClientResponse> r = once();
+    print_trace(r.ok() ? &*r : nullptr);
     if (!r.ok()) return CommandFailed(r.status());
     PrintReply(r->body);
     return 0;
@@ -220,6 +233,7 @@ int ClusterInvoke(const ClusterRecord& c, const std::string& service, const std:
   for (int64_t i = 0; i < repeat; ++i) {
     int64_t t0 = MonoNanos();
     Result<transport::HttpClientResponse> r = once();
+    if (i == 0 || !r.ok()) print_trace(r.ok() ? &*r : nullptr);
     if (!r.ok()) return CommandFailed(r.status().WithPrefix(fmt::format("call {} of {}", i + 1, repeat)));
     ns.push_back(MonoNanos() - t0);
     const std::string* who = r->FindHeader("x-tern-instance");

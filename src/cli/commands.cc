@@ -190,9 +190,14 @@ int CmdInvoke(int argc, char** argv) {
   Flags f("tern invoke SERVICE HANDLER [PAYLOAD] [flags]",
           "Calls a handler of a service and prints the reply: through the cluster's\n"
           "gateway (HTTP), or over one agent's frame protocol with --agent. PAYLOAD is\n"
-          "taken literally; `-` reads it from stdin.");
+          "taken literally; `-` reads it from stdin. When stderr is a terminal, the trace\n"
+          "id of the call is printed there (`trace <hex>`); scripts choose their own with\n"
+          "--trace-id. Every call of --repeat sends the same ids.");
   f.Add("data-file", "", "read the payload from this file");
   f.Add("repeat", "1", "call N times and print latency percentiles instead of the reply");
+  f.Add("trace-id", "", "trace id to send (1-16 hex digits; default: a fresh random one)");
+  f.Add("idempotency-key", "",
+        "idempotency key to send: a u64, decimal or hex after 0x (default: none)");
   AddTargetFlags(&f);
   if (int rc = ParseOrExit(&f, argc, argv, 2, 3); rc >= 0) return rc;
   std::string payload;
@@ -211,17 +216,33 @@ int CmdInvoke(int argc, char** argv) {
   if (!repeat.ok()) return Usage(f, repeat.status());
   Result<int64_t> tmo = f.GetInt("timeout-ms", 1, 3'600'000);
   if (!tmo.ok()) return Usage(f, tmo.status());
+  transport::CallIds ids;
+  if (f.IsSet("trace-id")) {
+    Result<uint64_t> t = ParseTraceId(f.Get("trace-id"), "--trace-id");
+    if (!t.ok()) return Usage(f, t.status());
+    ids.trace_id = *t;
+  } else {
+    ids.trace_id = NewTraceId();
+  }
+  if (f.IsSet("idempotency-key")) {
+    Result<uint64_t> k = ParseIdempotencyKey(f.Get("idempotency-key"), "--idempotency-key");
+    if (!k.ok()) return Usage(f, k.status());
+    ids.idempotency_key = *k;
+  }
   Result<std::optional<ClusterRecord>> cluster = ResolveCluster(f);
   if (!cluster.ok()) return Fail(cluster.status());
   if (cluster->has_value()) {
-    return ClusterInvoke(**cluster, f.positional()[0], f.positional()[1], payload, *repeat, *tmo);
+    return ClusterInvoke(**cluster, f.positional()[0], f.positional()[1], payload, *repeat, *tmo,
+                         ids);
   }
   auto c = Connect(f);
   if (!c.ok()) return Fail(c.status());
   const std::string& svc = f.positional()[0];
   const std::string& handler = f.positional()[1];
+  if (isatty(STDERR_FILENO)) std::fprintf(stderr, "trace %s\n", TraceIdHex(ids.trace_id).c_str());
   if (*repeat == 1) {
-    Result<std::string> r = (*c)->Invoke(svc, handler, payload, std::chrono::milliseconds(*tmo));
+    Result<std::string> r =
+        (*c)->Invoke(svc, handler, payload, std::chrono::milliseconds(*tmo), ids);
     if (!r.ok()) return Fail(r.status());
     PrintReply(*r);
     return 0;
@@ -231,7 +252,8 @@ int CmdInvoke(int argc, char** argv) {
   int64_t start = MonoNanos();
   for (int64_t i = 0; i < *repeat; ++i) {
     int64_t t0 = MonoNanos();
-    Result<std::string> r = (*c)->Invoke(svc, handler, payload, std::chrono::milliseconds(*tmo));
+    Result<std::string> r =
+        (*c)->Invoke(svc, handler, payload, std::chrono::milliseconds(*tmo), ids);
     if (!r.ok()) return Fail(r.status().WithPrefix(fmt::format("call {} of {}", i + 1, *repeat)));
     ns.push_back(MonoNanos() - t0);
   }

@@ -86,6 +86,7 @@ struct Telemetry {
     uint64_t reply_bytes_total = 0;  // reply payload bytes (cumulative)
     double mean_cpu_us = 0;          // CPU per request over the last interval with requests
     EnergyEstimate energy;           // per request, likewise (energy.h)
+    std::string last_trace_id;  // of the last request it served, as of the heartbeat
   };
   std::map<std::string, Inst> instances;
   std::set<std::string> services;  // deployed on the agent
@@ -747,6 +748,7 @@ struct Controller::Impl {
           x.reply_bytes_total = i.value("reply_bytes_total", uint64_t{0});
           x.queued = i.value("queued", uint64_t{0});
           x.memory_bytes = i.value("memory_bytes", uint64_t{0});
+          x.last_trace_id = i.value("last_trace_id", std::string());
           if (i.contains("data") && i["data"].is_object()) {
             x.data_local_bytes = i["data"].value("local_bytes", uint64_t{0});
             x.data_remote_bytes = i["data"].value("remote_bytes", uint64_t{0});
@@ -981,15 +983,19 @@ struct Controller::Impl {
         j["rss_bytes"] = t->second.rss_bytes;
         json inst = json::object();
         for (const auto& [id, x] : t->second.instances) {
-          inst[id] = json{{"service", x.service},         {"requests", x.requests},
-                          {"failures", x.failures},       {"queued", x.queued},
-                          {"memory_bytes", x.memory_bytes}, {"rate", x.rate},
+          inst[id] = json{{"service", x.service},
+                          {"requests", x.requests},
+                          {"failures", x.failures},
+                          {"queued", x.queued},
+                          {"memory_bytes", x.memory_bytes},
+                          {"rate", x.rate},
                           {"mean_exec_us", x.mean_exec_us},
                           {"mean_cpu_us", x.mean_cpu_us},
                           {"j_per_request", x.energy.j_per_request},
                           {"energy_source", x.energy.source},
                           {"data_local_bytes", x.data_local_bytes},
-                          {"data_remote_bytes", x.data_remote_bytes}};
+                          {"data_remote_bytes", x.data_remote_bytes},
+                          {"last_trace_id", x.last_trace_id}};
         }
         j["instances"] = inst;
         json ds = json::object();
