@@ -17,6 +17,9 @@ int CmdDown(int argc, char** argv);
 int CmdTopology(int argc, char** argv);
 int CmdLogs(int argc, char** argv);
 int CmdData(int argc, char** argv);  // data_commands.cc
+int CmdMigrate(int argc, char** argv);  // migrate_commands.cc
+int CmdDrain(int argc, char** argv);
+int CmdUndrain(int argc, char** argv);
 
 // `replicas` < 0: the manifest's; `devices`: comma-separated allowed devices ("" = any).
 // `placement_json`: the controller's placement hints ("" = the spread policy).

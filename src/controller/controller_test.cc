@@ -55,16 +55,18 @@ struct AgentProc {
   std::string device;
   uint16_t admin = 0;
 
+  // `kind` "csd" gets a data directory (it keeps datasets: checkpoints go there).
   static AgentProc Start(const std::string& device, const std::string& controllers,
-                         const std::string& host = "h1") {
+                         const std::string& host = "h1", const std::string& kind = "cpu") {
     AgentProc a;
     a.device = device;
     std::string dir = TempDir("agent-" + device);
-    Result<std::unique_ptr<ChildProcess>> c = ChildProcess::Start(
-        {BinPath("tern"), "agent", "--port=0", "--admin-port=0", "--device=" + device,
-         "--host-id=" + host, "--workers=1", "--shm-socket=none", "--log-level=warn",
-         "--controller=" + controllers},
-        dir + "/agent.log");
+    std::vector<std::string> argv = {
+        BinPath("tern"), "agent", "--port=0", "--admin-port=0", "--device=" + device,
+        "--host-id=" + host, "--workers=1", "--shm-socket=none", "--log-level=warn",
+        "--controller=" + controllers, "--kind=" + kind};
+    if (kind == "csd") argv.push_back("--datasets-dir=" + dir + "/datasets");
+    Result<std::unique_ptr<ChildProcess>> c = ChildProcess::Start(argv, dir + "/agent.log");
     EXPECT_TRUE(c.ok()) << c.status();
     if (!c.ok()) return a;
     a.child = std::move(*c);
@@ -368,6 +370,227 @@ TEST(ControllerTest, EtcdLeaderFailover) {
       std::chrono::seconds(12)))
       << api2.Get("/v1/cluster")->dump(1);
   EXPECT_EQ(InvokeOn(a, "after failover"), "after failover");
+}
+
+
+// ---- migration, drain, checkpoints (issue #6) -------------------------------------------
+
+std::string InvokeSvc(const AgentProc& a, const std::string& svc, const std::string& handler,
+                      const std::string& payload) {
+  auto c = client::AgentClient::Connect(a.admin_address(), std::chrono::milliseconds(2000));
+  if (!c.ok()) return "connect: " + std::string(c.status().message());
+  Result<std::string> r = (*c)->Invoke(svc, handler, payload, std::chrono::milliseconds(5000));
+  return r.ok() ? *r : "error: " + std::string(r.status().message());
+}
+
+// A counter manifest small enough for the test agents (16 MiB), checkpointed every
+// `checkpoint_ms` (0 = not).
+std::string CounterManifest(int checkpoint_ms) {
+  std::string m =
+      "name: counter\nversion: 1.0.0\nstateful: true\nhandlers: [incr, get, reset]\n"
+      "limits:\n  memory_mib: 16\n";
+  if (checkpoint_ms > 0) m += "checkpoint_ms: " + std::to_string(checkpoint_ms) + "\n";
+  return m;
+}
+
+Result<json> DeployCounter(Api& api, int checkpoint_ms, std::vector<std::string> devices) {
+  json req{{"manifest", CounterManifest(checkpoint_ms)},
+           {"module_b64", Base64Encode(ReadFile(WasmPath("counter")))},
+           {"replicas", 1},
+           {"devices", devices}};
+  TERN_ASSIGN_OR_RETURN(std::string body, api.c->Call("POST", "/v1/services", req.dump()));
+  return json::parse(body);
+}
+
+std::string Events(Api& api) {
+  Result<json> c = api.Get("/v1/cluster");
+  return c.ok() ? (*c)["events"].dump() : "";
+}
+
+// The instance's entry in GET /v1/services.
+json InstanceDoc(Api& api, const std::string& service, const std::string& id) {
+  Result<json> s = api.Get("/v1/services");
+  if (!s.ok()) return json();
+  for (const json& svc : *s) {
+    if (svc["name"] != service) continue;
+    for (const json& i : svc["instances"]) {
+      if (i["id"] == id) return i;
+    }
+  }
+  return json();
+}
+
+TEST(ControllerTest, MigrateErrorsAreClearAndNothingMoves) {
+  auto st = store::EmbeddedStore::Open("");
+  ASSERT_TRUE(st.ok());
+  auto ctl = Controller::Start(st->get(), FastOptions());
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
+  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr);
+  Api api((*ctl)->port());
+  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 2; }, std::chrono::seconds(10)));
+  ASSERT_TRUE(api.Deploy("echo", 1, {"cpu0"}).ok());
+  std::map<std::string, std::string> run = Running(api, "echo");
+  ASSERT_EQ(run.size(), 1u);
+  std::string id = run.begin()->first;
+  auto migrate = [&](const std::string& inst, const json& body) {
+    return api.c->Call("POST", "/v1/instances/" + inst + "/migrate", body.dump()).status();
+  };
+  Status s = migrate("echo-999", json{{"to", "cpu1"}});
+  EXPECT_EQ(s.code(), StatusCode::kNotFound) << s;
+  EXPECT_NE(s.message().find("echo-999"), std::string::npos) << s;
+  s = migrate(id, json{{"to", "gpu7"}});
+  EXPECT_EQ(s.code(), StatusCode::kNotFound) << s;
+  EXPECT_NE(s.message().find("device gpu7 has no live agent"), std::string::npos) << s;
+  s = migrate(id, json{{"to", "cpu0"}});
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("already runs on cpu0"), std::string::npos) << s;
+  s = migrate(id, json{{"to", "cpu1"}, {"mode", "teleport"}});
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s;
+  s = migrate(id, json{{"nowhere", 1}});
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s;
+  // A dead target: its agent's record goes with its lease.
+  ASSERT_TRUE(b.child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 1; }, std::chrono::seconds(10)));
+  s = migrate(id, json{{"to", "cpu1"}});
+  EXPECT_EQ(s.code(), StatusCode::kNotFound) << s;
+  EXPECT_NE(s.message().find("device cpu1 has no live agent"), std::string::npos) << s;
+  // Nothing moved; the controller lives on.
+  EXPECT_EQ(Running(api, "echo"), run);
+  EXPECT_EQ(InvokeOn(a, "still"), "still");
+}
+
+TEST(ControllerTest, DrainReplacesStatelessInstancesWithoutAGap) {
+  auto st = store::EmbeddedStore::Open("");
+  ASSERT_TRUE(st.ok());
+  auto ctl = Controller::Start(st->get(), FastOptions());
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
+  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr),
+            c = AgentProc::Start("cpu2", addr);
+  Api api((*ctl)->port());
+  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 3; }, std::chrono::seconds(10)));
+  ASSERT_TRUE(api.Deploy("echo", 2, {"cpu0", "cpu1"}).ok());
+  ASSERT_TRUE(api.Deploy("echo", 2).ok());  // any device from now on; stays where it is
+  std::map<std::string, std::string> before = Running(api, "echo");
+  ASSERT_EQ(before.size(), 2u);
+  std::string on_cpu0;
+  for (const auto& [id, dev] : before) {
+    if (dev == "cpu0") on_cpu0 = id;
+  }
+  ASSERT_FALSE(on_cpu0.empty()) << json(before).dump();
+
+  EXPECT_EQ(api.c->Call("POST", "/v1/devices/nope/drain", "{}").status().code(),
+            StatusCode::kNotFound);
+  Result<std::string> started = api.c->Call("POST", "/v1/devices/cpu0/drain", "{}");
+  ASSERT_TRUE(started.ok()) << started.status();
+  // Watch the location table meanwhile: never fewer than two echo instances.
+  size_t fewest = 2;
+  json progress;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        Result<json> l = api.Get("/v1/locations");
+        if (l.ok()) fewest = std::min(fewest, (*l)["locations"].size());
+        Result<json> p = api.Get("/v1/devices/cpu0/drain");
+        if (!p.ok()) return false;
+        progress = *p;
+        return progress["done"] == true;
+      },
+      std::chrono::seconds(20)))
+      << progress.dump(1);
+  EXPECT_EQ(fewest, 2u);
+  ASSERT_EQ(progress["steps"].size(), 1u) << progress.dump(1);
+  const json& step = progress["steps"][0];
+  EXPECT_EQ(step["instance"], on_cpu0);
+  EXPECT_TRUE(step["ok"].get<bool>()) << step.dump();
+  EXPECT_EQ(step["to"], "cpu2");  // spread: cpu1 has the other replica
+  std::map<std::string, std::string> after = Running(api, "echo");
+  ASSERT_EQ(after.size(), 2u) << json(after).dump();
+  EXPECT_EQ(after.count(on_cpu0), 0u);
+  for (const auto& [id, dev] : after) EXPECT_NE(dev, "cpu0");
+  EXPECT_EQ(InvokeSvc(c, "echo", "echo", "moved"), "moved");
+  // The drain is persisted and shown; new replicas keep off the device.
+  Result<json> cl = api.Get("/v1/cluster");
+  ASSERT_TRUE(cl.ok());
+  EXPECT_EQ((*cl)["drained"], json::array({"cpu0"}));
+  EXPECT_NE(Events(api).find("drained cpu0: 1 of 1 instance(s) moved"), std::string::npos)
+      << Events(api);
+  ASSERT_TRUE(api.Deploy("echo", 4).ok());
+  for (const auto& [id, dev] : Running(api, "echo")) EXPECT_NE(dev, "cpu0") << id;
+  // Undrain: placements may go there again.
+  ASSERT_TRUE(api.c->Call("DELETE", "/v1/devices/cpu0/drain").ok());
+  EXPECT_EQ(api.c->Call("DELETE", "/v1/devices/cpu0/drain").status().code(),
+            StatusCode::kNotFound);
+  ASSERT_TRUE(api.Deploy("echo", 5).ok());
+  std::set<std::string> devices;
+  for (const auto& [id, dev] : Running(api, "echo")) devices.insert(dev);
+  EXPECT_EQ(devices.count("cpu0"), 1u);
+}
+
+// The checkpointed count of a stateful instance survives its agent's SIGKILL: the
+// controller restores it, under the same id, on another device before routing to it.
+TEST(ControllerTest, RestoresACheckpointAfterTheAgentIsKilled) {
+  auto st = store::EmbeddedStore::Open("");
+  ASSERT_TRUE(st.ok());
+  auto ctl = Controller::Start(st->get(), FastOptions());
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
+  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr),
+            s = AgentProc::Start("csd0", addr, "h2", "csd");
+  Api api((*ctl)->port());
+  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 3; }, std::chrono::seconds(10)));
+  Result<json> dep = DeployCounter(api, 200, {"cpu0", "cpu1"});
+  ASSERT_TRUE(dep.ok()) << dep.status();
+  std::map<std::string, std::string> run = Running(api, "counter");
+  ASSERT_EQ(run.size(), 1u);
+  std::string id = run.begin()->first;
+  AgentProc& home = run.begin()->second == "cpu0" ? a : b;
+  AgentProc& other = run.begin()->second == "cpu0" ? b : a;
+  for (int i = 1; i <= 5; ++i) ASSERT_EQ(InvokeSvc(home, "counter", "incr", ""), std::to_string(i));
+  // A checkpoint taken after the fifth increment, kept by the storage device.
+  int64_t after_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count();
+  json ck;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        ck = InstanceDoc(api, "counter", id)["checkpoint"];
+        return ck.is_object() && ck["unix_ms"].get<int64_t>() > after_ms;
+      },
+      std::chrono::seconds(10)))
+      << api.Get("/v1/cluster")->dump(1);
+  EXPECT_EQ(ck["device"], "csd0");
+  EXPECT_GT(ck["bytes"].get<uint64_t>(), 0u);
+
+  ASSERT_TRUE(home.child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto r = Running(api, "counter");
+        return r.size() == 1 && r.count(id) == 1 && r[id] == other.device;
+      },
+      std::chrono::seconds(15)))
+      << api.Get("/v1/cluster")->dump(1);
+  EXPECT_EQ(InvokeSvc(other, "counter", "get", ""), "5");
+  std::string ev = Events(api);
+  EXPECT_NE(ev.find("restored " + id + " on " + other.device + " from the checkpoint of"),
+            std::string::npos)
+      << ev;
+  EXPECT_NE(ev.find("s lost)"), std::string::npos) << ev;
+  // It goes on counting from there, and keeps being checkpointed.
+  EXPECT_EQ(InvokeSvc(other, "counter", "incr", ""), "6");
+}
+
+TEST(ControllerTest, CheckpointsNeedAStatefulService) {
+  auto st = store::EmbeddedStore::Open("");
+  ASSERT_TRUE(st.ok());
+  auto ctl = Controller::Start(st->get(), FastOptions());
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  Api api((*ctl)->port());
+  json req{{"manifest", "name: e\nversion: 1\nhandlers: [echo]\ncheckpoint_ms: 500\n"},
+           {"module_b64", Base64Encode(ReadFile(WasmPath("echo")))}};
+  Status s = api.c->Call("POST", "/v1/services", req.dump()).status();
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("stateful"), std::string::npos) << s;
 }
 
 }  // namespace
