@@ -174,6 +174,11 @@ struct Controller::Impl {
   std::deque<std::pair<int64_t, std::string>> events GUARDED_BY(pub_mu);
   std::map<std::string, Telemetry> telemetry GUARDED_BY(pub_mu);
   std::map<std::string, int64_t> last_heartbeat_ns GUARDED_BY(pub_mu);
+  // The last version that woke long polls, how many it woke, and how many polls asked for
+  // a newer one since (WaitForPollers).
+  uint64_t woken_version GUARDED_BY(pub_mu) = 0;
+  size_t woken_count GUARDED_BY(pub_mu) = 0;
+  size_t repolled GUARDED_BY(pub_mu) = 0;
   // Each live device's recent CPU utilization samples, oldest first (the rebalancer's
   // window).
   std::map<std::string, std::deque<double>> util_history GUARDED_BY(pub_mu);
@@ -228,14 +233,38 @@ struct Controller::Impl {
       v = version;
       doc = locations_doc;
     }
+    size_t answered = 0;
     for (auto it = waiters.begin(); it != waiters.end();) {
       if (v > it->after) {
         loop->loop()->CancelTimer(it->timer);
         it->responder.Respond(HttpResponse::Json(200, doc));
         it = waiters.erase(it);
+        ++answered;
       } else {
         ++it;
       }
+    }
+    MutexLock l(&pub_mu);
+    woken_version = v;
+    woken_count = answered;
+    repolled = 0;
+  }
+
+  uint64_t PublishedVersion() {
+    MutexLock l(&pub_mu);
+    return version;
+  }
+
+  // Ops thread: waits (up to `timeout`) until the long pollers (gateways) that were woken
+  // by a version >= v have polled again for a newer one, i.e. applied that table.
+  void WaitForPollers(uint64_t v, std::chrono::milliseconds timeout) {
+    int64_t deadline = MonoNanos() + std::chrono::nanoseconds(timeout).count();
+    while (MonoNanos() < deadline) {
+      {
+        MutexLock l(&pub_mu);
+        if (woken_version >= v && repolled >= woken_count) return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
   }
 
@@ -1249,12 +1278,16 @@ struct Controller::Impl {
     }
     // Callers learn the new instance before the old one goes.
     (void)WaitForRound(std::chrono::seconds(30));
+    WaitForPollers(PublishedVersion(), std::chrono::seconds(2));
     {
       MutexLock rl(&round_mu);
       (void)store->Delete(std::string(kInstancesPrefix) + id);
     }
     Unmark(id);
+    // The table without it reaches every agent (in the round) and every gateway (they
+    // long-poll; wait until they asked again, i.e. applied it) before it stops.
     (void)WaitForRound(std::chrono::seconds(30));
+    WaitForPollers(PublishedVersion(), std::chrono::seconds(2));
     if (!src.admin.empty()) {
       Result<std::unique_ptr<client::AgentClient>> c =
           client::AgentClient::Connect(src.admin, std::chrono::seconds(10));
@@ -1746,6 +1779,7 @@ struct Controller::Impl {
     {
       MutexLock l(&pub_mu);
       if (version > after || wait_ms == 0) doc = locations_doc;
+      if (woken_version > 0 && after >= woken_version && wait_ms > 0) ++repolled;
     }
     if (!doc.empty()) {
       resp.Respond(HttpResponse::Json(200, doc));

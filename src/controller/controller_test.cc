@@ -593,5 +593,92 @@ TEST(ControllerTest, CheckpointsNeedAStatefulService) {
   EXPECT_NE(s.message().find("stateful"), std::string::npos) << s;
 }
 
+
+// Whether the agent has the migration endpoint (the agent side of issue #6): an unknown
+// instance is its 404; an agent without it answers "no route".
+bool AgentMigrates(const AgentProc& a) {
+  auto c = transport::JsonApiClient::Connect(a.admin_address(), "agent", std::chrono::seconds(2));
+  if (!c.ok()) return false;
+  Status s = (*c)->Call("POST", "/v1/instances/nope-1/migrate", "{}").status();
+  return s.message().find("no route") == std::string::npos;
+}
+
+// tern migrate's API with a stateful counter: it moves with its count and its id, the
+// epoch bumps, the event has the report; then a drain of its device moves it back.
+TEST(ControllerTest, MigratesAndDrainsAStatefulCounterKeepingItsCount) {
+  auto st = store::EmbeddedStore::Open("");
+  ASSERT_TRUE(st.ok());
+  auto ctl = Controller::Start(st->get(), FastOptions());
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
+  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr);
+  if (!AgentMigrates(a)) GTEST_SKIP() << "the agent has no migration endpoint yet";
+  Api api((*ctl)->port());
+  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 2; }, std::chrono::seconds(10)));
+  ASSERT_TRUE(DeployCounter(api, 0, {"cpu0"}).ok());
+  ASSERT_TRUE(api.c->Call("POST", "/v1/services",
+                          json{{"manifest", CounterManifest(0)},
+                               {"module_b64", Base64Encode(ReadFile(WasmPath("counter")))},
+                               {"replicas", 1}}
+                              .dump())
+                  .ok());  // any device from now on
+  std::map<std::string, std::string> run = Running(api, "counter");
+  ASSERT_EQ(run.size(), 1u);
+  std::string id = run.begin()->first;
+  ASSERT_EQ(run[id], "cpu0");
+  for (int i = 1; i <= 7; ++i) ASSERT_EQ(InvokeSvc(a, "counter", "incr", ""), std::to_string(i));
+  int64_t epoch = InstanceDoc(api, "counter", id)["epoch"];
+
+  Result<std::string> r =
+      api.c->Call("POST", "/v1/instances/" + id + "/migrate", json{{"to", "cpu1"}}.dump());
+  ASSERT_TRUE(r.ok()) << r.status() << "\n" << Events(api);
+  json rep = json::parse(*r);
+  EXPECT_EQ(rep["instance"], id);
+  EXPECT_EQ(rep["from"], "cpu0");
+  EXPECT_EQ(rep["to"], "cpu1");
+  EXPECT_GT(rep["epoch"].get<int64_t>(), epoch);
+  EXPECT_TRUE(rep.contains("downtime_us") && rep.contains("bytes_sent") && rep.contains("rounds"))
+      << rep.dump();
+  EXPECT_EQ(Running(api, "counter"), (std::map<std::string, std::string>{{id, "cpu1"}}));
+  EXPECT_EQ(InvokeSvc(b, "counter", "get", ""), "7");
+  EXPECT_NE(Events(api).find("migrated " + id + " from cpu0 to cpu1 (requested): downtime"),
+            std::string::npos)
+      << Events(api);
+  // The source's location table learns the new place.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto cl = client::AgentClient::Connect(a.admin_address(), std::chrono::milliseconds(2000));
+        if (!cl.ok()) return false;
+        Result<std::string> l = (*cl)->Locations();
+        if (!l.ok()) return false;
+        for (const json& e : json::parse(*l)["locations"]) {
+          if (e["instance"] == id) return e["agent"] == "cpu1";
+        }
+        return false;
+      },
+      std::chrono::seconds(5)));
+  EXPECT_EQ(InvokeSvc(b, "counter", "incr", ""), "8");
+
+  // A drain of cpu1 migrates it back (the only other device), count and id intact.
+  ASSERT_TRUE(api.c->Call("POST", "/v1/devices/cpu1/drain", "{}").ok());
+  json progress;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        Result<json> p = api.Get("/v1/devices/cpu1/drain");
+        if (p.ok()) progress = *p;
+        return p.ok() && (*p)["done"] == true;
+      },
+      std::chrono::seconds(20)));
+  ASSERT_EQ(progress["steps"].size(), 1u) << progress.dump(1);
+  EXPECT_TRUE(progress["steps"][0]["ok"].get<bool>()) << progress.dump(1);
+  EXPECT_EQ(progress["steps"][0]["how"], "migrated");
+  EXPECT_EQ(Running(api, "counter"), (std::map<std::string, std::string>{{id, "cpu0"}}));
+  EXPECT_EQ(InvokeSvc(a, "counter", "get", ""), "8");
+  // Migrating onto the drained device is refused.
+  Status s = api.c->Call("POST", "/v1/instances/" + id + "/migrate", json{{"to", "cpu1"}}.dump())
+                 .status();
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s;
+}
+
 }  // namespace
 }  // namespace tern::controller
