@@ -12,7 +12,13 @@
  *   fill   request: decimal number of KiB (1..1048576) to append to the fill area.
  *          Reply: the checksum of the whole fill area, 16 lowercase hex digits.
  *   check  recomputes the checksum over the fill area. Reply: the checksum (as for
- *          fill); fails TERN_DATA_LOSS (15) if it differs from the one kept.
+ *          fill; after a `touch`, the position-weighted sum below); fails
+ *          TERN_DATA_LOSS (15) if it differs from the one kept.
+ *   touch  request: optional decimal number of words N (default 4, at most 4096).
+ *          Adds 1 to the value and rewrites N pseudo-random 8-byte words of the fill
+ *          area (a few scattered page writes per request: the dirty rate of a migration
+ *          benchmark), keeping a second checksum (a sum over positions) up to date so
+ *          that `check` still verifies every byte. Reply: the new value.
  *
  * All state lives in linear memory (globals and malloc), so it survives snapshot,
  * restore and migration as it is. */
@@ -37,6 +43,10 @@ static uint64_t g_fill_bytes;
 static uint64_t g_fill_words; /* 8-byte words written so far: the generator position */
 #define kChecksumSeed 0x6a09e667f3bcc908ull
 static uint64_t g_checksum = kChecksumSeed; /* of the whole fill area, in block order */
+/* Sum over every fill word of PosHash(position, word): unlike g_checksum it can be
+ * updated in O(1) when a word changes (touch). */
+static uint64_t g_sum;
+static uint64_t g_touches; /* words rewritten by touch; g_checksum holds only while 0 */
 
 /* --- helpers ------------------------------------------------------------------------ */
 
@@ -112,6 +122,10 @@ static uint64_t FillWord(uint64_t position) {
   return z ^ (z >> 31);
 }
 
+static uint64_t PosHash(uint64_t position, uint64_t w) {
+  return FillWord(w ^ (position * 0xd6e8feb86659fd93ull));
+}
+
 /* Folds one 8-byte word into the running checksum. */
 static uint64_t Mix(uint64_t h, uint64_t w) {
   h ^= w * 0xff51afd7ed558ccdull;
@@ -139,6 +153,8 @@ static void DropFill(void) {
   g_fill_bytes = 0;
   g_fill_words = 0;
   g_checksum = kChecksumSeed;
+  g_sum = 0;
+  g_touches = 0;
 }
 
 /* --- handlers ----------------------------------------------------------------------- */
@@ -182,8 +198,10 @@ TERN_EXPORT(fill) int32_t counter_fill(void) {
   b->len = len;
   uint8_t* data = (uint8_t*)(b + 1);
   for (uint64_t off = 0; off < len; off += 8) {
-    uint64_t w = FillWord(g_fill_words++);
+    uint64_t pos = g_fill_words++;
+    uint64_t w = FillWord(pos);
     memcpy(data + off, &w, 8);
+    g_sum += PosHash(pos, w);
   }
   g_checksum = ChecksumBlock(g_checksum, b);
   if (g_tail == NULL) {
@@ -193,20 +211,56 @@ TERN_EXPORT(fill) int32_t counter_fill(void) {
   }
   g_tail = b;
   g_fill_bytes += len;
-  return ReplyHex64(g_checksum);
+  return ReplyHex64(g_touches == 0 ? g_checksum : g_sum);
 }
 
 TERN_EXPORT(check) int32_t counter_check(void) {
   uint64_t h = kChecksumSeed;
+  uint64_t sum = 0;
   uint64_t bytes = 0;
+  uint64_t pos = 0;
   for (const Block* b = g_head; b != NULL; b = b->next) {
     h = ChecksumBlock(h, b);
+    const uint8_t* data = (const uint8_t*)(b + 1);
+    for (uint64_t off = 0; off < b->len; off += 8) {
+      uint64_t w;
+      memcpy(&w, data + off, 8);
+      sum += PosHash(pos++, w);
+    }
     bytes += b->len;
   }
-  if (h != g_checksum || bytes != g_fill_bytes) {
+  if ((g_touches == 0 && h != g_checksum) || sum != g_sum || bytes != g_fill_bytes) {
     return Fail(TERN_DATA_LOSS, "check: the fill area does not match its checksum");
   }
-  return ReplyHex64(h);
+  return ReplyHex64(g_touches == 0 ? h : sum);
+}
+
+TERN_EXPORT(touch) int32_t counter_touch(void) {
+  char buf[32];
+  int64_t n;
+  if (ReadSmallRequest(buf, sizeof(buf)) < 0 || !ParseInt64(buf, 4, &n) || n < 0 || n > 4096) {
+    return Fail(TERN_INVALID_ARGUMENT, "touch: the request must be a word count, 0..4096");
+  }
+  if (g_value == INT64_MAX) return Fail(TERN_OUT_OF_RANGE, "touch: the value would overflow");
+  ++g_value;
+  const uint64_t words = g_fill_bytes / 8;
+  for (int64_t i = 0; i < n && words > 0; ++i) {
+    uint64_t r = FillWord(0x5eed0000u + g_touches++);
+    uint64_t target = r % words;
+    /* Find the block holding word `target` (blocks are few: one per fill request). */
+    uint64_t first = 0;
+    Block* b = g_head;
+    while (first + b->len / 8 <= target) {
+      first += b->len / 8;
+      b = b->next;
+    }
+    uint8_t* at = (uint8_t*)(b + 1) + (target - first) * 8;
+    uint64_t old, w = r ^ g_touches;
+    memcpy(&old, at, 8);
+    memcpy(at, &w, 8);
+    g_sum += PosHash(target, w) - PosHash(target, old);
+  }
+  return ReplyInt64(g_value);
 }
 
 #if !defined(__wasm__)

@@ -15,6 +15,8 @@
 #include <unordered_map>
 
 #include "agent/channels.h"
+#include "agent/migration_wire.h"
+#include "core/crc32c.h"
 #include "core/clock.h"
 #include "core/cpu.h"
 #include "core/file.h"
@@ -28,6 +30,7 @@ namespace tern::agent {
 
 // The pseudo-service of dataset requests between agents (AnswerDataFrame).
 constexpr char kDataService[] = "$data";
+constexpr char kMigrateService[] = "$migrate";
 
 // ---------------------------------------------------------------------------------
 // Service and Slot
@@ -37,6 +40,32 @@ struct Agent::Service {
   std::shared_ptr<const wasm::Module> module;
   wasm::InstanceLimits limits;
   uint64_t module_size = 0;
+  std::string module_bytes;  // kept to deploy it on a migration target that lacks it
+};
+
+namespace {
+// The dedup table of an instance keeps the answers to this many idempotency keys (and
+// at most this many reply bytes), oldest forgotten first.
+constexpr size_t kDedupEntries = 4096;
+constexpr size_t kDedupBytes = 4u << 20;
+constexpr uint32_t kNoCrc = 0xFFFFFFFF;  // a page not copied yet (checksum mode)
+}  // namespace
+
+// An outgoing migration's state on the instance's worker.
+struct SlotMigration {
+  bool exact = false;           // a userfaultfd tracker feeds `dirty`
+  std::vector<uint64_t> dirty;  // exact: bitmap of the 4 KiB pages written since last taken
+  std::vector<uint32_t> crc;    // checksum mode: CRC-32C of each page as last copied
+  bool frozen = false;
+  std::vector<Agent::Held> held;  // arrived while frozen, in order
+
+  void Mark(uint64_t page) {
+    if (page / 64 >= dirty.size()) dirty.resize(page / 64 + 1, 0);
+    dirty[page / 64] |= uint64_t{1} << (page % 64);
+  }
+  void MarkRange(uint64_t first, uint64_t end) {
+    for (uint64_t p = first; p < end; ++p) Mark(p);
+  }
 };
 
 // One instance, owned by its worker thread; touched only there.
@@ -58,6 +87,29 @@ struct Agent::Slot {
   uint64_t expired = 0;  // requests dropped at their deadline before running
   int64_t exec_ns_total = 0;
   std::string last_error;
+  std::unique_ptr<SlotMigration> mig;  // while it migrates away
+  // Answers to recent idempotency keys (exactly-once across retries and migrations).
+  std::unordered_map<uint64_t, DedupEntry> dedup;
+  std::deque<uint64_t> dedup_order;
+  size_t dedup_bytes = 0;
+  uint64_t deduplicated = 0;  // requests answered from the table
+
+  void Remember(uint64_t key, StatusCode code, std::string reply) {
+    if (key == 0 || dedup.count(key) != 0) return;
+    dedup_bytes += reply.size();
+    dedup.emplace(key, DedupEntry{key, code, std::move(reply)});
+    dedup_order.push_back(key);
+    while (dedup_order.size() > kDedupEntries || (dedup_bytes > kDedupBytes && dedup_order.size() > 1)) {
+      auto it = dedup.find(dedup_order.front());
+      dedup_bytes -= it->second.reply.size();
+      dedup.erase(it);
+      dedup_order.pop_front();
+    }
+  }
+  // Writes that the migration cannot see page by page (a restore, a new tracker).
+  void MigMarkAll() {
+    if (mig != nullptr && mig->exact) mig->MarkRange(0, inst->memory_bytes() / kMigrationPageBytes);
+  }
 };
 
 namespace {
@@ -1215,7 +1267,7 @@ void Agent::Dispatch(WorkerThread* wt, std::shared_ptr<OutCall> call) {
     req.payload = call->payload;
     req.instance = c.loc.instance;
     req.deadline_ns = call->deadline_ns;
-    if (c.worker == wt->index()) {
+    if (c.worker == wt->index() && !IsFrozen(wt, c.loc.instance)) {
       // Same worker: run it right here (the caller waits anyway).
       call->Complete(Execute(wt, c.loc.instance, req));
       return;
@@ -1451,7 +1503,20 @@ std::optional<transport::Frame> AnswerWithoutGuest(Agent* agent, const transport
   switch (f.type) {
     case FrameType::kInvoke:
       if (f.service == kDataService) return AnswerDataFrame(agent, f);
-      if (f.epoch == 0 || agent->HasService(f.service)) return std::nullopt;
+      if (f.service == kMigrateService) {
+        if (f.handler != "address") {
+          return transport::MakeErrorFrame(
+              f.request_id, InvalidArgumentError(fmt::format(
+                                "'{}' frames on the data-plane port: only 'address' (the "
+                                "migration stream has its own port)", kMigrateService)));
+        }
+        Result<std::string> addr = agent->MigrationAddress();
+        if (!addr.ok()) return transport::MakeErrorFrame(f.request_id, addr.status());
+        out.type = FrameType::kReply;
+        out.payload = *addr;
+        return out;
+      }
+      if (f.epoch == 0 || agent->HasRunningInstance(f.service)) return std::nullopt;
       out.type = FrameType::kMoved;
       return out;
     case FrameType::kPing:
@@ -1470,6 +1535,12 @@ InvokeRequest RequestFromFrame(transport::Frame&& f, int64_t received_ns) {
   InvokeRequest req;
   req.service = std::move(f.service);
   req.handler = std::move(f.handler);
+  // "handler@instance" addresses one instance (a stateful one, or a request forwarded
+  // after a migration); plain "handler" lets the agent choose.
+  if (size_t at = req.handler.find('@'); at != std::string::npos) {
+    req.instance = req.handler.substr(at + 1);
+    req.handler.resize(at);
+  }
   req.payload = std::move(f.payload);
   req.tenant = std::move(f.tenant);
   req.request_id = f.request_id;
@@ -1491,6 +1562,11 @@ transport::Frame AnswerFrame(uint64_t request_id, InvokeResult&& r) {
 bool Agent::HasService(const std::string& service) {
   MutexLock l(&mu_);
   return services_.count(service) > 0;
+}
+
+bool Agent::HasRunningInstance(const std::string& service) {
+  MutexLock l(&mu_);
+  return !InstancesOf(service).empty();
 }
 
 Status Agent::AdoptShmConnection(std::unique_ptr<transport::ShmConnection> conn,
@@ -1542,6 +1618,7 @@ Agent::Agent(const AgentOptions& options, wasm::Engine* engine)
 Agent::~Agent() { Shutdown(); }
 
 void Agent::Shutdown() {
+  ShutdownMigration();
   for (auto& w : workers_) w->Stop();
 }
 
@@ -1627,6 +1704,7 @@ Result<ServiceStatus> Agent::Deploy(const Manifest& manifest, std::string module
   svc->manifest = manifest;
   svc->module = module;
   svc->module_size = module_bytes.size();
+  svc->module_bytes = module_bytes;
   svc->limits.max_memory_pages = cap_pages;
   svc->limits.cpu_ms = manifest.limits.cpu_ms;
   svc->limits.max_reply_bytes = manifest.limits.response_bytes();
@@ -1800,6 +1878,14 @@ Status Agent::StopInstanceOn(int worker, const std::string& id) {
 }
 
 void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
+  if (has_moved_.load(std::memory_order_acquire)) {
+    // An instance that migrated away (or a service whose instances all did): forwarded
+    // to where it went.
+    if (std::optional<MovedTo> to = MovedRecord(req.instance, req.service)) {
+      Forward(*to, std::move(req), std::move(done));
+      return;
+    }
+  }
   std::string id;
   Route route;
   {
@@ -1886,6 +1972,7 @@ void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
   WorkerThread* wt = workers_[route.worker].get();
   auto task = [this, wt, id, req = std::move(req), done, queued = route.queued]() mutable {
     queued->fetch_sub(1, std::memory_order_relaxed);
+    if (HoldOrForward(wt, id, req, done)) return;
     done(Execute(wt, id, req));
   };
   if (!wt->Post(std::move(task), id)) {
@@ -1911,6 +1998,17 @@ InvokeResult Agent::Execute(WorkerThread* wt, const std::string& id, const Invok
                         id,
                         0};
   }
+  if (req.idempotency_key != 0) {
+    auto d = slot.dedup.find(req.idempotency_key);
+    if (d != slot.dedup.end()) {
+      // Answered before (a retry, possibly across a migration): the same answer, not
+      // a second execution.
+      ++slot.deduplicated;
+      const DedupEntry& e = d->second;
+      if (e.code == StatusCode::kOk) return InvokeResult{Status::Ok(), e.reply, id, 0};
+      return InvokeResult{Status(e.code, e.reply), {}, id, 0};
+    }
+  }
   CallingHost host(this, wt, req, slot.id);
   wt->PushBusy(slot.id);
   Status s = slot.inst->Call(req.handler, &host);
@@ -1930,6 +2028,9 @@ InvokeResult Agent::Execute(WorkerThread* wt, const std::string& id, const Invok
       if (!snap.ok()) TERN_LOG(ERROR) << "snapshot of " << slot.id << " failed: " << snap;
     }
     const bool ok = s.ok();
+    if (req.idempotency_key != 0) {
+      slot.Remember(req.idempotency_key, s.code(), ok ? host.reply() : std::string(s.message()));
+    }
     return InvokeResult{std::move(s), ok ? std::move(host.reply()) : std::string(), id, dt};
   }
   // The guest did not reach a clean request boundary (trap, timeout, memory cap):
@@ -1952,6 +2053,7 @@ Status Agent::RestoreSlot(WorkerThread* wt, Slot* slot, const wasm::Snapshot& sn
   // pointer are overwritten, and the pages are already faulted in (7-29 GB/s here,
   // against ~1 GB/s for first touches of a fresh instance's memory). A wasm memory
   // cannot shrink, so a larger one needs a fresh instance.
+  slot->MigMarkAll();
   if (slot->inst->memory_bytes() <= snap.memory.size()) {
     Status s = slot->inst->Restore(snap);
     if (s.ok()) {
@@ -1977,6 +2079,7 @@ Status Agent::RestoreSlot(WorkerThread* wt, Slot* slot, const wasm::Snapshot& sn
   slot->tracked_base = nullptr;
   slot->inst = std::move(fresh);
   if (slot->service->manifest.stateful) StartTracking(slot);
+  slot->MigMarkAll();
   return Status::Ok();
 }
 
@@ -1989,6 +2092,7 @@ constexpr uint64_t kTrackMinBytes = 4u << 20;
 }  // namespace
 
 void Agent::StartTracking(Slot* slot) {
+  slot->MigMarkAll();  // a new tracker has not seen the writes so far
   slot->tracker.reset();
   slot->tracked_base = nullptr;
   if (slot->inst->memory_bytes() < kTrackMinBytes) return;
@@ -2021,6 +2125,7 @@ Status Agent::UpdateGoodState(Slot* slot) {
     // Pages added by memory.grow during the request were not tracked yet: take them all.
     good.append(reinterpret_cast<const char*>(base) + old_bytes, bytes - old_bytes);
     slot->pages_copied += (bytes - old_bytes) / kTrackPage;
+    if (slot->mig != nullptr && slot->mig->exact) slot->mig->MarkRange(old_bytes / kTrackPage, bytes / kTrackPage);
     TERN_RETURN_IF_ERROR(slot->tracker->Grow(bytes));
   }
   TERN_ASSIGN_OR_RETURN(std::vector<uint32_t> dirty, slot->tracker->Collect());
@@ -2030,6 +2135,9 @@ Status Agent::UpdateGoodState(Slot* slot) {
     std::memcpy(good.data() + off, base + off, kTrackPage);
   }
   slot->pages_copied += dirty.size();
+  if (slot->mig != nullptr && slot->mig->exact) {
+    for (uint32_t page : dirty) slot->mig->Mark(page);
+  }
   // Between requests the stack pointer is back at its initial value; keep it as is.
   return Status::Ok();
 }
@@ -2150,6 +2258,7 @@ AgentStatus Agent::GetStatus() {
         is.memory_bytes = slot->inst->memory_bytes();
         is.pages_copied = slot->pages_copied;
         is.dirty_tracking = slot->tracker != nullptr;
+        is.deduplicated = slot->deduplicated;
         is.queued = slot->queued->load(std::memory_order_relaxed);
         is.exec_ns_total = slot->exec_ns_total;
         is.last_error = slot->last_error;
@@ -2246,6 +2355,503 @@ Result<std::string> Agent::RemoteData(WorkerThread* wt, const InvokeRequest& cal
     CountData(instance, 0, keep->result.size(), where.host == options_.host ? "" : where.host);
   }
   return std::move(keep->result);
+}
+
+// ---------------------------------------------------------------------------------
+// Live migration: the steps that touch slots (docs/design/migration.md). The driver
+// (Agent::Migrate) and the migration server are in migration.cc.
+
+namespace {
+uint32_t PageCrc(const uint8_t* base, uint64_t page) {
+  return Crc32c(base + page * kMigrationPageBytes, kMigrationPageBytes);
+}
+}  // namespace
+
+bool Agent::IsFrozen(WorkerThread* wt, const std::string& id) {
+  auto it = wt->slots().find(id);
+  return it != wt->slots().end() && it->second->mig != nullptr && it->second->mig->frozen;
+}
+
+bool Agent::HoldOrForward(WorkerThread* wt, const std::string& id, InvokeRequest& req,
+                          std::function<void(InvokeResult)>& done) {
+  auto it = wt->slots().find(id);
+  if (it != wt->slots().end()) {
+    Slot& slot = *it->second;
+    if (slot.mig == nullptr || !slot.mig->frozen) return false;
+    slot.mig->held.push_back(Held{std::move(req), std::move(done)});
+    return true;
+  }
+  if (!has_moved_.load(std::memory_order_acquire)) return false;
+  std::optional<MovedTo> to = MovedRecord(id, "");
+  if (!to) return false;
+  Forward(*to, std::move(req), std::move(done));
+  return true;
+}
+
+std::optional<Agent::MovedTo> Agent::MovedRecord(const std::string& instance,
+                                                 const std::string& service) {
+  MutexLock l(&mu_);
+  if (!instance.empty()) {
+    if (routes_.count(instance) != 0) return std::nullopt;
+    auto it = moved_to_.find(instance);
+    if (it == moved_to_.end()) return std::nullopt;
+    return it->second;
+  }
+  if (!InstancesOf(service).empty()) return std::nullopt;
+  const MovedTo* best = nullptr;
+  for (const auto& [_, m] : moved_to_) {
+    if (m.service == service && (best == nullptr || m.at_ns > best->at_ns)) best = &m;
+  }
+  if (best == nullptr) return std::nullopt;
+  return *best;
+}
+
+std::map<std::string, std::string> Agent::MovedInstances() {
+  MutexLock l(&mu_);
+  std::map<std::string, std::string> out;
+  for (const auto& [id, m] : moved_to_) out[id] = m.device;
+  return out;
+}
+
+Status Agent::MigStart(const std::string& id, uint64_t* memory_bytes, bool* exact,
+                       std::string* service, std::string* module_hash,
+                       std::optional<uint32_t>* stack_pointer) {
+  {
+    MutexLock l(&mu_);
+    if (routes_.count(id) == 0) return NotFoundError(fmt::format("no instance '{}'", id));
+    if (!migrating_.insert(id).second) {
+      return AlreadyExistsError(fmt::format("instance {} is already migrating", id));
+    }
+  }
+  Status st = RunOnSlot(id, [&](WorkerThread*, Slot* slot) -> Status {
+    auto m = std::make_unique<SlotMigration>();
+    // Exact tracking needs the tracker that keeps the rollback point (stateful
+    // services with a tracked memory); anything else is compared by checksums.
+    m->exact = slot->tracker != nullptr && slot->tracked_base == slot->inst->memory_data();
+    slot->mig = std::move(m);
+    *memory_bytes = slot->inst->memory_bytes();
+    *exact = slot->mig->exact;
+    *module_hash = slot->service->module->hash();
+    *service = slot->service->manifest.name;
+    // The stack pointer between requests (the snapshot's; memory is not needed).
+    *stack_pointer = slot->good.stack_pointer;
+    return Status::Ok();
+  });
+  if (!st.ok()) {
+    MutexLock l(&mu_);
+    migrating_.erase(id);
+  }
+  return st;
+}
+
+Result<std::optional<std::vector<uint32_t>>> Agent::MigTakeDirty(const std::string& id,
+                                                                uint32_t leave_if_at_most) {
+  std::optional<std::vector<uint32_t>> out;
+  TERN_RETURN_IF_ERROR(RunOnSlot(id, [&](WorkerThread*, Slot* slot) -> Status {
+    if (slot->mig == nullptr) return FailedPreconditionError("not migrating");
+    std::vector<uint64_t>& d = slot->mig->dirty;
+    uint64_t count = 0;
+    for (uint64_t w : d) count += static_cast<uint64_t>(__builtin_popcountll(w));
+    if (count <= leave_if_at_most) return Status::Ok();
+    std::vector<uint32_t>& pages = out.emplace();
+    for (size_t w = 0; w < d.size(); ++w) {
+      for (uint64_t bits = d[w]; bits != 0; bits &= bits - 1) {
+        pages.push_back(static_cast<uint32_t>(w * 64 + static_cast<uint64_t>(__builtin_ctzll(bits))));
+      }
+      d[w] = 0;
+    }
+    return Status::Ok();
+  }));
+  return out;
+}
+
+Result<Agent::MigChunk> Agent::MigCopy(const std::string& id, const std::vector<uint32_t>& pages) {
+  MigChunk c;
+  TERN_RETURN_IF_ERROR(RunOnSlot(id, [&](WorkerThread*, Slot* slot) -> Status {
+    const uint8_t* base = slot->inst->memory_data();
+    c.memory_bytes = slot->inst->memory_bytes();
+    const uint64_t n = c.memory_bytes / kMigrationPageBytes;
+    c.pages.reserve(pages.size());
+    c.data.resize(pages.size() * kMigrationPageBytes);
+    for (uint32_t p : pages) {
+      if (p >= n) continue;
+      std::memcpy(c.data.data() + c.pages.size() * kMigrationPageBytes,
+                  base + size_t{p} * kMigrationPageBytes, kMigrationPageBytes);
+      c.pages.push_back(p);
+    }
+    c.data.resize(c.pages.size() * kMigrationPageBytes);
+    return Status::Ok();
+  }));
+  return c;
+}
+
+Result<Agent::MigChunk> Agent::MigScan(const std::string& id, uint32_t from, uint32_t count,
+                                       bool all) {
+  MigChunk c;
+  TERN_RETURN_IF_ERROR(RunOnSlot(id, [&](WorkerThread*, Slot* slot) -> Status {
+    if (slot->mig == nullptr) return FailedPreconditionError("not migrating");
+    SlotMigration& m = *slot->mig;
+    const uint8_t* base = slot->inst->memory_data();
+    c.memory_bytes = slot->inst->memory_bytes();
+    const uint64_t n = c.memory_bytes / kMigrationPageBytes;
+    if (m.crc.size() < n) m.crc.resize(n, kNoCrc);
+    const uint64_t end = std::min<uint64_t>(n, uint64_t{from} + count);
+    for (uint64_t p = from; p < end; ++p) {
+      if (m.exact) {
+        // Exact mode copies everything once (round 0); later rounds use the bitmap.
+      } else {
+        uint32_t crc = PageCrc(base, p);
+        if (!all && crc == m.crc[p]) continue;
+        m.crc[p] = crc;
+      }
+      c.pages.push_back(static_cast<uint32_t>(p));
+      c.data.append(reinterpret_cast<const char*>(base) + p * kMigrationPageBytes,
+                    kMigrationPageBytes);
+    }
+    return Status::Ok();
+  }));
+  return c;
+}
+
+Result<Agent::MigChunk> Agent::MigFreeze(const std::string& id, int64_t timeout_ns, bool all,
+                                         std::string* commit, int64_t* frozen_ns) {
+  TERN_ASSIGN_OR_RETURN(Route route, FindRoute(id));
+  WorkerThread* wt = workers_[route.worker].get();
+  struct Shared {
+    Mutex m;
+    CondVar cv;
+    bool done = false;
+    bool cancelled = false;
+    Status st;
+    MigChunk chunk;
+    std::string commit;
+    int64_t frozen_ns = 0;
+  };
+  auto sh = std::make_shared<Shared>();
+  // A control task: it runs only when no guest on that worker waits in a call, i.e.
+  // at a request boundary of every instance there.
+  bool posted = wt->Post([wt, id, sh, all] {
+    MutexLock l(&sh->m);
+    if (sh->cancelled) return;
+    sh->done = true;
+    sh->cv.Signal();
+    auto it = wt->slots().find(id);
+    if (it == wt->slots().end() || it->second->mig == nullptr) {
+      sh->st = NotFoundError("instance " + id + " was stopped");
+      return;
+    }
+    Slot& slot = *it->second;
+    SlotMigration& m = *slot.mig;
+    m.frozen = true;
+    sh->frozen_ns = MonoNanos();
+    const uint8_t* base = slot.inst->memory_data();
+    MigChunk& c = sh->chunk;
+    c.memory_bytes = slot.inst->memory_bytes();
+    const uint64_t n = c.memory_bytes / kMigrationPageBytes;
+    if (all) {
+      for (uint64_t p = 0; p < n; ++p) c.pages.push_back(static_cast<uint32_t>(p));
+    } else if (m.exact) {
+      for (size_t w = 0; w < m.dirty.size(); ++w) {
+        for (uint64_t bits = m.dirty[w]; bits != 0; bits &= bits - 1) {
+          uint64_t p = w * 64 + static_cast<uint64_t>(__builtin_ctzll(bits));
+          if (p < n) c.pages.push_back(static_cast<uint32_t>(p));
+        }
+        m.dirty[w] = 0;
+      }
+    } else {
+      if (m.crc.size() < n) m.crc.resize(n, kNoCrc);
+      for (uint64_t p = 0; p < n; ++p) {
+        uint32_t crc = PageCrc(base, p);
+        if (crc == m.crc[p]) continue;
+        m.crc[p] = crc;
+        c.pages.push_back(static_cast<uint32_t>(p));
+      }
+    }
+    c.data.resize(c.pages.size() * kMigrationPageBytes);
+    for (size_t i = 0; i < c.pages.size(); ++i) {
+      std::memcpy(c.data.data() + i * kMigrationPageBytes,
+                  base + size_t{c.pages[i]} * kMigrationPageBytes, kMigrationPageBytes);
+    }
+    CommitState cs;
+    cs.memory_bytes = c.memory_bytes;
+    cs.stack_pointer = slot.good.stack_pointer;
+    cs.requests = slot.requests;
+    for (uint64_t key : slot.dedup_order) cs.dedup.push_back(slot.dedup.at(key));
+    sh->commit = EncodeCommitState(cs);
+  });
+  if (!posted) return UnavailableError("agent is shutting down");
+  MutexLock l(&sh->m);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(timeout_ns);
+  while (!sh->done) {
+    auto left = deadline - std::chrono::steady_clock::now();
+    if (left <= std::chrono::nanoseconds(0) || !sh->cv.WaitFor(&sh->m, left)) {
+      if (sh->done) break;
+      sh->cancelled = true;
+      return DeadlineExceededError(fmt::format(
+          "instance {} did not reach a request boundary within {} ms (a request of an "
+          "instance on its worker is waiting in a nested call); not migrated, it keeps "
+          "serving here",
+          id, timeout_ns / 1'000'000));
+    }
+  }
+  // `done` is set before the work; holding sh->m means the work has finished.
+  TERN_RETURN_IF_ERROR(sh->st);
+  *commit = std::move(sh->commit);
+  *frozen_ns = sh->frozen_ns;
+  return std::move(sh->chunk);
+}
+
+void Agent::MigAbort(const std::string& id) {
+  (void)RunOnSlot(id, [&](WorkerThread* wt, Slot* slot) -> Status {
+    if (slot->mig == nullptr) return Status::Ok();
+    std::vector<Held> held = std::move(slot->mig->held);
+    slot->mig.reset();
+    // The held requests run here, in their order, as if nothing had happened.
+    for (Held& h : held) {
+      wt->Post(
+          [this, wt, id, h = std::move(h)]() mutable {
+            if (HoldOrForward(wt, id, h.req, h.done)) return;
+            h.done(Execute(wt, id, h.req));
+          },
+          id);
+    }
+    return Status::Ok();
+  });
+  MutexLock l(&mu_);
+  migrating_.erase(id);
+}
+
+std::vector<Agent::Held> Agent::MigFinish(const std::string& id, MovedTo to) {
+  std::vector<Held> held;
+  int w = -1;
+  {
+    MutexLock l(&mu_);
+    auto it = routes_.find(id);
+    if (it != routes_.end()) {
+      w = it->second.worker;
+      to.service = it->second.service->manifest.name;
+      EraseRoute(id);
+    }
+    to.at_ns = MonoNanos();
+    moved_to_[id] = to;
+    has_moved_.store(true, std::memory_order_release);
+    migrating_.erase(id);
+  }
+  if (w < 0) return held;
+  WorkerThread* wt = workers_[w].get();
+  (void)wt->RunAndWait([&]() -> Status {
+    auto it = wt->slots().find(id);
+    if (it == wt->slots().end()) return Status::Ok();
+    if (it->second->mig != nullptr) held = std::move(it->second->mig->held);
+    wt->slots().erase(it);
+    return Status::Ok();
+  });
+  return held;
+}
+
+// ---- target side
+
+struct Agent::Incoming {
+  std::string id;
+  std::shared_ptr<const Service> svc;
+  int worker = 0;
+  std::unique_ptr<Slot> slot;  // created on the worker; routable only after the commit
+  uint8_t* mem = nullptr;      // its memory (valid until it grows, on the worker)
+  uint64_t bytes = 0;
+  std::string good;            // stateful: the same bytes, the rollback point to be
+  std::optional<uint32_t> sp;
+};
+
+Result<std::shared_ptr<Agent::Incoming>> Agent::IncomingBegin(
+    const std::string& instance, const std::string& service, const std::string& module_hash,
+    uint64_t memory_bytes, std::optional<uint32_t> sp) {
+  auto in = std::make_shared<Incoming>();
+  in->id = instance;
+  in->sp = sp;
+  std::shared_ptr<Incoming> old;
+  {
+    MutexLock l(&mu_);
+    auto sit = services_.find(service);
+    if (sit == services_.end()) {
+      return NotFoundError(fmt::format("service '{}' is not deployed on {}", service, options_.device));
+    }
+    if (sit->second->module->hash() != module_hash) {
+      return FailedPreconditionError(fmt::format(
+          "service '{}' on {} runs module {}, the migrating instance module {}: deploy the same "
+          "version first",
+          service, options_.device, sit->second->module->hash().substr(0, 12),
+          module_hash.substr(0, 12)));
+    }
+    if (routes_.count(instance) != 0) {
+      return AlreadyExistsError(fmt::format("instance {} already runs on {}", instance, options_.device));
+    }
+    in->svc = sit->second;
+    if (memory_bytes % 65536 != 0 || memory_bytes / 65536 > in->svc->limits.max_memory_pages) {
+      return InvalidArgumentError(fmt::format(
+          "a memory of {} bytes does not fit service '{}' (a multiple of 64 KiB, at most {} pages)",
+          memory_bytes, service, in->svc->limits.max_memory_pages));
+    }
+    in->worker = next_worker_++ % static_cast<int>(workers_.size());
+    auto it = incoming_.find(instance);
+    if (it != incoming_.end()) old = it->second;
+    incoming_[instance] = in;
+  }
+  if (old != nullptr) IncomingDrop(old);
+  WorkerThread* wt = workers_[in->worker].get();
+  Status st = wt->RunAndWait([&]() -> Status {
+    auto slot = std::make_unique<Slot>();
+    slot->id = instance;
+    slot->service = in->svc;
+    slot->queued = std::make_shared<std::atomic<uint64_t>>(0);
+    const bool stateful = in->svc->manifest.stateful;
+    // A stateless instance's rollback point is its pristine state; a stateful one's is
+    // the state that arrives.
+    TERN_ASSIGN_OR_RETURN(slot->inst, wt->worker()->Instantiate(in->svc->module, in->svc->limits,
+                                                                /*run_initialize=*/!stateful));
+    if (!stateful) TERN_RETURN_IF_ERROR(slot->inst->SnapshotInto(&slot->good));
+    wasm::Snapshot zero;
+    zero.module_hash = module_hash;
+    zero.memory.assign(memory_bytes, '\0');
+    zero.stack_pointer = sp;
+    TERN_RETURN_IF_ERROR(slot->inst->Restore(zero));
+    in->mem = slot->inst->memory_data();
+    in->bytes = slot->inst->memory_bytes();
+    if (stateful) in->good = std::move(zero.memory);
+    in->slot = std::move(slot);
+    return Status::Ok();
+  });
+  if (!st.ok()) {
+    IncomingDrop(in);
+    return st.WithPrefix("preparing the incoming instance " + instance);
+  }
+  return in;
+}
+
+uint32_t Agent::IncomingPages(const Incoming* in) const {
+  return static_cast<uint32_t>(in->bytes / kMigrationPageBytes);
+}
+
+Status Agent::IncomingGrow(Incoming* in, uint64_t memory_bytes) {
+  if (memory_bytes <= in->bytes) return Status::Ok();
+  if (memory_bytes % 65536 != 0 || memory_bytes / 65536 > in->svc->limits.max_memory_pages) {
+    return InvalidArgumentError(fmt::format("memory of {} bytes exceeds the cap of service '{}'",
+                                            memory_bytes, in->svc->manifest.name));
+  }
+  WorkerThread* wt = workers_[in->worker].get();
+  return wt->RunAndWait([&]() -> Status {
+    wasm::Snapshot s;
+    s.module_hash = in->svc->module->hash();
+    s.memory.assign(reinterpret_cast<const char*>(in->mem), in->bytes);
+    s.memory.resize(memory_bytes, '\0');
+    s.stack_pointer = in->sp;
+    TERN_RETURN_IF_ERROR(in->slot->inst->Restore(s));
+    in->mem = in->slot->inst->memory_data();
+    in->bytes = in->slot->inst->memory_bytes();
+    if (in->svc->manifest.stateful) in->good.resize(in->bytes, '\0');
+    return Status::Ok();
+  });
+}
+
+void Agent::IncomingApply(Incoming* in, uint32_t page, const char* bytes) {
+  // The instance is not routable yet: nothing runs on its memory but this thread.
+  const size_t off = size_t{page} * kMigrationPageBytes;
+  if (bytes == nullptr) {
+    std::memset(in->mem + off, 0, kMigrationPageBytes);
+    if (!in->good.empty()) std::memset(in->good.data() + off, 0, kMigrationPageBytes);
+  } else {
+    std::memcpy(in->mem + off, bytes, kMigrationPageBytes);
+    if (!in->good.empty()) std::memcpy(in->good.data() + off, bytes, kMigrationPageBytes);
+  }
+}
+
+Status Agent::IncomingCommit(const std::shared_ptr<Incoming>& in, std::string_view payload) {
+  if (payload.size() < 4) return InvalidArgumentError("commit frame truncated");
+  uint32_t state_len;
+  std::memcpy(&state_len, payload.data(), 4);
+  if (payload.size() - 4 < state_len) return InvalidArgumentError("commit frame truncated");
+  TERN_ASSIGN_OR_RETURN(CommitState cs, DecodeCommitState(payload.substr(4, state_len)));
+  TERN_RETURN_IF_ERROR(IncomingGrow(in.get(), cs.memory_bytes));
+  std::string_view batch = payload.substr(4 + state_len);
+  if (!batch.empty()) {
+    TERN_RETURN_IF_ERROR(DecodePageBatch(batch, IncomingPages(in.get()),
+                                         [&](uint32_t p, const char* b) { IncomingApply(in.get(), p, b); })
+                             .status());
+  }
+  WorkerThread* wt = workers_[in->worker].get();
+  std::shared_ptr<std::atomic<uint64_t>> queued;
+  TERN_RETURN_IF_ERROR(wt->RunAndWait([&]() -> Status {
+    std::unique_ptr<Slot> slot = std::move(in->slot);
+    if (slot == nullptr) return AbortedError("the incoming instance was dropped");
+    if (cs.stack_pointer != in->sp) {
+      // Not expected (between requests the stack pointer is at its initial value), but
+      // correct: a full restore with the final stack pointer.
+      wasm::Snapshot s;
+      s.module_hash = in->svc->module->hash();
+      s.memory.assign(reinterpret_cast<const char*>(in->mem), in->bytes);
+      s.stack_pointer = cs.stack_pointer;
+      TERN_RETURN_IF_ERROR(slot->inst->Restore(s));
+    }
+    if (in->svc->manifest.stateful) {
+      slot->good.module_hash = in->svc->module->hash();
+      slot->good.memory = std::move(in->good);
+      slot->good.stack_pointer = cs.stack_pointer;
+      StartTracking(slot.get());
+    }
+    slot->requests = cs.requests;
+    for (DedupEntry& e : cs.dedup) slot->Remember(e.key, e.code, std::move(e.reply));
+    queued = slot->queued;
+    wt->slots()[in->id] = std::move(slot);
+    return Status::Ok();
+  }));
+  MutexLock l(&mu_);
+  incoming_.erase(in->id);
+  auto sit = services_.find(in->svc->manifest.name);
+  if (sit == services_.end() || sit->second != in->svc) {
+    wt->Post([wt, id = in->id] { wt->slots().erase(id); });
+    return AbortedError(fmt::format("service '{}' changed during the migration of {}",
+                                    in->svc->manifest.name, in->id));
+  }
+  AddRoute(in->id, Route{in->worker, in->svc, queued});
+  if (moved_to_.erase(in->id) != 0) has_moved_.store(!moved_to_.empty(), std::memory_order_release);
+  return Status::Ok();
+}
+
+void Agent::IncomingDrop(const std::shared_ptr<Incoming>& in) {
+  {
+    MutexLock l(&mu_);
+    auto it = incoming_.find(in->id);
+    if (it != incoming_.end() && it->second == in) incoming_.erase(it);
+  }
+  // The instance dies on its own worker (its isolate's thread).
+  WorkerThread* wt = workers_[in->worker].get();
+  (void)wt->RunAndWait([&] {
+    in->slot.reset();
+    in->good.clear();
+    return Status::Ok();
+  });
+}
+
+Result<std::string> Agent::MigrationDeployPayload(const std::string& instance) {
+  MutexLock l(&mu_);
+  auto it = routes_.find(instance);
+  if (it == routes_.end()) return NotFoundError(fmt::format("no instance '{}'", instance));
+  const Service& svc = *it->second.service;
+  std::string yaml = ManifestToYaml(svc.manifest);
+  std::string out;
+  uint32_t n = static_cast<uint32_t>(yaml.size());
+  out.append(reinterpret_cast<const char*>(&n), 4);
+  out += yaml;
+  out += svc.module_bytes;
+  return out;
+}
+
+Status Agent::DeployFromMigration(std::string_view payload) {
+  if (payload.size() < 4) return InvalidArgumentError("deploy frame truncated");
+  uint32_t n;
+  std::memcpy(&n, payload.data(), 4);
+  if (payload.size() - 4 < n) return InvalidArgumentError("deploy frame truncated");
+  TERN_ASSIGN_OR_RETURN(Manifest m, ParseManifest(std::string(payload.substr(4, n)), "migration"));
+  return Deploy(m, std::string(payload.substr(4 + n)), /*start_instances=*/false).status();
 }
 
 Status Agent::RunOnInstanceForTest(const std::string& instance_id,

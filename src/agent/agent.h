@@ -20,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -124,6 +125,7 @@ struct InstanceStatus {
   uint64_t memory_bytes = 0;
   uint64_t pages_copied = 0;  // 4 KiB pages copied to keep the rollback point
   bool dirty_tracking = false;
+  uint64_t deduplicated = 0;  // requests answered from the dedup table (retries)
   uint64_t queued = 0;
   int64_t exec_ns_total = 0;
   std::string last_error;
@@ -173,6 +175,54 @@ struct TcpConnStats {
   uint64_t output_bytes = 0;      // replies waiting to be sent, over all connections, now
 };
 
+// Live migration of one instance to another agent (issue #6, docs/design/migration.md).
+struct MigrateOptions {
+  std::string to_tcp;     // the target agent's frame address, "ip:port"
+  std::string to_device;  // its device name (for reports and errors)
+  // Pre-copy: copy the memory while the instance serves, then rounds of the pages
+  // dirtied meanwhile, then freeze and send the rest. Stop-and-copy: freeze first and
+  // send everything (the naive baseline).
+  bool precopy = true;
+  int max_rounds = 8;
+  // Pre-copy freezes once a round leaves at most this many dirty 4 KiB pages (or the
+  // dirty set stops shrinking, or max_rounds is reached).
+  uint32_t stop_pages = 256;
+  // How long to wait for a request boundary (a request waiting in a nested call
+  // delays the freeze); then the migration fails with kDeadlineExceeded and the
+  // instance keeps serving here.
+  int64_t freeze_timeout_ns = 5'000'000'000;
+  // Page compression: "auto" (LZ4 when link_bps says the link is slower than LZ4
+  // compresses, ~2 Gbit/s here), "lz4" or "none".
+  std::string codec = "auto";
+  uint64_t link_bps = 0;  // 0 = unknown: assume a fast link
+  // Test hook: called on the migration thread before each step ("round 1", "freeze",
+  // "commit", ...); a non-OK status aborts the migration there, as a failure would.
+  std::function<Status(const std::string& step)> step_hook;
+};
+
+struct MigrationRound {
+  uint32_t pages = 0;  // pages sent in the round
+  uint64_t bytes = 0;  // bytes on the wire
+  int64_t ns = 0;
+};
+
+struct MigrationReport {
+  std::string instance;
+  std::string to_device;
+  std::string mode;   // "precopy" | "stop-and-copy"
+  std::string codec;  // the codec used
+  uint64_t memory_bytes = 0;
+  std::vector<MigrationRound> rounds;  // pre-copy rounds (the freeze's pages not included)
+  uint32_t final_pages = 0;            // pages sent while frozen
+  uint64_t bytes_sent = 0;             // on the wire, all rounds and the commit
+  uint64_t bytes_raw = 0;              // the same pages uncompressed (zero pages: 0)
+  uint64_t zero_pages = 0;
+  int64_t total_ns = 0;        // start → the instance serves at the target
+  int64_t freeze_wait_ns = 0;  // waiting for a request boundary
+  int64_t downtime_ns = 0;     // frozen → active at the target (requests wait meanwhile)
+  uint64_t held = 0;           // requests that arrived while frozen, forwarded to the target
+};
+
 class Agent {
  public:
   // Starts the worker threads (each creates its isolate) and, if `data_dir` holds
@@ -220,8 +270,24 @@ class Agent {
   // state also becomes the instance's rollback point.
   Status Restore(const std::string& instance_id, const wasm::Snapshot& snap);
 
+  // Moves a running instance to the agent at options.to_tcp, keeping its id, its state
+  // and its dedup table, while it keeps serving (docs/design/migration.md). Returns once
+  // the instance runs at the target and no longer here; requests that arrived during
+  // the cut-over are forwarded there, later ones too (or answered kMoved when the
+  // caller routes by epoch). On failure before the cut-over (kUnavailable: the target
+  // failed; kDeadlineExceeded: no request boundary in time; kNotFound, kAlreadyExists,
+  // kFailedPrecondition from the target) the instance keeps serving here, having lost
+  // nothing. Blocks the calling thread (not a worker thread) for the migration.
+  Result<MigrationReport> Migrate(const std::string& instance_id, const MigrateOptions& options);
+  // Where this agent accepts incoming migrations ("ip:port"; started on first use, on
+  // the frame address's IP). Other agents learn it with a "$migrate" "address" frame.
+  Result<std::string> MigrationAddress();
+  // Instances that migrated away from here and where they went (device), for status.
+  std::map<std::string, std::string> MovedInstances() EXCLUDES(mu_);
+
   AgentStatus GetStatus();
   bool HasService(const std::string& service) EXCLUDES(mu_);
+  bool HasRunningInstance(const std::string& service) EXCLUDES(mu_);
   const AgentOptions& options() const { return options_; }
   // Set once, before the first call (AgentServer does, when it knows its addresses).
   void SetAddresses(std::string tcp_address, std::string shm_path) {
@@ -283,6 +349,80 @@ class Agent {
     std::shared_ptr<std::atomic<uint64_t>> queued;
   };
 
+  // ---- live migration (agent.cc: the parts that touch slots; migration.cc: the rest)
+ public:
+  struct MigChunk {
+    std::vector<uint32_t> pages;  // ascending
+    std::string data;             // pages.size() × 4 KiB, in the same order
+    uint64_t memory_bytes = 0;    // the instance's memory size when copied
+  };
+  struct Held {  // a request that arrived while its instance was frozen
+    InvokeRequest req;
+    std::function<void(InvokeResult)> done;
+  };
+  struct MovedTo {  // where a migrated instance went
+    std::string service;
+    std::string device;
+    std::string tcp;
+    int64_t at_ns = 0;
+  };
+  struct Incoming;  // the target side of a migration in progress
+  class MigrationServer;
+  class Forwarder;
+
+ private:
+  // Source side; each runs a step on the instance's worker thread.
+  // Starts tracking what the instance writes (exact with a userfaultfd tracker, else
+  // page checksums). Returns the memory size, the module hash and the stack pointer.
+  Status MigStart(const std::string& id, uint64_t* memory_bytes, bool* exact, std::string* service,
+                  std::string* module_hash, std::optional<uint32_t>* stack_pointer);
+  // Exact mode: the pages written since the last call (or MigStart), forgotten here;
+  // nullopt (and nothing forgotten) if they are at most `leave_if_at_most`.
+  Result<std::optional<std::vector<uint32_t>>> MigTakeDirty(const std::string& id,
+                                                           uint32_t leave_if_at_most);
+  // Copies `pages` (those still inside the memory) as they are now.
+  Result<MigChunk> MigCopy(const std::string& id, const std::vector<uint32_t>& pages);
+  // Checksum mode: copies the pages of [from, from + count) that changed since they were
+  // last copied (all of them when `all`).
+  Result<MigChunk> MigScan(const std::string& id, uint32_t from, uint32_t count, bool all);
+  // At the next request boundary (waiting at most `timeout_ns`): freezes the instance
+  // (its requests are held from now on) and returns what is left to send (`exact` =
+  // the dirty pages; else every page whose checksum changed) and the commit state.
+  // `all`: every page (stop-and-copy). `frozen_ns`: when it froze (MonoNanos).
+  Result<MigChunk> MigFreeze(const std::string& id, int64_t timeout_ns, bool all,
+                             std::string* commit, int64_t* frozen_ns);
+  // Failure before the cut-over: thaws the instance and runs the held requests.
+  void MigAbort(const std::string& id);
+  // Success: the instance is gone from here; later requests for it go to `to`. Returns
+  // the held requests (to be forwarded).
+  std::vector<Held> MigFinish(const std::string& id, MovedTo to);
+  // Requests for an instance that is frozen (held) or moved away (forwarded): true if
+  // it took `req`/`done`.
+  bool HoldOrForward(WorkerThread* wt, const std::string& id, InvokeRequest& req,
+                     std::function<void(InvokeResult)>& done);
+  void Forward(const MovedTo& to, InvokeRequest req, std::function<void(InvokeResult)> done);
+  std::optional<MovedTo> MovedRecord(const std::string& instance, const std::string& service)
+      EXCLUDES(mu_);
+  bool IsFrozen(WorkerThread* wt, const std::string& id);
+  void ShutdownMigration();
+  // "deploy" payload for the target: the instance's manifest and module.
+  Result<std::string> MigrationDeployPayload(const std::string& instance) EXCLUDES(mu_);
+
+ public:
+  // Target side (called by MigrationServer's connection threads).
+  Result<std::shared_ptr<Incoming>> IncomingBegin(const std::string& instance,
+                                                  const std::string& service,
+                                                  const std::string& module_hash,
+                                                  uint64_t memory_bytes,
+                                                  std::optional<uint32_t> stack_pointer);
+  Status IncomingGrow(Incoming* in, uint64_t memory_bytes);
+  void IncomingApply(Incoming* in, uint32_t page, const char* bytes);
+  uint32_t IncomingPages(const Incoming* in) const;
+  Status IncomingCommit(const std::shared_ptr<Incoming>& in, std::string_view commit);
+  void IncomingDrop(const std::shared_ptr<Incoming>& in);
+  Status DeployFromMigration(std::string_view payload);
+
+ private:
   Agent(const AgentOptions& options, wasm::Engine* engine);
   Status LoadFromDataDir();
   Result<std::string> StartInstanceLocked(std::shared_ptr<const Service> svc,
@@ -365,6 +505,14 @@ class Agent {
         output_bytes{0};
   };
   TcpCounters tcp_;
+
+  std::map</*instance*/ std::string, MovedTo> moved_to_ GUARDED_BY(mu_);
+  std::atomic<bool> has_moved_{false};  // moved_to_ is not empty
+  std::map</*instance*/ std::string, std::shared_ptr<Incoming>> incoming_ GUARDED_BY(mu_);
+  std::set</*instance*/ std::string> migrating_ GUARDED_BY(mu_);
+  Mutex mig_mu_;
+  std::shared_ptr<MigrationServer> mig_server_ GUARDED_BY(mig_mu_);  // shared: incomplete here
+  std::map</*tcp address*/ std::string, std::shared_ptr<Forwarder>> forwarders_ GUARDED_BY(mig_mu_);
 };
 
 // The data-plane protocol, shared by the TCP (agent_server.cc) and shared-memory

@@ -47,6 +47,7 @@ std::string StatusToJson(const AgentStatus& st) {
                              {"memory_bytes", i.memory_bytes},
                              {"pages_copied", i.pages_copied},
                              {"dirty_tracking", i.dirty_tracking},
+                             {"deduplicated", i.deduplicated},
                              {"queued", i.queued},
                              {"exec_ns_total", i.exec_ns_total},
                              {"data",
@@ -60,6 +61,28 @@ std::string StatusToJson(const AgentStatus& st) {
               {"cached_modules", st.cached_modules},
               {"services", services},
               {"instances", instances}}
+      .dump();
+}
+
+std::string MigrationReportToJson(const MigrationReport& r) {
+  nlohmann::json rounds = nlohmann::json::array();
+  for (const MigrationRound& x : r.rounds) {
+    rounds.push_back({{"pages", x.pages}, {"bytes", x.bytes}, {"us", x.ns / 1000}});
+  }
+  return nlohmann::json{{"instance", r.instance},
+                        {"to_device", r.to_device},
+                        {"mode", r.mode},
+                        {"codec", r.codec},
+                        {"memory_bytes", r.memory_bytes},
+                        {"rounds", rounds.size()},
+                        {"round_detail", rounds},
+                        {"final_pages", r.final_pages},
+                        {"bytes_sent", r.bytes_sent},
+                        {"bytes_raw", r.bytes_raw},
+                        {"total_us", r.total_ns / 1000},
+                        {"freeze_wait_us", r.freeze_wait_ns / 1000},
+                        {"downtime_us", r.downtime_ns / 1000},
+                        {"forwarded", r.held}}
       .dump();
 }
 

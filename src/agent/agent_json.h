@@ -10,5 +10,6 @@ namespace tern::agent {
 
 std::string StatusToJson(const AgentStatus& st);
 std::string ServiceToJson(const ServiceStatus& s);
+std::string MigrationReportToJson(const MigrationReport& r);
 
 }  // namespace tern::agent

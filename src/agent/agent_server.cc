@@ -72,6 +72,7 @@ struct AgentServer::Impl {
   uint64_t rejected_connections = 0;                  // loop thread (kWorker)
   std::unique_ptr<transport::HttpServer> http;
   std::unique_ptr<TaskThread> admin;
+  std::unique_ptr<TaskThread> migrations;  // POST .../migrate, one at a time
   std::unique_ptr<transport::ShmListener> shm;
 
   // New shared-memory clients: each connection goes to the worker that owns the
@@ -269,6 +270,12 @@ struct AgentServer::Impl {
       admin->Post([this, req = std::move(req), resp] { resp.Respond(ServiceOp(req)); });
     });
     r.HandleAsync("*", "/v1/instances/*", [this](HttpRequest req, HttpResponder resp) {
+      std::vector<std::string> p = PathParts(req.path);
+      if (p.size() == 4 && p[3] == "migrate" && req.method == "POST") {
+        // Seconds long: on its own thread, so the admin API stays responsive.
+        migrations->Post([this, req = std::move(req), resp] { resp.Respond(MigrateOp(req)); });
+        return;
+      }
       admin->Post([this, req = std::move(req), resp] { resp.Respond(InstanceOp(req)); });
     });
     r.HandleAsync("POST", "/v1/invoke/*", [this](HttpRequest req, HttpResponder resp) {
@@ -416,6 +423,44 @@ struct AgentServer::Impl {
     return ErrorResponse(NotFoundError(fmt::format("no route {} {}", req.method, req.path)));
   }
 
+  // POST /v1/instances/{id}/migrate {"to_tcp": "ip:port", "to_device": "...", "mode":
+  // "precopy"|"stop-and-copy", "max_rounds": N, "stop_pages": N, "freeze_timeout_ms": N,
+  // "codec": "auto"|"lz4"|"none", "link_bps": N}
+  HttpResponse MigrateOp(const HttpRequest& req) {
+    std::vector<std::string> p = PathParts(req.path);
+    nlohmann::json j = nlohmann::json::parse(req.body, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("to_tcp") || !j["to_tcp"].is_string()) {
+      return ErrorResponse(InvalidArgumentError(
+          "migrate: the body must be a JSON object with \"to_tcp\": \"ip:port\" (the target "
+          "agent's frame address) and optionally to_device, mode, max_rounds, stop_pages, "
+          "freeze_timeout_ms, codec, link_bps"));
+    }
+    MigrateOptions o;
+    try {
+      o.to_tcp = j["to_tcp"].get<std::string>();
+      o.to_device = j.value("to_device", std::string());
+      std::string mode = j.value("mode", std::string("precopy"));
+      if (mode != "precopy" && mode != "stop-and-copy") {
+        return ErrorResponse(InvalidArgumentError(
+            fmt::format("migrate: mode '{}': expected precopy or stop-and-copy", mode)));
+      }
+      o.precopy = mode == "precopy";
+      o.max_rounds = j.value("max_rounds", o.max_rounds);
+      o.stop_pages = j.value("stop_pages", o.stop_pages);
+      o.freeze_timeout_ns = j.value("freeze_timeout_ms", int64_t{5000}) * 1'000'000;
+      o.codec = j.value("codec", o.codec);
+      o.link_bps = j.value("link_bps", o.link_bps);
+    } catch (const nlohmann::json::exception& e) {
+      return ErrorResponse(InvalidArgumentError(std::string("migrate: ") + e.what()));
+    }
+    if (o.max_rounds < 1 || o.max_rounds > 64) {
+      return ErrorResponse(InvalidArgumentError("migrate: max_rounds must be in [1, 64]"));
+    }
+    Result<MigrationReport> r = agent->Migrate(p[2], o);
+    if (!r.ok()) return ErrorResponse(r.status());
+    return HttpResponse::Json(200, MigrationReportToJson(*r));
+  }
+
   HttpResponse InstanceOp(const HttpRequest& req) {
     std::vector<std::string> p = PathParts(req.path);  // v1 instances ID [snapshot]
     if (p.size() == 3 && req.method == "DELETE") {
@@ -457,6 +502,7 @@ Result<std::unique_ptr<AgentServer>> AgentServer::Start(Agent* agent,
   impl->agent = agent;
   impl->options = options;
   impl->admin = std::make_unique<TaskThread>();
+  impl->migrations = std::make_unique<TaskThread>();
   transport::EventLoopOptions lo;
   lo.busy_poll = std::chrono::microseconds(options.io_busy_poll_us);
   TERN_ASSIGN_OR_RETURN(impl->loop, transport::EventLoopThread::Create(lo));
@@ -515,6 +561,7 @@ AgentServer::~AgentServer() {
   //    (allowed once the loop is not running).
   impl_->loop->Stop();
   impl_->admin.reset();
+  impl_->migrations.reset();
   impl_->agent->Shutdown();
   impl_->http.reset();
   impl_->frames.reset();

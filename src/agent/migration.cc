@@ -1,0 +1,608 @@
+// Live migration: the driver on the source agent (Agent::Migrate), the migration
+// server on the target (Agent::MigrationServer) and the forwarding of requests for
+// instances that moved away (Agent::Forwarder). The steps that touch slots are in
+// agent.cc. Design: docs/design/migration.md; wire format: docs/formats/migration.md.
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <deque>
+#include <thread>
+
+#include "agent/agent.h"
+#include "agent/migration_wire.h"
+#include "core/clock.h"
+#include "core/ids.h"
+#include "core/logging.h"
+#include "transport/frame_client.h"
+
+namespace tern::agent {
+
+namespace {
+
+constexpr char kMigrate[] = "$migrate";
+// Pages copied per step on the instance's worker: 4 MiB, ~1 ms of memcpy here, so a
+// round never stalls the instance's requests for long.
+constexpr uint32_t kChunkPages = 1024;
+// Page batches in flight on the migration connection.
+constexpr size_t kWindow = 4;
+// LZ4 compresses at roughly 2 Gbit/s per core here on memory-like data; below that link
+// speed compressing pays.
+constexpr uint64_t kLz4PaysBelowBps = 2'000'000'000;
+constexpr auto kStepTimeout = std::chrono::seconds(30);
+// A migration connection idle for this long is dropped (with its incoming instance).
+constexpr int64_t kIdleNs = 120'000'000'000;
+
+transport::Frame MigrateFrame(const char* handler, std::string payload) {
+  transport::Frame f;
+  f.type = transport::FrameType::kInvoke;
+  f.service = kMigrate;
+  f.handler = handler;
+  f.payload = std::move(payload);
+  return f;
+}
+
+Result<std::unique_ptr<transport::FrameClient>> ConnectTo(const std::string& addr,
+                                                          const std::string& what) {
+  std::string host;
+  uint16_t port = 0;
+  TERN_RETURN_IF_ERROR(ParseHostPort(addr, &host, &port).WithPrefix(what));
+  Result<std::unique_ptr<transport::FrameClient>> c =
+      transport::FrameClient::Connect(host, port, std::chrono::seconds(5));
+  if (!c.ok()) return c.status().WithPrefix(fmt::format("{} at {}", what, addr));
+  return c;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------
+// Forwarder: sends requests for an instance that moved away to the agent it moved to,
+// over one pipelined frame connection, and completes them with the answers.
+
+class Agent::Forwarder {
+ public:
+  explicit Forwarder(std::string tcp) : tcp_(std::move(tcp)), thread_([this] { Loop(); }) {}
+  ~Forwarder() {
+    {
+      MutexLock l(&mu_);
+      stopping_ = true;
+      cv_.Signal();
+    }
+    thread_.join();
+  }
+
+  void Submit(InvokeRequest req, std::function<void(InvokeResult)> done) {
+    {
+      MutexLock l(&mu_);
+      if (!stopping_) {
+        queue_.push_back(Held{std::move(req), std::move(done)});
+        cv_.Signal();
+        return;
+      }
+    }
+    done(InvokeResult{UnavailableError("agent is shutting down"), {}, req.instance, 0});
+  }
+
+ private:
+  void Loop() {
+    std::unique_ptr<transport::FrameClient> client;
+    for (;;) {
+      std::deque<Held> batch;
+      {
+        MutexLock l(&mu_);
+        while (queue_.empty() && !stopping_) cv_.Wait(&mu_);
+        batch.swap(queue_);
+        if (stopping_) {
+          for (Held& h : batch) {
+            h.done(InvokeResult{UnavailableError("agent is shutting down"), {}, {}, 0});
+          }
+          return;
+        }
+      }
+      if (client == nullptr || !client->error().ok()) {
+        Result<std::unique_ptr<transport::FrameClient>> c = ConnectTo(tcp_, "forwarding to");
+        if (!c.ok()) {
+          for (Held& h : batch) h.done(InvokeResult{c.status(), {}, h.req.instance, 0});
+          client.reset();
+          continue;
+        }
+        client = std::move(*c);
+      }
+      std::map<uint64_t, Held> pending;
+      int64_t deadline = 0;
+      for (Held& h : batch) {
+        transport::Frame f;
+        f.type = transport::FrameType::kInvoke;
+        f.service = h.req.service;
+        f.handler = h.req.instance.empty() ? h.req.handler : h.req.handler + "@" + h.req.instance;
+        f.payload = h.req.payload;
+        f.tenant = h.req.tenant;
+        const int64_t now = MonoNanos();
+        int64_t until = h.req.deadline_ns != 0 ? h.req.deadline_ns : now + 30'000'000'000;
+        if (h.req.deadline_ns != 0) {
+          f.budget_us = static_cast<uint32_t>(std::clamp<int64_t>((until - now) / 1000, 1, UINT32_MAX));
+        }
+        deadline = std::max(deadline, until);
+        Result<uint64_t> id = client->Send(std::move(f));
+        if (!id.ok()) {
+          h.done(InvokeResult{id.status(), {}, h.req.instance, 0});
+          continue;
+        }
+        pending.emplace(*id, std::move(h));
+      }
+      while (!pending.empty()) {
+        int64_t left = deadline - MonoNanos();
+        Result<transport::Frame> f =
+            client->Receive(std::chrono::nanoseconds(std::max<int64_t>(left, 1)));
+        if (!f.ok()) {
+          // Broken or timed out: every request still waiting fails (its caller retries
+          // with the same idempotency key where it cares).
+          Status st = f.status().WithPrefix("forwarded to " + tcp_);
+          for (auto& [_, h] : pending) h.done(InvokeResult{st, {}, h.req.instance, 0});
+          if (f.status().code() != StatusCode::kDeadlineExceeded) client.reset();
+          break;
+        }
+        auto it = pending.find(f->request_id);
+        if (it == pending.end()) continue;
+        Held h = std::move(it->second);
+        pending.erase(it);
+        InvokeResult r;
+        r.instance = h.req.instance;
+        if (f->type == transport::FrameType::kReply) {
+          r.reply = std::move(f->payload);
+        } else if (f->type == transport::FrameType::kMoved) {
+          r.status = UnavailableError(fmt::format("instance {} moved on from {}", h.req.instance, tcp_));
+        } else {
+          r.status = transport::ErrorFrameStatus(*f);
+        }
+        h.done(std::move(r));
+      }
+    }
+  }
+
+  const std::string tcp_;
+  Mutex mu_;
+  CondVar cv_;
+  std::deque<Held> queue_ GUARDED_BY(mu_);
+  bool stopping_ GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+void Agent::Forward(const MovedTo& to, InvokeRequest req, std::function<void(InvokeResult)> done) {
+  std::shared_ptr<Forwarder> f;
+  {
+    MutexLock l(&mig_mu_);
+    std::shared_ptr<Forwarder>& slot = forwarders_[to.tcp];
+    if (slot == nullptr) slot = std::make_shared<Forwarder>(to.tcp);
+    f = slot;
+  }
+  f->Submit(std::move(req), std::move(done));
+}
+
+// ---------------------------------------------------------------------------------
+// MigrationServer: the target side. One listening socket; one thread per incoming
+// migration connection, which blocks on it (bulk transfer, not latency-critical, and
+// off the workers and the I/O thread).
+
+class Agent::MigrationServer {
+ public:
+  static Result<std::unique_ptr<MigrationServer>> Start(Agent* agent, const std::string& ip) {
+    TERN_ASSIGN_OR_RETURN(transport::UniqueFd fd, transport::ListenTcp(ip, 0, 16));
+    TERN_ASSIGN_OR_RETURN(uint16_t port, transport::LocalPort(fd.get()));
+    // Blocking accepts on a thread of its own (ListenTcp makes sockets for epoll);
+    // shutdown() wakes it.
+    const int fl = ::fcntl(fd.get(), F_GETFL);
+    if (fl < 0 || ::fcntl(fd.get(), F_SETFL, fl & ~O_NONBLOCK) != 0) {
+      return ErrnoError("fcntl(migration listener)", errno);
+    }
+    auto s = std::unique_ptr<MigrationServer>(new MigrationServer(agent));
+    s->listen_ = std::move(fd);
+    s->address_ = fmt::format("{}:{}", ip, port);
+    s->accept_ = std::thread([p = s.get()] { p->AcceptLoop(); });
+    return s;
+  }
+  ~MigrationServer() {
+    {
+      MutexLock l(&mu_);
+      stopping_ = true;
+      for (int fd : fds_) ::shutdown(fd, SHUT_RDWR);
+    }
+    ::shutdown(listen_.get(), SHUT_RDWR);
+    accept_.join();
+    std::vector<std::thread> conns;
+    {
+      MutexLock l(&mu_);
+      conns.swap(conns_);
+    }
+    for (std::thread& t : conns) t.join();
+  }
+  const std::string& address() const { return address_; }
+
+ private:
+  explicit MigrationServer(Agent* agent) : agent_(agent) {}
+
+  void AcceptLoop() {
+    for (;;) {
+      int fd = ::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        return;  // shut down
+      }
+      MutexLock l(&mu_);
+      if (stopping_) {
+        ::close(fd);
+        return;
+      }
+      fds_.insert(fd);
+      conns_.emplace_back([this, fd] { Serve(transport::UniqueFd(fd)); });
+    }
+  }
+
+  void Serve(transport::UniqueFd fd) {
+    (void)transport::SetNoDelay(fd.get());
+    const std::string peer = transport::PeerAddress(fd.get());
+    transport::FrameDecoder decoder;
+    std::shared_ptr<Incoming> in;
+    std::string buf(1 << 20, '\0');
+    bool open = true;
+    auto reply = [&](const transport::Frame& f) {
+      std::string out;
+      (void)transport::EncodeFrame(f, &out);
+      if (!transport::WriteAll(fd.get(), out, MonoNanos() + 30'000'000'000).ok()) open = false;
+    };
+    while (open) {
+      Result<size_t> n = transport::ReadSome(fd.get(), buf.data(), buf.size(), MonoNanos() + kIdleNs);
+      if (!n.ok() || *n == 0) break;
+      decoder.Feed(std::string_view(buf.data(), *n));
+      transport::Frame f;
+      for (;;) {
+        Result<bool> got = decoder.Next(&f);
+        if (!got.ok()) {
+          reply(transport::MakeErrorFrame(0, got.status()));
+          open = false;
+          break;
+        }
+        if (!*got) break;
+        Status st = Handle(f, &in, reply);
+        if (!st.ok()) {
+          TERN_LOG(WARN) << "incoming migration from " << peer << ": " << st;
+          reply(transport::MakeErrorFrame(f.request_id, st));
+          if (f.handler == "pages" || f.handler == "commit") {
+            // The stream is broken for this instance: start over or give up.
+            if (in != nullptr) agent_->IncomingDrop(in);
+            in.reset();
+          }
+        }
+      }
+    }
+    if (in != nullptr) {
+      TERN_LOG(WARN) << "incoming migration of " << "an instance from " << peer
+                     << " ended before its commit; dropped (the source keeps it)";
+      agent_->IncomingDrop(in);
+    }
+    MutexLock l(&mu_);
+    fds_.erase(fd.get());
+  }
+
+  template <typename Reply>
+  Status Handle(const transport::Frame& f, std::shared_ptr<Incoming>* in, Reply& reply) {
+    if (f.type != transport::FrameType::kInvoke || f.service != kMigrate) {
+      return InvalidArgumentError("the migration port takes '$migrate' invoke frames only");
+    }
+    transport::Frame ok;
+    ok.type = transport::FrameType::kReply;
+    ok.request_id = f.request_id;
+    if (f.handler == "begin") {
+      nlohmann::json j = nlohmann::json::parse(f.payload, nullptr, false);
+      if (j.is_discarded() || !j.is_object() || !j.contains("instance") || !j.contains("service") ||
+          !j.contains("module_hash") || !j.contains("memory_bytes")) {
+        return InvalidArgumentError("malformed 'begin' (want instance, service, module_hash, memory_bytes)");
+      }
+      std::optional<uint32_t> sp;
+      try {
+        if (j.contains("stack_pointer")) sp = j["stack_pointer"].get<uint32_t>();
+        if (*in != nullptr) agent_->IncomingDrop(*in);
+        in->reset();
+        TERN_ASSIGN_OR_RETURN(*in, agent_->IncomingBegin(j["instance"].get<std::string>(),
+                                                         j["service"].get<std::string>(),
+                                                         j["module_hash"].get<std::string>(),
+                                                         j["memory_bytes"].get<uint64_t>(), sp));
+      } catch (const nlohmann::json::exception& e) {
+        return InvalidArgumentError(std::string("malformed 'begin': ") + e.what());
+      }
+      reply(ok);
+      return Status::Ok();
+    }
+    if (f.handler == "deploy") {
+      TERN_RETURN_IF_ERROR(agent_->DeployFromMigration(f.payload));
+      reply(ok);
+      return Status::Ok();
+    }
+    if (*in == nullptr) {
+      return FailedPreconditionError(fmt::format("'{}' without a 'begin'", f.handler));
+    }
+    if (f.handler == "pages") {
+      if (f.payload.size() < 8) return InvalidArgumentError("'pages' truncated");
+      uint64_t bytes;
+      std::memcpy(&bytes, f.payload.data(), 8);
+      TERN_RETURN_IF_ERROR(agent_->IncomingGrow(in->get(), bytes));
+      Incoming* target = in->get();
+      TERN_ASSIGN_OR_RETURN(PageBatchStats st,
+                            DecodePageBatch(std::string_view(f.payload).substr(8),
+                                            agent_->IncomingPages(target),
+                                            [&](uint32_t p, const char* b) { agent_->IncomingApply(target, p, b); }));
+      ok.payload = std::to_string(st.zero_pages + st.data_pages);
+      reply(ok);
+      return Status::Ok();
+    }
+    if (f.handler == "commit") {
+      std::shared_ptr<Incoming> taken = std::move(*in);
+      Status st = agent_->IncomingCommit(taken, f.payload);
+      if (!st.ok()) {
+        agent_->IncomingDrop(taken);
+        return st;
+      }
+      reply(ok);
+      return Status::Ok();
+    }
+    if (f.handler == "abort") {
+      agent_->IncomingDrop(*in);
+      in->reset();
+      reply(ok);
+      return Status::Ok();
+    }
+    return InvalidArgumentError(fmt::format("unknown migration step '{}'", f.handler));
+  }
+
+  Agent* const agent_;
+  transport::UniqueFd listen_;
+  std::string address_;
+  std::thread accept_;
+  Mutex mu_;
+  bool stopping_ GUARDED_BY(mu_) = false;
+  std::set<int> fds_ GUARDED_BY(mu_);
+  std::vector<std::thread> conns_ GUARDED_BY(mu_);
+};
+
+Result<std::string> Agent::MigrationAddress() {
+  MutexLock l(&mig_mu_);
+  if (mig_server_ == nullptr) {
+    std::string ip = "127.0.0.1";
+    if (!options_.tcp_address.empty()) {
+      std::string host;
+      uint16_t port;
+      if (ParseHostPort(options_.tcp_address, &host, &port).ok()) ip = host;
+    }
+    if (ip == "0.0.0.0" || ip.empty()) ip = "127.0.0.1";
+    TERN_ASSIGN_OR_RETURN(mig_server_, MigrationServer::Start(this, ip));
+    TERN_LOG(INFO) << "accepting migrations on " << mig_server_->address();
+  }
+  return mig_server_->address();
+}
+
+void Agent::ShutdownMigration() {
+  std::shared_ptr<MigrationServer> server;
+  std::map<std::string, std::shared_ptr<Forwarder>> fwd;
+  {
+    MutexLock l(&mig_mu_);
+    server = std::move(mig_server_);
+    fwd.swap(forwarders_);
+  }
+  server.reset();
+  fwd.clear();
+  std::map<std::string, std::shared_ptr<Incoming>> left;
+  {
+    MutexLock l(&mu_);
+    left = incoming_;
+  }
+  for (auto& [_, in] : left) IncomingDrop(in);
+}
+
+// ---------------------------------------------------------------------------------
+// The driver (source side).
+
+namespace {
+
+// The migration connection: page batches go out pipelined, `kWindow` unacknowledged.
+class Stream {
+ public:
+  explicit Stream(std::unique_ptr<transport::FrameClient> c) : c_(std::move(c)) {}
+
+  Result<transport::Frame> Call(const char* step, std::string payload) {
+    TERN_RETURN_IF_ERROR(Drain());
+    bytes_ += payload.size();
+    return c_->Call(MigrateFrame(step, std::move(payload)), kStepTimeout);
+  }
+  Status SendPages(uint64_t memory_bytes, std::string batch) {
+    std::string payload(reinterpret_cast<const char*>(&memory_bytes), 8);
+    payload += batch;
+    bytes_ += payload.size();
+    TERN_RETURN_IF_ERROR(c_->Send(MigrateFrame("pages", std::move(payload))).status());
+    while (c_->in_flight() >= kWindow) TERN_RETURN_IF_ERROR(Ack());
+    return Status::Ok();
+  }
+  Status Drain() {
+    while (c_->in_flight() > 0) TERN_RETURN_IF_ERROR(Ack());
+    return Status::Ok();
+  }
+  uint64_t bytes() const { return bytes_; }
+
+ private:
+  Status Ack() {
+    TERN_ASSIGN_OR_RETURN(transport::Frame f, c_->Receive(kStepTimeout));
+    return transport::ErrorFrameStatus(f);
+  }
+  std::unique_ptr<transport::FrameClient> c_;
+  uint64_t bytes_ = 0;
+};
+
+}  // namespace
+
+Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptions& o) {
+  const int64_t t0 = MonoNanos();
+  MigrationReport rep;
+  rep.instance = id;
+  rep.to_device = o.to_device.empty() ? o.to_tcp : o.to_device;
+  rep.mode = o.precopy ? "precopy" : "stop-and-copy";
+  PageCodec codec = PageCodec::kRaw;
+  if (o.codec == "lz4" || (o.codec == "auto" && o.link_bps != 0 && o.link_bps < kLz4PaysBelowBps)) {
+    codec = PageCodec::kLz4;
+  } else if (o.codec != "auto" && o.codec != "none") {
+    return InvalidArgumentError(fmt::format("codec '{}': expected auto, lz4 or none", o.codec));
+  }
+  rep.codec = PageCodecName(codec);
+  if (o.to_tcp.empty()) return InvalidArgumentError("no target address (to_tcp)");
+  if (o.to_tcp == options_.tcp_address) {
+    return InvalidArgumentError(fmt::format("{} is this agent's own address", o.to_tcp));
+  }
+  auto hook = [&](const std::string& step) {
+    return o.step_hook ? o.step_hook(step) : Status::Ok();
+  };
+  const std::string target = fmt::format("target {} ({})", rep.to_device, o.to_tcp);
+
+  // Where the target takes migrations, asked on its data-plane port.
+  std::string addr;
+  {
+    TERN_ASSIGN_OR_RETURN(std::unique_ptr<transport::FrameClient> dp, ConnectTo(o.to_tcp, target));
+    Result<transport::Frame> a = dp->Call(MigrateFrame("address", ""), kStepTimeout);
+    if (!a.ok()) return a.status().WithPrefix(target + " has no migration port");
+    addr = a->payload;
+  }
+  TERN_ASSIGN_OR_RETURN(std::unique_ptr<transport::FrameClient> mc,
+                        ConnectTo(addr, target + " migration port"));
+  Stream stream(std::move(mc));
+
+  uint64_t memory_bytes = 0;
+  bool exact = false;
+  std::string hash, service;
+  std::optional<uint32_t> sp;
+  TERN_RETURN_IF_ERROR(MigStart(id, &memory_bytes, &exact, &service, &hash, &sp));
+  rep.memory_bytes = memory_bytes;
+  bool finished = false;
+  // Any failure before the cut-over: the instance thaws and keeps serving here.
+  struct Guard {
+    Agent* a;
+    const std::string& id;
+    bool& finished;
+    ~Guard() {
+      if (!finished) a->MigAbort(id);
+    }
+  } guard{this, id, finished};
+  auto fail = [&](const Status& st) {
+    Status s = st.code() == StatusCode::kUnavailable || st.code() == StatusCode::kDeadlineExceeded
+                   ? Status(StatusCode::kUnavailable, st.message())
+                   : st;
+    return s.WithPrefix(fmt::format("migrating {} to {} failed before the cut-over; it keeps "
+                                    "serving here",
+                                    id, target));
+  };
+
+  // begin (deploying the service there first if it lacks it)
+  nlohmann::json begin = {{"instance", id}, {"service", service}, {"module_hash", hash},
+                          {"memory_bytes", memory_bytes}};
+  if (sp) begin["stack_pointer"] = *sp;
+  Result<transport::Frame> b = stream.Call("begin", begin.dump());
+  if (!b.ok() && b.status().code() == StatusCode::kNotFound) {
+    TERN_ASSIGN_OR_RETURN(std::string dep, MigrationDeployPayload(id));
+    Result<transport::Frame> d = stream.Call("deploy", std::move(dep));
+    if (!d.ok()) return fail(d.status().WithPrefix("deploying the service there"));
+    b = stream.Call("begin", begin.dump());
+  }
+  if (!b.ok()) return fail(b.status());
+
+  auto send_chunk = [&](MigChunk& c, MigrationRound* round) -> Status {
+    if (c.pages.empty()) return Status::Ok();
+    std::string batch = EncodeGatheredPages(c.data.data(), c.pages, codec);
+    round->pages += static_cast<uint32_t>(c.pages.size());
+    round->bytes += batch.size() + 8;
+    rep.bytes_raw += c.pages.size() * kMigrationPageBytes;
+    return stream.SendPages(c.memory_bytes, std::move(batch));
+  };
+
+  if (o.precopy) {
+    uint64_t last = UINT64_MAX;
+    for (int r = 0; r < std::max(1, o.max_rounds); ++r) {
+      if (Status h = hook(fmt::format("round {}", r)); !h.ok()) return fail(h);
+      const int64_t rt = MonoNanos();
+      MigrationRound round;
+      if (r == 0 || !exact) {
+        // Round 0 copies everything; in checksum mode every round scans everything.
+        uint64_t pages = memory_bytes / kMigrationPageBytes;
+        for (uint64_t from = 0; from < pages; from += kChunkPages) {
+          Result<MigChunk> c = MigScan(id, static_cast<uint32_t>(from), kChunkPages, r == 0);
+          if (!c.ok()) return fail(c.status());
+          pages = std::max<uint64_t>(pages, c->memory_bytes / kMigrationPageBytes);
+          memory_bytes = std::max(memory_bytes, c->memory_bytes);
+          Status st = send_chunk(*c, &round);
+          if (!st.ok()) return fail(st);
+        }
+      } else {
+        // Few enough dirty pages are left in place: they go with the freeze.
+        Result<std::optional<std::vector<uint32_t>>> taken = MigTakeDirty(id, o.stop_pages);
+        if (!taken.ok()) return fail(taken.status());
+        if (!taken->has_value()) break;
+        std::vector<uint32_t>* dirty = &**taken;
+        for (size_t i = 0; i < dirty->size(); i += kChunkPages) {
+          std::vector<uint32_t> part(dirty->begin() + static_cast<std::ptrdiff_t>(i),
+                                     dirty->begin() + static_cast<std::ptrdiff_t>(std::min(dirty->size(), i + kChunkPages)));
+          Result<MigChunk> c = MigCopy(id, part);
+          if (!c.ok()) return fail(c.status());
+          Status st = send_chunk(*c, &round);
+          if (!st.ok()) return fail(st);
+        }
+      }
+      Status st = stream.Drain();
+      if (!st.ok()) return fail(st);
+      round.ns = MonoNanos() - rt;
+      rep.rounds.push_back(round);
+      if (r > 0 && (round.pages <= o.stop_pages || round.pages >= last)) break;
+      last = round.pages;
+    }
+  }
+
+  // Cut-over.
+  if (Status h = hook("freeze"); !h.ok()) return fail(h);
+  const int64_t tf = MonoNanos();
+  std::string commit;
+  int64_t frozen_at = 0;
+  // Stop-and-copy sends everything now.
+  Result<MigChunk> fin = MigFreeze(id, o.freeze_timeout_ns, /*all=*/!o.precopy, &commit, &frozen_at);
+  if (!fin.ok()) return fail(fin.status());
+  rep.freeze_wait_ns = frozen_at - tf;
+  rep.final_pages = static_cast<uint32_t>(fin->pages.size());
+  std::string payload;
+  uint32_t n = static_cast<uint32_t>(commit.size());
+  payload.append(reinterpret_cast<const char*>(&n), 4);
+  payload += commit;
+  if (!fin->pages.empty()) payload += EncodeGatheredPages(fin->data.data(), fin->pages, codec);
+  rep.bytes_raw += fin->pages.size() * kMigrationPageBytes;
+  if (Status h = hook("commit"); !h.ok()) return fail(h);
+  Result<transport::Frame> c = stream.Call("commit", std::move(payload));
+  if (!c.ok()) return fail(c.status());
+  const int64_t active = MonoNanos();
+
+  finished = true;
+  MovedTo to;
+  to.device = rep.to_device;
+  to.tcp = o.to_tcp;
+  std::vector<Held> held = MigFinish(id, to);
+  rep.held = held.size();
+  to = MovedRecord(id, "").value_or(to);
+  for (Held& h : held) Forward(to, std::move(h.req), std::move(h.done));
+  rep.downtime_ns = active - frozen_at;
+  rep.bytes_sent = stream.bytes();
+  rep.total_ns = MonoNanos() - t0;
+  TERN_LOG(INFO) << fmt::format(
+      "migrated {} to {}: {} rounds, {} final pages, {:.1f} MiB sent ({:.1f} MiB raw), downtime "
+      "{:.2f} ms, total {:.1f} ms, {} requests held and forwarded",
+      id, rep.to_device, rep.rounds.size(), rep.final_pages, rep.bytes_sent / 1048576.0,
+      rep.bytes_raw / 1048576.0, rep.downtime_ns / 1e6, rep.total_ns / 1e6, rep.held);
+  return rep;
+}
+
+}  // namespace tern::agent

@@ -1,0 +1,406 @@
+// Live migration between two real agents in this process, over real TCP: the page
+// wire format, pre-copy and stop-and-copy with state checked byte for byte, the dedup
+// table (exactly-once across a migration), zero lost increments under concurrent load
+// across repeated migrations back and forth, forwarding of requests that reach the old
+// agent, the target failing before the cut-over, and bad input on the migration port.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <thread>
+
+#include "agent/agent.h"
+#include "agent/agent_server.h"
+#include "agent/migration_wire.h"
+#include "core/clock.h"
+#include "core/ids.h"
+#include "core/manifest.h"
+#include "testing/test_env.h"
+#include "transport/frame.h"
+#include "transport/frame_client.h"
+#include "transport/socket.h"
+
+namespace tern::agent {
+namespace {
+
+using tern::testing::ReadWasm;
+using tern::testing::SharedEngine;
+using tern::testing::SourcePath;
+
+// ---- the wire format
+
+std::string Pages(size_t n, uint8_t seed) {
+  std::string m(n * kMigrationPageBytes, '\0');
+  for (size_t p = 0; p < n; ++p) {
+    if (p % 3 == 0) continue;  // every third page stays zero
+    for (size_t i = 0; i < kMigrationPageBytes; ++i) {
+      m[p * kMigrationPageBytes + i] = static_cast<char>((p * 31 + i / 64 + seed) & 0xff);
+    }
+  }
+  return m;
+}
+
+TEST(MigrationWireTest, PageBatchRoundTripsRawAndLz4WithZeroPagesAsIndicesOnly) {
+  const std::string mem = Pages(12, 7);
+  std::vector<uint32_t> idx = {0, 1, 2, 5, 6, 9, 11};
+  for (PageCodec codec : {PageCodec::kRaw, PageCodec::kLz4}) {
+    std::string batch =
+        EncodePageBatch(reinterpret_cast<const uint8_t*>(mem.data()), idx, codec);
+    // Pages 0, 6 and 9 are zero: 4 data pages travel, and LZ4 squeezes these.
+    if (codec == PageCodec::kRaw) {
+      EXPECT_GE(batch.size(), 4 * kMigrationPageBytes);
+      EXPECT_LT(batch.size(), 5 * kMigrationPageBytes);
+    } else {
+      EXPECT_LT(batch.size(), 2 * kMigrationPageBytes) << "LZ4 did not compress";
+    }
+    std::string out(12 * kMigrationPageBytes, '\x55');
+    Result<PageBatchStats> st = DecodePageBatch(batch, 12, [&](uint32_t p, const char* b) {
+      if (b == nullptr) {
+        std::memset(out.data() + p * kMigrationPageBytes, 0, kMigrationPageBytes);
+      } else {
+        std::memcpy(out.data() + p * kMigrationPageBytes, b, kMigrationPageBytes);
+      }
+    });
+    ASSERT_TRUE(st.ok()) << st.status();
+    EXPECT_EQ(st->zero_pages, 3u);
+    EXPECT_EQ(st->data_pages, 4u);
+    for (uint32_t p : idx) {
+      EXPECT_EQ(out.substr(p * kMigrationPageBytes, kMigrationPageBytes),
+                mem.substr(p * kMigrationPageBytes, kMigrationPageBytes))
+          << "page " << p << " codec " << PageCodecName(codec);
+    }
+    EXPECT_EQ(out[3 * kMigrationPageBytes], '\x55');  // not in the batch: untouched
+  }
+}
+
+TEST(MigrationWireTest, DamagedBatchesAreRefusedBeforeAnyPageIsApplied) {
+  const std::string mem = Pages(4, 1);
+  std::string batch = EncodePageBatch(reinterpret_cast<const uint8_t*>(mem.data()), {1, 2},
+                                      PageCodec::kLz4);
+  int applied = 0;
+  auto count = [&](uint32_t, const char*) { ++applied; };
+  std::string flipped = batch;
+  flipped[flipped.size() - 3] ^= 0x10;
+  EXPECT_EQ(DecodePageBatch(flipped, 4, count).status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(DecodePageBatch(batch.substr(0, batch.size() - 1), 4, count).status().code(),
+            StatusCode::kDataLoss);
+  EXPECT_EQ(DecodePageBatch("garbage", 4, count).status().code(), StatusCode::kInvalidArgument);
+  Result<PageBatchStats> beyond = DecodePageBatch(batch, 2, count);  // page 2 ≥ 2 pages
+  EXPECT_EQ(beyond.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(beyond.status().message().find("beyond the memory"), std::string_view::npos);
+  EXPECT_EQ(applied, 0);
+  EXPECT_TRUE(DecodePageBatch(batch, 4, count).ok());
+  EXPECT_EQ(applied, 2);
+}
+
+TEST(MigrationWireTest, CommitStateRoundTripsAndDetectsDamage) {
+  CommitState c;
+  c.memory_bytes = 3 << 16;
+  c.stack_pointer = 66560;
+  c.requests = 42;
+  c.dedup = {{7, StatusCode::kOk, "1"}, {9, StatusCode::kInvalidArgument, "bad amount"},
+             {11, StatusCode::kOk, std::string("\0\1binary", 8)}};
+  std::string enc = EncodeCommitState(c);
+  Result<CommitState> back = DecodeCommitState(enc);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(*back, c);
+  enc[20] ^= 1;
+  EXPECT_EQ(DecodeCommitState(enc).status().code(), StatusCode::kDataLoss);
+  EXPECT_FALSE(DecodeCommitState(enc.substr(0, 10)).ok());
+}
+
+// ---- two agents
+
+struct Node {
+  std::unique_ptr<Agent> agent;
+  std::unique_ptr<AgentServer> server;
+  std::string tcp;
+
+  static std::unique_ptr<Node> Start(const std::string& device, int workers = 2) {
+    auto n = std::make_unique<Node>();
+    AgentOptions o;
+    o.device = device;
+    o.workers = workers;
+    Result<std::unique_ptr<Agent>> a = Agent::Create(o, SharedEngine());
+    EXPECT_TRUE(a.ok()) << a.status();
+    n->agent = std::move(*a);
+    AgentServerOptions so;
+    so.frame_port = 0;
+    so.admin_port = 0;
+    Result<std::unique_ptr<AgentServer>> srv = AgentServer::Start(n->agent.get(), so);
+    EXPECT_TRUE(srv.ok()) << srv.status();
+    n->server = std::move(*srv);
+    n->tcp = n->agent->options().tcp_address;
+    return n;
+  }
+  void Stop() {
+    server.reset();
+    agent.reset();
+  }
+};
+
+Manifest CounterManifest(uint32_t replicas) {
+  Result<Manifest> m = LoadManifest(SourcePath("examples/counter/manifest.yaml"));
+  EXPECT_TRUE(m.ok()) << m.status();
+  m->replicas = replicas;
+  return *m;
+}
+
+InvokeResult Call(Agent* a, const std::string& handler, const std::string& payload = "",
+                  uint64_t key = 0, const std::string& instance = "") {
+  InvokeRequest r;
+  r.service = "counter";
+  r.handler = handler;
+  r.payload = payload;
+  r.idempotency_key = key;
+  r.instance = instance;
+  r.deadline_ns = MonoNanos() + 20'000'000'000;
+  return a->InvokeSync(std::move(r));
+}
+
+bool Runs(Agent* a, const std::string& id) {
+  for (const InstanceStatus& i : a->GetStatus().instances) {
+    if (i.id == id) return true;
+  }
+  return false;
+}
+
+InstanceStatus StatusOf(Agent* a, const std::string& id) {
+  for (const InstanceStatus& i : a->GetStatus().instances) {
+    if (i.id == id) return i;
+  }
+  return {};
+}
+
+class MigrationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    a_ = Node::Start("src");
+    b_ = Node::Start("dst");
+    Result<ServiceStatus> s = a_->agent->Deploy(CounterManifest(1), ReadWasm("counter"));
+    ASSERT_TRUE(s.ok()) << s.status();
+    id_ = s->instances.at(0);
+  }
+  MigrateOptions To(const Node& n) {
+    MigrateOptions o;
+    o.to_tcp = n.tcp;
+    o.to_device = n.agent->options().device;
+    return o;
+  }
+  std::unique_ptr<Node> a_, b_;
+  std::string id_;
+};
+
+TEST_F(MigrationTest, PrecopyMovesStateDedupTableAndIdentity) {
+  ASSERT_EQ(Call(a_->agent.get(), "incr", "5", /*key=*/1001).reply, "5");
+  // 8 MiB of state: tracked exactly by userfaultfd where the kernel has it.
+  ASSERT_TRUE(Call(a_->agent.get(), "fill", "8192").status.ok());
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(Call(a_->agent.get(), "touch", "16").status.ok());
+  InvokeResult sum = Call(a_->agent.get(), "check");
+  ASSERT_TRUE(sum.status.ok()) << sum.status;
+
+  // The target does not have the service: the migration deploys it there.
+  Result<MigrationReport> r = a_->agent->Migrate(id_, To(*b_));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->mode, "precopy");
+  EXPECT_GE(r->rounds.size(), 1u);
+  EXPECT_GE(r->memory_bytes, 8u << 20);
+  EXPECT_GT(r->bytes_sent, 8u << 20);  // the fill area is random: it does not shrink
+  EXPECT_GT(r->downtime_ns, 0);
+  EXPECT_LE(r->downtime_ns, r->total_ns);
+
+  EXPECT_FALSE(Runs(a_->agent.get(), id_));
+  ASSERT_TRUE(Runs(b_->agent.get(), id_));
+  InvokeResult check = Call(b_->agent.get(), "check");
+  ASSERT_TRUE(check.status.ok()) << check.status;
+  EXPECT_EQ(check.reply, sum.reply) << "the fill area changed on the way";
+  EXPECT_EQ(Call(b_->agent.get(), "get").reply, "15");  // 5 + 10 touches
+  // A retry of an answered request (same key) gets the old answer, not a second run.
+  InvokeResult retry = Call(b_->agent.get(), "incr", "5", 1001);
+  ASSERT_TRUE(retry.status.ok()) << retry.status;
+  EXPECT_EQ(retry.reply, "5");
+  EXPECT_EQ(Call(b_->agent.get(), "get").reply, "15");
+  EXPECT_EQ(StatusOf(b_->agent.get(), id_).deduplicated, 1u);
+  // The old agent forwards what still reaches it, by instance or by service.
+  EXPECT_EQ(Call(a_->agent.get(), "incr", "1", 0, id_).reply, "16");
+  EXPECT_EQ(Call(a_->agent.get(), "get").reply, "16");
+  EXPECT_EQ(a_->agent->MovedInstances().at(id_), "dst");
+}
+
+TEST_F(MigrationTest, StopAndCopySendsEverythingWhileFrozen) {
+  ASSERT_TRUE(Call(a_->agent.get(), "fill", "2048").status.ok());
+  ASSERT_TRUE(Call(a_->agent.get(), "incr", "3").status.ok());
+  MigrateOptions o = To(*b_);
+  o.precopy = false;
+  Result<MigrationReport> r = a_->agent->Migrate(id_, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->mode, "stop-and-copy");
+  EXPECT_TRUE(r->rounds.empty());
+  EXPECT_EQ(uint64_t{r->final_pages} * kMigrationPageBytes, r->memory_bytes);
+  EXPECT_TRUE(Call(b_->agent.get(), "check").status.ok());
+  EXPECT_EQ(Call(b_->agent.get(), "get").reply, "3");
+}
+
+TEST_F(MigrationTest, NoIncrementLostOrDoubledUnderLoadAcrossMigrationsBackAndForth) {
+  ASSERT_TRUE(Call(a_->agent.get(), "fill", "6144").status.ok());  // 6 MiB
+  ASSERT_TRUE(b_->agent->Deploy(CounterManifest(0), ReadWasm("counter")).ok());
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> acked{0}, retries{0};
+  std::atomic<uint64_t> next_key{1};
+  Node* nodes[2] = {a_.get(), b_.get()};
+  std::atomic<int> home{0};  // where callers send (they may lag behind: forwarding)
+  std::atomic<bool> moved{false};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 3; ++c) {
+    clients.emplace_back([&, c] {
+      while (!stop.load()) {
+        const uint64_t key = next_key.fetch_add(1);
+        // Retry the same key until it is answered: at most once executed.
+        const int64_t give_up = MonoNanos() + 10'000'000'000;
+        for (;;) {
+          // Client 2 calls the agent the instance is NOT at (forwarded there), once it
+          // has moved at least once.
+          const int h = home.load();
+          Node* n = nodes[(h + (c == 2 && moved.load() ? 1 : 0)) % 2];
+          InvokeResult r = Call(n->agent.get(), "touch", "4", key);
+          if (r.status.ok()) break;
+          retries.fetch_add(1);
+          if (MonoNanos() > give_up) {
+            ADD_FAILURE() << "key " << key << " never answered: " << r.status;
+            return;
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        acked.fetch_add(1);
+      }
+    });
+  }
+  int from = 0;
+  for (int m = 0; m < 6; ++m) {
+    // Let some load run between migrations.
+    const uint64_t before = acked.load();
+    const int64_t until = MonoNanos() + 5'000'000'000;
+    while (acked.load() < before + 50 && MonoNanos() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    Result<MigrationReport> r = nodes[from]->agent->Migrate(id_, To(*nodes[1 - from]));
+    if (!r.ok()) {
+      ADD_FAILURE() << "migration " << m << ": " << r.status();
+      break;
+    }
+    from = 1 - from;
+    home.store(from);
+    moved.store(true);
+  }
+  stop.store(true);
+  for (std::thread& t : clients) t.join();
+  InvokeResult got = Call(nodes[from]->agent.get(), "get");
+  ASSERT_TRUE(got.status.ok()) << got.status;
+  EXPECT_EQ(got.reply, std::to_string(acked.load()))
+      << "acknowledged " << acked.load() << " increments, " << retries.load() << " retries";
+  EXPECT_GT(acked.load(), 100u);
+  EXPECT_TRUE(Call(nodes[from]->agent.get(), "check").status.ok());
+}
+
+TEST_F(MigrationTest, TargetDeathBeforeCutOverLeavesTheInstanceServingAtTheSource) {
+  ASSERT_TRUE(Call(a_->agent.get(), "fill", "4096").status.ok());
+  ASSERT_TRUE(Call(a_->agent.get(), "incr", "9").status.ok());
+  const std::string sum = Call(a_->agent.get(), "check").reply;
+  MigrateOptions o = To(*b_);
+  o.step_hook = [&](const std::string& step) {
+    if (step == "freeze") b_->Stop();  // the target dies between the rounds and the freeze
+    return Status::Ok();
+  };
+  Result<MigrationReport> r = a_->agent->Migrate(id_, o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kUnavailable) << r.status();
+  EXPECT_NE(r.status().message().find("keeps serving here"), std::string_view::npos) << r.status();
+  ASSERT_TRUE(Runs(a_->agent.get(), id_));
+  EXPECT_EQ(Call(a_->agent.get(), "incr", "1").reply, "10");
+  EXPECT_EQ(Call(a_->agent.get(), "check").reply, sum);
+}
+
+TEST_F(MigrationTest, FailureAtCommitThawsAndRunsTheHeldRequests) {
+  // Requests that arrive while frozen are held; when the commit fails they run here.
+  ASSERT_TRUE(Call(a_->agent.get(), "incr", "1").status.ok());
+  MigrateOptions o = To(*b_);
+  std::vector<std::thread> late;
+  std::atomic<int> ok{0};
+  o.step_hook = [&](const std::string& step) -> Status {
+    if (step != "commit") return Status::Ok();
+    for (int i = 0; i < 4; ++i) {
+      late.emplace_back([&] {
+        if (Call(a_->agent.get(), "incr", "1").status.ok()) ok.fetch_add(1);
+      });
+    }
+    // Give them time to be queued behind the freeze.
+    const int64_t until = MonoNanos() + 200'000'000;
+    while (MonoNanos() < until) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return UnavailableError("injected: the target vanished at the commit");
+  };
+  Result<MigrationReport> r = a_->agent->Migrate(id_, o);
+  ASSERT_FALSE(r.ok());
+  for (std::thread& t : late) t.join();
+  EXPECT_EQ(ok.load(), 4);
+  EXPECT_EQ(Call(a_->agent.get(), "get").reply, "5");
+  EXPECT_FALSE(Runs(b_->agent.get(), id_));
+  // And a second attempt succeeds.
+  ASSERT_TRUE(a_->agent->Migrate(id_, To(*b_)).ok());
+  EXPECT_EQ(Call(b_->agent.get(), "get").reply, "5");
+}
+
+TEST_F(MigrationTest, RefusesBadTargetsClearly) {
+  MigrateOptions self = To(*a_);
+  EXPECT_EQ(a_->agent->Migrate(id_, self).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(a_->agent->Migrate("nope-1", To(*b_)).status().code(), StatusCode::kNotFound);
+  Result<uint16_t> port = transport::PickFreeLoopbackPort();
+  ASSERT_TRUE(port.ok());
+  MigrateOptions dead;
+  dead.to_tcp = "127.0.0.1:" + std::to_string(*port);
+  Result<MigrationReport> r = a_->agent->Migrate(id_, dead);
+  EXPECT_EQ(r.status().code(), StatusCode::kUnavailable) << r.status();
+  // The same id already running at the target.
+  ASSERT_TRUE(b_->agent->Deploy(CounterManifest(0), ReadWasm("counter")).ok());
+  ASSERT_TRUE(b_->agent->StartInstance("counter", id_).ok());
+  Result<MigrationReport> dup = a_->agent->Migrate(id_, To(*b_));
+  EXPECT_EQ(dup.status().code(), StatusCode::kAlreadyExists) << dup.status();
+  EXPECT_TRUE(Runs(a_->agent.get(), id_));
+  EXPECT_TRUE(Call(a_->agent.get(), "incr", "1", 0, id_).status.ok());
+}
+
+TEST_F(MigrationTest, GarbageOnTheMigrationPortClosesThatConnectionOnly) {
+  Result<std::string> addr = b_->agent->MigrationAddress();
+  ASSERT_TRUE(addr.ok()) << addr.status();
+  std::string host;
+  uint16_t port = 0;
+  ASSERT_TRUE(ParseHostPort(*addr, &host, &port).ok());
+  {
+    Result<transport::UniqueFd> fd = transport::ConnectTcp(host, port, std::chrono::seconds(2));
+    ASSERT_TRUE(fd.ok());
+    ASSERT_TRUE(transport::WriteAll(fd->get(), std::string(200, 'x'), MonoNanos() + 2'000'000'000).ok());
+    char buf[512];
+    Result<size_t> n = transport::ReadSome(fd->get(), buf, sizeof(buf), MonoNanos() + 5'000'000'000);
+    ASSERT_TRUE(n.ok()) << n.status();  // an error frame, then the close
+  }
+  {
+    Result<std::unique_ptr<transport::FrameClient>> c =
+        transport::FrameClient::Connect(host, port, std::chrono::seconds(2));
+    ASSERT_TRUE(c.ok());
+    transport::Frame f;
+    f.service = "$migrate";
+    f.handler = "begin";
+    f.payload = "{not json";
+    Result<transport::Frame> r = (*c)->Call(f, std::chrono::seconds(5));
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << r.status();
+    f.handler = "pages";
+    f.payload = "12345678";
+    r = (*c)->Call(f, std::chrono::seconds(5));
+    EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition) << r.status();
+  }
+  // The migration itself still works.
+  ASSERT_TRUE(a_->agent->Migrate(id_, To(*b_)).ok());
+  EXPECT_TRUE(Runs(b_->agent.get(), id_));
+}
+
+}  // namespace
+}  // namespace tern::agent

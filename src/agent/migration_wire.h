@@ -1,0 +1,74 @@
+// The wire format of live migration (docs/formats/migration.md): what a source agent
+// sends a target agent over the migration connection, as payloads of "$migrate"
+// invoke frames. Pure encoding and decoding; no I/O.
+//
+//   PageBatch   a set of 4 KiB pages of linear memory: zero pages as indices only,
+//               the others raw or LZ4-compressed, CRC-32C over the encoded bytes.
+//   CommitState what the target needs besides memory to take over at a request
+//               boundary: memory size, stack pointer, the dedup table.
+//
+// Value types; thread-safe as values are.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/status.h"
+
+namespace tern::agent {
+
+inline constexpr size_t kMigrationPageBytes = 4096;
+
+enum class PageCodec : uint8_t {
+  kRaw = 0,
+  kLz4 = 1,
+};
+// "none" | "lz4" | "auto"; auto compresses when the link is slower than LZ4 (see
+// ChooseCodec).
+const char* PageCodecName(PageCodec c);
+
+// Encodes the pages `indices` (ascending or not; each < memory_bytes / 4096) read from
+// `base`. Zero pages are sent as their index only. Returns the payload.
+std::string EncodePageBatch(const uint8_t* base, const std::vector<uint32_t>& indices,
+                            PageCodec codec);
+// Same, from pages already gathered contiguously: page i of `indices` is at
+// data + i * 4096.
+std::string EncodeGatheredPages(const char* data, const std::vector<uint32_t>& indices,
+                                PageCodec codec);
+
+struct PageBatchStats {
+  uint32_t zero_pages = 0;
+  uint32_t data_pages = 0;
+  uint64_t raw_bytes = 0;  // data pages × 4096
+};
+// Decodes a batch and calls `apply(page, bytes)` for every page (`bytes` = nullptr for
+// a zero page). Every page index must be < max_pages. A damaged, truncated or foreign
+// batch is kDataLoss/kInvalidArgument with what is wrong; `apply` is then not called
+// at all (the batch is checked before any page is applied).
+Result<PageBatchStats> DecodePageBatch(std::string_view payload, uint32_t max_pages,
+                                       const std::function<void(uint32_t, const char*)>& apply);
+
+// One entry of an instance's dedup table: the answer to an idempotency key.
+struct DedupEntry {
+  uint64_t key = 0;
+  StatusCode code = StatusCode::kOk;
+  std::string reply;  // the reply, or the error message
+  bool operator==(const DedupEntry&) const = default;
+};
+
+struct CommitState {
+  uint64_t memory_bytes = 0;
+  std::optional<uint32_t> stack_pointer;
+  std::vector<DedupEntry> dedup;  // oldest first
+  uint64_t requests = 0;          // served at the source (carried over for status)
+  bool operator==(const CommitState&) const = default;
+};
+std::string EncodeCommitState(const CommitState& c);
+Result<CommitState> DecodeCommitState(std::string_view payload);
+
+}  // namespace tern::agent
