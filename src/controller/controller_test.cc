@@ -645,18 +645,22 @@ TEST(ControllerTest, MigratesAndDrainsAStatefulCounterKeepingItsCount) {
             std::string::npos)
       << Events(api);
   // The source's location table learns the new place.
+  std::string table;
   ASSERT_TRUE(WaitFor(
       [&] {
         auto cl = client::AgentClient::Connect(a.admin_address(), std::chrono::milliseconds(2000));
         if (!cl.ok()) return false;
         Result<std::string> l = (*cl)->Locations();
         if (!l.ok()) return false;
-        for (const json& e : json::parse(*l)["locations"]) {
+        table = *l;
+        json doc = json::parse(*l);
+        for (const json& e : doc["locations"]) {
           if (e["instance"] == id) return e["agent"] == "cpu1";
         }
         return false;
       },
-      std::chrono::seconds(5)));
+      std::chrono::seconds(5)))
+      << table;
   EXPECT_EQ(InvokeSvc(b, "counter", "incr", ""), "8");
 
   // A drain of cpu1 migrates it back (the only other device), count and id intact.

@@ -242,6 +242,14 @@ TEST(ClusterTest, LoopbackDrainAndCheckpointRestoreThroughTheCli) {
                               "c1-cpu,c2-cpu"});
   ASSERT_EQ(dep.exit_code, 0) << dep.output;
 
+  // The gateway has the table (it long-polls the controller).
+  bool serving = false;
+  for (int i = 0; i < 100 && !serving; ++i) {
+    Result<transport::HttpClientResponse> r = Invoke(gw, "echo", "echo", "x");
+    serving = r.ok() && r->status == 200;
+    if (!serving) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(serving);
   // Calls through the gateway all along the drain.
   std::atomic<bool> stop{false};
   std::atomic<int> calls{0}, failures{0};
@@ -308,6 +316,17 @@ TEST(ClusterTest, LoopbackDrainAndCheckpointRestoreThroughTheCli) {
   ASSERT_FALSE(id.empty()) << c.Tern({"ps"}).output;
   ps = c.Tern({"ps"});
   EXPECT_NE(ps.output.find("ago on csd"), std::string::npos) << ps.output;
+  // `tern migrate` it to the other device, count intact.
+  std::string other = device == "c1-cpu" ? "c2-cpu" : "c1-cpu";
+  CommandResult mig = c.Tern({"migrate", id, "--to", other});
+  ASSERT_EQ(mig.exit_code, 0) << mig.output;
+  EXPECT_NE(mig.output.find(id + " migrated from " + device + " to " + other + ": downtime "),
+            std::string::npos)
+      << mig.output;
+  EXPECT_NE(mig.output.find("round(s)"), std::string::npos) << mig.output;
+  CommandResult get = c.Tern({"invoke", "counter", "get"});
+  EXPECT_EQ(get.output, "3");
+  device = other;
   int pid = rec["agents"][device]["pid"];
   ASSERT_GT(pid, 0);
   ASSERT_EQ(::kill(pid, SIGKILL), 0);
