@@ -1010,9 +1010,12 @@ struct Controller::Impl {
         rec.id, rec.device, why.empty() ? "" : ": ", fmt::format("{}", fmt::join(why, "; "))));
   }
 
-  void CheckpointRound() {
+  // Returns whether any service is checkpointed (the loop ticks faster then).
+  bool CheckpointRound() {
     Result<ClusterView> view = LoadView();
-    if (!view.ok()) return;
+    if (!view.ok()) return false;
+    bool any = false;
+    for (const auto& [name, svc] : view->services) any |= svc.stateful && svc.checkpoint_ms > 0;
     int64_t now = UnixMillis();
     // Checkpoints of instances that are no more (stopped while a checkpoint was taken).
     for (const auto& [id, ck] : view->checkpoints) {
@@ -1044,13 +1047,16 @@ struct Controller::Impl {
     for (auto it = ck_attempt_ms.begin(); it != ck_attempt_ms.end();) {
       it = view->instances.count(it->first) ? std::next(it) : ck_attempt_ms.erase(it);
     }
+    return any;
   }
 
   void CheckpointLoop() {
+    bool busy_tick = false;
     for (;;) {
       {
         MutexLock l(&ck_mu);
-        int64_t deadline = MonoNanos() + 100'000'000;
+        // 100 ms while some service is checkpointed, else 1 s (orphans only).
+        int64_t deadline = MonoNanos() + (busy_tick ? 100'000'000 : 1'000'000'000);
         while (!ck_stop) {
           int64_t left = deadline - MonoNanos();
           if (left <= 0) break;
@@ -1058,7 +1064,7 @@ struct Controller::Impl {
         }
         if (ck_stop) return;
       }
-      if (leader.load()) CheckpointRound();
+      busy_tick = leader.load() && CheckpointRound();
     }
   }
 
@@ -1237,6 +1243,7 @@ struct Controller::Impl {
       old = it->second.record;
       std::string target = to;
       if (target.empty()) {
+        Rank(&view);
         TERN_ASSIGN_OR_RETURN(target, ChooseMigrationTarget(view, id));
       } else {
         TERN_RETURN_IF_ERROR(CheckMigrationTarget(view, id, target));
@@ -1301,6 +1308,16 @@ struct Controller::Impl {
     return std::make_pair(rec.id, dst.device);
   }
 
+  // The placement engine's ranking for the services it places (ClusterView::ranked), so
+  // that moves go where the engine would place (the others: spread).
+  void Rank(ClusterView* view) {
+    for (const auto& [name, svc] : view->services) {
+      if (svc.placement.empty()) continue;
+      Result<placement::Decision> d = AdviseFor(*view, svc);
+      if (d.ok()) view->ranked[name] = RankedDevices(*d);
+    }
+  }
+
   // Ops thread: moves every instance off `device` (drain recorded already).
   void RunDrain(const std::string& device) {
     std::vector<std::pair<std::string, bool>> todo;  // id, stateful
@@ -1324,6 +1341,7 @@ struct Controller::Impl {
       if (stateful) {
         step.how = "migrated";
         Result<ClusterView> view = LoadView();
+        if (view.ok()) Rank(&*view);
         Result<std::string> target =
             view.ok() ? ChooseMigrationTarget(*view, id) : Result<std::string>(view.status());
         Result<json> r = target.ok() ? MigrateInstance(id, *target, json::object(),

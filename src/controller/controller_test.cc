@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -18,6 +19,8 @@
 #include "testing/etcd.h"
 #include "testing/process.h"
 #include "testing/test_env.h"
+#include "transport/event_loop.h"
+#include "transport/http.h"
 #include "transport/json_api.h"
 
 namespace tern::controller {
@@ -682,6 +685,134 @@ TEST(ControllerTest, MigratesAndDrainsAStatefulCounterKeepingItsCount) {
   Status s = api.c->Call("POST", "/v1/instances/" + id + "/migrate", json{{"to", "cpu1"}}.dump())
                  .status();
   EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s;
+}
+
+
+// Registers a made-up agent record (any admin/tcp address) and keeps its lease alive
+// until destroyed: lets a test point the controller at a target that cannot be reached,
+// or at a "source" that fails.
+class FakeAgent {
+ public:
+  FakeAgent(uint16_t controller_port, const std::string& device, const std::string& admin,
+            const std::string& tcp) {
+    Api api(controller_port);
+    json rec{{"device", device}, {"host", "h1"},   {"kind", "cpu"},
+             {"boot", "boot-" + device}, {"admin", admin}, {"tcp", tcp},
+             {"memory_bytes", uint64_t{1} << 30}};
+    Result<std::string> r = api.c->Call("POST", "/v1/agents", rec.dump());
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok()) return;
+    int64_t lease = json::parse(*r)["lease"];
+    beat_ = std::thread([this, controller_port, device, lease] {
+      Api hb(controller_port);
+      while (!stop_.load()) {
+        (void)hb.c->Call("POST", "/v1/agents/" + device + "/heartbeat",
+                         json{{"lease", lease}}.dump());
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    });
+  }
+  ~FakeAgent() {
+    stop_ = true;
+    if (beat_.joinable()) beat_.join();
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::thread beat_;
+};
+
+// The failure outcomes of a migration: a target that fails before the cut-over leaves the
+// instance serving at the source; a source that fails after the cut-over (the target runs
+// it) makes the target authoritative. Both are events.
+TEST(ControllerTest, MigrationFailuresKeepTheInstanceWhereItServes) {
+  auto st = store::EmbeddedStore::Open("");
+  ASSERT_TRUE(st.ok());
+  auto ctl = Controller::Start(st->get(), FastOptions());
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
+  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr),
+            c = AgentProc::Start("cpu2", addr);
+  if (!AgentMigrates(a)) GTEST_SKIP() << "the agent has no migration endpoint yet";
+  Api api((*ctl)->port());
+  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 3; }, std::chrono::seconds(10)));
+  ASSERT_TRUE(DeployCounter(api, 0, {"cpu0"}).ok());
+  std::map<std::string, std::string> run = Running(api, "counter");
+  ASSERT_EQ(run.size(), 1u);
+  std::string id = run.begin()->first;
+  for (int i = 1; i <= 4; ++i) ASSERT_EQ(InvokeSvc(a, "counter", "incr", ""), std::to_string(i));
+
+  // 1. The target's frame port refuses connections: the source answers 503, nothing moves.
+  {
+    FakeAgent dead_end((*ctl)->port(), "cpu9", c.admin_address(), "127.0.0.1:1");
+    ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 4; }, std::chrono::seconds(5)));
+    ASSERT_TRUE(api.Deploy("echo", 0).ok());  // (a round: the controller knows cpu9)
+    // Allowed everywhere now, so the target check passes and the source is asked.
+    ASSERT_TRUE(api.c->Call("POST", "/v1/services",
+                            json{{"manifest", CounterManifest(0)},
+                                 {"module_b64", Base64Encode(ReadFile(WasmPath("counter")))},
+                                 {"replicas", 1}}
+                                .dump())
+                    .ok());
+    Status s = api.c->Call("POST", "/v1/instances/" + id + "/migrate", json{{"to", "cpu9"}}.dump())
+                   .status();
+    EXPECT_FALSE(s.ok());
+    EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s;
+    EXPECT_EQ(Running(api, "counter"), run);
+    EXPECT_EQ(InvokeSvc(a, "counter", "get", ""), "4");
+    std::string ev = Events(api);
+    EXPECT_NE(ev.find("migration of " + id + " from cpu0 to cpu9 failed"), std::string::npos)
+        << ev;
+    EXPECT_NE(ev.find("keeps serving on cpu0"), std::string::npos) << ev;
+  }
+
+  // 2. A "source" whose migrate call fails although the target runs the instance (it
+  // failed after the cut-over): the target is authoritative.
+  auto lt = transport::EventLoopThread::Create();
+  ASSERT_TRUE(lt.ok());
+  transport::HttpRouter router;
+  router.Handle("*", "/*", [](const transport::HttpRequest&) {
+    return transport::ErrorResponse(UnavailableError("the source crashed mid-answer"));
+  });
+  auto ghost_http = transport::HttpServer::Start((*lt)->loop(), {}, std::move(router));
+  ASSERT_TRUE(ghost_http.ok()) << ghost_http.status();
+  (*lt)->Start();
+  {
+    FakeAgent ghost((*ctl)->port(), "ghost", "127.0.0.1:" + std::to_string((*ghost_http)->port()),
+                    "127.0.0.1:1");
+    ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 4; }, std::chrono::seconds(5)));
+    // echo-77 really runs on cpu1; the store says it runs on ghost (one transaction with
+    // the service's replicas, so the planner neither adds nor stops one).
+    Result<json> dep = api.Deploy("echo", 0);
+    ASSERT_TRUE(dep.ok()) << dep.status();
+    auto cl = client::AgentClient::Connect(b.admin_address(), std::chrono::seconds(2));
+    ASSERT_TRUE(cl.ok());
+    ASSERT_TRUE((*cl)->Deploy(ReadFile(SourcePath("examples/echo/manifest.yaml")),
+                              ReadFile(WasmPath("echo")), false)
+                    .ok());
+    ASSERT_TRUE((*cl)->StartInstance("echo", "echo-77").ok());
+    Result<std::optional<store::KeyValue>> svc = (*st)->Get("/tern/services/echo");
+    ASSERT_TRUE(svc.ok() && svc->has_value());
+    json srec = json::parse((*svc)->value);
+    srec["replicas"] = 1;
+    InstanceRecord rec{"echo-77", "echo", "ghost", "boot-ghost", (*dep)["module_hash"]};
+    ASSERT_TRUE((*st)->Apply({}, {store::Op::Put("/tern/services/echo", srec.dump()),
+                                  store::Op::Put("/tern/instances/echo-77", ToJson(rec))})
+                    .ok());
+    Result<std::string> r =
+        api.c->Call("POST", "/v1/instances/echo-77/migrate", json{{"to", "cpu1"}}.dump());
+    ASSERT_TRUE(r.ok()) << r.status() << Events(api);
+    json rep = json::parse(*r);
+    EXPECT_EQ(rep["to"], "cpu1");
+    EXPECT_NE(rep["after_failure"].get<std::string>().find("crashed"), std::string::npos)
+        << rep.dump();
+    EXPECT_EQ(Running(api, "echo"), (std::map<std::string, std::string>{{"echo-77", "cpu1"}}));
+    EXPECT_NE(Events(api).find("the source failed after the cut-over"), std::string::npos)
+        << Events(api);
+    EXPECT_EQ(InvokeSvc(b, "echo", "echo", "here"), "here");
+  }
+  (*lt)->loop()->RunSync([&] { ghost_http->reset(); });
+  (*lt)->Stop();
 }
 
 }  // namespace
