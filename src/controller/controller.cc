@@ -1192,6 +1192,27 @@ struct Controller::Impl {
                     {"to_device", device},
                     {"after_failure", std::string(answer.status().message())},
                     {"total_us", (MonoNanos() - t0) / 1000}};
+      // The commit reached the target but its answer not the source, which thawed its
+      // copy: both run it. The target's is authoritative; the source's copy goes, with
+      // the effects of the requests held during the freeze (they ran there).
+      Result<bool> both = Runs(src, id);
+      if (both.ok() && *both) {
+        Result<std::unique_ptr<client::AgentClient>> sc =
+            client::AgentClient::Connect(src.admin, std::chrono::seconds(5));
+        Status stopped = sc.ok() ? (*sc)->StopInstance(id) : sc.status();
+        report["source_copy_stopped"] = stopped.ok();
+        TERN_LOG(ERROR) << "migration of " << id << ": both " << src.device << " and " << device
+                        << " ran it after a failed commit answer; stopped the source's copy ("
+                        << (stopped.ok() ? "ok" : std::string(stopped.message()))
+                        << "): the effects of requests held during the freeze are lost";
+        Event(fmt::format("ERROR: migration of {}: {} and {} both ran it after the commit answer "
+                          "was lost; {} is authoritative, the copy on {} was stopped{} — the "
+                          "effects of requests held during the freeze (they ran on {}) are lost",
+                          id, src.device, device, device, src.device,
+                          stopped.ok() ? "" : " (stopping it failed: " +
+                                                  std::string(stopped.message()) + ")",
+                          src.device));
+      }
     }
     Result<int64_t> epoch = MoveRecord(id, device, dst.boot);
     {
