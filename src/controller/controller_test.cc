@@ -774,6 +774,10 @@ TEST(ControllerTest, MigrationFailuresKeepTheInstanceWhereItServes) {
   router.Handle("*", "/*", [](const transport::HttpRequest&) {
     return transport::ErrorResponse(UnavailableError("the source crashed mid-answer"));
   });
+  // ... and still lists the instance (it thawed its copy): both run it.
+  router.Handle("GET", "/v1/status", [](const transport::HttpRequest&) {
+    return transport::HttpResponse::Json(200, R"({"instances":[{"id":"echo-77"}]})");
+  });
   auto ghost_http = transport::HttpServer::Start((*lt)->loop(), {}, std::move(router));
   ASSERT_TRUE(ghost_http.ok()) << ghost_http.status();
   (*lt)->Start();
@@ -809,6 +813,8 @@ TEST(ControllerTest, MigrationFailuresKeepTheInstanceWhereItServes) {
     EXPECT_EQ(Running(api, "echo"), (std::map<std::string, std::string>{{"echo-77", "cpu1"}}));
     EXPECT_NE(Events(api).find("the source failed after the cut-over"), std::string::npos)
         << Events(api);
+    EXPECT_NE(Events(api).find("ghost and cpu1 both ran it"), std::string::npos) << Events(api);
+    EXPECT_EQ(rep["source_copy_stopped"], false);  // the fake source refuses everything
     EXPECT_EQ(InvokeSvc(b, "echo", "echo", "here"), "here");
   }
   (*lt)->loop()->RunSync([&] { ghost_http->reset(); });
