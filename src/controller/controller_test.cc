@@ -821,5 +821,59 @@ TEST(ControllerTest, MigrationFailuresKeepTheInstanceWhereItServes) {
   (*lt)->Stop();
 }
 
+
+// The rebalancer wired into the controller: a device kept busy (a guest that spins until
+// its CPU limit, called back to back) is relieved by moving its instance to the idle one.
+// Thresholds are low, so a loaded test machine still counts as "sustained overload".
+TEST(ControllerTest, RebalancerMovesAnInstanceOffAnOverloadedDevice) {
+  auto st = store::EmbeddedStore::Open("");
+  ASSERT_TRUE(st.ok());
+  ControllerOptions o = FastOptions();
+  o.rebalance = true;
+  o.rebalance_options.overload_util = 0.15;
+  o.rebalance_options.headroom = 0.12;  // the target must be under 3%
+  o.rebalance_options.overload_samples = 3;
+  o.rebalance_options.cooldown_ms = 60000;
+  auto ctl = Controller::Start(st->get(), o);
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
+  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr);
+  Api api((*ctl)->port());
+  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 2; }, std::chrono::seconds(10)));
+  std::string manifest =
+      "name: spin\nversion: 1.0.0\nhandlers: [spin, noop]\nlimits:\n  cpu_ms: 100\n";
+  json req{{"manifest", manifest},
+           {"module_b64", Base64Encode(ReadFile(WasmPath("guest_loop")))},
+           {"replicas", 1},
+           {"devices", {"cpu0"}}};
+  ASSERT_TRUE(api.c->Call("POST", "/v1/services", req.dump()).ok());
+  req.erase("devices");
+  ASSERT_TRUE(api.c->Call("POST", "/v1/services", req.dump()).ok());
+  std::map<std::string, std::string> run = Running(api, "spin");
+  ASSERT_EQ(run.size(), 1u);
+  ASSERT_EQ(run.begin()->second, "cpu0");
+  std::atomic<bool> stop{false};
+  std::thread load([&] {
+    auto c = client::AgentClient::Connect(a.admin_address(), std::chrono::seconds(2));
+    if (!c.ok()) return;
+    while (!stop.load()) (void)(*c)->Invoke("spin", "spin", "", std::chrono::seconds(5));
+  });
+  bool moved = WaitFor(
+      [&] {
+        auto r = Running(api, "spin");
+        return r.size() == 1 && r.begin()->second == "cpu1";
+      },
+      std::chrono::seconds(20));
+  stop = true;
+  load.join();
+  ASSERT_TRUE(moved) << api.Get("/v1/cluster")->dump(1);
+  std::string ev = Events(api);
+  EXPECT_NE(ev.find("rebalancing: moving " + run.begin()->first + " from cpu0 to cpu1: cpu0 at 15% "
+                    "CPU or more"),
+            std::string::npos)
+      << ev;
+  EXPECT_EQ(InvokeSvc(b, "spin", "noop", ""), "");
+}
+
 }  // namespace
 }  // namespace tern::controller
