@@ -231,8 +231,8 @@ TEST(ClusterTest, BadTopologiesAreClearErrorsAndNothingIsStarted) {
 // replica while the gateway keeps answering, `tern ps` shows the drain and each
 // instance's checkpoint, and a checkpointed counter whose agent is SIGKILLed comes back
 // elsewhere, under its id, with its checkpointed count.
-TEST(ClusterTest, LoopbackDrainAndCheckpointRestoreThroughTheCli) {
-  Cluster c("itmig", "loopback");
+void DrainMigrateAndRestoreThroughTheCli(const std::string& name, const std::string& isolation) {
+  Cluster c(name, isolation);
   CommandResult up = c.Up(SourcePath("examples/topologies/rack.yaml"));
   ASSERT_EQ(up.exit_code, 0) << up.output;
   json rec = c.Record();
@@ -361,6 +361,18 @@ TEST(ClusterTest, LoopbackDrainAndCheckpointRestoreThroughTheCli) {
   EXPECT_NE(ps.output.find("restored " + id + " on " + now_on + " from the checkpoint of"),
             std::string::npos)
       << ps.output;
+}
+
+TEST(ClusterTest, LoopbackDrainMigrateAndCheckpointRestoreThroughTheCli) {
+  DrainMigrateAndRestoreThroughTheCli("itmig", "loopback");
+}
+
+// The same across network namespaces: migrations and checkpoints cross the emulated
+// hosts' links.
+TEST(ClusterTest, NamespacesDrainMigrateAndCheckpointRestoreThroughTheCli) {
+  if (!Root()) GTEST_SKIP() << "needs root (network namespaces, veth, tc, cgroups)";
+  if (Sh("ip -V").exit_code != 0) GTEST_SKIP() << "iproute2 (`ip`) is missing";
+  DrainMigrateAndRestoreThroughTheCli("itmns", "netns");
 }
 
 }  // namespace
