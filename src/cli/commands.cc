@@ -84,8 +84,8 @@ int CmdDeploy(int argc, char** argv) {
   const std::string manifest_path = f.positional()[0];
   Result<Manifest> m = LoadManifest(manifest_path);
   if (!m.ok()) return Fail(m.status());
-  const bool rewritten = !f.Get("name").empty() || !f.Get("replicas").empty() ||
-                         !f.Get("checkpoint-ms").empty();
+  const bool rewritten =
+      !f.Get("name").empty() || !f.Get("replicas").empty() || !f.Get("checkpoint-ms").empty();
   if (!f.Get("checkpoint-ms").empty()) {
     Result<int64_t> ms = f.GetInt("checkpoint-ms", 0, kMaxCheckpointMs);
     if (!ms.ok()) return Fail(ms.status());

@@ -44,11 +44,11 @@ std::string Size(uint64_t b) {
 // One line for a migration report (the controller's answer).
 std::string ReportLine(const json& r) {
   if (r.contains("after_failure")) {
-    return fmt::format("{} moved from {} to {}: the source failed after the cut-over ({}); {} "
-                       "is authoritative (epoch {})",
-                       r.value("instance", "?"), r.value("from", "?"), r.value("to", "?"),
-                       r.value("after_failure", ""), r.value("to", "?"),
-                       r.value("epoch", int64_t{0}));
+    return fmt::format(
+        "{} moved from {} to {}: the source failed after the cut-over ({}); {} "
+        "is authoritative (epoch {})",
+        r.value("instance", "?"), r.value("from", "?"), r.value("to", "?"),
+        r.value("after_failure", ""), r.value("to", "?"), r.value("epoch", int64_t{0}));
   }
   return fmt::format(
       "{} migrated from {} to {}: downtime {:.2f} ms, total {:.1f} ms, {} sent ({} of state), "

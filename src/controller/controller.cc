@@ -1,13 +1,12 @@
 #include "controller/controller.h"
 
 #include <fmt/format.h>
-
 #include <time.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 #include <chrono>
+#include <cmath>
 #include <deque>
 #include <list>
 #include <map>
@@ -18,7 +17,6 @@
 #include "client/agent_client.h"
 #include "controller/advisor.h"
 #include "controller/model.h"
-#include "placement/explain.h"
 #include "controller/plan.h"
 #include "core/base64.h"
 #include "core/clock.h"
@@ -30,6 +28,7 @@
 #include "core/task_thread.h"
 #include "core/version.h"
 #include "dataplane/location.h"
+#include "placement/explain.h"
 #include "store/election.h"
 #include "store/store.h"
 #include "transport/event_loop.h"
@@ -406,12 +405,14 @@ struct Controller::Impl {
       view.instances[id] = PlacedInstance{std::move(*r), kv.mod_revision};
     }
     TERN_ASSIGN_OR_RETURN(store::RangeResult drained, store->Range(kDrainedPrefix));
-    for (const store::KeyValue& kv : drained.kvs) view.draining.insert(std::string(KeyName(kv.key)));
+    for (const store::KeyValue& kv : drained.kvs)
+      view.draining.insert(std::string(KeyName(kv.key)));
     TERN_ASSIGN_OR_RETURN(store::RangeResult cks, store->Range(kCheckpointsPrefix));
     for (const store::KeyValue& kv : cks.kvs) {
       Result<CheckpointRecord> r = CheckpointFromJson(kv.value, kv.key);
       if (!r.ok()) {
-        if (!Quiet(__LINE__, 10)) TERN_LOG(WARN) << "skipping a bad checkpoint record: " << r.status();
+        if (!Quiet(__LINE__, 10))
+          TERN_LOG(WARN) << "skipping a bad checkpoint record: " << r.status();
         continue;
       }
       std::string id = r->id;
@@ -887,8 +888,8 @@ struct Controller::Impl {
     time_t secs = static_cast<time_t>(unix_ms / 1000);
     struct tm tm_utc;
     gmtime_r(&secs, &tm_utc);
-    return fmt::format("{:02}:{:02}:{:02}.{:03} UTC", tm_utc.tm_hour, tm_utc.tm_min,
-                       tm_utc.tm_sec, unix_ms % 1000);
+    return fmt::format("{:02}:{:02}:{:02}.{:03} UTC", tm_utc.tm_hour, tm_utc.tm_min, tm_utc.tm_sec,
+                       unix_ms % 1000);
   }
 
   // Reconcile thread: loads the checkpoint `ck` into the (just started, not yet routed)
@@ -898,9 +899,10 @@ struct Controller::Impl {
                            const std::string& device) {
     auto keeper = view.agents.find(ck.device);
     if (keeper == view.agents.end()) {
-      Event(fmt::format("the checkpoint of {} was kept by {}, which is gone: {} starts on {} "
-                        "with fresh state (its state is lost)",
-                        ck.id, ck.device, ck.id, device));
+      Event(
+          fmt::format("the checkpoint of {} was kept by {}, which is gone: {} starts on {} "
+                      "with fresh state (its state is lost)",
+                      ck.id, ck.device, ck.id, device));
       (void)store->Delete(std::string(kCheckpointsPrefix) + ck.id);
       return Status::Ok();
     }
@@ -908,19 +910,19 @@ struct Controller::Impl {
     Result<std::string> bytes =
         k->client->ReadObject(std::string(kCheckpointDataset), ck.id, 0, ck.bytes);
     if (!bytes.ok()) {
-      return Status(bytes.status().code(),
-                    fmt::format("reading the checkpoint of {} from {}: {}", ck.id, ck.device,
-                                bytes.status().message()));
+      return Status(bytes.status().code(), fmt::format("reading the checkpoint of {} from {}: {}",
+                                                       ck.id, ck.device, bytes.status().message()));
     }
     Status s = c->client->Restore(ck.id, *bytes);
     if (!s.ok()) {
-      return Status(s.code(), fmt::format("restoring {} from its checkpoint: {}", ck.id,
-                                          s.message()));
+      return Status(s.code(),
+                    fmt::format("restoring {} from its checkpoint: {}", ck.id, s.message()));
     }
     double lost_s = static_cast<double>(std::max<int64_t>(UnixMillis() - ck.unix_ms, 0)) / 1000;
-    Event(fmt::format("restored {} on {} from the checkpoint of {} (state of the last {:.1f} s "
-                      "lost)",
-                      ck.id, device, ClockTime(ck.unix_ms), lost_s));
+    Event(
+        fmt::format("restored {} on {} from the checkpoint of {} (state of the last {:.1f} s "
+                    "lost)",
+                    ck.id, device, ClockTime(ck.unix_ms), lost_s));
     return Status::Ok();
   }
 
@@ -980,15 +982,16 @@ struct Controller::Impl {
     std::vector<std::string> why;
     for (const AgentRecord* k : candidates) {
       Result<client::AgentClient*> kc = CkClient(*k);
-      Status put = kc.ok() ? (*kc)->PutObject(std::string(kCheckpointDataset), rec.id, *snap)
-                           : kc.status();
+      Status put =
+          kc.ok() ? (*kc)->PutObject(std::string(kCheckpointDataset), rec.id, *snap) : kc.status();
       if (!put.ok()) {
-        if (!kc.ok() || put.code() == StatusCode::kUnavailable) ck_conns.erase(k->device + "@" + k->boot);
+        if (!kc.ok() || put.code() == StatusCode::kUnavailable)
+          ck_conns.erase(k->device + "@" + k->boot);
         why.push_back(fmt::format("{}: {}", k->device, put.message()));
         continue;
       }
-      CheckpointRecord ck{rec.id, rec.service, k->device, rec.device, taken,
-                          static_cast<uint64_t>(snap->size())};
+      CheckpointRecord ck{rec.id,     rec.service, k->device,
+                          rec.device, taken,       static_cast<uint64_t>(snap->size())};
       TERN_RETURN_IF_ERROR(
           store->Put(std::string(kCheckpointsPrefix) + rec.id, ToJson(ck)).status());
       if (old != view.checkpoints.end() && old->second.device != k->device &&
@@ -1087,9 +1090,9 @@ struct Controller::Impl {
     TERN_ASSIGN_OR_RETURN(InstanceRecord rec, InstanceFromJson(cur->value, key));
     rec.device = device;
     rec.boot = boot;
-    TERN_ASSIGN_OR_RETURN(store::ClusterStore::ApplyResult r,
-                          store->Apply({store::Compare{key, cur->mod_revision}},
-                                       {store::Op::Put(key, ToJson(rec))}));
+    TERN_ASSIGN_OR_RETURN(
+        store::ClusterStore::ApplyResult r,
+        store->Apply({store::Compare{key, cur->mod_revision}}, {store::Op::Put(key, ToJson(rec))}));
     if (!r.applied) return AbortedError(fmt::format("the record of {} changed meanwhile", id));
     return r.revision;
   }
@@ -1144,8 +1147,8 @@ struct Controller::Impl {
           client::AgentClient::Connect(dst.admin, std::chrono::seconds(10));
       Status d = t.ok() ? DeployIfMissing(t->get(), svc) : t.status();
       if (!d.ok()) {
-        return failed(Status(d.code(), fmt::format("deploying {} on {}: {}", svc.name, device,
-                                                   d.message())));
+        return failed(
+            Status(d.code(), fmt::format("deploying {} on {}: {}", svc.name, device, d.message())));
       }
     }
     agent_opts["to_tcp"] = dst.tcp;
@@ -1171,17 +1174,19 @@ struct Controller::Impl {
           // Neither runs it (the source lost it): the planner starts it again (from its
           // checkpoint, if it has one).
           (void)MoveRecord(id, src.device, "");
-          Event(fmt::format("migration of {} from {} to {} failed: {}; neither runs it now, "
-                            "the controller starts it again on {}",
-                            id, src.device, device, answer.status().message(), src.device));
+          Event(
+              fmt::format("migration of {} from {} to {} failed: {}; neither runs it now, "
+                          "the controller starts it again on {}",
+                          id, src.device, device, answer.status().message(), src.device));
           Unmark(id);
           Poke();
           return answer.status();
         }
         if (!at_source.ok()) {
-          Event(fmt::format("migration of {} from {} to {} failed: {}; {} does not answer "
-                            "either (if its agent is gone, {} is re-placed like any other)",
-                            id, src.device, device, answer.status().message(), src.device, id));
+          Event(
+              fmt::format("migration of {} from {} to {} failed: {}; {} does not answer "
+                          "either (if its agent is gone, {} is re-placed like any other)",
+                          id, src.device, device, answer.status().message(), src.device, id));
           Unmark(id);
           Poke();
           return answer.status();
@@ -1205,13 +1210,13 @@ struct Controller::Impl {
                         << " ran it after a failed commit answer; stopped the source's copy ("
                         << (stopped.ok() ? "ok" : std::string(stopped.message()))
                         << "): the effects of requests held during the freeze are lost";
-        Event(fmt::format("ERROR: migration of {}: {} and {} both ran it after the commit answer "
-                          "was lost; {} is authoritative, the copy on {} was stopped{} — the "
-                          "effects of requests held during the freeze (they ran on {}) are lost",
-                          id, src.device, device, device, src.device,
-                          stopped.ok() ? "" : " (stopping it failed: " +
-                                                  std::string(stopped.message()) + ")",
-                          src.device));
+        Event(fmt::format(
+            "ERROR: migration of {}: {} and {} both ran it after the commit answer "
+            "was lost; {} is authoritative, the copy on {} was stopped{} — the "
+            "effects of requests held during the freeze (they ran on {}) are lost",
+            id, src.device, device, device, src.device,
+            stopped.ok() ? "" : " (stopping it failed: " + std::string(stopped.message()) + ")",
+            src.device));
       }
     }
     Result<int64_t> epoch = MoveRecord(id, device, dst.boot);
@@ -1229,18 +1234,18 @@ struct Controller::Impl {
     report["to"] = device;
     report["epoch"] = *epoch;
     if (report.contains("after_failure")) {
-      Event(fmt::format("migration of {} from {} to {}: the source failed after the cut-over "
-                        "({}); {} is authoritative now (epoch {})",
-                        id, src.device, device, report["after_failure"].get<std::string>(),
-                        device, *epoch));
+      Event(fmt::format(
+          "migration of {} from {} to {}: the source failed after the cut-over "
+          "({}); {} is authoritative now (epoch {})",
+          id, src.device, device, report["after_failure"].get<std::string>(), device, *epoch));
     } else {
-      Event(fmt::format("migrated {} from {} to {} ({}): downtime {:.2f} ms, total {:.1f} ms, "
-                        "{} sent ({} raw), {} rounds, {} forwarded (epoch {})",
-                        id, src.device, device, why,
-                        report.value("downtime_us", 0.0) / 1000, report.value("total_us", 0.0) / 1000,
-                        Bytes(report.value("bytes_sent", uint64_t{0})),
-                        Bytes(report.value("bytes_raw", uint64_t{0})), report.value("rounds", 0),
-                        report.value("forwarded", 0), *epoch));
+      Event(fmt::format(
+          "migrated {} from {} to {} ({}): downtime {:.2f} ms, total {:.1f} ms, "
+          "{} sent ({} raw), {} rounds, {} forwarded (epoch {})",
+          id, src.device, device, why, report.value("downtime_us", 0.0) / 1000,
+          report.value("total_us", 0.0) / 1000, Bytes(report.value("bytes_sent", uint64_t{0})),
+          Bytes(report.value("bytes_raw", uint64_t{0})), report.value("rounds", 0),
+          report.value("forwarded", 0), *epoch));
     }
     Poke();
     return report;
@@ -1296,8 +1301,8 @@ struct Controller::Impl {
       }
       Unmark(rec.id);
       Unmark(id);
-      return Status(s.code(), fmt::format("starting a replacement of {} on {}: {}", id,
-                                          dst.device, s.message()));
+      return Status(s.code(), fmt::format("starting a replacement of {} on {}: {}", id, dst.device,
+                                          s.message()));
     }
     Unmark(rec.id);
     {
@@ -1324,8 +1329,8 @@ struct Controller::Impl {
         TERN_LOG(WARN) << "stopping " << id << " on " << src.device << ": " << st;
       }
     }
-    Event(fmt::format("replaced {} on {} by {} on {} ({})", id, old.device, rec.id, dst.device,
-                      why));
+    Event(
+        fmt::format("replaced {} on {} by {} on {} ({})", id, old.device, rec.id, dst.device, why));
     return std::make_pair(rec.id, dst.device);
   }
 
@@ -1365,9 +1370,9 @@ struct Controller::Impl {
         if (view.ok()) Rank(&*view);
         Result<std::string> target =
             view.ok() ? ChooseMigrationTarget(*view, id) : Result<std::string>(view.status());
-        Result<json> r = target.ok() ? MigrateInstance(id, *target, json::object(),
-                                                       "drain of " + device)
-                                     : Result<json>(target.status());
+        Result<json> r = target.ok()
+                             ? MigrateInstance(id, *target, json::object(), "drain of " + device)
+                             : Result<json>(target.status());
         step.ok = r.ok();
         if (r.ok()) {
           step.to = *target;
@@ -1376,8 +1381,7 @@ struct Controller::Impl {
           step.message = std::string(r.status().message());
         }
       } else {
-        Result<std::pair<std::string, std::string>> r =
-            ReplaceInstance(id, "drain of " + device);
+        Result<std::pair<std::string, std::string>> r = ReplaceInstance(id, "drain of " + device);
         step.ok = r.ok();
         if (r.ok()) {
           step.how = "replaced by " + r->first;
@@ -1400,11 +1404,12 @@ struct Controller::Impl {
   json DrainJson(const std::string& device) {
     MutexLock l(&ops_mu);
     auto it = drains.find(device);
-    if (it == drains.end()) return json{{"device", device}, {"done", true}, {"steps", json::array()}};
+    if (it == drains.end())
+      return json{{"device", device}, {"done", true}, {"steps", json::array()}};
     json steps = json::array();
     for (const DrainStep& s : it->second.steps) {
-      json j{{"instance", s.instance}, {"from", s.from}, {"to", s.to},
-             {"how", s.how},           {"ok", s.ok}};
+      json j{
+          {"instance", s.instance}, {"from", s.from}, {"to", s.to}, {"how", s.how}, {"ok", s.ok}};
       if (!s.message.empty()) j["error"] = s.message;
       if (!s.report.is_null()) j["report"] = s.report;
       steps.push_back(j);
@@ -1424,14 +1429,15 @@ struct Controller::Impl {
     Result<std::optional<store::KeyValue>> agent = store->Get(std::string(kAgentsPrefix) + device);
     if (!agent.ok()) return ErrorResponse(agent.status());
     if (!agent->has_value()) {
-      return ErrorResponse(NotFoundError(fmt::format(
-          "device {} has no live agent (`tern ps` lists the devices)", device)));
+      return ErrorResponse(NotFoundError(
+          fmt::format("device {} has no live agent (`tern ps` lists the devices)", device)));
     }
     {
       MutexLock l(&ops_mu);
       auto it = drains.find(device);
       if (it != drains.end() && !it->second.done) {
-        return ErrorResponse(AlreadyExistsError(fmt::format("{} is being drained already", device)));
+        return ErrorResponse(
+            AlreadyExistsError(fmt::format("{} is being drained already", device)));
       }
       drains[device] = DrainProgress{UnixMillis(), 0, false, {}};
     }
@@ -1478,8 +1484,7 @@ struct Controller::Impl {
     }
     json opts = json::object();
     if (j.contains("mode")) {
-      if (!j["mode"].is_string() ||
-          (j["mode"] != "precopy" && j["mode"] != "stop-and-copy")) {
+      if (!j["mode"].is_string() || (j["mode"] != "precopy" && j["mode"] != "stop-and-copy")) {
         return ErrorResponse(
             InvalidArgumentError("migrate: 'mode' must be \"precopy\" or \"stop-and-copy\""));
       }
@@ -1488,7 +1493,8 @@ struct Controller::Impl {
     for (const char* k : {"max_rounds", "freeze_timeout_ms"}) {
       if (!j.contains(k)) continue;
       if (!j[k].is_number_integer() || j[k].get<int64_t>() < 1 || j[k].get<int64_t>() > 600000) {
-        return ErrorResponse(InvalidArgumentError(fmt::format("migrate: '{}' must be 1..600000", k)));
+        return ErrorResponse(
+            InvalidArgumentError(fmt::format("migrate: '{}' must be 1..600000", k)));
       }
       opts[k] = j[k];
     }
@@ -1792,12 +1798,8 @@ struct Controller::Impl {
     if (!view.ok()) return ErrorResponse(view.status());
     json services = json::array();
     for (const auto& [name, s] : view->services) services.push_back(ServiceJson(s, *view));
-    json out{{"controller", options.id},
-             {"leader", Leader()},
-             {"store", store->Describe()},
-             {"agents", AgentsJson(*view)},
-             {"services", services},
-             {"drained", view->draining}};
+    json out{{"controller", options.id},    {"leader", Leader()},   {"store", store->Describe()},
+             {"agents", AgentsJson(*view)}, {"services", services}, {"drained", view->draining}};
     json ev = json::array();
     {
       MutexLock l(&pub_mu);
@@ -1912,8 +1914,8 @@ struct Controller::Impl {
     r.HandleAsync("*", "/v1/devices/*", [this](HttpRequest req, HttpResponder resp) {
       std::vector<std::string> p = PathParts(req.path);  // v1 devices DEVICE drain
       if (p.size() != 4 || p[3] != "drain") {
-        return resp.Respond(ErrorResponse(
-            NotFoundError("use POST, GET or DELETE /v1/devices/{device}/drain")));
+        return resp.Respond(
+            ErrorResponse(NotFoundError("use POST, GET or DELETE /v1/devices/{device}/drain")));
       }
       std::string device = p[2];
       if (req.method == "POST") {
@@ -1923,8 +1925,8 @@ struct Controller::Impl {
       } else if (req.method == "DELETE") {
         slow->Post([this, device, resp] { resp.Respond(Undrain(device)); });
       } else {
-        resp.Respond(ErrorResponse(
-            NotFoundError("use POST, GET or DELETE /v1/devices/{device}/drain")));
+        resp.Respond(
+            ErrorResponse(NotFoundError("use POST, GET or DELETE /v1/devices/{device}/drain")));
       }
     });
     r.HandleAsync("GET", "/v1/cluster", [this](HttpRequest, HttpResponder resp) {

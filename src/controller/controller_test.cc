@@ -64,10 +64,12 @@ struct AgentProc {
     AgentProc a;
     a.device = device;
     std::string dir = TempDir("agent-" + device);
-    std::vector<std::string> argv = {
-        BinPath("tern"), "agent", "--port=0", "--admin-port=0", "--device=" + device,
-        "--host-id=" + host, "--workers=1", "--shm-socket=none", "--log-level=warn",
-        "--controller=" + controllers, "--kind=" + kind};
+    std::vector<std::string> argv = {BinPath("tern"),      "agent",
+                                     "--port=0",           "--admin-port=0",
+                                     "--device=" + device, "--host-id=" + host,
+                                     "--workers=1",        "--shm-socket=none",
+                                     "--log-level=warn",   "--controller=" + controllers,
+                                     "--kind=" + kind};
     if (kind == "csd") argv.push_back("--datasets-dir=" + dir + "/datasets");
     Result<std::unique_ptr<ChildProcess>> c = ChildProcess::Start(argv, dir + "/agent.log");
     EXPECT_TRUE(c.ok()) << c.status();
@@ -375,7 +377,6 @@ TEST(ControllerTest, EtcdLeaderFailover) {
   EXPECT_EQ(InvokeOn(a, "after failover"), "after failover");
 }
 
-
 // ---- migration, drain, checkpoints (issue #6) -------------------------------------------
 
 std::string InvokeSvc(const AgentProc& a, const std::string& svc, const std::string& handler,
@@ -522,8 +523,7 @@ TEST(ControllerTest, DrainReplacesStatelessInstancesWithoutAGap) {
   for (const auto& [id, dev] : Running(api, "echo")) EXPECT_NE(dev, "cpu0") << id;
   // Undrain: placements may go there again.
   ASSERT_TRUE(api.c->Call("DELETE", "/v1/devices/cpu0/drain").ok());
-  EXPECT_EQ(api.c->Call("DELETE", "/v1/devices/cpu0/drain").status().code(),
-            StatusCode::kNotFound);
+  EXPECT_EQ(api.c->Call("DELETE", "/v1/devices/cpu0/drain").status().code(), StatusCode::kNotFound);
   ASSERT_TRUE(api.Deploy("echo", 5).ok());
   std::set<std::string> devices;
   for (const auto& [id, dev] : Running(api, "echo")) devices.insert(dev);
@@ -596,7 +596,6 @@ TEST(ControllerTest, CheckpointsNeedAStatefulService) {
   EXPECT_NE(s.message().find("stateful"), std::string::npos) << s;
 }
 
-
 // Whether the agent has the migration endpoint (the agent side of issue #6): an unknown
 // instance is its 404; an agent without it answers "no route".
 bool AgentMigrates(const AgentProc& a) {
@@ -619,11 +618,12 @@ TEST(ControllerTest, MigratesAndDrainsAStatefulCounterKeepingItsCount) {
   Api api((*ctl)->port());
   ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 2; }, std::chrono::seconds(10)));
   ASSERT_TRUE(DeployCounter(api, 0, {"cpu0"}).ok());
-  ASSERT_TRUE(api.c->Call("POST", "/v1/services",
-                          json{{"manifest", CounterManifest(0)},
-                               {"module_b64", Base64Encode(ReadFile(WasmPath("counter")))},
-                               {"replicas", 1}}
-                              .dump())
+  ASSERT_TRUE(api.c
+                  ->Call("POST", "/v1/services",
+                         json{{"manifest", CounterManifest(0)},
+                              {"module_b64", Base64Encode(ReadFile(WasmPath("counter")))},
+                              {"replicas", 1}}
+                             .dump())
                   .ok());  // any device from now on
   std::map<std::string, std::string> run = Running(api, "counter");
   ASSERT_EQ(run.size(), 1u);
@@ -682,11 +682,10 @@ TEST(ControllerTest, MigratesAndDrainsAStatefulCounterKeepingItsCount) {
   EXPECT_EQ(Running(api, "counter"), (std::map<std::string, std::string>{{id, "cpu0"}}));
   EXPECT_EQ(InvokeSvc(a, "counter", "get", ""), "8");
   // Migrating onto the drained device is refused.
-  Status s = api.c->Call("POST", "/v1/instances/" + id + "/migrate", json{{"to", "cpu1"}}.dump())
-                 .status();
+  Status s =
+      api.c->Call("POST", "/v1/instances/" + id + "/migrate", json{{"to", "cpu1"}}.dump()).status();
   EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s;
 }
-
 
 // Registers a made-up agent record (any admin/tcp address) and keeps its lease alive
 // until destroyed: lets a test point the controller at a target that cannot be reached,
@@ -696,8 +695,12 @@ class FakeAgent {
   FakeAgent(uint16_t controller_port, const std::string& device, const std::string& admin,
             const std::string& tcp) {
     Api api(controller_port);
-    json rec{{"device", device}, {"host", "h1"},   {"kind", "cpu"},
-             {"boot", "boot-" + device}, {"admin", admin}, {"tcp", tcp},
+    json rec{{"device", device},
+             {"host", "h1"},
+             {"kind", "cpu"},
+             {"boot", "boot-" + device},
+             {"admin", admin},
+             {"tcp", tcp},
              {"memory_bytes", uint64_t{1} << 30}};
     Result<std::string> r = api.c->Call("POST", "/v1/agents", rec.dump());
     EXPECT_TRUE(r.ok()) << r.status();
@@ -748,11 +751,12 @@ TEST(ControllerTest, MigrationFailuresKeepTheInstanceWhereItServes) {
     ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 4; }, std::chrono::seconds(5)));
     ASSERT_TRUE(api.Deploy("echo", 0).ok());  // (a round: the controller knows cpu9)
     // Allowed everywhere now, so the target check passes and the source is asked.
-    ASSERT_TRUE(api.c->Call("POST", "/v1/services",
-                            json{{"manifest", CounterManifest(0)},
-                                 {"module_b64", Base64Encode(ReadFile(WasmPath("counter")))},
-                                 {"replicas", 1}}
-                                .dump())
+    ASSERT_TRUE(api.c
+                    ->Call("POST", "/v1/services",
+                           json{{"manifest", CounterManifest(0)},
+                                {"module_b64", Base64Encode(ReadFile(WasmPath("counter")))},
+                                {"replicas", 1}}
+                               .dump())
                     .ok());
     Status s = api.c->Call("POST", "/v1/instances/" + id + "/migrate", json{{"to", "cpu9"}}.dump())
                    .status();
@@ -761,8 +765,7 @@ TEST(ControllerTest, MigrationFailuresKeepTheInstanceWhereItServes) {
     EXPECT_EQ(Running(api, "counter"), run);
     EXPECT_EQ(InvokeSvc(a, "counter", "get", ""), "4");
     std::string ev = Events(api);
-    EXPECT_NE(ev.find("migration of " + id + " from cpu0 to cpu9 failed"), std::string::npos)
-        << ev;
+    EXPECT_NE(ev.find("migration of " + id + " from cpu0 to cpu9 failed"), std::string::npos) << ev;
     EXPECT_NE(ev.find("keeps serving on cpu0"), std::string::npos) << ev;
   }
 
@@ -791,8 +794,9 @@ TEST(ControllerTest, MigrationFailuresKeepTheInstanceWhereItServes) {
     ASSERT_TRUE(dep.ok()) << dep.status();
     auto cl = client::AgentClient::Connect(b.admin_address(), std::chrono::seconds(2));
     ASSERT_TRUE(cl.ok());
-    ASSERT_TRUE((*cl)->Deploy(ReadFile(SourcePath("examples/echo/manifest.yaml")),
-                              ReadFile(WasmPath("echo")), false)
+    ASSERT_TRUE((*cl)
+                    ->Deploy(ReadFile(SourcePath("examples/echo/manifest.yaml")),
+                             ReadFile(WasmPath("echo")), false)
                     .ok());
     ASSERT_TRUE((*cl)->StartInstance("echo", "echo-77").ok());
     Result<std::optional<store::KeyValue>> svc = (*st)->Get("/tern/services/echo");
@@ -800,8 +804,9 @@ TEST(ControllerTest, MigrationFailuresKeepTheInstanceWhereItServes) {
     json srec = json::parse((*svc)->value);
     srec["replicas"] = 1;
     InstanceRecord rec{"echo-77", "echo", "ghost", "boot-ghost", (*dep)["module_hash"]};
-    ASSERT_TRUE((*st)->Apply({}, {store::Op::Put("/tern/services/echo", srec.dump()),
-                                  store::Op::Put("/tern/instances/echo-77", ToJson(rec))})
+    ASSERT_TRUE((*st)
+                    ->Apply({}, {store::Op::Put("/tern/services/echo", srec.dump()),
+                                 store::Op::Put("/tern/instances/echo-77", ToJson(rec))})
                     .ok());
     Result<std::string> r =
         api.c->Call("POST", "/v1/instances/echo-77/migrate", json{{"to", "cpu1"}}.dump());
@@ -820,7 +825,6 @@ TEST(ControllerTest, MigrationFailuresKeepTheInstanceWhereItServes) {
   (*lt)->loop()->RunSync([&] { ghost_http->reset(); });
   (*lt)->Stop();
 }
-
 
 // The rebalancer wired into the controller: a device kept busy (a guest that spins until
 // its CPU limit, called back to back) is relieved by moving its instance to the idle one.
@@ -868,7 +872,8 @@ TEST(ControllerTest, RebalancerMovesAnInstanceOffAnOverloadedDevice) {
   load.join();
   ASSERT_TRUE(moved) << api.Get("/v1/cluster")->dump(1);
   std::string ev = Events(api);
-  EXPECT_NE(ev.find("rebalancing: moving " + run.begin()->first + " from cpu0 to cpu1: cpu0 at 15% "
+  EXPECT_NE(ev.find("rebalancing: moving " + run.begin()->first +
+                    " from cpu0 to cpu1: cpu0 at 15% "
                     "CPU or more"),
             std::string::npos)
       << ev;

@@ -69,7 +69,7 @@ struct ServiceRecord {
   uint64_t memory_bytes = 0;  // the manifest's memory cap: what one instance may take
   int64_t created_unix_ms = 0;
   std::string placement;  // placement hints (advisor.h PlacementHints, JSON); "" = spread
-  bool stateful = false;      // the manifest's `stateful`
+  bool stateful = false;  // the manifest's `stateful`
   int64_t checkpoint_ms = 0;  // the manifest's `checkpoint_ms`: snapshot period, 0 = none
 
   bool operator==(const ServiceRecord&) const = default;
@@ -91,11 +91,11 @@ struct InstanceRecord {
 // An instance's last checkpoint: its snapshot (wasm/snapshot.h bytes), kept as object
 // `id` of dataset kCheckpointDataset by the agent of `device`.
 struct CheckpointRecord {
-  std::string id;      // the instance
+  std::string id;  // the instance
   std::string service;
-  std::string device;  // the storage device keeping it
-  std::string source;  // the device the instance ran on when it was taken
-  int64_t unix_ms = 0; // when it was taken
+  std::string device;   // the storage device keeping it
+  std::string source;   // the device the instance ran on when it was taken
+  int64_t unix_ms = 0;  // when it was taken
   uint64_t bytes = 0;
 
   bool operator==(const CheckpointRecord&) const = default;

@@ -158,15 +158,15 @@ Plan PlanReconcile(const ClusterView& view) {
     others.backoff.insert({r.device, r.service});
     Result<std::string> d = ChooseDevice(others, svc, use);
     if (!d.ok()) {
-      plan.unplaceable[r.service] = fmt::format("cannot restore {} from its checkpoint yet: {}",
-                                                r.id, d.status().message());
+      plan.unplaceable[r.service] =
+          fmt::format("cannot restore {} from its checkpoint yet: {}", r.id, d.status().message());
       continue;
     }
     AddUse(&use, *d, &svc, r.service);
-    plan.actions.push_back(
-        {Action::Kind::kRestore, r.id, r.service, *d,
-         view.agents.count(r.device) ? fmt::format("starting it on {} failed", r.device)
-                                     : fmt::format("agent {} is gone", r.device)});
+    plan.actions.push_back({Action::Kind::kRestore, r.id, r.service, *d,
+                            view.agents.count(r.device)
+                                ? fmt::format("starting it on {} failed", r.device)
+                                : fmt::format("agent {} is gone", r.device)});
   }
   for (const auto& [name, svc] : view.services) {
     std::vector<const PlacedInstance*>& have = alive[name];
@@ -230,9 +230,9 @@ Status CheckMigrationTarget(const ClusterView& view, const std::string& id,
   const ServiceRecord& svc = sit->second;
   auto src = view.agents.find(r.device);
   if (src == view.agents.end()) {
-    return FailedPreconditionError(fmt::format(
-        "instance {}: its device {} is gone (the controller re-places it by itself)", id,
-        r.device));
+    return FailedPreconditionError(
+        fmt::format("instance {}: its device {} is gone (the controller re-places it by itself)",
+                    id, r.device));
   }
   if (r.boot.empty() || r.boot != src->second.boot) {
     return FailedPreconditionError(
@@ -246,17 +246,16 @@ Status CheckMigrationTarget(const ClusterView& view, const std::string& id,
   }
   auto dst = view.agents.find(device);
   if (dst == view.agents.end()) {
-    return NotFoundError(fmt::format("device {} has no live agent (`tern ps` lists the devices)",
-                                     device));
+    return NotFoundError(
+        fmt::format("device {} has no live agent (`tern ps` lists the devices)", device));
   }
   if (view.draining.count(device)) {
     return FailedPreconditionError(
         fmt::format("device {} is being drained (`tern undrain {}` first)", device, device));
   }
   if (!Allowed(svc, device)) {
-    return FailedPreconditionError(
-        fmt::format("service {} may not run on {} (its devices: {})", svc.name, device,
-                    fmt::join(svc.devices, ", ")));
+    return FailedPreconditionError(fmt::format("service {} may not run on {} (its devices: {})",
+                                               svc.name, device, fmt::join(svc.devices, ", ")));
   }
   UseMap use = UseOf(view);
   uint64_t taken = use.count(device) ? use.at(device).memory_bytes : 0;
@@ -338,10 +337,10 @@ std::optional<Move> PlanRebalance(const ClusterView& view, const RebalanceInput&
       }
       Result<std::string> to = ChooseMigrationTarget(v, id);
       if (!to.ok() || !CheckMigrationTarget(v, id, *to).ok()) continue;
-      return Move{id, device, *to,
-                  fmt::format("{} at {:.0f}% CPU or more for its last {} samples (mean {:.0f}%)",
-                              device, options.overload_util * 100, options.overload_samples,
-                              util * 100)};
+      return Move{
+          id, device, *to,
+          fmt::format("{} at {:.0f}% CPU or more for its last {} samples (mean {:.0f}%)", device,
+                      options.overload_util * 100, options.overload_samples, util * 100)};
     }
   }
   // 2. A cheaper placement, by enough to pay for the move.

@@ -59,11 +59,11 @@ struct ClusterView {
 
 struct Action {
   enum class Kind {
-    kForget,  // the instance's agent is gone (or its service): drop the record
-    kStart,   // (re)start the placed instance on its device
-    kCreate,  // place a new instance of `service` on `device` and start it
-    kStop,    // stop the instance on its device and drop the record
-    kRestore, // re-place the instance (same id) on `device` and restore its checkpoint
+    kForget,   // the instance's agent is gone (or its service): drop the record
+    kStart,    // (re)start the placed instance on its device
+    kCreate,   // place a new instance of `service` on `device` and start it
+    kStop,     // stop the instance on its device and drop the record
+    kRestore,  // re-place the instance (same id) on `device` and restore its checkpoint
   };
   Kind kind = Kind::kCreate;
   std::string instance;  // "" for kCreate (the executor names it)

@@ -197,7 +197,6 @@ TEST(ModelTest, RecordsRoundTripAndBadOnesAreErrors) {
   EXPECT_EQ(KeyName("/tern/agents/csd0"), "csd0");
 }
 
-
 // ---- drains, moves, checkpoints (issue #6) ---------------------------------------------
 
 TEST(PlanTest, ADrainingDeviceGetsNoNewPlacements) {
@@ -357,7 +356,6 @@ TEST(PlanTest, AMigrationTargetIsNeverTheDeviceItLeaves) {
   v.agents.erase("b");
   EXPECT_EQ(ChooseMigrationTarget(v, "echo-1").status().code(), StatusCode::kResourceExhausted);
 }
-
 
 // ---- the rebalancer's decisions ----------------------------------------------------------
 

@@ -125,8 +125,7 @@ Result<Manifest> ParseNode(const YAML::Node& root, const std::string& src) {
     } else if (key == "checkpoint_ms") {
       TERN_ASSIGN_OR_RETURN(m.checkpoint_ms, GetUint(src, v, key, 0, kMaxCheckpointMs));
       if (m.checkpoint_ms != 0 && m.checkpoint_ms < kMinCheckpointMs) {
-        return FieldError(src, v, key,
-                          fmt::format("0 (off) or at least {} ms", kMinCheckpointMs));
+        return FieldError(src, v, key, fmt::format("0 (off) or at least {} ms", kMinCheckpointMs));
       }
     } else if (key == "tenant") {
       TERN_ASSIGN_OR_RETURN(m.tenant, GetString(src, v, key));

@@ -226,7 +226,6 @@ TEST(ClusterTest, BadTopologiesAreClearErrorsAndNothingIsStarted) {
   EXPECT_NE(down.output.find("nothing to remove"), std::string::npos) << down.output;
 }
 
-
 // Issue #6 through the CLI on a loopback cluster: `tern drain` replaces a stateless
 // replica while the gateway keeps answering, `tern ps` shows the drain and each
 // instance's checkpoint, and a checkpointed counter whose agent is SIGKILLed comes back
@@ -237,9 +236,9 @@ void DrainMigrateAndRestoreThroughTheCli(const std::string& name, const std::str
   ASSERT_EQ(up.exit_code, 0) << up.output;
   json rec = c.Record();
   std::string gw = rec["gateway"];
-  CommandResult dep = c.Tern({"deploy", SourcePath("examples/echo/manifest.yaml"), "--module",
-                              testing::WasmPath("echo"), "--replicas", "2", "--devices",
-                              "c1-cpu,c2-cpu"});
+  CommandResult dep =
+      c.Tern({"deploy", SourcePath("examples/echo/manifest.yaml"), "--module",
+              testing::WasmPath("echo"), "--replicas", "2", "--devices", "c1-cpu,c2-cpu"});
   ASSERT_EQ(dep.exit_code, 0) << dep.output;
 
   // The gateway has the table (it long-polls the controller).
