@@ -84,6 +84,9 @@ struct Telemetry {
     double mean_exec_us = 0;  // over the last interval
   };
   std::map<std::string, Inst> instances;
+  std::set<std::string> previous_ids;  // the instances of the heartbeat before
+  bool two = false;                    // there was a heartbeat before (of this boot)
+  int64_t previous_at_ns = 0;          // when it arrived
   std::set<std::string> services;  // deployed on the agent
   struct Dataset {
     uint64_t objects = 0, bytes = 0, bytes_read = 0;
@@ -159,6 +162,8 @@ struct Controller::Impl {
   uint64_t rounds_started GUARDED_BY(rmu) = 0;
   uint64_t rounds_done GUARDED_BY(rmu) = 0;
   std::map<std::string, AgentConn> conns;  // reconcile thread only
+  // Reconcile thread: each instance record's epoch and when this controller first saw it.
+  std::map<std::string, std::pair<int64_t, int64_t>> record_seen;
   Mutex backoff_mu;
   std::map<std::pair<std::string, std::string>, int64_t> backoff_until GUARDED_BY(backoff_mu);
   std::unique_ptr<store::Watch> agents_watch;
@@ -781,8 +786,54 @@ struct Controller::Impl {
     });
   }
 
+  // Reconcile thread: records where the agents say instances moved (MovedInstances).
+  // Returns whether it changed a record.
+  bool FollowMoves(const ClusterView& view) {
+    std::map<std::string, Sightings> seen;
+    {
+      MutexLock l(&pub_mu);
+      for (const auto& [device, t] : telemetry) {
+        Sightings& s = seen[device];
+        for (const auto& [id, x] : t.instances) s.last.insert(id);
+        s.previous = t.previous_ids;
+        s.two = t.two;
+        s.previous_at_ns = t.previous_at_ns;
+      }
+    }
+    // When this controller first saw each record as it is now.
+    int64_t now = MonoNanos();
+    std::map<std::string, int64_t> since;
+    for (const auto& [id, p] : view.instances) {
+      auto [it, fresh] = record_seen.try_emplace(id, p.epoch, now);
+      if (!fresh && it->second.first != p.epoch) it->second = {p.epoch, now};
+      since[id] = it->second.second;
+    }
+    for (auto it = record_seen.begin(); it != record_seen.end();) {
+      it = view.instances.count(it->first) ? std::next(it) : record_seen.erase(it);
+    }
+    bool changed = false;
+    for (const auto& [id, device] : MovedInstances(view, seen, since)) {
+      const PlacedInstance& p = view.instances.at(id);
+      InstanceRecord rec = p.record;
+      rec.device = device;
+      rec.boot = view.agents.at(device).boot;
+      std::string key = std::string(kInstancesPrefix) + id;
+      Result<store::ClusterStore::ApplyResult> r =
+          store->Apply({store::Compare{key, p.epoch}}, {store::Op::Put(key, ToJson(rec))});
+      if (!r.ok() || !r->applied) continue;
+      changed = true;
+      Event(fmt::format("{} runs on {}, not on {} (it moved while no controller followed; both "
+                        "agents say so): recorded there",
+                        id, device, p.record.device));
+    }
+    return changed;
+  }
+
   Status Reconcile() {
     TERN_ASSIGN_OR_RETURN(ClusterView view, LoadView());
+    if (FollowMoves(view)) {
+      TERN_ASSIGN_OR_RETURN(view, LoadView());
+    }
     for (const auto& [name, svc] : view.services) {
       if (svc.placement.empty()) continue;
       Result<placement::Decision> d = AdviseFor(view, svc);
@@ -1619,6 +1670,9 @@ struct Controller::Impl {
       }
     }
     if (it != telemetry.end()) {
+      for (const auto& [id, x] : it->second.instances) t.previous_ids.insert(id);
+      t.two = true;
+      t.previous_at_ns = it->second.at_ns;
       std::deque<double>& h = util_history[device];
       h.push_back(t.cpu_util);
       while (h.size() > 64) h.pop_front();

@@ -880,5 +880,47 @@ TEST(ControllerTest, RebalancerMovesAnInstanceOffAnOverloadedDevice) {
   EXPECT_EQ(InvokeSvc(b, "spin", "noop", ""), "");
 }
 
+
+// A migration no controller followed (asked straight from the agent, as if the
+// controller that asked had died): the controller records the instance where both
+// agents' heartbeats say it runs.
+TEST(ControllerTest, FollowsAnInstanceThatMovedBehindItsBack) {
+  auto st = store::EmbeddedStore::Open("");
+  ASSERT_TRUE(st.ok());
+  auto ctl = Controller::Start(st->get(), FastOptions());
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
+  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr);
+  if (!AgentMigrates(a)) GTEST_SKIP() << "the agent has no migration endpoint yet";
+  Api api((*ctl)->port());
+  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 2; }, std::chrono::seconds(10)));
+  ASSERT_TRUE(DeployCounter(api, 0, {"cpu0"}).ok());
+  std::map<std::string, std::string> run = Running(api, "counter");
+  ASSERT_EQ(run.size(), 1u);
+  std::string id = run.begin()->first;
+  for (int i = 1; i <= 3; ++i) ASSERT_EQ(InvokeSvc(a, "counter", "incr", ""), std::to_string(i));
+  std::string target_tcp;
+  Result<json> agents = api.Get("/v1/agents");
+  ASSERT_TRUE(agents.ok());
+  for (const json& ag : *agents) {
+    if (ag["device"] == "cpu1") target_tcp = ag["tcp"];
+  }
+  auto tc = client::AgentClient::Connect(b.admin_address(), std::chrono::seconds(2));
+  ASSERT_TRUE(tc.ok());
+  ASSERT_TRUE((*tc)->Deploy(CounterManifest(0), ReadFile(WasmPath("counter")), false).ok());
+  auto src = transport::JsonApiClient::Connect(a.admin_address(), "agent", std::chrono::seconds(2));
+  ASSERT_TRUE(src.ok());
+  Result<std::string> r = (*src)->Call("POST", "/v1/instances/" + id + "/migrate",
+                                       json{{"to_tcp", target_tcp}, {"to_device", "cpu1"}}.dump());
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(WaitFor([&] { return Running(api, "counter")[id] == "cpu1"; },
+                      std::chrono::seconds(10)))
+      << api.Get("/v1/cluster")->dump(1);
+  EXPECT_NE(Events(api).find(id + " runs on cpu1, not on cpu0"), std::string::npos)
+      << Events(api);
+  EXPECT_EQ(InvokeSvc(b, "counter", "get", ""), "3");
+  EXPECT_EQ(Running(api, "counter").size(), 1u);
+}
+
 }  // namespace
 }  // namespace tern::controller

@@ -289,6 +289,37 @@ Result<std::string> ChooseMigrationTarget(const ClusterView& view, const std::st
   return ChooseDevice(v, sit->second, use);
 }
 
+std::map<std::string, std::string> MovedInstances(const ClusterView& view,
+                                                  const std::map<std::string, Sightings>& seen,
+                                                  const std::map<std::string, int64_t>& since_ns) {
+  std::map<std::string, std::string> out;
+  for (const auto& [id, p] : view.instances) {
+    const InstanceRecord& r = p.record;
+    auto since = since_ns.find(id);
+    if (since == since_ns.end()) continue;
+    auto fresh = [&](const Sightings& s) { return s.two && s.previous_at_ns > since->second; };
+    auto a = view.agents.find(r.device);
+    if (a == view.agents.end() || r.boot.empty() || r.boot != a->second.boot ||
+        view.busy.count(id)) {
+      continue;
+    }
+    auto home = seen.find(r.device);
+    if (home == seen.end() || !fresh(home->second) || home->second.last.count(id) ||
+        home->second.previous.count(id)) {
+      continue;
+    }
+    std::vector<std::string> at;
+    for (const auto& [device, s] : seen) {
+      if (device != r.device && view.agents.count(device) && fresh(s) && s.last.count(id) &&
+          s.previous.count(id)) {
+        at.push_back(device);
+      }
+    }
+    if (at.size() == 1) out[id] = at[0];
+  }
+  return out;
+}
+
 std::optional<Move> PlanRebalance(const ClusterView& view, const RebalanceInput& in,
                                   const RebalanceOptions& options) {
   auto movable = [&](const std::string& id, const PlacedInstance& p) {

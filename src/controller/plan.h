@@ -107,6 +107,25 @@ Status CheckMigrationTarget(const ClusterView& view, const std::string& id,
 // (a drain): like ChooseDevice for one more instance of its service, never its own device.
 Result<std::string> ChooseMigrationTarget(const ClusterView& view, const std::string& id);
 
+// What the agents' heartbeats say they run: per live device, the instance ids of its last
+// heartbeat and of the one before.
+struct Sightings {
+  std::set<std::string> last;
+  std::set<std::string> previous;
+  bool two = false;            // both heartbeats were received (else not judged)
+  int64_t previous_at_ns = 0;  // when the older of the two arrived (monotonic clock)
+};
+
+// Instances that run somewhere else than their record says, by the agents' own reports:
+// a started, not busy instance that neither of its recorded device's last two heartbeats
+// lists, and both of exactly one other live device's do — all four heartbeats received
+// after `since_ns[id]` (when the controller first saw the record as it is: older reports
+// may predate a move it recorded itself). That is a migration that completed while no
+// controller followed it (the one that asked died). → instance → the device it runs on.
+std::map<std::string, std::string> MovedInstances(
+    const ClusterView& view, const std::map</*device*/ std::string, Sightings>& seen,
+    const std::map</*instance*/ std::string, int64_t>& since_ns);
+
 // ---- the rebalancer ----------------------------------------------------------------
 
 struct RebalanceOptions {

@@ -431,5 +431,43 @@ TEST(PlanTest, RebalanceTakesACheaperPlacementOnlyBeyondTheMarginAndTheMoveCost)
   EXPECT_EQ(m->to, "a");
 }
 
+
+TEST(PlanTest, InstancesAreFollowedWhereBothAgentsSayTheyMoved) {
+  ClusterView v;
+  for (const char* d : {"a", "b", "c"}) v.agents[d] = Agent(d);
+  v.services["counter"] = Service("counter", 1);
+  Place(&v, "counter-1", "counter", "a", 5);
+  std::map<std::string, int64_t> since = {{"counter-1", 100}};
+  auto sight = [](std::set<std::string> last, std::set<std::string> prev, int64_t at = 200) {
+    return Sightings{std::move(last), std::move(prev), true, at};
+  };
+  std::map<std::string, Sightings> seen = {{"a", sight({}, {})},
+                                           {"b", sight({"counter-1"}, {"counter-1"})},
+                                           {"c", sight({}, {})}};
+  EXPECT_EQ(MovedInstances(v, seen, since),
+            (std::map<std::string, std::string>{{"counter-1", "b"}}));
+  // Not when the recorded device still listed it in either heartbeat...
+  seen["a"] = sight({}, {"counter-1"});
+  EXPECT_TRUE(MovedInstances(v, seen, since).empty());
+  seen["a"] = sight({}, {});
+  // ... nor when the other device listed it only once, or two devices list it...
+  seen["b"] = sight({"counter-1"}, {});
+  EXPECT_TRUE(MovedInstances(v, seen, since).empty());
+  seen["b"] = sight({"counter-1"}, {"counter-1"});
+  seen["c"] = sight({"counter-1"}, {"counter-1"});
+  EXPECT_TRUE(MovedInstances(v, seen, since).empty());
+  seen["c"] = sight({}, {});
+  // ... nor on reports older than the record (a move the controller just recorded)...
+  seen["a"] = sight({}, {}, /*at=*/50);
+  EXPECT_TRUE(MovedInstances(v, seen, since).empty());
+  seen["a"] = sight({}, {});
+  // ... nor while it is busy, or not started.
+  v.busy = {"counter-1"};
+  EXPECT_TRUE(MovedInstances(v, seen, since).empty());
+  v.busy.clear();
+  Place(&v, "counter-1", "counter", "a", 5, /*started=*/false);
+  EXPECT_TRUE(MovedInstances(v, seen, since).empty());
+}
+
 }  // namespace
 }  // namespace tern::controller
