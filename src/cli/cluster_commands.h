@@ -17,6 +17,7 @@ int CmdDown(int argc, char** argv);
 int CmdTopology(int argc, char** argv);
 int CmdLogs(int argc, char** argv);
 int CmdData(int argc, char** argv);  // data_commands.cc
+int CmdLoad(int argc, char** argv);  // load_command.cc
 int CmdMigrate(int argc, char** argv);  // migrate_commands.cc
 int CmdDrain(int argc, char** argv);
 int CmdUndrain(int argc, char** argv);

@@ -458,6 +458,7 @@ void PrintTopLevelHelp() {
       "  logs        print the log of a device's agent, the controller or the gateway\n"
       "  data        put, list, read and remove datasets on storage devices\n"
       "  explain     where the placement engine would put a service, and why\n"
+      "  load        open-loop load through the gateway; checks nothing is lost\n"
       "  migrate     move a running instance, with its state, to another device\n"
       "  drain       move everything off a device (and keep new placements off it)\n"
       "  undrain     let a drained device take placements again\n\n"
@@ -500,6 +501,7 @@ int RunClientCommand(int argc, char** argv) {
   if (cmd == "logs") return CmdLogs(argc, argv);
   if (cmd == "data") return CmdData(argc, argv);
   if (cmd == "explain") return CmdExplain(argc, argv);
+  if (cmd == "load") return CmdLoad(argc, argv);
   if (cmd == "migrate") return CmdMigrate(argc, argv);
   if (cmd == "drain") return CmdDrain(argc, argv);
   if (cmd == "undrain") return CmdUndrain(argc, argv);
