@@ -19,6 +19,9 @@ int CmdTopology(int argc, char** argv);
 int CmdLogs(int argc, char** argv);
 int CmdData(int argc, char** argv);  // data_commands.cc
 int CmdLoad(int argc, char** argv);  // load_command.cc
+int CmdMigrate(int argc, char** argv);  // migrate_commands.cc
+int CmdDrain(int argc, char** argv);
+int CmdUndrain(int argc, char** argv);
 
 // `replicas` < 0: the manifest's; `devices`: comma-separated allowed devices ("" = any).
 // `placement_json`: the controller's placement hints ("" = the spread policy).

@@ -65,6 +65,9 @@ int CmdDeploy(int argc, char** argv) {
   f.AddBool("no-start", "deploy without starting instances");
   f.Add("name", "", "deploy under this service name instead of the manifest's `name`");
   f.Add("replicas", "", "number of instances instead of the manifest's `replicas`");
+  f.Add("checkpoint-ms", "",
+        "cluster, stateful services: snapshot each instance this often to a storage device, "
+        "to restore it from if its agent dies (the manifest's `checkpoint_ms`; 0 = off)");
   f.Add("devices", "", "cluster: the devices it may run on, comma-separated (default: any)");
   f.Add("policy", "",
         "cluster: let the placement engine place it: latency, energy, balanced, host-only, "
@@ -81,7 +84,21 @@ int CmdDeploy(int argc, char** argv) {
   const std::string manifest_path = f.positional()[0];
   Result<Manifest> m = LoadManifest(manifest_path);
   if (!m.ok()) return Fail(m.status());
-  const bool rewritten = !f.Get("name").empty() || !f.Get("replicas").empty();
+  const bool rewritten =
+      !f.Get("name").empty() || !f.Get("replicas").empty() || !f.Get("checkpoint-ms").empty();
+  if (!f.Get("checkpoint-ms").empty()) {
+    Result<int64_t> ms = f.GetInt("checkpoint-ms", 0, kMaxCheckpointMs);
+    if (!ms.ok()) return Fail(ms.status());
+    if (*ms != 0 && *ms < kMinCheckpointMs) {
+      return Fail(InvalidArgumentError(
+          fmt::format("--checkpoint-ms must be 0 (off) or at least {}", kMinCheckpointMs)));
+    }
+    if (*ms != 0 && !m->stateful) {
+      return Fail(InvalidArgumentError(fmt::format(
+          "--checkpoint-ms is for stateful services; {} is not (`stateful: true`)", m->name)));
+    }
+    m->checkpoint_ms = static_cast<uint32_t>(*ms);
+  }
   if (!f.Get("name").empty()) {
     if (!IsValidName(f.Get("name"))) {
       return Fail(InvalidArgumentError(fmt::format(
@@ -463,7 +480,10 @@ void PrintTopLevelHelp() {
       "  logs        print the log of a device's agent, the controller or the gateway\n"
       "  data        put, list, read and remove datasets on storage devices\n"
       "  explain     where the placement engine would put a service, and why\n"
-      "  load        open-loop load through the gateway; checks nothing is lost\n\n"
+      "  load        open-loop load through the gateway; checks nothing is lost\n"
+      "  migrate     move a running instance, with its state, to another device\n"
+      "  drain       move everything off a device (and keep new placements off it)\n"
+      "  undrain     let a drained device take placements again\n\n"
       "roles (long-running processes; `tern up` starts them for you):\n"
       "  agent       the agent of one device (hosts instances, serves calls)\n"
       "  controller  the cluster controller (placement, locations, API)\n"
@@ -504,6 +524,9 @@ int RunClientCommand(int argc, char** argv) {
   if (cmd == "data") return CmdData(argc, argv);
   if (cmd == "explain") return CmdExplain(argc, argv);
   if (cmd == "load") return CmdLoad(argc, argv);
+  if (cmd == "migrate") return CmdMigrate(argc, argv);
+  if (cmd == "drain") return CmdDrain(argc, argv);
+  if (cmd == "undrain") return CmdUndrain(argc, argv);
   if (cmd == "version" || cmd == "--version") {
     std::printf("tern 0.1.0 (guest ABI tern_v1)\n");
     return 0;
