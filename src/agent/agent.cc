@@ -49,6 +49,9 @@ namespace {
 constexpr size_t kDedupEntries = 4096;
 constexpr size_t kDedupBytes = 4u << 20;
 constexpr uint32_t kNoCrc = 0xFFFFFFFF;  // a page not copied yet (checksum mode)
+// How long after a migration frames that route by epoch are still forwarded to the
+// instance's new agent instead of being answered kMoved.
+constexpr int64_t kForwardGraceNs = 10'000'000'000;
 }  // namespace
 
 // An outgoing migration's state on the instance's worker.
@@ -1517,6 +1520,10 @@ std::optional<transport::Frame> AnswerWithoutGuest(Agent* agent, const transport
         return out;
       }
       if (f.epoch == 0 || agent->HasRunningInstance(f.service)) return std::nullopt;
+      // A caller routing by a location table that still points here. Right after a
+      // migration its table is about to change (the controller publishes the new
+      // location): forward rather than fail it; later, kMoved makes it re-pick.
+      if (agent->RecentlyMoved(f.service)) return std::nullopt;
       out.type = FrameType::kMoved;
       return out;
     case FrameType::kPing:
@@ -1867,6 +1874,46 @@ Status Agent::RunOnSlot(const std::string& instance_id,
     if (it == wt->slots().end()) return NotFoundError("instance " + instance_id + " was stopped");
     return fn(wt, it->second.get());
   });
+}
+
+Status Agent::RunOnSlotWithin(const std::string& instance_id, int64_t timeout_ns,
+                              const std::function<Status(WorkerThread*, Slot*)>& fn) {
+  TERN_ASSIGN_OR_RETURN(Route route, FindRoute(instance_id));
+  WorkerThread* wt = workers_[route.worker].get();
+  struct Shared {
+    Mutex m;
+    CondVar cv;
+    bool done = false;
+    bool cancelled = false;
+    Status st;
+  };
+  auto sh = std::make_shared<Shared>();
+  // The task holds sh->m while it runs `fn`: a waiter that times out either cancels it
+  // before it starts or waits for it to finish (so `fn`, a reference, stays valid).
+  bool posted = wt->Post([wt, instance_id, sh, &fn] {
+    MutexLock l(&sh->m);
+    if (sh->cancelled) return;
+    auto it = wt->slots().find(instance_id);
+    sh->st = it == wt->slots().end() ? NotFoundError("instance " + instance_id + " was stopped")
+                                     : fn(wt, it->second.get());
+    sh->done = true;
+    sh->cv.Signal();
+  });
+  if (!posted) return UnavailableError("agent is shutting down");
+  MutexLock l(&sh->m);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(timeout_ns);
+  while (!sh->done) {
+    auto left = deadline - std::chrono::steady_clock::now();
+    if (left <= std::chrono::nanoseconds(0) || !sh->cv.WaitFor(&sh->m, left)) {
+      if (sh->done) break;
+      sh->cancelled = true;
+      return DeadlineExceededError(fmt::format(
+          "instance {} did not reach a request boundary within {} ms (a request of an instance "
+          "on its worker is waiting in a nested call)",
+          instance_id, timeout_ns / 1'000'000));
+    }
+  }
+  return sh->st;
 }
 
 Status Agent::StopInstanceOn(int worker, const std::string& id) {
@@ -2406,6 +2453,16 @@ std::optional<Agent::MovedTo> Agent::MovedRecord(const std::string& instance,
   return *best;
 }
 
+bool Agent::RecentlyMoved(const std::string& service) {
+  if (!has_moved_.load(std::memory_order_acquire)) return false;
+  const int64_t now = MonoNanos();
+  MutexLock l(&mu_);
+  for (const auto& [_, m] : moved_to_) {
+    if (m.service == service && now - m.at_ns < kForwardGraceNs) return true;
+  }
+  return false;
+}
+
 std::map<std::string, std::string> Agent::MovedInstances() {
   MutexLock l(&mu_);
   std::map<std::string, std::string> out;
@@ -2413,7 +2470,7 @@ std::map<std::string, std::string> Agent::MovedInstances() {
   return out;
 }
 
-Status Agent::MigStart(const std::string& id, uint64_t* memory_bytes, bool* exact,
+Status Agent::MigStart(const std::string& id, int64_t timeout_ns, uint64_t* memory_bytes, bool* exact,
                        std::string* service, std::string* module_hash,
                        std::optional<uint32_t>* stack_pointer) {
   {
@@ -2423,7 +2480,7 @@ Status Agent::MigStart(const std::string& id, uint64_t* memory_bytes, bool* exac
       return AlreadyExistsError(fmt::format("instance {} is already migrating", id));
     }
   }
-  Status st = RunOnSlot(id, [&](WorkerThread*, Slot* slot) -> Status {
+  Status st = RunOnSlotWithin(id, timeout_ns, [&](WorkerThread*, Slot* slot) -> Status {
     auto m = std::make_unique<SlotMigration>();
     // Exact tracking needs the tracker that keeps the rollback point (stateful
     // services with a tracked memory); anything else is compared by checksums.
@@ -2445,9 +2502,10 @@ Status Agent::MigStart(const std::string& id, uint64_t* memory_bytes, bool* exac
 }
 
 Result<std::optional<std::vector<uint32_t>>> Agent::MigTakeDirty(const std::string& id,
+                                                                int64_t timeout_ns,
                                                                 uint32_t leave_if_at_most) {
   std::optional<std::vector<uint32_t>> out;
-  TERN_RETURN_IF_ERROR(RunOnSlot(id, [&](WorkerThread*, Slot* slot) -> Status {
+  TERN_RETURN_IF_ERROR(RunOnSlotWithin(id, timeout_ns, [&](WorkerThread*, Slot* slot) -> Status {
     if (slot->mig == nullptr) return FailedPreconditionError("not migrating");
     std::vector<uint64_t>& d = slot->mig->dirty;
     uint64_t count = 0;
@@ -2465,9 +2523,10 @@ Result<std::optional<std::vector<uint32_t>>> Agent::MigTakeDirty(const std::stri
   return out;
 }
 
-Result<Agent::MigChunk> Agent::MigCopy(const std::string& id, const std::vector<uint32_t>& pages) {
+Result<Agent::MigChunk> Agent::MigCopy(const std::string& id, int64_t timeout_ns,
+                                       const std::vector<uint32_t>& pages) {
   MigChunk c;
-  TERN_RETURN_IF_ERROR(RunOnSlot(id, [&](WorkerThread*, Slot* slot) -> Status {
+  TERN_RETURN_IF_ERROR(RunOnSlotWithin(id, timeout_ns, [&](WorkerThread*, Slot* slot) -> Status {
     const uint8_t* base = slot->inst->memory_data();
     c.memory_bytes = slot->inst->memory_bytes();
     const uint64_t n = c.memory_bytes / kMigrationPageBytes;
@@ -2485,10 +2544,10 @@ Result<Agent::MigChunk> Agent::MigCopy(const std::string& id, const std::vector<
   return c;
 }
 
-Result<Agent::MigChunk> Agent::MigScan(const std::string& id, uint32_t from, uint32_t count,
-                                       bool all) {
+Result<Agent::MigChunk> Agent::MigScan(const std::string& id, int64_t timeout_ns, uint32_t from,
+                                       uint32_t count, bool all) {
   MigChunk c;
-  TERN_RETURN_IF_ERROR(RunOnSlot(id, [&](WorkerThread*, Slot* slot) -> Status {
+  TERN_RETURN_IF_ERROR(RunOnSlotWithin(id, timeout_ns, [&](WorkerThread*, Slot* slot) -> Status {
     if (slot->mig == nullptr) return FailedPreconditionError("not migrating");
     SlotMigration& m = *slot->mig;
     const uint8_t* base = slot->inst->memory_data();
@@ -2602,21 +2661,31 @@ Result<Agent::MigChunk> Agent::MigFreeze(const std::string& id, int64_t timeout_
 }
 
 void Agent::MigAbort(const std::string& id) {
-  (void)RunOnSlot(id, [&](WorkerThread* wt, Slot* slot) -> Status {
-    if (slot->mig == nullptr) return Status::Ok();
-    std::vector<Held> held = std::move(slot->mig->held);
-    slot->mig.reset();
-    // The held requests run here, in their order, as if nothing had happened.
-    for (Held& h : held) {
-      wt->Post(
-          [this, wt, id, h = std::move(h)]() mutable {
-            if (HoldOrForward(wt, id, h.req, h.done)) return;
-            h.done(Execute(wt, id, h.req));
-          },
-          id);
-    }
-    return Status::Ok();
-  });
+  // Not waited for: after a timeout the worker may not reach a boundary for a while. As
+  // a task of the instance it runs as soon as that instance is not busy (tasks of a
+  // worker run in order, so a later migration's first step comes after it).
+  Result<Route> route = FindRoute(id);
+  if (route.ok()) {
+    WorkerThread* wt = workers_[route->worker].get();
+    wt->Post(
+        [this, wt, id] {
+          auto it = wt->slots().find(id);
+          if (it == wt->slots().end() || it->second->mig == nullptr) return;
+          Slot* slot = it->second.get();
+          std::vector<Held> held = std::move(slot->mig->held);
+          slot->mig.reset();
+          // The held requests run here, in their order, as if nothing had happened.
+          for (Held& h : held) {
+            wt->Post(
+                [this, wt, id, h = std::move(h)]() mutable {
+                  if (HoldOrForward(wt, id, h.req, h.done)) return;
+                  h.done(Execute(wt, id, h.req));
+                },
+                id);
+          }
+        },
+        id);
+  }
   MutexLock l(&mu_);
   migrating_.erase(id);
 }

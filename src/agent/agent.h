@@ -284,6 +284,8 @@ class Agent {
   Result<std::string> MigrationAddress();
   // Instances that migrated away from here and where they went (device), for status.
   std::map<std::string, std::string> MovedInstances() EXCLUDES(mu_);
+  // Whether an instance of `service` migrated away from here in the last few seconds.
+  bool RecentlyMoved(const std::string& service) EXCLUDES(mu_);
 
   AgentStatus GetStatus();
   bool HasService(const std::string& service) EXCLUDES(mu_);
@@ -371,20 +373,29 @@ class Agent {
   class Forwarder;
 
  private:
-  // Source side; each runs a step on the instance's worker thread.
+  // Runs `fn` with the instance's slot on its worker like RunOnSlot, but gives up after
+  // `timeout_ns` (kDeadlineExceeded; `fn` then never runs): control tasks wait for the
+  // request boundary of every instance on that worker, which a request waiting in a
+  // nested call can hold back indefinitely.
+  Status RunOnSlotWithin(const std::string& instance_id, int64_t timeout_ns,
+                         const std::function<Status(WorkerThread*, Slot*)>& fn) EXCLUDES(mu_);
+  // Source side; each runs a step on the instance's worker thread, waiting at most
+  // `timeout_ns` for it to get there.
   // Starts tracking what the instance writes (exact with a userfaultfd tracker, else
   // page checksums). Returns the memory size, the module hash and the stack pointer.
-  Status MigStart(const std::string& id, uint64_t* memory_bytes, bool* exact, std::string* service,
+  Status MigStart(const std::string& id, int64_t timeout_ns, uint64_t* memory_bytes, bool* exact, std::string* service,
                   std::string* module_hash, std::optional<uint32_t>* stack_pointer);
   // Exact mode: the pages written since the last call (or MigStart), forgotten here;
   // nullopt (and nothing forgotten) if they are at most `leave_if_at_most`.
-  Result<std::optional<std::vector<uint32_t>>> MigTakeDirty(const std::string& id,
+  Result<std::optional<std::vector<uint32_t>>> MigTakeDirty(const std::string& id, int64_t timeout_ns,
                                                            uint32_t leave_if_at_most);
   // Copies `pages` (those still inside the memory) as they are now.
-  Result<MigChunk> MigCopy(const std::string& id, const std::vector<uint32_t>& pages);
+  Result<MigChunk> MigCopy(const std::string& id, int64_t timeout_ns,
+                           const std::vector<uint32_t>& pages);
   // Checksum mode: copies the pages of [from, from + count) that changed since they were
   // last copied (all of them when `all`).
-  Result<MigChunk> MigScan(const std::string& id, uint32_t from, uint32_t count, bool all);
+  Result<MigChunk> MigScan(const std::string& id, int64_t timeout_ns, uint32_t from,
+                           uint32_t count, bool all);
   // At the next request boundary (waiting at most `timeout_ns`): freezes the instance
   // (its requests are held from now on) and returns what is left to send (`exact` =
   // the dirty pages; else every page whose checksum changed) and the commit state.

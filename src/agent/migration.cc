@@ -481,7 +481,13 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
   bool exact = false;
   std::string hash, service;
   std::optional<uint32_t> sp;
-  TERN_RETURN_IF_ERROR(MigStart(id, &memory_bytes, &exact, &service, &hash, &sp));
+  if (Status st = MigStart(id, o.freeze_timeout_ns, &memory_bytes, &exact, &service, &hash, &sp);
+      !st.ok()) {
+    return st.code() == StatusCode::kDeadlineExceeded
+               ? st.WithPrefix(fmt::format("migrating {} to {} did not start; it keeps serving here",
+                                           id, target))
+               : st;
+  }
   rep.memory_bytes = memory_bytes;
   bool finished = false;
   // Any failure before the cut-over: the instance thaws and keeps serving here.
@@ -494,12 +500,13 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
     }
   } guard{this, id, finished};
   auto fail = [&](const Status& st) {
-    Status s = st.code() == StatusCode::kUnavailable || st.code() == StatusCode::kDeadlineExceeded
-                   ? Status(StatusCode::kUnavailable, st.message())
-                   : st;
-    return s.WithPrefix(fmt::format("migrating {} to {} failed before the cut-over; it keeps "
-                                    "serving here",
-                                    id, target));
+    return st.WithPrefix(fmt::format(
+        "migrating {} to {} failed before the cut-over; it keeps serving here", id, target));
+  };
+  // The target or the connection failed (whatever the transport called it).
+  auto net_fail = [&](const Status& st) {
+    return fail(st.code() == StatusCode::kDeadlineExceeded ? Status(StatusCode::kUnavailable, st.message())
+                                                           : st);
   };
 
   // begin (deploying the service there first if it lacks it)
@@ -510,10 +517,10 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
   if (!b.ok() && b.status().code() == StatusCode::kNotFound) {
     TERN_ASSIGN_OR_RETURN(std::string dep, MigrationDeployPayload(id));
     Result<transport::Frame> d = stream.Call("deploy", std::move(dep));
-    if (!d.ok()) return fail(d.status().WithPrefix("deploying the service there"));
+    if (!d.ok()) return net_fail(d.status().WithPrefix("deploying the service there"));
     b = stream.Call("begin", begin.dump());
   }
-  if (!b.ok()) return fail(b.status());
+  if (!b.ok()) return net_fail(b.status());
 
   auto send_chunk = [&](MigChunk& c, MigrationRound* round) -> Status {
     if (c.pages.empty()) return Status::Ok();
@@ -534,30 +541,30 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
         // Round 0 copies everything; in checksum mode every round scans everything.
         uint64_t pages = memory_bytes / kMigrationPageBytes;
         for (uint64_t from = 0; from < pages; from += kChunkPages) {
-          Result<MigChunk> c = MigScan(id, static_cast<uint32_t>(from), kChunkPages, r == 0);
+          Result<MigChunk> c = MigScan(id, o.freeze_timeout_ns, static_cast<uint32_t>(from), kChunkPages, r == 0);
           if (!c.ok()) return fail(c.status());
           pages = std::max<uint64_t>(pages, c->memory_bytes / kMigrationPageBytes);
           memory_bytes = std::max(memory_bytes, c->memory_bytes);
           Status st = send_chunk(*c, &round);
-          if (!st.ok()) return fail(st);
+          if (!st.ok()) return net_fail(st);
         }
       } else {
         // Few enough dirty pages are left in place: they go with the freeze.
-        Result<std::optional<std::vector<uint32_t>>> taken = MigTakeDirty(id, o.stop_pages);
+        Result<std::optional<std::vector<uint32_t>>> taken = MigTakeDirty(id, o.freeze_timeout_ns, o.stop_pages);
         if (!taken.ok()) return fail(taken.status());
         if (!taken->has_value()) break;
         std::vector<uint32_t>* dirty = &**taken;
         for (size_t i = 0; i < dirty->size(); i += kChunkPages) {
           std::vector<uint32_t> part(dirty->begin() + static_cast<std::ptrdiff_t>(i),
                                      dirty->begin() + static_cast<std::ptrdiff_t>(std::min(dirty->size(), i + kChunkPages)));
-          Result<MigChunk> c = MigCopy(id, part);
+          Result<MigChunk> c = MigCopy(id, o.freeze_timeout_ns, part);
           if (!c.ok()) return fail(c.status());
           Status st = send_chunk(*c, &round);
-          if (!st.ok()) return fail(st);
+          if (!st.ok()) return net_fail(st);
         }
       }
       Status st = stream.Drain();
-      if (!st.ok()) return fail(st);
+      if (!st.ok()) return net_fail(st);
       round.ns = MonoNanos() - rt;
       rep.rounds.push_back(round);
       if (r > 0 && (round.pages <= o.stop_pages || round.pages >= last)) break;
@@ -599,7 +606,7 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
   rep.bytes_raw += fin->pages.size() * kMigrationPageBytes;
   if (Status h = hook("commit"); !h.ok()) return fail(h);
   Result<transport::Frame> c = stream.Call("commit", std::move(payload));
-  if (!c.ok()) return fail(c.status());
+  if (!c.ok()) return net_fail(c.status());
   const int64_t active = MonoNanos();
 
   finished = true;

@@ -18,6 +18,8 @@
 #include "testing/test_env.h"
 #include "transport/frame.h"
 #include "transport/frame_client.h"
+#include "transport/http.h"
+#include <nlohmann/json.hpp>
 #include "transport/socket.h"
 
 namespace tern::agent {
@@ -225,6 +227,22 @@ TEST_F(MigrationTest, PrecopyMovesStateDedupTableAndIdentity) {
   EXPECT_EQ(Call(a_->agent.get(), "incr", "1", 0, id_).reply, "16");
   EXPECT_EQ(Call(a_->agent.get(), "get").reply, "16");
   EXPECT_EQ(a_->agent->MovedInstances().at(id_), "dst");
+  // A caller routing by a (stale) location table: its frame carries an epoch. Right
+  // after the move it is forwarded rather than bounced.
+  std::string host;
+  uint16_t port = 0;
+  ASSERT_TRUE(ParseHostPort(a_->tcp, &host, &port).ok());
+  Result<std::unique_ptr<transport::FrameClient>> c =
+      transport::FrameClient::Connect(host, port, std::chrono::seconds(2));
+  ASSERT_TRUE(c.ok()) << c.status();
+  transport::Frame f;
+  f.service = "counter";
+  f.handler = "get";
+  f.epoch = 7;
+  Result<transport::Frame> got = (*c)->Call(f, std::chrono::seconds(5));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->type, transport::FrameType::kReply);
+  EXPECT_EQ(got->payload, "16");
 }
 
 TEST_F(MigrationTest, StopAndCopySendsEverythingWhileFrozen) {
@@ -386,6 +404,42 @@ TEST_F(MigrationTest, RefusesBadTargetsClearly) {
   EXPECT_TRUE(Call(a_->agent.get(), "incr", "1", 0, id_).status.ok());
 }
 
+TEST_F(MigrationTest, AdminApiMigratesAndReportsErrorsAsJson) {
+  ASSERT_TRUE(Call(a_->agent.get(), "incr", "4").status.ok());
+  Result<std::unique_ptr<transport::HttpClient>> http =
+      transport::HttpClient::Connect("127.0.0.1", a_->server->admin_port());
+  ASSERT_TRUE(http.ok()) << http.status();
+  auto post = [&](const std::string& path, const std::string& body) {
+    Result<transport::HttpClientResponse> r =
+        (*http)->Request("POST", path, body, "application/json");
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : transport::HttpClientResponse{};
+  };
+  transport::HttpClientResponse bad = post("/v1/instances/" + id_ + "/migrate", "{\"to\": 1}");
+  EXPECT_EQ(bad.status, 400) << bad.body;
+  EXPECT_NE(bad.body.find("to_tcp"), std::string::npos) << bad.body;
+  transport::HttpClientResponse mode =
+      post("/v1/instances/" + id_ + "/migrate",
+           nlohmann::json{{"to_tcp", b_->tcp}, {"mode", "teleport"}}.dump());
+  EXPECT_EQ(mode.status, 400) << mode.body;
+  transport::HttpClientResponse missing =
+      post("/v1/instances/nope-9/migrate", nlohmann::json{{"to_tcp", b_->tcp}}.dump());
+  EXPECT_EQ(missing.status, 404) << missing.body;
+  transport::HttpClientResponse ok = post(
+      "/v1/instances/" + id_ + "/migrate",
+      nlohmann::json{{"to_tcp", b_->tcp}, {"to_device", "dst"}, {"codec", "lz4"}}.dump());
+  ASSERT_EQ(ok.status, 200) << ok.body;
+  nlohmann::json j = nlohmann::json::parse(ok.body, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << ok.body;
+  EXPECT_EQ(j["instance"], id_);
+  EXPECT_EQ(j["to_device"], "dst");
+  EXPECT_EQ(j["codec"], "lz4");
+  EXPECT_GE(j["downtime_us"].get<int64_t>(), 0);
+  EXPECT_LT(j["bytes_sent"].get<uint64_t>(), j["memory_bytes"].get<uint64_t>())
+      << "zero pages and LZ4 should have shrunk a fresh counter's memory";
+  EXPECT_EQ(Call(b_->agent.get(), "get").reply, "4");
+}
+
 TEST_F(MigrationTest, GarbageOnTheMigrationPortClosesThatConnectionOnly) {
   Result<std::string> addr = b_->agent->MigrationAddress();
   ASSERT_TRUE(addr.ok()) << addr.status();
@@ -418,6 +472,65 @@ TEST_F(MigrationTest, GarbageOnTheMigrationPortClosesThatConnectionOnly) {
   // The migration itself still works.
   ASSERT_TRUE(a_->agent->Migrate(id_, To(*b_)).ok());
   EXPECT_TRUE(Runs(b_->agent.get(), id_));
+}
+
+TEST(MigrationNestedTest, WaitsForTheRequestBoundaryThenFailsClearlyAtTheTimeout) {
+  // One worker on the source: a relay request waiting in a nested call (to a slow callee
+  // on another agent) holds back every control step on that worker.
+  std::unique_ptr<Node> a = Node::Start("src", /*workers=*/1);
+  std::unique_ptr<Node> b = Node::Start("dst");
+  Result<ServiceStatus> c = a->agent->Deploy(CounterManifest(1), ReadWasm("counter"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  const std::string id = c->instances.at(0);
+  Result<Manifest> relay = LoadManifest(SourcePath("examples/relay/manifest.yaml"));
+  ASSERT_TRUE(relay.ok());
+  relay->replicas = 1;
+  relay->name = "relay-a";
+  ASSERT_TRUE(a->agent->Deploy(*relay, ReadWasm("relay")).ok());
+  relay->name = "relay-b";
+  Result<ServiceStatus> rb = b->agent->Deploy(*relay, ReadWasm("relay"));
+  ASSERT_TRUE(rb.ok());
+  dataplane::InstanceLocation l;
+  l.instance = rb->instances.at(0);
+  l.service = "relay-b";
+  l.agent = "dst";
+  l.host = "h2";
+  l.tcp = b->tcp;
+  l.epoch = 1;
+  ASSERT_TRUE(a->agent->locations().Upsert(l).ok());
+  ASSERT_EQ(Call(a->agent.get(), "incr", "2").reply, "2");
+
+  std::thread slow([&] {
+    InvokeRequest r;
+    r.service = "relay-a";
+    r.handler = "call";
+    r.payload = "relay-b|sleep|10000|1200";  // the callee busy-waits 1.2 s
+    InvokeResult res = a->agent->InvokeSync(std::move(r));
+    EXPECT_TRUE(res.status.ok()) << res.status;
+    EXPECT_EQ(res.reply, "0|slept");
+  });
+  // Let the relay request reach its nested call (relay-b then busy-waits 1.2 s).
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  MigrateOptions o;
+  o.to_tcp = b->tcp;
+  o.to_device = "dst";
+  o.freeze_timeout_ns = 300'000'000;
+  const int64_t t0 = MonoNanos();
+  Result<MigrationReport> r = a->agent->Migrate(id, o);
+  const int64_t took = MonoNanos() - t0;
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kDeadlineExceeded) << r.status();
+  EXPECT_NE(r.status().message().find("request boundary"), std::string_view::npos) << r.status();
+  EXPECT_NE(r.status().message().find("keeps serving here"), std::string_view::npos) << r.status();
+  EXPECT_LT(took, 1'000'000'000) << "the migration waited for the nested call instead of timing out";
+  // Requests still run on that worker while the relay waits, and the state is intact.
+  EXPECT_EQ(Call(a->agent.get(), "incr", "1").reply, "3");
+  slow.join();
+  // At the boundary, the same migration goes through.
+  o.freeze_timeout_ns = 5'000'000'000;
+  Result<MigrationReport> again = a->agent->Migrate(id, o);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(Call(b->agent.get(), "get").reply, "3");
 }
 
 }  // namespace

@@ -17,6 +17,7 @@ int CmdDown(int argc, char** argv);
 int CmdTopology(int argc, char** argv);
 int CmdLogs(int argc, char** argv);
 int CmdData(int argc, char** argv);  // data_commands.cc
+int CmdLoad(int argc, char** argv);  // load_command.cc
 
 // `replicas` < 0: the manifest's; `devices`: comma-separated allowed devices ("" = any).
 // `placement_json`: the controller's placement hints ("" = the spread policy).

@@ -440,7 +440,8 @@ void PrintTopLevelHelp() {
       "  topology    check a topology file\n"
       "  logs        print the log of a device's agent, the controller or the gateway\n"
       "  data        put, list, read and remove datasets on storage devices\n"
-      "  explain     where the placement engine would put a service, and why\n\n"
+      "  explain     where the placement engine would put a service, and why\n"
+      "  load        open-loop load through the gateway; checks nothing is lost\n\n"
       "roles (long-running processes; `tern up` starts them for you):\n"
       "  agent       the agent of one device (hosts instances, serves calls)\n"
       "  controller  the cluster controller (placement, locations, API)\n"
@@ -480,6 +481,7 @@ int RunClientCommand(int argc, char** argv) {
   if (cmd == "logs") return CmdLogs(argc, argv);
   if (cmd == "data") return CmdData(argc, argv);
   if (cmd == "explain") return CmdExplain(argc, argv);
+  if (cmd == "load") return CmdLoad(argc, argv);
   if (cmd == "version" || cmd == "--version") {
     std::printf("tern 0.1.0 (guest ABI tern_v1)\n");
     return 0;
