@@ -593,7 +593,7 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
       Status st = stream.SendPages(
           fin->memory_bytes,
           EncodeGatheredPages(fin->data.data() + i * kMigrationPageBytes, part, codec));
-      if (!st.ok()) return fail(st);
+      if (!st.ok()) return net_fail(st);
     }
   }
   std::string payload;
