@@ -3,7 +3,7 @@
 //
 //   migration_bench [--quick] [--out=DIR] [--wasm-dir=DIR] [--source-dir=DIR]
 //                   [--sizes=1,16,64,256] [--rate=1000] [--words=8] [--before-ms=1000]
-//                   [--after-ms=1000]
+//                   [--after-ms=1000] [--plot-mib=64]
 //
 // Two agents run in this process (Agent + AgentServer each, real TCP on 127.0.0.1, as in
 // src/agent/migration_test.cc). For each state size and mode (pre-copy, then
@@ -98,6 +98,7 @@ struct Args {
   uint32_t words = 8;  // `touch` argument: 8-byte words rewritten per request
   int64_t before_ns = 1000 * kMs;
   int64_t after_ns = 1000 * kMs;
+  uint32_t plot_mib = 0;  // the size plotted; 0 = 64 MiB (16 MiB with --quick)
   bool sizes_given = false, before_given = false, after_given = false;
 };
 
@@ -916,7 +917,7 @@ int Run(const Args& args) {
   }
 
   // ---- the report
-  const uint32_t plot_mib = args.quick ? 16 : 64;
+  const uint32_t plot_mib = args.plot_mib != 0 ? args.plot_mib : args.quick ? 16 : 64;
   auto find = [&](uint32_t mib, bool precopy) -> const Row* {
     for (const Row& r : rows) {
       if (r.size_mib == mib && r.precopy == precopy) return &r;
@@ -1226,7 +1227,7 @@ int Main(int argc, char** argv) {
   const char* usage =
       "usage: migration_bench [--quick] [--out=DIR] [--wasm-dir=DIR] [--source-dir=DIR]\n"
       "                       [--sizes=1,16,64,256] [--rate=1000] [--words=8]\n"
-      "                       [--before-ms=1000] [--after-ms=1000]\n";
+      "                       [--before-ms=1000] [--after-ms=1000] [--plot-mib=64]\n";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto val = [&](const char* flag) -> std::optional<std::string> {
@@ -1249,6 +1250,7 @@ int Main(int argc, char** argv) {
     } else if (auto v = val("--rate"); v && ParseNum(*v, &rate) && rate > 0 && rate <= 100000) {
       args.rate = rate;
     } else if (auto v = val("--words"); v && ParseNum(*v, &args.words) && args.words <= 4096) {
+    } else if (auto v = val("--plot-mib"); v && ParseNum(*v, &args.plot_mib)) {
     } else if (auto v = val("--before-ms"); v && ParseNum(*v, &ms) && ms >= 0) {
       args.before_ns = ms * kMs;
       args.before_given = true;
