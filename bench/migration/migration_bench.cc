@@ -191,9 +191,7 @@ class LoadConn {
     if (reader_.joinable()) reader_.join();
   }
   // The receiver's end: "" while it reads, else why it stopped.
-  std::string broken() const {
-    return broken_set_.load(std::memory_order_acquire) ? broken_ : "";
-  }
+  std::string broken() const { return broken_set_.load(std::memory_order_acquire) ? broken_ : ""; }
 
  private:
   LoadConn(transport::UniqueFd fd, LoadGen* gen) : fd_(std::move(fd)), gen_(gen) {}
@@ -301,10 +299,12 @@ class LoadGen {
     size_t current = 0;
     const double interval = 1e9 / rate_;
     for (size_t i = 0; i < capacity_; ++i) {
-      const int64_t sched = start_ns_ + static_cast<int64_t>(std::llround(interval * static_cast<double>(i)));
+      const int64_t sched =
+          start_ns_ + static_cast<int64_t>(std::llround(interval * static_cast<double>(i)));
       if (stop_.load()) break;
       if (NowNs() < sched) {
-        timespec ts{static_cast<time_t>(sched / 1'000'000'000), static_cast<long>(sched % 1'000'000'000)};
+        timespec ts{static_cast<time_t>(sched / 1'000'000'000),
+                    static_cast<long>(sched % 1'000'000'000)};
         while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr) == EINTR) {
         }
       }
@@ -524,13 +524,13 @@ struct Row {
   Window before, during, after;
   int64_t max_latency_ns = 0;  // over every successful request (the client-observed stall)
   size_t sent = 0, ok = 0, errors = 0, unanswered = 0, lost = 0, duplicated = 0;
-  size_t via_target = 0;         // sent on the connection to the target
-  std::string error_answers;     // "N × code (first message)", for each code answered
-  std::string baseline_lost;     // stop-and-copy: why requests were lost (not a failure)
-  int64_t final_value = -1;      // `get` at the end
-  bool values_exact = false;     // answers are exactly {1..ok}, no repeats
-  uint64_t extra_answers = 0;    // second answers to one request id
-  std::string check;             // "ok" or why not
+  size_t via_target = 0;       // sent on the connection to the target
+  std::string error_answers;   // "N × code (first message)", for each code answered
+  std::string baseline_lost;   // stop-and-copy: why requests were lost (not a failure)
+  int64_t final_value = -1;    // `get` at the end
+  bool values_exact = false;   // answers are exactly {1..ok}, no repeats
+  uint64_t extra_answers = 0;  // second answers to one request id
+  std::string check;           // "ok" or why not
   int64_t check_ns = 0;
   int64_t fill_ns = 0;
   // The timeline (for the plot): scheduled time relative to the migration start, latency;
@@ -695,8 +695,9 @@ Row RunOne(const Args& args, wasm::Engine* engine, const std::string& wasm,
     std::map<int32_t, std::string> first = gen.first_errors();
     std::vector<std::string> parts;
     for (auto [code, n] : error_codes) {
-      const std::string name = code == kMovedCode ? std::string("moved")
-                                                  : std::string(StatusCodeName(static_cast<StatusCode>(code)));
+      const std::string name = code == kMovedCode
+                                   ? std::string("moved")
+                                   : std::string(StatusCodeName(static_cast<StatusCode>(code)));
       parts.push_back(first.count(code) != 0 ? fmt::format("{} × {} (\"{}\")", n, name, first[code])
                                              : fmt::format("{} × {}", n, name));
     }
@@ -706,8 +707,9 @@ Row RunOne(const Args& args, wasm::Engine* engine, const std::string& wasm,
   const size_t distinct =
       static_cast<size_t>(std::unique(values.begin(), values.end()) - values.begin());
   values.resize(distinct);
-  row.values_exact = distinct == row.ok && (values.empty() || (values.front() == 1 &&
-                                                               values.back() == static_cast<int64_t>(row.ok)));
+  row.values_exact =
+      distinct == row.ok &&
+      (values.empty() || (values.front() == 1 && values.back() == static_cast<int64_t>(row.ok)));
   agent::InvokeResult got = Call(home, id, "get");
   if (got.status.ok()) {
     std::from_chars(got.reply.data(), got.reply.data() + got.reply.size(), row.final_value);
@@ -715,8 +717,8 @@ Row RunOne(const Args& args, wasm::Engine* engine, const std::string& wasm,
   // Executions beyond one per request: more executions than requests sent, plus
   // answers repeating a value (a request run twice, or state rolled back).
   const size_t executions = row.final_value < 0 ? 0 : static_cast<size_t>(row.final_value);
-  row.duplicated = (executions > row.sent ? executions - row.sent : 0) + (row.ok - distinct) +
-                   row.extra_answers;
+  row.duplicated =
+      (executions > row.sent ? executions - row.sent : 0) + (row.ok - distinct) + row.extra_answers;
   const int64_t tc = NowNs();
   agent::InvokeResult check = Call(home, id, "check");
   row.check_ns = NowNs() - tc;
@@ -724,27 +726,32 @@ Row RunOne(const Args& args, wasm::Engine* engine, const std::string& wasm,
 
   std::vector<std::string> problems;
   if (!row.error.empty()) problems.push_back(row.error);
-  if (!drained) problems.push_back(fmt::format("{} answers still missing after the drain", row.unanswered));
+  if (!drained)
+    problems.push_back(fmt::format("{} answers still missing after the drain", row.unanswered));
   // Lost requests fail a pre-copy row. The stop-and-copy baseline may lose some for a
   // reason of its own (a long freeze: the held requests reach the target in one burst,
   // beyond its per-instance queue, and are refused with kResourceExhausted); that is
   // reported, with the books still checked (no refused request may have run).
   if (row.lost != 0 && !precopy) {
-    row.baseline_lost = fmt::format("lost {} ({} unanswered; error answers: {})", row.lost,
-                                    row.unanswered, row.error_answers.empty() ? "none" : row.error_answers);
+    row.baseline_lost =
+        fmt::format("lost {} ({} unanswered; error answers: {})", row.lost, row.unanswered,
+                    row.error_answers.empty() ? "none" : row.error_answers);
   } else if (row.lost != 0) {
     problems.push_back(fmt::format("lost {} ({} unanswered; error answers: {})", row.lost,
-                                   row.unanswered, row.error_answers.empty() ? "none" : row.error_answers));
+                                   row.unanswered,
+                                   row.error_answers.empty() ? "none" : row.error_answers));
   }
   if (row.duplicated != 0) problems.push_back(fmt::format("duplicated {}", row.duplicated));
   if (!got.status.ok()) problems.push_back("get: " + got.status.ToString());
   if (row.final_value != static_cast<int64_t>(row.ok)) {
-    problems.push_back(fmt::format("final value {} != {} successful answers", row.final_value, row.ok));
+    problems.push_back(
+        fmt::format("final value {} != {} successful answers", row.final_value, row.ok));
   }
   if (!row.values_exact) problems.push_back("the answers are not exactly {1..N}");
   if (row.check != "ok") problems.push_back("check: " + row.check);
   if (gen.send_errors() != 0) problems.push_back(fmt::format("{} sends failed", gen.send_errors()));
-  if (!gen.switch_error().empty()) problems.push_back("switching to the target: " + gen.switch_error());
+  if (!gen.switch_error().empty())
+    problems.push_back("switching to the target: " + gen.switch_error());
   for (const std::string& e : gen.conn_errors()) problems.push_back("load connection: " + e);
   if (row.sent == 0) problems.push_back("no load was sent");
   row.error = fmt::format("{}", fmt::join(problems, "; "));
@@ -758,7 +765,9 @@ Row RunOne(const Args& args, wasm::Engine* engine, const std::string& wasm,
 std::string Ms(int64_t ns) { return fmt::format("{:.2f} ms", static_cast<double>(ns) / 1e6); }
 std::string LatMs(double ns) {
   const double ms = ns / 1e6;
-  return ms < 10 ? fmt::format("{:.2f}", ms) : ms < 100 ? fmt::format("{:.1f}", ms) : fmt::format("{:.0f}", ms);
+  return ms < 10    ? fmt::format("{:.2f}", ms)
+         : ms < 100 ? fmt::format("{:.1f}", ms)
+                    : fmt::format("{:.0f}", ms);
 }
 std::string Rounds(const agent::MigrationReport& r) {
   if (r.rounds.empty()) return "0";
@@ -771,7 +780,9 @@ std::string TableRow(const std::vector<std::string>& cells) {
 }
 
 nlohmann::json StatsJson(const Window& w) {
-  return {{"count", w.requests}, {"p50_ns", w.stats.p50}, {"p99_ns", w.stats.p99},
+  return {{"count", w.requests},
+          {"p50_ns", w.stats.p50},
+          {"p99_ns", w.stats.p99},
           {"max_ns", w.stats.max}};
 }
 
@@ -802,9 +813,9 @@ std::string PlotSvg(const std::vector<const Row*>& rows, const std::string& titl
   // Axes and grid.
   for (double d = ylo; d <= yhi + 1e-9; d += 1) {
     const double ms = std::pow(10, d);
-    const std::string lab = ms < 1 ? fmt::format("{:.0f} µs", ms * 1000)
-                                   : ms < 1000 ? fmt::format("{:.0f} ms", ms)
-                                               : fmt::format("{:.0f} s", ms / 1000);
+    const std::string lab = ms < 1      ? fmt::format("{:.0f} µs", ms * 1000)
+                            : ms < 1000 ? fmt::format("{:.0f} ms", ms)
+                                        : fmt::format("{:.0f} s", ms / 1000);
     s += fmt::format(
         "<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"#ddd\"/>"
         "<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"end\">{}</text>\n",
@@ -853,8 +864,7 @@ std::string PlotSvg(const std::vector<const Row*>& rows, const std::string& titl
         "<circle cx=\"{}\" cy=\"{}\" r=\"4\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}: freeze "
         "(dashed) at {:.1f} ms, serving at the target (solid) at {:.1f} ms, Migrate returned at "
         "{:.1f} ms</text>\n",
-        L + 6, legend_y - 4, c, L + 16, legend_y, ModeName(r->precopy), freeze, cut,
-        end);
+        L + 6, legend_y - 4, c, L + 16, legend_y, ModeName(r->precopy), freeze, cut, end);
     legend_y += 16;
   }
   s += "</svg>\n";
@@ -894,7 +904,8 @@ int Run(const Args& args) {
     l.first_touch_ns = FirstTouchNs(size_t{mib} << 20);
     Result<int64_t> tcp = TcpLoopbackNs(size_t{mib} << 20);
     if (!tcp.ok()) {
-      std::fprintf(stderr, "migration_bench: TCP loopback limit: %s\n", tcp.status().ToString().c_str());
+      std::fprintf(stderr, "migration_bench: TCP loopback limit: %s\n",
+                   tcp.status().ToString().c_str());
       return 1;
     }
     l.tcp_ns = *tcp;
@@ -980,7 +991,8 @@ int Run(const Args& args) {
     };
     if (r.size_mib == plot_mib) {
       nlohmann::json tl = nlohmann::json::array();
-      for (auto [x, y] : r.timeline_ms) tl.push_back({std::round(x * 1000) / 1000, std::round(y * 1000) / 1000});
+      for (auto [x, y] : r.timeline_ms)
+        tl.push_back({std::round(x * 1000) / 1000, std::round(y * 1000) / 1000});
       j["timeline_ms"] = tl;  // [scheduled ms from the migration start, latency ms or -1]
       j["freeze_ms"] = static_cast<double>(r.freeze_ns - r.migrate_start_ns) / 1e6;
       j["cutover_ms"] = static_cast<double>(r.cutover_ns - r.migrate_start_ns) / 1e6;
@@ -998,11 +1010,10 @@ int Run(const Args& args) {
 
   std::string md = "# Live migration (bench/migration)\n\n";
   const nlohmann::json& m = doc["machine"];
-  md += fmt::format(
-      "{} · {} vCPUs · kernel {} · git {} · load average at the start {} · {}{}\n\n",
-      m.value("cpu_model", "?"), m.value("online_cpus", 0), m.value("kernel", "?"),
-      m.value("git_rev", "?"), m.value("loadavg", "?"), m.value("date_utc", ""),
-      args.quick ? " · **quick run: short windows, 1 and 16 MiB only**" : "");
+  md += fmt::format("{} · {} vCPUs · kernel {} · git {} · load average at the start {} · {}{}\n\n",
+                    m.value("cpu_model", "?"), m.value("online_cpus", 0), m.value("kernel", "?"),
+                    m.value("git_rev", "?"), m.value("loadavg", "?"), m.value("date_utc", ""),
+                    args.quick ? " · **quick run: short windows, 1 and 16 MiB only**" : "");
   md += fmt::format(
       "examples/counter `fill`ed to the state size, then open-loop load: `touch {}` (the "
       "counter + {} random 8-byte words of the fill area rewritten per request) at {:.0f} "
@@ -1018,8 +1029,9 @@ int Run(const Args& args) {
   md += TableRow({"metric", "tern", "limit / baseline", "ratio", "goal", "met"});
   md += TableRow({"---", "---", "---", "---", "---", "---"});
   nlohmann::json summary = nlohmann::json::array();
-  auto add_summary = [&](const std::string& metric, const std::string& tern, const std::string& base,
-                         std::optional<double> ratio, const std::string& goal, std::optional<bool> met) {
+  auto add_summary = [&](const std::string& metric, const std::string& tern,
+                         const std::string& base, std::optional<double> ratio,
+                         const std::string& goal, std::optional<bool> met) {
     md += TableRow({metric, tern, base, ratio ? fmt::format("{:.2f}", *ratio) : "—", goal,
                     met ? (*met ? "yes" : "**no**") : "—"});
     nlohmann::json j = {{"metric", metric}, {"tern", tern}, {"baseline", base}, {"goal", goal}};
@@ -1031,22 +1043,22 @@ int Run(const Args& args) {
   if (const Row* p = find(goal_mib, true); p != nullptr && p->error.empty()) {
     const Row* s = find(goal_mib, false);
     const double ms = static_cast<double>(p->report.downtime_ns) / 1e6;
-    add_summary(fmt::format("downtime, pre-copy, {} MiB at {:.0f} req/s × {} words", goal_mib,
-                            args.rate, args.words),
-                Ms(p->report.downtime_ns),
-                s != nullptr && s->error.empty() ? "stop-and-copy " + Ms(s->report.downtime_ns) : "—",
-                ms / kDowntimeGoalMs,
-                goal_mib == kDowntimeGoalMiB ? "≤ 5 ms" : "≤ 5 ms (at 64 MiB; not run)",
-                goal_mib == kDowntimeGoalMiB ? std::optional<bool>(ms <= kDowntimeGoalMs) : std::nullopt);
+    add_summary(
+        fmt::format("downtime, pre-copy, {} MiB at {:.0f} req/s × {} words", goal_mib, args.rate,
+                    args.words),
+        Ms(p->report.downtime_ns),
+        s != nullptr && s->error.empty() ? "stop-and-copy " + Ms(s->report.downtime_ns) : "—",
+        ms / kDowntimeGoalMs,
+        goal_mib == kDowntimeGoalMiB ? "≤ 5 ms" : "≤ 5 ms (at 64 MiB; not run)",
+        goal_mib == kDowntimeGoalMiB ? std::optional<bool>(ms <= kDowntimeGoalMs) : std::nullopt);
   }
   for (const Row& r : rows) {
     if (!r.error.empty() || r.report.memory_bytes == 0) continue;
     const double ratio = static_cast<double>(r.report.total_ns) / link_ns(r);
     add_summary(fmt::format("total time / (memory / link bandwidth), {} MiB {}", r.size_mib,
                             ModeName(r.precopy)),
-                Ms(r.report.total_ns),
-                fmt::format("TCP loopback {:.1f} ms", link_ns(r) / 1e6), ratio,
-                r.precopy ? "≤ 1.5×" : "— (baseline)",
+                Ms(r.report.total_ns), fmt::format("TCP loopback {:.1f} ms", link_ns(r) / 1e6),
+                ratio, r.precopy ? "≤ 1.5×" : "— (baseline)",
                 r.precopy ? std::optional<bool>(ratio <= kTotalGoalRatio) : std::nullopt);
   }
   for (bool precopy : {true, false}) {
@@ -1068,36 +1080,36 @@ int Run(const Args& args) {
   // Per mode.
   for (bool precopy : {true, false}) {
     md += precopy ? "\n## Pre-copy\n\n" : "\n## Stop-and-copy (the naive baseline)\n\n";
-    md += TableRow({"state", "memory", "tracking", "downtime (source + commit)", "total",
-                    "setup", "freeze wait", "rounds (pages)",
-                    "final pages", "sent / raw MiB", "held", "p50 / p99 before (ms)",
-                    "p99 during", "p99 after", "max (stall)", "requests", "lost", "dup", "check"});
+    md += TableRow({"state", "memory", "tracking", "downtime (source + commit)", "total", "setup",
+                    "freeze wait", "rounds (pages)", "final pages", "sent / raw MiB", "held",
+                    "p50 / p99 before (ms)", "p99 during", "p99 after", "max (stall)", "requests",
+                    "lost", "dup", "check"});
     md += TableRow({"---", "---", "---", "---", "---", "---", "---", "---", "---", "---", "---",
                     "---", "---", "---", "---", "---", "---", "---", "---"});
     for (const Row& r : rows) {
       if (r.precopy != precopy) continue;
       if (r.report.memory_bytes == 0) {
-        md += TableRow({fmt::format("{} MiB", r.size_mib), "**FAILED**: " + r.error, "", "", "",
-                        "", "", "", "", "", "", "", "", "", "", "", "", "", ""});
+        md += TableRow({fmt::format("{} MiB", r.size_mib), "**FAILED**: " + r.error, "", "", "", "",
+                        "", "", "", "", "", "", "", "", "", "", "", "", ""});
         continue;
       }
-      md += TableRow({fmt::format("{} MiB", r.size_mib),
-                      fmt::format("{:.1f} MiB", static_cast<double>(r.report.memory_bytes) / kMiB),
-                      r.tracking == "page checksums" ? "checksums" : "uffd",
-                      fmt::format("{} ({:.2f} + {:.2f})", Ms(r.report.downtime_ns),
-                                  static_cast<double>(r.DowntimeSourceNs()) / 1e6,
-                                  static_cast<double>(r.report.downtime_ns - r.DowntimeSourceNs()) / 1e6),
-                      Ms(r.report.total_ns), Ms(r.setup_ns), Ms(r.report.freeze_wait_ns),
-                      Rounds(r.report), std::to_string(r.report.final_pages),
-                      fmt::format("{:.1f} / {:.1f}", static_cast<double>(r.report.bytes_sent) / kMiB,
-                                  static_cast<double>(r.report.bytes_raw) / kMiB),
-                      std::to_string(r.report.held),
-                      fmt::format("{} / {}", LatMs(r.before.stats.p50), LatMs(r.before.stats.p99)),
-                      LatMs(r.during.stats.p99), LatMs(r.after.stats.p99),
-                      LatMs(static_cast<double>(r.max_latency_ns)),
-                      fmt::format("{} ({} to the target)", r.sent, r.via_target),
-                      std::to_string(r.lost), std::to_string(r.duplicated),
-                      r.check == "ok" ? "ok" : "**" + r.check + "**"});
+      md += TableRow(
+          {fmt::format("{} MiB", r.size_mib),
+           fmt::format("{:.1f} MiB", static_cast<double>(r.report.memory_bytes) / kMiB),
+           r.tracking == "page checksums" ? "checksums" : "uffd",
+           fmt::format("{} ({:.2f} + {:.2f})", Ms(r.report.downtime_ns),
+                       static_cast<double>(r.DowntimeSourceNs()) / 1e6,
+                       static_cast<double>(r.report.downtime_ns - r.DowntimeSourceNs()) / 1e6),
+           Ms(r.report.total_ns), Ms(r.setup_ns), Ms(r.report.freeze_wait_ns), Rounds(r.report),
+           std::to_string(r.report.final_pages),
+           fmt::format("{:.1f} / {:.1f}", static_cast<double>(r.report.bytes_sent) / kMiB,
+                       static_cast<double>(r.report.bytes_raw) / kMiB),
+           std::to_string(r.report.held),
+           fmt::format("{} / {}", LatMs(r.before.stats.p50), LatMs(r.before.stats.p99)),
+           LatMs(r.during.stats.p99), LatMs(r.after.stats.p99),
+           LatMs(static_cast<double>(r.max_latency_ns)),
+           fmt::format("{} ({} to the target)", r.sent, r.via_target), std::to_string(r.lost),
+           std::to_string(r.duplicated), r.check == "ok" ? "ok" : "**" + r.check + "**"});
     }
   }
   std::vector<std::string> failures;
@@ -1109,9 +1121,10 @@ int Run(const Args& args) {
   if (!failures.empty()) md += fmt::format("\n**Failures:**\n\n{}\n", fmt::join(failures, "\n"));
   for (const Row& r : rows) {
     if (!r.baseline_lost.empty()) {
-      md += fmt::format("\nStop-and-copy, {} MiB: {}. The instance was frozen for {}; the "
-                        "requests held meanwhile were forwarded to the target at once.\n",
-                        r.size_mib, r.baseline_lost, Ms(r.report.downtime_ns));
+      md += fmt::format(
+          "\nStop-and-copy, {} MiB: {}. The instance was frozen for {}; the "
+          "requests held meanwhile were forwarded to the target at once.\n",
+          r.size_mib, r.baseline_lost, Ms(r.report.downtime_ns));
     }
   }
 
@@ -1125,8 +1138,8 @@ int Run(const Args& args) {
     auto ratio = [&](bool precopy) {
       const Row* r = find(mib, precopy);
       if (r == nullptr || r->report.memory_bytes == 0) return std::string("—");
-      return fmt::format("{:.2f}× ({:.1f} ms)", static_cast<double>(r->report.total_ns) / link_ns(*r),
-                         link_ns(*r) / 1e6);
+      return fmt::format("{:.2f}× ({:.1f} ms)",
+                         static_cast<double>(r->report.total_ns) / link_ns(*r), link_ns(*r) / 1e6);
     };
     md += TableRow({fmt::format("{} MiB", mib),
                     fmt::format("{} ({:.1f} GB/s)", Ms(l.memcpy_ns), l.memcpy_bps() / 1e9),
@@ -1135,8 +1148,9 @@ int Run(const Args& args) {
                     fmt::format("{} ({:.1f} Gbit/s)", Ms(l.tcp_ns), l.tcp_bps() * 8 / 1e9),
                     ratio(true), ratio(false)});
   }
-  md += "\nLink time = the instance's memory (what must cross) / the loopback bandwidth "
-        "measured above.\n";
+  md +=
+      "\nLink time = the instance's memory (what must cross) / the loopback bandwidth "
+      "measured above.\n";
 
   // The plot.
   std::vector<const Row*> plotted;
@@ -1146,8 +1160,9 @@ int Run(const Args& args) {
   }
   std::string svg;
   if (!plotted.empty()) {
-    svg = PlotSvg(plotted, fmt::format("{} MiB of state, {:.0f} req/s of touch {}: latency over time",
-                                       plot_mib, args.rate, args.words));
+    svg =
+        PlotSvg(plotted, fmt::format("{} MiB of state, {:.0f} req/s of touch {}: latency over time",
+                                     plot_mib, args.rate, args.words));
     md += fmt::format(
         "\n## Latency over time, {} MiB\n\n![latency over time](migration.svg)\n\n"
         "Each dot is one request at its scheduled send time (x, ms from the start of the "
