@@ -5,24 +5,27 @@
 #   calls       (issue #3)  bench/results/calls.{json,md}        calls_bench
 #   cluster                 bench/results/cluster.{json,md}      cluster_bench (wrk, etcd)
 #   placement   (issue #5)  bench/results/placement.{json,md}    placement_bench
+#   ndp         (issue #5)  bench/results/ndp.{json,md,svg}      ndp_bench (tern up; root
+#                                                                 for namespaces and cgroups)
 #   migration   (issue #6)  bench/results/migration.{json,md,svg} migration_bench
 # Builds nothing: build first with
-#   ninja -C build/release -j2 foundation_bench rpc_bench calls_bench cluster_bench placement_bench \
+#   ninja -C build/release -j2 foundation_bench rpc_bench calls_bench cluster_bench placement_bench ndp_bench \
 #     migration_bench
 #   (also builds the guests and `tern`)
 #
-# usage: bench/run.sh BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc,calls,cluster,placement,migration]
+# usage: bench/run.sh BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc,calls,cluster,placement,ndp,migration]
 #   --quick     a smoke run (a few seconds per suite; what CI runs once, as ctest tests)
 #   --out=DIR   where results go (default: bench/results)
 #   --suites=   which suites to run (default: all)
 # A full run takes about a minute for foundation, two to three for rpc and about four for
-# cluster, about two for migration (bounded: each driver is killed after a time limit).
+# cluster, about two for ndp (1 GiB dataset), under one for migration (bounded: each
+# driver is killed after a time limit).
 # Exit code: 0 if every section ran, 1 if one failed (the report says which), 2 on usage.
 # See docs/benchmarks.md for what the numbers mean.
 set -uo pipefail
 
 usage() {
-  echo "usage: $0 BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc,calls,cluster,placement,migration]" >&2
+  echo "usage: $0 BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc,calls,cluster,placement,ndp,migration]" >&2
   exit 2
 }
 
@@ -31,16 +34,17 @@ BUILD_DIR=$(cd "$1" 2>/dev/null && pwd) || { echo "no build directory '$1'" >&2;
 shift
 QUICK=()
 OUT=""
-SUITES="foundation,rpc,calls,cluster,placement,migration"
+SUITES="foundation,rpc,calls,cluster,placement,ndp,migration"
 LIMIT_INPROC=150
 LIMIT_NET=90
 LIMIT_RPC=240
 LIMIT_CLUSTER=330
 LIMIT_PLACEMENT=120
+LIMIT_NDP=900
 LIMIT_MIGRATION=400
 for arg in "$@"; do
   case "$arg" in
-    --quick) QUICK=(--quick); LIMIT_INPROC=40; LIMIT_NET=30; LIMIT_RPC=30; LIMIT_CLUSTER=90; LIMIT_PLACEMENT=60
+    --quick) QUICK=(--quick); LIMIT_INPROC=40; LIMIT_NET=30; LIMIT_RPC=30; LIMIT_CLUSTER=90; LIMIT_PLACEMENT=60; LIMIT_NDP=140
              LIMIT_MIGRATION=120 ;;
     --out=*) OUT=${arg#--out=} ;;
     --suites=*) SUITES=${arg#--suites=} ;;
@@ -52,6 +56,7 @@ RUN_RPC=0
 RUN_CALLS=0
 RUN_CLUSTER=0
 RUN_PLACEMENT=0
+RUN_NDP=0
 RUN_MIGRATION=0
 IFS=',' read -ra suite_list <<<"$SUITES"
 for s in "${suite_list[@]}"; do
@@ -61,12 +66,13 @@ for s in "${suite_list[@]}"; do
     calls) RUN_CALLS=1 ;;
     cluster) RUN_CLUSTER=1 ;;
     placement) RUN_PLACEMENT=1 ;;
+    ndp) RUN_NDP=1 ;;
     migration) RUN_MIGRATION=1 ;;
-    *) echo "unknown suite '$s' (foundation, rpc, calls, cluster, placement, migration)" >&2; usage ;;
+    *) echo "unknown suite '$s' (foundation, rpc, calls, cluster, placement, ndp, migration)" >&2; usage ;;
   esac
 done
 [[ $RUN_FOUNDATION == 1 || $RUN_RPC == 1 || $RUN_CALLS == 1 || $RUN_CLUSTER == 1 ||
-   $RUN_PLACEMENT == 1 || $RUN_MIGRATION == 1 ]] || usage
+   $RUN_PLACEMENT == 1 || $RUN_NDP == 1 || $RUN_MIGRATION == 1 ]] || usage
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$BUILD_DIR/bench/foundation/foundation_bench
@@ -74,6 +80,7 @@ RPC_BENCH=$BUILD_DIR/bench/rpc/rpc_bench
 CALLS_BENCH=$BUILD_DIR/bench/calls/calls_bench
 CLUSTER_BENCH=$BUILD_DIR/bench/cluster/cluster_bench
 PLACEMENT_BENCH=$BUILD_DIR/bench/placement/placement_bench
+NDP_BENCH=$BUILD_DIR/bench/ndp/ndp_bench
 MIGRATION_BENCH=$BUILD_DIR/bench/migration/migration_bench
 TERN=$BUILD_DIR/src/bin/tern
 WASM=$BUILD_DIR/wasm
@@ -84,10 +91,11 @@ needed=()
 [[ $RUN_CALLS == 1 ]] && needed+=("$CALLS_BENCH" "$WASM/relay.wasm")
 [[ $RUN_CLUSTER == 1 ]] && needed+=("$CLUSTER_BENCH" "$TERN" "$WASM/echo.wasm" /usr/bin/wrk)
 [[ $RUN_PLACEMENT == 1 ]] && needed+=("$PLACEMENT_BENCH")
+[[ $RUN_NDP == 1 ]] && needed+=("$NDP_BENCH" "$TERN" "$WASM/ndpscan.wasm")
 [[ $RUN_MIGRATION == 1 ]] && needed+=("$MIGRATION_BENCH" "$WASM/counter.wasm")
 for f in "${needed[@]}"; do
   if [[ ! -e $f ]]; then
-    echo "missing $f: build first with: ninja -C $BUILD_DIR -j2 foundation_bench rpc_bench calls_bench cluster_bench placement_bench migration_bench" \
+    echo "missing $f: build first with: ninja -C $BUILD_DIR -j2 foundation_bench rpc_bench calls_bench cluster_bench placement_bench ndp_bench migration_bench" \
          "(rpc_bench needs gRPC, cluster_bench wrk and etcd: scripts/setup.sh)" >&2
     exit 2
   fi
@@ -163,6 +171,16 @@ if [[ $RUN_PLACEMENT == 1 ]]; then
   timeout --kill-after=5 "$LIMIT_PLACEMENT" "$PLACEMENT_BENCH" "${QUICK[@]}" --source-dir="$SRC" \
     --out="$OUT" > /dev/null || rc=1
   [[ -s $OUT/placement.md ]] && written+=("$OUT/placement.md")
+fi
+
+if [[ $RUN_NDP == 1 ]]; then
+  # Near-data offload end to end: ndp_bench runs `tern up` of bench/ndp/ndp.yaml (and
+  # `tern down` at the end), a dataset on the CSD, queries through the gateway.
+  rm -f "$OUT/ndp.json" "$OUT/ndp.md" "$OUT/ndp.svg"
+  echo "== ndp_bench ${QUICK[*]}" >&2
+  timeout --kill-after=10 "$LIMIT_NDP" "$NDP_BENCH" "${QUICK[@]}" --source-dir="$SRC" \
+    --build-dir="$BUILD_DIR" --out="$OUT" || rc=1
+  [[ -s $OUT/ndp.md ]] && written+=("$OUT/ndp.md")
 fi
 
 if [[ $RUN_MIGRATION == 1 ]]; then

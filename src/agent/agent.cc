@@ -1,6 +1,7 @@
 #include "agent/agent.h"
 
 #include <dirent.h>
+#include <unistd.h>
 #include <sched.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -89,6 +90,8 @@ struct Agent::Slot {
   uint64_t rollbacks = 0;
   uint64_t expired = 0;  // requests dropped at their deadline before running
   int64_t exec_ns_total = 0;
+  int64_t cpu_ns_total = 0;        // the worker thread's CPU time during requests
+  uint64_t reply_bytes_total = 0;  // reply payloads of successful requests
   std::string last_error;
   std::unique_ptr<SlotMigration> mig;  // while it migrates away
   // Answers to recent idempotency keys (exactly-once across retries and migrations).
@@ -299,6 +302,7 @@ class Agent::WorkerThread {
     bool ready = false;
     Status st;
     thread_ = std::thread([&] {
+      tid_ = static_cast<pid_t>(::gettid());
       Result<std::unique_ptr<wasm::Worker>> w = engine_->NewWorker();
       {
         MutexLock l(&start_mu);
@@ -359,6 +363,8 @@ class Agent::WorkerThread {
   }
 
   int index() const { return index_; }
+  // The thread's kernel id (valid once Start returned).
+  pid_t tid() const { return tid_; }
   const transport::Doorbell& doorbell() const { return doorbell_; }
   // Worker-thread only.
   wasm::Worker* worker() { return worker_.get(); }
@@ -484,6 +490,17 @@ class Agent::WorkerThread {
   // are not waiting themselves, so that a call that comes back to this worker (A on
   // worker 0 calls B on worker 1, which calls C on worker 0) cannot deadlock.
   void WaitCall(OutCall* call) {
+    const int64_t cpu0 = ThreadCpuNanos();
+    WaitCallLoop(call);
+    wait_cpu_ns_ += ThreadCpuNanos() - cpu0;
+  }
+
+  // CPU time this thread spent in WaitCall since the request running now began (what
+  // Execute leaves out of the request's own CPU time: spinning, and other requests
+  // served meanwhile). Execute saves and restores it around each request.
+  int64_t& wait_cpu_ns() { return wait_cpu_ns_; }
+
+  void WaitCallLoop(OutCall* call) {
     int64_t spin_until = MonoNanos() + kSpinNanos;
     while (!call->done.load(std::memory_order_acquire)) {
       bool progress = Step(/*nested=*/true);
@@ -990,6 +1007,8 @@ class Agent::WorkerThread {
   }
 
   const int index_;
+  pid_t tid_ = 0;
+  int64_t wait_cpu_ns_ = 0;
   wasm::Engine* const engine_;
   Agent* agent_ = nullptr;
   transport::Doorbell doorbell_;
@@ -1393,6 +1412,16 @@ void Agent::ServeShmFrame(WorkerThread* wt, const std::shared_ptr<ServerConn>& s
 // A request that arrived on a TCP connection owned by `wt`.
 bool Agent::ServeTcpFrame(WorkerThread* wt, const std::shared_ptr<TcpConn>& c,
                           transport::Frame f) {
+  if (f.type == transport::FrameType::kInvoke && f.service == kDataService &&
+      data_worker_ != nullptr && wt != data_worker_.get()) {
+    // Dataset requests are the device's main task: their connection moves to the
+    // dataset worker (for good: later invokes on it hop from there), off the workers
+    // that run guests.
+    c->placed = true;
+    tcp_.moved.fetch_add(1, std::memory_order_relaxed);
+    wt->MoveTcpConn(c, data_worker_.get(), std::move(f));
+    return false;
+  }
   if (std::optional<transport::Frame> answer = AnswerWithoutGuest(this, f)) {
     wt->QueueTcp(c, *answer);
     return true;
@@ -1627,6 +1656,7 @@ Agent::~Agent() { Shutdown(); }
 void Agent::Shutdown() {
   ShutdownMigration();
   for (auto& w : workers_) w->Stop();
+  if (data_worker_) data_worker_->Stop();
 }
 
 Result<std::unique_ptr<Agent>> Agent::Create(const AgentOptions& options, wasm::Engine* engine) {
@@ -1642,6 +1672,30 @@ Result<std::unique_ptr<Agent>> Agent::Create(const AgentOptions& options, wasm::
   for (int i = 0; i < options.workers; ++i) {
     TERN_RETURN_IF_ERROR(
         agent->workers_[i]->Start(agent.get()).WithPrefix(fmt::format("starting worker {}", i)));
+  }
+  {
+    TERN_ASSIGN_OR_RETURN(transport::Doorbell bell, transport::Doorbell::Create());
+    agent->data_worker_ = std::make_unique<WorkerThread>(options.workers, engine, std::move(bell));
+    TERN_RETURN_IF_ERROR(
+        agent->data_worker_->Start(agent.get()).WithPrefix("starting the dataset worker"));
+  }
+  PartitionSpec ps;
+  ps.cores = options.cores;
+  ps.reserved = options.reserved;
+  ps.cgroup_root = options.cgroup_root;
+  for (auto& w : agent->workers_) ps.guest_tids.push_back(w->tid());
+  Result<Partition> part = PartitionGuests(ps);
+  if (part.ok()) {
+    agent->partition_ = *part;
+  } else {
+    // The device still works; its main task is just not protected.
+    agent->partition_.mode = "none: " + part.status().ToString();
+    TERN_LOG(WARN) << "resource partitioning is off: " << part.status();
+  }
+  if (agent->partition_.mode == "cgroup") {
+    TERN_LOG(INFO) << "guests limited to " << agent->partition_.guest_cores << " cores in "
+                   << agent->partition_.dir << " (" << options.reserved * 100
+                   << "% of the device's " << options.cores << " cores reserved)";
   }
   std::string datasets_dir = options.datasets_dir;
   if (datasets_dir.empty() && !options.data_dir.empty()) datasets_dir = options.data_dir + "/datasets";
@@ -2069,12 +2123,20 @@ InvokeResult Agent::Execute(WorkerThread* wt, const std::string& id, const Invok
     }
   }
   CallingHost host(this, wt, req, slot.id);
+  // The request's own CPU time: the thread's, less what it spent waiting for calls and
+  // remote dataset reads (WaitCall: spinning, other requests served meanwhile).
+  const int64_t outer_wait = wt->wait_cpu_ns();
+  wt->wait_cpu_ns() = 0;
+  const int64_t cpu0 = ThreadCpuNanos();
   wt->PushBusy(slot.id);
   Status s = slot.inst->Call(req.handler, &host);
   wt->PopBusy();
   int64_t dt = MonoNanos() - t0;
   ++slot.requests;
   slot.exec_ns_total += dt;
+  slot.cpu_ns_total += std::max<int64_t>(ThreadCpuNanos() - cpu0 - wt->wait_cpu_ns(), 0);
+  wt->wait_cpu_ns() = outer_wait;
+  if (s.ok()) slot.reply_bytes_total += host.reply().size();
   const bool clean = s.ok() || host.IsGuestFailure(s);
   if (!s.ok()) {
     ++slot.failures;
@@ -2320,6 +2382,8 @@ AgentStatus Agent::GetStatus() {
         is.deduplicated = slot->deduplicated;
         is.queued = slot->queued->load(std::memory_order_relaxed);
         is.exec_ns_total = slot->exec_ns_total;
+        is.cpu_ns_total = slot->cpu_ns_total;
+        is.reply_bytes_total = slot->reply_bytes_total;
         is.last_error = slot->last_error;
         part.push_back(std::move(is));
       }

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/partition.h"
 #include "core/manifest.h"
 #include "dataplane/link.h"
 #include "dataplane/location.h"
@@ -69,6 +70,13 @@ struct AgentOptions {
   // Where this device keeps its datasets (storage/dataset_store.h); "" = <data_dir>/datasets,
   // or none without a data dir (reads then go to other devices).
   std::string datasets_dir;
+
+  // Resource partitioning (agent/partition.h): the device's cores and the share of them
+  // reserved for its main task (serving datasets). With reserved > 0 and cgroup v1, the
+  // guest workers go into a child cgroup limited to (1 - reserved) x cores.
+  double cores = 0;
+  double reserved = 0;
+  std::string cgroup_root = "/sys/fs/cgroup";
 };
 
 // Where a dataset is kept: the agent that serves it and how to reach it.
@@ -128,6 +136,11 @@ struct InstanceStatus {
   uint64_t deduplicated = 0;  // requests answered from the dedup table (retries)
   uint64_t queued = 0;
   int64_t exec_ns_total = 0;
+  // CPU time of the worker thread while it ran this instance's requests
+  // (CLOCK_THREAD_CPUTIME_ID), less the time it spent waiting for calls and remote
+  // dataset reads (spinning, other requests served meanwhile).
+  int64_t cpu_ns_total = 0;
+  uint64_t reply_bytes_total = 0;  // reply payload bytes of successful requests
   std::string last_error;
   DataCounters data;
 };
@@ -311,6 +324,8 @@ class Agent {
   // Datasets kept by this device (null when it keeps none), and where other devices'
   // datasets are (fed by the controller; PUT /v1/dataset-locations).
   storage::DatasetStore* datasets() const { return datasets_.get(); }
+  // How the device's CPU is split between guests and its main task (set by Create).
+  const Partition& partition() const { return partition_; }
   void SetDatasetLocations(std::vector<DatasetLocation> locations) EXCLUDES(mu_);
   std::vector<DatasetLocation> DatasetLocations() EXCLUDES(mu_);
   // Bytes fetched from other devices for guests of this agent, per peer host (the link
@@ -493,6 +508,10 @@ class Agent {
   AgentOptions options_;
   wasm::Engine* const engine_;
   std::vector<std::unique_ptr<WorkerThread>> workers_;
+  // Serves "$data" requests that arrive over TCP, so that a guest running on a worker
+  // never delays the device's dataset serving; runs no instances.
+  std::unique_ptr<WorkerThread> data_worker_;
+  Partition partition_;
 
   Mutex mu_;
   std::map<std::string, std::shared_ptr<const Service>> services_ GUARDED_BY(mu_);

@@ -50,6 +50,8 @@ std::string StatusToJson(const AgentStatus& st) {
                              {"deduplicated", i.deduplicated},
                              {"queued", i.queued},
                              {"exec_ns_total", i.exec_ns_total},
+                             {"cpu_ns_total", i.cpu_ns_total},
+                             {"reply_bytes_total", i.reply_bytes_total},
                              {"data",
                               {{"reads", i.data.reads},
                                {"local_bytes", i.data.local_bytes},

@@ -61,6 +61,9 @@ int RunAgentCommand(int argc, char** argv) {
   f.Add("kind", "cpu", "device kind reported to the controller: cpu, csd, cpm, nic, mem, gpu");
   f.Add("cores", "1", "cores this device offers (fractional allowed, e.g. 0.25)");
   f.Add("speed", "1", "speed per core relative to a reference host core");
+  f.Add("reserved", "0",
+        "share of the cores kept for the device's main task (serving its datasets), in "
+        "[0, 1): guests then run in a child cgroup limited to the rest (cgroup v1)");
   f.Add("memory-mib", "1024", "memory this device offers to instances, MiB");
   f.Add("advertise", "",
         "address other agents and the controller reach this agent at (default: --host)");
@@ -77,7 +80,7 @@ int RunAgentCommand(int argc, char** argv) {
         {"device", "host", "port", "admin_port", "data_dir", "workers", "log_level", "v8_flags",
          "host_id", "shm_socket", "call_transport", "tcp_serving", "locations", "controller",
          "kind",
-         "cores", "speed", "memory_mib", "advertise", "datasets_dir"});
+         "cores", "speed", "reserved", "memory_mib", "advertise", "datasets_dir"});
     if (!c.ok()) {
       std::fprintf(stderr, "tern agent: %s\n", c.status().ToString().c_str());
       return 2;
@@ -120,8 +123,18 @@ int RunAgentCommand(int argc, char** argv) {
   };
   Result<double> cores = positive("cores");
   Result<double> speed = positive("speed");
+  Result<double> reserved = [&]() -> Result<double> {
+    std::string v = str("reserved");
+    char* end = nullptr;
+    double d = std::strtod(v.c_str(), &end);
+    if (v.empty() || *end != '\0' || !(d >= 0 && d < 1)) {
+      return InvalidArgumentError(
+          fmt::format("--reserved must be a share in [0, 1) (like 0.25), not '{}'", v));
+    }
+    return d;
+  }();
   for (const Status& s : {port.status(), admin_port.status(), workers.status(),
-                          memory_mib.status(), cores.status(), speed.status()}) {
+                          memory_mib.status(), cores.status(), speed.status(), reserved.status()}) {
     if (!s.ok()) {
       std::fprintf(stderr, "tern agent: %s\n", std::string(s.message()).c_str());
       return 2;
@@ -144,6 +157,8 @@ int RunAgentCommand(int argc, char** argv) {
   ao.workers = static_cast<int>(*workers);
   ao.host = str("host-id");
   ao.datasets_dir = str("datasets-dir");
+  ao.cores = *cores;
+  ao.reserved = *reserved;
   Result<dataplane::TierPolicy> policy = dataplane::ParseTierPolicy(str("call-transport"));
   if (!policy.ok()) {
     std::fprintf(stderr, "tern agent: --call-transport: %s\n",

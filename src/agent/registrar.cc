@@ -1,5 +1,7 @@
 #include "agent/registrar.h"
 
+#include <fstream>
+
 #include <fmt/format.h>
 #include <time.h>
 #include <unistd.h>
@@ -92,10 +94,17 @@ struct Registrar::Impl {
         }
       }
     }
-    return json{{"lease", lease},           {"boot", boot},       {"datasets", datasets},
-                {"cpu_ns", ProcessCpuNs()}, {"rss_bytes", RssBytes()},
-                {"cores", options.cores},   {"status", status}}
-        .dump();
+    json hb{{"lease", lease},           {"boot", boot},       {"datasets", datasets},
+            {"cpu_ns", ProcessCpuNs()}, {"rss_bytes", RssBytes()},
+            {"cores", options.cores},   {"status", status}};
+    // The package energy counter, where this machine exposes RAPL (the controller then
+    // uses it instead of the device's power model; controller/energy.h).
+    if (options.kind == "cpu") {
+      std::ifstream rapl("/sys/class/powercap/intel-rapl:0/energy_uj");
+      uint64_t uj = 0;
+      if (rapl >> uj) hb["rapl_energy_uj"] = uj;
+    }
+    return hb.dump();
   }
 
   void Loop() {

@@ -132,20 +132,26 @@ int ClusterPs(const ClusterRecord& c, bool raw_json, int64_t timeout_ms) {
                 Mib(a.value("memory_bytes", uint64_t{0})).c_str(), inst,
                 a.value("tcp", "").c_str());
   }
-  std::printf("\n%-18s %-12s %-12s %-8s %-6s %-9s %-9s %-9s %s\n", "INSTANCE", "SERVICE", "DEVICE",
-              "HOST", "EPOCH", "STATE", "REQ/S", "EXEC_US", "REQUESTS");
+  std::printf("\n%-18s %-12s %-12s %-8s %-6s %-9s %-9s %-9s %-9s %s\n", "INSTANCE", "SERVICE",
+              "DEVICE", "HOST", "EPOCH", "STATE", "REQ/S", "EXEC_US", "J/REQ", "REQUESTS");
   std::vector<std::string> problems;
   for (const json& s : j["services"]) {
     for (const json& i : s["instances"]) {
       std::string id = i.value("id", "");
       auto t = tel.find(id);
-      std::printf("%-18s %-12s %-12s %-8s %-6lld %-9s %-9s %-9s %s\n", id.c_str(),
+      std::string joules = "-";
+      if (t != tel.end() && t->second.value("j_per_request", 0.0) > 0) {
+        joules = fmt::format("{:.3g}{}", t->second["j_per_request"].get<double>(),
+                             t->second.value("energy_source", "") == "rapl" ? "r" : "");
+      }
+      std::printf("%-18s %-12s %-12s %-8s %-6lld %-9s %-9s %-9s %-9s %s\n", id.c_str(),
                   s.value("name", "").c_str(), i.value("device", "").c_str(),
                   i.value("host", "").c_str(), static_cast<long long>(i.value("epoch", int64_t{0})),
                   i.value("state", "").c_str(),
                   t == tel.end() ? "-" : fmt::format("{:.1f}", t->second.value("rate", 0.0)).c_str(),
                   t == tel.end() ? "-"
                                  : fmt::format("{:.1f}", t->second.value("mean_exec_us", 0.0)).c_str(),
+                  joules.c_str(),
                   t == tel.end()
                       ? "-"
                       : std::to_string(t->second.value("requests", uint64_t{0})).c_str());

@@ -266,6 +266,7 @@ class Up {
           "--kind",      std::string(cluster::DeviceKindName(d->kind)),
           "--cores",     fmt::format("{}", d->cores),
           "--speed",     fmt::format("{}", d->speed),
+          "--reserved",  fmt::format("{}", d->reserved),
           "--memory-mib", std::to_string(std::max<uint64_t>(d->memory_bytes >> 20, 1)),
           "--workers",   std::to_string(workers),
           "--shm-socket", dir_ + "/sock/" + d->name + ".sock",

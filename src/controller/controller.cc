@@ -15,6 +15,7 @@
 #include "client/agent_client.h"
 #include "controller/advisor.h"
 #include "controller/model.h"
+#include "controller/energy.h"
 #include "placement/explain.h"
 #include "controller/plan.h"
 #include "core/base64.h"
@@ -66,6 +67,7 @@ std::vector<std::string> PathParts(std::string_view path) {
 struct Telemetry {
   int64_t at_ns = 0;         // MonoNanos() when received
   int64_t cpu_ns = 0;        // the agent process's CPU time
+  std::optional<uint64_t> rapl_uj;  // package energy counter, where the agent reads RAPL
   uint64_t rss_bytes = 0;
   double cpu_util = 0;       // of its cores, over the last interval
   struct Inst {
@@ -80,6 +82,10 @@ struct Telemetry {
     double data_per_request = 0;  // dataset bytes per request over the last interval
     double rate = 0;          // requests/s over the last interval
     double mean_exec_us = 0;  // over the last interval
+    int64_t cpu_ns_total = 0;        // worker CPU time during its requests (cumulative)
+    uint64_t reply_bytes_total = 0;  // reply payload bytes (cumulative)
+    double mean_cpu_us = 0;          // CPU per request over the last interval with requests
+    EnergyEstimate energy;           // per request, likewise (energy.h)
   };
   std::map<std::string, Inst> instances;
   std::set<std::string> services;  // deployed on the agent
@@ -540,7 +546,11 @@ struct Controller::Impl {
         ServiceMeasurement& m = (*measured)[x.service];
         double n = x.rate;  // weights: requests per second of this instance
         double total = m.requests + n;
-        m.cpu_ns_speed1 = (m.cpu_ns_speed1 * m.requests + x.mean_exec_us * 1e3 * speed * n) / total;
+        // The request's CPU time where the agent measures it (its wall time includes
+        // waiting for remote data, which the model prices separately, and a CSD's
+        // throttling); older agents report only the wall time.
+        const double us = x.mean_cpu_us > 0 ? x.mean_cpu_us : x.mean_exec_us;
+        m.cpu_ns_speed1 = (m.cpu_ns_speed1 * m.requests + us * 1e3 * speed * n) / total;
         m.data_bytes = (m.data_bytes * m.requests + x.data_per_request * n) / total;
         m.rate = std::max(m.rate, x.rate);
         m.requests = total;
@@ -719,6 +729,9 @@ struct Controller::Impl {
     t.at_ns = MonoNanos();
     t.cpu_ns = j.value("cpu_ns", int64_t{0});
     t.rss_bytes = j.value("rss_bytes", uint64_t{0});
+    if (j.contains("rapl_energy_uj") && j["rapl_energy_uj"].is_number_unsigned()) {
+      t.rapl_uj = j["rapl_energy_uj"].get<uint64_t>();
+    }
     double cores = std::max(j.value("cores", 1.0), 1e-3);
     if (j.contains("status") && j["status"].is_object()) {
       const json& st = j["status"];
@@ -730,6 +743,8 @@ struct Controller::Impl {
           x.requests = i.value("requests", uint64_t{0});
           x.failures = i.value("failures", uint64_t{0});
           x.exec_ns_total = i.value("exec_ns_total", int64_t{0});
+          x.cpu_ns_total = i.value("cpu_ns_total", int64_t{0});
+          x.reply_bytes_total = i.value("reply_bytes_total", uint64_t{0});
           x.queued = i.value("queued", uint64_t{0});
           x.memory_bytes = i.value("memory_bytes", uint64_t{0});
           if (i.contains("data") && i["data"].is_object()) {
@@ -766,6 +781,9 @@ struct Controller::Impl {
         auto pi = p.instances.find(id);
         if (pi == p.instances.end() || x.requests < pi->second.requests) continue;
         uint64_t dn = x.requests - pi->second.requests;
+        // An idle interval keeps the last per-request figures (there is nothing new).
+        x.energy = pi->second.energy;
+        x.mean_cpu_us = pi->second.mean_cpu_us;
         x.rate = static_cast<double>(dn) / dt;
         x.mean_exec_us =
             dn ? static_cast<double>(x.exec_ns_total - pi->second.exec_ns_total) / dn / 1e3 : 0;
@@ -773,6 +791,35 @@ struct Controller::Impl {
         uint64_t data_then = pi->second.data_local_bytes + pi->second.data_remote_bytes;
         x.data_per_request =
             dn && data_now >= data_then ? static_cast<double>(data_now - data_then) / dn : 0;
+        if (dn > 0) {
+          x.mean_cpu_us = static_cast<double>(x.cpu_ns_total - pi->second.cpu_ns_total) / dn / 1e3;
+        }
+        // Energy (energy.h): the device's power model from the topology, or RAPL.
+        const cluster::Device* dev =
+            options.topology ? options.topology->FindDevice(device) : nullptr;
+        if (dev != nullptr && dn > 0) {
+          EnergyInputs in;
+          in.idle_w = dev->power.idle_w;
+          in.active_w = dev->power.active_w;
+          in.cores = cores;
+          in.interval_s = dt;
+          in.device_cpu_s = static_cast<double>(t.cpu_ns - p.cpu_ns) / 1e9;
+          in.instance_cpu_s = static_cast<double>(x.cpu_ns_total - pi->second.cpu_ns_total) / 1e9;
+          in.requests = static_cast<double>(dn);
+          uint64_t moved_now = x.data_remote_bytes + x.reply_bytes_total;
+          uint64_t moved_then = pi->second.data_remote_bytes + pi->second.reply_bytes_total;
+          in.bytes = moved_now >= moved_then ? static_cast<double>(moved_now - moved_then) : 0;
+          // A byte moved crosses the device's own link and one host link.
+          double host_jpb = 0;
+          for (const cluster::HostLink& l : options.topology->links) {
+            if (l.a == dev->host || l.b == dev->host) host_jpb = std::max(host_jpb, l.energy_j_per_byte);
+          }
+          in.j_per_byte = dev->link.energy_j_per_byte + host_jpb;
+          if (t.rapl_uj && p.rapl_uj && *t.rapl_uj >= *p.rapl_uj) {
+            in.rapl_j = static_cast<double>(*t.rapl_uj - *p.rapl_uj) * 1e-6;
+          }
+          x.energy = EnergyPerRequest(in);
+        }
       }
     }
     telemetry[device] = std::move(t);
@@ -796,6 +843,27 @@ struct Controller::Impl {
              {"devices", s.devices},   {"module_hash", s.module_hash},
              {"instances", inst}};
     MutexLock l(&pub_mu);
+    // Energy per request (energy.h) over the last telemetry interval, weighted by the
+    // instances' request rates.
+    double rate = 0, joules = 0, cpu_us = 0;
+    std::string source;
+    for (const auto& [device, t] : telemetry) {
+      for (const auto& [id, x] : t.instances) {
+        if (x.service != s.name || x.energy.j_per_request <= 0) continue;
+        // Idle instances (their last figures) count, with a tiny weight.
+        const double w = std::max(x.rate, 1e-9);
+        rate += w;
+        joules += x.energy.j_per_request * w;
+        cpu_us += x.mean_cpu_us * w;
+        source = source.empty() || source == x.energy.source ? x.energy.source : "mixed";
+      }
+    }
+    if (rate > 0) {
+      out["energy"] = json{{"j_per_request", joules / rate},
+                           {"cpu_us_per_request", cpu_us / rate},
+                           {"watts", rate > 1e-6 ? joules : 0.0},
+                           {"source", source}};
+    }
     auto u = unplaceable.find(s.name);
     if (u != unplaceable.end()) out["problem"] = u->second;
     return out;
@@ -917,6 +985,9 @@ struct Controller::Impl {
                           {"failures", x.failures},       {"queued", x.queued},
                           {"memory_bytes", x.memory_bytes}, {"rate", x.rate},
                           {"mean_exec_us", x.mean_exec_us},
+                          {"mean_cpu_us", x.mean_cpu_us},
+                          {"j_per_request", x.energy.j_per_request},
+                          {"energy_source", x.energy.source},
                           {"data_local_bytes", x.data_local_bytes},
                           {"data_remote_bytes", x.data_remote_bytes}};
         }

@@ -123,6 +123,23 @@ struct ServiceWork {
   std::vector<double> host_local;         // per host: max over its devices
   double min_fixed_lb = internal::kInf;
   bool cpu_only = false;
+  // The placement run's state, when set: devices that cannot take an instance of this
+  // service any more (not allowed, memory full, offered cores full) leave the order
+  // before their exact key is computed. Sound because a run only ever adds load and
+  // memory (PlaceAll); the checks are Plausible's and EvalDynamic's, with the same
+  // arithmetic, so the choices do not change. Without it, a greedy run over thousands
+  // of services walked past the same full devices again and again.
+  const State* state = nullptr;
+
+  bool Hopeless(int d) const {
+    if (state == nullptr) return false;
+    if (!cs.allowed.empty() && cs.allowed[d] == 0) return true;
+    const internal::CDevice& dev = c->dev[d];
+    const ServiceProfile& p = *cs.profile;
+    if (state->committed[d] + p.memory_bytes > dev.memory) return true;
+    double load = p.request_rate * (p.cpu_ns_per_request / dev.speed) * 1e-9;
+    return !((state->used[d] + load) / dev.offered < 1);
+  }
 
   const Static& Get(int d) {
     if (!done[d]) {
@@ -160,7 +177,7 @@ struct ServiceWork {
           hosts_.pop_back();
           for (int d : w_->facts->devices[h]) {
             Key k;
-            if (w_->DeviceKey(d, by_, &k)) {
+            if (!w_->Hopeless(d) && w_->DeviceKey(d, by_, &k)) {
               devs_.push_back(k);
               std::push_heap(devs_.begin(), devs_.end(), Greater);
             }
@@ -171,6 +188,7 @@ struct ServiceWork {
           std::pop_heap(devs_.begin(), devs_.end(), Greater);
           int d = devs_.back().d;
           devs_.pop_back();
+          if (w_->Hopeless(d)) continue;  // filled up since its host was expanded
           exact_.push_back(w_->ExactKey(d, by_));
           std::push_heap(exact_.begin(), exact_.end(), Greater);
           continue;
@@ -720,6 +738,7 @@ Result<PlaceAllResult> PlaceAll(const ClusterView& view,
   PlaceAllResult out;
   HostFacts facts = MakeHostFacts(c);
   ServiceWork w;
+  w.state = &s;
   for (int si : CalleesFirst(services, index)) {
     w.cs = compiled[si];
     const ServiceProfile& p = services[si];
@@ -741,8 +760,11 @@ Result<PlaceAllResult> PlaceAll(const ClusterView& view,
         ++out.unplaced;
         // Say why on the device with the lowest fixed costs.
         Key first;
+        w.state = nullptr;  // every device, full or not
         w.by_fixed.Reset(&w, OrderBy::kFixed);
-        if (w.by_fixed.At(0, &first)) {
+        bool any = w.by_fixed.At(0, &first);
+        w.state = &s;
+        if (any) {
           int d = first.d;
           TenantState t = s.tenants[p.tenant];
           Dynamic dy = Dyn(c, w, d, s, t);
