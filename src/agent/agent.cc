@@ -2013,6 +2013,9 @@ void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
   }
   std::string id;
   Route route;
+  // Set when the instance (or the service's last instance) moved away between the check
+  // above and the lookup below: a cut-over in between. Forwarded as it would have been.
+  std::optional<MovedTo> moved;
   {
     MutexLock l(&mu_);
     auto sit = services_.find(req.service);
@@ -2049,16 +2052,20 @@ void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
     }
     if (!req.instance.empty()) {
       auto rit = routes_.find(req.instance);
-      if (rit == routes_.end() || rit->second.service != sit->second) {
+      if (rit == routes_.end()) moved = MovedRecordLocked(req.instance, req.service);
+      if (moved) {
+        // forwarded below, without the lock
+      } else if (rit == routes_.end() || rit->second.service != sit->second) {
         done(InvokeResult{NotFoundError(fmt::format("no instance '{}' of service '{}'",
                                                     req.instance, req.service)),
                           {},
                           {},
                           0});
         return;
+      } else {
+        id = rit->first;
+        route = rit->second;
       }
-      id = rit->first;
-      route = rit->second;
     } else {
       // Least-queued instance of the service (instances per service are few); on a tie,
       // one on the calling worker (no thread hop).
@@ -2073,7 +2080,8 @@ void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
           route = r;
         }
       }
-      if (id.empty()) {
+      if (id.empty()) moved = MovedRecordLocked("", req.service);
+      if (id.empty() && !moved) {
         done(InvokeResult{UnavailableError(fmt::format("service '{}' has no running instance "
                                                        "(start one: tern start {})",
                                                        req.service, req.service)),
@@ -2083,6 +2091,10 @@ void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
         return;
       }
     }
+  }
+  if (moved) {
+    Forward(*moved, std::move(req), std::move(done));
+    return;
   }
   if (route.queued->fetch_add(1, std::memory_order_relaxed) >= options_.max_queue_per_instance) {
     route.queued->fetch_sub(1, std::memory_order_relaxed);
@@ -2543,6 +2555,11 @@ bool Agent::HoldOrForward(WorkerThread* wt, const std::string& id, InvokeRequest
 std::optional<Agent::MovedTo> Agent::MovedRecord(const std::string& instance,
                                                  const std::string& service) {
   MutexLock l(&mu_);
+  return MovedRecordLocked(instance, service);
+}
+
+std::optional<Agent::MovedTo> Agent::MovedRecordLocked(const std::string& instance,
+                                                       const std::string& service) {
   if (!instance.empty()) {
     if (routes_.count(instance) != 0) return std::nullopt;
     auto it = moved_to_.find(instance);

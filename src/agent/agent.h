@@ -433,6 +433,8 @@ class Agent {
   void Forward(const MovedTo& to, InvokeRequest req, std::function<void(InvokeResult)> done);
   std::optional<MovedTo> MovedRecord(const std::string& instance, const std::string& service)
       EXCLUDES(mu_);
+  std::optional<MovedTo> MovedRecordLocked(const std::string& instance, const std::string& service)
+      REQUIRES(mu_);
   bool IsFrozen(WorkerThread* wt, const std::string& id);
   void ShutdownMigration();
   // "deploy" payload for the target: the instance's manifest and module.

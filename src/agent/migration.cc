@@ -584,11 +584,27 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
   if (!fin.ok()) return fail(fin.status());
   rep.freeze_wait_ns = frozen_at - tf;
   rep.final_pages = static_cast<uint32_t>(fin->pages.size());
+  // A few pages ride in the commit frame; more (stop-and-copy: all of them) go first as
+  // page batches, since one frame carries at most transport::kMaxPayloadBytes.
+  const bool inline_pages = fin->pages.size() <= kChunkPages;
+  if (!inline_pages) {
+    for (size_t i = 0; i < fin->pages.size(); i += kChunkPages) {
+      const size_t end = std::min(fin->pages.size(), i + kChunkPages);
+      std::vector<uint32_t> part(fin->pages.begin() + static_cast<std::ptrdiff_t>(i),
+                                 fin->pages.begin() + static_cast<std::ptrdiff_t>(end));
+      Status st = stream.SendPages(
+          fin->memory_bytes,
+          EncodeGatheredPages(fin->data.data() + i * kMigrationPageBytes, part, codec));
+      if (!st.ok()) return net_fail(st);
+    }
+  }
   std::string payload;
   uint32_t n = static_cast<uint32_t>(commit.size());
   payload.append(reinterpret_cast<const char*>(&n), 4);
   payload += commit;
-  if (!fin->pages.empty()) payload += EncodeGatheredPages(fin->data.data(), fin->pages, codec);
+  if (inline_pages && !fin->pages.empty()) {
+    payload += EncodeGatheredPages(fin->data.data(), fin->pages, codec);
+  }
   rep.bytes_raw += fin->pages.size() * kMigrationPageBytes;
   if (Status h = hook("commit"); !h.ok()) return fail(h);
   Result<transport::Frame> c = stream.Call("commit", std::move(payload));

@@ -259,6 +259,24 @@ TEST_F(MigrationTest, StopAndCopySendsEverythingWhileFrozen) {
   EXPECT_EQ(Call(b_->agent.get(), "get").reply, "3");
 }
 
+TEST_F(MigrationTest, StopAndCopyOfAMemoryLargerThanOneFrame) {
+  // 66 MiB: more than a frame's payload (transport::kMaxPayloadBytes), so the frozen
+  // pages cannot ride in the commit frame.
+  ASSERT_TRUE(Call(a_->agent.get(), "fill", "67584").status.ok());
+  ASSERT_TRUE(Call(a_->agent.get(), "touch", "8").status.ok());
+  const std::string sum = Call(a_->agent.get(), "check").reply;
+  MigrateOptions o = To(*b_);
+  o.precopy = false;
+  Result<MigrationReport> r = a_->agent->Migrate(id_, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_GT(r->memory_bytes, uint64_t{transport::kMaxPayloadBytes});
+  EXPECT_EQ(uint64_t{r->final_pages} * kMigrationPageBytes, r->memory_bytes);
+  InvokeResult check = Call(b_->agent.get(), "check");
+  ASSERT_TRUE(check.status.ok()) << check.status;
+  EXPECT_EQ(check.reply, sum);
+  EXPECT_EQ(Call(b_->agent.get(), "get").reply, "1");
+}
+
 TEST_F(MigrationTest, NoIncrementLostOrDoubledUnderLoadAcrossMigrationsBackAndForth) {
   ASSERT_TRUE(Call(a_->agent.get(), "fill", "6144").status.ok());  // 6 MiB
   ASSERT_TRUE(b_->agent->Deploy(CounterManifest(0), ReadWasm("counter")).ok());
