@@ -7,23 +7,25 @@
 #   placement   (issue #5)  bench/results/placement.{json,md}    placement_bench
 #   ndp         (issue #5)  bench/results/ndp.{json,md,svg}      ndp_bench (tern up; root
 #                                                                 for namespaces and cgroups)
+#   migration   (issue #6)  bench/results/migration.{json,md,svg} migration_bench
 # Builds nothing: build first with
-#   ninja -C build/release -j2 foundation_bench rpc_bench calls_bench cluster_bench placement_bench ndp_bench
+#   ninja -C build/release -j2 foundation_bench rpc_bench calls_bench cluster_bench placement_bench ndp_bench \
+#     migration_bench
 #   (also builds the guests and `tern`)
 #
-# usage: bench/run.sh BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc,calls,cluster,placement,ndp]
+# usage: bench/run.sh BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc,calls,cluster,placement,ndp,migration]
 #   --quick     a smoke run (a few seconds per suite; what CI runs once, as ctest tests)
 #   --out=DIR   where results go (default: bench/results)
 #   --suites=   which suites to run (default: all)
 # A full run takes about a minute for foundation, two to three for rpc and about four for
-# cluster, about two for ndp (1 GiB dataset) (bounded: each driver is killed after a
-# time limit).
+# cluster, about two for ndp (1 GiB dataset), under one for migration (bounded: each
+# driver is killed after a time limit).
 # Exit code: 0 if every section ran, 1 if one failed (the report says which), 2 on usage.
 # See docs/benchmarks.md for what the numbers mean.
 set -uo pipefail
 
 usage() {
-  echo "usage: $0 BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc,calls,cluster,placement,ndp]" >&2
+  echo "usage: $0 BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc,calls,cluster,placement,ndp,migration]" >&2
   exit 2
 }
 
@@ -32,16 +34,18 @@ BUILD_DIR=$(cd "$1" 2>/dev/null && pwd) || { echo "no build directory '$1'" >&2;
 shift
 QUICK=()
 OUT=""
-SUITES="foundation,rpc,calls,cluster,placement,ndp"
+SUITES="foundation,rpc,calls,cluster,placement,ndp,migration"
 LIMIT_INPROC=150
 LIMIT_NET=90
 LIMIT_RPC=240
 LIMIT_CLUSTER=330
 LIMIT_PLACEMENT=120
 LIMIT_NDP=900
+LIMIT_MIGRATION=400
 for arg in "$@"; do
   case "$arg" in
-    --quick) QUICK=(--quick); LIMIT_INPROC=40; LIMIT_NET=30; LIMIT_RPC=30; LIMIT_CLUSTER=90; LIMIT_PLACEMENT=60; LIMIT_NDP=140 ;;
+    --quick) QUICK=(--quick); LIMIT_INPROC=40; LIMIT_NET=30; LIMIT_RPC=30; LIMIT_CLUSTER=90; LIMIT_PLACEMENT=60; LIMIT_NDP=140
+             LIMIT_MIGRATION=120 ;;
     --out=*) OUT=${arg#--out=} ;;
     --suites=*) SUITES=${arg#--suites=} ;;
     *) usage ;;
@@ -53,6 +57,7 @@ RUN_CALLS=0
 RUN_CLUSTER=0
 RUN_PLACEMENT=0
 RUN_NDP=0
+RUN_MIGRATION=0
 IFS=',' read -ra suite_list <<<"$SUITES"
 for s in "${suite_list[@]}"; do
   case "$s" in
@@ -62,11 +67,12 @@ for s in "${suite_list[@]}"; do
     cluster) RUN_CLUSTER=1 ;;
     placement) RUN_PLACEMENT=1 ;;
     ndp) RUN_NDP=1 ;;
-    *) echo "unknown suite '$s' (foundation, rpc, calls, cluster, placement, ndp)" >&2; usage ;;
+    migration) RUN_MIGRATION=1 ;;
+    *) echo "unknown suite '$s' (foundation, rpc, calls, cluster, placement, ndp, migration)" >&2; usage ;;
   esac
 done
 [[ $RUN_FOUNDATION == 1 || $RUN_RPC == 1 || $RUN_CALLS == 1 || $RUN_CLUSTER == 1 ||
-   $RUN_PLACEMENT == 1 || $RUN_NDP == 1 ]] || usage
+   $RUN_PLACEMENT == 1 || $RUN_NDP == 1 || $RUN_MIGRATION == 1 ]] || usage
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$BUILD_DIR/bench/foundation/foundation_bench
@@ -75,6 +81,7 @@ CALLS_BENCH=$BUILD_DIR/bench/calls/calls_bench
 CLUSTER_BENCH=$BUILD_DIR/bench/cluster/cluster_bench
 PLACEMENT_BENCH=$BUILD_DIR/bench/placement/placement_bench
 NDP_BENCH=$BUILD_DIR/bench/ndp/ndp_bench
+MIGRATION_BENCH=$BUILD_DIR/bench/migration/migration_bench
 TERN=$BUILD_DIR/src/bin/tern
 WASM=$BUILD_DIR/wasm
 needed=()
@@ -85,9 +92,10 @@ needed=()
 [[ $RUN_CLUSTER == 1 ]] && needed+=("$CLUSTER_BENCH" "$TERN" "$WASM/echo.wasm" /usr/bin/wrk)
 [[ $RUN_PLACEMENT == 1 ]] && needed+=("$PLACEMENT_BENCH")
 [[ $RUN_NDP == 1 ]] && needed+=("$NDP_BENCH" "$TERN" "$WASM/ndpscan.wasm")
+[[ $RUN_MIGRATION == 1 ]] && needed+=("$MIGRATION_BENCH" "$WASM/counter.wasm")
 for f in "${needed[@]}"; do
   if [[ ! -e $f ]]; then
-    echo "missing $f: build first with: ninja -C $BUILD_DIR -j2 foundation_bench rpc_bench calls_bench cluster_bench placement_bench ndp_bench" \
+    echo "missing $f: build first with: ninja -C $BUILD_DIR -j2 foundation_bench rpc_bench calls_bench cluster_bench placement_bench ndp_bench migration_bench" \
          "(rpc_bench needs gRPC, cluster_bench wrk and etcd: scripts/setup.sh)" >&2
     exit 2
   fi
@@ -173,6 +181,16 @@ if [[ $RUN_NDP == 1 ]]; then
   timeout --kill-after=10 "$LIMIT_NDP" "$NDP_BENCH" "${QUICK[@]}" --source-dir="$SRC" \
     --build-dir="$BUILD_DIR" --out="$OUT" || rc=1
   [[ -s $OUT/ndp.md ]] && written+=("$OUT/ndp.md")
+fi
+
+if [[ $RUN_MIGRATION == 1 ]]; then
+  # Two agents in one process; counter instances of 1-256 MiB migrated under open-loop
+  # load, pre-copy and stop-and-copy, with the memcpy and TCP loopback limits.
+  rm -f "$OUT/migration.json" "$OUT/migration.md" "$OUT/migration.svg"
+  echo "== migration_bench ${QUICK[*]}" >&2
+  timeout --kill-after=5 "$LIMIT_MIGRATION" "$MIGRATION_BENCH" "${QUICK[@]}" --source-dir="$SRC" \
+    --wasm-dir="$WASM" --out="$OUT" > /dev/null || rc=1
+  [[ -s $OUT/migration.md ]] && written+=("$OUT/migration.md")
 fi
 
 echo "== done in $(( $(date +%s) - start )) s: ${written[*]:-no reports}" \

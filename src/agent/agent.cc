@@ -93,6 +93,8 @@ struct Agent::Slot {
   int64_t cpu_ns_total = 0;        // the worker thread's CPU time during requests
   uint64_t reply_bytes_total = 0;  // reply payloads of successful requests
   std::string last_error;
+  uint64_t last_trace_id = 0;  // of the last request served
+  uint64_t last_idempotency_key = 0;
   std::unique_ptr<SlotMigration> mig;  // while it migrates away
   // Answers to recent idempotency keys (exactly-once across retries and migrations).
   std::unordered_map<uint64_t, DedupEntry> dedup;
@@ -207,6 +209,8 @@ struct Agent::OutCall {
   std::string result;  // the reply, or the error message
   // What to send (kept for a re-dispatch after kMoved).
   std::string service, handler, payload, tenant;
+  uint64_t trace_id = 0;         // the calling request's
+  uint64_t idempotency_key = 0;  // kept across re-dispatches
   int64_t deadline_ns = 0;
   int attempts = 0;
   std::vector<std::string> avoid;  // instances that answered kMoved
@@ -1048,9 +1052,14 @@ class Agent::WorkerThread {
 
 class Agent::CallingHost final : public RequestHost {
  public:
-  CallingHost(Agent* agent, WorkerThread* wt, const InvokeRequest& req,
+  // `trace_id`: the request's (made fresh by Execute when it has none).
+  CallingHost(Agent* agent, WorkerThread* wt, const InvokeRequest& req, uint64_t trace_id,
               const std::string& instance_id)
-      : RequestHost(req.payload, instance_id), agent_(agent), wt_(wt), req_(req) {}
+      : RequestHost(req.payload, instance_id),
+        agent_(agent),
+        wt_(wt),
+        req_(req),
+        trace_id_(trace_id) {}
   ~CallingHost() override {
     for (auto& c : calls_) {
       if (c != nullptr && !c->done.load(std::memory_order_acquire)) wt_->Forget(c.get());
@@ -1079,6 +1088,9 @@ class Agent::CallingHost final : public RequestHost {
     if (own != 0 && (deadline == 0 || own < deadline)) deadline = own;
     call->deadline_ns = deadline;
     call->tenant = req_.tenant;
+    call->trace_id = trace_id_;
+    call->idempotency_key =
+        DeriveCallKey(req_.idempotency_key, ++calls_started_, call->service, call->handler);
     calls_[slot] = call;
     agent_->Dispatch(wt_, std::move(call));
     return static_cast<int32_t>(slot + 1);
@@ -1127,7 +1139,8 @@ class Agent::CallingHost final : public RequestHost {
     uint32_t left = len;
     do {
       uint32_t chunk = std::min<uint32_t>(left, kDataChunk);
-      Result<std::string> r = agent_->RemoteData(wt_, req_, instance_id(), "read", ds, k, pos, chunk);
+      Result<std::string> r =
+          agent_->RemoteData(wt_, req_, trace_id_, instance_id(), "read", ds, k, pos, chunk);
       if (!r.ok()) return -static_cast<int64_t>(r.status().code());
       out->append(*r);
       pos += r->size();
@@ -1147,7 +1160,8 @@ class Agent::CallingHost final : public RequestHost {
       Result<uint64_t> n = local->Size(ds, k);
       return n.ok() ? static_cast<int64_t>(*n) : -static_cast<int64_t>(n.status().code());
     }
-    Result<std::string> r = agent_->RemoteData(wt_, req_, instance_id(), "size", ds, k, 0, 0);
+    Result<std::string> r =
+        agent_->RemoteData(wt_, req_, trace_id_, instance_id(), "size", ds, k, 0, 0);
     if (!r.ok()) return -static_cast<int64_t>(r.status().code());
     return static_cast<int64_t>(std::strtoull(r->c_str(), nullptr, 10));
   }
@@ -1164,7 +1178,8 @@ class Agent::CallingHost final : public RequestHost {
       for (const storage::ObjectInfo& o : *objs) *out += fmt::format("{}\t{}\n", o.key, o.size);
       return 0;
     }
-    Result<std::string> r = agent_->RemoteData(wt_, req_, instance_id(), "list", ds, "", 0, 0);
+    Result<std::string> r =
+        agent_->RemoteData(wt_, req_, trace_id_, instance_id(), "list", ds, "", 0, 0);
     if (!r.ok()) return -static_cast<int64_t>(r.status().code());
     *out = std::move(*r);
     return 0;
@@ -1183,6 +1198,8 @@ class Agent::CallingHost final : public RequestHost {
   Agent* const agent_;
   WorkerThread* const wt_;
   const InvokeRequest& req_;
+  const uint64_t trace_id_;
+  uint64_t calls_started_ = 0;  // tern_call_start calls so far: the ordinal of the next key
   std::vector<std::shared_ptr<OutCall>> calls_;
 };
 
@@ -1288,6 +1305,9 @@ void Agent::Dispatch(WorkerThread* wt, std::shared_ptr<OutCall> call) {
     req.handler = call->handler;
     req.payload = call->payload;
     req.instance = c.loc.instance;
+    req.tenant = call->tenant;
+    req.trace_id = call->trace_id;
+    req.idempotency_key = call->idempotency_key;
     req.deadline_ns = call->deadline_ns;
     if (c.worker == wt->index() && !IsFrozen(wt, c.loc.instance)) {
       // Same worker: run it right here (the caller waits anyway).
@@ -1335,6 +1355,8 @@ void Agent::SendRemote(WorkerThread* wt, std::shared_ptr<OutCall> call, dataplan
     int64_t left_us = (call->deadline_ns - now) / 1000;
     f.budget_us = static_cast<uint32_t>(std::clamp<int64_t>(left_us, 1, UINT32_MAX));
   }
+  f.trace_id = call->trace_id;
+  f.idempotency_key = call->idempotency_key;
   f.tenant = call->tenant;
   f.service = call->service;
   f.handler = call->handler;
@@ -1580,6 +1602,8 @@ InvokeRequest RequestFromFrame(transport::Frame&& f, int64_t received_ns) {
   req.payload = std::move(f.payload);
   req.tenant = std::move(f.tenant);
   req.request_id = f.request_id;
+  req.trace_id = f.trace_id;
+  req.idempotency_key = f.idempotency_key;
   if (f.budget_us != 0) {
     req.deadline_ns = (received_ns != 0 ? received_ns : MonoNanos()) + int64_t{f.budget_us} * 1000;
   }
@@ -1999,6 +2023,9 @@ void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
   }
   std::string id;
   Route route;
+  // Set when the instance (or the service's last instance) moved away between the check
+  // above and the lookup below: a cut-over in between. Forwarded as it would have been.
+  std::optional<MovedTo> moved;
   {
     MutexLock l(&mu_);
     auto sit = services_.find(req.service);
@@ -2035,16 +2062,20 @@ void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
     }
     if (!req.instance.empty()) {
       auto rit = routes_.find(req.instance);
-      if (rit == routes_.end() || rit->second.service != sit->second) {
+      if (rit == routes_.end()) moved = MovedRecordLocked(req.instance, req.service);
+      if (moved) {
+        // forwarded below, without the lock
+      } else if (rit == routes_.end() || rit->second.service != sit->second) {
         done(InvokeResult{NotFoundError(fmt::format("no instance '{}' of service '{}'",
                                                     req.instance, req.service)),
                           {},
                           {},
                           0});
         return;
+      } else {
+        id = rit->first;
+        route = rit->second;
       }
-      id = rit->first;
-      route = rit->second;
     } else {
       // Least-queued instance of the service (instances per service are few); on a tie,
       // one on the calling worker (no thread hop).
@@ -2059,7 +2090,8 @@ void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
           route = r;
         }
       }
-      if (id.empty()) {
+      if (id.empty()) moved = MovedRecordLocked("", req.service);
+      if (id.empty() && !moved) {
         done(InvokeResult{UnavailableError(fmt::format("service '{}' has no running instance "
                                                        "(start one: tern start {})",
                                                        req.service, req.service)),
@@ -2069,6 +2101,10 @@ void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
         return;
       }
     }
+  }
+  if (moved) {
+    Forward(*moved, std::move(req), std::move(done));
+    return;
   }
   if (route.queued->fetch_add(1, std::memory_order_relaxed) >= options_.max_queue_per_instance) {
     route.queued->fetch_sub(1, std::memory_order_relaxed);
@@ -2093,11 +2129,24 @@ void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
 }
 
 InvokeResult Agent::Execute(WorkerThread* wt, const std::string& id, const InvokeRequest& req) {
+  // A request from outside that came without a trace id starts a trace here.
+  const uint64_t trace_id = req.trace_id != 0 ? req.trace_id : NewTraceId();
+  InvokeResult r = ExecuteTraced(wt, id, req, trace_id);
+  TERN_LOG(DEBUG) << "trace " << TraceIdHex(trace_id) << " " << req.service << "/" << req.handler
+                  << " " << StatusCodeName(r.status.code()) << " (" << id << ", "
+                  << r.exec_ns / 1000 << " us)";
+  return r;
+}
+
+InvokeResult Agent::ExecuteTraced(WorkerThread* wt, const std::string& id, const InvokeRequest& req,
+                                  uint64_t trace_id) {
   auto it = wt->slots().find(id);
   if (it == wt->slots().end()) {
     return InvokeResult{UnavailableError(fmt::format("instance {} was stopped", id)), {}, id, 0};
   }
   Slot& slot = *it->second;
+  slot.last_trace_id = trace_id;
+  slot.last_idempotency_key = req.idempotency_key;
   int64_t t0 = MonoNanos();
   if (req.deadline_ns != 0 && t0 >= req.deadline_ns) {
     ++slot.expired;
@@ -2120,7 +2169,7 @@ InvokeResult Agent::Execute(WorkerThread* wt, const std::string& id, const Invok
       return InvokeResult{Status(e.code, e.reply), {}, id, 0};
     }
   }
-  CallingHost host(this, wt, req, slot.id);
+  CallingHost host(this, wt, req, trace_id, slot.id);
   // The request's own CPU time: the thread's, less what it spent waiting for calls and
   // remote dataset reads (WaitCall: spinning, other requests served meanwhile).
   const int64_t outer_wait = wt->wait_cpu_ns();
@@ -2383,6 +2432,8 @@ AgentStatus Agent::GetStatus() {
         is.cpu_ns_total = slot->cpu_ns_total;
         is.reply_bytes_total = slot->reply_bytes_total;
         is.last_error = slot->last_error;
+        is.last_trace_id = slot->last_trace_id;
+        is.last_idempotency_key = slot->last_idempotency_key;
         part.push_back(std::move(is));
       }
       return Status::Ok();
@@ -2429,7 +2480,8 @@ void Agent::CountData(const std::string& instance, uint64_t local, uint64_t remo
 }
 
 Result<std::string> Agent::RemoteData(WorkerThread* wt, const InvokeRequest& caller,
-                                      const std::string& instance, const std::string& op, const std::string& dataset,
+                                      uint64_t trace_id, const std::string& instance,
+                                      const std::string& op, const std::string& dataset,
                                       const std::string& key, uint64_t offset, uint32_t len) {
   DatasetLocation where;
   {
@@ -2462,6 +2514,7 @@ Result<std::string> Agent::RemoteData(WorkerThread* wt, const InvokeRequest& cal
   call->handler = op;
   call->payload = fmt::format("{}\n{}\n{}\n{}", dataset, key, offset, len);
   call->tenant = caller.tenant;
+  call->trace_id = trace_id;
   int64_t deadline = caller.deadline_ns;
   if (deadline == 0) deadline = MonoNanos() + options_.call_timeout_ns;
   call->deadline_ns = deadline;
@@ -2512,6 +2565,11 @@ bool Agent::HoldOrForward(WorkerThread* wt, const std::string& id, InvokeRequest
 std::optional<Agent::MovedTo> Agent::MovedRecord(const std::string& instance,
                                                  const std::string& service) {
   MutexLock l(&mu_);
+  return MovedRecordLocked(instance, service);
+}
+
+std::optional<Agent::MovedTo> Agent::MovedRecordLocked(const std::string& instance,
+                                                       const std::string& service) {
   if (!instance.empty()) {
     if (routes_.count(instance) != 0) return std::nullopt;
     auto it = moved_to_.find(instance);

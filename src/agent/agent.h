@@ -104,11 +104,13 @@ struct InvokeRequest {
   uint64_t request_id = 0;  // per hop: matches a reply to its request on one connection
   std::string tenant;
   // End to end: the id of the outside request this call serves (set by the gateway or
-  // the client, inherited by every nested tern_call); 0 = none.
+  // the client, inherited by every nested tern_call); 0 = none: the agent starts a
+  // trace with a fresh id when it runs the request.
   uint64_t trace_id = 0;
   // One logical call across retries (the caller reuses it when it retries); an instance
   // answers a key it has already answered from its dedup table instead of running the
   // request again (exactly-once across migrations, issue #6). 0 = no deduplication.
+  // A guest's nested call gets DeriveCallKey(this key, ...) (core/ids.h).
   uint64_t idempotency_key = 0;
   // Monotonic deadline (MonoNanos()); 0 = none. A request still queued at its deadline
   // fails with kDeadlineExceeded without running: its caller has given up on it.
@@ -142,6 +144,8 @@ struct InstanceStatus {
   int64_t cpu_ns_total = 0;
   uint64_t reply_bytes_total = 0;  // reply payload bytes of successful requests
   std::string last_error;
+  uint64_t last_trace_id = 0;  // of the last request it served (0 = none yet)
+  uint64_t last_idempotency_key = 0;
   DataCounters data;
 };
 
@@ -430,6 +434,8 @@ class Agent {
   void Forward(const MovedTo& to, InvokeRequest req, std::function<void(InvokeResult)> done);
   std::optional<MovedTo> MovedRecord(const std::string& instance, const std::string& service)
       EXCLUDES(mu_);
+  std::optional<MovedTo> MovedRecordLocked(const std::string& instance, const std::string& service)
+      REQUIRES(mu_);
   bool IsFrozen(WorkerThread* wt, const std::string& id);
   void ShutdownMigration();
   // "deploy" payload for the target: the instance's manifest and module.
@@ -474,7 +480,10 @@ class Agent {
   // when a tracker is active. Worker thread, at a request boundary.
   Status UpdateGoodState(Slot* slot);
   // Runs one request on instance `id`, on worker `wt`'s thread; rolls back on failure.
+  // Logs "trace <hex> <service>/<handler> <status>" at DEBUG level.
   InvokeResult Execute(WorkerThread* wt, const std::string& id, const InvokeRequest& req);
+  InvokeResult ExecuteTraced(WorkerThread* wt, const std::string& id, const InvokeRequest& req,
+                             uint64_t trace_id);
 
   // The call path (worker thread `wt`): picks an instance and a tier for `call` and
   // sends it (or runs it, in-process); completes the call at once on errors.
@@ -485,9 +494,10 @@ class Agent {
                   const dataplane::InstanceLocation& loc);
   // A guest's dataset request (read/size/list) for a dataset kept elsewhere: a "$data"
   // invoke to its owner, waited for on this worker. Returns the result or a status.
-  Result<std::string> RemoteData(WorkerThread* wt, const InvokeRequest& caller,
-                                 const std::string& instance, const std::string& op, const std::string& dataset,
-                                 const std::string& key, uint64_t offset, uint32_t len);
+  Result<std::string> RemoteData(WorkerThread* wt, const InvokeRequest& caller, uint64_t trace_id,
+                                 const std::string& instance, const std::string& op,
+                                 const std::string& dataset, const std::string& key,
+                                 uint64_t offset, uint32_t len);
   void CountData(const std::string& instance, uint64_t local, uint64_t remote,
                  const std::string& remote_host) EXCLUDES(mu_);
   // After a kMoved answer: picks again, avoiding the instance that moved.

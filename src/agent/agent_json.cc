@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/ids.h"
+
 namespace tern::agent {
 namespace {
 
@@ -56,7 +58,10 @@ std::string StatusToJson(const AgentStatus& st) {
                               {{"reads", i.data.reads},
                                {"local_bytes", i.data.local_bytes},
                                {"remote_bytes", i.data.remote_bytes}}},
-                             {"last_error", i.last_error}});
+                             {"last_error", i.last_error},
+                             // 16 hex digits, as in X-Tern-Trace-Id; "" before any request
+                             {"last_trace_id", i.last_trace_id ? TraceIdHex(i.last_trace_id) : ""},
+                             {"last_idempotency_key", i.last_idempotency_key}});
   }
   return json{{"device", st.device},
               {"workers", st.workers},

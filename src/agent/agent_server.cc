@@ -12,11 +12,12 @@
 #include "agent/agent_json.h"
 #include "core/base64.h"
 #include "core/clock.h"
+#include "core/ids.h"
 #include "core/logging.h"
 #include "core/mutex.h"
+#include "core/task_thread.h"
 #include "core/version.h"
 #include "storage/dataset_store.h"
-#include "core/task_thread.h"
 #include "transport/event_loop.h"
 #include "transport/http.h"
 #include "transport/json_api.h"
@@ -290,22 +291,30 @@ struct AgentServer::Impl {
             ErrorResponse(InvalidArgumentError("use POST /v1/invoke/{service}/{handler}")));
         return;
       }
+      Result<transport::CallIds> ids = transport::CallIdsFromHeaders(req);
+      if (!ids.ok()) {
+        resp.Respond(ErrorResponse(ids.status()));
+        return;
+      }
       InvokeRequest ir;
       ir.service = p[2];
       ir.handler = p[3];
       ir.payload = std::move(req.body);
       ir.instance = std::string(req.Query("instance"));
-      agent->Invoke(std::move(ir), [resp](InvokeResult r) {
-        if (!r.status.ok()) {
-          resp.Respond(ErrorResponse(r.status));
-          return;
-        }
+      ir.trace_id = ids->trace_id;
+      ir.idempotency_key = ids->idempotency_key;
+      agent->Invoke(std::move(ir), [resp, trace = ids->trace_id](InvokeResult r) {
         HttpResponse h;
-        h.status = 200;
-        h.content_type = "application/octet-stream";
-        h.body = std::move(r.reply);
-        h.headers.emplace_back("X-Tern-Instance", r.instance);
-        h.headers.emplace_back("X-Tern-Exec-Ns", std::to_string(r.exec_ns));
+        if (!r.status.ok()) {
+          h = ErrorResponse(r.status);
+        } else {
+          h.status = 200;
+          h.content_type = "application/octet-stream";
+          h.body = std::move(r.reply);
+          h.headers.emplace_back("X-Tern-Instance", r.instance);
+          h.headers.emplace_back("X-Tern-Exec-Ns", std::to_string(r.exec_ns));
+        }
+        h.headers.emplace_back(transport::kTraceIdHeader, TraceIdHex(trace));
         resp.Respond(std::move(h));
       });
     });

@@ -1,10 +1,10 @@
 // Calls between services (tern_call_*): every tier with the same guest code (the relay
 // example), tier selection and re-selection, fan-out, errors, deadlines, large payloads,
 // concurrent callers, peer death and garbage from a peer.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/socket.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -13,6 +13,7 @@
 #include "agent/agent.h"
 #include "agent/agent_server.h"
 #include "core/clock.h"
+#include "core/ids.h"
 #include "core/manifest.h"
 #include "testing/process.h"
 #include "testing/test_env.h"
@@ -255,6 +256,74 @@ TEST(CallsTest, SameGuestCodeOnEveryTier) {
   InvokeResult r = Invoke(a.agent.get(), "relay-a", "chain", "relay-b,relay-c,local-svc|far");
   ASSERT_TRUE(r.status.ok()) << r.status;
   EXPECT_EQ(r.reply, "far");
+}
+
+// One trace id at every instance of a chain whose hops cross every tier (in-process,
+// shared memory, TCP), and idempotency keys that survive each hop's frame round trip:
+// each nested call's key is derived from its caller's, the same on a retry.
+TEST(CallsTest, TraceIdAndIdempotencyKeyFollowAChainAcrossTiers) {
+  Node a = Node::Start("a", "h1");
+  Node b = Node::Start("b", "h1");  // same host: shared memory
+  Node c = Node::Start("c", "h2");  // other host: TCP
+  a.Deploy("relay-a");
+  a.Deploy("relay-a2");
+  b.Deploy("relay-b");
+  c.Deploy("relay-c");
+  Learn(a, b.Locations("relay-b"));
+  Learn(b, c.Locations("relay-c"));
+  struct Hop {
+    Node* node;
+    const char* service;
+  };
+  const Hop hops[] = {{&a, "relay-a"}, {&a, "relay-a2"}, {&b, "relay-b"}, {&c, "relay-c"}};
+  auto status_of = [](const Hop& h) {
+    for (const InstanceStatus& i : h.node->agent->GetStatus().instances) {
+      if (i.service == h.service) return i;
+    }
+    ADD_FAILURE() << "no instance of " << h.service;
+    return InstanceStatus{};
+  };
+  auto run = [&](uint64_t trace, uint64_t key) {
+    InvokeRequest r;
+    r.service = "relay-a";
+    r.handler = "chain";
+    r.payload = "relay-a2,relay-b,relay-c|end";
+    r.trace_id = trace;
+    r.idempotency_key = key;
+    InvokeResult res = a.agent->InvokeSync(std::move(r));
+    ASSERT_TRUE(res.status.ok()) << res.status;
+    EXPECT_EQ(res.reply, "end");
+  };
+  run(0x0123456789abcdefull, 42);
+  uint64_t key = 42;
+  for (const Hop& h : hops) {
+    InstanceStatus st = status_of(h);
+    EXPECT_EQ(st.last_trace_id, 0x0123456789abcdefull) << h.service;
+    EXPECT_EQ(st.last_idempotency_key, key) << h.service;
+    if (&h != &hops[3]) key = DeriveCallKey(key, 1, (&h + 1)->service, "chain");
+  }
+  EXPECT_EQ(a.agent->calls_by_tier(Tier::kInProcess), 1u);
+  EXPECT_EQ(a.agent->calls_by_tier(Tier::kSharedMemory), 1u);
+  EXPECT_EQ(b.agent->calls_by_tier(Tier::kTcp), 1u);
+  // A retry with the same key is answered from relay-a's dedup table: the chain does
+  // not run again (had it, every hop would see the same derived keys as above).
+  run(0x0123456789abcdefull, 42);
+  EXPECT_EQ(status_of(hops[0]).deduplicated, 1u);
+  for (int i = 1; i < 4; ++i) EXPECT_EQ(status_of(hops[i]).deduplicated, 0u) << hops[i].service;
+  EXPECT_EQ(a.agent->calls_by_tier(Tier::kInProcess), 1u);
+  EXPECT_EQ(a.agent->calls_by_tier(Tier::kSharedMemory), 1u);
+  EXPECT_EQ(b.agent->calls_by_tier(Tier::kTcp), 1u);
+  // Without a trace id, the first agent starts one and the whole chain shares it; without
+  // a key, no hop has one.
+  run(0, 0);
+  const uint64_t started = status_of(hops[0]).last_trace_id;
+  EXPECT_NE(started, 0u);
+  EXPECT_NE(started, 0x0123456789abcdefull);
+  for (const Hop& h : hops) {
+    InstanceStatus st = status_of(h);
+    EXPECT_EQ(st.last_trace_id, started) << h.service;
+    EXPECT_EQ(st.last_idempotency_key, 0u) << h.service;
+  }
 }
 
 // a → b → a over shared memory, where the connection b opens back to a arrives while

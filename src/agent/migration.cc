@@ -3,15 +3,15 @@
 // instances that moved away (Agent::Forwarder). The steps that touch slots are in
 // agent.cc. Design: docs/design/migration.md; wire format: docs/formats/migration.md.
 
-#include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstring>
 #include <deque>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "agent/agent.h"
@@ -35,6 +35,8 @@ constexpr size_t kWindow = 4;
 // speed compressing pays.
 constexpr uint64_t kLz4PaysBelowBps = 2'000'000'000;
 constexpr auto kStepTimeout = std::chrono::seconds(30);
+// Forwarded requests in flight to one agent.
+constexpr size_t kForwardWindow = 128;
 // A migration connection idle for this long is dropped (with its incoming instance).
 constexpr int64_t kIdleNs = 120'000'000'000;
 
@@ -115,40 +117,24 @@ class Agent::Forwarder {
       }
       std::map<uint64_t, Held> pending;
       int64_t deadline = 0;
-      for (Held& h : batch) {
-        transport::Frame f;
-        f.type = transport::FrameType::kInvoke;
-        f.service = h.req.service;
-        f.handler = h.req.instance.empty() ? h.req.handler : h.req.handler + "@" + h.req.instance;
-        f.payload = h.req.payload;
-        f.tenant = h.req.tenant;
-        const int64_t now = MonoNanos();
-        int64_t until = h.req.deadline_ns != 0 ? h.req.deadline_ns : now + 30'000'000'000;
-        if (h.req.deadline_ns != 0) {
-          f.budget_us = static_cast<uint32_t>(std::clamp<int64_t>((until - now) / 1000, 1, UINT32_MAX));
-        }
-        deadline = std::max(deadline, until);
-        Result<uint64_t> id = client->Send(std::move(f));
-        if (!id.ok()) {
-          h.done(InvokeResult{id.status(), {}, h.req.instance, 0});
-          continue;
-        }
-        pending.emplace(*id, std::move(h));
-      }
-      while (!pending.empty()) {
+      std::deque<Held> retry;  // refused for a full queue: sent again
+      bool broken = false;
+      // One answer; false (and every waiting request failed) if the connection broke
+      // or the answers stopped coming.
+      auto receive_one = [&]() -> bool {
         int64_t left = deadline - MonoNanos();
         Result<transport::Frame> f =
             client->Receive(std::chrono::nanoseconds(std::max<int64_t>(left, 1)));
         if (!f.ok()) {
-          // Broken or timed out: every request still waiting fails (its caller retries
-          // with the same idempotency key where it cares).
+          // Its caller retries with the same idempotency key where it cares.
           Status st = f.status().WithPrefix("forwarded to " + tcp_);
           for (auto& [_, h] : pending) h.done(InvokeResult{st, {}, h.req.instance, 0});
-          if (f.status().code() != StatusCode::kDeadlineExceeded) client.reset();
-          break;
+          pending.clear();
+          client.reset();
+          return false;
         }
         auto it = pending.find(f->request_id);
-        if (it == pending.end()) continue;
+        if (it == pending.end()) return true;
         Held h = std::move(it->second);
         pending.erase(it);
         InvokeResult r;
@@ -156,11 +142,64 @@ class Agent::Forwarder {
         if (f->type == transport::FrameType::kReply) {
           r.reply = std::move(f->payload);
         } else if (f->type == transport::FrameType::kMoved) {
-          r.status = UnavailableError(fmt::format("instance {} moved on from {}", h.req.instance, tcp_));
+          r.status =
+              UnavailableError(fmt::format("instance {} moved on from {}", h.req.instance, tcp_));
         } else {
           r.status = transport::ErrorFrameStatus(*f);
+          if (r.status.code() == StatusCode::kResourceExhausted &&
+              (h.req.deadline_ns == 0 || MonoNanos() < h.req.deadline_ns)) {
+            // Refused before it was queued (the instance's queue is full): never ran,
+            // so sending it again is safe. After the others.
+            retry.push_back(std::move(h));
+            return true;
+          }
         }
         h.done(std::move(r));
+        return true;
+      };
+      for (int pass = 0; !batch.empty(); ++pass) {
+        if (pass > 0)
+          std::this_thread::sleep_for(std::chrono::microseconds(200 * std::min(pass, 50)));
+        for (Held& h : batch) {
+          if (broken) {
+            h.done(InvokeResult{
+                UnavailableError("forwarding to " + tcp_ + " failed"), {}, h.req.instance, 0});
+            continue;
+          }
+          transport::Frame f;
+          f.type = transport::FrameType::kInvoke;
+          f.service = h.req.service;
+          f.handler = h.req.instance.empty() ? h.req.handler : h.req.handler + "@" + h.req.instance;
+          f.payload = h.req.payload;
+          f.tenant = h.req.tenant;
+          f.trace_id = h.req.trace_id;
+          f.idempotency_key = h.req.idempotency_key;
+          const int64_t now = MonoNanos();
+          int64_t until = h.req.deadline_ns != 0 ? h.req.deadline_ns : now + 30'000'000'000;
+          if (h.req.deadline_ns != 0) {
+            f.budget_us =
+                static_cast<uint32_t>(std::clamp<int64_t>((until - now) / 1000, 1, UINT32_MAX));
+          }
+          deadline = std::max(deadline, until);
+          // A window, not the whole burst: the target's queue per instance is bounded
+          // (requests held during a long freeze would overflow it).
+          while (!broken && pending.size() >= kForwardWindow) broken = !receive_one();
+          if (broken) {
+            h.done(InvokeResult{
+                UnavailableError("forwarding to " + tcp_ + " failed"), {}, h.req.instance, 0});
+            continue;
+          }
+          Result<uint64_t> id = client->Send(std::move(f));
+          if (!id.ok()) {
+            h.done(InvokeResult{id.status(), {}, h.req.instance, 0});
+            continue;
+          }
+          pending.emplace(*id, std::move(h));
+        }
+        while (!pending.empty() && receive_one()) {
+        }
+        batch.clear();
+        batch.swap(retry);
       }
     }
   }
@@ -256,7 +295,8 @@ class Agent::MigrationServer {
       if (!transport::WriteAll(fd.get(), out, MonoNanos() + 30'000'000'000).ok()) open = false;
     };
     while (open) {
-      Result<size_t> n = transport::ReadSome(fd.get(), buf.data(), buf.size(), MonoNanos() + kIdleNs);
+      Result<size_t> n =
+          transport::ReadSome(fd.get(), buf.data(), buf.size(), MonoNanos() + kIdleNs);
       if (!n.ok() || *n == 0) break;
       decoder.Feed(std::string_view(buf.data(), *n));
       transport::Frame f;
@@ -281,7 +321,8 @@ class Agent::MigrationServer {
       }
     }
     if (in != nullptr) {
-      TERN_LOG(WARN) << "incoming migration of " << "an instance from " << peer
+      TERN_LOG(WARN) << "incoming migration of "
+                     << "an instance from " << peer
                      << " ended before its commit; dropped (the source keeps it)";
       agent_->IncomingDrop(in);
     }
@@ -301,7 +342,8 @@ class Agent::MigrationServer {
       nlohmann::json j = nlohmann::json::parse(f.payload, nullptr, false);
       if (j.is_discarded() || !j.is_object() || !j.contains("instance") || !j.contains("service") ||
           !j.contains("module_hash") || !j.contains("memory_bytes")) {
-        return InvalidArgumentError("malformed 'begin' (want instance, service, module_hash, memory_bytes)");
+        return InvalidArgumentError(
+            "malformed 'begin' (want instance, service, module_hash, memory_bytes)");
       }
       std::optional<uint32_t> sp;
       try {
@@ -332,10 +374,10 @@ class Agent::MigrationServer {
       std::memcpy(&bytes, f.payload.data(), 8);
       TERN_RETURN_IF_ERROR(agent_->IncomingGrow(in->get(), bytes));
       Incoming* target = in->get();
-      TERN_ASSIGN_OR_RETURN(PageBatchStats st,
-                            DecodePageBatch(std::string_view(f.payload).substr(8),
-                                            agent_->IncomingPages(target),
-                                            [&](uint32_t p, const char* b) { agent_->IncomingApply(target, p, b); }));
+      TERN_ASSIGN_OR_RETURN(
+          PageBatchStats st,
+          DecodePageBatch(std::string_view(f.payload).substr(8), agent_->IncomingPages(target),
+                          [&](uint32_t p, const char* b) { agent_->IncomingApply(target, p, b); }));
       ok.payload = std::to_string(st.zero_pages + st.data_pages);
       reply(ok);
       return Status::Ok();
@@ -484,8 +526,8 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
   if (Status st = MigStart(id, o.freeze_timeout_ns, &memory_bytes, &exact, &service, &hash, &sp);
       !st.ok()) {
     return st.code() == StatusCode::kDeadlineExceeded
-               ? st.WithPrefix(fmt::format("migrating {} to {} did not start; it keeps serving here",
-                                           id, target))
+               ? st.WithPrefix(fmt::format(
+                     "migrating {} to {} did not start; it keeps serving here", id, target))
                : st;
   }
   rep.memory_bytes = memory_bytes;
@@ -505,12 +547,15 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
   };
   // The target or the connection failed (whatever the transport called it).
   auto net_fail = [&](const Status& st) {
-    return fail(st.code() == StatusCode::kDeadlineExceeded ? Status(StatusCode::kUnavailable, st.message())
-                                                           : st);
+    return fail(st.code() == StatusCode::kDeadlineExceeded
+                    ? Status(StatusCode::kUnavailable, st.message())
+                    : st);
   };
 
   // begin (deploying the service there first if it lacks it)
-  nlohmann::json begin = {{"instance", id}, {"service", service}, {"module_hash", hash},
+  nlohmann::json begin = {{"instance", id},
+                          {"service", service},
+                          {"module_hash", hash},
                           {"memory_bytes", memory_bytes}};
   if (sp) begin["stack_pointer"] = *sp;
   Result<transport::Frame> b = stream.Call("begin", begin.dump());
@@ -541,7 +586,8 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
         // Round 0 copies everything; in checksum mode every round scans everything.
         uint64_t pages = memory_bytes / kMigrationPageBytes;
         for (uint64_t from = 0; from < pages; from += kChunkPages) {
-          Result<MigChunk> c = MigScan(id, o.freeze_timeout_ns, static_cast<uint32_t>(from), kChunkPages, r == 0);
+          Result<MigChunk> c =
+              MigScan(id, o.freeze_timeout_ns, static_cast<uint32_t>(from), kChunkPages, r == 0);
           if (!c.ok()) return fail(c.status());
           pages = std::max<uint64_t>(pages, c->memory_bytes / kMigrationPageBytes);
           memory_bytes = std::max(memory_bytes, c->memory_bytes);
@@ -550,13 +596,15 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
         }
       } else {
         // Few enough dirty pages are left in place: they go with the freeze.
-        Result<std::optional<std::vector<uint32_t>>> taken = MigTakeDirty(id, o.freeze_timeout_ns, o.stop_pages);
+        Result<std::optional<std::vector<uint32_t>>> taken =
+            MigTakeDirty(id, o.freeze_timeout_ns, o.stop_pages);
         if (!taken.ok()) return fail(taken.status());
         if (!taken->has_value()) break;
         std::vector<uint32_t>* dirty = &**taken;
         for (size_t i = 0; i < dirty->size(); i += kChunkPages) {
           std::vector<uint32_t> part(dirty->begin() + static_cast<std::ptrdiff_t>(i),
-                                     dirty->begin() + static_cast<std::ptrdiff_t>(std::min(dirty->size(), i + kChunkPages)));
+                                     dirty->begin() + static_cast<std::ptrdiff_t>(std::min(
+                                                          dirty->size(), i + kChunkPages)));
           Result<MigChunk> c = MigCopy(id, o.freeze_timeout_ns, part);
           if (!c.ok()) return fail(c.status());
           Status st = send_chunk(*c, &round);
@@ -578,15 +626,32 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
   std::string commit;
   int64_t frozen_at = 0;
   // Stop-and-copy sends everything now.
-  Result<MigChunk> fin = MigFreeze(id, o.freeze_timeout_ns, /*all=*/!o.precopy, &commit, &frozen_at);
+  Result<MigChunk> fin =
+      MigFreeze(id, o.freeze_timeout_ns, /*all=*/!o.precopy, &commit, &frozen_at);
   if (!fin.ok()) return fail(fin.status());
   rep.freeze_wait_ns = frozen_at - tf;
   rep.final_pages = static_cast<uint32_t>(fin->pages.size());
+  // A few pages ride in the commit frame; more (stop-and-copy: all of them) go first as
+  // page batches, since one frame carries at most transport::kMaxPayloadBytes.
+  const bool inline_pages = fin->pages.size() <= kChunkPages;
+  if (!inline_pages) {
+    for (size_t i = 0; i < fin->pages.size(); i += kChunkPages) {
+      const size_t end = std::min(fin->pages.size(), i + kChunkPages);
+      std::vector<uint32_t> part(fin->pages.begin() + static_cast<std::ptrdiff_t>(i),
+                                 fin->pages.begin() + static_cast<std::ptrdiff_t>(end));
+      Status st = stream.SendPages(
+          fin->memory_bytes,
+          EncodeGatheredPages(fin->data.data() + i * kMigrationPageBytes, part, codec));
+      if (!st.ok()) return net_fail(st);
+    }
+  }
   std::string payload;
   uint32_t n = static_cast<uint32_t>(commit.size());
   payload.append(reinterpret_cast<const char*>(&n), 4);
   payload += commit;
-  if (!fin->pages.empty()) payload += EncodeGatheredPages(fin->data.data(), fin->pages, codec);
+  if (inline_pages && !fin->pages.empty()) {
+    payload += EncodeGatheredPages(fin->data.data(), fin->pages, codec);
+  }
   rep.bytes_raw += fin->pages.size() * kMigrationPageBytes;
   if (Status h = hook("commit"); !h.ok()) return fail(h);
   Result<transport::Frame> c = stream.Call("commit", std::move(payload));

@@ -118,11 +118,13 @@ struct Node {
   std::unique_ptr<AgentServer> server;
   std::string tcp;
 
-  static std::unique_ptr<Node> Start(const std::string& device, int workers = 2) {
+  static std::unique_ptr<Node> Start(const std::string& device, int workers = 2,
+                                     size_t max_queue = 1024) {
     auto n = std::make_unique<Node>();
     AgentOptions o;
     o.device = device;
     o.workers = workers;
+    o.max_queue_per_instance = max_queue;
     Result<std::unique_ptr<Agent>> a = Agent::Create(o, SharedEngine());
     EXPECT_TRUE(a.ok()) << a.status();
     n->agent = std::move(*a);
@@ -257,6 +259,24 @@ TEST_F(MigrationTest, StopAndCopySendsEverythingWhileFrozen) {
   EXPECT_EQ(uint64_t{r->final_pages} * kMigrationPageBytes, r->memory_bytes);
   EXPECT_TRUE(Call(b_->agent.get(), "check").status.ok());
   EXPECT_EQ(Call(b_->agent.get(), "get").reply, "3");
+}
+
+TEST_F(MigrationTest, StopAndCopyOfAMemoryLargerThanOneFrame) {
+  // 66 MiB: more than a frame's payload (transport::kMaxPayloadBytes), so the frozen
+  // pages cannot ride in the commit frame.
+  ASSERT_TRUE(Call(a_->agent.get(), "fill", "67584").status.ok());
+  ASSERT_TRUE(Call(a_->agent.get(), "touch", "8").status.ok());
+  const std::string sum = Call(a_->agent.get(), "check").reply;
+  MigrateOptions o = To(*b_);
+  o.precopy = false;
+  Result<MigrationReport> r = a_->agent->Migrate(id_, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_GT(r->memory_bytes, uint64_t{transport::kMaxPayloadBytes});
+  EXPECT_EQ(uint64_t{r->final_pages} * kMigrationPageBytes, r->memory_bytes);
+  InvokeResult check = Call(b_->agent.get(), "check");
+  ASSERT_TRUE(check.status.ok()) << check.status;
+  EXPECT_EQ(check.reply, sum);
+  EXPECT_EQ(Call(b_->agent.get(), "get").reply, "1");
 }
 
 TEST_F(MigrationTest, NoIncrementLostOrDoubledUnderLoadAcrossMigrationsBackAndForth) {
@@ -513,6 +533,50 @@ TEST(MigrationNestedTest, WaitsForTheRequestBoundaryThenFailsClearlyAtTheTimeout
   Result<MigrationReport> again = a->agent->Migrate(id, o);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(Call(b->agent.get(), "get").reply, "3");
+}
+
+TEST(MigrationBurstTest, RequestsHeldDuringTheFreezeAreForwardedWithinTheTargetsQueue) {
+  // The target queues at most 16 requests per instance; 200 arrive during the freeze.
+  std::unique_ptr<Node> a = Node::Start("src");
+  std::unique_ptr<Node> b = Node::Start("dst", 2, /*max_queue=*/16);
+  Result<ServiceStatus> c = a->agent->Deploy(CounterManifest(1), ReadWasm("counter"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  const std::string id = c->instances.at(0);
+  std::atomic<int> ok{0}, failed{0};
+  std::string first_error;
+  Mutex mu;
+  MigrateOptions o;
+  o.to_tcp = b->tcp;
+  o.to_device = "dst";
+  o.step_hook = [&](const std::string& step) -> Status {
+    if (step != "commit") return Status::Ok();
+    for (int i = 0; i < 200; ++i) {
+      InvokeRequest r;
+      r.service = "counter";
+      r.handler = "incr";
+      r.payload = "1";
+      a->agent->Invoke(std::move(r), [&](InvokeResult res) {
+        if (res.status.ok()) {
+          ok.fetch_add(1);
+        } else {
+          MutexLock l(&mu);
+          if (first_error.empty()) first_error = res.status.ToString();
+          failed.fetch_add(1);
+        }
+      });
+    }
+    return Status::Ok();
+  };
+  Result<MigrationReport> r = a->agent->Migrate(id, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->held, 200u);
+  const int64_t until = MonoNanos() + 20'000'000'000;
+  while (ok.load() + failed.load() < 200 && MonoNanos() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(failed.load(), 0) << first_error;
+  EXPECT_EQ(ok.load(), 200);
+  EXPECT_EQ(Call(b->agent.get(), "get").reply, "200");
 }
 
 }  // namespace

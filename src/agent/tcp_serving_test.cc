@@ -2,8 +2,8 @@
 // default) or by the I/O thread (kLoop): pipelining, malformed input, peers that stop
 // reading, deadlines of queued requests, moving a connection to its service's worker,
 // shutdown with connections open. The behaviour both modes share runs on both.
-#include <gtest/gtest.h>
 #include <arpa/inet.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -15,10 +15,13 @@
 #include "agent/agent.h"
 #include "agent/agent_server.h"
 #include "core/clock.h"
+#include "core/ids.h"
 #include "core/manifest.h"
 #include "testing/test_env.h"
 #include "transport/frame.h"
 #include "transport/frame_client.h"
+#include "transport/http.h"
+#include "transport/json_api.h"
 #include "transport/socket.h"
 
 namespace tern::agent {
@@ -169,6 +172,80 @@ TEST_P(TcpServingTest, PipelinedRequestsAreAnsweredById) {
     EXPECT_EQ(s.agent->tcp_stats().accepted, 1u);
     EXPECT_EQ(s.agent->tcp_stats().open, 1u);
   }
+}
+
+// The instance of `service` in the agent's status.
+InstanceStatus StatusOf(Agent* a, const std::string& service) {
+  for (InstanceStatus& i : a->GetStatus().instances) {
+    if (i.service == service) return i;
+  }
+  ADD_FAILURE() << "no instance of " << service;
+  return {};
+}
+
+// The ids of an invoke frame reach the request (RequestFromFrame), whoever serves the
+// connection; answers carry none.
+TEST_P(TcpServingTest, TraceIdAndIdempotencyKeyReachTheInstance) {
+  Server s = Server::Start(GetParam(), /*workers=*/2);
+  s.Deploy("svc");
+  auto c = s.Connect();
+  ASSERT_NE(c, nullptr);
+  Frame f = Invoke("svc", "echo", "traced");
+  f.trace_id = 0x4bf92f3577b34da6ull;
+  f.idempotency_key = 0xfeedull;
+  Result<Frame> r = c->Call(f, kTimeout);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->payload, "traced");
+  EXPECT_EQ(r->trace_id, 0u);
+  EXPECT_EQ(r->idempotency_key, 0u);
+  InstanceStatus st = StatusOf(s.agent.get(), "svc");
+  EXPECT_EQ(st.last_trace_id, 0x4bf92f3577b34da6ull);
+  EXPECT_EQ(st.last_idempotency_key, 0xfeedull);
+  // An invoke without a trace id starts a trace of its own at the agent.
+  ASSERT_TRUE(c->Call(Invoke("svc", "echo", "untraced"), kTimeout).ok());
+  st = StatusOf(s.agent.get(), "svc");
+  EXPECT_NE(st.last_trace_id, 0u);
+  EXPECT_NE(st.last_trace_id, 0x4bf92f3577b34da6ull);
+  EXPECT_EQ(st.last_idempotency_key, 0u);
+}
+
+// The admin API's invoke takes the same headers as the gateway's.
+TEST(AgentAdminInvokeTest, TraceAndIdempotencyHeaders) {
+  Server s = Server::Start(TcpServing::kWorker, /*workers=*/1);
+  s.Deploy("svc");
+  auto http = transport::HttpClient::Connect("127.0.0.1", s.server->admin_port(), kTimeout);
+  ASSERT_TRUE(http.ok()) << http.status();
+  auto post = [&](const transport::HttpHeaders& h) {
+    Result<transport::HttpClientResponse> r = (*http)->Request(
+        "POST", "/v1/invoke/svc/echo", "hi", "application/octet-stream", kTimeout, h);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : transport::HttpClientResponse{};
+  };
+  transport::HttpClientResponse r =
+      post({{"X-Tern-Trace-Id", "00ABCDEF12345678"}, {"Idempotency-Key", "0x2a"}});
+  EXPECT_EQ(r.status, 200) << r.body;
+  ASSERT_NE(r.FindHeader("x-tern-trace-id"), nullptr);
+  EXPECT_EQ(*r.FindHeader("x-tern-trace-id"), "00abcdef12345678");
+  InstanceStatus st = StatusOf(s.agent.get(), "svc");
+  EXPECT_EQ(st.last_trace_id, 0x00abcdef12345678ull);
+  EXPECT_EQ(st.last_idempotency_key, 42u);
+  // Without the header: a fresh trace id, returned.
+  r = post({});
+  EXPECT_EQ(r.status, 200) << r.body;
+  ASSERT_NE(r.FindHeader("x-tern-trace-id"), nullptr);
+  Result<uint64_t> fresh = ParseTraceId(*r.FindHeader("x-tern-trace-id"));
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  EXPECT_EQ(StatusOf(s.agent.get(), "svc").last_trace_id, *fresh);
+  // Malformed: 400, naming the header; the request does not run.
+  const uint64_t served = StatusOf(s.agent.get(), "svc").requests;
+  for (const transport::HttpHeaders& bad :
+       {transport::HttpHeaders{{"X-Tern-Trace-Id", "not-hex"}},
+        transport::HttpHeaders{{"Idempotency-Key", "twelve"}}}) {
+    r = post(bad);
+    EXPECT_EQ(r.status, 400) << r.body;
+    EXPECT_NE(r.body.find(bad[0].first), std::string::npos) << r.body;
+  }
+  EXPECT_EQ(StatusOf(s.agent.get(), "svc").requests, served);
 }
 
 TEST_P(TcpServingTest, MalformedFrameClosesOnlyThatConnection) {

@@ -124,16 +124,19 @@ int ClusterPs(const ClusterRecord& c, bool raw_json, int64_t timeout_ms) {
         ++inst;
       }
     }
-    std::printf("%-12s %-8s %-5s %-6.2f %-6.2f %-6s %-7s %-5d %s\n", a.value("device", "").c_str(),
-                a.value("host", "").c_str(), a.value("kind", "").c_str(), a.value("cores", 0.0),
-                a.value("speed", 0.0),
-                a.contains("cpu_util") ? fmt::format("{:.0f}%", 100 * a["cpu_util"].get<double>()).c_str()
-                                       : "-",
-                Mib(a.value("memory_bytes", uint64_t{0})).c_str(), inst,
-                a.value("tcp", "").c_str());
+    std::string device = a.value("device", "");
+    if (a.value("draining", false)) device += " (drain)";
+    std::printf(
+        "%-12s %-8s %-5s %-6.2f %-6.2f %-6s %-7s %-5d %s\n", device.c_str(),
+        a.value("host", "").c_str(), a.value("kind", "").c_str(), a.value("cores", 0.0),
+        a.value("speed", 0.0),
+        a.contains("cpu_util") ? fmt::format("{:.0f}%", 100 * a["cpu_util"].get<double>()).c_str()
+                               : "-",
+        Mib(a.value("memory_bytes", uint64_t{0})).c_str(), inst, a.value("tcp", "").c_str());
   }
-  std::printf("\n%-18s %-12s %-12s %-8s %-6s %-9s %-9s %-9s %-9s %s\n", "INSTANCE", "SERVICE",
-              "DEVICE", "HOST", "EPOCH", "STATE", "REQ/S", "EXEC_US", "J/REQ", "REQUESTS");
+  std::printf("\n%-18s %-12s %-12s %-8s %-6s %-9s %-9s %-9s %-9s %-9s %s\n", "INSTANCE", "SERVICE",
+              "DEVICE", "HOST", "EPOCH", "STATE", "REQ/S", "EXEC_US", "J/REQ", "REQUESTS",
+              "CHECKPOINT");
   std::vector<std::string> problems;
   for (const json& s : j["services"]) {
     for (const json& i : s["instances"]) {
@@ -144,17 +147,26 @@ int ClusterPs(const ClusterRecord& c, bool raw_json, int64_t timeout_ms) {
         joules = fmt::format("{:.3g}{}", t->second["j_per_request"].get<double>(),
                              t->second.value("energy_source", "") == "rapl" ? "r" : "");
       }
-      std::printf("%-18s %-12s %-12s %-8s %-6lld %-9s %-9s %-9s %-9s %s\n", id.c_str(),
-                  s.value("name", "").c_str(), i.value("device", "").c_str(),
-                  i.value("host", "").c_str(), static_cast<long long>(i.value("epoch", int64_t{0})),
-                  i.value("state", "").c_str(),
-                  t == tel.end() ? "-" : fmt::format("{:.1f}", t->second.value("rate", 0.0)).c_str(),
-                  t == tel.end() ? "-"
-                                 : fmt::format("{:.1f}", t->second.value("mean_exec_us", 0.0)).c_str(),
-                  joules.c_str(),
-                  t == tel.end()
-                      ? "-"
-                      : std::to_string(t->second.value("requests", uint64_t{0})).c_str());
+      std::string ckpt = "-";
+      if (i.contains("checkpoint")) {
+        ckpt =
+            fmt::format("{:.1f}s ago on {}", i["checkpoint"].value("age_ms", int64_t{0}) / 1000.0,
+                        i["checkpoint"].value("device", ""));
+      } else if (s.value("checkpoint_ms", int64_t{0}) > 0) {
+        ckpt = "none yet";
+      }
+      std::string state = i.value("state", "");
+      if (i.value("moving", false)) state = "moving";
+      std::printf(
+          "%-18s %-12s %-12s %-8s %-6lld %-9s %-9s %-9s %-9s %-9s %s\n", id.c_str(),
+          s.value("name", "").c_str(), i.value("device", "").c_str(), i.value("host", "").c_str(),
+          static_cast<long long>(i.value("epoch", int64_t{0})), state.c_str(),
+          t == tel.end() ? "-" : fmt::format("{:.1f}", t->second.value("rate", 0.0)).c_str(),
+          t == tel.end() ? "-"
+                         : fmt::format("{:.1f}", t->second.value("mean_exec_us", 0.0)).c_str(),
+          joules.c_str(),
+          t == tel.end() ? "-" : std::to_string(t->second.value("requests", uint64_t{0})).c_str(),
+          ckpt.c_str());
     }
     if (s.contains("problem")) {
       problems.push_back(fmt::format("{}: {}", s.value("name", ""), s["problem"].get<std::string>()));
@@ -185,7 +197,8 @@ int ClusterPs(const ClusterRecord& c, bool raw_json, int64_t timeout_ms) {
 }
 
 int ClusterInvoke(const ClusterRecord& c, const std::string& service, const std::string& handler,
-                  const std::string& payload, int64_t repeat, int64_t timeout_ms) {
+                  const std::string& payload, int64_t repeat, int64_t timeout_ms,
+                  const transport::CallIds& ids) {
   if (c.gateway.empty()) {
     return CommandFailed(FailedPreconditionError("no gateway address (--gateway or `tern up` first)"));
   }
@@ -200,7 +213,18 @@ int ClusterInvoke(const ClusterRecord& c, const std::string& service, const std:
                                    http.status().message())));
   }
   std::string target = "/v1/invoke/" + service + "/" + handler;
-  transport::HttpHeaders headers = {{"X-Tern-Timeout-Ms", std::to_string(timeout_ms)}};
+  transport::HttpHeaders headers = {{"X-Tern-Timeout-Ms", std::to_string(timeout_ms)},
+                                    {transport::kTraceIdHeader, TraceIdHex(ids.trace_id)}};
+  if (ids.idempotency_key != 0) {
+    headers.emplace_back(transport::kIdempotencyKeyHeader, std::to_string(ids.idempotency_key));
+  }
+  // The trace id the gateway used (it echoes ours), on stderr (stdout is the reply) when
+  // that is a terminal.
+  auto print_trace = [&](const transport::HttpClientResponse* r) {
+    if (!isatty(STDERR_FILENO)) return;
+    const std::string* t = r ? r->FindHeader(transport::kTraceIdHeader) : nullptr;
+    std::fprintf(stderr, "trace %s\n", t ? t->c_str() : TraceIdHex(ids.trace_id).c_str());
+  };
   auto once = [&]() -> Result<transport::HttpClientResponse> {
     TERN_ASSIGN_OR_RETURN(transport::HttpClientResponse r,
                           (*http)->Request("POST", target, payload, "application/octet-stream",
@@ -210,6 +234,7 @@ int ClusterInvoke(const ClusterRecord& c, const std::string& service, const std:
   };
   if (repeat == 1) {
     Result<transport::HttpClientResponse> r = once();
+    print_trace(r.ok() ? &*r : nullptr);
     if (!r.ok()) return CommandFailed(r.status());
     PrintReply(r->body);
     return 0;
@@ -220,6 +245,7 @@ int ClusterInvoke(const ClusterRecord& c, const std::string& service, const std:
   for (int64_t i = 0; i < repeat; ++i) {
     int64_t t0 = MonoNanos();
     Result<transport::HttpClientResponse> r = once();
+    if (i == 0 || !r.ok()) print_trace(r.ok() ? &*r : nullptr);
     if (!r.ok()) return CommandFailed(r.status().WithPrefix(fmt::format("call {} of {}", i + 1, repeat)));
     ns.push_back(MonoNanos() - t0);
     const std::string* who = r->FindHeader("x-tern-instance");

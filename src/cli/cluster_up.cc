@@ -98,6 +98,7 @@ struct UpOptions {
   std::string name;
   std::string isolation;  // auto | netns | loopback
   std::string store;      // embedded | etcd
+  bool rebalance = false;  // the controller's --rebalance
   std::chrono::milliseconds timeout{60000};
 };
 
@@ -230,6 +231,7 @@ class Up {
     } else {
       argv.insert(argv.end(), {"--store", "etcd:" + etcd_});
     }
+    if (o_.rebalance) argv.push_back("--rebalance");
     TERN_ASSIGN_OR_RETURN(emu::ProcessRecord p, Spawn("controller", argv));
     TERN_ASSIGN_OR_RETURN(std::string line,
                           WaitForLine(dir_ + "/logs/controller.log", "controller listening on http://",
@@ -376,12 +378,16 @@ int CmdUp(int argc, char** argv) {
   f.Add("isolation", "auto", "netns (needs root), loopback, or auto (netns when possible)");
   f.Add("store", "embedded", "the controller's store: embedded, or etcd (starts a real etcd)");
   f.Add("timeout-ms", "60000", "give up when the cluster is not up in this time");
+  f.AddBool("rebalance",
+            "the controller moves running instances off overloaded devices and to cheaper "
+            "placements (`tern controller --help`: --rebalance)");
   if (int rc = ParseFlagsOrExit(&f, argc, argv, "tern up", 1, 1); rc >= 0) return rc;
   UpOptions o;
   o.topology_path = f.positional()[0];
   o.name = f.Get("name");
   o.isolation = f.Get("isolation");
   o.store = f.Get("store");
+  o.rebalance = f.GetBool("rebalance");
   if (o.isolation != "auto" && o.isolation != "netns" && o.isolation != "loopback") {
     return UsageError(f, "tern up", "--isolation must be auto, netns or loopback");
   }

@@ -65,6 +65,9 @@ int CmdDeploy(int argc, char** argv) {
   f.AddBool("no-start", "deploy without starting instances");
   f.Add("name", "", "deploy under this service name instead of the manifest's `name`");
   f.Add("replicas", "", "number of instances instead of the manifest's `replicas`");
+  f.Add("checkpoint-ms", "",
+        "cluster, stateful services: snapshot each instance this often to a storage device, "
+        "to restore it from if its agent dies (the manifest's `checkpoint_ms`; 0 = off)");
   f.Add("devices", "", "cluster: the devices it may run on, comma-separated (default: any)");
   f.Add("policy", "",
         "cluster: let the placement engine place it: latency, energy, balanced, host-only, "
@@ -81,7 +84,21 @@ int CmdDeploy(int argc, char** argv) {
   const std::string manifest_path = f.positional()[0];
   Result<Manifest> m = LoadManifest(manifest_path);
   if (!m.ok()) return Fail(m.status());
-  const bool rewritten = !f.Get("name").empty() || !f.Get("replicas").empty();
+  const bool rewritten =
+      !f.Get("name").empty() || !f.Get("replicas").empty() || !f.Get("checkpoint-ms").empty();
+  if (!f.Get("checkpoint-ms").empty()) {
+    Result<int64_t> ms = f.GetInt("checkpoint-ms", 0, kMaxCheckpointMs);
+    if (!ms.ok()) return Fail(ms.status());
+    if (*ms != 0 && *ms < kMinCheckpointMs) {
+      return Fail(InvalidArgumentError(
+          fmt::format("--checkpoint-ms must be 0 (off) or at least {}", kMinCheckpointMs)));
+    }
+    if (*ms != 0 && !m->stateful) {
+      return Fail(InvalidArgumentError(fmt::format(
+          "--checkpoint-ms is for stateful services; {} is not (`stateful: true`)", m->name)));
+    }
+    m->checkpoint_ms = static_cast<uint32_t>(*ms);
+  }
   if (!f.Get("name").empty()) {
     if (!IsValidName(f.Get("name"))) {
       return Fail(InvalidArgumentError(fmt::format(
@@ -190,9 +207,14 @@ int CmdInvoke(int argc, char** argv) {
   Flags f("tern invoke SERVICE HANDLER [PAYLOAD] [flags]",
           "Calls a handler of a service and prints the reply: through the cluster's\n"
           "gateway (HTTP), or over one agent's frame protocol with --agent. PAYLOAD is\n"
-          "taken literally; `-` reads it from stdin.");
+          "taken literally; `-` reads it from stdin. When stderr is a terminal, the trace\n"
+          "id of the call is printed there (`trace <hex>`); scripts choose their own with\n"
+          "--trace-id. Every call of --repeat sends the same ids.");
   f.Add("data-file", "", "read the payload from this file");
   f.Add("repeat", "1", "call N times and print latency percentiles instead of the reply");
+  f.Add("trace-id", "", "trace id to send (1-16 hex digits; default: a fresh random one)");
+  f.Add("idempotency-key", "",
+        "idempotency key to send: a u64, decimal or hex after 0x (default: none)");
   AddTargetFlags(&f);
   if (int rc = ParseOrExit(&f, argc, argv, 2, 3); rc >= 0) return rc;
   std::string payload;
@@ -211,17 +233,33 @@ int CmdInvoke(int argc, char** argv) {
   if (!repeat.ok()) return Usage(f, repeat.status());
   Result<int64_t> tmo = f.GetInt("timeout-ms", 1, 3'600'000);
   if (!tmo.ok()) return Usage(f, tmo.status());
+  transport::CallIds ids;
+  if (f.IsSet("trace-id")) {
+    Result<uint64_t> t = ParseTraceId(f.Get("trace-id"), "--trace-id");
+    if (!t.ok()) return Usage(f, t.status());
+    ids.trace_id = *t;
+  } else {
+    ids.trace_id = NewTraceId();
+  }
+  if (f.IsSet("idempotency-key")) {
+    Result<uint64_t> k = ParseIdempotencyKey(f.Get("idempotency-key"), "--idempotency-key");
+    if (!k.ok()) return Usage(f, k.status());
+    ids.idempotency_key = *k;
+  }
   Result<std::optional<ClusterRecord>> cluster = ResolveCluster(f);
   if (!cluster.ok()) return Fail(cluster.status());
   if (cluster->has_value()) {
-    return ClusterInvoke(**cluster, f.positional()[0], f.positional()[1], payload, *repeat, *tmo);
+    return ClusterInvoke(**cluster, f.positional()[0], f.positional()[1], payload, *repeat, *tmo,
+                         ids);
   }
   auto c = Connect(f);
   if (!c.ok()) return Fail(c.status());
   const std::string& svc = f.positional()[0];
   const std::string& handler = f.positional()[1];
+  if (isatty(STDERR_FILENO)) std::fprintf(stderr, "trace %s\n", TraceIdHex(ids.trace_id).c_str());
   if (*repeat == 1) {
-    Result<std::string> r = (*c)->Invoke(svc, handler, payload, std::chrono::milliseconds(*tmo));
+    Result<std::string> r =
+        (*c)->Invoke(svc, handler, payload, std::chrono::milliseconds(*tmo), ids);
     if (!r.ok()) return Fail(r.status());
     PrintReply(*r);
     return 0;
@@ -231,7 +269,8 @@ int CmdInvoke(int argc, char** argv) {
   int64_t start = MonoNanos();
   for (int64_t i = 0; i < *repeat; ++i) {
     int64_t t0 = MonoNanos();
-    Result<std::string> r = (*c)->Invoke(svc, handler, payload, std::chrono::milliseconds(*tmo));
+    Result<std::string> r =
+        (*c)->Invoke(svc, handler, payload, std::chrono::milliseconds(*tmo), ids);
     if (!r.ok()) return Fail(r.status().WithPrefix(fmt::format("call {} of {}", i + 1, *repeat)));
     ns.push_back(MonoNanos() - t0);
   }
@@ -441,7 +480,10 @@ void PrintTopLevelHelp() {
       "  logs        print the log of a device's agent, the controller or the gateway\n"
       "  data        put, list, read and remove datasets on storage devices\n"
       "  explain     where the placement engine would put a service, and why\n"
-      "  load        open-loop load through the gateway; checks nothing is lost\n\n"
+      "  load        open-loop load through the gateway; checks nothing is lost\n"
+      "  migrate     move a running instance, with its state, to another device\n"
+      "  drain       move everything off a device (and keep new placements off it)\n"
+      "  undrain     let a drained device take placements again\n\n"
       "roles (long-running processes; `tern up` starts them for you):\n"
       "  agent       the agent of one device (hosts instances, serves calls)\n"
       "  controller  the cluster controller (placement, locations, API)\n"
@@ -482,6 +524,9 @@ int RunClientCommand(int argc, char** argv) {
   if (cmd == "data") return CmdData(argc, argv);
   if (cmd == "explain") return CmdExplain(argc, argv);
   if (cmd == "load") return CmdLoad(argc, argv);
+  if (cmd == "migrate") return CmdMigrate(argc, argv);
+  if (cmd == "drain") return CmdDrain(argc, argv);
+  if (cmd == "undrain") return CmdUndrain(argc, argv);
   if (cmd == "version" || cmd == "--version") {
     std::printf("tern 0.1.0 (guest ABI tern_v1)\n");
     return 0;

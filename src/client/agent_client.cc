@@ -137,10 +137,13 @@ Result<transport::FrameClient*> AgentClient::Frames() {
 
 Result<std::string> AgentClient::Invoke(const std::string& service, const std::string& handler,
                                         const std::string& payload,
-                                        std::chrono::milliseconds timeout) {
+                                        std::chrono::milliseconds timeout,
+                                        const transport::CallIds& ids) {
   TERN_ASSIGN_OR_RETURN(transport::FrameClient * fc, Frames());
   transport::Frame f;
   f.type = transport::FrameType::kInvoke;
+  f.trace_id = ids.trace_id;
+  f.idempotency_key = ids.idempotency_key;
   f.service = service;
   f.handler = handler;
   f.payload = payload;

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "core/status.h"
+#include "transport/json_api.h"
 
 namespace tern::transport {
 class HttpClient;
@@ -61,9 +62,12 @@ class AgentClient {
   Status RemoveObject(const std::string& dataset, const std::string& key);
 
   // Invokes over the frame protocol (connects to the agent's frame port on first use).
+  // `ids` go into the frame: a trace id of 0 lets the agent start a trace of its own
+  // (the caller then does not learn it); an idempotency key of 0 is none.
   Result<std::string> Invoke(const std::string& service, const std::string& handler,
                              const std::string& payload,
-                             std::chrono::milliseconds timeout = std::chrono::seconds(30));
+                             std::chrono::milliseconds timeout = std::chrono::seconds(30),
+                             const transport::CallIds& ids = {});
   // The frame client, for pipelined use (benchmarks); connects on first use.
   Result<transport::FrameClient*> Frames();
 

@@ -1,10 +1,12 @@
 #include "controller/controller.h"
 
 #include <fmt/format.h>
+#include <time.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <deque>
 #include <list>
 #include <map>
@@ -16,7 +18,6 @@
 #include "controller/advisor.h"
 #include "controller/model.h"
 #include "controller/energy.h"
-#include "placement/explain.h"
 #include "controller/plan.h"
 #include "core/base64.h"
 #include "core/clock.h"
@@ -28,6 +29,7 @@
 #include "core/task_thread.h"
 #include "core/version.h"
 #include "dataplane/location.h"
+#include "placement/explain.h"
 #include "store/election.h"
 #include "store/store.h"
 #include "transport/event_loop.h"
@@ -90,8 +92,12 @@ struct Telemetry {
     uint64_t reply_bytes_total = 0;  // reply payload bytes (cumulative)
     double mean_cpu_us = 0;          // CPU per request over the last interval with requests
     EnergyEstimate energy;           // per request, likewise (energy.h)
+    std::string last_trace_id;  // of the last request it served, as of the heartbeat
   };
   std::map<std::string, Inst> instances;
+  std::set<std::string> previous_ids;  // the instances of the heartbeat before
+  bool two = false;                    // there was a heartbeat before (of this boot)
+  int64_t previous_at_ns = 0;          // when it arrived
   std::set<std::string> services;  // deployed on the agent
   struct Dataset {
     uint64_t objects = 0, bytes = 0, bytes_read = 0;
@@ -119,6 +125,36 @@ struct Controller::Impl {
   std::unique_ptr<transport::HttpServer> http;
   std::unique_ptr<TaskThread> fast;  // registrations, heartbeats
   std::unique_ptr<TaskThread> slow;  // deploys, reads that range the store
+  std::unique_ptr<TaskThread> ops;   // migrations and drains (they take a while)
+
+  // Operations and the planner. A reconcile round holds round_mu from loading its view to
+  // executing its plan; an operation holds it while it marks instances and changes their
+  // records, so a plan sees both the marks and the records, or neither.
+  Mutex round_mu;
+  Mutex ops_mu;
+  std::set<std::string> busy GUARDED_BY(ops_mu);     // ClusterView::busy
+  std::set<std::string> leaving GUARDED_BY(ops_mu);  // ClusterView::leaving
+  // Drains, by device: what they did so far (GET /v1/devices/{d}/drain).
+  struct DrainStep {
+    std::string instance, from, to, how, message;
+    bool ok = false;
+    json report;  // the migration report, for stateful instances
+  };
+  struct DrainProgress {
+    int64_t started_unix_ms = 0;
+    size_t total = 0;
+    bool done = false;
+    std::vector<DrainStep> steps;
+  };
+  std::map<std::string, DrainProgress> drains GUARDED_BY(ops_mu);
+
+  // The checkpointer thread (periodic snapshots of stateful instances).
+  std::thread checkpointer;
+  Mutex ck_mu;
+  CondVar ck_cv;
+  bool ck_stop GUARDED_BY(ck_mu) = false;
+  std::map<std::string, std::unique_ptr<client::AgentClient>> ck_conns;  // checkpointer only
+  std::map<std::string, int64_t> ck_attempt_ms;  // checkpointer only: last try per instance
 
   // Leadership (store/election.h); the election and its lease belong to the reconcile
   // thread (and Start, before it runs).
@@ -137,7 +173,10 @@ struct Controller::Impl {
   uint64_t rounds_started GUARDED_BY(rmu) = 0;
   uint64_t rounds_done GUARDED_BY(rmu) = 0;
   std::map<std::string, AgentConn> conns;  // reconcile thread only
-  std::map<std::pair<std::string, std::string>, int64_t> backoff_until;  // reconcile thread
+  // Reconcile thread: each instance record's epoch and when this controller first saw it.
+  std::map<std::string, std::pair<int64_t, int64_t>> record_seen;
+  Mutex backoff_mu;
+  std::map<std::pair<std::string, std::string>, int64_t> backoff_until GUARDED_BY(backoff_mu);
   std::unique_ptr<store::Watch> agents_watch;
 
   // Published state.
@@ -150,6 +189,17 @@ struct Controller::Impl {
   std::deque<std::pair<int64_t, std::string>> events GUARDED_BY(pub_mu);
   std::map<std::string, Telemetry> telemetry GUARDED_BY(pub_mu);
   std::map<std::string, int64_t> last_heartbeat_ns GUARDED_BY(pub_mu);
+  // The last version that woke long polls, how many it woke, and how many polls asked for
+  // a newer one since (WaitForPollers).
+  uint64_t woken_version GUARDED_BY(pub_mu) = 0;
+  size_t woken_count GUARDED_BY(pub_mu) = 0;
+  size_t repolled GUARDED_BY(pub_mu) = 0;
+  // Each live device's recent CPU utilization samples, oldest first (the rebalancer's
+  // window).
+  std::map<std::string, std::deque<double>> util_history GUARDED_BY(pub_mu);
+  // When each instance last moved (unix ms; migrations, replacements): the cool-down.
+  std::map<std::string, int64_t> last_moved_ms GUARDED_BY(ops_mu);
+  std::atomic<bool> rebalancing{false};  // a rebalancer move is queued or running
 
   // Long polls waiting for a new version (loop thread only).
   struct Waiter {
@@ -198,14 +248,38 @@ struct Controller::Impl {
       v = version;
       doc = locations_doc;
     }
+    size_t answered = 0;
     for (auto it = waiters.begin(); it != waiters.end();) {
       if (v > it->after) {
         loop->loop()->CancelTimer(it->timer);
         it->responder.Respond(HttpResponse::Json(200, doc));
         it = waiters.erase(it);
+        ++answered;
       } else {
         ++it;
       }
+    }
+    MutexLock l(&pub_mu);
+    woken_version = v;
+    woken_count = answered;
+    repolled = 0;
+  }
+
+  uint64_t PublishedVersion() {
+    MutexLock l(&pub_mu);
+    return version;
+  }
+
+  // Ops thread: waits (up to `timeout`) until the long pollers (gateways) that were woken
+  // by a version >= v have polled again for a newer one, i.e. applied that table.
+  void WaitForPollers(uint64_t v, std::chrono::milliseconds timeout) {
+    int64_t deadline = MonoNanos() + std::chrono::nanoseconds(timeout).count();
+    while (MonoNanos() < deadline) {
+      {
+        MutexLock l(&pub_mu);
+        if (woken_version >= v && repolled >= woken_count) return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
   }
 
@@ -278,6 +352,7 @@ struct Controller::Impl {
     poke = true;
     rcv.Signal();
     while (rounds_done < want) {
+      if (stopping) return UnavailableError("the controller is stopping");
       int64_t left = deadline - MonoNanos();
       if (left <= 0) return DeadlineExceededError("the controller's reconcile round took too long");
       rcv.WaitFor(&rmu, std::chrono::nanoseconds(left));
@@ -305,6 +380,7 @@ struct Controller::Impl {
         ++rounds_started;
       }
       if (Lead()) {
+        MutexLock rl(&round_mu);
         Status s = Reconcile();
         if (!s.ok() && !Quiet(__LINE__, 5)) TERN_LOG(WARN) << "reconcile: " << s;
       }
@@ -344,7 +420,27 @@ struct Controller::Impl {
       std::string id = r->id;
       view.instances[id] = PlacedInstance{std::move(*r), kv.mod_revision};
     }
+    TERN_ASSIGN_OR_RETURN(store::RangeResult drained, store->Range(kDrainedPrefix));
+    for (const store::KeyValue& kv : drained.kvs)
+      view.draining.insert(std::string(KeyName(kv.key)));
+    TERN_ASSIGN_OR_RETURN(store::RangeResult cks, store->Range(kCheckpointsPrefix));
+    for (const store::KeyValue& kv : cks.kvs) {
+      Result<CheckpointRecord> r = CheckpointFromJson(kv.value, kv.key);
+      if (!r.ok()) {
+        if (!Quiet(__LINE__, 10))
+          TERN_LOG(WARN) << "skipping a bad checkpoint record: " << r.status();
+        continue;
+      }
+      std::string id = r->id;
+      view.checkpoints[id] = std::move(*r);
+    }
+    {
+      MutexLock l(&ops_mu);
+      view.busy = busy;
+      view.leaving = leaving;
+    }
     int64_t now = MonoNanos();
+    MutexLock bl(&backoff_mu);
     for (auto it = backoff_until.begin(); it != backoff_until.end();) {
       if (it->second <= now) {
         it = backoff_until.erase(it);
@@ -381,9 +477,42 @@ struct Controller::Impl {
     return &c;
   }
 
+  // The "service@module_hash" tags an agent's GET /v1/status lists.
+  static std::set<std::string> DeployedTags(std::string_view status_json) {
+    std::set<std::string> out;
+    json j = json::parse(status_json, nullptr, false);
+    if (j.is_discarded() || !j.contains("services") || !j["services"].is_array()) return out;
+    for (const json& s : j["services"]) {
+      if (s.contains("manifest") && s["manifest"].contains("name") && s.contains("module_hash")) {
+        out.insert(s["manifest"]["name"].get<std::string>() + "@" +
+                   s["module_hash"].get<std::string>());
+      }
+    }
+    return out;
+  }
+
+  // Deploys `svc` on the agent `client` talks to unless it has it already (checked on the
+  // agent: a redeploy would stop the instances it runs), without starting instances.
+  Status DeployIfMissing(client::AgentClient* client, const ServiceRecord& svc) {
+    TERN_ASSIGN_OR_RETURN(std::string st, client->StatusJson());
+    if (DeployedTags(st).count(svc.name + "@" + svc.module_hash)) return Status::Ok();
+    TERN_ASSIGN_OR_RETURN(std::optional<store::KeyValue> module,
+                          store->Get(std::string(kModulesPrefix) + svc.module_hash));
+    if (!module) {
+      return DataLossError(fmt::format("the module {} of service {} is missing from the store",
+                                       svc.module_hash.substr(0, 12), svc.name));
+    }
+    return client->Deploy(svc.manifest_yaml, module->value, /*start_instances=*/false).status();
+  }
+
   Status EnsureDeployed(AgentConn* c, const ServiceRecord& svc) {
     std::string tag = svc.name + "@" + svc.module_hash;
     if (c->deployed.count(tag)) return Status::Ok();
+    // Another thread (a migration, a drain) may have deployed it meanwhile: ask.
+    if (Result<std::string> st = c->client->StatusJson(); st.ok()) {
+      c->deployed = DeployedTags(*st);
+      if (c->deployed.count(tag)) return Status::Ok();
+    }
     TERN_ASSIGN_OR_RETURN(std::optional<store::KeyValue> module,
                           store->Get(std::string(kModulesPrefix) + svc.module_hash));
     if (!module) {
@@ -426,10 +555,19 @@ struct Controller::Impl {
     const ServiceRecord& svc = view.services.at(rec.service);
     TERN_ASSIGN_OR_RETURN(AgentConn * c, Conn(a));
     Status s = EnsureDeployed(c, svc);
+    bool created = false;
     if (s.ok()) {
       Result<std::string> id = c->client->StartInstance(svc.name, rec.id);
+      created = id.ok();
       s = id.ok() || id.status().code() == StatusCode::kAlreadyExists ? Status::Ok()
                                                                        : id.status();
+    }
+    // A stateful instance that has a checkpoint gets its state back before anyone can
+    // route to it (its location is published only once the record carries the boot).
+    auto ck = view.checkpoints.find(rec.id);
+    if (s.ok() && created && svc.stateful && ck != view.checkpoints.end()) {
+      s = RestoreCheckpoint(view, ck->second, c, rec.device);
+      if (!s.ok()) (void)c->client->StopInstance(rec.id);
     }
     if (!s.ok()) {
       if (s.code() == StatusCode::kUnavailable || s.code() == StatusCode::kDeadlineExceeded) {
@@ -447,6 +585,7 @@ struct Controller::Impl {
   }
 
   void Fail(const Action& a, const Status& s) {
+    MutexLock bl(&backoff_mu);
     backoff_until[{a.device, a.service}] =
         MonoNanos() + std::chrono::nanoseconds(options.start_backoff).count();
     Event(fmt::format("could not start {} of {} on {}: {}", a.instance.empty() ? "a replica" : a.instance,
@@ -458,6 +597,7 @@ struct Controller::Impl {
     switch (a.kind) {
       case Action::Kind::kForget: {
         (void)store->Delete(key);
+        DropCheckpoint(view, a.instance);
         Event(fmt::format("instance {} of {} lost: {}", a.instance, a.service, a.reason));
         return;
       }
@@ -484,6 +624,7 @@ struct Controller::Impl {
           }
         }
         (void)store->Delete(key);
+        DropCheckpoint(view, a.instance);
         Event(fmt::format("stopped {} on {}: {}", a.instance, a.device, a.reason));
         return;
       }
@@ -492,10 +633,29 @@ struct Controller::Impl {
         Status s = StartOn(view, p.record, p.epoch);
         if (!s.ok()) {
           Fail(a, s);
-          (void)store->Delete(key);  // placed again elsewhere next round
+          // Placed again elsewhere next round: a checkpointed instance keeps its record (and
+          // id) so that it is restored there; the others are replaced.
+          if (!view.checkpoints.count(a.instance)) (void)store->Delete(key);
           return;
         }
         Event(fmt::format("started {} on {} ({})", a.instance, a.device, a.reason));
+        return;
+      }
+      case Action::Kind::kRestore: {
+        const PlacedInstance& p = view.instances.at(a.instance);
+        InstanceRecord rec = p.record;
+        rec.device = a.device;
+        rec.boot.clear();
+        Result<store::ClusterStore::ApplyResult> moved =
+            store->Apply({store::Compare{key, p.epoch}}, {store::Op::Put(key, ToJson(rec))});
+        if (!moved.ok() || !moved->applied) return;  // changed meanwhile: next round
+        Status s = StartOn(view, rec, moved->revision);
+        if (!s.ok()) {
+          Fail(a, s);
+          return;
+        }
+        Event(fmt::format("re-placed {} of {} on {} ({})", a.instance, a.service, a.device,
+                          a.reason));
         return;
       }
       case Action::Kind::kCreate: {
@@ -575,8 +735,120 @@ struct Controller::Impl {
                   m == measured.end() ? std::nullopt : std::optional<ServiceMeasurement>(m->second));
   }
 
+  // Reconcile thread, after a round: asks PlanRebalance for one move and queues it on the
+  // ops thread (one at a time).
+  void MaybeRebalance(const ClusterView& view) {
+    if (!options.rebalance || rebalancing.load()) return;
+    RebalanceInput in;
+    in.now_ms = UnixMillis();
+    {
+      MutexLock l(&pub_mu);
+      for (const auto& [device, h] : util_history) {
+        if (view.agents.count(device)) in.util[device] = std::vector<double>(h.begin(), h.end());
+      }
+      for (const auto& [device, t] : telemetry) {
+        for (const auto& [id, x] : t.instances) in.rate[id] = x.rate;
+      }
+    }
+    {
+      MutexLock l(&ops_mu);
+      in.last_moved_ms = last_moved_ms;
+    }
+    // What the engine predicts for each instance of a service it places: where it runs
+    // and the cheapest feasible other device, by the policy's measure.
+    for (const auto& [name, svc] : view.services) {
+      if (svc.placement.empty()) continue;
+      Result<placement::Decision> d = AdviseFor(view, svc);
+      if (!d.ok()) continue;
+      bool energy = d->policy == placement::Policy::kEnergy;
+      auto cost = [&](const placement::Prediction& p) {
+        return energy ? p.energy_j_per_request : p.latency_p99_us;
+      };
+      for (const auto& [id, p] : view.instances) {
+        if (p.record.service != name) continue;
+        RebalanceInput::Alternative alt;
+        bool have_current = false;
+        for (const placement::Candidate& c : d->candidates) {
+          if (c.prediction.device == p.record.device) {
+            alt.current = cost(c.prediction);
+            have_current = true;
+          } else if (c.prediction.feasible &&
+                     (alt.device.empty() || cost(c.prediction) < alt.cost)) {
+            alt.device = c.prediction.device;
+            alt.cost = cost(c.prediction);
+          }
+        }
+        if (have_current && !alt.device.empty() && std::isfinite(alt.current)) in.cheaper[id] = alt;
+      }
+    }
+    std::optional<Move> m = PlanRebalance(view, in, options.rebalance_options);
+    if (!m) return;
+    bool stateful = view.services.at(view.instances.at(m->instance).record.service).stateful;
+    rebalancing = true;
+    Event(fmt::format("rebalancing: moving {} from {} to {}: {}", m->instance, m->from, m->to,
+                      m->reason));
+    ops->Post([this, m = *m, stateful] {
+      if (stateful) {
+        (void)MigrateInstance(m.instance, m.to, json::object(), "rebalance");
+      } else {
+        Result<std::pair<std::string, std::string>> r =
+            ReplaceInstance(m.instance, "rebalance", m.to);
+        if (!r.ok()) {
+          Event(fmt::format("rebalancing {} failed: {}", m.instance, r.status().message()));
+        }
+      }
+      rebalancing = false;
+    });
+  }
+
+  // Reconcile thread: records where the agents say instances moved (MovedInstances).
+  // Returns whether it changed a record.
+  bool FollowMoves(const ClusterView& view) {
+    std::map<std::string, Sightings> seen;
+    {
+      MutexLock l(&pub_mu);
+      for (const auto& [device, t] : telemetry) {
+        Sightings& s = seen[device];
+        for (const auto& [id, x] : t.instances) s.last.insert(id);
+        s.previous = t.previous_ids;
+        s.two = t.two;
+        s.previous_at_ns = t.previous_at_ns;
+      }
+    }
+    // When this controller first saw each record as it is now.
+    int64_t now = MonoNanos();
+    std::map<std::string, int64_t> since;
+    for (const auto& [id, p] : view.instances) {
+      auto [it, fresh] = record_seen.try_emplace(id, p.epoch, now);
+      if (!fresh && it->second.first != p.epoch) it->second = {p.epoch, now};
+      since[id] = it->second.second;
+    }
+    for (auto it = record_seen.begin(); it != record_seen.end();) {
+      it = view.instances.count(it->first) ? std::next(it) : record_seen.erase(it);
+    }
+    bool changed = false;
+    for (const auto& [id, device] : MovedInstances(view, seen, since)) {
+      const PlacedInstance& p = view.instances.at(id);
+      InstanceRecord rec = p.record;
+      rec.device = device;
+      rec.boot = view.agents.at(device).boot;
+      std::string key = std::string(kInstancesPrefix) + id;
+      Result<store::ClusterStore::ApplyResult> r =
+          store->Apply({store::Compare{key, p.epoch}}, {store::Op::Put(key, ToJson(rec))});
+      if (!r.ok() || !r->applied) continue;
+      changed = true;
+      Event(fmt::format("{} runs on {}, not on {} (it moved while no controller followed; both "
+                        "agents say so): recorded there",
+                        id, device, p.record.device));
+    }
+    return changed;
+  }
+
   Status Reconcile() {
     TERN_ASSIGN_OR_RETURN(ClusterView view, LoadView());
+    if (FollowMoves(view)) {
+      TERN_ASSIGN_OR_RETURN(view, LoadView());
+    }
     for (const auto& [name, svc] : view.services) {
       if (svc.placement.empty()) continue;
       Result<placement::Decision> d = AdviseFor(view, svc);
@@ -604,6 +876,7 @@ struct Controller::Impl {
     for (auto it = conns.begin(); it != conns.end();) {
       it = view.agents.count(it->first) ? std::next(it) : conns.erase(it);
     }
+    MaybeRebalance(view);
     std::vector<dataplane::InstanceLocation> locs = LocationsOf(view);
     uint64_t v;
     bool changed = false;
@@ -675,6 +948,627 @@ struct Controller::Impl {
     return json{{"datasets", out}}.dump();
   }
 
+  // ---- checkpoints ----------------------------------------------------------------------
+
+  static std::string ClockTime(int64_t unix_ms) {
+    time_t secs = static_cast<time_t>(unix_ms / 1000);
+    struct tm tm_utc;
+    gmtime_r(&secs, &tm_utc);
+    return fmt::format("{:02}:{:02}:{:02}.{:03} UTC", tm_utc.tm_hour, tm_utc.tm_min, tm_utc.tm_sec,
+                       unix_ms % 1000);
+  }
+
+  // Reconcile thread: loads the checkpoint `ck` into the (just started, not yet routed)
+  // instance on `device`'s agent `c`. A checkpoint whose storage device is gone cannot be
+  // read: the instance starts with fresh state and the event says so.
+  Status RestoreCheckpoint(const ClusterView& view, const CheckpointRecord& ck, AgentConn* c,
+                           const std::string& device) {
+    auto keeper = view.agents.find(ck.device);
+    if (keeper == view.agents.end()) {
+      Event(
+          fmt::format("the checkpoint of {} was kept by {}, which is gone: {} starts on {} "
+                      "with fresh state (its state is lost)",
+                      ck.id, ck.device, ck.id, device));
+      (void)store->Delete(std::string(kCheckpointsPrefix) + ck.id);
+      return Status::Ok();
+    }
+    TERN_ASSIGN_OR_RETURN(AgentConn * k, Conn(keeper->second));
+    Result<std::string> bytes =
+        k->client->ReadObject(std::string(kCheckpointDataset), ck.id, 0, ck.bytes);
+    if (!bytes.ok()) {
+      return Status(bytes.status().code(), fmt::format("reading the checkpoint of {} from {}: {}",
+                                                       ck.id, ck.device, bytes.status().message()));
+    }
+    Status s = c->client->Restore(ck.id, *bytes);
+    if (!s.ok()) {
+      return Status(s.code(),
+                    fmt::format("restoring {} from its checkpoint: {}", ck.id, s.message()));
+    }
+    double lost_s = static_cast<double>(std::max<int64_t>(UnixMillis() - ck.unix_ms, 0)) / 1000;
+    Event(
+        fmt::format("restored {} on {} from the checkpoint of {} (state of the last {:.1f} s "
+                    "lost)",
+                    ck.id, device, ClockTime(ck.unix_ms), lost_s));
+    return Status::Ok();
+  }
+
+  // Drops an instance's checkpoint (record and object), best effort.
+  void DropCheckpoint(const ClusterView& view, const std::string& id) {
+    auto ck = view.checkpoints.find(id);
+    if (ck == view.checkpoints.end()) return;
+    (void)store->Delete(std::string(kCheckpointsPrefix) + id);
+    auto keeper = view.agents.find(ck->second.device);
+    if (keeper == view.agents.end()) return;
+    if (Result<AgentConn*> k = Conn(keeper->second); k.ok()) {
+      (void)(*k)->client->RemoveObject(std::string(kCheckpointDataset), id);
+    }
+  }
+
+  // Checkpointer thread: a client of `a`'s admin API, made anew when it restarted.
+  Result<client::AgentClient*> CkClient(const AgentRecord& a) {
+    std::string tag = a.device + "@" + a.boot;
+    auto it = ck_conns.find(tag);
+    if (it != ck_conns.end()) return it->second.get();
+    for (auto i = ck_conns.begin(); i != ck_conns.end();) {
+      i = i->first.rfind(a.device + "@", 0) == 0 ? ck_conns.erase(i) : std::next(i);
+    }
+    TERN_ASSIGN_OR_RETURN(std::unique_ptr<client::AgentClient> c,
+                          client::AgentClient::Connect(a.admin, std::chrono::seconds(10)));
+    return (ck_conns[tag] = std::move(c)).get();
+  }
+
+  // Checkpointer thread: snapshots `rec` and keeps the snapshot on a storage device: the
+  // one that has its last checkpoint, else a live csd/cpm device, else any other live
+  // device with datasets — never the device the instance runs on (it would die with it).
+  Status TakeCheckpoint(const ClusterView& view, const InstanceRecord& rec) {
+    const AgentRecord& a = view.agents.at(rec.device);
+    TERN_ASSIGN_OR_RETURN(client::AgentClient * src, CkClient(a));
+    int64_t taken = UnixMillis();
+    Result<std::string> snap = src->Snapshot(rec.id);
+    if (!snap.ok()) {
+      ck_conns.erase(a.device + "@" + a.boot);
+      return snap.status().WithPrefix("snapshot of " + rec.id);
+    }
+    std::vector<const AgentRecord*> candidates;
+    auto old = view.checkpoints.find(rec.id);
+    auto add = [&](const AgentRecord& r) {
+      if (r.device == rec.device) return;
+      for (const AgentRecord* c : candidates) {
+        if (c->device == r.device) return;
+      }
+      candidates.push_back(&r);
+    };
+    if (old != view.checkpoints.end() && view.agents.count(old->second.device)) {
+      add(view.agents.at(old->second.device));
+    }
+    for (const auto& [d, r] : view.agents) {
+      if (r.kind == "csd" || r.kind == "cpm") add(r);
+    }
+    for (const auto& [d, r] : view.agents) add(r);
+    std::vector<std::string> why;
+    for (const AgentRecord* k : candidates) {
+      Result<client::AgentClient*> kc = CkClient(*k);
+      Status put =
+          kc.ok() ? (*kc)->PutObject(std::string(kCheckpointDataset), rec.id, *snap) : kc.status();
+      if (!put.ok()) {
+        if (!kc.ok() || put.code() == StatusCode::kUnavailable)
+          ck_conns.erase(k->device + "@" + k->boot);
+        why.push_back(fmt::format("{}: {}", k->device, put.message()));
+        continue;
+      }
+      CheckpointRecord ck{rec.id,     rec.service, k->device,
+                          rec.device, taken,       static_cast<uint64_t>(snap->size())};
+      TERN_RETURN_IF_ERROR(
+          store->Put(std::string(kCheckpointsPrefix) + rec.id, ToJson(ck)).status());
+      if (old != view.checkpoints.end() && old->second.device != k->device &&
+          view.agents.count(old->second.device)) {
+        if (Result<client::AgentClient*> oc = CkClient(view.agents.at(old->second.device));
+            oc.ok()) {
+          (void)(*oc)->RemoveObject(std::string(kCheckpointDataset), rec.id);
+        }
+      }
+      if (old == view.checkpoints.end() || old->second.device != k->device) {
+        Event(fmt::format("checkpoints of {} are kept by {} ({} bytes)", rec.id, k->device,
+                          snap->size()));
+      }
+      return Status::Ok();
+    }
+    return UnavailableError(fmt::format(
+        "no device can keep the checkpoint of {} (a storage device's agent with datasets, "
+        "other than {}){}{}",
+        rec.id, rec.device, why.empty() ? "" : ": ", fmt::format("{}", fmt::join(why, "; "))));
+  }
+
+  // Returns whether any service is checkpointed (the loop ticks faster then).
+  bool CheckpointRound() {
+    Result<ClusterView> view = LoadView();
+    if (!view.ok()) return false;
+    bool any = false;
+    for (const auto& [name, svc] : view->services) any |= svc.stateful && svc.checkpoint_ms > 0;
+    int64_t now = UnixMillis();
+    // Checkpoints of instances that are no more (stopped while a checkpoint was taken).
+    for (const auto& [id, ck] : view->checkpoints) {
+      if (view->instances.count(id)) continue;
+      (void)store->Delete(std::string(kCheckpointsPrefix) + id);
+      auto keeper = view->agents.find(ck.device);
+      if (keeper == view->agents.end()) continue;
+      if (Result<client::AgentClient*> k = CkClient(keeper->second); k.ok()) {
+        (void)(*k)->RemoveObject(std::string(kCheckpointDataset), id);
+      }
+    }
+    for (const auto& [id, p] : view->instances) {
+      auto svc = view->services.find(p.record.service);
+      if (svc == view->services.end() || !svc->second.stateful || svc->second.checkpoint_ms <= 0) {
+        continue;
+      }
+      auto a = view->agents.find(p.record.device);
+      if (a == view->agents.end() || p.record.boot != a->second.boot || view->busy.count(id)) {
+        continue;
+      }
+      auto ck = view->checkpoints.find(id);
+      int64_t last = ck == view->checkpoints.end() ? 0 : ck->second.unix_ms;
+      last = std::max(last, ck_attempt_ms[id]);
+      if (now - last < svc->second.checkpoint_ms) continue;
+      ck_attempt_ms[id] = now;
+      Status s = TakeCheckpoint(*view, p.record);
+      if (!s.ok() && !Quiet(__LINE__, 10)) TERN_LOG(WARN) << "checkpoint: " << s;
+    }
+    for (auto it = ck_attempt_ms.begin(); it != ck_attempt_ms.end();) {
+      it = view->instances.count(it->first) ? std::next(it) : ck_attempt_ms.erase(it);
+    }
+    return any;
+  }
+
+  void CheckpointLoop() {
+    bool busy_tick = false;
+    for (;;) {
+      {
+        MutexLock l(&ck_mu);
+        // 100 ms while some service is checkpointed, else 1 s (orphans only).
+        int64_t deadline = MonoNanos() + (busy_tick ? 100'000'000 : 1'000'000'000);
+        while (!ck_stop) {
+          int64_t left = deadline - MonoNanos();
+          if (left <= 0) break;
+          ck_cv.WaitFor(&ck_mu, std::chrono::nanoseconds(left));
+        }
+        if (ck_stop) return;
+      }
+      busy_tick = leader.load() && CheckpointRound();
+    }
+  }
+
+  // ---- migrations and drains (ops thread) -----------------------------------------------
+
+  void Unmark(const std::string& id) {
+    MutexLock l(&ops_mu);
+    busy.erase(id);
+    leaving.erase(id);
+  }
+
+  // Points instance `id`'s record at `device`, started on `boot` (the location epoch
+  // bumps); returns the new epoch.
+  Result<int64_t> MoveRecord(const std::string& id, const std::string& device,
+                             const std::string& boot) {
+    MutexLock rl(&round_mu);
+    std::string key = std::string(kInstancesPrefix) + id;
+    TERN_ASSIGN_OR_RETURN(std::optional<store::KeyValue> cur, store->Get(key));
+    if (!cur) return NotFoundError(fmt::format("the record of {} is gone", id));
+    TERN_ASSIGN_OR_RETURN(InstanceRecord rec, InstanceFromJson(cur->value, key));
+    rec.device = device;
+    rec.boot = boot;
+    TERN_ASSIGN_OR_RETURN(
+        store::ClusterStore::ApplyResult r,
+        store->Apply({store::Compare{key, cur->mod_revision}}, {store::Op::Put(key, ToJson(rec))}));
+    if (!r.applied) return AbortedError(fmt::format("the record of {} changed meanwhile", id));
+    return r.revision;
+  }
+
+  // Whether the agent `a` runs instance `id` now (its GET /v1/status).
+  Result<bool> Runs(const AgentRecord& a, const std::string& id) {
+    TERN_ASSIGN_OR_RETURN(std::unique_ptr<client::AgentClient> c,
+                          client::AgentClient::Connect(a.admin, std::chrono::seconds(5)));
+    TERN_ASSIGN_OR_RETURN(std::string st, c->StatusJson());
+    json j = json::parse(st, nullptr, false);
+    if (j.is_discarded() || !j.contains("instances") || !j["instances"].is_array()) return false;
+    for (const json& i : j["instances"]) {
+      if (i.is_object() && i.value("id", "") == id) return true;
+    }
+    return false;
+  }
+
+  static std::string Bytes(uint64_t b) {
+    if (b >= (1u << 20)) return fmt::format("{:.1f} MiB", static_cast<double>(b) / (1 << 20));
+    if (b >= (1u << 10)) return fmt::format("{:.1f} KiB", static_cast<double>(b) / (1 << 10));
+    return fmt::format("{} B", b);
+  }
+
+  // Ops thread: migrates `id` to `device` through its source agent's migrate endpoint
+  // (`agent_opts`: mode, max_rounds, freeze_timeout_ms), then records the new location.
+  // `why` goes into the event. Returns the agent's report plus from/to/epoch.
+  Result<json> MigrateInstance(const std::string& id, const std::string& device, json agent_opts,
+                               const std::string& why) {
+    InstanceRecord rec;
+    AgentRecord src, dst;
+    ServiceRecord svc;
+    {
+      MutexLock rl(&round_mu);
+      TERN_ASSIGN_OR_RETURN(ClusterView view, LoadView());
+      TERN_RETURN_IF_ERROR(CheckMigrationTarget(view, id, device));
+      rec = view.instances.at(id).record;
+      src = view.agents.at(rec.device);
+      dst = view.agents.at(device);
+      svc = view.services.at(rec.service);
+      MutexLock l(&ops_mu);
+      busy.insert(id);
+    }
+    auto failed = [&](Status s) {
+      Event(fmt::format("migration of {} from {} to {} failed: {}; {} keeps serving on {}", id,
+                        src.device, device, s.message(), id, src.device));
+      Unmark(id);
+      return s;
+    };
+    // The target needs the service (deployed without instances).
+    {
+      Result<std::unique_ptr<client::AgentClient>> t =
+          client::AgentClient::Connect(dst.admin, std::chrono::seconds(10));
+      Status d = t.ok() ? DeployIfMissing(t->get(), svc) : t.status();
+      if (!d.ok()) {
+        return failed(
+            Status(d.code(), fmt::format("deploying {} on {}: {}", svc.name, device, d.message())));
+      }
+    }
+    agent_opts["to_tcp"] = dst.tcp;
+    agent_opts["to_device"] = device;
+    int64_t t0 = MonoNanos();
+    Result<std::string> answer = [&]() -> Result<std::string> {
+      TERN_ASSIGN_OR_RETURN(std::unique_ptr<transport::JsonApiClient> c,
+                            transport::JsonApiClient::Connect(src.admin, "agent " + src.device,
+                                                              std::chrono::seconds(5)));
+      return c->Call("POST", "/v1/instances/" + id + "/migrate", agent_opts.dump(),
+                     std::chrono::seconds(120));
+    }();
+    json report;
+    if (answer.ok()) {
+      report = json::parse(*answer, nullptr, false);
+      if (report.is_discarded() || !report.is_object()) report = json::object();
+    } else {
+      // Did the source fail after the cut-over? Then the target is authoritative.
+      Result<bool> at_target = Runs(dst, id);
+      if (!at_target.ok() || !*at_target) {
+        Result<bool> at_source = Runs(src, id);
+        if (at_source.ok() && !*at_source) {
+          // Neither runs it (the source lost it): the planner starts it again (from its
+          // checkpoint, if it has one).
+          (void)MoveRecord(id, src.device, "");
+          Event(
+              fmt::format("migration of {} from {} to {} failed: {}; neither runs it now, "
+                          "the controller starts it again on {}",
+                          id, src.device, device, answer.status().message(), src.device));
+          Unmark(id);
+          Poke();
+          return answer.status();
+        }
+        if (!at_source.ok()) {
+          Event(
+              fmt::format("migration of {} from {} to {} failed: {}; {} does not answer "
+                          "either (if its agent is gone, {} is re-placed like any other)",
+                          id, src.device, device, answer.status().message(), src.device, id));
+          Unmark(id);
+          Poke();
+          return answer.status();
+        }
+        return failed(answer.status());
+      }
+      report = json{{"instance", id},
+                    {"to_device", device},
+                    {"after_failure", std::string(answer.status().message())},
+                    {"total_us", (MonoNanos() - t0) / 1000}};
+      // The commit reached the target but its answer not the source, which thawed its
+      // copy: both run it. The target's is authoritative; the source's copy goes, with
+      // the effects of the requests held during the freeze (they ran there).
+      Result<bool> both = Runs(src, id);
+      if (both.ok() && *both) {
+        Result<std::unique_ptr<client::AgentClient>> sc =
+            client::AgentClient::Connect(src.admin, std::chrono::seconds(5));
+        Status stopped = sc.ok() ? (*sc)->StopInstance(id) : sc.status();
+        report["source_copy_stopped"] = stopped.ok();
+        TERN_LOG(ERROR) << "migration of " << id << ": both " << src.device << " and " << device
+                        << " ran it after a failed commit answer; stopped the source's copy ("
+                        << (stopped.ok() ? "ok" : std::string(stopped.message()))
+                        << "): the effects of requests held during the freeze are lost";
+        Event(fmt::format(
+            "ERROR: migration of {}: {} and {} both ran it after the commit answer "
+            "was lost; {} is authoritative, the copy on {} was stopped{} — the "
+            "effects of requests held during the freeze (they ran on {}) are lost",
+            id, src.device, device, device, src.device,
+            stopped.ok() ? "" : " (stopping it failed: " + std::string(stopped.message()) + ")",
+            src.device));
+      }
+    }
+    Result<int64_t> epoch = MoveRecord(id, device, dst.boot);
+    {
+      MutexLock l(&ops_mu);
+      last_moved_ms[id] = UnixMillis();
+    }
+    Unmark(id);
+    if (!epoch.ok()) {
+      Event(fmt::format("migrated {} to {}, but recording it failed: {}", id, device,
+                        epoch.status().message()));
+      return epoch.status();
+    }
+    report["from"] = src.device;
+    report["to"] = device;
+    report["epoch"] = *epoch;
+    if (report.contains("after_failure")) {
+      Event(fmt::format(
+          "migration of {} from {} to {}: the source failed after the cut-over "
+          "({}); {} is authoritative now (epoch {})",
+          id, src.device, device, report["after_failure"].get<std::string>(), device, *epoch));
+    } else {
+      Event(fmt::format(
+          "migrated {} from {} to {} ({}): downtime {:.2f} ms, total {:.1f} ms, "
+          "{} sent ({} raw), {} rounds, {} forwarded (epoch {})",
+          id, src.device, device, why, report.value("downtime_us", 0.0) / 1000,
+          report.value("total_us", 0.0) / 1000, Bytes(report.value("bytes_sent", uint64_t{0})),
+          Bytes(report.value("bytes_raw", uint64_t{0})), report.value("rounds", 0),
+          report.value("forwarded", 0), *epoch));
+    }
+    Poke();
+    return report;
+  }
+
+  // Ops thread: replaces stateless instance `id` by a new one on the device the policy
+  // picks: the new one starts and is routed to first, then the old one is stopped.
+  Result<std::pair<std::string, std::string>> ReplaceInstance(const std::string& id,
+                                                              const std::string& why,
+                                                              const std::string& to = "") {
+    InstanceRecord old, rec;
+    AgentRecord src, dst;
+    ServiceRecord svc;
+    std::string key;
+    {
+      MutexLock rl(&round_mu);
+      TERN_ASSIGN_OR_RETURN(ClusterView view, LoadView());
+      auto it = view.instances.find(id);
+      if (it == view.instances.end()) return NotFoundError(fmt::format("no instance '{}'", id));
+      if (view.busy.count(id)) return AbortedError(fmt::format("{} is already being moved", id));
+      old = it->second.record;
+      std::string target = to;
+      if (target.empty()) {
+        Rank(&view);
+        TERN_ASSIGN_OR_RETURN(target, ChooseMigrationTarget(view, id));
+      } else {
+        TERN_RETURN_IF_ERROR(CheckMigrationTarget(view, id, target));
+      }
+      src = view.agents.count(old.device) ? view.agents.at(old.device) : AgentRecord{};
+      dst = view.agents.at(target);
+      svc = view.services.at(old.service);
+      TERN_ASSIGN_OR_RETURN(int64_t n, ReserveInstanceIds(old.service, 1));
+      rec = InstanceRecord{MakeInstanceId(old.service, static_cast<uint64_t>(n)), old.service,
+                           target, "", svc.module_hash};
+      key = std::string(kInstancesPrefix) + rec.id;
+      TERN_RETURN_IF_ERROR(store->Put(key, ToJson(rec)).status());
+      MutexLock l(&ops_mu);
+      busy.insert(id);
+      busy.insert(rec.id);
+      leaving.insert(id);
+    }
+    Status s = [&]() -> Status {
+      TERN_ASSIGN_OR_RETURN(std::unique_ptr<client::AgentClient> c,
+                            client::AgentClient::Connect(dst.admin, std::chrono::seconds(10)));
+      TERN_RETURN_IF_ERROR(DeployIfMissing(c.get(), svc));
+      TERN_RETURN_IF_ERROR(c->StartInstance(svc.name, rec.id).status());
+      return MoveRecord(rec.id, dst.device, dst.boot).status();
+    }();
+    if (!s.ok()) {
+      {
+        MutexLock rl(&round_mu);
+        (void)store->Delete(key);
+      }
+      Unmark(rec.id);
+      Unmark(id);
+      return Status(s.code(), fmt::format("starting a replacement of {} on {}: {}", id, dst.device,
+                                          s.message()));
+    }
+    Unmark(rec.id);
+    {
+      MutexLock l(&ops_mu);
+      last_moved_ms[rec.id] = UnixMillis();
+    }
+    // Callers learn the new instance before the old one goes.
+    (void)WaitForRound(std::chrono::seconds(30));
+    WaitForPollers(PublishedVersion(), std::chrono::seconds(2));
+    {
+      MutexLock rl(&round_mu);
+      (void)store->Delete(std::string(kInstancesPrefix) + id);
+    }
+    Unmark(id);
+    // The table without it reaches every agent (in the round) and every gateway (they
+    // long-poll; wait until they asked again, i.e. applied it) before it stops.
+    (void)WaitForRound(std::chrono::seconds(30));
+    WaitForPollers(PublishedVersion(), std::chrono::seconds(2));
+    if (!src.admin.empty()) {
+      Result<std::unique_ptr<client::AgentClient>> c =
+          client::AgentClient::Connect(src.admin, std::chrono::seconds(10));
+      Status st = c.ok() ? (*c)->StopInstance(id) : c.status();
+      if (!st.ok() && st.code() != StatusCode::kNotFound) {
+        TERN_LOG(WARN) << "stopping " << id << " on " << src.device << ": " << st;
+      }
+    }
+    Event(
+        fmt::format("replaced {} on {} by {} on {} ({})", id, old.device, rec.id, dst.device, why));
+    return std::make_pair(rec.id, dst.device);
+  }
+
+  // The placement engine's ranking for the services it places (ClusterView::ranked), so
+  // that moves go where the engine would place (the others: spread).
+  void Rank(ClusterView* view) {
+    for (const auto& [name, svc] : view->services) {
+      if (svc.placement.empty()) continue;
+      Result<placement::Decision> d = AdviseFor(*view, svc);
+      if (d.ok()) view->ranked[name] = RankedDevices(*d);
+    }
+  }
+
+  // Ops thread: moves every instance off `device` (drain recorded already).
+  void RunDrain(const std::string& device) {
+    std::vector<std::pair<std::string, bool>> todo;  // id, stateful
+    if (Result<ClusterView> view = LoadView(); view.ok()) {
+      for (const auto& [id, p] : view->instances) {
+        if (p.record.device != device) continue;
+        auto svc = view->services.find(p.record.service);
+        todo.emplace_back(id, svc != view->services.end() && svc->second.stateful);
+      }
+    }
+    {
+      MutexLock l(&ops_mu);
+      drains[device].total = todo.size();
+    }
+    Event(fmt::format("draining {}: {} instance(s) to move", device, todo.size()));
+    int moved = 0;
+    for (const auto& [id, stateful] : todo) {
+      DrainStep step;
+      step.instance = id;
+      step.from = device;
+      if (stateful) {
+        step.how = "migrated";
+        Result<ClusterView> view = LoadView();
+        if (view.ok()) Rank(&*view);
+        Result<std::string> target =
+            view.ok() ? ChooseMigrationTarget(*view, id) : Result<std::string>(view.status());
+        Result<json> r = target.ok()
+                             ? MigrateInstance(id, *target, json::object(), "drain of " + device)
+                             : Result<json>(target.status());
+        step.ok = r.ok();
+        if (r.ok()) {
+          step.to = *target;
+          step.report = *r;
+        } else {
+          step.message = std::string(r.status().message());
+        }
+      } else {
+        Result<std::pair<std::string, std::string>> r = ReplaceInstance(id, "drain of " + device);
+        step.ok = r.ok();
+        if (r.ok()) {
+          step.how = "replaced by " + r->first;
+          step.to = r->second;
+        } else {
+          step.how = "replace";
+          step.message = std::string(r.status().message());
+        }
+      }
+      moved += step.ok;
+      MutexLock l(&ops_mu);
+      drains[device].steps.push_back(std::move(step));
+    }
+    Event(fmt::format("drained {}: {} of {} instance(s) moved{}", device, moved, todo.size(),
+                      moved == static_cast<int>(todo.size()) ? "" : " (see the events above)"));
+    MutexLock l(&ops_mu);
+    drains[device].done = true;
+  }
+
+  json DrainJson(const std::string& device) {
+    MutexLock l(&ops_mu);
+    auto it = drains.find(device);
+    if (it == drains.end())
+      return json{{"device", device}, {"done", true}, {"steps", json::array()}};
+    json steps = json::array();
+    for (const DrainStep& s : it->second.steps) {
+      json j{
+          {"instance", s.instance}, {"from", s.from}, {"to", s.to}, {"how", s.how}, {"ok", s.ok}};
+      if (!s.message.empty()) j["error"] = s.message;
+      if (!s.report.is_null()) j["report"] = s.report;
+      steps.push_back(j);
+    }
+    return json{{"device", device},
+                {"started_unix_ms", it->second.started_unix_ms},
+                {"total", it->second.total},
+                {"done", it->second.done},
+                {"steps", steps}};
+  }
+
+  HttpResponse StartDrain(const std::string& device) {
+    if (!leader.load()) return ErrorResponse(NotLeader());
+    if (!IsValidName(device)) {
+      return ErrorResponse(InvalidArgumentError(fmt::format("'{}' is not a device name", device)));
+    }
+    Result<std::optional<store::KeyValue>> agent = store->Get(std::string(kAgentsPrefix) + device);
+    if (!agent.ok()) return ErrorResponse(agent.status());
+    if (!agent->has_value()) {
+      return ErrorResponse(NotFoundError(
+          fmt::format("device {} has no live agent (`tern ps` lists the devices)", device)));
+    }
+    {
+      MutexLock l(&ops_mu);
+      auto it = drains.find(device);
+      if (it != drains.end() && !it->second.done) {
+        return ErrorResponse(
+            AlreadyExistsError(fmt::format("{} is being drained already", device)));
+      }
+      drains[device] = DrainProgress{UnixMillis(), 0, false, {}};
+    }
+    {
+      MutexLock rl(&round_mu);
+      Result<int64_t> put = store->Put(std::string(kDrainedPrefix) + device,
+                                       json{{"since_unix_ms", UnixMillis()}}.dump());
+      if (!put.ok()) {
+        MutexLock l(&ops_mu);
+        drains.erase(device);
+        return ErrorResponse(put.status().WithPrefix("drain"));
+      }
+    }
+    ops->Post([this, device] { RunDrain(device); });
+    return HttpResponse::Json(202, DrainJson(device).dump());
+  }
+
+  HttpResponse Undrain(const std::string& device) {
+    if (!leader.load()) return ErrorResponse(NotLeader());
+    {
+      MutexLock l(&ops_mu);
+      auto it = drains.find(device);
+      if (it != drains.end() && !it->second.done) {
+        return ErrorResponse(FailedPreconditionError(
+            fmt::format("{} is being drained; undrain it when that is done", device)));
+      }
+    }
+    Result<int64_t> n = store->Delete(std::string(kDrainedPrefix) + device);
+    if (!n.ok()) return ErrorResponse(n.status());
+    if (*n == 0) return ErrorResponse(NotFoundError(fmt::format("{} is not drained", device)));
+    Event(fmt::format("{} takes placements again (undrained)", device));
+    Poke();
+    return HttpResponse::Json(200, json{{"undrained", device}}.dump());
+  }
+
+  HttpResponse Migrate(const std::string& id, const HttpRequest& req) {
+    if (!leader.load()) return ErrorResponse(NotLeader());
+    json j = json::parse(req.body, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("to") || !j["to"].is_string() ||
+        j["to"].get<std::string>().empty()) {
+      return ErrorResponse(InvalidArgumentError(
+          "migrate: body must be {\"to\": \"DEVICE\", \"mode\": \"precopy\"|\"stop-and-copy\", "
+          "\"max_rounds\": N, \"freeze_timeout_ms\": N}"));
+    }
+    json opts = json::object();
+    if (j.contains("mode")) {
+      if (!j["mode"].is_string() || (j["mode"] != "precopy" && j["mode"] != "stop-and-copy")) {
+        return ErrorResponse(
+            InvalidArgumentError("migrate: 'mode' must be \"precopy\" or \"stop-and-copy\""));
+      }
+      opts["mode"] = j["mode"];
+    }
+    for (const char* k : {"max_rounds", "freeze_timeout_ms"}) {
+      if (!j.contains(k)) continue;
+      if (!j[k].is_number_integer() || j[k].get<int64_t>() < 1 || j[k].get<int64_t>() > 600000) {
+        return ErrorResponse(
+            InvalidArgumentError(fmt::format("migrate: '{}' must be 1..600000", k)));
+      }
+      opts[k] = j[k];
+    }
+    Result<json> r = MigrateInstance(id, j["to"].get<std::string>(), opts, "requested");
+    if (!r.ok()) return ErrorResponse(r.status());
+    return HttpResponse::Json(200, r->dump());
+  }
+
   // ---- API handlers -------------------------------------------------------------------
 
   HttpResponse Register(const HttpRequest& req) {
@@ -704,6 +1598,7 @@ struct Controller::Impl {
       MutexLock l(&pub_mu);
       last_heartbeat_ns[a->device] = MonoNanos();
       telemetry.erase(a->device);
+      util_history.erase(a->device);
     }
     Event(fmt::format("agent {} registered ({} on host {}, {} cores, admin {})", a->device, a->kind,
                       a->host, a->cores, a->admin));
@@ -751,6 +1646,7 @@ struct Controller::Impl {
           x.reply_bytes_total = i.value("reply_bytes_total", uint64_t{0});
           x.queued = i.value("queued", uint64_t{0});
           x.memory_bytes = i.value("memory_bytes", uint64_t{0});
+          x.last_trace_id = i.value("last_trace_id", std::string());
           if (i.contains("data") && i["data"].is_object()) {
             x.data_local_bytes = i["data"].value("local_bytes", uint64_t{0});
             x.data_remote_bytes = i["data"].value("remote_bytes", uint64_t{0});
@@ -831,6 +1727,14 @@ struct Controller::Impl {
         }
       }
     }
+    if (it != telemetry.end()) {
+      for (const auto& [id, x] : it->second.instances) t.previous_ids.insert(id);
+      t.two = true;
+      t.previous_at_ns = it->second.at_ns;
+      std::deque<double>& h = util_history[device];
+      h.push_back(t.cpu_util);
+      while (h.size() > 64) h.pop_front();
+    }
     telemetry[device] = std::move(t);
     return HttpResponse::Json(200, json{{"ok", true}}.dump());
   }
@@ -842,14 +1746,24 @@ struct Controller::Impl {
       auto ait = view.agents.find(p.record.device);
       bool running = ait != view.agents.end() && !p.record.boot.empty() &&
                      p.record.boot == ait->second.boot;
-      inst.push_back(json{{"id", id},
-                          {"device", p.record.device},
-                          {"host", ait == view.agents.end() ? "" : ait->second.host},
-                          {"epoch", p.epoch},
-                          {"state", running ? "running" : "starting"}});
+      json i{{"id", id},
+             {"device", p.record.device},
+             {"host", ait == view.agents.end() ? "" : ait->second.host},
+             {"epoch", p.epoch},
+             {"state", running ? "running" : "starting"}};
+      if (view.busy.count(id)) i["moving"] = true;
+      auto ck = view.checkpoints.find(id);
+      if (ck != view.checkpoints.end()) {
+        i["checkpoint"] = json{{"device", ck->second.device},
+                               {"unix_ms", ck->second.unix_ms},
+                               {"age_ms", std::max<int64_t>(UnixMillis() - ck->second.unix_ms, 0)},
+                               {"bytes", ck->second.bytes}};
+      }
+      inst.push_back(std::move(i));
     }
     json out{{"name", s.name},         {"replicas", s.replicas},
              {"devices", s.devices},   {"module_hash", s.module_hash},
+             {"stateful", s.stateful}, {"checkpoint_ms", s.checkpoint_ms},
              {"instances", inst}};
     MutexLock l(&pub_mu);
     // Energy per request (energy.h) over the last telemetry interval, weighted by the
@@ -900,6 +1814,8 @@ struct Controller::Impl {
     s.module_hash = Sha256Hex(*module);
     s.replicas = static_cast<int>(m->replicas);
     s.memory_bytes = m->limits.memory_bytes();
+    s.stateful = m->stateful;
+    s.checkpoint_ms = m->checkpoint_ms;
     s.created_unix_ms = UnixMillis();
     if (j.contains("replicas")) {
       if (!j["replicas"].is_number_integer() || j["replicas"].get<int64_t>() < 0 ||
@@ -982,6 +1898,7 @@ struct Controller::Impl {
     int64_t now = MonoNanos();
     for (const auto& [device, a] : view.agents) {
       json j = json::parse(ToJson(a));
+      if (view.draining.count(device)) j["draining"] = true;
       auto hb = last_heartbeat_ns.find(device);
       if (hb != last_heartbeat_ns.end()) j["heartbeat_age_ms"] = (now - hb->second) / 1000000;
       auto t = telemetry.find(device);
@@ -990,15 +1907,19 @@ struct Controller::Impl {
         j["rss_bytes"] = t->second.rss_bytes;
         json inst = json::object();
         for (const auto& [id, x] : t->second.instances) {
-          inst[id] = json{{"service", x.service},         {"requests", x.requests},
-                          {"failures", x.failures},       {"queued", x.queued},
-                          {"memory_bytes", x.memory_bytes}, {"rate", x.rate},
+          inst[id] = json{{"service", x.service},
+                          {"requests", x.requests},
+                          {"failures", x.failures},
+                          {"queued", x.queued},
+                          {"memory_bytes", x.memory_bytes},
+                          {"rate", x.rate},
                           {"mean_exec_us", x.mean_exec_us},
                           {"mean_cpu_us", x.mean_cpu_us},
                           {"j_per_request", x.energy.j_per_request},
                           {"energy_source", x.energy.source},
                           {"data_local_bytes", x.data_local_bytes},
-                          {"data_remote_bytes", x.data_remote_bytes}};
+                          {"data_remote_bytes", x.data_remote_bytes},
+                          {"last_trace_id", x.last_trace_id}};
         }
         j["instances"] = inst;
         json ds = json::object();
@@ -1017,11 +1938,8 @@ struct Controller::Impl {
     if (!view.ok()) return ErrorResponse(view.status());
     json services = json::array();
     for (const auto& [name, s] : view->services) services.push_back(ServiceJson(s, *view));
-    json out{{"controller", options.id},
-             {"leader", Leader()},
-             {"store", store->Describe()},
-             {"agents", AgentsJson(*view)},
-             {"services", services}};
+    json out{{"controller", options.id},    {"leader", Leader()},   {"store", store->Describe()},
+             {"agents", AgentsJson(*view)}, {"services", services}, {"drained", view->draining}};
     json ev = json::array();
     {
       MutexLock l(&pub_mu);
@@ -1042,6 +1960,7 @@ struct Controller::Impl {
     {
       MutexLock l(&pub_mu);
       if (version > after || wait_ms == 0) doc = locations_doc;
+      if (woken_version > 0 && after >= woken_version && wait_ms > 0) ++repolled;
     }
     if (!doc.empty()) {
       resp.Respond(HttpResponse::Json(200, doc));
@@ -1124,6 +2043,32 @@ struct Controller::Impl {
       }
       slow->Post([this, name = p[2], resp] { resp.Respond(Undeploy(name)); });
     });
+    r.HandleAsync("POST", "/v1/instances/*", [this](HttpRequest req, HttpResponder resp) {
+      std::vector<std::string> p = PathParts(req.path);  // v1 instances ID migrate
+      if (p.size() != 4 || p[3] != "migrate") {
+        return resp.Respond(
+            ErrorResponse(NotFoundError("use POST /v1/instances/{id}/migrate {\"to\": DEVICE}")));
+      }
+      ops->Post([this, id = p[2], req = std::move(req), resp] { resp.Respond(Migrate(id, req)); });
+    });
+    r.HandleAsync("*", "/v1/devices/*", [this](HttpRequest req, HttpResponder resp) {
+      std::vector<std::string> p = PathParts(req.path);  // v1 devices DEVICE drain
+      if (p.size() != 4 || p[3] != "drain") {
+        return resp.Respond(
+            ErrorResponse(NotFoundError("use POST, GET or DELETE /v1/devices/{device}/drain")));
+      }
+      std::string device = p[2];
+      if (req.method == "POST") {
+        slow->Post([this, device, resp] { resp.Respond(StartDrain(device)); });
+      } else if (req.method == "GET") {
+        resp.Respond(HttpResponse::Json(200, DrainJson(device).dump()));
+      } else if (req.method == "DELETE") {
+        slow->Post([this, device, resp] { resp.Respond(Undrain(device)); });
+      } else {
+        resp.Respond(
+            ErrorResponse(NotFoundError("use POST, GET or DELETE /v1/devices/{device}/drain")));
+      }
+    });
     r.HandleAsync("GET", "/v1/cluster", [this](HttpRequest, HttpResponder resp) {
       slow->Post([this, resp] { resp.Respond(ClusterDoc()); });
     });
@@ -1172,6 +2117,7 @@ Result<std::unique_ptr<Controller>> Controller::Start(store::ClusterStore* store
   impl->options = options;
   impl->fast = std::make_unique<TaskThread>();
   impl->slow = std::make_unique<TaskThread>();
+  impl->ops = std::make_unique<TaskThread>();
   TERN_ASSIGN_OR_RETURN(impl->loop, transport::EventLoopThread::Create());
   transport::HttpServerOptions ho;
   ho.host = options.host;
@@ -1183,6 +2129,7 @@ Result<std::unique_ptr<Controller>> Controller::Start(store::ClusterStore* store
   impl->loop->Start();
   Impl* raw = impl.get();
   impl->reconciler = std::thread([raw] { raw->ReconcileLoop(); });
+  impl->checkpointer = std::thread([raw] { raw->CheckpointLoop(); });
   return std::unique_ptr<Controller>(new Controller(std::move(impl)));
 }
 
@@ -1190,11 +2137,18 @@ Controller::~Controller() {
   Impl* i = impl_.get();
   i->agents_watch.reset();
   {
+    MutexLock l(&i->ck_mu);
+    i->ck_stop = true;
+    i->ck_cv.SignalAll();
+  }
+  i->checkpointer.join();
+  {
     MutexLock l(&i->rmu);
     i->stopping = true;
     i->rcv.SignalAll();
   }
   i->reconciler.join();
+  i->ops.reset();
   i->fast.reset();
   i->slow.reset();
   i->loop->loop()->RunSync([i] {

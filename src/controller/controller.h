@@ -24,10 +24,22 @@
 //   GET    /v1/topology                  the topology it was started with (JSON), if any
 //   GET    /v1/services/{name}/explain   the placement engine's decision for one more
 //                                        instance: every candidate and its predicted cost
+//   POST   /v1/instances/{id}/migrate    {"to": DEVICE, "mode"?, "max_rounds"?,
+//                                        "freeze_timeout_ms"?} → the source agent's
+//                                        migration report plus "from", "to", "epoch"
+//   POST   /v1/devices/{device}/drain    no new placements on it; moves its instances
+//                                        (202; progress: GET, the same path)
+//   DELETE /v1/devices/{device}/drain    undrain: it takes placements again
+//
+// Checkpoints: instances of services whose manifest sets `checkpoint_ms` are snapshotted
+// that often (a checkpointer thread) onto a storage device's dataset kCheckpointDataset;
+// an instance that must start again (its agent died or restarted) gets its last
+// checkpoint restored before its location is published. See docs/design/migration.md.
 //
 // Ownership: borrows the ClusterStore (must outlive it). Thread-safety: Start and the
 // destructor from one thread; everything else is internal (an HTTP loop thread, a task
-// thread for API work that blocks, a reconcile thread).
+// thread for API work that blocks, an ops thread for migrations and drains, a reconcile
+// thread, a checkpointer thread).
 #pragma once
 
 #include <chrono>
@@ -35,6 +47,7 @@
 #include <memory>
 #include <string>
 
+#include "controller/plan.h"
 #include "core/status.h"
 
 namespace tern::store {
@@ -69,6 +82,10 @@ struct ControllerOptions {
   // The topology (power models, reserved shares, datasets, links) the placement engine
   // prices placements with; null = only what agents register.
   std::shared_ptr<const cluster::Topology> topology;
+  // The rebalancer (plan.h PlanRebalance): off by default. When on, each reconcile round
+  // may start one move (a migration, or a replacement for stateless instances).
+  bool rebalance = false;
+  RebalanceOptions rebalance_options;
 };
 
 class Controller {

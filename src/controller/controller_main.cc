@@ -53,6 +53,14 @@ int RunControllerCommand(int argc, char** argv) {
   f.Add("agent-ttl-ms", "3000", "an agent silent for this long is dead");
   f.Add("heartbeat-ms", "1000", "how often agents heartbeat");
   f.Add("log-level", "info", "debug, info, warn or error");
+  f.AddBool("rebalance",
+            "move running instances: off devices whose CPU stays above --overload-pct for "
+            "--overload-window heartbeats, or to placements the policy finds cheaper by more "
+            "than --rebalance-margin-pct (each instance at most once per --cooldown-ms)");
+  f.Add("overload-pct", "85", "rebalancer: a device's CPU use (%) that counts as overload");
+  f.Add("overload-window", "5", "rebalancer: consecutive heartbeats of overload before a move");
+  f.Add("rebalance-margin-pct", "20", "rebalancer: the saving (% of the cost) a move must beat");
+  f.Add("cooldown-ms", "30000", "rebalancer: an instance that moved stays this long");
   if (int rc = cli::ParseFlagsOrExit(&f, argc, argv, "tern controller", 0, 0); rc >= 0) return rc;
   LogLevel level;
   if (!ParseLogLevel(f.Get("log-level"), &level)) {
@@ -84,6 +92,20 @@ int RunControllerCommand(int argc, char** argv) {
   }
   o.agent_ttl = std::chrono::milliseconds(*ttl);
   o.heartbeat = std::chrono::milliseconds(*hb);
+  o.rebalance = f.GetBool("rebalance");
+  {
+    Result<int64_t> pct = f.GetInt("overload-pct", 1, 100);
+    Result<int64_t> window = f.GetInt("overload-window", 1, 1000);
+    Result<int64_t> margin = f.GetInt("rebalance-margin-pct", 0, 1000);
+    Result<int64_t> cooldown = f.GetInt("cooldown-ms", 0, 86'400'000);
+    for (const Status& s : {pct.status(), window.status(), margin.status(), cooldown.status()}) {
+      if (!s.ok()) return Usage(f, s);
+    }
+    o.rebalance_options.overload_util = static_cast<double>(*pct) / 100;
+    o.rebalance_options.overload_samples = static_cast<int>(*window);
+    o.rebalance_options.margin = static_cast<double>(*margin) / 100;
+    o.rebalance_options.cooldown_ms = *cooldown;
+  }
   if (!f.Get("topology").empty()) {
     Result<cluster::Topology> t = cluster::LoadTopologyFile(f.Get("topology"));
     if (!t.ok()) {

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -18,6 +19,8 @@
 #include "testing/etcd.h"
 #include "testing/process.h"
 #include "testing/test_env.h"
+#include "transport/event_loop.h"
+#include "transport/http.h"
 #include "transport/json_api.h"
 
 namespace tern::controller {
@@ -55,16 +58,20 @@ struct AgentProc {
   std::string device;
   uint16_t admin = 0;
 
+  // `kind` "csd" gets a data directory (it keeps datasets: checkpoints go there).
   static AgentProc Start(const std::string& device, const std::string& controllers,
-                         const std::string& host = "h1") {
+                         const std::string& host = "h1", const std::string& kind = "cpu") {
     AgentProc a;
     a.device = device;
     std::string dir = TempDir("agent-" + device);
-    Result<std::unique_ptr<ChildProcess>> c = ChildProcess::Start(
-        {BinPath("tern"), "agent", "--port=0", "--admin-port=0", "--device=" + device,
-         "--host-id=" + host, "--workers=1", "--shm-socket=none", "--log-level=warn",
-         "--controller=" + controllers},
-        dir + "/agent.log");
+    std::vector<std::string> argv = {BinPath("tern"),      "agent",
+                                     "--port=0",           "--admin-port=0",
+                                     "--device=" + device, "--host-id=" + host,
+                                     "--workers=1",        "--shm-socket=none",
+                                     "--log-level=warn",   "--controller=" + controllers,
+                                     "--kind=" + kind};
+    if (kind == "csd") argv.push_back("--datasets-dir=" + dir + "/datasets");
+    Result<std::unique_ptr<ChildProcess>> c = ChildProcess::Start(argv, dir + "/agent.log");
     EXPECT_TRUE(c.ok()) << c.status();
     if (!c.ok()) return a;
     a.child = std::move(*c);
@@ -368,6 +375,551 @@ TEST(ControllerTest, EtcdLeaderFailover) {
       std::chrono::seconds(12)))
       << api2.Get("/v1/cluster")->dump(1);
   EXPECT_EQ(InvokeOn(a, "after failover"), "after failover");
+}
+
+// ---- migration, drain, checkpoints (issue #6) -------------------------------------------
+
+std::string InvokeSvc(const AgentProc& a, const std::string& svc, const std::string& handler,
+                      const std::string& payload) {
+  auto c = client::AgentClient::Connect(a.admin_address(), std::chrono::milliseconds(2000));
+  if (!c.ok()) return "connect: " + std::string(c.status().message());
+  Result<std::string> r = (*c)->Invoke(svc, handler, payload, std::chrono::milliseconds(5000));
+  return r.ok() ? *r : "error: " + std::string(r.status().message());
+}
+
+// A counter manifest small enough for the test agents (16 MiB), checkpointed every
+// `checkpoint_ms` (0 = not).
+std::string CounterManifest(int checkpoint_ms) {
+  std::string m =
+      "name: counter\nversion: 1.0.0\nstateful: true\nhandlers: [incr, get, reset]\n"
+      "limits:\n  memory_mib: 16\n";
+  if (checkpoint_ms > 0) m += "checkpoint_ms: " + std::to_string(checkpoint_ms) + "\n";
+  return m;
+}
+
+Result<json> DeployCounter(Api& api, int checkpoint_ms, std::vector<std::string> devices) {
+  json req{{"manifest", CounterManifest(checkpoint_ms)},
+           {"module_b64", Base64Encode(ReadFile(WasmPath("counter")))},
+           {"replicas", 1},
+           {"devices", devices}};
+  TERN_ASSIGN_OR_RETURN(std::string body, api.c->Call("POST", "/v1/services", req.dump()));
+  return json::parse(body);
+}
+
+std::string Events(Api& api) {
+  Result<json> c = api.Get("/v1/cluster");
+  return c.ok() ? (*c)["events"].dump() : "";
+}
+
+// The instance's entry in GET /v1/services.
+json InstanceDoc(Api& api, const std::string& service, const std::string& id) {
+  Result<json> s = api.Get("/v1/services");
+  if (!s.ok()) return json();
+  for (const json& svc : *s) {
+    if (svc["name"] != service) continue;
+    for (const json& i : svc["instances"]) {
+      if (i["id"] == id) return i;
+    }
+  }
+  return json();
+}
+
+TEST(ControllerTest, MigrateErrorsAreClearAndNothingMoves) {
+  auto st = store::EmbeddedStore::Open("");
+  ASSERT_TRUE(st.ok());
+  auto ctl = Controller::Start(st->get(), FastOptions());
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
+  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr);
+  Api api((*ctl)->port());
+  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 2; }, std::chrono::seconds(10)));
+  ASSERT_TRUE(api.Deploy("echo", 1, {"cpu0"}).ok());
+  std::map<std::string, std::string> run = Running(api, "echo");
+  ASSERT_EQ(run.size(), 1u);
+  std::string id = run.begin()->first;
+  auto migrate = [&](const std::string& inst, const json& body) {
+    return api.c->Call("POST", "/v1/instances/" + inst + "/migrate", body.dump()).status();
+  };
+  Status s = migrate("echo-999", json{{"to", "cpu1"}});
+  EXPECT_EQ(s.code(), StatusCode::kNotFound) << s;
+  EXPECT_NE(s.message().find("echo-999"), std::string::npos) << s;
+  s = migrate(id, json{{"to", "gpu7"}});
+  EXPECT_EQ(s.code(), StatusCode::kNotFound) << s;
+  EXPECT_NE(s.message().find("device gpu7 has no live agent"), std::string::npos) << s;
+  s = migrate(id, json{{"to", "cpu0"}});
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("already runs on cpu0"), std::string::npos) << s;
+  s = migrate(id, json{{"to", "cpu1"}, {"mode", "teleport"}});
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s;
+  s = migrate(id, json{{"nowhere", 1}});
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s;
+  // A dead target: its agent's record goes with its lease.
+  ASSERT_TRUE(b.child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 1; }, std::chrono::seconds(10)));
+  s = migrate(id, json{{"to", "cpu1"}});
+  EXPECT_EQ(s.code(), StatusCode::kNotFound) << s;
+  EXPECT_NE(s.message().find("device cpu1 has no live agent"), std::string::npos) << s;
+  // Nothing moved; the controller lives on.
+  EXPECT_EQ(Running(api, "echo"), run);
+  EXPECT_EQ(InvokeOn(a, "still"), "still");
+}
+
+TEST(ControllerTest, DrainReplacesStatelessInstancesWithoutAGap) {
+  auto st = store::EmbeddedStore::Open("");
+  ASSERT_TRUE(st.ok());
+  auto ctl = Controller::Start(st->get(), FastOptions());
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
+  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr),
+            c = AgentProc::Start("cpu2", addr);
+  Api api((*ctl)->port());
+  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 3; }, std::chrono::seconds(10)));
+  ASSERT_TRUE(api.Deploy("echo", 2, {"cpu0", "cpu1"}).ok());
+  ASSERT_TRUE(api.Deploy("echo", 2).ok());  // any device from now on; stays where it is
+  std::map<std::string, std::string> before = Running(api, "echo");
+  ASSERT_EQ(before.size(), 2u);
+  std::string on_cpu0;
+  for (const auto& [id, dev] : before) {
+    if (dev == "cpu0") on_cpu0 = id;
+  }
+  ASSERT_FALSE(on_cpu0.empty()) << json(before).dump();
+
+  EXPECT_EQ(api.c->Call("POST", "/v1/devices/nope/drain", "{}").status().code(),
+            StatusCode::kNotFound);
+  Result<std::string> started = api.c->Call("POST", "/v1/devices/cpu0/drain", "{}");
+  ASSERT_TRUE(started.ok()) << started.status();
+  // Watch the location table meanwhile: never fewer than two echo instances.
+  size_t fewest = 2;
+  json progress;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        Result<json> l = api.Get("/v1/locations");
+        if (l.ok()) fewest = std::min(fewest, (*l)["locations"].size());
+        Result<json> p = api.Get("/v1/devices/cpu0/drain");
+        if (!p.ok()) return false;
+        progress = *p;
+        return progress["done"] == true;
+      },
+      std::chrono::seconds(20)))
+      << progress.dump(1);
+  EXPECT_EQ(fewest, 2u);
+  ASSERT_EQ(progress["steps"].size(), 1u) << progress.dump(1);
+  const json& step = progress["steps"][0];
+  EXPECT_EQ(step["instance"], on_cpu0);
+  EXPECT_TRUE(step["ok"].get<bool>()) << step.dump();
+  EXPECT_EQ(step["to"], "cpu2");  // spread: cpu1 has the other replica
+  std::map<std::string, std::string> after = Running(api, "echo");
+  ASSERT_EQ(after.size(), 2u) << json(after).dump();
+  EXPECT_EQ(after.count(on_cpu0), 0u);
+  for (const auto& [id, dev] : after) EXPECT_NE(dev, "cpu0");
+  EXPECT_EQ(InvokeSvc(c, "echo", "echo", "moved"), "moved");
+  // The drain is persisted and shown; new replicas keep off the device.
+  Result<json> cl = api.Get("/v1/cluster");
+  ASSERT_TRUE(cl.ok());
+  EXPECT_EQ((*cl)["drained"], json::array({"cpu0"}));
+  EXPECT_NE(Events(api).find("drained cpu0: 1 of 1 instance(s) moved"), std::string::npos)
+      << Events(api);
+  ASSERT_TRUE(api.Deploy("echo", 4).ok());
+  for (const auto& [id, dev] : Running(api, "echo")) EXPECT_NE(dev, "cpu0") << id;
+  // Undrain: placements may go there again.
+  ASSERT_TRUE(api.c->Call("DELETE", "/v1/devices/cpu0/drain").ok());
+  EXPECT_EQ(api.c->Call("DELETE", "/v1/devices/cpu0/drain").status().code(), StatusCode::kNotFound);
+  ASSERT_TRUE(api.Deploy("echo", 5).ok());
+  std::set<std::string> devices;
+  for (const auto& [id, dev] : Running(api, "echo")) devices.insert(dev);
+  EXPECT_EQ(devices.count("cpu0"), 1u);
+}
+
+// The checkpointed count of a stateful instance survives its agent's SIGKILL: the
+// controller restores it, under the same id, on another device before routing to it.
+TEST(ControllerTest, RestoresACheckpointAfterTheAgentIsKilled) {
+  auto st = store::EmbeddedStore::Open("");
+  ASSERT_TRUE(st.ok());
+  auto ctl = Controller::Start(st->get(), FastOptions());
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
+  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr),
+            s = AgentProc::Start("csd0", addr, "h2", "csd");
+  Api api((*ctl)->port());
+  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 3; }, std::chrono::seconds(10)));
+  Result<json> dep = DeployCounter(api, 200, {"cpu0", "cpu1"});
+  ASSERT_TRUE(dep.ok()) << dep.status();
+  std::map<std::string, std::string> run = Running(api, "counter");
+  ASSERT_EQ(run.size(), 1u);
+  std::string id = run.begin()->first;
+  AgentProc& home = run.begin()->second == "cpu0" ? a : b;
+  AgentProc& other = run.begin()->second == "cpu0" ? b : a;
+  for (int i = 1; i <= 5; ++i) ASSERT_EQ(InvokeSvc(home, "counter", "incr", ""), std::to_string(i));
+  // A checkpoint taken after the fifth increment, kept by the storage device.
+  int64_t after_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count();
+  json ck;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        ck = InstanceDoc(api, "counter", id)["checkpoint"];
+        return ck.is_object() && ck["unix_ms"].get<int64_t>() > after_ms;
+      },
+      std::chrono::seconds(10)))
+      << api.Get("/v1/cluster")->dump(1);
+  EXPECT_EQ(ck["device"], "csd0");
+  EXPECT_GT(ck["bytes"].get<uint64_t>(), 0u);
+
+  ASSERT_TRUE(home.child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto r = Running(api, "counter");
+        return r.size() == 1 && r.count(id) == 1 && r[id] == other.device;
+      },
+      std::chrono::seconds(15)))
+      << api.Get("/v1/cluster")->dump(1);
+  EXPECT_EQ(InvokeSvc(other, "counter", "get", ""), "5");
+  std::string ev = Events(api);
+  EXPECT_NE(ev.find("restored " + id + " on " + other.device + " from the checkpoint of"),
+            std::string::npos)
+      << ev;
+  EXPECT_NE(ev.find("s lost)"), std::string::npos) << ev;
+  // It goes on counting from there, and keeps being checkpointed.
+  EXPECT_EQ(InvokeSvc(other, "counter", "incr", ""), "6");
+}
+
+TEST(ControllerTest, CheckpointsNeedAStatefulService) {
+  auto st = store::EmbeddedStore::Open("");
+  ASSERT_TRUE(st.ok());
+  auto ctl = Controller::Start(st->get(), FastOptions());
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  Api api((*ctl)->port());
+  json req{{"manifest", "name: e\nversion: 1\nhandlers: [echo]\ncheckpoint_ms: 500\n"},
+           {"module_b64", Base64Encode(ReadFile(WasmPath("echo")))}};
+  Status s = api.c->Call("POST", "/v1/services", req.dump()).status();
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("stateful"), std::string::npos) << s;
+}
+
+// Whether the agent has the migration endpoint (the agent side of issue #6): an unknown
+// instance is its 404; an agent without it answers "no route".
+bool AgentMigrates(const AgentProc& a) {
+  auto c = transport::JsonApiClient::Connect(a.admin_address(), "agent", std::chrono::seconds(2));
+  if (!c.ok()) return false;
+  Status s = (*c)->Call("POST", "/v1/instances/nope-1/migrate", "{}").status();
+  return s.message().find("no route") == std::string::npos;
+}
+
+// tern migrate's API with a stateful counter: it moves with its count and its id, the
+// epoch bumps, the event has the report; then a drain of its device moves it back.
+TEST(ControllerTest, MigratesAndDrainsAStatefulCounterKeepingItsCount) {
+  auto st = store::EmbeddedStore::Open("");
+  ASSERT_TRUE(st.ok());
+  auto ctl = Controller::Start(st->get(), FastOptions());
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
+  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr);
+  if (!AgentMigrates(a)) GTEST_SKIP() << "the agent has no migration endpoint yet";
+  Api api((*ctl)->port());
+  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 2; }, std::chrono::seconds(10)));
+  ASSERT_TRUE(DeployCounter(api, 0, {"cpu0"}).ok());
+  ASSERT_TRUE(api.c
+                  ->Call("POST", "/v1/services",
+                         json{{"manifest", CounterManifest(0)},
+                              {"module_b64", Base64Encode(ReadFile(WasmPath("counter")))},
+                              {"replicas", 1}}
+                             .dump())
+                  .ok());  // any device from now on
+  std::map<std::string, std::string> run = Running(api, "counter");
+  ASSERT_EQ(run.size(), 1u);
+  std::string id = run.begin()->first;
+  ASSERT_EQ(run[id], "cpu0");
+  for (int i = 1; i <= 7; ++i) ASSERT_EQ(InvokeSvc(a, "counter", "incr", ""), std::to_string(i));
+  int64_t epoch = InstanceDoc(api, "counter", id)["epoch"];
+
+  Result<std::string> r =
+      api.c->Call("POST", "/v1/instances/" + id + "/migrate", json{{"to", "cpu1"}}.dump());
+  ASSERT_TRUE(r.ok()) << r.status() << "\n" << Events(api);
+  json rep = json::parse(*r);
+  EXPECT_EQ(rep["instance"], id);
+  EXPECT_EQ(rep["from"], "cpu0");
+  EXPECT_EQ(rep["to"], "cpu1");
+  EXPECT_GT(rep["epoch"].get<int64_t>(), epoch);
+  EXPECT_TRUE(rep.contains("downtime_us") && rep.contains("bytes_sent") && rep.contains("rounds"))
+      << rep.dump();
+  EXPECT_EQ(Running(api, "counter"), (std::map<std::string, std::string>{{id, "cpu1"}}));
+  EXPECT_EQ(InvokeSvc(b, "counter", "get", ""), "7");
+  EXPECT_NE(Events(api).find("migrated " + id + " from cpu0 to cpu1 (requested): downtime"),
+            std::string::npos)
+      << Events(api);
+  // The source's location table learns the new place.
+  std::string table;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto cl = client::AgentClient::Connect(a.admin_address(), std::chrono::milliseconds(2000));
+        if (!cl.ok()) return false;
+        Result<std::string> l = (*cl)->Locations();
+        if (!l.ok()) return false;
+        table = *l;
+        json doc = json::parse(*l);
+        for (const json& e : doc["locations"]) {
+          if (e["instance"] == id) return e["agent"] == "cpu1";
+        }
+        return false;
+      },
+      std::chrono::seconds(5)))
+      << table;
+  EXPECT_EQ(InvokeSvc(b, "counter", "incr", ""), "8");
+
+  // A drain of cpu1 migrates it back (the only other device), count and id intact.
+  ASSERT_TRUE(api.c->Call("POST", "/v1/devices/cpu1/drain", "{}").ok());
+  json progress;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        Result<json> p = api.Get("/v1/devices/cpu1/drain");
+        if (p.ok()) progress = *p;
+        return p.ok() && (*p)["done"] == true;
+      },
+      std::chrono::seconds(20)));
+  ASSERT_EQ(progress["steps"].size(), 1u) << progress.dump(1);
+  EXPECT_TRUE(progress["steps"][0]["ok"].get<bool>()) << progress.dump(1);
+  EXPECT_EQ(progress["steps"][0]["how"], "migrated");
+  EXPECT_EQ(Running(api, "counter"), (std::map<std::string, std::string>{{id, "cpu0"}}));
+  EXPECT_EQ(InvokeSvc(a, "counter", "get", ""), "8");
+  // Migrating onto the drained device is refused.
+  Status s =
+      api.c->Call("POST", "/v1/instances/" + id + "/migrate", json{{"to", "cpu1"}}.dump()).status();
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s;
+}
+
+// Registers a made-up agent record (any admin/tcp address) and keeps its lease alive
+// until destroyed: lets a test point the controller at a target that cannot be reached,
+// or at a "source" that fails.
+class FakeAgent {
+ public:
+  FakeAgent(uint16_t controller_port, const std::string& device, const std::string& admin,
+            const std::string& tcp) {
+    Api api(controller_port);
+    json rec{{"device", device},
+             {"host", "h1"},
+             {"kind", "cpu"},
+             {"boot", "boot-" + device},
+             {"admin", admin},
+             {"tcp", tcp},
+             {"memory_bytes", uint64_t{1} << 30}};
+    Result<std::string> r = api.c->Call("POST", "/v1/agents", rec.dump());
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok()) return;
+    int64_t lease = json::parse(*r)["lease"];
+    beat_ = std::thread([this, controller_port, device, lease] {
+      Api hb(controller_port);
+      while (!stop_.load()) {
+        (void)hb.c->Call("POST", "/v1/agents/" + device + "/heartbeat",
+                         json{{"lease", lease}}.dump());
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    });
+  }
+  ~FakeAgent() {
+    stop_ = true;
+    if (beat_.joinable()) beat_.join();
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::thread beat_;
+};
+
+// The failure outcomes of a migration: a target that fails before the cut-over leaves the
+// instance serving at the source; a source that fails after the cut-over (the target runs
+// it) makes the target authoritative. Both are events.
+TEST(ControllerTest, MigrationFailuresKeepTheInstanceWhereItServes) {
+  auto st = store::EmbeddedStore::Open("");
+  ASSERT_TRUE(st.ok());
+  auto ctl = Controller::Start(st->get(), FastOptions());
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
+  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr),
+            c = AgentProc::Start("cpu2", addr);
+  if (!AgentMigrates(a)) GTEST_SKIP() << "the agent has no migration endpoint yet";
+  Api api((*ctl)->port());
+  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 3; }, std::chrono::seconds(10)));
+  ASSERT_TRUE(DeployCounter(api, 0, {"cpu0"}).ok());
+  std::map<std::string, std::string> run = Running(api, "counter");
+  ASSERT_EQ(run.size(), 1u);
+  std::string id = run.begin()->first;
+  for (int i = 1; i <= 4; ++i) ASSERT_EQ(InvokeSvc(a, "counter", "incr", ""), std::to_string(i));
+
+  // 1. The target's frame port refuses connections: the source answers 503, nothing moves.
+  {
+    FakeAgent dead_end((*ctl)->port(), "cpu9", c.admin_address(), "127.0.0.1:1");
+    ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 4; }, std::chrono::seconds(5)));
+    ASSERT_TRUE(api.Deploy("echo", 0).ok());  // (a round: the controller knows cpu9)
+    // Allowed everywhere now, so the target check passes and the source is asked.
+    ASSERT_TRUE(api.c
+                    ->Call("POST", "/v1/services",
+                           json{{"manifest", CounterManifest(0)},
+                                {"module_b64", Base64Encode(ReadFile(WasmPath("counter")))},
+                                {"replicas", 1}}
+                               .dump())
+                    .ok());
+    Status s = api.c->Call("POST", "/v1/instances/" + id + "/migrate", json{{"to", "cpu9"}}.dump())
+                   .status();
+    EXPECT_FALSE(s.ok());
+    EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s;
+    EXPECT_EQ(Running(api, "counter"), run);
+    EXPECT_EQ(InvokeSvc(a, "counter", "get", ""), "4");
+    std::string ev = Events(api);
+    EXPECT_NE(ev.find("migration of " + id + " from cpu0 to cpu9 failed"), std::string::npos) << ev;
+    EXPECT_NE(ev.find("keeps serving on cpu0"), std::string::npos) << ev;
+  }
+
+  // 2. A "source" whose migrate call fails although the target runs the instance (it
+  // failed after the cut-over): the target is authoritative.
+  auto lt = transport::EventLoopThread::Create();
+  ASSERT_TRUE(lt.ok());
+  transport::HttpRouter router;
+  router.Handle("*", "/*", [](const transport::HttpRequest&) {
+    return transport::ErrorResponse(UnavailableError("the source crashed mid-answer"));
+  });
+  // ... and still lists the instance (it thawed its copy): both run it.
+  router.Handle("GET", "/v1/status", [](const transport::HttpRequest&) {
+    return transport::HttpResponse::Json(200, R"({"instances":[{"id":"echo-77"}]})");
+  });
+  auto ghost_http = transport::HttpServer::Start((*lt)->loop(), {}, std::move(router));
+  ASSERT_TRUE(ghost_http.ok()) << ghost_http.status();
+  (*lt)->Start();
+  {
+    FakeAgent ghost((*ctl)->port(), "ghost", "127.0.0.1:" + std::to_string((*ghost_http)->port()),
+                    "127.0.0.1:1");
+    ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 4; }, std::chrono::seconds(5)));
+    // echo-77 really runs on cpu1; the store says it runs on ghost (one transaction with
+    // the service's replicas, so the planner neither adds nor stops one).
+    Result<json> dep = api.Deploy("echo", 0);
+    ASSERT_TRUE(dep.ok()) << dep.status();
+    auto cl = client::AgentClient::Connect(b.admin_address(), std::chrono::seconds(2));
+    ASSERT_TRUE(cl.ok());
+    ASSERT_TRUE((*cl)
+                    ->Deploy(ReadFile(SourcePath("examples/echo/manifest.yaml")),
+                             ReadFile(WasmPath("echo")), false)
+                    .ok());
+    ASSERT_TRUE((*cl)->StartInstance("echo", "echo-77").ok());
+    Result<std::optional<store::KeyValue>> svc = (*st)->Get("/tern/services/echo");
+    ASSERT_TRUE(svc.ok() && svc->has_value());
+    json srec = json::parse((*svc)->value);
+    srec["replicas"] = 1;
+    InstanceRecord rec{"echo-77", "echo", "ghost", "boot-ghost", (*dep)["module_hash"]};
+    ASSERT_TRUE((*st)
+                    ->Apply({}, {store::Op::Put("/tern/services/echo", srec.dump()),
+                                 store::Op::Put("/tern/instances/echo-77", ToJson(rec))})
+                    .ok());
+    Result<std::string> r =
+        api.c->Call("POST", "/v1/instances/echo-77/migrate", json{{"to", "cpu1"}}.dump());
+    ASSERT_TRUE(r.ok()) << r.status() << Events(api);
+    json rep = json::parse(*r);
+    EXPECT_EQ(rep["to"], "cpu1");
+    EXPECT_NE(rep["after_failure"].get<std::string>().find("crashed"), std::string::npos)
+        << rep.dump();
+    EXPECT_EQ(Running(api, "echo"), (std::map<std::string, std::string>{{"echo-77", "cpu1"}}));
+    EXPECT_NE(Events(api).find("the source failed after the cut-over"), std::string::npos)
+        << Events(api);
+    EXPECT_NE(Events(api).find("ghost and cpu1 both ran it"), std::string::npos) << Events(api);
+    EXPECT_EQ(rep["source_copy_stopped"], false);  // the fake source refuses everything
+    EXPECT_EQ(InvokeSvc(b, "echo", "echo", "here"), "here");
+  }
+  (*lt)->loop()->RunSync([&] { ghost_http->reset(); });
+  (*lt)->Stop();
+}
+
+// The rebalancer wired into the controller: a device kept busy (a guest that spins until
+// its CPU limit, called back to back) is relieved by moving its instance to the idle one.
+// Thresholds are low, so a loaded test machine still counts as "sustained overload".
+TEST(ControllerTest, RebalancerMovesAnInstanceOffAnOverloadedDevice) {
+  auto st = store::EmbeddedStore::Open("");
+  ASSERT_TRUE(st.ok());
+  ControllerOptions o = FastOptions();
+  o.rebalance = true;
+  o.rebalance_options.overload_util = 0.15;
+  o.rebalance_options.headroom = 0.12;  // the target must be under 3%
+  o.rebalance_options.overload_samples = 3;
+  o.rebalance_options.cooldown_ms = 60000;
+  auto ctl = Controller::Start(st->get(), o);
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
+  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr);
+  Api api((*ctl)->port());
+  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 2; }, std::chrono::seconds(10)));
+  std::string manifest =
+      "name: spin\nversion: 1.0.0\nhandlers: [spin, noop]\nlimits:\n  cpu_ms: 100\n";
+  json req{{"manifest", manifest},
+           {"module_b64", Base64Encode(ReadFile(WasmPath("guest_loop")))},
+           {"replicas", 1},
+           {"devices", {"cpu0"}}};
+  ASSERT_TRUE(api.c->Call("POST", "/v1/services", req.dump()).ok());
+  req.erase("devices");
+  ASSERT_TRUE(api.c->Call("POST", "/v1/services", req.dump()).ok());
+  std::map<std::string, std::string> run = Running(api, "spin");
+  ASSERT_EQ(run.size(), 1u);
+  ASSERT_EQ(run.begin()->second, "cpu0");
+  std::atomic<bool> stop{false};
+  std::thread load([&] {
+    auto c = client::AgentClient::Connect(a.admin_address(), std::chrono::seconds(2));
+    if (!c.ok()) return;
+    while (!stop.load()) (void)(*c)->Invoke("spin", "spin", "", std::chrono::seconds(5));
+  });
+  bool moved = WaitFor(
+      [&] {
+        auto r = Running(api, "spin");
+        return r.size() == 1 && r.begin()->second == "cpu1";
+      },
+      std::chrono::seconds(20));
+  stop = true;
+  load.join();
+  ASSERT_TRUE(moved) << api.Get("/v1/cluster")->dump(1);
+  std::string ev = Events(api);
+  EXPECT_NE(ev.find("rebalancing: moving " + run.begin()->first +
+                    " from cpu0 to cpu1: cpu0 at 15% "
+                    "CPU or more"),
+            std::string::npos)
+      << ev;
+  EXPECT_EQ(InvokeSvc(b, "spin", "noop", ""), "");
+}
+
+
+// A migration no controller followed (asked straight from the agent, as if the
+// controller that asked had died): the controller records the instance where both
+// agents' heartbeats say it runs.
+TEST(ControllerTest, FollowsAnInstanceThatMovedBehindItsBack) {
+  auto st = store::EmbeddedStore::Open("");
+  ASSERT_TRUE(st.ok());
+  auto ctl = Controller::Start(st->get(), FastOptions());
+  ASSERT_TRUE(ctl.ok()) << ctl.status();
+  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
+  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr);
+  if (!AgentMigrates(a)) GTEST_SKIP() << "the agent has no migration endpoint yet";
+  Api api((*ctl)->port());
+  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 2; }, std::chrono::seconds(10)));
+  ASSERT_TRUE(DeployCounter(api, 0, {"cpu0"}).ok());
+  std::map<std::string, std::string> run = Running(api, "counter");
+  ASSERT_EQ(run.size(), 1u);
+  std::string id = run.begin()->first;
+  for (int i = 1; i <= 3; ++i) ASSERT_EQ(InvokeSvc(a, "counter", "incr", ""), std::to_string(i));
+  std::string target_tcp;
+  Result<json> agents = api.Get("/v1/agents");
+  ASSERT_TRUE(agents.ok());
+  for (const json& ag : *agents) {
+    if (ag["device"] == "cpu1") target_tcp = ag["tcp"];
+  }
+  auto tc = client::AgentClient::Connect(b.admin_address(), std::chrono::seconds(2));
+  ASSERT_TRUE(tc.ok());
+  ASSERT_TRUE((*tc)->Deploy(CounterManifest(0), ReadFile(WasmPath("counter")), false).ok());
+  auto src = transport::JsonApiClient::Connect(a.admin_address(), "agent", std::chrono::seconds(2));
+  ASSERT_TRUE(src.ok());
+  Result<std::string> r = (*src)->Call("POST", "/v1/instances/" + id + "/migrate",
+                                       json{{"to_tcp", target_tcp}, {"to_device", "cpu1"}}.dump());
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(WaitFor([&] { return Running(api, "counter")[id] == "cpu1"; },
+                      std::chrono::seconds(10)))
+      << api.Get("/v1/cluster")->dump(1);
+  EXPECT_NE(Events(api).find(id + " runs on cpu1, not on cpu0"), std::string::npos)
+      << Events(api);
+  EXPECT_EQ(InvokeSvc(b, "counter", "get", ""), "3");
+  EXPECT_EQ(Running(api, "counter").size(), 1u);
 }
 
 }  // namespace

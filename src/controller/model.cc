@@ -26,6 +26,8 @@ Status Field(const json& j, const char* key, T* out, std::string_view what) {
   bool ok;
   if constexpr (std::is_same_v<T, std::string>) {
     ok = it->is_string();
+  } else if constexpr (std::is_same_v<T, bool>) {
+    ok = it->is_boolean();
   } else if constexpr (std::is_same_v<T, double>) {
     ok = it->is_number();
   } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
@@ -68,7 +70,9 @@ std::string ToJson(const ServiceRecord& r) {
               {"devices", r.devices},
               {"memory_bytes", r.memory_bytes},
               {"created_unix_ms", r.created_unix_ms},
-              {"placement", r.placement}}
+              {"placement", r.placement},
+              {"stateful", r.stateful},
+              {"checkpoint_ms", r.checkpoint_ms}}
       .dump();
 }
 
@@ -79,6 +83,26 @@ std::string ToJson(const InstanceRecord& r) {
               {"boot", r.boot},
               {"module_hash", r.module_hash}}
       .dump();
+}
+
+std::string ToJson(const CheckpointRecord& r) {
+  return json{{"id", r.id},         {"service", r.service}, {"device", r.device},
+              {"source", r.source}, {"unix_ms", r.unix_ms}, {"bytes", r.bytes}}
+      .dump();
+}
+
+Result<CheckpointRecord> CheckpointFromJson(std::string_view text, std::string_view what) {
+  TERN_ASSIGN_OR_RETURN(json j, ParseObject(text, what));
+  CheckpointRecord r;
+  TERN_RETURN_IF_ERROR(Require(j, "id", what));
+  TERN_RETURN_IF_ERROR(Require(j, "device", what));
+  TERN_RETURN_IF_ERROR(Field(j, "id", &r.id, what));
+  TERN_RETURN_IF_ERROR(Field(j, "service", &r.service, what));
+  TERN_RETURN_IF_ERROR(Field(j, "device", &r.device, what));
+  TERN_RETURN_IF_ERROR(Field(j, "source", &r.source, what));
+  TERN_RETURN_IF_ERROR(Field(j, "unix_ms", &r.unix_ms, what));
+  TERN_RETURN_IF_ERROR(Field(j, "bytes", &r.bytes, what));
+  return r;
 }
 
 Result<AgentRecord> AgentFromJson(std::string_view text, std::string_view what) {
@@ -114,6 +138,8 @@ Result<ServiceRecord> ServiceFromJson(std::string_view text, std::string_view wh
   TERN_RETURN_IF_ERROR(Field(j, "memory_bytes", &r.memory_bytes, what));
   TERN_RETURN_IF_ERROR(Field(j, "created_unix_ms", &r.created_unix_ms, what));
   TERN_RETURN_IF_ERROR(Field(j, "placement", &r.placement, what));
+  TERN_RETURN_IF_ERROR(Field(j, "stateful", &r.stateful, what));
+  TERN_RETURN_IF_ERROR(Field(j, "checkpoint_ms", &r.checkpoint_ms, what));
   return r;
 }
 

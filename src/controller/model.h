@@ -11,6 +11,10 @@
 //   /tern/seq/<service>         the last instance number handed out for the service
 //   /tern/election/...          leader election among controllers (store/election.h)
 //   /tern/topology              the topology the cluster was started from (JSON), if any
+//   /tern/drained/<device>      the device takes no new placements (`tern drain`)
+//   /tern/checkpoints/<id>      CheckpointRecord: where the instance's last checkpoint is
+//                               kept (an object of a storage device's dataset) and when
+//                               it was taken
 //
 // Value types; thread-compatible.
 #pragma once
@@ -31,6 +35,11 @@ inline constexpr std::string_view kInstancesPrefix = "/tern/instances/";
 inline constexpr std::string_view kSeqPrefix = "/tern/seq/";
 inline constexpr std::string_view kElectionPrefix = "/tern/election";
 inline constexpr std::string_view kTopologyKey = "/tern/topology";
+inline constexpr std::string_view kDrainedPrefix = "/tern/drained/";
+inline constexpr std::string_view kCheckpointsPrefix = "/tern/checkpoints/";
+// The dataset checkpoints are kept in, on the storage device's agent; one object per
+// instance, named by the instance id.
+inline constexpr std::string_view kCheckpointDataset = "tern.checkpoints";
 
 // A device agent, as it registered.
 struct AgentRecord {
@@ -60,6 +69,8 @@ struct ServiceRecord {
   uint64_t memory_bytes = 0;  // the manifest's memory cap: what one instance may take
   int64_t created_unix_ms = 0;
   std::string placement;  // placement hints (advisor.h PlacementHints, JSON); "" = spread
+  bool stateful = false;  // the manifest's `stateful`
+  int64_t checkpoint_ms = 0;  // the manifest's `checkpoint_ms`: snapshot period, 0 = none
 
   bool operator==(const ServiceRecord&) const = default;
 };
@@ -77,13 +88,28 @@ struct InstanceRecord {
   bool operator==(const InstanceRecord&) const = default;
 };
 
+// An instance's last checkpoint: its snapshot (wasm/snapshot.h bytes), kept as object
+// `id` of dataset kCheckpointDataset by the agent of `device`.
+struct CheckpointRecord {
+  std::string id;  // the instance
+  std::string service;
+  std::string device;   // the storage device keeping it
+  std::string source;   // the device the instance ran on when it was taken
+  int64_t unix_ms = 0;  // when it was taken
+  uint64_t bytes = 0;
+
+  bool operator==(const CheckpointRecord&) const = default;
+};
+
 std::string ToJson(const AgentRecord& r);
+std::string ToJson(const CheckpointRecord& r);
 std::string ToJson(const ServiceRecord& r);
 std::string ToJson(const InstanceRecord& r);
 // Parse the JSON above; errors name `what` (a key) and the bad field.
 Result<AgentRecord> AgentFromJson(std::string_view json, std::string_view what);
 Result<ServiceRecord> ServiceFromJson(std::string_view json, std::string_view what);
 Result<InstanceRecord> InstanceFromJson(std::string_view json, std::string_view what);
+Result<CheckpointRecord> CheckpointFromJson(std::string_view json, std::string_view what);
 
 // The last path element of a key ("/tern/agents/csd0" -> "csd0").
 std::string_view KeyName(std::string_view key);

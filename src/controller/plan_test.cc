@@ -197,5 +197,277 @@ TEST(ModelTest, RecordsRoundTripAndBadOnesAreErrors) {
   EXPECT_EQ(KeyName("/tern/agents/csd0"), "csd0");
 }
 
+// ---- drains, moves, checkpoints (issue #6) ---------------------------------------------
+
+TEST(PlanTest, ADrainingDeviceGetsNoNewPlacements) {
+  ClusterView v;
+  for (const char* d : {"a", "b"}) v.agents[d] = Agent(d);
+  v.services["echo"] = Service("echo", 2);
+  v.draining.insert("a");
+  Plan p = PlanReconcile(v);
+  EXPECT_EQ(CreatedOn(p), (std::vector<std::string>{"b", "b"}));
+  v.draining.insert("b");
+  p = PlanReconcile(v);
+  EXPECT_EQ(Count(p, Action::Kind::kCreate), 0);
+  ASSERT_EQ(p.unplaceable.count("echo"), 1u);
+  EXPECT_NE(p.unplaceable["echo"].find("a: draining"), std::string::npos) << p.unplaceable["echo"];
+  // The ranked (placement engine) path skips it too.
+  v.draining = {"a"};
+  v.ranked["echo"] = {"a", "b"};
+  p = PlanReconcile(v);
+  EXPECT_EQ(CreatedOn(p), (std::vector<std::string>{"b", "b"}));
+}
+
+TEST(PlanTest, InstancesBeingMovedAreLeftAlone) {
+  ClusterView v;
+  for (const char* d : {"a", "b"}) v.agents[d] = Agent(d);
+  v.services["echo"] = Service("echo", 1);
+  // Two replicas where one is wanted: normally the newer one stops; not while it moves.
+  Place(&v, "echo-1", "echo", "a", 5);
+  Place(&v, "echo-2", "echo", "b", 9);
+  v.busy = {"echo-2"};
+  Plan p = PlanReconcile(v);
+  ASSERT_EQ(p.actions.size(), 1u);
+  EXPECT_EQ(p.actions[0].kind, Action::Kind::kStop);
+  EXPECT_EQ(p.actions[0].instance, "echo-1");
+  // Both busy: nothing stops.
+  v.busy = {"echo-1", "echo-2"};
+  EXPECT_TRUE(PlanReconcile(v).actions.empty());
+  // A busy instance whose agent is gone is not forgotten (the operation decides), nor
+  // one whose agent restarted started again.
+  ClusterView w;
+  w.agents["b"] = Agent("b");
+  w.services["echo"] = Service("echo", 2);
+  Place(&w, "echo-1", "echo", "a", 5);
+  Place(&w, "echo-2", "echo", "b", 6);
+  w.instances["echo-2"].record.boot = "old-boot";
+  w.busy = {"echo-1", "echo-2"};
+  p = PlanReconcile(w);
+  EXPECT_EQ(Count(p, Action::Kind::kForget), 0);
+  EXPECT_EQ(Count(p, Action::Kind::kStart), 0);
+  EXPECT_EQ(Count(p, Action::Kind::kCreate), 0);  // both still count
+}
+
+TEST(PlanTest, AReplacementAndTheInstanceItReplacesCountOnce) {
+  ClusterView v;
+  for (const char* d : {"a", "b"}) v.agents[d] = Agent(d);
+  v.services["echo"] = Service("echo", 1);
+  Place(&v, "echo-1", "echo", "a", 5);
+  Place(&v, "echo-2", "echo", "b", 9, /*started=*/false);
+  v.busy = {"echo-1", "echo-2"};
+  v.leaving = {"echo-1"};
+  EXPECT_TRUE(PlanReconcile(v).actions.empty());
+  // The replacement is up and no longer busy; the old one still leaves: nothing to do.
+  Place(&v, "echo-2", "echo", "b", 10);
+  v.busy = {"echo-1"};
+  EXPECT_TRUE(PlanReconcile(v).actions.empty());
+}
+
+TEST(PlanTest, ACheckpointedInstanceOfADeadAgentIsRestoredElsewhereUnderItsId) {
+  ClusterView v;
+  for (const char* d : {"b", "c"}) v.agents[d] = Agent(d);
+  v.services["counter"] = Service("counter", 1);
+  v.services["counter"].stateful = true;
+  v.services["counter"].checkpoint_ms = 1000;
+  Place(&v, "counter-1", "counter", "a", 5);  // a is dead
+  v.checkpoints["counter-1"] = CheckpointRecord{"counter-1", "counter", "c", "a", 1000, 64};
+  Plan p = PlanReconcile(v);
+  ASSERT_EQ(p.actions.size(), 1u) << p.actions[0].reason;
+  EXPECT_EQ(p.actions[0].kind, Action::Kind::kRestore);
+  EXPECT_EQ(p.actions[0].instance, "counter-1");
+  EXPECT_TRUE(p.actions[0].device == "b" || p.actions[0].device == "c");
+  EXPECT_NE(p.actions[0].reason.find("agent a is gone"), std::string::npos);
+  // Without a checkpoint: forgotten and replaced by a fresh instance, as before.
+  v.checkpoints.clear();
+  p = PlanReconcile(v);
+  EXPECT_EQ(Count(p, Action::Kind::kForget), 1);
+  EXPECT_EQ(Count(p, Action::Kind::kCreate), 1);
+  // Starting it again on its (restarted) device failed recently: restored elsewhere.
+  v.checkpoints["counter-1"] = CheckpointRecord{"counter-1", "counter", "c", "b", 1000, 64};
+  Place(&v, "counter-1", "counter", "b", 6, /*started=*/false);
+  v.backoff.insert({"b", "counter"});
+  p = PlanReconcile(v);
+  ASSERT_EQ(p.actions.size(), 1u);
+  EXPECT_EQ(p.actions[0].kind, Action::Kind::kRestore);
+  EXPECT_EQ(p.actions[0].device, "c");
+  // No device can take it: it waits (the record stays) and the service says why.
+  v.draining = {"c"};
+  p = PlanReconcile(v);
+  EXPECT_TRUE(p.actions.empty());
+  ASSERT_EQ(p.unplaceable.count("counter"), 1u);
+  EXPECT_NE(p.unplaceable["counter"].find("cannot restore counter-1"), std::string::npos);
+}
+
+TEST(PlanTest, MigrationTargetsAreCheckedWithErrorsNamingTheDevice) {
+  ClusterView v;
+  v.agents["a"] = Agent("a");
+  v.agents["b"] = Agent("b", 1, /*memory_mib=*/100);
+  v.agents["c"] = Agent("c");
+  v.services["counter"] = Service("counter", 2, /*memory_mib=*/64);
+  Place(&v, "counter-1", "counter", "a", 5);
+  Place(&v, "counter-2", "counter", "b", 6);
+  EXPECT_TRUE(CheckMigrationTarget(v, "counter-1", "c").ok());
+  Status s = CheckMigrationTarget(v, "nope-1", "c");
+  EXPECT_EQ(s.code(), StatusCode::kNotFound);
+  EXPECT_NE(s.message().find("nope-1"), std::string::npos);
+  s = CheckMigrationTarget(v, "counter-1", "a");
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("already runs on a"), std::string::npos) << s;
+  s = CheckMigrationTarget(v, "counter-1", "zz");
+  EXPECT_EQ(s.code(), StatusCode::kNotFound);
+  EXPECT_NE(s.message().find("device zz"), std::string::npos) << s;
+  s = CheckMigrationTarget(v, "counter-1", "b");  // 64 of 100 MiB taken, needs 64 more
+  EXPECT_EQ(s.code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(s.message().find("device b cannot take counter-1"), std::string::npos) << s;
+  v.draining = {"c"};
+  s = CheckMigrationTarget(v, "counter-1", "c");
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("c is being drained"), std::string::npos) << s;
+  v.draining.clear();
+  v.services["counter"].devices = {"a", "b"};
+  s = CheckMigrationTarget(v, "counter-1", "c");
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("may not run on c"), std::string::npos) << s;
+  v.services["counter"].devices.clear();
+  v.busy = {"counter-1"};
+  EXPECT_EQ(CheckMigrationTarget(v, "counter-1", "c").code(), StatusCode::kAborted);
+  v.busy.clear();
+  v.agents.erase("a");  // the source is dead
+  s = CheckMigrationTarget(v, "counter-1", "c");
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("device a is gone"), std::string::npos) << s;
+}
+
+TEST(PlanTest, AMigrationTargetIsNeverTheDeviceItLeaves) {
+  ClusterView v;
+  v.agents["a"] = Agent("a", 8);  // by far the most compute
+  v.agents["b"] = Agent("b", 1);
+  v.agents["c"] = Agent("c", 2);
+  v.services["echo"] = Service("echo", 2);
+  Place(&v, "echo-1", "echo", "a", 5);
+  Place(&v, "echo-2", "echo", "b", 6);
+  Result<std::string> t = ChooseMigrationTarget(v, "echo-1");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(*t, "c");  // spread: b has a replica already
+  v.agents.erase("c");
+  t = ChooseMigrationTarget(v, "echo-1");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(*t, "b");
+  v.agents.erase("b");
+  EXPECT_EQ(ChooseMigrationTarget(v, "echo-1").status().code(), StatusCode::kResourceExhausted);
+}
+
+// ---- the rebalancer's decisions ----------------------------------------------------------
+
+ClusterView ThreeDevicesTwoEchos() {
+  ClusterView v;
+  for (const char* d : {"a", "b", "c"}) v.agents[d] = Agent(d);
+  v.services["echo"] = Service("echo", 2);
+  Place(&v, "echo-1", "echo", "a", 5);
+  Place(&v, "echo-2", "echo", "a", 6);
+  return v;
+}
+
+TEST(PlanTest, RebalanceMovesOffASustainedOverloadOnly) {
+  ClusterView v = ThreeDevicesTwoEchos();
+  RebalanceOptions o;
+  o.overload_samples = 3;
+  RebalanceInput in;
+  in.now_ms = 100000;
+  in.rate = {{"echo-1", 10}, {"echo-2", 500}};
+  in.util = {{"a", {0.2, 0.95, 0.97}}, {"b", {0.1, 0.1, 0.1}}, {"c", {0.65, 0.65, 0.65}}};
+  // One sample below the threshold in the window: no move (a spike is not an overload).
+  EXPECT_FALSE(PlanRebalance(v, in, o).has_value());
+  in.util["a"] = {0.9, 0.95, 0.97};
+  std::optional<Move> m = PlanRebalance(v, in, o);
+  ASSERT_TRUE(m.has_value());
+  EXPECT_EQ(m->instance, "echo-2");  // the busiest
+  EXPECT_EQ(m->from, "a");
+  EXPECT_EQ(m->to, "b");  // c has no headroom (0.65 >= 0.85 - 0.25)
+  EXPECT_NE(m->reason.find("a at 85% CPU or more"), std::string::npos) << m->reason;
+  // Cooling down (it moved 10 s ago): the next busiest goes instead.
+  in.last_moved_ms["echo-2"] = in.now_ms - 10000;
+  m = PlanRebalance(v, in, o);
+  ASSERT_TRUE(m.has_value());
+  EXPECT_EQ(m->instance, "echo-1");
+  // Busy instances never move; nowhere with headroom: nothing.
+  v.busy = {"echo-1"};
+  EXPECT_FALSE(PlanRebalance(v, in, o).has_value());
+  v.busy.clear();
+  in.util["b"] = {0.7, 0.7, 0.7};
+  EXPECT_FALSE(PlanRebalance(v, in, o).has_value());
+}
+
+TEST(PlanTest, RebalanceTakesACheaperPlacementOnlyBeyondTheMarginAndTheMoveCost) {
+  ClusterView v = ThreeDevicesTwoEchos();
+  RebalanceOptions o;
+  o.margin = 0.2;
+  o.migration_cost = 5;
+  RebalanceInput in;
+  in.now_ms = 100000;
+  // Saves 15 of 100: under the 20% margin.
+  in.cheaper["echo-1"] = {100, "b", 85};
+  EXPECT_FALSE(PlanRebalance(v, in, o).has_value());
+  // Saves 22: above the margin (20) but not margin + move (25).
+  in.cheaper["echo-1"] = {100, "b", 78};
+  EXPECT_FALSE(PlanRebalance(v, in, o).has_value());
+  // Saves 40: moves; of two candidates the larger saving wins.
+  in.cheaper["echo-1"] = {100, "b", 60};
+  in.cheaper["echo-2"] = {100, "c", 30};
+  std::optional<Move> m = PlanRebalance(v, in, o);
+  ASSERT_TRUE(m.has_value());
+  EXPECT_EQ(m->instance, "echo-2");
+  EXPECT_EQ(m->to, "c");
+  // Hysteresis: once moved, the reverse saving (now the other way) does not bring it back
+  // within the cool-down.
+  Place(&v, "echo-2", "echo", "c", 7);
+  in.cheaper.erase("echo-1");
+  in.cheaper["echo-2"] = {100, "a", 50};
+  in.last_moved_ms["echo-2"] = in.now_ms - 1000;
+  EXPECT_FALSE(PlanRebalance(v, in, o).has_value());
+  in.now_ms += o.cooldown_ms;
+  m = PlanRebalance(v, in, o);
+  ASSERT_TRUE(m.has_value());
+  EXPECT_EQ(m->to, "a");
+}
+
+
+TEST(PlanTest, InstancesAreFollowedWhereBothAgentsSayTheyMoved) {
+  ClusterView v;
+  for (const char* d : {"a", "b", "c"}) v.agents[d] = Agent(d);
+  v.services["counter"] = Service("counter", 1);
+  Place(&v, "counter-1", "counter", "a", 5);
+  std::map<std::string, int64_t> since = {{"counter-1", 100}};
+  auto sight = [](std::set<std::string> last, std::set<std::string> prev, int64_t at = 200) {
+    return Sightings{std::move(last), std::move(prev), true, at};
+  };
+  std::map<std::string, Sightings> seen = {{"a", sight({}, {})},
+                                           {"b", sight({"counter-1"}, {"counter-1"})},
+                                           {"c", sight({}, {})}};
+  EXPECT_EQ(MovedInstances(v, seen, since),
+            (std::map<std::string, std::string>{{"counter-1", "b"}}));
+  // Not when the recorded device still listed it in either heartbeat...
+  seen["a"] = sight({}, {"counter-1"});
+  EXPECT_TRUE(MovedInstances(v, seen, since).empty());
+  seen["a"] = sight({}, {});
+  // ... nor when the other device listed it only once, or two devices list it...
+  seen["b"] = sight({"counter-1"}, {});
+  EXPECT_TRUE(MovedInstances(v, seen, since).empty());
+  seen["b"] = sight({"counter-1"}, {"counter-1"});
+  seen["c"] = sight({"counter-1"}, {"counter-1"});
+  EXPECT_TRUE(MovedInstances(v, seen, since).empty());
+  seen["c"] = sight({}, {});
+  // ... nor on reports older than the record (a move the controller just recorded)...
+  seen["a"] = sight({}, {}, /*at=*/50);
+  EXPECT_TRUE(MovedInstances(v, seen, since).empty());
+  seen["a"] = sight({}, {});
+  // ... nor while it is busy, or not started.
+  v.busy = {"counter-1"};
+  EXPECT_TRUE(MovedInstances(v, seen, since).empty());
+  v.busy.clear();
+  Place(&v, "counter-1", "counter", "a", 5, /*started=*/false);
+  EXPECT_TRUE(MovedInstances(v, seen, since).empty());
+}
+
 }  // namespace
 }  // namespace tern::controller

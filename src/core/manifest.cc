@@ -122,6 +122,11 @@ Result<Manifest> ParseNode(const YAML::Node& root, const std::string& src) {
       TERN_RETURN_IF_ERROR(CheckPrintable(src, v, key, m.module));
     } else if (key == "stateful") {
       TERN_ASSIGN_OR_RETURN(m.stateful, GetBool(src, v, key));
+    } else if (key == "checkpoint_ms") {
+      TERN_ASSIGN_OR_RETURN(m.checkpoint_ms, GetUint(src, v, key, 0, kMaxCheckpointMs));
+      if (m.checkpoint_ms != 0 && m.checkpoint_ms < kMinCheckpointMs) {
+        return FieldError(src, v, key, fmt::format("0 (off) or at least {} ms", kMinCheckpointMs));
+      }
     } else if (key == "tenant") {
       TERN_ASSIGN_OR_RETURN(m.tenant, GetString(src, v, key));
       if (!IsValidName(m.tenant)) return FieldError(src, v, key, "not a valid name");
@@ -156,13 +161,17 @@ Result<Manifest> ParseNode(const YAML::Node& root, const std::string& src) {
       TERN_RETURN_IF_ERROR(ParseLimits(src, v, &m.limits));
     } else {
       return FieldError(src, kv.first, key,
-                        "unknown field (expected name, version, module, stateful, handlers, "
-                        "tenant, replicas, limits)");
+                        "unknown field (expected name, version, module, stateful, checkpoint_ms, "
+                        "handlers, tenant, replicas, limits)");
     }
   }
   if (!has_name) return InvalidArgumentError(src + ": required field 'name' is missing");
   if (!has_version) return InvalidArgumentError(src + ": required field 'version' is missing");
   if (!has_handlers) return InvalidArgumentError(src + ": required field 'handlers' is missing");
+  if (m.checkpoint_ms != 0 && !m.stateful) {
+    return InvalidArgumentError(
+        src + ": 'checkpoint_ms' is for stateful services (add 'stateful: true')");
+  }
   return m;
 }
 
@@ -196,6 +205,7 @@ std::string ManifestToYaml(const Manifest& m) {
   out << YAML::Key << "version" << YAML::Value << YAML::DoubleQuoted << m.version;
   if (!m.module.empty()) out << YAML::Key << "module" << YAML::Value << YAML::DoubleQuoted << m.module;
   out << YAML::Key << "stateful" << YAML::Value << (m.stateful ? "true" : "false");
+  if (m.checkpoint_ms != 0) out << YAML::Key << "checkpoint_ms" << YAML::Value << m.checkpoint_ms;
   out << YAML::Key << "handlers" << YAML::Value << YAML::Flow << m.handlers;
   out << YAML::Key << "tenant" << YAML::Value << YAML::DoubleQuoted << m.tenant;
   out << YAML::Key << "replicas" << YAML::Value << m.replicas;

@@ -4,6 +4,8 @@
 //   version: 1.0.0             # required
 //   module: counter.wasm       # path relative to the manifest file
 //   stateful: true             # default false
+//   checkpoint_ms: 2000        # stateful only: the controller snapshots each instance
+//                              # this often to a storage device (0 = off, the default)
 //   handlers: [incr, get]      # exported functions callable from outside, required
 //   tenant: default
 //   replicas: 1
@@ -42,6 +44,7 @@ struct Manifest {
   std::string version;
   std::string module;  // path of the .wasm, as written in the file
   bool stateful = false;
+  uint32_t checkpoint_ms = 0;  // 0 = no periodic checkpoints
   std::vector<std::string> handlers;
   std::string tenant = "default";
   uint32_t replicas = 1;
@@ -54,6 +57,8 @@ struct Manifest {
 // Hard bounds that a manifest may not exceed.
 inline constexpr uint32_t kMaxMemoryMib = 4096;
 inline constexpr uint32_t kMaxCpuMs = 600'000;
+inline constexpr uint32_t kMinCheckpointMs = 100;
+inline constexpr uint32_t kMaxCheckpointMs = 86'400'000;
 inline constexpr uint32_t kMaxPayloadKib = 64 * 1024;
 
 // Parses YAML text. `source` names the text in error messages (a path, or "request").

@@ -39,6 +39,26 @@ TEST(ManifestTest, RoundTripsThroughYaml) {
   EXPECT_EQ(*m, *again);
 }
 
+TEST(ManifestTest, CheckpointMsIsForStatefulServicesAndRoundTrips) {
+  std::string yaml = std::string(kGood) + "checkpoint_ms: 2000\n";
+  Result<Manifest> m = ParseManifest(yaml, "a");
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->checkpoint_ms, 2000u);
+  Result<Manifest> again = ParseManifest(ManifestToYaml(*m), "b");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*m, *again);
+  EXPECT_EQ(ParseManifest(kGood, "c")->checkpoint_ms, 0u);  // off by default
+  Result<Manifest> stateless =
+      ParseManifest("name: e\nversion: 1\nhandlers: [a]\ncheckpoint_ms: 500\n", "e.yaml");
+  ASSERT_FALSE(stateless.ok());
+  EXPECT_NE(stateless.status().message().find("add 'stateful: true'"), std::string_view::npos)
+      << stateless.status();
+  Result<Manifest> tiny = ParseManifest(std::string(kGood) + "checkpoint_ms: 5\n", "t.yaml");
+  ASSERT_FALSE(tiny.ok());
+  EXPECT_NE(tiny.status().message().find("at least 100 ms"), std::string_view::npos)
+      << tiny.status();
+}
+
 struct BadCase {
   const char* yaml;
   const char* expect;  // substring of the error

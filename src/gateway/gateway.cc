@@ -13,11 +13,13 @@
 #include <unordered_map>
 
 #include "core/clock.h"
+#include "core/ids.h"
 #include "core/logging.h"
 #include "dataplane/picker.h"
 #include "transport/event_loop.h"
 #include "transport/frame.h"
 #include "transport/http.h"
+#include "transport/json_api.h"
 #include "transport/socket.h"
 #include "transport/tcp.h"
 
@@ -283,8 +285,21 @@ class Gateway::Worker {
                              "path '{}': expected /v1/invoke/{{service}}/{{handler}}", req.path))));
       return;
     }
+    Result<transport::CallIds> ids = transport::CallIdsFromHeaders(req);
+    if (!ids.ok()) {
+      Respond(responder, Reject(ids.status()));
+      return;
+    }
+    // From here on, every answer names the trace.
+    auto reject = [&](const Status& s) {
+      HttpResponse r = Reject(s);
+      r.headers.emplace_back(transport::kTraceIdHeader, TraceIdHex(ids->trace_id));
+      Respond(responder, std::move(r));
+    };
     Frame f;
     f.type = FrameType::kInvoke;
+    f.trace_id = ids->trace_id;
+    f.idempotency_key = ids->idempotency_key;
     f.service = transport::PercentDecode(rest.substr(0, slash), false);
     f.handler = transport::PercentDecode(rest.substr(slash + 1), false);
     f.tenant = std::string(req.Header("x-tern-tenant"));
@@ -293,10 +308,8 @@ class Gateway::Worker {
           {"handler", &f.handler},
           {"X-Tern-Tenant", &f.tenant}}) {
       if (value->size() > transport::kMaxNameBytes) {
-        Respond(
-            responder,
-            Reject(InvalidArgumentError(fmt::format("{} is {} bytes long; the limit is {}", what,
-                                                    value->size(), transport::kMaxNameBytes))));
+        reject(InvalidArgumentError(fmt::format("{} is {} bytes long; the limit is {}", what,
+                                                value->size(), transport::kMaxNameBytes)));
         return;
       }
     }
@@ -309,16 +322,14 @@ class Gateway::Worker {
       }
       if (ok) ms = std::stoll(*t);
       if (!ok || ms < 1 || ms > kMaxTimeoutMs) {
-        Respond(
-            responder,
-            Reject(InvalidArgumentError(fmt::format(
-                "X-Tern-Timeout-Ms: expected milliseconds 1..{}, got '{}'", kMaxTimeoutMs, *t))));
+        reject(InvalidArgumentError(fmt::format(
+            "X-Tern-Timeout-Ms: expected milliseconds 1..{}, got '{}'", kMaxTimeoutMs, *t)));
         return;
       }
       timeout_nanos = ms * 1'000'000;
     }
     if (req.body.size() > transport::kMaxPayloadBytes) {
-      Respond(responder, Reject(ResourceExhaustedError("request body exceeds the frame limit")));
+      reject(ResourceExhaustedError("request body exceeds the frame limit"));
       return;
     }
     // Bounded concurrency across all threads: reject at once, without queueing.
@@ -331,6 +342,7 @@ class Gateway::Worker {
                    "gateway saturated: {} requests in flight (--max-inflight); retry later",
                    options_.max_inflight))));
       r.headers.emplace_back("Retry-After", "1");
+      r.headers.emplace_back(transport::kTraceIdHeader, TraceIdHex(f.trace_id));
       Respond(responder, std::move(r));
       return;
     }
@@ -492,6 +504,7 @@ class Gateway::Worker {
     if (c->request_id != 0 && c->upstream != nullptr) c->upstream->sent.erase(c->request_id);
     ReleaseOutstanding(c);
     if (!c->instance.empty()) r.headers.emplace_back("X-Tern-Instance", c->instance);
+    r.headers.emplace_back(transport::kTraceIdHeader, TraceIdHex(c->frame.trace_id));
     shared_->RecordLatency(MonoNanos() - c->start_nanos);
     shared_->in_flight.fetch_sub(1, std::memory_order_acq_rel);
     Respond(c->responder, std::move(r));

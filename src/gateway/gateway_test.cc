@@ -20,6 +20,7 @@
 #include "client/agent_client.h"
 #include "core/clock.h"
 #include "core/file.h"
+#include "core/ids.h"
 #include "core/mutex.h"
 #include "testing/process.h"
 #include "testing/test_env.h"
@@ -112,6 +113,24 @@ struct Agent {
       if (i["service"] == service) n += i["requests"].get<uint64_t>();
     }
     return n;
+  }
+
+  // The last trace id (hex, as in GET /v1/status) and idempotency key served by the
+  // instance of `service`.
+  std::pair<std::string, uint64_t> LastIds(const std::string& service) const {
+    auto admin = Admin();
+    if (admin == nullptr) return {};
+    Result<std::string> st = admin->StatusJson();
+    EXPECT_TRUE(st.ok()) << st.status();
+    if (!st.ok()) return {};
+    const nlohmann::json status = nlohmann::json::parse(*st);
+    for (const auto& i : status["instances"]) {
+      if (i["service"] == service) {
+        return {i["last_trace_id"].get<std::string>(), i["last_idempotency_key"].get<uint64_t>()};
+      }
+    }
+    ADD_FAILURE() << "no instance of " << service;
+    return {};
   }
 
   // A location entry for this agent's instance of `service`, named `instance`.
@@ -212,6 +231,61 @@ TEST_F(GatewayTest, InvokeRoundTripHealthAndInfo) {
   EXPECT_EQ(j["requests"]["2xx"], 1);
   EXPECT_EQ(j["upstream_connections"], 1);
   EXPECT_GT(j["latency_ms"]["p50"].get<double>(), 0.0);
+}
+
+std::string TraceOf(const HttpClientResponse& r) {
+  const std::string* h = r.FindHeader("x-tern-trace-id");
+  return h ? *h : "";
+}
+
+// X-Tern-Trace-Id goes to the instance and comes back; a guest's nested call carries it
+// on (relay -> echo, in-process on agent a); Idempotency-Key goes along. Without the
+// header, the gateway makes a fresh id per request; a malformed one is a 400.
+TEST_F(GatewayTest, TraceIdAndIdempotencyKeyReachTheInstances) {
+  auto gw = StartGateway();
+  ASSERT_NE(gw, nullptr);
+  gw->SetLocations({a_->Loc("relay-a", "relay"), a_->Loc("echo-a", "echo")}, 1);
+  auto http = Http(gw->port());
+  HttpClientResponse r =
+      Invoke(http.get(), "relay", "call", "echo|echo|0|traced",
+             {{"X-Tern-Trace-Id", "4BF92F3577B34DA6"}, {"Idempotency-Key", "99"}});
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.body, "0|traced");
+  EXPECT_EQ(TraceOf(r), "4bf92f3577b34da6");
+  EXPECT_EQ(a_->LastIds("relay"), std::make_pair(std::string("4bf92f3577b34da6"), uint64_t{99}));
+  EXPECT_EQ(a_->LastIds("echo").first, "4bf92f3577b34da6");
+  EXPECT_EQ(a_->LastIds("echo").second, DeriveCallKey(99, 1, "echo", "echo"));
+
+  // Errors name the trace too.
+  r = Invoke(http.get(), "echo", "nohandler", "x", {{"X-Tern-Trace-Id", "77"}});
+  EXPECT_GE(r.status, 400);
+  EXPECT_EQ(TraceOf(r), "0000000000000077");
+
+  // No header: a fresh random id per request, which the instance saw.
+  HttpClientResponse r1 = Invoke(http.get(), "echo", "echo", "1");
+  HttpClientResponse r2 = Invoke(http.get(), "echo", "echo", "2");
+  ASSERT_EQ(r1.status, 200);
+  ASSERT_EQ(r2.status, 200);
+  EXPECT_EQ(TraceOf(r1).size(), 16u);
+  EXPECT_NE(TraceOf(r1), TraceOf(r2));
+  EXPECT_EQ(a_->LastIds("echo"), std::make_pair(TraceOf(r2), uint64_t{0}));
+
+  // Malformed ids are the client's fault: 400, with a message naming the header, and
+  // nothing runs.
+  const uint64_t served = a_->Served("echo");
+  for (const HttpHeaders& bad :
+       {HttpHeaders{{"X-Tern-Trace-Id", "xyz"}}, HttpHeaders{{"X-Tern-Trace-Id", "0"}},
+        HttpHeaders{{"X-Tern-Trace-Id", "4bf92f3577b34da6ff"}},
+        HttpHeaders{{"Idempotency-Key", "-1"}}, HttpHeaders{{"Idempotency-Key", "abc"}}}) {
+    r = Invoke(http.get(), "echo", "echo", "x", bad);
+    EXPECT_EQ(r.status, 400) << bad[0].second << ": " << r.body;
+    nlohmann::json j = nlohmann::json::parse(r.body, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << r.body;
+    EXPECT_EQ(j["error"]["code"], "invalid_argument");
+    EXPECT_NE(j["error"]["message"].get<std::string>().find(bad[0].first), std::string::npos)
+        << r.body;
+  }
+  EXPECT_EQ(a_->Served("echo"), served);
 }
 
 TEST_F(GatewayTest, UnknownServiceIs404AndAgentErrorsKeepTheirCode) {

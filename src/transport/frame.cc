@@ -18,14 +18,16 @@ constexpr size_t kOffType = 5;
 constexpr size_t kOffFlags = 6;
 constexpr size_t kOffRequestId = 8;
 constexpr size_t kOffEpoch = 16;
-constexpr size_t kOffBudget = 24;
-constexpr size_t kOffStatus = 28;
-constexpr size_t kOffTenantLen = 32;
-constexpr size_t kOffServiceLen = 34;
-constexpr size_t kOffHandlerLen = 36;
-constexpr size_t kOffReserved = 38;
-constexpr size_t kOffPayloadLen = 40;
-constexpr size_t kOffCrc = 44;
+constexpr size_t kOffTraceId = 24;
+constexpr size_t kOffIdempotencyKey = 32;
+constexpr size_t kOffBudget = 40;
+constexpr size_t kOffStatus = 44;
+constexpr size_t kOffTenantLen = 48;
+constexpr size_t kOffServiceLen = 50;
+constexpr size_t kOffHandlerLen = 52;
+constexpr size_t kOffReserved = 54;
+constexpr size_t kOffPayloadLen = 56;
+constexpr size_t kOffCrc = 60;
 static_assert(kOffCrc + 4 == kFrameHeaderBytes);
 
 template <typename T>
@@ -110,6 +112,8 @@ Status EncodeFrame(const Frame& f, std::string* out) {
   Store<uint16_t>(h + kOffFlags, 0);
   Store<uint64_t>(h + kOffRequestId, f.request_id);
   Store<uint64_t>(h + kOffEpoch, f.epoch);
+  Store<uint64_t>(h + kOffTraceId, f.trace_id);
+  Store<uint64_t>(h + kOffIdempotencyKey, f.idempotency_key);
   Store<uint32_t>(h + kOffBudget, f.budget_us);
   Store<uint32_t>(h + kOffStatus, static_cast<uint32_t>(f.status));
   Store<uint16_t>(h + kOffTenantLen, static_cast<uint16_t>(f.tenant.size()));
@@ -184,9 +188,13 @@ Result<bool> FrameDecoder::Next(Frame* out) {
     }
   }
   if (avail > kOffVersion && static_cast<uint8_t>(p[kOffVersion]) != kFrameVersion) {
-    return Fail(InvalidArgumentError(
-        fmt::format("frame: unsupported version {} (this build speaks version {})",
-                    static_cast<uint8_t>(p[kOffVersion]), kFrameVersion)));
+    // Version 1 frames are not read (docs/formats/frame.md, Versioning): every component
+    // of a cluster speaks the version of its build.
+    const uint8_t v = static_cast<uint8_t>(p[kOffVersion]);
+    return Fail(InvalidArgumentError(fmt::format(
+        "frame: unsupported version {} (this build speaks version {}; the sender runs an {} "
+        "tern: run one build everywhere)",
+        v, kFrameVersion, v < kFrameVersion ? "older" : "newer")));
   }
   if (avail < kFrameHeaderBytes) return false;
 
@@ -229,6 +237,8 @@ Result<bool> FrameDecoder::Next(Frame* out) {
   out->type = static_cast<FrameType>(type);
   out->request_id = Load<uint64_t>(p + kOffRequestId);
   out->epoch = Load<uint64_t>(p + kOffEpoch);
+  out->trace_id = Load<uint64_t>(p + kOffTraceId);
+  out->idempotency_key = Load<uint64_t>(p + kOffIdempotencyKey);
   out->budget_us = Load<uint32_t>(p + kOffBudget);
   out->status = StatusCodeFromInt(static_cast<int32_t>(Load<uint32_t>(p + kOffStatus)));
   const char* s = p + kFrameHeaderBytes;

@@ -1,26 +1,28 @@
-// Frame: the unit of tern's data-plane protocol, the same on every transport
-// (TCP now; shared memory and in-process later). Byte layout, version 1, little-endian
-// (docs/formats/frame.md):
+// Frame: the unit of tern's data-plane protocol, the same on every transport (TCP,
+// shared memory). Byte layout, version 2, little-endian (docs/formats/frame.md):
 //
 //   off size field
-//   0   4    magic        "TRN1" (0x314E5254 as a little-endian u32)
-//   4   1    version      1
-//   5   1    type         FrameType
-//   6   2    flags        reserved, 0
-//   8   8    request_id
-//   16  8    epoch        routing epoch of the sender's view (0 = none)
-//   24  4    budget_us    time the receiver may spend, from receipt (0 = none)
-//   28  4    status       StatusCode (kError frames), else 0
-//   32  2    tenant_len   -+
-//   34  2    service_len   | lengths of the strings that follow the header
-//   36  2    handler_len  -+
-//   38  2    reserved, 0
-//   40  4    payload_len
-//   44  4    header_crc   CRC-32C of bytes 0..43
-//   48  ...  tenant, service, handler (UTF-8, no terminator), then payload
+//   0   4    magic           "TRN1" (0x314E5254 as a little-endian u32)
+//   4   1    version         2
+//   5   1    type            FrameType
+//   6   2    flags           reserved, 0
+//   8   8    request_id      per hop: matches an answer to its request on one connection
+//   16  8    epoch           routing epoch of the sender's view (0 = none)
+//   24  8    trace_id        end to end: the outside request this frame serves (0 = none)
+//   32  8    idempotency_key one logical call across retries (0 = none)
+//   40  4    budget_us       time the receiver may spend, from receipt (0 = none)
+//   44  4    status          StatusCode (kError frames), else 0
+//   48  2    tenant_len   -+
+//   50  2    service_len   | lengths of the strings that follow the header
+//   52  2    handler_len  -+
+//   54  2    reserved, 0
+//   56  4    payload_len
+//   60  4    header_crc      CRC-32C of bytes 0..59
+//   64  ...  tenant, service, handler (UTF-8, no terminator), then payload
 //
 // Senders write 0 into `flags` and `reserved`; receivers ignore them. The payload of a
-// kError frame is the UTF-8 error message (MakeErrorFrame / ErrorFrameStatus).
+// kError frame is the UTF-8 error message (MakeErrorFrame / ErrorFrameStatus). Version 1
+// (48-byte header, no trace_id/idempotency_key) is rejected: see the format page.
 //
 // Frame is a value type. FrameDecoder is a streaming decoder owned by one connection;
 // not thread-safe. A malformed frame is an error for that connection only.
@@ -37,8 +39,8 @@
 namespace tern::transport {
 
 inline constexpr uint32_t kFrameMagic = 0x314E5254;  // "TRN1"
-inline constexpr uint8_t kFrameVersion = 1;
-inline constexpr size_t kFrameHeaderBytes = 48;
+inline constexpr uint8_t kFrameVersion = 2;
+inline constexpr size_t kFrameHeaderBytes = 64;
 inline constexpr size_t kMaxNameBytes = 255;
 // Default bound on payloads; a decoder may be configured lower.
 inline constexpr uint32_t kMaxPayloadBytes = 64u << 20;
@@ -59,6 +61,8 @@ struct Frame {
   FrameType type = FrameType::kInvoke;
   uint64_t request_id = 0;
   uint64_t epoch = 0;
+  uint64_t trace_id = 0;         // end to end (InvokeRequest::trace_id)
+  uint64_t idempotency_key = 0;  // one logical call across retries
   uint32_t budget_us = 0;
   StatusCode status = StatusCode::kOk;
   std::string tenant;

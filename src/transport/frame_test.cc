@@ -15,6 +15,8 @@ Frame FullFrame() {
   f.type = FrameType::kInvoke;
   f.request_id = 0x0102030405060708ull;
   f.epoch = 0x1112131415161718ull;
+  f.trace_id = 0x2122232425262728ull;
+  f.idempotency_key = 0x3132333435363738ull;
   f.budget_us = 250000;
   f.status = StatusCode::kOk;
   f.tenant = "acme";
@@ -53,7 +55,12 @@ void PutU16(std::string* s, size_t off, uint16_t v) {
   (*s)[off + 1] = static_cast<char>(v >> 8);
 }
 // Recomputes the header CRC after a test edited header bytes.
-void FixCrc(std::string* s) { PutU32(s, 44, Crc32c(s->data(), 44)); }
+void FixCrc(std::string* s) { PutU32(s, 60, Crc32c(s->data(), 60)); }
+uint64_t GetU64(const std::string& s, size_t off) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(s[off + i]);
+  return v;
+}
 
 TEST(Crc32cTest, KnownVectorsAndChaining) {
   EXPECT_EQ(Crc32c("123456789", 9), 0xE3069283u);
@@ -74,21 +81,27 @@ TEST(FrameTest, HeaderLayoutMatchesTheSpec) {
   std::string b = Encode(f);
   ASSERT_EQ(b.size(), kFrameHeaderBytes + 4 + 6 + 5 + 3);
   EXPECT_EQ(b.substr(0, 4), "TRN1");
-  EXPECT_EQ(b[4], 1);
-  EXPECT_EQ(b[5], 1);
+  EXPECT_EQ(kFrameHeaderBytes, 64u);
+  EXPECT_EQ(b[4], 2);  // version
+  EXPECT_EQ(b[5], 1);  // type: invoke
   EXPECT_EQ(b[6], 0);
   EXPECT_EQ(b[7], 0);
   EXPECT_EQ(static_cast<uint8_t>(b[8]), 0x08);  // request_id, little-endian
   EXPECT_EQ(static_cast<uint8_t>(b[15]), 0x01);
-  EXPECT_EQ(static_cast<uint8_t>(b[16]), 0x18);  // epoch
-  EXPECT_EQ(b[32], 4);                           // tenant_len
-  EXPECT_EQ(b[34], 6);                           // service_len
-  EXPECT_EQ(b[36], 5);                           // handler_len
-  EXPECT_EQ(b[40], 3);                           // payload_len
+  EXPECT_EQ(GetU64(b, 16), 0x1112131415161718ull);  // epoch
+  EXPECT_EQ(GetU64(b, 24), 0x2122232425262728ull);  // trace_id
+  EXPECT_EQ(GetU64(b, 32), 0x3132333435363738ull);  // idempotency_key
+  EXPECT_EQ(GetU64(b, 40) & 0xffffffff, 250000u);   // budget_us
+  EXPECT_EQ(GetU64(b, 40) >> 32, 0u);               // status
+  EXPECT_EQ(b[48], 4);                              // tenant_len
+  EXPECT_EQ(b[50], 6);                              // service_len
+  EXPECT_EQ(b[52], 5);                              // handler_len
+  EXPECT_EQ(b[54], 0);                              // reserved
+  EXPECT_EQ(b[56], 3);                              // payload_len
   uint32_t crc = 0;
-  for (int i = 3; i >= 0; --i) crc = (crc << 8) | static_cast<uint8_t>(b[44 + i]);
-  EXPECT_EQ(crc, Crc32c(b.data(), 44));
-  EXPECT_EQ(b.substr(48), "acmeordersplacexyz");
+  for (int i = 3; i >= 0; --i) crc = (crc << 8) | static_cast<uint8_t>(b[60 + i]);
+  EXPECT_EQ(crc, Crc32c(b.data(), 60));
+  EXPECT_EQ(b.substr(64), "acmeordersplacexyz");
 }
 
 TEST(FrameTest, RoundTripAllFieldsAndTypes) {
@@ -156,7 +169,8 @@ TEST(FrameTest, DecoderFedByteByByte) {
 
 TEST(FrameTest, TruncatedFrameNeedsMoreBytesWithoutError) {
   std::string b = Encode(FullFrame());
-  for (size_t cut : {size_t{0}, size_t{1}, size_t{4}, size_t{47}, size_t{48}, b.size() - 1}) {
+  for (size_t cut : {size_t{0}, size_t{1}, size_t{4}, size_t{47}, size_t{48}, size_t{63},
+                     size_t{64}, b.size() - 1}) {
     FrameDecoder d;
     d.Feed(std::string_view(b).substr(0, cut));
     Frame f;
@@ -192,10 +206,57 @@ TEST(FrameTest, BadMagicIsDetectedFromTheFirstByte) {
 
 TEST(FrameTest, UnsupportedVersion) {
   std::string b = Encode(FullFrame());
-  b[4] = 2;
+  b[4] = 3;
   FixCrc(&b);
   Status s = DecodeError(b.substr(0, 5));  // detected before the header is complete
-  EXPECT_NE(s.message().find("unsupported version 2"), std::string_view::npos) << s;
+  EXPECT_NE(s.message().find("unsupported version 3"), std::string_view::npos) << s;
+  EXPECT_NE(s.message().find("newer"), std::string_view::npos) << s;
+}
+
+// A version-1 frame (48-byte header: no trace_id or idempotency_key), byte for byte as
+// the previous build wrote it: rejected as soon as its version byte arrives, with an
+// error that says the sender is older, and nothing of it is decoded.
+TEST(FrameTest, VersionOneFramesAreRejected) {
+  std::string v1(48, '\0');
+  PutU32(&v1, 0, kFrameMagic);
+  v1[4] = 1;           // version
+  v1[5] = 1;           // invoke
+  PutU32(&v1, 8, 7);   // request_id
+  PutU16(&v1, 36, 1);  // handler_len
+  PutU32(&v1, 44, Crc32c(v1.data(), 44));
+  v1 += "h";
+  for (size_t n : {size_t{5}, v1.size()}) {
+    FrameDecoder d;
+    d.Feed(std::string_view(v1).substr(0, n));
+    Frame f;
+    Result<bool> r = d.Next(&f);
+    ASSERT_FALSE(r.ok()) << n;
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find("unsupported version 1 (this build speaks version 2; "
+                                        "the sender runs an older tern"),
+              std::string_view::npos)
+        << r.status();
+    EXPECT_EQ(f, Frame{});
+  }
+}
+
+TEST(FrameTest, TraceIdAndIdempotencyKeyRoundTrip) {
+  for (uint64_t v : {uint64_t{0}, uint64_t{1}, uint64_t{0x8000000000000000ull}, ~uint64_t{0}}) {
+    Frame f = FullFrame();
+    f.trace_id = v;
+    f.idempotency_key = ~v;
+    FrameDecoder d;
+    std::vector<Frame> got = DecodeAll(&d, Encode(f));
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[0].trace_id, v);
+    EXPECT_EQ(got[0].idempotency_key, ~v);
+  }
+  // Both are covered by the header CRC.
+  for (size_t off : {size_t{24}, size_t{39}}) {
+    std::string b = Encode(FullFrame());
+    b[off] ^= 0x01;
+    EXPECT_NE(DecodeError(b).message().find("header CRC mismatch"), std::string_view::npos) << off;
+  }
 }
 
 TEST(FrameTest, CorruptedHeaderCrc) {
@@ -216,7 +277,7 @@ TEST(FrameTest, UnknownType) {
 
 TEST(FrameTest, NameTooLong) {
   std::string b = Encode(FullFrame());
-  PutU16(&b, 36, 300);  // handler_len
+  PutU16(&b, 52, 300);  // handler_len
   FixCrc(&b);
   Status s = DecodeError(b);
   EXPECT_NE(s.message().find("handler name too long"), std::string_view::npos) << s;
@@ -224,7 +285,7 @@ TEST(FrameTest, NameTooLong) {
 
 TEST(FrameTest, OversizedPayloadRejectedFromTheHeaderWithoutAllocating) {
   std::string b = Encode(FullFrame()).substr(0, kFrameHeaderBytes);
-  PutU32(&b, 40, 0xFFFFFFFFu);  // a 4 GiB payload
+  PutU32(&b, 56, 0xFFFFFFFFu);  // a 4 GiB payload
   FixCrc(&b);
   FrameDecoder d;
   d.Feed(b);
@@ -271,10 +332,10 @@ TEST(FrameTest, RandomGarbageNeverCrashes) {
         break;
       default:  // a plausible header (good magic, version and CRC) with random fields
         bytes = valid.substr(0, kFrameHeaderBytes);
-        for (size_t i = 5; i < 44; ++i) bytes[i] = static_cast<char>(rng());
+        for (size_t i = 5; i < 60; ++i) bytes[i] = static_cast<char>(rng());
         bytes[5] = static_cast<char>(1 + rng() % 7);
-        for (size_t i : {32, 34, 36}) PutU16(&bytes, i, static_cast<uint16_t>(rng() % 300));
-        PutU32(&bytes, 40, static_cast<uint32_t>(rng() % 2000));
+        for (size_t i : {48, 50, 52}) PutU16(&bytes, i, static_cast<uint16_t>(rng() % 300));
+        PutU32(&bytes, 56, static_cast<uint32_t>(rng() % 2000));
         FixCrc(&bytes);
         bytes.resize(bytes.size() + rng() % 3000, 'z');
         break;

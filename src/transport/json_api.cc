@@ -36,6 +36,19 @@ Status StatusFromErrorBody(int http_status, std::string_view body, std::string_v
                                                   body.substr(0, 200)));
 }
 
+Result<CallIds> CallIdsFromHeaders(const HttpRequest& req) {
+  CallIds ids;
+  if (const std::string* t = req.FindHeader(kTraceIdHeader)) {
+    TERN_ASSIGN_OR_RETURN(ids.trace_id, ParseTraceId(*t, kTraceIdHeader));
+  } else {
+    ids.trace_id = NewTraceId();
+  }
+  if (const std::string* k = req.FindHeader(kIdempotencyKeyHeader)) {
+    TERN_ASSIGN_OR_RETURN(ids.idempotency_key, ParseIdempotencyKey(*k, kIdempotencyKeyHeader));
+  }
+  return ids;
+}
+
 Result<std::unique_ptr<JsonApiClient>> JsonApiClient::Connect(const std::string& address,
                                                               std::string who,
                                                               std::chrono::milliseconds timeout) {

@@ -6,11 +6,17 @@
 // JsonApiClient: a blocking client of such an API at one "host:port" that turns error
 // answers back into the Status they carry.
 //
+// The end-to-end ids of an invoke (docs/formats/frame.md) travel in the headers
+//   X-Tern-Trace-Id: 1-16 hex digits (answers carry the one used, 16 digits)
+//   Idempotency-Key: a u64, decimal or hex after 0x
+// of the invoke endpoints of the gateway and the agent's admin API.
+//
 // Thread-safety: the functions are stateless; JsonApiClient is not thread-safe (one per
 // thread). Ownership: JsonApiClient owns its connection.
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -27,6 +33,18 @@ HttpResponse ErrorResponse(const Status& s);
 // The Status an error answer carries; a body that is not an error document becomes
 // kUnknown quoting `who`, the status and the start of the body.
 Status StatusFromErrorBody(int http_status, std::string_view body, std::string_view who);
+
+inline constexpr char kTraceIdHeader[] = "X-Tern-Trace-Id";
+inline constexpr char kIdempotencyKeyHeader[] = "Idempotency-Key";
+
+struct CallIds {
+  uint64_t trace_id = 0;
+  uint64_t idempotency_key = 0;  // 0 = none
+};
+// The ids of an invoke request: its X-Tern-Trace-Id, or a fresh random trace id when it
+// has none; its Idempotency-Key, or 0. A malformed header is kInvalidArgument, naming
+// the header (the caller answers 400).
+Result<CallIds> CallIdsFromHeaders(const HttpRequest& req);
 
 class JsonApiClient {
  public:

@@ -102,6 +102,21 @@ TEST(AgentIntegrationTest, CliDeployInvokePsSnapshotRestoreAcrossRestart) {
   r = Cli(a, {"ps"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("counter-1"), std::string::npos) << r.output;
+  // The ids `tern invoke` sends reach the instance (tern ps --json shows them).
+  r = Cli(a, {"invoke", "counter", "get", "--trace-id", "C0FFEE", "--idempotency-key", "0x10"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output, "14");
+  r = Cli(a, {"ps", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("\"last_trace_id\":\"0000000000c0ffee\""), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\"last_idempotency_key\":16"), std::string::npos) << r.output;
+  r = Cli(a, {"invoke", "counter", "get", "--trace-id", "c0ffee!"});
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--trace-id 'c0ffee!': expected 1 to 16 hex digits"), std::string::npos)
+      << r.output;
+  r = Cli(a, {"invoke", "counter", "get", "--idempotency-key", "ten"});
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--idempotency-key 'ten'"), std::string::npos) << r.output;
 
   std::string snap = dir + "/counter.snap";
   r = Cli(a, {"snapshot", "counter-1", "-o", snap});

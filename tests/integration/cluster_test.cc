@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -223,6 +224,154 @@ TEST(ClusterTest, BadTopologiesAreClearErrorsAndNothingIsStarted) {
   EXPECT_EQ(good.exit_code, 0) << good.output;
   CommandResult down = c.Tern({"down", "itbad"});
   EXPECT_NE(down.output.find("nothing to remove"), std::string::npos) << down.output;
+}
+
+// Issue #6 through the CLI on a loopback cluster: `tern drain` replaces a stateless
+// replica while the gateway keeps answering, `tern ps` shows the drain and each
+// instance's checkpoint, and a checkpointed counter whose agent is SIGKILLed comes back
+// elsewhere, under its id, with its checkpointed count.
+void DrainMigrateAndRestoreThroughTheCli(const std::string& name, const std::string& isolation) {
+  Cluster c(name, isolation);
+  CommandResult up = c.Up(SourcePath("examples/topologies/rack.yaml"));
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  json rec = c.Record();
+  std::string gw = rec["gateway"];
+  CommandResult dep =
+      c.Tern({"deploy", SourcePath("examples/echo/manifest.yaml"), "--module",
+              testing::WasmPath("echo"), "--replicas", "2", "--devices", "c1-cpu,c2-cpu"});
+  ASSERT_EQ(dep.exit_code, 0) << dep.output;
+
+  // The gateway has the table (it long-polls the controller).
+  bool serving = false;
+  for (int i = 0; i < 100 && !serving; ++i) {
+    Result<transport::HttpClientResponse> r = Invoke(gw, "echo", "echo", "x");
+    serving = r.ok() && r->status == 200;
+    if (!serving) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(serving);
+  // Calls through the gateway all along the drain.
+  std::atomic<bool> stop{false};
+  std::atomic<int> calls{0}, failures{0};
+  std::string last_failure;
+  std::thread caller([&] {
+    while (!stop.load()) {
+      Result<transport::HttpClientResponse> r = Invoke(gw, "echo", "echo", "x");
+      ++calls;
+      if (!r.ok() || r->status != 200) {
+        ++failures;
+        last_failure = r.ok() ? r->body : std::string(r.status().message());
+      }
+    }
+  });
+  CommandResult drain = c.Tern({"drain", "c1-cpu"});
+  stop = true;
+  caller.join();
+  ASSERT_EQ(drain.exit_code, 0) << drain.output;
+  EXPECT_NE(drain.output.find("replaced by echo-"), std::string::npos) << drain.output;
+  EXPECT_NE(drain.output.find("drained c1-cpu: 1 of 1 instance(s) moved"), std::string::npos)
+      << drain.output;
+  EXPECT_GT(calls.load(), 0);
+  EXPECT_EQ(failures.load(), 0) << "of " << calls.load() << "; last: " << last_failure;
+  CommandResult ps = c.Tern({"ps"});
+  EXPECT_NE(ps.output.find("c1-cpu (drain)"), std::string::npos) << ps.output;
+  CommandResult undrain = c.Tern({"undrain", "c1-cpu"});
+  EXPECT_EQ(undrain.exit_code, 0) << undrain.output;
+  CommandResult bad = c.Tern({"drain", "nope"});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.output.find("device nope has no live agent"), std::string::npos) << bad.output;
+  CommandResult badm = c.Tern({"migrate", "echo-1", "--to", "gpu9"});
+  EXPECT_EQ(badm.exit_code, 1);
+
+  // A checkpointed counter.
+  dep = c.Tern({"deploy", SourcePath("examples/counter/manifest.yaml"), "--module",
+                testing::WasmPath("counter"), "--replicas", "1", "--devices", "c1-cpu,c2-cpu",
+                "--checkpoint-ms", "300"});
+  ASSERT_EQ(dep.exit_code, 0) << dep.output;
+  for (int i = 1; i <= 3; ++i) {
+    CommandResult inv = c.Tern({"invoke", "counter", "incr"});
+    ASSERT_EQ(inv.exit_code, 0) << inv.output;
+    EXPECT_EQ(inv.output, std::to_string(i));
+  }
+  int64_t after_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count();
+  std::string id, device;
+  int64_t deadline = MonoNanos() + int64_t{10} * 1000000000;
+  while (MonoNanos() < deadline && id.empty()) {
+    json j = json::parse(c.Tern({"ps", "--json"}).output, nullptr, false);
+    if (!j.is_discarded()) {
+      for (const json& s : j["services"]) {
+        if (s["name"] != "counter") continue;
+        for (const json& i : s["instances"]) {
+          if (i.contains("checkpoint") && i["checkpoint"]["unix_ms"].get<int64_t>() > after_ms) {
+            id = i["id"];
+            device = i["device"];
+          }
+        }
+      }
+    }
+    if (id.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_FALSE(id.empty()) << c.Tern({"ps"}).output;
+  ps = c.Tern({"ps"});
+  EXPECT_NE(ps.output.find("ago on csd"), std::string::npos) << ps.output;
+  // `tern migrate` it to the other device, count intact.
+  std::string other = device == "c1-cpu" ? "c2-cpu" : "c1-cpu";
+  CommandResult mig = c.Tern({"migrate", id, "--to", other});
+  ASSERT_EQ(mig.exit_code, 0) << mig.output;
+  EXPECT_NE(mig.output.find(id + " migrated from " + device + " to " + other + ": downtime "),
+            std::string::npos)
+      << mig.output;
+  EXPECT_NE(mig.output.find("round(s)"), std::string::npos) << mig.output;
+  CommandResult get = c.Tern({"invoke", "counter", "get"});
+  EXPECT_EQ(get.output, "3");
+  device = other;
+  int pid = rec["agents"][device]["pid"];
+  ASSERT_GT(pid, 0);
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  std::string now_on;
+  deadline = MonoNanos() + int64_t{15} * 1000000000;
+  while (MonoNanos() < deadline && now_on.empty()) {
+    json j = json::parse(c.Tern({"ps", "--json"}).output, nullptr, false);
+    if (!j.is_discarded()) {
+      for (const json& s : j["services"]) {
+        for (const json& i : s["instances"]) {
+          if (i["id"] == id && i["device"] != device && i["state"] == "running") {
+            now_on = i["device"];
+          }
+        }
+      }
+    }
+    if (now_on.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  ASSERT_FALSE(now_on.empty()) << c.Tern({"ps"}).output;
+  bool got = false;
+  for (int i = 0; i < 50 && !got; ++i) {
+    Result<transport::HttpClientResponse> r = Invoke(gw, "counter", "get", "");
+    got = r.ok() && r->status == 200;
+    if (got) {
+      EXPECT_EQ(r->body, "3");
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+  EXPECT_TRUE(got);
+  ps = c.Tern({"ps", "--json"});  // every recent event
+  EXPECT_NE(ps.output.find("restored " + id + " on " + now_on + " from the checkpoint of"),
+            std::string::npos)
+      << ps.output;
+}
+
+TEST(ClusterTest, LoopbackDrainMigrateAndCheckpointRestoreThroughTheCli) {
+  DrainMigrateAndRestoreThroughTheCli("itmig", "loopback");
+}
+
+// The same across network namespaces: migrations and checkpoints cross the emulated
+// hosts' links.
+TEST(ClusterTest, NamespacesDrainMigrateAndCheckpointRestoreThroughTheCli) {
+  if (!Root()) GTEST_SKIP() << "needs root (network namespaces, veth, tc, cgroups)";
+  if (Sh("ip -V").exit_code != 0) GTEST_SKIP() << "iproute2 (`ip`) is missing";
+  DrainMigrateAndRestoreThroughTheCli("itmns", "netns");
 }
 
 }  // namespace
