@@ -55,11 +55,16 @@ Status FrameClient::WriteSome() {
 
 ssize_t FrameClient::RecvIntoDecoder(int flags) {
   const std::span<char> window = decoder_.PayloadWindow();
-  iovec iov[2] = {{window.data(), window.size()}, {read_buf_.get(), kReadChunkBytes}};
-  msghdr msg{};
-  msg.msg_iov = window.empty() ? &iov[1] : iov;
-  msg.msg_iovlen = window.empty() ? 1 : 2;
-  const ssize_t n = recvmsg(fd_.get(), &msg, flags);
+  ssize_t n;
+  if (window.empty()) {
+    n = recv(fd_.get(), read_buf_.get(), kReadChunkBytes, flags);
+  } else {
+    iovec iov[2] = {{window.data(), window.size()}, {read_buf_.get(), kReadChunkBytes}};
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 2;
+    n = recvmsg(fd_.get(), &msg, flags);
+  }
   if (n > 0) {
     const size_t direct = std::min(static_cast<size_t>(n), window.size());
     decoder_.PayloadReceived(direct);
