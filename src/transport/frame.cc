@@ -426,6 +426,10 @@ Result<size_t> FrameOutput::WriteTo(int fd) {
       }
       left -= rest;
       head_pos_ = 0;
+      if (chunks_.size() == 1 && !c.payload && c.bytes.capacity() <= kSpareOutputBytes) {
+        c.bytes.clear();  // the usual case: one buffer, all written; keep it for the next
+        break;
+      }
       if (!c.payload && c.bytes.capacity() <= kSpareOutputBytes &&
           c.bytes.capacity() > spare_.capacity()) {
         spare_ = std::move(c.bytes);
