@@ -64,6 +64,8 @@ T Load(const char* p) {
 // Grow-and-shrink policy of the decoder buffer.
 constexpr size_t kCompactMinBytes = 4096;
 constexpr size_t kShrinkCapacityBytes = 1 << 20;
+// How much of a large payload PayloadWindow() offers at a time.
+constexpr size_t kPayloadWindowBytes = 256u << 10;
 
 }  // namespace
 
@@ -164,9 +166,12 @@ struct FrameDecoder::Head {
 void FrameDecoder::Feed(std::string_view bytes) {
   if (!error_.ok()) return;
   if (large_) {
-    // The rest of a large payload goes straight into its frame.
-    const size_t take = std::min(bytes.size(), large_frame_.payload.size() - large_got_);
-    std::memcpy(large_frame_.payload.data() + large_got_, bytes.data(), take);
+    // The rest of a large payload goes straight into its frame (after what has been
+    // received; an unused window is dropped).
+    std::string& pl = large_frame_.payload;
+    const size_t take = std::min(bytes.size(), large_len_ - large_got_);
+    pl.resize(large_got_);
+    pl.append(bytes.data(), take);
     large_got_ += take;
     bytes.remove_prefix(take);
     if (bytes.empty()) return;
@@ -196,9 +201,14 @@ void FrameDecoder::Feed(std::string_view bytes) {
 }
 
 std::span<char> FrameDecoder::PayloadWindow() {
-  if (!large_) return {};
-  return std::span<char>(large_frame_.payload.data() + large_got_,
-                         large_frame_.payload.size() - large_got_);
+  if (!large_ || large_got_ == large_len_) return {};
+  std::string& pl = large_frame_.payload;
+  if (pl.size() == large_got_) {
+    // Open the next window: the capacity is reserved, so this neither moves the bytes
+    // nor touches more memory than the peer is about to send.
+    pl.resize(std::min(large_len_, large_got_ + kPayloadWindowBytes));
+  }
+  return std::span<char>(pl.data() + large_got_, pl.size() - large_got_);
 }
 
 void FrameDecoder::PayloadReceived(size_t n) {
@@ -295,9 +305,12 @@ Result<bool> FrameDecoder::CheckHead(const char* p, size_t avail, uint32_t max_p
 bool FrameDecoder::StartLarge(const char* p, size_t avail, const Head& h) {
   if (h.payload_len < kLargePayloadBytes || avail < h.head || avail >= h.total) return false;
   ReadHead(p, h.tenant_len, h.service_len, h.handler_len, &large_frame_);
-  large_frame_.payload.resize(h.payload_len);
+  // Reserved at once (address space; memory is touched as bytes arrive), filled as
+  // they do: a peer that announces a large payload and stops costs no zeroed pages.
+  large_frame_.payload.reserve(h.payload_len);
+  large_frame_.payload.assign(p + h.head, avail - h.head);
+  large_len_ = h.payload_len;
   large_got_ = avail - h.head;
-  std::memcpy(large_frame_.payload.data(), p + h.head, large_got_);
   large_ = true;
   // Whatever was buffered is in the frame now.
   pos_ = 0;
@@ -312,7 +325,7 @@ bool FrameDecoder::StartLarge(const char* p, size_t avail, const Head& h) {
 Result<bool> FrameDecoder::Next(Frame* out) {
   if (!error_.ok()) return error_;
   if (large_) {
-    if (large_got_ < large_frame_.payload.size()) return false;
+    if (large_got_ < large_len_) return false;
     large_ = false;
     *out = std::move(large_frame_);
     large_frame_ = Frame();

@@ -112,11 +112,12 @@ class FrameDecoder {
 
   // Receiving large payloads without copies. Once the header and names of a frame with
   // a payload of kLargePayloadBytes or more have been decoded, the frame's payload
-  // string is allocated at its full size and the rest of the payload goes straight
+  // string is reserved at its full size and the rest of the payload goes straight
   // into it: Feed() copies there instead of into the decoder's buffer, and a reader may
   // receive into PayloadWindow() itself (e.g. as the first iovec of a readv, with a
   // scratch buffer second) and report with PayloadReceived(n) the bytes that landed
-  // there, before it Feed()s the rest. Empty when no payload is being received so.
+  // there, before it Feed()s the rest. Empty when no payload is being received so; at
+  // most 256 KiB at a time otherwise.
   std::span<char> PayloadWindow();
   // `n` bytes (at most PayloadWindow().size()) were written into PayloadWindow().
   void PayloadReceived(size_t n);
@@ -147,9 +148,10 @@ class FrameDecoder {
   std::string buf_;
   size_t pos_ = 0;
   Status error_;
-  // A frame whose large payload is being received in place (see PayloadWindow):
-  // everything but `large_got_` of its payload bytes is there.
+  // A frame whose large payload (`large_len_` bytes, its capacity reserved) is being
+  // received in place (see PayloadWindow); `large_got_` of them are there.
   bool large_ = false;
+  size_t large_len_ = 0;
   size_t large_got_ = 0;
   Frame large_frame_;
 };
