@@ -122,6 +122,7 @@ struct Row {
 };
 
 int Main(int argc, char** argv) {
+  agent::TuneMallocForAgentProcess();  // the agents run in this process, as in `tern agent`
   bool quick = false;
   std::string out_dir = std::string(TERN_BENCH_SOURCE_DIR) + "/bench/results";
   std::string wasm_dir = std::string(TERN_BENCH_BUILD_DIR) + "/wasm";

@@ -71,6 +71,7 @@ int ServeTernAgent(const ServeArgs& args) {
   agent::AgentOptions ao;
   ao.device = "bench";
   ao.workers = 1;
+  agent::TuneMallocForAgentProcess();  // as `tern agent` does
   Result<std::unique_ptr<agent::Agent>> a = agent::Agent::Create(ao, engine->get());
   if (!a.ok()) return 1;
   Result<agent::ServiceStatus> dep = (*a)->Deploy(*m, *wasm);

@@ -2,17 +2,17 @@
 
 #include <dirent.h>
 #include <unistd.h>
+#include <fmt/format.h>
+#include <malloc.h>
 #include <sched.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <fmt/format.h>
-
-#include <cstring>
-#include <deque>
-#include <thread>
 
 #include <algorithm>
+#include <cstring>
+#include <deque>
 #include <optional>
+#include <thread>
 #include <unordered_map>
 
 #include "agent/channels.h"
@@ -260,7 +260,7 @@ struct Agent::TcpConn {
   TcpConn(const TcpConn&) = delete;
   TcpConn& operator=(const TcpConn&) = delete;
 
-  size_t pending() const { return out.size() - out_pos; }
+  size_t pending() const { return out.size(); }
 
   transport::UniqueFd fd;
   const TcpConnLimits limits;
@@ -275,8 +275,7 @@ struct Agent::TcpConn {
   bool shut_wr = false;
   bool dirty = false;  // in the owner's list of connections with new output
   uint32_t interest = 0;
-  std::string out;
-  size_t out_pos = 0;
+  transport::FrameOutput out;   // replies waiting to be sent
   uint64_t inflight = 0;        // invokes not answered yet
   int64_t stalled_since = 0;    // output waiting and none taken by the peer since then
   int64_t received_ns = 0;      // when the kernel received the last bytes read (MonoNanos)
@@ -453,8 +452,9 @@ class Agent::WorkerThread {
              /*instance=*/"", /*io=*/true);
   }
 
-  // Queues `f` for the peer of `c`; it leaves at the end of this round.
-  void QueueTcp(const std::shared_ptr<TcpConn>& c, const transport::Frame& f) {
+  // Queues `f` for the peer of `c` (a large payload is taken over, not copied); it
+  // leaves at the end of this round.
+  void QueueTcp(const std::shared_ptr<TcpConn>& c, transport::Frame f) {
     if (c->state != TcpConn::State::kOpen) return;
     const size_t n = transport::EncodedFrameSize(f);
     if (c->pending() > 0 && c->pending() + n > c->limits.max_output_bytes) {
@@ -468,14 +468,11 @@ class Agent::WorkerThread {
       return;
     }
     const size_t before = c->out.size();
-    Status s = transport::EncodeFrame(f, &c->out);
+    Status s = c->out.Append(std::move(f));
     if (!s.ok()) {
       // A reply that cannot be encoded (too large for a frame) fails its request.
-      s = transport::EncodeFrame(
-          transport::MakeErrorFrame(f.request_id, InternalError(fmt::format(
-                                                      "the reply cannot be sent: {}",
-                                                      s.message()))),
-          &c->out);
+      s = c->out.Append(transport::MakeErrorFrame(
+          f.request_id, InternalError(fmt::format("the reply cannot be sent: {}", s.message()))));
       if (!s.ok()) TERN_LOG(ERROR) << "TCP reply dropped: " << s;
     }
     agent_->tcp_.output_bytes.fetch_add(c->out.size() - before, std::memory_order_relaxed);
@@ -483,10 +480,10 @@ class Agent::WorkerThread {
   }
 
   // A reply computed for a request of `c` (this thread owns `c`).
-  void OnTcpReply(const std::shared_ptr<TcpConn>& c, const transport::Frame& f) {
+  void OnTcpReply(const std::shared_ptr<TcpConn>& c, transport::Frame f) {
     --c->inflight;
     if (c->state != TcpConn::State::kOpen) return;
-    QueueTcp(c, f);
+    QueueTcp(c, std::move(f));
   }
 
   // Waits for `call` on this thread (inside a guest's tern_call_wait). Meanwhile the
@@ -737,8 +734,7 @@ class Agent::WorkerThread {
     c->state = TcpConn::State::kClosed;
     agent_->tcp_.open.fetch_sub(1, std::memory_order_relaxed);
     agent_->tcp_.output_bytes.fetch_sub(c->pending(), std::memory_order_relaxed);
-    std::string().swap(c->out);
-    c->out_pos = 0;
+    c->out.Clear();
   }
 
   // Malformed input: a kError frame for the whole connection (request id 0), then the
@@ -771,13 +767,15 @@ class Agent::WorkerThread {
   }
 
   // recv() that also sets c->received_ns: the kernel's receive time of the data (from
-  // SCM_TIMESTAMPNS, on CLOCK_REALTIME, moved to the monotonic clock), else now.
-  static ssize_t RecvDated(TcpConn* c, char* buf) {
-    iovec iov{buf, kTcpReadChunk};
+  // SCM_TIMESTAMPNS, on CLOCK_REALTIME, moved to the monotonic clock), else now. Bytes
+  // go first into `window` (the missing part of a large payload, possibly empty), then
+  // into `buf` (kTcpReadChunk bytes).
+  static ssize_t RecvDated(TcpConn* c, std::span<char> window, char* buf) {
+    iovec iov[2] = {{window.data(), window.size()}, {buf, kTcpReadChunk}};
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(timespec))];
     msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
+    msg.msg_iov = window.empty() ? &iov[1] : iov;
+    msg.msg_iovlen = window.empty() ? 1 : 2;
     msg.msg_control = control;
     msg.msg_controllen = sizeof(control);
     ssize_t n = ::recvmsg(c->fd.get(), &msg, MSG_DONTWAIT);
@@ -806,16 +804,21 @@ class Agent::WorkerThread {
           c->pending() > c->limits.pause_reading_output_bytes) {
         break;  // paused: the peer is not reading its replies
       }
-      ssize_t n = RecvDated(c.get(), buf);
+      // A large payload being received lands in its frame directly.
+      const std::span<char> window =
+          c->state == TcpConn::State::kOpen ? c->decoder.PayloadWindow() : std::span<char>();
+      ssize_t n = RecvDated(c.get(), window, buf);
       if (n > 0) {
         if (c->state == TcpConn::State::kOpen) {
-          c->decoder.Feed(std::string_view(buf, static_cast<size_t>(n)));
+          const size_t direct = std::min(static_cast<size_t>(n), window.size());
+          c->decoder.PayloadReceived(direct);
+          c->decoder.Feed(std::string_view(buf, static_cast<size_t>(n) - direct));
           if (!DecodeTcp(c)) {
             if (c->owner != this) return;  // moved: no longer ours
             continue;                      // lingering (discard the rest) or closed
           }
         }
-        if (static_cast<size_t>(n) < kTcpReadChunk) break;  // most likely drained
+        if (static_cast<size_t>(n) < window.size() + kTcpReadChunk) break;  // most likely drained
         continue;
       }
       if (n == 0) {
@@ -843,30 +846,15 @@ class Agent::WorkerThread {
   // Sends what the socket takes now. True if bytes went out.
   bool FlushTcp(const std::shared_ptr<TcpConn>& c) {
     if (c->state == TcpConn::State::kClosed) return false;
-    const size_t before = c->out_pos;
-    while (c->out_pos < c->out.size()) {
-      ssize_t n = ::send(c->fd.get(), c->out.data() + c->out_pos, c->out.size() - c->out_pos,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (n > 0) {
-        c->out_pos += static_cast<size_t>(n);
-        continue;
-      }
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-      const size_t sent = c->out_pos - before;
-      agent_->tcp_.output_bytes.fetch_sub(sent, std::memory_order_relaxed);
-      CloseTcp(c, ErrnoError("send", n < 0 ? errno : EPIPE));
+    const size_t before = c->pending();
+    Result<size_t> w = c->out.WriteTo(c->fd.get());
+    const size_t sent = before - c->pending();
+    agent_->tcp_.output_bytes.fetch_sub(sent, std::memory_order_relaxed);
+    if (!w.ok()) {
+      CloseTcp(c, w.status());
       return sent > 0;
     }
-    const size_t sent = c->out_pos - before;
-    agent_->tcp_.output_bytes.fetch_sub(sent, std::memory_order_relaxed);
     if (c->pending() == 0) {
-      c->out_pos = 0;
-      if (c->out.capacity() > (4u << 20)) {
-        std::string().swap(c->out);
-      } else {
-        c->out.clear();
-      }
       c->write_blocked = false;
       c->stalled_since = 0;
       if (c->state == TcpConn::State::kLingering && !c->shut_wr) {
@@ -881,10 +869,6 @@ class Agent::WorkerThread {
       c->write_blocked = true;
       if (sent > 0 || c->stalled_since == 0) c->stalled_since = MonoNanos();
       tcp_timers_ = true;
-      if (c->out_pos >= (1u << 20) && c->out_pos >= c->out.size() / 2) {
-        c->out.erase(0, c->out_pos);
-        c->out_pos = 0;
-      }
     }
     UpdateTcpInterest(c);
     return sent > 0;
@@ -1445,7 +1429,7 @@ bool Agent::ServeTcpFrame(WorkerThread* wt, const std::shared_ptr<TcpConn>& c,
     return false;
   }
   if (std::optional<transport::Frame> answer = AnswerWithoutGuest(this, f)) {
-    wt->QueueTcp(c, *answer);
+    wt->QueueTcp(c, std::move(*answer));
     return true;
   }
   if (!c->placed) {
@@ -1464,7 +1448,9 @@ bool Agent::ServeTcpFrame(WorkerThread* wt, const std::shared_ptr<TcpConn>& c,
   // The budget counts from when the kernel received the bytes: a request that waited in
   // the socket while this worker ran a guest has used that time up.
   Invoke(RequestFromFrame(std::move(f), c->received_ns), [wt, c, id](InvokeResult r) {
-    auto send = [wt, c, out = AnswerFrame(id, std::move(r))] { wt->OnTcpReply(c, out); };
+    auto send = [wt, c, out = AnswerFrame(id, std::move(r))]() mutable {
+      wt->OnTcpReply(c, std::move(out));
+    };
     if (current_worker == wt) {
       send();
     } else {
@@ -1691,6 +1677,14 @@ void Agent::Shutdown() {
   ShutdownMigration();
   for (auto& w : workers_) w->Stop();
   if (data_worker_) data_worker_->Stop();
+}
+
+void TuneMallocForAgentProcess() {
+  constexpr int kBytes = 16 << 20;
+  // Setting either turns glibc's dynamic thresholds off, so both are set.
+  if (mallopt(M_MMAP_THRESHOLD, kBytes) != 1 || mallopt(M_TRIM_THRESHOLD, kBytes) != 1) {
+    TERN_LOG(WARN) << "mallopt failed; large requests will cost page faults";
+  }
 }
 
 Result<std::unique_ptr<Agent>> Agent::Create(const AgentOptions& options, wasm::Engine* engine) {

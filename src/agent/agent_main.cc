@@ -192,6 +192,7 @@ int RunAgentCommand(int argc, char** argv) {
   } else if (shm_socket == "none") {
     shm_socket.clear();
   }
+  TuneMallocForAgentProcess();
   Result<std::unique_ptr<Agent>> agent = Agent::Create(ao, engine->get());
   if (!agent.ok()) {
     TERN_LOG(ERROR) << "agent: " << agent.status();

@@ -1,8 +1,12 @@
 #include "transport/frame.h"
 
 #include <fmt/format.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
+#include <algorithm>
 #include <bit>
+#include <cerrno>
 #include <cstring>
 
 namespace tern::transport {
@@ -60,6 +64,8 @@ T Load(const char* p) {
 // Grow-and-shrink policy of the decoder buffer.
 constexpr size_t kCompactMinBytes = 4096;
 constexpr size_t kShrinkCapacityBytes = 1 << 20;
+// How much of a large payload PayloadWindow() offers at a time.
+constexpr size_t kPayloadWindowBytes = 256u << 10;
 
 }  // namespace
 
@@ -86,8 +92,7 @@ std::string_view FrameTypeName(FrameType t) {
   return "unknown";
 }
 
-
-Status EncodeFrame(const Frame& f, std::string* out) {
+Status EncodeFrameHead(const Frame& f, std::string* out) {
   auto check_name = [](std::string_view what, const std::string& s) -> Status {
     if (s.size() > kMaxNameBytes) {
       return InvalidArgumentError(
@@ -125,6 +130,11 @@ Status EncodeFrame(const Frame& f, std::string* out) {
   out->append(f.tenant);
   out->append(f.service);
   out->append(f.handler);
+  return Status::Ok();
+}
+
+Status EncodeFrame(const Frame& f, std::string* out) {
+  TERN_RETURN_IF_ERROR(EncodeFrameHead(f, out));
   out->append(f.payload);
   return Status::Ok();
 }
@@ -145,8 +155,35 @@ Status ErrorFrameStatus(const Frame& f) {
   return Status(code, f.payload);
 }
 
+// What a validated header says.
+struct FrameDecoder::Head {
+  size_t tenant_len = 0, service_len = 0, handler_len = 0;
+  uint32_t payload_len = 0;
+  size_t head = 0;   // header + names
+  size_t total = 0;  // the whole frame
+};
+
 void FrameDecoder::Feed(std::string_view bytes) {
   if (!error_.ok()) return;
+  if (large_) {
+    // The rest of a large payload goes straight into its frame (after what has been
+    // received; an unused window is dropped).
+    std::string& pl = large_frame_.payload;
+    const size_t take = std::min(bytes.size(), large_len_ - large_got_);
+    pl.resize(large_got_);
+    pl.append(bytes.data(), take);
+    large_got_ += take;
+    bytes.remove_prefix(take);
+    if (bytes.empty()) return;
+  }
+  if (!large_ && pos_ == buf_.size() && bytes.size() >= kFrameHeaderBytes &&
+      Load<uint32_t>(bytes.data() + kOffPayloadLen) >= kLargePayloadBytes) {
+    // Nothing buffered and the start of a large frame: its payload goes into the frame
+    // at once (one copy instead of two). Anything wrong is left for Next() to report.
+    Head h;
+    Result<bool> valid = CheckHead(bytes.data(), bytes.size(), max_payload_, &h);
+    if (valid.ok() && *valid && StartLarge(bytes.data(), bytes.size(), h)) return;
+  }
   if (pos_ == buf_.size()) {
     // Everything consumed: reset, and drop a buffer a large frame left behind.
     pos_ = 0;
@@ -163,78 +200,37 @@ void FrameDecoder::Feed(std::string_view bytes) {
   buf_.append(bytes.data(), bytes.size());
 }
 
+std::span<char> FrameDecoder::PayloadWindow() {
+  if (!large_ || large_got_ == large_len_) return {};
+  std::string& pl = large_frame_.payload;
+  if (pl.size() == large_got_) {
+    // Open the next window: the capacity is reserved, so this neither moves the bytes
+    // nor touches more memory than the peer is about to send.
+    pl.resize(std::min(large_len_, large_got_ + kPayloadWindowBytes));
+  }
+  return std::span<char>(pl.data() + large_got_, pl.size() - large_got_);
+}
+
+void FrameDecoder::PayloadReceived(size_t n) {
+  if (!large_) return;
+  large_got_ = std::min(large_got_ + n, large_frame_.payload.size());
+}
+
 Result<bool> FrameDecoder::Fail(Status s) {
   error_ = std::move(s);
   buf_.clear();
   pos_ = 0;
+  large_ = false;
+  large_frame_ = Frame();
   return error_;
 }
 
-Result<bool> FrameDecoder::Next(Frame* out) {
-  if (!error_.ok()) return error_;
-  const size_t avail = buf_.size() - pos_;
-  const char* p = buf_.data() + pos_;
+namespace {
 
-  // Validate what has arrived as early as possible, so garbage is caught at once.
-  char magic[4];
-  Store<uint32_t>(magic, kFrameMagic);
-  for (size_t i = 0; i < 4 && i < avail; ++i) {
-    if (p[i] != magic[i]) {
-      uint32_t got = 0;
-      std::memcpy(&got, p, avail < 4 ? avail : 4);
-      return Fail(InvalidArgumentError(fmt::format(
-          "frame: bad magic 0x{:08x} (expected 0x{:08x} \"TRN1\"); not a tern frame stream",
-          ByteSwapIfBig(got), kFrameMagic)));
-    }
-  }
-  if (avail > kOffVersion && static_cast<uint8_t>(p[kOffVersion]) != kFrameVersion) {
-    // Version 1 frames are not read (docs/formats/frame.md, Versioning): every component
-    // of a cluster speaks the version of its build.
-    const uint8_t v = static_cast<uint8_t>(p[kOffVersion]);
-    return Fail(InvalidArgumentError(fmt::format(
-        "frame: unsupported version {} (this build speaks version {}; the sender runs an {} "
-        "tern: run one build everywhere)",
-        v, kFrameVersion, v < kFrameVersion ? "older" : "newer")));
-  }
-  if (avail < kFrameHeaderBytes) return false;
-
-  const uint32_t want_crc = Load<uint32_t>(p + kOffCrc);
-  const uint32_t got_crc = Crc32c(p, kOffCrc);
-  if (want_crc != got_crc) {
-    return Fail(InvalidArgumentError(
-        fmt::format("frame: header CRC mismatch (header says 0x{:08x}, computed 0x{:08x})",
-                    want_crc, got_crc)));
-  }
-  const uint8_t type = static_cast<uint8_t>(p[kOffType]);
-  if (!IsKnownFrameType(type)) {
-    return Fail(InvalidArgumentError(fmt::format("frame: unknown type {}", type)));
-  }
-  const size_t tenant_len = Load<uint16_t>(p + kOffTenantLen);
-  const size_t service_len = Load<uint16_t>(p + kOffServiceLen);
-  const size_t handler_len = Load<uint16_t>(p + kOffHandlerLen);
-  const std::pair<std::string_view, size_t> names[] = {
-      {"tenant", tenant_len}, {"service", service_len}, {"handler", handler_len}};
-  for (const auto& [what, len] : names) {
-    if (len > kMaxNameBytes) {
-      return Fail(InvalidArgumentError(
-          fmt::format("frame: {} name too long ({} bytes, max {})", what, len, kMaxNameBytes)));
-    }
-  }
-  const uint32_t payload_len = Load<uint32_t>(p + kOffPayloadLen);
-  if (payload_len > max_payload_) {
-    return Fail(ResourceExhaustedError(
-        fmt::format("frame: payload of {} bytes exceeds this receiver's limit of {} bytes",
-                    payload_len, max_payload_)));
-  }
-  const size_t total =
-      kFrameHeaderBytes + tenant_len + service_len + handler_len + size_t{payload_len};
-  if (avail < total) {
-    // The header is valid: make room for the whole frame once instead of regrowing.
-    if (buf_.capacity() < pos_ + total) buf_.reserve(pos_ + total);
-    return false;
-  }
-
-  out->type = static_cast<FrameType>(type);
+// The fields of a validated header at `p`, and the names that follow it.
+void ReadHead(const char* p, size_t tenant_len, size_t service_len, size_t handler_len,
+              Frame* out) {
+  out->type = static_cast<FrameType>(static_cast<uint8_t>(p[kOffType]));
   out->request_id = Load<uint64_t>(p + kOffRequestId);
   out->epoch = Load<uint64_t>(p + kOffEpoch);
   out->trace_id = Load<uint64_t>(p + kOffTraceId);
@@ -247,9 +243,112 @@ Result<bool> FrameDecoder::Next(Frame* out) {
   out->service.assign(s, service_len);
   s += service_len;
   out->handler.assign(s, handler_len);
-  s += handler_len;
-  out->payload.assign(s, payload_len);
-  pos_ += total;
+}
+
+}  // namespace
+
+Result<bool> FrameDecoder::CheckHead(const char* p, size_t avail, uint32_t max_payload, Head* h) {
+  char magic[4];
+  Store<uint32_t>(magic, kFrameMagic);
+  for (size_t i = 0; i < 4 && i < avail; ++i) {
+    if (p[i] != magic[i]) {
+      uint32_t got = 0;
+      std::memcpy(&got, p, avail < 4 ? avail : 4);
+      return InvalidArgumentError(fmt::format(
+          "frame: bad magic 0x{:08x} (expected 0x{:08x} \"TRN1\"); not a tern frame stream",
+          ByteSwapIfBig(got), kFrameMagic));
+    }
+  }
+  if (avail > kOffVersion && static_cast<uint8_t>(p[kOffVersion]) != kFrameVersion) {
+    // Version 1 frames are not read (docs/formats/frame.md, Versioning): every component
+    // of a cluster speaks the version of its build.
+    const uint8_t v = static_cast<uint8_t>(p[kOffVersion]);
+    return InvalidArgumentError(fmt::format(
+        "frame: unsupported version {} (this build speaks version {}; the sender runs an {} "
+        "tern: run one build everywhere)",
+        v, kFrameVersion, v < kFrameVersion ? "older" : "newer"));
+  }
+  if (avail < kFrameHeaderBytes) return false;
+
+  const uint32_t want_crc = Load<uint32_t>(p + kOffCrc);
+  const uint32_t got_crc = Crc32c(p, kOffCrc);
+  if (want_crc != got_crc) {
+    return InvalidArgumentError(fmt::format(
+        "frame: header CRC mismatch (header says 0x{:08x}, computed 0x{:08x})", want_crc, got_crc));
+  }
+  const uint8_t type = static_cast<uint8_t>(p[kOffType]);
+  if (!IsKnownFrameType(type)) {
+    return InvalidArgumentError(fmt::format("frame: unknown type {}", type));
+  }
+  h->tenant_len = Load<uint16_t>(p + kOffTenantLen);
+  h->service_len = Load<uint16_t>(p + kOffServiceLen);
+  h->handler_len = Load<uint16_t>(p + kOffHandlerLen);
+  const std::pair<std::string_view, size_t> names[] = {
+      {"tenant", h->tenant_len}, {"service", h->service_len}, {"handler", h->handler_len}};
+  for (const auto& [what, len] : names) {
+    if (len > kMaxNameBytes) {
+      return InvalidArgumentError(
+          fmt::format("frame: {} name too long ({} bytes, max {})", what, len, kMaxNameBytes));
+    }
+  }
+  h->payload_len = Load<uint32_t>(p + kOffPayloadLen);
+  if (h->payload_len > max_payload) {
+    return ResourceExhaustedError(
+        fmt::format("frame: payload of {} bytes exceeds this receiver's limit of {} bytes",
+                    h->payload_len, max_payload));
+  }
+  h->head = kFrameHeaderBytes + h->tenant_len + h->service_len + h->handler_len;
+  h->total = h->head + size_t{h->payload_len};
+  return true;
+}
+
+bool FrameDecoder::StartLarge(const char* p, size_t avail, const Head& h) {
+  if (h.payload_len < kLargePayloadBytes || avail < h.head || avail >= h.total) return false;
+  ReadHead(p, h.tenant_len, h.service_len, h.handler_len, &large_frame_);
+  // Reserved at once (address space; memory is touched as bytes arrive), filled as
+  // they do: a peer that announces a large payload and stops costs no zeroed pages.
+  large_frame_.payload.reserve(h.payload_len);
+  large_frame_.payload.assign(p + h.head, avail - h.head);
+  large_len_ = h.payload_len;
+  large_got_ = avail - h.head;
+  large_ = true;
+  // Whatever was buffered is in the frame now.
+  pos_ = 0;
+  if (buf_.capacity() > kShrinkCapacityBytes) {
+    std::string().swap(buf_);
+  } else {
+    buf_.clear();
+  }
+  return true;
+}
+
+Result<bool> FrameDecoder::Next(Frame* out) {
+  if (!error_.ok()) return error_;
+  if (large_) {
+    if (large_got_ < large_len_) return false;
+    large_ = false;
+    *out = std::move(large_frame_);
+    large_frame_ = Frame();
+    return true;
+  }
+  const size_t avail = buf_.size() - pos_;
+  const char* p = buf_.data() + pos_;
+  Head h;
+  Result<bool> valid = CheckHead(p, avail, max_payload_, &h);
+  if (!valid.ok()) return Fail(valid.status());
+  if (!*valid) return false;
+  if (avail < h.total) {
+    // A large payload: the rest of it is received into the frame itself (Feed,
+    // PayloadWindow), not into the buffer and then copied.
+    if (StartLarge(p, avail, h)) return false;
+    // The header is valid: make room for the whole frame once instead of regrowing.
+    if (buf_.capacity() < pos_ + h.total) buf_.reserve(pos_ + h.total);
+    return false;
+  }
+
+  ReadHead(p, h.tenant_len, h.service_len, h.handler_len, out);
+  out->payload.assign(p + h.head, h.payload_len);
+  pos_ += h.total;
   if (pos_ == buf_.size()) {
     pos_ = 0;
     if (buf_.capacity() > kShrinkCapacityBytes) {
@@ -259,6 +358,106 @@ Result<bool> FrameDecoder::Next(Frame* out) {
     }
   }
   return true;
+}
+
+// ---------------------------------------------------------------------------------
+// FrameOutput
+
+namespace {
+// A partly written buffer chunk is compacted once this much of it has gone out.
+constexpr size_t kCompactOutputBytes = 1u << 20;
+// Buffer chunks up to this capacity are kept for reuse once written.
+constexpr size_t kSpareOutputBytes = 1u << 20;
+constexpr int kMaxIov = 16;
+}  // namespace
+
+std::string* FrameOutput::Tail() {
+  if (chunks_.empty() || chunks_.back().payload) {
+    chunks_.push_back(Chunk{std::move(spare_), false});
+    spare_ = std::string();
+    chunks_.back().bytes.clear();
+  }
+  return &chunks_.back().bytes;
+}
+
+Status FrameOutput::Append(const Frame& f) {
+  std::string* t = Tail();
+  const size_t before = t->size();
+  TERN_RETURN_IF_ERROR(EncodeFrame(f, t));
+  bytes_ += t->size() - before;
+  return Status::Ok();
+}
+
+Status FrameOutput::Append(Frame&& f) {
+  if (f.payload.size() < kLargePayloadBytes) return Append(static_cast<const Frame&>(f));
+  std::string* t = Tail();
+  const size_t before = t->size();
+  TERN_RETURN_IF_ERROR(EncodeFrameHead(f, t));
+  bytes_ += t->size() - before + f.payload.size();
+  chunks_.push_back(Chunk{std::move(f.payload), true});
+  return Status::Ok();
+}
+
+Result<size_t> FrameOutput::WriteTo(int fd) {
+  size_t written = 0;
+  while (bytes_ > 0) {
+    iovec iov[kMaxIov];
+    int n = 0;
+    size_t off = head_pos_;
+    for (auto it = chunks_.begin(); it != chunks_.end() && n < kMaxIov; ++it, off = 0) {
+      if (it->bytes.size() <= off) continue;
+      iov[n].iov_base = it->bytes.data() + off;
+      iov[n].iov_len = it->bytes.size() - off;
+      ++n;
+    }
+    ssize_t r;
+    if (n == 1) {  // the common case of small frames: send() is cheaper than sendmsg()
+      r = ::send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } else {
+      msghdr msg{};
+      msg.msg_iov = iov;
+      msg.msg_iovlen = static_cast<size_t>(n);
+      r = ::sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    if (r <= 0) return ErrnoError("send", r < 0 ? errno : EPIPE);
+    written += static_cast<size_t>(r);
+    bytes_ -= static_cast<size_t>(r);
+    // Drop what went out.
+    size_t left = static_cast<size_t>(r);
+    while (!chunks_.empty()) {
+      Chunk& c = chunks_.front();
+      const size_t rest = c.bytes.size() - head_pos_;
+      if (left < rest) {
+        head_pos_ += left;
+        if (!c.payload && head_pos_ >= kCompactOutputBytes && head_pos_ >= c.bytes.size() / 2) {
+          c.bytes.erase(0, head_pos_);  // a long pipeline: don't let the buffer grow
+          head_pos_ = 0;
+        }
+        break;
+      }
+      left -= rest;
+      head_pos_ = 0;
+      if (chunks_.size() == 1 && !c.payload && c.bytes.capacity() <= kSpareOutputBytes) {
+        c.bytes.clear();  // the usual case: one buffer, all written; keep it for the next
+        break;
+      }
+      if (!c.payload && c.bytes.capacity() <= kSpareOutputBytes &&
+          c.bytes.capacity() > spare_.capacity()) {
+        spare_ = std::move(c.bytes);
+      }
+      chunks_.pop_front();
+    }
+  }
+  return written;
+}
+
+void FrameOutput::Clear() {
+  chunks_.clear();
+  head_pos_ = 0;
+  bytes_ = 0;
+  std::string().swap(spare_);
 }
 
 }  // namespace tern::transport

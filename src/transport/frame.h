@@ -30,6 +30,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -44,6 +46,10 @@ inline constexpr size_t kFrameHeaderBytes = 64;
 inline constexpr size_t kMaxNameBytes = 255;
 // Default bound on payloads; a decoder may be configured lower.
 inline constexpr uint32_t kMaxPayloadBytes = 64u << 20;
+// Payloads at least this large are not copied through intermediate buffers: a decoder
+// receives them straight into the frame (FrameDecoder::PayloadWindow), an output queue
+// writes them from the frame's own string (FrameOutput).
+inline constexpr size_t kLargePayloadBytes = 16u << 10;
 
 enum class FrameType : uint8_t {
   kInvoke = 1,  // call service/handler with payload
@@ -83,6 +89,9 @@ inline size_t EncodedFrameSize(const Frame& f) {
 // than kMaxNameBytes or the payload longer than kMaxPayloadBytes; `out` is then
 // unchanged.
 Status EncodeFrame(const Frame& f, std::string* out);
+// The same without the payload: the header (which counts the payload) and the names.
+// The payload's bytes must follow on the stream.
+Status EncodeFrameHead(const Frame& f, std::string* out);
 
 // An Error frame answering `request_id` (0 = the connection as a whole) with the code
 // and message of `s` (which must not be OK; an OK status becomes kInternal).
@@ -100,6 +109,18 @@ class FrameDecoder {
 
   // Appends received bytes. After an error, bytes are discarded.
   void Feed(std::string_view bytes);
+
+  // Receiving large payloads without copies. Once the header and names of a frame with
+  // a payload of kLargePayloadBytes or more have been decoded, the frame's payload
+  // string is reserved at its full size and the rest of the payload goes straight
+  // into it: Feed() copies there instead of into the decoder's buffer, and a reader may
+  // receive into PayloadWindow() itself (e.g. as the first iovec of a readv, with a
+  // scratch buffer second) and report with PayloadReceived(n) the bytes that landed
+  // there, before it Feed()s the rest. Empty when no payload is being received so; at
+  // most 256 KiB at a time otherwise.
+  std::span<char> PayloadWindow();
+  // `n` bytes (at most PayloadWindow().size()) were written into PayloadWindow().
+  void PayloadReceived(size_t n);
   // Decodes the next complete frame into `out` (its strings' capacity is reused).
   // Returns true if one was decoded, false if more bytes are needed; an error (bad
   // magic/version/type/CRC, oversized payload or name) is sticky: the connection
@@ -113,12 +134,61 @@ class FrameDecoder {
   size_t BufferCapacityForTest() const { return buf_.capacity(); }
 
  private:
+  struct Head;
   Result<bool> Fail(Status s);
+  // Checks the start of a frame at `p` (`avail` bytes; what has arrived is checked as
+  // early as possible). OK and false: more bytes needed; OK and true: *h describes a
+  // valid header. An error: the stream is malformed.
+  static Result<bool> CheckHead(const char* p, size_t avail, uint32_t max_payload, Head* h);
+  // Starts receiving the large payload of the frame whose valid header `h` is at `p`
+  // (`avail` bytes there, the frame incomplete); false if it is not such a frame.
+  bool StartLarge(const char* p, size_t avail, const Head& h);
 
   uint32_t max_payload_;
   std::string buf_;
   size_t pos_ = 0;
   Status error_;
+  // A frame whose large payload (`large_len_` bytes, its capacity reserved) is being
+  // received in place (see PayloadWindow); `large_got_` of them are there.
+  bool large_ = false;
+  size_t large_len_ = 0;
+  size_t large_got_ = 0;
+  Frame large_frame_;
+};
+
+// The output of one stream connection: frames waiting to be written, in order. Frames
+// are encoded into a byte buffer, except payloads of kLargePayloadBytes or more, which
+// are moved in (Append(Frame&&)) and written from their own string with the header
+// in front (one sendmsg with an iovec per piece): no copy of a large payload.
+// Not thread-safe: one per connection.
+class FrameOutput {
+ public:
+  // Queues `f` (EncodeFrame's checks: on kInvalidArgument nothing is queued). The
+  // rvalue form takes a large payload over instead of copying it.
+  Status Append(Frame&& f);
+  Status Append(const Frame& f);
+  // Bytes queued and not written yet.
+  size_t size() const { return bytes_; }
+  bool empty() const { return bytes_ == 0; }
+  // Writes what socket `fd` takes now (sendmsg with MSG_NOSIGNAL | MSG_DONTWAIT, until
+  // it would block or all is written). Returns the bytes written; an error of the
+  // socket as an errno Status (what was written before it is gone from the queue).
+  Result<size_t> WriteTo(int fd);
+  // Drops everything queued, and the memory.
+  void Clear();
+
+ private:
+  struct Chunk {
+    std::string bytes;
+    bool payload = false;  // a large payload taken over (nothing is appended to it)
+  };
+  // The chunk small encodings are appended to (a new one after a payload chunk).
+  std::string* Tail();
+
+  std::deque<Chunk> chunks_;
+  size_t head_pos_ = 0;  // bytes of chunks_.front() already written
+  size_t bytes_ = 0;
+  std::string spare_;  // a written buffer chunk kept for reuse
 };
 
 // CRC-32C of the header: core/crc32c.h (hardware-accelerated).

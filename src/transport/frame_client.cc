@@ -5,7 +5,9 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <optional>
 
@@ -15,7 +17,6 @@ namespace tern::transport {
 namespace {
 
 constexpr size_t kReadChunkBytes = 64u << 10;
-constexpr size_t kCompactOutputBytes = 1u << 20;
 
 }  // namespace
 
@@ -41,41 +42,41 @@ Status FrameClient::Break(Status s) {
   if (broken_.ok()) {
     broken_ = std::move(s);
     fd_.reset();
-    out_.clear();
-    out_pos_ = 0;
+    out_.Clear();
   }
   return broken_;
 }
 
 Status FrameClient::WriteSome() {
-  while (out_pos_ < out_.size()) {
-    ssize_t n = send(fd_.get(), out_.data() + out_pos_, out_.size() - out_pos_,
-                     MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n > 0) {
-      out_pos_ += static_cast<size_t>(n);
-      continue;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-    return Break(ErrnoError("frame client: send", n < 0 ? errno : EPIPE));
-  }
-  if (out_pos_ == out_.size()) {
-    out_.clear();
-    out_pos_ = 0;
-  } else if (out_pos_ >= kCompactOutputBytes && out_pos_ >= out_.size() / 2) {
-    out_.erase(0, out_pos_);
-    out_pos_ = 0;
-  }
+  Result<size_t> w = out_.WriteTo(fd_.get());
+  if (!w.ok()) return Break(w.status().WithPrefix("frame client"));
   return Status::Ok();
+}
+
+ssize_t FrameClient::RecvIntoDecoder(int flags) {
+  const std::span<char> window = decoder_.PayloadWindow();
+  ssize_t n;
+  if (window.empty()) {
+    n = recv(fd_.get(), read_buf_.get(), kReadChunkBytes, flags);
+  } else {
+    iovec iov[2] = {{window.data(), window.size()}, {read_buf_.get(), kReadChunkBytes}};
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 2;
+    n = recvmsg(fd_.get(), &msg, flags);
+  }
+  if (n > 0) {
+    const size_t direct = std::min(static_cast<size_t>(n), window.size());
+    decoder_.PayloadReceived(direct);
+    decoder_.Feed(std::string_view(read_buf_.get(), static_cast<size_t>(n) - direct));
+  }
+  return n;
 }
 
 Status FrameClient::ReadSomeInput() {
   for (;;) {
-    ssize_t n = recv(fd_.get(), read_buf_.get(), kReadChunkBytes, MSG_DONTWAIT);
-    if (n > 0) {
-      decoder_.Feed(std::string_view(read_buf_.get(), static_cast<size_t>(n)));
-      return Status::Ok();
-    }
+    ssize_t n = RecvIntoDecoder(MSG_DONTWAIT);
+    if (n > 0) return Status::Ok();
     if (n == 0) return Break(UnavailableError("frame client: server closed the connection"));
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) return Status::Ok();
@@ -94,11 +95,8 @@ Status FrameClient::WaitAndRead(int64_t deadline) {
     int64_t spin_until = start + busy_poll_nanos_;
     if (deadline > 0 && deadline < spin_until) spin_until = deadline;
     do {
-      ssize_t n = recv(fd_.get(), read_buf_.get(), kReadChunkBytes, MSG_DONTWAIT);
-      if (n > 0) {
-        decoder_.Feed(std::string_view(read_buf_.get(), static_cast<size_t>(n)));
-        return Status::Ok();
-      }
+      ssize_t n = RecvIntoDecoder(MSG_DONTWAIT);
+      if (n > 0) return Status::Ok();
       if (n == 0) return Break(UnavailableError("frame client: server closed the connection"));
       if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
         return Break(ErrnoError("frame client: recv", errno));
@@ -124,11 +122,8 @@ Status FrameClient::WaitAndRead(int64_t deadline) {
     }
     rcv_timeout_nanos_ = want;
   }
-  ssize_t n = recv(fd_.get(), read_buf_.get(), kReadChunkBytes, 0);
-  if (n > 0) {
-    decoder_.Feed(std::string_view(read_buf_.get(), static_cast<size_t>(n)));
-    return Status::Ok();
-  }
+  ssize_t n = RecvIntoDecoder(0);
+  if (n > 0) return Status::Ok();
   if (n == 0) return Break(UnavailableError("frame client: server closed the connection"));
   if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) {
     if (deadline > 0 && MonoNanos() >= deadline) {
@@ -143,7 +138,7 @@ Status FrameClient::PumpOnce(int64_t deadline, bool block) {
   TERN_RETURN_IF_ERROR(WriteSome());
   if (!block) return Status::Ok();
   // Nothing left to write: just wait for input.
-  if (out_pos_ == out_.size()) return WaitAndRead(deadline);
+  if (out_.empty()) return WaitAndRead(deadline);
   int timeout_ms = -1;
   if (deadline > 0) {
     int64_t left = deadline - MonoNanos();
@@ -189,7 +184,7 @@ Result<Frame> FrameClient::NextFrame(int64_t deadline) {
 Result<uint64_t> FrameClient::Enqueue(Frame* request) {
   if (!broken_.ok()) return broken_;
   request->request_id = next_id_;
-  TERN_RETURN_IF_ERROR(EncodeFrame(*request, &out_));
+  TERN_RETURN_IF_ERROR(out_.Append(std::move(*request)));  // a large payload is taken over
   ++next_id_;
   ++in_flight_;
   return request->request_id;
@@ -208,7 +203,7 @@ Result<Frame> FrameClient::Receive(std::chrono::nanoseconds timeout) {
 Status FrameClient::Flush(std::chrono::nanoseconds timeout) {
   if (!broken_.ok()) return broken_;
   const int64_t deadline = DeadlineFromTimeout(timeout);
-  while (out_pos_ < out_.size()) TERN_RETURN_IF_ERROR(PumpOnce(deadline, /*block=*/true));
+  while (!out_.empty()) TERN_RETURN_IF_ERROR(PumpOnce(deadline, /*block=*/true));
   return Status::Ok();
 }
 

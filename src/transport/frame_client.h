@@ -79,7 +79,8 @@ class FrameClient {
 
  private:
   FrameClient(UniqueFd fd, const FrameClientOptions& options);
-  // Assigns the next request id to *request and queues its encoding (no I/O).
+  // Assigns the next request id to *request and queues its encoding (no I/O; a large
+  // payload is taken over, not copied).
   Result<uint64_t> Enqueue(Frame* request);
   // Next decoded frame, pumping the socket until `deadline` (0 = none).
   Result<Frame> NextFrame(int64_t deadline);
@@ -90,12 +91,14 @@ class FrameClient {
   Status WaitAndRead(int64_t deadline);
   Status WriteSome();
   Status ReadSomeInput();
+  // One recv (`flags`: MSG_DONTWAIT or 0) into the decoder: a large payload being
+  // received straight into its frame, the rest through read_buf_. Returns recv's result.
+  ssize_t RecvIntoDecoder(int flags);
   Status Break(Status s);
 
   UniqueFd fd_;
   FrameDecoder decoder_;
-  std::string out_;
-  size_t out_pos_ = 0;
+  FrameOutput out_;
   uint64_t next_id_ = 1;
   size_t in_flight_ = 0;
   Status broken_;
