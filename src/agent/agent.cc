@@ -2649,10 +2649,11 @@ Result<std::optional<std::vector<uint32_t>>> Agent::MigTakeDirty(const std::stri
   return out;
 }
 
-Result<Agent::MigChunk> Agent::MigCopy(const std::string& id, int64_t timeout_ns,
-                                       const std::vector<uint32_t>& pages) {
-  MigChunk c;
-  TERN_RETURN_IF_ERROR(RunOnSlotWithin(id, timeout_ns, [&](WorkerThread*, Slot* slot) -> Status {
+Status Agent::MigCopy(const std::string& id, int64_t timeout_ns, const std::vector<uint32_t>& pages,
+                      MigChunk* out) {
+  MigChunk& c = *out;
+  c.pages.clear();
+  return RunOnSlotWithin(id, timeout_ns, [&](WorkerThread*, Slot* slot) -> Status {
     const uint8_t* base = slot->inst->memory_data();
     c.memory_bytes = slot->inst->memory_bytes();
     const uint64_t n = c.memory_bytes / kMigrationPageBytes;
@@ -2666,14 +2667,15 @@ Result<Agent::MigChunk> Agent::MigCopy(const std::string& id, int64_t timeout_ns
     }
     c.data.resize(c.pages.size() * kMigrationPageBytes);
     return Status::Ok();
-  }));
-  return c;
+  });
 }
 
-Result<Agent::MigChunk> Agent::MigScan(const std::string& id, int64_t timeout_ns, uint32_t from,
-                                       uint32_t count, bool all) {
-  MigChunk c;
-  TERN_RETURN_IF_ERROR(RunOnSlotWithin(id, timeout_ns, [&](WorkerThread*, Slot* slot) -> Status {
+Status Agent::MigScan(const std::string& id, int64_t timeout_ns, uint32_t from, uint32_t count,
+                      bool all, MigChunk* out) {
+  MigChunk& c = *out;
+  c.pages.clear();
+  c.data.clear();  // keeps its capacity
+  return RunOnSlotWithin(id, timeout_ns, [&](WorkerThread*, Slot* slot) -> Status {
     if (slot->mig == nullptr) return FailedPreconditionError("not migrating");
     SlotMigration& m = *slot->mig;
     const uint8_t* base = slot->inst->memory_data();
@@ -2694,8 +2696,7 @@ Result<Agent::MigChunk> Agent::MigScan(const std::string& id, int64_t timeout_ns
                     kMigrationPageBytes);
     }
     return Status::Ok();
-  }));
-  return c;
+  });
 }
 
 Result<Agent::MigChunk> Agent::MigFreeze(const std::string& id, int64_t timeout_ns, bool all,

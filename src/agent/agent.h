@@ -410,12 +410,13 @@ class Agent {
   Result<std::optional<std::vector<uint32_t>>> MigTakeDirty(const std::string& id, int64_t timeout_ns,
                                                            uint32_t leave_if_at_most);
   // Copies `pages` (those still inside the memory) as they are now.
-  Result<MigChunk> MigCopy(const std::string& id, int64_t timeout_ns,
-                           const std::vector<uint32_t>& pages);
+  Status MigCopy(const std::string& id, int64_t timeout_ns, const std::vector<uint32_t>& pages,
+                 MigChunk* out);
   // Checksum mode: copies the pages of [from, from + count) that changed since they were
   // last copied (all of them when `all`).
-  Result<MigChunk> MigScan(const std::string& id, int64_t timeout_ns, uint32_t from,
-                           uint32_t count, bool all);
+  // `out` is overwritten (its buffer reused).
+  Status MigScan(const std::string& id, int64_t timeout_ns, uint32_t from, uint32_t count, bool all,
+                 MigChunk* out);
   // At the next request boundary (waiting at most `timeout_ns`): freezes the instance
   // (its requests are held from now on) and returns what is left to send (`exact` =
   // the dirty pages; else every page whose checksum changed) and the commit state.

@@ -288,6 +288,7 @@ class Agent::MigrationServer {
     transport::FrameDecoder decoder;
     std::shared_ptr<Incoming> in;
     std::string buf(1 << 20, '\0');
+    transport::Frame f;  // reused: a 4 MiB payload buffer is faulted in once
     bool open = true;
     auto reply = [&](const transport::Frame& f) {
       std::string out;
@@ -299,7 +300,6 @@ class Agent::MigrationServer {
           transport::ReadSome(fd.get(), buf.data(), buf.size(), MonoNanos() + kIdleNs);
       if (!n.ok() || *n == 0) break;
       decoder.Feed(std::string_view(buf.data(), *n));
-      transport::Frame f;
       for (;;) {
         Result<bool> got = decoder.Next(&f);
         if (!got.ok()) {
@@ -460,13 +460,16 @@ class Stream {
     bytes_ += payload.size();
     return c_->Call(MigrateFrame(step, std::move(payload)), kStepTimeout);
   }
-  Status SendPages(uint64_t memory_bytes, std::string batch) {
+  // Sends `pages` (gathered at `data`) as one batch; returns its size on the wire.
+  Result<size_t> SendPages(uint64_t memory_bytes, const char* data,
+                           const std::vector<uint32_t>& pages, PageCodec codec) {
     std::string payload(reinterpret_cast<const char*>(&memory_bytes), 8);
-    payload += batch;
-    bytes_ += payload.size();
+    AppendGatheredPages(data, pages, codec, &payload);
+    const size_t size = payload.size();
+    bytes_ += size;
     TERN_RETURN_IF_ERROR(c_->Send(MigrateFrame("pages", std::move(payload))).status());
     while (c_->in_flight() >= kWindow) TERN_RETURN_IF_ERROR(Ack());
-    return Status::Ok();
+    return size;
   }
   Status Drain() {
     while (c_->in_flight() > 0) TERN_RETURN_IF_ERROR(Ack());
@@ -569,13 +572,14 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
 
   auto send_chunk = [&](MigChunk& c, MigrationRound* round) -> Status {
     if (c.pages.empty()) return Status::Ok();
-    std::string batch = EncodeGatheredPages(c.data.data(), c.pages, codec);
+    TERN_ASSIGN_OR_RETURN(size_t sent, stream.SendPages(c.memory_bytes, c.data.data(), c.pages, codec));
     round->pages += static_cast<uint32_t>(c.pages.size());
-    round->bytes += batch.size() + 8;
+    round->bytes += sent;
     rep.bytes_raw += c.pages.size() * kMigrationPageBytes;
-    return stream.SendPages(c.memory_bytes, std::move(batch));
+    return Status::Ok();
   };
 
+  MigChunk chunk;  // reused: its buffer is faulted in once
   if (o.precopy) {
     uint64_t last = UINT64_MAX;
     for (int r = 0; r < std::max(1, o.max_rounds); ++r) {
@@ -586,12 +590,12 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
         // Round 0 copies everything; in checksum mode every round scans everything.
         uint64_t pages = memory_bytes / kMigrationPageBytes;
         for (uint64_t from = 0; from < pages; from += kChunkPages) {
-          Result<MigChunk> c =
-              MigScan(id, o.freeze_timeout_ns, static_cast<uint32_t>(from), kChunkPages, r == 0);
-          if (!c.ok()) return fail(c.status());
-          pages = std::max<uint64_t>(pages, c->memory_bytes / kMigrationPageBytes);
-          memory_bytes = std::max(memory_bytes, c->memory_bytes);
-          Status st = send_chunk(*c, &round);
+          Status sc = MigScan(id, o.freeze_timeout_ns, static_cast<uint32_t>(from), kChunkPages,
+                              r == 0, &chunk);
+          if (!sc.ok()) return fail(sc);
+          pages = std::max<uint64_t>(pages, chunk.memory_bytes / kMigrationPageBytes);
+          memory_bytes = std::max(memory_bytes, chunk.memory_bytes);
+          Status st = send_chunk(chunk, &round);
           if (!st.ok()) return net_fail(st);
         }
       } else {
@@ -605,9 +609,9 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
           std::vector<uint32_t> part(dirty->begin() + static_cast<std::ptrdiff_t>(i),
                                      dirty->begin() + static_cast<std::ptrdiff_t>(std::min(
                                                           dirty->size(), i + kChunkPages)));
-          Result<MigChunk> c = MigCopy(id, o.freeze_timeout_ns, part);
-          if (!c.ok()) return fail(c.status());
-          Status st = send_chunk(*c, &round);
+          Status cc = MigCopy(id, o.freeze_timeout_ns, part, &chunk);
+          if (!cc.ok()) return fail(cc);
+          Status st = send_chunk(chunk, &round);
           if (!st.ok()) return net_fail(st);
         }
       }
@@ -639,10 +643,9 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
       const size_t end = std::min(fin->pages.size(), i + kChunkPages);
       std::vector<uint32_t> part(fin->pages.begin() + static_cast<std::ptrdiff_t>(i),
                                  fin->pages.begin() + static_cast<std::ptrdiff_t>(end));
-      Status st = stream.SendPages(
-          fin->memory_bytes,
-          EncodeGatheredPages(fin->data.data() + i * kMigrationPageBytes, part, codec));
-      if (!st.ok()) return net_fail(st);
+      Result<size_t> st = stream.SendPages(fin->memory_bytes,
+                                           fin->data.data() + i * kMigrationPageBytes, part, codec);
+      if (!st.ok()) return net_fail(st.status());
     }
   }
   std::string payload;
@@ -650,7 +653,7 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
   payload.append(reinterpret_cast<const char*>(&n), 4);
   payload += commit;
   if (inline_pages && !fin->pages.empty()) {
-    payload += EncodeGatheredPages(fin->data.data(), fin->pages, codec);
+    AppendGatheredPages(fin->data.data(), fin->pages, codec, &payload);
   }
   rep.bytes_raw += fin->pages.size() * kMigrationPageBytes;
   if (Status h = hook("commit"); !h.ok()) return fail(h);

@@ -41,9 +41,11 @@ bool IsZeroPage(const char* p) {
   return true;
 }
 
-// `page_at(i)` gives the bytes of indices[i].
+// Appends the batch to `out`; `page_at(i)` gives the bytes of indices[i]. Data pages are
+// copied once, straight into `out` (raw) or into a reused buffer for LZ4.
 template <typename PageAt>
-std::string Encode(const std::vector<uint32_t>& indices, PageCodec codec, PageAt page_at) {
+void EncodeInto(const std::vector<uint32_t>& indices, PageCodec codec, PageAt page_at,
+                std::string* out) {
   std::vector<uint32_t> zero, data;
   std::vector<size_t> data_pos;
   for (size_t i = 0; i < indices.size(); ++i) {
@@ -54,42 +56,50 @@ std::string Encode(const std::vector<uint32_t>& indices, PageCodec codec, PageAt
       data_pos.push_back(i);
     }
   }
-  std::string raw;
-  raw.resize(data.size() * kMigrationPageBytes);
-  for (size_t k = 0; k < data.size(); ++k) {
-    std::memcpy(raw.data() + k * kMigrationPageBytes, page_at(data_pos[k]), kMigrationPageBytes);
-  }
-  std::string section;
-  if (codec == PageCodec::kLz4 && !raw.empty()) {
-    section.resize(static_cast<size_t>(LZ4_compressBound(static_cast<int>(raw.size()))));
-    int n = LZ4_compress_default(raw.data(), section.data(), static_cast<int>(raw.size()),
-                                 static_cast<int>(section.size()));
-    if (n <= 0 || static_cast<size_t>(n) >= raw.size()) {
-      codec = PageCodec::kRaw;  // incompressible: send as is
-      section = std::move(raw);
+  const size_t base = out->size();
+  const size_t raw_bytes = data.size() * kMigrationPageBytes;
+  out->reserve(base + kBatchHeader + 4 * indices.size() + raw_bytes);
+  PutU32(out, kBatchMagic);
+  out->push_back(static_cast<char>(kWireVersion));
+  out->push_back(0);  // codec, below
+  out->append(2, '\0');
+  PutU32(out, static_cast<uint32_t>(zero.size()));
+  PutU32(out, static_cast<uint32_t>(data.size()));
+  PutU32(out, 0);  // section length, below
+  PutU32(out, 0);  // CRC, below
+  for (uint32_t z : zero) PutU32(out, z);
+  for (uint32_t d : data) PutU32(out, d);
+  const size_t section_at = out->size();
+  bool compressed = false;
+  if (codec == PageCodec::kLz4 && raw_bytes > 0) {
+    thread_local std::string raw;  // capacity reused: no page faults after the first batch
+    raw.resize(raw_bytes);
+    for (size_t k = 0; k < data.size(); ++k) {
+      std::memcpy(raw.data() + k * kMigrationPageBytes, page_at(data_pos[k]), kMigrationPageBytes);
+    }
+    const int bound = LZ4_compressBound(static_cast<int>(raw_bytes));
+    out->resize(section_at + static_cast<size_t>(bound));
+    int n = LZ4_compress_default(raw.data(), out->data() + section_at, static_cast<int>(raw_bytes),
+                                 bound);
+    if (n > 0 && static_cast<size_t>(n) < raw_bytes) {
+      out->resize(section_at + static_cast<size_t>(n));
+      compressed = true;
     } else {
-      section.resize(static_cast<size_t>(n));
+      out->resize(section_at);  // incompressible: send as is
+      out->append(raw);
     }
   } else {
-    codec = PageCodec::kRaw;
-    section = std::move(raw);
+    out->resize(section_at + raw_bytes);
+    for (size_t k = 0; k < data.size(); ++k) {
+      std::memcpy(out->data() + section_at + k * kMigrationPageBytes, page_at(data_pos[k]),
+                  kMigrationPageBytes);
+    }
   }
-  std::string out;
-  out.reserve(kBatchHeader + 4 * indices.size() + section.size());
-  PutU32(&out, kBatchMagic);
-  out.push_back(static_cast<char>(kWireVersion));
-  out.push_back(static_cast<char>(codec));
-  out.append(2, '\0');
-  PutU32(&out, static_cast<uint32_t>(zero.size()));
-  PutU32(&out, static_cast<uint32_t>(data.size()));
-  PutU32(&out, static_cast<uint32_t>(section.size()));
-  PutU32(&out, 0);  // CRC, below
-  for (uint32_t z : zero) PutU32(&out, z);
-  for (uint32_t d : data) PutU32(&out, d);
-  out += section;
-  uint32_t crc = Crc32c(out.data() + kBatchHeader, out.size() - kBatchHeader);
-  std::memcpy(out.data() + 20, &crc, 4);
-  return out;
+  (*out)[base + 5] = static_cast<char>(compressed ? PageCodec::kLz4 : PageCodec::kRaw);
+  const uint32_t section = static_cast<uint32_t>(out->size() - section_at);
+  std::memcpy(out->data() + base + 16, &section, 4);
+  const uint32_t crc = Crc32c(out->data() + base + kBatchHeader, out->size() - base - kBatchHeader);
+  std::memcpy(out->data() + base + 20, &crc, 4);
 }
 
 }  // namespace
@@ -106,14 +116,26 @@ const char* PageCodecName(PageCodec c) {
 
 std::string EncodePageBatch(const uint8_t* base, const std::vector<uint32_t>& indices,
                             PageCodec codec) {
-  return Encode(indices, codec, [&](size_t i) {
-    return reinterpret_cast<const char*>(base) + size_t{indices[i]} * kMigrationPageBytes;
-  });
+  std::string out;
+  EncodeInto(
+      indices, codec,
+      [&](size_t i) {
+        return reinterpret_cast<const char*>(base) + size_t{indices[i]} * kMigrationPageBytes;
+      },
+      &out);
+  return out;
 }
 
 std::string EncodeGatheredPages(const char* data, const std::vector<uint32_t>& indices,
                                 PageCodec codec) {
-  return Encode(indices, codec, [&](size_t i) { return data + i * kMigrationPageBytes; });
+  std::string out;
+  AppendGatheredPages(data, indices, codec, &out);
+  return out;
+}
+
+void AppendGatheredPages(const char* data, const std::vector<uint32_t>& indices, PageCodec codec,
+                         std::string* out) {
+  EncodeInto(indices, codec, [&](size_t i) { return data + i * kMigrationPageBytes; }, out);
 }
 
 Result<PageBatchStats> DecodePageBatch(std::string_view p, uint32_t max_pages,
@@ -151,7 +173,7 @@ Result<PageBatchStats> DecodePageBatch(std::string_view p, uint32_t max_pages,
     }
   }
   const char* sec = idx + 4 * (zero + data);
-  std::string decompressed;
+  thread_local std::string decompressed;  // capacity reused across batches
   const char* pages = sec;
   const uint64_t raw_bytes = data * kMigrationPageBytes;
   if (codec == PageCodec::kLz4) {

@@ -40,6 +40,9 @@ std::string EncodePageBatch(const uint8_t* base, const std::vector<uint32_t>& in
 // data + i * 4096.
 std::string EncodeGatheredPages(const char* data, const std::vector<uint32_t>& indices,
                                 PageCodec codec);
+// Same, appended to `out` (which may hold a prefix): no intermediate copy of the pages.
+void AppendGatheredPages(const char* data, const std::vector<uint32_t>& indices, PageCodec codec,
+                         std::string* out);
 
 struct PageBatchStats {
   uint32_t zero_pages = 0;
