@@ -169,11 +169,16 @@ bold "11. Live migration: a stateful counter with 32 MiB of state moves while it
 # The example's manifest allows 1 GiB (for the benchmarks); the controller reserves what
 # a manifest allows, so the demo caps it at 96 MiB.
 sed 's/^  memory_mib: .*/  memory_mib: 96/' "$ROOT/examples/counter/manifest.yaml" > "$WORK/counter.yaml"
-printf '\033[36m$ tern deploy counter.yaml --module counter.wasm --devices cpu0,csd0,cpu1\033[0m\n'
-DEPLOYED=$("$TERN" deploy "$WORK/counter.yaml" --module "$WASM/counter.wasm" --devices cpu0,csd0,cpu1)
+# cpu1 died in step 9: the counter may use the three live devices.
+printf '\033[36m$ tern deploy counter.yaml --module counter.wasm --devices cpu0,csd0,nic0\033[0m\n'
+DEPLOYED=$("$TERN" deploy "$WORK/counter.yaml" --module "$WASM/counter.wasm" --devices cpu0,csd0,nic0)
 echo "$DEPLOYED"; echo
 FROM=$(sed -nE 's/.*counter-1 on ([a-z0-9]+).*/\1/p' <<<"$DEPLOYED")
-if [[ $FROM == csd0 ]]; then HOP1=cpu0; HOP2=cpu1; else HOP1=csd0; HOP2=$([[ $FROM == cpu0 ]] && echo cpu1 || echo cpu0); fi
+case $FROM in
+  csd0) HOP1=cpu0; HOP2=nic0 ;;
+  nic0) HOP1=csd0; HOP2=cpu0 ;;
+  *) HOP1=csd0; HOP2=nic0 ;;
+esac
 c invoke counter fill 32768   # 32 MiB of pseudo-random state, checksummed
 SUM=$("$TERN" invoke counter check)
 echo "load: 400 requests/s for 7 s through the gateway, each adding 1 and rewriting 8 words of"
@@ -183,8 +188,8 @@ printf '\033[36m$ tern load counter touch 8 --rate 400 --duration-ms 7000 --coun
 LOAD_PID=$!
 EXTRA_PIDS+=("$LOAD_PID")
 sleep 2
-echo "$FROM -> $HOP1 -> $HOP2 while the load runs (csd0 is the 0.25-core storage device on host h2,"
-echo "behind the 50 us / 1 Gbit link):"
+echo "$FROM -> $HOP1 -> $HOP2 while the load runs (csd0: the 0.25-core storage device on host h2,"
+echo "behind the 50 us / 1 Gbit link; nic0: the SmartNIC of host h1):"
 c migrate counter-1 --to "$HOP1"
 sleep 2
 c migrate counter-1 --to "$HOP2"
@@ -199,7 +204,7 @@ c ps | sed -n '/^INSTANCE/,/^$/p'
 [[ $LOAD_RC == 0 ]] || { echo "demo: the load generator saw lost requests"; exit 1; }
 
 bold "12. Drain a device: everything on $HOP2 moves off it (the counter with its state)"
-c drain "$HOP2"
+c drain "$HOP2" || echo "(an instance pinned to $HOP2 with --devices may run nowhere else: the drain leaves it there and says so)"
 c invoke counter get
 c down
 CLUSTER_UP=0
