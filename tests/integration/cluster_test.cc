@@ -325,6 +325,30 @@ void DrainMigrateAndRestoreThroughTheCli(const std::string& name, const std::str
   EXPECT_NE(mig.output.find("round(s)"), std::string::npos) << mig.output;
   CommandResult get = c.Tern({"invoke", "counter", "get"});
   EXPECT_EQ(get.output, "3");
+  {
+    // `tern load` across a live migration of another counter: open-loop through the
+    // gateway, every answer accounted for in the counter's own count.
+    CommandResult dep2 =
+        c.Tern({"deploy", SourcePath("examples/counter/manifest.yaml"), "--module",
+                testing::WasmPath("counter"), "--name", "tally", "--devices", "c1-cpu,c2-cpu"});
+    ASSERT_EQ(dep2.exit_code, 0) << dep2.output;
+    const std::string from = dep2.output.find("on c1-cpu") != std::string::npos ? "c1-cpu" : "c2-cpu";
+    const std::string to = from == "c1-cpu" ? "c2-cpu" : "c1-cpu";
+    CommandResult load;
+    std::thread loader([&] {
+      load = c.Tern({"load", "tally", "touch", "--rate", "200", "--duration-ms", "2500", "--counter",
+                     "--quiet"});
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(800));
+    CommandResult mig2 = c.Tern({"migrate", "tally-1", "--to", to});
+    loader.join();
+    EXPECT_EQ(mig2.exit_code, 0) << mig2.output;
+    EXPECT_EQ(load.exit_code, 0) << load.output;
+    EXPECT_NE(load.output.find("500 sent, 500 answered, 0 lost"), std::string::npos) << load.output;
+    EXPECT_NE(load.output.find("none lost, none executed twice"), std::string::npos) << load.output;
+    CommandResult bad = c.Tern({"load", "tally", "touch", "--rate", "0"});
+    EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  }
   device = other;
   int pid = rec["agents"][device]["pid"];
   ASSERT_GT(pid, 0);
