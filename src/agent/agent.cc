@@ -70,6 +70,21 @@ struct SlotMigration {
   void MarkRange(uint64_t first, uint64_t end) {
     for (uint64_t p = first; p < end; ++p) Mark(p);
   }
+  uint64_t DirtyCount() const {
+    uint64_t n = 0;
+    for (uint64_t w : dirty) n += static_cast<uint64_t>(__builtin_popcountll(w));
+    return n;
+  }
+  // Appends the marked pages below `pages` (ascending) to `out` and clears every mark.
+  void TakeDirty(uint64_t pages, std::vector<uint32_t>* out) {
+    for (size_t w = 0; w < dirty.size(); ++w) {
+      for (uint64_t bits = dirty[w]; bits != 0; bits &= bits - 1) {
+        uint64_t p = w * 64 + static_cast<uint64_t>(__builtin_ctzll(bits));
+        if (p < pages) out->push_back(static_cast<uint32_t>(p));
+      }
+      dirty[w] = 0;
+    }
+  }
 };
 
 // One instance, owned by its worker thread; touched only there.
@@ -2633,17 +2648,8 @@ Result<std::optional<std::vector<uint32_t>>> Agent::MigTakeDirty(const std::stri
   std::optional<std::vector<uint32_t>> out;
   TERN_RETURN_IF_ERROR(RunOnSlotWithin(id, timeout_ns, [&](WorkerThread*, Slot* slot) -> Status {
     if (slot->mig == nullptr) return FailedPreconditionError("not migrating");
-    std::vector<uint64_t>& d = slot->mig->dirty;
-    uint64_t count = 0;
-    for (uint64_t w : d) count += static_cast<uint64_t>(__builtin_popcountll(w));
-    if (count <= leave_if_at_most) return Status::Ok();
-    std::vector<uint32_t>& pages = out.emplace();
-    for (size_t w = 0; w < d.size(); ++w) {
-      for (uint64_t bits = d[w]; bits != 0; bits &= bits - 1) {
-        pages.push_back(static_cast<uint32_t>(w * 64 + static_cast<uint64_t>(__builtin_ctzll(bits))));
-      }
-      d[w] = 0;
-    }
+    if (slot->mig->DirtyCount() <= leave_if_at_most) return Status::Ok();
+    slot->mig->TakeDirty(UINT64_MAX, &out.emplace());
     return Status::Ok();
   }));
   return out;
@@ -2701,49 +2707,22 @@ Status Agent::MigScan(const std::string& id, int64_t timeout_ns, uint32_t from, 
 
 Result<Agent::MigChunk> Agent::MigFreeze(const std::string& id, int64_t timeout_ns, bool all,
                                          std::string* commit, int64_t* frozen_ns) {
-  TERN_ASSIGN_OR_RETURN(Route route, FindRoute(id));
-  WorkerThread* wt = workers_[route.worker].get();
-  struct Shared {
-    Mutex m;
-    CondVar cv;
-    bool done = false;
-    bool cancelled = false;
-    Status st;
-    MigChunk chunk;
-    std::string commit;
-    int64_t frozen_ns = 0;
-  };
-  auto sh = std::make_shared<Shared>();
+  MigChunk c;
   // A control task: it runs only when no guest on that worker waits in a call, i.e.
   // at a request boundary of every instance there.
-  bool posted = wt->Post([wt, id, sh, all] {
-    MutexLock l(&sh->m);
-    if (sh->cancelled) return;
-    sh->done = true;
-    sh->cv.Signal();
-    auto it = wt->slots().find(id);
-    if (it == wt->slots().end() || it->second->mig == nullptr) {
-      sh->st = NotFoundError("instance " + id + " was stopped");
-      return;
-    }
-    Slot& slot = *it->second;
+  TERN_RETURN_IF_ERROR(RunOnSlotWithin(id, timeout_ns, [&](WorkerThread*, Slot* s) -> Status {
+    if (s->mig == nullptr) return NotFoundError("instance " + id + " is not migrating");
+    Slot& slot = *s;
     SlotMigration& m = *slot.mig;
     m.frozen = true;
-    sh->frozen_ns = MonoNanos();
+    *frozen_ns = MonoNanos();
     const uint8_t* base = slot.inst->memory_data();
-    MigChunk& c = sh->chunk;
     c.memory_bytes = slot.inst->memory_bytes();
     const uint64_t n = c.memory_bytes / kMigrationPageBytes;
     if (all) {
       for (uint64_t p = 0; p < n; ++p) c.pages.push_back(static_cast<uint32_t>(p));
     } else if (m.exact) {
-      for (size_t w = 0; w < m.dirty.size(); ++w) {
-        for (uint64_t bits = m.dirty[w]; bits != 0; bits &= bits - 1) {
-          uint64_t p = w * 64 + static_cast<uint64_t>(__builtin_ctzll(bits));
-          if (p < n) c.pages.push_back(static_cast<uint32_t>(p));
-        }
-        m.dirty[w] = 0;
-      }
+      m.TakeDirty(n, &c.pages);
     } else {
       if (m.crc.size() < n) m.crc.resize(n, kNoCrc);
       for (uint64_t p = 0; p < n; ++p) {
@@ -2763,28 +2742,10 @@ Result<Agent::MigChunk> Agent::MigFreeze(const std::string& id, int64_t timeout_
     cs.stack_pointer = slot.good.stack_pointer;
     cs.requests = slot.requests;
     for (uint64_t key : slot.dedup_order) cs.dedup.push_back(slot.dedup.at(key));
-    sh->commit = EncodeCommitState(cs);
-  });
-  if (!posted) return UnavailableError("agent is shutting down");
-  MutexLock l(&sh->m);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(timeout_ns);
-  while (!sh->done) {
-    auto left = deadline - std::chrono::steady_clock::now();
-    if (left <= std::chrono::nanoseconds(0) || !sh->cv.WaitFor(&sh->m, left)) {
-      if (sh->done) break;
-      sh->cancelled = true;
-      return DeadlineExceededError(fmt::format(
-          "instance {} did not reach a request boundary within {} ms (a request of an "
-          "instance on its worker is waiting in a nested call); not migrated, it keeps "
-          "serving here",
-          id, timeout_ns / 1'000'000));
-    }
-  }
-  // `done` is set before the work; holding sh->m means the work has finished.
-  TERN_RETURN_IF_ERROR(sh->st);
-  *commit = std::move(sh->commit);
-  *frozen_ns = sh->frozen_ns;
-  return std::move(sh->chunk);
+    *commit = EncodeCommitState(cs);
+    return Status::Ok();
+  }));
+  return c;
 }
 
 void Agent::MigAbort(const std::string& id) {
