@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include "core/bytes.h"
 #include "core/crc32c.h"
 #include "fmt/format.h"
 
@@ -16,30 +17,7 @@ constexpr uint32_t kCommitMagic = 0x43504D54;  // "TMPC"
 constexpr uint8_t kWireVersion = 1;
 constexpr size_t kBatchHeader = 24;
 
-void PutU32(std::string* s, uint32_t v) { s->append(reinterpret_cast<const char*>(&v), 4); }
-void PutU64(std::string* s, uint64_t v) { s->append(reinterpret_cast<const char*>(&v), 8); }
-uint32_t GetU32(const char* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-uint64_t GetU64(const char* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;
-}
 
-bool IsZeroPage(const char* p) {
-  // Word-wise; pages are 4 KiB aligned in wasm memory and in our buffers.
-  uint64_t acc = 0;
-  for (size_t i = 0; i < kMigrationPageBytes; i += 64) {
-    uint64_t w[8];
-    std::memcpy(w, p + i, 64);
-    acc |= w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7];
-    if (acc != 0) return false;
-  }
-  return true;
-}
 
 // Appends the batch to `out`; `page_at(i)` gives the bytes of indices[i]. Data pages are
 // copied once, straight into `out` (raw) or into a reused buffer for LZ4.
@@ -49,7 +27,7 @@ void EncodeInto(const std::vector<uint32_t>& indices, PageCodec codec, PageAt pa
   std::vector<uint32_t> zero, data;
   std::vector<size_t> data_pos;
   for (size_t i = 0; i < indices.size(); ++i) {
-    if (IsZeroPage(page_at(i))) {
+    if (IsZeroBlock(page_at(i), kMigrationPageBytes)) {
       zero.push_back(indices[i]);
     } else {
       data.push_back(indices[i]);
@@ -59,16 +37,16 @@ void EncodeInto(const std::vector<uint32_t>& indices, PageCodec codec, PageAt pa
   const size_t base = out->size();
   const size_t raw_bytes = data.size() * kMigrationPageBytes;
   out->reserve(base + kBatchHeader + 4 * indices.size() + raw_bytes);
-  PutU32(out, kBatchMagic);
+  AppendU32(out, kBatchMagic);
   out->push_back(static_cast<char>(kWireVersion));
   out->push_back(0);  // codec, below
   out->append(2, '\0');
-  PutU32(out, static_cast<uint32_t>(zero.size()));
-  PutU32(out, static_cast<uint32_t>(data.size()));
-  PutU32(out, 0);  // section length, below
-  PutU32(out, 0);  // CRC, below
-  for (uint32_t z : zero) PutU32(out, z);
-  for (uint32_t d : data) PutU32(out, d);
+  AppendU32(out, static_cast<uint32_t>(zero.size()));
+  AppendU32(out, static_cast<uint32_t>(data.size()));
+  AppendU32(out, 0);  // section length, below
+  AppendU32(out, 0);  // CRC, below
+  for (uint32_t z : zero) AppendU32(out, z);
+  for (uint32_t d : data) AppendU32(out, d);
   const size_t section_at = out->size();
   bool compressed = false;
   if (codec == PageCodec::kLz4 && raw_bytes > 0) {
@@ -145,7 +123,7 @@ Result<PageBatchStats> DecodePageBatch(std::string_view p, uint32_t max_pages,
         fmt::format("page batch of {} bytes is shorter than its {} byte header", p.size(),
                     kBatchHeader));
   }
-  if (GetU32(p.data()) != kBatchMagic) return InvalidArgumentError("not a page batch (bad magic)");
+  if (LoadU32(p.data()) != kBatchMagic) return InvalidArgumentError("not a page batch (bad magic)");
   if (static_cast<uint8_t>(p[4]) != kWireVersion) {
     return InvalidArgumentError(
         fmt::format("page batch version {}, this agent reads {}", static_cast<int>(p[4]),
@@ -155,18 +133,18 @@ Result<PageBatchStats> DecodePageBatch(std::string_view p, uint32_t max_pages,
   if (codec != PageCodec::kRaw && codec != PageCodec::kLz4) {
     return InvalidArgumentError(fmt::format("page batch codec {} unknown", static_cast<int>(p[5])));
   }
-  const uint64_t zero = GetU32(p.data() + 8), data = GetU32(p.data() + 12),
-                 section = GetU32(p.data() + 16);
+  const uint64_t zero = LoadU32(p.data() + 8), data = LoadU32(p.data() + 12),
+                 section = LoadU32(p.data() + 16);
   const uint64_t want = kBatchHeader + 4 * (zero + data) + section;
   if (want != p.size()) {
     return DataLossError(fmt::format("page batch is {} bytes, its header says {}", p.size(), want));
   }
-  if (Crc32c(p.data() + kBatchHeader, p.size() - kBatchHeader) != GetU32(p.data() + 20)) {
+  if (Crc32c(p.data() + kBatchHeader, p.size() - kBatchHeader) != LoadU32(p.data() + 20)) {
     return DataLossError("page batch checksum mismatch");
   }
   const char* idx = p.data() + kBatchHeader;
   for (uint64_t i = 0; i < zero + data; ++i) {
-    uint32_t page = GetU32(idx + 4 * i);
+    uint32_t page = LoadU32(idx + 4 * i);
     if (page >= max_pages) {
       return InvalidArgumentError(
           fmt::format("page {} is beyond the memory ({} pages)", page, max_pages));
@@ -188,57 +166,57 @@ Result<PageBatchStats> DecodePageBatch(std::string_view p, uint32_t max_pages,
   } else if (section != raw_bytes) {
     return DataLossError(fmt::format("page batch carries {} bytes for {} pages", section, data));
   }
-  for (uint64_t i = 0; i < zero; ++i) apply(GetU32(idx + 4 * i), nullptr);
+  for (uint64_t i = 0; i < zero; ++i) apply(LoadU32(idx + 4 * i), nullptr);
   for (uint64_t i = 0; i < data; ++i) {
-    apply(GetU32(idx + 4 * (zero + i)), pages + i * kMigrationPageBytes);
+    apply(LoadU32(idx + 4 * (zero + i)), pages + i * kMigrationPageBytes);
   }
   return PageBatchStats{static_cast<uint32_t>(zero), static_cast<uint32_t>(data), raw_bytes};
 }
 
 std::string EncodeCommitState(const CommitState& c) {
   std::string out;
-  PutU32(&out, kCommitMagic);
+  AppendU32(&out, kCommitMagic);
   out.push_back(static_cast<char>(kWireVersion));
   out.append(3, '\0');
-  PutU64(&out, c.memory_bytes);
+  AppendU64(&out, c.memory_bytes);
   out.push_back(c.stack_pointer.has_value() ? 1 : 0);
-  PutU32(&out, c.stack_pointer.value_or(0));
-  PutU64(&out, c.requests);
-  PutU32(&out, static_cast<uint32_t>(c.dedup.size()));
+  AppendU32(&out, c.stack_pointer.value_or(0));
+  AppendU64(&out, c.requests);
+  AppendU32(&out, static_cast<uint32_t>(c.dedup.size()));
   for (const DedupEntry& e : c.dedup) {
-    PutU64(&out, e.key);
-    PutU32(&out, static_cast<uint32_t>(e.code));
-    PutU32(&out, static_cast<uint32_t>(e.reply.size()));
+    AppendU64(&out, e.key);
+    AppendU32(&out, static_cast<uint32_t>(e.code));
+    AppendU32(&out, static_cast<uint32_t>(e.reply.size()));
     out += e.reply;
   }
-  PutU32(&out, Crc32c(out.data(), out.size()));
+  AppendU32(&out, Crc32c(out.data(), out.size()));
   return out;
 }
 
 Result<CommitState> DecodeCommitState(std::string_view p) {
   constexpr size_t kFixed = 4 + 4 + 8 + 1 + 4 + 8 + 4;
   if (p.size() < kFixed + 4) return InvalidArgumentError("commit state truncated");
-  if (GetU32(p.data()) != kCommitMagic) return InvalidArgumentError("not a commit state (bad magic)");
+  if (LoadU32(p.data()) != kCommitMagic) return InvalidArgumentError("not a commit state (bad magic)");
   if (static_cast<uint8_t>(p[4]) != kWireVersion) {
     return InvalidArgumentError(fmt::format("commit state version {}", static_cast<int>(p[4])));
   }
-  if (Crc32c(p.data(), p.size() - 4) != GetU32(p.data() + p.size() - 4)) {
+  if (Crc32c(p.data(), p.size() - 4) != LoadU32(p.data() + p.size() - 4)) {
     return DataLossError("commit state checksum mismatch");
   }
   CommitState c;
   const char* q = p.data() + 8;
-  c.memory_bytes = GetU64(q);
-  if (q[8] != 0) c.stack_pointer = GetU32(q + 9);
-  c.requests = GetU64(q + 13);
-  const uint32_t n = GetU32(q + 21);
+  c.memory_bytes = LoadU64(q);
+  if (q[8] != 0) c.stack_pointer = LoadU32(q + 9);
+  c.requests = LoadU64(q + 13);
+  const uint32_t n = LoadU32(q + 21);
   size_t off = kFixed;
   const size_t end = p.size() - 4;
   for (uint32_t i = 0; i < n; ++i) {
     if (end - off < 16) return DataLossError(fmt::format("commit state: dedup entry {} truncated", i));
     DedupEntry e;
-    e.key = GetU64(p.data() + off);
-    e.code = static_cast<StatusCode>(GetU32(p.data() + off + 8));
-    const uint32_t len = GetU32(p.data() + off + 12);
+    e.key = LoadU64(p.data() + off);
+    e.code = static_cast<StatusCode>(LoadU32(p.data() + off + 8));
+    const uint32_t len = LoadU32(p.data() + off + 12);
     off += 16;
     if (end - off < len) return DataLossError(fmt::format("commit state: dedup entry {} truncated", i));
     e.reply.assign(p.data() + off, len);

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "core/bytes.h"
 #include "core/crc32c.h"
 #include "core/file.h"
 
@@ -40,22 +41,6 @@ Status ValidateName(std::string_view what, std::string_view name, size_t max, bo
       what, name, max, upper ? "letters, digits" : "lower-case letters, digits"));
 }
 
-void PutU32(std::string* out, uint32_t v) {
-  for (int i = 0; i < 4; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-void PutU64(std::string* out, uint64_t v) {
-  for (int i = 0; i < 8; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-uint32_t GetU32(const char* p) {
-  uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v |= static_cast<uint32_t>(static_cast<uint8_t>(p[i])) << (8 * i);
-  return v;
-}
-uint64_t GetU64(const char* p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(static_cast<uint8_t>(p[i])) << (8 * i);
-  return v;
-}
 
 Status Errno(std::string_view what, const std::string& path) {
   int e = errno;
@@ -142,13 +127,13 @@ Status OpenObject(const std::string& path, std::string_view name, Object* o) {
   char fixed[kFixedHeader];
   Status s = ReadAt(o->fd, fixed, sizeof(fixed), 0, path);
   if (!s.ok()) return DataLossError(fmt::format("object {}: header unreadable: {}", name, s.message()));
-  if (std::memcmp(fixed, kMagic, 4) != 0 || GetU32(fixed + 4) != kVersion) {
+  if (std::memcmp(fixed, kMagic, 4) != 0 || LoadU32(fixed + 4) != kVersion) {
     return DataLossError(fmt::format("object {}: not a tern dataset object (bad magic/version)", name));
   }
-  o->header_bytes = GetU32(fixed + 8);
-  o->size = GetU64(fixed + 12);
-  o->chunk_bytes = GetU32(fixed + 20);
-  uint32_t chunks = GetU32(fixed + 24);
+  o->header_bytes = LoadU32(fixed + 8);
+  o->size = LoadU64(fixed + 12);
+  o->chunk_bytes = LoadU32(fixed + 20);
+  uint32_t chunks = LoadU32(fixed + 24);
   uint64_t want_chunks = o->chunk_bytes ? (o->size + o->chunk_bytes - 1) / o->chunk_bytes : 0;
   if (o->chunk_bytes == 0 || o->size > kMaxObjectBytes || chunks != want_chunks ||
       o->header_bytes != kFixedHeader + 4 * uint64_t{chunks} + 4) {
@@ -156,11 +141,11 @@ Status OpenObject(const std::string& path, std::string_view name, Object* o) {
   }
   std::string header(o->header_bytes, '\0');
   TERN_RETURN_IF_ERROR(ReadAt(o->fd, header.data(), header.size(), 0, path));
-  if (Crc32c(header.data(), header.size() - 4) != GetU32(header.data() + header.size() - 4)) {
+  if (Crc32c(header.data(), header.size() - 4) != LoadU32(header.data() + header.size() - 4)) {
     return DataLossError(fmt::format("object {}: header checksum mismatch", name));
   }
   o->crcs.resize(chunks);
-  for (uint32_t i = 0; i < chunks; ++i) o->crcs[i] = GetU32(header.data() + kFixedHeader + 4 * i);
+  for (uint32_t i = 0; i < chunks; ++i) o->crcs[i] = LoadU32(header.data() + kFixedHeader + 4 * i);
   struct stat st {};
   if (::fstat(o->fd, &st) != 0) return Errno("stat", path);
   if (static_cast<uint64_t>(st.st_size) != o->header_bytes + o->size) {
@@ -229,16 +214,16 @@ Status DatasetStore::Put(std::string_view dataset, std::string_view key, std::st
   uint32_t chunks = static_cast<uint32_t>((data.size() + kChunkBytes - 1) / kChunkBytes);
   std::string header;
   header.append(kMagic, 4);
-  PutU32(&header, kVersion);
-  PutU32(&header, static_cast<uint32_t>(kFixedHeader + 4 * uint64_t{chunks} + 4));
-  PutU64(&header, data.size());
-  PutU32(&header, kChunkBytes);
-  PutU32(&header, chunks);
+  AppendU32(&header, kVersion);
+  AppendU32(&header, static_cast<uint32_t>(kFixedHeader + 4 * uint64_t{chunks} + 4));
+  AppendU64(&header, data.size());
+  AppendU32(&header, kChunkBytes);
+  AppendU32(&header, chunks);
   for (uint32_t i = 0; i < chunks; ++i) {
     size_t off = size_t{i} * kChunkBytes;
-    PutU32(&header, Crc32c(data.data() + off, std::min<size_t>(kChunkBytes, data.size() - off)));
+    AppendU32(&header, Crc32c(data.data() + off, std::min<size_t>(kChunkBytes, data.size() - off)));
   }
-  PutU32(&header, Crc32c(header.data(), header.size()));
+  AppendU32(&header, Crc32c(header.data(), header.size()));
   std::string path = ObjectPath(dataset, key);
   std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

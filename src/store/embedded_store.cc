@@ -12,6 +12,7 @@
 #include <cstring>
 #include <utility>
 
+#include "core/bytes.h"
 #include "core/crc32c.h"
 #include "core/clock.h"
 #include "core/file.h"
@@ -56,15 +57,9 @@ constexpr uint32_t kSnapshotVersion = 1;
 constexpr size_t kRecordHeader = 8;
 constexpr uint32_t kMaxRecordBytes = 1u << 30;
 
-void PutU32(std::string* out, uint32_t v) {
-  for (int i = 0; i < 4; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-void PutU64(std::string* out, uint64_t v) {
-  for (int i = 0; i < 8; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-void PutI64(std::string* out, int64_t v) { PutU64(out, static_cast<uint64_t>(v)); }
+void PutI64(std::string* out, int64_t v) { AppendU64(out, static_cast<uint64_t>(v)); }
 void PutStr(std::string* out, std::string_view s) {
-  PutU32(out, static_cast<uint32_t>(s.size()));
+  AppendU32(out, static_cast<uint32_t>(s.size()));
   out->append(s);
 }
 
@@ -134,12 +129,12 @@ KeyValue ReadKv(Reader* r) {
 std::string EncodeMutation(const Mutation& m) {
   std::string p;
   p.push_back(static_cast<char>(kRecordVersion));
-  PutU64(&p, m.seq);
+  AppendU64(&p, m.seq);
   PutI64(&p, m.revision);
   PutI64(&p, m.grant);
   PutI64(&p, m.grant_ttl_ms);
   PutI64(&p, m.revoke);
-  PutU32(&p, static_cast<uint32_t>(m.events.size()));
+  AppendU32(&p, static_cast<uint32_t>(m.events.size()));
   for (const WatchEvent& e : m.events) {
     p.push_back(e.type == WatchEvent::Type::kPut ? 'P' : 'D');
     PutKv(&p, e.kv);
@@ -171,10 +166,10 @@ bool DecodeMutation(std::string_view payload, Mutation* m) {
 std::string FrameRecord(const std::string& payload) {
   std::string rec;
   rec.reserve(kRecordHeader + payload.size());
-  PutU32(&rec, static_cast<uint32_t>(payload.size()));
+  AppendU32(&rec, static_cast<uint32_t>(payload.size()));
   uint32_t crc = Crc32c(rec.data(), 4);
   crc = Crc32c(payload.data(), payload.size(), crc);
-  PutU32(&rec, crc);
+  AppendU32(&rec, crc);
   rec.append(payload);
   return rec;
 }
@@ -311,20 +306,20 @@ Status EmbeddedStore::LoadSnapshot(const std::string& data) {
 
 std::string EmbeddedStore::EncodeSnapshot() const {
   std::string body;
-  PutU64(&body, seq_);
+  AppendU64(&body, seq_);
   PutI64(&body, revision_);
   PutI64(&body, next_lease_);
-  PutU32(&body, static_cast<uint32_t>(leases_.size()));
+  AppendU32(&body, static_cast<uint32_t>(leases_.size()));
   for (const auto& [id, lease] : leases_) {
     PutI64(&body, id);
     PutI64(&body, lease.ttl_ms);
   }
-  PutU32(&body, static_cast<uint32_t>(kvs_.size()));
+  AppendU32(&body, static_cast<uint32_t>(kvs_.size()));
   for (const auto& [key, kv] : kvs_) PutKv(&body, kv);
   std::string out;
-  PutU32(&out, kSnapshotMagic);
-  PutU32(&out, kSnapshotVersion);
-  PutU32(&out, Crc32c(body.data(), body.size()));
+  AppendU32(&out, kSnapshotMagic);
+  AppendU32(&out, kSnapshotVersion);
+  AppendU32(&out, Crc32c(body.data(), body.size()));
   out.append(body);
   return out;
 }

@@ -5,6 +5,7 @@
 #include <array>
 #include <cstring>
 
+#include "core/bytes.h"
 #include "core/crc32c.h"
 #include "core/file.h"
 
@@ -33,28 +34,7 @@ size_t Align8(size_t n) { return (n + 7) & ~size_t{7}; }
 // CRC32C of the file's sections: core/crc32c.h.
 uint32_t Crc32cRaw(const void* data, size_t n) { return ::tern::Crc32c(data, n); }
 
-bool IsZero(const char* p, size_t n) {
-  // n is a multiple of 64 here; OR 64 bytes at a time.
-  for (size_t i = 0; i < n; i += 64) {
-    uint64_t w[8];
-    std::memcpy(w, p + i, 64);
-    if ((w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) != 0) return false;
-  }
-  return true;
-}
 
-void Put32(char* p, uint32_t v) { std::memcpy(p, &v, 4); }
-void Put64(char* p, uint64_t v) { std::memcpy(p, &v, 8); }
-uint32_t Get32(const char* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-uint64_t Get64(const char* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;
-}
 
 }  // namespace
 
@@ -79,7 +59,7 @@ std::string EncodeSnapshot(const Snapshot& snap) {
     if (start >= snap.memory.size()) break;
     size_t n = std::min<size_t>(kBlockBytes, snap.memory.size() - start);
     const char* src = snap.memory.data() + start;
-    if (n == kBlockBytes && IsZero(src, n)) continue;
+    if (n == kBlockBytes && IsZeroBlock(src, n)) continue;
     o[bitmap_off + b / 8] = static_cast<char>(o[bitmap_off + b / 8] | (1u << (b % 8)));
     std::memcpy(o + pos, src, n);
     std::memset(o + pos + n, 0, kBlockBytes - n);
@@ -88,17 +68,17 @@ std::string EncodeSnapshot(const Snapshot& snap) {
   }
   const size_t total = pos + kTrailerBytes;
   std::memcpy(o, kMagic, 8);
-  Put32(o + 8, kFormatVersion);
-  Put32(o + 12, snap.stack_pointer ? kFlagStackPointer : 0);
-  Put64(o + 16, total);
-  Put32(o + 24, pages);
-  Put32(o + 28, snap.stack_pointer.value_or(0));
-  Put32(o + 32, kBlockBytes);
-  Put32(o + 36, stored);
-  Put32(o + 40, static_cast<uint32_t>(hash_len));
-  Put32(o + 44, 0);
+  StoreU32(o + 8, kFormatVersion);
+  StoreU32(o + 12, snap.stack_pointer ? kFlagStackPointer : 0);
+  StoreU64(o + 16, total);
+  StoreU32(o + 24, pages);
+  StoreU32(o + 28, snap.stack_pointer.value_or(0));
+  StoreU32(o + 32, kBlockBytes);
+  StoreU32(o + 36, stored);
+  StoreU32(o + 40, static_cast<uint32_t>(hash_len));
+  StoreU32(o + 44, 0);
   std::memcpy(o + kHeaderBytes, snap.module_hash.data(), hash_len);
-  Put32(o + pos, Crc32cRaw(o, pos));
+  StoreU32(o + pos, Crc32cRaw(o, pos));
   out.resize(total);
   return out;
 }
@@ -112,31 +92,31 @@ Result<Snapshot> DecodeSnapshot(std::string_view bytes) {
     return DataLossError(
         fmt::format("snapshot truncated: {} bytes, shorter than the header", bytes.size()));
   }
-  uint32_t version = Get32(p + 8);
+  uint32_t version = LoadU32(p + 8);
   if (version != kFormatVersion) {
     return InvalidArgumentError(
         fmt::format("unsupported snapshot format version {} (this build reads version {})", version,
                     kFormatVersion));
   }
-  uint64_t total = Get64(p + 16);
+  uint64_t total = LoadU64(p + 16);
   if (total != bytes.size()) {
     return DataLossError(fmt::format("snapshot {}: header says {} bytes, have {}",
                                      total > bytes.size() ? "truncated" : "has trailing bytes",
                                      total, bytes.size()));
   }
-  uint32_t want_crc = Get32(p + total - kTrailerBytes);
+  uint32_t want_crc = LoadU32(p + total - kTrailerBytes);
   uint32_t have_crc = Crc32cRaw(p, total - kTrailerBytes);
   if (want_crc != have_crc) {
     return DataLossError(fmt::format("snapshot checksum mismatch (stored {:08x}, computed {:08x})",
                                      want_crc, have_crc));
   }
   // The checksum matched, so what follows only fails for a buggy or hostile writer.
-  uint32_t flags = Get32(p + 12);
-  uint32_t pages = Get32(p + 24);
-  uint32_t sp = Get32(p + 28);
-  uint32_t block_bytes = Get32(p + 32);
-  uint32_t stored = Get32(p + 36);
-  uint32_t hash_len = Get32(p + 40);
+  uint32_t flags = LoadU32(p + 12);
+  uint32_t pages = LoadU32(p + 24);
+  uint32_t sp = LoadU32(p + 28);
+  uint32_t block_bytes = LoadU32(p + 32);
+  uint32_t stored = LoadU32(p + 36);
+  uint32_t hash_len = LoadU32(p + 40);
   if ((flags & ~kFlagStackPointer) != 0) {
     return DataLossError(fmt::format("snapshot has unknown flags 0x{:x}", flags));
   }
