@@ -2551,12 +2551,18 @@ uint32_t PageCrc(const uint8_t* base, uint64_t page) {
 }  // namespace
 
 bool Agent::IsFrozen(WorkerThread* wt, const std::string& id) {
+  if (frozen_slots_.load(std::memory_order_acquire) == 0) return false;  // the common case
   auto it = wt->slots().find(id);
   return it != wt->slots().end() && it->second->mig != nullptr && it->second->mig->frozen;
 }
 
 bool Agent::HoldOrForward(WorkerThread* wt, const std::string& id, InvokeRequest& req,
                           std::function<void(InvokeResult)>& done) {
+  // The common case, off the request path's map lookups: nothing frozen, nothing moved.
+  if (frozen_slots_.load(std::memory_order_acquire) == 0 &&
+      !has_moved_.load(std::memory_order_acquire)) {
+    return false;
+  }
   auto it = wt->slots().find(id);
   if (it != wt->slots().end()) {
     Slot& slot = *it->second;
@@ -2715,6 +2721,7 @@ Result<Agent::MigChunk> Agent::MigFreeze(const std::string& id, int64_t timeout_
     Slot& slot = *s;
     SlotMigration& m = *slot.mig;
     m.frozen = true;
+    frozen_slots_.fetch_add(1, std::memory_order_release);
     *frozen_ns = MonoNanos();
     const uint8_t* base = slot.inst->memory_data();
     c.memory_bytes = slot.inst->memory_bytes();
@@ -2761,6 +2768,7 @@ void Agent::MigAbort(const std::string& id) {
           if (it == wt->slots().end() || it->second->mig == nullptr) return;
           Slot* slot = it->second.get();
           std::vector<Held> held = std::move(slot->mig->held);
+          if (slot->mig->frozen) frozen_slots_.fetch_sub(1, std::memory_order_release);
           slot->mig.reset();
           // The held requests run here, in their order, as if nothing had happened.
           for (Held& h : held) {
@@ -2799,7 +2807,10 @@ std::vector<Agent::Held> Agent::MigFinish(const std::string& id, MovedTo to) {
   (void)wt->RunAndWait([&]() -> Status {
     auto it = wt->slots().find(id);
     if (it == wt->slots().end()) return Status::Ok();
-    if (it->second->mig != nullptr) held = std::move(it->second->mig->held);
+    if (it->second->mig != nullptr) {
+      held = std::move(it->second->mig->held);
+      if (it->second->mig->frozen) frozen_slots_.fetch_sub(1, std::memory_order_release);
+    }
     wt->slots().erase(it);
     return Status::Ok();
   });

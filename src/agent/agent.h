@@ -550,6 +550,9 @@ class Agent {
 
   std::map</*instance*/ std::string, MovedTo> moved_to_ GUARDED_BY(mu_);
   std::atomic<bool> has_moved_{false};  // moved_to_ is not empty
+  // Slots frozen for a cut-over, on any worker (0 lets the request path skip the check;
+  // a frozen slot destroyed otherwise leaves it high: only slower, still correct).
+  std::atomic<int> frozen_slots_{0};
   std::map</*instance*/ std::string, std::shared_ptr<Incoming>> incoming_ GUARDED_BY(mu_);
   std::set</*instance*/ std::string> migrating_ GUARDED_BY(mu_);
   Mutex mig_mu_;
