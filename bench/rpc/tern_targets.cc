@@ -8,10 +8,15 @@
 //              into the ring of the connection the agent's worker owns, the worker runs
 //              the guest and writes the reply into the other ring. The client spins ~50 µs
 //              before sleeping on its doorbell (as limit_shm does), and not at all in the
-//              pinned run.
-//   tern_tcp   tern's frame protocol on 127.0.0.1 through FrameClient (blocking reads, as
-//              limit_tcp); in the agent: I/O thread → worker → I/O thread. Also across
-//              the emulated network (netns rows: the agent in the server host's namespace).
+//              pinned run. Like limit_shm's client, it copies the request from its buffer
+//              into the ring (ShmConnection::Send(head, payload)) and a large reply from
+//              the ring into its buffer (a payload sink); a small reply comes in a Frame
+//              and is copied from there.
+//   tern_tcp   tern's frame protocol on 127.0.0.1 through FrameClient::CallInto (blocking
+//              reads, as limit_tcp): the request is written from the caller's buffer and a
+//              large reply received into it, as limit_tcp's writev/readv do; in the agent
+//              the worker that runs the guest owns the socket. Also across the emulated
+//              network (netns rows: the agent in the server host's namespace).
 #include <fmt/format.h>
 #include <signal.h>
 #include <unistd.h>
@@ -304,14 +309,16 @@ void RegisterTernTargets(TargetList* list) {
   list->Add({.name = kTernShm,
              .group = "tern",
              .description = "tern shared memory: native client → agent (1 worker) → echo guest "
-                            "in V8 → reply ring; client spins 50 µs then sleeps (pinned: no spin)",
+                            "in V8 → reply ring; client spins 50 µs then sleeps (pinned: no spin); "
+                            "request copied from, large reply into the caller's buffer",
              .in_flight = {1, 16},
              .make = [] { return std::make_unique<TernShm>(); },
              .serve = ServeTernAgent});
   list->Add({.name = kTernTcp,
              .group = "tern",
-             .description = "tern TCP on 127.0.0.1: FrameClient (blocking) → agent I/O thread → "
-                            "worker → echo guest → I/O thread",
+             .description = "tern TCP on 127.0.0.1: FrameClient::CallInto (blocking; request "
+                            "from, reply into the caller's buffer) → agent worker (owns the "
+                            "socket) → echo guest → worker",
              .in_flight = {1, 16},
              .make = [] { return std::make_unique<TernTcp>(); },
              .serve = ServeTernAgent,

@@ -823,7 +823,10 @@ class Agent::WorkerThread {
     return n;
   }
 
-  void ReadTcp(const std::shared_ptr<TcpConn>& c, uint32_t events) {
+  // Reads and serves what `c` has (`events` from epoll, or 0). True if anything was
+  // read or the connection ended.
+  bool ReadTcp(const std::shared_ptr<TcpConn>& c, uint32_t events) {
+    bool progress = false;
     char* buf = TcpReadScratch();
     for (int i = 0; i < kTcpReadsPerRound; ++i) {
       if (c->state == TcpConn::State::kClosed || c->peer_eof) break;
@@ -837,13 +840,14 @@ class Agent::WorkerThread {
       const std::span<char> window = open ? c->decoder.PayloadWindow() : std::span<char>();
       const size_t chunk = open ? std::min(kTcpReadChunk, c->decoder.ReadLimit()) : kTcpReadChunk;
       ssize_t n = RecvDated(c.get(), window, buf, chunk);
+      if (n >= 0) progress = true;
       if (n > 0) {
         if (c->state == TcpConn::State::kOpen) {
           const size_t direct = std::min(static_cast<size_t>(n), window.size());
           c->decoder.PayloadReceived(direct);
           c->decoder.Feed(std::string_view(buf, static_cast<size_t>(n) - direct));
           if (!DecodeTcp(c)) {
-            if (c->owner != this) return;  // moved: no longer ours
+            if (c->owner != this) return true;  // moved: no longer ours
             continue;                      // lingering (discard the rest) or closed
           }
         }
@@ -857,19 +861,20 @@ class Agent::WorkerThread {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       CloseTcp(c, ErrnoError("recv", errno));
-      return;
+      return true;
     }
-    if (c->state == TcpConn::State::kClosed) return;
+    if (c->state == TcpConn::State::kClosed) return true;
     if (c->peer_eof || (events & EPOLLHUP)) {
       // Lingering: the peer has seen our error. Otherwise answer what is in flight first,
       // unless the peer is gone altogether (nothing can be sent any more).
       if (c->state == TcpConn::State::kLingering || (events & (EPOLLHUP | EPOLLERR)) ||
           (c->inflight == 0 && c->pending() == 0)) {
         CloseTcp(c, Status::Ok());
-        return;
+        return true;
       }
     }
     UpdateTcpInterest(c);
+    return progress;
   }
 
   // Sends what the socket takes now. True if bytes went out.
@@ -937,7 +942,15 @@ class Agent::WorkerThread {
 
   bool PollTcp() {
     bool progress = false;
-    if (!tcp_conns_.empty()) {
+    if (tcp_conns_.size() == 1 && tcp_conns_.begin()->second->registered &&
+        tcp_conns_.begin()->second->interest == EPOLLIN) {
+      // One connection that only wants input (a client's, or a caller worker's channel):
+      // a recv that finds nothing costs what the epoll_wait that would send us to it
+      // does, and when a request is there it saves that epoll_wait, one system call
+      // per request.
+      std::shared_ptr<TcpConn> c = tcp_conns_.begin()->second;
+      progress |= ReadTcp(c, 0);
+    } else if (!tcp_conns_.empty()) {
       epoll_event evs[64];
       int n = ::epoll_wait(epoll_fd_.get(), evs, 64, 0);
       for (int i = 0; i < n; ++i) {

@@ -140,7 +140,9 @@ struct InstanceStatus {
   int64_t exec_ns_total = 0;
   // CPU time of the worker thread while it ran this instance's requests
   // (CLOCK_THREAD_CPUTIME_ID), less the time it spent waiting for calls and remote
-  // dataset reads (spinning, other requests served meanwhile).
+  // dataset reads (spinning, other requests served meanwhile). Measured for one
+  // request in 16 and after long ones; short requests in between are charged their
+  // wall time times the CPU/wall ratio measured (the clock read is a system call).
   int64_t cpu_ns_total = 0;
   uint64_t reply_bytes_total = 0;  // reply payload bytes of successful requests
   std::string last_error;
