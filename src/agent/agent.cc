@@ -943,7 +943,8 @@ class Agent::WorkerThread {
   bool PollTcp() {
     bool progress = false;
     if (tcp_conns_.size() == 1 && tcp_conns_.begin()->second->registered &&
-        tcp_conns_.begin()->second->interest == EPOLLIN) {
+        tcp_conns_.begin()->second->interest == EPOLLIN &&
+        tcp_conns_.begin()->second->decoder.ReadLimit() == SIZE_MAX) {
       // One connection that only wants input (a client's, or a caller worker's channel):
       // a recv that finds nothing costs what the epoll_wait that would send us to it
       // does, and when a request is there it saves that epoll_wait, one system call
