@@ -161,6 +161,9 @@ struct Controller::Impl {
   bool ck_stop GUARDED_BY(ck_mu) = false;
   std::map<std::string, std::unique_ptr<client::AgentClient>> ck_conns;  // checkpointer only
   std::map<std::string, int64_t> ck_attempt_ms;  // checkpointer only: last try per instance
+  // Checkpointer only: agents (device@boot) that refused a copy because they keep no
+  // datasets; not sent snapshots again until they restart.
+  std::set<std::string> ck_no_datasets;
 
   // Leadership (store/election.h); the election and its lease belong to the reconcile
   // thread (and Start, before it runs).
@@ -1154,7 +1157,8 @@ struct Controller::Impl {
       for (const AgentRecord* k : candidates) {
         if (kept.size() == kCopies) break;
         if (failed.count(k->device) || (first != nullptr && k == first) ||
-            (pass == 0 && first != nullptr && k->host == first->host)) {
+            (pass == 0 && first != nullptr && k->host == first->host) ||
+            ck_no_datasets.count(k->device + "@" + k->boot)) {
           continue;
         }
         Result<client::AgentClient*> kc = CkClient(*k);
@@ -1163,6 +1167,9 @@ struct Controller::Impl {
         if (!put.ok()) {
           if (!kc.ok() || put.code() == StatusCode::kUnavailable)
             ck_conns.erase(k->device + "@" + k->boot);
+          if (put.code() == StatusCode::kFailedPrecondition) {
+            ck_no_datasets.insert(k->device + "@" + k->boot);
+          }
           failed.insert(k->device);
           why.push_back(fmt::format("{}: {}", k->device, put.message()));
           continue;
