@@ -22,6 +22,7 @@
 #include "core/cpu.h"
 #include "core/file.h"
 #include "core/ids.h"
+#include "core/latency_histogram.h"
 #include "core/logging.h"
 #include "storage/dataset_store.h"
 #include "transport/shm.h"
@@ -111,6 +112,7 @@ struct Agent::Slot {
   double cpu_per_wall = 1.0;
   int64_t last_exec_ns = 0;
   uint64_t reply_bytes_total = 0;  // reply payloads of successful requests
+  LatencyHistogram exec_hist;      // each request's time in the guest (the SLO's measure)
   std::string last_error;
   uint64_t last_trace_id = 0;  // of the last request served
   uint64_t last_idempotency_key = 0;
@@ -2228,6 +2230,7 @@ InvokeResult Agent::ExecuteTraced(WorkerThread* wt, const std::string& id, const
   int64_t dt = MonoNanos() - t0;
   ++slot.requests;
   slot.exec_ns_total += dt;
+  slot.exec_hist.Record(dt);
   slot.last_exec_ns = dt;
   const int64_t own_wall = std::max<int64_t>(dt - wt->wait_wall_ns(), 0);
   if (measure) {
@@ -2490,6 +2493,10 @@ AgentStatus Agent::GetStatus() {
         is.exec_ns_total = slot->exec_ns_total;
         is.cpu_ns_total = slot->cpu_ns_total;
         is.reply_bytes_total = slot->reply_bytes_total;
+        const auto& counts = slot->exec_hist.counts();
+        for (int b = 0; b < LatencyHistogram::kBuckets; ++b) {
+          if (counts[b] != 0) is.exec_hist.emplace_back(b, counts[b]);
+        }
         is.last_error = slot->last_error;
         is.last_trace_id = slot->last_trace_id;
         is.last_idempotency_key = slot->last_idempotency_key;
