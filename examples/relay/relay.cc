@@ -128,7 +128,8 @@ TERN_HANDLER(relay_calls, "calls") {
   return tern::Reply(out);
 }
 
-TERN_HANDLER(relay_echo, "echo") { return tern::Reply(tern::Request()); }
+// The request buffer stays as it is until the next request: the reply can be left there.
+TERN_HANDLER(relay_echo, "echo") { return tern::ReplyInPlace(tern::Request()); }
 
 TERN_HANDLER(relay_sleep, "sleep") {
   int64_t until = tern::NowNs() + int64_t{ParseU32(tern::Request())} * 1'000'000;

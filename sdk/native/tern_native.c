@@ -18,6 +18,11 @@ static uint32_t g_reply_len;
 static uint32_t g_reply_cap;
 static int32_t g_replied;
 static uint32_t g_response_limit = 1024u * 1024u;
+/* tern_reply_in_place: the range read when the handler returns (tern_native_invoke). */
+static const void* g_in_place;
+static uint32_t g_in_place_len;
+static int g_in_place_set;
+static int32_t CopyReply(const void* data, uint32_t len);
 
 /* The captured failure (owned). */
 static int32_t g_fail_code;
@@ -47,7 +52,13 @@ void tern_native_reset(void) {
 
 int32_t tern_native_invoke(tern_native_handler handler) {
   ClearOutcome();
+  g_in_place_set = 0;
   int32_t rc = handler();
+  /* As the runtime does: an in-place reply is read after a successful return. */
+  if (g_in_place_set && rc == TERN_OK && g_fail_code == 0) {
+    g_in_place_set = 0;
+    if (CopyReply(g_in_place, g_in_place_len) != TERN_OK) return TERN_RESOURCE_EXHAUSTED;
+  }
   return g_fail_code != 0 ? g_fail_code : rc;
 }
 
@@ -80,8 +91,7 @@ uint32_t tern_request_read(void* dst, uint32_t len, uint32_t offset) {
   return n;
 }
 
-int32_t tern_reply(const void* data, uint32_t len) {
-  if (len > g_response_limit) return TERN_RESOURCE_EXHAUSTED;
+static int32_t CopyReply(const void* data, uint32_t len) {
   if (len > g_reply_cap) {
     uint8_t* grown = (uint8_t*)realloc(g_reply, len);
     if (grown == NULL) return TERN_RESOURCE_EXHAUSTED;
@@ -91,6 +101,20 @@ int32_t tern_reply(const void* data, uint32_t len) {
   if (len != 0) memmove(g_reply, data, len);
   g_reply_len = len;
   g_replied = 1;
+  return TERN_OK;
+}
+
+int32_t tern_reply(const void* data, uint32_t len) {
+  if (len > g_response_limit) return TERN_RESOURCE_EXHAUSTED;
+  g_in_place_set = 0; /* the last reply wins */
+  return CopyReply(data, len);
+}
+
+int32_t tern_reply_in_place(const void* data, uint32_t len) {
+  if (len > g_response_limit) return TERN_RESOURCE_EXHAUSTED;
+  g_in_place = data;
+  g_in_place_len = len;
+  g_in_place_set = 1;
   return TERN_OK;
 }
 

@@ -50,7 +50,8 @@ void tern_native_reset(void);
  * handler's return value. */
 int32_t tern_native_invoke(tern_native_handler handler);
 
-/* The reply captured by the last tern_reply() since the last reset/invoke (empty if
+/* The reply captured by the last tern_reply() since the last reset/invoke, or by a
+ * tern_reply_in_place() (read when the handler returned OK, as the runtime does; empty if
  * none). `*data` stays valid until the next tern_reply(), reset or invoke. Returns 1
  * if tern_reply() was called, else 0. Either pointer may be NULL. */
 int32_t tern_native_reply(const void** data, uint32_t* len);

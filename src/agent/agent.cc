@@ -150,7 +150,16 @@ class RequestHost : public wasm::HostCalls {
       : request_(request), instance_id_(instance_id) {}
 
   std::string_view Request() override { return request_; }
-  void SetReply(std::string_view bytes) override { reply_.assign(bytes.data(), bytes.size()); }
+  void SetReply(std::string_view bytes) override {
+    reply_.assign(bytes.data(), bytes.size());
+    reply_view_ = {};
+  }
+  // Kept as a view into guest memory until ExecuteTraced decides whether the caller can
+  // take it from there (CopyReplyIn() otherwise).
+  void SetReplyInPlace(std::string_view bytes) override {
+    reply_.clear();
+    reply_view_ = bytes.data() != nullptr ? bytes : std::string_view("", 0);
+  }
   void SetFailure(StatusCode code, std::string_view message) override {
     guest_failed_ = true;
     guest_code_ = code;
@@ -177,7 +186,18 @@ class RequestHost : public wasm::HostCalls {
     }
   }
 
+  // The reply as a string (an in-place one must have been copied in first).
   std::string& reply() { return reply_; }
+  // A reply still in guest memory (tern_reply_in_place), or null.
+  std::string_view reply_view() const { return reply_view_; }
+  std::string_view reply_bytes() const {
+    return reply_view_.data() != nullptr ? reply_view_ : std::string_view(reply_);
+  }
+  void CopyReplyIn() {
+    if (reply_view_.data() == nullptr) return;
+    reply_.assign(reply_view_.data(), reply_view_.size());
+    reply_view_ = {};
+  }
   const std::string& instance_id() const { return instance_id_; }
   // True if `s` is the failure the guest itself reported (a clean request boundary).
   bool IsGuestFailure(const Status& s) const { return guest_failed_ && s.code() == guest_code_; }
@@ -187,6 +207,7 @@ class RequestHost : public wasm::HostCalls {
   std::string_view request_;
   const std::string& instance_id_;
   std::string reply_;
+  std::string_view reply_view_;  // data() != nullptr: the reply is here, in guest memory
   bool guest_failed_ = false;
   StatusCode guest_code_ = StatusCode::kOk;
   std::string guest_message_;
@@ -481,8 +502,37 @@ class Agent::WorkerThread {
   // Queues `f` for the peer of `c` (a large payload is taken over, not copied); it
   // leaves at the end of this round.
   void QueueTcp(const std::shared_ptr<TcpConn>& c, transport::Frame f) {
-    if (c->state != TcpConn::State::kOpen) return;
     const size_t n = transport::EncodedFrameSize(f);
+    const uint64_t id = f.request_id;
+    if (AppendTcp(c, n, id, [&] { return c->out.Append(std::move(f)); })) MarkTcpDirty(c);
+  }
+
+  // A reply whose payload is still in a guest's memory (tern_reply_in_place), for a
+  // request of `c` (this thread owns `c`). A large one is written from there now, and
+  // what the socket does not take is copied into the queue before this returns (the
+  // guest runs again after that); a small one is copied into the queue and leaves with
+  // this round's other output.
+  void OnTcpReplyInPlace(const std::shared_ptr<TcpConn>& c, uint64_t request_id,
+                         std::string_view payload) {
+    --c->inflight;
+    const transport::Frame head = ReplyHead(request_id);
+    const size_t n = transport::EncodedFrameSize(head) + payload.size();
+    if (!AppendTcp(c, n, request_id, [&] { return c->out.AppendBorrowed(head, payload); })) return;
+    if (payload.size() < transport::kLargePayloadBytes) {
+      MarkTcpDirty(c);
+      return;
+    }
+    FlushTcp(c);
+    c->out.OwnBorrowed();
+  }
+
+  // Queues `n` more bytes for the peer of `c` with `append`, unless the peer is too slow
+  // (then `c` closes). A frame that cannot be encoded becomes an error answering
+  // `request_id`. False if nothing could be queued.
+  template <typename AppendFn>
+  bool AppendTcp(const std::shared_ptr<TcpConn>& c, size_t n, uint64_t request_id,
+                 AppendFn append) {
+    if (c->state != TcpConn::State::kOpen) return false;
     if (c->pending() > 0 && c->pending() + n > c->limits.max_output_bytes) {
       agent_->tcp_.closed_slow.fetch_add(1, std::memory_order_relaxed);
       Status why = ResourceExhaustedError(fmt::format(
@@ -491,18 +541,18 @@ class Agent::WorkerThread {
           c->pending(), n, c->limits.max_output_bytes));
       TERN_LOG(WARN) << "closing a TCP frame connection: " << why;
       CloseTcp(c, why);
-      return;
+      return false;
     }
     const size_t before = c->out.size();
-    Status s = c->out.Append(std::move(f));
+    Status s = append();
     if (!s.ok()) {
       // A reply that cannot be encoded (too large for a frame) fails its request.
       s = c->out.Append(transport::MakeErrorFrame(
-          f.request_id, InternalError(fmt::format("the reply cannot be sent: {}", s.message()))));
+          request_id, InternalError(fmt::format("the reply cannot be sent: {}", s.message()))));
       if (!s.ok()) TERN_LOG(ERROR) << "TCP reply dropped: " << s;
     }
     agent_->tcp_.output_bytes.fetch_add(c->out.size() - before, std::memory_order_relaxed);
-    MarkTcpDirty(c);
+    return true;
   }
 
   // A reply computed for a request of `c` (this thread owns `c`).
@@ -1446,8 +1496,17 @@ void Agent::ServeShmFrame(WorkerThread* wt, const std::shared_ptr<ServerConn>& s
     return;
   }
   const uint64_t id = f.request_id;
+  InvokeRequest req = RequestFromFrame(std::move(f));
+  req.reply_view_ok = true;
   // The reply goes out on the connection's owner thread (connections are single-threaded).
-  Invoke(RequestFromFrame(std::move(f)), [wt, sc, id](InvokeResult r) {
+  Invoke(std::move(req), [wt, sc, id](InvokeResult r) {
+    if (current_worker == wt && r.status.ok() && r.reply_view.data() != nullptr) {
+      // Still in the guest's memory: copied from there into the ring (or memfd), once.
+      if (sc->dead) return;
+      Status st = sc->conn->Send(ReplyHead(id), r.reply_view);
+      if (!st.ok()) TERN_LOG(WARN) << "shared-memory reply dropped: " << st;
+      return;
+    }
     auto send = [sc, out = AnswerFrame(id, std::move(r))] {
       if (sc->dead) return;
       Status st = sc->conn->Send(out);
@@ -1493,7 +1552,13 @@ bool Agent::ServeTcpFrame(WorkerThread* wt, const std::shared_ptr<TcpConn>& c,
   const uint64_t id = f.request_id;
   // The budget counts from when the kernel received the bytes: a request that waited in
   // the socket while this worker ran a guest has used that time up.
-  Invoke(RequestFromFrame(std::move(f), c->received_ns), [wt, c, id](InvokeResult r) {
+  InvokeRequest req = RequestFromFrame(std::move(f), c->received_ns);
+  req.reply_view_ok = true;
+  Invoke(std::move(req), [wt, c, id](InvokeResult r) {
+    if (current_worker == wt && r.status.ok() && r.reply_view.data() != nullptr) {
+      wt->OnTcpReplyInPlace(c, id, r.reply_view);
+      return;
+    }
     auto send = [wt, c, out = AnswerFrame(id, std::move(r))]() mutable {
       wt->OnTcpReply(c, std::move(out));
     };
@@ -1621,6 +1686,13 @@ std::optional<transport::Frame> AnswerWithoutGuest(Agent* agent, const transport
   }
 }
 
+transport::Frame ReplyHead(uint64_t request_id) {
+  transport::Frame out;
+  out.type = transport::FrameType::kReply;
+  out.request_id = request_id;
+  return out;
+}
+
 InvokeRequest RequestFromFrame(transport::Frame&& f, int64_t received_ns) {
   InvokeRequest req;
   req.service = std::move(f.service);
@@ -1644,10 +1716,9 @@ InvokeRequest RequestFromFrame(transport::Frame&& f, int64_t received_ns) {
 
 transport::Frame AnswerFrame(uint64_t request_id, InvokeResult&& r) {
   if (!r.status.ok()) return transport::MakeErrorFrame(request_id, r.status);
-  transport::Frame out;
-  out.type = transport::FrameType::kReply;
-  out.request_id = request_id;
-  out.payload = std::move(r.reply);
+  transport::Frame out = ReplyHead(request_id);
+  // A reply still in guest memory is copied: the frame outlives it.
+  out.payload = r.reply_view.data() != nullptr ? std::string(r.reply_view) : std::move(r.reply);
   return out;
 }
 
@@ -2245,7 +2316,12 @@ InvokeResult Agent::ExecuteTraced(WorkerThread* wt, const std::string& id, const
   }
   wt->wait_cpu_ns() = outer_wait;
   wt->wait_wall_ns() = outer_wait_wall;
-  if (s.ok()) slot.reply_bytes_total += host.reply().size();
+  if (s.ok()) slot.reply_bytes_total += host.reply_bytes().size();
+  // A reply left in guest memory goes out from there only to a caller that is done with
+  // it before the instance runs again (reply_view_ok); others get a copy. What is kept
+  // longer (the dedup table: a retry must get these bytes after the guest reused them)
+  // copies it too.
+  if (!(s.ok() && req.reply_view_ok)) host.CopyReplyIn();
   const bool clean = s.ok() || host.IsGuestFailure(s);
   if (!s.ok()) {
     ++slot.failures;
@@ -2259,7 +2335,11 @@ InvokeResult Agent::ExecuteTraced(WorkerThread* wt, const std::string& id, const
     }
     const bool ok = s.ok();
     if (req.idempotency_key != 0) {
-      slot.Remember(req.idempotency_key, s.code(), ok ? host.reply() : std::string(s.message()));
+      slot.Remember(req.idempotency_key, s.code(),
+                    ok ? std::string(host.reply_bytes()) : std::string(s.message()));
+    }
+    if (ok && host.reply_view().data() != nullptr) {
+      return InvokeResult{std::move(s), {}, id, dt, host.reply_view()};
     }
     return InvokeResult{std::move(s), ok ? std::move(host.reply()) : std::string(), id, dt};
   }

@@ -116,6 +116,10 @@ struct InvokeRequest {
   // Monotonic deadline (MonoNanos()); 0 = none. A request still queued at its deadline
   // fails with kDeadlineExceeded without running: its caller has given up on it.
   int64_t deadline_ns = 0;
+  // The caller takes a reply that stays in the guest's memory (InvokeResult::reply_view)
+  // and is done with its bytes when its `done` returns (sent, or copied). Only the
+  // agent's own serving paths (TCP, shared memory) ask for it.
+  bool reply_view_ok = false;
 };
 
 struct InvokeResult {
@@ -123,6 +127,10 @@ struct InvokeResult {
   std::string reply;
   std::string instance;  // who served it
   int64_t exec_ns = 0;   // time inside the guest
+  // With InvokeRequest::reply_view_ok, a reply the guest left in its linear memory
+  // (tern_reply_in_place) instead of `reply` (then empty): valid only until `done`
+  // returns (the instance runs nothing before that). Never set otherwise.
+  std::string_view reply_view;
 };
 
 struct InstanceStatus {
@@ -585,7 +593,9 @@ std::optional<transport::Frame> AnswerWithoutGuest(Agent* agent, const transport
 // The request an invoke frame asks for. Its budget becomes a deadline counted from
 // `received_ns` (MonoNanos() when the frame arrived; 0 = now).
 InvokeRequest RequestFromFrame(transport::Frame&& f, int64_t received_ns = 0);
-// The kReply or kError frame answering `request_id` with `r`.
+// A kReply frame answering `request_id`, without a payload.
+transport::Frame ReplyHead(uint64_t request_id);
+// The kReply or kError frame answering `request_id` with `r` (a reply_view is copied).
 transport::Frame AnswerFrame(uint64_t request_id, InvokeResult&& r);
 
 }  // namespace tern::agent

@@ -258,6 +258,43 @@ TEST(CallsTest, SameGuestCodeOnEveryTier) {
   EXPECT_EQ(r.reply, "far");
 }
 
+// Replies a callee leaves in its memory (tern_reply_in_place; the `faulty` test guest's
+// `inplace` handler, "LEN SEED [MODE]") reach the calling guest intact on every tier; a
+// trap after setting one sends none.
+TEST(CallsTest, InPlaceRepliesOnEveryTier) {
+  Node a = Node::Start("a", "h1");
+  Node b = Node::Start("b", "h1");  // same host: shared memory
+  Node c = Node::Start("c", "h2");  // other host: TCP
+  a.Deploy("relay-a");
+  Result<Manifest> m = LoadManifest(SourcePath("src/agent/testdata/faulty.yaml"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  for (auto [node, name] : {std::pair{&a, "faulty-local"}, {&b, "faulty-shm"}, {&c, "faulty-tcp"}}) {
+    m->name = name;
+    Result<ServiceStatus> st = node->agent->Deploy(*m, ReadWasm("guest_faulty"));
+    ASSERT_TRUE(st.ok()) << st.status();
+  }
+  Learn(a, b.Locations("faulty-shm"));
+  Learn(a, c.Locations("faulty-tcp"));
+  for (const char* svc : {"faulty-local", "faulty-shm", "faulty-tcp"}) {
+    for (unsigned seed : {5u, 6u}) {
+      for (size_t len : {size_t{100}, size_t{60} << 10}) {
+        auto [code, body] = GuestCall(a.agent.get(), "relay-a", svc, "inplace",
+                                      std::to_string(len) + " " + std::to_string(seed));
+        ASSERT_EQ(code, 0) << svc << ": " << body.substr(0, 200);
+        std::string want(len, '\0');
+        for (size_t i = 0; i < len; ++i) want[i] = static_cast<char>(seed + i);
+        EXPECT_TRUE(body == want) << svc << ": reply of " << len << " bytes changed";
+      }
+    }
+    auto [code, body] = GuestCall(a.agent.get(), "relay-a", svc, "inplace", "50000 1 trap");
+    EXPECT_EQ(code, static_cast<int>(StatusCode::kInternal)) << svc;
+    EXPECT_NE(body.find("trapped"), std::string::npos) << svc << ": " << body.substr(0, 200);
+  }
+  EXPECT_EQ(a.agent->calls_by_tier(Tier::kInProcess), 5u);
+  EXPECT_EQ(a.agent->calls_by_tier(Tier::kSharedMemory), 5u);
+  EXPECT_EQ(a.agent->calls_by_tier(Tier::kTcp), 5u);
+}
+
 // One trace id at every instance of a chain whose hops cross every tier (in-process,
 // shared memory, TCP), and idempotency keys that survive each hop's frame round trip:
 // each nested call's key is derived from its caller's, the same on a retry.

@@ -209,6 +209,138 @@ TEST_P(TcpServingTest, TraceIdAndIdempotencyKeyReachTheInstance) {
   EXPECT_EQ(st.last_idempotency_key, 0u);
 }
 
+// Replies left in guest memory (tern_reply_in_place; the `faulty` test guest's
+// `inplace` handler: "LEN SEED [MODE]").
+std::string InPlacePattern(size_t len, unsigned seed) {
+  std::string s(len, '\0');
+  for (size_t i = 0; i < len; ++i) s[i] = static_cast<char>(seed + i);
+  return s;
+}
+
+void DeployFaulty(Server& s) {
+  Result<Manifest> m = LoadManifest(SourcePath("src/agent/testdata/faulty.yaml"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  Result<ServiceStatus> st = s.agent->Deploy(*m, ReadWasm("guest_faulty"));
+  ASSERT_TRUE(st.ok()) << st.status();
+}
+
+// Each mode's answer: the reply as the guest's buffer was when the handler returned,
+// the last reply set, or the failure (and for a trap, the state rolled back).
+TEST_P(TcpServingTest, InPlaceRepliesAreReadWhenTheHandlerReturns) {
+  Server s = Server::Start(GetParam(), /*workers=*/1);
+  DeployFaulty(s);
+  auto c = s.Connect();
+  ASSERT_NE(c, nullptr);
+  auto call = [&](const std::string& req) {
+    Result<Frame> r = c->Call(Invoke("faulty", "inplace", req), kTimeout);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : Frame{};
+  };
+  auto failure = [&](const std::string& req) {  // FrameClient turns kError into a Status
+    Result<Frame> r = c->Call(Invoke("faulty", "inplace", req), kTimeout);
+    EXPECT_FALSE(r.ok()) << req << " answered " << r->payload.substr(0, 100);
+    return r.ok() ? Status::Ok() : r.status();
+  };
+  for (size_t len : {size_t{0}, size_t{100}, size_t{60} << 10}) {
+    Frame r = call(std::to_string(len) + " 7");
+    EXPECT_EQ(r.type, FrameType::kReply);
+    EXPECT_TRUE(r.payload == InPlacePattern(len, 7)) << len << " bytes";
+  }
+  const uint64_t mem0 = StatusOf(s.agent.get(), "faulty").memory_bytes;
+  Frame grown = call("50000 9 grow");  // memory.grow after tern_reply_in_place
+  EXPECT_EQ(grown.type, FrameType::kReply);
+  EXPECT_TRUE(grown.payload == InPlacePattern(50000, 9));
+  EXPECT_EQ(StatusOf(s.agent.get(), "faulty").memory_bytes, mem0 + (1u << 20));
+  EXPECT_EQ(call("40000 1 copy").payload, "copy");  // the last reply wins
+  EXPECT_EQ(call("40000 1 again").payload, InPlacePattern(3, 1));
+  EXPECT_EQ(call("40000 1 overwrite").payload, std::string(40000, 'z'));
+  Status failed = failure("40000 1 fail");
+  EXPECT_EQ(failed.code(), StatusCode::kAborted);
+  EXPECT_EQ(failed.message().find(InPlacePattern(64, 1)), std::string::npos);
+  Status oob = failure("10 1 oob");
+  EXPECT_EQ(oob.code(), StatusCode::kInternal);
+  EXPECT_NE(oob.message().find("outside linear memory"), std::string::npos) << oob;
+  // A trap after the reply was set: no reply, and the state change is rolled back.
+  Result<Frame> count0 = c->Call(Invoke("faulty", "get", ""), kTimeout);
+  ASSERT_TRUE(count0.ok()) << count0.status();
+  Status trapped = failure("40000 3 trap");
+  EXPECT_EQ(trapped.code(), StatusCode::kInternal);
+  EXPECT_NE(trapped.message().find("rolled back"), std::string::npos) << trapped;
+  Result<Frame> count1 = c->Call(Invoke("faulty", "get", ""), kTimeout);
+  ASSERT_TRUE(count1.ok()) << count1.status();
+  EXPECT_EQ(count1->payload, count0->payload);
+  EXPECT_TRUE(call("30000 4").payload == InPlacePattern(30000, 4));
+}
+
+// A large in-place reply the socket does not take at once: the rest is copied before
+// the guest runs again, so the next request (which rewrites the guest's buffer) does
+// not change it. Replies to an idempotency key come from the dedup table with the bytes
+// of the first answer, whatever the guest's buffer holds by then.
+TEST_P(TcpServingTest, InPlaceRepliesSurviveTheGuestsNextRequest) {
+  Server s = Server::Start(GetParam(), /*workers=*/1);
+  DeployFaulty(s);
+  const uint64_t ran0 = StatusOf(s.agent.get(), "faulty").requests;
+  transport::UniqueFd fd = s.RawConnect(/*rcvbuf=*/4096);
+  constexpr size_t kLen = 60 << 10;
+  // 6 MiB of replies: more than the socket takes (its send buffer grows to 4 MiB here),
+  // less than the output at which the agent stops reading (4 MiB queued).
+  constexpr unsigned kRequests = 100;
+  std::string wire;
+  for (unsigned seed = 1; seed <= kRequests; ++seed) {
+    Frame f = Invoke("faulty", "inplace", std::to_string(kLen) + " " + std::to_string(seed));
+    f.request_id = seed;
+    if (seed == 1) f.idempotency_key = 0xabcull;
+    ASSERT_TRUE(transport::EncodeFrame(f, &wire).ok());
+  }
+  ASSERT_EQ(::send(fd.get(), wire.data(), wire.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(wire.size()));
+  // All ran before we read a byte: what the socket did not take waits in the agent.
+  ASSERT_TRUE(WaitFor(
+      [&] { return StatusOf(s.agent.get(), "faulty").requests >= ran0 + kRequests; }));
+  if (GetParam() == TcpServing::kWorker) {
+    EXPECT_GT(s.agent->tcp_stats().output_bytes, 0u)
+        << "the kernel took every reply: this test does not see a partial write";
+  }
+  transport::FrameDecoder dec;
+  std::map<uint64_t, std::string> got;
+  std::string buf(64 << 10, '\0');
+  while (got.size() < kRequests) {
+    ssize_t n = ::recv(fd.get(), buf.data(), buf.size(), 0);
+    ASSERT_GT(n, 0) << "connection closed with " << got.size() << " replies";
+    dec.Feed(std::string_view(buf.data(), static_cast<size_t>(n)));
+    Frame f;
+    for (;;) {
+      Result<bool> next = dec.Next(&f);
+      ASSERT_TRUE(next.ok()) << next.status();
+      if (!*next) break;
+      ASSERT_EQ(f.type, FrameType::kReply) << f.payload;
+      got[f.request_id] = f.payload;
+    }
+  }
+  for (unsigned seed = 1; seed <= kRequests; ++seed) {
+    EXPECT_TRUE(got[seed] == InPlacePattern(kLen, seed)) << "reply " << seed << " changed";
+  }
+  // The retry of key 0xabc: the first answer again, not the guest's buffer (seed 12 now).
+  auto c = s.Connect();
+  ASSERT_NE(c, nullptr);
+  Frame retry = Invoke("faulty", "inplace", std::to_string(kLen) + " 44");
+  retry.idempotency_key = 0xabcull;
+  Result<Frame> r = c->Call(retry, kTimeout);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->payload == InPlacePattern(kLen, 1));
+  EXPECT_EQ(StatusOf(s.agent.get(), "faulty").deduplicated, 1u);
+  // Through the in-process path too (a copy, since the caller keeps the reply).
+  InvokeRequest again;
+  again.service = "faulty";
+  again.handler = "inplace";
+  again.payload = "5 1";
+  again.idempotency_key = 0xabcull;
+  InvokeResult ir = s.agent->InvokeSync(std::move(again));
+  ASSERT_TRUE(ir.status.ok()) << ir.status;
+  EXPECT_TRUE(ir.reply == InPlacePattern(kLen, 1));
+  EXPECT_EQ(ir.reply_view.data(), nullptr);
+}
+
 // The admin API's invoke takes the same headers as the gateway's.
 TEST(AgentAdminInvokeTest, TraceAndIdempotencyHeaders) {
   Server s = Server::Start(TcpServing::kWorker, /*workers=*/1);

@@ -39,6 +39,12 @@ class HostCalls {
   virtual std::string_view Request() = 0;
   // Sets the reply (the engine already checked the size against the limit).
   virtual void SetReply(std::string_view bytes) = 0;
+  // The reply the guest left in its linear memory (tern_reply_in_place), given when the
+  // handler has returned OK (a failed or trapped call never sets it). `bytes` points into
+  // linear memory and stays valid until the instance runs again or its memory is
+  // replaced (its next Call, Restore, destruction): the host sends it from there or
+  // copies it. The default copies (SetReply).
+  virtual void SetReplyInPlace(std::string_view bytes) { SetReply(bytes); }
   // The guest called tern_fail(code, msg) or returned `code` != 0.
   virtual void SetFailure(StatusCode code, std::string_view message) = 0;
   // tern_log and WASI fd_write to stdout/stderr.

@@ -443,6 +443,7 @@ const std::vector<Provided>& ProvidedImports() {
       {"tern_v1", "request_len", {}, {i32}},
       {"tern_v1", "request_read", {i32, i32, i32}, {i32}},
       {"tern_v1", "reply", {i32, i32}, {i32}},
+      {"tern_v1", "reply_in_place", {i32, i32}, {i32}},
       {"tern_v1", "fail", {i32, i32, i32}, {}},
       {"tern_v1", "log", {i32, i32, i32}, {}},
       {"tern_v1", "clock_ns", {i32}, {i64}},

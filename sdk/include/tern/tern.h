@@ -12,7 +12,7 @@
  * provide, naming the import.
  *
  * A handler reads its request with tern_request_read(), answers with tern_reply()
- * (at most once; the last call wins) and returns 0. Returning non-zero, or calling
+ * or tern_reply_in_place() (at most once; the last call wins) and returns 0. Returning non-zero, or calling
  * tern_fail(), fails the request with that status code. State kept in linear memory
  * between requests is the instance's state: it survives snapshot, restore and
  * migration when the service is `stateful`.
@@ -79,6 +79,18 @@ TERN_IMPORT(request_read) uint32_t tern_request_read(void* dst, uint32_t len, ui
 /* Sets the reply payload (copied). Returns TERN_OK, or TERN_RESOURCE_EXHAUSTED if
  * `len` exceeds the service's response limit (the reply is then left unchanged). */
 TERN_IMPORT(reply) int32_t tern_reply(const void* data, uint32_t len);
+
+/* Sets the reply payload to `data..data+len` *as it is when the handler returns*: the
+ * bytes are not copied now; the runtime reads them from linear memory after a
+ * successful return and before this instance runs again (over TCP it sends them from
+ * there: one copy less per reply). So the buffer must stay allocated and unchanged
+ * until the handler returns — not a local array of a function that returns first, not a
+ * string freed before the return (free() writes into the block). Same results and
+ * limit as tern_reply(); traps if the range is outside linear memory. Growing memory
+ * afterwards is fine. A later tern_reply() or tern_reply_in_place() replaces it (the
+ * last wins); if the request fails or traps, nothing is sent. Optional import: a
+ * runtime older than it refuses such a module at deploy time, naming it. */
+TERN_IMPORT(reply_in_place) int32_t tern_reply_in_place(const void* data, uint32_t len);
 
 /* Fails the current request with `code` (non-zero) and a message (copied); the
  * handler should return right after. */

@@ -54,7 +54,8 @@ inline uint32_t RequestSize() { return tern_request_len(); }
 
 // The whole payload of the current request. The view stays valid until the next call
 // of Request() (which re-reads the payload into the same buffer) and is meaningless
-// after the handler returns. Call it once per handler. Traps (aborts natively) if the
+// after the handler returns (its bytes stay unchanged until then: `return
+// tern::ReplyInPlace(tern::Request());` is fine). Call it once per handler. Traps (aborts natively) if the
 // buffer cannot be grown: a guest that is out of memory cannot do anything useful.
 inline std::string_view Request() {
   uint32_t len = tern_request_len();
@@ -73,6 +74,14 @@ inline std::string_view Request() {
 // then unchanged), so `return tern::Reply(x);` fails the request in that case.
 inline int32_t Reply(std::string_view data) {
   return tern_reply(data.data(), static_cast<uint32_t>(data.size()));
+}
+
+// Sets the reply to bytes the runtime reads when the handler returns (not copied now:
+// tern_reply_in_place in tern.h). `data` must stay alive and unchanged until the handler
+// returns: memory the service keeps (a member, a global buffer, the request view from
+// Request()), never a local string. Same results as Reply().
+inline int32_t ReplyInPlace(std::string_view data) {
+  return tern_reply_in_place(data.data(), static_cast<uint32_t>(data.size()));
 }
 
 // Fails the current request with `code` (a non-zero TERN_* code) and `msg` (copied).

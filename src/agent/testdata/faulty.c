@@ -99,3 +99,46 @@ TERN_EXPORT(big_reply) int32_t faulty_big_reply(void) {
   static char buf[256 * 1024];
   return tern_reply(buf, sizeof(buf)) == TERN_OK ? 0 : TERN_RESOURCE_EXHAUSTED;
 }
+
+// tern_reply_in_place: request "LEN SEED [MODE]" replies LEN bytes (byte i = SEED + i,
+// mod 256) left in a static buffer, then MODE: "trap" (after changing state), "fail"
+// (returns an error), "grow" (grows memory by 1 MiB first), "copy" (a tern_reply("copy")
+// afterwards: the last wins), "again" (a second in-place reply of the first 3 bytes),
+// "overwrite" (fills the buffer with 'z' before returning: the reply is read at the
+// return), "oob" (an in-place reply outside linear memory).
+static char ip_buf[60 * 1024];
+
+static uint32_t ParseU32(const char** p, const char* end) {
+  uint32_t v = 0;
+  while (*p < end && **p == ' ') ++*p;
+  while (*p < end && **p >= '0' && **p <= '9') v = v * 10 + (uint32_t)(*(*p)++ - '0');
+  return v;
+}
+
+TERN_EXPORT(inplace) int32_t faulty_inplace(void) {
+  char req[64];
+  uint32_t n = tern_request_read(req, sizeof(req), 0);
+  const char* p = req;
+  const char* end = req + n;
+  uint32_t len = ParseU32(&p, end);
+  uint32_t seed = ParseU32(&p, end);
+  while (p < end && *p == ' ') ++p;
+  const uint32_t mode_len = (uint32_t)(end - p);
+#define MODE_IS(s) (mode_len == sizeof(s) - 1 && memcmp(p, s, sizeof(s) - 1) == 0)
+  if (len > sizeof(ip_buf)) len = sizeof(ip_buf);
+  for (uint32_t i = 0; i < len; i++) ip_buf[i] = (char)(seed + i);
+  if (MODE_IS("oob")) return tern_reply_in_place((const void*)(uintptr_t)0xFFFFFF00u, 1024);
+  int32_t rc = tern_reply_in_place(ip_buf, len);
+  if (rc != TERN_OK) return rc;
+  if (MODE_IS("trap")) {
+    counter += 1000;
+    __builtin_trap();
+  }
+  if (MODE_IS("fail")) return TERN_ABORTED;
+  if (MODE_IS("grow") && __builtin_wasm_memory_grow(0, 16) < 0) return TERN_RESOURCE_EXHAUSTED;
+  if (MODE_IS("copy")) return tern_reply("copy", 4);
+  if (MODE_IS("again")) return tern_reply_in_place(ip_buf, 3);
+  if (MODE_IS("overwrite")) memset(ip_buf, 'z', len);
+#undef MODE_IS
+  return TERN_OK;
+}

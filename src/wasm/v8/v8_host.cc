@@ -133,7 +133,27 @@ void Reply(const Info& info) {
   }
   uint8_t* p = hc.Span(ptr, len, "reply");
   if (p == nullptr) return;
+  hc.call().reply_in_place = false;  // the last reply wins
   hc.call().host->SetReply(std::string_view(reinterpret_cast<const char*>(p), len));
+  hc.Return(0);
+}
+
+// Only records the range: its bytes are read when the handler returns OK (V8Worker::
+// Invoke), which is what saves the copy. Checked now as well, so that a bad range traps
+// where the guest passed it.
+void ReplyInPlace(const Info& info) {
+  HostCall hc(info, "tern_reply_in_place");
+  if (!hc.ok()) return;
+  uint32_t ptr = ArgU32(info, 0), len = ArgU32(info, 1);
+  if (len > hc.call().max_reply_bytes) {
+    hc.Return(static_cast<int32_t>(StatusCode::kResourceExhausted));
+    return;
+  }
+  if (hc.Span(ptr, len, "reply") == nullptr) return;
+  CallState& cs = hc.call();
+  cs.reply_in_place = true;
+  cs.reply_ptr = ptr;
+  cs.reply_len = len;
   hc.Return(0);
 }
 
@@ -475,6 +495,7 @@ constexpr HostFn kHostFns[] = {
     {"tern_v1", "request_len", RequestLen, 0},
     {"tern_v1", "request_read", RequestRead, 3},
     {"tern_v1", "reply", Reply, 2},
+    {"tern_v1", "reply_in_place", ReplyInPlace, 2},
     {"tern_v1", "fail", Fail, 3},
     {"tern_v1", "log", Log, 3},
     {"tern_v1", "clock_ns", ClockNs, 1},

@@ -70,6 +70,11 @@ struct CallState {
   std::string fail_message;
   bool exited = false;  // proc_exit was called
   int32_t exit_code = 0;
+  // tern_reply_in_place: the guest range holding the reply, read when the handler
+  // returns (HostCalls::SetReplyInPlace). Cleared by a later tern_reply (the last wins).
+  bool reply_in_place = false;
+  uint32_t reply_ptr = 0;
+  uint32_t reply_len = 0;
 };
 
 class V8Worker final : public Worker {

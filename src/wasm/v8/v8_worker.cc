@@ -231,6 +231,7 @@ Status V8Worker::Invoke(V8Instance* inst, v8::Local<v8::Function> fn, std::strin
   cs.max_reply_bytes = inst->limits().max_reply_bytes;
   cs.failed = false;
   cs.exited = false;
+  cs.reply_in_place = false;
 
   // Run tasks V8 posted to this isolate (GC finalization etc.) now and then.
   if (!nested && (++calls_ & 4095) == 0) PumpMessageLoop();
@@ -291,7 +292,21 @@ Status V8Worker::Invoke(V8Instance* inst, v8::Local<v8::Function> fn, std::strin
   } else if (!rv->IsUndefined()) {
     rc = rv->Int32Value(ctx).FromMaybe(static_cast<int32_t>(StatusCode::kUnknown));
   }
-  if (rc == 0) return Status::Ok();
+  if (rc == 0) {
+    if (cs.reply_in_place) {
+      // Read from memory as it is now: the guest may have grown it since tern_reply_in_place
+      // (V8 may then have moved the backing store), never shrunk it; checked again anyway.
+      const uint64_t end = uint64_t{cs.reply_ptr} + cs.reply_len;
+      if (end > inst->memory_bytes()) {
+        return inst->Break(InternalError(fmt::format(
+            "handler '{}': its in-place reply [{:#x}, +{}) is outside linear memory ({} bytes)",
+            name, cs.reply_ptr, cs.reply_len, inst->memory_bytes())));
+      }
+      call_host->SetReplyInPlace(std::string_view(
+          reinterpret_cast<const char*>(inst->memory_data()) + cs.reply_ptr, cs.reply_len));
+    }
+    return Status::Ok();
+  }
   StatusCode code = StatusCodeFromInt(rc);
   if (code == StatusCode::kOk) code = StatusCode::kUnknown;
   std::string msg = fmt::format("handler '{}' returned {} ({})", name, rc, StatusCodeName(code));
