@@ -184,7 +184,7 @@ TEST(CheckImportsTest, NamesEveryUnknownImportAndListsWhatIsProvided) {
   std::string msg(st.message());
   EXPECT_THAT(msg, HasSubstr("tern_v1.call"));
   EXPECT_THAT(msg, HasSubstr("env.foo"));
-  EXPECT_THAT(msg, HasSubstr("tern_v1.{request_len, request_read, reply, fail, log, clock_ns, call_start, call_wait, call_read, call_close, data_read, data_size, data_list}"));
+  EXPECT_THAT(msg, HasSubstr("tern_v1.{request_len, request_read, reply, reply_in_place, fail, log, clock_ns, call_start, call_wait, call_read, call_close, data_read, data_size, data_list}"));
   EXPECT_THAT(msg, HasSubstr("wasi_snapshot_preview1.{fd_write"));
 }
 
