@@ -26,7 +26,15 @@ class FakeHost final : public HostCalls {
  public:
   explicit FakeHost(std::string request = "") : request(std::move(request)) {}
   std::string_view Request() override { return request; }
-  void SetReply(std::string_view bytes) override { reply.assign(bytes); }
+  void SetReply(std::string_view bytes) override {
+    reply.assign(bytes);
+    in_place = {};
+  }
+  // Keeps the view (valid until the instance runs again) and a copy.
+  void SetReplyInPlace(std::string_view bytes) override {
+    reply.assign(bytes);
+    in_place = bytes;
+  }
   void SetFailure(StatusCode code, std::string_view message) override {
     failure_code = code;
     failure_message.assign(message);
@@ -59,6 +67,7 @@ class FakeHost final : public HostCalls {
   std::map<std::pair<std::string, std::string>, std::string> objects;
   std::string request;
   std::string reply;
+  std::string_view in_place;  // the last reply, when given as a view of guest memory
   StatusCode failure_code = StatusCode::kOk;
   std::string failure_message;
   std::vector<std::pair<int32_t, std::string>> logs;

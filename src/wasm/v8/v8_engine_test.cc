@@ -226,6 +226,31 @@ TEST_F(V8EngineTest, ReplyLimit) {
   EXPECT_EQ(reply, "refused:8");  // TERN_RESOURCE_EXHAUSTED
 }
 
+// tern_reply_in_place (the echo example): the host gets a view of the guest's memory,
+// not a copy, once the handler has returned (growth after the reply and traps: the
+// agent's TcpServingTest.InPlace* tests, with the faulty guest).
+TEST_F(V8EngineTest, InPlaceReplyIsAViewOfGuestMemory) {
+  InstanceLimits l = Limits();
+  l.max_reply_bytes = 1 << 20;
+  auto inst = New(CompileGuest("echo"), l);
+  for (size_t len : {size_t{5}, size_t{200000}}) {
+    FakeHost host(std::string(len, static_cast<char>('a' + len % 26)));
+    ASSERT_TRUE(inst->Call("echo", &host).ok());
+    EXPECT_TRUE(host.reply == host.request) << len;
+    ASSERT_NE(host.in_place.data(), nullptr) << "the reply was copied, not given in place";
+    const char* base = reinterpret_cast<const char*>(inst->memory_data());
+    EXPECT_GE(host.in_place.data(), base);
+    EXPECT_LE(host.in_place.data() + host.in_place.size(), base + inst->memory_bytes());
+    EXPECT_EQ(std::string_view(host.in_place), host.request);
+  }
+  // Over the limit: refused as tern_reply refuses, nothing handed over.
+  FakeHost big(std::string(l.max_reply_bytes + 1, 'x'));
+  Status st = inst->Call("echo", &big);
+  EXPECT_EQ(st.code(), StatusCode::kResourceExhausted) << st;
+  EXPECT_EQ(big.in_place.data(), nullptr);
+  EXPECT_TRUE(big.reply.empty());
+}
+
 TEST_F(V8EngineTest, HostPointersAreBoundsChecked) {
   auto m = CompileGuest("guest_stateful");
   auto survivor = New(m);
