@@ -127,6 +127,8 @@ Result<Manifest> ParseNode(const YAML::Node& root, const std::string& src) {
       if (m.checkpoint_ms != 0 && m.checkpoint_ms < kMinCheckpointMs) {
         return FieldError(src, v, key, fmt::format("0 (off) or at least {} ms", kMinCheckpointMs));
       }
+    } else if (key == "durable") {
+      TERN_ASSIGN_OR_RETURN(m.durable, GetBool(src, v, key));
     } else if (key == "tenant") {
       TERN_ASSIGN_OR_RETURN(m.tenant, GetString(src, v, key));
       if (!IsValidName(m.tenant)) return FieldError(src, v, key, "not a valid name");
@@ -162,7 +164,7 @@ Result<Manifest> ParseNode(const YAML::Node& root, const std::string& src) {
     } else {
       return FieldError(src, kv.first, key,
                         "unknown field (expected name, version, module, stateful, checkpoint_ms, "
-                        "handlers, tenant, replicas, limits)");
+                        "durable, handlers, tenant, replicas, limits)");
     }
   }
   if (!has_name) return InvalidArgumentError(src + ": required field 'name' is missing");
@@ -172,6 +174,13 @@ Result<Manifest> ParseNode(const YAML::Node& root, const std::string& src) {
     return InvalidArgumentError(
         src + ": 'checkpoint_ms' is for stateful services (add 'stateful: true')");
   }
+  if (m.durable && !m.stateful) {
+    return InvalidArgumentError(
+        src + ": 'durable' is for stateful services: a stateless service has no state to "
+              "lose (add 'stateful: true', or remove 'durable')");
+  }
+  // A durable service's journal is truncated after each base checkpoint: it needs them.
+  if (m.durable && m.checkpoint_ms == 0) m.checkpoint_ms = kDurableCheckpointMs;
   return m;
 }
 
@@ -206,6 +215,7 @@ std::string ManifestToYaml(const Manifest& m) {
   if (!m.module.empty()) out << YAML::Key << "module" << YAML::Value << YAML::DoubleQuoted << m.module;
   out << YAML::Key << "stateful" << YAML::Value << (m.stateful ? "true" : "false");
   if (m.checkpoint_ms != 0) out << YAML::Key << "checkpoint_ms" << YAML::Value << m.checkpoint_ms;
+  if (m.durable) out << YAML::Key << "durable" << YAML::Value << "true";
   out << YAML::Key << "handlers" << YAML::Value << YAML::Flow << m.handlers;
   out << YAML::Key << "tenant" << YAML::Value << YAML::DoubleQuoted << m.tenant;
   out << YAML::Key << "replicas" << YAML::Value << m.replicas;

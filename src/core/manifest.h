@@ -6,6 +6,10 @@
 //   stateful: true             # default false
 //   checkpoint_ms: 2000        # stateful only: the controller snapshots each instance
 //                              # this often to a storage device (0 = off, the default)
+//   durable: true              # stateful only: no acknowledged request is ever lost. Each
+//                              # reply waits until what the request wrote is appended to
+//                              # the instance's journal on its checkpoint keeper (fdatasync);
+//                              # implies checkpoints (checkpoint_ms defaults to 10000)
 //   handlers: [incr, get]      # exported functions callable from outside, required
 //   tenant: default
 //   replicas: 1
@@ -45,6 +49,7 @@ struct Manifest {
   std::string module;  // path of the .wasm, as written in the file
   bool stateful = false;
   uint32_t checkpoint_ms = 0;  // 0 = no periodic checkpoints
+  bool durable = false;        // journal every write before its reply (stateful only)
   std::vector<std::string> handlers;
   std::string tenant = "default";
   uint32_t replicas = 1;
@@ -59,6 +64,9 @@ inline constexpr uint32_t kMaxMemoryMib = 4096;
 inline constexpr uint32_t kMaxCpuMs = 600'000;
 inline constexpr uint32_t kMinCheckpointMs = 100;
 inline constexpr uint32_t kMaxCheckpointMs = 86'400'000;
+// The base-checkpoint period of a durable service that sets none (its journal is
+// truncated after each base checkpoint).
+inline constexpr uint32_t kDurableCheckpointMs = 10'000;
 inline constexpr uint32_t kMaxPayloadKib = 64 * 1024;
 
 // Parses YAML text. `source` names the text in error messages (a path, or "request").
