@@ -16,6 +16,7 @@
 #include <unordered_map>
 
 #include "agent/channels.h"
+#include "agent/journal_record.h"
 #include "agent/migration_wire.h"
 #include "core/crc32c.h"
 #include "core/clock.h"
@@ -24,6 +25,7 @@
 #include "core/ids.h"
 #include "core/logging.h"
 #include "storage/dataset_store.h"
+#include "storage/journal.h"
 #include "transport/shm.h"
 #include "wasm/dirty_tracker.h"
 
@@ -32,6 +34,9 @@ namespace tern::agent {
 // The pseudo-service of dataset requests between agents (AnswerDataFrame).
 constexpr char kDataService[] = "$data";
 constexpr char kMigrateService[] = "$migrate";
+// Journal appends of durable instances to their keeper (ServeJournalFrame): handler
+// "append", payload "<instance>\n<framed record>".
+constexpr char kJournalService[] = "$journal";
 
 // ---------------------------------------------------------------------------------
 // Service and Slot
@@ -111,6 +116,15 @@ struct Agent::Slot {
   uint64_t last_trace_id = 0;  // of the last request served
   uint64_t last_idempotency_key = 0;
   std::unique_ptr<SlotMigration> mig;  // while it migrates away
+  // Durable (manifest `durable`): each request's writes are journaled on `keeper`
+  // before its reply (MakeDurable).
+  bool durable = false;
+  std::string keeper, keeper_tcp;  // "" = none assigned yet (the controller pushes it)
+  uint64_t journal_seq = 0;        // the last record the keeper acknowledged
+  bool journal_full = true;        // the next record carries every page (new keeper/state)
+  uint64_t journal_appends = 0, journal_failures = 0, journal_full_records = 0;
+  uint64_t journal_bytes = 0;
+  int64_t journal_ns_total = 0;
   // Answers to recent idempotency keys (exactly-once across retries and migrations).
   std::unordered_map<uint64_t, DedupEntry> dedup;
   std::deque<uint64_t> dedup_order;
@@ -1433,15 +1447,28 @@ void Agent::ServeShmFrame(WorkerThread* wt, const std::shared_ptr<ServerConn>& s
 // A request that arrived on a TCP connection owned by `wt`.
 bool Agent::ServeTcpFrame(WorkerThread* wt, const std::shared_ptr<TcpConn>& c,
                           transport::Frame f) {
-  if (f.type == transport::FrameType::kInvoke && f.service == kDataService &&
+  const bool journal = f.type == transport::FrameType::kInvoke && f.service == kJournalService;
+  if (f.type == transport::FrameType::kInvoke && (f.service == kDataService || journal) &&
       data_worker_ != nullptr && wt != data_worker_.get()) {
-    // Dataset requests are the device's main task: their connection moves to the
-    // dataset worker (for good: later invokes on it hop from there), off the workers
-    // that run guests.
+    // Dataset requests (and journal appends) are the device's main task: their
+    // connection moves to the dataset worker (for good: later invokes on it hop from
+    // there), off the workers that run guests.
     c->placed = true;
     tcp_.moved.fetch_add(1, std::memory_order_relaxed);
     wt->MoveTcpConn(c, data_worker_.get(), std::move(f));
     return false;
+  }
+  if (journal) {
+    ++c->inflight;
+    ServeJournalFrame(std::move(f), [wt, c](transport::Frame out) {
+      auto send = [wt, c, out = std::move(out)]() mutable { wt->OnTcpReply(c, std::move(out)); };
+      if (current_worker == wt) {
+        send();
+      } else {
+        wt->Post(std::move(send), /*instance=*/"", /*io=*/true);
+      }
+    });
+    return true;
   }
   if (std::optional<transport::Frame> answer = AnswerWithoutGuest(this, f)) {
     wt->QueueTcp(c, std::move(*answer));
@@ -1558,6 +1585,12 @@ std::optional<transport::Frame> AnswerWithoutGuest(Agent* agent, const transport
   switch (f.type) {
     case FrameType::kInvoke:
       if (f.service == kDataService) return AnswerDataFrame(agent, f);
+      if (f.service == kJournalService) {
+        return transport::MakeErrorFrame(
+            f.request_id, InvalidArgumentError(fmt::format(
+                              "'{}' appends are taken on TCP frame connections only",
+                              kJournalService)));
+      }
       if (f.service == kMigrateService) {
         if (f.handler != "address") {
           return transport::MakeErrorFrame(
@@ -1744,6 +1777,9 @@ Result<std::unique_ptr<Agent>> Agent::Create(const AgentOptions& options, wasm::
   if (datasets_dir.empty() && !options.data_dir.empty()) datasets_dir = options.data_dir + "/datasets";
   if (!datasets_dir.empty()) {
     TERN_ASSIGN_OR_RETURN(agent->datasets_, storage::DatasetStore::Open(datasets_dir));
+    // Journals of durable instances that run elsewhere, next to the checkpoints this
+    // device keeps (not a dataset: the name is not a valid dataset name).
+    TERN_ASSIGN_OR_RETURN(agent->journals_, storage::JournalStore::Open(datasets_dir + "/.journal"));
   }
   if (!options.data_dir.empty()) {
     TERN_RETURN_IF_ERROR(MakeDirs(options.data_dir + "/services"));
@@ -1903,6 +1939,7 @@ Result<std::string> Agent::StartInstanceLocked(std::shared_ptr<const Service> sv
     slot->id = id;
     slot->service = svc;
     slot->queued = queued;
+    slot->durable = svc->manifest.durable;
     TERN_ASSIGN_OR_RETURN(slot->inst, wt->worker()->Instantiate(svc->module, svc->limits, true));
     TERN_RETURN_IF_ERROR(slot->inst->SnapshotInto(&slot->good));
     if (svc->manifest.stateful) StartTracking(slot.get());
@@ -2199,12 +2236,17 @@ InvokeResult Agent::ExecuteTraced(WorkerThread* wt, const std::string& id, const
     slot.last_error = s.ToString();
   }
   if (clean) {
-    if (slot.service->manifest.stateful) {
+    const bool ok = s.ok();
+    if (slot.durable) {
+      // No reply before what the request changed is durable on the keeper; if it cannot
+      // be, the request is undone and fails.
+      Status d = MakeDurable(wt, &slot, req, s.code(), ok ? host.reply() : std::string(s.message()));
+      if (!d.ok()) return InvokeResult{std::move(d), {}, id, MonoNanos() - t0};
+    } else if (slot.service->manifest.stateful) {
       // The new state is the rollback point.
       Status snap = UpdateGoodState(&slot);
       if (!snap.ok()) TERN_LOG(ERROR) << "snapshot of " << slot.id << " failed: " << snap;
     }
-    const bool ok = s.ok();
     if (req.idempotency_key != 0) {
       slot.Remember(req.idempotency_key, s.code(), ok ? host.reply() : std::string(s.message()));
     }
@@ -2319,6 +2361,305 @@ Status Agent::UpdateGoodState(Slot* slot) {
   return Status::Ok();
 }
 
+// ---------------------------------------------------------------------------------
+// Durable instances: the journal (docs/design/migration.md "Durable instances").
+
+Status Agent::WrittenPages(Slot* slot, std::vector<uint32_t>* dirty, std::vector<uint32_t>* changed,
+                           bool* tracked) {
+  wasm::Instance* inst = slot->inst.get();
+  const uint8_t* base = inst->memory_data();
+  const uint64_t bytes = inst->memory_bytes();
+  const uint64_t old_bytes = slot->good.memory.size();
+  const char* good = slot->good.memory.data();
+  // What a request leaves below the stack pointer is dead (the next one overwrites it
+  // before reading it): not state. Known only when the stack lies first in memory, below
+  // every data segment (wasm-ld --stack-first); else every byte counts.
+  uint64_t dead_end = 0;
+  const std::optional<uint32_t> data_min = slot->service->module->info().data_min_offset;
+  if (slot->good.stack_pointer && data_min && *slot->good.stack_pointer <= *data_min) {
+    dead_end = *slot->good.stack_pointer;
+  }
+  // Whether page p (inside the old memory) differs from the rollback copy outside the
+  // dead stack. Exact: the tracker reports writes, some of which rewrite the same bytes.
+  auto differs = [&](uint64_t p) {
+    const uint64_t lo = std::max(p * kTrackPage, dead_end), hi = (p + 1) * kTrackPage;
+    return lo < hi && std::memcmp(base + lo, good + lo, hi - lo) != 0;
+  };
+  *tracked = slot->tracker != nullptr && base == slot->tracked_base && bytes >= old_bytes;
+  if (*tracked) {
+    if (bytes > old_bytes) TERN_RETURN_IF_ERROR(slot->tracker->Grow(bytes));
+    TERN_ASSIGN_OR_RETURN(std::vector<uint32_t> written, slot->tracker->Collect());
+    for (uint32_t p : written) {
+      if (uint64_t{p} * kTrackPage >= old_bytes) continue;  // grown: below
+      dirty->push_back(p);
+      if (differs(p)) changed->push_back(p);
+    }
+  } else {
+    // No tracker (a memory below kTrackMinBytes, or one that moved): compare every page.
+    const uint64_t common = std::min(bytes, old_bytes) / kTrackPage;
+    for (uint64_t p = 0; p < common; ++p) {
+      if (differs(p)) changed->push_back(static_cast<uint32_t>(p));
+    }
+  }
+  // Pages added by memory.grow during the request: all of them (the size is state).
+  for (uint64_t p = old_bytes / kTrackPage; p < bytes / kTrackPage; ++p) {
+    changed->push_back(static_cast<uint32_t>(p));
+  }
+  return Status::Ok();
+}
+
+Status Agent::CommitGood(Slot* slot, const std::vector<uint32_t>& pages, bool tracked) {
+  if (!tracked) return UpdateGoodState(slot);  // a full copy (small memories), as without durability
+  const uint8_t* base = slot->inst->memory_data();
+  const uint64_t bytes = slot->inst->memory_bytes();
+  std::string& good = slot->good.memory;
+  const size_t old_bytes = good.size();
+  if (bytes > old_bytes) {
+    good.append(reinterpret_cast<const char*>(base) + old_bytes, bytes - old_bytes);
+    slot->pages_copied += (bytes - old_bytes) / kTrackPage;
+  }
+  for (uint32_t page : pages) {
+    const size_t off = size_t{page} * kTrackPage;
+    if (off < old_bytes) {
+      std::memcpy(good.data() + off, base + off, kTrackPage);
+      ++slot->pages_copied;
+    }
+  }
+  if (slot->mig != nullptr && slot->mig->exact) {
+    for (uint32_t page : pages) slot->mig->Mark(page);
+    slot->mig->MarkRange(old_bytes / kTrackPage, bytes / kTrackPage);  // grown
+  }
+  return Status::Ok();
+}
+
+Status Agent::JournalAppend(WorkerThread* wt, Slot* slot, std::string payload) {
+  dataplane::InstanceLocation loc;
+  loc.instance = "$journal@" + slot->keeper;
+  loc.service = kJournalService;
+  loc.agent = slot->keeper;
+  loc.tcp = slot->keeper_tcp;
+  auto call = std::make_shared<OutCall>();
+  call->service = kJournalService;
+  call->handler = "append";
+  call->payload = std::move(payload);
+  call->deadline_ns = MonoNanos() + options_.journal_timeout_ns;
+  call->instance = loc.instance;
+  call->tier = dataplane::Tier::kTcp;
+  std::shared_ptr<OutCall> keep = call;
+  SendRemote(wt, std::move(call), dataplane::Tier::kTcp, loc);
+  // Meanwhile the worker serves its other instances; this one's requests and control
+  // tasks wait (it is busy), so nothing runs on a state that is not durable yet.
+  wt->PushBusy(slot->id);
+  if (!keep->done.load(std::memory_order_acquire)) wt->WaitCall(keep.get());
+  wt->PopBusy();
+  if (keep->code == StatusCode::kOk) return Status::Ok();
+  return Status(keep->code, keep->result);
+}
+
+Status Agent::AppendRecord(WorkerThread* wt, Slot* slot, const std::vector<uint32_t>& written,
+                           const DedupEntry* current) {
+  if (slot->keeper_tcp.empty()) {
+    return UnavailableError("no keeper is assigned to its journal yet (the controller assigns one "
+                            "with the instance's first checkpoint)");
+  }
+  Status st;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const bool full = slot->journal_full;
+    const uint64_t bytes = slot->inst->memory_bytes();
+    std::vector<uint32_t> all;
+    std::vector<const DedupEntry*> dedup;
+    if (full) {
+      // Every page and the whole dedup table: the journal starts afresh here.
+      all.resize(bytes / kTrackPage);
+      for (size_t p = 0; p < all.size(); ++p) all[p] = static_cast<uint32_t>(p);
+      for (uint64_t key : slot->dedup_order) dedup.push_back(&slot->dedup.at(key));
+    }
+    if (current != nullptr) dedup.push_back(current);
+    std::string payload = slot->id + "\n";
+    AppendJournalRecord(slot->journal_seq + 1, full, slot->good.stack_pointer, bytes, dedup,
+                        slot->inst->memory_data(), full ? all : written, PageCodec::kLz4, &payload);
+    const size_t n = payload.size();
+    st = JournalAppend(wt, slot, std::move(payload));
+    if (st.ok()) {
+      ++slot->journal_seq;
+      ++slot->journal_appends;
+      slot->journal_full_records += full ? 1 : 0;
+      slot->journal_bytes += n;
+      slot->journal_full = false;
+      return st;
+    }
+    // The keeper's journal does not end where ours does (a new keeper, or one that
+    // restarted without our last record): send every page instead, once.
+    if (st.code() != StatusCode::kFailedPrecondition || full) break;
+    slot->journal_full = true;
+  }
+  return st;
+}
+
+Status Agent::MakeDurable(WorkerThread* wt, Slot* slot, const InvokeRequest& req, StatusCode code,
+                          const std::string& answer) {
+  std::vector<uint32_t> dirty, changed;
+  bool tracked = false;
+  Status st = WrittenPages(slot, &dirty, &changed, &tracked);
+  const bool keyed = req.idempotency_key != 0;
+  // A request that changed nothing needs no record, unless it has an idempotency key:
+  // its answer must survive a restore too (a retry then gets the same answer).
+  if (st.ok() && changed.empty() && !keyed) return CommitGood(slot, dirty, tracked);
+  const int64_t t0 = MonoNanos();
+  const DedupEntry entry{req.idempotency_key, code, answer};
+  if (st.ok()) st = AppendRecord(wt, slot, changed, keyed ? &entry : nullptr);
+  slot->journal_ns_total += MonoNanos() - t0;
+  if (st.ok()) return CommitGood(slot, dirty, tracked);
+  // Not durable: the request never happened. Its writes are undone from the rollback
+  // point, which still holds the state before it.
+  ++slot->journal_failures;
+  ++slot->rollbacks;
+  Status rb = RestoreSlot(wt, slot, slot->good);
+  if (!rb.ok()) TERN_LOG(ERROR) << "rollback of " << slot->id << " failed: " << rb;
+  std::string why = st.code() == StatusCode::kDeadlineExceeded
+                        ? fmt::format("keeper {} did not acknowledge its journal record within "
+                                      "{} ms (it may still have it: retry with the same "
+                                      "idempotency key)",
+                                      slot->keeper, options_.journal_timeout_ns / 1'000'000)
+                        : fmt::format("the journal append to keeper {} failed: {}",
+                                      slot->keeper.empty() ? "(none)" : slot->keeper, st.message());
+  return UnavailableError(fmt::format(
+      "the state of {} could not be made durable: {}; the request's effects were {} and it is "
+      "not acknowledged",
+      slot->id, why, rb.ok() ? "rolled back" : "NOT rolled back (" + rb.ToString() + ")"));
+}
+
+Result<Agent::JournalCheckpointReport> Agent::JournalCheckpoint(const std::string& instance_id) {
+  JournalCheckpointReport rep;
+  TERN_RETURN_IF_ERROR(RunOnSlot(instance_id, [&](WorkerThread* wt, Slot* slot) -> Status {
+    if (!slot->durable) {
+      return FailedPreconditionError(
+          fmt::format("instance {} is not durable (manifest `durable: true`)", instance_id));
+    }
+    // At a request boundary: the state is `good` plus nothing (requests commit theirs).
+    slot->journal_full = true;
+    const uint64_t bytes_before = slot->journal_bytes;
+    TERN_RETURN_IF_ERROR(AppendRecord(wt, slot, {}, nullptr)
+                             .WithPrefix(fmt::format("base checkpoint of {} on keeper {}",
+                                                     instance_id, slot->keeper)));
+    rep.seq = slot->journal_seq;
+    rep.bytes = slot->journal_bytes - bytes_before;
+    rep.keeper = slot->keeper;
+    return Status::Ok();
+  }));
+  return rep;
+}
+
+void Agent::ServeJournalFrame(transport::Frame f, std::function<void(transport::Frame)> reply) {
+  const uint64_t id = f.request_id;
+  auto fail = [&](const Status& s) { reply(transport::MakeErrorFrame(id, s)); };
+  if (journals_ == nullptr) {
+    fail(FailedPreconditionError(fmt::format(
+        "agent {} keeps no journals (it keeps no datasets: start it with --data-dir or "
+        "--datasets-dir)",
+        options_.device)));
+    return;
+  }
+  const size_t nl = f.payload.find('\n');
+  if (f.handler != "append" || nl == std::string::npos) {
+    fail(InvalidArgumentError(
+        fmt::format("'{}' frames: handler 'append', payload \"<instance>\\n<record>\"", kJournalService)));
+    return;
+  }
+  std::string instance = f.payload.substr(0, nl);
+  f.payload.erase(0, nl + 1);
+  journals_->Append(std::move(instance), std::move(f.payload), [id, reply](Status s) {
+    if (!s.ok()) {
+      reply(transport::MakeErrorFrame(id, s));
+      return;
+    }
+    transport::Frame out;
+    out.type = transport::FrameType::kReply;
+    out.request_id = id;
+    reply(std::move(out));
+  });
+}
+
+Status Agent::SetKeeper(const std::string& instance_id, const std::string& device,
+                        const std::string& tcp) {
+  if (device.empty() || tcp.empty()) {
+    return InvalidArgumentError("a keeper needs a device and a frame address (\"ip:port\")");
+  }
+  if (device == options_.device) {
+    return InvalidArgumentError(fmt::format(
+        "{} cannot keep the journal of its own instance {}: it would die with it",
+        device, instance_id));
+  }
+  return RunOnSlot(instance_id, [&](WorkerThread*, Slot* slot) -> Status {
+    if (!slot->durable) {
+      return FailedPreconditionError(
+          fmt::format("instance {} is not durable (manifest `durable: true`)", instance_id));
+    }
+    if (slot->keeper != device || slot->keeper_tcp != tcp) {
+      // The new keeper's journal may not hold our last records: start it with every page.
+      if (!slot->keeper.empty()) slot->journal_full = true;
+      TERN_LOG(INFO) << "journal of " << instance_id << " kept by " << device << " (" << tcp
+                     << ")";
+    }
+    slot->keeper = device;
+    slot->keeper_tcp = tcp;
+    return Status::Ok();
+  });
+}
+
+Result<Agent::ReplayReport> Agent::ReplayJournal(const std::string& instance_id, uint64_t base_seq,
+                                                 std::string_view records) {
+  TERN_ASSIGN_OR_RETURN(Route route, FindRoute(instance_id));
+  const uint32_t max_pages = route.service->limits.max_memory_pages;
+  ReplayReport rep;
+  TERN_RETURN_IF_ERROR(RunOnSlot(instance_id, [&](WorkerThread* wt, Slot* slot) -> Status {
+    wasm::Snapshot snap = slot->good;
+    std::vector<DedupEntry> dedup;
+    uint64_t seq = base_seq;
+    JournalScan scan = ScanJournal(records, [&](const JournalRecordView& r) -> Status {
+      if (r.memory_bytes / 65536 > max_pages) {
+        return ResourceExhaustedError(fmt::format(
+            "record {} has {} bytes of memory, more than the service's cap", r.seq, r.memory_bytes));
+      }
+      if (r.memory_bytes > snap.memory.size()) snap.memory.resize(r.memory_bytes, '\0');
+      char* mem = snap.memory.data();
+      TERN_RETURN_IF_ERROR(
+          DecodePageBatch(r.batch, static_cast<uint32_t>(r.memory_bytes / kTrackPage),
+                          [&](uint32_t page, const char* bytes) {
+                            char* at = mem + size_t{page} * kTrackPage;
+                            if (bytes == nullptr) {
+                              std::memset(at, 0, kTrackPage);
+                            } else {
+                              std::memcpy(at, bytes, kTrackPage);
+                            }
+                          })
+              .status());
+      if (r.stack_pointer) snap.stack_pointer = r.stack_pointer;
+      if (r.full) dedup.clear();  // the record carries the whole table
+      dedup.insert(dedup.end(), r.dedup.begin(), r.dedup.end());
+      seq = r.seq;
+      return Status::Ok();
+    });
+    if (!scan.tail.ok()) {
+      TERN_LOG(WARN) << "journal of " << instance_id << ": " << scan.tail.message() << "; "
+                     << scan.records << " whole records applied, the last "
+                     << records.size() - scan.good_bytes << " bytes ignored";
+    }
+    TERN_RETURN_IF_ERROR(RestoreSlot(wt, slot, snap));
+    slot->good = std::move(snap);
+    for (DedupEntry& e : dedup) slot->Remember(e.key, e.code, std::move(e.reply));
+    slot->journal_seq = seq;
+    // The keeper's journal is the one just read; a new keeper may come: start afresh.
+    slot->journal_full = true;
+    rep.records = scan.records;
+    rep.seq = seq;
+    rep.ignored_bytes = records.size() - scan.good_bytes;
+    rep.dedup_entries = dedup.size();
+    return Status::Ok();
+  }));
+  return rep;
+}
+
 Result<InvokeResult> Agent::InvokeInline(const InvokeRequest& req) {
   std::string id;
   int w = -1;
@@ -2373,9 +2714,10 @@ InvokeResult Agent::InvokeSync(InvokeRequest request) {
   return out;
 }
 
-Result<wasm::Snapshot> Agent::Snapshot(const std::string& instance_id) {
+Result<wasm::Snapshot> Agent::Snapshot(const std::string& instance_id, uint64_t* journal_seq) {
   wasm::Snapshot snap;
   TERN_RETURN_IF_ERROR(RunOnSlot(instance_id, [&](WorkerThread*, Slot* slot) {
+    if (journal_seq != nullptr) *journal_seq = slot->journal_seq;
     return slot->inst->SnapshotInto(&snap);
   }));
   return snap;
@@ -2399,6 +2741,7 @@ Status Agent::Restore(const std::string& instance_id, const wasm::Snapshot& snap
   return RunOnSlot(instance_id, [&](WorkerThread* wt, Slot* slot) -> Status {
     TERN_RETURN_IF_ERROR(RestoreSlot(wt, slot, snap));
     slot->good = snap;
+    slot->journal_full = true;  // the keeper's journal does not know this state
     return Status::Ok();
   });
 }
@@ -2443,6 +2786,14 @@ AgentStatus Agent::GetStatus() {
         is.last_error = slot->last_error;
         is.last_trace_id = slot->last_trace_id;
         is.last_idempotency_key = slot->last_idempotency_key;
+        is.durable = slot->durable;
+        is.keeper = slot->keeper;
+        is.journal_seq = slot->journal_seq;
+        is.journal_appends = slot->journal_appends;
+        is.journal_failures = slot->journal_failures;
+        is.journal_full = slot->journal_full_records;
+        is.journal_bytes = slot->journal_bytes;
+        is.journal_ns_total = slot->journal_ns_total;
         part.push_back(std::move(is));
       }
       return Status::Ok();
@@ -2871,6 +3222,7 @@ Result<std::shared_ptr<Agent::Incoming>> Agent::IncomingBegin(
     slot->id = instance;
     slot->service = in->svc;
     slot->queued = std::make_shared<std::atomic<uint64_t>>(0);
+    slot->durable = in->svc->manifest.durable;
     const bool stateful = in->svc->manifest.stateful;
     // A stateless instance's rollback point is its pristine state; a stateful one's is
     // the state that arrives.

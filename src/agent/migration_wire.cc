@@ -95,13 +95,18 @@ const char* PageCodecName(PageCodec c) {
 std::string EncodePageBatch(const uint8_t* base, const std::vector<uint32_t>& indices,
                             PageCodec codec) {
   std::string out;
+  AppendPageBatch(base, indices, codec, &out);
+  return out;
+}
+
+void AppendPageBatch(const uint8_t* base, const std::vector<uint32_t>& indices, PageCodec codec,
+                     std::string* out) {
   EncodeInto(
       indices, codec,
       [&](size_t i) {
         return reinterpret_cast<const char*>(base) + size_t{indices[i]} * kMigrationPageBytes;
       },
-      &out);
-  return out;
+      out);
 }
 
 std::string EncodeGatheredPages(const char* data, const std::vector<uint32_t>& indices,

@@ -36,6 +36,9 @@ const char* PageCodecName(PageCodec c);
 // `base`. Zero pages are sent as their index only. Returns the payload.
 std::string EncodePageBatch(const uint8_t* base, const std::vector<uint32_t>& indices,
                             PageCodec codec);
+// Same, appended to `out` (which may hold a prefix).
+void AppendPageBatch(const uint8_t* base, const std::vector<uint32_t>& indices, PageCodec codec,
+                     std::string* out);
 // Same, from pages already gathered contiguously: page i of `indices` is at
 // data + i * 4096.
 std::string EncodeGatheredPages(const char* data, const std::vector<uint32_t>& indices,
