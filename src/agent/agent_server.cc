@@ -582,6 +582,15 @@ struct AgentServer::Impl {
       if (!s.ok()) return ErrorResponse(s);
       return HttpResponse::Json(200, nlohmann::json{{"instance", p[2]}, {"keeper", j["device"]}}.dump());
     }
+    if (p.size() == 4 && p[3] == "checkpoint" && req.method == "POST") {
+      Result<Agent::JournalCheckpointReport> r = agent->JournalCheckpoint(p[2]);
+      if (!r.ok()) return ErrorResponse(r.status());
+      return HttpResponse::Json(200, nlohmann::json{{"instance", p[2]},
+                                                    {"seq", r->seq},
+                                                    {"bytes", r->bytes},
+                                                    {"keeper", r->keeper}}
+                                         .dump());
+    }
     if (p.size() == 4 && p[3] == "journal" && req.method == "POST") {
       // ?base=SEQ: the state is the base checkpoint that covers records up to SEQ; the
       // body: the records after it (GET /v1/journals/ID?after=SEQ on the keeper).

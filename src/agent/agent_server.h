@@ -24,6 +24,8 @@
 //                                            it includes, durable instances)
 //   PUT    /v1/instances/{id}/snapshot       restore from a snapshot file in the body
 //   PUT    /v1/instances/{id}/keeper         durable: {"device", "tcp"} keeps its journal
+//   POST   /v1/instances/{id}/checkpoint     durable: a base checkpoint (a full journal
+//                                            record) -> {"seq", "bytes", "keeper"}
 //   POST   /v1/instances/{id}/journal?base=N durable: apply journal records (the body) on
 //                                            top of the base checkpoint at record N
 //   GET    /v1/journals                      journals this device keeps, and counters

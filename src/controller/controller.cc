@@ -155,6 +155,9 @@ struct Controller::Impl {
   bool ck_stop GUARDED_BY(ck_mu) = false;
   std::map<std::string, std::unique_ptr<client::AgentClient>> ck_conns;  // checkpointer only
   std::map<std::string, int64_t> ck_attempt_ms;  // checkpointer only: last try per instance
+  // Durable instances: the keeper last pushed to each one's agent, as
+  // "<agent>@<boot> <keeper>@<boot>" (checkpointer only).
+  std::map<std::string, std::string> keeper_pushed;
 
   // Leadership (store/election.h); the election and its lease belong to the reconcile
   // thread (and Start, before it runs).
@@ -973,6 +976,7 @@ struct Controller::Impl {
       return Status::Ok();
     }
     TERN_ASSIGN_OR_RETURN(AgentConn * k, Conn(keeper->second));
+    if (ck.durable) return RestoreFromJournal(ck, keeper->second, k, c, device);
     Result<std::string> bytes =
         k->client->ReadObject(std::string(kCheckpointDataset), ck.id, 0, ck.bytes);
     if (!bytes.ok()) {
@@ -992,7 +996,41 @@ struct Controller::Impl {
     return Status::Ok();
   }
 
-  // Drops an instance's checkpoint (record and object), best effort.
+  // Reconcile thread: a durable instance's restore. Its journal on the keeper starts
+  // with a full record (its last base checkpoint) and holds every acknowledged request
+  // after it: the new instance gets them all, then the same keeper.
+  Status RestoreFromJournal(const CheckpointRecord& ck, const AgentRecord& keeper, AgentConn* k,
+                            AgentConn* c, const std::string& device) {
+    Result<std::string> records = k->client->ReadJournal(ck.id, 0);
+    if (!records.ok()) {
+      return Status(records.status().code(),
+                    fmt::format("reading the journal of {} from {}: {}", ck.id, ck.device,
+                                records.status().message()));
+    }
+    Result<std::string> rep = c->client->ReplayJournal(ck.id, 0, *records);
+    if (!rep.ok()) {
+      return Status(rep.status().code(), fmt::format("restoring {} from its journal: {}", ck.id,
+                                                     rep.status().message()));
+    }
+    json r = json::parse(*rep, nullptr, false);
+    // Restored onto its keeper's device: the next checkpoint round picks another keeper
+    // (a device cannot keep the journal of its own instance).
+    if (device != keeper.device) {
+      Status s = c->client->SetKeeper(ck.id, keeper.device, keeper.tcp);
+      if (!s.ok()) return s.WithPrefix("restoring " + ck.id + ": setting its keeper");
+    }
+    const uint64_t ignored = r.is_object() ? r.value("ignored_bytes", uint64_t{0}) : 0;
+    const uint64_t n = r.is_object() ? r.value("records", uint64_t{0}) : 0;
+    Event(fmt::format(
+        "restored {} on {} from its journal on {}: a full record and {} after it, up to #{} "
+        "({})",
+        ck.id, device, ck.device, n > 0 ? n - 1 : 0, r.is_object() ? r.value("seq", uint64_t{0}) : 0,
+        ignored == 0 ? "durable: 0 acknowledged requests lost"
+                     : fmt::format("a damaged tail of {} bytes was ignored", ignored)));
+    return Status::Ok();
+  }
+
+  // Drops an instance's checkpoint (record and object, or journal), best effort.
   void DropCheckpoint(const ClusterView& view, const std::string& id) {
     auto ck = view.checkpoints.find(id);
     if (ck == view.checkpoints.end()) return;
@@ -1000,7 +1038,16 @@ struct Controller::Impl {
     auto keeper = view.agents.find(ck->second.device);
     if (keeper == view.agents.end()) return;
     if (Result<AgentConn*> k = Conn(keeper->second); k.ok()) {
-      (void)(*k)->client->RemoveObject(std::string(kCheckpointDataset), id);
+      RemoveCheckpointData((*k)->client.get(), ck->second);
+    }
+  }
+
+  // The object of a checkpoint, or the journal of a durable one, on its keeper.
+  static void RemoveCheckpointData(client::AgentClient* keeper, const CheckpointRecord& ck) {
+    if (ck.durable) {
+      (void)keeper->DropJournal(ck.id);
+    } else {
+      (void)keeper->RemoveObject(std::string(kCheckpointDataset), ck.id);
     }
   }
 
@@ -1020,15 +1067,10 @@ struct Controller::Impl {
   // Checkpointer thread: snapshots `rec` and keeps the snapshot on a storage device: the
   // one that has its last checkpoint, else a live csd/cpm device, else any other live
   // device with datasets — never the device the instance runs on (it would die with it).
-  Status TakeCheckpoint(const ClusterView& view, const InstanceRecord& rec) {
-    const AgentRecord& a = view.agents.at(rec.device);
-    TERN_ASSIGN_OR_RETURN(client::AgentClient * src, CkClient(a));
-    int64_t taken = UnixMillis();
-    Result<std::string> snap = src->Snapshot(rec.id);
-    if (!snap.ok()) {
-      ck_conns.erase(a.device + "@" + a.boot);
-      return snap.status().WithPrefix("snapshot of " + rec.id);
-    }
+  // Where `rec`'s checkpoint may be kept, best first: the device that has its last one
+  // (if alive), then csd/cpm devices, then any other — never the one it runs on.
+  static std::vector<const AgentRecord*> KeeperCandidates(const ClusterView& view,
+                                                          const InstanceRecord& rec) {
     std::vector<const AgentRecord*> candidates;
     auto old = view.checkpoints.find(rec.id);
     auto add = [&](const AgentRecord& r) {
@@ -1045,8 +1087,89 @@ struct Controller::Impl {
       if (r.kind == "csd" || r.kind == "cpm") add(r);
     }
     for (const auto& [d, r] : view.agents) add(r);
+    return candidates;
+  }
+
+  // Checkpointer thread: a durable instance's base checkpoint is a full record of its
+  // journal, appended by its agent to its keeper at a request boundary (the keeper drops
+  // what came before). The keeper is chosen as for snapshots; a new one is pushed to the
+  // agent first (its next record then carries every page anyway).
+  Status TakeDurableCheckpoint(const ClusterView& view, const InstanceRecord& rec) {
+    const AgentRecord& a = view.agents.at(rec.device);
+    TERN_ASSIGN_OR_RETURN(client::AgentClient * src, CkClient(a));
+    auto old = view.checkpoints.find(rec.id);
     std::vector<std::string> why;
-    for (const AgentRecord* k : candidates) {
+    for (const AgentRecord* k : KeeperCandidates(view, rec)) {
+      const int64_t taken = UnixMillis();
+      Status s = src->SetKeeper(rec.id, k->device, k->tcp);
+      Result<std::string> rep = s.ok() ? src->JournalCheckpoint(rec.id) : Result<std::string>(s);
+      if (!rep.ok()) {
+        if (rep.status().code() == StatusCode::kNotFound) return rep.status();  // gone
+        why.push_back(fmt::format("{}: {}", k->device, rep.status().message()));
+        continue;
+      }
+      keeper_pushed[rec.id] = KeeperTag(a, *k);
+      json r = json::parse(*rep, nullptr, false);
+      CheckpointRecord ck{rec.id, rec.service, k->device, rec.device, taken,
+                          r.is_object() ? r.value("bytes", uint64_t{0}) : 0};
+      ck.durable = true;
+      ck.journal_seq = r.is_object() ? r.value("seq", uint64_t{0}) : 0;
+      TERN_RETURN_IF_ERROR(
+          store->Put(std::string(kCheckpointsPrefix) + rec.id, ToJson(ck)).status());
+      if (old != view.checkpoints.end() && old->second.device != k->device) {
+        if (auto ok = view.agents.find(old->second.device); ok != view.agents.end()) {
+          if (Result<client::AgentClient*> oc = CkClient(ok->second); oc.ok()) {
+            RemoveCheckpointData(*oc, old->second);
+          }
+        }
+      }
+      if (old == view.checkpoints.end() || old->second.device != k->device) {
+        Event(fmt::format("the journal and checkpoints of {} are kept by {} (durable; a base "
+                          "checkpoint of {} bytes)",
+                          rec.id, k->device, ck.bytes));
+      }
+      return Status::Ok();
+    }
+    return UnavailableError(fmt::format(
+        "no device can keep the journal of {} (a storage device's agent with datasets, other "
+        "than {}){}{}",
+        rec.id, rec.device, why.empty() ? "" : ": ", fmt::format("{}", fmt::join(why, "; "))));
+  }
+
+  static std::string KeeperTag(const AgentRecord& a, const AgentRecord& k) {
+    return fmt::format("{}@{} {}@{}", a.device, a.boot, k.device, k.boot);
+  }
+
+  // Checkpointer thread: a durable instance whose agent does not know its keeper yet (it
+  // moved, or either restarted) gets it now, not at its next checkpoint: until then its
+  // writes fail.
+  void PushKeeper(const ClusterView& view, const InstanceRecord& rec, const CheckpointRecord& ck) {
+    auto a = view.agents.find(rec.device);
+    auto k = view.agents.find(ck.device);
+    if (a == view.agents.end() || k == view.agents.end() || k->first == rec.device) return;
+    const std::string tag = KeeperTag(a->second, k->second);
+    if (keeper_pushed[rec.id] == tag) return;
+    Result<client::AgentClient*> c = CkClient(a->second);
+    Status s = c.ok() ? (*c)->SetKeeper(rec.id, ck.device, k->second.tcp) : c.status();
+    if (s.ok()) {
+      keeper_pushed[rec.id] = tag;
+    } else if (!Quiet(__LINE__, 10)) {
+      TERN_LOG(WARN) << "telling " << rec.device << " the keeper of " << rec.id << ": " << s;
+    }
+  }
+
+  Status TakeCheckpoint(const ClusterView& view, const InstanceRecord& rec) {
+    const AgentRecord& a = view.agents.at(rec.device);
+    TERN_ASSIGN_OR_RETURN(client::AgentClient * src, CkClient(a));
+    int64_t taken = UnixMillis();
+    Result<std::string> snap = src->Snapshot(rec.id);
+    if (!snap.ok()) {
+      ck_conns.erase(a.device + "@" + a.boot);
+      return snap.status().WithPrefix("snapshot of " + rec.id);
+    }
+    auto old = view.checkpoints.find(rec.id);
+    std::vector<std::string> why;
+    for (const AgentRecord* k : KeeperCandidates(view, rec)) {
       Result<client::AgentClient*> kc = CkClient(*k);
       Status put =
           kc.ok() ? (*kc)->PutObject(std::string(kCheckpointDataset), rec.id, *snap) : kc.status();
@@ -1064,7 +1187,7 @@ struct Controller::Impl {
           view.agents.count(old->second.device)) {
         if (Result<client::AgentClient*> oc = CkClient(view.agents.at(old->second.device));
             oc.ok()) {
-          (void)(*oc)->RemoveObject(std::string(kCheckpointDataset), rec.id);
+          RemoveCheckpointData(*oc, old->second);
         }
       }
       if (old == view.checkpoints.end() || old->second.device != k->device) {
@@ -1093,7 +1216,7 @@ struct Controller::Impl {
       auto keeper = view->agents.find(ck.device);
       if (keeper == view->agents.end()) continue;
       if (Result<client::AgentClient*> k = CkClient(keeper->second); k.ok()) {
-        (void)(*k)->RemoveObject(std::string(kCheckpointDataset), id);
+        RemoveCheckpointData(*k, ck);
       }
     }
     for (const auto& [id, p] : view->instances) {
@@ -1106,15 +1229,24 @@ struct Controller::Impl {
         continue;
       }
       auto ck = view->checkpoints.find(id);
+      if (svc->second.durable && ck != view->checkpoints.end()) PushKeeper(*view, p.record, ck->second);
       int64_t last = ck == view->checkpoints.end() ? 0 : ck->second.unix_ms;
+      // A durable instance now on its keeper's device has no usable keeper: at once.
+      if (svc->second.durable && ck != view->checkpoints.end() && ck->second.device == p.record.device) {
+        last = 0;
+      }
       last = std::max(last, ck_attempt_ms[id]);
       if (now - last < svc->second.checkpoint_ms) continue;
       ck_attempt_ms[id] = now;
-      Status s = TakeCheckpoint(*view, p.record);
+      Status s = svc->second.durable ? TakeDurableCheckpoint(*view, p.record)
+                                     : TakeCheckpoint(*view, p.record);
       if (!s.ok() && !Quiet(__LINE__, 10)) TERN_LOG(WARN) << "checkpoint: " << s;
     }
     for (auto it = ck_attempt_ms.begin(); it != ck_attempt_ms.end();) {
       it = view->instances.count(it->first) ? std::next(it) : ck_attempt_ms.erase(it);
+    }
+    for (auto it = keeper_pushed.begin(); it != keeper_pushed.end();) {
+      it = view->instances.count(it->first) ? std::next(it) : keeper_pushed.erase(it);
     }
     return any;
   }
@@ -1758,13 +1890,17 @@ struct Controller::Impl {
                                {"unix_ms", ck->second.unix_ms},
                                {"age_ms", std::max<int64_t>(UnixMillis() - ck->second.unix_ms, 0)},
                                {"bytes", ck->second.bytes}};
+        if (ck->second.durable) {
+          i["checkpoint"]["durable"] = true;
+          i["checkpoint"]["journal_seq"] = ck->second.journal_seq;
+        }
       }
       inst.push_back(std::move(i));
     }
     json out{{"name", s.name},         {"replicas", s.replicas},
              {"devices", s.devices},   {"module_hash", s.module_hash},
              {"stateful", s.stateful}, {"checkpoint_ms", s.checkpoint_ms},
-             {"instances", inst}};
+             {"durable", s.durable},   {"instances", inst}};
     MutexLock l(&pub_mu);
     // Energy per request (energy.h) over the last telemetry interval, weighted by the
     // instances' request rates.
@@ -1816,6 +1952,7 @@ struct Controller::Impl {
     s.memory_bytes = m->limits.memory_bytes();
     s.stateful = m->stateful;
     s.checkpoint_ms = m->checkpoint_ms;
+    s.durable = m->durable;
     s.created_unix_ms = UnixMillis();
     if (j.contains("replicas")) {
       if (!j["replicas"].is_number_integer() || j["replicas"].get<int64_t>() < 0 ||

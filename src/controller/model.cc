@@ -72,7 +72,8 @@ std::string ToJson(const ServiceRecord& r) {
               {"created_unix_ms", r.created_unix_ms},
               {"placement", r.placement},
               {"stateful", r.stateful},
-              {"checkpoint_ms", r.checkpoint_ms}}
+              {"checkpoint_ms", r.checkpoint_ms},
+              {"durable", r.durable}}
       .dump();
 }
 
@@ -87,7 +88,8 @@ std::string ToJson(const InstanceRecord& r) {
 
 std::string ToJson(const CheckpointRecord& r) {
   return json{{"id", r.id},         {"service", r.service}, {"device", r.device},
-              {"source", r.source}, {"unix_ms", r.unix_ms}, {"bytes", r.bytes}}
+              {"source", r.source}, {"unix_ms", r.unix_ms}, {"bytes", r.bytes},
+              {"durable", r.durable}, {"journal_seq", r.journal_seq}}
       .dump();
 }
 
@@ -102,6 +104,8 @@ Result<CheckpointRecord> CheckpointFromJson(std::string_view text, std::string_v
   TERN_RETURN_IF_ERROR(Field(j, "source", &r.source, what));
   TERN_RETURN_IF_ERROR(Field(j, "unix_ms", &r.unix_ms, what));
   TERN_RETURN_IF_ERROR(Field(j, "bytes", &r.bytes, what));
+  TERN_RETURN_IF_ERROR(Field(j, "durable", &r.durable, what));
+  TERN_RETURN_IF_ERROR(Field(j, "journal_seq", &r.journal_seq, what));
   return r;
 }
 
@@ -140,6 +144,7 @@ Result<ServiceRecord> ServiceFromJson(std::string_view text, std::string_view wh
   TERN_RETURN_IF_ERROR(Field(j, "placement", &r.placement, what));
   TERN_RETURN_IF_ERROR(Field(j, "stateful", &r.stateful, what));
   TERN_RETURN_IF_ERROR(Field(j, "checkpoint_ms", &r.checkpoint_ms, what));
+  TERN_RETURN_IF_ERROR(Field(j, "durable", &r.durable, what));
   return r;
 }
 

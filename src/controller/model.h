@@ -71,6 +71,7 @@ struct ServiceRecord {
   std::string placement;  // placement hints (advisor.h PlacementHints, JSON); "" = spread
   bool stateful = false;  // the manifest's `stateful`
   int64_t checkpoint_ms = 0;  // the manifest's `checkpoint_ms`: snapshot period, 0 = none
+  bool durable = false;       // the manifest's `durable`: a journal on the checkpoint keeper
 
   bool operator==(const ServiceRecord&) const = default;
 };
@@ -97,6 +98,10 @@ struct CheckpointRecord {
   std::string source;   // the device the instance ran on when it was taken
   int64_t unix_ms = 0;  // when it was taken
   uint64_t bytes = 0;
+  // Durable instances: the checkpoint is a full record of the instance's journal on
+  // `device` (not a snapshot object), with this sequence number.
+  bool durable = false;
+  uint64_t journal_seq = 0;
 
   bool operator==(const CheckpointRecord&) const = default;
 };
