@@ -3099,6 +3099,10 @@ Result<Agent::MigChunk> Agent::MigFreeze(const std::string& id, int64_t timeout_
     cs.memory_bytes = c.memory_bytes;
     cs.stack_pointer = slot.good.stack_pointer;
     cs.requests = slot.requests;
+    cs.keeper = slot.keeper;
+    cs.keeper_tcp = slot.keeper_tcp;
+    cs.journal_seq = slot.journal_seq;
+    cs.journal_full = slot.journal_full;
     for (uint64_t key : slot.dedup_order) cs.dedup.push_back(slot.dedup.at(key));
     *commit = EncodeCommitState(cs);
     return Status::Ok();
@@ -3319,6 +3323,17 @@ Status Agent::IncomingCommit(const std::shared_ptr<Incoming>& in, std::string_vi
     }
     slot->requests = cs.requests;
     for (DedupEntry& e : cs.dedup) slot->Remember(e.key, e.code, std::move(e.reply));
+    // A durable instance goes on appending to its keeper where the source stopped;
+    // unless it arrived on the keeper's own device (which cannot keep it: the controller
+    // assigns another, whose journal starts with a full record).
+    slot->journal_seq = cs.journal_seq;
+    slot->journal_full = cs.journal_full;
+    if (cs.keeper != options_.device) {
+      slot->keeper = cs.keeper;
+      slot->keeper_tcp = cs.keeper_tcp;
+    } else {
+      slot->journal_full = true;
+    }
     queued = slot->queued;
     wt->slots()[in->id] = std::move(slot);
     return Status::Ok();

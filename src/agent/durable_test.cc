@@ -324,6 +324,32 @@ TEST_F(DurableTest, LargeStateTrackedPagesRestoreByteForByte) {
   EXPECT_EQ(Call(cpu1_->agent.get(), "get").reply, value);
 }
 
+TEST_F(DurableTest, AMigratedInstanceGoesOnAppendingWhereItsSourceStopped) {
+  Agent* a = cpu0_->agent.get();
+  ASSERT_TRUE(a->SetKeeper(id_, "csd0", csd0_->tcp).ok());
+  for (int i = 1; i <= 10; ++i) ASSERT_EQ(Call(a, "incr", "1", 300 + i).reply, std::to_string(i));
+  MigrateOptions o;
+  o.to_tcp = cpu1_->tcp;
+  o.to_device = "cpu1";
+  Result<MigrationReport> m = a->Migrate(id_, o);
+  ASSERT_TRUE(m.ok()) << m.status();
+  Agent* b = cpu1_->agent.get();
+  // No keeper to push: the journal's place came with the state.
+  InstanceStatus st = StatusOf(b, id_);
+  EXPECT_EQ(st.keeper, "csd0");
+  EXPECT_EQ(st.journal_seq, 10u);
+  for (int i = 11; i <= 20; ++i) ASSERT_EQ(Call(b, "incr", "1", 300 + i).reply, std::to_string(i));
+  EXPECT_EQ(StatusOf(b, id_).journal_full, 0u) << "the target sent deltas, no full record";
+  EXPECT_EQ(csd0_->agent->journals()->Info(id_)->records, 20u);
+  cpu1_->Stop();
+  auto cpu2 = Node::Start("cpu2", "");
+  std::swap(cpu1_, cpu2);
+  Agent::ReplayReport rep = RestoreOn(cpu1_.get());
+  EXPECT_EQ(rep.seq, 20u);
+  EXPECT_EQ(Call(cpu1_->agent.get(), "get").reply, "20");
+  EXPECT_EQ(Call(cpu1_->agent.get(), "incr", "1", 305).reply, "5") << "a key from before the move";
+}
+
 TEST(DurableTimeoutTest, AKeeperThatDoesNotAnswerInTimeFailsTheRequestAndUndoesIt) {
   const std::string dir = tern::testing::TempDir("durable-slow");
   auto cpu0 = Node::Start("cpu0", "", /*journal_timeout_ns=*/300'000'000);

@@ -72,6 +72,12 @@ struct CommitState {
   std::optional<uint32_t> stack_pointer;
   std::vector<DedupEntry> dedup;  // oldest first
   uint64_t requests = 0;          // served at the source (carried over for status)
+  // Durable instances: where the journal is kept, the last record the keeper
+  // acknowledged, and whether the next one must carry every page. The target appends
+  // the next record, so that a migration neither loses nor repeats journal records.
+  std::string keeper, keeper_tcp;
+  uint64_t journal_seq = 0;
+  bool journal_full = true;
   bool operator==(const CommitState&) const = default;
 };
 std::string EncodeCommitState(const CommitState& c);
