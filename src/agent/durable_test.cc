@@ -13,6 +13,7 @@
 #include "agent/agent.h"
 #include "agent/agent_server.h"
 #include "agent/journal_record.h"
+#include "agent/test_node.h"
 #include "core/clock.h"
 #include "core/manifest.h"
 #include "storage/journal.h"
@@ -115,36 +116,17 @@ TEST(JournalRecordTest, TornTailsAndDamageStopTheScanAtTheLastWholeRecord) {
 
 // ---- three agents
 
-struct Node {
-  std::unique_ptr<Agent> agent;
-  std::unique_ptr<AgentServer> server;
-  std::string tcp;
+using Node = TestNode;
 
-  static std::unique_ptr<Node> Start(const std::string& device, const std::string& datasets_dir,
-                                     int64_t journal_timeout_ns = 2'000'000'000) {
-    auto n = std::make_unique<Node>();
-    AgentOptions o;
-    o.device = device;
-    o.workers = 2;
-    o.datasets_dir = datasets_dir;
-    o.journal_timeout_ns = journal_timeout_ns;
-    Result<std::unique_ptr<Agent>> a = Agent::Create(o, SharedEngine());
-    EXPECT_TRUE(a.ok()) << a.status();
-    n->agent = std::move(*a);
-    AgentServerOptions so;
-    so.frame_port = 0;
-    so.admin_port = 0;
-    Result<std::unique_ptr<AgentServer>> srv = AgentServer::Start(n->agent.get(), so);
-    EXPECT_TRUE(srv.ok()) << srv.status();
-    n->server = std::move(*srv);
-    n->tcp = n->agent->options().tcp_address;
-    return n;
-  }
-  void Stop() {
-    server.reset();
-    agent.reset();
-  }
-};
+std::unique_ptr<Node> StartNode(const std::string& device, const std::string& datasets_dir,
+                                int64_t journal_timeout_ns = 2'000'000'000) {
+  AgentOptions o;
+  o.device = device;
+  o.workers = 2;
+  o.datasets_dir = datasets_dir;
+  o.journal_timeout_ns = journal_timeout_ns;
+  return TestNode::Start(o);
+}
 
 Manifest DurableCounter() {
   Result<Manifest> m = LoadManifest(SourcePath("examples/counter/manifest.yaml"));
@@ -177,9 +159,9 @@ class DurableTest : public ::testing::Test {
  protected:
   void SetUp() override {
     keeper_dir_ = tern::testing::TempDir("durable-keeper");
-    cpu0_ = Node::Start("cpu0", "");
-    csd0_ = Node::Start("csd0", keeper_dir_);
-    cpu1_ = Node::Start("cpu1", "");
+    cpu0_ = StartNode("cpu0", "");
+    csd0_ = StartNode("csd0", keeper_dir_);
+    cpu1_ = StartNode("cpu1", "");
     Result<ServiceStatus> s = cpu0_->agent->Deploy(DurableCounter(), ReadWasm("counter"));
     ASSERT_TRUE(s.ok()) << s.status();
     id_ = s->instances.at(0);
@@ -280,7 +262,7 @@ TEST_F(DurableTest, EveryAcknowledgedIncrementSurvivesTheAgentAndRetriesAreAnswe
 
   // The keeper comes back (a new process on the same disk, a new port): the journal
   // reads back, and the instance keeps serving durably.
-  csd0_ = Node::Start("csd0", keeper_dir_);
+  csd0_ = StartNode("csd0", keeper_dir_);
   ASSERT_TRUE(b->SetKeeper(id_, "csd0", csd0_->tcp).ok());
   InvokeResult again = Call(b, "incr", "1", 2002);  // the client's retry
   ASSERT_TRUE(again.status.ok()) << again.status;
@@ -289,7 +271,7 @@ TEST_F(DurableTest, EveryAcknowledgedIncrementSurvivesTheAgentAndRetriesAreAnswe
 
   // And what the keeper has restores exactly that, once more, on a third agent.
   cpu1_->Stop();
-  auto cpu2 = Node::Start("cpu2", "");
+  auto cpu2 = StartNode("cpu2", "");
   std::swap(cpu1_, cpu2);
   rep = RestoreOn(cpu1_.get());
   EXPECT_EQ(Call(cpu1_->agent.get(), "get").reply, std::to_string(kN + 2));
@@ -342,7 +324,7 @@ TEST_F(DurableTest, AMigratedInstanceGoesOnAppendingWhereItsSourceStopped) {
   EXPECT_EQ(StatusOf(b, id_).journal_full, 0u) << "the target sent deltas, no full record";
   EXPECT_EQ(csd0_->agent->journals()->Info(id_)->records, 20u);
   cpu1_->Stop();
-  auto cpu2 = Node::Start("cpu2", "");
+  auto cpu2 = StartNode("cpu2", "");
   std::swap(cpu1_, cpu2);
   Agent::ReplayReport rep = RestoreOn(cpu1_.get());
   EXPECT_EQ(rep.seq, 20u);
@@ -352,8 +334,8 @@ TEST_F(DurableTest, AMigratedInstanceGoesOnAppendingWhereItsSourceStopped) {
 
 TEST(DurableTimeoutTest, AKeeperThatDoesNotAnswerInTimeFailsTheRequestAndUndoesIt) {
   const std::string dir = tern::testing::TempDir("durable-slow");
-  auto cpu0 = Node::Start("cpu0", "", /*journal_timeout_ns=*/300'000'000);
-  auto csd0 = Node::Start("csd0", dir);
+  auto cpu0 = StartNode("cpu0", "", /*journal_timeout_ns=*/300'000'000);
+  auto csd0 = StartNode("csd0", dir);
   Result<ServiceStatus> s = cpu0->agent->Deploy(DurableCounter(), ReadWasm("counter"));
   ASSERT_TRUE(s.ok()) << s.status();
   const std::string id = s->instances.at(0);

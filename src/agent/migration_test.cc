@@ -12,6 +12,7 @@
 #include "agent/agent.h"
 #include "agent/agent_server.h"
 #include "agent/migration_wire.h"
+#include "agent/test_node.h"
 #include "core/clock.h"
 #include "core/ids.h"
 #include "core/manifest.h"
@@ -117,35 +118,16 @@ TEST(MigrationWireTest, CommitStateRoundTripsAndDetectsDamage) {
 
 // ---- two agents
 
-struct Node {
-  std::unique_ptr<Agent> agent;
-  std::unique_ptr<AgentServer> server;
-  std::string tcp;
+using Node = TestNode;
 
-  static std::unique_ptr<Node> Start(const std::string& device, int workers = 2,
-                                     size_t max_queue = 1024) {
-    auto n = std::make_unique<Node>();
-    AgentOptions o;
-    o.device = device;
-    o.workers = workers;
-    o.max_queue_per_instance = max_queue;
-    Result<std::unique_ptr<Agent>> a = Agent::Create(o, SharedEngine());
-    EXPECT_TRUE(a.ok()) << a.status();
-    n->agent = std::move(*a);
-    AgentServerOptions so;
-    so.frame_port = 0;
-    so.admin_port = 0;
-    Result<std::unique_ptr<AgentServer>> srv = AgentServer::Start(n->agent.get(), so);
-    EXPECT_TRUE(srv.ok()) << srv.status();
-    n->server = std::move(*srv);
-    n->tcp = n->agent->options().tcp_address;
-    return n;
-  }
-  void Stop() {
-    server.reset();
-    agent.reset();
-  }
-};
+std::unique_ptr<Node> StartNode(const std::string& device, int workers = 2,
+                                size_t max_queue = 1024) {
+  AgentOptions o;
+  o.device = device;
+  o.workers = workers;
+  o.max_queue_per_instance = max_queue;
+  return TestNode::Start(o);
+}
 
 Manifest CounterManifest(uint32_t replicas) {
   Result<Manifest> m = LoadManifest(SourcePath("examples/counter/manifest.yaml"));
@@ -183,8 +165,8 @@ InstanceStatus StatusOf(Agent* a, const std::string& id) {
 class MigrationTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    a_ = Node::Start("src");
-    b_ = Node::Start("dst");
+    a_ = StartNode("src");
+    b_ = StartNode("dst");
     Result<ServiceStatus> s = a_->agent->Deploy(CounterManifest(1), ReadWasm("counter"));
     ASSERT_TRUE(s.ok()) << s.status();
     id_ = s->instances.at(0);
@@ -483,8 +465,8 @@ TEST_F(MigrationTest, GarbageOnTheMigrationPortClosesThatConnectionOnly) {
 TEST(MigrationNestedTest, WaitsForTheRequestBoundaryThenFailsClearlyAtTheTimeout) {
   // One worker on the source: a relay request waiting in a nested call (to a slow callee
   // on another agent) holds back every control step on that worker.
-  std::unique_ptr<Node> a = Node::Start("src", /*workers=*/1);
-  std::unique_ptr<Node> b = Node::Start("dst");
+  std::unique_ptr<Node> a = StartNode("src", /*workers=*/1);
+  std::unique_ptr<Node> b = StartNode("dst");
   Result<ServiceStatus> c = a->agent->Deploy(CounterManifest(1), ReadWasm("counter"));
   ASSERT_TRUE(c.ok()) << c.status();
   const std::string id = c->instances.at(0);
@@ -541,8 +523,8 @@ TEST(MigrationNestedTest, WaitsForTheRequestBoundaryThenFailsClearlyAtTheTimeout
 
 TEST(MigrationBurstTest, RequestsHeldDuringTheFreezeAreForwardedWithinTheTargetsQueue) {
   // The target queues at most 16 requests per instance; 200 arrive during the freeze.
-  std::unique_ptr<Node> a = Node::Start("src");
-  std::unique_ptr<Node> b = Node::Start("dst", 2, /*max_queue=*/16);
+  std::unique_ptr<Node> a = StartNode("src");
+  std::unique_ptr<Node> b = StartNode("dst", 2, /*max_queue=*/16);
   Result<ServiceStatus> c = a->agent->Deploy(CounterManifest(1), ReadWasm("counter"));
   ASSERT_TRUE(c.ok()) << c.status();
   const std::string id = c->instances.at(0);

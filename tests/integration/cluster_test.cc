@@ -227,6 +227,36 @@ TEST(ClusterTest, BadTopologiesAreClearErrorsAndNothingIsStarted) {
   EXPECT_NE(down.output.find("nothing to remove"), std::string::npos) << down.output;
 }
 
+// Waits (15 s at most) until instance `id` runs on a device other than `device` (its
+// agent was killed); returns that device, or "" if it did not happen.
+std::string WaitRunningElsewhere(Cluster& c, const std::string& id, const std::string& device) {
+  const int64_t deadline = MonoNanos() + int64_t{15} * 1000000000;
+  while (MonoNanos() < deadline) {
+    json j = json::parse(c.Tern({"ps", "--json"}).output, nullptr, false);
+    if (!j.is_discarded()) {
+      for (const json& s : j["services"]) {
+        for (const json& i : s["instances"]) {
+          if (i["id"] == id && i["device"] != device && i["state"] == "running") return i["device"];
+        }
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  return "";
+}
+
+// The counter's value through the gateway, once it answers (5 s at most).
+Result<std::string> CounterThroughGateway(const std::string& gw) {
+  Result<transport::HttpClientResponse> r = UnavailableError("no answer");
+  for (int i = 0; i < 50; ++i) {
+    r = Invoke(gw, "counter", "get", "");
+    if (r.ok() && r->status == 200) return r->body;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return r.ok() ? UnavailableError("the gateway answers " + std::to_string(r->status) + ": " + r->body)
+                : r.status();
+}
+
 // Issue #6 through the CLI on a loopback cluster: `tern drain` replaces a stateless
 // replica while the gateway keeps answering, `tern ps` shows the drain and each
 // instance's checkpoint, and a checkpointed counter whose agent is SIGKILLed comes back
@@ -354,33 +384,11 @@ void DrainMigrateAndRestoreThroughTheCli(const std::string& name, const std::str
   int pid = rec["agents"][device]["pid"];
   ASSERT_GT(pid, 0);
   ASSERT_EQ(::kill(pid, SIGKILL), 0);
-  std::string now_on;
-  deadline = MonoNanos() + int64_t{15} * 1000000000;
-  while (MonoNanos() < deadline && now_on.empty()) {
-    json j = json::parse(c.Tern({"ps", "--json"}).output, nullptr, false);
-    if (!j.is_discarded()) {
-      for (const json& s : j["services"]) {
-        for (const json& i : s["instances"]) {
-          if (i["id"] == id && i["device"] != device && i["state"] == "running") {
-            now_on = i["device"];
-          }
-        }
-      }
-    }
-    if (now_on.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
+  std::string now_on = WaitRunningElsewhere(c, id, device);
   ASSERT_FALSE(now_on.empty()) << c.Tern({"ps"}).output;
-  bool got = false;
-  for (int i = 0; i < 50 && !got; ++i) {
-    Result<transport::HttpClientResponse> r = Invoke(gw, "counter", "get", "");
-    got = r.ok() && r->status == 200;
-    if (got) {
-      EXPECT_EQ(r->body, "3");
-    } else {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-  }
-  EXPECT_TRUE(got);
+  Result<std::string> count = CounterThroughGateway(gw);
+  ASSERT_TRUE(count.ok()) << count.status();
+  EXPECT_EQ(*count, "3");
   ps = c.Tern({"ps", "--json"});  // every recent event
   EXPECT_NE(ps.output.find("restored " + id + " on " + now_on + " from the checkpoint of"),
             std::string::npos)
@@ -448,31 +456,11 @@ TEST(ClusterTest, LoopbackDurableCounterLosesNoAcknowledgedRequestWhenItsAgentDi
   int pid = rec["agents"][device]["pid"];
   ASSERT_GT(pid, 0);
   ASSERT_EQ(::kill(pid, SIGKILL), 0);
-  std::string now_on;
-  deadline = MonoNanos() + int64_t{15} * 1000000000;
-  while (MonoNanos() < deadline && now_on.empty()) {
-    json j = json::parse(c.Tern({"ps", "--json"}).output, nullptr, false);
-    if (!j.is_discarded()) {
-      for (const json& s : j["services"]) {
-        for (const json& i : s["instances"]) {
-          if (i["id"] == id && i["device"] != device && i["state"] == "running") now_on = i["device"];
-        }
-      }
-    }
-    if (now_on.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
+  std::string now_on = WaitRunningElsewhere(c, id, device);
   ASSERT_FALSE(now_on.empty()) << c.Tern({"ps"}).output;
-  bool got = false;
-  for (int i = 0; i < 50 && !got; ++i) {
-    Result<transport::HttpClientResponse> r = Invoke(gw, "counter", "get", "");
-    got = r.ok() && r->status == 200;
-    if (got) {
-      EXPECT_EQ(r->body, std::to_string(kN)) << "acknowledged increments were lost";
-    } else {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-  }
-  ASSERT_TRUE(got);
+  Result<std::string> count = CounterThroughGateway(gw);
+  ASSERT_TRUE(count.ok()) << count.status();
+  EXPECT_EQ(*count, std::to_string(kN)) << "acknowledged increments were lost";
   // The client of the last increment retries it: the recorded answer, no second run.
   Result<transport::HttpClientResponse> retry = incr(5000 + kN);
   ASSERT_TRUE(retry.ok()) << retry.status();
