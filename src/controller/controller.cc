@@ -1002,6 +1002,15 @@ struct Controller::Impl {
   Status RestoreFromJournal(const CheckpointRecord& ck, const AgentRecord& keeper, AgentConn* k,
                             AgentConn* c, const std::string& device) {
     Result<std::string> records = k->client->ReadJournal(ck.id, 0);
+    if (records.status().code() == StatusCode::kNotFound) {
+      // The keeper lives but lost the journal (its disk was replaced): nothing to
+      // restore from, as when the keeper is gone.
+      Event(fmt::format("the journal of {} is gone from {} ({}): {} starts on {} with fresh "
+                        "state (its state is lost)",
+                        ck.id, ck.device, records.status().message(), ck.id, device));
+      (void)store->Delete(std::string(kCheckpointsPrefix) + ck.id);
+      return Status::Ok();
+    }
     if (!records.ok()) {
       return Status(records.status().code(),
                     fmt::format("reading the journal of {} from {}: {}", ck.id, ck.device,
