@@ -2164,9 +2164,15 @@ void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
   }
   WorkerThread* wt = workers_[route.worker].get();
   auto task = [this, wt, id, req = std::move(req), done, queued = route.queued]() mutable {
+    if (HoldOrForward(wt, id, req, done)) {
+      queued->fetch_sub(1, std::memory_order_relaxed);
+      return;
+    }
+    InvokeResult r = Execute(wt, id, req);
+    // Counted until it is done, not until it starts: a durable instance waiting for its
+    // keeper is busy, and the least-queued pick must see that.
     queued->fetch_sub(1, std::memory_order_relaxed);
-    if (HoldOrForward(wt, id, req, done)) return;
-    done(Execute(wt, id, req));
+    done(std::move(r));
   };
   if (!wt->Post(std::move(task), id)) {
     route.queued->fetch_sub(1, std::memory_order_relaxed);

@@ -80,6 +80,11 @@ constexpr uint8_t kEntryRecord = 1;
 constexpr uint8_t kEntryBase = 2;
 constexpr uint8_t kEntryDrop = 3;
 constexpr uint64_t kSegmentBytes = 64u << 20;
+// Group commit: instances that appended within kRecentNs are expected to append again;
+// the writer waits for them at most half a sync, within these bounds.
+constexpr int64_t kRecentNs = 5'000'000;
+constexpr int64_t kMinGroupWaitNs = 20'000;
+constexpr int64_t kMaxGroupWaitNs = 200'000;
 
 std::string SegmentName(uint32_t n) { return fmt::format("seg-{:08}.log", n); }
 
@@ -258,16 +263,45 @@ struct JournalStore::Impl {
   }
 
   void Loop() {
+    std::map<std::string, int64_t> recent;  // instance -> when it last appended
+    int64_t last_sync_ns = 0;
     for (;;) {
       std::deque<Op> batch;
       {
         MutexLock l(&q_mu);
         while (queue.empty() && !stopping) q_cv.Wait(&q_mu);
         if (queue.empty() && stopping) return;
+        // Group commit: every instance waits for its own record before it sends the
+        // next, so while more instances have been appending lately than have a record
+        // queued, the others are likely on their way: wait for them a little (a fraction
+        // of a sync), rather than pay one sync each.
+        const int64_t now = MonoNanos();
+        for (auto it = recent.begin(); it != recent.end();) {
+          it = now - it->second > kRecentNs ? recent.erase(it) : std::next(it);
+        }
+        const int64_t until =
+            now + std::clamp<int64_t>(last_sync_ns / 2, kMinGroupWaitNs, kMaxGroupWaitNs);
+        while (!stopping && Distinct(queue) < recent.size()) {
+          const int64_t left = until - MonoNanos();
+          if (left <= 0) break;
+          q_cv.WaitFor(&q_mu, std::chrono::nanoseconds(left));
+        }
         batch.swap(queue);
       }
+      const int64_t t0 = MonoNanos();
+      for (const Op& op : batch) {
+        if (op.kind == kEntryRecord) recent[op.instance] = t0;
+      }
       RunBatch(batch);
+      last_sync_ns = MonoNanos() - t0;
     }
+  }
+
+  static size_t Distinct(const std::deque<Op>& q) {
+    std::vector<std::string_view> ids;
+    for (const Op& op : q) ids.push_back(op.instance);
+    std::sort(ids.begin(), ids.end());
+    return static_cast<size_t>(std::unique(ids.begin(), ids.end()) - ids.begin());
   }
 
   // Group commit: every queued entry in one write and one fdatasync, then the answers.
