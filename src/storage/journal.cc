@@ -134,6 +134,7 @@ struct JournalStore::Impl {
   bool stopping GUARDED_BY(q_mu) = false;
   std::thread writer;
   std::atomic<int64_t> sync_delay_ns{0};
+  std::atomic<uint64_t> segment_bytes{kSegmentBytes};
 
   ~Impl() {
     {
@@ -367,7 +368,7 @@ struct JournalStore::Impl {
           TERN_LOG(ERROR) << broken;
         }
         for (size_t i : written) answers.emplace_back(std::move(batch[i].done), io.ok() ? Status::Ok() : broken);
-        if (io.ok() && seg.size >= kSegmentBytes) {
+        if (io.ok() && seg.size >= segment_bytes.load(std::memory_order_relaxed)) {
           Status s = OpenSegment(cur + 1);
           if (!s.ok()) {
             broken = UnavailableError(fmt::format("the journal store of {} failed: {}", dir, s.message()));
@@ -577,5 +578,7 @@ JournalStats JournalStore::stats() {
 const std::string& JournalStore::dir() const { return impl_->dir; }
 
 void JournalStore::SetSyncDelayForTest(int64_t ns) { impl_->sync_delay_ns.store(ns); }
+
+void JournalStore::SetSegmentBytesForTest(uint64_t bytes) { impl_->segment_bytes.store(bytes); }
 
 }  // namespace tern::storage

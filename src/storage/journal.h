@@ -117,8 +117,10 @@ class JournalStore {
   JournalStats stats();
   const std::string& dir() const;
 
-  // Test hook: every fdatasync sleeps this long first (a slow disk).
+  // Test hooks: every fdatasync sleeps this long first (a slow disk); segments rotate
+  // at this size instead of 64 MiB.
   void SetSyncDelayForTest(int64_t ns);
+  void SetSegmentBytesForTest(uint64_t bytes);
 
  private:
   struct Impl;

@@ -171,6 +171,30 @@ TEST(JournalStoreTest, BaseDropsCoveredRecordsDurablyAndDropForgets) {
   EXPECT_TRUE(AppendSync(j.get(), "e-1", Rec(11)).ok());
 }
 
+TEST(JournalStoreTest, SegmentsRotateAndAreDeletedOnceAFullRecordSupersedesThem) {
+  const std::string dir = testing::TempDir("journal-rotate");
+  {
+    auto j = OpenIn(dir);
+    j->SetSegmentBytesForTest(1024);
+    ASSERT_TRUE(AppendSync(j.get(), "c-1", Rec(1, true, std::string(600, 'f'))).ok());
+    for (uint64_t s = 2; s <= 12; ++s) {
+      ASSERT_TRUE(AppendSync(j.get(), "c-1", Rec(s, false, std::string(400, 'd'))).ok());
+    }
+    ASSERT_TRUE(AppendSync(j.get(), "d-1", Rec(1, true, "other")).ok());
+    const size_t before = Segments(dir).size();
+    EXPECT_GE(before, 5u) << "the segments did not rotate";
+    // A base checkpoint: every earlier record of c-1 is dead; their segments go, except
+    // the one that still holds d-1's record, and the current one.
+    ASSERT_TRUE(AppendSync(j.get(), "c-1", Rec(13, true, "F13")).ok());
+    const size_t after = Segments(dir).size();
+    EXPECT_LE(after, 3u) << "of " << before;
+    EXPECT_EQ(*j->Read("c-1", 0), Rec(13, true, "F13"));
+  }
+  auto j = OpenIn(dir);
+  EXPECT_EQ(*j->Read("c-1", 0), Rec(13, true, "F13"));
+  EXPECT_EQ(*j->Read("d-1", 0), Rec(1, true, "other"));
+}
+
 TEST(JournalStoreTest, TornTailIsIgnoredCutAndLoggedNeverAppliedPartially) {
   const std::string dir = testing::TempDir("journal-torn");
   {
