@@ -259,6 +259,13 @@ int RunAll(const Args& args) {
     }
     keeper_dir = tmpl;
   }
+  // A directory made here is removed however the run ends.
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() {
+      if (!dir.empty()) (void)RemoveTree(dir);
+    }
+  } cleanup{args.keeper_dir.empty() ? keeper_dir : ""};
   Result<std::unique_ptr<wasm::Engine>> engine = wasm::NewV8Engine({});
   Result<std::string> wasm = ReadFile(args.wasm_dir + "/counter.wasm");
   Result<Manifest> manifest = LoadManifest(args.source_dir + "/examples/counter/manifest.yaml");
@@ -441,7 +448,6 @@ int RunAll(const Args& args) {
     rc = 1;
   }
   std::fputs(md.c_str(), stdout);
-  if (args.keeper_dir.empty()) (void)RemoveTree(keeper_dir);
   return rc;
 }
 
