@@ -55,8 +55,8 @@ Result<JournalRecordView> DecodeJournalRecord(std::string_view b) {
   r.full = (flags & storage::kRecordFull) != 0;
   if ((flags & storage::kRecordStackPointer) != 0) r.stack_pointer = LoadU32(b.data() + 12);
   r.memory_bytes = LoadU64(b.data() + 16);
-  if (r.memory_bytes % 65536 != 0) {
-    return DataLossError(fmt::format("journal record {}: memory of {} bytes is not whole wasm pages",
+  if (r.memory_bytes % 65536 != 0 || r.memory_bytes > (uint64_t{1} << 32)) {
+    return DataLossError(fmt::format("journal record {}: memory of {} bytes is not whole wasm pages of a 32-bit memory",
                                      r.seq, r.memory_bytes));
   }
   size_t off = storage::kRecordFixedBytes;
