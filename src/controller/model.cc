@@ -73,7 +73,8 @@ std::string ToJson(const ServiceRecord& r) {
               {"placement", r.placement},
               {"stateful", r.stateful},
               {"checkpoint_ms", r.checkpoint_ms},
-              {"durable", r.durable}}
+              {"durable", r.durable},
+              {"slo_p99_us", r.slo_p99_us}}
       .dump();
 }
 
@@ -87,9 +88,14 @@ std::string ToJson(const InstanceRecord& r) {
 }
 
 std::string ToJson(const CheckpointRecord& r) {
+  json copies = json::array();
+  for (const CheckpointRecord::Copy& c : r.copies) {
+    copies.push_back({{"device", c.device}, {"unix_ms", c.unix_ms}, {"bytes", c.bytes}});
+  }
   return json{{"id", r.id},         {"service", r.service}, {"device", r.device},
               {"source", r.source}, {"unix_ms", r.unix_ms}, {"bytes", r.bytes},
-              {"durable", r.durable}, {"journal_seq", r.journal_seq}}
+              {"durable", r.durable}, {"journal_seq", r.journal_seq},
+              {"copies", copies}}
       .dump();
 }
 
@@ -106,6 +112,21 @@ Result<CheckpointRecord> CheckpointFromJson(std::string_view text, std::string_v
   TERN_RETURN_IF_ERROR(Field(j, "bytes", &r.bytes, what));
   TERN_RETURN_IF_ERROR(Field(j, "durable", &r.durable, what));
   TERN_RETURN_IF_ERROR(Field(j, "journal_seq", &r.journal_seq, what));
+  if (j.contains("copies") && !j["copies"].is_null()) {
+    if (!j["copies"].is_array()) {
+      return DataLossError(fmt::format("{}: field 'copies' has the wrong type", what));
+    }
+    for (const json& c : j["copies"]) {
+      if (!c.is_object()) return DataLossError(fmt::format("{}: a copy is not an object", what));
+      CheckpointRecord::Copy copy;
+      TERN_RETURN_IF_ERROR(Require(c, "device", what));
+      TERN_RETURN_IF_ERROR(Field(c, "device", &copy.device, what));
+      TERN_RETURN_IF_ERROR(Field(c, "unix_ms", &copy.unix_ms, what));
+      TERN_RETURN_IF_ERROR(Field(c, "bytes", &copy.bytes, what));
+      r.copies.push_back(std::move(copy));
+    }
+  }
+  if (r.copies.empty()) r.copies.push_back({r.device, r.unix_ms, r.bytes});
   return r;
 }
 
@@ -145,6 +166,7 @@ Result<ServiceRecord> ServiceFromJson(std::string_view text, std::string_view wh
   TERN_RETURN_IF_ERROR(Field(j, "stateful", &r.stateful, what));
   TERN_RETURN_IF_ERROR(Field(j, "checkpoint_ms", &r.checkpoint_ms, what));
   TERN_RETURN_IF_ERROR(Field(j, "durable", &r.durable, what));
+  TERN_RETURN_IF_ERROR(Field(j, "slo_p99_us", &r.slo_p99_us, what));
   return r;
 }
 

@@ -10,6 +10,10 @@
 //                              # reply waits until what the request wrote is appended to
 //                              # the instance's journal on its checkpoint keeper (fdatasync);
 //                              # implies checkpoints (checkpoint_ms defaults to 10000)
+//   slo_p99_ms: 2.5            # the p99 latency target of one request, ms (at most 3
+//                              # decimals; 0 = none, the default): the placement engine
+//                              # places by it and the rebalancer moves an instance whose
+//                              # measured p99 stays above it
 //   handlers: [incr, get]      # exported functions callable from outside, required
 //   tenant: default
 //   replicas: 1
@@ -50,6 +54,7 @@ struct Manifest {
   bool stateful = false;
   uint32_t checkpoint_ms = 0;  // 0 = no periodic checkpoints
   bool durable = false;        // journal every write before its reply (stateful only)
+  uint64_t slo_p99_us = 0;     // `slo_p99_ms` in µs; 0 = no SLO
   std::vector<std::string> handlers;
   std::string tenant = "default";
   uint32_t replicas = 1;
@@ -68,6 +73,7 @@ inline constexpr uint32_t kMaxCheckpointMs = 86'400'000;
 // truncated after each base checkpoint).
 inline constexpr uint32_t kDurableCheckpointMs = 10'000;
 inline constexpr uint32_t kMaxPayloadKib = 64 * 1024;
+inline constexpr uint64_t kMaxSloP99Us = 3'600'000'000;  // an hour
 
 // Parses YAML text. `source` names the text in error messages (a path, or "request").
 Result<Manifest> ParseManifest(const std::string& yaml_text, const std::string& source);
