@@ -2838,8 +2838,12 @@ void AdviseHugePages(uint8_t* p, size_t n) {
 // that arrive, 2 MiB at a time (alternating between the two, in ascending order like
 // round 0), on a thread of its own: the connection thread then copies into mapped memory,
 // and the kernel's page zeroing (first touches: ~0.7 GB/s for memory this VM has not
-// touched before) runs beside the transfer instead of inside it. Stopped (and joined)
-// before anything else touches the ranges' lifetime or tracking: growth, commit, drop.
+// touched before) runs beside the transfer instead of inside it. SCHED_IDLE: it only
+// uses CPU time nothing else wants (the transfer waiting for the network, the source
+// for acknowledgements); at normal priority it took that time from the transfer and
+// from the instances' requests, and made pre-copy slower, not faster. Stopped (and
+// joined) before anything else touches the ranges' lifetime or tracking: growth,
+// commit, drop.
 class Prefaulter {
  public:
   explicit Prefaulter(std::vector<std::pair<uint8_t*, size_t>> ranges)
@@ -2851,6 +2855,8 @@ class Prefaulter {
 
  private:
   void Run(const std::vector<std::pair<uint8_t*, size_t>>& ranges) {
+    sched_param idle{};
+    (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);  // best effort
     size_t longest = 0;
     for (const auto& [p, n] : ranges) longest = std::max(longest, n);
     for (size_t off = 0; off < longest; off += kHugePage) {
