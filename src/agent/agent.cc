@@ -2850,6 +2850,10 @@ class Prefaulter {
       : thread_([this, ranges = std::move(ranges)] { Run(ranges); }) {}
   ~Prefaulter() {
     stop_.store(true, std::memory_order_relaxed);
+    // Back to normal priority to finish its current step: an idle thread may wait for
+    // a CPU for a long time, and the commit (the downtime) waits for it here.
+    sched_param normal{};
+    (void)pthread_setschedparam(thread_.native_handle(), SCHED_OTHER, &normal);
     thread_.join();
   }
 
