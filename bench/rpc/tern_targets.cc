@@ -8,10 +8,15 @@
 //              into the ring of the connection the agent's worker owns, the worker runs
 //              the guest and writes the reply into the other ring. The client spins ~50 µs
 //              before sleeping on its doorbell (as limit_shm does), and not at all in the
-//              pinned run.
-//   tern_tcp   tern's frame protocol on 127.0.0.1 through FrameClient (blocking reads, as
-//              limit_tcp); in the agent: I/O thread → worker → I/O thread. Also across
-//              the emulated network (netns rows: the agent in the server host's namespace).
+//              pinned run. Like limit_shm's client, it copies the request from its buffer
+//              into the ring (ShmConnection::Send(head, payload)) and a large reply from
+//              the ring into its buffer (a payload sink); a small reply comes in a Frame
+//              and is copied from there.
+//   tern_tcp   tern's frame protocol on 127.0.0.1 through FrameClient::CallInto (blocking
+//              reads, as limit_tcp): the request is written from the caller's buffer and a
+//              large reply received into it, as limit_tcp's writev/readv do; in the agent
+//              the worker that runs the guest owns the socket. Also across the emulated
+//              network (netns rows: the agent in the server host's namespace).
 #include <fmt/format.h>
 #include <signal.h>
 #include <unistd.h>
@@ -124,13 +129,25 @@ Result<AgentInfo> StartAgent(const TargetConfig& config, const char* target,
   return info;
 }
 
-Frame EchoFrame(uint64_t id, std::span<const uint8_t> request) {
+// The request's header; its payload stays in the caller's buffer (AsChars), which the
+// clients send from: ShmConnection::Send copies it once, into the ring, and
+// FrameClient::Call writes a large one to the socket from there (as limit_tcp's writev).
+Frame EchoHead(uint64_t id) {
   Frame f;
   f.type = FrameType::kInvoke;
   f.request_id = id;
   f.service = "echo";
   f.handler = "echo";
-  f.payload.assign(reinterpret_cast<const char*>(request.data()), request.size());
+  return f;
+}
+
+std::string_view AsChars(std::span<const uint8_t> bytes) {
+  return std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+}
+
+Frame EchoFrame(uint64_t id, std::span<const uint8_t> request) {
+  Frame f = EchoHead(id);
+  f.payload.assign(AsChars(request));
   return f;
 }
 
@@ -148,11 +165,20 @@ class TernShm final : public RpcTarget {
   }
 
   Status RoundTrip(std::span<const uint8_t> request, std::span<uint8_t> reply) override {
-    TERN_RETURN_IF_ERROR(conn_->Send(EchoFrame(++next_id_, request)));
+    // A large reply is copied from the ring straight into `reply` (as limit_shm's Pop).
+    conn_->SetPayloadSink(next_id_ + 1,
+                          std::span<char>(reinterpret_cast<char*>(reply.data()), reply.size()));
+    TERN_RETURN_IF_ERROR(conn_->Send(EchoHead(++next_id_), AsChars(request)));
     frames_.clear();
-    TERN_RETURN_IF_ERROR(WaitFor(1, NowNs() + kCallTimeoutNs));
+    Status st = WaitFor(1, NowNs() + kCallTimeoutNs);
+    const size_t in_reply = conn_->PayloadInSink();
+    conn_->ClearPayloadSink();
+    TERN_RETURN_IF_ERROR(st);
     Frame& f = frames_[0];
     if (f.type != FrameType::kReply) return transport::ErrorFrameStatus(f);
+    if (in_reply != SIZE_MAX) {
+      return in_reply == reply.size() ? Status::Ok() : DataLossError("reply of the wrong size");
+    }
     if (f.payload.size() != reply.size()) return DataLossError("reply of the wrong size");
     std::memcpy(reply.data(), f.payload.data(), reply.size());
     return Status::Ok();
@@ -163,7 +189,7 @@ class TernShm final : public RpcTarget {
     uint64_t done = 0;
     int outstanding = 0;
     while (outstanding < in_flight) {
-      TERN_RETURN_IF_ERROR(conn_->Send(EchoFrame(++next_id_, request)));
+      TERN_RETURN_IF_ERROR(conn_->Send(EchoHead(++next_id_), AsChars(request)));
       ++outstanding;
     }
     while (outstanding > 0) {
@@ -174,7 +200,7 @@ class TernShm final : public RpcTarget {
         --outstanding;
         ++done;
         if (NowNs() < deadline_ns) {
-          TERN_RETURN_IF_ERROR(conn_->Send(EchoFrame(++next_id_, request)));
+          TERN_RETURN_IF_ERROR(conn_->Send(EchoHead(++next_id_), AsChars(request)));
           ++outstanding;
         }
       }
@@ -235,10 +261,11 @@ class TernTcp final : public RpcTarget {
   }
 
   Status RoundTrip(std::span<const uint8_t> request, std::span<uint8_t> reply) override {
-    TERN_ASSIGN_OR_RETURN(Frame f, client_->Call(EchoFrame(0, request),
-                                                 std::chrono::nanoseconds(kCallTimeoutNs)));
-    if (f.payload.size() != reply.size()) return DataLossError("reply of the wrong size");
-    std::memcpy(reply.data(), f.payload.data(), reply.size());
+    TERN_ASSIGN_OR_RETURN(
+        size_t n, client_->CallInto(EchoHead(0), AsChars(request),
+                                    std::span<char>(reinterpret_cast<char*>(reply.data()), reply.size()),
+                                    std::chrono::nanoseconds(kCallTimeoutNs)));
+    if (n != reply.size()) return DataLossError("reply of the wrong size");
     return Status::Ok();
   }
 
@@ -282,14 +309,16 @@ void RegisterTernTargets(TargetList* list) {
   list->Add({.name = kTernShm,
              .group = "tern",
              .description = "tern shared memory: native client → agent (1 worker) → echo guest "
-                            "in V8 → reply ring; client spins 50 µs then sleeps (pinned: no spin)",
+                            "in V8 → reply ring; client spins 50 µs then sleeps (pinned: no spin); "
+                            "request copied from, large reply into the caller's buffer",
              .in_flight = {1, 16},
              .make = [] { return std::make_unique<TernShm>(); },
              .serve = ServeTernAgent});
   list->Add({.name = kTernTcp,
              .group = "tern",
-             .description = "tern TCP on 127.0.0.1: FrameClient (blocking) → agent I/O thread → "
-                            "worker → echo guest → I/O thread",
+             .description = "tern TCP on 127.0.0.1: FrameClient::CallInto (blocking; request "
+                            "from, reply into the caller's buffer) → agent worker (owns the "
+                            "socket) → echo guest → worker",
              .in_flight = {1, 16},
              .make = [] { return std::make_unique<TernTcp>(); },
              .serve = ServeTernAgent,

@@ -64,6 +64,27 @@ TEST(AgentTest, DeploysAndInvokesEcho) {
   EXPECT_EQ(r.reply, big);
 }
 
+TEST(AgentTest, InstanceCpuTimeCoversEveryRequestMeasuredOrNot) {
+  // The thread's CPU clock is read around one request in 16 (and after long ones);
+  // the others are charged their wall time times the measured CPU/wall ratio. Charging
+  // them nothing would leave ~3 of 48 requests counted.
+  auto a = NewAgent("", 1);
+  ASSERT_TRUE(a->Deploy(ExampleManifest("echo"), ReadWasm("echo")).ok());
+  const std::string payload(2000, 'c');
+  for (int i = 0; i < 48; ++i) ASSERT_TRUE(Call(a.get(), "echo", "echo", payload).status.ok());
+  AgentStatus st = a->GetStatus();
+  ASSERT_EQ(st.instances.size(), 1u);
+  const InstanceStatus& is = st.instances[0];
+  EXPECT_EQ(is.requests, 48u);
+  EXPECT_GT(is.cpu_ns_total, 0);
+  // CPU time within the requests' wall time (each measured window closes one clock read
+  // after the wall time's: a little slack), and not a small share of it (the worker
+  // only runs the guest meanwhile; preemption on a loaded machine lowers it some).
+  EXPECT_LE(is.cpu_ns_total, is.exec_ns_total + 48 * 5000);
+  EXPECT_GE(is.cpu_ns_total, is.exec_ns_total / 6)
+      << "cpu " << is.cpu_ns_total << " ns, exec " << is.exec_ns_total << " ns";
+}
+
 TEST(AgentTest, UnknownServiceAndHandlerAreNotFound) {
   auto a = NewAgent();
   ASSERT_TRUE(a->Deploy(ExampleManifest("echo"), ReadWasm("echo")).ok());

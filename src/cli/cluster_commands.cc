@@ -134,9 +134,9 @@ int ClusterPs(const ClusterRecord& c, bool raw_json, int64_t timeout_ms) {
                                : "-",
         Mib(a.value("memory_bytes", uint64_t{0})).c_str(), inst, a.value("tcp", "").c_str());
   }
-  std::printf("\n%-18s %-12s %-12s %-8s %-6s %-9s %-9s %-9s %-9s %-9s %s\n", "INSTANCE", "SERVICE",
-              "DEVICE", "HOST", "EPOCH", "STATE", "REQ/S", "EXEC_US", "J/REQ", "REQUESTS",
-              "CHECKPOINT");
+  std::printf("\n%-18s %-12s %-12s %-8s %-6s %-9s %-9s %-9s %-9s %-9s %-9s %s\n", "INSTANCE",
+              "SERVICE", "DEVICE", "HOST", "EPOCH", "STATE", "REQ/S", "EXEC_US", "P99_MS", "J/REQ",
+              "REQUESTS", "CHECKPOINT");
   std::vector<std::string> problems;
   for (const json& s : j["services"]) {
     for (const json& i : s["instances"]) {
@@ -149,22 +149,38 @@ int ClusterPs(const ClusterRecord& c, bool raw_json, int64_t timeout_ms) {
       }
       std::string ckpt = "-";
       if (i.contains("checkpoint")) {
-        ckpt =
-            fmt::format("{:.1f}s ago on {}", i["checkpoint"].value("age_ms", int64_t{0}) / 1000.0,
-                        i["checkpoint"].value("device", ""));
+        // Every keeper of a copy, the newest copy's first.
+        std::string keepers = i["checkpoint"].value("device", "");
+        if (i["checkpoint"].contains("keepers") && i["checkpoint"]["keepers"].is_array()) {
+          keepers.clear();
+          for (const json& k : i["checkpoint"]["keepers"]) {
+            if (!k.is_string()) continue;
+            keepers += (keepers.empty() ? "" : "+") + k.get<std::string>();
+          }
+        }
+        ckpt = fmt::format("{:.1f}s ago on {}",
+                           i["checkpoint"].value("age_ms", int64_t{0}) / 1000.0, keepers);
       } else if (s.value("checkpoint_ms", int64_t{0}) > 0) {
         ckpt = "none yet";
       }
       std::string state = i.value("state", "");
       if (i.value("moving", false)) state = "moving";
+      // The p99 of its time in the guest over the last interval with requests, against
+      // its service's SLO ("!" = above it).
+      std::string p99 = "-";
+      if (i.contains("p99_us") && i["p99_us"].is_number()) {
+        double us = i["p99_us"].get<double>();
+        double slo = s.value("slo_p99_us", 0.0);
+        p99 = fmt::format("{:.3g}{}", us / 1000, slo > 0 && us > slo ? "!" : "");
+      }
       std::printf(
-          "%-18s %-12s %-12s %-8s %-6lld %-9s %-9s %-9s %-9s %-9s %s\n", id.c_str(),
+          "%-18s %-12s %-12s %-8s %-6lld %-9s %-9s %-9s %-9s %-9s %-9s %s\n", id.c_str(),
           s.value("name", "").c_str(), i.value("device", "").c_str(), i.value("host", "").c_str(),
           static_cast<long long>(i.value("epoch", int64_t{0})), state.c_str(),
           t == tel.end() ? "-" : fmt::format("{:.1f}", t->second.value("rate", 0.0)).c_str(),
           t == tel.end() ? "-"
                          : fmt::format("{:.1f}", t->second.value("mean_exec_us", 0.0)).c_str(),
-          joules.c_str(),
+          p99.c_str(), joules.c_str(),
           t == tel.end() ? "-" : std::to_string(t->second.value("requests", uint64_t{0})).c_str(),
           ckpt.c_str());
     }

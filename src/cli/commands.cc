@@ -74,7 +74,9 @@ int CmdDeploy(int argc, char** argv) {
         "random or data-local (default: spread replicas over devices)");
   f.Add("cpu-us", "", "placement hint: CPU time per request on a reference core, µs");
   f.Add("reads", "", "placement hint: dataset bytes read per request, DATASET=BYTES[,...]");
-  f.Add("slo-p99-ms", "", "placement: the p99 latency target, ms");
+  f.Add("slo-p99-ms", "",
+        "placement: the p99 latency target, ms (with --policy; overrides the manifest's "
+        "`slo_p99_ms`)");
   f.Add("rate", "", "placement hint: requests per second per instance");
   f.Add("cv2", "",
         "placement hint: variability of the CPU time per request, variance/mean^2 (1 = "

@@ -23,6 +23,7 @@
 #include "core/clock.h"
 #include "core/hash.h"
 #include "core/ids.h"
+#include "core/latency_histogram.h"
 #include "core/logging.h"
 #include "core/manifest.h"
 #include "core/mutex.h"
@@ -92,6 +93,11 @@ struct Telemetry {
     uint64_t reply_bytes_total = 0;  // reply payload bytes (cumulative)
     double mean_cpu_us = 0;          // CPU per request over the last interval with requests
     EnergyEstimate energy;           // per request, likewise (energy.h)
+    // Each request's time in the guest, cumulative: bucket → count
+    // (core/latency_histogram.h), and the p99 over the last interval with requests (a
+    // lower bound: its bucket's; -1 = none yet).
+    std::map<int, uint64_t> exec_hist;
+    double p99_us = -1;
     std::string last_trace_id;  // of the last request it served, as of the heartbeat
   };
   std::map<std::string, Inst> instances;
@@ -155,6 +161,9 @@ struct Controller::Impl {
   bool ck_stop GUARDED_BY(ck_mu) = false;
   std::map<std::string, std::unique_ptr<client::AgentClient>> ck_conns;  // checkpointer only
   std::map<std::string, int64_t> ck_attempt_ms;  // checkpointer only: last try per instance
+  // Checkpointer only: agents (device@boot) that refused a copy because they keep no
+  // datasets; not sent snapshots again until they restart.
+  std::set<std::string> ck_no_datasets;
 
   // Leadership (store/election.h); the election and its lease belong to the reconcile
   // thread (and Start, before it runs).
@@ -197,6 +206,16 @@ struct Controller::Impl {
   // Each live device's recent CPU utilization samples, oldest first (the rebalancer's
   // window).
   std::map<std::string, std::deque<double>> util_history GUARDED_BY(pub_mu);
+  // Each instance's p99 per heartbeat interval in which it served requests, oldest first,
+  // on the device that reported them (a move starts a new history): the SLO window.
+  struct P99History {
+    std::string device;
+    std::deque<double> us;
+  };
+  std::map<std::string, P99History> p99_history GUARDED_BY(pub_mu);
+  // When the rebalancer last said an instance misses its SLO with nowhere to go
+  // (reconcile thread only): said again after a minute at most.
+  std::map<std::string, int64_t> slo_stuck_said_ms;
   // When each instance last moved (unix ms; migrations, replacements): the cool-down.
   std::map<std::string, int64_t> last_moved_ms GUARDED_BY(ops_mu);
   std::atomic<bool> rebalancing{false};  // a rebalancer move is queued or running
@@ -735,6 +754,14 @@ struct Controller::Impl {
                   m == measured.end() ? std::nullopt : std::optional<ServiceMeasurement>(m->second));
   }
 
+  // A service's SLO (p99 target, µs; 0 = none): the deploy's placement hint, else its
+  // manifest's `slo_p99_ms`.
+  static double SloOf(const ServiceRecord& svc) {
+    Result<PlacementHints> hints = HintsFromJson(svc.placement);
+    if (hints.ok() && hints->slo_p99_us > 0) return hints->slo_p99_us;
+    return static_cast<double>(svc.slo_p99_us);
+  }
+
   // Reconcile thread, after a round: asks PlanRebalance for one move and queues it on the
   // ops thread (one at a time).
   void MaybeRebalance(const ClusterView& view) {
@@ -754,18 +781,45 @@ struct Controller::Impl {
       MutexLock l(&ops_mu);
       in.last_moved_ms = last_moved_ms;
     }
+    {
+      MutexLock l(&pub_mu);
+      for (auto it = p99_history.begin(); it != p99_history.end();) {
+        it = view.instances.count(it->first) ? std::next(it) : p99_history.erase(it);
+      }
+    }
     // What the engine predicts for each instance of a service it places: where it runs
-    // and the cheapest feasible other device, by the policy's measure.
+    // and the cheapest feasible other device, by the policy's measure; and, for a service
+    // with an SLO (its placement hint, else its manifest's), the p99 on every device that
+    // fits it.
     for (const auto& [name, svc] : view.services) {
-      if (svc.placement.empty()) continue;
+      const double slo_us = SloOf(svc);
+      if (svc.placement.empty() && slo_us <= 0) continue;
       Result<placement::Decision> d = AdviseFor(view, svc);
       if (!d.ok()) continue;
       bool energy = d->policy == placement::Policy::kEnergy;
       auto cost = [&](const placement::Prediction& p) {
         return energy ? p.energy_j_per_request : p.latency_p99_us;
       };
+      std::vector<RebalanceInput::Predicted> predicted;  // lowest p99 first
+      for (const placement::Candidate& c : d->candidates) {
+        const placement::Prediction& p = c.prediction;
+        predicted.push_back({p.device, p.latency_p99_us, p.fits ? "" : p.why_not});
+      }
+      std::stable_sort(predicted.begin(), predicted.end(),
+                       [](const auto& a, const auto& b) { return a.p99_us < b.p99_us; });
       for (const auto& [id, p] : view.instances) {
         if (p.record.service != name) continue;
+        if (slo_us > 0) {
+          RebalanceInput::Slo& slo = in.slo[id];
+          slo.target_us = slo_us;
+          slo.predicted = predicted;
+          MutexLock l(&pub_mu);
+          auto h = p99_history.find(id);
+          if (h != p99_history.end() && h->second.device == p.record.device) {
+            slo.p99_us.assign(h->second.us.begin(), h->second.us.end());
+          }
+        }
+        if (svc.placement.empty()) continue;
         RebalanceInput::Alternative alt;
         bool have_current = false;
         for (const placement::Candidate& c : d->candidates) {
@@ -781,7 +835,17 @@ struct Controller::Impl {
         if (have_current && !alt.device.empty() && std::isfinite(alt.current)) in.cheaper[id] = alt;
       }
     }
-    std::optional<Move> m = PlanRebalance(view, in, options.rebalance_options);
+    std::map<std::string, std::string> stuck;
+    std::optional<Move> m = PlanRebalance(view, in, options.rebalance_options, &stuck);
+    for (const auto& [id, why] : stuck) {
+      int64_t& said = slo_stuck_said_ms[id];
+      if (in.now_ms - said < 60000) continue;
+      said = in.now_ms;
+      Event(fmt::format("rebalancing: not moving {}: {}", id, why));
+    }
+    for (auto it = slo_stuck_said_ms.begin(); it != slo_stuck_said_ms.end();) {
+      it = view.instances.count(it->first) ? std::next(it) : slo_stuck_said_ms.erase(it);
+    }
     if (!m) return;
     bool stateful = view.services.at(view.instances.at(m->instance).record.service).stateful;
     rebalancing = true;
@@ -959,48 +1023,72 @@ struct Controller::Impl {
   }
 
   // Reconcile thread: loads the checkpoint `ck` into the (just started, not yet routed)
-  // instance on `device`'s agent `c`. A checkpoint whose storage device is gone cannot be
-  // read: the instance starts with fresh state and the event says so.
+  // instance on `device`'s agent `c`, from the newest copy whose keeper is alive and
+  // whose bytes pass the dataset store's checksums (an older copy when the newest cannot
+  // be read). When no keeper of a copy is alive, the instance starts with fresh state
+  // and the event says so.
   Status RestoreCheckpoint(const ClusterView& view, const CheckpointRecord& ck, AgentConn* c,
                            const std::string& device) {
-    auto keeper = view.agents.find(ck.device);
-    if (keeper == view.agents.end()) {
+    std::vector<const CheckpointRecord::Copy*> alive;
+    std::vector<std::string> gone;
+    for (const CheckpointRecord::Copy& copy : ck.copies) {
+      if (view.agents.count(copy.device)) {
+        alive.push_back(&copy);
+      } else {
+        gone.push_back(copy.device);
+      }
+    }
+    if (alive.empty()) {
       Event(
-          fmt::format("the checkpoint of {} was kept by {}, which is gone: {} starts on {} "
+          fmt::format("the checkpoint of {} was kept by {}, which {} gone: {} starts on {} "
                       "with fresh state (its state is lost)",
-                      ck.id, ck.device, ck.id, device));
+                      ck.id, fmt::join(gone, " and "), gone.size() > 1 ? "are all" : "is", ck.id,
+                      device));
       (void)store->Delete(std::string(kCheckpointsPrefix) + ck.id);
       return Status::Ok();
     }
-    TERN_ASSIGN_OR_RETURN(AgentConn * k, Conn(keeper->second));
-    Result<std::string> bytes =
-        k->client->ReadObject(std::string(kCheckpointDataset), ck.id, 0, ck.bytes);
-    if (!bytes.ok()) {
-      return Status(bytes.status().code(), fmt::format("reading the checkpoint of {} from {}: {}",
-                                                       ck.id, ck.device, bytes.status().message()));
+    std::stable_sort(alive.begin(), alive.end(),
+                     [](const auto* x, const auto* y) { return x->unix_ms > y->unix_ms; });
+    std::vector<std::string> why;
+    for (const CheckpointRecord::Copy* copy : alive) {
+      Result<AgentConn*> k = Conn(view.agents.at(copy->device));
+      Result<std::string> bytes =
+          k.ok() ? (*k)->client->ReadObject(std::string(kCheckpointDataset), ck.id, 0, copy->bytes)
+                 : Result<std::string>(k.status());
+      if (!bytes.ok()) {
+        why.push_back(fmt::format("{}: {}", copy->device, bytes.status().message()));
+        continue;
+      }
+      Status s = c->client->Restore(ck.id, *bytes);
+      if (!s.ok()) {
+        return Status(s.code(),
+                      fmt::format("restoring {} from its checkpoint: {}", ck.id, s.message()));
+      }
+      double lost_s =
+          static_cast<double>(std::max<int64_t>(UnixMillis() - copy->unix_ms, 0)) / 1000;
+      std::string also;
+      if (!gone.empty()) also = fmt::format("; {} gone", fmt::join(gone, ", "));
+      if (!why.empty()) also += fmt::format("; unreadable: {}", fmt::join(why, "; "));
+      Event(fmt::format("restored {} on {} from the checkpoint of {} kept by {} (state of the "
+                        "last {:.1f} s lost{})",
+                        ck.id, device, ClockTime(copy->unix_ms), copy->device, lost_s, also));
+      return Status::Ok();
     }
-    Status s = c->client->Restore(ck.id, *bytes);
-    if (!s.ok()) {
-      return Status(s.code(),
-                    fmt::format("restoring {} from its checkpoint: {}", ck.id, s.message()));
-    }
-    double lost_s = static_cast<double>(std::max<int64_t>(UnixMillis() - ck.unix_ms, 0)) / 1000;
-    Event(
-        fmt::format("restored {} on {} from the checkpoint of {} (state of the last {:.1f} s "
-                    "lost)",
-                    ck.id, device, ClockTime(ck.unix_ms), lost_s));
-    return Status::Ok();
+    return UnavailableError(fmt::format("reading the checkpoint of {}: {}", ck.id,
+                                        fmt::join(why, "; ")));
   }
 
-  // Drops an instance's checkpoint (record and object), best effort.
+  // Drops an instance's checkpoint (record and every copy), best effort.
   void DropCheckpoint(const ClusterView& view, const std::string& id) {
     auto ck = view.checkpoints.find(id);
     if (ck == view.checkpoints.end()) return;
     (void)store->Delete(std::string(kCheckpointsPrefix) + id);
-    auto keeper = view.agents.find(ck->second.device);
-    if (keeper == view.agents.end()) return;
-    if (Result<AgentConn*> k = Conn(keeper->second); k.ok()) {
-      (void)(*k)->client->RemoveObject(std::string(kCheckpointDataset), id);
+    for (const CheckpointRecord::Copy& copy : ck->second.copies) {
+      auto keeper = view.agents.find(copy.device);
+      if (keeper == view.agents.end()) continue;
+      if (Result<AgentConn*> k = Conn(keeper->second); k.ok()) {
+        (void)(*k)->client->RemoveObject(std::string(kCheckpointDataset), id);
+      }
     }
   }
 
@@ -1017,9 +1105,21 @@ struct Controller::Impl {
     return (ck_conns[tag] = std::move(c)).get();
   }
 
-  // Checkpointer thread: snapshots `rec` and keeps the snapshot on a storage device: the
-  // one that has its last checkpoint, else a live csd/cpm device, else any other live
-  // device with datasets — never the device the instance runs on (it would die with it).
+  // Checkpointer thread: removes the copy of instance `id`'s checkpoint that `device`
+  // keeps, best effort.
+  void RemoveCopy(const ClusterView& view, const std::string& device, const std::string& id) {
+    auto keeper = view.agents.find(device);
+    if (keeper == view.agents.end()) return;
+    if (Result<client::AgentClient*> k = CkClient(keeper->second); k.ok()) {
+      (void)(*k)->RemoveObject(std::string(kCheckpointDataset), id);
+    }
+  }
+
+  // Checkpointer thread: snapshots `rec` and keeps the snapshot on two devices (one when
+  // only one can keep it), never the device the instance runs on (it would die with
+  // it): the devices that keep its copies now first, then live csd/cpm devices, then any
+  // other live device with datasets; the second copy on another host than the first
+  // where such a device can take it. The record lists every copy, newest first.
   Status TakeCheckpoint(const ClusterView& view, const InstanceRecord& rec) {
     const AgentRecord& a = view.agents.at(rec.device);
     TERN_ASSIGN_OR_RETURN(client::AgentClient * src, CkClient(a));
@@ -1038,45 +1138,83 @@ struct Controller::Impl {
       }
       candidates.push_back(&r);
     };
-    if (old != view.checkpoints.end() && view.agents.count(old->second.device)) {
-      add(view.agents.at(old->second.device));
+    if (old != view.checkpoints.end()) {
+      for (const CheckpointRecord::Copy& copy : old->second.copies) {
+        if (view.agents.count(copy.device)) add(view.agents.at(copy.device));
+      }
     }
     for (const auto& [d, r] : view.agents) {
       if (r.kind == "csd" || r.kind == "cpm") add(r);
     }
     for (const auto& [d, r] : view.agents) add(r);
+    constexpr size_t kCopies = 2;
+    std::vector<CheckpointRecord::Copy> kept;
+    std::set<std::string> failed;
     std::vector<std::string> why;
-    for (const AgentRecord* k : candidates) {
-      Result<client::AgentClient*> kc = CkClient(*k);
-      Status put =
-          kc.ok() ? (*kc)->PutObject(std::string(kCheckpointDataset), rec.id, *snap) : kc.status();
-      if (!put.ok()) {
-        if (!kc.ok() || put.code() == StatusCode::kUnavailable)
-          ck_conns.erase(k->device + "@" + k->boot);
-        why.push_back(fmt::format("{}: {}", k->device, put.message()));
-        continue;
+    const AgentRecord* first = nullptr;
+    // Pass 0 looks for the second keeper on another host; pass 1 takes any.
+    for (int pass = 0; pass < 2 && kept.size() < kCopies; ++pass) {
+      for (const AgentRecord* k : candidates) {
+        if (kept.size() == kCopies) break;
+        if (failed.count(k->device) || (first != nullptr && k == first) ||
+            (pass == 0 && first != nullptr && k->host == first->host) ||
+            ck_no_datasets.count(k->device + "@" + k->boot)) {
+          continue;
+        }
+        Result<client::AgentClient*> kc = CkClient(*k);
+        Status put = kc.ok() ? (*kc)->PutObject(std::string(kCheckpointDataset), rec.id, *snap)
+                             : kc.status();
+        if (!put.ok()) {
+          if (!kc.ok() || put.code() == StatusCode::kUnavailable)
+            ck_conns.erase(k->device + "@" + k->boot);
+          if (put.code() == StatusCode::kFailedPrecondition) {
+            ck_no_datasets.insert(k->device + "@" + k->boot);
+          }
+          failed.insert(k->device);
+          why.push_back(fmt::format("{}: {}", k->device, put.message()));
+          continue;
+        }
+        kept.push_back({k->device, taken, static_cast<uint64_t>(snap->size())});
+        if (first == nullptr) first = k;
       }
-      CheckpointRecord ck{rec.id,     rec.service, k->device,
-                          rec.device, taken,       static_cast<uint64_t>(snap->size())};
-      TERN_RETURN_IF_ERROR(
-          store->Put(std::string(kCheckpointsPrefix) + rec.id, ToJson(ck)).status());
-      if (old != view.checkpoints.end() && old->second.device != k->device &&
-          view.agents.count(old->second.device)) {
-        if (Result<client::AgentClient*> oc = CkClient(view.agents.at(old->second.device));
-            oc.ok()) {
-          (void)(*oc)->RemoveObject(std::string(kCheckpointDataset), rec.id);
+    }
+    if (kept.empty()) {
+      return UnavailableError(fmt::format(
+          "no device can keep the checkpoint of {} (a storage device's agent with datasets, "
+          "other than {}){}{}",
+          rec.id, rec.device, why.empty() ? "" : ": ", fmt::format("{}", fmt::join(why, "; "))));
+    }
+    // An older copy on a live keeper that could not take this one still counts (a restore
+    // falls back to it); any other old copy goes.
+    std::vector<std::string> drop;
+    if (old != view.checkpoints.end()) {
+      for (const CheckpointRecord::Copy& copy : old->second.copies) {
+        bool now = std::any_of(kept.begin(), kept.end(),
+                               [&](const auto& k) { return k.device == copy.device; });
+        if (now) continue;
+        if (kept.size() < kCopies && view.agents.count(copy.device) && copy.device != rec.device) {
+          kept.push_back(copy);
+        } else {
+          drop.push_back(copy.device);
         }
       }
-      if (old == view.checkpoints.end() || old->second.device != k->device) {
-        Event(fmt::format("checkpoints of {} are kept by {} ({} bytes)", rec.id, k->device,
-                          snap->size()));
-      }
-      return Status::Ok();
     }
-    return UnavailableError(fmt::format(
-        "no device can keep the checkpoint of {} (a storage device's agent with datasets, "
-        "other than {}){}{}",
-        rec.id, rec.device, why.empty() ? "" : ": ", fmt::format("{}", fmt::join(why, "; "))));
+    CheckpointRecord ck{rec.id, rec.service, kept[0].device, rec.device, taken, kept[0].bytes, kept};
+    TERN_RETURN_IF_ERROR(store->Put(std::string(kCheckpointsPrefix) + rec.id, ToJson(ck)).status());
+    for (const std::string& d : drop) RemoveCopy(view, d, rec.id);
+    auto keepers = [](const std::vector<CheckpointRecord::Copy>& copies) {
+      std::set<std::string> out;
+      for (const auto& c : copies) out.insert(c.device);
+      return out;
+    };
+    if (old == view.checkpoints.end() || keepers(old->second.copies) != keepers(kept)) {
+      std::vector<std::string> names;
+      for (const auto& c : kept) names.push_back(c.device);
+      Event(fmt::format("checkpoints of {} are kept by {} ({} bytes){}", rec.id,
+                        fmt::join(names, " and "), snap->size(),
+                        kept.size() < kCopies ? " (one copy: no other device can keep one)" : ""));
+    }
+    return Status::Ok();
   }
 
   // Returns whether any service is checkpointed (the loop ticks faster then).
@@ -1090,11 +1228,7 @@ struct Controller::Impl {
     for (const auto& [id, ck] : view->checkpoints) {
       if (view->instances.count(id)) continue;
       (void)store->Delete(std::string(kCheckpointsPrefix) + id);
-      auto keeper = view->agents.find(ck.device);
-      if (keeper == view->agents.end()) continue;
-      if (Result<client::AgentClient*> k = CkClient(keeper->second); k.ok()) {
-        (void)(*k)->RemoveObject(std::string(kCheckpointDataset), id);
-      }
+      for (const CheckpointRecord::Copy& copy : ck.copies) RemoveCopy(*view, copy.device, id);
     }
     for (const auto& [id, p] : view->instances) {
       auto svc = view->services.find(p.record.service);
@@ -1647,6 +1781,17 @@ struct Controller::Impl {
           x.queued = i.value("queued", uint64_t{0});
           x.memory_bytes = i.value("memory_bytes", uint64_t{0});
           x.last_trace_id = i.value("last_trace_id", std::string());
+          if (i.contains("exec_hist") && i["exec_hist"].is_array()) {
+            for (const json& b : i["exec_hist"]) {
+              if (!b.is_array() || b.size() != 2 || !b[0].is_number_integer() ||
+                  !b[1].is_number_unsigned()) {
+                continue;
+              }
+              int bucket = b[0].get<int>();
+              if (bucket < 0 || bucket >= LatencyHistogram::kBuckets) continue;
+              x.exec_hist[bucket] = b[1].get<uint64_t>();
+            }
+          }
           if (i.contains("data") && i["data"].is_object()) {
             x.data_local_bytes = i["data"].value("local_bytes", uint64_t{0});
             x.data_remote_bytes = i["data"].value("remote_bytes", uint64_t{0});
@@ -1698,6 +1843,24 @@ struct Controller::Impl {
             dn && data_now >= data_then ? static_cast<double>(data_now - data_then) / dn : 0;
         if (dn > 0) {
           x.mean_cpu_us = static_cast<double>(x.cpu_ns_total - pi->second.cpu_ns_total) / dn / 1e3;
+        }
+        // The interval's p99: this report's counts less the last one's.
+        x.p99_us = pi->second.p99_us;
+        if (dn > 0) {
+          std::map<int, uint64_t> delta;
+          for (const auto& [b, n] : x.exec_hist) {
+            auto was = pi->second.exec_hist.find(b);
+            uint64_t before = was == pi->second.exec_hist.end() ? 0 : was->second;
+            if (n > before) delta[b] = n - before;
+          }
+          int64_t ns = LatencyHistogram::QuantileLowerBoundNs(delta, 0.99);
+          if (ns >= 0) {
+            x.p99_us = static_cast<double>(ns) / 1e3;
+            P99History& h = p99_history[id];
+            if (h.device != device) h = P99History{device, {}};
+            h.us.push_back(x.p99_us);
+            while (h.us.size() > 64) h.us.pop_front();
+          }
         }
         // Energy (energy.h): the device's power model from the topology, or RAPL.
         const cluster::Device* dev =
@@ -1752,19 +1915,33 @@ struct Controller::Impl {
              {"epoch", p.epoch},
              {"state", running ? "running" : "starting"}};
       if (view.busy.count(id)) i["moving"] = true;
+      {
+        MutexLock l(&pub_mu);
+        auto h = p99_history.find(id);
+        if (h != p99_history.end() && h->second.device == p.record.device && !h->second.us.empty()) {
+          i["p99_us"] = h->second.us.back();  // of the last interval with requests
+        }
+      }
       auto ck = view.checkpoints.find(id);
       if (ck != view.checkpoints.end()) {
+        json keepers = json::array(), copies = json::array();
+        for (const CheckpointRecord::Copy& c : ck->second.copies) {
+          keepers.push_back(c.device);
+          copies.push_back({{"device", c.device}, {"unix_ms", c.unix_ms}, {"bytes", c.bytes}});
+        }
         i["checkpoint"] = json{{"device", ck->second.device},
                                {"unix_ms", ck->second.unix_ms},
                                {"age_ms", std::max<int64_t>(UnixMillis() - ck->second.unix_ms, 0)},
-                               {"bytes", ck->second.bytes}};
+                               {"bytes", ck->second.bytes},
+                               {"keepers", keepers},
+                               {"copies", copies}};
       }
       inst.push_back(std::move(i));
     }
     json out{{"name", s.name},         {"replicas", s.replicas},
              {"devices", s.devices},   {"module_hash", s.module_hash},
              {"stateful", s.stateful}, {"checkpoint_ms", s.checkpoint_ms},
-             {"instances", inst}};
+             {"slo_p99_us", SloOf(s)}, {"instances", inst}};
     MutexLock l(&pub_mu);
     // Energy per request (energy.h) over the last telemetry interval, weighted by the
     // instances' request rates.
@@ -1816,6 +1993,7 @@ struct Controller::Impl {
     s.memory_bytes = m->limits.memory_bytes();
     s.stateful = m->stateful;
     s.checkpoint_ms = m->checkpoint_ms;
+    s.slo_p99_us = static_cast<int64_t>(m->slo_p99_us);
     s.created_unix_ms = UnixMillis();
     if (j.contains("replicas")) {
       if (!j["replicas"].is_number_integer() || j["replicas"].get<int64_t>() < 0 ||

@@ -55,10 +55,15 @@ int RunControllerCommand(int argc, char** argv) {
   f.Add("log-level", "info", "debug, info, warn or error");
   f.AddBool("rebalance",
             "move running instances: off devices whose CPU stays above --overload-pct for "
-            "--overload-window heartbeats, or to placements the policy finds cheaper by more "
-            "than --rebalance-margin-pct (each instance at most once per --cooldown-ms)");
+            "--overload-window heartbeats, off devices where they miss their SLO (the "
+            "manifest's slo_p99_ms) for --slo-window heartbeats, or to placements the policy "
+            "finds cheaper by more than --rebalance-margin-pct (each instance at most once per "
+            "--cooldown-ms)");
   f.Add("overload-pct", "85", "rebalancer: a device's CPU use (%) that counts as overload");
   f.Add("overload-window", "5", "rebalancer: consecutive heartbeats of overload before a move");
+  f.Add("slo-window", "5",
+        "rebalancer: consecutive heartbeats (with requests) of an instance's p99 above its "
+        "SLO before a move");
   f.Add("rebalance-margin-pct", "20", "rebalancer: the saving (% of the cost) a move must beat");
   f.Add("cooldown-ms", "30000", "rebalancer: an instance that moved stays this long");
   if (int rc = cli::ParseFlagsOrExit(&f, argc, argv, "tern controller", 0, 0); rc >= 0) return rc;
@@ -96,13 +101,16 @@ int RunControllerCommand(int argc, char** argv) {
   {
     Result<int64_t> pct = f.GetInt("overload-pct", 1, 100);
     Result<int64_t> window = f.GetInt("overload-window", 1, 1000);
+    Result<int64_t> slo_window = f.GetInt("slo-window", 1, 1000);
     Result<int64_t> margin = f.GetInt("rebalance-margin-pct", 0, 1000);
     Result<int64_t> cooldown = f.GetInt("cooldown-ms", 0, 86'400'000);
-    for (const Status& s : {pct.status(), window.status(), margin.status(), cooldown.status()}) {
+    for (const Status& s :
+         {pct.status(), window.status(), slo_window.status(), margin.status(), cooldown.status()}) {
       if (!s.ok()) return Usage(f, s);
     }
     o.rebalance_options.overload_util = static_cast<double>(*pct) / 100;
     o.rebalance_options.overload_samples = static_cast<int>(*window);
+    o.rebalance_options.slo_samples = static_cast<int>(*slo_window);
     o.rebalance_options.margin = static_cast<double>(*margin) / 100;
     o.rebalance_options.cooldown_ms = *cooldown;
   }

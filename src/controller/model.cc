@@ -72,7 +72,8 @@ std::string ToJson(const ServiceRecord& r) {
               {"created_unix_ms", r.created_unix_ms},
               {"placement", r.placement},
               {"stateful", r.stateful},
-              {"checkpoint_ms", r.checkpoint_ms}}
+              {"checkpoint_ms", r.checkpoint_ms},
+              {"slo_p99_us", r.slo_p99_us}}
       .dump();
 }
 
@@ -86,8 +87,13 @@ std::string ToJson(const InstanceRecord& r) {
 }
 
 std::string ToJson(const CheckpointRecord& r) {
+  json copies = json::array();
+  for (const CheckpointRecord::Copy& c : r.copies) {
+    copies.push_back({{"device", c.device}, {"unix_ms", c.unix_ms}, {"bytes", c.bytes}});
+  }
   return json{{"id", r.id},         {"service", r.service}, {"device", r.device},
-              {"source", r.source}, {"unix_ms", r.unix_ms}, {"bytes", r.bytes}}
+              {"source", r.source}, {"unix_ms", r.unix_ms}, {"bytes", r.bytes},
+              {"copies", copies}}
       .dump();
 }
 
@@ -102,6 +108,21 @@ Result<CheckpointRecord> CheckpointFromJson(std::string_view text, std::string_v
   TERN_RETURN_IF_ERROR(Field(j, "source", &r.source, what));
   TERN_RETURN_IF_ERROR(Field(j, "unix_ms", &r.unix_ms, what));
   TERN_RETURN_IF_ERROR(Field(j, "bytes", &r.bytes, what));
+  if (j.contains("copies") && !j["copies"].is_null()) {
+    if (!j["copies"].is_array()) {
+      return DataLossError(fmt::format("{}: field 'copies' has the wrong type", what));
+    }
+    for (const json& c : j["copies"]) {
+      if (!c.is_object()) return DataLossError(fmt::format("{}: a copy is not an object", what));
+      CheckpointRecord::Copy copy;
+      TERN_RETURN_IF_ERROR(Require(c, "device", what));
+      TERN_RETURN_IF_ERROR(Field(c, "device", &copy.device, what));
+      TERN_RETURN_IF_ERROR(Field(c, "unix_ms", &copy.unix_ms, what));
+      TERN_RETURN_IF_ERROR(Field(c, "bytes", &copy.bytes, what));
+      r.copies.push_back(std::move(copy));
+    }
+  }
+  if (r.copies.empty()) r.copies.push_back({r.device, r.unix_ms, r.bytes});
   return r;
 }
 
@@ -140,6 +161,7 @@ Result<ServiceRecord> ServiceFromJson(std::string_view text, std::string_view wh
   TERN_RETURN_IF_ERROR(Field(j, "placement", &r.placement, what));
   TERN_RETURN_IF_ERROR(Field(j, "stateful", &r.stateful, what));
   TERN_RETURN_IF_ERROR(Field(j, "checkpoint_ms", &r.checkpoint_ms, what));
+  TERN_RETURN_IF_ERROR(Field(j, "slo_p99_us", &r.slo_p99_us, what));
   return r;
 }
 

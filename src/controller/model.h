@@ -71,6 +71,7 @@ struct ServiceRecord {
   std::string placement;  // placement hints (advisor.h PlacementHints, JSON); "" = spread
   bool stateful = false;  // the manifest's `stateful`
   int64_t checkpoint_ms = 0;  // the manifest's `checkpoint_ms`: snapshot period, 0 = none
+  int64_t slo_p99_us = 0;     // the manifest's `slo_p99_ms` in µs, 0 = none
 
   bool operator==(const ServiceRecord&) const = default;
 };
@@ -89,14 +90,27 @@ struct InstanceRecord {
 };
 
 // An instance's last checkpoint: its snapshot (wasm/snapshot.h bytes), kept as object
-// `id` of dataset kCheckpointDataset by the agent of `device`.
+// `id` of dataset kCheckpointDataset by the agents of up to two devices (`copies`), so
+// that it outlives the death of one keeper together with the instance's own device.
 struct CheckpointRecord {
   std::string id;  // the instance
   std::string service;
-  std::string device;   // the storage device keeping it
+  // The newest copy (copies[0]): its keeper, when it was taken, its size.
+  std::string device;
   std::string source;   // the device the instance ran on when it was taken
-  int64_t unix_ms = 0;  // when it was taken
+  int64_t unix_ms = 0;
   uint64_t bytes = 0;
+  // Every kept copy, the newest first, on distinct devices. A copy may be older than the
+  // newest when writing the last one to its keeper failed. JSON "copies": [{"device",
+  // "unix_ms", "bytes"}]; a record without it (written before copies were kept twice) has
+  // the one copy of device / unix_ms / bytes.
+  struct Copy {
+    std::string device;
+    int64_t unix_ms = 0;
+    uint64_t bytes = 0;
+    bool operator==(const Copy&) const = default;
+  };
+  std::vector<Copy> copies;
 
   bool operator==(const CheckpointRecord&) const = default;
 };

@@ -321,7 +321,8 @@ std::map<std::string, std::string> MovedInstances(const ClusterView& view,
 }
 
 std::optional<Move> PlanRebalance(const ClusterView& view, const RebalanceInput& in,
-                                  const RebalanceOptions& options) {
+                                  const RebalanceOptions& options,
+                                  std::map<std::string, std::string>* stuck) {
   auto movable = [&](const std::string& id, const PlacedInstance& p) {
     auto a = view.agents.find(p.record.device);
     if (a == view.agents.end() || p.record.boot != a->second.boot) return false;
@@ -374,7 +375,60 @@ std::optional<Move> PlanRebalance(const ClusterView& view, const RebalanceInput&
                       options.overload_util * 100, options.overload_samples, util * 100)};
     }
   }
-  // 2. A cheaper placement, by enough to pay for the move.
+  // 2. Sustained SLO violation: every sample of the window above the target. The worst
+  // violator (its best sample against its target) goes first.
+  auto ms = [](double us) { return fmt::format("{:.3g} ms", us / 1000); };
+  std::vector<std::tuple<double, std::string, double>> violators;  // (ratio, id, best p99)
+  for (const auto& [id, slo] : in.slo) {
+    auto it = view.instances.find(id);
+    if (it == view.instances.end() || !movable(id, it->second) || slo.target_us <= 0 ||
+        options.slo_samples <= 0 || slo.p99_us.size() < static_cast<size_t>(options.slo_samples)) {
+      continue;
+    }
+    double best = slo.p99_us.back();
+    for (size_t i = slo.p99_us.size() - options.slo_samples; i < slo.p99_us.size(); ++i) {
+      best = std::min(best, slo.p99_us[i]);
+    }
+    if (best > slo.target_us) violators.emplace_back(best / slo.target_us, id, best);
+  }
+  std::sort(violators.begin(), violators.end(),
+            [](const auto& a, const auto& b) { return std::get<0>(a) > std::get<0>(b); });
+  for (const auto& [ratio, id, best] : violators) {
+    const RebalanceInput::Slo& slo = in.slo.at(id);
+    const std::string& from = view.instances.at(id).record.device;
+    std::vector<std::string> why;
+    for (const auto& [device, p99, why_not] : slo.predicted) {
+      if (device == from) continue;
+      if (!why_not.empty()) {
+        why.push_back(fmt::format("{}: {}", device, why_not));
+        continue;
+      }
+      if (p99 > slo.target_us) {
+        why.push_back(fmt::format("{}: predicted p99 {}", device, ms(p99)));
+        continue;
+      }
+      if (Status c = CheckMigrationTarget(view, id, device); !c.ok()) {
+        why.push_back(std::string(c.message()));
+        continue;
+      }
+      if (recent(device) >= options.overload_util - options.headroom) {
+        why.push_back(fmt::format("{}: no headroom ({:.0f}% CPU)", device, recent(device) * 100));
+        continue;
+      }
+      return Move{id, from, device,
+                  fmt::format("its p99 was above its SLO of {} in each of its last {} samples "
+                              "(the lowest {}); {} is predicted at {}",
+                              ms(slo.target_us), options.slo_samples, ms(best), device, ms(p99))};
+    }
+    if (stuck != nullptr) {
+      (*stuck)[id] = fmt::format(
+          "it misses its SLO of {} on {} (p99 at least {} in each of its last {} samples), "
+          "and no other device is predicted to meet it and can take it{}{}",
+          ms(slo.target_us), from, ms(best), options.slo_samples, why.empty() ? "" : ": ",
+          fmt::format("{}", fmt::join(why, "; ")));
+    }
+  }
+  // 3. A cheaper placement, by enough to pay for the move.
   std::optional<Move> best;
   double best_saving = 0;
   for (const auto& [id, alt] : in.cheaper) {

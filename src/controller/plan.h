@@ -11,9 +11,10 @@
 //   CheckMigrationTarget  whether an instance may move to a device (alive, not where it
 //                  is, allowed, memory fits), with errors that name the device.
 //   PlanRebalance  the rebalancer's decision: which running instance (if any) is worth
-//                  moving now, off a device under sustained overload, or to a placement
-//                  cheaper by more than a margin that pays for the move; a per-instance
-//                  cool-down keeps decisions from flapping.
+//                  moving now, off a device under sustained overload, off a device where
+//                  it keeps missing its SLO to one predicted to meet it, or to a
+//                  placement cheaper by more than a margin that pays for the move; a
+//                  per-instance cool-down keeps decisions from flapping.
 // Value types and stateless functions; thread-compatible.
 #pragma once
 
@@ -139,6 +140,10 @@ struct RebalanceOptions {
   // current cost) plus the migration's own cost, amortised (cost units).
   double margin = 0.2;
   double migration_cost = 0;
+  // An instance violates its SLO when its measured p99 was above its service's target
+  // in each of its last `slo_samples` samples (one per heartbeat interval in which it
+  // served requests: the window).
+  int slo_samples = 5;
   // An instance that moved is not moved again for this long.
   int64_t cooldown_ms = 30000;
 };
@@ -156,6 +161,22 @@ struct RebalanceInput {
     double cost = 0;
   };
   std::map</*instance*/ std::string, Alternative> cheaper;
+  // Per instance of a service with an SLO: the target p99 (µs); its measured p99 per
+  // heartbeat interval in which it served requests (µs, oldest first, on the device it
+  // runs on now); and the engine's predicted p99 for it on each device (µs, lowest
+  // first; its own device may be among them and is skipped), with why it cannot take it
+  // ("" = it fits).
+  struct Predicted {
+    std::string device;
+    double p99_us = 0;
+    std::string why_not;
+  };
+  struct Slo {
+    double target_us = 0;
+    std::vector<double> p99_us;
+    std::vector<Predicted> predicted;
+  };
+  std::map</*instance*/ std::string, Slo> slo;
   // When each instance last moved (unix ms), and now.
   std::map</*instance*/ std::string, int64_t> last_moved_ms;
   int64_t now_ms = 0;
@@ -172,10 +193,14 @@ struct Move {
 
 // At most one move per call (the controller calls it once a round, and moves take a
 // while): overload first (the most loaded device, its busiest movable instance, to the
-// device ChooseMigrationTarget picks if that one has headroom), then the largest saving.
-// Busy, cooling-down and not-running instances never move.
+// device ChooseMigrationTarget picks if that one has headroom), then an SLO violation
+// (the worst violator, to the device with the lowest predicted p99 that meets the target,
+// may take it and has headroom), then the largest saving. Busy, cooling-down and
+// not-running instances never move. `stuck`, if given, gets the instances that violate
+// their SLO but have no such device, with why.
 std::optional<Move> PlanRebalance(const ClusterView& view, const RebalanceInput& in,
-                                  const RebalanceOptions& options);
+                                  const RebalanceOptions& options,
+                                  std::map<std::string, std::string>* stuck = nullptr);
 
 // The started instances of live agents, as the data plane's location entries.
 std::vector<dataplane::InstanceLocation> LocationsOf(const ClusterView& view);

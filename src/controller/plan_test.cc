@@ -197,6 +197,25 @@ TEST(ModelTest, RecordsRoundTripAndBadOnesAreErrors) {
   EXPECT_EQ(KeyName("/tern/agents/csd0"), "csd0");
 }
 
+TEST(ModelTest, CheckpointRecordsKeepEveryCopyAndReadTheOldFormat) {
+  CheckpointRecord ck{"counter-1", "counter", "csd0", "cpu0", 2000, 64};
+  ck.copies = {{"csd0", 2000, 64}, {"csd1", 1500, 60}};
+  Result<CheckpointRecord> ck2 = CheckpointFromJson(ToJson(ck), "k");
+  ASSERT_TRUE(ck2.ok()) << ck2.status();
+  EXPECT_EQ(*ck2, ck);
+  // Written before copies were kept twice: its one copy is the record's device.
+  Result<CheckpointRecord> old = CheckpointFromJson(
+      R"({"id": "c-1", "service": "c", "device": "csd0", "source": "cpu0", "unix_ms": 7,
+          "bytes": 9})",
+      "k");
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_EQ(old->copies, (std::vector<CheckpointRecord::Copy>{{"csd0", 7, 9}}));
+  Result<CheckpointRecord> bad =
+      CheckpointFromJson(R"({"id": "c-1", "device": "csd0", "copies": [{"unix_ms": 7}]})", "k");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("device"), std::string::npos) << bad.status();
+}
+
 // ---- drains, moves, checkpoints (issue #6) ---------------------------------------------
 
 TEST(PlanTest, ADrainingDeviceGetsNoNewPlacements) {
@@ -431,6 +450,82 @@ TEST(PlanTest, RebalanceTakesACheaperPlacementOnlyBeyondTheMarginAndTheMoveCost)
   EXPECT_EQ(m->to, "a");
 }
 
+TEST(PlanTest, RebalanceMovesAnSloViolatorOnlyAfterTheWholeWindow) {
+  ClusterView v = ThreeDevicesTwoEchos();
+  RebalanceOptions o;
+  o.slo_samples = 3;
+  RebalanceInput in;
+  in.now_ms = 100000;
+  // Target 1 ms; b is predicted at 0.4 ms, c at 2 ms.
+  RebalanceInput::Slo& slo = in.slo["echo-1"];
+  slo.target_us = 1000;
+  slo.predicted = {{"b", 400, ""}, {"a", 900, ""}, {"c", 2000, ""}};
+  // A spike (one sample of the window within the target): no move, and not stuck.
+  slo.p99_us = {5000, 5000, 800, 5000};
+  std::map<std::string, std::string> stuck;
+  EXPECT_FALSE(PlanRebalance(v, in, o, &stuck).has_value());
+  EXPECT_TRUE(stuck.empty());
+  // Fewer samples than the window: no move either.
+  slo.p99_us = {5000, 5000};
+  EXPECT_FALSE(PlanRebalance(v, in, o).has_value());
+  // Every sample of the window above the target: to b, the device predicted to meet it
+  // (a, its own device, is skipped whatever its prediction).
+  slo.p99_us = {800, 1200, 3000, 1100};
+  std::optional<Move> m = PlanRebalance(v, in, o, &stuck);
+  ASSERT_TRUE(m.has_value());
+  EXPECT_EQ(*m, (Move{"echo-1", "a", "b", m->reason}));
+  EXPECT_NE(m->reason.find("above its SLO of 1 ms in each of its last 3 samples (the lowest "
+                           "1.1 ms); b is predicted at 0.4 ms"),
+            std::string::npos)
+      << m->reason;
+  // Of two violators the worse (against its target) goes first.
+  in.slo["echo-2"] = slo;
+  in.slo["echo-2"].p99_us = {9000, 9000, 9000};
+  m = PlanRebalance(v, in, o);
+  ASSERT_TRUE(m.has_value());
+  EXPECT_EQ(m->instance, "echo-2");
+  in.slo.erase("echo-2");
+  // The device predicted to meet it has no headroom: no move, and why.
+  in.util["b"] = {0.7};
+  EXPECT_FALSE(PlanRebalance(v, in, o, &stuck).has_value());
+  ASSERT_EQ(stuck.count("echo-1"), 1u);
+  EXPECT_NE(stuck["echo-1"].find("no other device is predicted to meet it and can take it: b: "
+                                 "no headroom (70% CPU); c: predicted p99 2 ms"),
+            std::string::npos)
+      << stuck["echo-1"];
+  in.util.clear();
+  // No device is predicted to meet it: no move, and why.
+  slo.predicted = {{"a", 900, ""}, {"b", 1500, ""}, {"c", 2000, "memory: needs 64 MiB"}};
+  stuck.clear();
+  EXPECT_FALSE(PlanRebalance(v, in, o, &stuck).has_value());
+  EXPECT_NE(stuck["echo-1"].find("it misses its SLO of 1 ms on a (p99 at least 1.1 ms in "
+                                 "each of its last 3 samples)"),
+            std::string::npos)
+      << stuck["echo-1"];
+  EXPECT_NE(stuck["echo-1"].find("b: predicted p99 1.5 ms; c: memory: needs 64 MiB"),
+            std::string::npos)
+      << stuck["echo-1"];
+  // A device that meets it but may not take it (not among the service's devices).
+  slo.predicted = {{"c", 300, ""}};
+  v.services["echo"].devices = {"a", "b"};
+  stuck.clear();
+  EXPECT_FALSE(PlanRebalance(v, in, o, &stuck).has_value());
+  EXPECT_NE(stuck["echo-1"].find("may not run on c"), std::string::npos) << stuck["echo-1"];
+  v.services["echo"].devices.clear();
+  // Cooling down (moved 10 s ago, cool-down 30 s): neither moved nor reported stuck; once
+  // the cool-down is over, it moves.
+  in.last_moved_ms["echo-1"] = in.now_ms - 10000;
+  stuck.clear();
+  EXPECT_FALSE(PlanRebalance(v, in, o, &stuck).has_value());
+  EXPECT_TRUE(stuck.empty());
+  in.now_ms += o.cooldown_ms;
+  m = PlanRebalance(v, in, o);
+  ASSERT_TRUE(m.has_value());
+  EXPECT_EQ(m->to, "c");
+  // Busy or leaving instances never move.
+  v.busy = {"echo-1"};
+  EXPECT_FALSE(PlanRebalance(v, in, o).has_value());
+}
 
 TEST(PlanTest, InstancesAreFollowedWhereBothAgentsSayTheyMoved) {
   ClusterView v;

@@ -42,8 +42,8 @@ inline int64_t MonoNanos() {
   return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
 
-// CPU time the calling thread has used, nanoseconds (CLOCK_THREAD_CPUTIME_ID, a vDSO
-// read on Linux).
+// CPU time the calling thread has used, nanoseconds (CLOCK_THREAD_CPUTIME_ID: a system
+// call on Linux, 0.5-1.3 µs on our VMs; keep it off per-request fast paths).
 inline int64_t ThreadCpuNanos() {
   timespec ts;
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);

@@ -42,6 +42,30 @@ Result<uint32_t> GetUint(const std::string& src, const YAML::Node& n, const std:
   return static_cast<uint32_t>(v);
 }
 
+// A duration in ms with at most 3 decimals ("2.5", "0.25", "40"), as whole µs in
+// [0, hi_us]: decimal text, so it round-trips exactly (no binary floating point).
+Result<uint64_t> GetMillisAsMicros(const std::string& src, const YAML::Node& n,
+                                   const std::string& f, uint64_t hi_us) {
+  const std::string what = fmt::format(
+      "expected milliseconds in [0, {}] with at most 3 decimals (e.g. 2.5)", hi_us / 1000);
+  if (!n.IsScalar()) return FieldError(src, n, f, what);
+  const std::string& s = n.Scalar();
+  size_t dot = s.find('.');
+  std::string whole = s.substr(0, dot);
+  std::string frac = dot == std::string::npos ? "" : s.substr(dot + 1);
+  auto digits = [](const std::string& x) {
+    return std::all_of(x.begin(), x.end(), ::isdigit);
+  };
+  if (whole.empty() || whole.size() > 10 || !digits(whole) ||
+      (dot != std::string::npos && (frac.empty() || frac.size() > 3 || !digits(frac)))) {
+    return FieldError(src, n, f, fmt::format("{}, got '{}'", what, s));
+  }
+  frac.resize(3, '0');
+  uint64_t us = std::stoull(whole) * 1000 + std::stoull(frac);
+  if (us > hi_us) return FieldError(src, n, f, fmt::format("{}, got {}", what, s));
+  return us;
+}
+
 // Printable ASCII only: versions and paths travel through YAML, JSON, logs and HTTP.
 Status CheckPrintable(const std::string& src, const YAML::Node& n, const std::string& f,
                       const std::string& v) {
@@ -127,6 +151,8 @@ Result<Manifest> ParseNode(const YAML::Node& root, const std::string& src) {
       if (m.checkpoint_ms != 0 && m.checkpoint_ms < kMinCheckpointMs) {
         return FieldError(src, v, key, fmt::format("0 (off) or at least {} ms", kMinCheckpointMs));
       }
+    } else if (key == "slo_p99_ms") {
+      TERN_ASSIGN_OR_RETURN(m.slo_p99_us, GetMillisAsMicros(src, v, key, kMaxSloP99Us));
     } else if (key == "tenant") {
       TERN_ASSIGN_OR_RETURN(m.tenant, GetString(src, v, key));
       if (!IsValidName(m.tenant)) return FieldError(src, v, key, "not a valid name");
@@ -162,7 +188,7 @@ Result<Manifest> ParseNode(const YAML::Node& root, const std::string& src) {
     } else {
       return FieldError(src, kv.first, key,
                         "unknown field (expected name, version, module, stateful, checkpoint_ms, "
-                        "handlers, tenant, replicas, limits)");
+                        "slo_p99_ms, handlers, tenant, replicas, limits)");
     }
   }
   if (!has_name) return InvalidArgumentError(src + ": required field 'name' is missing");
@@ -206,6 +232,12 @@ std::string ManifestToYaml(const Manifest& m) {
   if (!m.module.empty()) out << YAML::Key << "module" << YAML::Value << YAML::DoubleQuoted << m.module;
   out << YAML::Key << "stateful" << YAML::Value << (m.stateful ? "true" : "false");
   if (m.checkpoint_ms != 0) out << YAML::Key << "checkpoint_ms" << YAML::Value << m.checkpoint_ms;
+  if (m.slo_p99_us != 0) {
+    std::string ms = fmt::format("{}.{:03}", m.slo_p99_us / 1000, m.slo_p99_us % 1000);
+    while (ms.back() == '0') ms.pop_back();
+    if (ms.back() == '.') ms.pop_back();
+    out << YAML::Key << "slo_p99_ms" << YAML::Value << ms;
+  }
   out << YAML::Key << "handlers" << YAML::Value << YAML::Flow << m.handlers;
   out << YAML::Key << "tenant" << YAML::Value << YAML::DoubleQuoted << m.tenant;
   out << YAML::Key << "replicas" << YAML::Value << m.replicas;

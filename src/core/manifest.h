@@ -6,6 +6,10 @@
 //   stateful: true             # default false
 //   checkpoint_ms: 2000        # stateful only: the controller snapshots each instance
 //                              # this often to a storage device (0 = off, the default)
+//   slo_p99_ms: 2.5            # the p99 latency target of one request, ms (at most 3
+//                              # decimals; 0 = none, the default): the placement engine
+//                              # places by it and the rebalancer moves an instance whose
+//                              # measured p99 stays above it
 //   handlers: [incr, get]      # exported functions callable from outside, required
 //   tenant: default
 //   replicas: 1
@@ -45,6 +49,7 @@ struct Manifest {
   std::string module;  // path of the .wasm, as written in the file
   bool stateful = false;
   uint32_t checkpoint_ms = 0;  // 0 = no periodic checkpoints
+  uint64_t slo_p99_us = 0;     // `slo_p99_ms` in µs; 0 = no SLO
   std::vector<std::string> handlers;
   std::string tenant = "default";
   uint32_t replicas = 1;
@@ -60,6 +65,7 @@ inline constexpr uint32_t kMaxCpuMs = 600'000;
 inline constexpr uint32_t kMinCheckpointMs = 100;
 inline constexpr uint32_t kMaxCheckpointMs = 86'400'000;
 inline constexpr uint32_t kMaxPayloadKib = 64 * 1024;
+inline constexpr uint64_t kMaxSloP99Us = 3'600'000'000;  // an hour
 
 // Parses YAML text. `source` names the text in error messages (a path, or "request").
 Result<Manifest> ParseManifest(const std::string& yaml_text, const std::string& source);

@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <utility>
+#include <vector>
+
 namespace tern {
 namespace {
 
@@ -57,6 +60,26 @@ TEST(ManifestTest, CheckpointMsIsForStatefulServicesAndRoundTrips) {
   ASSERT_FALSE(tiny.ok());
   EXPECT_NE(tiny.status().message().find("at least 100 ms"), std::string_view::npos)
       << tiny.status();
+}
+
+TEST(ManifestTest, SloP99MsIsExactToTheMicrosecondAndRoundTrips) {
+  EXPECT_EQ(ParseManifest(kGood, "a")->slo_p99_us, 0u);  // none by default
+  for (const auto& [text, us] : std::vector<std::pair<std::string, uint64_t>>{
+           {"2.5", 2500}, {"40", 40000}, {"0.001", 1}, {"0.25", 250}, {"3600000", 3600000000}}) {
+    Result<Manifest> m = ParseManifest(std::string(kGood) + "slo_p99_ms: " + text + "\n", "a");
+    ASSERT_TRUE(m.ok()) << text << ": " << m.status();
+    EXPECT_EQ(m->slo_p99_us, us) << text;
+    Result<Manifest> again = ParseManifest(ManifestToYaml(*m), "b");
+    ASSERT_TRUE(again.ok()) << again.status() << "\n" << ManifestToYaml(*m);
+    EXPECT_EQ(*m, *again) << ManifestToYaml(*m);
+  }
+  for (const char* bad : {"-1", "1.2345", "2.", ".5", "1e3", "abc", "3600000.001", "[1]", "1,5"}) {
+    Result<Manifest> m = ParseManifest(std::string(kGood) + "slo_p99_ms: " + bad + "\n", "s.yaml");
+    ASSERT_FALSE(m.ok()) << bad;
+    EXPECT_NE(m.status().message().find("field 'slo_p99_ms': expected milliseconds"),
+              std::string_view::npos)
+        << m.status();
+  }
 }
 
 struct BadCase {

@@ -82,7 +82,9 @@ ServiceProfile ProfileFromManifest(const Manifest& manifest, const ServiceHints&
   p.caller_host = hints.caller_host;
   p.request_bytes = hints.request_bytes;
   p.reply_bytes = hints.reply_bytes;
-  p.slo_p99_us = hints.slo_p99_us;
+  // The deployer's hint overrides the manifest's `slo_p99_ms`.
+  p.slo_p99_us =
+      hints.slo_p99_us > 0 ? hints.slo_p99_us : static_cast<double>(manifest.slo_p99_us);
   return p;
 }
 

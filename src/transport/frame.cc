@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "transport/grow_string.h"
+
 namespace tern::transport {
 namespace {
 
@@ -93,6 +95,10 @@ std::string_view FrameTypeName(FrameType t) {
 }
 
 Status EncodeFrameHead(const Frame& f, std::string* out) {
+  return EncodeFrameHead(f, f.payload.size(), out);
+}
+
+Status EncodeFrameHead(const Frame& f, size_t payload_len, std::string* out) {
   auto check_name = [](std::string_view what, const std::string& s) -> Status {
     if (s.size() > kMaxNameBytes) {
       return InvalidArgumentError(
@@ -103,9 +109,9 @@ Status EncodeFrameHead(const Frame& f, std::string* out) {
   TERN_RETURN_IF_ERROR(check_name("tenant", f.tenant));
   TERN_RETURN_IF_ERROR(check_name("service", f.service));
   TERN_RETURN_IF_ERROR(check_name("handler", f.handler));
-  if (f.payload.size() > kMaxPayloadBytes) {
+  if (payload_len > kMaxPayloadBytes) {
     return InvalidArgumentError(
-        fmt::format("frame: payload is {} bytes, max {}", f.payload.size(), kMaxPayloadBytes));
+        fmt::format("frame: payload is {} bytes, max {}", payload_len, kMaxPayloadBytes));
   }
 
   const size_t start = out->size();
@@ -125,7 +131,7 @@ Status EncodeFrameHead(const Frame& f, std::string* out) {
   Store<uint16_t>(h + kOffServiceLen, static_cast<uint16_t>(f.service.size()));
   Store<uint16_t>(h + kOffHandlerLen, static_cast<uint16_t>(f.handler.size()));
   Store<uint16_t>(h + kOffReserved, 0);
-  Store<uint32_t>(h + kOffPayloadLen, static_cast<uint32_t>(f.payload.size()));
+  Store<uint32_t>(h + kOffPayloadLen, static_cast<uint32_t>(payload_len));
   Store<uint32_t>(h + kOffCrc, Crc32c(h, kOffCrc));
   out->append(f.tenant);
   out->append(f.service);
@@ -168,11 +174,16 @@ void FrameDecoder::Feed(std::string_view bytes) {
   if (large_) {
     // The rest of a large payload goes straight into its frame (after what has been
     // received; an unused window is dropped).
-    std::string& pl = large_frame_.payload;
     const size_t take = std::min(bytes.size(), large_len_ - large_got_);
-    pl.resize(large_got_);
-    pl.append(bytes.data(), take);
+    if (large_dst_ != nullptr) {
+      std::memcpy(large_dst_ + large_got_, bytes.data(), take);
+    } else {
+      std::string& pl = large_frame_.payload;
+      pl.resize(large_got_);
+      pl.append(bytes.data(), take);
+    }
     large_got_ += take;
+    large_window_end_ = large_got_;  // an open window was not used: the next one starts here
     bytes.remove_prefix(take);
     if (bytes.empty()) return;
   }
@@ -182,7 +193,12 @@ void FrameDecoder::Feed(std::string_view bytes) {
     // at once (one copy instead of two). Anything wrong is left for Next() to report.
     Head h;
     Result<bool> valid = CheckHead(bytes.data(), bytes.size(), max_payload_, &h);
-    if (valid.ok() && *valid && StartLarge(bytes.data(), bytes.size(), h)) return;
+    if (valid.ok() && *valid && StartLarge(bytes.data(), bytes.size(), h)) {
+      // A whole frame arrived in one piece: what follows it is buffered as usual (Next
+      // returns the large frame first).
+      if (bytes.size() <= h.total) return;
+      bytes.remove_prefix(h.total);
+    }
   }
   if (pos_ == buf_.size()) {
     // Everything consumed: reset, and drop a buffer a large frame left behind.
@@ -202,18 +218,52 @@ void FrameDecoder::Feed(std::string_view bytes) {
 
 std::span<char> FrameDecoder::PayloadWindow() {
   if (!large_ || large_got_ == large_len_) return {};
-  std::string& pl = large_frame_.payload;
-  if (pl.size() == large_got_) {
-    // Open the next window: the capacity is reserved, so this neither moves the bytes
-    // nor touches more memory than the peer is about to send.
-    pl.resize(std::min(large_len_, large_got_ + kPayloadWindowBytes));
+  if (large_window_end_ == large_got_) {
+    large_window_end_ = std::min(large_len_, large_got_ + kPayloadWindowBytes);
+    if (large_dst_ == nullptr) {
+      // Open the next window: the capacity is reserved, so this neither moves the
+      // bytes nor touches more memory than the peer is about to send, and the window
+      // is not zeroed first (the reader writes it; an unused part is cut off by Feed).
+      GrowForOverwrite(&large_frame_.payload, large_window_end_);
+    }
   }
-  return std::span<char>(pl.data() + large_got_, pl.size() - large_got_);
+  char* base = large_dst_ != nullptr ? large_dst_ : large_frame_.payload.data();
+  return std::span<char>(base + large_got_, large_window_end_ - large_got_);
+}
+
+void FrameDecoder::SetPayloadSink(uint64_t request_id, std::span<char> dst) {
+  ClearPayloadSink();
+  sunk_bytes_ = SIZE_MAX;
+  sink_armed_ = true;
+  sink_id_ = request_id;
+  sink_ = dst;
+}
+
+void FrameDecoder::ClearPayloadSink() {
+  sink_armed_ = false;
+  sink_ = {};
+  if (large_ && large_dst_ != nullptr) {
+    // The frame being received keeps what arrived; the rest goes into its string.
+    large_frame_.payload.reserve(large_len_);
+    large_frame_.payload.assign(large_dst_, large_got_);
+    large_dst_ = nullptr;
+    large_window_end_ = large_got_;
+  }
+}
+
+size_t FrameDecoder::ReadLimit() const {
+  // The frame being received, or else the last one decoded, says what to expect.
+  const size_t guess = large_ ? large_head_ : last_large_head_;
+  if (guess == 0 || !error_.ok()) return SIZE_MAX;
+  // Nothing of the next frame is buffered, or the rest of a large payload is due first
+  // (it goes into PayloadWindow, the next frame's head after it).
+  if (pos_ != buf_.size()) return SIZE_MAX;
+  return guess;
 }
 
 void FrameDecoder::PayloadReceived(size_t n) {
   if (!large_) return;
-  large_got_ = std::min(large_got_ + n, large_frame_.payload.size());
+  large_got_ = std::min(large_got_ + n, large_window_end_);
 }
 
 Result<bool> FrameDecoder::Fail(Status s) {
@@ -222,6 +272,9 @@ Result<bool> FrameDecoder::Fail(Status s) {
   pos_ = 0;
   large_ = false;
   large_frame_ = Frame();
+  large_dst_ = nullptr;
+  sink_armed_ = false;
+  sink_ = {};
   return error_;
 }
 
@@ -303,14 +356,27 @@ Result<bool> FrameDecoder::CheckHead(const char* p, size_t avail, uint32_t max_p
 }
 
 bool FrameDecoder::StartLarge(const char* p, size_t avail, const Head& h) {
-  if (h.payload_len < kLargePayloadBytes || avail < h.head || avail >= h.total) return false;
+  if (h.payload_len < kLargePayloadBytes || avail < h.head) return false;
   ReadHead(p, h.tenant_len, h.service_len, h.handler_len, &large_frame_);
   // Reserved at once (address space; memory is touched as bytes arrive), filled as
   // they do: a peer that announces a large payload and stops costs no zeroed pages.
-  large_frame_.payload.reserve(h.payload_len);
-  large_frame_.payload.assign(p + h.head, avail - h.head);
+  // Bytes past the frame (avail > h.total, only from Feed) are the caller's.
+  const size_t have = std::min(avail, h.total) - h.head;
+  if (sink_armed_ && large_frame_.type == FrameType::kReply && large_frame_.request_id == sink_id_ &&
+      h.payload_len <= sink_.size()) {
+    large_dst_ = sink_.data();
+    sink_armed_ = false;
+    large_frame_.payload.clear();
+    std::memcpy(large_dst_, p + h.head, have);
+  } else {
+    large_dst_ = nullptr;
+    large_frame_.payload.reserve(h.payload_len);
+    large_frame_.payload.assign(p + h.head, have);
+  }
+  large_window_end_ = have;
   large_len_ = h.payload_len;
-  large_got_ = avail - h.head;
+  large_got_ = have;
+  large_head_ = h.head;
   large_ = true;
   // Whatever was buffered is in the frame now.
   pos_ = 0;
@@ -327,6 +393,12 @@ Result<bool> FrameDecoder::Next(Frame* out) {
   if (large_) {
     if (large_got_ < large_len_) return false;
     large_ = false;
+    last_large_head_ = large_head_;
+    if (large_dst_ != nullptr) {
+      sunk_bytes_ = large_len_;
+      sink_ = {};
+    }
+    large_dst_ = nullptr;
     *out = std::move(large_frame_);
     large_frame_ = Frame();
     return true;
@@ -348,6 +420,7 @@ Result<bool> FrameDecoder::Next(Frame* out) {
 
   ReadHead(p, h.tenant_len, h.service_len, h.handler_len, out);
   out->payload.assign(p + h.head, h.payload_len);
+  last_large_head_ = h.payload_len >= kLargePayloadBytes ? h.head : 0;
   pos_ += h.total;
   if (pos_ == buf_.size()) {
     pos_ = 0;
@@ -398,6 +471,38 @@ Status FrameOutput::Append(Frame&& f) {
   return Status::Ok();
 }
 
+Status FrameOutput::AppendBorrowed(const Frame& head, std::string_view payload) {
+  std::string* t = Tail();
+  const size_t before = t->size();
+  if (payload.size() < kLargePayloadBytes) {
+    TERN_RETURN_IF_ERROR(EncodeFrameHead(head, payload.size(), t));
+    t->append(payload);
+    bytes_ += t->size() - before;
+    return Status::Ok();
+  }
+  TERN_RETURN_IF_ERROR(EncodeFrameHead(head, payload.size(), t));
+  bytes_ += t->size() - before + payload.size();
+  Chunk c;
+  c.payload = true;
+  c.borrowed = payload;
+  chunks_.push_back(std::move(c));
+  return Status::Ok();
+}
+
+void FrameOutput::OwnBorrowed() {
+  bool first = true;
+  for (Chunk& c : chunks_) {
+    if (c.borrowed.data() != nullptr) {
+      // Only the part not written yet is kept (the front chunk may be partly written).
+      const size_t skip = first ? head_pos_ : 0;
+      c.bytes.assign(c.borrowed.data() + skip, c.borrowed.size() - skip);
+      c.borrowed = std::string_view();
+      if (first) head_pos_ = 0;
+    }
+    first = false;
+  }
+}
+
 Result<size_t> FrameOutput::WriteTo(int fd) {
   size_t written = 0;
   while (bytes_ > 0) {
@@ -405,9 +510,9 @@ Result<size_t> FrameOutput::WriteTo(int fd) {
     int n = 0;
     size_t off = head_pos_;
     for (auto it = chunks_.begin(); it != chunks_.end() && n < kMaxIov; ++it, off = 0) {
-      if (it->bytes.size() <= off) continue;
-      iov[n].iov_base = it->bytes.data() + off;
-      iov[n].iov_len = it->bytes.size() - off;
+      if (it->size() <= off) continue;
+      iov[n].iov_base = const_cast<char*>(it->data()) + off;
+      iov[n].iov_len = it->size() - off;
       ++n;
     }
     ssize_t r;
@@ -428,7 +533,7 @@ Result<size_t> FrameOutput::WriteTo(int fd) {
     size_t left = static_cast<size_t>(r);
     while (!chunks_.empty()) {
       Chunk& c = chunks_.front();
-      const size_t rest = c.bytes.size() - head_pos_;
+      const size_t rest = c.size() - head_pos_;
       if (left < rest) {
         head_pos_ += left;
         if (!c.payload && head_pos_ >= kCompactOutputBytes && head_pos_ >= c.bytes.size() / 2) {

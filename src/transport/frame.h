@@ -92,6 +92,8 @@ Status EncodeFrame(const Frame& f, std::string* out);
 // The same without the payload: the header (which counts the payload) and the names.
 // The payload's bytes must follow on the stream.
 Status EncodeFrameHead(const Frame& f, std::string* out);
+// The same for a payload of `payload_len` bytes kept elsewhere (f.payload is ignored).
+Status EncodeFrameHead(const Frame& f, size_t payload_len, std::string* out);
 
 // An Error frame answering `request_id` (0 = the connection as a whole) with the code
 // and message of `s` (which must not be OK; an OK status becomes kInternal).
@@ -121,6 +123,27 @@ class FrameDecoder {
   std::span<char> PayloadWindow();
   // `n` bytes (at most PayloadWindow().size()) were written into PayloadWindow().
   void PayloadReceived(size_t n);
+  // Receiving a large payload into the caller's memory (e.g. a client's reply buffer):
+  // the next kReply frame with request id `request_id` whose payload is large and fits `dst`
+  // gets its payload written into `dst` instead of into the frame. Next() then returns
+  // that frame with an empty payload, and PayloadInSink() says how many bytes are in
+  // `dst`. `dst` must stay valid until the frame has been taken or ClearPayloadSink()
+  // is called (which moves bytes already received there back into the frame). One
+  // sink at a time; it is used by one frame at most.
+  void SetPayloadSink(uint64_t request_id, std::span<char> dst);
+  void ClearPayloadSink();
+  // The payload size of the frame that used the sink set last, once Next() has
+  // returned it; SIZE_MAX until then (or if none did).
+  size_t PayloadInSink() const { return sunk_bytes_; }
+  // Header-first reading: at most how many bytes a reader should receive into its own
+  // buffer (after PayloadWindow()) with its next read. While a large payload is being
+  // received, and after one, it is the size of that frame's header and names: the next
+  // frame probably
+  // has a large payload too, and reading its head alone lets the payload go straight
+  // into the frame instead of landing in the reader's buffer and being copied from
+  // there. Otherwise SIZE_MAX (no limit). A reader whose read filled the limit reads
+  // again at once.
+  size_t ReadLimit() const;
   // Decodes the next complete frame into `out` (its strings' capacity is reused).
   // Returns true if one was decoded, false if more bytes are needed; an error (bad
   // magic/version/type/CRC, oversized payload or name) is sticky: the connection
@@ -141,7 +164,9 @@ class FrameDecoder {
   // valid header. An error: the stream is malformed.
   static Result<bool> CheckHead(const char* p, size_t avail, uint32_t max_payload, Head* h);
   // Starts receiving the large payload of the frame whose valid header `h` is at `p`
-  // (`avail` bytes there, the frame incomplete); false if it is not such a frame.
+  // (`avail` bytes there: the header and names at least, part or all of the payload,
+  // maybe bytes past the frame, which stay the caller's); false if it is not such a
+  // frame.
   bool StartLarge(const char* p, size_t avail, const Head& h);
 
   uint32_t max_payload_;
@@ -153,7 +178,20 @@ class FrameDecoder {
   bool large_ = false;
   size_t large_len_ = 0;
   size_t large_got_ = 0;
+  size_t large_head_ = 0;  // header + names of the large frame
   Frame large_frame_;
+  // Where the large payload goes: the sink, or nullptr for large_frame_.payload;
+  // and the end of the window PayloadWindow() offered last.
+  char* large_dst_ = nullptr;
+  size_t large_window_end_ = 0;
+  // SetPayloadSink: armed until a frame uses it.
+  bool sink_armed_ = false;
+  uint64_t sink_id_ = 0;
+  std::span<char> sink_;
+  size_t sunk_bytes_ = SIZE_MAX;
+  // Header + names of the last frame decoded if its payload was large, else 0
+  // (ReadLimit).
+  size_t last_large_head_ = 0;
 };
 
 // The output of one stream connection: frames waiting to be written, in order. Frames
@@ -167,6 +205,12 @@ class FrameOutput {
   // rvalue form takes a large payload over instead of copying it.
   Status Append(Frame&& f);
   Status Append(const Frame& f);
+  // Queues a frame whose payload stays in the caller's memory: `head`'s own payload is
+  // ignored, a large `payload` is written from where it is (a small one is copied).
+  // The caller keeps those bytes valid and unchanged until it calls OwnBorrowed() (or
+  // Clear()), which copies what has not been written yet.
+  Status AppendBorrowed(const Frame& head, std::string_view payload);
+  void OwnBorrowed();
   // Bytes queued and not written yet.
   size_t size() const { return bytes_; }
   bool empty() const { return bytes_ == 0; }
@@ -181,6 +225,10 @@ class FrameOutput {
   struct Chunk {
     std::string bytes;
     bool payload = false;  // a large payload taken over (nothing is appended to it)
+    // A borrowed payload (AppendBorrowed): the bytes are the caller's, `bytes` is empty.
+    std::string_view borrowed;
+    const char* data() const { return borrowed.data() != nullptr ? borrowed.data() : bytes.data(); }
+    size_t size() const { return borrowed.data() != nullptr ? borrowed.size() : bytes.size(); }
   };
   // The chunk small encodings are appended to (a new one after a payload chunk).
   std::string* Tail();

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <optional>
 
 #include "core/clock.h"
@@ -55,11 +56,13 @@ Status FrameClient::WriteSome() {
 
 ssize_t FrameClient::RecvIntoDecoder(int flags) {
   const std::span<char> window = decoder_.PayloadWindow();
+  // Header-first after a large answer: its successor's payload then lands in its frame.
+  const size_t chunk = std::min(kReadChunkBytes, decoder_.ReadLimit());
   ssize_t n;
   if (window.empty()) {
-    n = recv(fd_.get(), read_buf_.get(), kReadChunkBytes, flags);
+    n = recv(fd_.get(), read_buf_.get(), chunk, flags);
   } else {
-    iovec iov[2] = {{window.data(), window.size()}, {read_buf_.get(), kReadChunkBytes}};
+    iovec iov[2] = {{window.data(), window.size()}, {read_buf_.get(), chunk}};
     msghdr msg{};
     msg.msg_iov = iov;
     msg.msg_iovlen = 2;
@@ -210,6 +213,47 @@ Status FrameClient::Flush(std::chrono::nanoseconds timeout) {
 Result<Frame> FrameClient::Call(Frame request, std::chrono::nanoseconds timeout) {
   const int64_t deadline = DeadlineFromTimeout(timeout);
   TERN_ASSIGN_OR_RETURN(uint64_t id, Send(std::move(request)));
+  return AwaitAnswer(id, deadline, timeout);
+}
+
+Result<Frame> FrameClient::Call(Frame head, std::string_view payload,
+                                std::chrono::nanoseconds timeout) {
+  if (!broken_.ok()) return broken_;
+  const int64_t deadline = DeadlineFromTimeout(timeout);
+  head.request_id = next_id_;
+  TERN_RETURN_IF_ERROR(out_.AppendBorrowed(head, payload));
+  ++next_id_;
+  ++in_flight_;
+  Status st = WriteSome();
+  Result<Frame> answer = st.ok() ? AwaitAnswer(head.request_id, deadline, timeout) : Result<Frame>(st);
+  // The caller's bytes may change once we return: keep what the socket has not taken.
+  out_.OwnBorrowed();
+  return answer;
+}
+
+Result<size_t> FrameClient::CallInto(Frame head, std::string_view payload, std::span<char> reply,
+                                     std::chrono::nanoseconds timeout) {
+  if (!broken_.ok()) return broken_;
+  decoder_.SetPayloadSink(next_id_, reply);  // Call gives the request this id
+  Result<Frame> f = Call(std::move(head), payload, timeout);
+  const size_t in_reply = decoder_.PayloadInSink();  // about the answer, if there is one
+  decoder_.ClearPayloadSink();
+  if (!f.ok()) return f.status();
+  if (f->type != FrameType::kReply) {
+    return FailedPreconditionError(
+        fmt::format("frame client: answered with a {} frame", FrameTypeName(f->type)));
+  }
+  if (in_reply != SIZE_MAX) return in_reply;
+  if (f->payload.size() > reply.size()) {
+    return ResourceExhaustedError(fmt::format("frame client: a reply of {} bytes does not fit {}",
+                                              f->payload.size(), reply.size()));
+  }
+  std::memcpy(reply.data(), f->payload.data(), f->payload.size());
+  return f->payload.size();
+}
+
+Result<Frame> FrameClient::AwaitAnswer(uint64_t id, int64_t deadline,
+                                       std::chrono::nanoseconds timeout) {
   for (;;) {
     Result<Frame> f = NextFrame(deadline);
     if (!f.ok()) {

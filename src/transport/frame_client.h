@@ -22,6 +22,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -53,6 +54,18 @@ class FrameClient {
   // `timeout` (0 = forever) for the answer. Returns kReply, kMoved and kPong frames;
   // a kError answer becomes its Status.
   Result<Frame> Call(Frame request, std::chrono::nanoseconds timeout);
+  // The same with the request's payload in the caller's memory (`head`'s own payload is
+  // ignored): a large payload is written to the socket from there, not copied into the
+  // client first (whatever the socket has not taken when Call returns is copied then).
+  Result<Frame> Call(Frame head, std::string_view payload, std::chrono::nanoseconds timeout);
+  // The same, with the answer's payload put into `reply` as well: returns its size. A
+  // large payload is received from the socket straight into `reply`, a small one is
+  // copied there; so the payload crosses user space once each way, as with plain
+  // send/recv on buffers of the caller. Errors: Call's, kFailedPrecondition for an
+  // answer that is not kReply (kMoved), kResourceExhausted for a payload larger than
+  // `reply` (the connection stays usable).
+  Result<size_t> CallInto(Frame head, std::string_view payload, std::span<char> reply,
+                          std::chrono::nanoseconds timeout);
   // Call() with a kPing frame; returns the round-trip time.
   Result<std::chrono::nanoseconds> Ping(std::chrono::nanoseconds timeout);
 
@@ -82,6 +95,8 @@ class FrameClient {
   // Assigns the next request id to *request and queues its encoding (no I/O; a large
   // payload is taken over, not copied).
   Result<uint64_t> Enqueue(Frame* request);
+  // Waits for the answer to request `id` (Call's loop; late answers are dropped).
+  Result<Frame> AwaitAnswer(uint64_t id, int64_t deadline, std::chrono::nanoseconds timeout);
   // Next decoded frame, pumping the socket until `deadline` (0 = none).
   Result<Frame> NextFrame(int64_t deadline);
   // Writes what the socket takes; with `block`, then waits (until `deadline`) for the

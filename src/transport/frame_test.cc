@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <string>
@@ -501,6 +502,195 @@ TEST(FrameTest, LargeFramesFedInRandomPiecesRoundTrip) {
 
 // FrameOutput writes frames in order through a socket that takes only part at a time;
 // large payloads given as rvalues are taken over, not copied.
+Frame LargeFrame(uint64_t id, size_t size, char seed) {
+  Frame f = FullFrame();
+  f.request_id = id;
+  f.payload.resize(size);
+  for (size_t i = 0; i < size; ++i) f.payload[i] = static_cast<char>(seed + i * 7);
+  return f;
+}
+
+TEST(FrameTest, WholeLargeFrameInOneFeedWithMoreBehindIt) {
+  // One read brought a whole large frame and the start of the next: both decode, in
+  // order, and the large payload never passes through the decoder's buffer.
+  const Frame big = LargeFrame(1, 100 << 10, 'x');
+  Frame small = FullFrame();
+  small.request_id = 2;
+  const std::string wire = Encode(big) + Encode(small);
+  FrameDecoder d;
+  d.Feed(std::string_view(wire).substr(0, wire.size() - 5));
+  EXPECT_LT(d.BufferCapacityForTest(), size_t{4} << 10);
+  Frame f;
+  Result<bool> r = d.Next(&f);
+  ASSERT_TRUE(r.ok() && *r) << r.status();
+  EXPECT_EQ(f, big);
+  r = d.Next(&f);
+  ASSERT_TRUE(r.ok() && !*r);
+  d.Feed(std::string_view(wire).substr(wire.size() - 5));
+  r = d.Next(&f);
+  ASSERT_TRUE(r.ok() && *r);
+  EXPECT_EQ(f, small);
+}
+
+TEST(FrameTest, ReadLimitAsksForTheHeadAloneAfterALargeFrame) {
+  const Frame a = LargeFrame(1, 70 << 10, 'a');
+  const Frame b = LargeFrame(2, 90 << 10, 'b');
+  const std::string wire = Encode(a) + Encode(b) + Encode(b);
+  const size_t head = kFrameHeaderBytes + a.tenant.size() + a.service.size() + a.handler.size();
+  FrameDecoder d;
+  EXPECT_EQ(d.ReadLimit(), SIZE_MAX);  // nothing known yet: read what is there
+  // A reader that honours ReadLimit: into the window first, then at most the limit
+  // (and 64 KiB) into its own buffer, which it feeds: those bytes it copies.
+  size_t pos = 0, copied = 0;
+  std::vector<Frame> got;
+  while (pos < wire.size()) {
+    std::span<char> w = d.PayloadWindow();
+    size_t k = std::min(w.size(), wire.size() - pos);
+    std::memcpy(w.data(), wire.data() + pos, k);
+    d.PayloadReceived(k);
+    pos += k;
+    const size_t n = std::min({d.ReadLimit(), size_t{64} << 10, wire.size() - pos});
+    d.Feed(std::string_view(wire).substr(pos, n));
+    copied += n;
+    pos += n;
+    Frame f;
+    for (;;) {
+      Result<bool> r = d.Next(&f);
+      ASSERT_TRUE(r.ok()) << r.status();
+      if (!*r) break;
+      got.push_back(f);
+    }
+  }
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_EQ(got[0], a);
+  EXPECT_EQ(got[1], b);
+  EXPECT_EQ(got[2], b);
+  // Only the first read (before any header was known) and the two heads of b went
+  // through the reader's buffer: both of b's payloads landed in their frames.
+  EXPECT_EQ(copied, (size_t{64} << 10) + 2 * head);
+  EXPECT_EQ(d.ReadLimit(), head);
+  // A small frame ends header-first reading.
+  Frame c = FullFrame();
+  ASSERT_EQ(DecodeAll(&d, Encode(c)).size(), 1u);
+  EXPECT_EQ(d.ReadLimit(), SIZE_MAX);
+}
+
+TEST(FrameTest, PayloadSinkReceivesTheMatchingReplyInPlace) {
+  Frame reply = LargeFrame(7, 50 << 10, 'r');
+  reply.type = FrameType::kReply;
+  Frame other = reply;
+  other.request_id = 6;  // a late answer to another request
+  Frame error = reply;
+  error.type = FrameType::kError;
+  error.status = StatusCode::kInternal;
+  std::vector<char> sink(64 << 10, '\0');
+  FrameDecoder d;
+  d.SetPayloadSink(7, sink);
+  const std::string wire = Encode(other) + Encode(error) + Encode(reply) + Encode(reply);
+  size_t pos = 0;
+  std::vector<Frame> got;
+  while (pos < wire.size()) {
+    std::span<char> w = d.PayloadWindow();
+    size_t k = std::min(w.size(), wire.size() - pos);
+    std::memcpy(w.data(), wire.data() + pos, k);
+    d.PayloadReceived(k);
+    pos += k;
+    const size_t n = std::min<size_t>(3000, wire.size() - pos);
+    d.Feed(std::string_view(wire).substr(pos, n));
+    pos += n;
+    Frame f;
+    while (true) {
+      Result<bool> r = d.Next(&f);
+      ASSERT_TRUE(r.ok()) << r.status();
+      if (!*r) break;
+      got.push_back(f);
+    }
+  }
+  ASSERT_EQ(got.size(), 4u);
+  EXPECT_EQ(got[0], other);  // another request id: its own payload
+  EXPECT_EQ(got[1], error);  // not a reply: an error message stays in its frame
+  // The reply: payload in the sink, the frame's empty; the sink is used once.
+  EXPECT_TRUE(got[2].payload.empty());
+  EXPECT_EQ(got[2].request_id, 7u);
+  EXPECT_EQ(d.PayloadInSink(), reply.payload.size());
+  EXPECT_EQ(std::string(sink.data(), reply.payload.size()), reply.payload);
+  EXPECT_EQ(got[3], reply);
+
+  // Too small a sink: the payload goes into the frame.
+  d.SetPayloadSink(7, std::span<char>(sink.data(), 1000));
+  EXPECT_EQ(d.PayloadInSink(), SIZE_MAX);
+  Frame f;
+  std::vector<Frame> frames = DecodeAll(&d, Encode(reply));
+  ASSERT_EQ(frames.size(), 1u);
+  EXPECT_EQ(frames[0], reply);
+  EXPECT_EQ(d.PayloadInSink(), SIZE_MAX);
+
+  // Cleared while the payload is arriving: what was in the sink moves into the frame.
+  std::fill(sink.begin(), sink.end(), '\0');
+  d.SetPayloadSink(7, sink);
+  const std::string one = Encode(reply);
+  d.Feed(std::string_view(one).substr(0, 20000));
+  ASSERT_TRUE(d.Next(&f).ok());
+  d.ClearPayloadSink();
+  std::fill(sink.begin(), sink.end(), 'z');  // the caller reuses its buffer
+  d.Feed(std::string_view(one).substr(20000));
+  Result<bool> r = d.Next(&f);
+  ASSERT_TRUE(r.ok() && *r);
+  EXPECT_EQ(f, reply);
+  EXPECT_EQ(d.PayloadInSink(), SIZE_MAX);
+}
+
+TEST(FrameOutputTest, BorrowedPayloadIsWrittenFromTheCallersBytes) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  const int small = 16 << 10;
+  setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
+  fcntl(sv[1], F_SETFL, O_NONBLOCK);
+  Frame head = FullFrame();
+  head.payload = "ignored";
+  std::string payload(300 << 10, '\0');
+  for (size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<char>(i * 5);
+  std::string small_payload = "tiny";
+  FrameOutput out;
+  ASSERT_TRUE(out.AppendBorrowed(head, payload).ok());
+  ASSERT_TRUE(out.AppendBorrowed(head, small_payload).ok());
+  Frame want = head;
+  want.payload = payload;
+  Frame want_small = head;
+  want_small.payload = small_payload;
+  EXPECT_EQ(out.size(), EncodedFrameSize(want) + EncodedFrameSize(want_small));
+  // Part goes out; then the caller's bytes are about to change: OwnBorrowed keeps the
+  // unwritten rest, so the peer still gets the original payload.
+  Result<size_t> w = out.WriteTo(sv[0]);
+  ASSERT_TRUE(w.ok()) << w.status();
+  ASSERT_GT(*w, 0u);
+  ASSERT_LT(*w, EncodedFrameSize(want));
+  out.OwnBorrowed();
+  std::fill(payload.begin(), payload.end(), 'X');
+  small_payload = "XXXX";  // a small payload was copied at once
+  FrameDecoder d;
+  std::vector<Frame> got;
+  std::vector<char> buf(64 << 10);
+  for (int rounds = 0; got.size() < 2; ++rounds) {
+    ASSERT_LT(rounds, 100000);
+    ASSERT_TRUE(out.WriteTo(sv[0]).ok());
+    ssize_t n;
+    while ((n = read(sv[1], buf.data(), buf.size())) > 0) d.Feed(std::string_view(buf.data(), n));
+    Frame f;
+    for (;;) {
+      Result<bool> r = d.Next(&f);
+      ASSERT_TRUE(r.ok()) << r.status();
+      if (!*r) break;
+      got.push_back(f);
+    }
+  }
+  EXPECT_EQ(got[0], want);
+  EXPECT_EQ(got[1], want_small);
+  EXPECT_TRUE(out.empty());
+  close(sv[0]);
+  close(sv[1]);
+}
+
 TEST(FrameOutputTest, WritesEveryFrameInOrderThroughAFullSocket) {
   int sv[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);

@@ -426,29 +426,35 @@ void ShmConnection::WantSpace() {
   FullFence();  // pairs with PublishTail
 }
 
-Result<bool> ShmConnection::SendLargeFd(std::string_view encoded, uint64_t seq) {
+Result<bool> ShmConnection::SendLargeFd(std::string_view head, std::string_view rest,
+                                        uint64_t seq) {
   UniqueFd fd(memfd_create("tern-shm-msg", MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!fd.valid()) return ErrnoError("shm: memfd_create for a large message", errno);
-  size_t off = 0;
-  while (off < encoded.size()) {
-    ssize_t w = write(fd.get(), encoded.data() + off, encoded.size() - off);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoError("shm: writing a large message", errno);
+  for (std::string_view piece : {head, rest}) {
+    size_t off = 0;
+    while (off < piece.size()) {
+      ssize_t w = write(fd.get(), piece.data() + off, piece.size() - off);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoError("shm: writing a large message", errno);
+      }
+      off += static_cast<size_t>(w);
     }
-    off += static_cast<size_t>(w);
   }
+  const size_t encoded_size = head.size() + rest.size();
   // Immutable from now on: the receiver maps it without fear of SIGBUS or changes.
   if (fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) != 0) {
     return ErrnoError("shm: sealing a large message", errno);
   }
-  ShmLargeMessage m{internal::kShmLargeMagic, 0, seq, encoded.size()};
+  ShmLargeMessage m{internal::kShmLargeMagic, 0, seq, encoded_size};
   const int fds[1] = {fd.get()};
   return SendMsg(sock_.get(), &m, sizeof(m), fds);
 }
 
-Result<bool> ShmConnection::TryCommit(std::string_view encoded, bool large) {
-  const uint64_t len = large ? sizeof(ShmLargeRecord) : encoded.size();
+Result<bool> ShmConnection::TryCommit(std::string_view head, std::string_view rest,
+                                      bool large) {
+  const size_t encoded_size = head.size() + rest.size();
+  const uint64_t len = large ? sizeof(ShmLargeRecord) : encoded_size;
   const uint64_t need = RecordBytes(len);
   const uint64_t pos = head_ & (ring_bytes_ - 1);
   const uint64_t to_end = ring_bytes_ - pos;
@@ -458,16 +464,16 @@ Result<bool> ShmConnection::TryCommit(std::string_view encoded, bool large) {
 
   if (large) {
     if (!inflight_large_.empty() &&
-        inflight_large_bytes_ + encoded.size() > limits_.max_inflight_large_bytes) {
+        inflight_large_bytes_ + encoded_size > limits_.max_inflight_large_bytes) {
       TERN_RETURN_IF_ERROR(RefreshTail());
       if (!inflight_large_.empty() &&
-          inflight_large_bytes_ + encoded.size() > limits_.max_inflight_large_bytes) {
+          inflight_large_bytes_ + encoded_size > limits_.max_inflight_large_bytes) {
         return false;
       }
     }
     pollfd p{sock_.get(), POLLOUT, 0};
     if (poll(&p, 1, 0) != 1 || (p.revents & POLLOUT) == 0) return false;
-    Result<bool> sent = SendLargeFd(encoded, next_large_seq_);
+    Result<bool> sent = SendLargeFd(head, rest, next_large_seq_);
     if (!sent.ok()) {
       if (sent.status().code() == StatusCode::kUnavailable) peer_gone_ = true;
       return sent.status();
@@ -486,13 +492,15 @@ Result<bool> ShmConnection::TryCommit(std::string_view encoded, bool large) {
                     static_cast<uint32_t>(len)};
   std::memcpy(d + at, &h, sizeof(h));
   if (large) {
-    ShmLargeRecord rec{next_large_seq_++, encoded.size()};
+    ShmLargeRecord rec{next_large_seq_++, encoded_size};
     std::memcpy(d + at + sizeof(h), &rec, sizeof(rec));
-    inflight_large_.push_back({head_ + total, encoded.size()});
-    inflight_large_bytes_ += encoded.size();
+    inflight_large_.push_back({head_ + total, encoded_size});
+    inflight_large_bytes_ += encoded_size;
     ++stats_.sent_large;
   } else {
-    std::memcpy(d + at + sizeof(h), encoded.data(), encoded.size());
+    // The encoding goes straight into the ring: the payload is copied once.
+    std::memcpy(d + at + sizeof(h), head.data(), head.size());
+    if (!rest.empty()) std::memcpy(d + at + sizeof(h) + head.size(), rest.data(), rest.size());
     ++stats_.sent_inline;
   }
   Publish(head_ + total);
@@ -505,7 +513,7 @@ Status ShmConnection::Flush() {
   bool announced = false;
   while (!overflow_.empty()) {
     Queued& q = overflow_.front();
-    TERN_ASSIGN_OR_RETURN(bool done, TryCommit(q.bytes, q.large));
+    TERN_ASSIGN_OR_RETURN(bool done, TryCommit(q.bytes, {}, q.large));
     if (!done) {
       if (announced) break;
       // Ask the consumer to ring us when it frees space, then look once more (it may have
@@ -520,7 +528,9 @@ Status ShmConnection::Flush() {
   return Status::Ok();
 }
 
-Status ShmConnection::Send(const Frame& f) {
+Status ShmConnection::Send(const Frame& f) { return Send(f, f.payload); }
+
+Status ShmConnection::Send(const Frame& head, std::string_view payload) {
   if (!error_.ok()) return error_;
   if (closed_) return FailedPreconditionError("shm: connection closed");
   if (peer_gone_ || std::atomic_ref<uint32_t>(header()->closed[server_ ? 0 : 1])
@@ -528,19 +538,23 @@ Status ShmConnection::Send(const Frame& f) {
     peer_gone_ = true;
     return UnavailableError("shm: the peer closed the connection");
   }
+  // Only the header and names are encoded here; the payload is copied from where it
+  // is into the ring (or, when it must wait, into the overflow queue).
   scratch_.clear();
-  TERN_RETURN_IF_ERROR(EncodeFrame(f, &scratch_));
-  const bool large = scratch_.size() > ring_bytes_ / 4;
+  TERN_RETURN_IF_ERROR(EncodeFrameHead(head, payload.size(), &scratch_));
+  const size_t encoded_size = scratch_.size() + payload.size();
+  const bool large = encoded_size > ring_bytes_ / 4;
   if (!overflow_.empty()) TERN_RETURN_IF_ERROR(Flush());
   if (overflow_.empty()) {
-    TERN_ASSIGN_OR_RETURN(bool done, TryCommit(scratch_, large));
+    TERN_ASSIGN_OR_RETURN(bool done, TryCommit(scratch_, payload, large));
     if (done) return Status::Ok();
   }
-  if (!overflow_.empty() && stats_.overflow_bytes + scratch_.size() > limits_.max_overflow_bytes) {
+  if (!overflow_.empty() && stats_.overflow_bytes + encoded_size > limits_.max_overflow_bytes) {
     return ResourceExhaustedError(
         fmt::format("shm: send queue full ({} bytes queued, limit {}); back off",
                     stats_.overflow_bytes, limits_.max_overflow_bytes));
   }
+  scratch_.append(payload);
   stats_.overflow_bytes += scratch_.size();
   ++stats_.queued;
   overflow_.push_back({std::move(scratch_), large});
@@ -563,7 +577,26 @@ void ShmConnection::PublishTail() {
 }
 
 Status ShmConnection::DecodeRecord(std::string_view bytes, std::vector<Frame>* out) {
-  decoder_.Feed(bytes);  // copies out of shared memory before anything is parsed
+  // The peer may change the shared bytes under us, so nothing is parsed in place: the
+  // header and names are copied out first (Feed of a private copy), and the payload of
+  // a large frame is then copied once, straight into its frame (PayloadWindow). Other
+  // frames are fed whole (Feed copies them into the decoder before parsing).
+  constexpr size_t kMaxHead = kFrameHeaderBytes + 3 * kMaxNameBytes;
+  char head[kMaxHead];
+  const size_t prefix = std::min(bytes.size(), kMaxHead);
+  std::memcpy(head, bytes.data(), prefix);
+  decoder_.Feed(std::string_view(head, prefix));
+  for (size_t off = prefix; off < bytes.size();) {
+    const std::span<char> window = decoder_.PayloadWindow();
+    if (window.empty()) {
+      decoder_.Feed(bytes.substr(off));
+      break;
+    }
+    const size_t n = std::min(window.size(), bytes.size() - off);
+    std::memcpy(window.data(), bytes.data() + off, n);
+    decoder_.PayloadReceived(n);
+    off += n;
+  }
   Frame f;
   Result<bool> got = decoder_.Next(&f);
   if (!got.ok()) return Fail(got.status().WithPrefix("shm: corrupt record"));

@@ -256,6 +256,21 @@ class ShmConnection {
   // (the peer is gone), kFailedPrecondition (this end was closed), the sticky error of a
   // broken connection, or an errno error creating a large message's memfd.
   Status Send(const Frame& f);
+  // The same for a frame whose payload is elsewhere: `head`'s own payload is ignored,
+  // `payload` is sent in its place. The payload's bytes are copied once, into the ring
+  // (or the memfd); nothing is kept after the call returns.
+  Status Send(const Frame& head, std::string_view payload);
+  // Receiving a large reply into the caller's memory (FrameDecoder::SetPayloadSink):
+  // the payload of the next kReply frame with `request_id` whose payload is large
+  // (kLargePayloadBytes) and fits `dst` is copied from the ring (or memfd) into `dst`
+  // instead of its Frame, whose payload is then empty; PayloadInSink() gives its size
+  // once Poll() has returned that frame (SIZE_MAX otherwise). `dst` must stay valid
+  // until then or ClearPayloadSink().
+  void SetPayloadSink(uint64_t request_id, std::span<char> dst) {
+    decoder_.SetPayloadSink(request_id, dst);
+  }
+  void ClearPayloadSink() { decoder_.ClearPayloadSink(); }
+  size_t PayloadInSink() const { return decoder_.PayloadInSink(); }
   // Moves queued frames into the ring as space allows; never blocks. OK if some remain.
   Status Flush();
   // Non-blocking: flushes the overflow queue, then decodes up to `max` received frames and
@@ -320,15 +335,18 @@ class ShmConnection {
   uint8_t* out_data() const;
   uint8_t* in_data() const;
 
-  // Tries to commit one encoded frame; false if it must wait (ring/socket/in-flight limit).
-  Result<bool> TryCommit(std::string_view encoded, bool large);
+  // Tries to commit one encoded frame, given as its head (header and names) and the
+  // rest (its payload; empty when `head` holds the whole encoding); false if it must
+  // wait (ring/socket/in-flight limit).
+  Result<bool> TryCommit(std::string_view head, std::string_view rest, bool large);
   // Producer free space, refreshing the peer's tail if `need` does not fit the cached one.
   Result<bool> HasSpace(uint64_t need);
   Status RefreshTail();
   void Publish(uint64_t new_head);
   void WantSpace();
-  // Passes `encoded` in a sealed memfd; false if the socket has no room now.
-  Result<bool> SendLargeFd(std::string_view encoded, uint64_t seq);
+  // Passes head + rest (one encoded frame) in a sealed memfd; false if the socket has
+  // no room now.
+  Result<bool> SendLargeFd(std::string_view head, std::string_view rest, uint64_t seq);
 
   // Consumer side.
   Result<bool> ReadOne(std::vector<Frame>* out);

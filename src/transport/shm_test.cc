@@ -257,6 +257,48 @@ TEST(ShmConnectionTest, RoundTripsSmall4K64KAnd8MiBFramesByteExact) {
   EXPECT_EQ(p.server->stats().received, 5u);
 }
 
+TEST(ShmConnectionTest, PayloadFromTheCallersBytesAndReplyIntoTheCallersBuffer) {
+  TempDir dir;
+  Pair p;
+  ASSERT_NO_FATAL_FAILURE(MakePair(dir.Sock(), &p));
+  std::vector<char> sink(1 << 20);
+  uint64_t id = 1;
+  // Inline (64 KiB), inline at the limit of the sink, and the memfd path (600 KiB).
+  for (size_t size : {size_t{64} << 10, size_t{200} << 10, size_t{600} << 10}) {
+    SCOPED_TRACE(size);
+    Frame head = MakeFrame(id, 0);
+    head.payload = "ignored";
+    const std::string payload = Pattern(size, id);
+    ASSERT_TRUE(p.client->Send(head, payload).ok());
+    std::vector<Frame> got = Receive(p.server.get(), nullptr, 1);
+    ASSERT_EQ(got.size(), 1u);
+    Frame want = head;
+    want.payload = payload;
+    EXPECT_TRUE(got[0] == want);
+
+    // A reply to another id first (not for the sink), then ours (into the sink).
+    Frame other = want;
+    other.type = FrameType::kReply;
+    other.request_id = id + 100;
+    Frame reply = other;
+    reply.request_id = id;
+    reply.payload = Pattern(size, id + 1000);
+    p.client->SetPayloadSink(id, sink);
+    ASSERT_TRUE(p.server->Send(other).ok());
+    ASSERT_TRUE(p.server->Send(reply).ok());
+    got = Receive(p.client.get(), nullptr, 2);
+    ASSERT_EQ(got.size(), 2u);
+    EXPECT_TRUE(got[0] == other);
+    EXPECT_TRUE(got[1].payload.empty());
+    EXPECT_EQ(got[1].request_id, id);
+    ASSERT_EQ(p.client->PayloadInSink(), size);
+    EXPECT_TRUE(std::string_view(sink.data(), size) == reply.payload);
+    p.client->ClearPayloadSink();
+    ++id;
+  }
+  EXPECT_EQ(p.client->stats().sent_large, 1u);
+}
+
 TEST(ShmConnectionTest, ManyFramesInFlightGoThroughTheOverflowQueueInOrder) {
   TempDir dir;
   Pair p;

@@ -174,6 +174,32 @@ TEST_F(FrameServerTest, LargePayloadEcho) {
   EXPECT_TRUE(r->payload == big);
 }
 
+TEST_F(FrameServerTest, CallIntoSendsFromAndReceivesIntoTheCallersBuffers) {
+  StartServer();
+  auto c = Client();
+  ASSERT_NE(c, nullptr);
+  std::vector<char> reply(1 << 20);
+  for (size_t size : {size_t{100}, size_t{64} << 10, size_t{64} << 10, size_t{700} << 10}) {
+    std::string req(size, '\0');
+    for (size_t i = 0; i < size; ++i) req[i] = static_cast<char>(i * 17 + size);
+    Result<size_t> n = c->CallInto(Invoke("echo", ""), req, reply, 10s);
+    ASSERT_TRUE(n.ok()) << n.status();
+    ASSERT_EQ(*n, size);
+    EXPECT_EQ(std::string_view(reply.data(), size), req) << size;
+  }
+  // A reply that does not fit: an error, and the connection still works.
+  std::string req(300 << 10, 'q');
+  Result<size_t> n = c->CallInto(Invoke("echo", ""), req, std::span<char>(reply.data(), 1000), 10s);
+  EXPECT_EQ(n.status().code(), StatusCode::kResourceExhausted);
+  n = c->CallInto(Invoke("echo", ""), "again", reply, 10s);
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(std::string_view(reply.data(), *n), "again");
+  // The plain Call with a borrowed payload.
+  Result<Frame> f = c->Call(Invoke("echo", "ignored"), req, 10s);
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->payload, req);
+}
+
 TEST_F(FrameServerTest, PipelinedSendThenReceive) {
   StartServer();
   auto c = Client();
