@@ -235,8 +235,8 @@ struct MigrateOptions {
   // compresses, ~2 Gbit/s here), "lz4" or "none".
   std::string codec = "auto";
   uint64_t link_bps = 0;  // 0 = unknown: assume a fast link
-  // Test hook: called on the migration thread before each step ("round 1", "freeze",
-  // "commit", ...); a non-OK status aborts the migration there, as a failure would.
+  // Test hook: called on the migration thread before each step ("begin", "round 0",
+  // "round 1", "freeze", "commit"); a non-OK status aborts the migration there, as a failure would.
   std::function<Status(const std::string& step)> step_hook;
 };
 
@@ -491,6 +491,7 @@ class Agent {
   bool HoldOrForward(WorkerThread* wt, const std::string& id, InvokeRequest& req,
                      std::function<void(InvokeResult)>& done);
   void Forward(const MovedTo& to, InvokeRequest req, std::function<void(InvokeResult)> done);
+  std::shared_ptr<Forwarder> ForwarderTo(const std::string& tcp) EXCLUDES(mig_mu_);
   std::optional<MovedTo> MovedRecord(const std::string& instance, const std::string& service)
       EXCLUDES(mu_);
   std::optional<MovedTo> MovedRecordLocked(const std::string& instance, const std::string& service)
@@ -508,7 +509,9 @@ class Agent {
                                                   uint64_t memory_bytes,
                                                   std::optional<uint32_t> stack_pointer);
   Status IncomingGrow(Incoming* in, uint64_t memory_bytes);
-  void IncomingApply(Incoming* in, uint32_t page, const char* bytes);
+  // Applies a page batch (checked whole first) to the incoming instance's memory and its
+  // rollback point to be; returns the number of pages.
+  Result<uint32_t> IncomingPageBatch(Incoming* in, std::string_view batch);
   uint32_t IncomingPages(const Incoming* in) const;
   Status IncomingCommit(const std::shared_ptr<Incoming>& in, std::string_view commit);
   void IncomingDrop(const std::shared_ptr<Incoming>& in);

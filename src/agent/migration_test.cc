@@ -233,6 +233,40 @@ TEST_F(MigrationTest, PrecopyMovesStateDedupTableAndIdentity) {
   EXPECT_EQ(got->payload, "16");
 }
 
+// The target builds the rollback point of a stateful instance while the pages arrive
+// (no copy at the commit): a request that traps there right after the move must roll
+// back to exactly the state that arrived, heap included.
+TEST(MigrationRollbackTest, TheTargetsRollbackPointIsTheStateThatArrived) {
+  std::unique_ptr<Node> a = Node::Start("src"), b = Node::Start("dst");
+  Result<Manifest> m = LoadManifest(SourcePath("src/agent/testdata/faulty.yaml"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  m->replicas = 1;
+  Result<ServiceStatus> s = a->agent->Deploy(*m, ReadWasm("guest_faulty"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  const std::string id = s->instances.at(0);
+  auto call = [&](Agent* at, const std::string& handler) {
+    InvokeRequest r;
+    r.service = "faulty";
+    r.handler = handler;
+    r.deadline_ns = MonoNanos() + 20'000'000'000;
+    return at->InvokeSync(std::move(r));
+  };
+  for (int i = 1; i <= 5; ++i) ASSERT_EQ(call(a->agent.get(), "incr").reply, std::to_string(i));
+  MigrateOptions o;
+  o.to_tcp = b->tcp;
+  o.to_device = "dst";
+  Result<MigrationReport> r = a->agent->Migrate(id, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  InvokeResult bad = call(b->agent.get(), "incr_then_trap");
+  EXPECT_FALSE(bad.status.ok());
+  EXPECT_NE(bad.status.message().find("rolled back"), std::string_view::npos) << bad.status;
+  InvokeResult get = call(b->agent.get(), "get");  // checks the heap blob, too
+  ASSERT_TRUE(get.status.ok()) << get.status;
+  EXPECT_EQ(get.reply, "5");
+  EXPECT_EQ(call(b->agent.get(), "incr").reply, "6");
+  EXPECT_EQ(StatusOf(b->agent.get(), id).rollbacks, 1u);
+}
+
 TEST_F(MigrationTest, StopAndCopySendsEverythingWhileFrozen) {
   ASSERT_TRUE(Call(a_->agent.get(), "fill", "2048").status.ok());
   ASSERT_TRUE(Call(a_->agent.get(), "incr", "3").status.ok());
