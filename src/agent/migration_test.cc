@@ -237,7 +237,7 @@ TEST_F(MigrationTest, PrecopyMovesStateDedupTableAndIdentity) {
 // (no copy at the commit): a request that traps there right after the move must roll
 // back to exactly the state that arrived, heap included.
 TEST(MigrationRollbackTest, TheTargetsRollbackPointIsTheStateThatArrived) {
-  std::unique_ptr<Node> a = Node::Start("src"), b = Node::Start("dst");
+  std::unique_ptr<Node> a = StartNode("src"), b = StartNode("dst");
   Result<Manifest> m = LoadManifest(SourcePath("src/agent/testdata/faulty.yaml"));
   ASSERT_TRUE(m.ok()) << m.status();
   m->replicas = 1;

@@ -101,10 +101,6 @@ struct CheckpointRecord {
   std::string source;   // the device the instance ran on when it was taken
   int64_t unix_ms = 0;
   uint64_t bytes = 0;
-  // Durable instances: the checkpoint is a full record of the instance's journal on
-  // `device` (not a snapshot object), with this sequence number.
-  bool durable = false;
-  uint64_t journal_seq = 0;
   // Every kept copy, the newest first, on distinct devices. A copy may be older than the
   // newest when writing the last one to its keeper failed. JSON "copies": [{"device",
   // "unix_ms", "bytes"}]; a record without it (written before copies were kept twice) has
@@ -116,6 +112,10 @@ struct CheckpointRecord {
     bool operator==(const Copy&) const = default;
   };
   std::vector<Copy> copies;
+  // Durable instances: the checkpoint is a full record of the instance's journal on
+  // `device`, its one keeper (not a snapshot object), with this sequence number.
+  bool durable = false;
+  uint64_t journal_seq = 0;
 
   bool operator==(const CheckpointRecord&) const = default;
 };

@@ -188,6 +188,7 @@ TEST(ModelTest, RecordsRoundTripAndBadOnesAreErrors) {
   s.checkpoint_ms = 10000;
   EXPECT_EQ(*ServiceFromJson(ToJson(s), "k"), s);
   CheckpointRecord ck{"counter-1", "counter", "csd0", "cpu0", 1234, 5678};
+  ck.copies = {{"csd0", 1234, 5678}};
   ck.durable = true;
   ck.journal_seq = 42;
   Result<CheckpointRecord> ck2 = CheckpointFromJson(ToJson(ck), "k");
