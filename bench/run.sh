@@ -8,24 +8,25 @@
 #   ndp         (issue #5)  bench/results/ndp.{json,md,svg}      ndp_bench (tern up; root
 #                                                                 for namespaces and cgroups)
 #   migration   (issue #6)  bench/results/migration.{json,md,svg} migration_bench
+#   durable     (issue #6)  bench/results/durable.{json,md}      durable_bench
 # Builds nothing: build first with
 #   ninja -C build/release -j2 foundation_bench rpc_bench calls_bench cluster_bench placement_bench ndp_bench \
-#     migration_bench
+#     migration_bench durable_bench
 #   (also builds the guests and `tern`)
 #
-# usage: bench/run.sh BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc,calls,cluster,placement,ndp,migration]
+# usage: bench/run.sh BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc,calls,cluster,placement,ndp,migration,durable]
 #   --quick     a smoke run (a few seconds per suite; what CI runs once, as ctest tests)
 #   --out=DIR   where results go (default: bench/results)
 #   --suites=   which suites to run (default: all)
 # A full run takes about a minute for foundation, two to three for rpc and about four for
 # cluster, about two for ndp (1 GiB dataset), under one for migration (bounded: each
-# driver is killed after a time limit).
+# driver is killed after a time limit), a few seconds for durable.
 # Exit code: 0 if every section ran, 1 if one failed (the report says which), 2 on usage.
 # See docs/benchmarks.md for what the numbers mean.
 set -uo pipefail
 
 usage() {
-  echo "usage: $0 BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc,calls,cluster,placement,ndp,migration]" >&2
+  echo "usage: $0 BUILD_DIR [--quick] [--out=DIR] [--suites=foundation,rpc,calls,cluster,placement,ndp,migration,durable]" >&2
   exit 2
 }
 
@@ -34,7 +35,7 @@ BUILD_DIR=$(cd "$1" 2>/dev/null && pwd) || { echo "no build directory '$1'" >&2;
 shift
 QUICK=()
 OUT=""
-SUITES="foundation,rpc,calls,cluster,placement,ndp,migration"
+SUITES="foundation,rpc,calls,cluster,placement,ndp,migration,durable"
 LIMIT_INPROC=150
 LIMIT_NET=90
 LIMIT_RPC=240
@@ -42,10 +43,11 @@ LIMIT_CLUSTER=330
 LIMIT_PLACEMENT=120
 LIMIT_NDP=900
 LIMIT_MIGRATION=400
+LIMIT_DURABLE=120
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=(--quick); LIMIT_INPROC=40; LIMIT_NET=30; LIMIT_RPC=30; LIMIT_CLUSTER=90; LIMIT_PLACEMENT=60; LIMIT_NDP=140
-             LIMIT_MIGRATION=120 ;;
+             LIMIT_MIGRATION=120; LIMIT_DURABLE=60 ;;
     --out=*) OUT=${arg#--out=} ;;
     --suites=*) SUITES=${arg#--suites=} ;;
     *) usage ;;
@@ -58,6 +60,7 @@ RUN_CLUSTER=0
 RUN_PLACEMENT=0
 RUN_NDP=0
 RUN_MIGRATION=0
+RUN_DURABLE=0
 IFS=',' read -ra suite_list <<<"$SUITES"
 for s in "${suite_list[@]}"; do
   case "$s" in
@@ -68,11 +71,12 @@ for s in "${suite_list[@]}"; do
     placement) RUN_PLACEMENT=1 ;;
     ndp) RUN_NDP=1 ;;
     migration) RUN_MIGRATION=1 ;;
-    *) echo "unknown suite '$s' (foundation, rpc, calls, cluster, placement, ndp, migration)" >&2; usage ;;
+    durable) RUN_DURABLE=1 ;;
+    *) echo "unknown suite '$s' (foundation, rpc, calls, cluster, placement, ndp, migration, durable)" >&2; usage ;;
   esac
 done
 [[ $RUN_FOUNDATION == 1 || $RUN_RPC == 1 || $RUN_CALLS == 1 || $RUN_CLUSTER == 1 ||
-   $RUN_PLACEMENT == 1 || $RUN_NDP == 1 || $RUN_MIGRATION == 1 ]] || usage
+   $RUN_PLACEMENT == 1 || $RUN_NDP == 1 || $RUN_MIGRATION == 1 || $RUN_DURABLE == 1 ]] || usage
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$BUILD_DIR/bench/foundation/foundation_bench
@@ -82,6 +86,7 @@ CLUSTER_BENCH=$BUILD_DIR/bench/cluster/cluster_bench
 PLACEMENT_BENCH=$BUILD_DIR/bench/placement/placement_bench
 NDP_BENCH=$BUILD_DIR/bench/ndp/ndp_bench
 MIGRATION_BENCH=$BUILD_DIR/bench/migration/migration_bench
+DURABLE_BENCH=$BUILD_DIR/bench/durable/durable_bench
 TERN=$BUILD_DIR/src/bin/tern
 WASM=$BUILD_DIR/wasm
 needed=()
@@ -93,9 +98,10 @@ needed=()
 [[ $RUN_PLACEMENT == 1 ]] && needed+=("$PLACEMENT_BENCH")
 [[ $RUN_NDP == 1 ]] && needed+=("$NDP_BENCH" "$TERN" "$WASM/ndpscan.wasm")
 [[ $RUN_MIGRATION == 1 ]] && needed+=("$MIGRATION_BENCH" "$WASM/counter.wasm")
+[[ $RUN_DURABLE == 1 ]] && needed+=("$DURABLE_BENCH" "$WASM/counter.wasm")
 for f in "${needed[@]}"; do
   if [[ ! -e $f ]]; then
-    echo "missing $f: build first with: ninja -C $BUILD_DIR -j2 foundation_bench rpc_bench calls_bench cluster_bench placement_bench ndp_bench migration_bench" \
+    echo "missing $f: build first with: ninja -C $BUILD_DIR -j2 foundation_bench rpc_bench calls_bench cluster_bench placement_bench ndp_bench migration_bench durable_bench" \
          "(rpc_bench needs gRPC, cluster_bench wrk and etcd: scripts/setup.sh)" >&2
     exit 2
   fi
@@ -191,6 +197,16 @@ if [[ $RUN_MIGRATION == 1 ]]; then
   timeout --kill-after=5 "$LIMIT_MIGRATION" "$MIGRATION_BENCH" "${QUICK[@]}" --source-dir="$SRC" \
     --wasm-dir="$WASM" --out="$OUT" > /dev/null || rc=1
   [[ -s $OUT/migration.md ]] && written+=("$OUT/migration.md")
+fi
+
+if [[ $RUN_DURABLE == 1 ]]; then
+  # Two agents in one process: `touch 8` on a plain and on a durable counter (its journal
+  # on the other agent), with the fdatasync and loopback round-trip limits.
+  rm -f "$OUT/durable.json" "$OUT/durable.md"
+  echo "== durable_bench ${QUICK[*]}" >&2
+  timeout --kill-after=5 "$LIMIT_DURABLE" "$DURABLE_BENCH" "${QUICK[@]}" --source-dir="$SRC" \
+    --wasm-dir="$WASM" --out="$OUT" > /dev/null || rc=1
+  [[ -s $OUT/durable.md ]] && written+=("$OUT/durable.md")
 fi
 
 echo "== done in $(( $(date +%s) - start )) s: ${written[*]:-no reports}" \

@@ -3,7 +3,8 @@
 //
 //   migration_bench [--quick] [--out=DIR] [--wasm-dir=DIR] [--source-dir=DIR]
 //                   [--sizes=1,16,64,256] [--rate=1000] [--words=8] [--before-ms=1000]
-//                   [--after-ms=1000] [--plot-mib=64]
+//                   [--after-ms=1000] [--plot-mib=64] [--fill-pct=50]
+//                   [--links=1000,10000] [--link-sizes=64,256]
 //
 // Two agents run in this process (Agent + AgentServer each, real TCP on 127.0.0.1, as in
 // src/agent/migration_test.cc). For each state size and mode (pre-copy, then
@@ -24,6 +25,15 @@
 //      = executions beyond one per request. `touch` returns the new counter value, so the
 //      answers must be exactly {1..N} with no repeats and the final `get` must equal N;
 //   5. `check` at the target must pass (every byte of the fill area intact).
+// The state is --fill-pct % compressible (counter's `fill N P`: that share of every 4 KiB
+// is a repeated word, the rest pseudo-random).
+//
+// Then, with root, the same over an emulated link (--links, Mbit/s; none with --quick):
+// the two agents on two hosts of an emulated network made by src/emu (a network namespace
+// each, veths on a bridge, tbf on both ends), pre-copy of --link-sizes with `link_bps` set
+// (LZ4 below ~2 Gbit/s), next to the TCP throughput measured through the same link.
+// Without root these rows are skipped, and the report says why.
+//
 // Latency percentiles are given before (scheduled before the migration started), during
 // (from its start to its return + 50 ms) and after. The limits of this machine come from
 // the same run: memcpy of the state (memory) and a raw TCP loopback transfer of it between
@@ -39,6 +49,7 @@
 // 64 MiB — 16 MiB with --quick — pre-copy vs stop-and-copy). Exit code 1 if a row failed
 // (a migration error, lost or duplicated requests, or a failed state check), 2 on usage.
 #include <fmt/format.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -51,6 +62,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -67,6 +79,9 @@
 #include "core/manifest.h"
 #include "core/mutex.h"
 #include "core/status.h"
+#include "emu/ledger.h"
+#include "emu/netns.h"
+#include "emu/teardown.h"
 #include "transport/frame.h"
 #include "transport/socket.h"
 #include "wasm/engine.h"
@@ -99,8 +114,19 @@ struct Args {
   int64_t before_ns = 1000 * kMs;
   int64_t after_ns = 1000 * kMs;
   uint32_t plot_mib = 0;  // the size plotted; 0 = 64 MiB (16 MiB with --quick)
-  bool sizes_given = false, before_given = false, after_given = false;
+  // Share (%) of each 4 KiB of the state that compresses well (counter's `fill N P`).
+  uint32_t fill_pct = 50;
+  // Emulated links (Mbit/s) for the rows between two network namespaces (root only),
+  // and the state sizes migrated over each. None with --quick.
+  std::vector<uint32_t> links_mbps = {1000, 10000};
+  std::vector<uint32_t> link_sizes_mib = {64, 256};
+  bool sizes_given = false, before_given = false, after_given = false, links_given = false;
 };
+
+std::string LinkName(uint64_t bps) {
+  return bps % 1'000'000'000 == 0 ? fmt::format("{} Gbit/s", bps / 1'000'000'000)
+                                  : fmt::format("{} Mbit/s", bps / 1'000'000);
+}
 
 // ---------------------------------------------------------------------------------
 // Two agents.
@@ -115,13 +141,14 @@ struct Node {
   }
 };
 
-Result<Node> StartNode(wasm::Engine* engine, const std::string& device) {
+Result<Node> StartNode(wasm::Engine* engine, const std::string& device, const std::string& ip) {
   Node n;
   AgentOptions o;
   o.device = device;
   o.workers = 2;
   TERN_ASSIGN_OR_RETURN(n.agent, Agent::Create(o, engine));
   AgentServerOptions so;
+  so.host = ip;
   so.frame_port = 0;
   so.admin_port = 0;
   TERN_ASSIGN_OR_RETURN(n.server, AgentServer::Start(n.agent.get(), so));
@@ -408,41 +435,69 @@ int64_t MemcpyNs(size_t bytes) {
 }
 
 // memcpy of `bytes` into memory never touched before (fresh anonymous pages, as a
-// migration target's instance memory is): the page faults are the cost. The best of three.
-int64_t FirstTouchNs(size_t bytes) {
+// migration target's instance memory is): the page faults are the cost. `huge`: the
+// memory is madvise(MADV_HUGEPAGE)d first (2 MiB-aligned), as the target's is. The best
+// of three.
+int64_t FirstTouchNs(size_t bytes, bool huge) {
   std::vector<char> a(bytes, 1);
+  constexpr size_t kHuge = size_t{2} << 20;
   int64_t best = INT64_MAX;
   for (int i = 0; i < 3; ++i) {
-    void* m = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    const size_t len = bytes + kHuge;
+    void* m = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) return -1;
-    char* b = static_cast<char*>(m);
+    char* b = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(m) + kHuge - 1) & ~(kHuge - 1));
     const int64_t t = NowNs();
+    if (huge) ::madvise(b, bytes, MADV_HUGEPAGE);
     std::memcpy(b, a.data(), bytes);
     best = std::min(best, NowNs() - t);
     const bool same = b[bytes / 2] == a[bytes / 2];
-    ::munmap(m, bytes);
+    ::munmap(m, len);
     if (!same) return -1;
   }
   return best;
 }
 
-// `bytes` from one thread to another over a TCP loopback connection (blocking sockets,
-// 1 MiB writes): from the first write to the last byte read. The best of three.
-Result<int64_t> TcpLoopbackNs(size_t bytes) {
+// Runs `fn` on a thread of its own inside network namespace `netns` ("" = this one):
+// sockets it creates, and threads it starts, are in there (emu::JoinNetns).
+Status RunInNetns(const std::string& netns, const std::function<void()>& fn) {
+  if (netns.empty()) {
+    fn();
+    return Status::Ok();
+  }
+  Status st = Status::Ok();
+  std::thread t([&] {
+    st = emu::JoinNetns(netns);
+    if (st.ok()) fn();
+  });
+  t.join();
+  return st;
+}
+
+// `bytes` from one thread to another over one TCP connection (blocking sockets, 1 MiB
+// writes): from the first write to the last byte read; the best of `reps`. The reader
+// listens on `ip` inside `reader_ns`, the writer connects from `writer_ns` ("" = this
+// namespace; loopback: 127.0.0.1 in both).
+Result<int64_t> TcpTransferNs(size_t bytes, int reps, const std::string& ip,
+                              const std::string& reader_ns, const std::string& writer_ns) {
   std::vector<char> data(bytes, 7);
   int64_t best = INT64_MAX;
-  for (int rep = 0; rep < 3; ++rep) {
-    transport::UniqueFd ls(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (ls.get() < 0) return ErrnoError("socket", errno);
+  for (int rep = 0; rep < reps; ++rep) {
+    transport::UniqueFd ls;
     sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(sa);
-    if (::bind(ls.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 ||
-        ::listen(ls.get(), 1) != 0 ||
-        ::getsockname(ls.get(), reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
-      return ErrnoError("bind/listen on 127.0.0.1", errno);
-    }
+    Status setup = RunInNetns(reader_ns, [&] {
+      ls = transport::UniqueFd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+      sa.sin_family = AF_INET;
+      socklen_t len = sizeof(sa);
+      if (ls.get() < 0 || ::inet_pton(AF_INET, ip.c_str(), &sa.sin_addr) != 1 ||
+          ::bind(ls.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 ||
+          ::listen(ls.get(), 1) != 0 ||
+          ::getsockname(ls.get(), reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
+        ls.reset();
+      }
+    });
+    TERN_RETURN_IF_ERROR(setup);
+    if (ls.get() < 0) return ErrnoError("bind/listen on " + ip, errno);
     std::atomic<int64_t> end{0};
     std::atomic<bool> reader_ok{false};
     std::thread reader([&] {
@@ -461,12 +516,14 @@ Result<int64_t> TcpLoopbackNs(size_t bytes) {
       end.store(NowNs());
       reader_ok.store(true);
     });
-    transport::UniqueFd w(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
     Status st = Status::Ok();
     int64_t start = 0;
-    if (w.get() < 0 || ::connect(w.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
-      st = ErrnoError("connect to 127.0.0.1", errno);
-    } else {
+    Status ns = RunInNetns(writer_ns, [&] {
+      transport::UniqueFd w(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+      if (w.get() < 0 || ::connect(w.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
+        st = ErrnoError("connect to " + ip, errno);
+        return;
+      }
       start = NowNs();
       size_t off = 0;
       while (off < bytes) {
@@ -479,12 +536,12 @@ Result<int64_t> TcpLoopbackNs(size_t bytes) {
         }
         off += static_cast<size_t>(n);
       }
-    }
+    });
+    if (st.ok()) st = ns;
     if (!st.ok()) ::shutdown(ls.get(), SHUT_RDWR);
-    w.reset();
     reader.join();
     TERN_RETURN_IF_ERROR(st);
-    if (!reader_ok.load()) return UnavailableError("the loopback reader did not get every byte");
+    if (!reader_ok.load()) return UnavailableError("the reader did not get every byte");
     best = std::min(best, end.load() - start);
   }
   return best;
@@ -494,6 +551,7 @@ struct Limits {
   uint32_t size_mib = 0;
   int64_t memcpy_ns = 0;
   int64_t first_touch_ns = 0;
+  int64_t first_touch_huge_ns = 0;
   int64_t tcp_ns = 0;
   double tcp_bps() const { return size_mib * kMiB / (static_cast<double>(tcp_ns) / 1e9); }
   double memcpy_bps() const { return size_mib * kMiB / (static_cast<double>(memcpy_ns) / 1e9); }
@@ -507,20 +565,34 @@ struct Window {
   size_t requests = 0;
 };
 
+// Where the two agents run: both on loopback in this namespace, or each on an emulated
+// host (its own network namespace, src/emu) with a tbf-limited veth between them.
+struct Place {
+  std::string src_netns, dst_netns;  // "" = this namespace
+  std::string src_ip = "127.0.0.1", dst_ip = "127.0.0.1";
+  uint64_t link_bps = 0;  // the emulated link's rate; 0 = loopback
+};
+
 struct Row {
   uint32_t size_mib = 0;
   bool precopy = true;
+  uint64_t link_bps = 0;  // 0 = loopback
   std::string error;  // why the row failed; "" if it passed
   std::string tracking;
   agent::MigrationReport report;
   int64_t migrate_start_ns = 0;  // Migrate() called (NowNs)
   int64_t migrate_end_ns = 0;    // Migrate() returned
+  // CPU time of this whole process (both agents, the load) while Migrate ran: the work
+  // a migration costs, which the wall time shows only divided by this VM's share.
+  int64_t cpu_ns = 0;
   int64_t freeze_ns = 0;         // frozen (NowNs), from the freeze step + freeze wait
   int64_t cutover_ns = 0;        // active at the target: freeze + downtime
   // When Migrate's steps began (NowNs): "round N", "freeze", "commit" (the commit frame
   // about to be sent: the source's part of the downtime is over).
   std::vector<std::pair<std::string, int64_t>> steps;
-  int64_t setup_ns = 0;  // Migrate's start → its first round (or the freeze): connect, begin
+  int64_t setup_ns = 0;    // Migrate's start → its first round (or the freeze): connect, begin
+  int64_t connect_ns = 0;  // Migrate's start → "begin": the target's migration port, MigStart
+  int64_t begin_ns = 0;    // "begin" → the first round: the target prepares the instance
   Window before, during, after;
   int64_t max_latency_ns = 0;  // over every successful request (the client-observed stall)
   size_t sent = 0, ok = 0, errors = 0, unanswered = 0, lost = 0, duplicated = 0;
@@ -547,20 +619,39 @@ struct Row {
   }
 };
 
+int64_t ProcessCpuNs() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
 std::string ModeName(bool precopy) { return precopy ? "pre-copy" : "stop-and-copy"; }
 
 Row RunOne(const Args& args, wasm::Engine* engine, const std::string& wasm,
-           const Manifest& manifest, uint32_t size_mib, bool precopy) {
+           const Manifest& manifest, uint32_t size_mib, bool precopy, const Place& place) {
   Row row;
   row.size_mib = size_mib;
   row.precopy = precopy;
-  const std::string label = fmt::format("{} MiB {}", size_mib, ModeName(precopy));
-  Result<Node> src = StartNode(engine, "src");
+  row.link_bps = place.link_bps;
+  const std::string label =
+      fmt::format("{} MiB {}{}", size_mib, ModeName(precopy),
+                  place.link_bps == 0 ? "" : fmt::format(" over {}", LinkName(place.link_bps)));
+  Result<Node> src = InternalError("not started");
+  Result<Node> dst = InternalError("not started");
+  if (Status ns = RunInNetns(place.src_netns,
+                             [&] { src = StartNode(engine, "src", place.src_ip); });
+      !ns.ok()) {
+    src = ns;
+  }
   if (!src.ok()) {
     row.error = "starting the source agent: " + src.status().ToString();
     return row;
   }
-  Result<Node> dst = StartNode(engine, "dst");
+  if (Status ns = RunInNetns(place.dst_netns,
+                             [&] { dst = StartNode(engine, "dst", place.dst_ip); });
+      !ns.ok()) {
+    dst = ns;
+  }
   if (!dst.ok()) {
     row.error = "starting the target agent: " + dst.status().ToString();
     return row;
@@ -586,7 +677,8 @@ Row RunOne(const Args& args, wasm::Engine* engine, const std::string& wasm,
   const int64_t tf = NowNs();
   for (uint32_t done = 0; done < size_mib;) {
     const uint32_t step = std::min<uint32_t>(16, size_mib - done);
-    agent::InvokeResult r = Call(src->agent.get(), id, "fill", std::to_string(step * 1024));
+    agent::InvokeResult r =
+        Call(src->agent.get(), id, "fill", fmt::format("{} {}", step * 1024, args.fill_pct));
     if (!r.status.ok()) {
       row.error = "fill: " + r.status.ToString();
       stop_nodes();
@@ -615,6 +707,7 @@ Row RunOne(const Args& args, wasm::Engine* engine, const std::string& wasm,
   o.to_tcp = dst->tcp;
   o.to_device = "dst";
   o.precopy = precopy;
+  o.link_bps = place.link_bps;  // codec "auto": LZ4 on a link slower than LZ4 compresses
   Mutex steps_mu;
   std::vector<std::pair<std::string, int64_t>> steps;
   o.step_hook = [&](const std::string& step) {
@@ -623,9 +716,16 @@ Row RunOne(const Args& args, wasm::Engine* engine, const std::string& wasm,
     return Status::Ok();
   };
   Progress(fmt::format("{}: migrating under {} req/s", label, args.rate));
-  row.migrate_start_ns = NowNs();
-  Result<agent::MigrationReport> rep = src->agent->Migrate(id, o);
-  row.migrate_end_ns = NowNs();
+  Result<agent::MigrationReport> rep = InternalError("not run");
+  // The source's outgoing connections (to the target, forwarding) start in its namespace.
+  Status in_ns = RunInNetns(place.src_netns, [&] {
+    const int64_t cpu0 = ProcessCpuNs();
+    row.migrate_start_ns = NowNs();
+    rep = src->agent->Migrate(id, o);
+    row.migrate_end_ns = NowNs();
+    row.cpu_ns = ProcessCpuNs() - cpu0;
+  });
+  if (!in_ns.ok()) rep = in_ns;
   Agent* home = src->agent.get();
   {
     MutexLock l(&steps_mu);
@@ -637,7 +737,13 @@ Row RunOne(const Args& args, wasm::Engine* engine, const std::string& wasm,
     }
     return 0;
   };
-  if (!row.steps.empty()) row.setup_ns = row.steps.front().second - row.migrate_start_ns;
+  if (const int64_t first = step_at(precopy ? "round 0" : "freeze"); first != 0) {
+    row.setup_ns = first - row.migrate_start_ns;
+    if (const int64_t begin = step_at("begin"); begin != 0) {
+      row.connect_ns = begin - row.migrate_start_ns;
+      row.begin_ns = first - begin;
+    }
+  }
   if (rep.ok()) {
     gen.SwitchTo(dst->tcp);
     row.report = *rep;
@@ -871,8 +977,83 @@ std::string PlotSvg(const std::vector<const Row*>& rows, const std::string& titl
   return s;
 }
 
+std::string SetupCell(const Row& r) {
+  return r.connect_ns == 0 ? Ms(r.setup_ns)
+                           : fmt::format("{} ({:.1f} + {:.1f})", Ms(r.setup_ns),
+                                         static_cast<double>(r.connect_ns) / 1e6,
+                                         static_cast<double>(r.begin_ns) / 1e6);
+}
+std::string Round0Cell(const Row& r) {
+  return r.precopy && !r.report.rounds.empty() ? Ms(r.report.rounds.front().ns) : "—";
+}
+
+// The measured limit of one emulated link: one TCP connection from the source host to
+// the target host, through both tbf qdiscs.
+struct LinkLimit {
+  uint64_t bps = 0;  // nominal (tbf rate)
+  size_t probe_bytes = 0;
+  int64_t ns = 0;
+  std::string error;
+  double measured_bps() const {
+    return ns > 0 ? static_cast<double>(probe_bytes) / (static_cast<double>(ns) / 1e9) : 0;
+  }
+};
+
+// The emulated network of the link rows: two hosts ("src", "dst") of cluster "migbench",
+// made by src/emu as `tern up` makes its hosts (a namespace each, veths on a bridge, tbf
+// on both ends of each veth), torn down when this goes (and first, if a crashed run left
+// one behind: the ledger is in a fixed place).
+class LinkNet {
+ public:
+  static Result<std::unique_ptr<LinkNet>> Create() {
+    TERN_RETURN_IF_ERROR(emu::CheckNetworkSupport().WithPrefix(
+        "the emulated link needs root, `ip` and `tc`"));
+    auto n = std::unique_ptr<LinkNet>(new LinkNet());
+    TERN_RETURN_IF_ERROR(n->Teardown());  // what an earlier run may have left
+    TERN_ASSIGN_OR_RETURN(n->ledger_, emu::Ledger::Open(kStateDir, kCluster));
+    TERN_ASSIGN_OR_RETURN(n->net_,
+                          emu::CreateHostNetwork({kCluster, {{"src", 0}, {"dst", 0}}}, n->ledger_.get()));
+    return n;
+  }
+  ~LinkNet() {
+    if (Status st = Teardown(); !st.ok()) Progress("tearing the emulated link down: " + st.ToString());
+  }
+  // Both hosts send and receive at most `bps`.
+  Status SetRate(uint64_t bps) {
+    for (const emu::HostEndpoint& h : net_.hosts) {
+      TERN_RETURN_IF_ERROR(emu::SetHostRate(h, bps, ledger_.get()));
+    }
+    return Status::Ok();
+  }
+  Place PlaceAt(uint64_t bps) const {
+    Place p;
+    p.src_netns = net_.hosts[0].netns;
+    p.src_ip = net_.hosts[0].address;
+    p.dst_netns = net_.hosts[1].netns;
+    p.dst_ip = net_.hosts[1].address;
+    p.link_bps = bps;
+    return p;
+  }
+
+ private:
+  static constexpr char kStateDir[] = "/tmp/tern-migration-bench";
+  static constexpr char kCluster[] = "migbench";
+  LinkNet() = default;
+  Status Teardown() {
+    Result<emu::TeardownReport> r = emu::Teardown(kStateDir, kCluster);
+    if (!r.ok()) return r.status();
+    if (!r->clean()) {
+      return InternalError(fmt::format("could not remove: {}", fmt::join(r->remaining, "; ")));
+    }
+    return Status::Ok();
+  }
+  std::unique_ptr<emu::Ledger> ledger_;
+  emu::HostNetwork net_;
+};
+
 int Run(const Args& args) {
   SetProgressName("migration");
+  agent::TuneMallocForAgentProcess();  // the agents run in this process, as in `tern agent`
   Result<std::unique_ptr<wasm::Engine>> engine = wasm::NewV8Engine({});
   if (!engine.ok()) {
     std::fprintf(stderr, "migration_bench: %s\n", engine.status().ToString().c_str());
@@ -901,8 +1082,9 @@ int Run(const Args& args) {
     Limits l;
     l.size_mib = mib;
     l.memcpy_ns = MemcpyNs(size_t{mib} << 20);
-    l.first_touch_ns = FirstTouchNs(size_t{mib} << 20);
-    Result<int64_t> tcp = TcpLoopbackNs(size_t{mib} << 20);
+    l.first_touch_ns = FirstTouchNs(size_t{mib} << 20, /*huge=*/false);
+    l.first_touch_huge_ns = FirstTouchNs(size_t{mib} << 20, /*huge=*/true);
+    Result<int64_t> tcp = TcpTransferNs(size_t{mib} << 20, 3, "127.0.0.1", "", "");
     if (!tcp.ok()) {
       std::fprintf(stderr, "migration_bench: TCP loopback limit: %s\n",
                    tcp.status().ToString().c_str());
@@ -913,17 +1095,53 @@ int Run(const Args& args) {
   }
 
   std::vector<Row> rows;
+  auto run = [&](uint32_t mib, bool precopy, const Place& place) {
+    Row r = RunOne(args, engine->get(), *wasm, *manifest, mib, precopy, place);
+    Progress(fmt::format(
+        "{} MiB {}{}: downtime {}, total {}, p99 before/during/after {}/{}/{} ms, max {} ms, "
+        "sent {}, lost {}, dup {}{}",
+        mib, ModeName(precopy),
+        place.link_bps == 0 ? "" : fmt::format(" over {}", LinkName(place.link_bps)),
+        Ms(r.report.downtime_ns), Ms(r.report.total_ns), LatMs(r.before.stats.p99),
+        LatMs(r.during.stats.p99), LatMs(r.after.stats.p99),
+        LatMs(static_cast<double>(r.max_latency_ns)), r.sent, r.lost, r.duplicated,
+        r.error.empty() ? "" : " — FAILED: " + r.error));
+    rows.push_back(std::move(r));
+  };
   for (uint32_t mib : args.sizes_mib) {
-    for (bool precopy : {true, false}) {
-      Row r = RunOne(args, engine->get(), *wasm, *manifest, mib, precopy);
-      Progress(fmt::format(
-          "{} MiB {}: downtime {}, total {}, p99 before/during/after {}/{}/{} ms, max {} ms, "
-          "sent {}, lost {}, dup {}{}",
-          mib, ModeName(precopy), Ms(r.report.downtime_ns), Ms(r.report.total_ns),
-          LatMs(r.before.stats.p99), LatMs(r.during.stats.p99), LatMs(r.after.stats.p99),
-          LatMs(static_cast<double>(r.max_latency_ns)), r.sent, r.lost, r.duplicated,
-          r.error.empty() ? "" : " — FAILED: " + r.error));
-      rows.push_back(std::move(r));
+    for (bool precopy : {true, false}) run(mib, precopy, Place{});
+  }
+
+  // Over an emulated link: the two agents on two hosts of an emulated network.
+  std::vector<LinkLimit> link_limits;
+  std::string link_skipped;
+  if (!args.links_mbps.empty()) {
+    Result<std::unique_ptr<LinkNet>> net = LinkNet::Create();
+    if (!net.ok()) {
+      link_skipped = net.status().ToString();
+      Progress("link rows skipped: " + link_skipped);
+    }
+    for (uint32_t mbps : net.ok() ? args.links_mbps : std::vector<uint32_t>{}) {
+      const uint64_t bps = uint64_t{mbps} * 1'000'000;
+      const Place place = (*net)->PlaceAt(bps);
+      LinkLimit ll;
+      ll.bps = bps;
+      Status st = (*net)->SetRate(bps);
+      // Enough bytes for ~1/4 s at the nominal rate (16..128 MiB).
+      ll.probe_bytes = std::clamp<size_t>(bps / 8 / 4, size_t{16} << 20, size_t{128} << 20);
+      Progress(fmt::format("limits: TCP over the emulated {} link ({} MiB)", LinkName(bps),
+                           ll.probe_bytes >> 20));
+      Result<int64_t> t = st.ok() ? TcpTransferNs(ll.probe_bytes, 2, place.dst_ip, place.dst_netns,
+                                                  place.src_netns)
+                                  : Result<int64_t>(st);
+      if (!t.ok()) {
+        ll.error = t.status().ToString();
+        link_limits.push_back(ll);
+        continue;
+      }
+      ll.ns = *t;
+      link_limits.push_back(ll);
+      for (uint32_t mib : args.link_sizes_mib) run(mib, /*precopy=*/true, place);
     }
   }
 
@@ -931,13 +1149,29 @@ int Run(const Args& args) {
   const uint32_t plot_mib = args.plot_mib != 0 ? args.plot_mib : args.quick ? 16 : 64;
   auto find = [&](uint32_t mib, bool precopy) -> const Row* {
     for (const Row& r : rows) {
-      if (r.size_mib == mib && r.precopy == precopy) return &r;
+      if (r.size_mib == mib && r.precopy == precopy && r.link_bps == 0) return &r;
     }
     return nullptr;
   };
+  auto link_limit = [&](uint64_t bps) -> const LinkLimit* {
+    for (const LinkLimit& l : link_limits) {
+      if (l.bps == bps && l.ns > 0) return &l;
+    }
+    return nullptr;
+  };
+  // The time the instance's memory takes over the link: loopback TCP as measured; an
+  // emulated link as measured through it (one TCP connection).
   auto link_ns = [&](const Row& r) {
+    if (r.link_bps != 0) {
+      const LinkLimit* l = link_limit(r.link_bps);
+      return l == nullptr ? 0.0 : static_cast<double>(r.report.memory_bytes) / l->measured_bps() * 1e9;
+    }
     const Limits& l = limits.at(r.size_mib);
     return static_cast<double>(r.report.memory_bytes) / l.tcp_bps() * 1e9;
+  };
+  // The same at the link's nominal rate (emulated links only).
+  auto nominal_ns = [&](const Row& r) {
+    return static_cast<double>(r.report.memory_bytes) * 8 / static_cast<double>(r.link_bps) * 1e9;
   };
   bool all_ok = true;
   for (const Row& r : rows) {
@@ -951,6 +1185,8 @@ int Run(const Args& args) {
     nlohmann::json j = {
         {"size_mib", r.size_mib},
         {"mode", ModeName(r.precopy)},
+        {"link", r.link_bps == 0 ? "loopback" : LinkName(r.link_bps)},
+        {"link_bps", r.link_bps},
         {"ok", r.error.empty()},
         {"error", r.error},
         {"dirty_tracking", r.tracking},
@@ -966,7 +1202,10 @@ int Run(const Args& args) {
         {"zero_pages", r.report.zero_pages},
         {"held", r.report.held},
         {"migrate_call_ns", r.migrate_end_ns - r.migrate_start_ns},
+        {"process_cpu_ns", r.cpu_ns},
         {"setup_ns", r.setup_ns},
+        {"connect_ns", r.connect_ns},
+        {"begin_ns", r.begin_ns},
         {"downtime_source_ns", r.DowntimeSourceNs()},
         {"steps_ms", steps},
         {"latency_before", StatsJson(r.before)},
@@ -989,6 +1228,7 @@ int Run(const Args& args) {
         {"fill_ns", r.fill_ns},
         {"link_limit_ns", r.report.memory_bytes != 0 ? link_ns(r) : 0.0},
     };
+    if (r.link_bps != 0 && r.report.memory_bytes != 0) j["link_nominal_ns"] = nominal_ns(r);
     if (r.size_mib == plot_mib) {
       nlohmann::json tl = nlohmann::json::array();
       for (auto [x, y] : r.timeline_ms)
@@ -1004,6 +1244,7 @@ int Run(const Args& args) {
                              {"memcpy_ns", l.memcpy_ns},
                              {"memcpy_gb_per_s", l.memcpy_bps() / 1e9},
                              {"first_touch_memcpy_ns", l.first_touch_ns},
+                             {"first_touch_huge_pages_memcpy_ns", l.first_touch_huge_ns},
                              {"tcp_loopback_ns", l.tcp_ns},
                              {"tcp_loopback_gbit_per_s", l.tcp_bps() * 8 / 1e9}});
   }
@@ -1053,12 +1294,17 @@ int Run(const Args& args) {
         goal_mib == kDowntimeGoalMiB ? std::optional<bool>(ms <= kDowntimeGoalMs) : std::nullopt);
   }
   for (const Row& r : rows) {
-    if (!r.error.empty() || r.report.memory_bytes == 0) continue;
+    if (!r.error.empty() || r.report.memory_bytes == 0 || link_ns(r) <= 0) continue;
     const double ratio = static_cast<double>(r.report.total_ns) / link_ns(r);
-    add_summary(fmt::format("total time / (memory / link bandwidth), {} MiB {}", r.size_mib,
-                            ModeName(r.precopy)),
-                Ms(r.report.total_ns), fmt::format("TCP loopback {:.1f} ms", link_ns(r) / 1e6),
-                ratio, r.precopy ? "≤ 1.5×" : "— (baseline)",
+    const std::string base =
+        r.link_bps == 0 ? fmt::format("TCP loopback {:.1f} ms", link_ns(r) / 1e6)
+                        : fmt::format("TCP over the link {:.1f} ms (nominal {:.1f} ms)",
+                                      link_ns(r) / 1e6, nominal_ns(r) / 1e6);
+    add_summary(fmt::format("total time / (memory / link bandwidth), {} MiB {}, {}{}", r.size_mib,
+                            ModeName(r.precopy),
+                            r.link_bps == 0 ? "loopback" : LinkName(r.link_bps) + " link",
+                            r.link_bps == 0 ? "" : ", codec " + r.report.codec),
+                Ms(r.report.total_ns), base, ratio, r.precopy ? "≤ 1.5×" : "— (baseline)",
                 r.precopy ? std::optional<bool>(ratio <= kTotalGoalRatio) : std::nullopt);
   }
   for (bool precopy : {true, false}) {
@@ -1076,21 +1322,29 @@ int Run(const Args& args) {
                 precopy ? std::optional<bool>(lost == 0 && dup == 0) : std::nullopt);
   }
   doc["summary"] = summary;
+  for (const LinkLimit& l : link_limits) {
+    doc["links"].push_back({{"nominal_bps", l.bps},
+                            {"probe_bytes", l.probe_bytes},
+                            {"tcp_ns", l.ns},
+                            {"tcp_gbit_per_s", l.measured_bps() * 8 / 1e9},
+                            {"error", l.error}});
+  }
+  if (!link_skipped.empty()) doc["links_skipped"] = link_skipped;
 
   // Per mode.
   for (bool precopy : {true, false}) {
     md += precopy ? "\n## Pre-copy\n\n" : "\n## Stop-and-copy (the naive baseline)\n\n";
-    md += TableRow({"state", "memory", "tracking", "downtime (source + commit)", "total", "setup",
-                    "freeze wait", "rounds (pages)", "final pages", "sent / raw MiB", "held",
-                    "p50 / p99 before (ms)", "p99 during", "p99 after", "max (stall)", "requests",
-                    "lost", "dup", "check"});
+    md += TableRow({"state", "memory", "tracking", "downtime (source + commit)", "total",
+                    "setup (connect + begin)", "round 0", "freeze wait", "rounds (pages)",
+                    "final pages", "sent / raw MiB", "held", "p50 / p99 before (ms)", "p99 during",
+                    "p99 after", "max (stall)", "requests", "lost", "dup", "check"});
     md += TableRow({"---", "---", "---", "---", "---", "---", "---", "---", "---", "---", "---",
-                    "---", "---", "---", "---", "---", "---", "---", "---"});
+                    "---", "---", "---", "---", "---", "---", "---", "---", "---"});
     for (const Row& r : rows) {
-      if (r.precopy != precopy) continue;
+      if (r.precopy != precopy || r.link_bps != 0) continue;
       if (r.report.memory_bytes == 0) {
         md += TableRow({fmt::format("{} MiB", r.size_mib), "**FAILED**: " + r.error, "", "", "", "",
-                        "", "", "", "", "", "", "", "", "", "", "", "", ""});
+                        "", "", "", "", "", "", "", "", "", "", "", "", "", ""});
         continue;
       }
       md += TableRow(
@@ -1100,7 +1354,8 @@ int Run(const Args& args) {
            fmt::format("{} ({:.2f} + {:.2f})", Ms(r.report.downtime_ns),
                        static_cast<double>(r.DowntimeSourceNs()) / 1e6,
                        static_cast<double>(r.report.downtime_ns - r.DowntimeSourceNs()) / 1e6),
-           Ms(r.report.total_ns), Ms(r.setup_ns), Ms(r.report.freeze_wait_ns), Rounds(r.report),
+           Ms(r.report.total_ns), SetupCell(r), Round0Cell(r), Ms(r.report.freeze_wait_ns),
+           Rounds(r.report),
            std::to_string(r.report.final_pages),
            fmt::format("{:.1f} / {:.1f}", static_cast<double>(r.report.bytes_sent) / kMiB,
                        static_cast<double>(r.report.bytes_raw) / kMiB),
@@ -1115,7 +1370,9 @@ int Run(const Args& args) {
   std::vector<std::string> failures;
   for (const Row& r : rows) {
     if (!r.error.empty()) {
-      failures.push_back(fmt::format("- {} MiB {}: {}", r.size_mib, ModeName(r.precopy), r.error));
+      failures.push_back(fmt::format("- {} MiB {}{}: {}", r.size_mib, ModeName(r.precopy),
+                                     r.link_bps == 0 ? "" : " over " + LinkName(r.link_bps),
+                                     r.error));
     }
   }
   if (!failures.empty()) md += fmt::format("\n**Failures:**\n\n{}\n", fmt::join(failures, "\n"));
@@ -1131,9 +1388,10 @@ int Run(const Args& args) {
   // Limits.
   md += "\n## Limits on this machine (same run)\n\n";
   md += TableRow({"state", "memcpy", "memcpy into fresh memory (first touch)",
+                  "first touch, huge pages (MADV_HUGEPAGE)",
                   "TCP loopback (one connection, two threads)", "pre-copy total / link time",
                   "stop-and-copy total / link time"});
-  md += TableRow({"---", "---", "---", "---", "---", "---"});
+  md += TableRow({"---", "---", "---", "---", "---", "---", "---"});
   for (auto& [mib, l] : limits) {
     auto ratio = [&](bool precopy) {
       const Row* r = find(mib, precopy);
@@ -1145,12 +1403,67 @@ int Run(const Args& args) {
                     fmt::format("{} ({:.1f} GB/s)", Ms(l.memcpy_ns), l.memcpy_bps() / 1e9),
                     fmt::format("{} ({:.2f} GB/s)", Ms(l.first_touch_ns),
                                 mib * kMiB / (static_cast<double>(l.first_touch_ns) / 1e9) / 1e9),
+                    fmt::format("{} ({:.2f} GB/s)", Ms(l.first_touch_huge_ns),
+                                mib * kMiB / (static_cast<double>(l.first_touch_huge_ns) / 1e9) / 1e9),
                     fmt::format("{} ({:.1f} Gbit/s)", Ms(l.tcp_ns), l.tcp_bps() * 8 / 1e9),
                     ratio(true), ratio(false)});
   }
   md +=
       "\nLink time = the instance's memory (what must cross) / the loopback bandwidth "
       "measured above.\n";
+
+  // The emulated links.
+  md += "\n## Over an emulated link (two network namespaces, tbf)\n\n";
+  if (args.links_mbps.empty()) {
+    md += "Not run (`--links=` empty; `--quick` runs none).\n";
+  } else if (!link_skipped.empty()) {
+    md += fmt::format("**Skipped**: {}. These rows need root (CI runs as root).\n", link_skipped);
+  } else {
+    md += fmt::format(
+        "The two agents on two emulated hosts (network namespaces joined by veths on a bridge, "
+        "src/emu as `tern up` builds them), a tbf rate limit on both ends of each veth; the "
+        "load generator in the root namespace. Pre-copy with `link_bps` = the rate: codec "
+        "`auto` compresses with LZ4 below ~2 Gbit/s. The state is {}% compressible (`fill N "
+        "{}`). *link time* = memory / the TCP throughput measured through the link (one "
+        "connection, same run); *nominal* = memory / the tbf rate.\n\n",
+        args.fill_pct, args.fill_pct);
+    md += TableRow({"link", "TCP through it", "state", "codec", "downtime", "total",
+                    "setup (connect + begin)", "rounds (pages)", "sent / raw MiB",
+                    "link time (nominal)", "total / link time", "total / nominal",
+                    "p99 before / during (ms)", "lost", "dup", "check"});
+    md += TableRow({"---", "---", "---", "---", "---", "---", "---", "---", "---", "---", "---",
+                    "---", "---", "---", "---", "---"});
+    for (const LinkLimit& l : link_limits) {
+      const std::string measured =
+          l.ns > 0 ? fmt::format("{:.2f} Gbit/s", l.measured_bps() * 8 / 1e9) : "**" + l.error + "**";
+      bool any = false;
+      for (const Row& r : rows) {
+        if (r.link_bps != l.bps) continue;
+        any = true;
+        if (r.report.memory_bytes == 0) {
+          md += TableRow({LinkName(l.bps), measured, fmt::format("{} MiB", r.size_mib),
+                          "**FAILED**: " + r.error, "", "", "", "", "", "", "", "", "", "", "", ""});
+          continue;
+        }
+        const double ln = link_ns(r), nn = nominal_ns(r);
+        md += TableRow(
+            {LinkName(l.bps), measured, fmt::format("{} MiB", r.size_mib), r.report.codec,
+             Ms(r.report.downtime_ns), Ms(r.report.total_ns), SetupCell(r), Rounds(r.report),
+             fmt::format("{:.1f} / {:.1f}", static_cast<double>(r.report.bytes_sent) / kMiB,
+                         static_cast<double>(r.report.bytes_raw) / kMiB),
+             fmt::format("{:.0f} ms ({:.0f} ms)", ln / 1e6, nn / 1e6),
+             ln > 0 ? fmt::format("{:.2f}×", static_cast<double>(r.report.total_ns) / ln) : "—",
+             fmt::format("{:.2f}×", static_cast<double>(r.report.total_ns) / nn),
+             fmt::format("{} / {}", LatMs(r.before.stats.p99), LatMs(r.during.stats.p99)),
+             std::to_string(r.lost), std::to_string(r.duplicated),
+             r.check == "ok" ? "ok" : "**" + r.check + "**"});
+      }
+      if (!any) {
+        md += TableRow({LinkName(l.bps), measured, "—", "", "", "", "", "", "", "", "", "", "",
+                        "", "", ""});
+      }
+    }
+  }
 
   // The plot.
   std::vector<const Row*> plotted;
@@ -1242,7 +1555,8 @@ int Main(int argc, char** argv) {
   const char* usage =
       "usage: migration_bench [--quick] [--out=DIR] [--wasm-dir=DIR] [--source-dir=DIR]\n"
       "                       [--sizes=1,16,64,256] [--rate=1000] [--words=8]\n"
-      "                       [--before-ms=1000] [--after-ms=1000] [--plot-mib=64]\n";
+      "                       [--before-ms=1000] [--after-ms=1000] [--plot-mib=64]\n"
+      "                       [--fill-pct=50] [--links=1000,10000] [--link-sizes=64,256]\n";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto val = [&](const char* flag) -> std::optional<std::string> {
@@ -1266,6 +1580,11 @@ int Main(int argc, char** argv) {
       args.rate = rate;
     } else if (auto v = val("--words"); v && ParseNum(*v, &args.words) && args.words <= 4096) {
     } else if (auto v = val("--plot-mib"); v && ParseNum(*v, &args.plot_mib)) {
+    } else if (auto v = val("--fill-pct"); v && ParseNum(*v, &args.fill_pct) && args.fill_pct <= 100) {
+    } else if (auto v = val("--links"); v && (v->empty() || ParseU32List(*v, &args.links_mbps))) {
+      if (v->empty()) args.links_mbps.clear();
+      args.links_given = true;
+    } else if (auto v = val("--link-sizes"); v && ParseU32List(*v, &args.link_sizes_mib)) {
     } else if (auto v = val("--before-ms"); v && ParseNum(*v, &ms) && ms >= 0) {
       args.before_ns = ms * kMs;
       args.before_given = true;
@@ -1281,6 +1600,7 @@ int Main(int argc, char** argv) {
     if (!args.sizes_given) args.sizes_mib = {1, 16};
     if (!args.before_given) args.before_ns = 300 * kMs;
     if (!args.after_given) args.after_ns = 300 * kMs;
+    if (!args.links_given) args.links_mbps.clear();
   }
   return Run(args);
 }

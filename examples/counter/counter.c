@@ -9,8 +9,11 @@
  *          a malformed amount, TERN_OUT_OF_RANGE if the value would overflow.
  *   get    reply: the value.
  *   reset  sets the value to 0 and drops the fill area. Reply: "0".
- *   fill   request: decimal number of KiB (1..1048576) to append to the fill area.
- *          Reply: the checksum of the whole fill area, 16 lowercase hex digits.
+ *   fill   request: decimal number of KiB (1..1048576) to append to the fill area,
+ *          optionally followed by a percentage P (0..100, default 0): the share of
+ *          each 4 KiB of fill that is text-like (repetitive, compresses well) rather
+ *          than pseudo-random. Reply: the checksum of the whole fill area, 16
+ *          lowercase hex digits.
  *   check  recomputes the checksum over the fill area. Reply: the checksum (as for
  *          fill; after a `touch`, the position-weighted sum below); fails
  *          TERN_DATA_LOSS (15) if it differs from the one kept.
@@ -126,6 +129,15 @@ static uint64_t PosHash(uint64_t position, uint64_t w) {
   return FillWord(w ^ (position * 0xd6e8feb86659fd93ull));
 }
 
+/* The word at `position` of a fill with `pct` percent compressible: in each run of 512
+ * words (4 KiB), the first 512 * (100 - pct) / 100 are splitmix64, the rest repeat an
+ * ASCII word (varying every 4 KiB, so pages differ) that LZ4 shrinks to almost nothing. */
+static uint64_t MixedWord(uint64_t position, uint32_t pct) {
+  const uint64_t random_words = 512u * (100u - pct) / 100u;
+  if (position % 512u < random_words) return FillWord(position);
+  return 0x2d7265746e756f63ull ^ ((position / 512u) & 0x0f); /* "counter-" */
+}
+
 /* Folds one 8-byte word into the running checksum. */
 static uint64_t Mix(uint64_t h, uint64_t w) {
   h ^= w * 0xff51afd7ed558ccdull;
@@ -184,9 +196,21 @@ TERN_EXPORT(reset) int32_t counter_reset(void) {
 TERN_EXPORT(fill) int32_t counter_fill(void) {
   char buf[32];
   int64_t kib;
-  if (ReadSmallRequest(buf, sizeof(buf)) < 0 || !ParseInt64(buf, -1, &kib) || kib < 1 ||
-      kib > (int64_t)kMaxFillKib) {
-    return Fail(TERN_INVALID_ARGUMENT, "fill: the request must be a KiB count, 1..1048576");
+  int64_t pct = 0;
+  int ok = ReadSmallRequest(buf, sizeof(buf)) >= 0;
+  if (ok) {
+    /* "KIB" or "KIB PCT": split at the first blank after the count. */
+    char* p = buf;
+    while (IsSpace(*p)) ++p;
+    while (*p != '\0' && !IsSpace(*p)) ++p;
+    char* rest = p;
+    if (*p != '\0') *rest++ = '\0';
+    ok = ParseInt64(buf, -1, &kib) && ParseInt64(rest, 0, &pct) && pct >= 0 && pct <= 100;
+  }
+  if (!ok || kib < 1 || kib > (int64_t)kMaxFillKib) {
+    return Fail(TERN_INVALID_ARGUMENT,
+                "fill: the request must be a KiB count, 1..1048576, and optionally a "
+                "percentage 0..100");
   }
   uint64_t len = (uint64_t)kib * 1024;
   if (len > SIZE_MAX - sizeof(Block)) {
@@ -199,7 +223,7 @@ TERN_EXPORT(fill) int32_t counter_fill(void) {
   uint8_t* data = (uint8_t*)(b + 1);
   for (uint64_t off = 0; off < len; off += 8) {
     uint64_t pos = g_fill_words++;
-    uint64_t w = FillWord(pos);
+    uint64_t w = pct == 0 ? FillWord(pos) : MixedWord(pos, (uint32_t)pct);
     memcpy(data + off, &w, 8);
     g_sum += PosHash(pos, w);
   }

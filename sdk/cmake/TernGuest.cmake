@@ -3,7 +3,9 @@
 #
 # Builds a tern service from C or C++ sources into <OUTPUT_DIR>/<name>.wasm (default:
 # ${CMAKE_BINARY_DIR}/wasm) with Debian's clang-19 for wasm32-wasi, as a reactor module
-# that exports `__stack_pointer`. C++ sources are built without exceptions and RTTI
+# that exports `__stack_pointer`, with its shadow stack first in memory (below the data:
+# a stack overflow traps instead of overwriting data, and durable instances can tell the
+# dead stack a request leaves behind from state; docs/design/migration.md). C++ sources are built without exceptions and RTTI
 # (the wasm32 libc++abi has no exception support). Defines a custom target <name>.
 #
 # Usable outside the tern tree: include(sdk/cmake/TernGuest.cmake) and set
@@ -18,7 +20,7 @@ if(NOT TERN_SDK_INCLUDE_DIR)
   get_filename_component(TERN_SDK_INCLUDE_DIR ${CMAKE_CURRENT_LIST_DIR}/../include ABSOLUTE)
 endif()
 set(TERN_GUEST_CFLAGS --target=wasm32-wasi -O2 -mexec-model=reactor -Wall -Wextra -Werror)
-set(TERN_GUEST_LDFLAGS -Wl,--export=__stack_pointer -Wl,--strip-debug)
+set(TERN_GUEST_LDFLAGS -Wl,--export=__stack_pointer -Wl,--stack-first -Wl,--strip-debug)
 
 function(tern_add_guest)
   cmake_parse_arguments(ARG "" "NAME;OUTPUT_DIR" "SOURCES;INCLUDES;FLAGS" ${ARGN})

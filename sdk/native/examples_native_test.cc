@@ -203,6 +203,26 @@ TEST(CounterNativeTest, FillCheckAndDataLoss) {
   EXPECT_EQ(Call(counter_check).reply, empty.reply);
 }
 
+TEST(CounterNativeTest, FillWithACompressibleShare) {
+  ASSERT_EQ(Call(counter_reset).status, TERN_OK);
+  const std::string random = Call(counter_fill, "64").reply;
+  ASSERT_EQ(Call(counter_reset).status, TERN_OK);
+  EXPECT_EQ(Call(counter_fill, " 64 0 ").reply, random);  // 0% = the plain fill
+  ASSERT_EQ(Call(counter_reset).status, TERN_OK);
+  Outcome half = Call(counter_fill, "64 50");
+  ASSERT_EQ(half.status, TERN_OK) << half.message;
+  EXPECT_NE(half.reply, random);
+  EXPECT_EQ(Call(counter_check).reply, half.reply);  // every byte still verified
+  ASSERT_EQ(Call(counter_reset).status, TERN_OK);
+  EXPECT_EQ(Call(counter_fill, "32 50").status, TERN_OK);  // position-only content
+  EXPECT_EQ(Call(counter_fill, "32 50").reply, half.reply);
+  for (std::string_view bad : {"64 101", "64 -1", "64 x", "64 50 1", "x 50"}) {
+    EXPECT_EQ(Call(counter_fill, bad).status, TERN_INVALID_ARGUMENT) << bad;
+  }
+  EXPECT_EQ(Call(counter_check).reply, half.reply);
+  EXPECT_EQ(Call(counter_reset).reply, "0");
+}
+
 // --- wordcount ----------------------------------------------------------------------
 
 TEST(WordcountNativeTest, CountsWordsExactly) {

@@ -39,6 +39,7 @@
 
 namespace tern::storage {
 class DatasetStore;
+class JournalStore;
 }
 
 namespace tern::transport {
@@ -49,6 +50,7 @@ class ShmConnection;
 namespace tern::agent {
 
 class OutChannel;
+struct DedupEntry;
 
 struct AgentOptions {
   std::string device = "dev0";           // this agent's device name
@@ -78,6 +80,10 @@ struct AgentOptions {
   double cores = 0;
   double reserved = 0;
   std::string cgroup_root = "/sys/fs/cgroup";
+
+  // Durable instances (manifest `durable`): how long a request waits for its keeper to
+  // acknowledge its journal record before it is rolled back and fails (kUnavailable).
+  int64_t journal_timeout_ns = 2'000'000'000;
 };
 
 // Where a dataset is kept: the agent that serves it and how to reach it.
@@ -162,6 +168,16 @@ struct InstanceStatus {
   uint64_t last_trace_id = 0;  // of the last request it served (0 = none yet)
   uint64_t last_idempotency_key = 0;
   DataCounters data;
+  // Durable instances: the keeper of its journal ("" = none assigned yet), the last
+  // record it acknowledged, and the appends so far.
+  bool durable = false;
+  std::string keeper;
+  uint64_t journal_seq = 0;
+  uint64_t journal_appends = 0;
+  uint64_t journal_failures = 0;   // requests rolled back: their record was not acknowledged
+  uint64_t journal_full = 0;       // records that carried every page
+  uint64_t journal_bytes = 0;      // record bytes sent
+  int64_t journal_ns_total = 0;    // time waiting for acknowledgements
 };
 
 struct ServiceStatus {
@@ -227,8 +243,8 @@ struct MigrateOptions {
   // compresses, ~2 Gbit/s here), "lz4" or "none".
   std::string codec = "auto";
   uint64_t link_bps = 0;  // 0 = unknown: assume a fast link
-  // Test hook: called on the migration thread before each step ("round 1", "freeze",
-  // "commit", ...); a non-OK status aborts the migration there, as a failure would.
+  // Test hook: called on the migration thread before each step ("begin", "round 0",
+  // "round 1", "freeze", "commit"); a non-OK status aborts the migration there, as a failure would.
   std::function<Status(const std::string& step)> step_hook;
 };
 
@@ -296,11 +312,46 @@ class Agent {
   // Runs `fn` on the worker thread that owns `instance_id` and waits.
   Status RunOnWorkerOf(const std::string& instance_id, const std::function<void()>& fn);
 
-  // Snapshot of an instance's state at a request boundary.
-  Result<wasm::Snapshot> Snapshot(const std::string& instance_id);
+  // Snapshot of an instance's state at a request boundary. `journal_seq` (durable
+  // instances): the last journal record the snapshot includes.
+  Result<wasm::Snapshot> Snapshot(const std::string& instance_id, uint64_t* journal_seq = nullptr);
   // Replaces an instance's state with `snap` (taken from the same module). The restored
-  // state also becomes the instance's rollback point.
+  // state also becomes the instance's rollback point. A durable instance's next journal
+  // record carries every page (the keeper's journal does not know this state).
   Status Restore(const std::string& instance_id, const wasm::Snapshot& snap);
+
+  // Durable instances (docs/design/migration.md "Durable instances").
+  // Where the instance's journal is kept: the keeper's device and frame address. A new
+  // keeper gets a full record first.
+  Status SetKeeper(const std::string& instance_id, const std::string& device,
+                   const std::string& tcp);
+  struct ReplayReport {
+    size_t records = 0;        // applied
+    uint64_t seq = 0;          // the journal sequence the instance is at now
+    size_t ignored_bytes = 0;  // a torn or damaged tail, not applied
+    uint64_t dedup_entries = 0;
+  };
+  // Applies journal records (concatenated framed records, agent/journal_record.h) on top
+  // of the instance's state, which is the base checkpoint at sequence `base_seq`: the
+  // pages, stack pointer and dedup entries of each whole record in order. A torn or
+  // damaged tail is logged and ignored; nothing of it is applied.
+  Result<ReplayReport> ReplayJournal(const std::string& instance_id, uint64_t base_seq,
+                                     std::string_view records);
+  struct JournalCheckpointReport {
+    uint64_t seq = 0;    // the full record's sequence number
+    uint64_t bytes = 0;  // its size
+    std::string keeper;
+  };
+  // A base checkpoint of a durable instance: at its next request boundary, appends a
+  // full record (every page and the whole dedup table) to its keeper and waits for it
+  // to be durable. The keeper's journal then starts there (what came before is dropped).
+  Result<JournalCheckpointReport> JournalCheckpoint(const std::string& instance_id);
+  // This device's journals of other devices' durable instances (null without datasets).
+  storage::JournalStore* journals() const { return journals_.get(); }
+  // A "$journal" append from another agent (this device keeps its journal): `reply` gets
+  // the answer once the record is durable or refused. Any thread.
+  void ServeJournalFrame(transport::Frame f, std::function<void(transport::Frame)> reply);
+
 
   // Moves a running instance to the agent at options.to_tcp, keeping its id, its state
   // and its dedup table, while it keeps serving (docs/design/migration.md). Returns once
@@ -448,6 +499,7 @@ class Agent {
   bool HoldOrForward(WorkerThread* wt, const std::string& id, InvokeRequest& req,
                      std::function<void(InvokeResult)>& done);
   void Forward(const MovedTo& to, InvokeRequest req, std::function<void(InvokeResult)> done);
+  std::shared_ptr<Forwarder> ForwarderTo(const std::string& tcp) EXCLUDES(mig_mu_);
   std::optional<MovedTo> MovedRecord(const std::string& instance, const std::string& service)
       EXCLUDES(mu_);
   std::optional<MovedTo> MovedRecordLocked(const std::string& instance, const std::string& service)
@@ -465,7 +517,9 @@ class Agent {
                                                   uint64_t memory_bytes,
                                                   std::optional<uint32_t> stack_pointer);
   Status IncomingGrow(Incoming* in, uint64_t memory_bytes);
-  void IncomingApply(Incoming* in, uint32_t page, const char* bytes);
+  // Applies a page batch (checked whole first) to the incoming instance's memory and its
+  // rollback point to be; returns the number of pages.
+  Result<uint32_t> IncomingPageBatch(Incoming* in, std::string_view batch);
   uint32_t IncomingPages(const Incoming* in) const;
   Status IncomingCommit(const std::shared_ptr<Incoming>& in, std::string_view commit);
   void IncomingDrop(const std::shared_ptr<Incoming>& in);
@@ -490,6 +544,26 @@ class Agent {
   // Puts `snap` into the slot's instance (in place, or into a fresh instance when the
   // memory has grown past the snapshot). Worker thread.
   Status RestoreSlot(WorkerThread* wt, Slot* slot, const wasm::Snapshot& snap);
+  // Durable instances, worker thread: journals what the request just run wrote (and its
+  // dedup entry) on the keeper and waits for the acknowledgement, then makes the state
+  // the rollback point; on failure rolls the request back and returns why (kUnavailable).
+  Status MakeDurable(WorkerThread* wt, Slot* slot, const InvokeRequest& req, StatusCode code,
+                     const std::string& answer);
+  // What the request just run did to memory, leaving `good` as it is. `changed`: the
+  // pages that differ from `good` (outside the dead stack) and the grown ones — what a
+  // journal record carries. `dirty` (when `tracked`, the tracker's report): what
+  // CommitGood copies into `good`; without a tracker CommitGood copies everything.
+  Status WrittenPages(Slot* slot, std::vector<uint32_t>* dirty, std::vector<uint32_t>* changed,
+                      bool* tracked);
+  // Brings `good` up to date from `pages` (WrittenPages' `dirty`).
+  Status CommitGood(Slot* slot, const std::vector<uint32_t>& pages, bool tracked);
+  // Appends the slot's next record (`written` pages and the `current` dedup entry; every
+  // page and the whole dedup table when slot->journal_full, or when the keeper refuses a
+  // delta) and waits for its acknowledgement.
+  Status AppendRecord(WorkerThread* wt, Slot* slot, const std::vector<uint32_t>& written,
+                      const DedupEntry* current);
+  // Sends one framed record to the slot's keeper and waits (serving other instances).
+  Status JournalAppend(WorkerThread* wt, Slot* slot, std::string payload);
   // Starts dirty-page tracking of the slot's memory (stateful services). Worker thread.
   void StartTracking(Slot* slot);
   // Brings slot->good up to the instance's current state, copying only written pages
@@ -549,6 +623,9 @@ class Agent {
   uint64_t next_conn_worker_ GUARDED_BY(mu_) = 0;
 
   std::unique_ptr<storage::DatasetStore> datasets_;
+  // Destroyed before the workers (declared after them): its writer's last callbacks
+  // post to them.
+  std::unique_ptr<storage::JournalStore> journals_;
   std::map</*dataset*/ std::string, DatasetLocation> dataset_locations_ GUARDED_BY(mu_);
   std::map</*instance*/ std::string, DataCounters> data_counters_ GUARDED_BY(mu_);
   std::map</*peer host*/ std::string, uint64_t> remote_data_by_host_ GUARDED_BY(mu_);

@@ -63,6 +63,15 @@ std::string StatusToJson(const AgentStatus& st) {
                              // 16 hex digits, as in X-Tern-Trace-Id; "" before any request
                              {"last_trace_id", i.last_trace_id ? TraceIdHex(i.last_trace_id) : ""},
                              {"last_idempotency_key", i.last_idempotency_key}});
+    if (i.durable) {
+      instances.back()["durable"] = json{{"keeper", i.keeper},
+                                         {"journal_seq", i.journal_seq},
+                                         {"appends", i.journal_appends},
+                                         {"failures", i.journal_failures},
+                                         {"full_records", i.journal_full},
+                                         {"bytes", i.journal_bytes},
+                                         {"wait_ns_total", i.journal_ns_total}};
+    }
   }
   return json{{"device", st.device},
               {"workers", st.workers},

@@ -23,6 +23,7 @@
 #include "transport/json_api.h"
 #include "transport/shm.h"
 #include "transport/tcp.h"
+#include "storage/journal.h"
 #include "wasm/snapshot.h"
 
 namespace tern::agent {
@@ -134,6 +135,11 @@ struct AgentServer::Impl {
   }
 
   void OnFrame(transport::FrameConnection* conn, Frame f) {
+    if (f.type == FrameType::kInvoke && f.service == "$journal") {
+      transport::FrameConnectionRef ref = conn->ref();
+      agent->ServeJournalFrame(std::move(f), [ref](Frame out) { ref.Send(std::move(out)); });
+      return;
+    }
     if (std::optional<Frame> answer = AnswerWithoutGuest(agent, f)) {
       // A failed send closes the connection by itself; nothing more to do.
       (void)conn->Send(*answer);
@@ -263,6 +269,12 @@ struct AgentServer::Impl {
     });
     r.HandleAsync("*", "/v1/datasets/*", [this](HttpRequest req, HttpResponder resp) {
       admin->Post([this, req = std::move(req), resp] { resp.Respond(DatasetOp(req)); });
+    });
+    r.HandleAsync("*", "/v1/journals", [this](HttpRequest req, HttpResponder resp) {
+      admin->Post([this, req = std::move(req), resp] { resp.Respond(JournalOp(req)); });
+    });
+    r.HandleAsync("*", "/v1/journals/*", [this](HttpRequest req, HttpResponder resp) {
+      admin->Post([this, req = std::move(req), resp] { resp.Respond(JournalOp(req)); });
     });
     r.HandleAsync("GET", "/v1/status", [this](HttpRequest, HttpResponder resp) {
       admin->Post([this, resp] {
@@ -412,6 +424,70 @@ struct AgentServer::Impl {
         req.method, req.path)));
   }
 
+  // /v1/journals[/ID[/base]]: the journals this device keeps for durable instances
+  // elsewhere (admin thread: a base or a drop waits for its fdatasync).
+  HttpResponse JournalOp(const HttpRequest& req) {
+    storage::JournalStore* js = agent->journals();
+    if (js == nullptr) {
+      return ErrorResponse(FailedPreconditionError(fmt::format(
+          "agent {} keeps no journals (start it with --data-dir or --datasets-dir)",
+          agent->options().device)));
+    }
+    std::vector<std::string> p = PathParts(req.path);  // v1 journals [ID [base]]
+    auto info_json = [](const storage::JournalInfo& i) {
+      nlohmann::json j{{"instance", i.instance}, {"base_seq", i.base_seq},
+                       {"last_seq", i.last_seq}, {"records", i.records}, {"bytes", i.bytes}};
+      if (i.full_seq) j["full_seq"] = *i.full_seq;
+      return j;
+    };
+    if (p.size() == 2 && req.method == "GET") {
+      nlohmann::json out = nlohmann::json::array();
+      for (const storage::JournalInfo& i : js->List()) out.push_back(info_json(i));
+      storage::JournalStats st = js->stats();
+      return HttpResponse::Json(
+          200, nlohmann::json{{"journals", out},
+                              {"stats", {{"appends", st.appends}, {"refused", st.refused},
+                                         {"syncs", st.syncs}, {"bytes", st.bytes},
+                                         {"segments", st.segments},
+                                         {"torn_bytes", st.torn_bytes}}}}
+                   .dump());
+    }
+    if (p.size() == 3 && req.method == "GET") {
+      // ?after=SEQ: the records that restore the instance on top of the base checkpoint
+      // at SEQ (application/octet-stream, concatenated framed records).
+      const uint64_t after = std::strtoull(std::string(req.Query("after")).c_str(), nullptr, 10);
+      Result<std::string> r = js->Read(p[2], after);
+      if (!r.ok()) return ErrorResponse(r.status());
+      HttpResponse h;
+      h.content_type = "application/octet-stream";
+      h.body = std::move(*r);
+      if (std::optional<storage::JournalInfo> i = js->Info(p[2])) {
+        h.headers.emplace_back("X-Tern-Journal-Last", std::to_string(i->last_seq));
+      }
+      return h;
+    }
+    if (p.size() == 4 && p[3] == "base" && req.method == "POST") {
+      nlohmann::json j = nlohmann::json::parse(req.body, nullptr, false);
+      if (j.is_discarded() || !j.is_object() || !j.contains("seq") || !j["seq"].is_number_unsigned()) {
+        return ErrorResponse(InvalidArgumentError(
+            "journal base: the body must be {\"seq\": N} (the last record the base checkpoint "
+            "covers)"));
+      }
+      Status s = js->SetBase(p[2], j["seq"].get<uint64_t>());
+      if (!s.ok()) return ErrorResponse(s);
+      return HttpResponse::Json(200, info_json(js->Info(p[2]).value_or(storage::JournalInfo{p[2]})).dump());
+    }
+    if (p.size() == 3 && req.method == "DELETE") {
+      Status s = js->Drop(p[2]);
+      if (!s.ok()) return ErrorResponse(s);
+      return HttpResponse::Json(200, nlohmann::json{{"dropped", p[2]}}.dump());
+    }
+    return ErrorResponse(NotFoundError(fmt::format(
+        "no route {} {} (GET /v1/journals[/ID?after=SEQ], POST /v1/journals/ID/base, DELETE "
+        "/v1/journals/ID)",
+        req.method, req.path)));
+  }
+
   HttpResponse ServiceOp(const HttpRequest& req) {
     std::vector<std::string> p = PathParts(req.path);  // v1 services NAME [instances]
     if (p.size() == 3 && req.method == "DELETE") {
@@ -483,13 +559,52 @@ struct AgentServer::Impl {
       return HttpResponse::Json(200, nlohmann::json{{"stopped", p[2]}}.dump());
     }
     if (p.size() == 4 && p[3] == "snapshot" && req.method == "GET") {
-      Result<wasm::Snapshot> snap = agent->Snapshot(p[2]);
+      uint64_t seq = 0;
+      Result<wasm::Snapshot> snap = agent->Snapshot(p[2], &seq);
       if (!snap.ok()) return ErrorResponse(snap.status());
       HttpResponse h;
       h.content_type = "application/octet-stream";
       h.body = wasm::EncodeSnapshot(*snap);
       h.headers.emplace_back("X-Tern-Module", snap->module_hash);
+      // Durable instances: the last journal record the snapshot includes.
+      h.headers.emplace_back("X-Tern-Journal-Seq", std::to_string(seq));
       return h;
+    }
+    if (p.size() == 4 && p[3] == "keeper" && req.method == "PUT") {
+      nlohmann::json j = nlohmann::json::parse(req.body, nullptr, false);
+      if (j.is_discarded() || !j.is_object() || !j.contains("device") || !j["device"].is_string() ||
+          !j.contains("tcp") || !j["tcp"].is_string()) {
+        return ErrorResponse(InvalidArgumentError(
+            "keeper: the body must be {\"device\": \"...\", \"tcp\": \"ip:port\"} (the frame "
+            "address of the agent that keeps the instance's journal)"));
+      }
+      Status s = agent->SetKeeper(p[2], j["device"].get<std::string>(), j["tcp"].get<std::string>());
+      if (!s.ok()) return ErrorResponse(s);
+      return HttpResponse::Json(200, nlohmann::json{{"instance", p[2]}, {"keeper", j["device"]}}.dump());
+    }
+    if (p.size() == 4 && p[3] == "checkpoint" && req.method == "POST") {
+      Result<Agent::JournalCheckpointReport> r = agent->JournalCheckpoint(p[2]);
+      if (!r.ok()) return ErrorResponse(r.status());
+      return HttpResponse::Json(200, nlohmann::json{{"instance", p[2]},
+                                                    {"seq", r->seq},
+                                                    {"bytes", r->bytes},
+                                                    {"keeper", r->keeper}}
+                                         .dump());
+    }
+    if (p.size() == 4 && p[3] == "journal" && req.method == "POST") {
+      // ?base=SEQ: the state is the base checkpoint that covers records up to SEQ; the
+      // body: the records after it (GET /v1/journals/ID?after=SEQ on the keeper).
+      const uint64_t base = std::strtoull(std::string(req.Query("base")).c_str(), nullptr, 10);
+      Result<Agent::ReplayReport> r = agent->ReplayJournal(p[2], base, req.body);
+      if (!r.ok()) return ErrorResponse(r.status());
+      TERN_LOG(INFO) << "replayed " << r->records << " journal records into " << p[2]
+                     << " (now at record " << r->seq << ")";
+      return HttpResponse::Json(200, nlohmann::json{{"instance", p[2]},
+                                                    {"records", r->records},
+                                                    {"seq", r->seq},
+                                                    {"ignored_bytes", r->ignored_bytes},
+                                                    {"dedup_entries", r->dedup_entries}}
+                                         .dump());
     }
     if (p.size() == 4 && p[3] == "snapshot" && req.method == "PUT") {
       Result<wasm::Snapshot> snap = wasm::DecodeSnapshot(req.body);

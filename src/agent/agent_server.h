@@ -19,8 +19,20 @@
 //   POST   /v1/services/{name}/instances     start one more instance; optional body
 //                                            {"id": "..."} names it
 //   DELETE /v1/instances/{id}                stop it
-//   GET    /v1/instances/{id}/snapshot       the snapshot file (application/octet-stream)
+//   GET    /v1/instances/{id}/snapshot       the snapshot file (application/octet-stream;
+//                                            X-Tern-Journal-Seq: the last journal record
+//                                            it includes, durable instances)
 //   PUT    /v1/instances/{id}/snapshot       restore from a snapshot file in the body
+//   PUT    /v1/instances/{id}/keeper         durable: {"device", "tcp"} keeps its journal
+//   POST   /v1/instances/{id}/checkpoint     durable: a base checkpoint (a full journal
+//                                            record) -> {"seq", "bytes", "keeper"}
+//   POST   /v1/instances/{id}/journal?base=N durable: apply journal records (the body) on
+//                                            top of the base checkpoint at record N
+//   GET    /v1/journals                      journals this device keeps, and counters
+//   GET    /v1/journals/{id}?after=N         the records that restore {id} on top of the
+//                                            base checkpoint at N (octet-stream)
+//   POST   /v1/journals/{id}/base            {"seq": N}: a base checkpoint covers up to N
+//   DELETE /v1/journals/{id}                 forget it
 //   POST   /v1/invoke/{service}/{handler}    body = request payload; 200 body = reply
 //                                            (?instance=ID picks an instance)
 //   GET    /v1/locations                     the location table (other agents' instances)

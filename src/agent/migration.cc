@@ -78,6 +78,15 @@ class Agent::Forwarder {
     thread_.join();
   }
 
+  // Opens the connection now (on the forwarder's thread) rather than with the first
+  // request: a migration calls this before its freeze, so the held requests do not wait
+  // for a connect after the cut-over.
+  void Connect() {
+    MutexLock l(&mu_);
+    connect_ = true;
+    cv_.Signal();
+  }
+
   void Submit(InvokeRequest req, std::function<void(InvokeResult)> done) {
     {
       MutexLock l(&mu_);
@@ -97,7 +106,8 @@ class Agent::Forwarder {
       std::deque<Held> batch;
       {
         MutexLock l(&mu_);
-        while (queue_.empty() && !stopping_) cv_.Wait(&mu_);
+        while (queue_.empty() && !stopping_ && !connect_) cv_.Wait(&mu_);
+        connect_ = false;
         batch.swap(queue_);
         if (stopping_) {
           for (Held& h : batch) {
@@ -106,8 +116,13 @@ class Agent::Forwarder {
           return;
         }
       }
+      if (batch.empty() && client != nullptr && client->error().ok()) continue;
       if (client == nullptr || !client->error().ok()) {
         Result<std::unique_ptr<transport::FrameClient>> c = ConnectTo(tcp_, "forwarding to");
+        if (batch.empty()) {  // connecting ahead (Connect): a failure waits for a request
+          if (c.ok()) client = std::move(*c);
+          continue;
+        }
         if (!c.ok()) {
           for (Held& h : batch) h.done(InvokeResult{c.status(), {}, h.req.instance, 0});
           client.reset();
@@ -209,18 +224,19 @@ class Agent::Forwarder {
   CondVar cv_;
   std::deque<Held> queue_ GUARDED_BY(mu_);
   bool stopping_ GUARDED_BY(mu_) = false;
+  bool connect_ GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
 
+std::shared_ptr<Agent::Forwarder> Agent::ForwarderTo(const std::string& tcp) {
+  MutexLock l(&mig_mu_);
+  std::shared_ptr<Forwarder>& slot = forwarders_[tcp];
+  if (slot == nullptr) slot = std::make_shared<Forwarder>(tcp);
+  return slot;
+}
+
 void Agent::Forward(const MovedTo& to, InvokeRequest req, std::function<void(InvokeResult)> done) {
-  std::shared_ptr<Forwarder> f;
-  {
-    MutexLock l(&mig_mu_);
-    std::shared_ptr<Forwarder>& slot = forwarders_[to.tcp];
-    if (slot == nullptr) slot = std::make_shared<Forwarder>(to.tcp);
-    f = slot;
-  }
-  f->Submit(std::move(req), std::move(done));
+  ForwarderTo(to.tcp)->Submit(std::move(req), std::move(done));
 }
 
 // ---------------------------------------------------------------------------------
@@ -373,12 +389,9 @@ class Agent::MigrationServer {
       uint64_t bytes;
       std::memcpy(&bytes, f.payload.data(), 8);
       TERN_RETURN_IF_ERROR(agent_->IncomingGrow(in->get(), bytes));
-      Incoming* target = in->get();
-      TERN_ASSIGN_OR_RETURN(
-          PageBatchStats st,
-          DecodePageBatch(std::string_view(f.payload).substr(8), agent_->IncomingPages(target),
-                          [&](uint32_t p, const char* b) { agent_->IncomingApply(target, p, b); }));
-      ok.payload = std::to_string(st.zero_pages + st.data_pages);
+      TERN_ASSIGN_OR_RETURN(uint32_t pages,
+                            agent_->IncomingPageBatch(in->get(), std::string_view(f.payload).substr(8)));
+      ok.payload = std::to_string(pages);
       reply(ok);
       return Status::Ok();
     }
@@ -486,6 +499,92 @@ class Stream {
   uint64_t bytes_ = 0;
 };
 
+// Copies the chunks of a round on the instance's worker one step ahead of the sender:
+// while the migrating thread encodes and sends chunk i, a thread of this pipe has the
+// worker copy chunk i + 1 (two buffers, reused across rounds). `copy(chunk)` fills the
+// next chunk and returns false when the round has no more.
+class ChunkPipe {
+ public:
+  using Copy = std::function<Result<bool>(Agent::MigChunk*)>;
+
+  // Starts copying with `copy`; the previous round must have been finished (Finish).
+  void Start(Copy copy) {
+    {
+      MutexLock l(&mu_);
+      copy_ = std::move(copy);
+      ready_.clear();
+      free_ = {&bufs_[0], &bufs_[1]};
+      done_ = stop_ = false;
+      error_ = Status::Ok();
+    }
+    thread_ = std::thread([this] { Loop(); });
+  }
+  // The next chunk in order, null after the last one, or the copy's error.
+  Result<Agent::MigChunk*> Next() {
+    MutexLock l(&mu_);
+    while (ready_.empty() && !done_) cv_.Wait(&mu_);
+    if (!ready_.empty()) {
+      Agent::MigChunk* c = ready_.front();
+      ready_.pop_front();
+      return c;
+    }
+    if (!error_.ok()) return error_;
+    return static_cast<Agent::MigChunk*>(nullptr);
+  }
+  // Gives a chunk from Next back for the next copy.
+  void Release(Agent::MigChunk* c) {
+    MutexLock l(&mu_);
+    free_.push_back(c);
+    cv_.SignalAll();
+  }
+  // Stops the copying (after the last chunk, or early on an error) and waits for it.
+  void Finish() {
+    {
+      MutexLock l(&mu_);
+      stop_ = true;
+      cv_.SignalAll();
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+  ~ChunkPipe() { Finish(); }
+
+ private:
+  void Loop() {
+    for (;;) {
+      Agent::MigChunk* c;
+      {
+        MutexLock l(&mu_);
+        while (free_.empty() && !stop_) cv_.Wait(&mu_);
+        if (stop_) break;
+        c = free_.front();
+        free_.pop_front();
+      }
+      Result<bool> more = copy_(c);
+      MutexLock l(&mu_);
+      if (!more.ok() || !*more) {
+        error_ = more.ok() ? Status::Ok() : more.status();
+        break;
+      }
+      ready_.push_back(c);
+      cv_.SignalAll();
+    }
+    MutexLock l(&mu_);
+    done_ = true;
+    cv_.SignalAll();
+  }
+
+  Agent::MigChunk bufs_[2];  // their buffers are faulted in once
+  Copy copy_;
+  std::thread thread_;
+  Mutex mu_;
+  CondVar cv_;
+  std::deque<Agent::MigChunk*> ready_ GUARDED_BY(mu_);
+  std::deque<Agent::MigChunk*> free_ GUARDED_BY(mu_);
+  bool done_ GUARDED_BY(mu_) = false;
+  bool stop_ GUARDED_BY(mu_) = false;
+  Status error_ GUARDED_BY(mu_);
+};
+
 }  // namespace
 
 Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptions& o) {
@@ -561,6 +660,7 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
                           {"module_hash", hash},
                           {"memory_bytes", memory_bytes}};
   if (sp) begin["stack_pointer"] = *sp;
+  if (Status h = hook("begin"); !h.ok()) return fail(h);
   Result<transport::Frame> b = stream.Call("begin", begin.dump());
   if (!b.ok() && b.status().code() == StatusCode::kNotFound) {
     TERN_ASSIGN_OR_RETURN(std::string dep, MigrationDeployPayload(id));
@@ -569,6 +669,8 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
     b = stream.Call("begin", begin.dump());
   }
   if (!b.ok()) return net_fail(b.status());
+  // The held requests will be forwarded there: connect now, not after the cut-over.
+  ForwarderTo(o.to_tcp)->Connect();
 
   auto send_chunk = [&](MigChunk& c, MigrationRound* round) -> Status {
     if (c.pages.empty()) return Status::Ok();
@@ -579,7 +681,30 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
     return Status::Ok();
   };
 
-  MigChunk chunk;  // reused: its buffer is faulted in once
+  ChunkPipe pipe;
+  // Sends every chunk `copy` produces (copied one step ahead of the sending).
+  auto send_round = [&](ChunkPipe::Copy copy, MigrationRound* round) -> Status {
+    pipe.Start(std::move(copy));
+    Status st = Status::Ok();
+    for (;;) {
+      Result<MigChunk*> c = pipe.Next();
+      if (!c.ok()) {
+        st = fail(c.status());
+        break;
+      }
+      if (*c == nullptr) break;
+      memory_bytes = std::max(memory_bytes, (*c)->memory_bytes);
+      st = send_chunk(**c, round);
+      pipe.Release(*c);
+      if (!st.ok()) {
+        st = net_fail(st);
+        break;
+      }
+    }
+    pipe.Finish();
+    return st;
+  };
+
   if (o.precopy) {
     uint64_t last = UINT64_MAX;
     for (int r = 0; r < std::max(1, o.max_rounds); ++r) {
@@ -589,31 +714,37 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
       if (r == 0 || !exact) {
         // Round 0 copies everything; in checksum mode every round scans everything.
         uint64_t pages = memory_bytes / kMigrationPageBytes;
-        for (uint64_t from = 0; from < pages; from += kChunkPages) {
-          Status sc = MigScan(id, o.freeze_timeout_ns, static_cast<uint32_t>(from), kChunkPages,
-                              r == 0, &chunk);
-          if (!sc.ok()) return fail(sc);
-          pages = std::max<uint64_t>(pages, chunk.memory_bytes / kMigrationPageBytes);
-          memory_bytes = std::max(memory_bytes, chunk.memory_bytes);
-          Status st = send_chunk(chunk, &round);
-          if (!st.ok()) return net_fail(st);
-        }
+        uint64_t from = 0;
+        TERN_RETURN_IF_ERROR(send_round(
+            [&, r](MigChunk* c) -> Result<bool> {
+              if (from >= pages) return false;
+              TERN_RETURN_IF_ERROR(MigScan(id, o.freeze_timeout_ns, static_cast<uint32_t>(from),
+                                           kChunkPages, r == 0, c));
+              pages = std::max<uint64_t>(pages, c->memory_bytes / kMigrationPageBytes);
+              from += kChunkPages;
+              return true;
+            },
+            &round));
       } else {
         // Few enough dirty pages are left in place: they go with the freeze.
         Result<std::optional<std::vector<uint32_t>>> taken =
             MigTakeDirty(id, o.freeze_timeout_ns, o.stop_pages);
         if (!taken.ok()) return fail(taken.status());
         if (!taken->has_value()) break;
-        std::vector<uint32_t>* dirty = &**taken;
-        for (size_t i = 0; i < dirty->size(); i += kChunkPages) {
-          std::vector<uint32_t> part(dirty->begin() + static_cast<std::ptrdiff_t>(i),
-                                     dirty->begin() + static_cast<std::ptrdiff_t>(std::min(
-                                                          dirty->size(), i + kChunkPages)));
-          Status cc = MigCopy(id, o.freeze_timeout_ns, part, &chunk);
-          if (!cc.ok()) return fail(cc);
-          Status st = send_chunk(chunk, &round);
-          if (!st.ok()) return net_fail(st);
-        }
+        const std::vector<uint32_t>& dirty = **taken;
+        size_t i = 0;
+        std::vector<uint32_t> part;
+        TERN_RETURN_IF_ERROR(send_round(
+            [&](MigChunk* c) -> Result<bool> {
+              if (i >= dirty.size()) return false;
+              const size_t end = std::min(dirty.size(), i + kChunkPages);
+              part.assign(dirty.begin() + static_cast<std::ptrdiff_t>(i),
+                          dirty.begin() + static_cast<std::ptrdiff_t>(end));
+              i = end;
+              TERN_RETURN_IF_ERROR(MigCopy(id, o.freeze_timeout_ns, part, c));
+              return true;
+            },
+            &round));
       }
       Status st = stream.Drain();
       if (!st.ok()) return net_fail(st);

@@ -12,6 +12,7 @@
 #include "agent/agent.h"
 #include "agent/agent_server.h"
 #include "agent/migration_wire.h"
+#include "agent/test_node.h"
 #include "core/clock.h"
 #include "core/ids.h"
 #include "core/manifest.h"
@@ -100,6 +101,10 @@ TEST(MigrationWireTest, CommitStateRoundTripsAndDetectsDamage) {
   c.memory_bytes = 3 << 16;
   c.stack_pointer = 66560;
   c.requests = 42;
+  c.keeper = "csd0";
+  c.keeper_tcp = "127.0.0.1:7400";
+  c.journal_seq = 77;
+  c.journal_full = false;
   c.dedup = {{7, StatusCode::kOk, "1"}, {9, StatusCode::kInvalidArgument, "bad amount"},
              {11, StatusCode::kOk, std::string("\0\1binary", 8)}};
   std::string enc = EncodeCommitState(c);
@@ -113,35 +118,16 @@ TEST(MigrationWireTest, CommitStateRoundTripsAndDetectsDamage) {
 
 // ---- two agents
 
-struct Node {
-  std::unique_ptr<Agent> agent;
-  std::unique_ptr<AgentServer> server;
-  std::string tcp;
+using Node = TestNode;
 
-  static std::unique_ptr<Node> Start(const std::string& device, int workers = 2,
-                                     size_t max_queue = 1024) {
-    auto n = std::make_unique<Node>();
-    AgentOptions o;
-    o.device = device;
-    o.workers = workers;
-    o.max_queue_per_instance = max_queue;
-    Result<std::unique_ptr<Agent>> a = Agent::Create(o, SharedEngine());
-    EXPECT_TRUE(a.ok()) << a.status();
-    n->agent = std::move(*a);
-    AgentServerOptions so;
-    so.frame_port = 0;
-    so.admin_port = 0;
-    Result<std::unique_ptr<AgentServer>> srv = AgentServer::Start(n->agent.get(), so);
-    EXPECT_TRUE(srv.ok()) << srv.status();
-    n->server = std::move(*srv);
-    n->tcp = n->agent->options().tcp_address;
-    return n;
-  }
-  void Stop() {
-    server.reset();
-    agent.reset();
-  }
-};
+std::unique_ptr<Node> StartNode(const std::string& device, int workers = 2,
+                                size_t max_queue = 1024) {
+  AgentOptions o;
+  o.device = device;
+  o.workers = workers;
+  o.max_queue_per_instance = max_queue;
+  return TestNode::Start(o);
+}
 
 Manifest CounterManifest(uint32_t replicas) {
   Result<Manifest> m = LoadManifest(SourcePath("examples/counter/manifest.yaml"));
@@ -179,8 +165,8 @@ InstanceStatus StatusOf(Agent* a, const std::string& id) {
 class MigrationTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    a_ = Node::Start("src");
-    b_ = Node::Start("dst");
+    a_ = StartNode("src");
+    b_ = StartNode("dst");
     Result<ServiceStatus> s = a_->agent->Deploy(CounterManifest(1), ReadWasm("counter"));
     ASSERT_TRUE(s.ok()) << s.status();
     id_ = s->instances.at(0);
@@ -245,6 +231,40 @@ TEST_F(MigrationTest, PrecopyMovesStateDedupTableAndIdentity) {
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(got->type, transport::FrameType::kReply);
   EXPECT_EQ(got->payload, "16");
+}
+
+// The target builds the rollback point of a stateful instance while the pages arrive
+// (no copy at the commit): a request that traps there right after the move must roll
+// back to exactly the state that arrived, heap included.
+TEST(MigrationRollbackTest, TheTargetsRollbackPointIsTheStateThatArrived) {
+  std::unique_ptr<Node> a = StartNode("src"), b = StartNode("dst");
+  Result<Manifest> m = LoadManifest(SourcePath("src/agent/testdata/faulty.yaml"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  m->replicas = 1;
+  Result<ServiceStatus> s = a->agent->Deploy(*m, ReadWasm("guest_faulty"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  const std::string id = s->instances.at(0);
+  auto call = [&](Agent* at, const std::string& handler) {
+    InvokeRequest r;
+    r.service = "faulty";
+    r.handler = handler;
+    r.deadline_ns = MonoNanos() + 20'000'000'000;
+    return at->InvokeSync(std::move(r));
+  };
+  for (int i = 1; i <= 5; ++i) ASSERT_EQ(call(a->agent.get(), "incr").reply, std::to_string(i));
+  MigrateOptions o;
+  o.to_tcp = b->tcp;
+  o.to_device = "dst";
+  Result<MigrationReport> r = a->agent->Migrate(id, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  InvokeResult bad = call(b->agent.get(), "incr_then_trap");
+  EXPECT_FALSE(bad.status.ok());
+  EXPECT_NE(bad.status.message().find("rolled back"), std::string_view::npos) << bad.status;
+  InvokeResult get = call(b->agent.get(), "get");  // checks the heap blob, too
+  ASSERT_TRUE(get.status.ok()) << get.status;
+  EXPECT_EQ(get.reply, "5");
+  EXPECT_EQ(call(b->agent.get(), "incr").reply, "6");
+  EXPECT_EQ(StatusOf(b->agent.get(), id).rollbacks, 1u);
 }
 
 TEST_F(MigrationTest, StopAndCopySendsEverythingWhileFrozen) {
@@ -479,8 +499,8 @@ TEST_F(MigrationTest, GarbageOnTheMigrationPortClosesThatConnectionOnly) {
 TEST(MigrationNestedTest, WaitsForTheRequestBoundaryThenFailsClearlyAtTheTimeout) {
   // One worker on the source: a relay request waiting in a nested call (to a slow callee
   // on another agent) holds back every control step on that worker.
-  std::unique_ptr<Node> a = Node::Start("src", /*workers=*/1);
-  std::unique_ptr<Node> b = Node::Start("dst");
+  std::unique_ptr<Node> a = StartNode("src", /*workers=*/1);
+  std::unique_ptr<Node> b = StartNode("dst");
   Result<ServiceStatus> c = a->agent->Deploy(CounterManifest(1), ReadWasm("counter"));
   ASSERT_TRUE(c.ok()) << c.status();
   const std::string id = c->instances.at(0);
@@ -537,8 +557,8 @@ TEST(MigrationNestedTest, WaitsForTheRequestBoundaryThenFailsClearlyAtTheTimeout
 
 TEST(MigrationBurstTest, RequestsHeldDuringTheFreezeAreForwardedWithinTheTargetsQueue) {
   // The target queues at most 16 requests per instance; 200 arrive during the freeze.
-  std::unique_ptr<Node> a = Node::Start("src");
-  std::unique_ptr<Node> b = Node::Start("dst", 2, /*max_queue=*/16);
+  std::unique_ptr<Node> a = StartNode("src");
+  std::unique_ptr<Node> b = StartNode("dst", 2, /*max_queue=*/16);
   Result<ServiceStatus> c = a->agent->Deploy(CounterManifest(1), ReadWasm("counter"));
   ASSERT_TRUE(c.ok()) << c.status();
   const std::string id = c->instances.at(0);

@@ -14,7 +14,7 @@ namespace {
 
 constexpr uint32_t kBatchMagic = 0x42504D54;   // "TMPB"
 constexpr uint32_t kCommitMagic = 0x43504D54;  // "TMPC"
-constexpr uint8_t kWireVersion = 1;
+constexpr uint8_t kWireVersion = 2;  // 2: the commit state carries the journal's place
 constexpr size_t kBatchHeader = 24;
 
 
@@ -95,13 +95,18 @@ const char* PageCodecName(PageCodec c) {
 std::string EncodePageBatch(const uint8_t* base, const std::vector<uint32_t>& indices,
                             PageCodec codec) {
   std::string out;
+  AppendPageBatch(base, indices, codec, &out);
+  return out;
+}
+
+void AppendPageBatch(const uint8_t* base, const std::vector<uint32_t>& indices, PageCodec codec,
+                     std::string* out) {
   EncodeInto(
       indices, codec,
       [&](size_t i) {
         return reinterpret_cast<const char*>(base) + size_t{indices[i]} * kMigrationPageBytes;
       },
-      &out);
-  return out;
+      out);
 }
 
 std::string EncodeGatheredPages(const char* data, const std::vector<uint32_t>& indices,
@@ -182,6 +187,12 @@ std::string EncodeCommitState(const CommitState& c) {
   out.push_back(c.stack_pointer.has_value() ? 1 : 0);
   AppendU32(&out, c.stack_pointer.value_or(0));
   AppendU64(&out, c.requests);
+  AppendU64(&out, c.journal_seq);
+  out.push_back(c.journal_full ? 1 : 0);
+  for (const std::string* s : {&c.keeper, &c.keeper_tcp}) {
+    AppendU32(&out, static_cast<uint32_t>(s->size()));
+    out += *s;
+  }
   AppendU32(&out, static_cast<uint32_t>(c.dedup.size()));
   for (const DedupEntry& e : c.dedup) {
     AppendU64(&out, e.key);
@@ -194,7 +205,7 @@ std::string EncodeCommitState(const CommitState& c) {
 }
 
 Result<CommitState> DecodeCommitState(std::string_view p) {
-  constexpr size_t kFixed = 4 + 4 + 8 + 1 + 4 + 8 + 4;
+  constexpr size_t kFixed = 4 + 4 + 8 + 1 + 4 + 8;
   if (p.size() < kFixed + 4) return InvalidArgumentError("commit state truncated");
   if (LoadU32(p.data()) != kCommitMagic) return InvalidArgumentError("not a commit state (bad magic)");
   if (static_cast<uint8_t>(p[4]) != kWireVersion) {
@@ -208,9 +219,23 @@ Result<CommitState> DecodeCommitState(std::string_view p) {
   c.memory_bytes = LoadU64(q);
   if (q[8] != 0) c.stack_pointer = LoadU32(q + 9);
   c.requests = LoadU64(q + 13);
-  const uint32_t n = LoadU32(q + 21);
   size_t off = kFixed;
   const size_t end = p.size() - 4;
+  if (end - off < 9) return DataLossError("commit state: journal position truncated");
+  c.journal_seq = LoadU64(p.data() + off);
+  c.journal_full = p[off + 8] != 0;
+  off += 9;
+  for (std::string* s : {&c.keeper, &c.keeper_tcp}) {
+    if (end - off < 4) return DataLossError("commit state: keeper truncated");
+    const uint32_t len = LoadU32(p.data() + off);
+    off += 4;
+    if (end - off < len) return DataLossError("commit state: keeper truncated");
+    s->assign(p.data() + off, len);
+    off += len;
+  }
+  if (end - off < 4) return DataLossError("commit state: dedup table truncated");
+  const uint32_t n = LoadU32(p.data() + off);
+  off += 4;
   for (uint32_t i = 0; i < n; ++i) {
     if (end - off < 16) return DataLossError(fmt::format("commit state: dedup entry {} truncated", i));
     DedupEntry e;

@@ -36,6 +36,9 @@ const char* PageCodecName(PageCodec c);
 // `base`. Zero pages are sent as their index only. Returns the payload.
 std::string EncodePageBatch(const uint8_t* base, const std::vector<uint32_t>& indices,
                             PageCodec codec);
+// Same, appended to `out` (which may hold a prefix).
+void AppendPageBatch(const uint8_t* base, const std::vector<uint32_t>& indices, PageCodec codec,
+                     std::string* out);
 // Same, from pages already gathered contiguously: page i of `indices` is at
 // data + i * 4096.
 std::string EncodeGatheredPages(const char* data, const std::vector<uint32_t>& indices,
@@ -69,6 +72,12 @@ struct CommitState {
   std::optional<uint32_t> stack_pointer;
   std::vector<DedupEntry> dedup;  // oldest first
   uint64_t requests = 0;          // served at the source (carried over for status)
+  // Durable instances: where the journal is kept, the last record the keeper
+  // acknowledged, and whether the next one must carry every page. The target appends
+  // the next record, so that a migration neither loses nor repeats journal records.
+  std::string keeper, keeper_tcp;
+  uint64_t journal_seq = 0;
+  bool journal_full = true;
   bool operator==(const CommitState&) const = default;
 };
 std::string EncodeCommitState(const CommitState& c);

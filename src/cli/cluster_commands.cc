@@ -163,6 +163,8 @@ int ClusterPs(const ClusterRecord& c, bool raw_json, int64_t timeout_ms) {
       } else if (s.value("checkpoint_ms", int64_t{0}) > 0) {
         ckpt = "none yet";
       }
+      // Durable: every acknowledged request is in the journal on the same keeper.
+      if (s.value("durable", false)) ckpt += " +journal (durable)";
       std::string state = i.value("state", "");
       if (i.value("moving", false)) state = "moving";
       // The p99 of its time in the guest over the last interval with requests, against

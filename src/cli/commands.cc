@@ -68,6 +68,10 @@ int CmdDeploy(int argc, char** argv) {
   f.Add("checkpoint-ms", "",
         "cluster, stateful services: snapshot each instance this often to a storage device, "
         "to restore it from if its agent dies (the manifest's `checkpoint_ms`; 0 = off)");
+  f.AddBool("durable",
+            "cluster, stateful services: no acknowledged request is lost when its agent dies: "
+            "each reply waits until what the request wrote is journaled (fdatasync) on the "
+            "instance's checkpoint keeper (the manifest's `durable`; implies checkpoints)");
   f.Add("devices", "", "cluster: the devices it may run on, comma-separated (default: any)");
   f.Add("policy", "",
         "cluster: let the placement engine place it: latency, energy, balanced, host-only, "
@@ -86,8 +90,18 @@ int CmdDeploy(int argc, char** argv) {
   const std::string manifest_path = f.positional()[0];
   Result<Manifest> m = LoadManifest(manifest_path);
   if (!m.ok()) return Fail(m.status());
-  const bool rewritten =
-      !f.Get("name").empty() || !f.Get("replicas").empty() || !f.Get("checkpoint-ms").empty();
+  const bool rewritten = !f.Get("name").empty() || !f.Get("replicas").empty() ||
+                         !f.Get("checkpoint-ms").empty() || f.GetBool("durable");
+  if (f.GetBool("durable")) {
+    if (!m->stateful) {
+      return Fail(InvalidArgumentError(fmt::format(
+          "--durable is for stateful services; {} is not (`stateful: true`): a stateless "
+          "service has no state to lose",
+          m->name)));
+    }
+    m->durable = true;
+    if (m->checkpoint_ms == 0) m->checkpoint_ms = kDurableCheckpointMs;
+  }
   if (!f.Get("checkpoint-ms").empty()) {
     Result<int64_t> ms = f.GetInt("checkpoint-ms", 0, kMaxCheckpointMs);
     if (!ms.ok()) return Fail(ms.status());
@@ -98,6 +112,11 @@ int CmdDeploy(int argc, char** argv) {
     if (*ms != 0 && !m->stateful) {
       return Fail(InvalidArgumentError(fmt::format(
           "--checkpoint-ms is for stateful services; {} is not (`stateful: true`)", m->name)));
+    }
+    if (*ms == 0 && m->durable) {
+      return Fail(InvalidArgumentError(
+          "--checkpoint-ms 0 with a durable service: its journal is truncated after each base "
+          "checkpoint, so it needs them (leave --checkpoint-ms out for the default of 10000)"));
     }
     m->checkpoint_ms = static_cast<uint32_t>(*ms);
   }

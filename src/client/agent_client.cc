@@ -112,6 +112,31 @@ Status AgentClient::StopInstance(const std::string& instance) {
   return Admin("DELETE", "/v1/instances/" + instance, "", "").status();
 }
 
+Status AgentClient::SetKeeper(const std::string& instance, const std::string& device,
+                              const std::string& tcp) {
+  return Admin("PUT", "/v1/instances/" + instance + "/keeper",
+               nlohmann::json{{"device", device}, {"tcp", tcp}}.dump(), "application/json")
+      .status();
+}
+
+Result<std::string> AgentClient::JournalCheckpoint(const std::string& instance) {
+  return Admin("POST", "/v1/instances/" + instance + "/checkpoint", "", "");
+}
+
+Result<std::string> AgentClient::ReadJournal(const std::string& instance, uint64_t after) {
+  return Admin("GET", fmt::format("/v1/journals/{}?after={}", instance, after), "", "");
+}
+
+Status AgentClient::DropJournal(const std::string& instance) {
+  return Admin("DELETE", "/v1/journals/" + instance, "", "").status();
+}
+
+Result<std::string> AgentClient::ReplayJournal(const std::string& instance, uint64_t base_seq,
+                                               const std::string& records) {
+  return Admin("POST", fmt::format("/v1/instances/{}/journal?base={}", instance, base_seq), records,
+               "application/octet-stream");
+}
+
 Result<std::string> AgentClient::Snapshot(const std::string& instance) {
   return Admin("GET", "/v1/instances/" + instance + "/snapshot", "", "");
 }

@@ -51,6 +51,18 @@ class AgentClient {
   Result<std::string> Snapshot(const std::string& instance);
   Status Restore(const std::string& instance, const std::string& snapshot_bytes);
 
+  // Durable instances (docs/design/migration.md): PUT the keeper of an instance's
+  // journal; take a base checkpoint (a full journal record; returns its JSON report:
+  // seq, bytes, keeper); on a keeper, read an instance's journal after a sequence number
+  // and drop it; on the restoring agent, apply records on top of the base at `base_seq`
+  // (returns the JSON report: records, seq, ignored_bytes).
+  Status SetKeeper(const std::string& instance, const std::string& device, const std::string& tcp);
+  Result<std::string> JournalCheckpoint(const std::string& instance);
+  Result<std::string> ReadJournal(const std::string& instance, uint64_t after);
+  Status DropJournal(const std::string& instance);
+  Result<std::string> ReplayJournal(const std::string& instance, uint64_t base_seq,
+                                    const std::string& records);
+
   // Datasets kept by this agent (a storage device's): objects are put, listed, read and
   // removed through the admin API (/v1/datasets/...).
   Status PutObject(const std::string& dataset, const std::string& key, const std::string& bytes);

@@ -164,6 +164,9 @@ struct Controller::Impl {
   // Checkpointer only: agents (device@boot) that refused a copy because they keep no
   // datasets; not sent snapshots again until they restart.
   std::set<std::string> ck_no_datasets;
+  // Durable instances: the keeper last pushed to each one's agent, as
+  // "<agent>@<boot> <keeper>@<boot>" (checkpointer only).
+  std::map<std::string, std::string> keeper_pushed;
 
   // Leadership (store/election.h); the election and its lease belong to the reconcile
   // thread (and Start, before it runs).
@@ -1047,6 +1050,12 @@ struct Controller::Impl {
       (void)store->Delete(std::string(kCheckpointsPrefix) + ck.id);
       return Status::Ok();
     }
+    if (ck.durable) {
+      // One copy: the journal on its keeper.
+      const AgentRecord& keeper = view.agents.at(alive[0]->device);
+      TERN_ASSIGN_OR_RETURN(AgentConn * k, Conn(keeper));
+      return RestoreFromJournal(ck, keeper, k, c, device);
+    }
     std::stable_sort(alive.begin(), alive.end(),
                      [](const auto* x, const auto* y) { return x->unix_ms > y->unix_ms; });
     std::vector<std::string> why;
@@ -1078,6 +1087,49 @@ struct Controller::Impl {
                                         fmt::join(why, "; ")));
   }
 
+  // Reconcile thread: a durable instance's restore. Its journal on the keeper starts
+  // with a full record (its last base checkpoint) and holds every acknowledged request
+  // after it: the new instance gets them all, then the same keeper.
+  Status RestoreFromJournal(const CheckpointRecord& ck, const AgentRecord& keeper, AgentConn* k,
+                            AgentConn* c, const std::string& device) {
+    Result<std::string> records = k->client->ReadJournal(ck.id, 0);
+    if (records.status().code() == StatusCode::kNotFound) {
+      // The keeper lives but lost the journal (its disk was replaced): nothing to
+      // restore from, as when the keeper is gone.
+      Event(fmt::format("the journal of {} is gone from {} ({}): {} starts on {} with fresh "
+                        "state (its state is lost)",
+                        ck.id, ck.device, records.status().message(), ck.id, device));
+      (void)store->Delete(std::string(kCheckpointsPrefix) + ck.id);
+      return Status::Ok();
+    }
+    if (!records.ok()) {
+      return Status(records.status().code(),
+                    fmt::format("reading the journal of {} from {}: {}", ck.id, ck.device,
+                                records.status().message()));
+    }
+    Result<std::string> rep = c->client->ReplayJournal(ck.id, 0, *records);
+    if (!rep.ok()) {
+      return Status(rep.status().code(), fmt::format("restoring {} from its journal: {}", ck.id,
+                                                     rep.status().message()));
+    }
+    json r = json::parse(*rep, nullptr, false);
+    // Restored onto its keeper's device: the next checkpoint round picks another keeper
+    // (a device cannot keep the journal of its own instance).
+    if (device != keeper.device) {
+      Status s = c->client->SetKeeper(ck.id, keeper.device, keeper.tcp);
+      if (!s.ok()) return s.WithPrefix("restoring " + ck.id + ": setting its keeper");
+    }
+    const uint64_t ignored = r.is_object() ? r.value("ignored_bytes", uint64_t{0}) : 0;
+    const uint64_t n = r.is_object() ? r.value("records", uint64_t{0}) : 0;
+    Event(fmt::format(
+        "restored {} on {} from its journal on {}: a full record and {} after it, up to #{} "
+        "({})",
+        ck.id, device, ck.device, n > 0 ? n - 1 : 0, r.is_object() ? r.value("seq", uint64_t{0}) : 0,
+        ignored == 0 ? "durable: 0 acknowledged requests lost"
+                     : fmt::format("a damaged tail of {} bytes was ignored", ignored)));
+    return Status::Ok();
+  }
+
   // Drops an instance's checkpoint (record and every copy), best effort.
   void DropCheckpoint(const ClusterView& view, const std::string& id) {
     auto ck = view.checkpoints.find(id);
@@ -1087,8 +1139,18 @@ struct Controller::Impl {
       auto keeper = view.agents.find(copy.device);
       if (keeper == view.agents.end()) continue;
       if (Result<AgentConn*> k = Conn(keeper->second); k.ok()) {
-        (void)(*k)->client->RemoveObject(std::string(kCheckpointDataset), id);
+        RemoveCheckpointData((*k)->client.get(), ck->second.durable, id);
       }
+    }
+  }
+
+  // The copy of a checkpoint on one keeper: the object, or a durable instance's journal.
+  static void RemoveCheckpointData(client::AgentClient* keeper, bool durable,
+                                   const std::string& id) {
+    if (durable) {
+      (void)keeper->DropJournal(id);
+    } else {
+      (void)keeper->RemoveObject(std::string(kCheckpointDataset), id);
     }
   }
 
@@ -1107,28 +1169,19 @@ struct Controller::Impl {
 
   // Checkpointer thread: removes the copy of instance `id`'s checkpoint that `device`
   // keeps, best effort.
-  void RemoveCopy(const ClusterView& view, const std::string& device, const std::string& id) {
+  void RemoveCopy(const ClusterView& view, const std::string& device, const std::string& id,
+                  bool durable = false) {
     auto keeper = view.agents.find(device);
     if (keeper == view.agents.end()) return;
     if (Result<client::AgentClient*> k = CkClient(keeper->second); k.ok()) {
-      (void)(*k)->RemoveObject(std::string(kCheckpointDataset), id);
+      RemoveCheckpointData(*k, durable, id);
     }
   }
 
-  // Checkpointer thread: snapshots `rec` and keeps the snapshot on two devices (one when
-  // only one can keep it), never the device the instance runs on (it would die with
-  // it): the devices that keep its copies now first, then live csd/cpm devices, then any
-  // other live device with datasets; the second copy on another host than the first
-  // where such a device can take it. The record lists every copy, newest first.
-  Status TakeCheckpoint(const ClusterView& view, const InstanceRecord& rec) {
-    const AgentRecord& a = view.agents.at(rec.device);
-    TERN_ASSIGN_OR_RETURN(client::AgentClient * src, CkClient(a));
-    int64_t taken = UnixMillis();
-    Result<std::string> snap = src->Snapshot(rec.id);
-    if (!snap.ok()) {
-      ck_conns.erase(a.device + "@" + a.boot);
-      return snap.status().WithPrefix("snapshot of " + rec.id);
-    }
+  // Where `rec`'s checkpoint may be kept, best first: the devices that keep its copies now
+  // (if alive), then csd/cpm devices, then any other — never the one it runs on.
+  static std::vector<const AgentRecord*> KeeperCandidates(const ClusterView& view,
+                                                          const InstanceRecord& rec) {
     std::vector<const AgentRecord*> candidates;
     auto old = view.checkpoints.find(rec.id);
     auto add = [&](const AgentRecord& r) {
@@ -1147,6 +1200,93 @@ struct Controller::Impl {
       if (r.kind == "csd" || r.kind == "cpm") add(r);
     }
     for (const auto& [d, r] : view.agents) add(r);
+    return candidates;
+  }
+
+  // Checkpointer thread: a durable instance's base checkpoint is a full record of its
+  // journal, appended by its agent to its keeper at a request boundary (the keeper drops
+  // what came before). The keeper is chosen as for snapshots; a new one is pushed to the
+  // agent first (its next record then carries every page anyway).
+  Status TakeDurableCheckpoint(const ClusterView& view, const InstanceRecord& rec) {
+    const AgentRecord& a = view.agents.at(rec.device);
+    TERN_ASSIGN_OR_RETURN(client::AgentClient * src, CkClient(a));
+    auto old = view.checkpoints.find(rec.id);
+    std::vector<std::string> why;
+    for (const AgentRecord* k : KeeperCandidates(view, rec)) {
+      if (ck_no_datasets.count(k->device + "@" + k->boot)) continue;
+      const int64_t taken = UnixMillis();
+      Status s = src->SetKeeper(rec.id, k->device, k->tcp);
+      Result<std::string> rep = s.ok() ? src->JournalCheckpoint(rec.id) : Result<std::string>(s);
+      if (!rep.ok()) {
+        if (rep.status().code() == StatusCode::kNotFound) return rep.status();  // gone
+        why.push_back(fmt::format("{}: {}", k->device, rep.status().message()));
+        continue;
+      }
+      keeper_pushed[rec.id] = KeeperTag(a, *k);
+      json r = json::parse(*rep, nullptr, false);
+      CheckpointRecord ck{rec.id, rec.service, k->device, rec.device, taken,
+                          r.is_object() ? r.value("bytes", uint64_t{0}) : 0};
+      ck.durable = true;
+      ck.journal_seq = r.is_object() ? r.value("seq", uint64_t{0}) : 0;
+      ck.copies = {{k->device, taken, ck.bytes}};  // one: the journal lives on its keeper
+      TERN_RETURN_IF_ERROR(
+          store->Put(std::string(kCheckpointsPrefix) + rec.id, ToJson(ck)).status());
+      if (old != view.checkpoints.end()) {
+        for (const CheckpointRecord::Copy& copy : old->second.copies) {
+          if (copy.device != k->device) RemoveCopy(view, copy.device, rec.id, old->second.durable);
+        }
+      }
+      if (old == view.checkpoints.end() || old->second.device != k->device) {
+        Event(fmt::format("the journal and checkpoints of {} are kept by {} (durable; a base "
+                          "checkpoint of {} bytes)",
+                          rec.id, k->device, ck.bytes));
+      }
+      return Status::Ok();
+    }
+    return UnavailableError(fmt::format(
+        "no device can keep the journal of {} (a storage device's agent with datasets, other "
+        "than {}){}{}",
+        rec.id, rec.device, why.empty() ? "" : ": ", fmt::format("{}", fmt::join(why, "; "))));
+  }
+
+  static std::string KeeperTag(const AgentRecord& a, const AgentRecord& k) {
+    return fmt::format("{}@{} {}@{}", a.device, a.boot, k.device, k.boot);
+  }
+
+  // Checkpointer thread: a durable instance whose agent does not know its keeper yet (it
+  // moved, or either restarted) gets it now, not at its next checkpoint: until then its
+  // writes fail.
+  void PushKeeper(const ClusterView& view, const InstanceRecord& rec, const CheckpointRecord& ck) {
+    auto a = view.agents.find(rec.device);
+    auto k = view.agents.find(ck.device);
+    if (a == view.agents.end() || k == view.agents.end() || k->first == rec.device) return;
+    const std::string tag = KeeperTag(a->second, k->second);
+    if (keeper_pushed[rec.id] == tag) return;
+    Result<client::AgentClient*> c = CkClient(a->second);
+    Status s = c.ok() ? (*c)->SetKeeper(rec.id, ck.device, k->second.tcp) : c.status();
+    if (s.ok()) {
+      keeper_pushed[rec.id] = tag;
+    } else if (!Quiet(__LINE__, 10)) {
+      TERN_LOG(WARN) << "telling " << rec.device << " the keeper of " << rec.id << ": " << s;
+    }
+  }
+
+  // Checkpointer thread: snapshots `rec` and keeps the snapshot on two devices (one when
+  // only one can keep it), never the device the instance runs on (it would die with
+  // it): the devices that keep its copies now first, then live csd/cpm devices, then any
+  // other live device with datasets; the second copy on another host than the first
+  // where such a device can take it. The record lists every copy, newest first.
+  Status TakeCheckpoint(const ClusterView& view, const InstanceRecord& rec) {
+    const AgentRecord& a = view.agents.at(rec.device);
+    TERN_ASSIGN_OR_RETURN(client::AgentClient * src, CkClient(a));
+    int64_t taken = UnixMillis();
+    Result<std::string> snap = src->Snapshot(rec.id);
+    if (!snap.ok()) {
+      ck_conns.erase(a.device + "@" + a.boot);
+      return snap.status().WithPrefix("snapshot of " + rec.id);
+    }
+    auto old = view.checkpoints.find(rec.id);
+    const std::vector<const AgentRecord*> candidates = KeeperCandidates(view, rec);
     constexpr size_t kCopies = 2;
     std::vector<CheckpointRecord::Copy> kept;
     std::set<std::string> failed;
@@ -1228,7 +1368,9 @@ struct Controller::Impl {
     for (const auto& [id, ck] : view->checkpoints) {
       if (view->instances.count(id)) continue;
       (void)store->Delete(std::string(kCheckpointsPrefix) + id);
-      for (const CheckpointRecord::Copy& copy : ck.copies) RemoveCopy(*view, copy.device, id);
+      for (const CheckpointRecord::Copy& copy : ck.copies) {
+        RemoveCopy(*view, copy.device, id, ck.durable);
+      }
     }
     for (const auto& [id, p] : view->instances) {
       auto svc = view->services.find(p.record.service);
@@ -1240,15 +1382,24 @@ struct Controller::Impl {
         continue;
       }
       auto ck = view->checkpoints.find(id);
+      if (svc->second.durable && ck != view->checkpoints.end()) PushKeeper(*view, p.record, ck->second);
       int64_t last = ck == view->checkpoints.end() ? 0 : ck->second.unix_ms;
+      // A durable instance now on its keeper's device has no usable keeper: at once.
+      if (svc->second.durable && ck != view->checkpoints.end() && ck->second.device == p.record.device) {
+        last = 0;
+      }
       last = std::max(last, ck_attempt_ms[id]);
       if (now - last < svc->second.checkpoint_ms) continue;
       ck_attempt_ms[id] = now;
-      Status s = TakeCheckpoint(*view, p.record);
+      Status s = svc->second.durable ? TakeDurableCheckpoint(*view, p.record)
+                                     : TakeCheckpoint(*view, p.record);
       if (!s.ok() && !Quiet(__LINE__, 10)) TERN_LOG(WARN) << "checkpoint: " << s;
     }
     for (auto it = ck_attempt_ms.begin(); it != ck_attempt_ms.end();) {
       it = view->instances.count(it->first) ? std::next(it) : ck_attempt_ms.erase(it);
+    }
+    for (auto it = keeper_pushed.begin(); it != keeper_pushed.end();) {
+      it = view->instances.count(it->first) ? std::next(it) : keeper_pushed.erase(it);
     }
     return any;
   }
@@ -1935,13 +2086,18 @@ struct Controller::Impl {
                                {"bytes", ck->second.bytes},
                                {"keepers", keepers},
                                {"copies", copies}};
+        if (ck->second.durable) {
+          i["checkpoint"]["durable"] = true;
+          i["checkpoint"]["journal_seq"] = ck->second.journal_seq;
+        }
       }
       inst.push_back(std::move(i));
     }
     json out{{"name", s.name},         {"replicas", s.replicas},
              {"devices", s.devices},   {"module_hash", s.module_hash},
              {"stateful", s.stateful}, {"checkpoint_ms", s.checkpoint_ms},
-             {"slo_p99_us", SloOf(s)}, {"instances", inst}};
+             {"slo_p99_us", SloOf(s)}, {"durable", s.durable},
+             {"instances", inst}};
     MutexLock l(&pub_mu);
     // Energy per request (energy.h) over the last telemetry interval, weighted by the
     // instances' request rates.
@@ -1993,6 +2149,7 @@ struct Controller::Impl {
     s.memory_bytes = m->limits.memory_bytes();
     s.stateful = m->stateful;
     s.checkpoint_ms = m->checkpoint_ms;
+    s.durable = m->durable;
     s.slo_p99_us = static_cast<int64_t>(m->slo_p99_us);
     s.created_unix_ms = UnixMillis();
     if (j.contains("replicas")) {

@@ -674,7 +674,12 @@ TEST(ControllerTest, RestoresFromTheSecondKeeperWhenTheFirstDiedToo) {
   ASSERT_TRUE(t.first->child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
   std::string ev = t.WaitForRestore();
   EXPECT_NE(ev.find("kept by " + t.second + " (state of the last"), std::string::npos) << ev;
-  EXPECT_NE(ev.find(t.first->device + " gone"), std::string::npos) << ev;
+  // The first keeper is reported either as gone (the controller saw its agent's
+  // heartbeats stop before the restore) or as unreadable (the restore tried it first and
+  // found nothing listening): both are right, which one depends on timing.
+  EXPECT_TRUE(ev.find(t.first->device + " gone") != std::string::npos ||
+              ev.find("unreadable: " + t.first->device + ": ") != std::string::npos)
+      << ev;
 }
 
 // A copy that fails its checksums is passed over: the restore reads the other one.

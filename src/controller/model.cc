@@ -73,6 +73,7 @@ std::string ToJson(const ServiceRecord& r) {
               {"placement", r.placement},
               {"stateful", r.stateful},
               {"checkpoint_ms", r.checkpoint_ms},
+              {"durable", r.durable},
               {"slo_p99_us", r.slo_p99_us}}
       .dump();
 }
@@ -93,6 +94,7 @@ std::string ToJson(const CheckpointRecord& r) {
   }
   return json{{"id", r.id},         {"service", r.service}, {"device", r.device},
               {"source", r.source}, {"unix_ms", r.unix_ms}, {"bytes", r.bytes},
+              {"durable", r.durable}, {"journal_seq", r.journal_seq},
               {"copies", copies}}
       .dump();
 }
@@ -108,6 +110,8 @@ Result<CheckpointRecord> CheckpointFromJson(std::string_view text, std::string_v
   TERN_RETURN_IF_ERROR(Field(j, "source", &r.source, what));
   TERN_RETURN_IF_ERROR(Field(j, "unix_ms", &r.unix_ms, what));
   TERN_RETURN_IF_ERROR(Field(j, "bytes", &r.bytes, what));
+  TERN_RETURN_IF_ERROR(Field(j, "durable", &r.durable, what));
+  TERN_RETURN_IF_ERROR(Field(j, "journal_seq", &r.journal_seq, what));
   if (j.contains("copies") && !j["copies"].is_null()) {
     if (!j["copies"].is_array()) {
       return DataLossError(fmt::format("{}: field 'copies' has the wrong type", what));
@@ -161,6 +165,7 @@ Result<ServiceRecord> ServiceFromJson(std::string_view text, std::string_view wh
   TERN_RETURN_IF_ERROR(Field(j, "placement", &r.placement, what));
   TERN_RETURN_IF_ERROR(Field(j, "stateful", &r.stateful, what));
   TERN_RETURN_IF_ERROR(Field(j, "checkpoint_ms", &r.checkpoint_ms, what));
+  TERN_RETURN_IF_ERROR(Field(j, "durable", &r.durable, what));
   TERN_RETURN_IF_ERROR(Field(j, "slo_p99_us", &r.slo_p99_us, what));
   return r;
 }

@@ -71,6 +71,7 @@ struct ServiceRecord {
   std::string placement;  // placement hints (advisor.h PlacementHints, JSON); "" = spread
   bool stateful = false;  // the manifest's `stateful`
   int64_t checkpoint_ms = 0;  // the manifest's `checkpoint_ms`: snapshot period, 0 = none
+  bool durable = false;       // the manifest's `durable`: a journal on the checkpoint keeper
   int64_t slo_p99_us = 0;     // the manifest's `slo_p99_ms` in µs, 0 = none
 
   bool operator==(const ServiceRecord&) const = default;
@@ -111,6 +112,10 @@ struct CheckpointRecord {
     bool operator==(const Copy&) const = default;
   };
   std::vector<Copy> copies;
+  // Durable instances: the checkpoint is a full record of the instance's journal on
+  // `device`, its one keeper (not a snapshot object), with this sequence number.
+  bool durable = false;
+  uint64_t journal_seq = 0;
 
   bool operator==(const CheckpointRecord&) const = default;
 };

@@ -183,6 +183,22 @@ TEST(ModelTest, RecordsRoundTripAndBadOnesAreErrors) {
   Result<ServiceRecord> s2 = ServiceFromJson(ToJson(s), "k");
   ASSERT_TRUE(s2.ok()) << s2.status();
   EXPECT_EQ(*s2, s);
+  s.stateful = true;
+  s.durable = true;
+  s.checkpoint_ms = 10000;
+  EXPECT_EQ(*ServiceFromJson(ToJson(s), "k"), s);
+  CheckpointRecord ck{"counter-1", "counter", "csd0", "cpu0", 1234, 5678};
+  ck.copies = {{"csd0", 1234, 5678}};
+  ck.durable = true;
+  ck.journal_seq = 42;
+  Result<CheckpointRecord> ck2 = CheckpointFromJson(ToJson(ck), "k");
+  ASSERT_TRUE(ck2.ok()) << ck2.status();
+  EXPECT_EQ(*ck2, ck);
+  // A record written before durable checkpoints existed reads as not durable.
+  Result<CheckpointRecord> old = CheckpointFromJson(
+      R"({"id": "c-1", "device": "csd0", "unix_ms": 5, "bytes": 9})", "k");
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_FALSE(old->durable);
   InstanceRecord i{"echo-1", "echo", "cpu0", "b", "h"};
   Result<InstanceRecord> i2 = InstanceFromJson(ToJson(i), "k");
   ASSERT_TRUE(i2.ok()) << i2.status();

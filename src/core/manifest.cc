@@ -151,6 +151,8 @@ Result<Manifest> ParseNode(const YAML::Node& root, const std::string& src) {
       if (m.checkpoint_ms != 0 && m.checkpoint_ms < kMinCheckpointMs) {
         return FieldError(src, v, key, fmt::format("0 (off) or at least {} ms", kMinCheckpointMs));
       }
+    } else if (key == "durable") {
+      TERN_ASSIGN_OR_RETURN(m.durable, GetBool(src, v, key));
     } else if (key == "slo_p99_ms") {
       TERN_ASSIGN_OR_RETURN(m.slo_p99_us, GetMillisAsMicros(src, v, key, kMaxSloP99Us));
     } else if (key == "tenant") {
@@ -188,7 +190,7 @@ Result<Manifest> ParseNode(const YAML::Node& root, const std::string& src) {
     } else {
       return FieldError(src, kv.first, key,
                         "unknown field (expected name, version, module, stateful, checkpoint_ms, "
-                        "slo_p99_ms, handlers, tenant, replicas, limits)");
+                        "durable, slo_p99_ms, handlers, tenant, replicas, limits)");
     }
   }
   if (!has_name) return InvalidArgumentError(src + ": required field 'name' is missing");
@@ -198,6 +200,13 @@ Result<Manifest> ParseNode(const YAML::Node& root, const std::string& src) {
     return InvalidArgumentError(
         src + ": 'checkpoint_ms' is for stateful services (add 'stateful: true')");
   }
+  if (m.durable && !m.stateful) {
+    return InvalidArgumentError(
+        src + ": 'durable' is for stateful services: a stateless service has no state to "
+              "lose (add 'stateful: true', or remove 'durable')");
+  }
+  // A durable service's journal is truncated after each base checkpoint: it needs them.
+  if (m.durable && m.checkpoint_ms == 0) m.checkpoint_ms = kDurableCheckpointMs;
   return m;
 }
 
@@ -232,6 +241,7 @@ std::string ManifestToYaml(const Manifest& m) {
   if (!m.module.empty()) out << YAML::Key << "module" << YAML::Value << YAML::DoubleQuoted << m.module;
   out << YAML::Key << "stateful" << YAML::Value << (m.stateful ? "true" : "false");
   if (m.checkpoint_ms != 0) out << YAML::Key << "checkpoint_ms" << YAML::Value << m.checkpoint_ms;
+  if (m.durable) out << YAML::Key << "durable" << YAML::Value << "true";
   if (m.slo_p99_us != 0) {
     std::string ms = fmt::format("{}.{:03}", m.slo_p99_us / 1000, m.slo_p99_us % 1000);
     while (ms.back() == '0') ms.pop_back();

@@ -6,6 +6,10 @@
 //   stateful: true             # default false
 //   checkpoint_ms: 2000        # stateful only: the controller snapshots each instance
 //                              # this often to a storage device (0 = off, the default)
+//   durable: true              # stateful only: no acknowledged request is ever lost. Each
+//                              # reply waits until what the request wrote is appended to
+//                              # the instance's journal on its checkpoint keeper (fdatasync);
+//                              # implies checkpoints (checkpoint_ms defaults to 10000)
 //   slo_p99_ms: 2.5            # the p99 latency target of one request, ms (at most 3
 //                              # decimals; 0 = none, the default): the placement engine
 //                              # places by it and the rebalancer moves an instance whose
@@ -49,6 +53,7 @@ struct Manifest {
   std::string module;  // path of the .wasm, as written in the file
   bool stateful = false;
   uint32_t checkpoint_ms = 0;  // 0 = no periodic checkpoints
+  bool durable = false;        // journal every write before its reply (stateful only)
   uint64_t slo_p99_us = 0;     // `slo_p99_ms` in µs; 0 = no SLO
   std::vector<std::string> handlers;
   std::string tenant = "default";
@@ -64,6 +69,9 @@ inline constexpr uint32_t kMaxMemoryMib = 4096;
 inline constexpr uint32_t kMaxCpuMs = 600'000;
 inline constexpr uint32_t kMinCheckpointMs = 100;
 inline constexpr uint32_t kMaxCheckpointMs = 86'400'000;
+// The base-checkpoint period of a durable service that sets none (its journal is
+// truncated after each base checkpoint).
+inline constexpr uint32_t kDurableCheckpointMs = 10'000;
 inline constexpr uint32_t kMaxPayloadKib = 64 * 1024;
 inline constexpr uint64_t kMaxSloP99Us = 3'600'000'000;  // an hour
 

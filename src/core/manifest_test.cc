@@ -62,6 +62,27 @@ TEST(ManifestTest, CheckpointMsIsForStatefulServicesAndRoundTrips) {
       << tiny.status();
 }
 
+TEST(ManifestTest, DurableIsForStatefulServicesImpliesCheckpointsAndRoundTrips) {
+  Result<Manifest> m = ParseManifest(std::string(kGood) + "durable: true\n", "a");
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_TRUE(m->durable);
+  EXPECT_EQ(m->checkpoint_ms, kDurableCheckpointMs);  // implied
+  Result<Manifest> again = ParseManifest(ManifestToYaml(*m), "b");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*m, *again);
+  Result<Manifest> own =
+      ParseManifest(std::string(kGood) + "durable: true\ncheckpoint_ms: 500\n", "c");
+  ASSERT_TRUE(own.ok()) << own.status();
+  EXPECT_EQ(own->checkpoint_ms, 500u);  // its own period is kept
+  EXPECT_FALSE(ParseManifest(kGood, "d")->durable);
+  Result<Manifest> stateless =
+      ParseManifest("name: e\nversion: 1\nhandlers: [a]\ndurable: true\n", "e.yaml");
+  ASSERT_FALSE(stateless.ok());
+  EXPECT_NE(stateless.status().message().find("'durable' is for stateful services"),
+            std::string_view::npos)
+      << stateless.status();
+}
+
 TEST(ManifestTest, SloP99MsIsExactToTheMicrosecondAndRoundTrips) {
   EXPECT_EQ(ParseManifest(kGood, "a")->slo_p99_us, 0u);  // none by default
   for (const auto& [text, us] : std::vector<std::pair<std::string, uint64_t>>{

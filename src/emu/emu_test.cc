@@ -632,6 +632,34 @@ TEST_F(EmuRootTest, HostsReachEachOtherAndTheRootNamespace) {
   EXPECT_EQ(WaitChild(client, seconds(10)), 0);
   EXPECT_EQ(WaitChild(sa.pid, seconds(10)), 0);
   EXPECT_EQ(WaitChild(sb.pid, seconds(10)), 0);
+
+  // JoinNetns moves one thread of this process (what in-process tools use); the others
+  // stay where they are.
+  const std::string here = ProcNetns(::getpid());
+  std::string joined, bound;
+  std::thread t([&] {
+    Status st = JoinNetns(b.netns);
+    if (!st.ok()) {
+      joined = st.ToString();
+      return;
+    }
+    char buf[64] = {};
+    ssize_t n = ::readlink("/proc/thread-self/ns/net", buf, sizeof(buf) - 1);
+    joined = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
+    // Its address is local there only.
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    ::inet_pton(AF_INET, b_addr.c_str(), &sa.sin_addr);
+    bound = ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0 ? "yes" : strerror(errno);
+    ::close(fd);
+  });
+  t.join();
+  EXPECT_EQ(joined, NetnsInode(b.netns));
+  EXPECT_EQ(bound, "yes");
+  EXPECT_EQ(ProcNetns(::getpid()), here);
+  EXPECT_EQ(JoinNetns("tern-no-such-netns").code(), StatusCode::kNotFound);
+  EXPECT_EQ(JoinNetns("../x").code(), StatusCode::kInvalidArgument);
 }
 
 TEST_F(EmuRootTest, TbfLimitsTheRate) {

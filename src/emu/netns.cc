@@ -1,6 +1,8 @@
 #include "emu/netns.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <set>
@@ -178,6 +180,20 @@ Result<HostNetwork> CreateHostNetwork(const NetworkPlan& plan, Ledger* ledger) {
     if (rate != 0) TERN_RETURN_IF_ERROR(SetHostRate(h, rate, ledger));
   }
   return net;
+}
+
+Status JoinNetns(const std::string& netns) {
+  if (netns.empty() || netns.find('/') != std::string::npos || netns[0] == '.') {
+    return InvalidArgumentError(fmt::format("'{}' is not a network namespace name", netns));
+  }
+  const std::string path = "/run/netns/" + netns;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoError("opening " + path, errno);
+  const int rc = ::setns(fd, CLONE_NEWNET);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) return ErrnoError("joining network namespace " + netns + " (setns)", err);
+  return Status::Ok();
 }
 
 }  // namespace tern::emu

@@ -93,4 +93,10 @@ Status SetRate(const std::string& ifname, const std::string& netns, uint64_t bit
 // the bridge port (what it receives).
 Status SetHostRate(const HostEndpoint& host, uint64_t bits_per_second, Ledger* ledger);
 
+// Moves the CALLING THREAD into network namespace `netns` (one `ip netns` made, under
+// /run/netns): sockets it creates from then on, and threads it starts, are in there.
+// For in-process tools that run servers on several emulated hosts (a thread per host);
+// other threads of the process are not affected. Needs root.
+Status JoinNetns(const std::string& netns);
+
 }  // namespace tern::emu

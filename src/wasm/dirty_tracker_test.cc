@@ -139,6 +139,50 @@ TEST_P(DirtyTrackerTest, CollectCostOn64MiB) {
       std::string(DirtyTrackerKindName(t->kind())).c_str(), us[0], us[1], us[2], us[3], us[4]);
 }
 
+// kB of transparent huge pages backing the mapping that contains `p` (/proc/self/smaps).
+size_t AnonHugeKb(const void* p) {
+  FILE* f = std::fopen("/proc/self/smaps", "r");
+  if (f == nullptr) return 0;
+  char line[512];
+  bool inside = false;
+  size_t kb = 0;
+  const auto at = reinterpret_cast<uintptr_t>(p);
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    unsigned long lo, hi;
+    if (std::sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && std::strchr(line, ':') != nullptr &&
+        std::strstr(line, "kB") == nullptr) {
+      inside = at >= lo && at < hi;
+      continue;
+    }
+    if (inside && std::sscanf(line, "AnonHugePages: %zu kB", &kb) == 1) break;
+  }
+  std::fclose(f);
+  return inside ? kb : 0;
+}
+
+// A migration target's memory is on transparent huge pages (MADV_HUGEPAGE): the tracker
+// must still report single 4 KiB pages (a write to a protected huge page splits it).
+TEST_P(DirtyTrackerTest, TracksHugePagesIn4KiBPages) {
+  constexpr size_t kHuge = size_t{2} << 20;
+  constexpr size_t kBytes = 2 * kHuge;
+  Region r(kBytes + kHuge, kBytes + kHuge);
+  uint8_t* base = reinterpret_cast<uint8_t*>(
+      (reinterpret_cast<uintptr_t>(r.base()) + kHuge - 1) & ~(uintptr_t{kHuge} - 1));
+  ASSERT_EQ(madvise(base, kBytes, MADV_HUGEPAGE), 0) << std::strerror(errno);
+  std::memset(base, 0x5a, kBytes);
+  if (AnonHugeKb(base) == 0) GTEST_SKIP() << "no transparent huge page was used here";
+  MAKE_OR_SKIP(t, base, kBytes, kPage);
+  EXPECT_THAT(*t->Collect(), IsEmpty());
+  base[3 * kPage] = 1;
+  base[700 * kPage + 5] = 2;  // in the second huge page
+  EXPECT_THAT(*t->Collect(), ElementsAre(3, 700));
+  base[4 * kPage] = 3;  // same huge page as page 3
+  EXPECT_THAT(*t->Collect(), ElementsAre(4));
+  EXPECT_THAT(*t->Collect(), IsEmpty());
+  EXPECT_EQ(base[3 * kPage + 1], 0x5a);  // contents intact
+  EXPECT_EQ(base[3 * kPage], 1);
+}
+
 INSTANTIATE_TEST_SUITE_P(Kinds, DirtyTrackerTest,
                          ::testing::Values(DirtyTracker::Kind::kUffdWriteProtect,
                                            DirtyTracker::Kind::kShadowCompare),

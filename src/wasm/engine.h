@@ -167,6 +167,12 @@ class Instance {
   // needed — a wasm memory cannot shrink, so restore into a fresh instance when the
   // current one is larger than the snapshot).
   virtual Status Restore(const Snapshot& snap) = 0;
+  // Grows the linear memory to `bytes` (a multiple of 64 KiB, not below the current size,
+  // within the cap) like the guest's memory.grow: the old contents stay, the new pages
+  // read as zeros and are not touched (the kernel maps them on first write). For a
+  // migration target, which writes every page anyway: far cheaper than restoring a
+  // zero snapshot of that size. Invalidates memory_data().
+  virtual Status GrowMemory(uint64_t bytes) = 0;
 };
 
 class Engine {

@@ -327,6 +327,59 @@ bool ReadExportSection(Reader& r, ModuleInfo* info) {
   return true;
 }
 
+// Where the active data segments start, when every one has a constant offset
+// (ModuleInfo::data_min_offset); anything else leaves it unknown. Segment bodies are
+// skipped: the engine validates them.
+bool ReadDataSection(Reader& r, ModuleInfo* info) {
+  uint32_t n = 0;
+  if (!r.U32(&n, "data segment count")) return false;
+  std::optional<uint32_t> lowest;
+  bool known = true;
+  for (uint32_t i = 0; i < n && known; ++i) {
+    uint32_t flags = 0;
+    if (!r.U32(&flags, "data segment flags")) return false;
+    if (flags == 1) {  // passive: placed by memory.init, wherever the code says
+      known = false;
+      break;
+    }
+    if (flags == 2) {
+      uint32_t mem = 0;
+      if (!r.U32(&mem, "data segment memory")) return false;
+    } else if (flags != 0) {
+      known = false;
+      break;
+    }
+    uint8_t op = 0;
+    if (!r.U8(&op, "data segment offset")) return false;
+    if (op != 0x41) {  // not i32.const (e.g. global.get in relocatable code)
+      known = false;
+      break;
+    }
+    // Signed LEB128 i32; the address is its unsigned value.
+    uint32_t v = 0;
+    int shift = 0;
+    uint8_t b = 0x80;
+    while ((b & 0x80) != 0 && shift < 35) {
+      if (!r.U8(&b, "data segment offset")) return false;
+      v |= static_cast<uint32_t>(b & 0x7f) << shift;
+      shift += 7;
+    }
+    if ((b & 0x80) != 0) return r.Fail("data segment offset is an over-long LEB128");
+    if (shift < 32 && (b & 0x40) != 0) v |= ~uint32_t{0} << shift;
+    uint8_t end = 0;
+    uint32_t size = 0;
+    if (!r.U8(&end, "data segment offset end") || end != 0x0b) {
+      known = false;
+      break;
+    }
+    if (!r.U32(&size, "data segment size") || !r.Skip(size, "data segment bytes")) return false;
+    if (size > 0) lowest = std::min(lowest.value_or(v), v);
+  }
+  if (known) info->data_min_offset = lowest;
+  r.Skip(r.remaining(), "data section");
+  return true;
+}
+
 // One section header: where its payload lies in the module.
 struct Section {
   uint8_t id;
@@ -409,6 +462,9 @@ bool ParseSection(const Section& s, Reader& r, ModuleInfo* info) {
       break;
     case kExport:
       ok = ReadExportSection(r, info);
+      break;
+    case kData:
+      ok = ReadDataSection(r, info);
       break;
     default:
       // Bodies the engine validates.

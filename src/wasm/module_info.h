@@ -60,6 +60,12 @@ struct ModuleInfo {
   bool has_memory = false;
   uint32_t memory_min_pages = 0;
   std::optional<uint32_t> memory_max_pages;
+  // The lowest address an active data segment initializes, when every segment has a
+  // constant offset (nullopt otherwise, or without data). A stack pointer that starts at
+  // or below it means the shadow stack lies first in memory, below it (wasm-ld
+  // --stack-first, the default of the SDK's toolchain): durable instances do not journal
+  // what requests leave behind there (agent.cc, WrittenPages).
+  std::optional<uint32_t> data_min_offset;
 
   const ExportDesc* FindExport(std::string_view name) const;
 };

@@ -84,6 +84,31 @@ TEST(ModuleInfoTest, ParsesTheStatefulGuest) {
   EXPECT_TRUE(CheckImports(*info).ok()) << CheckImports(*info);
 }
 
+TEST(ModuleInfoTest, DataSegmentOffsetsSayWhereTheDataStarts) {
+  // The SDK links --stack-first: the data lies above the 64 KiB shadow stack.
+  Result<ModuleInfo> guest = ParseModuleInfo(LoadGuest("guest_stateful"));
+  ASSERT_TRUE(guest.ok()) << guest.status();
+  ASSERT_TRUE(guest->data_min_offset.has_value());
+  EXPECT_GE(*guest->data_min_offset, 65536u);
+  // Active segments with constant offsets: the lowest one that holds bytes.
+  auto data = [](std::string segments, uint32_t n) { return WasmSection(11, Leb(n) + segments); };
+  auto seg = [](uint8_t flags, std::string offset_expr, std::string bytes) {
+    return std::string(1, static_cast<char>(flags)) + offset_expr + Leb(static_cast<uint32_t>(bytes.size())) + bytes;
+  };
+  const std::string at_2048("\x41\x80\x10\x0b", 4), at_1024("\x41\x80\x08\x0b", 4);
+  Result<ModuleInfo> two = ParseModuleInfo(WasmModule({data(seg(0, at_2048, "ab") + seg(0, at_1024, "c"), 2)}));
+  ASSERT_TRUE(two.ok()) << two.status();
+  EXPECT_EQ(two->data_min_offset, std::optional<uint32_t>(1024));
+  // A passive segment or a non-constant offset: unknown (nothing is assumed).
+  Result<ModuleInfo> passive = ParseModuleInfo(WasmModule({data(seg(1, "", "x"), 1)}));
+  ASSERT_TRUE(passive.ok()) << passive.status();
+  EXPECT_FALSE(passive->data_min_offset.has_value());
+  Result<ModuleInfo> global = ParseModuleInfo(WasmModule({data(seg(0, std::string("\x23\x00\x0b", 3), "x"), 1)}));
+  ASSERT_TRUE(global.ok()) << global.status();
+  EXPECT_FALSE(global->data_min_offset.has_value());
+  EXPECT_FALSE(ParseModuleInfo(WasmModule({}))->data_min_offset.has_value());
+}
+
 TEST(ModuleInfoTest, RejectsWrongHeaders) {
   EXPECT_EQ(ParseModuleInfo("").status().code(), StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(ParseModuleInfo("\0as").status().message()), HasSubstr("shorter"));

@@ -18,6 +18,7 @@
 #include "testing/process.h"
 #include "testing/test_env.h"
 #include "transport/http.h"
+#include "transport/json_api.h"
 
 namespace tern {
 namespace {
@@ -226,6 +227,36 @@ TEST(ClusterTest, BadTopologiesAreClearErrorsAndNothingIsStarted) {
   EXPECT_NE(down.output.find("nothing to remove"), std::string::npos) << down.output;
 }
 
+// Waits (15 s at most) until instance `id` runs on a device other than `device` (its
+// agent was killed); returns that device, or "" if it did not happen.
+std::string WaitRunningElsewhere(Cluster& c, const std::string& id, const std::string& device) {
+  const int64_t deadline = MonoNanos() + int64_t{15} * 1000000000;
+  while (MonoNanos() < deadline) {
+    json j = json::parse(c.Tern({"ps", "--json"}).output, nullptr, false);
+    if (!j.is_discarded()) {
+      for (const json& s : j["services"]) {
+        for (const json& i : s["instances"]) {
+          if (i["id"] == id && i["device"] != device && i["state"] == "running") return i["device"];
+        }
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  return "";
+}
+
+// The counter's value through the gateway, once it answers (5 s at most).
+Result<std::string> CounterThroughGateway(const std::string& gw) {
+  Result<transport::HttpClientResponse> r = UnavailableError("no answer");
+  for (int i = 0; i < 50; ++i) {
+    r = Invoke(gw, "counter", "get", "");
+    if (r.ok() && r->status == 200) return r->body;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return r.ok() ? UnavailableError("the gateway answers " + std::to_string(r->status) + ": " + r->body)
+                : r.status();
+}
+
 // Issue #6 through the CLI on a loopback cluster: `tern drain` replaces a stateless
 // replica while the gateway keeps answering, `tern ps` shows the drain and each
 // instance's checkpoint, and a checkpointed counter whose agent is SIGKILLed comes back
@@ -353,33 +384,11 @@ void DrainMigrateAndRestoreThroughTheCli(const std::string& name, const std::str
   int pid = rec["agents"][device]["pid"];
   ASSERT_GT(pid, 0);
   ASSERT_EQ(::kill(pid, SIGKILL), 0);
-  std::string now_on;
-  deadline = MonoNanos() + int64_t{15} * 1000000000;
-  while (MonoNanos() < deadline && now_on.empty()) {
-    json j = json::parse(c.Tern({"ps", "--json"}).output, nullptr, false);
-    if (!j.is_discarded()) {
-      for (const json& s : j["services"]) {
-        for (const json& i : s["instances"]) {
-          if (i["id"] == id && i["device"] != device && i["state"] == "running") {
-            now_on = i["device"];
-          }
-        }
-      }
-    }
-    if (now_on.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
+  std::string now_on = WaitRunningElsewhere(c, id, device);
   ASSERT_FALSE(now_on.empty()) << c.Tern({"ps"}).output;
-  bool got = false;
-  for (int i = 0; i < 50 && !got; ++i) {
-    Result<transport::HttpClientResponse> r = Invoke(gw, "counter", "get", "");
-    got = r.ok() && r->status == 200;
-    if (got) {
-      EXPECT_EQ(r->body, "3");
-    } else {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-  }
-  EXPECT_TRUE(got);
+  Result<std::string> count = CounterThroughGateway(gw);
+  ASSERT_TRUE(count.ok()) << count.status();
+  EXPECT_EQ(*count, "3");
   ps = c.Tern({"ps", "--json"});  // every recent event
   EXPECT_NE(ps.output.find("restored " + id + " on " + now_on + " from the checkpoint of"),
             std::string::npos)
@@ -392,6 +401,86 @@ TEST(ClusterTest, LoopbackDrainMigrateAndCheckpointRestoreThroughTheCli) {
 
 // The same across network namespaces: migrations and checkpoints cross the emulated
 // hosts' links.
+// Issue #6 point 5 through the CLI: a durable counter (`tern deploy --durable`) whose
+// agent is SIGKILLed comes back elsewhere with every acknowledged increment — none of
+// them were in its last base checkpoint — and a retry of the last one (same
+// Idempotency-Key) is answered from the dedup table, not run twice.
+TEST(ClusterTest, LoopbackDurableCounterLosesNoAcknowledgedRequestWhenItsAgentDies) {
+  Cluster c("itdur", "loopback");
+  CommandResult up = c.Up(SourcePath("examples/topologies/rack.yaml"));
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  json rec = c.Record();
+  std::string gw = rec["gateway"];
+  CommandResult dep = c.Tern({"deploy", SourcePath("examples/counter/manifest.yaml"), "--module",
+                              testing::WasmPath("counter"), "--replicas", "1", "--devices",
+                              "c1-cpu,c2-cpu", "--durable", "--checkpoint-ms", "600000"});
+  ASSERT_EQ(dep.exit_code, 0) << dep.output;
+  // Its first base checkpoint assigns its keeper.
+  std::string id, device;
+  int64_t deadline = MonoNanos() + int64_t{10} * 1000000000;
+  while (MonoNanos() < deadline && id.empty()) {
+    json j = json::parse(c.Tern({"ps", "--json"}).output, nullptr, false);
+    if (!j.is_discarded()) {
+      for (const json& s : j["services"]) {
+        for (const json& i : s["instances"]) {
+          if (s["name"] == "counter" && i.contains("checkpoint") &&
+              i["checkpoint"].value("durable", false) && i["state"] == "running") {
+            id = i["id"];
+            device = i["device"];
+          }
+        }
+      }
+    }
+    if (id.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_FALSE(id.empty()) << c.Tern({"ps"}).output;
+  CommandResult ps = c.Tern({"ps"});
+  EXPECT_NE(ps.output.find("+journal (durable)"), std::string::npos) << ps.output;
+  std::string host;
+  uint16_t port = 0;
+  ASSERT_TRUE(ParseHostPort(gw, &host, &port).ok());
+  auto incr = [&](uint64_t key) -> Result<transport::HttpClientResponse> {
+    TERN_ASSIGN_OR_RETURN(std::unique_ptr<transport::HttpClient> h,
+                          transport::HttpClient::Connect(host, port, std::chrono::seconds(2)));
+    return h->Request("POST", "/v1/invoke/counter/incr", "1", "application/octet-stream",
+                      std::chrono::seconds(10),
+                      {{transport::kIdempotencyKeyHeader, std::to_string(key)}});
+  };
+  constexpr int kN = 25;
+  for (int i = 1; i <= kN; ++i) {
+    Result<transport::HttpClientResponse> r = incr(5000 + i);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(r->status, 200) << r->body;
+    ASSERT_EQ(r->body, std::to_string(i));
+  }
+  int pid = rec["agents"][device]["pid"];
+  ASSERT_GT(pid, 0);
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  std::string now_on = WaitRunningElsewhere(c, id, device);
+  ASSERT_FALSE(now_on.empty()) << c.Tern({"ps"}).output;
+  Result<std::string> count = CounterThroughGateway(gw);
+  ASSERT_TRUE(count.ok()) << count.status();
+  EXPECT_EQ(*count, std::to_string(kN)) << "acknowledged increments were lost";
+  // The client of the last increment retries it: the recorded answer, no second run.
+  Result<transport::HttpClientResponse> retry = incr(5000 + kN);
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  EXPECT_EQ(retry->status, 200) << retry->body;
+  EXPECT_EQ(retry->body, std::to_string(kN));
+  Result<transport::HttpClientResponse> after = Invoke(gw, "counter", "get", "");
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->body, std::to_string(kN));
+  // It keeps serving durably on its new device.
+  Result<transport::HttpClientResponse> more = incr(6000);
+  ASSERT_TRUE(more.ok());
+  EXPECT_EQ(more->body, std::to_string(kN + 1)) << more->body;
+  ps = c.Tern({"ps", "--json"});  // every recent event
+  EXPECT_NE(ps.output.find("restored " + id + " on " + now_on + " from its journal on"),
+            std::string::npos)
+      << ps.output;
+  EXPECT_NE(ps.output.find("durable: 0 acknowledged requests lost"), std::string::npos)
+      << ps.output;
+}
+
 TEST(ClusterTest, NamespacesDrainMigrateAndCheckpointRestoreThroughTheCli) {
   if (!Root()) GTEST_SKIP() << "needs root (network namespaces, veth, tc, cgroups)";
   if (Sh("ip -V").exit_code != 0) GTEST_SKIP() << "iproute2 (`ip`) is missing";

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <new>
 #include <thread>
@@ -487,6 +488,35 @@ TEST_F(V8EngineTest, SnapshotIntoReusesTheBufferAndRestoreChecks) {
   auto fresh = New(m, Limits(), false);
   st = fresh->Restore(huge);
   EXPECT_EQ(st.code(), StatusCode::kResourceExhausted) << st;
+}
+
+TEST_F(V8EngineTest, GrowMemoryKeepsTheContentsAndAddsZeroPagesTheGuestCanUse) {
+  auto m = CompileGuest("guest_stateful");
+  auto inst = New(m);
+  Counter(*inst);
+  Counter(*inst);
+  const uint64_t before = inst->memory_bytes();
+  std::string old(reinterpret_cast<const char*>(inst->memory_data()), before);
+  const uint64_t want = before + 5 * kWasmPageBytes;
+  ASSERT_TRUE(inst->GrowMemory(want).ok());
+  ASSERT_EQ(inst->memory_bytes(), want);
+  EXPECT_EQ(std::memcmp(inst->memory_data(), old.data(), before), 0);
+  const uint8_t* mem = inst->memory_data();
+  EXPECT_TRUE(std::all_of(mem + before, mem + want, [](uint8_t b) { return b == 0; }));
+  // The guest sees the grown memory (its grow() answers the old size in pages) and
+  // keeps its state.
+  EXPECT_EQ(Counter(*inst), 3u);
+  Pattern p = GrowAndFill(*inst, 1, 9);
+  EXPECT_EQ(p.addr, want);
+  // Same size: nothing to do. Smaller, not whole pages, above the cap: refused, unchanged.
+  const uint64_t now = inst->memory_bytes();
+  EXPECT_TRUE(inst->GrowMemory(now).ok());
+  EXPECT_EQ(inst->GrowMemory(now - kWasmPageBytes).code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(inst->GrowMemory(now + 100).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(inst->GrowMemory(uint64_t{kCap + 1} * kWasmPageBytes).code(),
+            StatusCode::kResourceExhausted);
+  EXPECT_EQ(inst->memory_bytes(), now);
+  EXPECT_EQ(Counter(*inst), 4u);
 }
 
 TEST_F(V8EngineTest, SnapshotFileRestoresInAFreshWorkerAndAnotherProcess) {

@@ -152,6 +152,7 @@ class V8Instance final : public Instance {
   Result<Snapshot> TakeSnapshot() override;
   Status SnapshotInto(Snapshot* out) override;
   Status Restore(const Snapshot& snap) override;
+  Status GrowMemory(uint64_t bytes) override;
 
   // The current linear memory. Needs an entered isolate and a HandleScope.
   v8::Local<v8::ArrayBuffer> Buffer();
@@ -169,6 +170,9 @@ class V8Instance final : public Instance {
  private:
   Result<v8::Local<v8::Function>> Handler(std::string_view name);
   std::optional<uint32_t> ReadStackPointer();
+  // Grows the memory to `want` bytes (a multiple of 64 KiB, >= the current size) with
+  // the memory object's grow(); needs an entered isolate, a HandleScope and the context.
+  Status GrowTo(uint64_t want, const char* what);
 
   V8Worker* const worker_;
   const std::shared_ptr<const V8Module> module_;

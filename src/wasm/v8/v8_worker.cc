@@ -445,6 +445,57 @@ Status V8Instance::SnapshotInto(Snapshot* out) {
   return Status::Ok();
 }
 
+Status V8Instance::GrowTo(uint64_t want, const char* what) {
+  v8::Isolate* iso = worker_->isolate();
+  v8::Local<v8::Context> ctx = worker_->context();
+  const uint64_t have = Buffer()->ByteLength();
+  if (want < have) {
+    return FailedPreconditionError(fmt::format(
+        "{} has {} pages but the instance already has {} (a wasm memory cannot shrink): "
+        "restore into a fresh instance",
+        what, want / kWasmPageBytes, have / kWasmPageBytes));
+  }
+  if (want > have) {
+    const uint64_t delta = (want - have) / kWasmPageBytes;
+    if (want / kWasmPageBytes > module_->memory_limit_pages()) {
+      return ResourceExhaustedError(fmt::format("{} has {} pages, above the memory cap of {} pages",
+                                                what, want / kWasmPageBytes,
+                                                module_->memory_limit_pages()));
+    }
+    v8::TryCatch tc(iso);
+    v8::Local<v8::WasmMemoryObject> mem = memory_.Get(iso);
+    v8::Local<v8::Value> grow;
+    v8::Local<v8::Value> arg = v8::Integer::NewFromUnsigned(iso, static_cast<uint32_t>(delta));
+    if (!mem->Get(ctx, worker_->grow_string()).ToLocal(&grow) || !grow->IsFunction() ||
+        grow.As<v8::Function>()->Call(ctx, mem, 1, &arg).IsEmpty()) {
+      if (tc.HasTerminated()) {
+        iso->CancelTerminateExecution();
+        return AbortedError("memory.grow was terminated");
+      }
+      return ResourceExhaustedError(
+          fmt::format("cannot grow memory by {} pages for {}: {}", delta, what,
+                      tc.HasCaught() ? ExceptionText(iso, ctx, tc.Exception()) : "failed"));
+    }
+  }
+  const uint64_t now = Buffer()->ByteLength();  // grow detached the old buffer
+  if (now != want) {
+    return InternalError(fmt::format("memory is {} bytes after growing, expected {}", now, want));
+  }
+  return Status::Ok();
+}
+
+Status V8Instance::GrowMemory(uint64_t bytes) {
+  if (bytes % kWasmPageBytes != 0) {
+    return InvalidArgumentError(
+        fmt::format("cannot grow memory to {} bytes: not a whole number of wasm pages", bytes));
+  }
+  v8::Isolate* iso = worker_->isolate();
+  v8::Isolate::Scope isolate_scope(iso);
+  v8::HandleScope scope(iso);
+  v8::Context::Scope context_scope(worker_->context());
+  return GrowTo(bytes, "the requested size");
+}
+
 Status V8Instance::Restore(const Snapshot& snap) {
   if (snap.module_hash != module_->hash()) {
     return InvalidArgumentError(
@@ -460,40 +511,8 @@ Status V8Instance::Restore(const Snapshot& snap) {
   v8::Local<v8::Context> ctx = worker_->context();
   v8::Context::Scope context_scope(ctx);
   const uint64_t want = snap.memory.size();
-  const uint64_t have = Buffer()->ByteLength();
-  if (want < have) {
-    return FailedPreconditionError(fmt::format(
-        "snapshot has {} pages but the instance already has {} (a wasm memory cannot shrink): "
-        "restore into a fresh instance",
-        want / kWasmPageBytes, have / kWasmPageBytes));
-  }
-  if (want > have) {
-    const uint64_t delta = (want - have) / kWasmPageBytes;
-    if (want / kWasmPageBytes > module_->memory_limit_pages()) {
-      return ResourceExhaustedError(
-          fmt::format("snapshot has {} pages, above the memory cap of {} pages",
-                      want / kWasmPageBytes, module_->memory_limit_pages()));
-    }
-    v8::TryCatch tc(iso);
-    v8::Local<v8::WasmMemoryObject> mem = memory_.Get(iso);
-    v8::Local<v8::Value> grow;
-    v8::Local<v8::Value> arg = v8::Integer::NewFromUnsigned(iso, static_cast<uint32_t>(delta));
-    if (!mem->Get(ctx, worker_->grow_string()).ToLocal(&grow) || !grow->IsFunction() ||
-        grow.As<v8::Function>()->Call(ctx, mem, 1, &arg).IsEmpty()) {
-      if (tc.HasTerminated()) {
-        iso->CancelTerminateExecution();
-        return AbortedError("memory.grow was terminated");
-      }
-      return ResourceExhaustedError(
-          fmt::format("cannot grow memory by {} pages for the snapshot: {}", delta,
-                      tc.HasCaught() ? ExceptionText(iso, ctx, tc.Exception()) : "failed"));
-    }
-  }
+  TERN_RETURN_IF_ERROR(GrowTo(want, "the snapshot"));
   v8::Local<v8::ArrayBuffer> buf = Buffer();  // grow detached the old one
-  if (buf->ByteLength() != want) {
-    return InternalError(
-        fmt::format("memory is {} bytes after growing, expected {}", buf->ByteLength(), want));
-  }
   // Fault the destination in with one system call rather than one fault per 4 KiB page
   // (page faults are expensive in VMs); harmless if it fails.
   if (want > 0) ::madvise(buf->Data(), want, MADV_POPULATE_WRITE);
