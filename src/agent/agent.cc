@@ -2364,8 +2364,9 @@ InvokeResult Agent::ExecuteTraced(WorkerThread* wt, const std::string& id, const
   // A reply left in guest memory goes out from there only to a caller that is done with
   // it before the instance runs again (reply_view_ok); others get a copy. What is kept
   // longer (the dedup table: a retry must get these bytes after the guest reused them)
-  // copies it too.
-  if (!(s.ok() && req.reply_view_ok)) host.CopyReplyIn();
+  // copies it too. A durable instance's reply is copied first: it is journaled, and
+  // the worker serves other requests while the keeper acknowledges.
+  if (!(s.ok() && req.reply_view_ok && !slot.durable)) host.CopyReplyIn();
   const bool clean = s.ok() || host.IsGuestFailure(s);
   if (!s.ok()) {
     ++slot.failures;
