@@ -18,6 +18,7 @@
 #include "core/manifest.h"
 #include "storage/journal.h"
 #include "testing/test_env.h"
+#include "transport/frame_client.h"
 
 namespace tern::agent {
 namespace {
@@ -277,6 +278,60 @@ TEST_F(DurableTest, EveryAcknowledgedIncrementSurvivesTheAgentAndRetriesAreAnswe
   EXPECT_EQ(Call(cpu1_->agent.get(), "get").reply, std::to_string(kN + 2));
   EXPECT_EQ(Call(cpu1_->agent.get(), "incr", "1", 1040).reply, "40");
   EXPECT_EQ(Call(cpu1_->agent.get(), "incr", "1", 2002).reply, std::to_string(kN + 2));
+}
+
+// A durable instance's reply left in guest memory (tern_reply_in_place; the faulty test
+// guest's `inplace` handler), asked for over TCP, where it could go out from guest
+// memory: it is journaled with its bytes, so the retry of its key after a restore on
+// another agent gets them, although the guest rewrote its buffer meanwhile.
+TEST_F(DurableTest, AnInPlaceReplyIsJournaledWithItsBytes) {
+  Result<Manifest> m = LoadManifest(SourcePath("src/agent/testdata/faulty.yaml"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  m->durable = true;
+  m->checkpoint_ms = 1000;
+  m->replicas = 1;
+  Result<ServiceStatus> s = cpu0_->agent->Deploy(*m, ReadWasm("guest_faulty"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  const std::string id = s->instances.at(0);
+  ASSERT_TRUE(cpu0_->agent->SetKeeper(id, "csd0", csd0_->tcp).ok());
+  const size_t colon = cpu0_->tcp.rfind(':');
+  Result<std::unique_ptr<transport::FrameClient>> c = transport::FrameClient::Connect(
+      cpu0_->tcp.substr(0, colon), static_cast<uint16_t>(std::stoi(cpu0_->tcp.substr(colon + 1))));
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto pattern = [](size_t len, unsigned seed) {
+    std::string p(len, '\0');
+    for (size_t i = 0; i < len; ++i) p[i] = static_cast<char>(seed + i);
+    return p;
+  };
+  for (unsigned seed : {7u, 8u}) {
+    transport::Frame f;
+    f.type = transport::FrameType::kInvoke;
+    f.service = "faulty";
+    f.handler = "inplace";
+    f.payload = "60000 " + std::to_string(seed);
+    f.idempotency_key = 700 + seed;
+    Result<transport::Frame> r = (*c)->Call(f, std::chrono::seconds(20));
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_TRUE(r->payload == pattern(60000, seed)) << seed;
+  }
+  (*c).reset();
+  cpu0_->Stop();
+  Result<ServiceStatus> d = cpu1_->agent->Deploy(*m, ReadWasm("guest_faulty"), false);
+  ASSERT_TRUE(d.ok()) << d.status();
+  ASSERT_TRUE(cpu1_->agent->StartInstance("faulty", id).ok());
+  Result<std::string> records = csd0_->agent->journals()->Read(id, 0);
+  ASSERT_TRUE(records.ok()) << records.status();
+  ASSERT_TRUE(cpu1_->agent->ReplayJournal(id, 0, *records).ok());
+  InvokeRequest retry;
+  retry.service = "faulty";
+  retry.handler = "inplace";
+  retry.payload = "10 1";
+  retry.idempotency_key = 707;
+  InvokeResult r = cpu1_->agent->InvokeSync(std::move(retry));
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_TRUE(r.reply == pattern(60000, 7)) << "the journaled answer is not the reply sent ("
+                                             << r.reply.size() << " bytes)";
+  EXPECT_EQ(StatusOf(cpu1_->agent.get(), id).deduplicated, 1u);
 }
 
 TEST_F(DurableTest, LargeStateTrackedPagesRestoreByteForByte) {
