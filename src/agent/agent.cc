@@ -529,6 +529,14 @@ class Agent::WorkerThread {
   // this round's other output.
   void OnTcpReplyInPlace(const std::shared_ptr<TcpConn>& c, uint64_t request_id,
                          std::string_view payload) {
+    if (c->owner != this) {
+      // Moved to another worker since (dataset requests move theirs): like any other
+      // reply, which that worker writes; only this thread's own sockets are written here.
+      transport::Frame f = ReplyHead(request_id);
+      f.payload.assign(payload.data(), payload.size());
+      OnTcpReply(c, std::move(f));
+      return;
+    }
     --c->inflight;
     const transport::Frame head = ReplyHead(request_id);
     const size_t n = transport::EncodedFrameSize(head) + payload.size();
