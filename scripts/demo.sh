@@ -131,9 +131,8 @@ echo "its reply, for retries) are fdatasync'd in a journal on the storage device
 printf '\033[36m$ tern deploy counter.yaml --module counter.wasm --name ledger --durable --devices cpu1,cpu0\033[0m\n'
 DEPLOYED=$("$TERN" deploy "$WORK/counter.yaml" --module "$WASM/counter.wasm" --name ledger --durable --devices cpu1,cpu0)
 echo "$DEPLOYED"; echo
+# (deploy returned once the first base checkpoint gave the instance its journal's keeper)
 [[ $DEPLOYED == *"ledger-1 on cpu1"* ]] || c migrate ledger-1 --to cpu1
-# Its first base checkpoint gives it its keeper; durable requests fail until then.
-for _ in $(seq 100); do "$TERN" ps 2>/dev/null | grep -q "+journal" && break; sleep 0.1; done
 c invoke ledger incr 1 --repeat 200
 PID=$(sed -nE '/"cpu1"/,/}/s/.*"pid": ([0-9]+).*/\1/p' "$TERN_HOME/clusters/laptop/cluster.json")
 run kill -9 "$PID"

@@ -43,6 +43,53 @@ Result<std::unique_ptr<transport::JsonApiClient>> Controller(const ClusterRecord
 
 std::string Mib(uint64_t bytes) { return fmt::format("{}M", bytes >> 20); }
 
+// A durable instance refuses writes until its first base checkpoint has given it a
+// keeper (its journal), so `tern deploy` of a durable service returns only when every
+// instance has one: a request sent right after the deploy then succeeds. Not durable: at
+// once. The wait is bounded by the command's timeout; running out is a note, not an error
+// (the controller keeps trying, and `tern ps` shows the journal once it exists).
+int WaitForJournals(transport::JsonApiClient& ctl, const std::string& service, int64_t timeout_ms) {
+  const int64_t deadline = MonoNanos() + timeout_ms * 1'000'000;
+  bool said = false;
+  for (;;) {
+    Result<std::string> r =
+        ctl.Call("GET", "/v1/cluster", {}, std::chrono::milliseconds(timeout_ms));
+    if (!r.ok()) return CommandFailed(r.status());
+    json j = json::parse(*r, nullptr, false);
+    if (j.is_discarded()) return CommandFailed(InternalError("the controller sent malformed JSON"));
+    std::vector<std::string> waiting, ready;
+    for (const json& svc : j.value("services", json::array())) {
+      if (svc.value("name", "") != service) continue;
+      if (!svc.value("durable", false)) return 0;
+      for (const json& i : svc.value("instances", json::array())) {
+        const std::string id = i.value("id", "");
+        if (i.contains("checkpoint") && i["checkpoint"].value("durable", false)) {
+          ready.push_back(fmt::format("{} on {}", id, i["checkpoint"].value("device", "")));
+        } else {
+          waiting.push_back(id);
+        }
+      }
+    }
+    if (waiting.empty()) {
+      if (!ready.empty()) std::printf("journals: %s\n", fmt::format("{}", fmt::join(ready, ", ")).c_str());
+      return 0;
+    }
+    if (MonoNanos() > deadline) {
+      std::printf("note: no journal yet for %s; durable requests fail until the controller "
+                  "assigns one (tern ps shows it)\n",
+                  fmt::format("{}", fmt::join(waiting, ", ")).c_str());
+      return 0;
+    }
+    if (!said) {
+      std::printf("waiting for the first durable checkpoint of %s...\n",
+                  fmt::format("{}", fmt::join(waiting, ", ")).c_str());
+      std::fflush(stdout);
+      said = true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
 }  // namespace
 
 int ClusterDeploy(const ClusterRecord& c, const std::string& manifest_yaml,
@@ -85,7 +132,7 @@ int ClusterDeploy(const ClusterRecord& c, const std::string& manifest_yaml,
   if (s.contains("problem")) {
     std::printf("note: %s\n", s["problem"].get<std::string>().c_str());
   }
-  return 0;
+  return WaitForJournals(**ctl, s.value("name", ""), timeout_ms);
 }
 
 int ClusterUndeploy(const ClusterRecord& c, const std::string& service, int64_t timeout_ms) {
