@@ -284,4 +284,10 @@ std::string GitRev(const std::string& source_dir) {
   return rev;
 }
 
+std::optional<std::string> FlagValue(const std::string& arg, const char* flag) {
+  const std::string f = std::string(flag) + "=";
+  if (arg.rfind(f, 0) == 0) return arg.substr(f.size());
+  return std::nullopt;
+}
+
 }  // namespace tern::bench

@@ -13,6 +13,7 @@
 // once by main() before other threads exist.
 #pragma once
 
+#include <charconv>
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -108,6 +109,16 @@ class Report {
   nlohmann::json& Section(const std::string& section);
   nlohmann::json doc_;
 };
+
+// Command-line helpers shared by the benches' flag parsers.
+// The value of `arg` when it is "FLAG=VALUE" for this flag, else nullopt.
+std::optional<std::string> FlagValue(const std::string& arg, const char* flag);
+// A whole decimal number (nothing before or after it), into *out.
+template <typename T>
+bool ParseNum(const std::string& s, T* out) {
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), *out);
+  return ec == std::errc() && p == s.data() + s.size() && !s.empty();
+}
 
 // Facts about this machine and run (CPU model, vCPUs, kernel, clocksource, git rev).
 nlohmann::json MachineInfo(const std::string& source_dir);

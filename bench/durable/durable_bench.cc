@@ -458,15 +458,7 @@ int Main(int argc, char** argv) {
       "                     [--keeper-dir=DIR] [--requests=N] [--words=8]\n";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    auto val = [&](const char* flag) -> std::optional<std::string> {
-      const std::string f = std::string(flag) + "=";
-      if (a.rfind(f, 0) == 0) return a.substr(f.size());
-      return std::nullopt;
-    };
-    auto num = [](const std::string& s, auto* out) {
-      auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), *out);
-      return ec == std::errc() && p == s.data() + s.size() && !s.empty();
-    };
+    auto val = [&](const char* flag) { return FlagValue(a, flag); };
     if (a == "--quick") {
       args.quick = true;
     } else if (auto v = val("--out")) {
@@ -477,9 +469,9 @@ int Main(int argc, char** argv) {
       args.source_dir = *v;
     } else if (auto v = val("--keeper-dir")) {
       args.keeper_dir = *v;
-    } else if (auto v = val("--requests"); v && num(*v, &args.requests) && args.requests > 0 &&
+    } else if (auto v = val("--requests"); v && ParseNum(*v, &args.requests) && args.requests > 0 &&
                                            args.requests <= 1000000) {
-    } else if (auto v = val("--words"); v && num(*v, &args.words) && args.words <= 4096) {
+    } else if (auto v = val("--words"); v && ParseNum(*v, &args.words) && args.words <= 4096) {
     } else {
       std::fputs(usage, stderr);
       return 2;

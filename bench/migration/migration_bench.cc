@@ -1544,12 +1544,6 @@ bool ParseU32List(const std::string& s, std::vector<uint32_t>* out) {
   return !out->empty();
 }
 
-template <typename T>
-bool ParseNum(const std::string& s, T* out) {
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), *out);
-  return ec == std::errc() && p == s.data() + s.size() && !s.empty();
-}
-
 int Main(int argc, char** argv) {
   Args args;
   const char* usage =
@@ -1559,11 +1553,7 @@ int Main(int argc, char** argv) {
       "                       [--fill-pct=50] [--links=1000,10000] [--link-sizes=64,256]\n";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    auto val = [&](const char* flag) -> std::optional<std::string> {
-      const std::string f = std::string(flag) + "=";
-      if (a.rfind(f, 0) == 0) return a.substr(f.size());
-      return std::nullopt;
-    };
+    auto val = [&](const char* flag) { return FlagValue(a, flag); };
     int64_t ms = 0;
     double rate = 0;
     if (a == "--quick") {
