@@ -14,6 +14,17 @@
 namespace tern::transport {
 namespace {
 
+// Decodes every whole frame the decoder holds into *got (a decoding error fails the test).
+void TakeFrames(FrameDecoder& d, std::vector<Frame>* got) {
+  Frame f;
+  for (;;) {
+    Result<bool> r = d.Next(&f);
+    ASSERT_TRUE(r.ok()) << r.status();
+    if (!*r) return;
+    got->push_back(f);
+  }
+}
+
 Frame FullFrame() {
   Frame f;
   f.type = FrameType::kInvoke;
@@ -488,13 +499,7 @@ TEST(FrameTest, LargeFramesFedInRandomPiecesRoundTrip) {
     pos += n;
     // Sometimes several pieces arrive before the reader decodes.
     if (pos < wire.size() && rng() % 3 == 0) continue;
-    Frame f;
-    for (;;) {
-      Result<bool> r = d.Next(&f);
-      ASSERT_TRUE(r.ok()) << r.status();
-      if (!*r) break;
-      got.push_back(f);
-    }
+    ASSERT_NO_FATAL_FAILURE(TakeFrames(d, &got));
   }
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) EXPECT_TRUE(got[i] == want[i]) << i;
@@ -553,13 +558,7 @@ TEST(FrameTest, ReadLimitAsksForTheHeadAloneAfterALargeFrame) {
     d.Feed(std::string_view(wire).substr(pos, n));
     copied += n;
     pos += n;
-    Frame f;
-    for (;;) {
-      Result<bool> r = d.Next(&f);
-      ASSERT_TRUE(r.ok()) << r.status();
-      if (!*r) break;
-      got.push_back(f);
-    }
+    ASSERT_NO_FATAL_FAILURE(TakeFrames(d, &got));
   }
   ASSERT_EQ(got.size(), 3u);
   EXPECT_EQ(got[0], a);
@@ -598,13 +597,7 @@ TEST(FrameTest, PayloadSinkReceivesTheMatchingReplyInPlace) {
     const size_t n = std::min<size_t>(3000, wire.size() - pos);
     d.Feed(std::string_view(wire).substr(pos, n));
     pos += n;
-    Frame f;
-    while (true) {
-      Result<bool> r = d.Next(&f);
-      ASSERT_TRUE(r.ok()) << r.status();
-      if (!*r) break;
-      got.push_back(f);
-    }
+    ASSERT_NO_FATAL_FAILURE(TakeFrames(d, &got));
   }
   ASSERT_EQ(got.size(), 4u);
   EXPECT_EQ(got[0], other);  // another request id: its own payload
@@ -676,13 +669,7 @@ TEST(FrameOutputTest, BorrowedPayloadIsWrittenFromTheCallersBytes) {
     ASSERT_TRUE(out.WriteTo(sv[0]).ok());
     ssize_t n;
     while ((n = read(sv[1], buf.data(), buf.size())) > 0) d.Feed(std::string_view(buf.data(), n));
-    Frame f;
-    for (;;) {
-      Result<bool> r = d.Next(&f);
-      ASSERT_TRUE(r.ok()) << r.status();
-      if (!*r) break;
-      got.push_back(f);
-    }
+    ASSERT_NO_FATAL_FAILURE(TakeFrames(d, &got));
   }
   EXPECT_EQ(got[0], want);
   EXPECT_EQ(got[1], want_small);
@@ -731,13 +718,7 @@ TEST(FrameOutputTest, WritesEveryFrameInOrderThroughAFullSocket) {
     EXPECT_EQ(*w, before - out.size());
     ssize_t n;
     while ((n = read(sv[1], buf.data(), buf.size())) > 0) d.Feed(std::string_view(buf.data(), n));
-    Frame f;
-    for (;;) {
-      Result<bool> r = d.Next(&f);
-      ASSERT_TRUE(r.ok()) << r.status();
-      if (!*r) break;
-      got.push_back(f);
-    }
+    ASSERT_NO_FATAL_FAILURE(TakeFrames(d, &got));
   }
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) EXPECT_TRUE(got[i] == want[i]) << i;
