@@ -4,7 +4,7 @@
 //   migration_bench [--quick] [--out=DIR] [--wasm-dir=DIR] [--source-dir=DIR]
 //                   [--sizes=1,16,64,256] [--rate=1000] [--words=8] [--before-ms=1000]
 //                   [--after-ms=1000] [--plot-mib=64] [--fill-pct=50]
-//                   [--links=1000,10000] [--link-sizes=64,256]
+//                   [--links=1000,10000] [--link-sizes=64,256] [--stop-and-copy=1]
 //
 // Two agents run in this process (Agent + AgentServer each, real TCP on 127.0.0.1, as in
 // src/agent/migration_test.cc). For each state size and mode (pre-copy, then
@@ -121,6 +121,9 @@ struct Args {
   std::vector<uint32_t> links_mbps = {1000, 10000};
   std::vector<uint32_t> link_sizes_mib = {64, 256};
   bool sizes_given = false, before_given = false, after_given = false, links_given = false;
+  // Whether the loopback rows include stop-and-copy (--stop-and-copy=0: pre-copy only,
+  // for quicker A/B and profiling runs of the default mode).
+  bool stop_and_copy = true;
 };
 
 std::string LinkName(uint64_t bps) {
@@ -1109,7 +1112,9 @@ int Run(const Args& args) {
     rows.push_back(std::move(r));
   };
   for (uint32_t mib : args.sizes_mib) {
-    for (bool precopy : {true, false}) run(mib, precopy, Place{});
+    for (bool precopy : {true, false}) {
+      if (precopy || args.stop_and_copy) run(mib, precopy, Place{});
+    }
   }
 
   // Over an emulated link: the two agents on two hosts of an emulated network.
@@ -1550,7 +1555,8 @@ int Main(int argc, char** argv) {
       "usage: migration_bench [--quick] [--out=DIR] [--wasm-dir=DIR] [--source-dir=DIR]\n"
       "                       [--sizes=1,16,64,256] [--rate=1000] [--words=8]\n"
       "                       [--before-ms=1000] [--after-ms=1000] [--plot-mib=64]\n"
-      "                       [--fill-pct=50] [--links=1000,10000] [--link-sizes=64,256]\n";
+      "                       [--fill-pct=50] [--links=1000,10000] [--link-sizes=64,256]\n"
+      "                       [--stop-and-copy=1]\n";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto val = [&](const char* flag) { return FlagValue(a, flag); };
@@ -1575,6 +1581,8 @@ int Main(int argc, char** argv) {
       if (v->empty()) args.links_mbps.clear();
       args.links_given = true;
     } else if (auto v = val("--link-sizes"); v && ParseU32List(*v, &args.link_sizes_mib)) {
+    } else if (auto v = val("--stop-and-copy"); v && (*v == "0" || *v == "1")) {
+      args.stop_and_copy = *v == "1";
     } else if (auto v = val("--before-ms"); v && ParseNum(*v, &ms) && ms >= 0) {
       args.before_ns = ms * kMs;
       args.before_given = true;
