@@ -588,6 +588,13 @@ struct Row {
   // CPU time of this whole process (both agents, the load) while Migrate ran: the work
   // a migration costs, which the wall time shows only divided by this VM's share.
   int64_t cpu_ns = 0;
+  // The process's CPU use per second of wall time over the end of the before window
+  // (the load alone: the generator, the source serving it); × Migrate's wall time, the
+  // share of cpu_ns that is not the migration's.
+  double load_cpu_per_s = 0;
+  int64_t LoadCpuNs() const {
+    return static_cast<int64_t>(load_cpu_per_s * static_cast<double>(migrate_end_ns - migrate_start_ns));
+  }
   int64_t freeze_ns = 0;         // frozen (NowNs), from the freeze step + freeze wait
   int64_t cutover_ns = 0;        // active at the target: freeze + downtime
   // When Migrate's steps began (NowNs): "round N", "freeze", "commit" (the commit frame
@@ -705,7 +712,14 @@ Row RunOne(const Args& args, wasm::Engine* engine, const std::string& wasm,
     stop_nodes();
     return row;
   }
-  std::this_thread::sleep_for(std::chrono::nanoseconds(args.before_ns));
+  {
+    // The load's own CPU use, over the last half of the before window.
+    std::this_thread::sleep_for(std::chrono::nanoseconds(args.before_ns / 2));
+    const int64_t c0 = ProcessCpuNs(), w0 = NowNs();
+    std::this_thread::sleep_for(std::chrono::nanoseconds(args.before_ns - args.before_ns / 2));
+    const int64_t dw = NowNs() - w0;
+    if (dw > 0) row.load_cpu_per_s = static_cast<double>(ProcessCpuNs() - c0) / static_cast<double>(dw);
+  }
   agent::MigrateOptions o;
   o.to_tcp = dst->tcp;
   o.to_device = "dst";
@@ -986,6 +1000,11 @@ std::string SetupCell(const Row& r) {
                                          static_cast<double>(r.connect_ns) / 1e6,
                                          static_cast<double>(r.begin_ns) / 1e6);
 }
+// The process's CPU time while Migrate ran (both agents, the load, loopback or veth
+// packet processing) and, in brackets, the load's estimated share of it.
+std::string CpuCell(const Row& r) {
+  return fmt::format("{} ({:.0f})", Ms(r.cpu_ns), static_cast<double>(r.LoadCpuNs()) / 1e6);
+}
 std::string Round0Cell(const Row& r) {
   return r.precopy && !r.report.rounds.empty() ? Ms(r.report.rounds.front().ns) : "—";
 }
@@ -1208,6 +1227,8 @@ int Run(const Args& args) {
         {"held", r.report.held},
         {"migrate_call_ns", r.migrate_end_ns - r.migrate_start_ns},
         {"process_cpu_ns", r.cpu_ns},
+        {"load_cpu_ns", r.LoadCpuNs()},
+        {"load_cpu_per_s", r.load_cpu_per_s},
         {"setup_ns", r.setup_ns},
         {"connect_ns", r.connect_ns},
         {"begin_ns", r.begin_ns},
@@ -1340,16 +1361,16 @@ int Run(const Args& args) {
   for (bool precopy : {true, false}) {
     md += precopy ? "\n## Pre-copy\n\n" : "\n## Stop-and-copy (the naive baseline)\n\n";
     md += TableRow({"state", "memory", "tracking", "downtime (source + commit)", "total",
-                    "setup (connect + begin)", "round 0", "freeze wait", "rounds (pages)",
+                    "CPU (load's share)", "setup (connect + begin)", "round 0", "freeze wait", "rounds (pages)",
                     "final pages", "sent / raw MiB", "held", "p50 / p99 before (ms)", "p99 during",
                     "p99 after", "max (stall)", "requests", "lost", "dup", "check"});
     md += TableRow({"---", "---", "---", "---", "---", "---", "---", "---", "---", "---", "---",
-                    "---", "---", "---", "---", "---", "---", "---", "---", "---"});
+                    "---", "---", "---", "---", "---", "---", "---", "---", "---", "---"});
     for (const Row& r : rows) {
       if (r.precopy != precopy || r.link_bps != 0) continue;
       if (r.report.memory_bytes == 0) {
         md += TableRow({fmt::format("{} MiB", r.size_mib), "**FAILED**: " + r.error, "", "", "", "",
-                        "", "", "", "", "", "", "", "", "", "", "", "", "", ""});
+                        "", "", "", "", "", "", "", "", "", "", "", "", "", "", ""});
         continue;
       }
       md += TableRow(
@@ -1359,7 +1380,8 @@ int Run(const Args& args) {
            fmt::format("{} ({:.2f} + {:.2f})", Ms(r.report.downtime_ns),
                        static_cast<double>(r.DowntimeSourceNs()) / 1e6,
                        static_cast<double>(r.report.downtime_ns - r.DowntimeSourceNs()) / 1e6),
-           Ms(r.report.total_ns), SetupCell(r), Round0Cell(r), Ms(r.report.freeze_wait_ns),
+           Ms(r.report.total_ns), CpuCell(r), SetupCell(r), Round0Cell(r),
+           Ms(r.report.freeze_wait_ns),
            Rounds(r.report),
            std::to_string(r.report.final_pages),
            fmt::format("{:.1f} / {:.1f}", static_cast<double>(r.report.bytes_sent) / kMiB,
@@ -1433,11 +1455,11 @@ int Run(const Args& args) {
         "connection, same run); *nominal* = memory / the tbf rate.\n\n",
         args.fill_pct, args.fill_pct);
     md += TableRow({"link", "TCP through it", "state", "codec", "downtime", "total",
-                    "setup (connect + begin)", "rounds (pages)", "sent / raw MiB",
+                    "CPU (load's share)", "setup (connect + begin)", "rounds (pages)", "sent / raw MiB",
                     "link time (nominal)", "total / link time", "total / nominal",
                     "p99 before / during (ms)", "lost", "dup", "check"});
     md += TableRow({"---", "---", "---", "---", "---", "---", "---", "---", "---", "---", "---",
-                    "---", "---", "---", "---", "---"});
+                    "---", "---", "---", "---", "---", "---"});
     for (const LinkLimit& l : link_limits) {
       const std::string measured =
           l.ns > 0 ? fmt::format("{:.2f} Gbit/s", l.measured_bps() * 8 / 1e9) : "**" + l.error + "**";
@@ -1447,13 +1469,15 @@ int Run(const Args& args) {
         any = true;
         if (r.report.memory_bytes == 0) {
           md += TableRow({LinkName(l.bps), measured, fmt::format("{} MiB", r.size_mib),
-                          "**FAILED**: " + r.error, "", "", "", "", "", "", "", "", "", "", "", ""});
+                          "**FAILED**: " + r.error, "", "", "", "", "", "", "", "", "", "", "", "",
+                          ""});
           continue;
         }
         const double ln = link_ns(r), nn = nominal_ns(r);
         md += TableRow(
             {LinkName(l.bps), measured, fmt::format("{} MiB", r.size_mib), r.report.codec,
-             Ms(r.report.downtime_ns), Ms(r.report.total_ns), SetupCell(r), Rounds(r.report),
+             Ms(r.report.downtime_ns), Ms(r.report.total_ns), CpuCell(r), SetupCell(r),
+             Rounds(r.report),
              fmt::format("{:.1f} / {:.1f}", static_cast<double>(r.report.bytes_sent) / kMiB,
                          static_cast<double>(r.report.bytes_raw) / kMiB),
              fmt::format("{:.0f} ms ({:.0f} ms)", ln / 1e6, nn / 1e6),
@@ -1465,7 +1489,7 @@ int Run(const Args& args) {
       }
       if (!any) {
         md += TableRow({LinkName(l.bps), measured, "—", "", "", "", "", "", "", "", "", "", "",
-                        "", "", ""});
+                        "", "", "", ""});
       }
     }
   }
@@ -1516,6 +1540,11 @@ int Run(const Args& args) {
       "- *downtime* is the agent's own (frozen → active at the target); *max (stall)* is "
       "the worst latency a client saw, which also holds the time the request waited in "
       "the hold queue and its forwarding.\n"
+      "- *CPU* is this process's CPU time while `Migrate` ran (both agents, the load, and "
+      "the loopback or veth packet processing done in its threads); in brackets the load's "
+      "share, from the process's CPU use over the second half of the before window. CPU "
+      "time above the wall time ran on the second vCPU; on 2 vCPUs the wall time cannot "
+      "fall below half of it.\n"
       "- The instance's memory is larger than the fill (the guest's heap and stack); the "
       "wasm memory never shrinks, and pages never written go as zero pages (indices "
       "only).\n",
