@@ -2713,12 +2713,8 @@ Status Agent::AppendRecord(WorkerThread* wt, Slot* slot, const std::vector<uint3
                   fmt::format("{}", fmt::join(why, "; ")));
   }
   ++slot->journal_appends;
-  size_t in = 0;
   for (Append& a : appends) {
-    if (a.status.ok()) {
-      ++in;
-      continue;
-    }
+    if (a.status.ok()) continue;
     // As a failed replica leaves a chain: the record is durable on the others, which go
     // on alone; this keeper's journal stops here, and it rejoins only with a full record
     // once the controller assigns the keepers again (a replacement, or this one).
@@ -2729,7 +2725,6 @@ Status Agent::AppendRecord(WorkerThread* wt, Slot* slot, const std::vector<uint3
                    << " alone until the controller assigns its keepers again (degraded: "
                    << acked.size() << " of " << kJournalCopies << " copies)";
   }
-  if (in < kJournalCopies) ++slot->journal_degraded;
   return Status::Ok();
 }
 
@@ -2746,7 +2741,14 @@ Status Agent::MakeDurable(WorkerThread* wt, Slot* slot, const InvokeRequest& req
   const DedupEntry entry{req.idempotency_key, code, answer};
   if (st.ok()) st = AppendRecord(wt, slot, changed, keyed ? &entry : nullptr);
   slot->journal_ns_total += MonoNanos() - t0;
-  if (st.ok()) return CommitGood(slot, dirty, tracked);
+  if (st.ok()) {
+    // Acknowledged with fewer copies than a journal is meant to have (a keeper dropped
+    // out, or only one is assigned): counted, reported, and in `tern ps`.
+    const size_t copies = std::count_if(slot->keepers.begin(), slot->keepers.end(),
+                                        [](const JournalKeeper& k) { return !k.out; });
+    if (copies < kJournalCopies) ++slot->journal_degraded;
+    return CommitGood(slot, dirty, tracked);
+  }
   // Not durable on any keeper: the request never happened. Its writes are undone from
   // the rollback point, which still holds the state before it.
   ++slot->journal_failures;

@@ -219,7 +219,7 @@ TEST_F(DurableTest, EveryAcknowledgedIncrementSurvivesTheAgentAndRetriesAreAnswe
   InstanceStatus st = StatusOf(a, id_);
   EXPECT_TRUE(st.durable);
   EXPECT_EQ(st.keepers, std::vector<std::string>{"csd0"});
-  EXPECT_EQ(st.journal_degraded, static_cast<uint64_t>(kN + 1)) << "one keeper: one copy";
+  EXPECT_EQ(st.journal_degraded, static_cast<uint64_t>(kN)) << "one keeper: one copy";
   EXPECT_EQ(st.journal_full, 2u) << "the first record and the base checkpoint";
   EXPECT_EQ(st.journal_failures, 1u);  // the one before the keeper
   std::optional<storage::JournalInfo> info = csd0_->agent->journals()->Info(id_);
