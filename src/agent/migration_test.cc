@@ -101,10 +101,9 @@ TEST(MigrationWireTest, CommitStateRoundTripsAndDetectsDamage) {
   c.memory_bytes = 3 << 16;
   c.stack_pointer = 66560;
   c.requests = 42;
-  c.keeper = "csd0";
-  c.keeper_tcp = "127.0.0.1:7400";
+  c.keepers = {{"csd0", "127.0.0.1:7400", /*full=*/false, /*out=*/false},
+               {"csd1", "127.0.0.2:7400", /*full=*/true, /*out=*/true}};
   c.journal_seq = 77;
-  c.journal_full = false;
   c.dedup = {{7, StatusCode::kOk, "1"}, {9, StatusCode::kInvalidArgument, "bad amount"},
              {11, StatusCode::kOk, std::string("\0\1binary", 8)}};
   std::string enc = EncodeCommitState(c);

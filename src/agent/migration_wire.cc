@@ -14,7 +14,9 @@ namespace {
 
 constexpr uint32_t kBatchMagic = 0x42504D54;   // "TMPB"
 constexpr uint32_t kCommitMagic = 0x43504D54;  // "TMPC"
-constexpr uint8_t kWireVersion = 2;  // 2: the commit state carries the journal's place
+constexpr uint8_t kWireVersion = 2;  // page batches (also in journal records on keepers' disks)
+// 2: the commit state carries the journal's place; 3: both keepers of the journal.
+constexpr uint8_t kCommitVersion = 3;
 constexpr size_t kBatchHeader = 24;
 
 
@@ -181,17 +183,20 @@ Result<PageBatchStats> DecodePageBatch(std::string_view p, uint32_t max_pages,
 std::string EncodeCommitState(const CommitState& c) {
   std::string out;
   AppendU32(&out, kCommitMagic);
-  out.push_back(static_cast<char>(kWireVersion));
+  out.push_back(static_cast<char>(kCommitVersion));
   out.append(3, '\0');
   AppendU64(&out, c.memory_bytes);
   out.push_back(c.stack_pointer.has_value() ? 1 : 0);
   AppendU32(&out, c.stack_pointer.value_or(0));
   AppendU64(&out, c.requests);
   AppendU64(&out, c.journal_seq);
-  out.push_back(c.journal_full ? 1 : 0);
-  for (const std::string* s : {&c.keeper, &c.keeper_tcp}) {
-    AppendU32(&out, static_cast<uint32_t>(s->size()));
-    out += *s;
+  out.push_back(static_cast<char>(c.keepers.size()));
+  for (const JournalKeeper& k : c.keepers) {
+    out.push_back(static_cast<char>((k.full ? 1 : 0) | (k.out ? 2 : 0)));
+    for (const std::string* s : {&k.device, &k.tcp}) {
+      AppendU32(&out, static_cast<uint32_t>(s->size()));
+      out += *s;
+    }
   }
   AppendU32(&out, static_cast<uint32_t>(c.dedup.size()));
   for (const DedupEntry& e : c.dedup) {
@@ -208,8 +213,9 @@ Result<CommitState> DecodeCommitState(std::string_view p) {
   constexpr size_t kFixed = 4 + 4 + 8 + 1 + 4 + 8;
   if (p.size() < kFixed + 4) return InvalidArgumentError("commit state truncated");
   if (LoadU32(p.data()) != kCommitMagic) return InvalidArgumentError("not a commit state (bad magic)");
-  if (static_cast<uint8_t>(p[4]) != kWireVersion) {
-    return InvalidArgumentError(fmt::format("commit state version {}", static_cast<int>(p[4])));
+  if (static_cast<uint8_t>(p[4]) != kCommitVersion) {
+    return InvalidArgumentError(fmt::format("commit state version {}, this agent reads {}",
+                                            static_cast<int>(p[4]), static_cast<int>(kCommitVersion)));
   }
   if (Crc32c(p.data(), p.size() - 4) != LoadU32(p.data() + p.size() - 4)) {
     return DataLossError("commit state checksum mismatch");
@@ -223,15 +229,22 @@ Result<CommitState> DecodeCommitState(std::string_view p) {
   const size_t end = p.size() - 4;
   if (end - off < 9) return DataLossError("commit state: journal position truncated");
   c.journal_seq = LoadU64(p.data() + off);
-  c.journal_full = p[off + 8] != 0;
+  const uint8_t keepers = static_cast<uint8_t>(p[off + 8]);
   off += 9;
-  for (std::string* s : {&c.keeper, &c.keeper_tcp}) {
-    if (end - off < 4) return DataLossError("commit state: keeper truncated");
-    const uint32_t len = LoadU32(p.data() + off);
-    off += 4;
-    if (end - off < len) return DataLossError("commit state: keeper truncated");
-    s->assign(p.data() + off, len);
-    off += len;
+  for (uint8_t i = 0; i < keepers; ++i) {
+    if (end - off < 1) return DataLossError("commit state: keeper truncated");
+    JournalKeeper& k = c.keepers.emplace_back();
+    k.full = (p[off] & 1) != 0;
+    k.out = (p[off] & 2) != 0;
+    ++off;
+    for (std::string* s : {&k.device, &k.tcp}) {
+      if (end - off < 4) return DataLossError("commit state: keeper truncated");
+      const uint32_t len = LoadU32(p.data() + off);
+      off += 4;
+      if (end - off < len) return DataLossError("commit state: keeper truncated");
+      s->assign(p.data() + off, len);
+      off += len;
+    }
   }
   if (end - off < 4) return DataLossError("commit state: dedup table truncated");
   const uint32_t n = LoadU32(p.data() + off);

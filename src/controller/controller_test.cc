@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <fstream>
@@ -17,6 +18,7 @@
 #include "controller/model.h"
 #include "store/embedded_store.h"
 #include "store/etcd_store.h"
+#include "storage/journal.h"
 #include "testing/etcd.h"
 #include "testing/process.h"
 #include "testing/test_env.h"
@@ -708,6 +710,162 @@ TEST(ControllerTest, RestoresFromTheOtherCopyWhenOneIsCorrupt) {
   }
   EXPECT_NE(ev.find("kept by " + t.second + " (state of the last"), std::string::npos) << ev;
   EXPECT_NE(ev.find("unreadable: " + t.first->device + ": "), std::string::npos) << ev;
+}
+
+// A durable counter (its journal on two keepers of different hosts) on one of two cpus
+// of one host, three storage devices on three other hosts, and `n` acknowledged
+// increments (with idempotency keys) after its first base checkpoint.
+struct DurableTwoKeepers {
+  std::unique_ptr<store::ClusterStore> st;
+  std::unique_ptr<Controller> ctl;
+  std::vector<AgentProc> agents;  // cpu0, cpu1, csd0, csd1, csd2
+  std::unique_ptr<Api> api;
+  std::string id;
+  AgentProc* home = nullptr;   // where it runs
+  AgentProc* other = nullptr;  // the other cpu
+  std::vector<std::string> keepers;  // its journal's, from the checkpoint record
+
+  void SetUp() {
+    auto s = store::EmbeddedStore::Open("");
+    ASSERT_TRUE(s.ok());
+    st = std::move(*s);
+    auto c = Controller::Start(st.get(), FastOptions());
+    ASSERT_TRUE(c.ok()) << c.status();
+    ctl = std::move(*c);
+    std::string addr = "127.0.0.1:" + std::to_string(ctl->port());
+    agents.push_back(AgentProc::Start("cpu0", addr));
+    agents.push_back(AgentProc::Start("cpu1", addr));
+    agents.push_back(AgentProc::Start("csd0", addr, "h2", "csd"));
+    agents.push_back(AgentProc::Start("csd1", addr, "h3", "csd"));
+    agents.push_back(AgentProc::Start("csd2", addr, "h4", "csd"));
+    api = std::make_unique<Api>(ctl->port());
+    ASSERT_TRUE(WaitFor([&] { return LiveAgents(*api) == 5; }, std::chrono::seconds(10)));
+    // Base checkpoints every minute: none but the first during the test.
+    json req{{"manifest", CounterManifest(60000) + "durable: true\n"},
+             {"module_b64", Base64Encode(ReadFile(WasmPath("counter")))},
+             {"replicas", 1},
+             {"devices", {"cpu0", "cpu1"}}};
+    ASSERT_TRUE(api->c->Call("POST", "/v1/services", req.dump()).ok());
+    std::map<std::string, std::string> run = Running(*api, "counter");
+    ASSERT_EQ(run.size(), 1u);
+    id = run.begin()->first;
+    home = &agents[run.begin()->second == "cpu0" ? 0 : 1];
+    other = &agents[run.begin()->second == "cpu0" ? 1 : 0];
+    ASSERT_TRUE(WaitFor([&] { return Keepers().size() == 2; }, std::chrono::seconds(10)))
+        << api->Get("/v1/cluster")->dump(1);
+    keepers = Keepers();
+  }
+  // The keepers its checkpoint record names.
+  std::vector<std::string> Keepers() {
+    json ck = InstanceDoc(*api, "counter", id)["checkpoint"];
+    std::vector<std::string> out;
+    if (!ck.is_object() || !ck.value("durable", false)) return out;
+    for (const json& k : ck["keepers"]) out.push_back(k);
+    return out;
+  }
+  AgentProc& Agent(const std::string& device) {
+    for (AgentProc& a : agents) {
+      if (a.device == device) return a;
+    }
+    ADD_FAILURE() << "no agent " << device;
+    return agents[0];
+  }
+  // An increment with an idempotency key, on agent `a`: its reply, or "error: ...".
+  std::string Incr(const AgentProc& a, uint64_t key) {
+    auto c = client::AgentClient::Connect(a.admin_address(), std::chrono::milliseconds(2000));
+    if (!c.ok()) return "connect: " + std::string(c.status().message());
+    transport::CallIds ids;
+    ids.idempotency_key = key;
+    Result<std::string> r =
+        (*c)->Invoke("counter", "incr", "1", std::chrono::milliseconds(5000), ids);
+    return r.ok() ? *r : "error: " + std::string(r.status().message());
+  }
+  // Waits for the counter to run on the other cpu; returns the events.
+  std::string WaitForRestore() {
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          auto r = Running(*api, "counter");
+          return r.size() == 1 && r.count(id) == 1 && r[id] == other->device;
+        },
+        std::chrono::seconds(15)))
+        << api->Get("/v1/cluster")->dump(1);
+    return Events(*api);
+  }
+};
+
+// The instance's device and one of its two keepers die together: it is restored from
+// the other keeper's journal with every acknowledged increment, and a retry of the last
+// one is answered from the dedup table that came with it.
+TEST(ControllerTest, DurableRestoresFromTheOtherKeeperWhenItsDeviceAndOneKeeperDie) {
+  DurableTwoKeepers t;
+  ASSERT_NO_FATAL_FAILURE(t.SetUp());
+  EXPECT_NE(t.keepers[0], t.keepers[1]);  // csd0..2: each on a host of its own
+  constexpr int kN = 12;
+  for (int i = 1; i <= kN; ++i) ASSERT_EQ(t.Incr(*t.home, 100 + i), std::to_string(i));
+  AgentProc& dies = t.Agent(t.keepers[0]);
+  ASSERT_TRUE(t.home->child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  ASSERT_TRUE(dies.child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  std::string ev = t.WaitForRestore();
+  EXPECT_NE(ev.find("restored " + t.id + " on " + t.other->device + " from its journal on " +
+                    t.keepers[1]),
+            std::string::npos)
+      << ev;
+  EXPECT_NE(ev.find("durable: 0 acknowledged requests lost"), std::string::npos) << ev;
+  EXPECT_EQ(InvokeSvc(*t.other, "counter", "get", ""), std::to_string(kN));
+  EXPECT_EQ(t.Incr(*t.other, 100 + kN), std::to_string(kN)) << "the retry ran twice";
+  EXPECT_EQ(t.Incr(*t.other, 500), std::to_string(kN + 1));
+}
+
+// One keeper dies: the instance goes on (acknowledged by the other alone, degraded, and
+// the agent says so), the controller assigns a replacement whose journal starts with a
+// full record, and after that the instance's device and the surviving first keeper die
+// together: the replacement's journal restores it exactly.
+TEST(ControllerTest, DurableGoesOnDegradedWhenAKeeperDiesAndTheReplacementGetsAFullRecord) {
+  DurableTwoKeepers t;
+  ASSERT_NO_FATAL_FAILURE(t.SetUp());
+  for (int i = 1; i <= 5; ++i) ASSERT_EQ(t.Incr(*t.home, 100 + i), std::to_string(i));
+  const std::string lost = t.keepers[1], kept = t.keepers[0];
+  ASSERT_TRUE(t.Agent(lost).child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  // Acknowledged at once, by the surviving keeper (the dead one's connection fails).
+  ASSERT_EQ(t.Incr(*t.home, 106), "6");
+  std::vector<std::string> now;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        now = t.Keepers();
+        return now.size() == 2 && std::count(now.begin(), now.end(), lost) == 0;
+      },
+      std::chrono::seconds(10)))
+      << t.api->Get("/v1/cluster")->dump(1);
+  EXPECT_EQ(std::count(now.begin(), now.end(), kept), 1);
+  const std::string fresh = now[0] == kept ? now[1] : now[0];
+  std::string ev = Events(*t.api);
+  EXPECT_NE(ev.find("assigning the keepers of " + t.id + "'s journal again"), std::string::npos)
+      << ev;
+  // The replacement's journal starts with a full record, the base checkpoint.
+  auto fc = client::AgentClient::Connect(t.Agent(fresh).admin_address(), std::chrono::seconds(2));
+  ASSERT_TRUE(fc.ok());
+  Result<std::string> j = (*fc)->ReadJournal(t.id, 0);
+  ASSERT_TRUE(j.ok()) << j.status();
+  Result<storage::RecordHeader> h = storage::ParseRecordHeader(*j);
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_TRUE(h->full());
+  for (int i = 7; i <= 10; ++i) ASSERT_EQ(t.Incr(*t.home, 100 + i), std::to_string(i));
+  // The agent had reported the dropped keeper; now both get every record again.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        json d = InstanceDoc(*t.api, "counter", t.id);
+        return d.contains("journal") && d["journal"]["keepers"].size() == 2 &&
+               d["journal"]["out"].empty() && d["journal"]["degraded_acks"].get<uint64_t>() >= 1;
+      },
+      std::chrono::seconds(10)))
+      << t.api->Get("/v1/cluster")->dump(1);
+  ASSERT_TRUE(t.home->child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  ASSERT_TRUE(t.Agent(kept).child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  ev = t.WaitForRestore();
+  EXPECT_NE(ev.find("from its journal on " + fresh), std::string::npos) << ev;
+  EXPECT_EQ(InvokeSvc(*t.other, "counter", "get", ""), "10");
+  EXPECT_EQ(t.Incr(*t.other, 103), "3") << "a key from before the replacement ran twice";
+  EXPECT_EQ(InvokeSvc(*t.other, "counter", "get", ""), "10");
 }
 
 TEST(ControllerTest, CheckpointsNeedAStatefulService) {
