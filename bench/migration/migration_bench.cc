@@ -4,7 +4,7 @@
 //   migration_bench [--quick] [--out=DIR] [--wasm-dir=DIR] [--source-dir=DIR]
 //                   [--sizes=1,16,64,256] [--rate=1000] [--words=8] [--before-ms=1000]
 //                   [--after-ms=1000] [--plot-mib=64] [--fill-pct=50]
-//                   [--links=1000,10000] [--link-sizes=64,256]
+//                   [--links=1000,10000] [--link-sizes=64,256] [--stop-and-copy=1]
 //
 // Two agents run in this process (Agent + AgentServer each, real TCP on 127.0.0.1, as in
 // src/agent/migration_test.cc). For each state size and mode (pre-copy, then
@@ -121,6 +121,9 @@ struct Args {
   std::vector<uint32_t> links_mbps = {1000, 10000};
   std::vector<uint32_t> link_sizes_mib = {64, 256};
   bool sizes_given = false, before_given = false, after_given = false, links_given = false;
+  // Whether the loopback rows include stop-and-copy (--stop-and-copy=0: pre-copy only,
+  // for quicker A/B and profiling runs of the default mode).
+  bool stop_and_copy = true;
 };
 
 std::string LinkName(uint64_t bps) {
@@ -438,7 +441,10 @@ int64_t MemcpyNs(size_t bytes) {
 // migration target's instance memory is): the page faults are the cost. `huge`: the
 // memory is madvise(MADV_HUGEPAGE)d first (2 MiB-aligned), as the target's is. The best
 // of three.
-int64_t FirstTouchNs(size_t bytes, bool huge) {
+// Best of three; `first` (if given) gets the first of them, which on this VM may be
+// memory the host no longer backs (its balloon takes free 2 MiB blocks back after a few
+// seconds: huge pages then fault in at ~0.3-0.6 GB/s instead of 3-8).
+int64_t FirstTouchNs(size_t bytes, bool huge, int64_t* first = nullptr) {
   std::vector<char> a(bytes, 1);
   constexpr size_t kHuge = size_t{2} << 20;
   int64_t best = INT64_MAX;
@@ -451,6 +457,7 @@ int64_t FirstTouchNs(size_t bytes, bool huge) {
     if (huge) ::madvise(b, bytes, MADV_HUGEPAGE);
     std::memcpy(b, a.data(), bytes);
     best = std::min(best, NowNs() - t);
+    if (i == 0 && first != nullptr) *first = NowNs() - t;
     const bool same = b[bytes / 2] == a[bytes / 2];
     ::munmap(m, len);
     if (!same) return -1;
@@ -552,6 +559,7 @@ struct Limits {
   int64_t memcpy_ns = 0;
   int64_t first_touch_ns = 0;
   int64_t first_touch_huge_ns = 0;
+  int64_t first_touch_huge_first_ns = 0;  // the first of the three tries
   int64_t tcp_ns = 0;
   double tcp_bps() const { return size_mib * kMiB / (static_cast<double>(tcp_ns) / 1e9); }
   double memcpy_bps() const { return size_mib * kMiB / (static_cast<double>(memcpy_ns) / 1e9); }
@@ -585,6 +593,13 @@ struct Row {
   // CPU time of this whole process (both agents, the load) while Migrate ran: the work
   // a migration costs, which the wall time shows only divided by this VM's share.
   int64_t cpu_ns = 0;
+  // The process's CPU use per second of wall time over the end of the before window
+  // (the load alone: the generator, the source serving it); × Migrate's wall time, the
+  // share of cpu_ns that is not the migration's.
+  double load_cpu_per_s = 0;
+  int64_t LoadCpuNs() const {
+    return static_cast<int64_t>(load_cpu_per_s * static_cast<double>(migrate_end_ns - migrate_start_ns));
+  }
   int64_t freeze_ns = 0;         // frozen (NowNs), from the freeze step + freeze wait
   int64_t cutover_ns = 0;        // active at the target: freeze + downtime
   // When Migrate's steps began (NowNs): "round N", "freeze", "commit" (the commit frame
@@ -702,7 +717,14 @@ Row RunOne(const Args& args, wasm::Engine* engine, const std::string& wasm,
     stop_nodes();
     return row;
   }
-  std::this_thread::sleep_for(std::chrono::nanoseconds(args.before_ns));
+  {
+    // The load's own CPU use, over the last half of the before window.
+    std::this_thread::sleep_for(std::chrono::nanoseconds(args.before_ns / 2));
+    const int64_t c0 = ProcessCpuNs(), w0 = NowNs();
+    std::this_thread::sleep_for(std::chrono::nanoseconds(args.before_ns - args.before_ns / 2));
+    const int64_t dw = NowNs() - w0;
+    if (dw > 0) row.load_cpu_per_s = static_cast<double>(ProcessCpuNs() - c0) / static_cast<double>(dw);
+  }
   agent::MigrateOptions o;
   o.to_tcp = dst->tcp;
   o.to_device = "dst";
@@ -983,6 +1005,11 @@ std::string SetupCell(const Row& r) {
                                          static_cast<double>(r.connect_ns) / 1e6,
                                          static_cast<double>(r.begin_ns) / 1e6);
 }
+// The process's CPU time while Migrate ran (both agents, the load, loopback or veth
+// packet processing) and, in brackets, the load's estimated share of it.
+std::string CpuCell(const Row& r) {
+  return fmt::format("{} ({:.0f})", Ms(r.cpu_ns), static_cast<double>(r.LoadCpuNs()) / 1e6);
+}
 std::string Round0Cell(const Row& r) {
   return r.precopy && !r.report.rounds.empty() ? Ms(r.report.rounds.front().ns) : "—";
 }
@@ -1083,7 +1110,8 @@ int Run(const Args& args) {
     l.size_mib = mib;
     l.memcpy_ns = MemcpyNs(size_t{mib} << 20);
     l.first_touch_ns = FirstTouchNs(size_t{mib} << 20, /*huge=*/false);
-    l.first_touch_huge_ns = FirstTouchNs(size_t{mib} << 20, /*huge=*/true);
+    l.first_touch_huge_ns =
+        FirstTouchNs(size_t{mib} << 20, /*huge=*/true, &l.first_touch_huge_first_ns);
     Result<int64_t> tcp = TcpTransferNs(size_t{mib} << 20, 3, "127.0.0.1", "", "");
     if (!tcp.ok()) {
       std::fprintf(stderr, "migration_bench: TCP loopback limit: %s\n",
@@ -1109,7 +1137,9 @@ int Run(const Args& args) {
     rows.push_back(std::move(r));
   };
   for (uint32_t mib : args.sizes_mib) {
-    for (bool precopy : {true, false}) run(mib, precopy, Place{});
+    for (bool precopy : {true, false}) {
+      if (precopy || args.stop_and_copy) run(mib, precopy, Place{});
+    }
   }
 
   // Over an emulated link: the two agents on two hosts of an emulated network.
@@ -1203,6 +1233,8 @@ int Run(const Args& args) {
         {"held", r.report.held},
         {"migrate_call_ns", r.migrate_end_ns - r.migrate_start_ns},
         {"process_cpu_ns", r.cpu_ns},
+        {"load_cpu_ns", r.LoadCpuNs()},
+        {"load_cpu_per_s", r.load_cpu_per_s},
         {"setup_ns", r.setup_ns},
         {"connect_ns", r.connect_ns},
         {"begin_ns", r.begin_ns},
@@ -1245,6 +1277,7 @@ int Run(const Args& args) {
                              {"memcpy_gb_per_s", l.memcpy_bps() / 1e9},
                              {"first_touch_memcpy_ns", l.first_touch_ns},
                              {"first_touch_huge_pages_memcpy_ns", l.first_touch_huge_ns},
+                             {"first_touch_huge_pages_first_try_ns", l.first_touch_huge_first_ns},
                              {"tcp_loopback_ns", l.tcp_ns},
                              {"tcp_loopback_gbit_per_s", l.tcp_bps() * 8 / 1e9}});
   }
@@ -1335,16 +1368,16 @@ int Run(const Args& args) {
   for (bool precopy : {true, false}) {
     md += precopy ? "\n## Pre-copy\n\n" : "\n## Stop-and-copy (the naive baseline)\n\n";
     md += TableRow({"state", "memory", "tracking", "downtime (source + commit)", "total",
-                    "setup (connect + begin)", "round 0", "freeze wait", "rounds (pages)",
+                    "CPU (load's share)", "setup (connect + begin)", "round 0", "freeze wait", "rounds (pages)",
                     "final pages", "sent / raw MiB", "held", "p50 / p99 before (ms)", "p99 during",
                     "p99 after", "max (stall)", "requests", "lost", "dup", "check"});
     md += TableRow({"---", "---", "---", "---", "---", "---", "---", "---", "---", "---", "---",
-                    "---", "---", "---", "---", "---", "---", "---", "---", "---"});
+                    "---", "---", "---", "---", "---", "---", "---", "---", "---", "---"});
     for (const Row& r : rows) {
       if (r.precopy != precopy || r.link_bps != 0) continue;
       if (r.report.memory_bytes == 0) {
         md += TableRow({fmt::format("{} MiB", r.size_mib), "**FAILED**: " + r.error, "", "", "", "",
-                        "", "", "", "", "", "", "", "", "", "", "", "", "", ""});
+                        "", "", "", "", "", "", "", "", "", "", "", "", "", "", ""});
         continue;
       }
       md += TableRow(
@@ -1354,7 +1387,8 @@ int Run(const Args& args) {
            fmt::format("{} ({:.2f} + {:.2f})", Ms(r.report.downtime_ns),
                        static_cast<double>(r.DowntimeSourceNs()) / 1e6,
                        static_cast<double>(r.report.downtime_ns - r.DowntimeSourceNs()) / 1e6),
-           Ms(r.report.total_ns), SetupCell(r), Round0Cell(r), Ms(r.report.freeze_wait_ns),
+           Ms(r.report.total_ns), CpuCell(r), SetupCell(r), Round0Cell(r),
+           Ms(r.report.freeze_wait_ns),
            Rounds(r.report),
            std::to_string(r.report.final_pages),
            fmt::format("{:.1f} / {:.1f}", static_cast<double>(r.report.bytes_sent) / kMiB,
@@ -1388,7 +1422,7 @@ int Run(const Args& args) {
   // Limits.
   md += "\n## Limits on this machine (same run)\n\n";
   md += TableRow({"state", "memcpy", "memcpy into fresh memory (first touch)",
-                  "first touch, huge pages (MADV_HUGEPAGE)",
+                  "first touch, huge pages (MADV_HUGEPAGE): best of 3 (first)",
                   "TCP loopback (one connection, two threads)", "pre-copy total / link time",
                   "stop-and-copy total / link time"});
   md += TableRow({"---", "---", "---", "---", "---", "---", "---"});
@@ -1403,8 +1437,9 @@ int Run(const Args& args) {
                     fmt::format("{} ({:.1f} GB/s)", Ms(l.memcpy_ns), l.memcpy_bps() / 1e9),
                     fmt::format("{} ({:.2f} GB/s)", Ms(l.first_touch_ns),
                                 mib * kMiB / (static_cast<double>(l.first_touch_ns) / 1e9) / 1e9),
-                    fmt::format("{} ({:.2f} GB/s)", Ms(l.first_touch_huge_ns),
-                                mib * kMiB / (static_cast<double>(l.first_touch_huge_ns) / 1e9) / 1e9),
+                    fmt::format("{} ({:.2f} GB/s; first {:.2f} GB/s)", Ms(l.first_touch_huge_ns),
+                                mib * kMiB / (static_cast<double>(l.first_touch_huge_ns) / 1e9) / 1e9,
+                                mib * kMiB / (static_cast<double>(l.first_touch_huge_first_ns) / 1e9) / 1e9),
                     fmt::format("{} ({:.1f} Gbit/s)", Ms(l.tcp_ns), l.tcp_bps() * 8 / 1e9),
                     ratio(true), ratio(false)});
   }
@@ -1428,11 +1463,11 @@ int Run(const Args& args) {
         "connection, same run); *nominal* = memory / the tbf rate.\n\n",
         args.fill_pct, args.fill_pct);
     md += TableRow({"link", "TCP through it", "state", "codec", "downtime", "total",
-                    "setup (connect + begin)", "rounds (pages)", "sent / raw MiB",
+                    "CPU (load's share)", "setup (connect + begin)", "rounds (pages)", "sent / raw MiB",
                     "link time (nominal)", "total / link time", "total / nominal",
                     "p99 before / during (ms)", "lost", "dup", "check"});
     md += TableRow({"---", "---", "---", "---", "---", "---", "---", "---", "---", "---", "---",
-                    "---", "---", "---", "---", "---"});
+                    "---", "---", "---", "---", "---", "---"});
     for (const LinkLimit& l : link_limits) {
       const std::string measured =
           l.ns > 0 ? fmt::format("{:.2f} Gbit/s", l.measured_bps() * 8 / 1e9) : "**" + l.error + "**";
@@ -1442,13 +1477,15 @@ int Run(const Args& args) {
         any = true;
         if (r.report.memory_bytes == 0) {
           md += TableRow({LinkName(l.bps), measured, fmt::format("{} MiB", r.size_mib),
-                          "**FAILED**: " + r.error, "", "", "", "", "", "", "", "", "", "", "", ""});
+                          "**FAILED**: " + r.error, "", "", "", "", "", "", "", "", "", "", "", "",
+                          ""});
           continue;
         }
         const double ln = link_ns(r), nn = nominal_ns(r);
         md += TableRow(
             {LinkName(l.bps), measured, fmt::format("{} MiB", r.size_mib), r.report.codec,
-             Ms(r.report.downtime_ns), Ms(r.report.total_ns), SetupCell(r), Rounds(r.report),
+             Ms(r.report.downtime_ns), Ms(r.report.total_ns), CpuCell(r), SetupCell(r),
+             Rounds(r.report),
              fmt::format("{:.1f} / {:.1f}", static_cast<double>(r.report.bytes_sent) / kMiB,
                          static_cast<double>(r.report.bytes_raw) / kMiB),
              fmt::format("{:.0f} ms ({:.0f} ms)", ln / 1e6, nn / 1e6),
@@ -1460,7 +1497,7 @@ int Run(const Args& args) {
       }
       if (!any) {
         md += TableRow({LinkName(l.bps), measured, "—", "", "", "", "", "", "", "", "", "", "",
-                        "", "", ""});
+                        "", "", "", ""});
       }
     }
   }
@@ -1503,7 +1540,12 @@ int Run(const Args& args) {
       "- On this VM, memory touched for the first time is several times slower to write "
       "than memory already mapped (page faults: the *first touch* column), and a "
       "migration target has to fill fresh memory twice (the instance's memory and its "
-      "rollback copy): for the larger states that, not the loopback link, is the floor.\n"
+      "rollback copy): for the larger states that, not the loopback link, is the floor. "
+      "How slow depends on the VM: a virtio balloon with free page reporting gives free "
+      "2 MiB blocks back to the host after a few seconds, and huge pages drawn from "
+      "those fault in at ~0.3-0.6 GB/s (the huge-page column's *first* try), from blocks "
+      "freed just before at 3-8 GB/s (its best); 4 KiB pages come from smaller free "
+      "blocks the balloon never reports, ~1-2 GB/s.\n"
       "- Small states are dominated by fixed costs (*setup*: connecting, the target's "
       "migration port, `begin`), so their ratio to the link time says little.\n"
       "- The target has the service deployed (no instance) before the migration, so its "
@@ -1511,6 +1553,11 @@ int Run(const Args& args) {
       "- *downtime* is the agent's own (frozen → active at the target); *max (stall)* is "
       "the worst latency a client saw, which also holds the time the request waited in "
       "the hold queue and its forwarding.\n"
+      "- *CPU* is this process's CPU time while `Migrate` ran (both agents, the load, and "
+      "the loopback or veth packet processing done in its threads); in brackets the load's "
+      "share, from the process's CPU use over the second half of the before window. CPU "
+      "time above the wall time ran on the second vCPU; on 2 vCPUs the wall time cannot "
+      "fall below half of it.\n"
       "- The instance's memory is larger than the fill (the guest's heap and stack); the "
       "wasm memory never shrinks, and pages never written go as zero pages (indices "
       "only).\n",
@@ -1550,7 +1597,8 @@ int Main(int argc, char** argv) {
       "usage: migration_bench [--quick] [--out=DIR] [--wasm-dir=DIR] [--source-dir=DIR]\n"
       "                       [--sizes=1,16,64,256] [--rate=1000] [--words=8]\n"
       "                       [--before-ms=1000] [--after-ms=1000] [--plot-mib=64]\n"
-      "                       [--fill-pct=50] [--links=1000,10000] [--link-sizes=64,256]\n";
+      "                       [--fill-pct=50] [--links=1000,10000] [--link-sizes=64,256]\n"
+      "                       [--stop-and-copy=1]\n";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto val = [&](const char* flag) { return FlagValue(a, flag); };
@@ -1575,6 +1623,8 @@ int Main(int argc, char** argv) {
       if (v->empty()) args.links_mbps.clear();
       args.links_given = true;
     } else if (auto v = val("--link-sizes"); v && ParseU32List(*v, &args.link_sizes_mib)) {
+    } else if (auto v = val("--stop-and-copy"); v && (*v == "0" || *v == "1")) {
+      args.stop_and_copy = *v == "1";
     } else if (auto v = val("--before-ms"); v && ParseNum(*v, &ms) && ms >= 0) {
       args.before_ns = ms * kMs;
       args.before_given = true;

@@ -19,6 +19,7 @@
 #include "agent/channels.h"
 #include "agent/journal_record.h"
 #include "agent/migration_wire.h"
+#include "core/bytes.h"
 #include "core/crc32c.h"
 #include "core/clock.h"
 #include "core/cpu.h"
@@ -28,6 +29,7 @@
 #include "core/logging.h"
 #include "storage/dataset_store.h"
 #include "storage/journal.h"
+#include "transport/grow_string.h"
 #include "transport/shm.h"
 #include "wasm/dirty_tracker.h"
 
@@ -3370,23 +3372,42 @@ Result<std::optional<std::vector<uint32_t>>> Agent::MigTakeDirty(const std::stri
   return out;
 }
 
+namespace {
+// Chunk copying on the worker: makes room for the page batch's head (for at most
+// `max_pages` pages) and the frame's memory size before the pages, without zero-filling.
+void StartChunk(Agent::MigChunk* c, size_t max_pages) {
+  c->pages.clear();
+  c->zero.clear();
+  c->data_at = 8 + PageBatchHeadBytes(max_pages);
+  c->data.clear();  // keeps its capacity
+  transport::GrowForOverwrite(&c->data, c->data_at + max_pages * kMigrationPageBytes);
+}
+// Adds `page` (at `src`): listed as zero, or copied behind the pages so far.
+void AddToChunk(Agent::MigChunk* c, uint32_t page, const uint8_t* src) {
+  const char* p = reinterpret_cast<const char*>(src);
+  if (IsZeroBlock(p, kMigrationPageBytes)) {
+    c->zero.push_back(page);
+    return;
+  }
+  std::memcpy(c->data.data() + c->data_at + c->pages.size() * kMigrationPageBytes, p,
+              kMigrationPageBytes);
+  c->pages.push_back(page);
+}
+void EndChunk(Agent::MigChunk* c) { c->data.resize(c->data_at + c->pages.size() * kMigrationPageBytes); }
+}  // namespace
+
 Status Agent::MigCopy(const std::string& id, int64_t timeout_ns, const std::vector<uint32_t>& pages,
                       MigChunk* out) {
   MigChunk& c = *out;
-  c.pages.clear();
+  StartChunk(&c, pages.size());
   return RunOnSlotWithin(id, timeout_ns, [&](WorkerThread*, Slot* slot) -> Status {
     const uint8_t* base = slot->inst->memory_data();
     c.memory_bytes = slot->inst->memory_bytes();
     const uint64_t n = c.memory_bytes / kMigrationPageBytes;
-    c.pages.reserve(pages.size());
-    c.data.resize(pages.size() * kMigrationPageBytes);
     for (uint32_t p : pages) {
-      if (p >= n) continue;
-      std::memcpy(c.data.data() + c.pages.size() * kMigrationPageBytes,
-                  base + size_t{p} * kMigrationPageBytes, kMigrationPageBytes);
-      c.pages.push_back(p);
+      if (p < n) AddToChunk(&c, p, base + size_t{p} * kMigrationPageBytes);
     }
-    c.data.resize(c.pages.size() * kMigrationPageBytes);
+    EndChunk(&c);
     return Status::Ok();
   });
 }
@@ -3394,8 +3415,7 @@ Status Agent::MigCopy(const std::string& id, int64_t timeout_ns, const std::vect
 Status Agent::MigScan(const std::string& id, int64_t timeout_ns, uint32_t from, uint32_t count,
                       bool all, MigChunk* out) {
   MigChunk& c = *out;
-  c.pages.clear();
-  c.data.clear();  // keeps its capacity
+  StartChunk(&c, count);
   return RunOnSlotWithin(id, timeout_ns, [&](WorkerThread*, Slot* slot) -> Status {
     if (slot->mig == nullptr) return FailedPreconditionError("not migrating");
     SlotMigration& m = *slot->mig;
@@ -3412,10 +3432,9 @@ Status Agent::MigScan(const std::string& id, int64_t timeout_ns, uint32_t from, 
         if (!all && crc == m.crc[p]) continue;
         m.crc[p] = crc;
       }
-      c.pages.push_back(static_cast<uint32_t>(p));
-      c.data.append(reinterpret_cast<const char*>(base) + p * kMigrationPageBytes,
-                    kMigrationPageBytes);
+      AddToChunk(&c, static_cast<uint32_t>(p), base + p * kMigrationPageBytes);
     }
+    EndChunk(&c);
     return Status::Ok();
   });
 }

@@ -456,9 +456,14 @@ class Agent {
   // ---- live migration (agent.cc: the parts that touch slots; migration.cc: the rest)
  public:
   struct MigChunk {
-    std::vector<uint32_t> pages;  // ascending
-    std::string data;             // pages.size() × 4 KiB, in the same order
-    uint64_t memory_bytes = 0;    // the instance's memory size when copied
+    std::vector<uint32_t> pages;  // ascending (MigScan, MigCopy: the pages not all zero)
+    std::vector<uint32_t> zero;   // MigScan, MigCopy: the pages found all zero (not copied)
+    // pages.size() × 4 KiB from `data_at` on, in the same order. MigScan and MigCopy
+    // leave room before them for the page batch's head (and the frame's 8-byte memory
+    // size), so the batch is assembled where the pages were copied.
+    std::string data;
+    size_t data_at = 0;
+    uint64_t memory_bytes = 0;  // the instance's memory size when copied
   };
   struct Held {  // a request that arrived while its instance was frozen
     InvokeRequest req;
@@ -491,11 +496,12 @@ class Agent {
   // nullopt (and nothing forgotten) if they are at most `leave_if_at_most`.
   Result<std::optional<std::vector<uint32_t>>> MigTakeDirty(const std::string& id, int64_t timeout_ns,
                                                            uint32_t leave_if_at_most);
-  // Copies `pages` (those still inside the memory) as they are now.
+  // Copies `pages` (those still inside the memory) as they are now; zero pages are
+  // listed, not copied.
   Status MigCopy(const std::string& id, int64_t timeout_ns, const std::vector<uint32_t>& pages,
                  MigChunk* out);
   // Checksum mode: copies the pages of [from, from + count) that changed since they were
-  // last copied (all of them when `all`).
+  // last copied (all of them when `all`; exact mode: all of them).
   // `out` is overwritten (its buffer reused).
   Status MigScan(const std::string& id, int64_t timeout_ns, uint32_t from, uint32_t count, bool all,
                  MigChunk* out);

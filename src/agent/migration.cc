@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -39,6 +40,34 @@ constexpr auto kStepTimeout = std::chrono::seconds(30);
 constexpr size_t kForwardWindow = 128;
 // A migration connection idle for this long is dropped (with its incoming instance).
 constexpr int64_t kIdleNs = 120'000'000'000;
+
+// One read from a migration connection into `decoder`: a large payload being received
+// goes straight into its frame (the decoder's window), the rest through `buf`. Returns
+// the bytes read, 0 at the end of the stream.
+Result<size_t> ReadInto(int fd, transport::FrameDecoder* decoder, std::string& buf,
+                        int64_t deadline) {
+  for (;;) {
+    const std::span<char> window = decoder->PayloadWindow();
+    const size_t chunk = std::min(buf.size(), decoder->ReadLimit());
+    iovec iov[2] = {{window.data(), window.size()}, {buf.data(), chunk}};
+    msghdr msg{};
+    msg.msg_iov = window.empty() ? iov + 1 : iov;
+    msg.msg_iovlen = window.empty() ? 1 : 2;
+    const ssize_t n = ::recvmsg(fd, &msg, MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        TERN_RETURN_IF_ERROR(transport::WaitFd(fd, /*for_write=*/false, deadline));
+        continue;
+      }
+      return ErrnoError("recv (migration)", errno);
+    }
+    const size_t direct = std::min(static_cast<size_t>(n), window.size());
+    decoder->PayloadReceived(direct);
+    decoder->Feed(std::string_view(buf.data(), static_cast<size_t>(n) - direct));
+    return static_cast<size_t>(n);
+  }
+}
 
 transport::Frame MigrateFrame(const char* handler, std::string payload) {
   transport::Frame f;
@@ -312,10 +341,10 @@ class Agent::MigrationServer {
       if (!transport::WriteAll(fd.get(), out, MonoNanos() + 30'000'000'000).ok()) open = false;
     };
     while (open) {
-      Result<size_t> n =
-          transport::ReadSome(fd.get(), buf.data(), buf.size(), MonoNanos() + kIdleNs);
+      // A page batch's payload is received straight into its frame (header first, then
+      // the payload window), not into `buf` and copied from there.
+      Result<size_t> n = ReadInto(fd.get(), &decoder, buf, MonoNanos() + kIdleNs);
       if (!n.ok() || *n == 0) break;
-      decoder.Feed(std::string_view(buf.data(), *n));
       for (;;) {
         Result<bool> got = decoder.Next(&f);
         if (!got.ok()) {
@@ -478,6 +507,28 @@ class Stream {
                            const std::vector<uint32_t>& pages, PageCodec codec) {
     std::string payload(reinterpret_cast<const char*>(&memory_bytes), 8);
     AppendGatheredPages(data, pages, codec, &payload);
+    return SendPayload(std::move(payload));
+  }
+  // Sends a chunk as MigScan/MigCopy left it, as one batch. Raw, the batch is finished
+  // where the worker copied the pages (its head goes into the room left before them)
+  // and the chunk's buffer becomes the frame's payload: the pages are not copied again.
+  Result<size_t> SendChunk(Agent::MigChunk& c, PageCodec codec) {
+    std::string payload;
+    if (codec == PageCodec::kRaw) {
+      const size_t head = 8 + PageBatchHeadBytes(c.zero.size() + c.pages.size());
+      // Fewer pages than room was made for (the memory's end; checksum mode).
+      if (head < c.data_at) c.data.erase(0, c.data_at - head);
+      c.data_at = head;
+      std::memcpy(c.data.data(), &c.memory_bytes, 8);
+      FinishRawPageBatch(&c.data, 8, c.zero, c.pages);
+      payload.swap(c.data);
+    } else {
+      payload.assign(reinterpret_cast<const char*>(&c.memory_bytes), 8);
+      AppendSplitPages(c.data.data() + c.data_at, c.zero, c.pages, codec, &payload);
+    }
+    return SendPayload(std::move(payload));
+  }
+  Result<size_t> SendPayload(std::string payload) {
     const size_t size = payload.size();
     bytes_ += size;
     TERN_RETURN_IF_ERROR(c_->Send(MigrateFrame("pages", std::move(payload))).status());
@@ -573,7 +624,7 @@ class ChunkPipe {
     cv_.SignalAll();
   }
 
-  Agent::MigChunk bufs_[2];  // their buffers are faulted in once
+  Agent::MigChunk bufs_[2];  // reused (raw batches leave with their buffer: see SendChunk)
   Copy copy_;
   std::thread thread_;
   Mutex mu_;
@@ -673,11 +724,12 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
   ForwarderTo(o.to_tcp)->Connect();
 
   auto send_chunk = [&](MigChunk& c, MigrationRound* round) -> Status {
-    if (c.pages.empty()) return Status::Ok();
-    TERN_ASSIGN_OR_RETURN(size_t sent, stream.SendPages(c.memory_bytes, c.data.data(), c.pages, codec));
-    round->pages += static_cast<uint32_t>(c.pages.size());
+    const size_t pages = c.pages.size() + c.zero.size();
+    if (pages == 0) return Status::Ok();
+    TERN_ASSIGN_OR_RETURN(size_t sent, stream.SendChunk(c, codec));
+    round->pages += static_cast<uint32_t>(pages);
     round->bytes += sent;
-    rep.bytes_raw += c.pages.size() * kMigrationPageBytes;
+    rep.bytes_raw += pages * kMigrationPageBytes;
     return Status::Ok();
   };
 

@@ -76,6 +76,55 @@ TEST(MigrationWireTest, PageBatchRoundTripsRawAndLz4WithZeroPagesAsIndicesOnly) 
   }
 }
 
+// The source's worker assembles a raw batch where it copies the pages (room for the head
+// first) and LZ4 compresses pages already sorted: both decode to what EncodePageBatch's
+// batch of the same pages decodes to, byte for byte the same batch when raw.
+TEST(MigrationWireTest, BatchesAssembledInPlaceEqualEncodedOnes) {
+  const std::string mem = Pages(12, 3);
+  const std::vector<uint32_t> idx = {1, 2, 3, 4, 6, 8, 10};
+  std::vector<uint32_t> zero, data;
+  std::string gathered;
+  for (uint32_t p : idx) {
+    const std::string page = mem.substr(p * kMigrationPageBytes, kMigrationPageBytes);
+    if (page == std::string(kMigrationPageBytes, '\0')) {
+      zero.push_back(p);
+    } else {
+      data.push_back(p);
+      gathered += page;
+    }
+  }
+  ASSERT_EQ(zero.size(), 2u);  // every third page is zero: 3 and 6
+  const std::string want = EncodePageBatch(reinterpret_cast<const uint8_t*>(mem.data()), idx,
+                                           PageCodec::kRaw);
+  std::string in_place(5, 'x');  // a prefix before the batch (the frame's memory size)
+  in_place.append(PageBatchHeadBytes(idx.size()), '?');
+  in_place += gathered;
+  FinishRawPageBatch(&in_place, 5, zero, data);
+  EXPECT_EQ(in_place.substr(0, 5), "xxxxx");
+  EXPECT_EQ(in_place.substr(5), want);
+  std::string lz4 = "pfx";
+  AppendSplitPages(gathered.data(), zero, data, PageCodec::kLz4, &lz4);
+  ASSERT_EQ(lz4.substr(0, 3), "pfx");
+  EXPECT_LT(lz4.size(), want.size()) << "LZ4 did not compress";
+  std::string out(12 * kMigrationPageBytes, '\x55');
+  Result<PageBatchStats> st =
+      DecodePageBatch(std::string_view(lz4).substr(3), 12, [&](uint32_t p, const char* b) {
+        if (b == nullptr) {
+          std::memset(out.data() + p * kMigrationPageBytes, 0, kMigrationPageBytes);
+        } else {
+          std::memcpy(out.data() + p * kMigrationPageBytes, b, kMigrationPageBytes);
+        }
+      });
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(st->zero_pages, 2u);
+  for (uint32_t p : idx) {
+    EXPECT_EQ(out.substr(p * kMigrationPageBytes, kMigrationPageBytes),
+              mem.substr(p * kMigrationPageBytes, kMigrationPageBytes))
+        << "page " << p;
+  }
+  EXPECT_EQ(out[0], '\x55');  // not in the batch: untouched
+}
+
 TEST(MigrationWireTest, DamagedBatchesAreRefusedBeforeAnyPageIsApplied) {
   const std::string mem = Pages(4, 1);
   std::string batch = EncodePageBatch(reinterpret_cast<const uint8_t*>(mem.data()), {1, 2},

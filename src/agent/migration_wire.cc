@@ -21,8 +21,72 @@ constexpr size_t kBatchHeader = 24;
 
 
 
-// Appends the batch to `out`; `page_at(i)` gives the bytes of indices[i]. Data pages are
-// copied once, straight into `out` (raw) or into a reused buffer for LZ4.
+// Writes the header and the page indices at out[at, at + PageBatchHeadBytes(n)) of a
+// batch whose section (`section` bytes) follows them, and its checksum.
+void FillHead(std::string* out, size_t at, const std::vector<uint32_t>& zero,
+              const std::vector<uint32_t>& data, PageCodec codec, size_t section) {
+  char* h = out->data() + at;
+  StoreU32(h, kBatchMagic);
+  h[4] = static_cast<char>(kWireVersion);
+  h[5] = static_cast<char>(codec);
+  h[6] = h[7] = 0;
+  StoreU32(h + 8, static_cast<uint32_t>(zero.size()));
+  StoreU32(h + 12, static_cast<uint32_t>(data.size()));
+  StoreU32(h + 16, static_cast<uint32_t>(section));
+  char* idx = h + kBatchHeader;
+  for (const std::vector<uint32_t>* list : {&zero, &data}) {
+    for (uint32_t page : *list) {
+      StoreU32(idx, page);
+      idx += 4;
+    }
+  }
+  const size_t end = at + PageBatchHeadBytes(zero.size() + data.size()) + section;
+  StoreU32(h + 20, Crc32c(h + kBatchHeader, end - at - kBatchHeader));
+}
+
+// Appends the batch of pages already split into zero and data pages; `data_at(k)` gives
+// the bytes of data[k], and `contiguous` (or null) all of them in a row. Data pages are
+// copied once, straight into `out` (raw), or compressed from where they are (LZ4).
+template <typename DataAt>
+void AppendSplit(const std::vector<uint32_t>& zero, const std::vector<uint32_t>& data,
+                 DataAt data_at, const char* contiguous, PageCodec codec, std::string* out) {
+  const size_t at = out->size();
+  const size_t raw_bytes = data.size() * kMigrationPageBytes;
+  const size_t section_at = at + PageBatchHeadBytes(zero.size() + data.size());
+  out->reserve(section_at + raw_bytes);
+  out->resize(section_at);
+  PageCodec used = PageCodec::kRaw;
+  if (codec == PageCodec::kLz4 && raw_bytes > 0) {
+    const char* src = contiguous;
+    if (src == nullptr) {
+      thread_local std::string raw;  // capacity reused: no page faults after the first batch
+      raw.resize(raw_bytes);
+      for (size_t k = 0; k < data.size(); ++k) {
+        std::memcpy(raw.data() + k * kMigrationPageBytes, data_at(k), kMigrationPageBytes);
+      }
+      src = raw.data();
+    }
+    const int bound = LZ4_compressBound(static_cast<int>(raw_bytes));
+    out->resize(section_at + static_cast<size_t>(bound));
+    int n = LZ4_compress_default(src, out->data() + section_at, static_cast<int>(raw_bytes), bound);
+    if (n > 0 && static_cast<size_t>(n) < raw_bytes) {
+      out->resize(section_at + static_cast<size_t>(n));
+      used = PageCodec::kLz4;
+    } else {
+      out->resize(section_at);  // incompressible: send as is
+      out->append(src, raw_bytes);
+    }
+  } else {
+    out->resize(section_at + raw_bytes);
+    for (size_t k = 0; k < data.size(); ++k) {
+      std::memcpy(out->data() + section_at + k * kMigrationPageBytes, data_at(k),
+                  kMigrationPageBytes);
+    }
+  }
+  FillHead(out, at, zero, data, used, out->size() - section_at);
+}
+
+// Appends the batch to `out`; `page_at(i)` gives the bytes of indices[i].
 template <typename PageAt>
 void EncodeInto(const std::vector<uint32_t>& indices, PageCodec codec, PageAt page_at,
                 std::string* out) {
@@ -36,50 +100,8 @@ void EncodeInto(const std::vector<uint32_t>& indices, PageCodec codec, PageAt pa
       data_pos.push_back(i);
     }
   }
-  const size_t base = out->size();
-  const size_t raw_bytes = data.size() * kMigrationPageBytes;
-  out->reserve(base + kBatchHeader + 4 * indices.size() + raw_bytes);
-  AppendU32(out, kBatchMagic);
-  out->push_back(static_cast<char>(kWireVersion));
-  out->push_back(0);  // codec, below
-  out->append(2, '\0');
-  AppendU32(out, static_cast<uint32_t>(zero.size()));
-  AppendU32(out, static_cast<uint32_t>(data.size()));
-  AppendU32(out, 0);  // section length, below
-  AppendU32(out, 0);  // CRC, below
-  for (uint32_t z : zero) AppendU32(out, z);
-  for (uint32_t d : data) AppendU32(out, d);
-  const size_t section_at = out->size();
-  bool compressed = false;
-  if (codec == PageCodec::kLz4 && raw_bytes > 0) {
-    thread_local std::string raw;  // capacity reused: no page faults after the first batch
-    raw.resize(raw_bytes);
-    for (size_t k = 0; k < data.size(); ++k) {
-      std::memcpy(raw.data() + k * kMigrationPageBytes, page_at(data_pos[k]), kMigrationPageBytes);
-    }
-    const int bound = LZ4_compressBound(static_cast<int>(raw_bytes));
-    out->resize(section_at + static_cast<size_t>(bound));
-    int n = LZ4_compress_default(raw.data(), out->data() + section_at, static_cast<int>(raw_bytes),
-                                 bound);
-    if (n > 0 && static_cast<size_t>(n) < raw_bytes) {
-      out->resize(section_at + static_cast<size_t>(n));
-      compressed = true;
-    } else {
-      out->resize(section_at);  // incompressible: send as is
-      out->append(raw);
-    }
-  } else {
-    out->resize(section_at + raw_bytes);
-    for (size_t k = 0; k < data.size(); ++k) {
-      std::memcpy(out->data() + section_at + k * kMigrationPageBytes, page_at(data_pos[k]),
-                  kMigrationPageBytes);
-    }
-  }
-  (*out)[base + 5] = static_cast<char>(compressed ? PageCodec::kLz4 : PageCodec::kRaw);
-  const uint32_t section = static_cast<uint32_t>(out->size() - section_at);
-  std::memcpy(out->data() + base + 16, &section, 4);
-  const uint32_t crc = Crc32c(out->data() + base + kBatchHeader, out->size() - base - kBatchHeader);
-  std::memcpy(out->data() + base + 20, &crc, 4);
+  AppendSplit(
+      zero, data, [&](size_t k) { return page_at(data_pos[k]); }, nullptr, codec, out);
 }
 
 }  // namespace
@@ -92,6 +114,20 @@ const char* PageCodecName(PageCodec c) {
       return "lz4";
   }
   return "unknown";
+}
+
+size_t PageBatchHeadBytes(size_t pages) { return kBatchHeader + 4 * pages; }
+
+void FinishRawPageBatch(std::string* out, size_t at, const std::vector<uint32_t>& zero,
+                        const std::vector<uint32_t>& data) {
+  FillHead(out, at, zero, data, PageCodec::kRaw, data.size() * kMigrationPageBytes);
+}
+
+void AppendSplitPages(const char* data_pages, const std::vector<uint32_t>& zero,
+                      const std::vector<uint32_t>& data, PageCodec codec, std::string* out) {
+  AppendSplit(
+      zero, data, [&](size_t k) { return data_pages + k * kMigrationPageBytes; }, data_pages, codec,
+      out);
 }
 
 std::string EncodePageBatch(const uint8_t* base, const std::vector<uint32_t>& indices,

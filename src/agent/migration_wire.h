@@ -47,6 +47,20 @@ std::string EncodeGatheredPages(const char* data, const std::vector<uint32_t>& i
 void AppendGatheredPages(const char* data, const std::vector<uint32_t>& indices, PageCodec codec,
                          std::string* out);
 
+// Batches assembled where the pages are copied (the source's worker writes them straight
+// into the frame payload): the header and the indices of a batch of n pages take
+// PageBatchHeadBytes(n) bytes before its section.
+size_t PageBatchHeadBytes(size_t pages);
+// `out` holds, from `at`, PageBatchHeadBytes(zero.size() + data.size()) bytes of room
+// and then the data pages (4 KiB each, in `data`'s order) up to its end: fills the head
+// and the checksum, making it a raw batch (zero pages as indices only).
+void FinishRawPageBatch(std::string* out, size_t at, const std::vector<uint32_t>& zero,
+                        const std::vector<uint32_t>& data);
+// Appends a batch of pages already sorted into zero pages and data pages gathered at
+// `data_pages` (4 KiB each, in `data`'s order). LZ4 compresses straight from there.
+void AppendSplitPages(const char* data_pages, const std::vector<uint32_t>& zero,
+                      const std::vector<uint32_t>& data, PageCodec codec, std::string* out);
+
 struct PageBatchStats {
   uint32_t zero_pages = 0;
   uint32_t data_pages = 0;

@@ -24,9 +24,15 @@ struct CrcTables {
 constexpr CrcTables kCrc;
 
 #if defined(__x86_64__)
-__attribute__((target("sse4.2"))) uint32_t Crc32cHardware(const uint8_t* p, size_t n,
-                                                          uint32_t crc) {
-  uint64_t c = ~crc;
+// The crc32 instruction has a latency of 3 cycles and a throughput of one per cycle: one
+// dependency chain runs at a third of what the CPU can do (~6 GB/s here). So long inputs
+// go as three interleaved lanes of kLane bytes each, whose CRCs are combined: the CRC
+// register is linear over GF(2), so crc(A||B) = shift(crc(A), |B|) ^ crc0(B), where
+// crc0 starts from a zero register and shift(r, n) is r after n zero bytes — here a
+// table lookup per byte of r (the operator for kLane bytes, precomputed).
+constexpr size_t kLane = 1024;
+
+__attribute__((target("sse4.2"))) uint64_t Crc32cRun(uint64_t c, const uint8_t* p, size_t n) {
   while (n >= 8) {
     uint64_t v;
     std::memcpy(&v, p, 8);
@@ -34,6 +40,54 @@ __attribute__((target("sse4.2"))) uint32_t Crc32cHardware(const uint8_t* p, size
     p += 8;
     n -= 8;
   }
+  return c;
+}
+
+// shift(r, kLane) for r = the byte b at position k (0..3) of the register.
+struct LaneShift {
+  uint32_t t[4][256];
+};
+
+__attribute__((target("sse4.2"))) LaneShift MakeLaneShift() {
+  LaneShift s{};
+  static const uint8_t kZeros[kLane] = {};
+  for (int k = 0; k < 4; ++k) {
+    for (uint32_t b = 0; b < 256; ++b) {
+      s.t[k][b] = static_cast<uint32_t>(Crc32cRun(uint64_t{b} << (8 * k), kZeros, kLane));
+    }
+  }
+  return s;
+}
+
+uint32_t ShiftLane(const LaneShift& s, uint32_t r) {
+  return s.t[0][r & 0xff] ^ s.t[1][(r >> 8) & 0xff] ^ s.t[2][(r >> 16) & 0xff] ^ s.t[3][r >> 24];
+}
+
+__attribute__((target("sse4.2"))) uint32_t Crc32cHardware(const uint8_t* p, size_t n,
+                                                          uint32_t crc) {
+  uint64_t c = ~crc & 0xffffffffu;
+  if (n >= 3 * kLane) {
+    static const LaneShift shift = MakeLaneShift();
+    while (n >= 3 * kLane) {
+      uint64_t c1 = 0, c2 = 0;
+      for (size_t i = 0; i < kLane; i += 8) {
+        uint64_t v0, v1, v2;
+        std::memcpy(&v0, p + i, 8);
+        std::memcpy(&v1, p + kLane + i, 8);
+        std::memcpy(&v2, p + 2 * kLane + i, 8);
+        c = __builtin_ia32_crc32di(c, v0);
+        c1 = __builtin_ia32_crc32di(c1, v1);
+        c2 = __builtin_ia32_crc32di(c2, v2);
+      }
+      c = ShiftLane(shift, ShiftLane(shift, static_cast<uint32_t>(c)) ^ static_cast<uint32_t>(c1)) ^
+          static_cast<uint32_t>(c2);
+      p += 3 * kLane;
+      n -= 3 * kLane;
+    }
+  }
+  c = Crc32cRun(c, p, n);
+  p += n & ~size_t{7};
+  n &= 7;
   uint32_t c32 = static_cast<uint32_t>(c);
   while (n > 0) {
     c32 = __builtin_ia32_crc32qi(c32, *p++);

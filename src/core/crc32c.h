@@ -1,6 +1,6 @@
 // CRC32C (Castagnoli, the checksum of iSCSI, ext4 metadata, LevelDB): for the store's log
 // and the dataset store's chunks. Uses the SSE4.2 crc32 instruction when the CPU has it
-// (~20 GB/s here), a table otherwise; both give the same values.
+// (three interleaved lanes for inputs of 3 KiB or more: ~15 GB/s here, against ~6 for one), a table otherwise; both give the same values.
 // Thread-safety: stateless.
 #pragma once
 

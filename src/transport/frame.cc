@@ -417,8 +417,14 @@ Result<bool> FrameDecoder::Next(Frame* out) {
       sink_ = {};
     }
     large_dst_ = nullptr;
+    // The caller's old payload buffer goes to the next large frame: a stream of large
+    // frames (a migration's page batches) then reuses two buffers instead of mapping
+    // and faulting in a new one per frame.
+    std::string spare = std::move(out->payload);
     *out = std::move(large_frame_);
     large_frame_ = Frame();
+    spare.clear();
+    large_frame_.payload = std::move(spare);
     return true;
   }
   const size_t avail = buf_.size() - pos_;
