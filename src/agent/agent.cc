@@ -49,6 +49,9 @@ struct Agent::Service {
   wasm::InstanceLimits limits;
   uint64_t module_size = 0;
   std::string module_bytes;  // kept to deploy it on a migration target that lacks it
+  // Whether a snapshot holds the module's whole state (wasm::CheckSnapshotable): always
+  // for a stateful service (else refused at deploy).
+  bool snapshotable = true;
 };
 
 namespace {
@@ -1938,6 +1941,11 @@ Result<ServiceStatus> Agent::Deploy(const Manifest& manifest, std::string module
   const uint32_t cap_pages = manifest.limits.memory_mib * (1u << 20) / wasm::kWasmPageBytes;
   TERN_ASSIGN_OR_RETURN(std::shared_ptr<const wasm::Module> module,
                         engine_->Compile(module_bytes, cap_pages));
+  if (manifest.stateful) {
+    // Its state must move and roll back whole: refuse what a snapshot would drop.
+    TERN_RETURN_IF_ERROR(wasm::CheckSnapshotable(module->info())
+                             .WithPrefix(fmt::format("stateful service '{}'", manifest.name)));
+  }
   for (const std::string& h : manifest.handlers) {
     const wasm::ExportDesc* e = module->info().FindExport(h);
     if (e == nullptr || e->kind != wasm::ExternKind::kFunction) {
@@ -1956,6 +1964,7 @@ Result<ServiceStatus> Agent::Deploy(const Manifest& manifest, std::string module
   svc->module = module;
   svc->module_size = module_bytes.size();
   svc->module_bytes = module_bytes;
+  svc->snapshotable = wasm::CheckSnapshotable(module->info()).ok();
   svc->limits.max_memory_pages = cap_pages;
   svc->limits.cpu_ms = manifest.limits.cpu_ms;
   svc->limits.max_reply_bytes = manifest.limits.response_bytes();
@@ -2052,7 +2061,9 @@ Result<std::string> Agent::StartInstanceLocked(std::shared_ptr<const Service> sv
     slot->queued = queued;
     slot->durable = svc->manifest.durable;
     TERN_ASSIGN_OR_RETURN(slot->inst, wt->worker()->Instantiate(svc->module, svc->limits, true));
-    TERN_RETURN_IF_ERROR(slot->inst->SnapshotInto(&slot->good));
+    // A stateless module whose globals a snapshot cannot hold is rolled back by a fresh
+    // instance instead (RestoreSlot); stateful ones were refused at deploy.
+    if (svc->snapshotable) TERN_RETURN_IF_ERROR(slot->inst->SnapshotInto(&slot->good));
     if (svc->manifest.stateful) StartTracking(slot.get());
     wt->slots()[id] = std::move(slot);
     return Status::Ok();
@@ -2422,6 +2433,12 @@ Status Agent::RestoreSlot(WorkerThread* wt, Slot* slot, const wasm::Snapshot& sn
   // against ~1 GB/s for first touches of a fresh instance's memory). A wasm memory
   // cannot shrink, so a larger one needs a fresh instance.
   slot->MigMarkAll();
+  if (!slot->service->snapshotable) {
+    // Stateless, with globals no snapshot holds: its pristine state is a new instance.
+    TERN_ASSIGN_OR_RETURN(slot->inst, wt->worker()->Instantiate(slot->service->module,
+                                                                slot->service->limits, true));
+    return Status::Ok();
+  }
   if (slot->inst->memory_bytes() <= snap.memory.size()) {
     Status s = slot->inst->Restore(snap);
     if (s.ok()) {
@@ -2506,8 +2523,8 @@ Status Agent::UpdateGoodState(Slot* slot) {
   if (slot->mig != nullptr && slot->mig->exact) {
     for (uint32_t page : dirty) slot->mig->Mark(page);
   }
-  // Between requests the stack pointer is back at its initial value; keep it as is.
-  return Status::Ok();
+  // The globals (heap pointers of AssemblyScript or TinyGo guests, ...): a few reads.
+  return inst->SnapshotGlobals(&slot->good);
 }
 
 // ---------------------------------------------------------------------------------
@@ -2578,7 +2595,7 @@ Status Agent::CommitGood(Slot* slot, const std::vector<uint32_t>& pages, bool tr
     for (uint32_t page : pages) slot->mig->Mark(page);
     slot->mig->MarkRange(old_bytes / kTrackPage, bytes / kTrackPage);  // grown
   }
-  return Status::Ok();
+  return slot->inst->SnapshotGlobals(&slot->good);
 }
 
 Status Agent::JournalAppend(WorkerThread* wt, Slot* slot, std::string payload) {
@@ -2606,6 +2623,7 @@ Status Agent::JournalAppend(WorkerThread* wt, Slot* slot, std::string payload) {
 }
 
 Status Agent::AppendRecord(WorkerThread* wt, Slot* slot, const std::vector<uint32_t>& written,
+                           const std::vector<wasm::GlobalValue>& globals,
                            const DedupEntry* current) {
   if (slot->keeper_tcp.empty()) {
     return UnavailableError("no keeper is assigned to its journal yet (the controller assigns one "
@@ -2625,8 +2643,9 @@ Status Agent::AppendRecord(WorkerThread* wt, Slot* slot, const std::vector<uint3
     }
     if (current != nullptr) dedup.push_back(current);
     std::string payload = slot->id + "\n";
-    AppendJournalRecord(slot->journal_seq + 1, full, slot->good.stack_pointer, bytes, dedup,
-                        slot->inst->memory_data(), full ? all : written, PageCodec::kLz4, &payload);
+    AppendJournalRecord(slot->journal_seq + 1, full, slot->good.stack_pointer, globals, bytes,
+                        dedup, slot->inst->memory_data(), full ? all : written, PageCodec::kLz4,
+                        &payload);
     const size_t n = payload.size();
     st = JournalAppend(wt, slot, std::move(payload));
     if (st.ok()) {
@@ -2650,13 +2669,17 @@ Status Agent::MakeDurable(WorkerThread* wt, Slot* slot, const InvokeRequest& req
   std::vector<uint32_t> dirty, changed;
   bool tracked = false;
   Status st = WrittenPages(slot, &dirty, &changed, &tracked);
+  wasm::Snapshot now;  // the globals as the request left them
+  if (st.ok()) st = slot->inst->SnapshotGlobals(&now);
   const bool keyed = req.idempotency_key != 0;
   // A request that changed nothing needs no record, unless it has an idempotency key:
   // its answer must survive a restore too (a retry then gets the same answer).
-  if (st.ok() && changed.empty() && !keyed) return CommitGood(slot, dirty, tracked);
+  if (st.ok() && changed.empty() && now.globals == slot->good.globals && !keyed) {
+    return CommitGood(slot, dirty, tracked);
+  }
   const int64_t t0 = MonoNanos();
   const DedupEntry entry{req.idempotency_key, code, answer};
-  if (st.ok()) st = AppendRecord(wt, slot, changed, keyed ? &entry : nullptr);
+  if (st.ok()) st = AppendRecord(wt, slot, changed, now.globals, keyed ? &entry : nullptr);
   slot->journal_ns_total += MonoNanos() - t0;
   if (st.ok()) return CommitGood(slot, dirty, tracked);
   // Not durable: the request never happened. Its writes are undone from the rollback
@@ -2688,7 +2711,7 @@ Result<Agent::JournalCheckpointReport> Agent::JournalCheckpoint(const std::strin
     // At a request boundary: the state is `good` plus nothing (requests commit theirs).
     slot->journal_full = true;
     const uint64_t bytes_before = slot->journal_bytes;
-    TERN_RETURN_IF_ERROR(AppendRecord(wt, slot, {}, nullptr)
+    TERN_RETURN_IF_ERROR(AppendRecord(wt, slot, {}, slot->good.globals, nullptr)
                              .WithPrefix(fmt::format("base checkpoint of {} on keeper {}",
                                                      instance_id, slot->keeper)));
     rep.seq = slot->journal_seq;
@@ -2784,6 +2807,7 @@ Result<Agent::ReplayReport> Agent::ReplayJournal(const std::string& instance_id,
                           })
               .status());
       if (r.stack_pointer) snap.stack_pointer = r.stack_pointer;
+      if (r.has_globals) snap.globals = r.globals;  // every record has them all
       if (r.full) dedup.clear();  // the record carries the whole table
       dedup.insert(dedup.end(), r.dedup.begin(), r.dedup.end());
       seq = r.seq;
@@ -3251,6 +3275,10 @@ Result<Agent::MigChunk> Agent::MigFreeze(const std::string& id, int64_t timeout_
     CommitState cs;
     cs.memory_bytes = c.memory_bytes;
     cs.stack_pointer = slot.good.stack_pointer;
+    // The globals of the instance as it is (for a stateful one, those of `good`).
+    wasm::Snapshot globals;
+    TERN_RETURN_IF_ERROR(slot.inst->SnapshotGlobals(&globals));
+    cs.globals = std::move(globals.globals);
     cs.requests = slot.requests;
     cs.keeper = slot.keeper;
     cs.keeper_tcp = slot.keeper_tcp;
@@ -3568,19 +3596,17 @@ Status Agent::IncomingCommit(const std::shared_ptr<Incoming>& in, std::string_vi
   TERN_RETURN_IF_ERROR(wt->RunAndWait([&]() -> Status {
     std::unique_ptr<Slot> slot = std::move(in->slot);
     if (slot == nullptr) return AbortedError("the incoming instance was dropped");
-    if (cs.stack_pointer != in->sp) {
-      // Not expected (between requests the stack pointer is at its initial value), but
-      // correct: a full restore with the final stack pointer.
-      wasm::Snapshot s;
-      s.module_hash = in->svc->module->hash();
-      s.memory.assign(reinterpret_cast<const char*>(in->mem), in->bytes);
-      s.stack_pointer = cs.stack_pointer;
-      TERN_RETURN_IF_ERROR(slot->inst->Restore(s));
-    }
+    // The stack pointer and the other mutable globals (memory is in place already).
+    // A commit state without globals (an older source) is refused here for a module
+    // that has some: the instance stays on the source.
+    wasm::Snapshot g;
+    g.stack_pointer = cs.stack_pointer;
+    g.globals = cs.globals;
+    TERN_RETURN_IF_ERROR(slot->inst->RestoreGlobals(g).WithPrefix("the instance's globals"));
     if (in->svc->manifest.stateful) {
       slot->good.module_hash = in->svc->module->hash();
       slot->good.memory = std::move(in->good);
-      slot->good.stack_pointer = cs.stack_pointer;
+      TERN_RETURN_IF_ERROR(slot->inst->SnapshotGlobals(&slot->good));
       StartTracking(slot.get());
     }
     slot->requests = cs.requests;

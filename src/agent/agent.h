@@ -557,10 +557,12 @@ class Agent {
                       bool* tracked);
   // Brings `good` up to date from `pages` (WrittenPages' `dirty`).
   Status CommitGood(Slot* slot, const std::vector<uint32_t>& pages, bool tracked);
-  // Appends the slot's next record (`written` pages and the `current` dedup entry; every
+  // Appends the slot's next record (`written` pages, the values of the mutable `globals`
+  // and the `current` dedup entry; every
   // page and the whole dedup table when slot->journal_full, or when the keeper refuses a
   // delta) and waits for its acknowledgement.
   Status AppendRecord(WorkerThread* wt, Slot* slot, const std::vector<uint32_t>& written,
+                      const std::vector<wasm::GlobalValue>& globals,
                       const DedupEntry* current);
   // Sends one framed record to the slot's keeper and waits (serving other instances).
   Status JournalAppend(WorkerThread* wt, Slot* slot, std::string payload);

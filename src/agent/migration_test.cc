@@ -14,6 +14,7 @@
 #include "agent/migration_wire.h"
 #include "agent/test_node.h"
 #include "core/clock.h"
+#include "core/crc32c.h"
 #include "core/ids.h"
 #include "core/manifest.h"
 #include "testing/test_env.h"
@@ -107,6 +108,10 @@ TEST(MigrationWireTest, CommitStateRoundTripsAndDetectsDamage) {
   c.journal_full = false;
   c.dedup = {{7, StatusCode::kOk, "1"}, {9, StatusCode::kInvalidArgument, "bad amount"},
              {11, StatusCode::kOk, std::string("\0\1binary", 8)}};
+  c.globals = {{0, wasm::ValType::kI32, 66560},
+               {1, wasm::ValType::kI32, 3},
+               {2, wasm::ValType::kI64, 0xfedcba9876543210},
+               {3, wasm::ValType::kF64, 0x3ff3000000000000}};
   std::string enc = EncodeCommitState(c);
   Result<CommitState> back = DecodeCommitState(enc);
   ASSERT_TRUE(back.ok()) << back.status();
@@ -114,6 +119,33 @@ TEST(MigrationWireTest, CommitStateRoundTripsAndDetectsDamage) {
   enc[20] ^= 1;
   EXPECT_EQ(DecodeCommitState(enc).status().code(), StatusCode::kDataLoss);
   EXPECT_FALSE(DecodeCommitState(enc.substr(0, 10)).ok());
+
+  // Version 2 (a source from before globals were carried): the same bytes without the
+  // globals. It decodes with none; the target then refuses it for a module that has
+  // mutable globals besides the stack pointer (the engine's RestoreGlobals).
+  auto reseal = [](std::string body) {
+    const uint32_t crc = Crc32c(body.data(), body.size());
+    body.append(reinterpret_cast<const char*>(&crc), 4);
+    return body;
+  };
+  CommitState old = c;
+  old.globals.clear();
+  std::string v3 = EncodeCommitState(old);
+  std::string v2 = v3.substr(0, v3.size() - 8);  // less the global count and the CRC
+  v2[4] = 2;
+  Result<CommitState> from_v2 = DecodeCommitState(reseal(v2));
+  ASSERT_TRUE(from_v2.ok()) << from_v2.status();
+  EXPECT_EQ(*from_v2, old);
+  v2[4] = 1;
+  Result<CommitState> from_v1 = DecodeCommitState(reseal(v2));
+  EXPECT_EQ(from_v1.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(from_v1.status().message().find("version 1"), std::string_view::npos)
+      << from_v1.status();
+  // A damaged global entry (a v128 type) under a valid CRC.
+  std::string v3bad = EncodeCommitState(c);
+  v3bad = v3bad.substr(0, v3bad.size() - 4);
+  v3bad[v3bad.size() - 4 * 16 + 4] = '\x7b';
+  EXPECT_EQ(DecodeCommitState(reseal(v3bad)).status().code(), StatusCode::kDataLoss);
 }
 
 // ---- two agents

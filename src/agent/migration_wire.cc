@@ -14,7 +14,11 @@ namespace {
 
 constexpr uint32_t kBatchMagic = 0x42504D54;   // "TMPB"
 constexpr uint32_t kCommitMagic = 0x43504D54;  // "TMPC"
-constexpr uint8_t kWireVersion = 2;  // 2: the commit state carries the journal's place
+constexpr uint8_t kBatchVersion = 2;  // 2: the same batches are journal records' pages
+// 2: the commit state carries the journal's place; 3: the values of the mutable globals.
+// Version 2 is still read (no globals: the target refuses it for a module that has some
+// besides the stack pointer, so nothing is lost silently); version 1 is refused.
+constexpr uint8_t kCommitVersion = 3;
 constexpr size_t kBatchHeader = 24;
 
 
@@ -38,7 +42,7 @@ void EncodeInto(const std::vector<uint32_t>& indices, PageCodec codec, PageAt pa
   const size_t raw_bytes = data.size() * kMigrationPageBytes;
   out->reserve(base + kBatchHeader + 4 * indices.size() + raw_bytes);
   AppendU32(out, kBatchMagic);
-  out->push_back(static_cast<char>(kWireVersion));
+  out->push_back(static_cast<char>(kBatchVersion));
   out->push_back(0);  // codec, below
   out->append(2, '\0');
   AppendU32(out, static_cast<uint32_t>(zero.size()));
@@ -129,10 +133,10 @@ Result<PageBatchStats> DecodePageBatch(std::string_view p, uint32_t max_pages,
                     kBatchHeader));
   }
   if (LoadU32(p.data()) != kBatchMagic) return InvalidArgumentError("not a page batch (bad magic)");
-  if (static_cast<uint8_t>(p[4]) != kWireVersion) {
+  if (static_cast<uint8_t>(p[4]) != kBatchVersion) {
     return InvalidArgumentError(
         fmt::format("page batch version {}, this agent reads {}", static_cast<int>(p[4]),
-                    static_cast<int>(kWireVersion)));
+                    static_cast<int>(kBatchVersion)));
   }
   const auto codec = static_cast<PageCodec>(p[5]);
   if (codec != PageCodec::kRaw && codec != PageCodec::kLz4) {
@@ -181,7 +185,7 @@ Result<PageBatchStats> DecodePageBatch(std::string_view p, uint32_t max_pages,
 std::string EncodeCommitState(const CommitState& c) {
   std::string out;
   AppendU32(&out, kCommitMagic);
-  out.push_back(static_cast<char>(kWireVersion));
+  out.push_back(static_cast<char>(kCommitVersion));
   out.append(3, '\0');
   AppendU64(&out, c.memory_bytes);
   out.push_back(c.stack_pointer.has_value() ? 1 : 0);
@@ -200,6 +204,8 @@ std::string EncodeCommitState(const CommitState& c) {
     AppendU32(&out, static_cast<uint32_t>(e.reply.size()));
     out += e.reply;
   }
+  AppendU32(&out, static_cast<uint32_t>(c.globals.size()));
+  wasm::AppendGlobalValues(c.globals, &out);
   AppendU32(&out, Crc32c(out.data(), out.size()));
   return out;
 }
@@ -208,8 +214,11 @@ Result<CommitState> DecodeCommitState(std::string_view p) {
   constexpr size_t kFixed = 4 + 4 + 8 + 1 + 4 + 8;
   if (p.size() < kFixed + 4) return InvalidArgumentError("commit state truncated");
   if (LoadU32(p.data()) != kCommitMagic) return InvalidArgumentError("not a commit state (bad magic)");
-  if (static_cast<uint8_t>(p[4]) != kWireVersion) {
-    return InvalidArgumentError(fmt::format("commit state version {}", static_cast<int>(p[4])));
+  const uint8_t version = static_cast<uint8_t>(p[4]);
+  if (version != 2 && version != kCommitVersion) {
+    return InvalidArgumentError(fmt::format(
+        "commit state version {} (this build reads 2 and {}): the source runs another tern",
+        static_cast<int>(version), static_cast<int>(kCommitVersion)));
   }
   if (Crc32c(p.data(), p.size() - 4) != LoadU32(p.data() + p.size() - 4)) {
     return DataLossError("commit state checksum mismatch");
@@ -247,6 +256,14 @@ Result<CommitState> DecodeCommitState(std::string_view p) {
     e.reply.assign(p.data() + off, len);
     off += len;
     c.dedup.push_back(std::move(e));
+  }
+  if (version >= 3) {
+    if (end - off < 4) return DataLossError("commit state: globals truncated");
+    const uint32_t count = LoadU32(p.data() + off);
+    off += 4;
+    TERN_RETURN_IF_ERROR(wasm::DecodeGlobalValues(p.substr(off, end - off), count, &c.globals)
+                             .WithPrefix("commit state"));
+    off += size_t{count} * wasm::kGlobalValueBytes;
   }
   if (off != end) return DataLossError("commit state has trailing bytes");
   return c;
