@@ -108,6 +108,10 @@ struct Agent::Slot {
   std::unique_ptr<wasm::DirtyTracker> tracker;
   const uint8_t* tracked_base = nullptr;
   wasm::Snapshot good;        // the last good state: the rollback point
+  // A rollback that could not be done when the request failed (a callee stopped by its
+  // caller's CPU limit: V8 refuses every host access to the isolate until the caller's
+  // frames are gone), done before the instance runs again (FinishRollback).
+  bool rollback_pending = false;
   uint64_t pages_copied = 0;  // into `good`, in 4 KiB pages
   std::shared_ptr<std::atomic<uint64_t>> queued;
   uint64_t requests = 0;
@@ -447,6 +451,8 @@ class Agent::WorkerThread {
   }
   void PushBusy(const std::string& id) { busy_.push_back(id); }
   void PopBusy() { busy_.pop_back(); }
+  // Whether a request is running on this thread (this one runs inside it).
+  bool Nested() const { return !busy_.empty(); }
 
   // The outgoing channel for `key`, or null.
   OutChannel* FindChannel(const std::string& key) {
@@ -2319,6 +2325,14 @@ InvokeResult Agent::ExecuteTraced(WorkerThread* wt, const std::string& id, const
     return InvokeResult{UnavailableError(fmt::format("instance {} was stopped", id)), {}, id, 0};
   }
   Slot& slot = *it->second;
+  if (Status rb = FinishRollback(wt, &slot); !rb.ok()) {
+    return InvokeResult{UnavailableError(fmt::format("instance {} could not be rolled back to its "
+                                                     "last good state: {}",
+                                                     id, rb.ToString())),
+                        {},
+                        id,
+                        0};
+  }
   slot.last_trace_id = trace_id;
   slot.last_idempotency_key = req.idempotency_key;
   int64_t t0 = MonoNanos();
@@ -2420,11 +2434,33 @@ InvokeResult Agent::ExecuteTraced(WorkerThread* wt, const std::string& id, const
   std::string msg = std::string(s.message());
   if (rb.ok()) {
     msg += "; instance " + id + " was rolled back to its last good state";
+  } else if (wt->Nested()) {
+    // Inside another request that is being terminated (its CPU limit hit during this
+    // nested call): the instance stays unusable until that request has ended, then
+    // goes back to its last good state.
+    slot.rollback_pending = true;
+    wt->Post([this, wt, id] {
+      auto it = wt->slots().find(id);
+      if (it != wt->slots().end()) (void)FinishRollback(wt, it->second.get());
+    });
+    msg += "; instance " + id + " will be rolled back to its last good state once the calling "
+           "request has ended";
   } else {
     msg += "; rolling instance " + id + " back failed (" + rb.ToString() + ")";
     TERN_LOG(ERROR) << "rollback of " << id << " failed: " << rb;
   }
   return InvokeResult{Status(s.code(), msg), {}, id, dt};
+}
+
+Status Agent::FinishRollback(WorkerThread* wt, Slot* slot) {
+  if (!slot->rollback_pending) return Status::Ok();
+  Status rb = RestoreSlot(wt, slot, slot->good);
+  if (rb.ok()) {
+    slot->rollback_pending = false;
+  } else {
+    TERN_LOG(ERROR) << "deferred rollback of " << slot->id << " failed: " << rb;
+  }
+  return rb;
 }
 
 Status Agent::RestoreSlot(WorkerThread* wt, Slot* slot, const wasm::Snapshot& snap) {
@@ -2889,7 +2925,8 @@ InvokeResult Agent::InvokeSync(InvokeRequest request) {
 
 Result<wasm::Snapshot> Agent::Snapshot(const std::string& instance_id, uint64_t* journal_seq) {
   wasm::Snapshot snap;
-  TERN_RETURN_IF_ERROR(RunOnSlot(instance_id, [&](WorkerThread*, Slot* slot) {
+  TERN_RETURN_IF_ERROR(RunOnSlot(instance_id, [&](WorkerThread* wt, Slot* slot) {
+    TERN_RETURN_IF_ERROR(FinishRollback(wt, slot));
     if (journal_seq != nullptr) *journal_seq = slot->journal_seq;
     return slot->inst->SnapshotInto(&snap);
   }));
@@ -2905,6 +2942,11 @@ Status Agent::Restore(const std::string& instance_id, const wasm::Snapshot& snap
         "version {}); restore into an instance of the same module",
         snap.module_hash.substr(0, 12), instance_id, svc->module->hash().substr(0, 12),
         svc->manifest.name, svc->manifest.version));
+  }
+  if (!svc->snapshotable) {
+    return FailedPreconditionError(
+        fmt::format("instance {} cannot be restored from a snapshot: {}", instance_id,
+                    wasm::CheckSnapshotable(svc->module->info()).message()));
   }
   if (snap.pages() > svc->limits.max_memory_pages) {
     return ResourceExhaustedError(

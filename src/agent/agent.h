@@ -544,6 +544,8 @@ class Agent {
   // Puts `snap` into the slot's instance (in place, or into a fresh instance when the
   // memory has grown past the snapshot). Worker thread.
   Status RestoreSlot(WorkerThread* wt, Slot* slot, const wasm::Snapshot& snap);
+  // Does a rollback that had to wait (Slot::rollback_pending); OK when none waits.
+  Status FinishRollback(WorkerThread* wt, Slot* slot);
   // Durable instances, worker thread: journals what the request just run wrote (and its
   // dedup entry) on the keeper and waits for the acknowledgement, then makes the state
   // the rollback point; on failure rolls the request back and returns why (kUnavailable).

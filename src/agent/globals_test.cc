@@ -12,6 +12,7 @@
 #include "agent/test_node.h"
 #include "core/clock.h"
 #include "core/manifest.h"
+#include "storage/journal.h"
 #include "testing/test_env.h"
 #include "wasm/snapshot.h"
 
@@ -85,7 +86,9 @@ TEST(AgentGlobalsTest, ARollbackAfterATrapRestoresTheGlobals) {
   Agent* a = n->agent.get();
   ASSERT_TRUE(a->Deploy(GlobalsManifest(), ReadWasm("guest_globals")).ok());
   for (bool grown : {false, true}) {
-    if (grown) ASSERT_TRUE(Call(a, "grow").status.ok());  // 5 MiB: tracked from here
+    if (grown) {
+      ASSERT_TRUE(Call(a, "grow").status.ok());  // 5 MiB: tracked from here
+    }
     StateOf(a, "bump");
     StateOf(a, "bump");
     const GuestState before = StateOf(a);
@@ -167,7 +170,9 @@ TEST(AgentGlobalsTest, TheJournalOfADurableInstanceCarriesTheGlobals) {
   ASSERT_TRUE(a->SetKeeper(id, "csd0", csd0->tcp).ok());
   for (int i = 1; i <= 6; ++i) {
     ASSERT_TRUE(Call(a, "bump", 100 + i).status.ok()) << i;
-    if (i == 2) ASSERT_TRUE(a->JournalCheckpoint(id).ok());
+    if (i == 2) {
+      ASSERT_TRUE(a->JournalCheckpoint(id).ok());
+    }
   }
   const uint64_t seq_before = csd0->agent->journals()->Info(id)->last_seq;
   ASSERT_TRUE(Call(a, "bump_globals_only").status.ok());

@@ -510,8 +510,9 @@ Status CheckGlobals(const V8Module& m, const Snapshot& snap) {
                                           want[0].index == *m.stack_pointer_global());
     if (only_sp) return Status::Ok();
     return InvalidArgumentError(fmt::format(
-        "snapshot carries no globals, but the module has {} mutable globals besides the stack "
-        "pointer (a snapshot from a tern that did not carry them): restoring it would lose state",
+        "the state to restore carries no globals, but the module has {} mutable globals "
+        "besides the stack pointer (it comes from a tern that did not carry them: a format-1 "
+        "snapshot or a version-2 migration): restoring it would lose state",
         want.size() - (m.stack_pointer_global() ? 1 : 0)));
   }
   if (snap.globals.size() != want.size()) {
@@ -534,12 +535,6 @@ Status V8Instance::WriteGlobals(const Snapshot& snap) {
   v8::Isolate* iso = worker_->isolate();
   v8::Local<v8::Context> ctx = worker_->context();
   v8::TryCatch tc(iso);
-  if (snap.stack_pointer && !stack_pointer_.IsEmpty()) {
-    v8::Local<v8::Value> v = v8::Integer::New(iso, static_cast<int32_t>(*snap.stack_pointer));
-    if (stack_pointer_.Get(iso)->Set(ctx, worker_->value_string(), v).IsNothing()) {
-      return InternalError("cannot set __stack_pointer: " + ExceptionText(iso, ctx, tc.Exception()));
-    }
-  }
   for (size_t i = 0; i < snap.globals.size(); ++i) {
     const GlobalValue& g = snap.globals[i];
     v8::Local<v8::Value> v;
@@ -560,6 +555,14 @@ Status V8Instance::WriteGlobals(const Snapshot& snap) {
     if (globals_[i].Get(iso)->Set(ctx, worker_->value_string(), v).IsNothing()) {
       return InternalError(fmt::format("cannot set global {}: {}", g.index,
                                        ExceptionText(iso, ctx, tc.Exception())));
+    }
+  }
+  // After the globals (which hold it too): `stack_pointer` is what a snapshot without
+  // globals carries, and what a caller that changes only the stack pointer sets.
+  if (snap.stack_pointer && !stack_pointer_.IsEmpty()) {
+    v8::Local<v8::Value> v = v8::Integer::New(iso, static_cast<int32_t>(*snap.stack_pointer));
+    if (stack_pointer_.Get(iso)->Set(ctx, worker_->value_string(), v).IsNothing()) {
+      return InternalError("cannot set __stack_pointer: " + ExceptionText(iso, ctx, tc.Exception()));
     }
   }
   return Status::Ok();
