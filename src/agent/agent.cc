@@ -2856,6 +2856,7 @@ Result<Agent::ReplayReport> Agent::ReplayJournal(const std::string& instance_id,
     }
     TERN_RETURN_IF_ERROR(RestoreSlot(wt, slot, snap));
     slot->good = std::move(snap);
+    TERN_RETURN_IF_ERROR(slot->inst->SnapshotGlobals(&slot->good));  // records may lack them
     for (DedupEntry& e : dedup) slot->Remember(e.key, e.code, std::move(e.reply));
     slot->journal_seq = seq;
     // The keeper's journal is the one just read; a new keeper may come: start afresh.
@@ -2956,6 +2957,8 @@ Status Agent::Restore(const std::string& instance_id, const wasm::Snapshot& snap
   return RunOnSlot(instance_id, [&](WorkerThread* wt, Slot* slot) -> Status {
     TERN_RETURN_IF_ERROR(RestoreSlot(wt, slot, snap));
     slot->good = snap;
+    // As the instance has them (a format-1 snapshot lists none; the stack pointer is one).
+    TERN_RETURN_IF_ERROR(slot->inst->SnapshotGlobals(&slot->good));
     slot->journal_full = true;  // the keeper's journal does not know this state
     return Status::Ok();
   });

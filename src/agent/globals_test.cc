@@ -13,6 +13,7 @@
 #include "core/clock.h"
 #include "core/manifest.h"
 #include "storage/journal.h"
+#include "testing/globals_guest.h"
 #include "testing/test_env.h"
 #include "wasm/snapshot.h"
 
@@ -22,18 +23,7 @@ namespace {
 using tern::testing::ReadWasm;
 using tern::testing::SourcePath;
 
-struct GuestState {
-  int32_t count = 0;
-  int64_t wide = 0;
-  double real = 0;
-  uint32_t in_memory = 0;
-  bool operator==(const GuestState&) const = default;
-};
-
-std::ostream& operator<<(std::ostream& os, const GuestState& s) {
-  return os << "{count " << s.count << ", wide " << s.wide << ", real " << s.real
-            << ", in_memory " << s.in_memory << "}";
-}
+using GuestState = tern::testing::GlobalsGuestState;
 
 Manifest GlobalsManifest(bool durable = false) {
   Result<Manifest> m = LoadManifest(SourcePath("src/agent/testdata/globals.yaml"));
@@ -59,14 +49,9 @@ GuestState StateOf(Agent* a, const std::string& handler = "get") {
   InvokeResult r = Call(a, handler);
   EXPECT_TRUE(r.status.ok()) << handler << ": " << r.status;
   GuestState s;
-  if (r.reply.size() != 24) {
+  if (!tern::testing::ParseGlobalsGuestState(r.reply, &s)) {
     ADD_FAILURE() << handler << ": reply of " << r.reply.size() << " bytes";
-    return s;
   }
-  std::memcpy(&s.count, r.reply.data(), 4);
-  std::memcpy(&s.wide, r.reply.data() + 4, 8);
-  std::memcpy(&s.real, r.reply.data() + 12, 8);
-  std::memcpy(&s.in_memory, r.reply.data() + 20, 4);
   return s;
 }
 
