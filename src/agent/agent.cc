@@ -130,15 +130,21 @@ struct Agent::Slot {
   uint64_t last_trace_id = 0;  // of the last request served
   uint64_t last_idempotency_key = 0;
   std::unique_ptr<SlotMigration> mig;  // while it migrates away
-  // Durable (manifest `durable`): each request's writes are journaled on `keeper`
+  // Durable (manifest `durable`): each request's writes are journaled on its keepers
   // before its reply (MakeDurable).
   bool durable = false;
-  std::string keeper, keeper_tcp;  // "" = none assigned yet (the controller pushes it)
-  uint64_t journal_seq = 0;        // the last record the keeper acknowledged
-  bool journal_full = true;        // the next record carries every page (new keeper/state)
+  std::vector<JournalKeeper> keepers;  // none = none assigned yet (the controller pushes them)
+  // The last record number used. Never reused: a record whose outcome is unknown (no
+  // keeper acknowledged it, or one timed out) keeps its number, so of two keepers'
+  // journals the one whose last record has the higher number got the later record.
+  uint64_t journal_seq = 0;
   uint64_t journal_appends = 0, journal_failures = 0, journal_full_records = 0;
-  uint64_t journal_bytes = 0;
+  uint64_t journal_bytes = 0, journal_degraded = 0;
   int64_t journal_ns_total = 0;
+  // Every keeper's next record carries every page (a new state the journals do not know).
+  void JournalStartAfresh() {
+    for (JournalKeeper& k : keepers) k.full = true;
+  }
   // Answers to recent idempotency keys (exactly-once across retries and migrations).
   std::unordered_map<uint64_t, DedupEntry> dedup;
   std::deque<uint64_t> dedup_order;
@@ -2634,12 +2640,13 @@ Status Agent::CommitGood(Slot* slot, const std::vector<uint32_t>& pages, bool tr
   return slot->inst->SnapshotGlobals(&slot->good);
 }
 
-Status Agent::JournalAppend(WorkerThread* wt, Slot* slot, std::string payload) {
+std::shared_ptr<Agent::OutCall> Agent::SendJournal(WorkerThread* wt, const JournalKeeper& keeper,
+                                                   std::string payload) {
   dataplane::InstanceLocation loc;
-  loc.instance = "$journal@" + slot->keeper;
+  loc.instance = "$journal@" + keeper.device;
   loc.service = kJournalService;
-  loc.agent = slot->keeper;
-  loc.tcp = slot->keeper_tcp;
+  loc.agent = keeper.device;
+  loc.tcp = keeper.tcp;
   auto call = std::make_shared<OutCall>();
   call->service = kJournalService;
   call->handler = "append";
@@ -2649,55 +2656,130 @@ Status Agent::JournalAppend(WorkerThread* wt, Slot* slot, std::string payload) {
   call->tier = dataplane::Tier::kTcp;
   std::shared_ptr<OutCall> keep = call;
   SendRemote(wt, std::move(call), dataplane::Tier::kTcp, loc);
-  // Meanwhile the worker serves its other instances; this one's requests and control
-  // tasks wait (it is busy), so nothing runs on a state that is not durable yet.
-  wt->PushBusy(slot->id);
-  if (!keep->done.load(std::memory_order_acquire)) wt->WaitCall(keep.get());
-  wt->PopBusy();
-  if (keep->code == StatusCode::kOk) return Status::Ok();
-  return Status(keep->code, keep->result);
+  return keep;
 }
+
+namespace {
+// Why `device` did not take a journal record, for the log and the caller's error.
+std::string KeeperFailure(const std::string& device, const Status& s, int64_t timeout_ns) {
+  if (s.code() == StatusCode::kDeadlineExceeded) {
+    return fmt::format("keeper {} did not acknowledge its journal record within {} ms", device,
+                       timeout_ns / 1'000'000);
+  }
+  return fmt::format("the journal append to keeper {} failed: {}", device, s.message());
+}
+}  // namespace
 
 Status Agent::AppendRecord(WorkerThread* wt, Slot* slot, const std::vector<uint32_t>& written,
                            const std::vector<wasm::GlobalValue>& globals,
-                           const DedupEntry* current) {
-  if (slot->keeper_tcp.empty()) {
-    return UnavailableError("no keeper is assigned to its journal yet (the controller assigns one "
-                            "with the instance's first checkpoint)");
+                           const DedupEntry* current, AppendOutcome* outcome) {
+  std::vector<JournalKeeper*> to;
+  std::vector<std::string> names;
+  for (JournalKeeper& k : slot->keepers) {
+    names.push_back(k.device);
+    if (!k.out) to.push_back(&k);
   }
-  Status st;
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    const bool full = slot->journal_full;
-    const uint64_t bytes = slot->inst->memory_bytes();
+  if (slot->keepers.empty()) {
+    return UnavailableError("no keeper is assigned to its journal yet (the controller assigns "
+                            "them with the instance's first checkpoint)");
+  }
+  if (to.empty()) {
+    return UnavailableError(fmt::format(
+        "every keeper of its journal ({}) failed; the controller assigns new ones",
+        fmt::join(names, ", ")));
+  }
+  const uint64_t seq = ++slot->journal_seq;  // never reused (Slot::journal_seq)
+  const uint64_t bytes = slot->inst->memory_bytes();
+  std::string framed[2];  // "<instance>\n" + the delta [0] or full [1] record, built once
+  auto record = [&](bool full) -> const std::string& {
+    std::string& out = framed[full ? 1 : 0];
+    if (!out.empty()) return out;
     std::vector<uint32_t> all;
     std::vector<const DedupEntry*> dedup;
     if (full) {
-      // Every page and the whole dedup table: the journal starts afresh here.
+      // Every page and the whole dedup table: the keeper's journal starts afresh here.
       all.resize(bytes / kTrackPage);
       for (size_t p = 0; p < all.size(); ++p) all[p] = static_cast<uint32_t>(p);
       for (uint64_t key : slot->dedup_order) dedup.push_back(&slot->dedup.at(key));
     }
     if (current != nullptr) dedup.push_back(current);
-    std::string payload = slot->id + "\n";
-    AppendJournalRecord(slot->journal_seq + 1, full, slot->good.stack_pointer, globals, bytes,
-                        dedup, slot->inst->memory_data(), full ? all : written, PageCodec::kLz4,
-                        &payload);
-    const size_t n = payload.size();
-    st = JournalAppend(wt, slot, std::move(payload));
-    if (st.ok()) {
-      ++slot->journal_seq;
-      ++slot->journal_appends;
-      slot->journal_full_records += full ? 1 : 0;
-      slot->journal_bytes += n;
-      slot->journal_full = false;
-      return st;
+    out = slot->id + "\n";
+    AppendJournalRecord(seq, full, slot->good.stack_pointer, globals, bytes, dedup,
+                        slot->inst->memory_data(), full ? all : written, PageCodec::kLz4, &out);
+    return out;
+  };
+  struct Append {
+    JournalKeeper* keeper;
+    bool full;
+    std::shared_ptr<OutCall> call;
+    Status status;
+  };
+  std::vector<Append> appends;
+  for (JournalKeeper* k : to) appends.push_back({k, k->full, nullptr, Status::Ok()});
+  // Round 0: every keeper its record, all in flight at once (the wait is the slower
+  // acknowledgement, not the sum). Round 1: a full record to a keeper that refused a
+  // delta (its journal does not end where ours does: it restarted without our last one).
+  for (int round = 0; round < 2; ++round) {
+    bool sent = false;
+    for (Append& a : appends) {
+      if (round == 1) {
+        if (a.status.code() != StatusCode::kFailedPrecondition || a.full) continue;
+        a.full = true;
+      }
+      const std::string& r = record(a.full);
+      slot->journal_bytes += r.size();
+      a.call = SendJournal(wt, *a.keeper, r);
+      sent = true;
     }
-    // The keeper's journal does not end where ours does (a new keeper, or one that
-    // restarted without our last record): send every page instead, once.
-    if (st.code() != StatusCode::kFailedPrecondition || full) break;
-    slot->journal_full = true;
+    if (!sent) break;
+    // Meanwhile the worker serves its other instances; this one's requests and control
+    // tasks wait (it is busy), so nothing runs on a state that is not durable yet.
+    wt->PushBusy(slot->id);
+    for (Append& a : appends) {
+      if (a.call != nullptr && !a.call->done.load(std::memory_order_acquire)) {
+        wt->WaitCall(a.call.get());
+      }
+    }
+    wt->PopBusy();
+    for (Append& a : appends) {
+      if (a.call == nullptr) continue;
+      a.status = a.call->code == StatusCode::kOk ? Status::Ok() : Status(a.call->code, a.call->result);
+      a.call.reset();
+    }
   }
-  return st;
+  if (outcome != nullptr && !framed[1].empty()) outcome->full_bytes = framed[1].size();
+  std::vector<std::string> acked, why;
+  bool timed_out = false;
+  for (Append& a : appends) {
+    // A keeper that did not acknowledge may hold this record or not: its next one is full.
+    a.keeper->full = !a.status.ok();
+    if (a.status.ok()) {
+      acked.push_back(a.keeper->device);
+      slot->journal_full_records += a.full ? 1 : 0;
+      continue;
+    }
+    timed_out |= a.status.code() == StatusCode::kDeadlineExceeded;
+    why.push_back(KeeperFailure(a.keeper->device, a.status, options_.journal_timeout_ns));
+    if (outcome != nullptr) outcome->failed.emplace_back(a.keeper->device, a.status);
+  }
+  if (acked.empty()) {
+    return Status(timed_out ? StatusCode::kDeadlineExceeded : StatusCode::kUnavailable,
+                  fmt::format("{}", fmt::join(why, "; ")));
+  }
+  ++slot->journal_appends;
+  for (Append& a : appends) {
+    if (a.status.ok()) continue;
+    // As a failed replica leaves a chain: the record is durable on the others, which go
+    // on alone; this keeper's journal stops here, and it rejoins only with a full record
+    // once the controller assigns the keepers again (a replacement, or this one).
+    a.keeper->out = true;
+    TERN_LOG(WARN) << "journal of " << slot->id << ": "
+                   << KeeperFailure(a.keeper->device, a.status, options_.journal_timeout_ns)
+                   << "; it drops out, and the journal is kept by " << fmt::format("{}", fmt::join(acked, ", "))
+                   << " alone until the controller assigns its keepers again (degraded: "
+                   << acked.size() << " of " << kJournalCopies << " copies)";
+  }
+  return Status::Ok();
 }
 
 Status Agent::MakeDurable(WorkerThread* wt, Slot* slot, const InvokeRequest& req, StatusCode code,
@@ -2717,24 +2799,28 @@ Status Agent::MakeDurable(WorkerThread* wt, Slot* slot, const InvokeRequest& req
   const DedupEntry entry{req.idempotency_key, code, answer};
   if (st.ok()) st = AppendRecord(wt, slot, changed, now.globals, keyed ? &entry : nullptr);
   slot->journal_ns_total += MonoNanos() - t0;
-  if (st.ok()) return CommitGood(slot, dirty, tracked);
-  // Not durable: the request never happened. Its writes are undone from the rollback
-  // point, which still holds the state before it.
+  if (st.ok()) {
+    // Acknowledged with fewer copies than a journal is meant to have (a keeper dropped
+    // out, or only one is assigned): counted, reported, and in `tern ps`.
+    const size_t copies = std::count_if(slot->keepers.begin(), slot->keepers.end(),
+                                        [](const JournalKeeper& k) { return !k.out; });
+    if (copies < kJournalCopies) ++slot->journal_degraded;
+    return CommitGood(slot, dirty, tracked);
+  }
+  // Not durable on any keeper: the request never happened. Its writes are undone from
+  // the rollback point, which still holds the state before it.
   ++slot->journal_failures;
   ++slot->rollbacks;
   Status rb = RestoreSlot(wt, slot, slot->good);
   if (!rb.ok()) TERN_LOG(ERROR) << "rollback of " << slot->id << " failed: " << rb;
-  std::string why = st.code() == StatusCode::kDeadlineExceeded
-                        ? fmt::format("keeper {} did not acknowledge its journal record within "
-                                      "{} ms (it may still have it: retry with the same "
-                                      "idempotency key)",
-                                      slot->keeper, options_.journal_timeout_ns / 1'000'000)
-                        : fmt::format("the journal append to keeper {} failed: {}",
-                                      slot->keeper.empty() ? "(none)" : slot->keeper, st.message());
   return UnavailableError(fmt::format(
-      "the state of {} could not be made durable: {}; the request's effects were {} and it is "
+      "the state of {} could not be made durable: {}{}; the request's effects were {} and it is "
       "not acknowledged",
-      slot->id, why, rb.ok() ? "rolled back" : "NOT rolled back (" + rb.ToString() + ")"));
+      slot->id, st.message(),
+      st.code() == StatusCode::kDeadlineExceeded
+          ? " (it may still have it: retry with the same idempotency key)"
+          : "",
+      rb.ok() ? "rolled back" : "NOT rolled back (" + rb.ToString() + ")"));
 }
 
 Result<Agent::JournalCheckpointReport> Agent::JournalCheckpoint(const std::string& instance_id) {
@@ -2745,14 +2831,19 @@ Result<Agent::JournalCheckpointReport> Agent::JournalCheckpoint(const std::strin
           fmt::format("instance {} is not durable (manifest `durable: true`)", instance_id));
     }
     // At a request boundary: the state is `good` plus nothing (requests commit theirs).
-    slot->journal_full = true;
-    const uint64_t bytes_before = slot->journal_bytes;
-    TERN_RETURN_IF_ERROR(AppendRecord(wt, slot, {}, slot->good.globals, nullptr)
-                             .WithPrefix(fmt::format("base checkpoint of {} on keeper {}",
-                                                     instance_id, slot->keeper)));
+    slot->JournalStartAfresh();
+    std::vector<std::string> names;
+    for (const JournalKeeper& k : slot->keepers) names.push_back(k.device);
+    AppendOutcome out;
+    TERN_RETURN_IF_ERROR(AppendRecord(wt, slot, {}, slot->good.globals, nullptr, &out)
+                             .WithPrefix(fmt::format("base checkpoint of {} on {}", instance_id,
+                                                     fmt::join(names, " and "))));
     rep.seq = slot->journal_seq;
-    rep.bytes = slot->journal_bytes - bytes_before;
-    rep.keeper = slot->keeper;
+    rep.bytes = out.full_bytes;
+    for (const JournalKeeper& k : slot->keepers) {
+      if (!k.out) rep.keepers.push_back(k.device);
+    }
+    rep.failed = std::move(out.failed);
     return Status::Ok();
   }));
   return rep;
@@ -2788,29 +2879,57 @@ void Agent::ServeJournalFrame(transport::Frame f, std::function<void(transport::
   });
 }
 
-Status Agent::SetKeeper(const std::string& instance_id, const std::string& device,
-                        const std::string& tcp) {
-  if (device.empty() || tcp.empty()) {
-    return InvalidArgumentError("a keeper needs a device and a frame address (\"ip:port\")");
+Status Agent::SetKeepers(const std::string& instance_id,
+                         const std::vector<JournalKeeper>& keepers) {
+  if (keepers.empty() || keepers.size() > kJournalCopies) {
+    return InvalidArgumentError(fmt::format("a journal has 1 to {} keepers, not {}",
+                                            kJournalCopies, keepers.size()));
   }
-  if (device == options_.device) {
-    return InvalidArgumentError(fmt::format(
-        "{} cannot keep the journal of its own instance {}: it would die with it",
-        device, instance_id));
+  for (size_t i = 0; i < keepers.size(); ++i) {
+    const JournalKeeper& k = keepers[i];
+    if (k.device.empty() || k.tcp.empty()) {
+      return InvalidArgumentError("a keeper needs a device and a frame address (\"ip:port\")");
+    }
+    if (k.device == options_.device) {
+      return InvalidArgumentError(fmt::format(
+          "{} cannot keep the journal of its own instance {}: it would die with it", k.device,
+          instance_id));
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (keepers[j].device == k.device) {
+        return InvalidArgumentError(fmt::format("keeper {} is named twice: two copies of a "
+                                                "journal on one device die together", k.device));
+      }
+    }
   }
   return RunOnSlot(instance_id, [&](WorkerThread*, Slot* slot) -> Status {
     if (!slot->durable) {
       return FailedPreconditionError(
           fmt::format("instance {} is not durable (manifest `durable: true`)", instance_id));
     }
-    if (slot->keeper != device || slot->keeper_tcp != tcp) {
-      // The new keeper's journal may not hold our last records: start it with every page.
-      if (!slot->keeper.empty()) slot->journal_full = true;
-      TERN_LOG(INFO) << "journal of " << instance_id << " kept by " << device << " (" << tcp
-                     << ")";
+    std::vector<JournalKeeper> next;
+    bool same = keepers.size() == slot->keepers.size();
+    for (const JournalKeeper& k : keepers) {
+      JournalKeeper n{k.device, k.tcp};  // a new keeper: a full record first
+      bool known = false;
+      for (const JournalKeeper& o : slot->keepers) {
+        // One already assigned keeps its place in the journal; one that dropped out
+        // rejoins with a full record.
+        if (o.device == k.device && o.tcp == k.tcp && !o.out) {
+          n.full = o.full;
+          known = true;
+        }
+      }
+      same &= known;
+      next.push_back(std::move(n));
     }
-    slot->keeper = device;
-    slot->keeper_tcp = tcp;
+    if (!same) {
+      std::vector<std::string> names;
+      for (const JournalKeeper& k : next) names.push_back(k.device + " (" + k.tcp + ")");
+      TERN_LOG(INFO) << "journal of " << instance_id << " kept by "
+                     << fmt::format("{}", fmt::join(names, " and "));
+    }
+    slot->keepers = std::move(next);
     return Status::Ok();
   });
 }
@@ -2859,8 +2978,8 @@ Result<Agent::ReplayReport> Agent::ReplayJournal(const std::string& instance_id,
     TERN_RETURN_IF_ERROR(slot->inst->SnapshotGlobals(&slot->good));  // records may lack them
     for (DedupEntry& e : dedup) slot->Remember(e.key, e.code, std::move(e.reply));
     slot->journal_seq = seq;
-    // The keeper's journal is the one just read; a new keeper may come: start afresh.
-    slot->journal_full = true;
+    // One keeper's journal was just read; the keepers assigned next start afresh.
+    slot->JournalStartAfresh();
     rep.records = scan.records;
     rep.seq = seq;
     rep.ignored_bytes = records.size() - scan.good_bytes;
@@ -2959,7 +3078,7 @@ Status Agent::Restore(const std::string& instance_id, const wasm::Snapshot& snap
     slot->good = snap;
     // As the instance has them (a format-1 snapshot lists none; the stack pointer is one).
     TERN_RETURN_IF_ERROR(slot->inst->SnapshotGlobals(&slot->good));
-    slot->journal_full = true;  // the keeper's journal does not know this state
+    slot->JournalStartAfresh();  // the keepers' journals do not know this state
     return Status::Ok();
   });
 }
@@ -3009,7 +3128,10 @@ AgentStatus Agent::GetStatus() {
         is.last_trace_id = slot->last_trace_id;
         is.last_idempotency_key = slot->last_idempotency_key;
         is.durable = slot->durable;
-        is.keeper = slot->keeper;
+        for (const JournalKeeper& k : slot->keepers) {
+          (k.out ? is.keepers_out : is.keepers).push_back(k.device);
+        }
+        is.journal_degraded = slot->journal_degraded;
         is.journal_seq = slot->journal_seq;
         is.journal_appends = slot->journal_appends;
         is.journal_failures = slot->journal_failures;
@@ -3325,10 +3447,8 @@ Result<Agent::MigChunk> Agent::MigFreeze(const std::string& id, int64_t timeout_
     TERN_RETURN_IF_ERROR(slot.inst->SnapshotGlobals(&globals));
     cs.globals = std::move(globals.globals);
     cs.requests = slot.requests;
-    cs.keeper = slot.keeper;
-    cs.keeper_tcp = slot.keeper_tcp;
+    cs.keepers = slot.keepers;
     cs.journal_seq = slot.journal_seq;
-    cs.journal_full = slot.journal_full;
     for (uint64_t key : slot.dedup_order) cs.dedup.push_back(slot.dedup.at(key));
     *commit = EncodeCommitState(cs);
     return Status::Ok();
@@ -3656,16 +3776,12 @@ Status Agent::IncomingCommit(const std::shared_ptr<Incoming>& in, std::string_vi
     }
     slot->requests = cs.requests;
     for (DedupEntry& e : cs.dedup) slot->Remember(e.key, e.code, std::move(e.reply));
-    // A durable instance goes on appending to its keeper where the source stopped;
-    // unless it arrived on the keeper's own device (which cannot keep it: the controller
-    // assigns another, whose journal starts with a full record).
+    // A durable instance goes on appending to its keepers where the source stopped;
+    // but not to one on this very device, which cannot keep it (the controller assigns
+    // another, whose journal starts with a full record).
     slot->journal_seq = cs.journal_seq;
-    slot->journal_full = cs.journal_full;
-    if (cs.keeper != options_.device) {
-      slot->keeper = cs.keeper;
-      slot->keeper_tcp = cs.keeper_tcp;
-    } else {
-      slot->journal_full = true;
+    for (JournalKeeper& k : cs.keepers) {
+      if (k.device != options_.device) slot->keepers.push_back(std::move(k));
     }
     queued = slot->queued;
     wt->slots()[in->id] = std::move(slot);

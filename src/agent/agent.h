@@ -25,6 +25,7 @@
 #include <utility>
 #include <vector>
 
+#include "agent/migration_wire.h"  // JournalKeeper, DedupEntry
 #include "agent/partition.h"
 #include "core/manifest.h"
 #include "dataplane/link.h"
@@ -168,17 +169,25 @@ struct InstanceStatus {
   uint64_t last_trace_id = 0;  // of the last request it served (0 = none yet)
   uint64_t last_idempotency_key = 0;
   DataCounters data;
-  // Durable instances: the keeper of its journal ("" = none assigned yet), the last
-  // record it acknowledged, and the appends so far.
+  // Durable instances: the keepers of its journal that get its records (none = none
+  // assigned yet) and those that dropped out (failed while the other acknowledged), the
+  // last record number used, and the appends so far.
   bool durable = false;
-  std::string keeper;
+  std::vector<std::string> keepers, keepers_out;
   uint64_t journal_seq = 0;
   uint64_t journal_appends = 0;
   uint64_t journal_failures = 0;   // requests rolled back: their record was not acknowledged
   uint64_t journal_full = 0;       // records that carried every page
   uint64_t journal_bytes = 0;      // record bytes sent
   int64_t journal_ns_total = 0;    // time waiting for acknowledgements
+  // Replies sent while fewer than kJournalCopies keepers held their record (a keeper
+  // dropped out, or only one is assigned): durable against one device's death, not two.
+  uint64_t journal_degraded = 0;
 };
+
+// How many keepers a durable instance's journal is meant to be on: a reply waits for
+// every keeper assigned (the controller assigns this many when it can).
+inline constexpr size_t kJournalCopies = 2;
 
 struct ServiceStatus {
   Manifest manifest;
@@ -321,10 +330,14 @@ class Agent {
   Status Restore(const std::string& instance_id, const wasm::Snapshot& snap);
 
   // Durable instances (docs/design/migration.md "Durable instances").
-  // Where the instance's journal is kept: the keeper's device and frame address. A new
-  // keeper gets a full record first.
+  // Where the instance's journal is kept: each keeper's device and frame address (1 or
+  // 2, distinct, never this device). A keeper already assigned keeps its place in the
+  // journal; a new one, or one that dropped out, gets a full record first.
+  Status SetKeepers(const std::string& instance_id, const std::vector<JournalKeeper>& keepers);
   Status SetKeeper(const std::string& instance_id, const std::string& device,
-                   const std::string& tcp);
+                   const std::string& tcp) {
+    return SetKeepers(instance_id, {JournalKeeper{device, tcp}});
+  }
   struct ReplayReport {
     size_t records = 0;        // applied
     uint64_t seq = 0;          // the journal sequence the instance is at now
@@ -339,12 +352,15 @@ class Agent {
                                      std::string_view records);
   struct JournalCheckpointReport {
     uint64_t seq = 0;    // the full record's sequence number
-    uint64_t bytes = 0;  // its size
-    std::string keeper;
+    uint64_t bytes = 0;  // its size (one copy)
+    std::vector<std::string> keepers;  // those that acknowledged it
+    // Those that did not: device, status (they drop out of the instance's keepers).
+    std::vector<std::pair<std::string, Status>> failed;
   };
   // A base checkpoint of a durable instance: at its next request boundary, appends a
-  // full record (every page and the whole dedup table) to its keeper and waits for it
-  // to be durable. The keeper's journal then starts there (what came before is dropped).
+  // full record (every page and the whole dedup table) to each of its keepers and waits
+  // for it to be durable. Their journals then start there (what came before is
+  // dropped). Fails only when no keeper acknowledged it.
   Result<JournalCheckpointReport> JournalCheckpoint(const std::string& instance_id);
   // This device's journals of other devices' durable instances (null without datasets).
   storage::JournalStore* journals() const { return journals_.get(); }
@@ -560,14 +576,19 @@ class Agent {
   // Brings `good` up to date from `pages` (WrittenPages' `dirty`).
   Status CommitGood(Slot* slot, const std::vector<uint32_t>& pages, bool tracked);
   // Appends the slot's next record (`written` pages, the values of the mutable `globals`
-  // and the `current` dedup entry; every
-  // page and the whole dedup table when slot->journal_full, or when the keeper refuses a
-  // delta) and waits for its acknowledgement.
+  // and the `current` dedup entry; every page and the whole dedup table to a keeper that
+  // needs it, or that refuses a delta) to every keeper in parallel and waits for their
+  // acknowledgements. OK when at least one acknowledged (the others drop out, logged).
+  struct AppendOutcome {
+    std::vector<std::pair<std::string, Status>> failed;  // keepers that did not take it
+    uint64_t full_bytes = 0;  // the size of the full record, if one was sent
+  };
   Status AppendRecord(WorkerThread* wt, Slot* slot, const std::vector<uint32_t>& written,
-                      const std::vector<wasm::GlobalValue>& globals,
-                      const DedupEntry* current);
-  // Sends one framed record to the slot's keeper and waits (serving other instances).
-  Status JournalAppend(WorkerThread* wt, Slot* slot, std::string payload);
+                      const std::vector<wasm::GlobalValue>& globals, const DedupEntry* current,
+                      AppendOutcome* outcome = nullptr);
+  // Sends one framed record to a keeper; the caller waits for the call.
+  std::shared_ptr<OutCall> SendJournal(WorkerThread* wt, const JournalKeeper& keeper,
+                                       std::string payload);
   // Starts dirty-page tracking of the slot's memory (stateful services). Worker thread.
   void StartTracking(Slot* slot);
   // Brings slot->good up to the instance's current state, copying only written pages

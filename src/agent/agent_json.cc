@@ -64,7 +64,11 @@ std::string StatusToJson(const AgentStatus& st) {
                              {"last_trace_id", i.last_trace_id ? TraceIdHex(i.last_trace_id) : ""},
                              {"last_idempotency_key", i.last_idempotency_key}});
     if (i.durable) {
-      instances.back()["durable"] = json{{"keeper", i.keeper},
+      // "keepers": those that get its records; "keepers_out": dropped out (failed while
+      // the other acknowledged) until the controller assigns keepers again.
+      instances.back()["durable"] = json{{"keepers", i.keepers},
+                                         {"keepers_out", i.keepers_out},
+                                         {"degraded_acks", i.journal_degraded},
                                          {"journal_seq", i.journal_seq},
                                          {"appends", i.journal_appends},
                                          {"failures", i.journal_failures},

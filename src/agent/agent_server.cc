@@ -571,24 +571,50 @@ struct AgentServer::Impl {
       return h;
     }
     if (p.size() == 4 && p[3] == "keeper" && req.method == "PUT") {
+      // {"keepers": [{"device", "tcp"}, ...]} (1 or 2), or one: {"device", "tcp"}.
       nlohmann::json j = nlohmann::json::parse(req.body, nullptr, false);
-      if (j.is_discarded() || !j.is_object() || !j.contains("device") || !j["device"].is_string() ||
-          !j.contains("tcp") || !j["tcp"].is_string()) {
-        return ErrorResponse(InvalidArgumentError(
-            "keeper: the body must be {\"device\": \"...\", \"tcp\": \"ip:port\"} (the frame "
-            "address of the agent that keeps the instance's journal)"));
+      std::vector<JournalKeeper> keepers;
+      bool ok = !j.is_discarded() && j.is_object();
+      if (ok) {
+        nlohmann::json list = j.contains("keepers") ? j["keepers"] : nlohmann::json::array({j});
+        ok = list.is_array();
+        for (const nlohmann::json& k : ok ? list : nlohmann::json::array()) {
+          if (!k.is_object() || !k.contains("device") || !k["device"].is_string() ||
+              !k.contains("tcp") || !k["tcp"].is_string()) {
+            ok = false;
+            break;
+          }
+          keepers.push_back({k["device"].get<std::string>(), k["tcp"].get<std::string>()});
+        }
       }
-      Status s = agent->SetKeeper(p[2], j["device"].get<std::string>(), j["tcp"].get<std::string>());
+      if (!ok) {
+        return ErrorResponse(InvalidArgumentError(
+            "keeper: the body must be {\"keepers\": [{\"device\": \"...\", \"tcp\": "
+            "\"ip:port\"}, ...]} or one {\"device\", \"tcp\"} (the frame addresses of the "
+            "agents that keep the instance's journal)"));
+      }
+      Status s = agent->SetKeepers(p[2], keepers);
       if (!s.ok()) return ErrorResponse(s);
-      return HttpResponse::Json(200, nlohmann::json{{"instance", p[2]}, {"keeper", j["device"]}}.dump());
+      nlohmann::json names = nlohmann::json::array();
+      for (const JournalKeeper& k : keepers) names.push_back(k.device);
+      return HttpResponse::Json(200, nlohmann::json{{"instance", p[2]}, {"keepers", names}}.dump());
     }
     if (p.size() == 4 && p[3] == "checkpoint" && req.method == "POST") {
       Result<Agent::JournalCheckpointReport> r = agent->JournalCheckpoint(p[2]);
       if (!r.ok()) return ErrorResponse(r.status());
+      // "keepers": those that have the full record; "failed": those that did not take it
+      // (they dropped out of the instance's keepers).
+      nlohmann::json failed = nlohmann::json::array();
+      for (const auto& [device, st] : r->failed) {
+        failed.push_back({{"device", device},
+                          {"code", StatusCodeName(st.code())},
+                          {"error", std::string(st.message())}});
+      }
       return HttpResponse::Json(200, nlohmann::json{{"instance", p[2]},
                                                     {"seq", r->seq},
                                                     {"bytes", r->bytes},
-                                                    {"keeper", r->keeper}}
+                                                    {"keepers", r->keepers},
+                                                    {"failed", failed}}
                                          .dump());
     }
     if (p.size() == 4 && p[3] == "journal" && req.method == "POST") {

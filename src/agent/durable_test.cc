@@ -216,14 +216,16 @@ TEST_F(DurableTest, EveryAcknowledgedIncrementSurvivesTheAgentAndRetriesAreAnswe
       Result<Agent::JournalCheckpointReport> ck = a->JournalCheckpoint(id_);
       ASSERT_TRUE(ck.ok()) << ck.status();
       base_seq = ck->seq;
-      EXPECT_EQ(ck->keeper, "csd0");
+      EXPECT_EQ(ck->keepers, std::vector<std::string>{"csd0"});
+      EXPECT_TRUE(ck->failed.empty());
     }
   }
   const uint64_t last = StatusOf(a, id_).journal_seq;
   EXPECT_EQ(last, base_seq + (kN - 10));
   InstanceStatus st = StatusOf(a, id_);
   EXPECT_TRUE(st.durable);
-  EXPECT_EQ(st.keeper, "csd0");
+  EXPECT_EQ(st.keepers, std::vector<std::string>{"csd0"});
+  EXPECT_EQ(st.journal_degraded, static_cast<uint64_t>(kN)) << "one keeper: one copy";
   EXPECT_EQ(st.journal_full, 2u) << "the first record and the base checkpoint";
   EXPECT_EQ(st.journal_failures, 1u);  // the one before the keeper
   std::optional<storage::JournalInfo> info = csd0_->agent->journals()->Info(id_);
@@ -379,7 +381,7 @@ TEST_F(DurableTest, AMigratedInstanceGoesOnAppendingWhereItsSourceStopped) {
   Agent* b = cpu1_->agent.get();
   // No keeper to push: the journal's place came with the state.
   InstanceStatus st = StatusOf(b, id_);
-  EXPECT_EQ(st.keeper, "csd0");
+  EXPECT_EQ(st.keepers, std::vector<std::string>{"csd0"});
   EXPECT_EQ(st.journal_seq, 10u);
   for (int i = 11; i <= 20; ++i) ASSERT_EQ(Call(b, "incr", "1", 300 + i).reply, std::to_string(i));
   EXPECT_EQ(StatusOf(b, id_).journal_full, 0u) << "the target sent deltas, no full record";
@@ -416,14 +418,184 @@ TEST(DurableTimeoutTest, AKeeperThatDoesNotAnswerInTimeFailsTheRequestAndUndoesI
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_EQ(csd0->agent->journals()->stats().appends, 2u);
-  // The retry replaces whatever the keeper made of the slow one (same record number).
+  // The retry gets a new record number, and a full record: the keeper did not
+  // acknowledge the last one, so what its journal holds is not known to the agent. The
+  // journal restarts there; the slow record is not in it twice.
   InvokeResult retry = Call(a, "incr", "1", 2);
   ASSERT_TRUE(retry.status.ok()) << retry.status;
   EXPECT_EQ(retry.reply, "6");
   std::optional<storage::JournalInfo> info = csd0->agent->journals()->Info(id);
   ASSERT_TRUE(info.has_value());
-  EXPECT_EQ(info->last_seq, 2u);
-  EXPECT_EQ(info->records, 2u);
+  EXPECT_EQ(info->last_seq, 3u);
+  EXPECT_EQ(info->full_seq, std::optional<uint64_t>(3));
+  EXPECT_EQ(info->records, 1u);
+}
+
+
+// ---- two keepers: the journal on two devices, each reply waits for both
+
+class TwoKeepersTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (int i = 0; i < 3; ++i) {
+      dirs_[i] = tern::testing::TempDir("durable-k" + std::to_string(i));
+      csd_[i] = StartNode("csd" + std::to_string(i), dirs_[i]);
+    }
+    cpu0_ = StartNode("cpu0", "", JournalTimeoutNs());
+    cpu1_ = StartNode("cpu1", "");
+    Result<ServiceStatus> s = cpu0_->agent->Deploy(DurableCounter(), ReadWasm("counter"));
+    ASSERT_TRUE(s.ok()) << s.status();
+    id_ = s->instances.at(0);
+    ASSERT_TRUE(cpu0_->agent->SetKeepers(id_, {{"csd0", csd_[0]->tcp}, {"csd1", csd_[1]->tcp}}).ok());
+  }
+  virtual int64_t JournalTimeoutNs() const { return 2'000'000'000; }
+  storage::JournalStore* Journals(int i) { return csd_[i]->agent->journals(); }
+  uint64_t LastSeq(int i) {
+    std::optional<storage::JournalInfo> info = Journals(i)->Info(id_);
+    return info ? info->last_seq : 0;
+  }
+  // What the controller's restore does: a new instance on `to`, then the journal of the
+  // keeper (of `from`) whose last record has the highest number. Returns that keeper.
+  int RestoreOn(Node* to, std::vector<int> from) {
+    Result<ServiceStatus> d = to->agent->Deploy(DurableCounter(), ReadWasm("counter"), false);
+    EXPECT_TRUE(d.ok()) << d.status();
+    EXPECT_TRUE(to->agent->StartInstance("counter", id_).ok());
+    int best = from.at(0);
+    for (int i : from) best = LastSeq(i) > LastSeq(best) ? i : best;
+    Result<std::string> records = Journals(best)->Read(id_, 0);
+    EXPECT_TRUE(records.ok()) << records.status();
+    Result<Agent::ReplayReport> r = to->agent->ReplayJournal(id_, 0, records.value_or(""));
+    EXPECT_TRUE(r.ok()) << r.status();
+    return best;
+  }
+  std::string dirs_[3];
+  std::unique_ptr<Node> csd_[3], cpu0_, cpu1_;
+  std::string id_;
+};
+
+// Every acknowledged record is on both keepers: the instance's device and either keeper
+// can die together, and the other keeper's journal restores every increment.
+TEST_F(TwoKeepersTest, EveryAcknowledgedRecordIsOnBothAndEitherRestoresIt) {
+  Agent* a = cpu0_->agent.get();
+  constexpr int kN = 20;
+  for (int i = 1; i <= kN; ++i) ASSERT_EQ(Call(a, "incr", "1", 100 + i).reply, std::to_string(i));
+  InstanceStatus st = StatusOf(a, id_);
+  EXPECT_EQ(st.keepers, (std::vector<std::string>{"csd0", "csd1"}));
+  EXPECT_TRUE(st.keepers_out.empty());
+  EXPECT_EQ(st.journal_degraded, 0u);
+  EXPECT_EQ(st.journal_full, 2u) << "one full record per keeper, the first";
+  EXPECT_EQ(LastSeq(0), st.journal_seq);
+  EXPECT_EQ(LastSeq(1), st.journal_seq);
+  EXPECT_EQ(Journals(0)->Info(id_)->records, static_cast<uint64_t>(kN));
+  EXPECT_EQ(Journals(1)->Info(id_)->records, static_cast<uint64_t>(kN));
+  cpu0_->Stop();
+  csd_[0]->Stop();
+  EXPECT_EQ(RestoreOn(cpu1_.get(), {1}), 1);
+  Agent* b = cpu1_->agent.get();
+  EXPECT_EQ(Call(b, "get").reply, std::to_string(kN)) << "an acknowledged increment was lost";
+  EXPECT_EQ(Call(b, "incr", "1", 100 + kN).reply, std::to_string(kN)) << "the retry ran twice";
+  EXPECT_EQ(Call(b, "get").reply, std::to_string(kN));
+}
+
+// A keeper dies: the next request is acknowledged by the other alone (degraded, in the
+// status and the log), the dead one is no longer waited for; keepers assigned again
+// (as the controller does: a replacement, then a base checkpoint) both get a full
+// record, and from then on the replacement's journal alone restores everything.
+TEST_F(TwoKeepersTest, AKeeperThatDiesDropsOutAndAReplacementStartsWithAFullRecord) {
+  Agent* a = cpu0_->agent.get();
+  for (int i = 1; i <= 5; ++i) ASSERT_EQ(Call(a, "incr", "1", 100 + i).reply, std::to_string(i));
+  csd_[1]->Stop();
+  ASSERT_EQ(Call(a, "incr", "1", 106).reply, "6");
+  ASSERT_EQ(Call(a, "incr", "1", 107).reply, "7");
+  InstanceStatus st = StatusOf(a, id_);
+  EXPECT_EQ(st.keepers, std::vector<std::string>{"csd0"});
+  EXPECT_EQ(st.keepers_out, std::vector<std::string>{"csd1"});
+  EXPECT_EQ(st.journal_degraded, 2u);
+  EXPECT_EQ(st.journal_failures, 0u) << "a request failed although one keeper had it";
+  EXPECT_EQ(LastSeq(0), st.journal_seq);
+
+  ASSERT_TRUE(a->SetKeepers(id_, {{"csd0", csd_[0]->tcp}, {"csd2", csd_[2]->tcp}}).ok());
+  Result<Agent::JournalCheckpointReport> ck = a->JournalCheckpoint(id_);
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  EXPECT_EQ(ck->keepers, (std::vector<std::string>{"csd0", "csd2"}));
+  EXPECT_TRUE(ck->failed.empty());
+  EXPECT_EQ(Journals(2)->Info(id_)->full_seq, std::optional<uint64_t>(ck->seq));
+  EXPECT_EQ(Journals(0)->Info(id_)->full_seq, std::optional<uint64_t>(ck->seq));
+  for (int i = 8; i <= 10; ++i) ASSERT_EQ(Call(a, "incr", "1", 100 + i).reply, std::to_string(i));
+  st = StatusOf(a, id_);
+  EXPECT_TRUE(st.keepers_out.empty());
+  EXPECT_EQ(st.journal_degraded, 2u) << "acknowledged with two copies again";
+  EXPECT_EQ(LastSeq(2), st.journal_seq);
+
+  // The instance's device and the first keeper die; the dropped keeper is back (its
+  // journal stops at #5): the restore takes the replacement's, the highest.
+  cpu0_->Stop();
+  csd_[0]->Stop();
+  csd_[1] = StartNode("csd1", dirs_[1]);
+  EXPECT_EQ(LastSeq(1), 5u);
+  EXPECT_EQ(RestoreOn(cpu1_.get(), {1, 2}), 2);
+  Agent* b = cpu1_->agent.get();
+  EXPECT_EQ(Call(b, "get").reply, "10");
+  EXPECT_EQ(Call(b, "incr", "1", 107).reply, "7") << "a degraded-mode key ran twice";
+  EXPECT_EQ(Call(b, "incr", "1", 103).reply, "3") << "a key from before the base ran twice";
+  EXPECT_EQ(Call(b, "get").reply, "10");
+}
+
+// A keeper that does not answer within journal_timeout drops out: the request is
+// acknowledged by the other (after the timeout), the next ones do not wait for it. Both
+// timing out fails the request and rolls it back; the record's number is not reused,
+// and both keepers' journals restart with a full record, so neither holds the undone
+// request as history.
+class TwoKeepersTimeoutTest : public TwoKeepersTest {
+ protected:
+  int64_t JournalTimeoutNs() const override { return 500'000'000; }
+};
+
+TEST_F(TwoKeepersTimeoutTest, AKeeperTimeoutDropsItAndTwoTimeoutsFailTheRequest) {
+  Agent* a = cpu0_->agent.get();
+  ASSERT_EQ(Call(a, "incr", "1", 1).reply, "1");
+  Journals(1)->SetSyncDelayForTest(1'500'000'000);  // a disk that stalls
+  InvokeResult slow = Call(a, "incr", "1", 2);
+  ASSERT_TRUE(slow.status.ok()) << slow.status;
+  EXPECT_EQ(slow.reply, "2");
+  EXPECT_EQ(StatusOf(a, id_).keepers_out, std::vector<std::string>{"csd1"});
+  ASSERT_EQ(Call(a, "incr", "1", 3).reply, "3");
+  Journals(1)->SetSyncDelayForTest(0);
+  for (int i = 0; i < 300 && Journals(1)->stats().appends < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(LastSeq(1), 2u) << "the late record lands, the next one never went there";
+  EXPECT_EQ(LastSeq(0), 3u);
+
+  // Both keepers again; both stall.
+  ASSERT_TRUE(a->SetKeepers(id_, {{"csd0", csd_[0]->tcp}, {"csd1", csd_[1]->tcp}}).ok());
+  Journals(0)->SetSyncDelayForTest(1'500'000'000);
+  Journals(1)->SetSyncDelayForTest(1'500'000'000);
+  InvokeResult both = Call(a, "incr", "1", 4);
+  ASSERT_FALSE(both.status.ok());
+  EXPECT_EQ(both.status.code(), StatusCode::kUnavailable);
+  EXPECT_NE(both.status.message().find("keeper csd0 did not acknowledge"), std::string_view::npos)
+      << both.status;
+  EXPECT_NE(both.status.message().find("keeper csd1 did not acknowledge"), std::string_view::npos)
+      << both.status;
+  EXPECT_NE(both.status.message().find("rolled back"), std::string_view::npos) << both.status;
+  Journals(0)->SetSyncDelayForTest(0);
+  Journals(1)->SetSyncDelayForTest(0);
+  EXPECT_EQ(Call(a, "get").reply, "3");
+  for (int i = 0; i < 300 && (LastSeq(0) < 4 || LastSeq(1) < 4); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(LastSeq(0), 4u) << "the undone record landed late";
+  ASSERT_EQ(Call(a, "incr", "1", 4).reply, "4");  // the client's retry
+  EXPECT_EQ(StatusOf(a, id_).journal_seq, 5u);
+  EXPECT_EQ(Journals(0)->Info(id_)->full_seq, std::optional<uint64_t>(5));
+  EXPECT_EQ(Journals(1)->Info(id_)->full_seq, std::optional<uint64_t>(5));
+  cpu0_->Stop();
+  RestoreOn(cpu1_.get(), {0, 1});
+  Agent* b = cpu1_->agent.get();
+  EXPECT_EQ(Call(b, "get").reply, "4");
+  EXPECT_EQ(Call(b, "incr", "1", 4).reply, "4") << "the retried request ran twice";
+  EXPECT_EQ(Call(b, "get").reply, "4");
 }
 
 }  // namespace

@@ -102,10 +102,9 @@ TEST(MigrationWireTest, CommitStateRoundTripsAndDetectsDamage) {
   c.memory_bytes = 3 << 16;
   c.stack_pointer = 66560;
   c.requests = 42;
-  c.keeper = "csd0";
-  c.keeper_tcp = "127.0.0.1:7400";
+  c.keepers = {{"csd0", "127.0.0.1:7400", /*full=*/false, /*out=*/false},
+               {"csd1", "127.0.0.2:7400", /*full=*/true, /*out=*/true}};
   c.journal_seq = 77;
-  c.journal_full = false;
   c.dedup = {{7, StatusCode::kOk, "1"}, {9, StatusCode::kInvalidArgument, "bad amount"},
              {11, StatusCode::kOk, std::string("\0\1binary", 8)}};
   c.globals = {{0, wasm::ValType::kI32, 66560},
@@ -120,7 +119,7 @@ TEST(MigrationWireTest, CommitStateRoundTripsAndDetectsDamage) {
   EXPECT_EQ(DecodeCommitState(enc).status().code(), StatusCode::kDataLoss);
   EXPECT_FALSE(DecodeCommitState(enc.substr(0, 10)).ok());
 
-  // Version 2 (a source from before globals were carried): the same bytes without the
+  // Version 3 (a source from before globals were carried): the same bytes without the
   // globals. It decodes with none; the target then refuses it for a module that has
   // mutable globals besides the stack pointer (the engine's RestoreGlobals).
   auto reseal = [](std::string body) {
@@ -130,22 +129,22 @@ TEST(MigrationWireTest, CommitStateRoundTripsAndDetectsDamage) {
   };
   CommitState old = c;
   old.globals.clear();
-  std::string v3 = EncodeCommitState(old);
-  std::string v2 = v3.substr(0, v3.size() - 8);  // less the global count and the CRC
-  v2[4] = 2;
-  Result<CommitState> from_v2 = DecodeCommitState(reseal(v2));
-  ASSERT_TRUE(from_v2.ok()) << from_v2.status();
-  EXPECT_EQ(*from_v2, old);
-  v2[4] = 1;
-  Result<CommitState> from_v1 = DecodeCommitState(reseal(v2));
-  EXPECT_EQ(from_v1.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(from_v1.status().message().find("version 1"), std::string_view::npos)
-      << from_v1.status();
+  std::string v4 = EncodeCommitState(old);
+  std::string v3 = v4.substr(0, v4.size() - 8);  // less the global count and the CRC
+  v3[4] = 3;
+  Result<CommitState> from_v3 = DecodeCommitState(reseal(v3));
+  ASSERT_TRUE(from_v3.ok()) << from_v3.status();
+  EXPECT_EQ(*from_v3, old);
+  v3[4] = 2;
+  Result<CommitState> from_v2 = DecodeCommitState(reseal(v3));
+  EXPECT_EQ(from_v2.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(from_v2.status().message().find("version 2"), std::string_view::npos)
+      << from_v2.status();
   // A damaged global entry (a v128 type) under a valid CRC.
-  std::string v3bad = EncodeCommitState(c);
-  v3bad = v3bad.substr(0, v3bad.size() - 4);
-  v3bad[v3bad.size() - 4 * 16 + 4] = '\x7b';
-  EXPECT_EQ(DecodeCommitState(reseal(v3bad)).status().code(), StatusCode::kDataLoss);
+  std::string bad = EncodeCommitState(c);
+  bad = bad.substr(0, bad.size() - 4);
+  bad[bad.size() - 4 * 16 + 4] = '\x7b';
+  EXPECT_EQ(DecodeCommitState(reseal(bad)).status().code(), StatusCode::kDataLoss);
 }
 
 // ---- two agents

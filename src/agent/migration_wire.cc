@@ -14,11 +14,12 @@ namespace {
 
 constexpr uint32_t kBatchMagic = 0x42504D54;   // "TMPB"
 constexpr uint32_t kCommitMagic = 0x43504D54;  // "TMPC"
-constexpr uint8_t kBatchVersion = 2;  // 2: the same batches are journal records' pages
-// 2: the commit state carries the journal's place; 3: the values of the mutable globals.
-// Version 2 is still read (no globals: the target refuses it for a module that has some
-// besides the stack pointer, so nothing is lost silently); version 1 is refused.
-constexpr uint8_t kCommitVersion = 3;
+constexpr uint8_t kWireVersion = 2;  // page batches (also in journal records on keepers' disks)
+// 2: the commit state carries the journal's place; 3: both keepers of the journal;
+// 4: the values of the mutable globals. Version 3 is still read (no globals: the target
+// refuses it for a module that has some besides the stack pointer, so nothing is lost
+// silently); older ones are refused.
+constexpr uint8_t kCommitVersion = 4;
 constexpr size_t kBatchHeader = 24;
 
 
@@ -42,7 +43,7 @@ void EncodeInto(const std::vector<uint32_t>& indices, PageCodec codec, PageAt pa
   const size_t raw_bytes = data.size() * kMigrationPageBytes;
   out->reserve(base + kBatchHeader + 4 * indices.size() + raw_bytes);
   AppendU32(out, kBatchMagic);
-  out->push_back(static_cast<char>(kBatchVersion));
+  out->push_back(static_cast<char>(kWireVersion));
   out->push_back(0);  // codec, below
   out->append(2, '\0');
   AppendU32(out, static_cast<uint32_t>(zero.size()));
@@ -133,10 +134,10 @@ Result<PageBatchStats> DecodePageBatch(std::string_view p, uint32_t max_pages,
                     kBatchHeader));
   }
   if (LoadU32(p.data()) != kBatchMagic) return InvalidArgumentError("not a page batch (bad magic)");
-  if (static_cast<uint8_t>(p[4]) != kBatchVersion) {
+  if (static_cast<uint8_t>(p[4]) != kWireVersion) {
     return InvalidArgumentError(
         fmt::format("page batch version {}, this agent reads {}", static_cast<int>(p[4]),
-                    static_cast<int>(kBatchVersion)));
+                    static_cast<int>(kWireVersion)));
   }
   const auto codec = static_cast<PageCodec>(p[5]);
   if (codec != PageCodec::kRaw && codec != PageCodec::kLz4) {
@@ -192,10 +193,13 @@ std::string EncodeCommitState(const CommitState& c) {
   AppendU32(&out, c.stack_pointer.value_or(0));
   AppendU64(&out, c.requests);
   AppendU64(&out, c.journal_seq);
-  out.push_back(c.journal_full ? 1 : 0);
-  for (const std::string* s : {&c.keeper, &c.keeper_tcp}) {
-    AppendU32(&out, static_cast<uint32_t>(s->size()));
-    out += *s;
+  out.push_back(static_cast<char>(c.keepers.size()));
+  for (const JournalKeeper& k : c.keepers) {
+    out.push_back(static_cast<char>((k.full ? 1 : 0) | (k.out ? 2 : 0)));
+    for (const std::string* s : {&k.device, &k.tcp}) {
+      AppendU32(&out, static_cast<uint32_t>(s->size()));
+      out += *s;
+    }
   }
   AppendU32(&out, static_cast<uint32_t>(c.dedup.size()));
   for (const DedupEntry& e : c.dedup) {
@@ -215,9 +219,9 @@ Result<CommitState> DecodeCommitState(std::string_view p) {
   if (p.size() < kFixed + 4) return InvalidArgumentError("commit state truncated");
   if (LoadU32(p.data()) != kCommitMagic) return InvalidArgumentError("not a commit state (bad magic)");
   const uint8_t version = static_cast<uint8_t>(p[4]);
-  if (version != 2 && version != kCommitVersion) {
+  if (version != 3 && version != kCommitVersion) {
     return InvalidArgumentError(fmt::format(
-        "commit state version {} (this build reads 2 and {}): the source runs another tern",
+        "commit state version {}, this agent reads 3 and {} (the source runs another tern)",
         static_cast<int>(version), static_cast<int>(kCommitVersion)));
   }
   if (Crc32c(p.data(), p.size() - 4) != LoadU32(p.data() + p.size() - 4)) {
@@ -232,15 +236,22 @@ Result<CommitState> DecodeCommitState(std::string_view p) {
   const size_t end = p.size() - 4;
   if (end - off < 9) return DataLossError("commit state: journal position truncated");
   c.journal_seq = LoadU64(p.data() + off);
-  c.journal_full = p[off + 8] != 0;
+  const uint8_t keepers = static_cast<uint8_t>(p[off + 8]);
   off += 9;
-  for (std::string* s : {&c.keeper, &c.keeper_tcp}) {
-    if (end - off < 4) return DataLossError("commit state: keeper truncated");
-    const uint32_t len = LoadU32(p.data() + off);
-    off += 4;
-    if (end - off < len) return DataLossError("commit state: keeper truncated");
-    s->assign(p.data() + off, len);
-    off += len;
+  for (uint8_t i = 0; i < keepers; ++i) {
+    if (end - off < 1) return DataLossError("commit state: keeper truncated");
+    JournalKeeper& k = c.keepers.emplace_back();
+    k.full = (p[off] & 1) != 0;
+    k.out = (p[off] & 2) != 0;
+    ++off;
+    for (std::string* s : {&k.device, &k.tcp}) {
+      if (end - off < 4) return DataLossError("commit state: keeper truncated");
+      const uint32_t len = LoadU32(p.data() + off);
+      off += 4;
+      if (end - off < len) return DataLossError("commit state: keeper truncated");
+      s->assign(p.data() + off, len);
+      off += len;
+    }
   }
   if (end - off < 4) return DataLossError("commit state: dedup table truncated");
   const uint32_t n = LoadU32(p.data() + off);
@@ -257,7 +268,7 @@ Result<CommitState> DecodeCommitState(std::string_view p) {
     off += len;
     c.dedup.push_back(std::move(e));
   }
-  if (version >= 3) {
+  if (version >= 4) {
     if (end - off < 4) return DataLossError("commit state: globals truncated");
     const uint32_t count = LoadU32(p.data() + off);
     off += 4;

@@ -69,20 +69,32 @@ struct DedupEntry {
   bool operator==(const DedupEntry&) const = default;
 };
 
+// One keeper of a durable instance's journal (docs/design/migration.md "Durable
+// instances"), as the instance's agent sees it.
+struct JournalKeeper {
+  std::string device, tcp;  // its device and frame address "ip:port"
+  // Its next record carries every page: it is new, or it did not acknowledge the last
+  // record sent to it (its journal may hold that record or not).
+  bool full = true;
+  // It failed while the other keeper acknowledged: it is not sent records until the
+  // controller assigns the keepers again (its journal stops where it failed).
+  bool out = false;
+  bool operator==(const JournalKeeper&) const = default;
+};
+
 struct CommitState {
   uint64_t memory_bytes = 0;
   std::optional<uint32_t> stack_pointer;
   // Every mutable global of the module (wasm::Snapshot::globals); empty from a
-  // version 2 source, which did not send them.
+  // version 3 source, which did not send them.
   std::vector<wasm::GlobalValue> globals;
   std::vector<DedupEntry> dedup;  // oldest first
   uint64_t requests = 0;          // served at the source (carried over for status)
-  // Durable instances: where the journal is kept, the last record the keeper
-  // acknowledged, and whether the next one must carry every page. The target appends
-  // the next record, so that a migration neither loses nor repeats journal records.
-  std::string keeper, keeper_tcp;
+  // Durable instances: where the journal is kept (each keeper with its state), and the
+  // last record number used. The target appends the next record, so that a migration
+  // neither loses nor repeats journal records.
+  std::vector<JournalKeeper> keepers;
   uint64_t journal_seq = 0;
-  bool journal_full = true;
   bool operator==(const CommitState&) const = default;
 };
 std::string EncodeCommitState(const CommitState& c);

@@ -64,7 +64,13 @@ int WaitForJournals(transport::JsonApiClient& ctl, const std::string& service, i
       for (const json& i : svc.value("instances", json::array())) {
         const std::string id = i.value("id", "");
         if (i.contains("checkpoint") && i["checkpoint"].value("durable", false)) {
-          ready.push_back(fmt::format("{} on {}", id, i["checkpoint"].value("device", "")));
+          std::vector<std::string> keepers;
+          for (const json& k : i["checkpoint"].value("keepers", json::array())) {
+            if (k.is_string()) keepers.push_back(k.get<std::string>());
+          }
+          if (keepers.empty()) keepers.push_back(i["checkpoint"].value("device", ""));
+          ready.push_back(fmt::format("{} on {}{}", id, fmt::join(keepers, " and "),
+                                      keepers.size() < 2 ? " (one copy: degraded)" : ""));
         } else {
           waiting.push_back(id);
         }
@@ -210,8 +216,22 @@ int ClusterPs(const ClusterRecord& c, bool raw_json, int64_t timeout_ms) {
       } else if (s.value("checkpoint_ms", int64_t{0}) > 0) {
         ckpt = "none yet";
       }
-      // Durable: every acknowledged request is in the journal on the same keeper.
-      if (s.value("durable", false)) ckpt += " +journal (durable)";
+      // Durable: every acknowledged request is in the journal on the same keepers; fewer
+      // than two that get its records (one dropped out, or only one can keep it) is
+      // degraded: durable against one device's death, not two.
+      if (s.value("durable", false)) {
+        size_t copies = i.contains("checkpoint") ? i["checkpoint"].value("keepers", json::array()).size() : 0;
+        std::string out;
+        if (i.contains("journal") && i["journal"].is_object()) {
+          copies = i["journal"].value("keepers", json::array()).size();
+          for (const json& k : i["journal"].value("out", json::array())) {
+            if (k.is_string()) out += (out.empty() ? "" : ",") + k.get<std::string>();
+          }
+        }
+        ckpt += copies >= 2 ? " +journal (durable)"
+                            : fmt::format(" +journal (durable, DEGRADED: {} of 2 copies{})", copies,
+                                          out.empty() ? "" : "; " + out + " dropped out");
+      }
       std::string state = i.value("state", "");
       if (i.value("moving", false)) state = "moving";
       // The p99 of its time in the guest over the last interval with requests, against

@@ -112,10 +112,12 @@ Status AgentClient::StopInstance(const std::string& instance) {
   return Admin("DELETE", "/v1/instances/" + instance, "", "").status();
 }
 
-Status AgentClient::SetKeeper(const std::string& instance, const std::string& device,
-                              const std::string& tcp) {
+Status AgentClient::SetKeepers(const std::string& instance,
+                               const std::vector<std::pair<std::string, std::string>>& keepers) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& [device, tcp] : keepers) list.push_back({{"device", device}, {"tcp", tcp}});
   return Admin("PUT", "/v1/instances/" + instance + "/keeper",
-               nlohmann::json{{"device", device}, {"tcp", tcp}}.dump(), "application/json")
+               nlohmann::json{{"keepers", list}}.dump(), "application/json")
       .status();
 }
 

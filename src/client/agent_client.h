@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "core/status.h"
 #include "transport/json_api.h"
@@ -51,12 +53,17 @@ class AgentClient {
   Result<std::string> Snapshot(const std::string& instance);
   Status Restore(const std::string& instance, const std::string& snapshot_bytes);
 
-  // Durable instances (docs/design/migration.md): PUT the keeper of an instance's
-  // journal; take a base checkpoint (a full journal record; returns its JSON report:
-  // seq, bytes, keeper); on a keeper, read an instance's journal after a sequence number
-  // and drop it; on the restoring agent, apply records on top of the base at `base_seq`
-  // (returns the JSON report: records, seq, ignored_bytes).
-  Status SetKeeper(const std::string& instance, const std::string& device, const std::string& tcp);
+  // Durable instances (docs/design/migration.md): PUT the keepers of an instance's
+  // journal ({device, tcp} each, 1 or 2); take a base checkpoint (a full journal record
+  // on each keeper; returns its JSON report: seq, bytes, keepers, failed); on a keeper,
+  // read an instance's journal after a sequence number and drop it; on the restoring
+  // agent, apply records on top of the base at `base_seq` (returns the JSON report:
+  // records, seq, ignored_bytes).
+  Status SetKeepers(const std::string& instance,
+                    const std::vector<std::pair<std::string, std::string>>& keepers);
+  Status SetKeeper(const std::string& instance, const std::string& device, const std::string& tcp) {
+    return SetKeepers(instance, {{device, tcp}});
+  }
   Result<std::string> JournalCheckpoint(const std::string& instance);
   Result<std::string> ReadJournal(const std::string& instance, uint64_t after);
   Status DropJournal(const std::string& instance);

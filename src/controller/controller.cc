@@ -10,6 +10,7 @@
 #include <deque>
 #include <list>
 #include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
@@ -33,6 +34,7 @@
 #include "placement/explain.h"
 #include "store/election.h"
 #include "store/store.h"
+#include "storage/journal.h"
 #include "transport/event_loop.h"
 #include "transport/http.h"
 #include "transport/json_api.h"
@@ -64,6 +66,20 @@ std::vector<std::string> PathParts(std::string_view path) {
     i = j;
   }
   return out;
+}
+
+// The number of the last whole record in concatenated framed journal records (what a
+// keeper's GET /v1/journals/ID returns); 0 when there is none.
+uint64_t LastRecordSeq(std::string_view records) {
+  uint64_t last = 0;
+  for (size_t off = 0;;) {
+    const size_t at = off;
+    Result<std::optional<std::string_view>> body =
+        storage::NextFramed(storage::kJournalRecordMagic, records, &off);
+    if (!body.ok() || !body->has_value()) return last;
+    Result<storage::RecordHeader> h = storage::ParseRecordHeader(records.substr(at, off - at));
+    if (h.ok()) last = h->seq;
+  }
 }
 
 // What an agent reported in its last two heartbeats, for rates.
@@ -99,6 +115,11 @@ struct Telemetry {
     std::map<int, uint64_t> exec_hist;
     double p99_us = -1;
     std::string last_trace_id;  // of the last request it served, as of the heartbeat
+    // Durable instances: the keepers that get its journal records, those that dropped
+    // out (failed while the other acknowledged), and the replies acknowledged while
+    // fewer than two keepers held their record.
+    std::vector<std::string> journal_keepers, journal_out;
+    uint64_t journal_degraded = 0;
   };
   std::map<std::string, Inst> instances;
   std::set<std::string> previous_ids;  // the instances of the heartbeat before
@@ -167,6 +188,11 @@ struct Controller::Impl {
   // Durable instances: the keeper last pushed to each one's agent, as
   // "<agent>@<boot> <keeper>@<boot>" (checkpointer only).
   std::map<std::string, std::string> keeper_pushed;
+  // Durable instances (checkpointer only): when the last base checkpoint was recorded
+  // (MonoNanos; a heartbeat older than it says nothing of the keepers it assigned), and
+  // the last reason given for assigning keepers again (said once).
+  std::map<std::string, int64_t> ck_taken_ns;
+  std::map<std::string, std::string> replace_said;
 
   // Leadership (store/election.h); the election and its lease belong to the reconcile
   // thread (and Start, before it runs).
@@ -1050,12 +1076,7 @@ struct Controller::Impl {
       (void)store->Delete(std::string(kCheckpointsPrefix) + ck.id);
       return Status::Ok();
     }
-    if (ck.durable) {
-      // One copy: the journal on its keeper.
-      const AgentRecord& keeper = view.agents.at(alive[0]->device);
-      TERN_ASSIGN_OR_RETURN(AgentConn * k, Conn(keeper));
-      return RestoreFromJournal(ck, keeper, k, c, device);
-    }
+    if (ck.durable) return RestoreFromJournal(view, ck, alive, gone, c, device);
     std::stable_sort(alive.begin(), alive.end(),
                      [](const auto* x, const auto* y) { return x->unix_ms > y->unix_ms; });
     std::vector<std::string> why;
@@ -1087,47 +1108,113 @@ struct Controller::Impl {
                                         fmt::join(why, "; ")));
   }
 
-  // Reconcile thread: a durable instance's restore. Its journal on the keeper starts
-  // with a full record (its last base checkpoint) and holds every acknowledged request
-  // after it: the new instance gets them all, then the same keeper.
-  Status RestoreFromJournal(const CheckpointRecord& ck, const AgentRecord& keeper, AgentConn* k,
-                            AgentConn* c, const std::string& device) {
-    Result<std::string> records = k->client->ReadJournal(ck.id, 0);
-    if (records.status().code() == StatusCode::kNotFound) {
-      // The keeper lives but lost the journal (its disk was replaced): nothing to
-      // restore from, as when the keeper is gone.
-      Event(fmt::format("the journal of {} is gone from {} ({}): {} starts on {} with fresh "
-                        "state (its state is lost)",
-                        ck.id, ck.device, records.status().message(), ck.id, device));
+  // Reconcile thread: a durable instance's restore. Each keeper's journal starts with a
+  // full record (its last base checkpoint) and holds the records after it; a record
+  // acknowledged to a client is on every keeper that had not dropped out. Record
+  // numbers are never reused, so the journal whose last record has the highest number
+  // got the latest record: the new instance gets that one (another readable one when
+  // it cannot be applied), then the same keepers. A record on one keeper only was never
+  // acknowledged (or acknowledged in degraded mode, logged): replaying it is allowed —
+  // its client never saw the reply — and its dedup entry comes with it, so a retry is
+  // answered from the table, not run twice.
+  Status RestoreFromJournal(const ClusterView& view, const CheckpointRecord& ck,
+                            const std::vector<const CheckpointRecord::Copy*>& alive,
+                            const std::vector<std::string>& gone, AgentConn* c,
+                            const std::string& device) {
+    struct Journal {
+      const AgentRecord* keeper;
+      std::string records;
+      uint64_t last = 0;
+    };
+    std::vector<Journal> journals;
+    std::vector<std::string> why;
+    bool any_present = false;
+    for (const CheckpointRecord::Copy* copy : alive) {
+      const AgentRecord& keeper = view.agents.at(copy->device);
+      Result<AgentConn*> k = Conn(keeper);
+      Result<std::string> records =
+          k.ok() ? (*k)->client->ReadJournal(ck.id, 0) : Result<std::string>(k.status());
+      if (!records.ok()) {
+        any_present |= records.status().code() != StatusCode::kNotFound;
+        why.push_back(fmt::format("{}: {}", copy->device, records.status().message()));
+        continue;
+      }
+      any_present = true;
+      const uint64_t last = LastRecordSeq(*records);
+      journals.push_back({&keeper, std::move(*records), last});
+    }
+    if (journals.empty()) {
+      if (any_present) {
+        return UnavailableError(fmt::format("reading the journal of {}: {}", ck.id,
+                                            fmt::join(why, "; ")));
+      }
+      // The keepers live but lost the journal (their disks were replaced): nothing to
+      // restore from, as when the keepers are gone.
+      Event(fmt::format("the journal of {} is gone from {}: {} starts on {} with fresh state "
+                        "(its state is lost)",
+                        ck.id, fmt::join(why, "; "), ck.id, device));
       (void)store->Delete(std::string(kCheckpointsPrefix) + ck.id);
       return Status::Ok();
     }
-    if (!records.ok()) {
-      return Status(records.status().code(),
-                    fmt::format("reading the journal of {} from {}: {}", ck.id, ck.device,
-                                records.status().message()));
+    std::stable_sort(journals.begin(), journals.end(),
+                     [](const Journal& x, const Journal& y) { return x.last > y.last; });
+    for (size_t n = 0; n < journals.size(); ++n) {
+      const Journal& j = journals[n];
+      Result<std::string> rep = c->client->ReplayJournal(ck.id, 0, j.records);
+      if (!rep.ok()) {
+        if (n + 1 == journals.size()) {
+          return Status(rep.status().code(), fmt::format("restoring {} from its journal: {}",
+                                                         ck.id, rep.status().message()));
+        }
+        why.push_back(fmt::format("{}: {}", j.keeper->device, rep.status().message()));
+        continue;
+      }
+      json r = json::parse(*rep, nullptr, false);
+      // The same keepers, but not one on the device it now runs on (the next checkpoint
+      // round replaces that one: a device cannot keep the journal of its own instance).
+      std::vector<std::pair<std::string, std::string>> keepers;
+      for (const Journal& o : journals) {
+        if (o.keeper->device != device) keepers.emplace_back(o.keeper->device, o.keeper->tcp);
+      }
+      if (!keepers.empty()) {
+        Status s = c->client->SetKeepers(ck.id, keepers);
+        if (!s.ok()) return s.WithPrefix("restoring " + ck.id + ": setting its keepers");
+      }
+      const uint64_t ignored = r.is_object() ? r.value("ignored_bytes", uint64_t{0}) : 0;
+      const uint64_t records = r.is_object() ? r.value("records", uint64_t{0}) : 0;
+      std::vector<std::string> others;
+      for (const Journal& o : journals) {
+        if (&o != &j) others.push_back(fmt::format("{} had up to #{}", o.keeper->device, o.last));
+      }
+      for (const std::string& g : gone) others.push_back(g + " gone");
+      for (const std::string& w : why) others.push_back("unreadable: " + w);
+      // An acknowledged record is on every keeper that had not dropped out. The one read
+      // had, as the instance's agent last reported (it ran degraded on the other): the
+      // records acknowledged since by the other alone are lost with it.
+      bool was_out = false;
+      {
+        MutexLock l(&pub_mu);
+        if (const Telemetry::Inst* x = NewestInstTelemetry(ck.id)) {
+          was_out = std::count(x->journal_out.begin(), x->journal_out.end(), j.keeper->device) > 0;
+        }
+      }
+      std::string what = "durable: 0 acknowledged requests lost";
+      if (ignored != 0) {
+        what = fmt::format("a damaged tail of {} bytes was ignored", ignored);
+      } else if (was_out) {
+        what = fmt::format("{} had dropped out of its journal: what was acknowledged since, with "
+                           "one copy, is lost",
+                           j.keeper->device);
+      }
+      Event(fmt::format(
+          "restored {} on {} from its journal on {}: a full record and {} after it, up to #{} "
+          "({}){}",
+          ck.id, device, j.keeper->device, records > 0 ? records - 1 : 0,
+          r.is_object() ? r.value("seq", uint64_t{0}) : 0, what,
+          others.empty() ? "" : fmt::format("; {}", fmt::join(others, "; "))));
+      return Status::Ok();
     }
-    Result<std::string> rep = c->client->ReplayJournal(ck.id, 0, *records);
-    if (!rep.ok()) {
-      return Status(rep.status().code(), fmt::format("restoring {} from its journal: {}", ck.id,
-                                                     rep.status().message()));
-    }
-    json r = json::parse(*rep, nullptr, false);
-    // Restored onto its keeper's device: the next checkpoint round picks another keeper
-    // (a device cannot keep the journal of its own instance).
-    if (device != keeper.device) {
-      Status s = c->client->SetKeeper(ck.id, keeper.device, keeper.tcp);
-      if (!s.ok()) return s.WithPrefix("restoring " + ck.id + ": setting its keeper");
-    }
-    const uint64_t ignored = r.is_object() ? r.value("ignored_bytes", uint64_t{0}) : 0;
-    const uint64_t n = r.is_object() ? r.value("records", uint64_t{0}) : 0;
-    Event(fmt::format(
-        "restored {} on {} from its journal on {}: a full record and {} after it, up to #{} "
-        "({})",
-        ck.id, device, ck.device, n > 0 ? n - 1 : 0, r.is_object() ? r.value("seq", uint64_t{0}) : 0,
-        ignored == 0 ? "durable: 0 acknowledged requests lost"
-                     : fmt::format("a damaged tail of {} bytes was ignored", ignored)));
-    return Status::Ok();
+    return InternalError("unreachable");
   }
 
   // Drops an instance's checkpoint (record and every copy), best effort.
@@ -1203,71 +1290,195 @@ struct Controller::Impl {
     return candidates;
   }
 
+  // Up to `n` keepers from `candidates` (best first): `first` (those that already took
+  // this checkpoint) then others not in `skip`, the second on another host than the
+  // first where one can be — the rule of snapshot copies (TakeCheckpoint).
+  std::vector<const AgentRecord*> PickKeepers(const std::vector<const AgentRecord*>& candidates,
+                                              std::vector<const AgentRecord*> first,
+                                              const std::set<std::string>& skip, size_t n) {
+    for (int pass = 0; pass < 2 && first.size() < n; ++pass) {
+      for (const AgentRecord* k : candidates) {
+        if (first.size() == n) break;
+        if (skip.count(k->device) || ck_no_datasets.count(k->device + "@" + k->boot) ||
+            std::count(first.begin(), first.end(), k) > 0 ||
+            (pass == 0 && !first.empty() && k->host == first[0]->host)) {
+          continue;
+        }
+        first.push_back(k);
+      }
+    }
+    return first;
+  }
+
   // Checkpointer thread: a durable instance's base checkpoint is a full record of its
-  // journal, appended by its agent to its keeper at a request boundary (the keeper drops
-  // what came before). The keeper is chosen as for snapshots; a new one is pushed to the
-  // agent first (its next record then carries every page anyway).
+  // journal, appended by its agent to each of its keepers at a request boundary (they
+  // drop what came before). Two keepers, chosen as snapshot copies are (the current ones
+  // first); they are pushed to the agent first (a new one's first record is full
+  // anyway). A keeper that does not take it is replaced by the next candidate, a few
+  // times; with one taker only, the record names one copy and the event says why.
   Status TakeDurableCheckpoint(const ClusterView& view, const InstanceRecord& rec) {
     const AgentRecord& a = view.agents.at(rec.device);
     TERN_ASSIGN_OR_RETURN(client::AgentClient * src, CkClient(a));
     auto old = view.checkpoints.find(rec.id);
+    const std::vector<const AgentRecord*> candidates = KeeperCandidates(view, rec);
+    constexpr size_t kCopies = 2;
+    std::set<std::string> failed;
     std::vector<std::string> why;
-    for (const AgentRecord* k : KeeperCandidates(view, rec)) {
-      if (ck_no_datasets.count(k->device + "@" + k->boot)) continue;
+    std::optional<CheckpointRecord> done;
+    std::vector<const AgentRecord*> kept;  // those that took the last successful one
+    bool last_ok = false;                  // the agent's keepers are `kept`
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      std::vector<const AgentRecord*> pick = PickKeepers(candidates, kept, failed, kCopies);
+      if (pick.size() == kept.size()) break;  // no one new to try
+      std::vector<std::pair<std::string, std::string>> addrs;
+      for (const AgentRecord* k : pick) addrs.emplace_back(k->device, k->tcp);
       const int64_t taken = UnixMillis();
-      Status s = src->SetKeeper(rec.id, k->device, k->tcp);
+      Status s = src->SetKeepers(rec.id, addrs);
       Result<std::string> rep = s.ok() ? src->JournalCheckpoint(rec.id) : Result<std::string>(s);
+      last_ok = false;
       if (!rep.ok()) {
         if (rep.status().code() == StatusCode::kNotFound) return rep.status();  // gone
-        why.push_back(fmt::format("{}: {}", k->device, rep.status().message()));
+        for (const AgentRecord* k : pick) {
+          if (std::count(kept.begin(), kept.end(), k) == 0) failed.insert(k->device);
+        }
+        why.push_back(std::string(rep.status().message()));
         continue;
       }
-      keeper_pushed[rec.id] = KeeperTag(a, *k);
       json r = json::parse(*rep, nullptr, false);
-      CheckpointRecord ck{rec.id, rec.service, k->device, rec.device, taken,
-                          r.is_object() ? r.value("bytes", uint64_t{0}) : 0};
-      ck.durable = true;
-      ck.journal_seq = r.is_object() ? r.value("seq", uint64_t{0}) : 0;
-      ck.copies = {{k->device, taken, ck.bytes}};  // one: the journal lives on its keeper
-      TERN_RETURN_IF_ERROR(
-          store->Put(std::string(kCheckpointsPrefix) + rec.id, ToJson(ck)).status());
-      if (old != view.checkpoints.end()) {
-        for (const CheckpointRecord::Copy& copy : old->second.copies) {
-          if (copy.device != k->device) RemoveCopy(view, copy.device, rec.id, old->second.durable);
+      if (!r.is_object()) return InternalError("checkpoint of " + rec.id + ": bad answer " + *rep);
+      std::set<std::string> took;
+      for (const json& k : r.value("keepers", json::array())) {
+        if (k.is_string()) took.insert(k.get<std::string>());
+      }
+      for (const json& f : r.value("failed", json::array())) {
+        const std::string d = f.value("device", "");
+        failed.insert(d);
+        why.push_back(fmt::format("{}: {}", d, f.value("error", "")));
+        // A device that keeps no datasets cannot keep journals either (until it restarts).
+        auto ag = view.agents.find(d);
+        if (f.value("code", "") == StatusCodeName(StatusCode::kFailedPrecondition) &&
+            ag != view.agents.end()) {
+          ck_no_datasets.insert(d + "@" + ag->second.boot);
         }
       }
-      if (old == view.checkpoints.end() || old->second.device != k->device) {
-        Event(fmt::format("the journal and checkpoints of {} are kept by {} (durable; a base "
-                          "checkpoint of {} bytes)",
-                          rec.id, k->device, ck.bytes));
+      kept.clear();
+      CheckpointRecord ck{rec.id, rec.service, "", rec.device, taken, r.value("bytes", uint64_t{0})};
+      ck.durable = true;
+      ck.journal_seq = r.value("seq", uint64_t{0});
+      for (const AgentRecord* k : pick) {
+        if (!took.count(k->device)) continue;
+        kept.push_back(k);
+        ck.copies.push_back({k->device, taken, ck.bytes});
       }
-      return Status::Ok();
+      if (kept.empty()) continue;
+      ck.device = ck.copies[0].device;
+      TERN_RETURN_IF_ERROR(
+          store->Put(std::string(kCheckpointsPrefix) + rec.id, ToJson(ck)).status());
+      done = ck;
+      last_ok = true;
+      ck_taken_ns[rec.id] = MonoNanos();
+      std::string tag = a.device + "@" + a.boot;
+      for (const AgentRecord* k : kept) tag += " " + k->device + "@" + k->boot;
+      keeper_pushed[rec.id] = tag;
+      if (kept.size() == kCopies) break;
     }
-    return UnavailableError(fmt::format(
-        "no device can keep the journal of {} (a storage device's agent with datasets, other "
-        "than {}){}{}",
-        rec.id, rec.device, why.empty() ? "" : ": ", fmt::format("{}", fmt::join(why, "; "))));
+    if (!done) {
+      return UnavailableError(fmt::format(
+          "no device can keep the journal of {} (a storage device's agent with datasets, other "
+          "than {}){}{}",
+          rec.id, rec.device, why.empty() ? "" : ": ", fmt::format("{}", fmt::join(why, "; "))));
+    }
+    if (!last_ok) {
+      // A later try failed on every keeper: the agent goes back to those that took it.
+      std::vector<std::pair<std::string, std::string>> addrs;
+      for (const AgentRecord* k : kept) addrs.emplace_back(k->device, k->tcp);
+      Status s = src->SetKeepers(rec.id, addrs);
+      if (!s.ok()) keeper_pushed.erase(rec.id);  // pushed again next round
+    }
+    if (old != view.checkpoints.end()) {
+      for (const CheckpointRecord::Copy& copy : old->second.copies) {
+        bool now = std::any_of(done->copies.begin(), done->copies.end(),
+                               [&](const auto& c) { return c.device == copy.device; });
+        if (!now) RemoveCopy(view, copy.device, rec.id, old->second.durable);
+      }
+    }
+    std::vector<std::string> names;
+    for (const auto& c : done->copies) names.push_back(c.device);
+    std::vector<std::string> old_names;
+    if (old != view.checkpoints.end()) {
+      for (const auto& c : old->second.copies) old_names.push_back(c.device);
+    }
+    if (old == view.checkpoints.end() || old_names != names) {
+      Event(fmt::format(
+          "the journal and checkpoints of {} are kept by {} (durable; a base checkpoint of {} "
+          "bytes{}){}",
+          rec.id, fmt::join(names, " and "), done->bytes, names.size() > 1 ? " on each" : "",
+          names.size() >= kCopies
+              ? ""
+              : fmt::format(": one copy, replies are acknowledged with one copy (degraded) until "
+                            "another device can keep one{}",
+                            why.empty() ? "" : fmt::format(" ({})", fmt::join(why, "; ")))));
+    }
+    return Status::Ok();
   }
 
-  static std::string KeeperTag(const AgentRecord& a, const AgentRecord& k) {
-    return fmt::format("{}@{} {}@{}", a.device, a.boot, k.device, k.boot);
+  // Checkpointer thread: why `rec`'s journal needs keepers assigned again now, not at
+  // its next checkpoint ("" = it does not): a keeper is gone, is its own device (it
+  // moved there), or dropped out (its agent's last heartbeat after the checkpoint says
+  // so: it failed while the other acknowledged), or it has one copy and another device
+  // could keep a second.
+  std::string KeepersToReplace(const ClusterView& view, const InstanceRecord& rec,
+                               const CheckpointRecord& ck) {
+    std::set<std::string> in;
+    for (const CheckpointRecord::Copy& copy : ck.copies) {
+      in.insert(copy.device);
+      if (copy.device == rec.device) return fmt::format("{} now runs on its keeper {}", rec.id, copy.device);
+      if (!view.agents.count(copy.device)) return fmt::format("its keeper {} is gone", copy.device);
+    }
+    {
+      MutexLock l(&pub_mu);
+      auto t = telemetry.find(rec.device);
+      const Telemetry::Inst* x = InstTelemetry(rec.device, rec.id);
+      if (x != nullptr && t->second.at_ns > ck_taken_ns[rec.id]) {
+        for (const std::string& d : x->journal_out) {
+          if (in.count(d)) {
+            return fmt::format("its keeper {} dropped out (it failed to acknowledge a record)", d);
+          }
+        }
+      }
+    }
+    if (ck.copies.size() < 2) {
+      std::vector<const AgentRecord*> first;
+      for (const CheckpointRecord::Copy& copy : ck.copies) first.push_back(&view.agents.at(copy.device));
+      std::vector<const AgentRecord*> pick = PickKeepers(KeeperCandidates(view, rec), first, {}, 2);
+      if (pick.size() > first.size()) {
+        return fmt::format("it has one copy and {} can keep another", pick.back()->device);
+      }
+    }
+    return "";
   }
 
-  // Checkpointer thread: a durable instance whose agent does not know its keeper yet (it
-  // moved, or either restarted) gets it now, not at its next checkpoint: until then its
-  // writes fail.
+  // Checkpointer thread: a durable instance whose agent does not know its keepers yet
+  // (it moved, or an agent restarted) gets them now, not at its next checkpoint: until
+  // then its writes fail.
   void PushKeeper(const ClusterView& view, const InstanceRecord& rec, const CheckpointRecord& ck) {
     auto a = view.agents.find(rec.device);
-    auto k = view.agents.find(ck.device);
-    if (a == view.agents.end() || k == view.agents.end() || k->first == rec.device) return;
-    const std::string tag = KeeperTag(a->second, k->second);
-    if (keeper_pushed[rec.id] == tag) return;
+    if (a == view.agents.end()) return;
+    std::string tag = a->second.device + "@" + a->second.boot;
+    std::vector<std::pair<std::string, std::string>> keepers;
+    for (const CheckpointRecord::Copy& copy : ck.copies) {
+      auto k = view.agents.find(copy.device);
+      if (k == view.agents.end() || k->first == rec.device) continue;
+      keepers.emplace_back(k->first, k->second.tcp);
+      tag += " " + k->first + "@" + k->second.boot;
+    }
+    if (keepers.empty() || keeper_pushed[rec.id] == tag) return;
     Result<client::AgentClient*> c = CkClient(a->second);
-    Status s = c.ok() ? (*c)->SetKeeper(rec.id, ck.device, k->second.tcp) : c.status();
+    Status s = c.ok() ? (*c)->SetKeepers(rec.id, keepers) : c.status();
     if (s.ok()) {
       keeper_pushed[rec.id] = tag;
     } else if (!Quiet(__LINE__, 10)) {
-      TERN_LOG(WARN) << "telling " << rec.device << " the keeper of " << rec.id << ": " << s;
+      TERN_LOG(WARN) << "telling " << rec.device << " the keepers of " << rec.id << ": " << s;
     }
   }
 
@@ -1384,12 +1595,23 @@ struct Controller::Impl {
       auto ck = view->checkpoints.find(id);
       if (svc->second.durable && ck != view->checkpoints.end()) PushKeeper(*view, p.record, ck->second);
       int64_t last = ck == view->checkpoints.end() ? 0 : ck->second.unix_ms;
-      // A durable instance now on its keeper's device has no usable keeper: at once.
-      if (svc->second.durable && ck != view->checkpoints.end() && ck->second.device == p.record.device) {
-        last = 0;
-      }
       last = std::max(last, ck_attempt_ms[id]);
-      if (now - last < svc->second.checkpoint_ms) continue;
+      bool due = now - last >= svc->second.checkpoint_ms;
+      // A durable instance whose journal lost a keeper gets another at once (a base
+      // checkpoint on both: the new one's journal starts with a full record); it runs
+      // degraded (one copy) meanwhile. At most once a second.
+      if (!due && svc->second.durable && ck != view->checkpoints.end() &&
+          now - ck_attempt_ms[id] >= 1000) {
+        std::string why = KeepersToReplace(*view, p.record, ck->second);
+        if (!why.empty()) {
+          due = true;
+          if (replace_said[id] != why) {
+            Event(fmt::format("assigning the keepers of {}'s journal again: {}", id, why));
+            replace_said[id] = why;
+          }
+        }
+      }
+      if (!due) continue;
       ck_attempt_ms[id] = now;
       Status s = svc->second.durable ? TakeDurableCheckpoint(*view, p.record)
                                      : TakeCheckpoint(*view, p.record);
@@ -1398,8 +1620,13 @@ struct Controller::Impl {
     for (auto it = ck_attempt_ms.begin(); it != ck_attempt_ms.end();) {
       it = view->instances.count(it->first) ? std::next(it) : ck_attempt_ms.erase(it);
     }
-    for (auto it = keeper_pushed.begin(); it != keeper_pushed.end();) {
-      it = view->instances.count(it->first) ? std::next(it) : keeper_pushed.erase(it);
+    for (auto* m : {&keeper_pushed, &replace_said}) {
+      for (auto it = m->begin(); it != m->end();) {
+        it = view->instances.count(it->first) ? std::next(it) : m->erase(it);
+      }
+    }
+    for (auto it = ck_taken_ns.begin(); it != ck_taken_ns.end();) {
+      it = view->instances.count(it->first) ? std::next(it) : ck_taken_ns.erase(it);
     }
     return any;
   }
@@ -1947,6 +2174,17 @@ struct Controller::Impl {
             x.data_local_bytes = i["data"].value("local_bytes", uint64_t{0});
             x.data_remote_bytes = i["data"].value("remote_bytes", uint64_t{0});
           }
+          if (i.contains("durable") && i["durable"].is_object()) {
+            const json& d = i["durable"];
+            for (auto [key, out] : {std::pair{"keepers", &x.journal_keepers},
+                                    std::pair{"keepers_out", &x.journal_out}}) {
+              if (!d.contains(key) || !d[key].is_array()) continue;
+              for (const json& k : d[key]) {
+                if (k.is_string()) out->push_back(k.get<std::string>());
+              }
+            }
+            x.journal_degraded = d.value("degraded_acks", uint64_t{0});
+          }
         }
       }
       if (st.contains("services") && st["services"].is_array()) {
@@ -2053,6 +2291,29 @@ struct Controller::Impl {
     return HttpResponse::Json(200, json{{"ok", true}}.dump());
   }
 
+  // The newest heartbeat's report of instance `id`, from any device (null: none).
+  const Telemetry::Inst* NewestInstTelemetry(const std::string& id) REQUIRES(pub_mu) {
+    const Telemetry::Inst* out = nullptr;
+    int64_t at = 0;
+    for (const auto& [device, t] : telemetry) {
+      auto x = t.instances.find(id);
+      if (x != t.instances.end() && t.at_ns > at) {
+        out = &x->second;
+        at = t.at_ns;
+      }
+    }
+    return out;
+  }
+
+  // What `device`'s last heartbeat said about instance `id` (null: nothing).
+  const Telemetry::Inst* InstTelemetry(const std::string& device, const std::string& id)
+      REQUIRES(pub_mu) {
+    auto t = telemetry.find(device);
+    if (t == telemetry.end()) return nullptr;
+    auto x = t->second.instances.find(id);
+    return x == t->second.instances.end() ? nullptr : &x->second;
+  }
+
   json ServiceJson(const ServiceRecord& s, const ClusterView& view) {
     json inst = json::array();
     for (const auto& [id, p] : view.instances) {
@@ -2089,6 +2350,17 @@ struct Controller::Impl {
         if (ck->second.durable) {
           i["checkpoint"]["durable"] = true;
           i["checkpoint"]["journal_seq"] = ck->second.journal_seq;
+        }
+      }
+      {
+        // A durable instance's journal as its agent last reported it: the keepers that
+        // get its records and those that dropped out (degraded until replaced).
+        MutexLock l(&pub_mu);
+        const Telemetry::Inst* x = InstTelemetry(p.record.device, id);
+        if (x != nullptr && (!x->journal_keepers.empty() || !x->journal_out.empty())) {
+          i["journal"] = json{{"keepers", x->journal_keepers},
+                              {"out", x->journal_out},
+                              {"degraded_acks", x->journal_degraded}};
         }
       }
       inst.push_back(std::move(i));

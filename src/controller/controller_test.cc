@@ -4,17 +4,20 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <deque>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
 
 #include "client/agent_client.h"
+#include "controller/model.h"
 #include "core/base64.h"
 #include "core/clock.h"
-#include "controller/model.h"
+#include "storage/journal.h"
 #include "store/embedded_store.h"
 #include "store/etcd_store.h"
 #include "testing/etcd.h"
@@ -144,6 +147,48 @@ std::map<std::string, std::string> Running(Api& api, const std::string& service)
   return out;
 }
 
+// Where and how an agent of a TestCluster runs (AgentProc::Start's arguments).
+struct AgentSpec {
+  std::string device;
+  std::string host = "h1";
+  std::string kind = "cpu";
+  std::vector<std::string> extra;
+};
+
+// The usual set-up of these tests: a controller on an in-memory embedded store and real
+// agents joined to it. Call Start under ASSERT_NO_FATAL_FAILURE.
+struct TestCluster {
+  std::unique_ptr<store::ClusterStore> st;
+  std::unique_ptr<Controller> ctl;
+  std::deque<AgentProc> agents;  // in the order of Start's specs (a deque: stable references)
+  std::unique_ptr<Api> api;
+
+  // Returns once every agent is live in the controller's view.
+  void Start(const std::vector<AgentSpec>& specs,
+             const ControllerOptions& options = FastOptions()) {
+    auto s = store::EmbeddedStore::Open("");
+    ASSERT_TRUE(s.ok()) << s.status();
+    st = std::move(*s);
+    auto c = Controller::Start(st.get(), options);
+    ASSERT_TRUE(c.ok()) << c.status();
+    ctl = std::move(*c);
+    const std::string addr = "127.0.0.1:" + std::to_string(ctl->port());
+    for (const AgentSpec& a : specs) {
+      agents.push_back(AgentProc::Start(a.device, addr, a.host, a.kind, a.extra));
+    }
+    api = std::make_unique<Api>(ctl->port());
+    ASSERT_TRUE(WaitFor([&] { return LiveAgents(*api) == specs.size(); }, std::chrono::seconds(10)))
+        << api->Get("/v1/cluster")->dump(1);
+  }
+  AgentProc& Agent(const std::string& device) {
+    for (AgentProc& a : agents) {
+      if (a.device == device) return a;
+    }
+    ADD_FAILURE() << "no agent " << device;
+    return agents.front();
+  }
+};
+
 std::string InvokeOn(const AgentProc& a, const std::string& payload) {
   auto c = client::AgentClient::Connect(a.admin_address(), std::chrono::milliseconds(2000));
   if (!c.ok()) return "connect: " + std::string(c.status().message());
@@ -152,16 +197,11 @@ std::string InvokeOn(const AgentProc& a, const std::string& payload) {
 }
 
 TEST(ControllerTest, PlacesReplicasPushesLocationsAndReplacesThoseOfADeadAgent) {
-  auto st = store::EmbeddedStore::Open("");
-  ASSERT_TRUE(st.ok()) << st.status();
-  auto ctl = Controller::Start(st->get(), FastOptions());
-  ASSERT_TRUE(ctl.ok()) << ctl.status();
-  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
-  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr),
-            c = AgentProc::Start("csd0", addr, "h2");
-  Api api((*ctl)->port());
-  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 3; }, std::chrono::seconds(10)));
-  EXPECT_TRUE((*ctl)->is_leader());
+  TestCluster t;
+  ASSERT_NO_FATAL_FAILURE(t.Start({{"cpu0"}, {"cpu1"}, {"csd0", "h2"}}));
+  AgentProc &a = t.agents[0], &b = t.agents[1], &c = t.agents[2];
+  Api& api = *t.api;
+  EXPECT_TRUE(t.ctl->is_leader());
 
   Result<json> dep = api.Deploy("echo", 2, {"cpu0", "cpu1"});
   ASSERT_TRUE(dep.ok()) << dep.status();
@@ -224,11 +264,9 @@ TEST(ControllerTest, PlacesReplicasPushesLocationsAndReplacesThoseOfADeadAgent) 
 }
 
 TEST(ControllerTest, BadDeploysAreClearErrorsAndTheControllerLivesOn) {
-  auto st = store::EmbeddedStore::Open("");
-  ASSERT_TRUE(st.ok());
-  auto ctl = Controller::Start(st->get(), FastOptions());
-  ASSERT_TRUE(ctl.ok()) << ctl.status();
-  Api api((*ctl)->port());
+  TestCluster t;
+  ASSERT_NO_FATAL_FAILURE(t.Start({}));
+  Api& api = *t.api;
   auto post = [&](const std::string& body) {
     return api.c->Call("POST", "/v1/services", body).status();
   };
@@ -430,14 +468,10 @@ json InstanceDoc(Api& api, const std::string& service, const std::string& id) {
 }
 
 TEST(ControllerTest, MigrateErrorsAreClearAndNothingMoves) {
-  auto st = store::EmbeddedStore::Open("");
-  ASSERT_TRUE(st.ok());
-  auto ctl = Controller::Start(st->get(), FastOptions());
-  ASSERT_TRUE(ctl.ok()) << ctl.status();
-  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
-  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr);
-  Api api((*ctl)->port());
-  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 2; }, std::chrono::seconds(10)));
+  TestCluster t;
+  ASSERT_NO_FATAL_FAILURE(t.Start({{"cpu0"}, {"cpu1"}}));
+  AgentProc &a = t.agents[0], &b = t.agents[1];
+  Api& api = *t.api;
   ASSERT_TRUE(api.Deploy("echo", 1, {"cpu0"}).ok());
   std::map<std::string, std::string> run = Running(api, "echo");
   ASSERT_EQ(run.size(), 1u);
@@ -470,15 +504,10 @@ TEST(ControllerTest, MigrateErrorsAreClearAndNothingMoves) {
 }
 
 TEST(ControllerTest, DrainReplacesStatelessInstancesWithoutAGap) {
-  auto st = store::EmbeddedStore::Open("");
-  ASSERT_TRUE(st.ok());
-  auto ctl = Controller::Start(st->get(), FastOptions());
-  ASSERT_TRUE(ctl.ok()) << ctl.status();
-  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
-  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr),
-            c = AgentProc::Start("cpu2", addr);
-  Api api((*ctl)->port());
-  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 3; }, std::chrono::seconds(10)));
+  TestCluster t;
+  ASSERT_NO_FATAL_FAILURE(t.Start({{"cpu0"}, {"cpu1"}, {"cpu2"}}));
+  AgentProc& c = t.agents[2];
+  Api& api = *t.api;
   ASSERT_TRUE(api.Deploy("echo", 2, {"cpu0", "cpu1"}).ok());
   ASSERT_TRUE(api.Deploy("echo", 2).ok());  // any device from now on; stays where it is
   std::map<std::string, std::string> before = Running(api, "echo");
@@ -538,15 +567,10 @@ TEST(ControllerTest, DrainReplacesStatelessInstancesWithoutAGap) {
 // The checkpointed count of a stateful instance survives its agent's SIGKILL: the
 // controller restores it, under the same id, on another device before routing to it.
 TEST(ControllerTest, RestoresACheckpointAfterTheAgentIsKilled) {
-  auto st = store::EmbeddedStore::Open("");
-  ASSERT_TRUE(st.ok());
-  auto ctl = Controller::Start(st->get(), FastOptions());
-  ASSERT_TRUE(ctl.ok()) << ctl.status();
-  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
-  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr),
-            s = AgentProc::Start("csd0", addr, "h2", "csd");
-  Api api((*ctl)->port());
-  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 3; }, std::chrono::seconds(10)));
+  TestCluster t;
+  ASSERT_NO_FATAL_FAILURE(t.Start({{"cpu0"}, {"cpu1"}, {"csd0", "h2", "csd"}}));
+  AgentProc &a = t.agents[0], &b = t.agents[1];
+  Api& api = *t.api;
   Result<json> dep = DeployCounter(api, 200, {"cpu0", "cpu1"});
   ASSERT_TRUE(dep.ok()) << dep.status();
   std::map<std::string, std::string> run = Running(api, "counter");
@@ -591,11 +615,7 @@ TEST(ControllerTest, RestoresACheckpointAfterTheAgentIsKilled) {
 // Two cpu devices on one host, two storage devices on two others, and a checkpointed
 // counter at 5 on one of the cpus whose last checkpoint is kept twice (once per storage
 // device), both copies taken after the fifth increment.
-struct TwoKeepers {
-  std::unique_ptr<store::ClusterStore> st;
-  std::unique_ptr<Controller> ctl;
-  std::vector<AgentProc> agents;  // cpu0, cpu1, csd0, csd1
-  std::unique_ptr<Api> api;
+struct TwoKeepers : TestCluster {
   std::string id;
   AgentProc* home = nullptr;   // where it runs
   AgentProc* other = nullptr;  // the other cpu
@@ -603,19 +623,8 @@ struct TwoKeepers {
   std::string second;          // the keeper of the other copy
 
   void SetUp() {
-    auto s = store::EmbeddedStore::Open("");
-    ASSERT_TRUE(s.ok());
-    st = std::move(*s);
-    auto c = Controller::Start(st.get(), FastOptions());
-    ASSERT_TRUE(c.ok()) << c.status();
-    ctl = std::move(*c);
-    std::string addr = "127.0.0.1:" + std::to_string(ctl->port());
-    agents.push_back(AgentProc::Start("cpu0", addr));
-    agents.push_back(AgentProc::Start("cpu1", addr));
-    agents.push_back(AgentProc::Start("csd0", addr, "h2", "csd"));
-    agents.push_back(AgentProc::Start("csd1", addr, "h3", "csd"));
-    api = std::make_unique<Api>(ctl->port());
-    ASSERT_TRUE(WaitFor([&] { return LiveAgents(*api) == 4; }, std::chrono::seconds(10)));
+    ASSERT_NO_FATAL_FAILURE(
+        Start({{"cpu0"}, {"cpu1"}, {"csd0", "h2", "csd"}, {"csd1", "h3", "csd"}}));
     ASSERT_TRUE(DeployCounter(*api, 200, {"cpu0", "cpu1"}).ok());
     std::map<std::string, std::string> run = Running(*api, "counter");
     ASSERT_EQ(run.size(), 1u);
@@ -710,12 +719,143 @@ TEST(ControllerTest, RestoresFromTheOtherCopyWhenOneIsCorrupt) {
   EXPECT_NE(ev.find("unreadable: " + t.first->device + ": "), std::string::npos) << ev;
 }
 
+// A durable counter (its journal on two keepers of different hosts) on one of two cpus
+// of one host, three storage devices on three other hosts, and `n` acknowledged
+// increments (with idempotency keys) after its first base checkpoint.
+struct DurableTwoKeepers : TestCluster {
+  std::string id;
+  AgentProc* home = nullptr;   // where it runs
+  AgentProc* other = nullptr;  // the other cpu
+  std::vector<std::string> keepers;  // its journal's, from the checkpoint record
+
+  void SetUp() {
+    ASSERT_NO_FATAL_FAILURE(Start(
+        {{"cpu0"}, {"cpu1"}, {"csd0", "h2", "csd"}, {"csd1", "h3", "csd"}, {"csd2", "h4", "csd"}}));
+    // Base checkpoints every minute: none but the first during the test.
+    json req{{"manifest", CounterManifest(60000) + "durable: true\n"},
+             {"module_b64", Base64Encode(ReadFile(WasmPath("counter")))},
+             {"replicas", 1},
+             {"devices", {"cpu0", "cpu1"}}};
+    ASSERT_TRUE(api->c->Call("POST", "/v1/services", req.dump()).ok());
+    std::map<std::string, std::string> run = Running(*api, "counter");
+    ASSERT_EQ(run.size(), 1u);
+    id = run.begin()->first;
+    home = &agents[run.begin()->second == "cpu0" ? 0 : 1];
+    other = &agents[run.begin()->second == "cpu0" ? 1 : 0];
+    ASSERT_TRUE(WaitFor([&] { return Keepers().size() == 2; }, std::chrono::seconds(10)))
+        << api->Get("/v1/cluster")->dump(1);
+    keepers = Keepers();
+  }
+  // The keepers its checkpoint record names.
+  std::vector<std::string> Keepers() {
+    json ck = InstanceDoc(*api, "counter", id)["checkpoint"];
+    std::vector<std::string> out;
+    if (!ck.is_object() || !ck.value("durable", false)) return out;
+    for (const json& k : ck["keepers"]) out.push_back(k);
+    return out;
+  }
+  // An increment with an idempotency key, on agent `a`: its reply, or "error: ...".
+  std::string Incr(const AgentProc& a, uint64_t key) {
+    auto c = client::AgentClient::Connect(a.admin_address(), std::chrono::milliseconds(2000));
+    if (!c.ok()) return "connect: " + std::string(c.status().message());
+    transport::CallIds ids;
+    ids.idempotency_key = key;
+    Result<std::string> r =
+        (*c)->Invoke("counter", "incr", "1", std::chrono::milliseconds(5000), ids);
+    return r.ok() ? *r : "error: " + std::string(r.status().message());
+  }
+  // Waits for the counter to run on the other cpu; returns the events.
+  std::string WaitForRestore() {
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          auto r = Running(*api, "counter");
+          return r.size() == 1 && r.count(id) == 1 && r[id] == other->device;
+        },
+        std::chrono::seconds(15)))
+        << api->Get("/v1/cluster")->dump(1);
+    return Events(*api);
+  }
+};
+
+// The instance's device and one of its two keepers die together: it is restored from
+// the other keeper's journal with every acknowledged increment, and a retry of the last
+// one is answered from the dedup table that came with it.
+TEST(ControllerTest, DurableRestoresFromTheOtherKeeperWhenItsDeviceAndOneKeeperDie) {
+  DurableTwoKeepers t;
+  ASSERT_NO_FATAL_FAILURE(t.SetUp());
+  EXPECT_NE(t.keepers[0], t.keepers[1]);  // csd0..2: each on a host of its own
+  constexpr int kN = 12;
+  for (int i = 1; i <= kN; ++i) ASSERT_EQ(t.Incr(*t.home, 100 + i), std::to_string(i));
+  AgentProc& dies = t.Agent(t.keepers[0]);
+  ASSERT_TRUE(t.home->child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  ASSERT_TRUE(dies.child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  std::string ev = t.WaitForRestore();
+  EXPECT_NE(ev.find("restored " + t.id + " on " + t.other->device + " from its journal on " +
+                    t.keepers[1]),
+            std::string::npos)
+      << ev;
+  EXPECT_NE(ev.find("durable: 0 acknowledged requests lost"), std::string::npos) << ev;
+  EXPECT_EQ(InvokeSvc(*t.other, "counter", "get", ""), std::to_string(kN));
+  EXPECT_EQ(t.Incr(*t.other, 100 + kN), std::to_string(kN)) << "the retry ran twice";
+  EXPECT_EQ(t.Incr(*t.other, 500), std::to_string(kN + 1));
+}
+
+// One keeper dies: the instance goes on (acknowledged by the other alone, degraded, and
+// the agent says so), the controller assigns a replacement whose journal starts with a
+// full record, and after that the instance's device and the surviving first keeper die
+// together: the replacement's journal restores it exactly.
+TEST(ControllerTest, DurableGoesOnDegradedWhenAKeeperDiesAndTheReplacementGetsAFullRecord) {
+  DurableTwoKeepers t;
+  ASSERT_NO_FATAL_FAILURE(t.SetUp());
+  for (int i = 1; i <= 5; ++i) ASSERT_EQ(t.Incr(*t.home, 100 + i), std::to_string(i));
+  const std::string lost = t.keepers[1], kept = t.keepers[0];
+  ASSERT_TRUE(t.Agent(lost).child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  // Acknowledged at once, by the surviving keeper (the dead one's connection fails).
+  ASSERT_EQ(t.Incr(*t.home, 106), "6");
+  std::vector<std::string> now;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        now = t.Keepers();
+        return now.size() == 2 && std::count(now.begin(), now.end(), lost) == 0;
+      },
+      std::chrono::seconds(10)))
+      << t.api->Get("/v1/cluster")->dump(1);
+  EXPECT_EQ(std::count(now.begin(), now.end(), kept), 1);
+  const std::string fresh = now[0] == kept ? now[1] : now[0];
+  std::string ev = Events(*t.api);
+  EXPECT_NE(ev.find("assigning the keepers of " + t.id + "'s journal again"), std::string::npos)
+      << ev;
+  // The replacement's journal starts with a full record, the base checkpoint.
+  auto fc = client::AgentClient::Connect(t.Agent(fresh).admin_address(), std::chrono::seconds(2));
+  ASSERT_TRUE(fc.ok());
+  Result<std::string> j = (*fc)->ReadJournal(t.id, 0);
+  ASSERT_TRUE(j.ok()) << j.status();
+  Result<storage::RecordHeader> h = storage::ParseRecordHeader(*j);
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_TRUE(h->full());
+  for (int i = 7; i <= 10; ++i) ASSERT_EQ(t.Incr(*t.home, 100 + i), std::to_string(i));
+  // The agent had reported the dropped keeper; now both get every record again.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        json d = InstanceDoc(*t.api, "counter", t.id);
+        return d.contains("journal") && d["journal"]["keepers"].size() == 2 &&
+               d["journal"]["out"].empty() && d["journal"]["degraded_acks"].get<uint64_t>() >= 1;
+      },
+      std::chrono::seconds(10)))
+      << t.api->Get("/v1/cluster")->dump(1);
+  ASSERT_TRUE(t.home->child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  ASSERT_TRUE(t.Agent(kept).child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  ev = t.WaitForRestore();
+  EXPECT_NE(ev.find("from its journal on " + fresh), std::string::npos) << ev;
+  EXPECT_EQ(InvokeSvc(*t.other, "counter", "get", ""), "10");
+  EXPECT_EQ(t.Incr(*t.other, 103), "3") << "a key from before the replacement ran twice";
+  EXPECT_EQ(InvokeSvc(*t.other, "counter", "get", ""), "10");
+}
+
 TEST(ControllerTest, CheckpointsNeedAStatefulService) {
-  auto st = store::EmbeddedStore::Open("");
-  ASSERT_TRUE(st.ok());
-  auto ctl = Controller::Start(st->get(), FastOptions());
-  ASSERT_TRUE(ctl.ok()) << ctl.status();
-  Api api((*ctl)->port());
+  TestCluster t;
+  ASSERT_NO_FATAL_FAILURE(t.Start({}));
+  Api& api = *t.api;
   json req{{"manifest", "name: e\nversion: 1\nhandlers: [echo]\ncheckpoint_ms: 500\n"},
            {"module_b64", Base64Encode(ReadFile(WasmPath("echo")))}};
   Status s = api.c->Call("POST", "/v1/services", req.dump()).status();
@@ -735,15 +875,11 @@ bool AgentMigrates(const AgentProc& a) {
 // tern migrate's API with a stateful counter: it moves with its count and its id, the
 // epoch bumps, the event has the report; then a drain of its device moves it back.
 TEST(ControllerTest, MigratesAndDrainsAStatefulCounterKeepingItsCount) {
-  auto st = store::EmbeddedStore::Open("");
-  ASSERT_TRUE(st.ok());
-  auto ctl = Controller::Start(st->get(), FastOptions());
-  ASSERT_TRUE(ctl.ok()) << ctl.status();
-  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
-  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr);
+  TestCluster t;
+  ASSERT_NO_FATAL_FAILURE(t.Start({{"cpu0"}, {"cpu1"}}));
+  AgentProc &a = t.agents[0], &b = t.agents[1];
+  Api& api = *t.api;
   if (!AgentMigrates(a)) GTEST_SKIP() << "the agent has no migration endpoint yet";
-  Api api((*ctl)->port());
-  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 2; }, std::chrono::seconds(10)));
   ASSERT_TRUE(DeployCounter(api, 0, {"cpu0"}).ok());
   ASSERT_TRUE(api.c
                   ->Call("POST", "/v1/services",
@@ -856,16 +992,11 @@ class FakeAgent {
 // instance serving at the source; a source that fails after the cut-over (the target runs
 // it) makes the target authoritative. Both are events.
 TEST(ControllerTest, MigrationFailuresKeepTheInstanceWhereItServes) {
-  auto st = store::EmbeddedStore::Open("");
-  ASSERT_TRUE(st.ok());
-  auto ctl = Controller::Start(st->get(), FastOptions());
-  ASSERT_TRUE(ctl.ok()) << ctl.status();
-  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
-  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr),
-            c = AgentProc::Start("cpu2", addr);
+  TestCluster t;
+  ASSERT_NO_FATAL_FAILURE(t.Start({{"cpu0"}, {"cpu1"}, {"cpu2"}}));
+  AgentProc &a = t.agents[0], &b = t.agents[1], &c = t.agents[2];
+  Api& api = *t.api;
   if (!AgentMigrates(a)) GTEST_SKIP() << "the agent has no migration endpoint yet";
-  Api api((*ctl)->port());
-  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 3; }, std::chrono::seconds(10)));
   ASSERT_TRUE(DeployCounter(api, 0, {"cpu0"}).ok());
   std::map<std::string, std::string> run = Running(api, "counter");
   ASSERT_EQ(run.size(), 1u);
@@ -874,7 +1005,7 @@ TEST(ControllerTest, MigrationFailuresKeepTheInstanceWhereItServes) {
 
   // 1. The target's frame port refuses connections: the source answers 503, nothing moves.
   {
-    FakeAgent dead_end((*ctl)->port(), "cpu9", c.admin_address(), "127.0.0.1:1");
+    FakeAgent dead_end(t.ctl->port(), "cpu9", c.admin_address(), "127.0.0.1:1");
     ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 4; }, std::chrono::seconds(5)));
     ASSERT_TRUE(api.Deploy("echo", 0).ok());  // (a round: the controller knows cpu9)
     // Allowed everywhere now, so the target check passes and the source is asked.
@@ -912,7 +1043,7 @@ TEST(ControllerTest, MigrationFailuresKeepTheInstanceWhereItServes) {
   ASSERT_TRUE(ghost_http.ok()) << ghost_http.status();
   (*lt)->Start();
   {
-    FakeAgent ghost((*ctl)->port(), "ghost", "127.0.0.1:" + std::to_string((*ghost_http)->port()),
+    FakeAgent ghost(t.ctl->port(), "ghost", "127.0.0.1:" + std::to_string((*ghost_http)->port()),
                     "127.0.0.1:1");
     ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 4; }, std::chrono::seconds(5)));
     // echo-77 really runs on cpu1; the store says it runs on ghost (one transaction with
@@ -926,13 +1057,12 @@ TEST(ControllerTest, MigrationFailuresKeepTheInstanceWhereItServes) {
                              ReadFile(WasmPath("echo")), false)
                     .ok());
     ASSERT_TRUE((*cl)->StartInstance("echo", "echo-77").ok());
-    Result<std::optional<store::KeyValue>> svc = (*st)->Get("/tern/services/echo");
+    Result<std::optional<store::KeyValue>> svc = t.st->Get("/tern/services/echo");
     ASSERT_TRUE(svc.ok() && svc->has_value());
     json srec = json::parse((*svc)->value);
     srec["replicas"] = 1;
     InstanceRecord rec{"echo-77", "echo", "ghost", "boot-ghost", (*dep)["module_hash"]};
-    ASSERT_TRUE((*st)
-                    ->Apply({}, {store::Op::Put("/tern/services/echo", srec.dump()),
+    ASSERT_TRUE(t.st->Apply({}, {store::Op::Put("/tern/services/echo", srec.dump()),
                                  store::Op::Put("/tern/instances/echo-77", ToJson(rec))})
                     .ok());
     Result<std::string> r =
@@ -957,20 +1087,16 @@ TEST(ControllerTest, MigrationFailuresKeepTheInstanceWhereItServes) {
 // its CPU limit, called back to back) is relieved by moving its instance to the idle one.
 // Thresholds are low, so a loaded test machine still counts as "sustained overload".
 TEST(ControllerTest, RebalancerMovesAnInstanceOffAnOverloadedDevice) {
-  auto st = store::EmbeddedStore::Open("");
-  ASSERT_TRUE(st.ok());
   ControllerOptions o = FastOptions();
   o.rebalance = true;
   o.rebalance_options.overload_util = 0.15;
   o.rebalance_options.headroom = 0.12;  // the target must be under 3%
   o.rebalance_options.overload_samples = 3;
   o.rebalance_options.cooldown_ms = 60000;
-  auto ctl = Controller::Start(st->get(), o);
-  ASSERT_TRUE(ctl.ok()) << ctl.status();
-  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
-  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr);
-  Api api((*ctl)->port());
-  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 2; }, std::chrono::seconds(10)));
+  TestCluster t;
+  ASSERT_NO_FATAL_FAILURE(t.Start({{"cpu0"}, {"cpu1"}}, o));
+  AgentProc &a = t.agents[0], &b = t.agents[1];
+  Api& api = *t.api;
   std::string manifest =
       "name: spin\nversion: 1.0.0\nhandlers: [spin, noop]\nlimits:\n  cpu_ms: 100\n";
   json req{{"manifest", manifest},
@@ -1015,20 +1141,15 @@ TEST(ControllerTest, RebalancerMovesAnInstanceOffAnOverloadedDevice) {
 // the measured CPU time by the registered speed, predicts cpu1 at a fiftieth of what
 // cpu0 measures, and cpu0 at fifty times what cpu1 measures.
 TEST(ControllerTest, RebalancerMovesAnInstanceThatMissesItsSlo) {
-  auto st = store::EmbeddedStore::Open("");
-  ASSERT_TRUE(st.ok());
   ControllerOptions o = FastOptions();
   o.rebalance = true;
   o.rebalance_options.overload_util = 2;  // never: this test is about the SLO
   o.rebalance_options.slo_samples = 3;
   o.rebalance_options.cooldown_ms = 1000;
-  auto ctl = Controller::Start(st->get(), o);
-  ASSERT_TRUE(ctl.ok()) << ctl.status();
-  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
-  AgentProc a = AgentProc::Start("cpu0", addr, "h1", "cpu", {"--speed=0.02"}),
-            b = AgentProc::Start("cpu1", addr);
-  Api api((*ctl)->port());
-  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 2; }, std::chrono::seconds(10)));
+  TestCluster t;
+  ASSERT_NO_FATAL_FAILURE(t.Start({{"cpu0", "h1", "cpu", {"--speed=0.02"}}, {"cpu1"}}, o));
+  AgentProc &a = t.agents[0], &b = t.agents[1];
+  Api& api = *t.api;
   // SHA-256 of 1 MiB: a few ms in the guest, well above the 0.5 ms target.
   std::string manifest =
       "name: hash\nversion: 1.0.0\nhandlers: [sha256]\nslo_p99_ms: 0.5\n"
@@ -1047,7 +1168,7 @@ TEST(ControllerTest, RebalancerMovesAnInstanceThatMissesItsSlo) {
   // Paced calls to wherever it runs (a replacement has a new id and device).
   std::atomic<bool> stop{false};
   std::thread load([&] {
-    Api mine((*ctl)->port());
+    Api mine(t.ctl->port());
     std::string kib("\x00\x04\x00\x00", 4);  // u32 1024, little-endian
     std::unique_ptr<client::AgentClient> c;
     int n = 0;
@@ -1110,20 +1231,15 @@ TEST(ControllerTest, RebalancerMovesAnInstanceThatMissesItsSlo) {
 // speed) with its count; moved back by hand, it is not moved again before the cool-down
 // is over, then it is.
 TEST(ControllerTest, RebalancerTakesACheaperPlacementKeepingStateAndHonoursTheCooldown) {
-  auto st = store::EmbeddedStore::Open("");
-  ASSERT_TRUE(st.ok());
   ControllerOptions o = FastOptions();
   o.rebalance = true;
   o.rebalance_options.overload_util = 2;  // never: this test is about the cost
   o.rebalance_options.cooldown_ms = 3000;
-  auto ctl = Controller::Start(st->get(), o);
-  ASSERT_TRUE(ctl.ok()) << ctl.status();
-  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
-  AgentProc a = AgentProc::Start("cpu0", addr),
-            b = AgentProc::Start("cpu1", addr, "h1", "cpu", {"--speed=4"});
+  TestCluster t;
+  ASSERT_NO_FATAL_FAILURE(t.Start({{"cpu0"}, {"cpu1", "h1", "cpu", {"--speed=4"}}}, o));
+  AgentProc &a = t.agents[0], &b = t.agents[1];
+  Api& api = *t.api;
   if (!AgentMigrates(a)) GTEST_SKIP() << "the agent has no migration endpoint yet";
-  Api api((*ctl)->port());
-  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 2; }, std::chrono::seconds(10)));
   json req{{"manifest", CounterManifest(0)},
            {"module_b64", Base64Encode(ReadFile(WasmPath("counter")))},
            {"replicas", 1},
@@ -1176,15 +1292,11 @@ TEST(ControllerTest, RebalancerTakesACheaperPlacementKeepingStateAndHonoursTheCo
 // controller that asked had died): the controller records the instance where both
 // agents' heartbeats say it runs.
 TEST(ControllerTest, FollowsAnInstanceThatMovedBehindItsBack) {
-  auto st = store::EmbeddedStore::Open("");
-  ASSERT_TRUE(st.ok());
-  auto ctl = Controller::Start(st->get(), FastOptions());
-  ASSERT_TRUE(ctl.ok()) << ctl.status();
-  std::string addr = "127.0.0.1:" + std::to_string((*ctl)->port());
-  AgentProc a = AgentProc::Start("cpu0", addr), b = AgentProc::Start("cpu1", addr);
+  TestCluster t;
+  ASSERT_NO_FATAL_FAILURE(t.Start({{"cpu0"}, {"cpu1"}}));
+  AgentProc &a = t.agents[0], &b = t.agents[1];
+  Api& api = *t.api;
   if (!AgentMigrates(a)) GTEST_SKIP() << "the agent has no migration endpoint yet";
-  Api api((*ctl)->port());
-  ASSERT_TRUE(WaitFor([&] { return LiveAgents(api) == 2; }, std::chrono::seconds(10)));
   ASSERT_TRUE(DeployCounter(api, 0, {"cpu0"}).ok());
   std::map<std::string, std::string> run = Running(api, "counter");
   ASSERT_EQ(run.size(), 1u);

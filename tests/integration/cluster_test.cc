@@ -415,8 +415,12 @@ TEST(ClusterTest, LoopbackDurableCounterLosesNoAcknowledgedRequestWhenItsAgentDi
                               testing::WasmPath("counter"), "--replicas", "1", "--devices",
                               "c1-cpu,c2-cpu", "--durable", "--checkpoint-ms", "600000"});
   ASSERT_EQ(dep.exit_code, 0) << dep.output;
-  // Its first base checkpoint assigns its keeper.
+  // The deploy returns once its first base checkpoint gave the journal its two keepers,
+  // and names them.
+  EXPECT_NE(dep.output.find("journals: counter-1 on "), std::string::npos) << dep.output;
+  EXPECT_EQ(dep.output.find("one copy"), std::string::npos) << dep.output;
   std::string id, device;
+  size_t keepers = 0;
   int64_t deadline = MonoNanos() + int64_t{10} * 1000000000;
   while (MonoNanos() < deadline && id.empty()) {
     json j = json::parse(c.Tern({"ps", "--json"}).output, nullptr, false);
@@ -427,6 +431,7 @@ TEST(ClusterTest, LoopbackDurableCounterLosesNoAcknowledgedRequestWhenItsAgentDi
               i["checkpoint"].value("durable", false) && i["state"] == "running") {
             id = i["id"];
             device = i["device"];
+            keepers = i["checkpoint"]["keepers"].size();
           }
         }
       }
@@ -434,8 +439,10 @@ TEST(ClusterTest, LoopbackDurableCounterLosesNoAcknowledgedRequestWhenItsAgentDi
     if (id.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   ASSERT_FALSE(id.empty()) << c.Tern({"ps"}).output;
+  EXPECT_EQ(keepers, 2u) << c.Tern({"ps", "--json"}).output;
   CommandResult ps = c.Tern({"ps"});
   EXPECT_NE(ps.output.find("+journal (durable)"), std::string::npos) << ps.output;
+  EXPECT_EQ(ps.output.find("DEGRADED"), std::string::npos) << ps.output;
   std::string host;
   uint16_t port = 0;
   ASSERT_TRUE(ParseHostPort(gw, &host, &port).ok());
