@@ -263,6 +263,9 @@ constexpr size_t kTcpReadChunk = 64 << 10;
 // Reads per connection and round before the worker turns to its other work (epoll is
 // level-triggered: the rest is read next round).
 constexpr int kTcpReadsPerRound = 16;
+// Frames taken from one shared-memory connection per round of the worker's loop (one
+// at a time: PollServerConns), before it turns to its other work.
+constexpr int kShmFramesPerRound = 64;
 // Per-instance CPU time (ExecuteTraced): the thread's CPU clock is read around one
 // request in kCpuSampleEvery, and around every request that follows one that ran
 // kCpuExactAfterNs or longer.
@@ -402,6 +405,7 @@ class Agent::WorkerThread {
     {
       MutexLock l(&mu_);
       stopping_ = true;
+      stopping_flag_.store(true, std::memory_order_release);
       posted_.fetch_add(1, std::memory_order_release);
     }
     doorbell_.Ring();
@@ -438,6 +442,17 @@ class Agent::WorkerThread {
     MutexLock l(&m);
     while (!done) cv.Wait(&m);
     return result;
+  }
+
+  // True if a request for an instance of this worker may run right here, on the calling
+  // thread, instead of being queued: the caller is this worker's own loop at its top
+  // level (not inside a guest, nor waiting for a call: a request there could re-enter a
+  // busy instance), nothing is queued or deferred before it (requests run in the order
+  // they came), and the worker is not stopping.
+  bool CanRunInline() const {
+    return current_worker == this && wait_depth_ == 0 && busy_.empty() && deferred_.empty() &&
+           posted_.load(std::memory_order_acquire) == taken_ &&
+           !stopping_flag_.load(std::memory_order_relaxed);
   }
 
   int index() const { return index_; }
@@ -607,7 +622,9 @@ class Agent::WorkerThread {
   void WaitCall(OutCall* call) {
     const int64_t cpu0 = ThreadCpuNanos();
     const int64_t wall0 = MonoNanos();
+    ++wait_depth_;
     WaitCallLoop(call);
+    --wait_depth_;
     wait_cpu_ns_ += ThreadCpuNanos() - cpu0;
     wait_wall_ns_ += MonoNanos() - wall0;
   }
@@ -637,7 +654,7 @@ class Agent::WorkerThread {
         continue;
       }
       if (now < spin_until) {
-        Relax();
+        Relax(now);
         continue;
       }
       Sleep(call->deadline_ns, /*nested=*/true, [call] {
@@ -652,9 +669,9 @@ class Agent::WorkerThread {
     int64_t spin_until = 0;
     for (;;) {
       bool progress = Step(/*nested=*/false);
-      {
+      if (stopping_flag_.load(std::memory_order_acquire)) {
         MutexLock l(&mu_);
-        if (stopping_ && tasks_.empty() && deferred_.empty()) break;
+        if (tasks_.empty() && deferred_.empty()) break;
       }
       int64_t now = MonoNanos();
       if (progress) {
@@ -664,7 +681,7 @@ class Agent::WorkerThread {
       // Spin briefly before sleeping: a blocking wake-up across vCPUs costs ~35 µs
       // here (../shared/notes/machine.md), a spinning worker picks work up in < 1 µs.
       if (now < spin_until) {
-        Relax();
+        Relax(now);
         continue;
       }
       Sleep(0, /*nested=*/false, [] { return false; });
@@ -785,27 +802,48 @@ class Agent::WorkerThread {
 
   bool PollServerConns() {
     bool progress = false;
-    std::vector<transport::Frame> frames;
-    for (auto it = server_conns_.begin(); it != server_conns_.end();) {
-      ServerConn& sc = **it;
-      frames.clear();
-      Result<size_t> n = sc.conn->Poll(&frames);
-      for (transport::Frame& f : frames) {
+    // The worker's buffer, unless this is a nested round (a guest served from an outer
+    // round waits in a call) and the outer round is still going through it.
+    std::vector<transport::Frame> nested;
+    std::vector<transport::Frame>& frames = polling_shm_ ? nested : shm_frames_;
+    const bool outer = !polling_shm_;
+    polling_shm_ = true;
+    // At the top level a request may run right here (Invoke), and it may wait in a call
+    // meanwhile, while nested rounds take the connection's later requests (queued: the
+    // instance is busy). So the top level takes one frame at a time, each only after
+    // the one before it is served: a frame already taken out of the ring would be served
+    // after those later ones. A nested round queues what it takes, in order, so it takes
+    // a batch.
+    const size_t take = outer ? 1 : 64;
+    const int rounds = outer ? kShmFramesPerRound : 1;
+    // By index: a nested round may add connections (AdoptServerConn), never removes one.
+    for (size_t i = 0; i < server_conns_.size();) {
+      ServerConn* sc = server_conns_[i].get();
+      Result<size_t> n = size_t{0};
+      for (int k = 0; k < rounds; ++k) {
+        frames.clear();
+        n = sc->conn->Poll(&frames, take);
+        if (frames.empty()) break;
         progress = true;
-        agent_->ServeShmFrame(this, *it, std::move(f));
+        const std::shared_ptr<ServerConn> hold = server_conns_[i];
+        for (transport::Frame& f : frames) agent_->ServeShmFrame(this, hold, std::move(f));
+        if (!n.ok()) break;
       }
-      if (!n.ok() || !sc.conn->PeerAlive()) {
-        if (!n.ok() && n.status().code() != StatusCode::kUnavailable) {
-          TERN_LOG(WARN) << "closing a shared-memory connection: " << n.status();
-        }
-        sc.dead = true;
-        sc.conn->Close();
-        it = server_conns_.erase(it);
-        progress = true;
-      } else {
-        ++it;
+      // Poll reports a peer that is gone (kUnavailable) once it has nothing more to read.
+      // A nested round leaves the connection to the outer one (Poll reports it again).
+      if (n.ok() || !outer) {
+        ++i;
+        continue;
       }
+      if (n.status().code() != StatusCode::kUnavailable) {
+        TERN_LOG(WARN) << "closing a shared-memory connection: " << n.status();
+      }
+      sc->dead = true;
+      sc->conn->Close();
+      server_conns_.erase(server_conns_.begin() + static_cast<std::ptrdiff_t>(i));
+      progress = true;
     }
+    if (outer) polling_shm_ = false;
     return progress;
   }
 
@@ -974,6 +1012,7 @@ class Agent::WorkerThread {
     Result<size_t> w = c->out.WriteTo(c->fd.get());
     const size_t sent = before - c->pending();
     agent_->tcp_.output_bytes.fetch_sub(sent, std::memory_order_relaxed);
+    if (sent > 0) yield_soon_ = true;  // the reader may be waiting for this vCPU
     if (!w.ok()) {
       CloseTcp(c, w.status());
       return sent > 0;
@@ -1111,11 +1150,19 @@ class Agent::WorkerThread {
     if (!st.ok()) TERN_LOG(WARN) << "worker " << index_ << ": sleep failed: " << st;
   }
 
-  // One step of an idle spin. Every few steps the thread yields, so that a peer that
-  // shares this vCPU (pinned runs, or more busy threads than vCPUs) gets to run instead
-  // of waiting for the end of our timeslice.
-  void Relax() {
-    if ((++relax_steps_ & 7) == 0) {
+  // One step of an idle spin (`now`: MonoNanos). The thread yields its vCPU (so that a
+  // peer sharing it — pinned runs, or more busy threads than vCPUs — runs instead of
+  // waiting for the end of our timeslice) right after it woke a sleeping thread or
+  // wrote to a TCP socket (that peer may be waiting for this vCPU now), and otherwise
+  // every kYieldEveryNanos. Not every few steps: sched_yield is a system call (~0.4 µs
+  // here, more when the host is busy), and a request that arrives during one waits for
+  // it — yielding every 8 steps kept the idle worker in it a third of the time.
+  void Relax(int64_t now) {
+    const uint64_t wakeups = transport::DoorbellWakeupsOnThisThread();
+    if (wakeups != wakeups_seen_ || yield_soon_ || now - last_yield_ns_ >= kYieldEveryNanos) {
+      wakeups_seen_ = wakeups;
+      yield_soon_ = false;
+      last_yield_ns_ = now;
       sched_yield();
     } else {
       CpuRelax();
@@ -1145,6 +1192,8 @@ class Agent::WorkerThread {
   std::unordered_map<uint64_t, std::shared_ptr<OutCall>> inflight_;
   std::unordered_map<std::string, uint64_t> outstanding_;
   std::vector<std::shared_ptr<ServerConn>> server_conns_;
+  std::vector<transport::Frame> shm_frames_;  // PollServerConns' buffer (its capacity kept)
+  bool polling_shm_ = false;                  // PollServerConns is on the stack
   transport::UniqueFd epoll_fd_;  // the TCP connections it owns
   std::unordered_map</*fd*/ int, std::shared_ptr<TcpConn>> tcp_conns_;
   std::vector<std::shared_ptr<TcpConn>> tcp_dirty_;  // output queued since the last flush
@@ -1152,17 +1201,24 @@ class Agent::WorkerThread {
   int64_t next_tcp_check_ = 0;
   std::vector<int> fds_;
   uint64_t wire_ids_ = 0;
-  uint32_t relax_steps_ = 0;
+  // Relax(): when the thread last yielded, DoorbellWakeupsOnThisThread() then, and
+  // whether it has written to a TCP socket since.
+  int64_t last_yield_ns_ = 0;
+  uint64_t wakeups_seen_ = 0;
+  bool yield_soon_ = false;
+  int wait_depth_ = 0;  // WaitCall frames on this thread's stack
 
   // Longer than a cross-vCPU wake-up (~35 µs here): with a shorter spin, two threads
   // that answer each other fall into a cycle where each finds the other asleep.
   static constexpr int64_t kSpinNanos = 100'000;
+  static constexpr int64_t kYieldEveryNanos = 20'000;
   std::atomic<uint64_t> posted_{0};  // tasks ever posted
   uint64_t taken_ = 0;               // worker thread only: posted_ when it last took tasks
 
   Mutex mu_;
   std::deque<Task> tasks_ GUARDED_BY(mu_);
   bool stopping_ GUARDED_BY(mu_) = false;
+  std::atomic<bool> stopping_flag_{false};  // = stopping_, read without the lock
 };
 
 // ---------------------------------------------------------------------------------
@@ -1528,7 +1584,7 @@ uint64_t& Agent::wt_rng_state() {
 
 // A request that arrived on a shared-memory connection owned by `wt`.
 void Agent::ServeShmFrame(WorkerThread* wt, const std::shared_ptr<ServerConn>& sc,
-                          transport::Frame f) {
+                          transport::Frame&& f) {
   if (std::optional<transport::Frame> answer = AnswerWithoutGuest(this, f)) {
     (void)sc->conn->Send(*answer);
     return;
@@ -1537,7 +1593,7 @@ void Agent::ServeShmFrame(WorkerThread* wt, const std::shared_ptr<ServerConn>& s
   InvokeRequest req = RequestFromFrame(std::move(f));
   req.reply_view_ok = true;
   // The reply goes out on the connection's owner thread (connections are single-threaded).
-  Invoke(std::move(req), [wt, sc, id](InvokeResult r) {
+  InvokeWith(std::move(req), [wt, sc, id](InvokeResult r) {
     if (current_worker == wt && r.status.ok() && r.reply_view.data() != nullptr) {
       // Still in the guest's memory: copied from there into the ring (or memfd), once.
       if (sc->dead) return;
@@ -1605,7 +1661,7 @@ bool Agent::ServeTcpFrame(WorkerThread* wt, const std::shared_ptr<TcpConn>& c,
   // the socket while this worker ran a guest has used that time up.
   InvokeRequest req = RequestFromFrame(std::move(f), c->received_ns);
   req.reply_view_ok = true;
-  Invoke(std::move(req), [wt, c, id](InvokeResult r) {
+  InvokeWith(std::move(req), [wt, c, id](InvokeResult r) {
     if (current_worker == wt && r.status.ok() && r.reply_view.data() != nullptr) {
       wt->OnTcpReplyInPlace(c, id, r.reply_view);
       return;
@@ -2193,16 +2249,25 @@ Status Agent::StopInstanceOn(int worker, const std::string& id) {
 }
 
 void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
+  InvokeWith(std::move(req), std::move(done));
+}
+
+// Invoke, with any callable as `done`: the worker-owned serving paths pass their
+// lambdas, which become a std::function only if the request must be queued or held.
+template <typename Done>
+void Agent::InvokeWith(InvokeRequest req, Done done) {
   if (has_moved_.load(std::memory_order_acquire)) {
     // An instance that migrated away (or a service whose instances all did): forwarded
     // to where it went.
     if (std::optional<MovedTo> to = MovedRecord(req.instance, req.service)) {
-      Forward(*to, std::move(req), std::move(done));
+      Forward(*to, std::move(req), std::function<void(InvokeResult)>(std::move(done)));
       return;
     }
   }
   std::string id;
-  Route route;
+  const Route* route = nullptr;  // valid while mu_ is held
+  int worker = 0;
+  std::shared_ptr<std::atomic<uint64_t>> queued;
   // Set when the instance (or the service's last instance) moved away between the check
   // above and the lookup below: a cut-over in between. Forwarded as it would have been.
   std::optional<MovedTo> moved;
@@ -2254,22 +2319,24 @@ void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
         return;
       } else {
         id = rit->first;
-        route = rit->second;
+        route = &rit->second;
       }
     } else {
       // Least-queued instance of the service (instances per service are few); on a tie,
       // one on the calling worker (no thread hop).
       uint64_t best = UINT64_MAX;
+      const std::string* best_id = nullptr;
       for (const std::string& rid : InstancesOf(req.service)) {
         const Route& r = routes_.at(rid);
         uint64_t q = r.queued->load(std::memory_order_relaxed);
         if (q < best ||
             (q == best && current_worker != nullptr && workers_[r.worker].get() == current_worker)) {
           best = q;
-          id = rid;
-          route = r;
+          best_id = &rid;
+          route = &r;
         }
       }
+      if (best_id != nullptr) id = *best_id;
       if (id.empty()) moved = MovedRecordLocked("", req.service);
       if (id.empty() && !moved) {
         done(InvokeResult{UnavailableError(fmt::format("service '{}' has no running instance "
@@ -2281,13 +2348,17 @@ void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
         return;
       }
     }
+    if (route != nullptr) {
+      worker = route->worker;
+      queued = route->queued;
+    }
   }
   if (moved) {
-    Forward(*moved, std::move(req), std::move(done));
+    Forward(*moved, std::move(req), std::function<void(InvokeResult)>(std::move(done)));
     return;
   }
-  if (route.queued->fetch_add(1, std::memory_order_relaxed) >= options_.max_queue_per_instance) {
-    route.queued->fetch_sub(1, std::memory_order_relaxed);
+  if (queued->fetch_add(1, std::memory_order_relaxed) >= options_.max_queue_per_instance) {
+    queued->fetch_sub(1, std::memory_order_relaxed);
     done(InvokeResult{
         ResourceExhaustedError(fmt::format("instance {} has {} requests queued; back off and retry",
                                            id, options_.max_queue_per_instance)),
@@ -2296,22 +2367,37 @@ void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
         0});
     return;
   }
-  WorkerThread* wt = workers_[route.worker].get();
-  auto task = [this, wt, id, req = std::move(req), done, queued = route.queued]() mutable {
-    if (HoldOrForward(wt, id, req, done)) {
-      queued->fetch_sub(1, std::memory_order_relaxed);
-      return;
-    }
+  WorkerThread* wt = workers_[worker].get();
+  if (wt->CanRunInline() && !MayHold()) {
+    // A request that arrived on a connection this worker owns (shm or TCP), for one of
+    // its instances: run now, no queue (a mutex, a task allocation, a round of the loop).
     InvokeResult r = Execute(wt, id, req);
-    // Counted until it is done, not until it starts: a durable instance waiting for its
-    // keeper is busy, and the least-queued pick must see that.
     queued->fetch_sub(1, std::memory_order_relaxed);
     done(std::move(r));
+    return;
+  }
+  std::function<void(InvokeResult)> fn(std::move(done));
+  auto task = [this, wt, id, req = std::move(req), fn, queued]() mutable {
+    RunRequest(wt, id, req, fn, queued.get());
   };
   if (!wt->Post(std::move(task), id)) {
-    route.queued->fetch_sub(1, std::memory_order_relaxed);
-    done(InvokeResult{UnavailableError("agent is shutting down"), {}, id, 0});
+    queued->fetch_sub(1, std::memory_order_relaxed);
+    fn(InvokeResult{UnavailableError("agent is shutting down"), {}, id, 0});
   }
+}
+
+void Agent::RunRequest(WorkerThread* wt, const std::string& id, InvokeRequest& req,
+                       std::function<void(InvokeResult)>& done,
+                       std::atomic<uint64_t>* queued) {
+  if (HoldOrForward(wt, id, req, done)) {
+    queued->fetch_sub(1, std::memory_order_relaxed);
+    return;
+  }
+  InvokeResult r = Execute(wt, id, req);
+  // Counted until it is done, not until it starts: a durable instance waiting for its
+  // keeper is busy, and the least-queued pick must see that.
+  queued->fetch_sub(1, std::memory_order_relaxed);
+  done(std::move(r));
 }
 
 InvokeResult Agent::Execute(WorkerThread* wt, const std::string& id, const InvokeRequest& req) {
@@ -3253,11 +3339,7 @@ bool Agent::IsFrozen(WorkerThread* wt, const std::string& id) {
 
 bool Agent::HoldOrForward(WorkerThread* wt, const std::string& id, InvokeRequest& req,
                           std::function<void(InvokeResult)>& done) {
-  // The common case, off the request path's map lookups: nothing frozen, nothing moved.
-  if (frozen_slots_.load(std::memory_order_acquire) == 0 &&
-      !has_moved_.load(std::memory_order_acquire)) {
-    return false;
-  }
+  if (!MayHold()) return false;
   auto it = wt->slots().find(id);
   if (it != wt->slots().end()) {
     Slot& slot = *it->second;

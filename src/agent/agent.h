@@ -594,6 +594,21 @@ class Agent {
   // Brings slot->good up to the instance's current state, copying only written pages
   // when a tracker is active. Worker thread, at a request boundary.
   Status UpdateGoodState(Slot* slot);
+  // Invoke with any callable as `done` (agent.cc: the serving paths' lambdas become a
+  // std::function only when their request is queued, held or forwarded).
+  template <typename Done>
+  void InvokeWith(InvokeRequest req, Done done);
+  // True while an instance is frozen for a migration's cut-over or has moved away:
+  // requests must go through HoldOrForward.
+  bool MayHold() const {
+    return frozen_slots_.load(std::memory_order_acquire) != 0 ||
+           has_moved_.load(std::memory_order_acquire);
+  }
+  // A routed request on worker `wt`'s thread (queued, or inline from its own loop):
+  // held or forwarded while its instance migrates, else executed and answered through
+  // `done`; `queued` (the route's counter, incremented by Invoke) is decremented.
+  void RunRequest(WorkerThread* wt, const std::string& id, InvokeRequest& req,
+                  std::function<void(InvokeResult)>& done, std::atomic<uint64_t>* queued);
   // Runs one request on instance `id`, on worker `wt`'s thread; rolls back on failure.
   // Logs "trace <hex> <service>/<handler> <status>" at DEBUG level.
   InvokeResult Execute(WorkerThread* wt, const std::string& id, const InvokeRequest& req);
@@ -620,7 +635,7 @@ class Agent {
   Result<std::unique_ptr<OutChannel>> OpenChannel(WorkerThread* wt, dataplane::Tier tier,
                                                   const dataplane::InstanceLocation& loc);
   void ServeShmFrame(WorkerThread* wt, const std::shared_ptr<ServerConn>& sc,
-                     transport::Frame f);
+                     transport::Frame&& f);
   // A request that arrived on a TCP connection owned by `wt`. Returns false if the
   // connection moved to another worker instead (which serves `f`).
   bool ServeTcpFrame(WorkerThread* wt, const std::shared_ptr<TcpConn>& c, transport::Frame f);

@@ -17,6 +17,7 @@
 #include "core/manifest.h"
 #include "testing/process.h"
 #include "testing/test_env.h"
+#include "transport/shm.h"
 #include "transport/socket.h"
 #include "transport/tcp.h"
 
@@ -378,6 +379,119 @@ TEST(CallsTest, ShmConnectionArrivingWhileTheWorkerWaitsIsServed) {
   EXPECT_EQ(r.reply, "round trip");
   EXPECT_EQ(a.agent->calls_by_tier(Tier::kSharedMemory), 1u);
   EXPECT_EQ(b.agent->calls_by_tier(Tier::kSharedMemory), 1u);
+}
+
+// Requests on one shared-memory connection are served by the worker that owns it, right
+// where it reads them (no queue) when nothing is queued ahead of them, and through its
+// queue otherwise; either way in the order they were sent. Here a client pipelines
+// `incr`s to a stateful counter while another thread keeps queueing in-process `incr`s
+// for the same instance: every shm reply must be larger than the one before (its
+// request ran later), and all increments must be counted once.
+TEST(CallsTest, ShmRequestsRunInOrderWithQueuedOnes) {
+  Node n = Node::Start("a", "h1", /*workers=*/1);
+  Result<Manifest> m = LoadManifest(SourcePath("examples/counter/manifest.yaml"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  Result<ServiceStatus> dep = n.agent->Deploy(*m, ReadWasm("counter"));
+  ASSERT_TRUE(dep.ok()) << dep.status();
+  const std::string instance = dep->instances.at(0);
+  Result<transport::Doorbell> bell = transport::Doorbell::Create();
+  ASSERT_TRUE(bell.ok()) << bell.status();
+  Result<std::unique_ptr<transport::ShmConnection>> conn =
+      transport::ShmConnect(n.agent->options().shm_path, *bell, instance);
+  ASSERT_TRUE(conn.ok()) << conn.status();
+
+  constexpr int kInProcess = 200;
+  std::atomic<int> in_process_ok{0};
+  std::thread side([&] {
+    for (int i = 0; i < kInProcess; ++i) {
+      if (Invoke(n.agent.get(), "counter", "incr", "1").status.ok()) ++in_process_ok;
+    }
+  });
+  constexpr int kShm = 2000;
+  constexpr int kWindow = 16;
+  int sent = 0, answered = 0;
+  int64_t last = 0;
+  std::vector<transport::Frame> got;
+  const int64_t deadline = MonoNanos() + 20'000'000'000;
+  while (answered < kShm && MonoNanos() < deadline) {
+    while (sent < kShm && sent - answered < kWindow) {
+      transport::Frame f;
+      f.type = transport::FrameType::kInvoke;
+      f.request_id = static_cast<uint64_t>(++sent);
+      f.service = "counter";
+      f.handler = "incr";
+      f.payload = "1";
+      ASSERT_TRUE((*conn)->Send(f).ok());
+    }
+    got.clear();
+    Result<size_t> r = (*conn)->Poll(&got);
+    ASSERT_TRUE(r.ok()) << r.status();
+    for (const transport::Frame& f : got) {
+      ASSERT_EQ(f.type, transport::FrameType::kReply) << f.payload;
+      ASSERT_EQ(f.request_id, static_cast<uint64_t>(answered + 1)) << "answers out of order";
+      const int64_t v = std::stoll(f.payload);
+      EXPECT_GT(v, last) << "request " << f.request_id << " ran before the one sent ahead of it";
+      last = v;
+      ++answered;
+    }
+  }
+  side.join();
+  ASSERT_EQ(answered, kShm);
+  EXPECT_EQ(in_process_ok.load(), kInProcess);
+  InvokeResult total = Invoke(n.agent.get(), "counter", "get", "");
+  ASSERT_TRUE(total.status.ok()) << total.status;
+  EXPECT_EQ(total.reply, std::to_string(kShm + kInProcess));
+}
+
+// The same while the instance waits in a call of its own: requests that arrive on its
+// connection meanwhile wait (the instance is busy), and those that had arrived before
+// them still go first. r0 keeps a's only worker busy while r1..r3 arrive together; r1
+// calls b (the worker then serves other work until the answer comes); r4, r5 arrive
+// during that call. Every answer must come back in the order sent: a worker that had
+// taken r1..r3 out of the ring at once would serve r2 and r3 behind r4 and r5.
+TEST(CallsTest, ShmRequestsStayInOrderAcrossACallThatWaits) {
+  Node a = Node::Start("a", "h1", /*workers=*/1);
+  Node b = Node::Start("b", "h1", /*workers=*/1);
+  const std::string instance = a.Deploy("relay-a");
+  b.Deploy("slow-b");
+  Learn(a, b.Locations("slow-b"));
+  Result<transport::Doorbell> bell = transport::Doorbell::Create();
+  ASSERT_TRUE(bell.ok()) << bell.status();
+  Result<std::unique_ptr<transport::ShmConnection>> conn =
+      transport::ShmConnect(a.agent->options().shm_path, *bell, instance);
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  auto send = [&](uint64_t id, const std::string& handler, const std::string& payload) {
+    transport::Frame f;
+    f.type = transport::FrameType::kInvoke;
+    f.request_id = id;
+    f.service = "relay-a";
+    f.handler = handler;
+    f.payload = payload;
+    ASSERT_TRUE((*conn)->Send(f).ok());
+  };
+  send(10, "sleep", "30");
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));  // r0 is running
+  send(11, "call", "slow-b|sleep|0|150");
+  send(12, "echo", "r2");
+  send(13, "echo", "r3");
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // r1 waits for slow-b
+  send(14, "echo", "r4");
+  send(15, "echo", "r5");
+  std::vector<uint64_t> order;
+  std::vector<transport::Frame> got;
+  const int64_t deadline = MonoNanos() + 10'000'000'000;
+  while (order.size() < 6 && MonoNanos() < deadline) {
+    got.clear();
+    Result<size_t> r = (*conn)->Poll(&got);
+    ASSERT_TRUE(r.ok()) << r.status();
+    for (const transport::Frame& f : got) {
+      EXPECT_EQ(f.type, transport::FrameType::kReply) << f.request_id << ": " << f.payload;
+      order.push_back(f.request_id);
+    }
+    if (got.empty()) std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  EXPECT_EQ(order, (std::vector<uint64_t>{10, 11, 12, 13, 14, 15}));
+  EXPECT_EQ(a.agent->calls_by_tier(Tier::kSharedMemory), 1u);
 }
 
 // a → b → a over TCP (other hosts), one worker each: b's call back to a arrives on a

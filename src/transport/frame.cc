@@ -355,6 +355,24 @@ Result<bool> FrameDecoder::CheckHead(const char* p, size_t avail, uint32_t max_p
   return true;
 }
 
+Status FrameDecoder::DecodeWhole(std::string_view bytes, uint32_t max_payload, Frame* out) {
+  // A private copy of the header and names: what is checked is what is used.
+  constexpr size_t kMaxHead = kFrameHeaderBytes + 3 * kMaxNameBytes;
+  char head[kMaxHead];
+  const size_t prefix = std::min(bytes.size(), kMaxHead);
+  std::memcpy(head, bytes.data(), prefix);
+  Head h;
+  TERN_ASSIGN_OR_RETURN(bool valid, CheckHead(head, prefix, max_payload, &h));
+  if (!valid || h.total != bytes.size()) {
+    return DataLossError(fmt::format("frame: a record of {} bytes does not hold exactly one frame{}",
+                                     bytes.size(),
+                                     valid ? fmt::format(" (the frame has {})", h.total) : ""));
+  }
+  ReadHead(head, h.tenant_len, h.service_len, h.handler_len, out);
+  out->payload.assign(bytes.data() + h.head, h.payload_len);
+  return Status::Ok();
+}
+
 bool FrameDecoder::StartLarge(const char* p, size_t avail, const Head& h) {
   if (h.payload_len < kLargePayloadBytes || avail < h.head) return false;
   ReadHead(p, h.tenant_len, h.service_len, h.handler_len, &large_frame_);

@@ -151,6 +151,14 @@ class FrameDecoder {
   // payload is buffered, so a huge payload_len is rejected without allocating.
   Result<bool> Next(Frame* out);
   size_t buffered() const { return buf_.size() - pos_; }
+
+  // Decodes one frame that fills `bytes` exactly, where another process may change
+  // `bytes` while it is read (a shared-memory record): the header and names are copied
+  // out and checked before they are used, the payload is then copied once, straight
+  // into out->payload (its capacity reused). The same checks and errors as Next(), and
+  // kDataLoss if `bytes` holds more or less than one frame. No streaming state: for
+  // records that hold a whole frame (the shared-memory transport's small ones).
+  static Status DecodeWhole(std::string_view bytes, uint32_t max_payload, Frame* out);
   // The sticky error (OK if none).
   const Status& error() const { return error_; }
 

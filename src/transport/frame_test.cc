@@ -159,6 +159,34 @@ TEST(FrameTest, EncodeRejectsLongNamesAndLeavesOutputAlone) {
   EXPECT_EQ(out, "prefix");
 }
 
+// DecodeWhole (shared-memory records): one frame that fills the bytes exactly, with the
+// decoder's checks; the output frame's strings are overwritten (capacity reused).
+TEST(FrameTest, DecodeWholeTakesExactlyOneFrame) {
+  Frame want = FullFrame();
+  want.payload = std::string(5000, 'w');
+  const std::string b = Encode(want);
+  Frame got;
+  got.payload = std::string(20000, 'x');  // longer than the new payload: replaced, not kept
+  got.tenant = "stale";
+  ASSERT_TRUE(FrameDecoder::DecodeWhole(b, kMaxPayloadBytes, &got).ok());
+  EXPECT_EQ(got, want);
+  Frame empty;
+  ASSERT_TRUE(FrameDecoder::DecodeWhole(Encode(empty), kMaxPayloadBytes, &got).ok());
+  EXPECT_EQ(got, empty);
+
+  // Less or more than one frame.
+  for (const std::string& bad : {b.substr(0, b.size() - 1), b.substr(0, 40), b + "x", b + b}) {
+    Status s = FrameDecoder::DecodeWhole(bad, kMaxPayloadBytes, &got);
+    EXPECT_EQ(s.code(), StatusCode::kDataLoss) << bad.size() << ": " << s;
+  }
+  // A bad header (CRC) and a payload over the receiver's limit.
+  std::string corrupt = b;
+  corrupt[20] ^= 1;
+  EXPECT_EQ(FrameDecoder::DecodeWhole(corrupt, kMaxPayloadBytes, &got).code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(FrameDecoder::DecodeWhole(b, 4999, &got).code(), StatusCode::kResourceExhausted);
+}
+
 TEST(FrameTest, DecoderFedByteByByte) {
   std::string stream;
   std::vector<Frame> want;

@@ -96,7 +96,9 @@ class Doorbell {
   // Wakes the owner if it announced sleep. Call after publishing the work (the release
   // store that makes it visible); includes the full fence that pairs with PrepareSleep.
   // Any thread or process; never blocks (see the trust note at the top of this file).
-  void Ring() const;
+  // Returns true if the owner was asleep and this call woke it (wrote the eventfd); each
+  // such call also counts in DoorbellWakeupsOnThisThread().
+  bool Ring() const;
 
   // Owner only. PrepareSleep() sets the sleeping word (followed by a full fence); the owner
   // must then re-check its work sources and either CancelSleep() or Sleep().
@@ -122,6 +124,13 @@ class Doorbell {
   void* page_ = nullptr;  // mapping of kDoorbellPageBytes
   bool owner_ = false;
 };
+
+// How many times Doorbell::Ring() on the calling thread woke a sleeping owner. A thread
+// that spins while idle compares it before and after its work: if it rose, a thread it
+// just woke may be waiting for this very vCPU (both pinned to it, or stacked there by
+// the scheduler), and a spinner should give the vCPU up once (sched_yield) rather than
+// spin on while the woken thread waits for the end of its timeslice.
+uint64_t DoorbellWakeupsOnThisThread();
 
 namespace internal {
 
@@ -386,6 +395,7 @@ class ShmConnection {
   bool closed_ = false;     // Close() was called
   bool peer_gone_ = false;  // peer closed or died
   int64_t next_peer_check_ns_ = 0;
+  uint32_t peer_checks_ = 0;  // CheckPeer calls (it reads the clock on every 16th)
   Status error_;  // sticky
 };
 

@@ -145,18 +145,29 @@ TEST(ShmDoorbellTest, RingWritesTheEventFdOnlyWhenTheOwnerSleeps) {
   auto bell = Doorbell::Create();
   ASSERT_TRUE(bell.ok()) << bell.status();
   uint64_t v = 0;
-  bell->Ring();  // not sleeping: no syscall, nothing written
+  const uint64_t wakeups = DoorbellWakeupsOnThisThread();
+  EXPECT_FALSE(bell->Ring());  // not sleeping: no syscall, nothing written
   EXPECT_EQ(read(bell->event_fd(), &v, sizeof(v)), -1);
   EXPECT_EQ(errno, EAGAIN);
   bell->PrepareSleep();
-  bell->Ring();
-  bell->Ring();  // the first ring cleared the word: one write only
+  EXPECT_TRUE(bell->Ring());
+  EXPECT_FALSE(bell->Ring());  // the first ring cleared the word: one write only
   ASSERT_EQ(read(bell->event_fd(), &v, sizeof(v)), static_cast<ssize_t>(sizeof(v)));
   EXPECT_EQ(v, 1u);
   bell->PrepareSleep();
   bell->CancelSleep();
-  bell->Ring();
+  EXPECT_FALSE(bell->Ring());
   EXPECT_EQ(read(bell->event_fd(), &v, sizeof(v)), -1);
+  // Only the ring that woke the owner counts, and only on the thread that rang.
+  EXPECT_EQ(DoorbellWakeupsOnThisThread(), wakeups + 1);
+  bell->PrepareSleep();
+  uint64_t other_thread = 0;
+  std::thread([&] {
+    EXPECT_TRUE(bell->Ring());
+    other_thread = DoorbellWakeupsOnThisThread();
+  }).join();
+  EXPECT_EQ(other_thread, 1u);
+  EXPECT_EQ(DoorbellWakeupsOnThisThread(), wakeups + 1);
 }
 
 TEST(ShmDoorbellTest, SleepTimesOutWithoutRing) {

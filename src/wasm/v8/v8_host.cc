@@ -54,14 +54,9 @@ int64_t ArgI64(const Info& info, int i) {
 class HostCall {
  public:
   HostCall(const Info& info, const char* fn) : info_(info), worker_(WorkerOf(info)), fn_(fn) {
-    CallState& cs = worker_->call();
-    if (cs.instance == nullptr) {
+    if (worker_->call().instance == nullptr) {
       worker_->ThrowTrap(fmt::format("{}: host functions can only be called during a request", fn));
-      return;
     }
-    v8::Local<v8::ArrayBuffer> buf = cs.instance->Buffer();
-    mem_ = static_cast<uint8_t*>(buf->Data());
-    size_ = buf->ByteLength();
   }
 
   // False when there is no running call (a trap has been thrown).
@@ -71,6 +66,13 @@ class HostCall {
 
   // Guest range [ptr, ptr + len): its host address, or null after throwing a trap.
   uint8_t* Span(uint32_t ptr, uint64_t len, const char* what) {
+    if (mem_ == nullptr) {
+      // Looked up at the first use (a V8 handle, address and size: ~30 ns), not for
+      // the host calls that touch no memory (tern_request_len).
+      v8::Local<v8::ArrayBuffer> buf = worker_->call().instance->Buffer();
+      mem_ = static_cast<uint8_t*>(buf->Data());
+      size_ = buf->ByteLength();
+    }
     if (uint64_t{ptr} + len > size_) {
       worker_->ThrowTrap(fmt::format("{}: {} [{:#x}, +{}) is outside linear memory ({} bytes)", fn_,
                                      what, ptr, len, size_));

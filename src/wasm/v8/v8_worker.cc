@@ -310,14 +310,18 @@ Status V8Worker::Invoke(V8Instance* inst, v8::Local<v8::Function> fn, std::strin
     if (cs.reply_in_place) {
       // Read from memory as it is now: the guest may have grown it since tern_reply_in_place
       // (V8 may then have moved the backing store), never shrunk it; checked again anyway.
+      // One look at the buffer for both its address and its size (we are inside the
+      // call's scopes: no new ones).
+      v8::Local<v8::ArrayBuffer> buf = inst->Buffer();
+      const uint64_t bytes = buf->ByteLength();
       const uint64_t end = uint64_t{cs.reply_ptr} + cs.reply_len;
-      if (end > inst->memory_bytes()) {
+      if (end > bytes) {
         return inst->Break(InternalError(fmt::format(
             "handler '{}': its in-place reply [{:#x}, +{}) is outside linear memory ({} bytes)",
-            name, cs.reply_ptr, cs.reply_len, inst->memory_bytes())));
+            name, cs.reply_ptr, cs.reply_len, bytes)));
       }
       call_host->SetReplyInPlace(std::string_view(
-          reinterpret_cast<const char*>(inst->memory_data()) + cs.reply_ptr, cs.reply_len));
+          static_cast<const char*>(buf->Data()) + cs.reply_ptr, cs.reply_len));
     }
     return Status::Ok();
   }
