@@ -51,6 +51,9 @@ struct Agent::Service {
   wasm::InstanceLimits limits;
   uint64_t module_size = 0;
   std::string module_bytes;  // kept to deploy it on a migration target that lacks it
+  // Whether a snapshot holds the module's whole state (wasm::CheckSnapshotable): always
+  // for a stateful service (else refused at deploy).
+  bool snapshotable = true;
 };
 
 namespace {
@@ -107,6 +110,10 @@ struct Agent::Slot {
   std::unique_ptr<wasm::DirtyTracker> tracker;
   const uint8_t* tracked_base = nullptr;
   wasm::Snapshot good;        // the last good state: the rollback point
+  // A rollback that could not be done when the request failed (a callee stopped by its
+  // caller's CPU limit: V8 refuses every host access to the isolate until the caller's
+  // frames are gone), done before the instance runs again (FinishRollback).
+  bool rollback_pending = false;
   uint64_t pages_copied = 0;  // into `good`, in 4 KiB pages
   std::shared_ptr<std::atomic<uint64_t>> queued;
   uint64_t requests = 0;
@@ -467,6 +474,8 @@ class Agent::WorkerThread {
   }
   void PushBusy(const std::string& id) { busy_.push_back(id); }
   void PopBusy() { busy_.pop_back(); }
+  // Whether a request is running on this thread (this one runs inside it).
+  bool Nested() const { return !busy_.empty(); }
 
   // The outgoing channel for `key`, or null.
   OutChannel* FindChannel(const std::string& key) {
@@ -2002,6 +2011,11 @@ Result<ServiceStatus> Agent::Deploy(const Manifest& manifest, std::string module
   const uint32_t cap_pages = manifest.limits.memory_mib * (1u << 20) / wasm::kWasmPageBytes;
   TERN_ASSIGN_OR_RETURN(std::shared_ptr<const wasm::Module> module,
                         engine_->Compile(module_bytes, cap_pages));
+  if (manifest.stateful) {
+    // Its state must move and roll back whole: refuse what a snapshot would drop.
+    TERN_RETURN_IF_ERROR(wasm::CheckSnapshotable(module->info())
+                             .WithPrefix(fmt::format("stateful service '{}'", manifest.name)));
+  }
   for (const std::string& h : manifest.handlers) {
     const wasm::ExportDesc* e = module->info().FindExport(h);
     if (e == nullptr || e->kind != wasm::ExternKind::kFunction) {
@@ -2020,6 +2034,7 @@ Result<ServiceStatus> Agent::Deploy(const Manifest& manifest, std::string module
   svc->module = module;
   svc->module_size = module_bytes.size();
   svc->module_bytes = module_bytes;
+  svc->snapshotable = wasm::CheckSnapshotable(module->info()).ok();
   svc->limits.max_memory_pages = cap_pages;
   svc->limits.cpu_ms = manifest.limits.cpu_ms;
   svc->limits.max_reply_bytes = manifest.limits.response_bytes();
@@ -2116,7 +2131,9 @@ Result<std::string> Agent::StartInstanceLocked(std::shared_ptr<const Service> sv
     slot->queued = queued;
     slot->durable = svc->manifest.durable;
     TERN_ASSIGN_OR_RETURN(slot->inst, wt->worker()->Instantiate(svc->module, svc->limits, true));
-    TERN_RETURN_IF_ERROR(slot->inst->SnapshotInto(&slot->good));
+    // A stateless module whose globals a snapshot cannot hold is rolled back by a fresh
+    // instance instead (RestoreSlot); stateful ones were refused at deploy.
+    if (svc->snapshotable) TERN_RETURN_IF_ERROR(slot->inst->SnapshotInto(&slot->good));
     if (svc->manifest.stateful) StartTracking(slot.get());
     wt->slots()[id] = std::move(slot);
     return Status::Ok();
@@ -2402,6 +2419,14 @@ InvokeResult Agent::ExecuteTraced(WorkerThread* wt, const std::string& id, const
     return InvokeResult{UnavailableError(fmt::format("instance {} was stopped", id)), {}, id, 0};
   }
   Slot& slot = *it->second;
+  if (Status rb = FinishRollback(wt, &slot); !rb.ok()) {
+    return InvokeResult{UnavailableError(fmt::format("instance {} could not be rolled back to its "
+                                                     "last good state: {}",
+                                                     id, rb.ToString())),
+                        {},
+                        id,
+                        0};
+  }
   slot.last_trace_id = trace_id;
   slot.last_idempotency_key = req.idempotency_key;
   int64_t t0 = MonoNanos();
@@ -2503,11 +2528,33 @@ InvokeResult Agent::ExecuteTraced(WorkerThread* wt, const std::string& id, const
   std::string msg = std::string(s.message());
   if (rb.ok()) {
     msg += "; instance " + id + " was rolled back to its last good state";
+  } else if (wt->Nested()) {
+    // Inside another request that is being terminated (its CPU limit hit during this
+    // nested call): the instance stays unusable until that request has ended, then
+    // goes back to its last good state.
+    slot.rollback_pending = true;
+    wt->Post([this, wt, id] {
+      auto it = wt->slots().find(id);
+      if (it != wt->slots().end()) (void)FinishRollback(wt, it->second.get());
+    });
+    msg += "; instance " + id + " will be rolled back to its last good state once the calling "
+           "request has ended";
   } else {
     msg += "; rolling instance " + id + " back failed (" + rb.ToString() + ")";
     TERN_LOG(ERROR) << "rollback of " << id << " failed: " << rb;
   }
   return InvokeResult{Status(s.code(), msg), {}, id, dt};
+}
+
+Status Agent::FinishRollback(WorkerThread* wt, Slot* slot) {
+  if (!slot->rollback_pending) return Status::Ok();
+  Status rb = RestoreSlot(wt, slot, slot->good);
+  if (rb.ok()) {
+    slot->rollback_pending = false;
+  } else {
+    TERN_LOG(ERROR) << "deferred rollback of " << slot->id << " failed: " << rb;
+  }
+  return rb;
 }
 
 Status Agent::RestoreSlot(WorkerThread* wt, Slot* slot, const wasm::Snapshot& snap) {
@@ -2516,6 +2563,12 @@ Status Agent::RestoreSlot(WorkerThread* wt, Slot* slot, const wasm::Snapshot& sn
   // against ~1 GB/s for first touches of a fresh instance's memory). A wasm memory
   // cannot shrink, so a larger one needs a fresh instance.
   slot->MigMarkAll();
+  if (!slot->service->snapshotable) {
+    // Stateless, with globals no snapshot holds: its pristine state is a new instance.
+    TERN_ASSIGN_OR_RETURN(slot->inst, wt->worker()->Instantiate(slot->service->module,
+                                                                slot->service->limits, true));
+    return Status::Ok();
+  }
   if (slot->inst->memory_bytes() <= snap.memory.size()) {
     Status s = slot->inst->Restore(snap);
     if (s.ok()) {
@@ -2600,8 +2653,8 @@ Status Agent::UpdateGoodState(Slot* slot) {
   if (slot->mig != nullptr && slot->mig->exact) {
     for (uint32_t page : dirty) slot->mig->Mark(page);
   }
-  // Between requests the stack pointer is back at its initial value; keep it as is.
-  return Status::Ok();
+  // The globals (heap pointers of AssemblyScript or TinyGo guests, ...): a few reads.
+  return inst->SnapshotGlobals(&slot->good);
 }
 
 // ---------------------------------------------------------------------------------
@@ -2672,7 +2725,7 @@ Status Agent::CommitGood(Slot* slot, const std::vector<uint32_t>& pages, bool tr
     for (uint32_t page : pages) slot->mig->Mark(page);
     slot->mig->MarkRange(old_bytes / kTrackPage, bytes / kTrackPage);  // grown
   }
-  return Status::Ok();
+  return slot->inst->SnapshotGlobals(&slot->good);
 }
 
 std::shared_ptr<Agent::OutCall> Agent::SendJournal(WorkerThread* wt, const JournalKeeper& keeper,
@@ -2706,6 +2759,7 @@ std::string KeeperFailure(const std::string& device, const Status& s, int64_t ti
 }  // namespace
 
 Status Agent::AppendRecord(WorkerThread* wt, Slot* slot, const std::vector<uint32_t>& written,
+                           const std::vector<wasm::GlobalValue>& globals,
                            const DedupEntry* current, AppendOutcome* outcome) {
   std::vector<JournalKeeper*> to;
   std::vector<std::string> names;
@@ -2738,7 +2792,7 @@ Status Agent::AppendRecord(WorkerThread* wt, Slot* slot, const std::vector<uint3
     }
     if (current != nullptr) dedup.push_back(current);
     out = slot->id + "\n";
-    AppendJournalRecord(seq, full, slot->good.stack_pointer, bytes, dedup,
+    AppendJournalRecord(seq, full, slot->good.stack_pointer, globals, bytes, dedup,
                         slot->inst->memory_data(), full ? all : written, PageCodec::kLz4, &out);
     return out;
   };
@@ -2821,13 +2875,17 @@ Status Agent::MakeDurable(WorkerThread* wt, Slot* slot, const InvokeRequest& req
   std::vector<uint32_t> dirty, changed;
   bool tracked = false;
   Status st = WrittenPages(slot, &dirty, &changed, &tracked);
+  wasm::Snapshot now;  // the globals as the request left them
+  if (st.ok()) st = slot->inst->SnapshotGlobals(&now);
   const bool keyed = req.idempotency_key != 0;
   // A request that changed nothing needs no record, unless it has an idempotency key:
   // its answer must survive a restore too (a retry then gets the same answer).
-  if (st.ok() && changed.empty() && !keyed) return CommitGood(slot, dirty, tracked);
+  if (st.ok() && changed.empty() && now.globals == slot->good.globals && !keyed) {
+    return CommitGood(slot, dirty, tracked);
+  }
   const int64_t t0 = MonoNanos();
   const DedupEntry entry{req.idempotency_key, code, answer};
-  if (st.ok()) st = AppendRecord(wt, slot, changed, keyed ? &entry : nullptr);
+  if (st.ok()) st = AppendRecord(wt, slot, changed, now.globals, keyed ? &entry : nullptr);
   slot->journal_ns_total += MonoNanos() - t0;
   if (st.ok()) {
     // Acknowledged with fewer copies than a journal is meant to have (a keeper dropped
@@ -2865,7 +2923,7 @@ Result<Agent::JournalCheckpointReport> Agent::JournalCheckpoint(const std::strin
     std::vector<std::string> names;
     for (const JournalKeeper& k : slot->keepers) names.push_back(k.device);
     AppendOutcome out;
-    TERN_RETURN_IF_ERROR(AppendRecord(wt, slot, {}, nullptr, &out)
+    TERN_RETURN_IF_ERROR(AppendRecord(wt, slot, {}, slot->good.globals, nullptr, &out)
                              .WithPrefix(fmt::format("base checkpoint of {} on {}", instance_id,
                                                      fmt::join(names, " and "))));
     rep.seq = slot->journal_seq;
@@ -2992,6 +3050,7 @@ Result<Agent::ReplayReport> Agent::ReplayJournal(const std::string& instance_id,
                           })
               .status());
       if (r.stack_pointer) snap.stack_pointer = r.stack_pointer;
+      if (r.has_globals) snap.globals = r.globals;  // every record has them all
       if (r.full) dedup.clear();  // the record carries the whole table
       dedup.insert(dedup.end(), r.dedup.begin(), r.dedup.end());
       seq = r.seq;
@@ -3004,6 +3063,7 @@ Result<Agent::ReplayReport> Agent::ReplayJournal(const std::string& instance_id,
     }
     TERN_RETURN_IF_ERROR(RestoreSlot(wt, slot, snap));
     slot->good = std::move(snap);
+    TERN_RETURN_IF_ERROR(slot->inst->SnapshotGlobals(&slot->good));  // records may lack them
     for (DedupEntry& e : dedup) slot->Remember(e.key, e.code, std::move(e.reply));
     slot->journal_seq = seq;
     // One keeper's journal was just read; the keepers assigned next start afresh.
@@ -3073,7 +3133,8 @@ InvokeResult Agent::InvokeSync(InvokeRequest request) {
 
 Result<wasm::Snapshot> Agent::Snapshot(const std::string& instance_id, uint64_t* journal_seq) {
   wasm::Snapshot snap;
-  TERN_RETURN_IF_ERROR(RunOnSlot(instance_id, [&](WorkerThread*, Slot* slot) {
+  TERN_RETURN_IF_ERROR(RunOnSlot(instance_id, [&](WorkerThread* wt, Slot* slot) {
+    TERN_RETURN_IF_ERROR(FinishRollback(wt, slot));
     if (journal_seq != nullptr) *journal_seq = slot->journal_seq;
     return slot->inst->SnapshotInto(&snap);
   }));
@@ -3090,6 +3151,11 @@ Status Agent::Restore(const std::string& instance_id, const wasm::Snapshot& snap
         snap.module_hash.substr(0, 12), instance_id, svc->module->hash().substr(0, 12),
         svc->manifest.name, svc->manifest.version));
   }
+  if (!svc->snapshotable) {
+    return FailedPreconditionError(
+        fmt::format("instance {} cannot be restored from a snapshot: {}", instance_id,
+                    wasm::CheckSnapshotable(svc->module->info()).message()));
+  }
   if (snap.pages() > svc->limits.max_memory_pages) {
     return ResourceExhaustedError(
         fmt::format("snapshot has {} pages, more than the {} page memory cap of service '{}'",
@@ -3098,6 +3164,8 @@ Status Agent::Restore(const std::string& instance_id, const wasm::Snapshot& snap
   return RunOnSlot(instance_id, [&](WorkerThread* wt, Slot* slot) -> Status {
     TERN_RETURN_IF_ERROR(RestoreSlot(wt, slot, snap));
     slot->good = snap;
+    // As the instance has them (a format-1 snapshot lists none; the stack pointer is one).
+    TERN_RETURN_IF_ERROR(slot->inst->SnapshotGlobals(&slot->good));
     slot->JournalStartAfresh();  // the keepers' journals do not know this state
     return Status::Ok();
   });
@@ -3475,6 +3543,10 @@ Result<Agent::MigChunk> Agent::MigFreeze(const std::string& id, int64_t timeout_
     CommitState cs;
     cs.memory_bytes = c.memory_bytes;
     cs.stack_pointer = slot.good.stack_pointer;
+    // The globals of the instance as it is (for a stateful one, those of `good`).
+    wasm::Snapshot globals;
+    TERN_RETURN_IF_ERROR(slot.inst->SnapshotGlobals(&globals));
+    cs.globals = std::move(globals.globals);
     cs.requests = slot.requests;
     cs.keepers = slot.keepers;
     cs.journal_seq = slot.journal_seq;
@@ -3790,19 +3862,17 @@ Status Agent::IncomingCommit(const std::shared_ptr<Incoming>& in, std::string_vi
   TERN_RETURN_IF_ERROR(wt->RunAndWait([&]() -> Status {
     std::unique_ptr<Slot> slot = std::move(in->slot);
     if (slot == nullptr) return AbortedError("the incoming instance was dropped");
-    if (cs.stack_pointer != in->sp) {
-      // Not expected (between requests the stack pointer is at its initial value), but
-      // correct: a full restore with the final stack pointer.
-      wasm::Snapshot s;
-      s.module_hash = in->svc->module->hash();
-      s.memory.assign(reinterpret_cast<const char*>(in->mem), in->bytes);
-      s.stack_pointer = cs.stack_pointer;
-      TERN_RETURN_IF_ERROR(slot->inst->Restore(s));
-    }
+    // The stack pointer and the other mutable globals (memory is in place already).
+    // A commit state without globals (an older source) is refused here for a module
+    // that has some: the instance stays on the source.
+    wasm::Snapshot g;
+    g.stack_pointer = cs.stack_pointer;
+    g.globals = cs.globals;
+    TERN_RETURN_IF_ERROR(slot->inst->RestoreGlobals(g).WithPrefix("the instance's globals"));
     if (in->svc->manifest.stateful) {
       slot->good.module_hash = in->svc->module->hash();
       slot->good.memory = std::move(in->good);
-      slot->good.stack_pointer = cs.stack_pointer;
+      TERN_RETURN_IF_ERROR(slot->inst->SnapshotGlobals(&slot->good));
       StartTracking(slot.get());
     }
     slot->requests = cs.requests;

@@ -566,6 +566,8 @@ class Agent {
   // Puts `snap` into the slot's instance (in place, or into a fresh instance when the
   // memory has grown past the snapshot). Worker thread.
   Status RestoreSlot(WorkerThread* wt, Slot* slot, const wasm::Snapshot& snap);
+  // Does a rollback that had to wait (Slot::rollback_pending); OK when none waits.
+  Status FinishRollback(WorkerThread* wt, Slot* slot);
   // Durable instances, worker thread: journals what the request just run wrote (and its
   // dedup entry) on the keeper and waits for the acknowledgement, then makes the state
   // the rollback point; on failure rolls the request back and returns why (kUnavailable).
@@ -579,16 +581,17 @@ class Agent {
                       bool* tracked);
   // Brings `good` up to date from `pages` (WrittenPages' `dirty`).
   Status CommitGood(Slot* slot, const std::vector<uint32_t>& pages, bool tracked);
-  // Appends the slot's next record (`written` pages and the `current` dedup entry; every
-  // page and the whole dedup table to a keeper that needs it, or that refuses a delta)
-  // to every keeper in parallel and waits for their acknowledgements. OK when at least
-  // one acknowledged (the others drop out, logged).
+  // Appends the slot's next record (`written` pages, the values of the mutable `globals`
+  // and the `current` dedup entry; every page and the whole dedup table to a keeper that
+  // needs it, or that refuses a delta) to every keeper in parallel and waits for their
+  // acknowledgements. OK when at least one acknowledged (the others drop out, logged).
   struct AppendOutcome {
     std::vector<std::pair<std::string, Status>> failed;  // keepers that did not take it
     uint64_t full_bytes = 0;  // the size of the full record, if one was sent
   };
   Status AppendRecord(WorkerThread* wt, Slot* slot, const std::vector<uint32_t>& written,
-                      const DedupEntry* current, AppendOutcome* outcome = nullptr);
+                      const std::vector<wasm::GlobalValue>& globals, const DedupEntry* current,
+                      AppendOutcome* outcome = nullptr);
   // Sends one framed record to a keeper; the caller waits for the call.
   std::shared_ptr<OutCall> SendJournal(WorkerThread* wt, const JournalKeeper& keeper,
                                        std::string payload);

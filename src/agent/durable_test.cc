@@ -41,20 +41,23 @@ std::string Memory(size_t pages, uint8_t seed) {
 }
 
 std::string Record(uint64_t seq, bool full, const std::string& mem, std::vector<uint32_t> pages,
-                   const DedupEntry* e) {
+                   const DedupEntry* e, const std::vector<wasm::GlobalValue>& globals = {}) {
   std::string out;
   std::vector<const DedupEntry*> dedup;
   if (e != nullptr) dedup.push_back(e);
-  AppendJournalRecord(seq, full, 66560, mem.size(), dedup,
+  AppendJournalRecord(seq, full, 66560, globals, mem.size(), dedup,
                       reinterpret_cast<const uint8_t*>(mem.data()), pages, PageCodec::kLz4, &out);
   return out;
 }
 
-TEST(JournalRecordTest, RoundTripsWithPagesStackPointerAndDedupEntry) {
+TEST(JournalRecordTest, RoundTripsWithPagesStackPointerGlobalsAndDedupEntry) {
   const std::string mem = Memory(16, 3);  // 64 KiB: one wasm page
   DedupEntry e{42, StatusCode::kOk, "7"};
+  const std::vector<wasm::GlobalValue> globals = {{0, wasm::ValType::kI32, 66560},
+                                                  {2, wasm::ValType::kI64, 0xfedcba9876543210},
+                                                  {5, wasm::ValType::kF64, 0x400921fb54442d18}};
   std::string bytes = Record(1, true, mem, {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, nullptr) +
-                      Record(2, false, mem, {3, 4}, &e);
+                      Record(2, false, mem, {3, 4}, &e, globals);
   std::vector<JournalRecordView> seen;
   std::string rebuilt(mem.size(), '\x55');
   JournalScan scan = ScanJournal(bytes, [&](const JournalRecordView& r) {
@@ -72,6 +75,9 @@ TEST(JournalRecordTest, RoundTripsWithPagesStackPointerAndDedupEntry) {
   ASSERT_EQ(seen.size(), 2u);
   EXPECT_TRUE(seen[0].full);
   EXPECT_TRUE(seen[0].dedup.empty());
+  EXPECT_FALSE(seen[0].has_globals);
+  EXPECT_TRUE(seen[1].has_globals);
+  EXPECT_EQ(seen[1].globals, globals);
   EXPECT_EQ(seen[1].seq, 2u);
   EXPECT_FALSE(seen[1].full);
   EXPECT_EQ(seen[1].stack_pointer, std::optional<uint32_t>(66560));

@@ -9,7 +9,7 @@
 namespace tern::agent {
 
 void AppendJournalRecord(uint64_t seq, bool full, std::optional<uint32_t> stack_pointer,
-                         uint64_t memory_bytes, const std::vector<const DedupEntry*>& dedup,
+                         const std::vector<wasm::GlobalValue>& globals, uint64_t memory_bytes, const std::vector<const DedupEntry*>& dedup,
                          const uint8_t* base, const std::vector<uint32_t>& pages, PageCodec codec,
                          std::string* out) {
   // The frame header is filled in once the body is there: the pages are encoded once,
@@ -20,7 +20,8 @@ void AppendJournalRecord(uint64_t seq, bool full, std::optional<uint32_t> stack_
   AppendU64(out, seq);
   uint8_t flags = (full ? storage::kRecordFull : 0) |
                   (stack_pointer.has_value() ? storage::kRecordStackPointer : 0) |
-                  (!dedup.empty() ? storage::kRecordDedup : 0);
+                  (!dedup.empty() ? storage::kRecordDedup : 0) |
+                  (!globals.empty() ? storage::kRecordGlobals : 0);
   out->push_back(static_cast<char>(flags));
   out->append(3, '\0');
   AppendU32(out, stack_pointer.value_or(0));
@@ -33,6 +34,10 @@ void AppendJournalRecord(uint64_t seq, bool full, std::optional<uint32_t> stack_
       AppendU32(out, static_cast<uint32_t>(e->reply.size()));
       out->append(e->reply);
     }
+  }
+  if (!globals.empty()) {
+    AppendU32(out, static_cast<uint32_t>(globals.size()));
+    wasm::AppendGlobalValues(globals, out);
   }
   AppendPageBatch(base, pages, codec, out);
   const size_t n = out->size() - body;
@@ -49,7 +54,8 @@ Result<JournalRecordView> DecodeJournalRecord(std::string_view b) {
   JournalRecordView r;
   r.seq = LoadU64(b.data());
   const uint8_t flags = static_cast<uint8_t>(b[8]);
-  if ((flags & ~(storage::kRecordFull | storage::kRecordStackPointer | storage::kRecordDedup)) != 0) {
+  if ((flags & ~(storage::kRecordFull | storage::kRecordStackPointer | storage::kRecordDedup |
+                 storage::kRecordGlobals)) != 0) {
     return InvalidArgumentError(fmt::format("journal record {}: unknown flags {:#x}", r.seq, flags));
   }
   r.full = (flags & storage::kRecordFull) != 0;
@@ -79,6 +85,17 @@ Result<JournalRecordView> DecodeJournalRecord(std::string_view b) {
       off += len;
       r.dedup.push_back(std::move(e));
     }
+  }
+  if ((flags & storage::kRecordGlobals) != 0) {
+    if (b.size() - off < 4) {
+      return DataLossError(fmt::format("journal record {}: globals truncated", r.seq));
+    }
+    const uint32_t n = LoadU32(b.data() + off);
+    off += 4;
+    TERN_RETURN_IF_ERROR(wasm::DecodeGlobalValues(b.substr(off), n, &r.globals)
+                             .WithPrefix(fmt::format("journal record {}", r.seq)));
+    off += size_t{n} * wasm::kGlobalValueBytes;
+    r.has_globals = true;
   }
   r.batch = b.substr(off);
   return r;

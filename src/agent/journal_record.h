@@ -7,6 +7,8 @@
 //   body          = seq u64 | flags u8 | 0 u8 × 3 | stack pointer u32 | memory bytes u64
 //                   | [dedup entries (flag 4): count u32, then count × (key u64 | code u32
 //                      | length u32 | reply)]
+//                   | [globals (flag 8): count u32, then count × 16 bytes (wasm/snapshot.h:
+//                      the value of every mutable global after the request)]
 //   A delta record carries the dedup entry of its request (if it had a key); a full
 //   record (flag 1: every page; the journal starts afresh there) the whole dedup table,
 //   oldest first, so that the journal alone restores the instance.
@@ -34,13 +36,18 @@ struct JournalRecordView {
   std::optional<uint32_t> stack_pointer;
   uint64_t memory_bytes = 0;
   std::vector<DedupEntry> dedup;  // oldest first
+  // Flag 8: the value of every mutable global (absent from older records, and from a
+  // module without mutable globals).
+  bool has_globals = false;
+  std::vector<wasm::GlobalValue> globals;
   std::string_view batch;  // the page batch
 };
 
 // Appends the framed record with pages `pages` (indices of 4 KiB pages, each below
-// memory_bytes / 4096) read from `base`, and the dedup entries `dedup` (none: empty).
+// memory_bytes / 4096) read from `base`, the dedup entries `dedup` (none: empty) and
+// the values of the module's mutable globals `globals` (none: empty).
 void AppendJournalRecord(uint64_t seq, bool full, std::optional<uint32_t> stack_pointer,
-                         uint64_t memory_bytes, const std::vector<const DedupEntry*>& dedup,
+                         const std::vector<wasm::GlobalValue>& globals, uint64_t memory_bytes, const std::vector<const DedupEntry*>& dedup,
                          const uint8_t* base, const std::vector<uint32_t>& pages, PageCodec codec,
                          std::string* out);
 

@@ -14,6 +14,7 @@
 #include "agent/migration_wire.h"
 #include "agent/test_node.h"
 #include "core/clock.h"
+#include "core/crc32c.h"
 #include "core/ids.h"
 #include "core/manifest.h"
 #include "testing/test_env.h"
@@ -155,6 +156,10 @@ TEST(MigrationWireTest, CommitStateRoundTripsAndDetectsDamage) {
   c.journal_seq = 77;
   c.dedup = {{7, StatusCode::kOk, "1"}, {9, StatusCode::kInvalidArgument, "bad amount"},
              {11, StatusCode::kOk, std::string("\0\1binary", 8)}};
+  c.globals = {{0, wasm::ValType::kI32, 66560},
+               {1, wasm::ValType::kI32, 3},
+               {2, wasm::ValType::kI64, 0xfedcba9876543210},
+               {3, wasm::ValType::kF64, 0x3ff3000000000000}};
   std::string enc = EncodeCommitState(c);
   Result<CommitState> back = DecodeCommitState(enc);
   ASSERT_TRUE(back.ok()) << back.status();
@@ -162,6 +167,33 @@ TEST(MigrationWireTest, CommitStateRoundTripsAndDetectsDamage) {
   enc[20] ^= 1;
   EXPECT_EQ(DecodeCommitState(enc).status().code(), StatusCode::kDataLoss);
   EXPECT_FALSE(DecodeCommitState(enc.substr(0, 10)).ok());
+
+  // Version 3 (a source from before globals were carried): the same bytes without the
+  // globals. It decodes with none; the target then refuses it for a module that has
+  // mutable globals besides the stack pointer (the engine's RestoreGlobals).
+  auto reseal = [](std::string body) {
+    const uint32_t crc = Crc32c(body.data(), body.size());
+    body.append(reinterpret_cast<const char*>(&crc), 4);
+    return body;
+  };
+  CommitState old = c;
+  old.globals.clear();
+  std::string v4 = EncodeCommitState(old);
+  std::string v3 = v4.substr(0, v4.size() - 8);  // less the global count and the CRC
+  v3[4] = 3;
+  Result<CommitState> from_v3 = DecodeCommitState(reseal(v3));
+  ASSERT_TRUE(from_v3.ok()) << from_v3.status();
+  EXPECT_EQ(*from_v3, old);
+  v3[4] = 2;
+  Result<CommitState> from_v2 = DecodeCommitState(reseal(v3));
+  EXPECT_EQ(from_v2.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(from_v2.status().message().find("version 2"), std::string_view::npos)
+      << from_v2.status();
+  // A damaged global entry (a v128 type) under a valid CRC.
+  std::string bad = EncodeCommitState(c);
+  bad = bad.substr(0, bad.size() - 4);
+  bad[bad.size() - 4 * 16 + 4] = '\x7b';
+  EXPECT_EQ(DecodeCommitState(reseal(bad)).status().code(), StatusCode::kDataLoss);
 }
 
 // ---- two agents

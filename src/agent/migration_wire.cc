@@ -15,8 +15,11 @@ namespace {
 constexpr uint32_t kBatchMagic = 0x42504D54;   // "TMPB"
 constexpr uint32_t kCommitMagic = 0x43504D54;  // "TMPC"
 constexpr uint8_t kWireVersion = 2;  // page batches (also in journal records on keepers' disks)
-// 2: the commit state carries the journal's place; 3: both keepers of the journal.
-constexpr uint8_t kCommitVersion = 3;
+// 2: the commit state carries the journal's place; 3: both keepers of the journal;
+// 4: the values of the mutable globals. Version 3 is still read (no globals: the target
+// refuses it for a module that has some besides the stack pointer, so nothing is lost
+// silently); older ones are refused.
+constexpr uint8_t kCommitVersion = 4;
 constexpr size_t kBatchHeader = 24;
 
 
@@ -241,6 +244,8 @@ std::string EncodeCommitState(const CommitState& c) {
     AppendU32(&out, static_cast<uint32_t>(e.reply.size()));
     out += e.reply;
   }
+  AppendU32(&out, static_cast<uint32_t>(c.globals.size()));
+  wasm::AppendGlobalValues(c.globals, &out);
   AppendU32(&out, Crc32c(out.data(), out.size()));
   return out;
 }
@@ -249,9 +254,11 @@ Result<CommitState> DecodeCommitState(std::string_view p) {
   constexpr size_t kFixed = 4 + 4 + 8 + 1 + 4 + 8;
   if (p.size() < kFixed + 4) return InvalidArgumentError("commit state truncated");
   if (LoadU32(p.data()) != kCommitMagic) return InvalidArgumentError("not a commit state (bad magic)");
-  if (static_cast<uint8_t>(p[4]) != kCommitVersion) {
-    return InvalidArgumentError(fmt::format("commit state version {}, this agent reads {}",
-                                            static_cast<int>(p[4]), static_cast<int>(kCommitVersion)));
+  const uint8_t version = static_cast<uint8_t>(p[4]);
+  if (version != 3 && version != kCommitVersion) {
+    return InvalidArgumentError(fmt::format(
+        "commit state version {}, this agent reads 3 and {} (the source runs another tern)",
+        static_cast<int>(version), static_cast<int>(kCommitVersion)));
   }
   if (Crc32c(p.data(), p.size() - 4) != LoadU32(p.data() + p.size() - 4)) {
     return DataLossError("commit state checksum mismatch");
@@ -296,6 +303,14 @@ Result<CommitState> DecodeCommitState(std::string_view p) {
     e.reply.assign(p.data() + off, len);
     off += len;
     c.dedup.push_back(std::move(e));
+  }
+  if (version >= 4) {
+    if (end - off < 4) return DataLossError("commit state: globals truncated");
+    const uint32_t count = LoadU32(p.data() + off);
+    off += 4;
+    TERN_RETURN_IF_ERROR(wasm::DecodeGlobalValues(p.substr(off, end - off), count, &c.globals)
+                             .WithPrefix("commit state"));
+    off += size_t{count} * wasm::kGlobalValueBytes;
   }
   if (off != end) return DataLossError("commit state has trailing bytes");
   return c;

@@ -5,7 +5,8 @@
 //   PageBatch   a set of 4 KiB pages of linear memory: zero pages as indices only,
 //               the others raw or LZ4-compressed, CRC-32C over the encoded bytes.
 //   CommitState what the target needs besides memory to take over at a request
-//               boundary: memory size, stack pointer, the dedup table.
+//               boundary: memory size, stack pointer, the mutable globals, the dedup
+//               table.
 //
 // Value types; thread-safe as values are.
 #pragma once
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "wasm/snapshot.h"
 
 namespace tern::agent {
 
@@ -97,6 +99,9 @@ struct JournalKeeper {
 struct CommitState {
   uint64_t memory_bytes = 0;
   std::optional<uint32_t> stack_pointer;
+  // Every mutable global of the module (wasm::Snapshot::globals); empty from a
+  // version 3 source, which did not send them.
+  std::vector<wasm::GlobalValue> globals;
   std::vector<DedupEntry> dedup;  // oldest first
   uint64_t requests = 0;          // served at the source (carried over for status)
   // Durable instances: where the journal is kept (each keeper with its state), and the

@@ -94,6 +94,11 @@ Result<std::string> ChooseDevice(const ClusterView& view, const ServiceRecord& s
         fmt::format("none of its allowed devices ({}) has a live agent",
                     fmt::join(svc.devices, ", ")));
   }
+  // The allowed devices without a live agent are reasons too: a drain that names only
+  // the device it drains hides that the other one is down.
+  for (const std::string& device : svc.devices) {
+    if (view.agents.count(device) == 0) why.push_back(fmt::format("{}: dead", device));
+  }
   return ResourceExhaustedError(fmt::format("no device fits: {}", fmt::join(why, "; ")));
 }
 

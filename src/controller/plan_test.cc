@@ -392,6 +392,22 @@ TEST(PlanTest, AMigrationTargetIsNeverTheDeviceItLeaves) {
   EXPECT_EQ(ChooseMigrationTarget(v, "echo-1").status().code(), StatusCode::kResourceExhausted);
 }
 
+// `tern drain nic0` of an instance whose only other allowed device is dead: the reason
+// names both, not only the device being drained.
+TEST(PlanTest, NoMigrationTargetNamesTheDeadAllowedDevicesToo) {
+  ClusterView v;
+  v.agents["nic0"] = Agent("nic0");
+  v.agents["cpu0"] = Agent("cpu0");  // alive, but not allowed
+  v.services["counter"] = Service("counter", 1);
+  v.services["counter"].devices = {"nic0", "cpu1"};
+  Place(&v, "counter-1", "counter", "nic0", 5);
+  v.draining.insert("nic0");
+  Result<std::string> t = ChooseMigrationTarget(v, "counter-1");
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(t.status().message(), "no device fits: nic0: draining; cpu1: dead");
+}
+
 // ---- the rebalancer's decisions ----------------------------------------------------------
 
 ClusterView ThreeDevicesTwoEchos() {

@@ -64,6 +64,7 @@ inline constexpr uint32_t kJournalRecordMagic = 0x3152'4A54;  // "TJR1"
 inline constexpr uint8_t kRecordFull = 1;          // every page: a base by itself
 inline constexpr uint8_t kRecordStackPointer = 2;  // the stack pointer field is set
 inline constexpr uint8_t kRecordDedup = 4;         // a dedup entry follows the fixed part
+inline constexpr uint8_t kRecordGlobals = 8;       // the mutable globals' values follow
 inline constexpr size_t kRecordFixedBytes = 24;    // seq, flags, pad, sp, memory bytes
 struct RecordHeader {
   uint64_t seq = 0;

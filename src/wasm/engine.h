@@ -7,8 +7,9 @@
 //   Worker   one per thread that runs guests (for V8: one isolate). Created on, and
 //            used only from, the thread that runs its instances.
 //   Instance one running copy of a module inside a Worker: its state is its linear
-//            memory (+ the stack pointer, which is at its initial value between
-//            requests). Used only on its Worker's thread; destroy before the Worker.
+//            memory and its mutable globals (the stack pointer, at its initial value
+//            between requests, is one). Used only on its Worker's thread; destroy
+//            before the Worker.
 //
 // Failures inside a guest (trap, CPU-time limit, stack overflow, memory cap) come back
 // as a non-OK Status from Instance::Call; the instance may then hold a half-updated
@@ -158,7 +159,9 @@ class Instance {
   virtual uint8_t* memory_data() = 0;
   virtual uint64_t memory_bytes() = 0;
 
-  // The state between requests: memory bytes + stack pointer + module hash.
+  // The state between requests: memory bytes + mutable globals + module hash.
+  // kFailedPrecondition for a module with a mutable global of a type the engine cannot
+  // read (CheckSnapshotable): such a snapshot would silently lose state.
   virtual Result<Snapshot> TakeSnapshot() = 0;
   // Same, into `out`, reusing its buffer (no page faults when the size is unchanged):
   // the fast path for repeated snapshots.
@@ -166,7 +169,17 @@ class Instance {
   // Replaces the state with `snap` (same module hash required; memory grows as
   // needed — a wasm memory cannot shrink, so restore into a fresh instance when the
   // current one is larger than the snapshot).
+  // The globals are set as RestoreGlobals does.
   virtual Status Restore(const Snapshot& snap) = 0;
+  // Only the globals: `out->stack_pointer` and `out->globals` (its buffer reused),
+  // memory and hash untouched. For a rollback point kept up to date page by page.
+  virtual Status SnapshotGlobals(Snapshot* out) = 0;
+  // Sets the stack pointer and every mutable global from `snap` (memory untouched).
+  // `snap.globals` must list exactly the module's mutable globals (index and type),
+  // or be empty when the module has none besides the exported `__stack_pointer` (a
+  // snapshot from before globals were carried); else kInvalidArgument, naming what is
+  // missing, and nothing is set.
+  virtual Status RestoreGlobals(const Snapshot& snap) = 0;
   // Grows the linear memory to `bytes` (a multiple of 64 KiB, not below the current size,
   // within the cap) like the guest's memory.grow: the old contents stay, the new pages
   // read as zeros and are not touched (the kernel maps them on first write). For a

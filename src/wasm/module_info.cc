@@ -164,6 +164,16 @@ class Reader {
     return true;
   }
 
+  // Skips a signed or unsigned LEB128 of at most `max_bytes` bytes.
+  bool SkipLeb(int max_bytes, const char* what) {
+    uint8_t b = 0x80;
+    for (int i = 0; i < max_bytes && (b & 0x80) != 0; ++i) {
+      if (!U8(&b, what)) return false;
+    }
+    if ((b & 0x80) != 0) return Fail(fmt::format("{} is an over-long LEB128", what));
+    return true;
+  }
+
   bool Skip(size_t n, const char* what) {
     std::string_view ignored;
     return Bytes(n, &ignored, what);
@@ -305,6 +315,72 @@ bool ReadMemorySection(Reader& r, ModuleInfo* info) {
       info->memory_min_pages = l.min;
       info->memory_max_pages = l.max;
     }
+  }
+  return true;
+}
+
+// Skips a constant expression (a global's initializer) up to its `end`: the opcodes
+// that may appear there (MVP, reference types, SIMD, extended-const).
+bool SkipConstExpr(Reader& r, uint32_t global) {
+  for (;;) {
+    uint8_t op = 0;
+    if (!r.U8(&op, "initializer opcode")) return false;
+    switch (op) {
+      case 0x0b:  // end
+        return true;
+      case 0x41:  // i32.const
+        if (!r.SkipLeb(5, "i32.const")) return false;
+        break;
+      case 0x42:  // i64.const
+        if (!r.SkipLeb(10, "i64.const")) return false;
+        break;
+      case 0x43:  // f32.const
+        if (!r.Skip(4, "f32.const")) return false;
+        break;
+      case 0x44:  // f64.const
+        if (!r.Skip(8, "f64.const")) return false;
+        break;
+      case 0x23:  // global.get
+      case 0xd2:  // ref.func
+        if (!r.SkipLeb(5, "initializer index")) return false;
+        break;
+      case 0xd0:  // ref.null heaptype
+        if (!r.SkipLeb(5, "ref.null type")) return false;
+        break;
+      case 0x6a: case 0x6b: case 0x6c:  // i32.add/sub/mul (extended-const)
+      case 0x7c: case 0x7d: case 0x7e:  // i64.add/sub/mul
+        break;
+      case 0xfd: {  // SIMD prefix: only v128.const (12) is constant
+        uint32_t sub = 0;
+        if (!r.U32(&sub, "SIMD opcode")) return false;
+        if (sub != 12) {
+          return r.Fail(fmt::format("global {}: SIMD opcode {} in an initializer", global, sub));
+        }
+        if (!r.Skip(16, "v128.const")) return false;
+        break;
+      }
+      default:
+        return r.Fail(
+            fmt::format("global {}: opcode 0x{:02x} is not allowed in an initializer", global, op));
+    }
+  }
+}
+
+bool ReadGlobalSection(Reader& r, ModuleInfo* info) {
+  uint32_t n = 0;
+  if (!r.U32(&n, "global count")) return false;
+  // Each global takes at least 4 bytes (type, mutability, one opcode, end).
+  if (n > r.remaining() / 4 + 1) return r.Fail(fmt::format("global count {} is too large", n));
+  info->globals.reserve(n);
+  for (uint32_t i = 0; i < n; ++i) {
+    uint8_t type = 0, mut = 0;
+    if (!r.U8(&type, "global type") || !r.U8(&mut, "global mutability")) return false;
+    if (!IsValType(type)) {
+      return r.Fail(fmt::format("global {} has unknown value type 0x{:02x}", i, type));
+    }
+    if (mut > 1) return r.Fail(fmt::format("global {} has bad mutability {}", i, mut));
+    if (!SkipConstExpr(r, i)) return false;
+    info->globals.push_back(GlobalDesc{static_cast<ValType>(type), mut == 1});
   }
   return true;
 }
@@ -460,6 +536,9 @@ bool ParseSection(const Section& s, Reader& r, ModuleInfo* info) {
     case kMemory:
       ok = ReadMemorySection(r, info);
       break;
+    case kGlobal:
+      ok = ReadGlobalSection(r, info);
+      break;
     case kExport:
       ok = ReadExportSection(r, info);
       break;
@@ -526,34 +605,15 @@ const std::vector<Provided>& ProvidedImports() {
 }
 
 std::string TypeString(const std::vector<ValType>& params, const std::vector<ValType>& results) {
-  auto one = [](ValType t) -> std::string_view {
-    switch (t) {
-      case ValType::kI32:
-        return "i32";
-      case ValType::kI64:
-        return "i64";
-      case ValType::kF32:
-        return "f32";
-      case ValType::kF64:
-        return "f64";
-      case ValType::kV128:
-        return "v128";
-      case ValType::kFuncRef:
-        return "funcref";
-      case ValType::kExternRef:
-        return "externref";
-    }
-    return "?";
-  };
   std::string s = "(";
   for (size_t i = 0; i < params.size(); ++i) {
     if (i) s += ", ";
-    s += one(params[i]);
+    s += ValTypeName(params[i]);
   }
   s += ") -> (";
   for (size_t i = 0; i < results.size(); ++i) {
     if (i) s += ", ";
-    s += one(results[i]);
+    s += ValTypeName(results[i]);
   }
   s += ")";
   return s;
@@ -578,6 +638,34 @@ std::string ProvidedList() {
 }
 
 }  // namespace
+
+std::string_view ValTypeName(ValType t) {
+  switch (t) {
+    case ValType::kI32:
+      return "i32";
+    case ValType::kI64:
+      return "i64";
+    case ValType::kF32:
+      return "f32";
+    case ValType::kF64:
+      return "f64";
+    case ValType::kV128:
+      return "v128";
+    case ValType::kFuncRef:
+      return "funcref";
+    case ValType::kExternRef:
+      return "externref";
+  }
+  return "?";
+}
+
+bool IsSnapshotableType(ValType t) {
+  return t == ValType::kI32 || t == ValType::kI64 || t == ValType::kF32 || t == ValType::kF64;
+}
+
+std::string GlobalExportName(uint32_t index) {
+  return fmt::format("{}global_{}", kReservedExportPrefix, index);
+}
 
 const ExportDesc* ModuleInfo::FindExport(std::string_view name) const {
   for (const ExportDesc& e : exports) {
@@ -629,6 +717,12 @@ Status CheckImports(const ModuleInfo& info) {
                                      TypeString(match->params, match->results)));
     }
   }
+  for (const ExportDesc& e : info.exports) {
+    if (e.name.starts_with(kReservedExportPrefix)) {
+      problems.push_back(fmt::format("exports '{}' (names starting with '{}' are reserved by tern)",
+                                     e.name, kReservedExportPrefix));
+    }
+  }
   const ExportDesc* mem = info.FindExport("memory");
   if (!info.has_memory) {
     problems.push_back("defines no memory (a service must define and export `memory`)");
@@ -646,6 +740,76 @@ Status CheckImports(const ModuleInfo& info) {
     msg += ProvidedList();
   }
   return InvalidArgumentError(msg);
+}
+
+Status CheckSnapshotable(const ModuleInfo& info) {
+  std::string bad;
+  for (size_t i = 0; i < info.globals.size(); ++i) {
+    const GlobalDesc& g = info.globals[i];
+    if (!g.is_mutable || IsSnapshotableType(g.type)) continue;
+    if (!bad.empty()) bad += ", ";
+    bad += fmt::format("global {} ({})", i, ValTypeName(g.type));
+  }
+  if (bad.empty()) return Status::Ok();
+  return InvalidArgumentError(fmt::format(
+      "module has mutable globals whose values tern cannot save or restore: {} (the engine "
+      "reads and writes only i32, i64, f32 and f64 globals from outside the module); a stateful "
+      "service cannot keep them: its state would not survive a rollback, a restore or a "
+      "migration. Keep that state in linear memory or make those globals immutable",
+      bad));
+}
+
+Result<std::string> ExportMutableGlobals(std::string_view wasm_bytes) {
+  std::optional<Section> export_section;
+  size_t insert_at = wasm_bytes.size();  // where a new export section goes
+  ModuleInfo info;
+  Status st = WalkSections(wasm_bytes, [&](const Section& s, Reader& r) {
+    if (s.id == kExport) export_section = s;
+    if (s.id != kCustom && SectionRank(s.id) > SectionRank(kExport) &&
+        insert_at == wasm_bytes.size()) {
+      insert_at = s.header_offset;
+    }
+    return ParseSection(s, r, &info);
+  });
+  if (!st.ok()) return st;
+  std::string added;
+  uint32_t count = 0;
+  for (size_t i = 0; i < info.globals.size(); ++i) {
+    const GlobalDesc& g = info.globals[i];
+    if (!g.is_mutable || !IsSnapshotableType(g.type)) continue;
+    const std::string name = GlobalExportName(static_cast<uint32_t>(i));
+    AppendU32Leb(&added, static_cast<uint32_t>(name.size()));
+    added += name;
+    added.push_back(static_cast<char>(ExternKind::kGlobal));
+    AppendU32Leb(&added, static_cast<uint32_t>(i));  // no imported globals: index = i
+    ++count;
+  }
+  if (count == 0) return std::string(wasm_bytes);
+
+  // The new export section: the old entries (copied as they are) and then ours.
+  std::string payload;
+  size_t replace_from = insert_at, replace_to = insert_at;
+  if (export_section) {
+    Reader r(wasm_bytes.substr(export_section->payload_offset, export_section->payload_size),
+             export_section->payload_offset);
+    uint32_t n = 0;
+    r.U32(&n, "export count");
+    AppendU32Leb(&payload, n + count);
+    payload.append(wasm_bytes.substr(r.offset(), r.remaining()));
+    replace_from = export_section->header_offset;
+    replace_to = export_section->payload_offset + export_section->payload_size;
+  } else {
+    AppendU32Leb(&payload, count);
+  }
+  payload += added;
+  std::string out;
+  out.reserve(wasm_bytes.size() + added.size() + 16);
+  out.append(wasm_bytes.substr(0, replace_from));
+  out.push_back(static_cast<char>(kExport));
+  AppendU32Leb(&out, static_cast<uint32_t>(payload.size()));
+  out += payload;
+  out.append(wasm_bytes.substr(replace_to));
+  return out;
 }
 
 Result<std::string> CapMemory(std::string_view wasm_bytes, uint32_t max_pages) {

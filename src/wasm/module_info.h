@@ -1,6 +1,7 @@
 // ModuleInfo: what tern reads from a wasm binary before handing it to an engine —
-// imports, exports and memory limits — with validation that gives clear errors, and
-// the rewrite that caps a module's memory.
+// imports, exports, globals and memory limits — with validation that gives clear
+// errors, and the rewrites done before compilation: capping the memory, and exporting
+// every mutable global under a reserved name so that snapshots can carry it.
 //
 // Pure functions over bytes; thread-safe.
 #pragma once
@@ -52,10 +53,30 @@ struct ExportDesc {
   bool operator==(const ExportDesc&) const = default;
 };
 
+// A global the module defines (its global section). Imported globals are refused
+// (CheckImports), so the i-th entry is global index i.
+struct GlobalDesc {
+  ValType type;
+  bool is_mutable = false;
+  bool operator==(const GlobalDesc&) const = default;
+};
+
+// Snapshots carry a mutable global only if the engine can read and write its value
+// from the host: i32, i64, f32, f64 (not v128, funcref, externref).
+bool IsSnapshotableType(ValType t);
+std::string_view ValTypeName(ValType t);
+
+// Exports whose names start with this are added by ExportMutableGlobals; a module may
+// not use the prefix itself (CheckImports).
+inline constexpr std::string_view kReservedExportPrefix = "$tern_";
+// The export name ExportMutableGlobals gives global `index`.
+std::string GlobalExportName(uint32_t index);
+
 struct ModuleInfo {
   std::vector<FuncType> types;
   std::vector<ImportDesc> imports;
   std::vector<ExportDesc> exports;
+  std::vector<GlobalDesc> globals;
   // The module's own memory (index 0), if it defines one.
   bool has_memory = false;
   uint32_t memory_min_pages = 0;
@@ -79,6 +100,19 @@ Result<ModuleInfo> ParseModuleInfo(std::string_view wasm_bytes);
 // exports `memory`. The error (kInvalidArgument) names each offending import as
 // "module.name" and lists what the runtime provides.
 Status CheckImports(const ModuleInfo& info);
+
+// The mutable globals whose values a snapshot cannot carry (IsSnapshotableType false),
+// as an error naming each ("global 3 (v128)"); OK when there are none. A stateful
+// service must have none: its state would not survive a restore, a rollback or a
+// migration.
+Status CheckSnapshotable(const ModuleInfo& info);
+
+// Returns a copy of the module that also exports each of its mutable globals of a
+// snapshotable type as GlobalExportName(index), so that the engine reaches every one,
+// exported or not, by name (wasm has no other way in from the host). The new exports
+// are appended to the export section (one is added if there is none); every other
+// byte is kept. A module without such globals is returned unchanged.
+Result<std::string> ExportMutableGlobals(std::string_view wasm_bytes);
 
 // Returns a copy of the module whose memory maximum is min(declared max, cap); every
 // other byte is kept. Errors (kInvalidArgument) if the module's minimum already exceeds

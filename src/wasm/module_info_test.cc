@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 
 #include "wasm/test_util.h"
@@ -305,6 +306,118 @@ TEST(CapMemoryTest, RealGuestStaysValid) {
   EXPECT_EQ(b->memory_max_pages, 64u);
   EXPECT_EQ(a->exports, b->exports);
   EXPECT_EQ(a->imports, b->imports);
+}
+
+
+// ---- globals
+
+// (global section) "i" = mutable i32 (i32.const 7), "c" = immutable i32, "I" = mutable
+// i64, "F" = mutable f64, "v" = mutable v128, "r" = mutable externref.
+std::string Globals(std::string_view kinds) {
+  std::string p = Leb(static_cast<uint32_t>(kinds.size()));
+  for (char k : kinds) {
+    switch (k) {
+      case 'i':
+        p += std::string("\x7f\x01\x41\x07\x0b", 5);
+        break;
+      case 'c':
+        p += std::string("\x7f\x00\x41\x07\x0b", 5);
+        break;
+      case 'I':
+        p += std::string("\x7e\x01\x42\x07\x0b", 5);
+        break;
+      case 'F':
+        p += std::string("\x7c\x01\x44", 3) + std::string(8, '\0') + '\x0b';
+        break;
+      case 'v':
+        p += std::string("\x7b\x01\xfd\x0c", 4) + std::string(16, '\0') + '\x0b';
+        break;
+      case 'r':
+        p += std::string("\x6f\x01\xd0\x6f\x0b", 5);
+        break;
+    }
+  }
+  return WasmSection(6, p);
+}
+
+TEST(GlobalsTest, ParsesTheGlobalsOfAClangGuest) {
+  Result<ModuleInfo> info = ParseModuleInfo(LoadGuest("guest_globals"));
+  ASSERT_TRUE(info.ok()) << info.status();
+  // __stack_pointer, then the guest's three (non-exported) state globals.
+  ASSERT_EQ(info->globals.size(), 4u);
+  EXPECT_EQ(info->globals[0], (GlobalDesc{ValType::kI32, true}));
+  EXPECT_EQ(info->globals[1], (GlobalDesc{ValType::kI32, true}));
+  EXPECT_EQ(info->globals[2], (GlobalDesc{ValType::kI64, true}));
+  EXPECT_EQ(info->globals[3], (GlobalDesc{ValType::kF64, true}));
+  EXPECT_TRUE(CheckSnapshotable(*info).ok());
+}
+
+TEST(GlobalsTest, ExportMutableGlobalsAddsReservedExportsAndKeepsEverythingElse) {
+  std::string bytes = LoadGuest("guest_globals");
+  Result<std::string> out = ExportMutableGlobals(bytes);
+  ASSERT_TRUE(out.ok()) << out.status();
+  Result<ModuleInfo> a = ParseModuleInfo(bytes);
+  Result<ModuleInfo> b = ParseModuleInfo(*out);
+  ASSERT_TRUE(a.ok() && b.ok()) << b.status();
+  ASSERT_EQ(b->exports.size(), a->exports.size() + 4);
+  EXPECT_TRUE(std::equal(a->exports.begin(), a->exports.end(), b->exports.begin()));
+  for (uint32_t i = 0; i < 4; ++i) {
+    const ExportDesc* e = b->FindExport(GlobalExportName(i));
+    ASSERT_NE(e, nullptr) << i;
+    EXPECT_EQ(e->kind, ExternKind::kGlobal);
+    EXPECT_EQ(e->index, i);
+  }
+  EXPECT_EQ(a->globals, b->globals);
+  EXPECT_EQ(a->imports, b->imports);
+
+  // Immutable globals and types a snapshot cannot carry get no export; a module without
+  // an export section gets one, in its place (before the code section).
+  std::string code = WasmSection(10, Leb(0));
+  std::string hand = WasmModule({Memory(1, std::nullopt), Globals("cIvFr"), code});
+  Result<std::string> h = ExportMutableGlobals(hand);
+  ASSERT_TRUE(h.ok()) << h.status();
+  Result<ModuleInfo> hi = ParseModuleInfo(*h);
+  ASSERT_TRUE(hi.ok()) << hi.status();
+  ASSERT_EQ(hi->exports.size(), 2u);
+  EXPECT_EQ(hi->exports[0].name, GlobalExportName(1));
+  EXPECT_EQ(hi->exports[1].name, GlobalExportName(3));
+  // Nothing to export: unchanged.
+  std::string plain = WasmModule({Memory(1, std::nullopt), Globals("c"), ExportMemory()});
+  EXPECT_EQ(*ExportMutableGlobals(plain), plain);
+}
+
+TEST(GlobalsTest, TypesASnapshotCannotCarryAreNamed) {
+  Result<ModuleInfo> info =
+      ParseModuleInfo(WasmModule({Memory(1, std::nullopt), Globals("ivcr"), ExportMemory()}));
+  ASSERT_TRUE(info.ok()) << info.status();
+  Status st = CheckSnapshotable(*info);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("global 1 (v128), global 3 (externref)"));
+  EXPECT_THAT(std::string(st.message()), Not(HasSubstr("global 0")));
+}
+
+TEST(GlobalsTest, BadGlobalSectionsAndReservedNamesAreRefusedClearly) {
+  // An initializer with an opcode that is not constant (local.get 0).
+  std::string bad_init = WasmSection(6, Leb(1) + std::string("\x7f\x01\x20\x00\x0b", 5));
+  Result<ModuleInfo> r = ParseModuleInfo(WasmModule({bad_init}));
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("not allowed in an initializer"));
+  // Bad mutability; an initializer without its end.
+  EXPECT_FALSE(
+      ParseModuleInfo(WasmModule({WasmSection(6, Leb(1) + std::string("\x7f\x02\x41\x00\x0b", 5))}))
+          .ok());
+  EXPECT_FALSE(
+      ParseModuleInfo(WasmModule({WasmSection(6, Leb(1) + std::string("\x7f\x01\x41\x00", 4))}))
+          .ok());
+  // A module may not use the reserved export names.
+  std::string exports = WasmSection(7, Leb(2) + WasmName("memory") + '\x02' + Leb(0) +
+                                           WasmName("$tern_global_0") + '\x03' + Leb(0));
+  Result<ModuleInfo> info =
+      ParseModuleInfo(WasmModule({Memory(1, std::nullopt), Globals("i"), exports}));
+  ASSERT_TRUE(info.ok()) << info.status();
+  Status st = CheckImports(*info);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("'$tern_global_0'"));
+  EXPECT_THAT(std::string(st.message()), HasSubstr("reserved"));
 }
 
 }  // namespace

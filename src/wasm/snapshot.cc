@@ -9,15 +9,12 @@
 #include "core/crc32c.h"
 #include "core/file.h"
 
-#if defined(__x86_64__)
-#endif
-
 namespace tern::wasm {
 namespace {
 
 // Byte layout: docs/formats/snapshot.md. All integers little-endian.
 constexpr char kMagic[8] = {'T', 'E', 'R', 'N', 'S', 'N', 'A', 'P'};
-constexpr uint32_t kFormatVersion = 1;
+constexpr uint32_t kFormatVersion = 2;  // 1: no globals (still read)
 constexpr uint32_t kFlagStackPointer = 1;
 constexpr size_t kHeaderBytes = 48;
 constexpr size_t kTrailerBytes = 4;  // CRC32C
@@ -26,6 +23,7 @@ constexpr uint32_t kBlockBytes = 4096;  // zero elision granularity
 constexpr uint32_t kBlocksPerPage = kPageBytes / kBlockBytes;
 constexpr uint32_t kMaxPages = 65536;
 constexpr uint32_t kMaxHashBytes = 256;
+constexpr uint32_t kMaxGlobals = 1'000'000;
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the format is little-endian");
 
@@ -34,18 +32,55 @@ size_t Align8(size_t n) { return (n + 7) & ~size_t{7}; }
 // CRC32C of the file's sections: core/crc32c.h.
 uint32_t Crc32cRaw(const void* data, size_t n) { return ::tern::Crc32c(data, n); }
 
-
-
 }  // namespace
 
 uint32_t Crc32c(std::string_view data) { return Crc32cRaw(data.data(), data.size()); }
+
+void AppendGlobalValues(const std::vector<GlobalValue>& globals, std::string* out) {
+  const size_t at = out->size();
+  out->resize(at + globals.size() * kGlobalValueBytes, '\0');
+  char* o = out->data() + at;
+  for (const GlobalValue& g : globals) {
+    StoreU32(o, g.index);
+    o[4] = static_cast<char>(g.type);
+    StoreU64(o + 8, g.bits);
+    o += kGlobalValueBytes;
+  }
+}
+
+Status DecodeGlobalValues(std::string_view bytes, uint32_t count, std::vector<GlobalValue>* out) {
+  if (bytes.size() / kGlobalValueBytes < count) {
+    return DataLossError(fmt::format("{} global values need {} bytes, have {}", count,
+                                     uint64_t{count} * kGlobalValueBytes, bytes.size()));
+  }
+  out->resize(count);
+  for (uint32_t i = 0; i < count; ++i) {
+    const char* g = bytes.data() + size_t{i} * kGlobalValueBytes;
+    GlobalValue& v = (*out)[i];
+    v.index = LoadU32(g);
+    v.type = static_cast<ValType>(static_cast<uint8_t>(g[4]));
+    v.bits = LoadU64(g + 8);
+    if (!IsSnapshotableType(v.type) || g[5] != 0 || g[6] != 0 || g[7] != 0 ||
+        (i > 0 && v.index <= (*out)[i - 1].index)) {
+      return DataLossError(fmt::format("global value {} is malformed (index {}, type 0x{:02x})", i,
+                                       v.index, static_cast<uint8_t>(v.type)));
+    }
+    const bool narrow = v.type == ValType::kI32 || v.type == ValType::kF32;
+    if (narrow && (v.bits >> 32) != 0) {
+      return DataLossError(fmt::format("global value {} ({}) has bits above 32", i,
+                                       ValTypeName(v.type)));
+    }
+  }
+  return Status::Ok();
+}
 
 std::string EncodeSnapshot(const Snapshot& snap) {
   // A partial trailing page (not a valid snapshot) is padded with zeros.
   const uint32_t pages = static_cast<uint32_t>((snap.memory.size() + kPageBytes - 1) / kPageBytes);
   const uint64_t blocks = uint64_t{pages} * kBlocksPerPage;
   const size_t hash_len = std::min<size_t>(snap.module_hash.size(), kMaxHashBytes);
-  const size_t bitmap_off = Align8(kHeaderBytes + hash_len);
+  const size_t globals_off = Align8(kHeaderBytes + hash_len);
+  const size_t bitmap_off = globals_off + snap.globals.size() * kGlobalValueBytes;
   const size_t bitmap_len = Align8((blocks + 7) / 8);
   const size_t data_off = bitmap_off + bitmap_len;
 
@@ -76,8 +111,11 @@ std::string EncodeSnapshot(const Snapshot& snap) {
   StoreU32(o + 32, kBlockBytes);
   StoreU32(o + 36, stored);
   StoreU32(o + 40, static_cast<uint32_t>(hash_len));
-  StoreU32(o + 44, 0);
+  StoreU32(o + 44, static_cast<uint32_t>(snap.globals.size()));
   std::memcpy(o + kHeaderBytes, snap.module_hash.data(), hash_len);
+  std::string globals;
+  AppendGlobalValues(snap.globals, &globals);
+  std::memcpy(o + globals_off, globals.data(), globals.size());
   StoreU32(o + pos, Crc32cRaw(o, pos));
   out.resize(total);
   return out;
@@ -93,10 +131,10 @@ Result<Snapshot> DecodeSnapshot(std::string_view bytes) {
         fmt::format("snapshot truncated: {} bytes, shorter than the header", bytes.size()));
   }
   uint32_t version = LoadU32(p + 8);
-  if (version != kFormatVersion) {
+  if (version != 1 && version != kFormatVersion) {
     return InvalidArgumentError(
-        fmt::format("unsupported snapshot format version {} (this build reads version {})", version,
-                    kFormatVersion));
+        fmt::format("unsupported snapshot format version {} (this build reads versions 1 and {})",
+                    version, kFormatVersion));
   }
   uint64_t total = LoadU64(p + 16);
   if (total != bytes.size()) {
@@ -117,6 +155,13 @@ Result<Snapshot> DecodeSnapshot(std::string_view bytes) {
   uint32_t block_bytes = LoadU32(p + 32);
   uint32_t stored = LoadU32(p + 36);
   uint32_t hash_len = LoadU32(p + 40);
+  uint32_t global_count = LoadU32(p + 44);  // reserved (0) in version 1
+  if (version == 1 && global_count != 0) {
+    return DataLossError("snapshot version 1 has a non-zero reserved field");
+  }
+  if (global_count > kMaxGlobals) {
+    return DataLossError(fmt::format("snapshot claims {} globals", global_count));
+  }
   if ((flags & ~kFlagStackPointer) != 0) {
     return DataLossError(fmt::format("snapshot has unknown flags 0x{:x}", flags));
   }
@@ -126,7 +171,8 @@ Result<Snapshot> DecodeSnapshot(std::string_view bytes) {
   if (pages > kMaxPages) return DataLossError(fmt::format("snapshot claims {} pages", pages));
   if (hash_len > kMaxHashBytes) return DataLossError("snapshot module hash is too long");
   const uint64_t blocks = uint64_t{pages} * kBlocksPerPage;
-  const size_t bitmap_off = Align8(kHeaderBytes + hash_len);
+  const size_t globals_off = Align8(kHeaderBytes + hash_len);
+  const size_t bitmap_off = globals_off + size_t{global_count} * kGlobalValueBytes;
   const size_t bitmap_len = Align8((blocks + 7) / 8);
   const uint64_t data_off = bitmap_off + bitmap_len;
   if (stored > blocks || data_off + uint64_t{stored} * kBlockBytes + kTrailerBytes != total) {
@@ -136,6 +182,9 @@ Result<Snapshot> DecodeSnapshot(std::string_view bytes) {
   Snapshot snap;
   snap.module_hash.assign(p + kHeaderBytes, hash_len);
   if (flags & kFlagStackPointer) snap.stack_pointer = sp;
+  TERN_RETURN_IF_ERROR(DecodeGlobalValues(
+      bytes.substr(globals_off, size_t{global_count} * kGlobalValueBytes), global_count,
+      &snap.globals));
   snap.memory.resize(uint64_t{pages} * kPageBytes);  // zero-filled
   const char* src = p + data_off;
   uint32_t seen = 0;

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <random>
 
 #include "core/file.h"
@@ -23,9 +24,23 @@ Snapshot MakeSnapshot(uint32_t pages, bool with_sp) {
   if (pages > 1) {
     for (size_t i = 0; i < 65536; ++i) s.memory[65536 + i] = static_cast<char>(rng());
   }
-  if (with_sp) s.stack_pointer = 67424;
+  if (with_sp) {
+    s.stack_pointer = 67424;
+    s.globals = {{0, ValType::kI32, 67424},
+                 {1, ValType::kI64, 0x8000000000000001},
+                 {4, ValType::kF32, 0x3fc00000},
+                 {9, ValType::kF64, 0xfff8000000000000}};
+  }
   return s;
 }
+
+// Recomputes the trailing CRC after a test edited the bytes.
+void Reseal(std::string* enc) {
+  const uint32_t crc = Crc32c(std::string_view(*enc).substr(0, enc->size() - 4));
+  std::memcpy(enc->data() + enc->size() - 4, &crc, 4);
+}
+
+constexpr size_t kGlobalsAt = 112;  // align8(48 + 64-byte hash)
 
 TEST(Crc32cTest, KnownVectors) {
   EXPECT_EQ(Crc32c(""), 0u);
@@ -91,10 +106,47 @@ TEST(SnapshotTest, ForeignAndFutureFiles) {
               HasSubstr("bad magic"));
   EXPECT_EQ(DecodeSnapshot("").status().code(), StatusCode::kDataLoss);
   std::string enc = EncodeSnapshot(MakeSnapshot(1, false));
-  enc[8] = 2;  // version
+  enc[8] = 3;  // version
   Result<Snapshot> d = DecodeSnapshot(enc);
   EXPECT_EQ(d.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(d.status().message()), HasSubstr("version 2"));
+  EXPECT_THAT(std::string(d.status().message()), HasSubstr("version 3"));
+}
+
+// Version 1 (before globals) had a reserved 0 where version 2 keeps the global count:
+// such files still read, with no globals (a restore then refuses modules that have
+// some: engine test).
+TEST(SnapshotTest, ReadsVersion1FilesWithoutGlobals) {
+  Snapshot s = MakeSnapshot(2, true);
+  s.globals.clear();
+  std::string enc = EncodeSnapshot(s);
+  enc[8] = 1;
+  Reseal(&enc);
+  Result<Snapshot> d = DecodeSnapshot(enc);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(*d, s);
+  enc[44] = 1;  // a global count in a version 1 file
+  Reseal(&enc);
+  EXPECT_EQ(DecodeSnapshot(enc).status().code(), StatusCode::kDataLoss);
+}
+
+TEST(SnapshotTest, MalformedGlobalEntriesAreDataLoss) {
+  const std::string good = EncodeSnapshot(MakeSnapshot(1, true));
+  struct Edit {
+    size_t at;
+    char value;
+    const char* why;
+  };
+  for (const Edit& e : {Edit{kGlobalsAt + 4, '\x7b', "v128 type"},
+                        Edit{kGlobalsAt + 5, '\x01', "padding"},
+                        Edit{kGlobalsAt + 16, '\x00', "index not ascending"},  // 1 -> 0
+                        Edit{kGlobalsAt + 12, '\x01', "i32 with high bits"}}) {
+    std::string enc = good;
+    enc[e.at] = e.value;
+    Reseal(&enc);
+    Result<Snapshot> d = DecodeSnapshot(enc);
+    EXPECT_EQ(d.status().code(), StatusCode::kDataLoss) << e.why << ": " << d.status();
+    EXPECT_THAT(std::string(d.status().message()), HasSubstr("global")) << e.why;
+  }
 }
 
 TEST(SnapshotTest, Files) {

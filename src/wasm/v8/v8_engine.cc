@@ -32,6 +32,27 @@ std::atomic<bool> g_engine_alive{false};
 
 }  // namespace
 
+V8Module::V8Module(const V8Engine* engine, std::string hash, ModuleInfo info, uint32_t cap,
+                   v8::CompiledWasmModule compiled)
+    : engine_(engine),
+      hash_(std::move(hash)),
+      info_(std::move(info)),
+      snapshotable_(CheckSnapshotable(info_)),
+      cap_(cap),
+      compiled_(std::move(compiled)) {
+  for (size_t i = 0; i < info_.globals.size(); ++i) {
+    const GlobalDesc& g = info_.globals[i];
+    if (g.is_mutable && IsSnapshotableType(g.type)) {
+      mutable_globals_.push_back(GlobalValue{static_cast<uint32_t>(i), g.type, 0});
+    }
+  }
+  const ExportDesc* sp = info_.FindExport("__stack_pointer");
+  if (sp != nullptr && sp->kind == ExternKind::kGlobal && sp->index < info_.globals.size() &&
+      info_.globals[sp->index].is_mutable && info_.globals[sp->index].type == ValType::kI32) {
+    stack_pointer_global_ = sp->index;
+  }
+}
+
 std::string ExceptionText(v8::Isolate* isolate, v8::Local<v8::Context> context,
                           v8::Local<v8::Value> exception) {
   if (exception.IsEmpty()) return "unknown exception";
@@ -130,6 +151,8 @@ Result<std::shared_ptr<const Module>> V8Engine::Compile(std::string_view wasm_by
   TERN_ASSIGN_OR_RETURN(ModuleInfo info, ParseModuleInfo(wasm_bytes));
   TERN_RETURN_IF_ERROR(CheckImports(info));
   TERN_ASSIGN_OR_RETURN(std::string capped, CapMemory(wasm_bytes, max_memory_pages));
+  // Every mutable global becomes reachable by name, so snapshots can carry it.
+  TERN_ASSIGN_OR_RETURN(capped, ExportMutableGlobals(capped));
   TERN_ASSIGN_OR_RETURN(ModuleInfo capped_info, ParseModuleInfo(capped));
 
   CompileJob job;

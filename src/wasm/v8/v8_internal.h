@@ -35,12 +35,7 @@ class V8Instance;
 class V8Module final : public Module {
  public:
   V8Module(const V8Engine* engine, std::string hash, ModuleInfo info, uint32_t cap,
-           v8::CompiledWasmModule compiled)
-      : engine_(engine),
-        hash_(std::move(hash)),
-        info_(std::move(info)),
-        cap_(cap),
-        compiled_(std::move(compiled)) {}
+           v8::CompiledWasmModule compiled);
 
   const std::string& hash() const override { return hash_; }
   // The info of the module as compiled (memory maximum already capped).
@@ -51,11 +46,21 @@ class V8Module final : public Module {
   const v8::CompiledWasmModule& compiled() const { return compiled_; }
   // The memory maximum the compiled module declares: min(declared max, cap).
   uint32_t memory_limit_pages() const { return info_.memory_max_pages.value_or(cap_); }
+  // The mutable globals a snapshot carries (snapshotable types), in index order, each
+  // exported as GlobalExportName(index); `value` of each entry is unused.
+  const std::vector<GlobalValue>& mutable_globals() const { return mutable_globals_; }
+  // Why this module's state cannot be snapshotted (CheckSnapshotable); OK if it can.
+  const Status& snapshotable() const { return snapshotable_; }
+  // The global exported as `__stack_pointer`, if a mutable i32 one is.
+  std::optional<uint32_t> stack_pointer_global() const { return stack_pointer_global_; }
 
  private:
   const V8Engine* const engine_;
   const std::string hash_;
   const ModuleInfo info_;
+  std::vector<GlobalValue> mutable_globals_;
+  Status snapshotable_;
+  std::optional<uint32_t> stack_pointer_global_;
   const uint32_t cap_;
   const v8::CompiledWasmModule compiled_;
 };
@@ -140,7 +145,8 @@ class V8Instance final : public Instance {
  public:
   V8Instance(V8Worker* worker, std::shared_ptr<const V8Module> module, const InstanceLimits& limits,
              v8::Local<v8::Object> instance, v8::Local<v8::Object> exports,
-             v8::Local<v8::WasmMemoryObject> memory, v8::Local<v8::Object> stack_pointer);
+             v8::Local<v8::WasmMemoryObject> memory, v8::Local<v8::Object> stack_pointer,
+             std::vector<v8::Local<v8::Object>> globals);
   ~V8Instance() override;
   V8Instance(const V8Instance&) = delete;
   V8Instance& operator=(const V8Instance&) = delete;
@@ -152,6 +158,8 @@ class V8Instance final : public Instance {
   Result<Snapshot> TakeSnapshot() override;
   Status SnapshotInto(Snapshot* out) override;
   Status Restore(const Snapshot& snap) override;
+  Status SnapshotGlobals(Snapshot* out) override;
+  Status RestoreGlobals(const Snapshot& snap) override;
   Status GrowMemory(uint64_t bytes) override;
 
   // The current linear memory. Needs an entered isolate and a HandleScope.
@@ -170,6 +178,9 @@ class V8Instance final : public Instance {
  private:
   Result<v8::Local<v8::Function>> Handler(std::string_view name);
   std::optional<uint32_t> ReadStackPointer();
+  // SnapshotGlobals/RestoreGlobals inside an entered isolate, HandleScope and context.
+  Status ReadGlobals(Snapshot* out);
+  Status WriteGlobals(const Snapshot& snap);
   // Grows the memory to `want` bytes (a multiple of 64 KiB, >= the current size) with
   // the memory object's grow(); needs an entered isolate, a HandleScope and the context.
   Status GrowTo(uint64_t want, const char* what);
@@ -181,6 +192,8 @@ class V8Instance final : public Instance {
   v8::Global<v8::Object> exports_;
   v8::Global<v8::WasmMemoryObject> memory_;
   v8::Global<v8::Object> stack_pointer_;  // WebAssembly.Global, or empty
+  // WebAssembly.Global objects of module_->mutable_globals(), in the same order.
+  std::vector<v8::Global<v8::Object>> globals_;
   struct HandlerEntry {
     std::string name;
     v8::Global<v8::Function> fn;

@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 
 #include "core/logging.h"
@@ -175,8 +176,21 @@ Result<std::unique_ptr<Instance>> V8Worker::Instantiate(std::shared_ptr<const Mo
   if (exports->Get(ctx, sp_str_.Get(isolate_)).ToLocal(&sp_v) && sp_v->IsObject()) {
     sp = sp_v.As<v8::Object>();
   }
+  // The mutable globals, exported under reserved names by ExportMutableGlobals.
+  std::vector<v8::Local<v8::Object>> globals;
+  globals.reserve(m->mutable_globals().size());
+  for (const GlobalValue& g : m->mutable_globals()) {
+    v8::Local<v8::Value> v;
+    if (!exports->Get(ctx, Str(isolate_, GlobalExportName(g.index))).ToLocal(&v) ||
+        !v->IsObject()) {
+      return InternalError(fmt::format("mutable global {} is not exported as {}", g.index,
+                                       GlobalExportName(g.index)));
+    }
+    globals.push_back(v.As<v8::Object>());
+  }
   auto inst = std::make_unique<V8Instance>(this, std::move(m), limits, instance, exports,
-                                           memory_v.As<v8::WasmMemoryObject>(), sp);
+                                           memory_v.As<v8::WasmMemoryObject>(), sp,
+                                           std::move(globals));
   ++live_instances_;
   if (run_initialize) {
     const ExportDesc* init = inst->module().info().FindExport("_initialize");
@@ -323,17 +337,21 @@ Status V8Worker::Invoke(V8Instance* inst, v8::Local<v8::Function> fn, std::strin
 V8Instance::V8Instance(V8Worker* worker, std::shared_ptr<const V8Module> module,
                        const InstanceLimits& limits, v8::Local<v8::Object> instance,
                        v8::Local<v8::Object> exports, v8::Local<v8::WasmMemoryObject> memory,
-                       v8::Local<v8::Object> stack_pointer)
+                       v8::Local<v8::Object> stack_pointer,
+                       std::vector<v8::Local<v8::Object>> globals)
     : worker_(worker), module_(std::move(module)), limits_(limits) {
   v8::Isolate* iso = worker_->isolate();
   instance_.Reset(iso, instance);
   exports_.Reset(iso, exports);
   memory_.Reset(iso, memory);
   if (!stack_pointer.IsEmpty()) stack_pointer_.Reset(iso, stack_pointer);
+  globals_.reserve(globals.size());
+  for (v8::Local<v8::Object> g : globals) globals_.emplace_back(iso, g);
 }
 
 V8Instance::~V8Instance() {
   handlers_.clear();
+  globals_.clear();
   stack_pointer_.Reset();
   memory_.Reset();
   exports_.Reset();
@@ -430,6 +448,143 @@ std::optional<uint32_t> V8Instance::ReadStackPointer() {
   return static_cast<uint32_t>(v->Int32Value(ctx).FromMaybe(0));
 }
 
+Status V8Instance::ReadGlobals(Snapshot* out) {
+  const std::vector<GlobalValue>& want = module_->mutable_globals();
+  out->globals.resize(want.size());
+  const std::optional<uint32_t> sp_global = module_->stack_pointer_global();
+  // The stack pointer is one of the globals read below when it is a mutable i32 one:
+  // not read twice (each read is a call through V8's API, ~0.2 µs here).
+  if (!sp_global) out->stack_pointer = ReadStackPointer();
+  if (want.empty()) return Status::Ok();
+  v8::Isolate* iso = worker_->isolate();
+  v8::Local<v8::Context> ctx = worker_->context();
+  v8::TryCatch tc(iso);
+  for (size_t i = 0; i < want.size(); ++i) {
+    GlobalValue& g = out->globals[i];
+    g.index = want[i].index;
+    g.type = want[i].type;
+    v8::Local<v8::Value> v;
+    if (!globals_[i].Get(iso)->Get(ctx, worker_->value_string()).ToLocal(&v)) {
+      return InternalError(fmt::format("cannot read global {}: {}", g.index,
+                                       ExceptionText(iso, ctx, tc.Exception())));
+    }
+    bool ok = true;
+    switch (g.type) {
+      case ValType::kI32:
+        ok = v->IsInt32();
+        if (ok) g.bits = static_cast<uint32_t>(v.As<v8::Int32>()->Value());
+        break;
+      case ValType::kI64:
+        ok = v->IsBigInt();
+        if (ok) g.bits = static_cast<uint64_t>(v.As<v8::BigInt>()->Int64Value());
+        break;
+      case ValType::kF32:
+        ok = v->IsNumber();
+        // The value left f32 for a double exactly; back to f32 exactly (NaN payloads
+        // aside: JavaScript canonicalizes them).
+        if (ok) g.bits = std::bit_cast<uint32_t>(static_cast<float>(v.As<v8::Number>()->Value()));
+        break;
+      case ValType::kF64:
+        ok = v->IsNumber();
+        if (ok) g.bits = std::bit_cast<uint64_t>(v.As<v8::Number>()->Value());
+        break;
+      default:
+        ok = false;
+    }
+    if (!ok) {
+      return InternalError(
+          fmt::format("global {} ({}) read back a value of another type", g.index, ValTypeName(g.type)));
+    }
+    if (sp_global && g.index == *sp_global) out->stack_pointer = static_cast<uint32_t>(g.bits);
+  }
+  return Status::Ok();
+}
+
+Status V8Instance::SnapshotGlobals(Snapshot* out) {
+  if (!module_->snapshotable().ok()) return FailedPreconditionError(module_->snapshotable().message());
+  v8::Isolate* iso = worker_->isolate();
+  v8::Isolate::Scope isolate_scope(iso);
+  v8::HandleScope scope(iso);
+  v8::Context::Scope context_scope(worker_->context());
+  return ReadGlobals(out);
+}
+
+// Whether `snap`'s globals fit this module (RestoreGlobals in engine.h).
+namespace {
+Status CheckGlobals(const V8Module& m, const Snapshot& snap) {
+  const std::vector<GlobalValue>& want = m.mutable_globals();
+  if (snap.globals.empty()) {
+    const bool only_sp = want.empty() || (want.size() == 1 && m.stack_pointer_global() &&
+                                          want[0].index == *m.stack_pointer_global());
+    if (only_sp) return Status::Ok();
+    return InvalidArgumentError(fmt::format(
+        "the state to restore carries no globals, but the module has {} mutable globals "
+        "besides the stack pointer (it comes from a tern that did not carry them: a format-1 "
+        "snapshot or a version-2 migration): restoring it would lose state",
+        want.size() - (m.stack_pointer_global() ? 1 : 0)));
+  }
+  if (snap.globals.size() != want.size()) {
+    return InvalidArgumentError(fmt::format("snapshot carries {} globals, the module has {} mutable ones",
+                                            snap.globals.size(), want.size()));
+  }
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (snap.globals[i].index != want[i].index || snap.globals[i].type != want[i].type) {
+      return InvalidArgumentError(fmt::format(
+          "snapshot global {} is global {} ({}), the module's is global {} ({})", i,
+          snap.globals[i].index, ValTypeName(snap.globals[i].type), want[i].index,
+          ValTypeName(want[i].type)));
+    }
+  }
+  return Status::Ok();
+}
+}  // namespace
+
+Status V8Instance::WriteGlobals(const Snapshot& snap) {
+  v8::Isolate* iso = worker_->isolate();
+  v8::Local<v8::Context> ctx = worker_->context();
+  v8::TryCatch tc(iso);
+  for (size_t i = 0; i < snap.globals.size(); ++i) {
+    const GlobalValue& g = snap.globals[i];
+    v8::Local<v8::Value> v;
+    switch (g.type) {
+      case ValType::kI32:
+        v = v8::Integer::New(iso, static_cast<int32_t>(static_cast<uint32_t>(g.bits)));
+        break;
+      case ValType::kI64:
+        v = v8::BigInt::New(iso, static_cast<int64_t>(g.bits));
+        break;
+      case ValType::kF32:
+        v = v8::Number::New(iso, std::bit_cast<float>(static_cast<uint32_t>(g.bits)));
+        break;
+      default:  // f64 (CheckGlobals admitted only the module's types)
+        v = v8::Number::New(iso, std::bit_cast<double>(g.bits));
+        break;
+    }
+    if (globals_[i].Get(iso)->Set(ctx, worker_->value_string(), v).IsNothing()) {
+      return InternalError(fmt::format("cannot set global {}: {}", g.index,
+                                       ExceptionText(iso, ctx, tc.Exception())));
+    }
+  }
+  // After the globals (which hold it too): `stack_pointer` is what a snapshot without
+  // globals carries, and what a caller that changes only the stack pointer sets.
+  if (snap.stack_pointer && !stack_pointer_.IsEmpty()) {
+    v8::Local<v8::Value> v = v8::Integer::New(iso, static_cast<int32_t>(*snap.stack_pointer));
+    if (stack_pointer_.Get(iso)->Set(ctx, worker_->value_string(), v).IsNothing()) {
+      return InternalError("cannot set __stack_pointer: " + ExceptionText(iso, ctx, tc.Exception()));
+    }
+  }
+  return Status::Ok();
+}
+
+Status V8Instance::RestoreGlobals(const Snapshot& snap) {
+  TERN_RETURN_IF_ERROR(CheckGlobals(*module_, snap));
+  v8::Isolate* iso = worker_->isolate();
+  v8::Isolate::Scope isolate_scope(iso);
+  v8::HandleScope scope(iso);
+  v8::Context::Scope context_scope(worker_->context());
+  return WriteGlobals(snap);
+}
+
 Result<Snapshot> V8Instance::TakeSnapshot() {
   Snapshot snap;
   TERN_RETURN_IF_ERROR(SnapshotInto(&snap));
@@ -437,6 +592,7 @@ Result<Snapshot> V8Instance::TakeSnapshot() {
 }
 
 Status V8Instance::SnapshotInto(Snapshot* out) {
+  if (!module_->snapshotable().ok()) return FailedPreconditionError(module_->snapshotable().message());
   v8::Isolate* iso = worker_->isolate();
   v8::Isolate::Scope isolate_scope(iso);
   v8::HandleScope scope(iso);
@@ -445,8 +601,7 @@ Status V8Instance::SnapshotInto(Snapshot* out) {
   if (out->module_hash != module_->hash()) out->module_hash = module_->hash();
   // assign() reuses the buffer when its capacity suffices (no zero-fill, no faults).
   out->memory.assign(static_cast<const char*>(buf->Data()), buf->ByteLength());
-  out->stack_pointer = ReadStackPointer();
-  return Status::Ok();
+  return ReadGlobals(out);
 }
 
 Status V8Instance::GrowTo(uint64_t want, const char* what) {
@@ -509,6 +664,7 @@ Status V8Instance::Restore(const Snapshot& snap) {
   if (snap.memory.size() % kWasmPageBytes != 0) {
     return InvalidArgumentError("snapshot memory is not a whole number of wasm pages");
   }
+  TERN_RETURN_IF_ERROR(CheckGlobals(*module_, snap));
   v8::Isolate* iso = worker_->isolate();
   v8::Isolate::Scope isolate_scope(iso);
   v8::HandleScope scope(iso);
@@ -521,15 +677,8 @@ Status V8Instance::Restore(const Snapshot& snap) {
   // (page faults are expensive in VMs); harmless if it fails.
   if (want > 0) ::madvise(buf->Data(), want, MADV_POPULATE_WRITE);
   std::memcpy(buf->Data(), snap.memory.data(), want);
+  TERN_RETURN_IF_ERROR(WriteGlobals(snap));
   broken_.clear();  // the state is whole again
-  if (snap.stack_pointer && !stack_pointer_.IsEmpty()) {
-    v8::TryCatch tc(iso);
-    v8::Local<v8::Value> v = v8::Integer::New(iso, static_cast<int32_t>(*snap.stack_pointer));
-    if (stack_pointer_.Get(iso)->Set(ctx, worker_->value_string(), v).IsNothing()) {
-      return InternalError("cannot set __stack_pointer: " +
-                           ExceptionText(iso, ctx, tc.Exception()));
-    }
-  }
   return Status::Ok();
 }
 
