@@ -465,7 +465,7 @@ class Agent::WorkerThread {
   // request, or a service with one instance here): with several, the least-queued pick
   // is made per request.
   struct CachedRoute {
-    uint64_t gen = 0;  // 0: empty (route_gen_ starts at 1)
+    uint64_t gen = 0;                        // 0: empty (route_gen_ starts at 1)
     std::string service, handler, instance;  // the key
     std::string id;                          // the instance it goes to
     int worker = 0;
@@ -2322,8 +2322,8 @@ void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
 // *queued and returns true, or answers (an error) or forwards the request and returns
 // false. Fills `self`'s cache where the route has a single candidate.
 template <typename Done>
-bool Agent::RouteLocked(InvokeRequest& req, Done& done, WorkerThread* self, std::string* id,
-                        int* worker, std::shared_ptr<std::atomic<uint64_t>>* queued) {
+bool Agent::RouteUncached(InvokeRequest& req, Done& done, WorkerThread* self, std::string* id,
+                          int* worker, std::shared_ptr<std::atomic<uint64_t>>* queued) {
   if (has_moved_.load(std::memory_order_acquire)) {
     // An instance that migrated away (or a service whose instances all did): forwarded
     // to where it went.
@@ -2394,8 +2394,8 @@ bool Agent::RouteLocked(InvokeRequest& req, Done& done, WorkerThread* self, std:
       for (const std::string& rid : InstancesOf(req.service)) {
         const Route& r = routes_.at(rid);
         uint64_t q = r.queued->load(std::memory_order_relaxed);
-        if (q < best ||
-            (q == best && current_worker != nullptr && workers_[r.worker].get() == current_worker)) {
+        if (q < best || (q == best && current_worker != nullptr &&
+                         workers_[r.worker].get() == current_worker)) {
           best = q;
           best_id = &rid;
           route = &r;
@@ -2448,7 +2448,7 @@ void Agent::InvokeWith(InvokeRequest req, Done done) {
     id = hit->id;
     worker = hit->worker;
     queued = hit->queued;
-  } else if (!RouteLocked(req, done, self, &id, &worker, &queued)) {
+  } else if (!RouteUncached(req, done, self, &id, &worker, &queued)) {
     return;
   }
   if (queued->fetch_add(1, std::memory_order_relaxed) >= options_.max_queue_per_instance) {

@@ -605,8 +605,8 @@ class Agent {
   template <typename Done>
   void InvokeWith(InvokeRequest req, Done done);
   template <typename Done>
-  bool RouteLocked(InvokeRequest& req, Done& done, WorkerThread* self, std::string* id,
-                   int* worker, std::shared_ptr<std::atomic<uint64_t>>* queued) EXCLUDES(mu_);
+  bool RouteUncached(InvokeRequest& req, Done& done, WorkerThread* self, std::string* id,
+                     int* worker, std::shared_ptr<std::atomic<uint64_t>>* queued) EXCLUDES(mu_);
   // True while an instance is frozen for a migration's cut-over or has moved away:
   // requests must go through HoldOrForward.
   bool MayHold() const {
