@@ -327,7 +327,8 @@ class Up {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
-    Step(fmt::format("ready: {} agents registered with the controller", want));
+    Step(fmt::format("ready: {} agents registered with the controller; dashboard: http://{}/", want,
+                     rec.controller));
     return Status::Ok();
   }
 

@@ -1430,7 +1430,13 @@ TEST(ControllerTest, DashboardRendersALiveClusterUnderNode) {
   ASSERT_NO_FATAL_FAILURE(t.Start({{"cpu0"}, {"cpu1"}}, o));
   Api& api = *t.api;
   if (!AgentMigrates(t.agents[0])) GTEST_SKIP() << "the agent has no migration endpoint yet";
-  ASSERT_TRUE(DeployCounter(api, 0, {"cpu0", "cpu1"}).ok());
+  ASSERT_TRUE(api.c
+                  ->Call("POST", "/v1/services",
+                         json{{"manifest", CounterManifest(0) + "slo_p99_ms: 1000\n"},
+                              {"module_b64", Base64Encode(ReadFile(WasmPath("counter")))},
+                              {"replicas", 1}}
+                             .dump())
+                  .ok());
   std::map<std::string, std::string> run;
   ASSERT_TRUE(WaitFor([&] { return (run = Running(api, "counter")).size() == 1; },
                       std::chrono::seconds(10)));
@@ -1445,6 +1451,19 @@ TEST(ControllerTest, DashboardRendersALiveClusterUnderNode) {
   ASSERT_TRUE(WaitFor([&] { return Events(api).find("drained " + from) != std::string::npos; },
                       std::chrono::seconds(10)))
       << Events(api);
+
+  // Requests where it runs now, until its agent's heartbeats carry a p99 and the
+  // agents their CPU utilization.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        if (InvokeSvc(t.Agent(to), "counter", "incr", "").rfind("error", 0) == 0) return false;
+        Result<json> agents = api.Get("/v1/agents");
+        bool util = agents.ok() && agents->size() == 2;
+        for (const json& a : util ? *agents : json::array()) util = util && a.contains("cpu_util");
+        return util && InstanceDoc(api, "counter", id).contains("p99_us");
+      },
+      std::chrono::seconds(10)))
+      << api.Get("/v1/cluster")->dump(1);
 
   const std::string dir = TempDir("dashboard");
   Result<transport::HttpClientResponse> page = HttpGet(t.ctl->port(), "/");
@@ -1496,6 +1515,9 @@ TEST(ControllerTest, DashboardRendersALiveClusterUnderNode) {
   EXPECT_NE(hosts.find("data-device=\"gpu9\""), std::string::npos) << hosts;
   EXPECT_NE(hosts.find("data-instance=\"" + id + "\""), std::string::npos) << hosts;
   EXPECT_NE(hosts.find("badge draining"), std::string::npos) << hosts;
+  EXPECT_NE(hosts.find("class=\"slo-ok\">p99 "), std::string::npos) << hosts;
+  EXPECT_NE(hosts.find(" / SLO 1.00 s"), std::string::npos) << hosts;
+  EXPECT_NE(hosts.find("% of 1 cores"), std::string::npos) << hosts;
   EXPECT_NE(events.find("<li class=\"migration new\">"), std::string::npos) << events;
   EXPECT_NE(events.find("migrated " + id + " from " + from + " to " + to), std::string::npos)
       << events;

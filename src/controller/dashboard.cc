@@ -205,9 +205,9 @@ function renderInstance(i) {
       '<span class="name">' + esc(i.id) + '</span> <span class="dim">' + esc(i.service) + '</span> ' +
       '<span class="badge ' + esc(i.state) + '">' + esc(i.state) + '</span> ' +
       '<span class="badge">' + tags.join(' ') + '</span>' +
-      '<div class="mono">' + [slo, i.rate > 0 ? i.rate.toFixed(1) + ' req/s' : '']
-          .filter(Boolean).join(' · ') + '</div>' +
-      lines.map(l => '<div class="mono dim">' + l + '</div>').join('') + '</div>';
+      [[slo, i.rate > 0 ? i.rate.toFixed(1) + ' req/s' : ''].filter(Boolean).join(' · ')]
+          .concat(lines).filter(Boolean).map(l => '<div class="mono dim">' + l + '</div>').join('') +
+      '</div>';
 }
 
 function renderDevice(d) {

@@ -55,4 +55,10 @@ if (!m || m.id !== 'counter-1' || m.to !== 'cpu1' || m.downtime_ms !== 1.25) {
 if (d.classifyEvent('migration of x from a to b failed: boom; x keeps serving on a') !== 'fail') {
   fail('a failed migration is not classed as a failure');
 }
+const over = d.renderHosts(d.buildModel({
+  agents: [{ device: 'c', host: 'h', kind: 'cpu', instances: {} }],
+  services: [{ name: 's', slo_p99_us: 1000, instances: [{ id: 's-1', device: 'c', state: 'running',
+                                                           p99_us: 5000 }] }]
+}, null));
+if (!over.includes('class="slo-bad">p99 5.0 ms / SLO 1.0 ms')) fail('a missed SLO is not marked: ' + over);
 process.stdout.write(JSON.stringify(out) + '\n');
