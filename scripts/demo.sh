@@ -42,6 +42,7 @@ start_agent() {
   echo "agent cpu0 up (pid $AGENT_PID): $line"
 }
 
+echo "(from step 6 on, the cluster's web dashboard shows everything live: the demo prints its URL)"
 bold "1. Start an agent for device cpu0 (V8 isolates on $(nproc) workers; data in $WORK/agent)"
 start_agent
 
@@ -89,6 +90,9 @@ c() { printf '\033[36m$ tern %s\033[0m\n' "$*"; "$TERN" "$@"; local rc=$?; print
 run "$TERN" topology check "$ROOT/examples/topologies/laptop.yaml"
 c up "$ROOT/examples/topologies/laptop.yaml"
 GATEWAY=$(sed -nE 's/.*"gateway": "([^"]+)".*/\1/p' "$TERN_HOME/clusters/laptop/cluster.json")
+CONTROLLER=$(sed -nE 's/.*"controller": "([^"]+)".*/\1/p' "$TERN_HOME/clusters/laptop/cluster.json")
+printf '\033[1;35mwatch it live: http://%s/\033[0m  (the controller'"'"'s dashboard: devices, instances,\n' "$CONTROLLER"
+echo "migrations as they happen; open it in a browser on this machine now)"
 
 bold "7. Deploy: the controller places replicas over the devices; the gateway answers HTTP"
 c deploy "$ROOT/examples/echo/manifest.yaml" --module "$WASM/echo.wasm" --replicas 3

@@ -327,7 +327,8 @@ class Up {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
-    Step(fmt::format("ready: {} agents registered with the controller", want));
+    Step(fmt::format("ready: {} agents registered with the controller; dashboard: http://{}/", want,
+                     rec.controller));
     return Status::Ok();
   }
 
@@ -444,9 +445,10 @@ int CmdUp(int argc, char** argv) {
       "  tern deploy examples/echo/manifest.yaml --replicas 2\n"
       "  tern invoke echo echo hello          (through the gateway, http://%s)\n"
       "  tern ps                              (devices, placement, load, events)\n"
+      "  open http://%s/   (the dashboard: the same, live, in a browser)\n"
       "  tern logs controller | gateway | DEVICE\n"
       "  tern down %s\n",
-      rec.gateway.c_str(), rec.name.c_str());
+      rec.gateway.c_str(), rec.controller.c_str(), rec.name.c_str());
   return 0;
 }
 

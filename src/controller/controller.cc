@@ -17,6 +17,7 @@
 
 #include "client/agent_client.h"
 #include "controller/advisor.h"
+#include "controller/dashboard.h"
 #include "controller/model.h"
 #include "controller/energy.h"
 #include "controller/plan.h"
@@ -2595,6 +2596,16 @@ struct Controller::Impl {
              {"version", kTernVersion}};
       return HttpResponse::Json(200, j.dump());
     });
+    // The dashboard (dashboard.h): a static page that polls the API below.
+    auto page = [](const HttpRequest&) {
+      HttpResponse resp;
+      resp.content_type = "text/html; charset=utf-8";
+      resp.body = std::string(DashboardHtml());
+      resp.headers.emplace_back("Cache-Control", "no-cache");
+      return resp;
+    };
+    r.Handle("GET", "/", page);
+    r.Handle("GET", "/dashboard", page);
     r.Handle("GET", "/v1/topology", [this](const HttpRequest&) {
       if (options.topology_json.empty()) {
         return ErrorResponse(NotFoundError("this controller was started without a topology"));

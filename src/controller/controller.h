@@ -10,6 +10,7 @@
 // deploys, the others answer 503 naming the leader. Heartbeats and reads work on all.
 //
 // HTTP API (JSON; errors are transport/json_api.h documents):
+//   GET    / (and /dashboard)            the web dashboard (dashboard.h): one HTML page
 //   GET    /v1/info                      id, leader, store, version
 //   POST   /v1/agents                    register: AgentRecord → {"lease","ttl_ms","heartbeat_ms"}
 //   POST   /v1/agents/{device}/heartbeat {"lease", "boot", telemetry} (404: register again)

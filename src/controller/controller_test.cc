@@ -3,13 +3,18 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -1323,6 +1328,204 @@ TEST(ControllerTest, FollowsAnInstanceThatMovedBehindItsBack) {
       << Events(api);
   EXPECT_EQ(InvokeSvc(b, "counter", "get", ""), "3");
   EXPECT_EQ(Running(api, "counter").size(), 1u);
+}
+
+// ---- the dashboard (dashboard.h) ----------------------------------------------------
+
+// A topology document (cluster/topology.h TopologyToJson's shape, the fields the
+// dashboard reads): gpu9 never gets an agent, so the page must show it dead.
+constexpr char kDashboardTopology[] =
+    R"({"name":"dash","hosts":[{"name":"h1","devices":[{"name":"cpu0","kind":"cpu","cores":1},)"
+    R"({"name":"cpu1","kind":"cpu","cores":1}]},)"
+    R"({"name":"h2","devices":[{"name":"gpu9","kind":"gpu","cores":4}]}],"links":[]})";
+
+Result<transport::HttpClientResponse> HttpGet(uint16_t port, const std::string& target) {
+  TERN_ASSIGN_OR_RETURN(std::unique_ptr<transport::HttpClient> c,
+                        transport::HttpClient::Connect("127.0.0.1", port));
+  return c->Request("GET", target);
+}
+
+// The "/v1/..." paths a page names (query strings and quotes end them).
+std::set<std::string> ApiPathsIn(const std::string& page) {
+  std::set<std::string> out;
+  for (size_t at = page.find("/v1/"); at != std::string::npos; at = page.find("/v1/", at + 1)) {
+    size_t end = at + 4;
+    while (end < page.size() && (std::isalnum(static_cast<unsigned char>(page[end])) ||
+                                 page[end] == '/' || page[end] == '_' || page[end] == '-')) {
+      ++end;
+    }
+    out.insert(page.substr(at, end - at));
+  }
+  return out;
+}
+
+TEST(ControllerTest, DashboardIsOneSelfContainedPageUsingOnlyRoutedPaths) {
+  auto s = store::EmbeddedStore::Open("");
+  ASSERT_TRUE(s.ok()) << s.status();
+  ControllerOptions o = FastOptions();
+  o.topology_json = kDashboardTopology;
+  auto c = Controller::Start(s->get(), o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  uint16_t port = (*c)->port();
+
+  Result<transport::HttpClientResponse> page = HttpGet(port, "/");
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_EQ(page->status, 200);
+  const std::string* type = page->FindHeader("content-type");
+  ASSERT_NE(type, nullptr);
+  EXPECT_EQ(type->rfind("text/html", 0), 0u) << *type;
+  EXPECT_NE(page->body.find("<script>"), std::string::npos);
+  Result<transport::HttpClientResponse> again = HttpGet(port, "/dashboard");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->status, 200);
+  EXPECT_EQ(again->body, page->body);
+
+  // Self-contained: nothing fetched from elsewhere (no URLs, no external scripts,
+  // stylesheets, images or fonts).
+  for (const char* bad : {"http:", "https:", " src=", " href=", "url(", "@import", "//cdn"}) {
+    EXPECT_EQ(page->body.find(bad), std::string::npos) << "the page contains " << bad;
+  }
+
+  // Every API path the page names is routed (the router's 404 is "no route"; a path that
+  // only a different method serves would be 405).
+  std::set<std::string> paths = ApiPathsIn(page->body);
+  EXPECT_TRUE(paths.count("/v1/cluster")) << ::testing::PrintToString(paths);
+  EXPECT_TRUE(paths.count("/v1/locations")) << ::testing::PrintToString(paths);
+  for (const std::string& p : paths) {
+    Result<transport::HttpClientResponse> r = HttpGet(port, p + "?wait_ms=0");
+    ASSERT_TRUE(r.ok()) << p << ": " << r.status();
+    EXPECT_NE(r->status, 404) << p << ": " << r->body;
+    EXPECT_NE(r->status, 405) << p << ": " << r->body;
+    EXPECT_LT(r->status, 300) << p << ": " << r->body;
+  }
+  // ... which a path the controller does not serve would fail.
+  Result<transport::HttpClientResponse> none = HttpGet(port, "/v1/nothing-here");
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(none->status, 404);
+}
+
+// `name` on $PATH, or "".
+std::string FindOnPath(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  std::stringstream dirs(path ? path : "");
+  for (std::string dir; std::getline(dirs, dir, ':');) {
+    std::string f = (dir.empty() ? "." : dir) + "/" + name;
+    if (::access(f.c_str(), X_OK) == 0) return f;
+  }
+  return "";
+}
+
+// The page's render functions (run under node) on the documents of a live cluster: two
+// agents, a device of the topology without one, a stateful counter migrated between
+// them, a drain.
+TEST(ControllerTest, DashboardRendersALiveClusterUnderNode) {
+  const std::string node = FindOnPath("node");
+  if (node.empty()) {
+    GTEST_SKIP() << "node is not on PATH: the dashboard's render functions are not run "
+                    "(install Debian's nodejs to run them; the page itself is tested above)";
+  }
+  ControllerOptions o = FastOptions();
+  o.topology_json = kDashboardTopology;
+  TestCluster t;
+  ASSERT_NO_FATAL_FAILURE(t.Start({{"cpu0"}, {"cpu1"}}, o));
+  Api& api = *t.api;
+  if (!AgentMigrates(t.agents[0])) GTEST_SKIP() << "the agent has no migration endpoint yet";
+  ASSERT_TRUE(api.c
+                  ->Call("POST", "/v1/services",
+                         json{{"manifest", CounterManifest(0) + "slo_p99_ms: 1000\n"},
+                              {"module_b64", Base64Encode(ReadFile(WasmPath("counter")))},
+                              {"replicas", 1}}
+                             .dump())
+                  .ok());
+  std::map<std::string, std::string> run;
+  ASSERT_TRUE(WaitFor([&] { return (run = Running(api, "counter")).size() == 1; },
+                      std::chrono::seconds(10)));
+  const std::string id = run.begin()->first, from = run.begin()->second;
+  const std::string to = from == "cpu0" ? "cpu1" : "cpu0";
+  ASSERT_EQ(InvokeSvc(t.Agent(from), "counter", "incr", ""), "1");
+  Result<std::string> m =
+      api.c->Call("POST", "/v1/instances/" + id + "/migrate", json{{"to", to}}.dump());
+  ASSERT_TRUE(m.ok()) << m.status() << "\n" << Events(api);
+  // Drain the emptied source: it stays live, takes no placements, shows as draining.
+  ASSERT_TRUE(api.c->Call("POST", "/v1/devices/" + from + "/drain", "{}").ok());
+  ASSERT_TRUE(WaitFor([&] { return Events(api).find("drained " + from) != std::string::npos; },
+                      std::chrono::seconds(10)))
+      << Events(api);
+
+  // Requests where it runs now, until its agent's heartbeats carry a p99 and the
+  // agents their CPU utilization.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        if (InvokeSvc(t.Agent(to), "counter", "incr", "").rfind("error", 0) == 0) return false;
+        Result<json> agents = api.Get("/v1/agents");
+        bool util = agents.ok() && agents->size() == 2;
+        for (const json& a : util ? *agents : json::array()) util = util && a.contains("cpu_util");
+        return util && InstanceDoc(api, "counter", id).contains("p99_us");
+      },
+      std::chrono::seconds(10)))
+      << api.Get("/v1/cluster")->dump(1);
+
+  const std::string dir = TempDir("dashboard");
+  Result<transport::HttpClientResponse> page = HttpGet(t.ctl->port(), "/");
+  Result<transport::HttpClientResponse> cluster = HttpGet(t.ctl->port(), "/v1/cluster");
+  Result<transport::HttpClientResponse> topo = HttpGet(t.ctl->port(), "/v1/topology");
+  ASSERT_TRUE(page.ok() && cluster.ok() && topo.ok());
+  for (const auto& [name, body] : {std::pair{"page.html", page->body},
+                                   {"cluster.json", cluster->body},
+                                   {"topology.json", topo->body}}) {
+    std::ofstream(dir + "/" + name, std::ios::binary) << body;
+  }
+  const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::system_clock::now().time_since_epoch())
+                             .count();
+  tern::testing::CommandResult r = tern::testing::RunCommand(
+      {node, SourcePath("src/controller/dashboard_render_test.js"), dir + "/page.html",
+       dir + "/cluster.json", dir + "/topology.json", std::to_string(now_ms)});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const size_t doc = r.output.find("{\"model\"");  // after anything node warned about
+  ASSERT_NE(doc, std::string::npos) << r.output;
+  json out = json::parse(r.output.substr(doc), nullptr, false);
+  ASSERT_FALSE(out.is_discarded()) << r.output;
+
+  // hosts → devices, with their state, and the instance where it now runs.
+  std::map<std::string, json> devices;
+  std::map<std::string, std::string> host_of;
+  for (const json& h : out["model"]["hosts"]) {
+    for (const json& d : h["devices"]) {
+      devices[d["name"]] = d;
+      host_of[d["name"]] = h["name"];
+    }
+  }
+  ASSERT_EQ(devices.size(), 3u) << out["model"].dump(1);
+  EXPECT_EQ(host_of["gpu9"], "h2");
+  EXPECT_EQ(devices["gpu9"]["status"], "dead");
+  EXPECT_EQ(devices["gpu9"]["kind"], "gpu");
+  EXPECT_EQ(devices[from]["status"], "draining");
+  EXPECT_EQ(devices[to]["status"], "live");
+  EXPECT_EQ(devices[from]["instances"].size(), 0u) << devices[from].dump(1);
+  ASSERT_EQ(devices[to]["instances"].size(), 1u) << devices[to].dump(1);
+  const json& inst = devices[to]["instances"][0];
+  EXPECT_EQ(inst["id"], id);
+  EXPECT_EQ(inst["service"], "counter");
+  EXPECT_EQ(inst["stateful"], true);
+  EXPECT_EQ(inst["durable"], false);
+
+  // ... in the HTML, and the events with the migration highlighted.
+  const std::string hosts = out["hosts"], events = out["events"], flash = out["flash"];
+  EXPECT_NE(hosts.find("data-device=\"gpu9\""), std::string::npos) << hosts;
+  EXPECT_NE(hosts.find("data-instance=\"" + id + "\""), std::string::npos) << hosts;
+  EXPECT_NE(hosts.find("badge draining"), std::string::npos) << hosts;
+  EXPECT_NE(hosts.find("class=\"slo-ok\">p99 "), std::string::npos) << hosts;
+  EXPECT_NE(hosts.find(" / SLO 1.00 s"), std::string::npos) << hosts;
+  EXPECT_NE(hosts.find("% of 1 cores"), std::string::npos) << hosts;
+  EXPECT_NE(events.find("<li class=\"migration new\">"), std::string::npos) << events;
+  EXPECT_NE(events.find("migrated " + id + " from " + from + " to " + to), std::string::npos)
+      << events;
+  EXPECT_NE(events.find("<li class=\"drain new\">"), std::string::npos) << events;
+  EXPECT_NE(flash.find(id), std::string::npos) << flash;
+  EXPECT_NE(flash.find("downtime"), std::string::npos) << flash;
+  EXPECT_NE(out["summary"].get<std::string>().find("2/3 devices live"), std::string::npos)
+      << out["summary"];
 }
 
 }  // namespace
