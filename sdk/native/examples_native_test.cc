@@ -99,6 +99,27 @@ TEST(SdkNativeTest, HandlerMacroRequestReplyFailAndLog) {
   EXPECT_EQ(o.message, "");
 }
 
+TERN_HANDLER(sdk_test_same, "same") { return tern::Reply(tern::Request()); }
+
+// tern::Request() and echo read before they ask for the length (one host call for a
+// request shorter than their buffer): every size around the buffer's edges (it starts
+// at 256 bytes and grows to one byte past the largest request) comes back whole.
+TEST(SdkNativeTest, RequestsAroundTheBufferSizeArriveWhole) {
+  uint32_t x = 1;
+  for (size_t len :
+       {size_t{5}, size_t{255}, size_t{256}, size_t{257}, size_t{256}, size_t{258}, size_t{257},
+        size_t{0}, size_t{5000}, size_t{5001}, size_t{5002}, size_t{5001}, size_t{3}}) {
+    std::string req(len, '\0');
+    for (char& c : req) c = static_cast<char>(x = Lcg(x));
+    Outcome o = Call(sdk_test_same, req);
+    EXPECT_EQ(o.status, TERN_OK);
+    EXPECT_TRUE(o.reply == req) << len << " bytes via tern::Request()";
+    o = Call(echo_echo, req);
+    EXPECT_EQ(o.status, TERN_OK);
+    EXPECT_TRUE(o.reply == req) << len << " bytes via echo";
+  }
+}
+
 TEST(SdkNativeTest, RequestReadHonoursOffsetAndLength) {
   tern_native_reset();
   tern_native_set_request("0123456789", 10);

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <deque>
 #include <optional>
@@ -455,6 +456,57 @@ class Agent::WorkerThread {
     return current_worker == this && wait_depth_ == 0 && busy_.empty() && deferred_.empty() &&
            posted_.load(std::memory_order_acquire) == taken_ &&
            !stopping_flag_.load(std::memory_order_relaxed);
+  }
+
+  // ---- worker-thread only: the route cache (Agent::InvokeWith)
+
+  // Where a (service, handler, instance) key was routed while Agent::route_gen_ was
+  // `gen`. Only keys with a single candidate are cached (an instance named in the
+  // request, or a service with one instance here): with several, the least-queued pick
+  // is made per request.
+  struct CachedRoute {
+    uint64_t gen = 0;                        // 0: empty (route_gen_ starts at 1)
+    std::string service, handler, instance;  // the key
+    std::string id;                          // the instance it goes to
+    int worker = 0;
+    uint64_t request_bytes = 0;  // the service's request limit
+    std::shared_ptr<std::atomic<uint64_t>> queued;
+  };
+  const CachedRoute* CachedRouteFor(const InvokeRequest& req, uint64_t gen) const {
+    for (const CachedRoute& e : route_cache_) {
+      if (e.gen == gen && e.service == req.service && e.handler == req.handler &&
+          e.instance == req.instance) {
+        return &e;
+      }
+    }
+    return nullptr;
+  }
+  // Whether an entry filled at `gen` routes `service` to an instance of this agent.
+  bool CachedRunningService(const std::string& service, uint64_t gen) const {
+    for (const CachedRoute& e : route_cache_) {
+      if (e.gen == gen && e.instance.empty() && e.service == service) return true;
+    }
+    return false;
+  }
+  void CacheRoute(const InvokeRequest& req, uint64_t gen, const std::string& id, int worker,
+                  uint64_t request_bytes, const std::shared_ptr<std::atomic<uint64_t>>& queued) {
+    // A stale entry first, else round robin (a worker's connections name few services).
+    CachedRoute* slot = nullptr;
+    for (CachedRoute& e : route_cache_) {
+      if (e.gen != gen) {
+        slot = &e;
+        break;
+      }
+    }
+    if (slot == nullptr) slot = &route_cache_[route_cache_next_++ % route_cache_.size()];
+    slot->gen = gen;
+    slot->service = req.service;
+    slot->handler = req.handler;
+    slot->instance = req.instance;
+    slot->id = id;
+    slot->worker = worker;
+    slot->request_bytes = request_bytes;
+    slot->queued = queued;
   }
 
   int index() const { return index_; }
@@ -1209,6 +1261,8 @@ class Agent::WorkerThread {
   uint64_t wakeups_seen_ = 0;
   bool yield_soon_ = false;
   int wait_depth_ = 0;  // WaitCall frames on this thread's stack
+  std::array<CachedRoute, 4> route_cache_;
+  size_t route_cache_next_ = 0;
 
   // Longer than a cross-vCPU wake-up (~35 µs here): with a shorter spin, two threads
   // that answer each other fall into a cycle where each finds the other asleep.
@@ -1843,6 +1897,12 @@ bool Agent::HasService(const std::string& service) {
 }
 
 bool Agent::HasRunningInstance(const std::string& service) {
+  // Asked for every frame that carries an epoch (agents' calls): the route cache knows.
+  if (auto* self = static_cast<const WorkerThread*>(current_worker);
+      self != nullptr &&
+      self->CachedRunningService(service, route_gen_.load(std::memory_order_acquire))) {
+    return true;
+  }
   MutexLock l(&mu_);
   return !InstancesOf(service).empty();
 }
@@ -2056,6 +2116,7 @@ Result<ServiceStatus> Agent::Deploy(const Manifest& manifest, std::string module
   {
     MutexLock l(&mu_);
     services_[manifest.name] = svc;
+    RoutesChanged();
   }
   ServiceStatus out;
   out.manifest = manifest;
@@ -2076,6 +2137,7 @@ Status Agent::Undeploy(const std::string& service) {
     MutexLock l(&mu_);
     if (services_.erase(service) == 0)
       return NotFoundError(fmt::format("no service '{}'", service));
+    RoutesChanged();
     const std::vector<std::string> ids = InstancesOf(service);  // a copy: EraseRoute edits it
     for (const std::string& id : ids) {
       victims.emplace_back(routes_.at(id).worker, id);
@@ -2165,6 +2227,7 @@ Status Agent::StopInstance(const std::string& instance_id) {
 void Agent::AddRoute(const std::string& id, Route route) {
   instances_of_[route.service->manifest.name].push_back(id);
   routes_[id] = std::move(route);
+  RoutesChanged();
 }
 
 void Agent::EraseRoute(const std::string& id) {
@@ -2176,6 +2239,7 @@ void Agent::EraseRoute(const std::string& id) {
     if (svc->second.empty()) instances_of_.erase(svc);
   }
   routes_.erase(it);
+  RoutesChanged();
 }
 
 const std::vector<std::string>& Agent::InstancesOf(const std::string& service) const {
@@ -2254,22 +2318,21 @@ void Agent::Invoke(InvokeRequest req, std::function<void(InvokeResult)> done) {
   InvokeWith(std::move(req), std::move(done));
 }
 
-// Invoke, with any callable as `done`: the worker-owned serving paths pass their
-// lambdas, which become a std::function only if the request must be queued or held.
+// InvokeWith's routing under mu_ (the route cache missed): sets *id, *worker and
+// *queued and returns true, or answers (an error) or forwards the request and returns
+// false. Fills `self`'s cache where the route has a single candidate.
 template <typename Done>
-void Agent::InvokeWith(InvokeRequest req, Done done) {
+bool Agent::RouteUncached(InvokeRequest& req, Done& done, WorkerThread* self, std::string* id,
+                          int* worker, std::shared_ptr<std::atomic<uint64_t>>* queued) {
   if (has_moved_.load(std::memory_order_acquire)) {
     // An instance that migrated away (or a service whose instances all did): forwarded
     // to where it went.
     if (std::optional<MovedTo> to = MovedRecord(req.instance, req.service)) {
       Forward(*to, std::move(req), std::function<void(InvokeResult)>(std::move(done)));
-      return;
+      return false;
     }
   }
-  std::string id;
   const Route* route = nullptr;  // valid while mu_ is held
-  int worker = 0;
-  std::shared_ptr<std::atomic<uint64_t>> queued;
   // Set when the instance (or the service's last instance) moved away between the check
   // above and the lookup below: a cut-over in between. Forwarded as it would have been.
   std::optional<MovedTo> moved;
@@ -2285,7 +2348,7 @@ void Agent::InvokeWith(InvokeRequest req, Done done) {
           {},
           {},
           0});
-      return;
+      return false;
     }
     const Service& svc = *sit->second;
     if (!svc.manifest.HasHandler(req.handler)) {
@@ -2295,7 +2358,7 @@ void Agent::InvokeWith(InvokeRequest req, Done done) {
           {},
           {},
           0});
-      return;
+      return false;
     }
     if (req.payload.size() > svc.manifest.limits.request_bytes()) {
       done(InvokeResult{InvalidArgumentError(fmt::format(
@@ -2305,7 +2368,7 @@ void Agent::InvokeWith(InvokeRequest req, Done done) {
                         {},
                         {},
                         0});
-      return;
+      return false;
     }
     if (!req.instance.empty()) {
       auto rit = routes_.find(req.instance);
@@ -2318,9 +2381,9 @@ void Agent::InvokeWith(InvokeRequest req, Done done) {
                           {},
                           {},
                           0});
-        return;
+        return false;
       } else {
-        id = rit->first;
+        *id = rit->first;
         route = &rit->second;
       }
     } else {
@@ -2331,32 +2394,61 @@ void Agent::InvokeWith(InvokeRequest req, Done done) {
       for (const std::string& rid : InstancesOf(req.service)) {
         const Route& r = routes_.at(rid);
         uint64_t q = r.queued->load(std::memory_order_relaxed);
-        if (q < best ||
-            (q == best && current_worker != nullptr && workers_[r.worker].get() == current_worker)) {
+        if (q < best || (q == best && current_worker != nullptr &&
+                         workers_[r.worker].get() == current_worker)) {
           best = q;
           best_id = &rid;
           route = &r;
         }
       }
-      if (best_id != nullptr) id = *best_id;
-      if (id.empty()) moved = MovedRecordLocked("", req.service);
-      if (id.empty() && !moved) {
+      if (best_id != nullptr) *id = *best_id;
+      if (id->empty()) moved = MovedRecordLocked("", req.service);
+      if (id->empty() && !moved) {
         done(InvokeResult{UnavailableError(fmt::format("service '{}' has no running instance "
                                                        "(start one: tern start {})",
                                                        req.service, req.service)),
                           {},
                           {},
                           0});
-        return;
+        return false;
       }
     }
     if (route != nullptr) {
-      worker = route->worker;
-      queued = route->queued;
+      *worker = route->worker;
+      *queued = route->queued;
+      if (self != nullptr && (!req.instance.empty() || InstancesOf(req.service).size() == 1)) {
+        self->CacheRoute(req, route_gen_.load(std::memory_order_relaxed), *id, *worker,
+                         svc.manifest.limits.request_bytes(), *queued);
+      }
     }
   }
   if (moved) {
     Forward(*moved, std::move(req), std::function<void(InvokeResult)>(std::move(done)));
+    return false;
+  }
+  return true;
+}
+
+// Invoke, with any callable as `done`: the worker-owned serving paths pass their
+// lambdas, which become a std::function only if the request must be queued or held.
+template <typename Done>
+void Agent::InvokeWith(InvokeRequest req, Done done) {
+  std::string id;
+  int worker = 0;
+  std::shared_ptr<std::atomic<uint64_t>> queued;
+  // On a worker thread (the shm and TCP serving paths), a request routed like one
+  // before it since the routing tables last changed goes where that one went: no mutex,
+  // no lookups. The entry's strings and counter are copied: a nested round of this
+  // worker's loop (while the request waits in a call) may replace the entry.
+  auto* const self = static_cast<WorkerThread*>(const_cast<void*>(current_worker));
+  const WorkerThread::CachedRoute* hit =
+      self == nullptr ? nullptr
+                      : self->CachedRouteFor(req, route_gen_.load(std::memory_order_acquire));
+  if (hit != nullptr && req.payload.size() <= hit->request_bytes) {
+    id = hit->id;
+    worker = hit->worker;
+    queued = hit->queued;
+  } else if (!RouteUncached(req, done, self, &id, &worker, &queued)) {
     return;
   }
   if (queued->fetch_add(1, std::memory_order_relaxed) >= options_.max_queue_per_instance) {
@@ -3601,6 +3693,7 @@ std::vector<Agent::Held> Agent::MigFinish(const std::string& id, MovedTo to) {
     }
     to.at_ns = MonoNanos();
     moved_to_[id] = to;
+    RoutesChanged();
     has_moved_.store(true, std::memory_order_release);
     migrating_.erase(id);
   }
@@ -3897,7 +3990,10 @@ Status Agent::IncomingCommit(const std::shared_ptr<Incoming>& in, std::string_vi
                                     in->svc->manifest.name, in->id));
   }
   AddRoute(in->id, Route{in->worker, in->svc, queued});
-  if (moved_to_.erase(in->id) != 0) has_moved_.store(!moved_to_.empty(), std::memory_order_release);
+  if (moved_to_.erase(in->id) != 0) {
+    RoutesChanged();
+    has_moved_.store(!moved_to_.empty(), std::memory_order_release);
+  }
   return Status::Ok();
 }
 

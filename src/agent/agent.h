@@ -604,6 +604,9 @@ class Agent {
   // std::function only when their request is queued, held or forwarded).
   template <typename Done>
   void InvokeWith(InvokeRequest req, Done done);
+  template <typename Done>
+  bool RouteUncached(InvokeRequest& req, Done& done, WorkerThread* self, std::string* id,
+                     int* worker, std::shared_ptr<std::atomic<uint64_t>>* queued) EXCLUDES(mu_);
   // True while an instance is frozen for a migration's cut-over or has moved away:
   // requests must go through HoldOrForward.
   bool MayHold() const {
@@ -667,6 +670,11 @@ class Agent {
   std::map</*service*/ std::string, uint64_t> next_instance_ GUARDED_BY(mu_);
   int next_worker_ GUARDED_BY(mu_) = 0;
   uint64_t next_conn_worker_ GUARDED_BY(mu_) = 0;
+  // Bumped (under mu_) on every change of services_, routes_ and moved_to_: a worker's
+  // route cache (InvokeWith) serves an entry only while this is the value it was filled
+  // at, so the common request skips mu_ and the lookups with one atomic load.
+  std::atomic<uint64_t> route_gen_{1};
+  void RoutesChanged() REQUIRES(mu_) { route_gen_.fetch_add(1, std::memory_order_release); }
 
   std::unique_ptr<storage::DatasetStore> datasets_;
   // Destroyed before the workers (declared after them): its writer's last callbacks

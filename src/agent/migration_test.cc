@@ -313,6 +313,40 @@ TEST_F(MigrationTest, PrecopyMovesStateDedupTableAndIdentity) {
   EXPECT_EQ(got->payload, "16");
 }
 
+// A connection that kept calling the old agent: the route its worker cached there must
+// not outlive the move, so the next request on the same connection is forwarded to the
+// target, as is one that routes by a location table (an epoch). (A stale route would
+// still be forwarded by HoldOrForward, since the slot is gone: this checks the path as
+// a whole; RoutingChangesReachTheNextRequestOnTheConnection checks the cache itself.)
+TEST_F(MigrationTest, TheNextRequestOnAConnectionAfterTheMoveIsForwarded) {
+  std::string host;
+  uint16_t port = 0;
+  ASSERT_TRUE(ParseHostPort(a_->tcp, &host, &port).ok());
+  Result<std::unique_ptr<transport::FrameClient>> c =
+      transport::FrameClient::Connect(host, port, std::chrono::seconds(2));
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto call = [&](const std::string& handler, const std::string& payload, uint64_t epoch) {
+    transport::Frame f;
+    f.service = "counter";
+    f.handler = handler;
+    f.payload = payload;
+    f.epoch = epoch;
+    Result<transport::Frame> got = (*c)->Call(f, std::chrono::seconds(5));
+    EXPECT_TRUE(got.ok()) << handler << ": " << got.status();
+    return got.ok() ? got->payload : std::string("<failed>");
+  };
+  for (int i = 1; i <= 3; ++i) ASSERT_EQ(call("incr", "1", 0), std::to_string(i));
+  ASSERT_EQ(call("get", "", 7), "3");
+  ASSERT_EQ(call("get", "", 7), "3");
+  Result<MigrationReport> r = a_->agent->Migrate(id_, To(*b_));
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_FALSE(Runs(a_->agent.get(), id_));
+  EXPECT_EQ(call("incr", "1", 0), "4");
+  EXPECT_EQ(call("get", "", 7), "4");
+  EXPECT_EQ(Call(b_->agent.get(), "get").reply, "4");
+  EXPECT_GE(StatusOf(b_->agent.get(), id_).requests, 3u);
+}
+
 // The target builds the rollback point of a stateful instance while the pages arrive
 // (no copy at the commit): a request that traps there right after the move must roll
 // back to exactly the state that arrived, heap included.

@@ -515,6 +515,71 @@ TEST(TcpWorkerServingTest, ConnectionMovesToTheWorkerOfItsService) {
   ASSERT_TRUE(c0->Ping(kTimeout).ok());
 }
 
+// A worker's route cache (Agent::InvokeWith) sends a request where the same service and
+// handler went before, without a lookup, while the routing tables are unchanged: every
+// change must reach the very next request on the connection. A stale route would send
+// it to a stopped instance ("instance ... was stopped") or past a handler or limit that
+// is gone; each step checks the answer the tables give.
+TEST_P(TcpServingTest, RoutingChangesReachTheNextRequestOnTheConnection) {
+  Server s = Server::Start(GetParam(), /*workers=*/1);
+  s.Deploy("svc");
+  auto c = s.Connect();
+  ASSERT_NE(c, nullptr);
+  auto failure = [&](const std::string& handler, const std::string& body) {
+    Result<Frame> r = c->Call(Invoke("svc", handler, body), kTimeout);
+    EXPECT_FALSE(r.ok()) << handler << " answered " << r->payload.substr(0, 100);
+    return r.ok() ? Status::Ok() : r.status();
+  };
+  auto instances = [&] {
+    std::vector<std::string> ids;
+    for (const InstanceStatus& i : s.agent->GetStatus().instances) {
+      if (i.service == "svc") ids.push_back(i.id);
+    }
+    return ids;
+  };
+  ASSERT_EQ(instances().size(), 1u);
+  const std::string first = instances()[0];
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(EchoWorks(c.get(), "svc", "warm"));
+
+  // The instance is replaced: the next request goes to the new one.
+  Result<std::string> second = s.agent->StartInstance("svc");
+  ASSERT_TRUE(second.ok()) << second.status();
+  ASSERT_TRUE(s.agent->StopInstance(first).ok());
+  EXPECT_TRUE(EchoWorks(c.get(), "svc", "to the second"));
+  // Addressed by name, then stopped: that name is gone, the service is not.
+  Result<Frame> named = c->Call(Invoke("svc", "echo@" + *second, "named"), kTimeout);
+  ASSERT_TRUE(named.ok()) << named.status();
+  EXPECT_EQ(named->payload, "named");
+  Result<std::string> third = s.agent->StartInstance("svc");
+  ASSERT_TRUE(third.ok()) << third.status();
+  ASSERT_TRUE(s.agent->StopInstance(*second).ok());
+  Status gone = failure("echo@" + *second, "named");
+  EXPECT_EQ(gone.code(), StatusCode::kNotFound) << gone;
+  EXPECT_TRUE(EchoWorks(c.get(), "svc", "to the third"));
+  EXPECT_TRUE(EchoWorks(c.get(), "svc", "to the third again"));
+  // No instance left.
+  ASSERT_TRUE(s.agent->StopInstance(*third).ok());
+  Status none = failure("echo", "x");
+  EXPECT_EQ(none.code(), StatusCode::kUnavailable) << none;
+  EXPECT_NE(none.message().find("no running instance"), std::string_view::npos) << none;
+  // A redeploy without the handler, then with a smaller request limit.
+  Result<Manifest> m = LoadManifest(SourcePath("examples/relay/manifest.yaml"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  m->name = "svc";
+  Manifest echo_only = *m;
+  m->handlers = {"chain"};
+  ASSERT_TRUE(s.agent->Deploy(*m, ReadWasm("relay")).ok());
+  Status no_handler = failure("echo", "x");
+  EXPECT_EQ(no_handler.code(), StatusCode::kNotFound) << no_handler;
+  echo_only.limits.request_kib = 1;
+  ASSERT_TRUE(s.agent->Deploy(echo_only, ReadWasm("relay")).ok());
+  EXPECT_TRUE(EchoWorks(c.get(), "svc", "small"));
+  EXPECT_TRUE(EchoWorks(c.get(), "svc", "small again"));
+  Status too_big = failure("echo", std::string(2000, 'b'));
+  EXPECT_EQ(too_big.code(), StatusCode::kInvalidArgument) << too_big;
+  EXPECT_TRUE(EchoWorks(c.get(), "svc", "small after"));
+}
+
 // Worker serving: a peer that sends requests and never reads the replies. The worker
 // stops reading it once its output passes the limit (so TCP flow control stops the
 // peer and memory stays bounded), other connections keep working, and after

@@ -58,14 +58,25 @@ inline uint32_t RequestSize() { return tern_request_len(); }
 // tern::ReplyInPlace(tern::Request());` is fine). Call it once per handler. Traps (aborts natively) if the
 // buffer cannot be grown: a guest that is out of memory cannot do anything useful.
 inline std::string_view Request() {
-  uint32_t len = tern_request_len();
-  if (len > internal::request_cap) {
-    void* grown = std::realloc(internal::request_buf, len);
+  // Read first: a request shorter than the buffer (the common case once it has grown
+  // with its requests) costs one host call, not two; only one that fills it asks for
+  // the length, and the buffer then grows past it.
+  uint32_t got = 0;
+  if (internal::request_cap > 0) {
+    got = tern_request_read(internal::request_buf, internal::request_cap, 0);
+    if (got < internal::request_cap) return std::string_view(internal::request_buf, got);
+  }
+  const uint32_t len = tern_request_len();
+  if (len >= internal::request_cap) {
+    // One byte more than the request (at least 256): the next request of this size
+    // takes the one-call path. Keeps the `got` bytes already read.
+    const uint32_t cap = len < 256 ? 256 : len + 1;
+    void* grown = std::realloc(internal::request_buf, cap);
     if (grown == nullptr) __builtin_trap();
     internal::request_buf = static_cast<char*>(grown);
-    internal::request_cap = len;
+    internal::request_cap = cap;
   }
-  uint32_t got = len == 0 ? 0 : tern_request_read(internal::request_buf, len, 0);
+  if (len > got) got += tern_request_read(internal::request_buf + got, len - got, got);
   return std::string_view(internal::request_buf, got);
 }
 
