@@ -44,6 +44,18 @@ std::string Pages(size_t n, uint8_t seed) {
   return m;
 }
 
+// Decodes a page batch into `out` (whole pages; zero pages cleared).
+Result<PageBatchStats> DecodeInto(std::string_view batch, std::string* out) {
+  return DecodePageBatch(batch, out->size() / kMigrationPageBytes, [&](uint32_t p, const char* b) {
+    char* to = out->data() + size_t{p} * kMigrationPageBytes;
+    if (b == nullptr) {
+      std::memset(to, 0, kMigrationPageBytes);
+    } else {
+      std::memcpy(to, b, kMigrationPageBytes);
+    }
+  });
+}
+
 TEST(MigrationWireTest, PageBatchRoundTripsRawAndLz4WithZeroPagesAsIndicesOnly) {
   const std::string mem = Pages(12, 7);
   std::vector<uint32_t> idx = {0, 1, 2, 5, 6, 9, 11};
@@ -58,13 +70,7 @@ TEST(MigrationWireTest, PageBatchRoundTripsRawAndLz4WithZeroPagesAsIndicesOnly) 
       EXPECT_LT(batch.size(), 2 * kMigrationPageBytes) << "LZ4 did not compress";
     }
     std::string out(12 * kMigrationPageBytes, '\x55');
-    Result<PageBatchStats> st = DecodePageBatch(batch, 12, [&](uint32_t p, const char* b) {
-      if (b == nullptr) {
-        std::memset(out.data() + p * kMigrationPageBytes, 0, kMigrationPageBytes);
-      } else {
-        std::memcpy(out.data() + p * kMigrationPageBytes, b, kMigrationPageBytes);
-      }
-    });
+    Result<PageBatchStats> st = DecodeInto(batch, &out);
     ASSERT_TRUE(st.ok()) << st.status();
     EXPECT_EQ(st->zero_pages, 3u);
     EXPECT_EQ(st->data_pages, 4u);
@@ -108,14 +114,7 @@ TEST(MigrationWireTest, BatchesAssembledInPlaceEqualEncodedOnes) {
   ASSERT_EQ(lz4.substr(0, 3), "pfx");
   EXPECT_LT(lz4.size(), want.size()) << "LZ4 did not compress";
   std::string out(12 * kMigrationPageBytes, '\x55');
-  Result<PageBatchStats> st =
-      DecodePageBatch(std::string_view(lz4).substr(3), 12, [&](uint32_t p, const char* b) {
-        if (b == nullptr) {
-          std::memset(out.data() + p * kMigrationPageBytes, 0, kMigrationPageBytes);
-        } else {
-          std::memcpy(out.data() + p * kMigrationPageBytes, b, kMigrationPageBytes);
-        }
-      });
+  Result<PageBatchStats> st = DecodeInto(std::string_view(lz4).substr(3), &out);
   ASSERT_TRUE(st.ok()) << st.status();
   EXPECT_EQ(st->zero_pages, 2u);
   for (uint32_t p : idx) {

@@ -192,6 +192,10 @@ struct TestCluster {
     ADD_FAILURE() << "no agent " << device;
     return agents.front();
   }
+  // Waits (15 s at most) until `id` is the only running instance of `service` and runs
+  // on `device`; returns the controller's events.
+  std::string WaitUntilAlone(const std::string& service, const std::string& id,
+                             const std::string& device);
 };
 
 std::string InvokeOn(const AgentProc& a, const std::string& payload) {
@@ -460,6 +464,18 @@ std::string Events(Api& api) {
 }
 
 // The instance's entry in GET /v1/services.
+std::string TestCluster::WaitUntilAlone(const std::string& service, const std::string& id,
+                                        const std::string& device) {
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        auto r = Running(*api, service);
+        return r.size() == 1 && r.count(id) == 1 && r[id] == device;
+      },
+      std::chrono::seconds(15)))
+      << api->Get("/v1/cluster")->dump(1);
+  return Events(*api);
+}
+
 json InstanceDoc(Api& api, const std::string& service, const std::string& id) {
   Result<json> s = api.Get("/v1/services");
   if (!s.ok()) return json();
@@ -662,14 +678,7 @@ struct TwoKeepers : TestCluster {
 
   // Waits for the counter to run on the other cpu; returns the events.
   std::string WaitForRestore() {
-    EXPECT_TRUE(WaitFor(
-        [&] {
-          auto r = Running(*api, "counter");
-          return r.size() == 1 && r.count(id) == 1 && r[id] == other->device;
-        },
-        std::chrono::seconds(15)))
-        << api->Get("/v1/cluster")->dump(1);
-    std::string ev = Events(*api);
+    std::string ev = WaitUntilAlone("counter", id, other->device);
     EXPECT_NE(ev.find("restored " + id + " on " + other->device + " from the checkpoint of"),
               std::string::npos)
         << ev;
@@ -770,16 +779,7 @@ struct DurableTwoKeepers : TestCluster {
     return r.ok() ? *r : "error: " + std::string(r.status().message());
   }
   // Waits for the counter to run on the other cpu; returns the events.
-  std::string WaitForRestore() {
-    EXPECT_TRUE(WaitFor(
-        [&] {
-          auto r = Running(*api, "counter");
-          return r.size() == 1 && r.count(id) == 1 && r[id] == other->device;
-        },
-        std::chrono::seconds(15)))
-        << api->Get("/v1/cluster")->dump(1);
-    return Events(*api);
-  }
+  std::string WaitForRestore() { return WaitUntilAlone("counter", id, other->device); }
 };
 
 // The instance's device and one of its two keepers die together: it is restored from
