@@ -208,6 +208,14 @@ std::unique_ptr<Node> StartNode(const std::string& device, int workers = 2,
   return TestNode::Start(o);
 }
 
+// A frame client connected to an agent's TCP frame address ("host:port").
+Result<std::unique_ptr<transport::FrameClient>> ConnectFrames(const std::string& tcp) {
+  std::string host;
+  uint16_t port = 0;
+  TERN_RETURN_IF_ERROR(ParseHostPort(tcp, &host, &port));
+  return transport::FrameClient::Connect(host, port, std::chrono::seconds(2));
+}
+
 Manifest CounterManifest(uint32_t replicas) {
   Result<Manifest> m = LoadManifest(SourcePath("examples/counter/manifest.yaml"));
   EXPECT_TRUE(m.ok()) << m.status();
@@ -296,11 +304,7 @@ TEST_F(MigrationTest, PrecopyMovesStateDedupTableAndIdentity) {
   EXPECT_EQ(a_->agent->MovedInstances().at(id_), "dst");
   // A caller routing by a (stale) location table: its frame carries an epoch. Right
   // after the move it is forwarded rather than bounced.
-  std::string host;
-  uint16_t port = 0;
-  ASSERT_TRUE(ParseHostPort(a_->tcp, &host, &port).ok());
-  Result<std::unique_ptr<transport::FrameClient>> c =
-      transport::FrameClient::Connect(host, port, std::chrono::seconds(2));
+  Result<std::unique_ptr<transport::FrameClient>> c = ConnectFrames(a_->tcp);
   ASSERT_TRUE(c.ok()) << c.status();
   transport::Frame f;
   f.service = "counter";
@@ -318,11 +322,7 @@ TEST_F(MigrationTest, PrecopyMovesStateDedupTableAndIdentity) {
 // still be forwarded by HoldOrForward, since the slot is gone: this checks the path as
 // a whole; RoutingChangesReachTheNextRequestOnTheConnection checks the cache itself.)
 TEST_F(MigrationTest, TheNextRequestOnAConnectionAfterTheMoveIsForwarded) {
-  std::string host;
-  uint16_t port = 0;
-  ASSERT_TRUE(ParseHostPort(a_->tcp, &host, &port).ok());
-  Result<std::unique_ptr<transport::FrameClient>> c =
-      transport::FrameClient::Connect(host, port, std::chrono::seconds(2));
+  Result<std::unique_ptr<transport::FrameClient>> c = ConnectFrames(a_->tcp);
   ASSERT_TRUE(c.ok()) << c.status();
   auto call = [&](const std::string& handler, const std::string& payload, uint64_t epoch) {
     transport::Frame f;
