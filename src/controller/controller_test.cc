@@ -1088,6 +1088,27 @@ TEST(ControllerTest, MigrationFailuresKeepTheInstanceWhereItServes) {
   (*lt)->Stop();
 }
 
+// Deploys `req` (a POST /v1/services body with one replica) on `device` alone; returns
+// the id of its instance there, or "" (after a failed expectation).
+std::string DeployOn(Api& api, json req, const std::string& service, const std::string& device) {
+  req["devices"] = {device};
+  Status st = api.c->Call("POST", "/v1/services", req.dump()).status();
+  EXPECT_TRUE(st.ok()) << st;
+  std::map<std::string, std::string> run = Running(api, service);
+  EXPECT_EQ(run.size(), 1u);
+  if (!st.ok() || run.size() != 1 || run.begin()->second != device) {
+    ADD_FAILURE() << service << " does not run on " << device << " alone";
+    return "";
+  }
+  return run.begin()->first;
+}
+
+// Redeploys `req` without a device list: from now on the rebalancer may move it anywhere.
+Status Unpin(Api& api, json req) {
+  req.erase("devices");
+  return api.c->Call("POST", "/v1/services", req.dump()).status();
+}
+
 // The rebalancer wired into the controller: a device kept busy (a guest that spins until
 // its CPU limit, called back to back) is relieved by moving its instance to the idle one.
 // Thresholds are low, so a loaded test machine still counts as "sustained overload".
@@ -1106,11 +1127,9 @@ TEST(ControllerTest, RebalancerMovesAnInstanceOffAnOverloadedDevice) {
       "name: spin\nversion: 1.0.0\nhandlers: [spin, noop]\nlimits:\n  cpu_ms: 100\n";
   json req{{"manifest", manifest},
            {"module_b64", Base64Encode(ReadFile(WasmPath("guest_loop")))},
-           {"replicas", 1},
-           {"devices", {"cpu0"}}};
-  ASSERT_TRUE(api.c->Call("POST", "/v1/services", req.dump()).ok());
-  req.erase("devices");
-  ASSERT_TRUE(api.c->Call("POST", "/v1/services", req.dump()).ok());
+           {"replicas", 1}};
+  ASSERT_FALSE(DeployOn(api, req, "spin", "cpu0").empty());
+  ASSERT_TRUE(Unpin(api, req).ok());
   std::map<std::string, std::string> run = Running(api, "spin");
   ASSERT_EQ(run.size(), 1u);
   ASSERT_EQ(run.begin()->second, "cpu0");
@@ -1161,15 +1180,10 @@ TEST(ControllerTest, RebalancerMovesAnInstanceThatMissesItsSlo) {
       "limits:\n  memory_mib: 16\n";
   json req{{"manifest", manifest},
            {"module_b64", Base64Encode(ReadFile(WasmPath("kernels")))},
-           {"replicas", 1},
-           {"devices", {"cpu0"}}};
-  ASSERT_TRUE(api.c->Call("POST", "/v1/services", req.dump()).ok());
-  req.erase("devices");
-  ASSERT_TRUE(api.c->Call("POST", "/v1/services", req.dump()).ok());
-  std::map<std::string, std::string> run = Running(api, "hash");
-  ASSERT_EQ(run.size(), 1u);
-  ASSERT_EQ(run.begin()->second, "cpu0");
-  const std::string first = run.begin()->first;
+           {"replicas", 1}};
+  const std::string first = DeployOn(api, req, "hash", "cpu0");
+  ASSERT_FALSE(first.empty());
+  ASSERT_TRUE(Unpin(api, req).ok());
   // Paced calls to wherever it runs (a replacement has a new id and device).
   std::atomic<bool> stop{false};
   std::thread load([&] {
@@ -1248,16 +1262,11 @@ TEST(ControllerTest, RebalancerTakesACheaperPlacementKeepingStateAndHonoursTheCo
   json req{{"manifest", CounterManifest(0)},
            {"module_b64", Base64Encode(ReadFile(WasmPath("counter")))},
            {"replicas", 1},
-           {"devices", {"cpu0"}},
            {"placement", {{"policy", "latency"}}}};
-  ASSERT_TRUE(api.c->Call("POST", "/v1/services", req.dump()).ok());
-  std::map<std::string, std::string> run = Running(api, "counter");
-  ASSERT_EQ(run.size(), 1u);
-  ASSERT_EQ(run.begin()->second, "cpu0");
-  const std::string id = run.begin()->first;
+  const std::string id = DeployOn(api, req, "counter", "cpu0");
+  ASSERT_FALSE(id.empty());
   for (int i = 1; i <= 5; ++i) ASSERT_EQ(InvokeSvc(a, "counter", "incr", ""), std::to_string(i));
-  req.erase("devices");  // any device from now on
-  ASSERT_TRUE(api.c->Call("POST", "/v1/services", req.dump()).ok());
+  ASSERT_TRUE(Unpin(api, req).ok());
   ASSERT_TRUE(WaitFor([&] { return Running(api, "counter")[id] == "cpu1"; },
                       std::chrono::seconds(20)))
       << api.Get("/v1/cluster")->dump(1);

@@ -25,6 +25,27 @@ void TakeFrames(FrameDecoder& d, std::vector<Frame>* got) {
   }
 }
 
+// Feeds `wire` to `d` as a socket reader does: into the payload window first, then at
+// most `limit()` bytes through Feed (bytes the reader copies: counted in *copied),
+// taking out the frames that are whole after each step.
+template <typename Limit>
+void ReadLikeASocket(FrameDecoder& d, std::string_view wire, Limit limit, std::vector<Frame>* got,
+                     size_t* copied = nullptr) {
+  size_t pos = 0;
+  while (pos < wire.size()) {
+    std::span<char> w = d.PayloadWindow();
+    const size_t k = std::min(w.size(), wire.size() - pos);
+    std::memcpy(w.data(), wire.data() + pos, k);
+    d.PayloadReceived(k);
+    pos += k;
+    const size_t n = std::min(limit(), wire.size() - pos);
+    d.Feed(wire.substr(pos, n));
+    if (copied != nullptr) *copied += n;
+    pos += n;
+    ASSERT_NO_FATAL_FAILURE(TakeFrames(d, got));
+  }
+}
+
 Frame FullFrame() {
   Frame f;
   f.type = FrameType::kInvoke;
@@ -574,20 +595,10 @@ TEST(FrameTest, ReadLimitAsksForTheHeadAloneAfterALargeFrame) {
   EXPECT_EQ(d.ReadLimit(), SIZE_MAX);  // nothing known yet: read what is there
   // A reader that honours ReadLimit: into the window first, then at most the limit
   // (and 64 KiB) into its own buffer, which it feeds: those bytes it copies.
-  size_t pos = 0, copied = 0;
+  size_t copied = 0;
   std::vector<Frame> got;
-  while (pos < wire.size()) {
-    std::span<char> w = d.PayloadWindow();
-    size_t k = std::min(w.size(), wire.size() - pos);
-    std::memcpy(w.data(), wire.data() + pos, k);
-    d.PayloadReceived(k);
-    pos += k;
-    const size_t n = std::min({d.ReadLimit(), size_t{64} << 10, wire.size() - pos});
-    d.Feed(std::string_view(wire).substr(pos, n));
-    copied += n;
-    pos += n;
-    ASSERT_NO_FATAL_FAILURE(TakeFrames(d, &got));
-  }
+  ASSERT_NO_FATAL_FAILURE(ReadLikeASocket(
+      d, wire, [&] { return std::min(d.ReadLimit(), size_t{64} << 10); }, &got, &copied));
   ASSERT_EQ(got.size(), 3u);
   EXPECT_EQ(got[0], a);
   EXPECT_EQ(got[1], b);
@@ -614,19 +625,9 @@ TEST(FrameTest, PayloadSinkReceivesTheMatchingReplyInPlace) {
   FrameDecoder d;
   d.SetPayloadSink(7, sink);
   const std::string wire = Encode(other) + Encode(error) + Encode(reply) + Encode(reply);
-  size_t pos = 0;
   std::vector<Frame> got;
-  while (pos < wire.size()) {
-    std::span<char> w = d.PayloadWindow();
-    size_t k = std::min(w.size(), wire.size() - pos);
-    std::memcpy(w.data(), wire.data() + pos, k);
-    d.PayloadReceived(k);
-    pos += k;
-    const size_t n = std::min<size_t>(3000, wire.size() - pos);
-    d.Feed(std::string_view(wire).substr(pos, n));
-    pos += n;
-    ASSERT_NO_FATAL_FAILURE(TakeFrames(d, &got));
-  }
+  ASSERT_NO_FATAL_FAILURE(ReadLikeASocket(
+      d, wire, [] { return size_t{3000}; }, &got));
   ASSERT_EQ(got.size(), 4u);
   EXPECT_EQ(got[0], other);  // another request id: its own payload
   EXPECT_EQ(got[1], error);  // not a reply: an error message stays in its frame
