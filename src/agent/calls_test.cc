@@ -9,9 +9,11 @@
 
 #include <atomic>
 #include <thread>
+#include <tuple>
 
 #include "agent/agent.h"
 #include "agent/agent_server.h"
+#include "agent/worker_gate.h"
 #include "core/clock.h"
 #include "core/ids.h"
 #include "core/manifest.h"
@@ -160,17 +162,23 @@ TEST(CallsTest, InProcessAcrossWorkersServesCallsThatComeBack) {
 
 // An in-process callee runs under its caller's CPU-time limit: when the caller's limit
 // hits during the nested call, both stop, both are rolled back, and both work after.
+// The callee would spin for 20 s of wall time, and its own CPU limit is far beyond
+// that: only the caller's limit (100 ms of CPU) can stop it. (With a callee spinning
+// 1.5 s under its own 2 s limit, and a wall-clock bound on the call, a loaded machine
+// that gave the worker a tenth of a core let the spin end first.)
 TEST(CallsTest, CallerCpuLimitStopsANestedInProcessCall) {
   Node n = Node::Start("a", "h1", /*workers=*/1);
   Manifest caller = RelayManifest("relay-a");
   caller.limits.cpu_ms = 100;
   ASSERT_TRUE(n.agent->Deploy(caller, ReadWasm("relay")).ok());
-  n.Deploy("relay-b");  // cpu_ms 2000: its own limit is not what stops it
-  int64_t t0 = MonoNanos();
-  InvokeResult r = Invoke(n.agent.get(), "relay-a", "call", "relay-b|sleep|0|1500");
-  int64_t ms = (MonoNanos() - t0) / 1'000'000;
-  EXPECT_EQ(r.status.code(), StatusCode::kDeadlineExceeded) << r.status;
-  EXPECT_LT(ms, 1000) << "the nested call ran past its caller's CPU limit";
+  Manifest callee = RelayManifest("relay-b");
+  callee.limits.cpu_ms = 60'000;  // its own limit is not what stops it
+  ASSERT_TRUE(n.agent->Deploy(callee, ReadWasm("relay")).ok());
+  InvokeResult r = Invoke(n.agent.get(), "relay-a", "call", "relay-b|sleep|0|20000");
+  EXPECT_EQ(r.status.code(), StatusCode::kDeadlineExceeded)
+      << "the nested call ran past its caller's CPU limit: " << r.status;
+  EXPECT_NE(r.status.message().find("CPU-time limit of 100 ms"), std::string_view::npos)
+      << r.status;
   EXPECT_EQ(Invoke(n.agent.get(), "relay-a", "echo", "a ok").reply, "a ok");
   EXPECT_EQ(Invoke(n.agent.get(), "relay-b", "echo", "b ok").reply, "b ok");
   auto [code, body] = GuestCall(n.agent.get(), "relay-a", "relay-b", "echo", "again");
@@ -207,22 +215,27 @@ TEST(CallsTest, ErrorsTheGuestCanActOn) {
   EXPECT_EQ(c5, 0) << m5;
 }
 
+// A call past its deadline fails with kDeadlineExceeded on every tier, without waiting
+// for the callee. The callee's worker is held (WorkerGate) until the call has returned,
+// so "did not wait" needs no clock: with a callee that spun 400 ms instead, a caller
+// late by 340 ms under load looked like one that had waited for it.
 TEST(CallsTest, DeadlineExpiresOnEveryTier) {
   Node caller = Node::Start("a", "h1");
   Node same_host = Node::Start("b", "h1");
   Node other_host = Node::Start("c", "h2");
   caller.Deploy("relay-a");
-  same_host.Deploy("slow-shm");
-  other_host.Deploy("slow-tcp");
-  caller.Deploy("slow-local");
+  const std::string shm_id = same_host.Deploy("slow-shm");
+  const std::string tcp_id = other_host.Deploy("slow-tcp");
+  const std::string local_id = caller.Deploy("slow-local");  // on the other worker
   Learn(caller, same_host.Locations("slow-shm"));
   Learn(caller, other_host.Locations("slow-tcp"));
-  for (const char* svc : {"slow-local", "slow-shm", "slow-tcp"}) {
-    int64_t t0 = MonoNanos();
-    auto [code, msg] = GuestCall(caller.agent.get(), "relay-a", svc, "sleep", "400", 50);
-    int64_t ms = (MonoNanos() - t0) / 1'000'000;
+  for (auto [node, svc, id] : {std::tuple{&caller, "slow-local", local_id},
+                               {&same_host, "slow-shm", shm_id},
+                               {&other_host, "slow-tcp", tcp_id}}) {
+    WorkerGate busy(node->agent.get(), id);
+    auto [code, msg] = GuestCall(caller.agent.get(), "relay-a", svc, "echo", "x", 50);
     EXPECT_EQ(code, static_cast<int>(StatusCode::kDeadlineExceeded)) << svc << ": " << msg;
-    EXPECT_LT(ms, 390) << svc << " waited for the slow callee instead of its deadline";
+    EXPECT_TRUE(busy.ReleasedByTest()) << svc << ": the call waited for the busy callee";
   }
 }
 

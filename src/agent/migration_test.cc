@@ -7,12 +7,14 @@
 
 #include <atomic>
 #include <cstring>
+#include <optional>
 #include <thread>
 
 #include "agent/agent.h"
 #include "agent/agent_server.h"
 #include "agent/migration_wire.h"
 #include "agent/test_node.h"
+#include "agent/worker_gate.h"
 #include "core/clock.h"
 #include "core/crc32c.h"
 #include "core/ids.h"
@@ -635,31 +637,41 @@ TEST(MigrationNestedTest, WaitsForTheRequestBoundaryThenFailsClearlyAtTheTimeout
   ASSERT_TRUE(a->agent->locations().Upsert(l).ok());
   ASSERT_EQ(Call(a->agent.get(), "incr", "2").reply, "2");
 
-  std::thread slow([&] {
+  // relay-b's worker is held: the nested call cannot be answered until the gate opens
+  // (a callee that spun 1.2 s instead was done early when the test thread stalled).
+  // Declared in this order so that a failed assertion opens the gate, then joins.
+  std::jthread slow;
+  std::optional<WorkerGate> callee_busy(std::in_place, b->agent.get(), l.instance);
+  const uint64_t tcp_calls = a->agent->calls_by_tier(dataplane::Tier::kTcp);
+  slow = std::jthread([&] {
     InvokeRequest r;
     r.service = "relay-a";
     r.handler = "call";
-    r.payload = "relay-b|sleep|10000|1200";  // the callee busy-waits 1.2 s
+    r.payload = "relay-b|echo|10000|answered";
     InvokeResult res = a->agent->InvokeSync(std::move(r));
     EXPECT_TRUE(res.status.ok()) << res.status;
-    EXPECT_EQ(res.reply, "0|slept");
+    EXPECT_EQ(res.reply, "0|answered");
   });
-  // Let the relay request reach its nested call (relay-b then busy-waits 1.2 s).
-  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  // Wait until the relay request is in its nested call (counted when it is sent).
+  const int64_t give_up = MonoNanos() + 10'000'000'000;
+  while (a->agent->calls_by_tier(dataplane::Tier::kTcp) == tcp_calls && MonoNanos() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_GT(a->agent->calls_by_tier(dataplane::Tier::kTcp), tcp_calls) << "the relay never called";
   MigrateOptions o;
   o.to_tcp = b->tcp;
   o.to_device = "dst";
   o.freeze_timeout_ns = 300'000'000;
-  const int64_t t0 = MonoNanos();
   Result<MigrationReport> r = a->agent->Migrate(id, o);
-  const int64_t took = MonoNanos() - t0;
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kDeadlineExceeded) << r.status();
   EXPECT_NE(r.status().message().find("request boundary"), std::string_view::npos) << r.status();
   EXPECT_NE(r.status().message().find("keeps serving here"), std::string_view::npos) << r.status();
-  EXPECT_LT(took, 1'000'000'000) << "the migration waited for the nested call instead of timing out";
   // Requests still run on that worker while the relay waits, and the state is intact.
   EXPECT_EQ(Call(a->agent.get(), "incr", "1").reply, "3");
+  EXPECT_TRUE(callee_busy->ReleasedByTest())
+      << "the migration waited for the nested call instead of timing out";
+  callee_busy.reset();
   slow.join();
   // At the boundary, the same migration goes through.
   o.freeze_timeout_ns = 5'000'000'000;

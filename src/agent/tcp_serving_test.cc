@@ -14,6 +14,7 @@
 
 #include "agent/agent.h"
 #include "agent/agent_server.h"
+#include "agent/worker_gate.h"
 #include "core/clock.h"
 #include "core/ids.h"
 #include "core/manifest.h"
@@ -425,7 +426,10 @@ TEST_P(TcpServingTest, MalformedFrameClosesOnlyThatConnection) {
 }
 
 // A request still queued at its deadline (budget_us) is answered kDeadlineExceeded and
-// never runs; the one ahead of it is answered normally.
+// never runs; the one ahead of it is answered normally. The worker is held (WorkerGate)
+// until the late request's budget has passed for certain: with a guest that ran 200 ms
+// ahead of it instead, a test thread stalled that long sent it after the worker was
+// free again.
 TEST_P(TcpServingTest, DeadlineExpiresWhileQueued) {
   Server s = Server::Start(GetParam(), /*workers=*/1);
   s.Deploy("svc");
@@ -434,22 +438,40 @@ TEST_P(TcpServingTest, DeadlineExpiresWhileQueued) {
   // Bytes that reach the agent before it accepted the connection are dated by their
   // read (the kernel timestamps them only once the socket asks): start with a ping.
   ASSERT_TRUE(c->Ping(kTimeout).ok());
-  Result<uint64_t> slow = c->Send(Invoke("svc", "sleep", "200"));
-  ASSERT_TRUE(slow.ok());
-  // With worker serving, the late request may wait in the socket while the worker runs
-  // the slow one; its budget still counts from its arrival.
-  std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  Result<uint64_t> late = c->Send(Invoke("svc", "echo", "too late", /*budget_us=*/20'000));
-  ASSERT_TRUE(late.ok());
+  uint64_t ahead = 0, late = 0;
+  {
+    WorkerGate busy(s.agent.get(), s.agent->GetStatus().instances.at(0).id);
+    Result<uint64_t> sent = c->Send(Invoke("svc", "echo", "ahead"));
+    ASSERT_TRUE(sent.ok()) << sent.status();
+    ahead = *sent;
+    sent = c->Send(Invoke("svc", "echo", "too late", /*budget_us=*/20'000));
+    ASSERT_TRUE(sent.ok()) << sent.status();
+    late = *sent;
+    ASSERT_TRUE(c->Flush(kTimeout).ok());
+    if (GetParam() == TcpServing::kLoop) {
+      // The I/O thread dates a request when it reads it, and answers pings itself: the
+      // pong of a ping sent behind the late request says it has been read.
+      Frame ping;
+      ping.type = FrameType::kPing;
+      ASSERT_TRUE(c->Send(ping).ok());
+      Result<Frame> pong = c->Receive(kTimeout);
+      ASSERT_TRUE(pong.ok()) << pong.status();
+      ASSERT_EQ(pong->type, FrameType::kPong);
+    }
+    // With worker serving, the requests wait in the socket, dated by the kernel at
+    // their arrival (before Flush returned). Either way the budget is over after this.
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    ASSERT_TRUE(busy.ReleasedByTest());
+  }
   std::map<uint64_t, Frame> got;
   while (got.size() < 2) {
     Result<Frame> r = c->Receive(kTimeout);
     ASSERT_TRUE(r.ok()) << r.status();
     got[r->request_id] = *r;
   }
-  EXPECT_EQ(got[*slow].type, FrameType::kReply);
-  EXPECT_EQ(got[*slow].payload, "slept");
-  Status st = transport::ErrorFrameStatus(got[*late]);
+  EXPECT_EQ(got[ahead].type, FrameType::kReply);
+  EXPECT_EQ(got[ahead].payload, "ahead");
+  Status st = transport::ErrorFrameStatus(got[late]);
   EXPECT_EQ(st.code(), StatusCode::kDeadlineExceeded) << st;
   EXPECT_NE(st.message().find("not run"), std::string_view::npos) << st;
   EXPECT_EQ(s.agent->GetStatus().instances.at(0).expired, 1u);
