@@ -2997,9 +2997,12 @@ Status Agent::MakeDurable(WorkerThread* wt, Slot* slot, const InvokeRequest& req
       "the state of {} could not be made durable: {}{}; the request's effects were {} and it is "
       "not acknowledged",
       slot->id, st.message(),
-      st.code() == StatusCode::kDeadlineExceeded
-          ? " (it may still have it: retry with the same idempotency key)"
-          : "",
+      st.code() != StatusCode::kDeadlineExceeded ? ""
+      : keyed ? " (it may still have it: retry with the same idempotency key)"
+          // A restore before the next acknowledged write would replay the late record:
+          // only a key lets a retry find out whether it took effect.
+          : " (it may still have it: without an idempotency key a retry cannot tell "
+            "whether the request took effect)",
       rb.ok() ? "rolled back" : "NOT rolled back (" + rb.ToString() + ")"));
 }
 
