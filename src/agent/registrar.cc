@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <future>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
@@ -81,8 +82,11 @@ struct Registrar::Impl {
         .dump();
   }
 
-  std::string HeartbeatBody(int64_t lease) const {
-    json status = json::parse(StatusToJson(agent->GetStatus()), nullptr, false);
+  // `status`: the agent's /v1/status JSON, or null when it is not ready (then the
+  // heartbeat only keeps the lease: see StatusFor).
+  std::string HeartbeatBody(int64_t lease, const std::string* status_json) const {
+    if (status_json == nullptr) return json{{"lease", lease}, {"boot", boot}}.dump();
+    json status = json::parse(*status_json, nullptr, false);
     json datasets = json::array();
     if (storage::DatasetStore* st = agent->datasets()) {
       Result<std::vector<storage::DatasetInfo>> ds = st->Datasets();
@@ -134,11 +138,24 @@ struct Registrar::Impl {
       TERN_LOG(INFO) << "registered with the controller at " << addr << " (heartbeat every "
                      << every.count() << " ms)";
       outage_logged = false;
+      // The status is gathered on a thread of its own: GetStatus waits for each worker
+      // to finish the guest request it runs (up to that guest's CPU limit, longer on a
+      // loaded machine), and the lease must not wait for that, or a busy agent is taken
+      // for dead. A status not ready within half an interval is sent with a later
+      // heartbeat; meanwhile heartbeats only keep the lease.
+      std::future<std::string> status;
       for (;;) {
         if (!Sleep(every)) return;
-        Result<std::string> hb = (*c)->Call("POST",
-                                            "/v1/agents/" + agent->options().device + "/heartbeat",
-                                            HeartbeatBody(lease), std::chrono::seconds(2));
+        if (!status.valid()) {
+          status = std::async(std::launch::async,
+                              [this] { return StatusToJson(agent->GetStatus()); });
+        }
+        std::string status_json;
+        const bool ready = status.wait_for(every / 2) == std::future_status::ready;
+        if (ready) status_json = status.get();
+        Result<std::string> hb = (*c)->Call(
+            "POST", "/v1/agents/" + agent->options().device + "/heartbeat",
+            HeartbeatBody(lease, ready ? &status_json : nullptr), std::chrono::seconds(2));
         if (hb.ok()) continue;
         if (hb.status().code() == StatusCode::kNotFound) {
           TERN_LOG(WARN) << "the controller forgot this agent (" << hb.status().message()

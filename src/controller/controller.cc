@@ -2137,6 +2137,13 @@ struct Controller::Impl {
       }
       return ErrorResponse(s);
     }
+    if (!j.contains("status")) {
+      // Lease only: the agent's workers were busy when it was due (registrar.cc). Its
+      // next full heartbeat's telemetry covers the whole interval since the last one.
+      MutexLock l(&pub_mu);
+      last_heartbeat_ns[device] = MonoNanos();
+      return HttpResponse::Json(200, json{{"ok", true}}.dump());
+    }
     Telemetry t;
     t.at_ns = MonoNanos();
     t.cpu_ns = j.value("cpu_ns", int64_t{0});
