@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -863,6 +864,27 @@ TEST(ControllerTest, DurableGoesOnDegradedWhenAKeeperDiesAndTheReplacementGetsAF
   EXPECT_EQ(InvokeSvc(*t.other, "counter", "get", ""), "10");
 }
 
+// Stops process `pid` (SIGSTOP: alive, but it answers nothing) and waits until every
+// thread of it has stopped: the signal is delivered asynchronously, and a frame that
+// arrives meanwhile could still be answered.
+bool StopProcess(pid_t pid) {
+  if (::kill(pid, SIGSTOP) != 0) return false;
+  auto all_stopped = [pid] {
+    const std::string dir = "/proc/" + std::to_string(pid) + "/task";
+    std::error_code ec;
+    bool any = false;
+    for (const auto& t : std::filesystem::directory_iterator(dir, ec)) {
+      std::string stat = ReadFile(t.path().string() + "/stat");
+      const size_t paren = stat.rfind(')');
+      if (paren == std::string::npos || paren + 2 >= stat.size()) return false;
+      if (stat[paren + 2] != 'T' && stat[paren + 2] != 't') return false;
+      any = true;
+    }
+    return any && !ec;
+  };
+  return WaitFor(all_stopped, std::chrono::seconds(5));
+}
+
 // The agent's status of instance `id` (its admin API), or null.
 json AgentInstanceStatus(const AgentProc& a, const std::string& id) {
   auto c = transport::JsonApiClient::Connect(a.admin_address(), "agent", std::chrono::seconds(2));
@@ -888,7 +910,7 @@ TEST(ControllerTest, DurableRestoreFromAKeeperThatDroppedOutSaysAcknowledgedRequ
   for (int i = 1; i <= 5; ++i) ASSERT_EQ(t.Incr(*t.home, 100 + i), std::to_string(i));
   const std::string stalled = t.keepers[1], kept = t.keepers[0];
   const pid_t stalled_pid = t.Agent(stalled).child->pid();
-  ASSERT_EQ(::kill(stalled_pid, SIGSTOP), 0);
+  ASSERT_TRUE(StopProcess(stalled_pid));
   ASSERT_EQ(t.Incr(*t.home, 106), "6");  // after the journal timeout, on `kept` alone
   // The controller knew before that reply came back: in its store...
   Result<std::optional<store::KeyValue>> rec =
@@ -939,7 +961,7 @@ TEST(ControllerTest, DurableFailsARequestWhenAKeeperStallsAndTheControllerCannot
   for (int i = 1; i <= 3; ++i) ASSERT_EQ(t.Incr(*t.home, 100 + i), std::to_string(i));
   t.ctl.reset();  // the controller goes
   const pid_t stalled_pid = t.Agent(t.keepers[1]).child->pid();
-  ASSERT_EQ(::kill(stalled_pid, SIGSTOP), 0);
+  ASSERT_TRUE(StopProcess(stalled_pid));
   std::string r = t.Incr(*t.home, 104);
   EXPECT_NE(r.find("keeper " + t.keepers[1] + " did not acknowledge"), std::string::npos) << r;
   EXPECT_NE(r.find("the controller could not be told that " + t.keepers[1] + " drops out"),
@@ -974,7 +996,7 @@ TEST(ControllerTest, DurableNeverRestoresFromAReplacementThatDidNotTakeItsFullRe
     if (d != lost && d != kept) spare = d;
   }
   const pid_t spare_pid = t.Agent(spare).child->pid();
-  ASSERT_EQ(::kill(spare_pid, SIGSTOP), 0);
+  ASSERT_TRUE(StopProcess(spare_pid));
   ASSERT_TRUE(t.Agent(lost).child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
   ASSERT_EQ(t.Incr(*t.home, 104), "4");  // on `kept` alone
   // The controller assigns `spare` with `kept`; the full record times out on `spare`,
