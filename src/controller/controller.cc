@@ -229,6 +229,10 @@ struct Controller::Impl {
   std::deque<std::pair<int64_t, std::string>> events GUARDED_BY(pub_mu);
   std::map<std::string, Telemetry> telemetry GUARDED_BY(pub_mu);
   std::map<std::string, int64_t> last_heartbeat_ns GUARDED_BY(pub_mu);
+  // Keepers reported out of a durable instance's journal to this controller (journal-out):
+  // instance -> keeper -> when (MonoNanos). The checkpointer assigns keepers again at
+  // once instead of waiting for the agent's next heartbeat to say so.
+  std::map<std::string, std::map<std::string, int64_t>> journal_out_at GUARDED_BY(pub_mu);
   // The last version that woke long polls, how many it woke, and how many polls asked for
   // a newer one since (WaitForPollers).
   uint64_t woken_version GUARDED_BY(pub_mu) = 0;
@@ -1489,6 +1493,14 @@ struct Controller::Impl {
           }
         }
       }
+      auto reported = journal_out_at.find(rec.id);
+      if (reported != journal_out_at.end()) {
+        for (const auto& [d, at] : reported->second) {
+          if (in.count(d) && at > ck_taken_ns[rec.id]) {
+            return fmt::format("its keeper {} dropped out (it failed to acknowledge a record)", d);
+          }
+        }
+      }
     }
     if (ck.copies.size() < 2) {
       std::vector<const AgentRecord*> first;
@@ -1671,6 +1683,12 @@ struct Controller::Impl {
     }
     for (auto it = ck_taken_ns.begin(); it != ck_taken_ns.end();) {
       it = view->instances.count(it->first) ? std::next(it) : ck_taken_ns.erase(it);
+    }
+    {
+      MutexLock l(&pub_mu);
+      for (auto it = journal_out_at.begin(); it != journal_out_at.end();) {
+        it = view->instances.count(it->first) ? std::next(it) : journal_out_at.erase(it);
+      }
     }
     return any;
   }
@@ -2204,6 +2222,12 @@ struct Controller::Impl {
     for (const auto& [key, value] : puts) {
       Status s = store->Put(key, value.dump()).status();
       if (!s.ok()) return ErrorResponse(s.WithPrefix("recording a journal keeper's drop-out"));
+    }
+    {
+      MutexLock l(&pub_mu);
+      for (const json& d : j["keepers_out"]) {
+        journal_out_at[d.value("instance", "")][d.value("keeper", "")] = MonoNanos();
+      }
     }
     for (std::string& e : events) Event(std::move(e));
     return HttpResponse::Json(200, json{{"recorded", puts.size()}}.dump());
