@@ -606,7 +606,8 @@ class Agent {
   // Appends the slot's next record (`written` pages, the values of the mutable `globals`
   // and the `current` dedup entry; every page and the whole dedup table to a keeper that
   // needs it, or that refuses a delta) to every keeper in parallel and waits for their
-  // acknowledgements. OK when at least one acknowledged (the others drop out, logged).
+  // acknowledgements. OK when at least one acknowledged and the controller recorded that
+  // the others drop out (ReportKeeperDrops; they then drop out, logged).
   struct AppendOutcome {
     std::vector<std::pair<std::string, Status>> failed;  // keepers that did not take it
     uint64_t full_bytes = 0;  // the size of the full record, if one was sent
