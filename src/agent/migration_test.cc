@@ -613,9 +613,11 @@ TEST_F(MigrationTest, GarbageOnTheMigrationPortClosesThatConnectionOnly) {
 
 TEST(MigrationNestedTest, WaitsForTheRequestBoundaryThenFailsClearlyAtTheTimeout) {
   // One worker on the source: a relay request waiting in a nested call (to a slow callee
-  // on another agent) holds back every control step on that worker.
+  // on another agent) holds back every control step on that worker. The callee runs on
+  // a third agent: its worker is held (below), and the target's must stay free.
   std::unique_ptr<Node> a = StartNode("src", /*workers=*/1);
   std::unique_ptr<Node> b = StartNode("dst");
+  std::unique_ptr<Node> far = StartNode("far", /*workers=*/1);
   Result<ServiceStatus> c = a->agent->Deploy(CounterManifest(1), ReadWasm("counter"));
   ASSERT_TRUE(c.ok()) << c.status();
   const std::string id = c->instances.at(0);
@@ -625,14 +627,14 @@ TEST(MigrationNestedTest, WaitsForTheRequestBoundaryThenFailsClearlyAtTheTimeout
   relay->name = "relay-a";
   ASSERT_TRUE(a->agent->Deploy(*relay, ReadWasm("relay")).ok());
   relay->name = "relay-b";
-  Result<ServiceStatus> rb = b->agent->Deploy(*relay, ReadWasm("relay"));
+  Result<ServiceStatus> rb = far->agent->Deploy(*relay, ReadWasm("relay"));
   ASSERT_TRUE(rb.ok());
   dataplane::InstanceLocation l;
   l.instance = rb->instances.at(0);
   l.service = "relay-b";
-  l.agent = "dst";
+  l.agent = "far";
   l.host = "h2";
-  l.tcp = b->tcp;
+  l.tcp = far->tcp;
   l.epoch = 1;
   ASSERT_TRUE(a->agent->locations().Upsert(l).ok());
   ASSERT_EQ(Call(a->agent.get(), "incr", "2").reply, "2");
@@ -641,7 +643,7 @@ TEST(MigrationNestedTest, WaitsForTheRequestBoundaryThenFailsClearlyAtTheTimeout
   // (a callee that spun 1.2 s instead was done early when the test thread stalled).
   // Declared in this order so that a failed assertion opens the gate, then joins.
   std::jthread slow;
-  std::optional<WorkerGate> callee_busy(std::in_place, b->agent.get(), l.instance);
+  std::optional<WorkerGate> callee_busy(std::in_place, far->agent.get(), l.instance);
   const uint64_t tcp_calls = a->agent->calls_by_tier(dataplane::Tier::kTcp);
   slow = std::jthread([&] {
     InvokeRequest r;
