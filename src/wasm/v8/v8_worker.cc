@@ -246,6 +246,9 @@ Status V8Worker::Invoke(V8Instance* inst, v8::Local<v8::Function> fn, std::strin
   cs.failed = false;
   cs.exited = false;
   cs.reply_in_place = false;
+  cs.mem_buf = inst->Buffer();  // in the caller's handle scope: valid for the whole call
+  cs.mem_base = static_cast<uint8_t*>(cs.mem_buf->Data());
+  cs.mem_size = cs.mem_buf->ByteLength();
 
   // Run tasks V8 posted to this isolate (GC finalization etc.) now and then.
   if (!nested && (++calls_ & 4095) == 0) PumpMessageLoop();
@@ -256,6 +259,8 @@ Status V8Worker::Invoke(V8Instance* inst, v8::Local<v8::Function> fn, std::strin
   v8::MaybeLocal<v8::Value> result = fn->Call(ctx, v8::Undefined(isolate_), 0, nullptr);
   const bool watchdog_fired = nested ? false : slot_->End();
   cs.instance = nullptr;
+  const v8::Local<v8::ArrayBuffer> mem_buf = cs.mem_buf;
+  cs.mem_buf = {};  // its handle scope ends with the caller's
   HostCalls* const call_host = cs.host;
   cs.host = nullptr;
 
@@ -312,16 +317,21 @@ Status V8Worker::Invoke(V8Instance* inst, v8::Local<v8::Function> fn, std::strin
       // (V8 may then have moved the backing store), never shrunk it; checked again anyway.
       // One look at the buffer for both its address and its size (we are inside the
       // call's scopes: no new ones).
-      v8::Local<v8::ArrayBuffer> buf = inst->Buffer();
-      const uint64_t bytes = buf->ByteLength();
+      const uint8_t* base = cs.mem_base;
+      uint64_t bytes = cs.mem_size;
+      if (mem_buf->WasDetached()) {
+        v8::Local<v8::ArrayBuffer> buf = inst->Buffer();
+        base = static_cast<const uint8_t*>(buf->Data());
+        bytes = buf->ByteLength();
+      }
       const uint64_t end = uint64_t{cs.reply_ptr} + cs.reply_len;
       if (end > bytes) {
         return inst->Break(InternalError(fmt::format(
             "handler '{}': its in-place reply [{:#x}, +{}) is outside linear memory ({} bytes)",
             name, cs.reply_ptr, cs.reply_len, bytes)));
       }
-      call_host->SetReplyInPlace(std::string_view(
-          static_cast<const char*>(buf->Data()) + cs.reply_ptr, cs.reply_len));
+      call_host->SetReplyInPlace(
+          std::string_view(reinterpret_cast<const char*>(base) + cs.reply_ptr, cs.reply_len));
     }
     return Status::Ok();
   }
