@@ -2469,9 +2469,10 @@ void Agent::InvokeWith(InvokeRequest req, Done done) {
   if (wt->CanRunInline() && !MayHold()) {
     // A request that arrived on a connection this worker owns (shm or TCP), for one of
     // its instances: run now, no queue (a mutex, a task allocation, a round of the loop).
-    InvokeResult r = Execute(wt, id, req);
+    // Counted until it is done (as RunRequest does): the decrement, a locked
+    // instruction, comes after the reply is out.
+    done(Execute(wt, id, req));
     queued->fetch_sub(1, std::memory_order_relaxed);
-    done(std::move(r));
     return;
   }
   std::function<void(InvokeResult)> fn(std::move(done));

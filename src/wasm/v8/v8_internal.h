@@ -107,9 +107,9 @@ class V8Worker final : public Worker {
   bool OnWorkerThread() const { return std::this_thread::get_id() == thread_; }
 
   // Runs `fn` (an export of `inst`) under the CPU-time limit and turns the outcome into
-  // a Status (engine.h). Needs an entered isolate, HandleScope and context.
-  Status Invoke(V8Instance* inst, v8::Local<v8::Function> fn, std::string_view name,
-                HostCalls* host);
+  // a Status (engine.h). Needs an entered isolate, HandleScope and context (`ctx`).
+  Status Invoke(V8Instance* inst, v8::Local<v8::Context> ctx, v8::Local<v8::Function> fn,
+                std::string_view name, HostCalls* host);
 
   // Throws a WebAssembly.RuntimeError with `message` from inside a host function.
   void ThrowTrap(std::string_view message);
@@ -145,6 +145,11 @@ class V8Worker final : public Worker {
   CallState call_;
   int live_instances_ = 0;
   bool entered_ = false;  // isolate_ stays entered on thread_ (see Init)
+  // With entered_: a handle scope open for the worker's life, under every call's own.
+  // Handles are only ever made in those (V8 aborts on a handle outside any scope), so
+  // it stays empty; it keeps the handle block allocated between calls — without it
+  // each call's scope allocated a block at its first handle and freed it at its end.
+  std::optional<v8::HandleScope> base_scope_;
   uint64_t instantiations_ = 0;
   uint64_t calls_ = 0;
 };
