@@ -105,6 +105,9 @@ class V8Worker final : public Worker {
   v8::Local<v8::Context> context() const { return context_.Get(isolate_); }
   CallState& call() { return call_; }
   bool OnWorkerThread() const { return std::this_thread::get_id() == thread_; }
+  // The isolate and its context stay entered on the worker's thread (the first worker
+  // there; see Init): a call need not enter them.
+  bool stays_entered() const { return entered_; }
 
   // Runs `fn` (an export of `inst`) under the CPU-time limit and turns the outcome into
   // a Status (engine.h). Needs an entered isolate, HandleScope and context (`ctx`).
