@@ -129,7 +129,8 @@ struct Agent::Slot {
   double cpu_per_wall = 1.0;
   int64_t last_exec_ns = 0;
   uint64_t reply_bytes_total = 0;  // reply payloads of successful requests
-  LatencyHistogram exec_hist;      // each request's time in the guest (the SLO's measure)
+  // Each request's latency at this agent (the SLO's measure): arrival to reply ready.
+  LatencyHistogram latency_hist;
   std::string last_error;
   uint64_t last_trace_id = 0;  // of the last request served
   uint64_t last_idempotency_key = 0;
@@ -1868,6 +1869,7 @@ transport::Frame ReplyHead(uint64_t request_id) {
 
 InvokeRequest RequestFromFrame(transport::Frame&& f, int64_t received_ns) {
   InvokeRequest req;
+  req.received_ns = received_ns;
   req.service = std::move(f.service);
   req.handler = std::move(f.handler);
   // "handler@instance" addresses one instance (a stateful one, or a request forwarded
@@ -2476,6 +2478,8 @@ void Agent::InvokeWith(InvokeRequest req, Done done) {
     return;
   }
   std::function<void(InvokeResult)> fn(std::move(done));
+  // Its wait in the queue counts in its latency (a request run inline arrived just now).
+  if (req.received_ns == 0) req.received_ns = MonoNanos();
   auto task = [this, wt, id, req = std::move(req), fn, queued]() mutable {
     RunRequest(wt, id, req, fn, queued.get());
   };
@@ -2526,12 +2530,28 @@ InvokeResult Agent::ExecuteTraced(WorkerThread* wt, const std::string& id, const
   }
   slot.last_trace_id = trace_id;
   slot.last_idempotency_key = req.idempotency_key;
-  if (req.deadline_ns != 0 && MonoNanos() >= req.deadline_ns) {
+  // The request's wall time here is measured by the TSC (CycleNanos: ~25 ns a read
+  // against ~58 for clock_gettime here, and a small request reads it twice): t0 on.
+  // Its latency at this agent, the SLO's measure (docs/design/agent.md), runs from its
+  // arrival (the kernel's receive time of its frame, or when it was queued: both by
+  // CLOCK_MONOTONIC) until its reply is ready — queue wait, guest, commit, journal and
+  // rollback included: the wait before t0 by CLOCK_MONOTONIC (read only when there is
+  // an arrival time or a deadline: not for a request served inline off a shm ring),
+  // the rest by CycleNanos.
+  const int64_t t0 = CycleNanos();
+  const int64_t mono0 = req.received_ns > 0 || req.deadline_ns != 0 ? MonoNanos() : 0;
+  const int64_t waited =
+      req.received_ns > 0 && req.received_ns <= mono0 ? mono0 - req.received_ns : 0;
+  auto record_latency = [&slot, t0, waited](int64_t end_cycle_ns) {
+    slot.latency_hist.Record(waited + (end_cycle_ns - t0));
+  };
+  if (req.deadline_ns != 0 && mono0 >= req.deadline_ns) {
     ++slot.expired;
+    record_latency(t0);  // its caller waited that long for nothing
     return InvokeResult{DeadlineExceededError(fmt::format(
                             "request expired after waiting in the queue of {} (its deadline "
                             "passed {} µs ago); not run",
-                            id, (MonoNanos() - req.deadline_ns) / 1000)),
+                            id, (mono0 - req.deadline_ns) / 1000)),
                         {},
                         id,
                         0};
@@ -2547,9 +2567,6 @@ InvokeResult Agent::ExecuteTraced(WorkerThread* wt, const std::string& id, const
       return InvokeResult{Status(e.code, e.reply), {}, id, 0};
     }
   }
-  // The request's wall time, by the TSC (CycleNanos: ~25 ns a read here, against ~58 for
-  // clock_gettime, and a small request reads it twice): a duration only.
-  const int64_t t0 = CycleNanos();
   CallingHost host(this, wt, req, trace_id, slot.id);
   // The request's own CPU time: the thread's, less what it spent waiting for calls and
   // remote dataset reads (WaitCall: spinning, other requests served meanwhile). Reading
@@ -2571,7 +2588,6 @@ InvokeResult Agent::ExecuteTraced(WorkerThread* wt, const std::string& id, const
   int64_t dt = CycleNanos() - t0;
   ++slot.requests;
   slot.exec_ns_total += dt;
-  slot.exec_hist.Record(dt);
   slot.last_exec_ns = dt;
   const int64_t own_wall = std::max<int64_t>(dt - wt->wait_wall_ns(), 0);
   if (measure) {
@@ -2604,11 +2620,16 @@ InvokeResult Agent::ExecuteTraced(WorkerThread* wt, const std::string& id, const
       // No reply before what the request changed is durable on the keeper; if it cannot
       // be, the request is undone and fails.
       Status d = MakeDurable(wt, &slot, req, s.code(), ok ? host.reply() : std::string(s.message()));
-      if (!d.ok()) return InvokeResult{std::move(d), {}, id, CycleNanos() - t0};
+      const int64_t end = CycleNanos();
+      record_latency(end);
+      if (!d.ok()) return InvokeResult{std::move(d), {}, id, end - t0};
     } else if (slot.service->manifest.stateful) {
       // The new state is the rollback point.
       Status snap = UpdateGoodState(&slot);
       if (!snap.ok()) TERN_LOG(ERROR) << "snapshot of " << slot.id << " failed: " << snap;
+      record_latency(CycleNanos());
+    } else {
+      record_latency(t0 + dt);  // nothing after the guest: no clock read
     }
     if (req.idempotency_key != 0) {
       slot.Remember(req.idempotency_key, s.code(),
@@ -2642,6 +2663,7 @@ InvokeResult Agent::ExecuteTraced(WorkerThread* wt, const std::string& id, const
     msg += "; rolling instance " + id + " back failed (" + rb.ToString() + ")";
     TERN_LOG(ERROR) << "rollback of " << id << " failed: " << rb;
   }
+  record_latency(CycleNanos());
   return InvokeResult{Status(s.code(), msg), {}, id, dt};
 }
 
@@ -2953,6 +2975,34 @@ Status Agent::AppendRecord(WorkerThread* wt, Slot* slot, const std::vector<uint3
     return Status(timed_out ? StatusCode::kDeadlineExceeded : StatusCode::kUnavailable,
                   fmt::format("{}", fmt::join(why, "; ")));
   }
+  // Durable on fewer keepers than assigned: before anything is acknowledged so, the
+  // controller records that the others drop out as of this record (the configuration
+  // master of primary-backup replication), so that a restore that can read only a keeper
+  // that dropped out knows its journal is not complete and says so. When the controller
+  // cannot be told, nothing is acknowledged on the survivors alone: the request fails and
+  // is undone, and the failed keepers do not drop out (the next request tries them again).
+  std::vector<KeeperDrop> drops;
+  std::vector<std::string> dropping;
+  for (Append& a : appends) {
+    if (a.status.ok()) continue;
+    dropping.push_back(a.keeper->device);
+    drops.push_back({slot->id, a.keeper->device,
+                     KeeperFailure(a.keeper->device, a.status, options_.journal_timeout_ns), seq,
+                     acked});
+  }
+  if (!drops.empty()) {
+    Status told = ReportKeeperDrops(wt, slot, std::move(drops));
+    if (!told.ok()) {
+      // Those that took the record hold one that is undone: a full record next.
+      for (Append& a : appends) a.keeper->full = true;
+      // kDeadlineExceeded: the caller's error then says that a retry with the same
+      // idempotency key is answered from the record if it surfaces in a restore.
+      return DeadlineExceededError(fmt::format(
+          "{}; the record is on {} alone, and the controller could not be told that {} drops "
+          "out ({}), so it is not acknowledged with fewer copies",
+          fmt::join(why, "; "), fmt::join(acked, ", "), fmt::join(dropping, " and "), told.message()));
+    }
+  }
   ++slot->journal_appends;
   for (Append& a : appends) {
     if (a.status.ok()) continue;
@@ -2967,6 +3017,36 @@ Status Agent::AppendRecord(WorkerThread* wt, Slot* slot, const std::vector<uint3
                    << acked.size() << " of " << kJournalCopies << " copies)";
   }
   return Status::Ok();
+}
+
+void Agent::SetKeeperDropReporter(KeeperDropReporter reporter) {
+  MutexLock l(&reporter_mu_);
+  keeper_drop_reporter_ = std::move(reporter);
+}
+
+Status Agent::ReportKeeperDrops(WorkerThread* wt, Slot* slot, std::vector<KeeperDrop> drops) {
+  auto call = std::make_shared<OutCall>();
+  call->service = "controller";
+  call->handler = "journal-out";
+  // A backstop only: the reporter answers within the timeout. Its answer is completed on
+  // this worker (a posted task), so that it cannot race the backstop.
+  call->deadline_ns = MonoNanos() + 2 * options_.journal_timeout_ns;
+  {
+    // Called under the lock, so that the registrar's reporter cannot go meanwhile.
+    MutexLock l(&reporter_mu_);
+    if (!keeper_drop_reporter_) return Status::Ok();  // no controller: nobody to tell
+    keeper_drop_reporter_(std::move(drops), options_.journal_timeout_ns, [wt, call](Status s) {
+      wt->Post(
+          [call, code = s.code(), msg = std::string(s.message())]() mutable {
+            if (!call->done.load(std::memory_order_acquire)) call->Complete(code, std::move(msg));
+          },
+          {}, /*io=*/true);
+    });
+  }
+  wt->PushBusy(slot->id);
+  if (!call->done.load(std::memory_order_acquire)) wt->WaitCall(call.get());
+  wt->PopBusy();
+  return call->code == StatusCode::kOk ? Status::Ok() : Status(call->code, call->result);
 }
 
 Status Agent::MakeDurable(WorkerThread* wt, Slot* slot, const InvokeRequest& req, StatusCode code,
@@ -3004,9 +3084,12 @@ Status Agent::MakeDurable(WorkerThread* wt, Slot* slot, const InvokeRequest& req
       "the state of {} could not be made durable: {}{}; the request's effects were {} and it is "
       "not acknowledged",
       slot->id, st.message(),
-      st.code() == StatusCode::kDeadlineExceeded
-          ? " (it may still have it: retry with the same idempotency key)"
-          : "",
+      st.code() != StatusCode::kDeadlineExceeded ? ""
+      : keyed ? " (it may still have it: retry with the same idempotency key)"
+          // A restore before the next acknowledged write would replay the late record:
+          // only a key lets a retry find out whether it took effect.
+          : " (it may still have it: without an idempotency key a retry cannot tell "
+            "whether the request took effect)",
       rb.ok() ? "rolled back" : "NOT rolled back (" + rb.ToString() + ")"));
 }
 
@@ -3307,9 +3390,9 @@ AgentStatus Agent::GetStatus() {
         is.exec_ns_total = slot->exec_ns_total;
         is.cpu_ns_total = slot->cpu_ns_total;
         is.reply_bytes_total = slot->reply_bytes_total;
-        const auto& counts = slot->exec_hist.counts();
+        const auto& counts = slot->latency_hist.counts();
         for (int b = 0; b < LatencyHistogram::kBuckets; ++b) {
-          if (counts[b] != 0) is.exec_hist.emplace_back(b, counts[b]);
+          if (counts[b] != 0) is.latency_hist.emplace_back(b, counts[b]);
         }
         is.last_error = slot->last_error;
         is.last_trace_id = slot->last_trace_id;

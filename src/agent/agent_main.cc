@@ -65,6 +65,9 @@ int RunAgentCommand(int argc, char** argv) {
         "share of the cores kept for the device's main task (serving its datasets), in "
         "[0, 1): guests then run in a child cgroup limited to the rest (cgroup v1)");
   f.Add("memory-mib", "1024", "memory this device offers to instances, MiB");
+  f.Add("journal-timeout-ms", "2000",
+        "how long a durable instance's reply waits for a keeper to acknowledge its journal "
+        "record before the keeper drops out (docs/design/migration.md, \"A keeper fails\")");
   f.Add("advertise", "",
         "address other agents and the controller reach this agent at (default: --host)");
   f.Add("config", "",
@@ -80,7 +83,8 @@ int RunAgentCommand(int argc, char** argv) {
         {"device", "host", "port", "admin_port", "data_dir", "workers", "log_level", "v8_flags",
          "host_id", "shm_socket", "call_transport", "tcp_serving", "locations", "controller",
          "kind",
-         "cores", "speed", "reserved", "memory_mib", "advertise", "datasets_dir"});
+         "cores", "speed", "reserved", "memory_mib", "advertise", "datasets_dir",
+         "journal_timeout_ms"});
     if (!c.ok()) {
       std::fprintf(stderr, "tern agent: %s\n", c.status().ToString().c_str());
       return 2;
@@ -111,6 +115,7 @@ int RunAgentCommand(int argc, char** argv) {
   Result<int64_t> admin_port = num("admin-port", 0, 65535);
   Result<int64_t> workers = num("workers", 1, 256);
   Result<int64_t> memory_mib = num("memory-mib", 1, int64_t{1} << 30);
+  Result<int64_t> journal_timeout_ms = num("journal-timeout-ms", 10, 600'000);
   auto positive = [&](const std::string& flag) -> Result<double> {
     std::string v = str(flag);
     char* end = nullptr;
@@ -134,7 +139,8 @@ int RunAgentCommand(int argc, char** argv) {
     return d;
   }();
   for (const Status& s : {port.status(), admin_port.status(), workers.status(),
-                          memory_mib.status(), cores.status(), speed.status(), reserved.status()}) {
+                          memory_mib.status(), journal_timeout_ms.status(), cores.status(),
+                          speed.status(), reserved.status()}) {
     if (!s.ok()) {
       std::fprintf(stderr, "tern agent: %s\n", std::string(s.message()).c_str());
       return 2;
@@ -159,6 +165,7 @@ int RunAgentCommand(int argc, char** argv) {
   ao.datasets_dir = str("datasets-dir");
   ao.cores = *cores;
   ao.reserved = *reserved;
+  ao.journal_timeout_ns = *journal_timeout_ms * 1'000'000;
   Result<dataplane::TierPolicy> policy = dataplane::ParseTierPolicy(str("call-transport"));
   if (!policy.ok()) {
     std::fprintf(stderr, "tern agent: --call-transport: %s\n",
