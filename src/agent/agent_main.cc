@@ -65,12 +65,16 @@ int RunAgentCommand(int argc, char** argv) {
         "share of the cores kept for the device's main task (serving its datasets), in "
         "[0, 1): guests then run in a child cgroup limited to the rest (cgroup v1)");
   f.Add("memory-mib", "1024", "memory this device offers to instances, MiB");
+  f.Add("memory-reserve-mb", "128",
+        "warm memory (MiB) kept faulted in, in 2 MiB huge pages, filled at idle priority, "
+        "for incoming migrations to land on instead of fresh pages (refilled after use); "
+        "it stays in the agent's RSS. 0 = none");
   f.Add("advertise", "",
         "address other agents and the controller reach this agent at (default: --host)");
   f.Add("config", "",
         "YAML file with any of: device, host, port, admin_port, data_dir, "
         "workers, log_level, v8_flags, host_id, shm_socket, call_transport, tcp_serving, "
-        "locations "
+        "locations, memory_reserve_mb "
         "(flags given on the command line win)");
   if (int rc = cli::ParseFlagsOrExit(&f, argc, argv, "tern agent", 0, 0); rc >= 0) return rc;
   Config cfg;
@@ -80,7 +84,8 @@ int RunAgentCommand(int argc, char** argv) {
         {"device", "host", "port", "admin_port", "data_dir", "workers", "log_level", "v8_flags",
          "host_id", "shm_socket", "call_transport", "tcp_serving", "locations", "controller",
          "kind",
-         "cores", "speed", "reserved", "memory_mib", "advertise", "datasets_dir"});
+         "cores", "speed", "reserved", "memory_mib", "memory_reserve_mb", "advertise",
+         "datasets_dir"});
     if (!c.ok()) {
       std::fprintf(stderr, "tern agent: %s\n", c.status().ToString().c_str());
       return 2;
@@ -111,6 +116,7 @@ int RunAgentCommand(int argc, char** argv) {
   Result<int64_t> admin_port = num("admin-port", 0, 65535);
   Result<int64_t> workers = num("workers", 1, 256);
   Result<int64_t> memory_mib = num("memory-mib", 1, int64_t{1} << 30);
+  Result<int64_t> memory_reserve_mb = num("memory-reserve-mb", 0, int64_t{1} << 20);
   auto positive = [&](const std::string& flag) -> Result<double> {
     std::string v = str(flag);
     char* end = nullptr;
@@ -133,8 +139,9 @@ int RunAgentCommand(int argc, char** argv) {
     }
     return d;
   }();
-  for (const Status& s : {port.status(), admin_port.status(), workers.status(),
-                          memory_mib.status(), cores.status(), speed.status(), reserved.status()}) {
+  for (const Status& s :
+       {port.status(), admin_port.status(), workers.status(), memory_mib.status(),
+        memory_reserve_mb.status(), cores.status(), speed.status(), reserved.status()}) {
     if (!s.ok()) {
       std::fprintf(stderr, "tern agent: %s\n", std::string(s.message()).c_str());
       return 2;
@@ -159,6 +166,7 @@ int RunAgentCommand(int argc, char** argv) {
   ao.datasets_dir = str("datasets-dir");
   ao.cores = *cores;
   ao.reserved = *reserved;
+  ao.memory_reserve_bytes = static_cast<uint64_t>(*memory_reserve_mb) << 20;
   Result<dataplane::TierPolicy> policy = dataplane::ParseTierPolicy(str("call-transport"));
   if (!policy.ok()) {
     std::fprintf(stderr, "tern agent: --call-transport: %s\n",
@@ -217,7 +225,8 @@ int RunAgentCommand(int argc, char** argv) {
                  << (shm_socket.empty() ? "" : ", shared memory on " + shm_socket)
                  << ", host " << ao.host << ", calls " << dataplane::TierPolicyName(ao.tier_policy)
                  << ", TCP served by " << TcpServingName(so.tcp_serving)
-                 << (ao.data_dir.empty() ? "" : ", data in " + ao.data_dir);
+                 << (ao.data_dir.empty() ? "" : ", data in " + ao.data_dir)
+                 << fmt::format(", memory reserve {} MiB", ao.memory_reserve_bytes >> 20);
   std::unique_ptr<Registrar> registrar;
   if (!str("controller").empty()) {
     RegistrarOptions ro;
