@@ -2654,6 +2654,12 @@ Status Agent::FinishRollback(WorkerThread* wt, Slot* slot) {
   return rb;
 }
 
+namespace {
+// Defined with the migration target's code below.
+void GrowWarm(MemoryReserve* reserve, wasm::Instance* inst, uint64_t bytes);
+void ReserveWarm(MemoryReserve* reserve, std::string* s, size_t bytes);
+}  // namespace
+
 Status Agent::RestoreSlot(WorkerThread* wt, Slot* slot, const wasm::Snapshot& snap) {
   // In place when the memory has not outgrown the snapshot: every byte and the stack
   // pointer are overwritten, and the pages are already faulted in (7-29 GB/s here,
@@ -2667,6 +2673,7 @@ Status Agent::RestoreSlot(WorkerThread* wt, Slot* slot, const wasm::Snapshot& sn
     return Status::Ok();
   }
   if (slot->inst->memory_bytes() <= snap.memory.size()) {
+    GrowWarm(reserve_.get(), slot->inst.get(), snap.memory.size());
     Status s = slot->inst->Restore(snap);
     if (s.ok()) {
       if (slot->tracker != nullptr) {
@@ -2686,6 +2693,7 @@ Status Agent::RestoreSlot(WorkerThread* wt, Slot* slot, const wasm::Snapshot& sn
   TERN_ASSIGN_OR_RETURN(std::unique_ptr<wasm::Instance> fresh,
                         wt->worker()->Instantiate(slot->service->module, slot->service->limits,
                                                   /*run_initialize=*/false));
+  GrowWarm(reserve_.get(), fresh.get(), snap.memory.size());
   TERN_RETURN_IF_ERROR(fresh->Restore(snap));
   slot->tracker.reset();  // before the memory it tracks goes away
   slot->tracked_base = nullptr;
@@ -3260,6 +3268,7 @@ Status Agent::Restore(const std::string& instance_id, const wasm::Snapshot& snap
   }
   return RunOnSlot(instance_id, [&](WorkerThread* wt, Slot* slot) -> Status {
     TERN_RETURN_IF_ERROR(RestoreSlot(wt, slot, snap));
+    ReserveWarm(reserve_.get(), &slot->good.memory, snap.memory.size());
     slot->good = snap;
     // As the instance has them (a format-1 snapshot lists none; the stack pointer is one).
     TERN_RETURN_IF_ERROR(slot->inst->SnapshotGlobals(&slot->good));
@@ -3790,6 +3799,29 @@ void MoveWarm(MemoryReserve* reserve, uint8_t* p, size_t n, Ranges* cold, uint64
   if (first > p) cold->emplace_back(p, first - p);
   if (first + got < p + n) cold->emplace_back(first + got, p + n - (first + got));
 }
+
+// Grows `inst`'s memory to `bytes` onto warm memory ahead of a restore that writes all of
+// it (the grown part is untouched and not tracked yet). Best effort: the restore grows
+// and faults in whatever this does not.
+void GrowWarm(MemoryReserve* reserve, wasm::Instance* inst, uint64_t bytes) {
+  const uint64_t have = inst->memory_bytes();
+  if (reserve == nullptr || bytes < have + 2 * kHugePage || !inst->GrowMemory(bytes).ok()) return;
+  Ranges cold;
+  uint64_t warm = 0;
+  MoveWarm(reserve, inst->memory_data() + have, bytes - have, &cold, &warm);
+}
+
+// Gives `*s` (about to be overwritten with `bytes` bytes) a buffer on warm memory when
+// its own is too small.
+void ReserveWarm(MemoryReserve* reserve, std::string* s, size_t bytes) {
+  if (reserve == nullptr || s->capacity() >= bytes || bytes < 2 * kHugePage) return;
+  std::string fresh;
+  fresh.reserve(bytes);
+  Ranges cold;
+  uint64_t warm = 0;
+  MoveWarm(reserve, reinterpret_cast<uint8_t*>(fresh.data()) + 1, bytes - 1, &cold, &warm);
+  s->swap(fresh);
+}
 }  // namespace
 
 struct Agent::Incoming {
@@ -3807,7 +3839,8 @@ struct Agent::Incoming {
   std::optional<uint32_t> sp;
   std::unique_ptr<Prefaulter> prefault;  // while the pages arrive
   // Keeps the agent's memory reserve from refilling (competing for the CPU) until the
-  // instance is committed or dropped; `warm`: the bytes it placed under mem and good.
+  // instance is dropped or, committed, this goes (after the commit's reply is sent);
+  // `warm`: the bytes it placed under mem and good.
   MemoryReserve::Hold hold;
   uint64_t warm = 0;
 };
@@ -4036,7 +4069,7 @@ Status Agent::IncomingCommit(const std::shared_ptr<Incoming>& in, std::string_vi
     RoutesChanged();
     has_moved_.store(!moved_to_.empty(), std::memory_order_release);
   }
-  in->hold.Release();  // the reserve refills from now on
+  // The reserve refills once `in` is gone: after the commit's reply is sent.
   return Status::Ok();
 }
 

@@ -68,7 +68,7 @@ int RunAgentCommand(int argc, char** argv) {
   f.Add("memory-reserve-mb", "128",
         "warm memory (MiB) kept faulted in, in 2 MiB huge pages, filled at idle priority, "
         "for incoming migrations to land on instead of fresh pages (refilled after use); "
-        "it stays in the agent's RSS. 0 = none");
+        "it stays in the agent's RSS. 0 = none. Unless given, at most --memory-mib / 8");
   f.Add("advertise", "",
         "address other agents and the controller reach this agent at (default: --host)");
   f.Add("config", "",
@@ -166,7 +166,14 @@ int RunAgentCommand(int argc, char** argv) {
   ao.datasets_dir = str("datasets-dir");
   ao.cores = *cores;
   ao.reserved = *reserved;
-  ao.memory_reserve_bytes = static_cast<uint64_t>(*memory_reserve_mb) << 20;
+  // The default reserve covers a default-sized stateful instance (64 MiB cap: its memory
+  // and its rollback point) but never more than an eighth of what the device offers:
+  // `tern up` limits the agent's cgroup to that memory, and the reserve counts in it.
+  int64_t reserve_mb = *memory_reserve_mb;
+  if (!f.IsSet("memory-reserve-mb") && !cfg.Has("memory_reserve_mb")) {
+    reserve_mb = std::min<int64_t>(reserve_mb, *memory_mib / 8);
+  }
+  ao.memory_reserve_bytes = static_cast<uint64_t>(reserve_mb) << 20;
   Result<dataplane::TierPolicy> policy = dataplane::ParseTierPolicy(str("call-transport"));
   if (!policy.ok()) {
     std::fprintf(stderr, "tern agent: --call-transport: %s\n",

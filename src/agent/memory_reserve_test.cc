@@ -79,6 +79,7 @@ TEST(MemoryReserveTest, HandsOutZeroedAlignedResidentBlocksAndRefills) {
   Mapping dst2(16 * kMiB);
   ASSERT_NE(dst2.p, nullptr);
   std::memset(dst2.p, 0xCD, dst2.bytes);
+  MemoryReserve::Hold hold(&r);  // no refill until the checks below
   const size_t placed = r.MoveInto(dst2.p, dst2.bytes);
   EXPECT_EQ(placed, 8 * kMiB) << "the whole reserve, no more";
   uint8_t* a2 = reinterpret_cast<uint8_t*>(
@@ -90,6 +91,7 @@ TEST(MemoryReserveTest, HandsOutZeroedAlignedResidentBlocksAndRefills) {
   std::memset(a2, 0x11, placed);
   EXPECT_EQ(a2[placed - 1], 0x11);
   EXPECT_EQ(r.stats().ready_bytes, 0u);
+  hold.Release();
   ASSERT_TRUE(r.WaitFull(kWait));
 }
 

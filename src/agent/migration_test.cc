@@ -810,5 +810,32 @@ TEST(MigrationReserveTest, AReserveSmallerThanTheInstanceFallsBackToFreshPages) 
   ExpectRollbackPointIsTheState(b->agent.get(), id);
 }
 
+// A restore from a snapshot (and a rollback or journal replay, the same code) grows the
+// memory onto warm blocks too, and its rollback point.
+TEST(MigrationReserveTest, ARestoreLandsOnWarmMemory) {
+  std::unique_ptr<Node> a = StartNode("src");
+  std::unique_ptr<Node> b = StartNode("dst", 2, 1024, 48 * kMiB);
+  Result<ServiceStatus> s = a->agent->Deploy(CounterManifest(1), ReadWasm("counter"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_TRUE(Call(a->agent.get(), "fill", "16384").status.ok());
+  ASSERT_TRUE(Call(a->agent.get(), "incr", "7").status.ok());
+  const std::string sum = Call(a->agent.get(), "check").reply;
+  Result<wasm::Snapshot> snap = a->agent->Snapshot(s->instances.at(0));
+  ASSERT_TRUE(snap.ok()) << snap.status();
+  Result<ServiceStatus> t = b->agent->Deploy(CounterManifest(1), ReadWasm("counter"));
+  ASSERT_TRUE(t.ok()) << t.status();
+  const std::string id = t->instances.at(0);
+  ASSERT_TRUE(b->agent->memory_reserve()->WaitFull(kReserveWait));
+  ASSERT_TRUE(b->agent->Restore(id, *snap).ok());
+  EXPECT_GE(b->agent->memory_reserve()->stats().moved_bytes, 2 * 12 * kMiB);
+  InvokeResult check = Call(b->agent.get(), "check");
+  ASSERT_TRUE(check.status.ok()) << check.status;
+  EXPECT_EQ(check.reply, sum);
+  EXPECT_EQ(Call(b->agent.get(), "get").reply, "7");
+  ExpectRollbackPointIsTheState(b->agent.get(), id);
+  ASSERT_TRUE(Call(b->agent.get(), "touch", "64").status.ok());
+  ExpectRollbackPointIsTheState(b->agent.get(), id);
+}
+
 }  // namespace
 }  // namespace tern::agent
