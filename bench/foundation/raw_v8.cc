@@ -9,118 +9,13 @@
 #include <thread>
 
 #include "common/bench_util.h"
-#include "wasm/module_info.h"
+#include "common/raw_v8_module.h"
 
 namespace tern::bench {
 namespace {
 
-v8::Local<v8::String> Str(v8::Isolate* iso, std::string_view s) {
-  return v8::String::NewFromUtf8(iso, s.data(), v8::NewStringType::kInternalized,
-                                 static_cast<int>(s.size()))
-      .ToLocalChecked();
-}
-
-// Every import: returns 0 (the floor's guest never calls them on the measured path).
-void StubImport(const v8::FunctionCallbackInfo<v8::Value>& info) { info.GetReturnValue().Set(0); }
-
-std::string ExceptionString(v8::Isolate* iso, v8::Local<v8::Context> ctx, v8::TryCatch& tc) {
-  if (tc.HasTerminated()) return "terminated";
-  if (!tc.HasCaught()) return "failed without an exception";
-  v8::Local<v8::String> s;
-  if (!tc.Exception()->ToString(ctx).ToLocal(&s)) return "exception";
-  v8::String::Utf8Value u(iso, s);
-  return *u ? std::string(*u, u.length()) : "exception";
-}
-
-// What a measurement body gets: an entered isolate and context, a TryCatch, and a
-// function that instantiates the compiled module with stub imports.
-struct RawEnv {
-  v8::Isolate* iso;
-  v8::Local<v8::Context> ctx;
-  v8::TryCatch* tc;
-  // new WebAssembly.Instance(module, imports) [+ exports._initialize()]; the exports.
-  std::function<Result<v8::Local<v8::Object>>(bool run_init)> instantiate;
-};
-
-// Creates an isolate on the calling thread, compiles `wasm_bytes`, builds the stub
-// imports, runs `body`, and disposes of the isolate.
-Status WithRawModule(std::string_view wasm_bytes, const std::function<Status(RawEnv&)>& body) {
-  TERN_ASSIGN_OR_RETURN(wasm::ModuleInfo info, wasm::ParseModuleInfo(wasm_bytes));
-  std::unique_ptr<v8::ArrayBuffer::Allocator> allocator(
-      v8::ArrayBuffer::Allocator::NewDefaultAllocator());
-  v8::Isolate::CreateParams params;
-  params.array_buffer_allocator = allocator.get();
-  v8::Isolate* iso = v8::Isolate::New(params);
-  if (iso == nullptr) return ResourceExhaustedError("cannot create an isolate");
-  Status st = [&]() -> Status {
-    v8::Isolate::Scope isolate_scope(iso);
-    v8::HandleScope outer(iso);
-    v8::Local<v8::Context> ctx = v8::Context::New(iso);
-    v8::Context::Scope context_scope(ctx);
-    v8::TryCatch tc(iso);
-
-    v8::Local<v8::WasmModuleObject> module;
-    if (!v8::WasmModuleObject::Compile(
-             iso, v8::MemorySpan<const uint8_t>(reinterpret_cast<const uint8_t*>(wasm_bytes.data()),
-                                                wasm_bytes.size()))
-             .ToLocal(&module)) {
-      return InvalidArgumentError("raw V8 compile: " + ExceptionString(iso, ctx, tc));
-    }
-    // imports = { module: { name: stub, ... }, ... }
-    v8::Local<v8::Object> imports = v8::Object::New(iso);
-    v8::Local<v8::Function> stub = v8::Function::New(ctx, StubImport).ToLocalChecked();
-    for (const wasm::ImportDesc& imp : info.imports) {
-      if (imp.kind != wasm::ExternKind::kFunction) {
-        return UnimplementedError("raw V8 floor: only function imports are stubbed");
-      }
-      v8::Local<v8::Value> ns;
-      if (!imports->Get(ctx, Str(iso, imp.module)).ToLocal(&ns) || !ns->IsObject()) {
-        ns = v8::Object::New(iso);
-        if (imports->Set(ctx, Str(iso, imp.module), ns).IsNothing()) {
-          return InternalError("raw V8: cannot build the imports object");
-        }
-      }
-      if (ns.As<v8::Object>()->Set(ctx, Str(iso, imp.name), stub).IsNothing()) {
-        return InternalError("raw V8: cannot build the imports object");
-      }
-    }
-    v8::Local<v8::Value> wa, ctor_v;
-    if (!ctx->Global()->Get(ctx, Str(iso, "WebAssembly")).ToLocal(&wa) || !wa->IsObject() ||
-        !wa.As<v8::Object>()->Get(ctx, Str(iso, "Instance")).ToLocal(&ctor_v) ||
-        !ctor_v->IsFunction()) {
-      return InternalError("no WebAssembly.Instance");
-    }
-    v8::Local<v8::Function> ctor = ctor_v.As<v8::Function>();
-    v8::Local<v8::String> exports_s = Str(iso, "exports");
-    v8::Local<v8::String> init_s = Str(iso, "_initialize");
-    v8::Local<v8::Value> argv[2] = {module, imports};
-
-    RawEnv env{iso, ctx, &tc, nullptr};
-    env.instantiate = [&](bool run_init) -> Result<v8::Local<v8::Object>> {
-      v8::Local<v8::Object> inst;
-      v8::Local<v8::Value> exports;
-      if (!ctor->NewInstance(ctx, 2, argv).ToLocal(&inst) ||
-          !inst->Get(ctx, exports_s).ToLocal(&exports) || !exports->IsObject()) {
-        return InvalidArgumentError("raw V8 instantiate: " + ExceptionString(iso, ctx, tc));
-      }
-      if (run_init) {
-        v8::Local<v8::Value> init;
-        if (exports.As<v8::Object>()->Get(ctx, init_s).ToLocal(&init) && init->IsFunction()) {
-          if (init.As<v8::Function>()->Call(ctx, v8::Undefined(iso), 0, nullptr).IsEmpty()) {
-            return AbortedError("raw V8 _initialize: " + ExceptionString(iso, ctx, tc));
-          }
-        }
-      }
-      return exports.As<v8::Object>();
-    };
-    return body(env);
-  }();
-  iso->Dispose();
-  return st;
-}
-
 Status RunOnThisThread(std::string_view wasm_bytes, const RawV8Options& o, RawV8Results* out) {
-  return WithRawModule(wasm_bytes, [&](RawEnv& env) -> Status {
+  return WithRawModule(wasm_bytes, nullptr, nullptr, [&](RawEnv& env) -> Status {
     v8::Isolate* iso = env.iso;
     v8::Local<v8::Context> ctx = env.ctx;
     v8::TryCatch& tc = *env.tc;
@@ -128,7 +23,7 @@ Status RunOnThisThread(std::string_view wasm_bytes, const RawV8Options& o, RawV8
     // --- export calls on one warm instance.
     TERN_ASSIGN_OR_RETURN(v8::Local<v8::Object> exports, instantiate(true));
     v8::Local<v8::Value> fn_v;
-    if (!exports->Get(ctx, Str(iso, o.export_name)).ToLocal(&fn_v) || !fn_v->IsFunction()) {
+    if (!exports->Get(ctx, V8Str(iso, o.export_name)).ToLocal(&fn_v) || !fn_v->IsFunction()) {
       return NotFoundError("raw V8: no export " + o.export_name);
     }
     v8::Local<v8::Function> fn = fn_v.As<v8::Function>();
@@ -147,7 +42,7 @@ Status RunOnThisThread(std::string_view wasm_bytes, const RawV8Options& o, RawV8
           int64_t t0 = samples ? NowNs() : 0;
           v8::MaybeLocal<v8::Value> r = fn->Call(ctx, recv, 0, nullptr);
           if (samples) samples->push_back(NowNs() - t0);
-          if (r.IsEmpty()) return AbortedError("raw V8 call: " + ExceptionString(iso, ctx, tc));
+          if (r.IsEmpty()) return AbortedError("raw V8 call: " + V8ExceptionString(iso, ctx, tc));
         }
         if (batches != nullptr && done - first == kPerScope) {
           batches->push_back((NowNs() - b0) * 1000 / static_cast<int64_t>(kPerScope));
@@ -182,11 +77,11 @@ Status RunOnThisThread(std::string_view wasm_bytes, const RawV8Options& o, RawV8
 
 Status RestoreOnThisThread(std::string_view wasm_bytes, std::string_view image, size_t reps,
                            RawRestoreResults* out) {
-  return WithRawModule(wasm_bytes, [&](RawEnv& env) -> Status {
+  return WithRawModule(wasm_bytes, nullptr, nullptr, [&](RawEnv& env) -> Status {
     v8::Isolate* iso = env.iso;
     v8::Local<v8::Context> ctx = env.ctx;
-    v8::Local<v8::String> memory_s = Str(iso, "memory");
-    v8::Local<v8::String> grow_s = Str(iso, "grow");
+    v8::Local<v8::String> memory_s = V8Str(iso, "memory");
+    v8::Local<v8::String> grow_s = V8Str(iso, "grow");
     for (size_t i = 0; i < reps; ++i) {
       v8::HandleScope scope(iso);
       const int64_t t0 = NowNs();
@@ -203,7 +98,7 @@ Status RestoreOnThisThread(std::string_view wasm_bytes, std::string_view image, 
           v8::Integer::NewFromUnsigned(iso, static_cast<uint32_t>((image.size() - have) / 65536));
       if (!mem->Get(ctx, grow_s).ToLocal(&grow_v) || !grow_v->IsFunction() ||
           grow_v.As<v8::Function>()->Call(ctx, mem, 1, &delta).IsEmpty()) {
-        return ResourceExhaustedError("raw V8 memory.grow: " + ExceptionString(iso, ctx, *env.tc));
+        return ResourceExhaustedError("raw V8 memory.grow: " + V8ExceptionString(iso, ctx, *env.tc));
       }
       const int64_t t2 = NowNs();
       v8::Local<v8::ArrayBuffer> buf = mem->Buffer();

@@ -6,6 +6,9 @@
 //              and back into the reply ring, the client copies the reply out. Waiting:
 //              spin kLimitShmSpin, then futex — except in the pinned placement (both
 //              ends on one vCPU), where it never spins (futex only).
+//   limit_shm_v8  limit_shm with the echo guest (echo.wasm) in a bare V8 sandbox as the
+//              echo (raw_echo.h): the floor of a shared-memory transport to a sandboxed
+//              callee. One call in flight only.
 //   limit_tcp  127.0.0.1, TCP_NODELAY, a uint32 length then the payload; blocking
 //              writev/readv in the client; the echo server reads what has arrived and
 //              writes back every complete message with one write. Also across the
@@ -35,8 +38,11 @@
 #include <vector>
 
 #include "common/bench_util.h"
+#include "core/file.h"
+#include "raw_echo.h"
 #include "rpc_target.h"
 #include "shm_ring.h"
+#include "wasm/engine.h"
 
 namespace tern::bench::rpc {
 namespace {
@@ -65,6 +71,8 @@ struct ShmLayout {
 
 class LimitShm final : public RpcTarget {
  public:
+  // `serve_name`: limit_shm, or limit_shm_v8 (the echo guest behind the same ring).
+  explicit LimitShm(std::string serve_name) : serve_name_(std::move(serve_name)) {}
   ~LimitShm() override { Release(); }
 
   Status Setup(const TargetConfig& config) override {
@@ -87,12 +95,12 @@ class LimitShm final : public RpcTarget {
     ShmRing::Init(base_ + layout_.ring_bytes, layout_.capacity);
     TERN_ASSIGN_OR_RETURN(request_, ShmRing::Attach(base_, layout_.ring_bytes));
     TERN_ASSIGN_OR_RETURN(reply_, ShmRing::Attach(base_ + layout_.ring_bytes, layout_.ring_bytes));
-    TERN_ASSIGN_OR_RETURN(
-        server_,
-        ServerProcess::Start(config.self_binary, "limit_shm", config.placement,
-                             {"--fd=" + std::to_string(fd_), "--spin=" + std::to_string(spin_),
-                              "--payload=" + std::to_string(payload_)},
-                             {fd_}));
+    std::vector<std::string> args = {"--fd=" + std::to_string(fd_),
+                                     "--spin=" + std::to_string(spin_),
+                                     "--payload=" + std::to_string(payload_)};
+    if (serve_name_ == kLimitShmV8) args.push_back("--wasm=" + EchoWasmNextTo(config.self_binary));
+    TERN_ASSIGN_OR_RETURN(server_, ServerProcess::Start(config.self_binary, serve_name_,
+                                                        config.placement, args, {fd_}));
     return Status::Ok();
   }
 
@@ -151,6 +159,7 @@ class LimitShm final : public RpcTarget {
     fd_ = -1;
   }
 
+  std::string serve_name_;
   size_t payload_ = 0;
   int spin_ = 0;
   int max_in_flight_ = 1;
@@ -162,7 +171,10 @@ class LimitShm final : public RpcTarget {
   std::unique_ptr<ServerProcess> server_;
 };
 
-int ServeLimitShm(const ServeArgs& args) {
+// The echo server of limit_shm (echo == nullptr: the payload is copied out of one ring
+// into its own buffer and into the other) and limit_shm_v8 (the echo guest copies it
+// into its memory and replies from there).
+int ServeShmEcho(const ServeArgs& args, const RawEchoFn* echo) {
   const int fd = static_cast<int>(args.Int("fd", -1));
   const int spin = static_cast<int>(args.Int("spin", 0));
   struct stat st;
@@ -184,14 +196,46 @@ int ServeLimitShm(const ServeArgs& args) {
     std::fprintf(stderr, "limit_shm server: %s\n", request.status().ToString().c_str());
     return 1;
   }
-  // The echo's own buffer: the payload is copied out of one ring and into the other.
   std::vector<uint8_t> buf(request->capacity());
   ReportReady("");
   while (true) {
     Result<uint32_t> len = request->Pop(buf.data(), buf.size(), spin, NowNs() + 10'000'000'000);
     if (!len.ok()) continue;  // idle; we end by SIGTERM or with our parent
-    while (!reply->TryPush(buf.data(), *len)) sched_yield();
+    std::span<const uint8_t> out(buf.data(), *len);
+    if (echo != nullptr) {
+      Result<std::span<const uint8_t>> r = (*echo)(out);
+      if (!r.ok()) {
+        std::fprintf(stderr, "limit_shm_v8 server: %s\n", r.status().ToString().c_str());
+        return 1;
+      }
+      out = *r;
+    }
+    while (!reply->TryPush(out.data(), static_cast<uint32_t>(out.size()))) sched_yield();
   }
+}
+
+int ServeLimitShm(const ServeArgs& args) { return ServeShmEcho(args, nullptr); }
+
+int ServeLimitShmV8(const ServeArgs& args) {
+  auto it = args.values.find("wasm");
+  Result<std::string> wasm =
+      it == args.values.end() ? InvalidArgumentError("--wasm=PATH missing") : ReadFile(it->second);
+  Result<std::unique_ptr<wasm::Engine>> engine = wasm::NewV8Engine({});  // initializes V8
+  if (!wasm.ok() || !engine.ok()) {
+    std::fprintf(stderr, "limit_shm_v8 server: %s\n",
+                 (wasm.ok() ? engine.status() : wasm.status()).ToString().c_str());
+    return 1;
+  }
+  int rc = 0;
+  Status st = WithRawEcho(*wasm, [&](const RawEchoFn& echo) {
+    rc = ServeShmEcho(args, &echo);
+    return Status::Ok();
+  });
+  if (!st.ok()) {
+    std::fprintf(stderr, "limit_shm_v8 server: %s\n", st.ToString().c_str());
+    return 1;
+  }
+  return rc;
 }
 
 // ------------------------------------------------------------------------ limit_tcp
@@ -446,8 +490,16 @@ void RegisterLimitTargets(TargetList* list) {
              .description = "raw shared-memory ping-pong: an SPSC ring per direction in a memfd, "
                             "echo process; spin 2000 then futex (pinned: futex only)",
              .in_flight = {1, 16},
-             .make = [] { return std::make_unique<LimitShm>(); },
+             .make = [] { return std::make_unique<LimitShm>("limit_shm"); },
              .serve = ServeLimitShm});
+  list->Add({.name = kLimitShmV8,
+             .group = "limit",
+             .description = "limit_shm with the callee sandboxed: the same ring and echo "
+                            "process, each request answered by the echo guest (echo.wasm) "
+                            "called through V8's API alone (3 host calls, no tern code)",
+             .in_flight = {1},
+             .make = [] { return std::make_unique<LimitShm>(kLimitShmV8); },
+             .serve = ServeLimitShmV8});
   list->Add({.name = "limit_tcp",
              .group = "limit",
              .description = "raw TCP ping-pong on 127.0.0.1: TCP_NODELAY, length-prefixed "

@@ -248,6 +248,17 @@ void AddGoalSummary(json& doc) {
       summary.push_back(Line("tern_shm p50 vs raw shm (limit_shm)", pin, PayloadName(payload),
                              NsOr(tern, ""), NsOr(limit, ""), Div(tern, limit), "tern / limit", 2.0,
                              true));
+      // The same goal for the ring with a sandboxed callee and nothing else: whether a
+      // V8 guest in the path leaves room for 2× at all; and tern against that floor.
+      std::optional<double> v8 = P50(Find(doc, kLimitShmV8, payload, pin));
+      if (v8) {
+        headroom.push_back(Line("limit_shm_v8 p50 vs raw shm (limit_shm)", pin,
+                                PayloadName(payload), NsOr(v8, ""), NsOr(limit, ""),
+                                Div(v8, limit), "sandboxed / limit", 2.0, true));
+        headroom.push_back(Line("tern_shm p50 vs the sandboxed ring (limit_shm_v8)", pin,
+                                PayloadName(payload), NsOr(tern, ""), NsOr(v8, ""), Div(tern, v8),
+                                "tern / sandboxed", 2.0, true));
+      }
     }
   }
   // 2. tern shm at least 30× lower p50 than gRPC unary (gRPC's lower of its two).

@@ -19,6 +19,11 @@
 
 namespace tern::bench::rpc {
 
+std::string EchoWasmNextTo(const std::string& self_binary) {
+  std::string dir = self_binary.substr(0, self_binary.rfind('/'));  // .../bench/rpc
+  return dir + "/../../wasm/echo.wasm";
+}
+
 const char* PlacementName(Placement placement) {
   switch (placement) {
     case Placement::kPinned:

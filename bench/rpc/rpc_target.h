@@ -76,6 +76,11 @@ inline constexpr int64_t kCallTimeoutNs = 5'000'000'000;
 // Names the summary table looks for (the tern rows of the goals).
 inline constexpr const char* kTernShm = "tern_shm";
 inline constexpr const char* kTernTcp = "tern_tcp";
+// The raw ring with a sandboxed callee (limit_targets.cc): the headroom section's floor.
+inline constexpr const char* kLimitShmV8 = "limit_shm_v8";
+
+// The echo guest next to the benchmark: <build>/bench/rpc/rpc_bench → <build>/wasm/echo.wasm.
+std::string EchoWasmNextTo(const std::string& self_binary);
 
 struct TargetConfig {
   size_t payload_bytes = 64;  // request and reply size; at least 8

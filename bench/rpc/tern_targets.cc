@@ -43,12 +43,6 @@ namespace {
 using transport::Frame;
 using transport::FrameType;
 
-// <build>/bench/rpc/rpc_bench → <build>/wasm/echo.wasm
-std::string EchoWasmNextTo(const std::string& self_binary) {
-  std::string dir = self_binary.substr(0, self_binary.rfind('/'));  // .../bench/rpc
-  return dir + "/../../wasm/echo.wasm";
-}
-
 int ServeTernAgent(const ServeArgs& args) {
   auto it = args.values.find("wasm");
   if (it == args.values.end()) {

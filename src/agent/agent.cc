@@ -129,7 +129,8 @@ struct Agent::Slot {
   double cpu_per_wall = 1.0;
   int64_t last_exec_ns = 0;
   uint64_t reply_bytes_total = 0;  // reply payloads of successful requests
-  LatencyHistogram exec_hist;      // each request's time in the guest (the SLO's measure)
+  // Each request's latency at this agent (the SLO's measure): arrival to reply ready.
+  LatencyHistogram latency_hist;
   std::string last_error;
   uint64_t last_trace_id = 0;  // of the last request served
   uint64_t last_idempotency_key = 0;
@@ -1865,6 +1866,7 @@ transport::Frame ReplyHead(uint64_t request_id) {
 
 InvokeRequest RequestFromFrame(transport::Frame&& f, int64_t received_ns) {
   InvokeRequest req;
+  req.received_ns = received_ns;
   req.service = std::move(f.service);
   req.handler = std::move(f.handler);
   // "handler@instance" addresses one instance (a stateful one, or a request forwarded
@@ -2476,6 +2478,8 @@ void Agent::InvokeWith(InvokeRequest req, Done done) {
     return;
   }
   std::function<void(InvokeResult)> fn(std::move(done));
+  // Its wait in the queue counts in its latency (a request run inline arrived just now).
+  if (req.received_ns == 0) req.received_ns = MonoNanos();
   auto task = [this, wt, id, req = std::move(req), fn, queued]() mutable {
     RunRequest(wt, id, req, fn, queued.get());
   };
@@ -2527,8 +2531,16 @@ InvokeResult Agent::ExecuteTraced(WorkerThread* wt, const std::string& id, const
   slot.last_trace_id = trace_id;
   slot.last_idempotency_key = req.idempotency_key;
   int64_t t0 = MonoNanos();
+  // The request's latency at this agent, the SLO's measure (docs/design/agent.md): from
+  // its arrival (the kernel's receive time of its frame, or when it was queued) until
+  // its reply is ready — queue wait, guest, commit, journal and rollback included.
+  const int64_t arrived = req.received_ns > 0 && req.received_ns <= t0 ? req.received_ns : t0;
+  auto record_latency = [&slot, arrived](int64_t end_ns) {
+    slot.latency_hist.Record(end_ns - arrived);
+  };
   if (req.deadline_ns != 0 && t0 >= req.deadline_ns) {
     ++slot.expired;
+    record_latency(t0);  // its caller waited that long for nothing
     return InvokeResult{DeadlineExceededError(fmt::format(
                             "request expired after waiting in the queue of {} (its deadline "
                             "passed {} µs ago); not run",
@@ -2569,7 +2581,6 @@ InvokeResult Agent::ExecuteTraced(WorkerThread* wt, const std::string& id, const
   int64_t dt = MonoNanos() - t0;
   ++slot.requests;
   slot.exec_ns_total += dt;
-  slot.exec_hist.Record(dt);
   slot.last_exec_ns = dt;
   const int64_t own_wall = std::max<int64_t>(dt - wt->wait_wall_ns(), 0);
   if (measure) {
@@ -2602,11 +2613,16 @@ InvokeResult Agent::ExecuteTraced(WorkerThread* wt, const std::string& id, const
       // No reply before what the request changed is durable on the keeper; if it cannot
       // be, the request is undone and fails.
       Status d = MakeDurable(wt, &slot, req, s.code(), ok ? host.reply() : std::string(s.message()));
-      if (!d.ok()) return InvokeResult{std::move(d), {}, id, MonoNanos() - t0};
+      const int64_t end = MonoNanos();
+      record_latency(end);
+      if (!d.ok()) return InvokeResult{std::move(d), {}, id, end - t0};
     } else if (slot.service->manifest.stateful) {
       // The new state is the rollback point.
       Status snap = UpdateGoodState(&slot);
       if (!snap.ok()) TERN_LOG(ERROR) << "snapshot of " << slot.id << " failed: " << snap;
+      record_latency(MonoNanos());
+    } else {
+      record_latency(t0 + dt);  // nothing after the guest: no clock read
     }
     if (req.idempotency_key != 0) {
       slot.Remember(req.idempotency_key, s.code(),
@@ -2640,6 +2656,7 @@ InvokeResult Agent::ExecuteTraced(WorkerThread* wt, const std::string& id, const
     msg += "; rolling instance " + id + " back failed (" + rb.ToString() + ")";
     TERN_LOG(ERROR) << "rollback of " << id << " failed: " << rb;
   }
+  record_latency(MonoNanos());
   return InvokeResult{Status(s.code(), msg), {}, id, dt};
 }
 
@@ -3010,9 +3027,12 @@ Status Agent::MakeDurable(WorkerThread* wt, Slot* slot, const InvokeRequest& req
       "the state of {} could not be made durable: {}{}; the request's effects were {} and it is "
       "not acknowledged",
       slot->id, st.message(),
-      st.code() == StatusCode::kDeadlineExceeded
-          ? " (it may still have it: retry with the same idempotency key)"
-          : "",
+      st.code() != StatusCode::kDeadlineExceeded ? ""
+      : keyed ? " (it may still have it: retry with the same idempotency key)"
+          // A restore before the next acknowledged write would replay the late record:
+          // only a key lets a retry find out whether it took effect.
+          : " (it may still have it: without an idempotency key a retry cannot tell "
+            "whether the request took effect)",
       rb.ok() ? "rolled back" : "NOT rolled back (" + rb.ToString() + ")"));
 }
 
@@ -3314,9 +3334,9 @@ AgentStatus Agent::GetStatus() {
         is.exec_ns_total = slot->exec_ns_total;
         is.cpu_ns_total = slot->cpu_ns_total;
         is.reply_bytes_total = slot->reply_bytes_total;
-        const auto& counts = slot->exec_hist.counts();
+        const auto& counts = slot->latency_hist.counts();
         for (int b = 0; b < LatencyHistogram::kBuckets; ++b) {
-          if (counts[b] != 0) is.exec_hist.emplace_back(b, counts[b]);
+          if (counts[b] != 0) is.latency_hist.emplace_back(b, counts[b]);
         }
         is.last_error = slot->last_error;
         is.last_trace_id = slot->last_trace_id;

@@ -129,6 +129,10 @@ struct InvokeRequest {
   // Monotonic deadline (MonoNanos()); 0 = none. A request still queued at its deadline
   // fails with kDeadlineExceeded without running: its caller has given up on it.
   int64_t deadline_ns = 0;
+  // When this agent received it (MonoNanos(): the kernel's receive time of its frame,
+  // or when it was queued); 0 = when it starts running. Its latency (the SLO's measure)
+  // counts from here.
+  int64_t received_ns = 0;
   // The caller takes a reply that stays in the guest's memory (InvokeResult::reply_view)
   // and is done with its bytes when its `done` returns (sent, or copied). Only the
   // agent's own serving paths (TCP, shared memory) ask for it.
@@ -167,10 +171,10 @@ struct InstanceStatus {
   // wall time times the CPU/wall ratio measured (the clock read is a system call).
   int64_t cpu_ns_total = 0;
   uint64_t reply_bytes_total = 0;  // reply payload bytes of successful requests
-  // Each request's time in the guest (exec_ns), cumulative, as (bucket, count) of the
-  // buckets that are not empty (core/latency_histogram.h): the controller takes an
-  // interval's p99 from two reports.
-  std::vector<std::pair<int, uint64_t>> exec_hist;
+  // Each request's latency at this agent (arrival to reply ready: queue wait, guest,
+  // commit), cumulative, as (bucket, count) of the buckets that are not empty
+  // (core/latency_histogram.h): the controller takes an interval's p99 from two reports.
+  std::vector<std::pair<int, uint64_t>> latency_hist;
   std::string last_error;
   uint64_t last_trace_id = 0;  // of the last request it served (0 = none yet)
   uint64_t last_idempotency_key = 0;

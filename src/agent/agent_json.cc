@@ -55,7 +55,7 @@ std::string StatusToJson(const AgentStatus& st) {
                              {"exec_ns_total", i.exec_ns_total},
                              {"cpu_ns_total", i.cpu_ns_total},
                              {"reply_bytes_total", i.reply_bytes_total},
-                             {"exec_hist", i.exec_hist},
+                             {"latency_hist", i.latency_hist},
                              {"data",
                               {{"reads", i.data.reads},
                                {"local_bytes", i.data.local_bytes},

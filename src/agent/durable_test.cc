@@ -429,6 +429,14 @@ TEST(DurableTimeoutTest, AKeeperThatDoesNotAnswerInTimeFailsTheRequestAndUndoesI
   EXPECT_EQ(info->last_seq, 3u);
   EXPECT_EQ(info->full_seq, std::optional<uint64_t>(3));
   EXPECT_EQ(info->records, 1u);
+  // Without a key the client cannot retry safely; the error says so instead.
+  csd0->agent->journals()->SetSyncDelayForTest(1'000'000'000);
+  InvokeResult keyless = Call(a, "incr", "1");
+  ASSERT_FALSE(keyless.status.ok());
+  EXPECT_NE(keyless.status.message().find("without an idempotency key"), std::string_view::npos)
+      << keyless.status;
+  csd0->agent->journals()->SetSyncDelayForTest(0);
+  EXPECT_EQ(Call(a, "get").reply, "6");
 }
 
 

@@ -110,10 +110,10 @@ struct Telemetry {
     uint64_t reply_bytes_total = 0;  // reply payload bytes (cumulative)
     double mean_cpu_us = 0;          // CPU per request over the last interval with requests
     EnergyEstimate energy;           // per request, likewise (energy.h)
-    // Each request's time in the guest, cumulative: bucket → count
+    // Each request's latency at its agent (arrival to reply ready), cumulative: bucket → count
     // (core/latency_histogram.h), and the p99 over the last interval with requests (a
     // lower bound: its bucket's; -1 = none yet).
-    std::map<int, uint64_t> exec_hist;
+    std::map<int, uint64_t> latency_hist;
     double p99_us = -1;
     std::string last_trace_id;  // of the last request it served, as of the heartbeat
     // Durable instances: the keepers that get its journal records, those that dropped
@@ -2160,15 +2160,15 @@ struct Controller::Impl {
           x.queued = i.value("queued", uint64_t{0});
           x.memory_bytes = i.value("memory_bytes", uint64_t{0});
           x.last_trace_id = i.value("last_trace_id", std::string());
-          if (i.contains("exec_hist") && i["exec_hist"].is_array()) {
-            for (const json& b : i["exec_hist"]) {
+          if (i.contains("latency_hist") && i["latency_hist"].is_array()) {
+            for (const json& b : i["latency_hist"]) {
               if (!b.is_array() || b.size() != 2 || !b[0].is_number_integer() ||
                   !b[1].is_number_unsigned()) {
                 continue;
               }
               int bucket = b[0].get<int>();
               if (bucket < 0 || bucket >= LatencyHistogram::kBuckets) continue;
-              x.exec_hist[bucket] = b[1].get<uint64_t>();
+              x.latency_hist[bucket] = b[1].get<uint64_t>();
             }
           }
           if (i.contains("data") && i["data"].is_object()) {
@@ -2238,9 +2238,9 @@ struct Controller::Impl {
         x.p99_us = pi->second.p99_us;
         if (dn > 0) {
           std::map<int, uint64_t> delta;
-          for (const auto& [b, n] : x.exec_hist) {
-            auto was = pi->second.exec_hist.find(b);
-            uint64_t before = was == pi->second.exec_hist.end() ? 0 : was->second;
+          for (const auto& [b, n] : x.latency_hist) {
+            auto was = pi->second.latency_hist.find(b);
+            uint64_t before = was == pi->second.latency_hist.end() ? 0 : was->second;
             if (n > before) delta[b] = n - before;
           }
           int64_t ns = LatencyHistogram::QuantileLowerBoundNs(delta, 0.99);
