@@ -837,5 +837,39 @@ TEST(MigrationReserveTest, ARestoreLandsOnWarmMemory) {
   ExpectRollbackPointIsTheState(b->agent.get(), id);
 }
 
+// The memory grows on the source after `begin` (a request during pre-copy): the target
+// grows its copy and the rollback point's capacity onto warm blocks too.
+TEST(MigrationReserveTest, MemoryGrownDuringPrecopyLandsOnWarmMemoryToo) {
+  std::unique_ptr<Node> a = StartNode("src");
+  std::unique_ptr<Node> b = StartNode("dst", 2, 1024, 96 * kMiB);
+  Result<ServiceStatus> s = a->agent->Deploy(CounterManifest(1), ReadWasm("counter"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  const std::string id = s->instances.at(0);
+  ASSERT_TRUE(Call(a->agent.get(), "fill", "8192").status.ok());
+  const uint64_t begin_bytes = StatusOf(a->agent.get(), id).memory_bytes;
+  ASSERT_TRUE(b->agent->memory_reserve()->WaitFull(kReserveWait));
+  MigrateOptions o;
+  o.to_tcp = b->tcp;
+  o.to_device = "dst";
+  std::string grown_sum;
+  o.step_hook = [&](const std::string& step) {
+    if (step == "round 0") grown_sum = Call(a->agent.get(), "fill", "16384").reply;
+    return Status::Ok();
+  };
+  Result<MigrationReport> r = a->agent->Migrate(id, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_FALSE(grown_sum.empty());
+  EXPECT_GE(StatusOf(b->agent.get(), id).memory_bytes, begin_bytes + 16 * kMiB)
+      << "the memory grew after begin";
+  // Both copies of ~24+ MiB, all but partial blocks, the grown parts included.
+  EXPECT_GE(b->agent->memory_reserve()->stats().moved_bytes, 2 * 20 * kMiB);
+  InvokeResult check = Call(b->agent.get(), "check");
+  ASSERT_TRUE(check.status.ok()) << check.status;
+  EXPECT_EQ(check.reply, grown_sum);
+  ExpectRollbackPointIsTheState(b->agent.get(), id);
+  ASSERT_TRUE(Call(b->agent.get(), "touch", "64").status.ok());
+  ExpectRollbackPointIsTheState(b->agent.get(), id);
+}
+
 }  // namespace
 }  // namespace tern::agent
