@@ -2976,6 +2976,34 @@ Status Agent::AppendRecord(WorkerThread* wt, Slot* slot, const std::vector<uint3
     return Status(timed_out ? StatusCode::kDeadlineExceeded : StatusCode::kUnavailable,
                   fmt::format("{}", fmt::join(why, "; ")));
   }
+  // Durable on fewer keepers than assigned: before anything is acknowledged so, the
+  // controller records that the others drop out as of this record (the configuration
+  // master of primary-backup replication), so that a restore that can read only a keeper
+  // that dropped out knows its journal is not complete and says so. When the controller
+  // cannot be told, nothing is acknowledged on the survivors alone: the request fails and
+  // is undone, and the failed keepers do not drop out (the next request tries them again).
+  std::vector<KeeperDrop> drops;
+  std::vector<std::string> dropping;
+  for (Append& a : appends) {
+    if (a.status.ok()) continue;
+    dropping.push_back(a.keeper->device);
+    drops.push_back({slot->id, a.keeper->device,
+                     KeeperFailure(a.keeper->device, a.status, options_.journal_timeout_ns), seq,
+                     acked});
+  }
+  if (!drops.empty()) {
+    Status told = ReportKeeperDrops(wt, slot, std::move(drops));
+    if (!told.ok()) {
+      // Those that took the record hold one that is undone: a full record next.
+      for (Append& a : appends) a.keeper->full = true;
+      // kDeadlineExceeded: the caller's error then says that a retry with the same
+      // idempotency key is answered from the record if it surfaces in a restore.
+      return DeadlineExceededError(fmt::format(
+          "{}; the record is on {} alone, and the controller could not be told that {} drops "
+          "out ({}), so it is not acknowledged with fewer copies",
+          fmt::join(why, "; "), fmt::join(acked, ", "), fmt::join(dropping, " and "), told.message()));
+    }
+  }
   ++slot->journal_appends;
   for (Append& a : appends) {
     if (a.status.ok()) continue;
@@ -2990,6 +3018,36 @@ Status Agent::AppendRecord(WorkerThread* wt, Slot* slot, const std::vector<uint3
                    << acked.size() << " of " << kJournalCopies << " copies)";
   }
   return Status::Ok();
+}
+
+void Agent::SetKeeperDropReporter(KeeperDropReporter reporter) {
+  MutexLock l(&reporter_mu_);
+  keeper_drop_reporter_ = std::move(reporter);
+}
+
+Status Agent::ReportKeeperDrops(WorkerThread* wt, Slot* slot, std::vector<KeeperDrop> drops) {
+  auto call = std::make_shared<OutCall>();
+  call->service = "controller";
+  call->handler = "journal-out";
+  // A backstop only: the reporter answers within the timeout. Its answer is completed on
+  // this worker (a posted task), so that it cannot race the backstop.
+  call->deadline_ns = MonoNanos() + 2 * options_.journal_timeout_ns;
+  {
+    // Called under the lock, so that the registrar's reporter cannot go meanwhile.
+    MutexLock l(&reporter_mu_);
+    if (!keeper_drop_reporter_) return Status::Ok();  // no controller: nobody to tell
+    keeper_drop_reporter_(std::move(drops), options_.journal_timeout_ns, [wt, call](Status s) {
+      wt->Post(
+          [call, code = s.code(), msg = std::string(s.message())]() mutable {
+            if (!call->done.load(std::memory_order_acquire)) call->Complete(code, std::move(msg));
+          },
+          {}, /*io=*/true);
+    });
+  }
+  wt->PushBusy(slot->id);
+  if (!call->done.load(std::memory_order_acquire)) wt->WaitCall(call.get());
+  wt->PopBusy();
+  return call->code == StatusCode::kOk ? Status::Ok() : Status(call->code, call->result);
 }
 
 Status Agent::MakeDurable(WorkerThread* wt, Slot* slot, const InvokeRequest& req, StatusCode code,

@@ -372,6 +372,24 @@ class Agent {
   // for it to be durable. Their journals then start there (what came before is
   // dropped). Fails only when no keeper acknowledged it.
   Result<JournalCheckpointReport> JournalCheckpoint(const std::string& instance_id);
+  // A keeper dropping out of a durable instance's journal, as the agent tells the
+  // controller before it acknowledges the first reply durable without that keeper
+  // (docs/design/migration.md "A keeper fails"): `keeper` did not acknowledge record
+  // `seq`, which `kept_by` did; its journal may lack `seq` and lacks every record after.
+  struct KeeperDrop {
+    std::string instance, keeper, why;
+    uint64_t seq = 0;
+    std::vector<std::string> kept_by;
+  };
+  // Tells the controller of `drops` and calls `done` exactly once, on any thread, within
+  // `timeout_ns`: OK once the controller recorded them durably.
+  using KeeperDropReporter = std::function<void(
+      std::vector<KeeperDrop> drops, int64_t timeout_ns, std::function<void(Status)> done)>;
+  // Set by the registrar (agents joined to a cluster); null clears it. Without one (a
+  // lone agent, keepers set by hand) a keeper drops out with only the log and the status
+  // to say so. The reporter's `done` may run until it is cleared (it must not outlive
+  // the agent).
+  void SetKeeperDropReporter(KeeperDropReporter reporter);
   // This device's journals of other devices' durable instances (null without datasets).
   storage::JournalStore* journals() const { return journals_.get(); }
   // A "$journal" append from another agent (this device keeps its journal): `reply` gets
@@ -599,7 +617,8 @@ class Agent {
   // Appends the slot's next record (`written` pages, the values of the mutable `globals`
   // and the `current` dedup entry; every page and the whole dedup table to a keeper that
   // needs it, or that refuses a delta) to every keeper in parallel and waits for their
-  // acknowledgements. OK when at least one acknowledged (the others drop out, logged).
+  // acknowledgements. OK when at least one acknowledged and the controller recorded that
+  // the others drop out (ReportKeeperDrops; they then drop out, logged).
   struct AppendOutcome {
     std::vector<std::pair<std::string, Status>> failed;  // keepers that did not take it
     uint64_t full_bytes = 0;  // the size of the full record, if one was sent
@@ -607,6 +626,9 @@ class Agent {
   Status AppendRecord(WorkerThread* wt, Slot* slot, const std::vector<uint32_t>& written,
                       const std::vector<wasm::GlobalValue>& globals, const DedupEntry* current,
                       AppendOutcome* outcome = nullptr);
+  // Tells the controller (the reporter) that keepers drop out, and waits (serving the
+  // worker's other instances) for its answer. OK without a reporter.
+  Status ReportKeeperDrops(WorkerThread* wt, Slot* slot, std::vector<KeeperDrop> drops);
   // Sends one framed record to a keeper; the caller waits for the call.
   std::shared_ptr<OutCall> SendJournal(WorkerThread* wt, const JournalKeeper& keeper,
                                        std::string payload);
@@ -718,6 +740,8 @@ class Agent {
   std::atomic<int> frozen_slots_{0};
   std::map</*instance*/ std::string, std::shared_ptr<Incoming>> incoming_ GUARDED_BY(mu_);
   std::set</*instance*/ std::string> migrating_ GUARDED_BY(mu_);
+  Mutex reporter_mu_;
+  KeeperDropReporter keeper_drop_reporter_ GUARDED_BY(reporter_mu_);
   Mutex mig_mu_;
   std::shared_ptr<MigrationServer> mig_server_ GUARDED_BY(mig_mu_);  // shared: incomplete here
   std::map</*tcp address*/ std::string, std::shared_ptr<Forwarder>> forwarders_ GUARDED_BY(mig_mu_);

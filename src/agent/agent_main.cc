@@ -69,6 +69,9 @@ int RunAgentCommand(int argc, char** argv) {
         "warm memory (MiB) kept faulted in, in 2 MiB huge pages, filled at idle priority, "
         "for incoming migrations to land on instead of fresh pages (refilled after use); "
         "it stays in the agent's RSS. 0 = none. Unless given, at most --memory-mib / 8");
+  f.Add("journal-timeout-ms", "2000",
+        "how long a durable instance's reply waits for a keeper to acknowledge its journal "
+        "record before the keeper drops out (docs/design/migration.md, \"A keeper fails\")");
   f.Add("advertise", "",
         "address other agents and the controller reach this agent at (default: --host)");
   f.Add("config", "",
@@ -85,7 +88,7 @@ int RunAgentCommand(int argc, char** argv) {
          "host_id", "shm_socket", "call_transport", "tcp_serving", "locations", "controller",
          "kind",
          "cores", "speed", "reserved", "memory_mib", "memory_reserve_mb", "advertise",
-         "datasets_dir"});
+         "datasets_dir", "journal_timeout_ms"});
     if (!c.ok()) {
       std::fprintf(stderr, "tern agent: %s\n", c.status().ToString().c_str());
       return 2;
@@ -117,6 +120,7 @@ int RunAgentCommand(int argc, char** argv) {
   Result<int64_t> workers = num("workers", 1, 256);
   Result<int64_t> memory_mib = num("memory-mib", 1, int64_t{1} << 30);
   Result<int64_t> memory_reserve_mb = num("memory-reserve-mb", 0, int64_t{1} << 20);
+  Result<int64_t> journal_timeout_ms = num("journal-timeout-ms", 10, 600'000);
   auto positive = [&](const std::string& flag) -> Result<double> {
     std::string v = str(flag);
     char* end = nullptr;
@@ -141,7 +145,8 @@ int RunAgentCommand(int argc, char** argv) {
   }();
   for (const Status& s :
        {port.status(), admin_port.status(), workers.status(), memory_mib.status(),
-        memory_reserve_mb.status(), cores.status(), speed.status(), reserved.status()}) {
+        memory_reserve_mb.status(), journal_timeout_ms.status(), cores.status(),
+        speed.status(), reserved.status()}) {
     if (!s.ok()) {
       std::fprintf(stderr, "tern agent: %s\n", std::string(s.message()).c_str());
       return 2;
@@ -174,6 +179,7 @@ int RunAgentCommand(int argc, char** argv) {
     reserve_mb = std::min<int64_t>(reserve_mb, *memory_mib / 8);
   }
   ao.memory_reserve_bytes = static_cast<uint64_t>(reserve_mb) << 20;
+  ao.journal_timeout_ns = *journal_timeout_ms * 1'000'000;
   Result<dataplane::TierPolicy> policy = dataplane::ParseTierPolicy(str("call-transport"));
   if (!policy.ok()) {
     std::fprintf(stderr, "tern agent: --call-transport: %s\n",

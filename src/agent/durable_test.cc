@@ -6,6 +6,7 @@
 // table.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <thread>
@@ -604,6 +605,76 @@ TEST_F(TwoKeepersTimeoutTest, AKeeperTimeoutDropsItAndTwoTimeoutsFailTheRequest)
   EXPECT_EQ(Call(b, "get").reply, "4");
   EXPECT_EQ(Call(b, "incr", "1", 4).reply, "4") << "the retried request ran twice";
   EXPECT_EQ(Call(b, "get").reply, "4");
+}
+
+// Before the first reply durable on one keeper alone, the controller is told that the
+// other drops out, as of that record (here a recorder stands in for the registrar's
+// report). When it cannot be told, nothing is acknowledged with one copy: the request
+// fails and is undone, the keeper does not drop out, and the keeper that took the undone
+// record gets a full one next, so that its journal never holds the undone request as
+// history.
+TEST_F(TwoKeepersTimeoutTest, AKeeperDropsOutOnlyOnceTheControllerKnows) {
+  Agent* a = cpu0_->agent.get();
+  Mutex mu;
+  std::vector<Agent::KeeperDrop> told;
+  std::atomic<bool> reachable{false};
+  a->SetKeeperDropReporter([&](std::vector<Agent::KeeperDrop> drops, int64_t timeout_ns,
+                               std::function<void(Status)> done) {
+    EXPECT_EQ(timeout_ns, JournalTimeoutNs());
+    if (!reachable) return done(UnavailableError("connection refused"));
+    {
+      MutexLock l(&mu);
+      for (Agent::KeeperDrop& d : drops) told.push_back(std::move(d));
+    }
+    // As the registrar answers: from another thread.
+    std::thread([done] { done(Status::Ok()); }).detach();
+  });
+  ASSERT_EQ(Call(a, "incr", "1", 1).reply, "1");
+  Journals(1)->SetSyncDelayForTest(1'500'000'000);  // a disk that stalls
+  InvokeResult failed = Call(a, "incr", "1", 2);
+  ASSERT_FALSE(failed.status.ok());
+  EXPECT_EQ(failed.status.code(), StatusCode::kUnavailable);
+  EXPECT_NE(failed.status.message().find("the controller could not be told that csd1 drops out "
+                                         "(connection refused)"),
+            std::string_view::npos)
+      << failed.status;
+  EXPECT_NE(failed.status.message().find("rolled back"), std::string_view::npos) << failed.status;
+  EXPECT_EQ(Call(a, "get").reply, "1");
+  InstanceStatus st = StatusOf(a, id_);
+  EXPECT_EQ(st.keepers, (std::vector<std::string>{"csd0", "csd1"}));
+  EXPECT_TRUE(st.keepers_out.empty());
+  EXPECT_EQ(st.journal_degraded, 0u);
+
+  reachable = true;
+  InvokeResult retry = Call(a, "incr", "1", 2);  // csd1 still stalls
+  ASSERT_TRUE(retry.status.ok()) << retry.status;
+  EXPECT_EQ(retry.reply, "2");
+  st = StatusOf(a, id_);
+  {
+    MutexLock l(&mu);
+    ASSERT_EQ(told.size(), 1u) << "told before the degraded reply, once";
+    EXPECT_EQ(told[0].instance, id_);
+    EXPECT_EQ(told[0].keeper, "csd1");
+    EXPECT_EQ(told[0].seq, st.journal_seq) << "as of the record of that reply";
+    EXPECT_EQ(told[0].kept_by, std::vector<std::string>{"csd0"});
+    EXPECT_NE(told[0].why.find("did not acknowledge"), std::string::npos) << told[0].why;
+  }
+  EXPECT_EQ(st.keepers_out, std::vector<std::string>{"csd1"});
+  EXPECT_EQ(st.journal_degraded, 1u);
+  EXPECT_EQ(Journals(0)->Info(id_)->full_seq, std::optional<uint64_t>(st.journal_seq))
+      << "csd0 held the undone record: the next one to it is full";
+  ASSERT_EQ(Call(a, "incr", "1", 3).reply, "3");
+  {
+    MutexLock l(&mu);
+    EXPECT_EQ(told.size(), 1u) << "a keeper that dropped out is not reported again";
+  }
+  a->SetKeeperDropReporter(nullptr);
+  Journals(1)->SetSyncDelayForTest(0);
+  cpu0_->Stop();
+  RestoreOn(cpu1_.get(), {0});
+  Agent* b = cpu1_->agent.get();
+  EXPECT_EQ(Call(b, "get").reply, "3");
+  EXPECT_EQ(Call(b, "incr", "1", 2).reply, "2") << "the retried request ran twice";
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <deque>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
@@ -60,6 +61,18 @@ struct Registrar::Impl {
   CondVar cv;
   bool stop GUARDED_BY(mu) = false;
 
+  // Keeper drop-outs (Agent::KeeperDropReporter) go on a thread of their own: a reply
+  // waits for the answer, which must not wait behind a heartbeat, nor a heartbeat
+  // behind it.
+  struct Report {
+    std::string body;
+    int64_t deadline_ns = 0;
+    std::function<void(Status)> done;
+  };
+  std::deque<Report> reports GUARDED_BY(mu);
+  CondVar reports_cv;
+  std::thread reporter;
+
   // Sleeps up to `d`; false if stopping.
   bool Sleep(std::chrono::milliseconds d) {
     MutexLock l(&mu);
@@ -106,6 +119,84 @@ struct Registrar::Impl {
       if (rapl >> uj) hb["rapl_energy_uj"] = uj;
     }
     return hb.dump();
+  }
+
+  void Enqueue(std::vector<Agent::KeeperDrop> drops, int64_t timeout_ns,
+               std::function<void(Status)> done) {
+    json out = json::array();
+    for (const Agent::KeeperDrop& d : drops) {
+      out.push_back({{"instance", d.instance}, {"keeper", d.keeper}, {"seq", d.seq},
+                     {"kept_by", d.kept_by}, {"why", d.why}});
+    }
+    Report r{json{{"boot", boot}, {"keepers_out", out}}.dump(), MonoNanos() + timeout_ns,
+             std::move(done)};
+    {
+      MutexLock l(&mu);
+      if (!stop) {
+        reports.push_back(std::move(r));
+        reports_cv.Signal();
+        return;
+      }
+    }
+    r.done(UnavailableError("the agent is stopping"));
+  }
+
+  // POSTs one report to the controllers in turn until one records it or its deadline
+  // passes. A controller that is not the leader records it too: the store is shared.
+  Status Send(const Report& r, std::unique_ptr<transport::JsonApiClient>* c, size_t* next) {
+    const std::string path = "/v1/agents/" + agent->options().device + "/journal-out";
+    Status last = UnavailableError("no controller answered");
+    for (;;) {
+      const int64_t left = r.deadline_ns - MonoNanos();
+      if (left <= 0) return last;
+      const auto within = std::chrono::milliseconds(std::max<int64_t>(left / 1'000'000, 1));
+      const std::string& addr = options.controllers[*next % options.controllers.size()];
+      if (*c == nullptr) {
+        Result<std::unique_ptr<transport::JsonApiClient>> nc =
+            transport::JsonApiClient::Connect(addr, "controller", within);
+        if (!nc.ok()) {
+          last = nc.status().WithPrefix("the controller at " + addr);
+          ++*next;
+          // Every controller refused at once: a short pause, not a busy loop.
+          if (*next % options.controllers.size() == 0 && !Sleep(std::chrono::milliseconds(50))) {
+            return UnavailableError("the agent is stopping");
+          }
+          continue;
+        }
+        *c = std::move(*nc);
+      }
+      Result<std::string> a = (*c)->Call("POST", path, r.body, within);
+      if (a.ok()) return Status::Ok();
+      last = a.status().WithPrefix("the controller at " + addr);
+      // An answer that is not about reaching it (a bad report) is final.
+      if (a.status().code() == StatusCode::kInvalidArgument) return last;
+      c->reset();
+      ++*next;
+    }
+  }
+
+  void ReportLoop() {
+    std::unique_ptr<transport::JsonApiClient> c;
+    size_t next = 0;
+    for (;;) {
+      Report r;
+      {
+        MutexLock l(&mu);
+        while (!stop && reports.empty()) reports_cv.Wait(&mu);
+        if (stop) break;
+        r = std::move(reports.front());
+        reports.pop_front();
+      }
+      Status s = Send(r, &c, &next);
+      if (!s.ok()) TERN_LOG(WARN) << "telling the controller that a journal keeper drops out: " << s;
+      r.done(s);
+    }
+    std::deque<Report> left;
+    {
+      MutexLock l(&mu);
+      left.swap(reports);
+    }
+    for (Report& r : left) r.done(UnavailableError("the agent is stopping"));
   }
 
   void Loop() {
@@ -166,16 +257,25 @@ Result<std::unique_ptr<Registrar>> Registrar::Start(Agent* agent,
   impl->boot = NewBootId();
   Impl* raw = impl.get();
   impl->thread = std::thread([raw] { raw->Loop(); });
+  impl->reporter = std::thread([raw] { raw->ReportLoop(); });
+  agent->SetKeeperDropReporter(
+      [raw](std::vector<Agent::KeeperDrop> drops, int64_t timeout_ns,
+            std::function<void(Status)> done) {
+        raw->Enqueue(std::move(drops), timeout_ns, std::move(done));
+      });
   return std::unique_ptr<Registrar>(new Registrar(std::move(impl)));
 }
 
 Registrar::~Registrar() {
+  impl_->agent->SetKeeperDropReporter(nullptr);
   {
     MutexLock l(&impl_->mu);
     impl_->stop = true;
     impl_->cv.SignalAll();
+    impl_->reports_cv.SignalAll();
   }
   impl_->thread.join();
+  impl_->reporter.join();
 }
 
 const std::string& Registrar::boot() const { return impl_->boot; }

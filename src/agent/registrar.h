@@ -4,9 +4,12 @@
 // telemetry (process CPU time, RSS, the status of every instance). A 404 answer means
 // the controller forgot the agent (its lease expired): it registers again. While no
 // controller answers it keeps trying, one line in the log per outage; several
-// controllers may be given and are tried in turn.
+// controllers may be given and are tried in turn. It is also the agent's
+// KeeperDropReporter: a durable instance's keeper dropping out is POSTed to
+// /v1/agents/{device}/journal-out (a thread of its own) before the agent acknowledges a
+// reply without that keeper.
 //
-// Ownership: borrows the Agent (must outlive it); owns its thread. Thread-safety:
+// Ownership: borrows the Agent (must outlive it); owns its threads. Thread-safety:
 // Start and the destructor from one thread.
 #pragma once
 

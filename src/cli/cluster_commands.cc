@@ -228,6 +228,16 @@ int ClusterPs(const ClusterRecord& c, bool raw_json, int64_t timeout_ms) {
             if (k.is_string()) out += (out.empty() ? "" : ",") + k.get<std::string>();
           }
         }
+        // What the controller recorded (the agent reports a drop-out before it
+        // acknowledges without that keeper): ahead of the next heartbeat.
+        if (out.empty() && i.contains("checkpoint")) {
+          for (const json& k : i["checkpoint"].value("keepers_out", json::array())) {
+            if (!k.is_object()) continue;
+            out += fmt::format("{}{} at #{}", out.empty() ? "" : ",", k.value("device", ""),
+                               k.value("seq", uint64_t{0}));
+            copies = std::min<size_t>(copies, 1);
+          }
+        }
         ckpt += copies >= 2 ? " +journal (durable)"
                             : fmt::format(" +journal (durable, DEGRADED: {} of 2 copies{})", copies,
                                           out.empty() ? "" : "; " + out + " dropped out");

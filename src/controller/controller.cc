@@ -121,6 +121,7 @@ struct Telemetry {
     // fewer than two keepers held their record.
     std::vector<std::string> journal_keepers, journal_out;
     uint64_t journal_degraded = 0;
+    uint64_t journal_seq = 0;  // its last record
   };
   std::map<std::string, Inst> instances;
   std::set<std::string> previous_ids;  // the instances of the heartbeat before
@@ -228,6 +229,10 @@ struct Controller::Impl {
   std::deque<std::pair<int64_t, std::string>> events GUARDED_BY(pub_mu);
   std::map<std::string, Telemetry> telemetry GUARDED_BY(pub_mu);
   std::map<std::string, int64_t> last_heartbeat_ns GUARDED_BY(pub_mu);
+  // Keepers reported out of a durable instance's journal to this controller (journal-out):
+  // instance -> keeper -> when (MonoNanos). The checkpointer assigns keepers again at
+  // once instead of waiting for the agent's next heartbeat to say so.
+  std::map<std::string, std::map<std::string, int64_t>> journal_out_at GUARDED_BY(pub_mu);
   // The last version that woke long polls, how many it woke, and how many polls asked for
   // a newer one since (WaitForPollers).
   uint64_t woken_version GUARDED_BY(pub_mu) = 0;
@@ -1075,6 +1080,7 @@ struct Controller::Impl {
                       ck.id, fmt::join(gone, " and "), gone.size() > 1 ? "are all" : "is", ck.id,
                       device));
       (void)store->Delete(std::string(kCheckpointsPrefix) + ck.id);
+      if (ck.durable) DropJournalOut(ck.id);
       return Status::Ok();
     }
     if (ck.durable) return RestoreFromJournal(view, ck, alive, gone, c, device);
@@ -1155,6 +1161,7 @@ struct Controller::Impl {
                         "(its state is lost)",
                         ck.id, fmt::join(why, "; "), ck.id, device));
       (void)store->Delete(std::string(kCheckpointsPrefix) + ck.id);
+      DropJournalOut(ck.id);
       return Status::Ok();
     }
     std::stable_sort(journals.begin(), journals.end(),
@@ -1189,24 +1196,52 @@ struct Controller::Impl {
       }
       for (const std::string& g : gone) others.push_back(g + " gone");
       for (const std::string& w : why) others.push_back("unreadable: " + w);
-      // An acknowledged record is on every keeper that had not dropped out. The one read
-      // had, as the instance's agent last reported (it ran degraded on the other): the
-      // records acknowledged since by the other alone are lost with it.
+      // An acknowledged record is on every keeper that had not dropped out. The agent
+      // records a drop-out here before it acknowledges anything without that keeper; one
+      // whose journal started afresh since (a full record after the record it missed:
+      // keepers assigned again) is whole again. Then what the agent acknowledged after
+      // the last record read, on the other keepers alone, is lost: how much, the agent's
+      // last heartbeat bounds from below (it may have acknowledged more since).
+      const std::map<std::string, uint64_t> out = JournalOutOf(ck.id);
+      Result<storage::RecordHeader> first = storage::ParseRecordHeader(j.records);
+      const uint64_t first_seq = first.ok() ? first->seq : 0;
+      auto dropped = out.find(j.keeper->device);
+      const bool stale = dropped != out.end() && first_seq <= dropped->second;
       bool was_out = false;
+      uint64_t reported_seq = 0;
       {
         MutexLock l(&pub_mu);
-        if (const Telemetry::Inst* x = NewestInstTelemetry(ck.id)) {
+        if (const Telemetry::Inst* x = NewestInstTelemetry(ck.id, device)) {
           was_out = std::count(x->journal_out.begin(), x->journal_out.end(), j.keeper->device) > 0;
+          reported_seq = x->journal_seq;
         }
       }
+      const uint64_t last = r.is_object() ? r.value("seq", uint64_t{0}) : j.last;
       std::string what = "durable: 0 acknowledged requests lost";
-      if (ignored != 0) {
+      if (stale) {
+        what = fmt::format(
+            "NOT complete: {} dropped out of its journal at #{}, so requests acknowledged "
+            "after #{} may be lost: {}",
+            j.keeper->device, dropped->second, last,
+            reported_seq > last
+                ? fmt::format("up to {} by its agent's last heartbeat (#{}), and any since",
+                              reported_seq - last, reported_seq)
+                : std::string("how many, its agent's last heartbeat does not tell (it came "
+                              "before them)"));
+        TERN_LOG(WARN) << "restore of " << ck.id << " from " << j.keeper->device
+                       << ", which dropped out of its journal at #" << dropped->second
+                       << ": acknowledged requests may be lost";
+      } else if (ignored != 0) {
         what = fmt::format("a damaged tail of {} bytes was ignored", ignored);
       } else if (was_out) {
         what = fmt::format("{} had dropped out of its journal: what was acknowledged since, with "
                            "one copy, is lost",
                            j.keeper->device);
       }
+      if (ignored != 0 && stale) what += fmt::format("; a damaged tail of {} bytes was ignored", ignored);
+      // The restored instance's journal goes on from what was read: its keepers' old
+      // drop-outs say nothing about it.
+      DropJournalOut(ck.id);
       Event(fmt::format(
           "restored {} on {} from its journal on {}: a full record and {} after it, up to #{} "
           "({}){}",
@@ -1223,6 +1258,7 @@ struct Controller::Impl {
     auto ck = view.checkpoints.find(id);
     if (ck == view.checkpoints.end()) return;
     (void)store->Delete(std::string(kCheckpointsPrefix) + id);
+    if (ck->second.durable) DropJournalOut(id);
     for (const CheckpointRecord::Copy& copy : ck->second.copies) {
       auto keeper = view.agents.find(copy.device);
       if (keeper == view.agents.end()) continue;
@@ -1384,6 +1420,16 @@ struct Controller::Impl {
       if (kept.size() == kCopies) break;
     }
     if (!done) {
+      // The agent goes back to the keepers the checkpoint record names: a restore reads
+      // only those, so they must go on getting every record (a full one first).
+      if (old != view.checkpoints.end()) {
+        std::vector<std::pair<std::string, std::string>> addrs;
+        for (const CheckpointRecord::Copy& copy : old->second.copies) {
+          auto k = view.agents.find(copy.device);
+          if (k != view.agents.end() && k->first != rec.device) addrs.emplace_back(k->first, k->second.tcp);
+        }
+        if (addrs.empty() || !src->SetKeepers(rec.id, addrs).ok()) keeper_pushed.erase(rec.id);
+      }
       return UnavailableError(fmt::format(
           "no device can keep the journal of {} (a storage device's agent with datasets, other "
           "than {}){}{}",
@@ -1443,6 +1489,14 @@ struct Controller::Impl {
       if (x != nullptr && t->second.at_ns > ck_taken_ns[rec.id]) {
         for (const std::string& d : x->journal_out) {
           if (in.count(d)) {
+            return fmt::format("its keeper {} dropped out (it failed to acknowledge a record)", d);
+          }
+        }
+      }
+      auto reported = journal_out_at.find(rec.id);
+      if (reported != journal_out_at.end()) {
+        for (const auto& [d, at] : reported->second) {
+          if (in.count(d) && at > ck_taken_ns[rec.id]) {
             return fmt::format("its keeper {} dropped out (it failed to acknowledge a record)", d);
           }
         }
@@ -1580,6 +1634,7 @@ struct Controller::Impl {
     for (const auto& [id, ck] : view->checkpoints) {
       if (view->instances.count(id)) continue;
       (void)store->Delete(std::string(kCheckpointsPrefix) + id);
+      if (ck.durable) DropJournalOut(id);
       for (const CheckpointRecord::Copy& copy : ck.copies) {
         RemoveCopy(*view, copy.device, id, ck.durable);
       }
@@ -1628,6 +1683,12 @@ struct Controller::Impl {
     }
     for (auto it = ck_taken_ns.begin(); it != ck_taken_ns.end();) {
       it = view->instances.count(it->first) ? std::next(it) : ck_taken_ns.erase(it);
+    }
+    {
+      MutexLock l(&pub_mu);
+      for (auto it = journal_out_at.begin(); it != journal_out_at.end();) {
+        it = view->instances.count(it->first) ? std::next(it) : journal_out_at.erase(it);
+      }
     }
     return any;
   }
@@ -2123,6 +2184,75 @@ struct Controller::Impl {
                  .dump());
   }
 
+  // POST /v1/agents/{device}/journal-out: keepers drop out of durable instances'
+  // journals. The agent waits for this answer before it acknowledges a reply durable
+  // without them, so the record is in the store first: a restore that can read only a
+  // keeper that dropped out then knows its journal may lack acknowledged records.
+  HttpResponse JournalOut(const std::string& device, const HttpRequest& req) {
+    json j = json::parse(req.body, nullptr, false);
+    const char* kShape =
+        "journal-out: body must be {\"keepers_out\": [{\"instance\", \"keeper\", \"seq\" > 0, "
+        "\"kept_by\": [...], \"why\"}]}";
+    if (!j.is_object() || !j.contains("keepers_out") || !j["keepers_out"].is_array()) {
+      return ErrorResponse(InvalidArgumentError(kShape));
+    }
+    std::vector<std::pair<std::string, json>> puts;
+    std::vector<std::string> events;
+    for (const json& d : j["keepers_out"]) {
+      const std::string instance = d.is_object() ? d.value("instance", "") : "";
+      const std::string keeper = d.is_object() ? d.value("keeper", "") : "";
+      const uint64_t seq = d.is_object() ? d.value("seq", uint64_t{0}) : 0;
+      if (instance.empty() || keeper.empty() || seq == 0 || instance.find('/') != std::string::npos ||
+          keeper.find('/') != std::string::npos) {
+        return ErrorResponse(InvalidArgumentError(kShape));
+      }
+      std::vector<std::string> kept_by;
+      for (const json& k : d.value("kept_by", json::array())) {
+        if (k.is_string()) kept_by.push_back(k.get<std::string>());
+      }
+      const std::string why = d.value("why", "");
+      puts.emplace_back(fmt::format("{}{}/{}", kJournalOutPrefix, instance, keeper),
+                        json{{"seq", seq}, {"kept_by", kept_by}, {"agent", device},
+                             {"why", why}, {"unix_ms", UnixMillis()}});
+      events.push_back(fmt::format(
+          "{} drops out of the journal of {} at record #{} ({}): {} acknowledges its replies on "
+          "{} alone (one copy) until its keepers are assigned again",
+          keeper, instance, seq, why, device, fmt::join(kept_by, " and ")));
+    }
+    for (const auto& [key, value] : puts) {
+      Status s = store->Put(key, value.dump()).status();
+      if (!s.ok()) return ErrorResponse(s.WithPrefix("recording a journal keeper's drop-out"));
+    }
+    {
+      MutexLock l(&pub_mu);
+      for (const json& d : j["keepers_out"]) {
+        journal_out_at[d.value("instance", "")][d.value("keeper", "")] = MonoNanos();
+      }
+    }
+    for (std::string& e : events) Event(std::move(e));
+    return HttpResponse::Json(200, json{{"recorded", puts.size()}}.dump());
+  }
+
+  // The keepers recorded as dropped out of `id`'s journal: keeper -> the first record
+  // its journal may lack.
+  std::map<std::string, uint64_t> JournalOutOf(const std::string& id) {
+    std::map<std::string, uint64_t> out;
+    Result<store::RangeResult> r = store->Range(fmt::format("{}{}/", kJournalOutPrefix, id));
+    if (!r.ok()) return out;
+    for (const store::KeyValue& kv : r->kvs) {
+      json v = json::parse(kv.value, nullptr, false);
+      if (v.is_object()) out[std::string(KeyName(kv.key))] = v.value("seq", uint64_t{0});
+    }
+    return out;
+  }
+
+  // Forgets the drop-outs recorded for `id` (gone, or restored: its journal starts again).
+  void DropJournalOut(const std::string& id) {
+    for (const auto& [keeper, seq] : JournalOutOf(id)) {
+      (void)store->Delete(fmt::format("{}{}/{}", kJournalOutPrefix, id, keeper));
+    }
+  }
+
   HttpResponse Heartbeat(const std::string& device, const HttpRequest& req) {
     json j = json::parse(req.body, nullptr, false);
     if (j.is_discarded() || !j.is_object() || !j.contains("lease") ||
@@ -2185,6 +2315,7 @@ struct Controller::Impl {
               }
             }
             x.journal_degraded = d.value("degraded_acks", uint64_t{0});
+            x.journal_seq = d.value("journal_seq", uint64_t{0});
           }
         }
       }
@@ -2292,11 +2423,14 @@ struct Controller::Impl {
     return HttpResponse::Json(200, json{{"ok", true}}.dump());
   }
 
-  // The newest heartbeat's report of instance `id`, from any device (null: none).
-  const Telemetry::Inst* NewestInstTelemetry(const std::string& id) REQUIRES(pub_mu) {
+  // The newest heartbeat's report of instance `id` from a device other than `except`
+  // (where it is being restored: the report wanted is its old agent's).
+  const Telemetry::Inst* NewestInstTelemetry(const std::string& id, const std::string& except)
+      REQUIRES(pub_mu) {
     const Telemetry::Inst* out = nullptr;
     int64_t at = 0;
     for (const auto& [device, t] : telemetry) {
+      if (device == except) continue;
       auto x = t.instances.find(id);
       if (x != t.instances.end() && t.at_ns > at) {
         out = &x->second;
@@ -2351,6 +2485,16 @@ struct Controller::Impl {
         if (ck->second.durable) {
           i["checkpoint"]["durable"] = true;
           i["checkpoint"]["journal_seq"] = ck->second.journal_seq;
+          // Keepers recorded as dropped out since the base checkpoint: the acknowledged
+          // records from `seq` on are not on them (degraded until assigned again).
+          json out = json::array();
+          for (const auto& [keeper, seq] : JournalOutOf(id)) {
+            if (seq > ck->second.journal_seq &&
+                std::count(keepers.begin(), keepers.end(), keeper) > 0) {
+              out.push_back({{"device", keeper}, {"seq", seq}});
+            }
+          }
+          i["checkpoint"]["keepers_out"] = std::move(out);
         }
       }
       {
@@ -2622,6 +2766,12 @@ struct Controller::Impl {
       if (p.size() == 4 && p[3] == "heartbeat" && req.method == "POST") {
         fast->Post([this, dev = p[2], req = std::move(req), resp] {
           resp.Respond(Heartbeat(dev, req));
+        });
+        return;
+      }
+      if (p.size() == 4 && p[3] == "journal-out" && req.method == "POST") {
+        fast->Post([this, dev = p[2], req = std::move(req), resp] {
+          resp.Respond(JournalOut(dev, req));
         });
         return;
       }

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -742,9 +743,15 @@ struct DurableTwoKeepers : TestCluster {
   AgentProc* other = nullptr;  // the other cpu
   std::vector<std::string> keepers;  // its journal's, from the checkpoint record
 
-  void SetUp() {
-    ASSERT_NO_FATAL_FAILURE(Start(
-        {{"cpu0"}, {"cpu1"}, {"csd0", "h2", "csd"}, {"csd1", "h3", "csd"}, {"csd2", "h4", "csd"}}));
+  // `extra`: flags for every agent.
+  void SetUp(const std::vector<std::string>& extra = {},
+             const ControllerOptions& options = FastOptions()) {
+    ASSERT_NO_FATAL_FAILURE(Start({{"cpu0", "h1", "cpu", extra},
+                                   {"cpu1", "h1", "cpu", extra},
+                                   {"csd0", "h2", "csd", extra},
+                                   {"csd1", "h3", "csd", extra},
+                                   {"csd2", "h4", "csd", extra}},
+                                  options));
     // Base checkpoints every minute: none but the first during the test.
     json req{{"manifest", CounterManifest(60000) + "durable: true\n"},
              {"module_b64", Base64Encode(ReadFile(WasmPath("counter")))},
@@ -855,6 +862,166 @@ TEST(ControllerTest, DurableGoesOnDegradedWhenAKeeperDiesAndTheReplacementGetsAF
   EXPECT_EQ(InvokeSvc(*t.other, "counter", "get", ""), "10");
   EXPECT_EQ(t.Incr(*t.other, 103), "3") << "a key from before the replacement ran twice";
   EXPECT_EQ(InvokeSvc(*t.other, "counter", "get", ""), "10");
+}
+
+// Stops process `pid` (SIGSTOP: alive, but it answers nothing) and waits until every
+// thread of it has stopped: the signal is delivered asynchronously, and a frame that
+// arrives meanwhile could still be answered.
+bool StopProcess(pid_t pid) {
+  if (::kill(pid, SIGSTOP) != 0) return false;
+  auto all_stopped = [pid] {
+    const std::string dir = "/proc/" + std::to_string(pid) + "/task";
+    std::error_code ec;
+    bool any = false;
+    for (const auto& t : std::filesystem::directory_iterator(dir, ec)) {
+      std::string stat = ReadFile(t.path().string() + "/stat");
+      const size_t paren = stat.rfind(')');
+      if (paren == std::string::npos || paren + 2 >= stat.size()) return false;
+      if (stat[paren + 2] != 'T' && stat[paren + 2] != 't') return false;
+      any = true;
+    }
+    return any && !ec;
+  };
+  return WaitFor(all_stopped, std::chrono::seconds(5));
+}
+
+// The agent's status of instance `id` (its admin API), or null.
+json AgentInstanceStatus(const AgentProc& a, const std::string& id) {
+  auto c = transport::JsonApiClient::Connect(a.admin_address(), "agent", std::chrono::seconds(2));
+  if (!c.ok()) return nullptr;
+  Result<std::string> st = (*c)->Call("GET", "/v1/status");
+  json j = st.ok() ? json::parse(*st, nullptr, false) : json();
+  if (!j.is_object()) return nullptr;
+  for (const json& i : j.value("instances", json::array())) {
+    if (i.value("id", "") == id) return i;
+  }
+  return nullptr;
+}
+
+// A keeper stalls (its process stopped: alive, but it does not answer). The agent
+// acknowledges the next reply on the other keeper alone only once the controller has
+// recorded, in its store, that the stalled one dropped out as of that record. Then the
+// instance's device and that other keeper die: the restore can read only the stalled
+// keeper's journal, which ends before that reply, and says acknowledged requests may
+// be lost instead of "0 lost".
+TEST(ControllerTest, DurableRestoreFromAKeeperThatDroppedOutSaysAcknowledgedRequestsMayBeLost) {
+  DurableTwoKeepers t;
+  ASSERT_NO_FATAL_FAILURE(t.SetUp({"--journal-timeout-ms=500"}));
+  for (int i = 1; i <= 5; ++i) ASSERT_EQ(t.Incr(*t.home, 100 + i), std::to_string(i));
+  const std::string stalled = t.keepers[1], kept = t.keepers[0];
+  const pid_t stalled_pid = t.Agent(stalled).child->pid();
+  ASSERT_TRUE(StopProcess(stalled_pid));
+  ASSERT_EQ(t.Incr(*t.home, 106), "6");  // after the journal timeout, on `kept` alone
+  // The controller knew before that reply came back: in its store...
+  Result<std::optional<store::KeyValue>> rec =
+      t.st->Get(std::string(kJournalOutPrefix) + t.id + "/" + stalled);
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  ASSERT_TRUE(rec->has_value()) << "the degraded reply came before the controller knew";
+  json mark = json::parse((*rec)->value);
+  const uint64_t from = mark.value("seq", uint64_t{0});
+  EXPECT_GT(from, 1u) << mark.dump();
+  EXPECT_EQ(mark["kept_by"], json::array({kept})) << mark.dump();
+  EXPECT_EQ(mark.value("agent", ""), t.home->device);
+  // ...in the instance's document (`tern ps`) and in the events.
+  json ck = InstanceDoc(*t.api, "counter", t.id)["checkpoint"];
+  EXPECT_EQ(ck["keepers_out"], json::array({json{{"device", stalled}, {"seq", from}}})) << ck.dump();
+  EXPECT_NE(Events(*t.api).find(stalled + " drops out of the journal of " + t.id + " at record #" +
+                                std::to_string(from)),
+            std::string::npos)
+      << Events(*t.api);
+  // The replacement's base checkpoint waits for the stalled keeper first (it is still
+  // one of the copies): the window in which the record above is all the controller has.
+  ASSERT_TRUE(t.home->child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  ASSERT_TRUE(t.Agent(kept).child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  ASSERT_EQ(::kill(stalled_pid, SIGCONT), 0);
+  std::string ev = t.WaitForRestore();
+  EXPECT_NE(ev.find("restored " + t.id + " on " + t.other->device + " from its journal on " +
+                    stalled),
+            std::string::npos)
+      << ev;
+  EXPECT_NE(ev.find("NOT complete: " + stalled + " dropped out of its journal at #" +
+                    std::to_string(from) + ", so requests acknowledged after #"),
+            std::string::npos)
+      << ev;
+  EXPECT_NE(ev.find("may be lost"), std::string::npos) << ev;
+  EXPECT_EQ(ev.find("0 acknowledged requests lost"), std::string::npos) << ev;
+  // Everything before the drop-out is there; the degraded increment is there only if the
+  // stalled keeper wrote its record late, before the restore read its journal.
+  const std::string got = InvokeSvc(*t.other, "counter", "get", "");
+  EXPECT_TRUE(got == "5" || got == "6") << got;
+}
+
+// A keeper stalls while the controller is unreachable: the agent cannot have the drop-out
+// recorded, so it does not acknowledge on the other keeper alone: the request fails and
+// is undone, and the keeper does not drop out. Once it answers again, the retry is
+// durable on both.
+TEST(ControllerTest, DurableFailsARequestWhenAKeeperStallsAndTheControllerCannotBeTold) {
+  DurableTwoKeepers t;
+  ASSERT_NO_FATAL_FAILURE(t.SetUp({"--journal-timeout-ms=500"}));
+  for (int i = 1; i <= 3; ++i) ASSERT_EQ(t.Incr(*t.home, 100 + i), std::to_string(i));
+  t.ctl.reset();  // the controller goes
+  const pid_t stalled_pid = t.Agent(t.keepers[1]).child->pid();
+  ASSERT_TRUE(StopProcess(stalled_pid));
+  std::string r = t.Incr(*t.home, 104);
+  EXPECT_NE(r.find("keeper " + t.keepers[1] + " did not acknowledge"), std::string::npos) << r;
+  EXPECT_NE(r.find("the controller could not be told that " + t.keepers[1] + " drops out"),
+            std::string::npos)
+      << r;
+  EXPECT_NE(r.find("rolled back"), std::string::npos) << r;
+  EXPECT_EQ(InvokeSvc(*t.home, "counter", "get", ""), "3");
+  json st = AgentInstanceStatus(*t.home, t.id);
+  ASSERT_TRUE(st.is_object());
+  EXPECT_EQ(st["durable"]["keepers_out"], json::array()) << st.dump();
+  EXPECT_EQ(st["durable"]["degraded_acks"], 0) << st.dump();
+  ASSERT_EQ(::kill(stalled_pid, SIGCONT), 0);
+  EXPECT_EQ(t.Incr(*t.home, 104), "4");
+  st = AgentInstanceStatus(*t.home, t.id);
+  EXPECT_EQ(st["durable"]["keepers"].size(), 2u) << st.dump();
+  EXPECT_EQ(st["durable"]["degraded_acks"], 0) << st.dump();
+}
+
+// A keeper dies and its replacement stalls before it took its first (full) record: the
+// checkpoint record names the survivor alone, and when the instance's device and the
+// survivor die too, the replacement — alive again, its journal at most that full record
+// — is not restored from as if it were complete: the state is reported lost.
+TEST(ControllerTest, DurableNeverRestoresFromAReplacementThatDidNotTakeItsFullRecord) {
+  DurableTwoKeepers t;
+  ControllerOptions o = FastOptions();
+  o.agent_ttl = std::chrono::milliseconds(3000);  // the stalled replacement stays registered
+  ASSERT_NO_FATAL_FAILURE(t.SetUp({"--journal-timeout-ms=500"}, o));
+  for (int i = 1; i <= 3; ++i) ASSERT_EQ(t.Incr(*t.home, 100 + i), std::to_string(i));
+  const std::string lost = t.keepers[1], kept = t.keepers[0];
+  std::string spare;
+  for (const char* d : {"csd0", "csd1", "csd2"}) {
+    if (d != lost && d != kept) spare = d;
+  }
+  const pid_t spare_pid = t.Agent(spare).child->pid();
+  ASSERT_TRUE(StopProcess(spare_pid));
+  ASSERT_TRUE(t.Agent(lost).child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  ASSERT_EQ(t.Incr(*t.home, 104), "4");  // on `kept` alone
+  // The controller assigns `spare` with `kept`; the full record times out on `spare`,
+  // which drops out at once, and the record names `kept` alone.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return Events(*t.api).find(spare + " drops out of the journal of " + t.id) !=
+               std::string::npos;
+      },
+      std::chrono::seconds(10)))
+      << Events(*t.api);
+  ASSERT_TRUE(WaitFor([&] { return t.Keepers() == std::vector<std::string>{kept}; },
+                      std::chrono::seconds(5)))
+      << t.api->Get("/v1/cluster")->dump(1);
+  ASSERT_TRUE(t.home->child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  ASSERT_TRUE(t.Agent(kept).child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  ASSERT_EQ(::kill(spare_pid, SIGCONT), 0);
+  std::string ev = t.WaitForRestore();
+  EXPECT_EQ(ev.find("from its journal on " + spare), std::string::npos) << ev;
+  EXPECT_NE(ev.find("the checkpoint of " + t.id + " was kept by " + kept +
+                    ", which is gone: " + t.id + " starts on " + t.other->device +
+                    " with fresh state (its state is lost)"),
+            std::string::npos)
+      << ev;
+  EXPECT_EQ(InvokeSvc(*t.other, "counter", "get", ""), "0");
 }
 
 TEST(ControllerTest, CheckpointsNeedAStatefulService) {

@@ -37,6 +37,10 @@ inline constexpr std::string_view kElectionPrefix = "/tern/election";
 inline constexpr std::string_view kTopologyKey = "/tern/topology";
 inline constexpr std::string_view kDrainedPrefix = "/tern/drained/";
 inline constexpr std::string_view kCheckpointsPrefix = "/tern/checkpoints/";
+// A keeper that dropped out of a durable instance's journal, as its agent reported
+// before acknowledging a reply without it: <prefix><instance>/<keeper> =
+// {"seq": the first record it may lack, "kept_by": [...], "agent", "why", "unix_ms"}.
+inline constexpr std::string_view kJournalOutPrefix = "/tern/journal-out/";
 // The dataset checkpoints are kept in, on the storage device's agent; one object per
 // instance, named by the instance id.
 inline constexpr std::string_view kCheckpointDataset = "tern.checkpoints";
