@@ -19,6 +19,7 @@
 
 #include "agent/channels.h"
 #include "agent/journal_record.h"
+#include "agent/memory_reserve.h"
 #include "agent/migration_wire.h"
 #include "core/bytes.h"
 #include "core/crc32c.h"
@@ -1967,7 +1968,11 @@ const transport::Doorbell* Agent::DoorbellFor(std::string_view hint) {
 // Agent
 
 Agent::Agent(const AgentOptions& options, wasm::Engine* engine)
-    : options_(options), engine_(engine) {}
+    : options_(options),
+      engine_(engine),
+      reserve_(options.memory_reserve_bytes > 0
+                   ? std::make_unique<MemoryReserve>(options.memory_reserve_bytes)
+                   : nullptr) {}
 
 Agent::~Agent() { Shutdown(); }
 
@@ -2678,6 +2683,12 @@ Status Agent::FinishRollback(WorkerThread* wt, Slot* slot) {
   return rb;
 }
 
+namespace {
+// Defined with the migration target's code below.
+void GrowWarm(MemoryReserve* reserve, wasm::Instance* inst, uint64_t bytes);
+void ReserveWarm(MemoryReserve* reserve, std::string* s, size_t bytes);
+}  // namespace
+
 Status Agent::RestoreSlot(WorkerThread* wt, Slot* slot, const wasm::Snapshot& snap) {
   // In place when the memory has not outgrown the snapshot: every byte and the stack
   // pointer are overwritten, and the pages are already faulted in (7-29 GB/s here,
@@ -2691,6 +2702,7 @@ Status Agent::RestoreSlot(WorkerThread* wt, Slot* slot, const wasm::Snapshot& sn
     return Status::Ok();
   }
   if (slot->inst->memory_bytes() <= snap.memory.size()) {
+    GrowWarm(reserve_.get(), slot->inst.get(), snap.memory.size());
     Status s = slot->inst->Restore(snap);
     if (s.ok()) {
       if (slot->tracker != nullptr) {
@@ -2710,6 +2722,7 @@ Status Agent::RestoreSlot(WorkerThread* wt, Slot* slot, const wasm::Snapshot& sn
   TERN_ASSIGN_OR_RETURN(std::unique_ptr<wasm::Instance> fresh,
                         wt->worker()->Instantiate(slot->service->module, slot->service->limits,
                                                   /*run_initialize=*/false));
+  GrowWarm(reserve_.get(), fresh.get(), snap.memory.size());
   TERN_RETURN_IF_ERROR(fresh->Restore(snap));
   slot->tracker.reset();  // before the memory it tracks goes away
   slot->tracked_base = nullptr;
@@ -3345,6 +3358,7 @@ Status Agent::Restore(const std::string& instance_id, const wasm::Snapshot& snap
   }
   return RunOnSlot(instance_id, [&](WorkerThread* wt, Slot* slot) -> Status {
     TERN_RETURN_IF_ERROR(RestoreSlot(wt, slot, snap));
+    ReserveWarm(reserve_.get(), &slot->good.memory, snap.memory.size());
     slot->good = snap;
     // As the instance has them (a format-1 snapshot lists none; the stack pointer is one).
     TERN_RETURN_IF_ERROR(slot->inst->SnapshotGlobals(&slot->good));
@@ -3857,6 +3871,47 @@ class Prefaulter {
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };
+
+using Ranges = std::vector<std::pair<uint8_t*, size_t>>;
+
+// Moves warm blocks of `reserve` (may be null) under [p, p + n), memory nobody has
+// written yet (fresh or unused capacity), and appends to `cold` what is left to fault
+// in. Adds the bytes placed to `*warm`.
+void MoveWarm(MemoryReserve* reserve, uint8_t* p, size_t n, Ranges* cold, uint64_t* warm) {
+  const size_t got = reserve != nullptr ? reserve->MoveInto(p, n) : 0;
+  *warm += got;
+  if (got == 0) {
+    if (n > 0) cold->emplace_back(p, n);
+    return;
+  }
+  uint8_t* first = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(p) + kHugePage - 1) &
+                                              ~uintptr_t{kHugePage - 1});
+  if (first > p) cold->emplace_back(p, first - p);
+  if (first + got < p + n) cold->emplace_back(first + got, p + n - (first + got));
+}
+
+// Grows `inst`'s memory to `bytes` onto warm memory ahead of a restore that writes all of
+// it (the grown part is untouched and not tracked yet). Best effort: the restore grows
+// and faults in whatever this does not.
+void GrowWarm(MemoryReserve* reserve, wasm::Instance* inst, uint64_t bytes) {
+  const uint64_t have = inst->memory_bytes();
+  if (reserve == nullptr || bytes < have + 2 * kHugePage || !inst->GrowMemory(bytes).ok()) return;
+  Ranges cold;
+  uint64_t warm = 0;
+  MoveWarm(reserve, inst->memory_data() + have, bytes - have, &cold, &warm);
+}
+
+// Gives `*s` (about to be overwritten with `bytes` bytes) a buffer on warm memory when
+// its own is too small.
+void ReserveWarm(MemoryReserve* reserve, std::string* s, size_t bytes) {
+  if (reserve == nullptr || s->capacity() >= bytes || bytes < 2 * kHugePage) return;
+  std::string fresh;
+  fresh.reserve(bytes);
+  Ranges cold;
+  uint64_t warm = 0;
+  MoveWarm(reserve, reinterpret_cast<uint8_t*>(fresh.data()) + 1, bytes - 1, &cold, &warm);
+  s->swap(fresh);
+}
 }  // namespace
 
 struct Agent::Incoming {
@@ -3873,6 +3928,11 @@ struct Agent::Incoming {
   std::vector<uint64_t> written;  // bitmap of the pages written into `mem` so far
   std::optional<uint32_t> sp;
   std::unique_ptr<Prefaulter> prefault;  // while the pages arrive
+  // Keeps the agent's memory reserve from refilling (competing for the CPU) until the
+  // instance is dropped or, committed, this goes (after the commit's reply is sent);
+  // `warm`: the bytes it placed under mem and good.
+  MemoryReserve::Hold hold;
+  uint64_t warm = 0;
 };
 
 Result<std::shared_ptr<Agent::Incoming>> Agent::IncomingBegin(
@@ -3881,6 +3941,7 @@ Result<std::shared_ptr<Agent::Incoming>> Agent::IncomingBegin(
   auto in = std::make_shared<Incoming>();
   in->id = instance;
   in->sp = sp;
+  in->hold = MemoryReserve::Hold(reserve_.get());
   std::shared_ptr<Incoming> old;
   {
     MutexLock l(&mu_);
@@ -3940,6 +4001,14 @@ Result<std::shared_ptr<Agent::Incoming>> Agent::IncomingBegin(
     TERN_RETURN_IF_ERROR(slot->inst->GrowMemory(memory_bytes));
     in->mem = slot->inst->memory_data();
     in->bytes = slot->inst->memory_bytes();
+    // The grown part (untouched) onto warm memory from the reserve where it has some:
+    // its page tables move into V8's reservation (memory_reserve.h). V8 keeps only the
+    // reservation's bounds: it frees the whole range with one munmap, and grows by
+    // changing the protection past the end. The write tracker starts at the commit,
+    // after this. Then the rollback point to be, the same way.
+    const size_t initial_bytes = initial * kMigrationPageBytes;
+    Ranges cold{{in->mem, initial_bytes}};
+    MoveWarm(reserve_.get(), in->mem + initial_bytes, in->bytes - initial_bytes, &cold, &in->warm);
     AdviseHugePages(in->mem, in->bytes);
     // The instance's initial pages hold its data segments; the grown ones are zero.
     in->written.assign((in->bytes / kMigrationPageBytes + 63) / 64, 0);
@@ -3948,16 +4017,15 @@ Result<std::shared_ptr<Agent::Incoming>> Agent::IncomingBegin(
       std::string().swap(in->good);
       in->good.reserve(in->bytes);  // a fresh mapping for a large size, not yet touched
       AdviseHugePages(reinterpret_cast<uint8_t*>(in->good.data()), in->bytes);
+      // MADV_POPULATE_WRITE needs 4 KiB-aligned starts: the rollback buffer (malloc's)
+      // from its first whole page on (its first bytes: the string's terminator).
+      if (in->bytes > 4096) {
+        uint8_t* g = reinterpret_cast<uint8_t*>(
+            (reinterpret_cast<uintptr_t>(in->good.data()) + 4095) & ~uintptr_t{4095});
+        MoveWarm(reserve_.get(), g, in->bytes - 4096, &cold, &in->warm);
+      }
     }
-    // MADV_POPULATE_WRITE needs 4 KiB-aligned starts: the memory is; the rollback buffer
-    // (malloc's) from its first whole page on.
-    std::vector<std::pair<uint8_t*, size_t>> ranges{{in->mem, in->bytes}};
-    if (stateful && in->bytes > 4096) {
-      uint8_t* g = reinterpret_cast<uint8_t*>(
-          (reinterpret_cast<uintptr_t>(in->good.data()) + 4095) & ~uintptr_t{4095});
-      ranges.emplace_back(g, in->bytes - 4096);
-    }
-    in->prefault = std::make_unique<Prefaulter>(std::move(ranges));
+    in->prefault = std::make_unique<Prefaulter>(std::move(cold));
     in->slot = std::move(slot);
     return Status::Ok();
   });
@@ -3985,9 +4053,16 @@ Status Agent::IncomingGrow(Incoming* in, uint64_t memory_bytes) {
     TERN_RETURN_IF_ERROR(in->slot->inst->GrowMemory(memory_bytes));
     in->mem = in->slot->inst->memory_data();
     in->bytes = in->slot->inst->memory_bytes();
+    Ranges cold;  // faulted in by the copies (the prefaulter has stopped)
+    MoveWarm(reserve_.get(), in->mem + old, in->bytes - old, &cold, &in->warm);
     AdviseHugePages(in->mem + old, in->bytes - old);
     in->written.resize((in->bytes / kMigrationPageBytes + 63) / 64, 0);
-    if (in->svc->manifest.stateful) in->good.reserve(in->bytes);
+    if (in->svc->manifest.stateful && in->good.capacity() < in->bytes) {
+      in->good.reserve(in->bytes);  // moved: warm blocks past what it holds
+      const size_t kept = in->good.size() + 1;  // and its terminator
+      MoveWarm(reserve_.get(), reinterpret_cast<uint8_t*>(in->good.data()) + kept,
+               in->bytes - kept, &cold, &in->warm);
+    }
     return Status::Ok();
   });
 }
@@ -4084,6 +4159,7 @@ Status Agent::IncomingCommit(const std::shared_ptr<Incoming>& in, std::string_vi
     RoutesChanged();
     has_moved_.store(!moved_to_.empty(), std::memory_order_release);
   }
+  // The reserve refills once `in` is gone: after the commit's reply is sent.
   return Status::Ok();
 }
 
@@ -4101,6 +4177,7 @@ void Agent::IncomingDrop(const std::shared_ptr<Incoming>& in) {
     in->good.clear();
     return Status::Ok();
   });
+  in->hold.Release();
 }
 
 Result<std::string> Agent::MigrationDeployPayload(const std::string& instance) {
@@ -4124,6 +4201,16 @@ Status Agent::DeployFromMigration(std::string_view payload) {
   if (payload.size() - 4 < n) return InvalidArgumentError("deploy frame truncated");
   TERN_ASSIGN_OR_RETURN(Manifest m, ParseManifest(std::string(payload.substr(4, n)), "migration"));
   return Deploy(m, std::string(payload.substr(4 + n)), /*start_instances=*/false).status();
+}
+
+Result<wasm::Snapshot> Agent::RollbackPointForTest(const std::string& instance_id) {
+  wasm::Snapshot snap;
+  TERN_RETURN_IF_ERROR(RunOnSlot(instance_id, [&](WorkerThread* wt, Slot* slot) {
+    TERN_RETURN_IF_ERROR(FinishRollback(wt, slot));
+    snap = slot->good;
+    return Status::Ok();
+  }));
+  return snap;
 }
 
 Status Agent::RunOnInstanceForTest(const std::string& instance_id,
