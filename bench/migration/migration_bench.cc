@@ -5,6 +5,7 @@
 //                   [--sizes=1,16,64,256] [--rate=1000] [--words=8] [--before-ms=1000]
 //                   [--after-ms=1000] [--plot-mib=64] [--fill-pct=50]
 //                   [--links=1000,10000] [--link-sizes=64,256] [--stop-and-copy=1]
+//                   [--memory-reserve-mb=0]
 //
 // Two agents run in this process (Agent + AgentServer each, real TCP on 127.0.0.1, as in
 // src/agent/migration_test.cc). For each state size and mode (pre-copy, then
@@ -27,6 +28,11 @@
 //   5. `check` at the target must pass (every byte of the fill area intact).
 // The state is --fill-pct % compressible (counter's `fill N P`: that share of every 4 KiB
 // is a repeated word, the rest pseudo-random).
+//
+// --memory-reserve-mb=N gives both agents a warm memory reserve of N MiB
+// (agent/memory_reserve.h; 0, the default, = none, as an embedder's AgentOptions): the
+// target then moves it under the incoming memory and rollback point instead of
+// faulting fresh pages in. Each row waits for both reserves to be full before the load.
 //
 // Then, with root, the same over an emulated link (--links, Mbit/s; none with --quick):
 // the two agents on two hosts of an emulated network made by src/emu (a network namespace
@@ -73,6 +79,7 @@
 
 #include "agent/agent.h"
 #include "agent/agent_server.h"
+#include "agent/memory_reserve.h"
 #include "common/bench_util.h"
 #include "core/file.h"
 #include "core/ids.h"
@@ -124,6 +131,8 @@ struct Args {
   // Whether the loopback rows include stop-and-copy (--stop-and-copy=0: pre-copy only,
   // for quicker A/B and profiling runs of the default mode).
   bool stop_and_copy = true;
+  // Both agents' warm memory reserve (AgentOptions::memory_reserve_bytes), MiB; 0 = none.
+  uint32_t reserve_mib = 0;
 };
 
 std::string LinkName(uint64_t bps) {
@@ -144,11 +153,13 @@ struct Node {
   }
 };
 
-Result<Node> StartNode(wasm::Engine* engine, const std::string& device, const std::string& ip) {
+Result<Node> StartNode(wasm::Engine* engine, const std::string& device, const std::string& ip,
+                       uint32_t reserve_mib) {
   Node n;
   AgentOptions o;
   o.device = device;
   o.workers = 2;
+  o.memory_reserve_bytes = uint64_t{reserve_mib} << 20;
   TERN_ASSIGN_OR_RETURN(n.agent, Agent::Create(o, engine));
   AgentServerOptions so;
   so.host = ip;
@@ -589,6 +600,9 @@ struct Row {
   std::string tracking;
   agent::MigrationReport report;
   int64_t migrate_start_ns = 0;  // Migrate() called (NowNs)
+  uint64_t reserve_ready_bytes = 0;  // the target's warm reserve when Migrate was called
+  uint64_t warm_bytes = 0;           // what the target took from it
+  double loadavg = 0;                // 1-minute load average when Migrate was called
   int64_t migrate_end_ns = 0;    // Migrate() returned
   // CPU time of this whole process (both agents, the load) while Migrate ran: the work
   // a migration costs, which the wall time shows only divided by this VM's share.
@@ -634,10 +648,28 @@ struct Row {
   }
 };
 
+double LoadAvg1() {
+  double l = 0;
+  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
+    if (std::fscanf(f, "%lf", &l) != 1) l = 0;
+    std::fclose(f);
+  }
+  return l;
+}
+
 int64_t ProcessCpuNs() {
   timespec ts{};
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
   return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+// The instance's memory, and what the target drew from its warm reserve, if any.
+std::string MemoryCell(const Row& r) {
+  std::string s = fmt::format("{:.1f} MiB", static_cast<double>(r.report.memory_bytes) / kMiB);
+  if (r.reserve_ready_bytes > 0) {
+    s += fmt::format(" (warm {:.0f})", static_cast<double>(r.warm_bytes) / kMiB);
+  }
+  return s;
 }
 
 std::string ModeName(bool precopy) { return precopy ? "pre-copy" : "stop-and-copy"; }
@@ -654,7 +686,7 @@ Row RunOne(const Args& args, wasm::Engine* engine, const std::string& wasm,
   Result<Node> src = InternalError("not started");
   Result<Node> dst = InternalError("not started");
   if (Status ns = RunInNetns(place.src_netns,
-                             [&] { src = StartNode(engine, "src", place.src_ip); });
+                             [&] { src = StartNode(engine, "src", place.src_ip, args.reserve_mib); });
       !ns.ok()) {
     src = ns;
   }
@@ -663,7 +695,7 @@ Row RunOne(const Args& args, wasm::Engine* engine, const std::string& wasm,
     return row;
   }
   if (Status ns = RunInNetns(place.dst_netns,
-                             [&] { dst = StartNode(engine, "dst", place.dst_ip); });
+                             [&] { dst = StartNode(engine, "dst", place.dst_ip, args.reserve_mib); });
       !ns.ok()) {
     dst = ns;
   }
@@ -705,6 +737,12 @@ Row RunOne(const Args& args, wasm::Engine* engine, const std::string& wasm,
   row.fill_ns = NowNs() - tf;
   std::optional<agent::InstanceStatus> st = StatusOf(src->agent.get(), id);
   row.tracking = st && st->dirty_tracking ? "userfaultfd (exact)" : "page checksums";
+  // Both reserves full before the load: what an agent that has been idle a moment holds.
+  for (Node* n : {&*src, &*dst}) {
+    if (agent::MemoryReserve* r = n->agent->memory_reserve(); r != nullptr) {
+      if (!r->WaitFull(60'000 * kMs)) Progress(fmt::format("{}: a reserve did not fill in 60 s", label));
+    }
+  }
 
   // The load, then the migration in the middle of it.
   const int64_t drain_ns = 10'000 * kMs;
@@ -741,11 +779,16 @@ Row RunOne(const Args& args, wasm::Engine* engine, const std::string& wasm,
   Result<agent::MigrationReport> rep = InternalError("not run");
   // The source's outgoing connections (to the target, forwarding) start in its namespace.
   Status in_ns = RunInNetns(place.src_netns, [&] {
+    agent::MemoryReserve* r = dst->agent->memory_reserve();
+    const agent::MemoryReserve::Stats r0 = r != nullptr ? r->stats() : agent::MemoryReserve::Stats{};
+    row.reserve_ready_bytes = r0.ready_bytes;
+    row.loadavg = LoadAvg1();
     const int64_t cpu0 = ProcessCpuNs();
     row.migrate_start_ns = NowNs();
     rep = src->agent->Migrate(id, o);
     row.migrate_end_ns = NowNs();
     row.cpu_ns = ProcessCpuNs() - cpu0;
+    if (r != nullptr) row.warm_bytes = r->stats().moved_bytes - r0.moved_bytes;
   });
   if (!in_ns.ok()) rep = in_ns;
   Agent* home = src->agent.get();
@@ -1097,6 +1140,7 @@ int Run(const Args& args) {
   doc["benchmark"] = "migration";
   doc["machine"] = MachineInfo(args.source_dir);
   doc["quick"] = args.quick;
+  doc["memory_reserve_mib"] = args.reserve_mib;
   doc["load"] = {{"rate_per_s", args.rate},
                  {"handler", fmt::format("touch {}", args.words)},
                  {"before_ms", args.before_ns / kMs},
@@ -1259,6 +1303,9 @@ int Run(const Args& args) {
         {"check_ns", r.check_ns},
         {"fill_ns", r.fill_ns},
         {"link_limit_ns", r.report.memory_bytes != 0 ? link_ns(r) : 0.0},
+        {"reserve_ready_bytes", r.reserve_ready_bytes},
+        {"warm_bytes", r.warm_bytes},
+        {"loadavg_1m", r.loadavg},
     };
     if (r.link_bps != 0 && r.report.memory_bytes != 0) j["link_nominal_ns"] = nominal_ns(r);
     if (r.size_mib == plot_mib) {
@@ -1297,6 +1344,13 @@ int Run(const Args& args) {
       "must be exactly 1..N, the final `get` = N); `check` verifies every byte at the target.\n\n",
       args.words, args.words, args.rate, static_cast<double>(args.before_ns) / 1e6,
       static_cast<double>(args.after_ns) / 1e6);
+  md += args.reserve_mib == 0
+            ? "Memory reserve: **off** (`--memory-reserve-mb=0`): the target faults fresh "
+              "pages in under the instance's memory and its rollback point.\n\n"
+            : fmt::format("Memory reserve: **{} MiB** per agent (`--memory-reserve-mb`), full "
+                          "before each row's load; *memory* says how much of it the target "
+                          "took (warm).\n\n",
+                          args.reserve_mib);
 
   // Summary.
   md += "## Summary (goals of issue #6)\n\n";
@@ -1382,8 +1436,7 @@ int Run(const Args& args) {
       }
       md += TableRow(
           {fmt::format("{} MiB", r.size_mib),
-           fmt::format("{:.1f} MiB", static_cast<double>(r.report.memory_bytes) / kMiB),
-           r.tracking == "page checksums" ? "checksums" : "uffd",
+           MemoryCell(r), r.tracking == "page checksums" ? "checksums" : "uffd",
            fmt::format("{} ({:.2f} + {:.2f})", Ms(r.report.downtime_ns),
                        static_cast<double>(r.DowntimeSourceNs()) / 1e6,
                        static_cast<double>(r.report.downtime_ns - r.DowntimeSourceNs()) / 1e6),
@@ -1483,7 +1536,12 @@ int Run(const Args& args) {
         }
         const double ln = link_ns(r), nn = nominal_ns(r);
         md += TableRow(
-            {LinkName(l.bps), measured, fmt::format("{} MiB", r.size_mib), r.report.codec,
+            {LinkName(l.bps), measured,
+             fmt::format("{} MiB{}", r.size_mib,
+                         r.reserve_ready_bytes > 0
+                             ? fmt::format(" (warm {:.0f})", static_cast<double>(r.warm_bytes) / kMiB)
+                             : ""),
+             r.report.codec,
              Ms(r.report.downtime_ns), Ms(r.report.total_ns), CpuCell(r), SetupCell(r),
              Rounds(r.report),
              fmt::format("{:.1f} / {:.1f}", static_cast<double>(r.report.bytes_sent) / kMiB,
@@ -1598,7 +1656,7 @@ int Main(int argc, char** argv) {
       "                       [--sizes=1,16,64,256] [--rate=1000] [--words=8]\n"
       "                       [--before-ms=1000] [--after-ms=1000] [--plot-mib=64]\n"
       "                       [--fill-pct=50] [--links=1000,10000] [--link-sizes=64,256]\n"
-      "                       [--stop-and-copy=1]\n";
+      "                       [--stop-and-copy=1] [--memory-reserve-mb=0]\n";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto val = [&](const char* flag) { return FlagValue(a, flag); };
@@ -1623,6 +1681,8 @@ int Main(int argc, char** argv) {
       if (v->empty()) args.links_mbps.clear();
       args.links_given = true;
     } else if (auto v = val("--link-sizes"); v && ParseU32List(*v, &args.link_sizes_mib)) {
+    } else if (auto v = val("--memory-reserve-mb"); v && ParseNum(*v, &args.reserve_mib) &&
+                                                       args.reserve_mib <= 65536) {
     } else if (auto v = val("--stop-and-copy"); v && (*v == "0" || *v == "1")) {
       args.stop_and_copy = *v == "1";
     } else if (auto v = val("--before-ms"); v && ParseNum(*v, &ms) && ms >= 0) {

@@ -50,6 +50,7 @@ class ShmConnection;
 
 namespace tern::agent {
 
+class MemoryReserve;
 class OutChannel;
 struct DedupEntry;
 
@@ -85,6 +86,11 @@ struct AgentOptions {
   // Durable instances (manifest `durable`): how long a request waits for its keeper to
   // acknowledge its journal record before it is rolled back and fails (kUnavailable).
   int64_t journal_timeout_ns = 2'000'000'000;
+
+  // Warm memory kept faulted in for incoming migrations (agent/memory_reserve.h): the
+  // target moves it under the instance's memory and its rollback point instead of
+  // faulting fresh pages in. 0 = none (the library default; `tern agent` keeps 128 MiB).
+  uint64_t memory_reserve_bytes = 0;
 };
 
 // Where a dataset is kept: the agent that serves it and how to reach it.
@@ -412,6 +418,8 @@ class Agent {
   bool HasService(const std::string& service) EXCLUDES(mu_);
   bool HasRunningInstance(const std::string& service) EXCLUDES(mu_);
   const AgentOptions& options() const { return options_; }
+  // The warm memory reserve; nullptr when options().memory_reserve_bytes is 0.
+  MemoryReserve* memory_reserve() const { return reserve_.get(); }
   // Set once, before the first call (AgentServer does, when it knows its addresses).
   void SetAddresses(std::string tcp_address, std::string shm_path) {
     options_.tcp_address = std::move(tcp_address);
@@ -460,6 +468,9 @@ class Agent {
   // instance, and waits.
   Status RunOnInstanceForTest(const std::string& instance_id,
                               const std::function<void(wasm::Instance*)>& fn);
+  // Test hook: a copy of the instance's rollback point (what a failed request goes back
+  // to; a stateful instance's current state between requests).
+  Result<wasm::Snapshot> RollbackPointForTest(const std::string& instance_id);
 
  private:
   struct Service;
@@ -681,6 +692,8 @@ class Agent {
 
   AgentOptions options_;
   wasm::Engine* const engine_;
+  // Declared early, destroyed late: incoming migrations hold it (MemoryReserve::Hold).
+  std::unique_ptr<MemoryReserve> reserve_;
   std::vector<std::unique_ptr<WorkerThread>> workers_;
   // Serves "$data" requests that arrive over TCP, so that a guest running on a worker
   // never delays the device's dataset serving; runs no instances.

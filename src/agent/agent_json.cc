@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/memory_reserve.h"
 #include "core/ids.h"
 
 namespace tern::agent {
@@ -82,6 +83,15 @@ std::string StatusToJson(const AgentStatus& st) {
               {"cached_modules", st.cached_modules},
               {"services", services},
               {"instances", instances}}
+      .dump();
+}
+
+std::string MemoryReserveToJson(const MemoryReserve* r) {
+  const MemoryReserve::Stats s = r != nullptr ? r->stats() : MemoryReserve::Stats{};
+  return nlohmann::json{{"target_bytes", s.target_bytes},
+                        {"ready_bytes", s.ready_bytes},
+                        {"moved_bytes", s.moved_bytes},
+                        {"failed_moves", s.failed_moves}}
       .dump();
 }
 

@@ -11,5 +11,7 @@ namespace tern::agent {
 std::string StatusToJson(const AgentStatus& st);
 std::string ServiceToJson(const ServiceStatus& s);
 std::string MigrationReportToJson(const MigrationReport& r);
+// The agent's warm memory reserve (all zero when it has none: `r` null).
+std::string MemoryReserveToJson(const MemoryReserve* r);
 
 }  // namespace tern::agent

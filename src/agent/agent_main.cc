@@ -65,6 +65,10 @@ int RunAgentCommand(int argc, char** argv) {
         "share of the cores kept for the device's main task (serving its datasets), in "
         "[0, 1): guests then run in a child cgroup limited to the rest (cgroup v1)");
   f.Add("memory-mib", "1024", "memory this device offers to instances, MiB");
+  f.Add("memory-reserve-mb", "128",
+        "warm memory (MiB) kept faulted in, in 2 MiB huge pages, filled at idle priority, "
+        "for incoming migrations to land on instead of fresh pages (refilled after use); "
+        "it stays in the agent's RSS. 0 = none. Unless given, at most --memory-mib / 8");
   f.Add("journal-timeout-ms", "2000",
         "how long a durable instance's reply waits for a keeper to acknowledge its journal "
         "record before the keeper drops out (docs/design/migration.md, \"A keeper fails\")");
@@ -73,7 +77,7 @@ int RunAgentCommand(int argc, char** argv) {
   f.Add("config", "",
         "YAML file with any of: device, host, port, admin_port, data_dir, "
         "workers, log_level, v8_flags, host_id, shm_socket, call_transport, tcp_serving, "
-        "locations "
+        "locations, memory_reserve_mb "
         "(flags given on the command line win)");
   if (int rc = cli::ParseFlagsOrExit(&f, argc, argv, "tern agent", 0, 0); rc >= 0) return rc;
   Config cfg;
@@ -83,8 +87,8 @@ int RunAgentCommand(int argc, char** argv) {
         {"device", "host", "port", "admin_port", "data_dir", "workers", "log_level", "v8_flags",
          "host_id", "shm_socket", "call_transport", "tcp_serving", "locations", "controller",
          "kind",
-         "cores", "speed", "reserved", "memory_mib", "advertise", "datasets_dir",
-         "journal_timeout_ms"});
+         "cores", "speed", "reserved", "memory_mib", "memory_reserve_mb", "advertise",
+         "datasets_dir", "journal_timeout_ms"});
     if (!c.ok()) {
       std::fprintf(stderr, "tern agent: %s\n", c.status().ToString().c_str());
       return 2;
@@ -115,6 +119,7 @@ int RunAgentCommand(int argc, char** argv) {
   Result<int64_t> admin_port = num("admin-port", 0, 65535);
   Result<int64_t> workers = num("workers", 1, 256);
   Result<int64_t> memory_mib = num("memory-mib", 1, int64_t{1} << 30);
+  Result<int64_t> memory_reserve_mb = num("memory-reserve-mb", 0, int64_t{1} << 20);
   Result<int64_t> journal_timeout_ms = num("journal-timeout-ms", 10, 600'000);
   auto positive = [&](const std::string& flag) -> Result<double> {
     std::string v = str(flag);
@@ -138,9 +143,10 @@ int RunAgentCommand(int argc, char** argv) {
     }
     return d;
   }();
-  for (const Status& s : {port.status(), admin_port.status(), workers.status(),
-                          memory_mib.status(), journal_timeout_ms.status(), cores.status(),
-                          speed.status(), reserved.status()}) {
+  for (const Status& s :
+       {port.status(), admin_port.status(), workers.status(), memory_mib.status(),
+        memory_reserve_mb.status(), journal_timeout_ms.status(), cores.status(),
+        speed.status(), reserved.status()}) {
     if (!s.ok()) {
       std::fprintf(stderr, "tern agent: %s\n", std::string(s.message()).c_str());
       return 2;
@@ -165,6 +171,14 @@ int RunAgentCommand(int argc, char** argv) {
   ao.datasets_dir = str("datasets-dir");
   ao.cores = *cores;
   ao.reserved = *reserved;
+  // The default reserve covers a default-sized stateful instance (64 MiB cap: its memory
+  // and its rollback point) but never more than an eighth of what the device offers:
+  // `tern up` limits the agent's cgroup to that memory, and the reserve counts in it.
+  int64_t reserve_mb = *memory_reserve_mb;
+  if (!f.IsSet("memory-reserve-mb") && !cfg.Has("memory_reserve_mb")) {
+    reserve_mb = std::min<int64_t>(reserve_mb, *memory_mib / 8);
+  }
+  ao.memory_reserve_bytes = static_cast<uint64_t>(reserve_mb) << 20;
   ao.journal_timeout_ns = *journal_timeout_ms * 1'000'000;
   Result<dataplane::TierPolicy> policy = dataplane::ParseTierPolicy(str("call-transport"));
   if (!policy.ok()) {
@@ -224,7 +238,8 @@ int RunAgentCommand(int argc, char** argv) {
                  << (shm_socket.empty() ? "" : ", shared memory on " + shm_socket)
                  << ", host " << ao.host << ", calls " << dataplane::TierPolicyName(ao.tier_policy)
                  << ", TCP served by " << TcpServingName(so.tcp_serving)
-                 << (ao.data_dir.empty() ? "" : ", data in " + ao.data_dir);
+                 << (ao.data_dir.empty() ? "" : ", data in " + ao.data_dir)
+                 << fmt::format(", memory reserve {} MiB", ao.memory_reserve_bytes >> 20);
   std::unique_ptr<Registrar> registrar;
   if (!str("controller").empty()) {
     RegistrarOptions ro;

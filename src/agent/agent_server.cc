@@ -240,6 +240,8 @@ struct AgentServer::Impl {
                        {"frame_connections", FrameConnectionsJson()},
                        {"admin_port", http ? http->port() : 0},
                        {"workers", agent->options().workers},
+                       {"memory_reserve", nlohmann::json::parse(MemoryReserveToJson(
+                                              agent->memory_reserve()))},
                        {"abi", "tern_v1"},
                        {"version", kTernVersion}};
       return HttpResponse::Json(200, j.dump());

@@ -12,6 +12,7 @@
 
 #include "agent/agent.h"
 #include "agent/agent_server.h"
+#include "agent/memory_reserve.h"
 #include "agent/migration_wire.h"
 #include "agent/test_node.h"
 #include "agent/worker_gate.h"
@@ -202,11 +203,12 @@ TEST(MigrationWireTest, CommitStateRoundTripsAndDetectsDamage) {
 using Node = TestNode;
 
 std::unique_ptr<Node> StartNode(const std::string& device, int workers = 2,
-                                size_t max_queue = 1024) {
+                                size_t max_queue = 1024, uint64_t memory_reserve_bytes = 0) {
   AgentOptions o;
   o.device = device;
   o.workers = workers;
   o.max_queue_per_instance = max_queue;
+  o.memory_reserve_bytes = memory_reserve_bytes;
   return TestNode::Start(o);
 }
 
@@ -724,6 +726,163 @@ TEST(MigrationBurstTest, RequestsHeldDuringTheFreezeAreForwardedWithinTheTargets
   EXPECT_EQ(failed.load(), 0) << first_error;
   EXPECT_EQ(ok.load(), 200);
   EXPECT_EQ(Call(b->agent.get(), "get").reply, "200");
+}
+
+// ---- the warm memory reserve (agent/memory_reserve.h)
+
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+constexpr int64_t kReserveWait = 30'000'000'000;
+
+// The target's rollback point must equal its memory between requests, byte for byte:
+// the pages moved under both from the reserve hold what arrived, and the write
+// tracker (registered over the moved pages at the commit) sees every later write.
+void ExpectRollbackPointIsTheState(Agent* a, const std::string& id) {
+  Result<wasm::Snapshot> now = a->Snapshot(id);
+  Result<wasm::Snapshot> good = a->RollbackPointForTest(id);
+  ASSERT_TRUE(now.ok()) << now.status();
+  ASSERT_TRUE(good.ok()) << good.status();
+  ASSERT_EQ(good->memory.size(), now->memory.size());
+  EXPECT_TRUE(good->memory == now->memory) << "the rollback point differs from the memory";
+}
+
+TEST(MigrationReserveTest, PrecopyLandsOnWarmMemoryAndTheStateStaysWhole) {
+  std::unique_ptr<Node> a = StartNode("src", 2, 1024, 48 * kMiB);
+  std::unique_ptr<Node> b = StartNode("dst", 2, 1024, 48 * kMiB);
+  Result<ServiceStatus> s = a->agent->Deploy(CounterManifest(1), ReadWasm("counter"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  const std::string id = s->instances.at(0);
+  ASSERT_TRUE(Call(a->agent.get(), "fill", "16384").status.ok());  // 16 MiB of state
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(Call(a->agent.get(), "touch", "16").status.ok());
+  const std::string sum = Call(a->agent.get(), "check").reply;
+  const bool tracked = StatusOf(a->agent.get(), id).dirty_tracking;
+  MemoryReserve* rb = b->agent->memory_reserve();
+  ASSERT_NE(rb, nullptr);
+  ASSERT_TRUE(rb->WaitFull(kReserveWait));
+  MigrateOptions o;
+  o.to_tcp = b->tcp;
+  o.to_device = "dst";
+  Result<MigrationReport> r = a->agent->Migrate(id, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  // Both copies (the memory and the rollback point, 16+ MiB each) took whole 2 MiB
+  // blocks from the reserve: all but the partial blocks at their ends.
+  const MemoryReserve::Stats st = rb->stats();
+  EXPECT_GE(st.moved_bytes, 2 * 12 * kMiB);
+  EXPECT_LE(st.moved_bytes, 48 * kMiB);
+  EXPECT_EQ(st.failed_moves, 0u);
+
+  InvokeResult check = Call(b->agent.get(), "check");
+  ASSERT_TRUE(check.status.ok()) << check.status;
+  EXPECT_EQ(check.reply, sum);
+  EXPECT_EQ(Call(b->agent.get(), "get").reply, "10");
+  EXPECT_EQ(StatusOf(b->agent.get(), id).dirty_tracking, tracked)
+      << "the write tracker must register over the moved pages as over fresh ones";
+  ExpectRollbackPointIsTheState(b->agent.get(), id);
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(Call(b->agent.get(), "touch", "64").status.ok());
+  ExpectRollbackPointIsTheState(b->agent.get(), id);
+  // memory.grow after the move (V8 extends its reservation past the moved pages).
+  const uint64_t before = StatusOf(b->agent.get(), id).memory_bytes;
+  ASSERT_TRUE(Call(b->agent.get(), "fill", "8192").status.ok());
+  EXPECT_GT(StatusOf(b->agent.get(), id).memory_bytes, before);
+  const std::string sum2 = Call(b->agent.get(), "check").reply;
+  ASSERT_FALSE(sum2.empty());
+  ExpectRollbackPointIsTheState(b->agent.get(), id);
+  // Refilled once the instance is in, and the way back lands on the source's reserve.
+  EXPECT_TRUE(rb->WaitFull(kReserveWait));
+  ASSERT_TRUE(a->agent->memory_reserve()->WaitFull(kReserveWait));
+  o.to_tcp = a->tcp;
+  o.to_device = "src";
+  r = b->agent->Migrate(id, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_GE(a->agent->memory_reserve()->stats().moved_bytes, 2 * 20 * kMiB);
+  InvokeResult back = Call(a->agent.get(), "check");
+  ASSERT_TRUE(back.status.ok()) << back.status;
+  EXPECT_EQ(back.reply, sum2);
+  EXPECT_EQ(Call(a->agent.get(), "get").reply, "30");
+  ExpectRollbackPointIsTheState(a->agent.get(), id);
+}
+
+TEST(MigrationReserveTest, AReserveSmallerThanTheInstanceFallsBackToFreshPages) {
+  std::unique_ptr<Node> a = StartNode("src");
+  std::unique_ptr<Node> b = StartNode("dst", 2, 1024, 4 * kMiB);
+  Result<ServiceStatus> s = a->agent->Deploy(CounterManifest(1), ReadWasm("counter"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  const std::string id = s->instances.at(0);
+  ASSERT_TRUE(Call(a->agent.get(), "fill", "16384").status.ok());
+  const std::string sum = Call(a->agent.get(), "check").reply;
+  ASSERT_TRUE(b->agent->memory_reserve()->WaitFull(kReserveWait));
+  MigrateOptions o;
+  o.to_tcp = b->tcp;
+  o.to_device = "dst";
+  Result<MigrationReport> r = a->agent->Migrate(id, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(b->agent->memory_reserve()->stats().moved_bytes, 4 * kMiB) << "all it had";
+  InvokeResult check = Call(b->agent.get(), "check");
+  ASSERT_TRUE(check.status.ok()) << check.status;
+  EXPECT_EQ(check.reply, sum);
+  ExpectRollbackPointIsTheState(b->agent.get(), id);
+  ASSERT_TRUE(Call(b->agent.get(), "touch", "64").status.ok());
+  ExpectRollbackPointIsTheState(b->agent.get(), id);
+}
+
+// A restore from a snapshot (and a rollback or journal replay, the same code) grows the
+// memory onto warm blocks too, and its rollback point.
+TEST(MigrationReserveTest, ARestoreLandsOnWarmMemory) {
+  std::unique_ptr<Node> a = StartNode("src");
+  std::unique_ptr<Node> b = StartNode("dst", 2, 1024, 48 * kMiB);
+  Result<ServiceStatus> s = a->agent->Deploy(CounterManifest(1), ReadWasm("counter"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_TRUE(Call(a->agent.get(), "fill", "16384").status.ok());
+  ASSERT_TRUE(Call(a->agent.get(), "incr", "7").status.ok());
+  const std::string sum = Call(a->agent.get(), "check").reply;
+  Result<wasm::Snapshot> snap = a->agent->Snapshot(s->instances.at(0));
+  ASSERT_TRUE(snap.ok()) << snap.status();
+  Result<ServiceStatus> t = b->agent->Deploy(CounterManifest(1), ReadWasm("counter"));
+  ASSERT_TRUE(t.ok()) << t.status();
+  const std::string id = t->instances.at(0);
+  ASSERT_TRUE(b->agent->memory_reserve()->WaitFull(kReserveWait));
+  ASSERT_TRUE(b->agent->Restore(id, *snap).ok());
+  EXPECT_GE(b->agent->memory_reserve()->stats().moved_bytes, 2 * 12 * kMiB);
+  InvokeResult check = Call(b->agent.get(), "check");
+  ASSERT_TRUE(check.status.ok()) << check.status;
+  EXPECT_EQ(check.reply, sum);
+  EXPECT_EQ(Call(b->agent.get(), "get").reply, "7");
+  ExpectRollbackPointIsTheState(b->agent.get(), id);
+  ASSERT_TRUE(Call(b->agent.get(), "touch", "64").status.ok());
+  ExpectRollbackPointIsTheState(b->agent.get(), id);
+}
+
+// The memory grows on the source after `begin` (a request during pre-copy): the target
+// grows its copy and the rollback point's capacity onto warm blocks too.
+TEST(MigrationReserveTest, MemoryGrownDuringPrecopyLandsOnWarmMemoryToo) {
+  std::unique_ptr<Node> a = StartNode("src");
+  std::unique_ptr<Node> b = StartNode("dst", 2, 1024, 96 * kMiB);
+  Result<ServiceStatus> s = a->agent->Deploy(CounterManifest(1), ReadWasm("counter"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  const std::string id = s->instances.at(0);
+  ASSERT_TRUE(Call(a->agent.get(), "fill", "8192").status.ok());
+  const uint64_t begin_bytes = StatusOf(a->agent.get(), id).memory_bytes;
+  ASSERT_TRUE(b->agent->memory_reserve()->WaitFull(kReserveWait));
+  MigrateOptions o;
+  o.to_tcp = b->tcp;
+  o.to_device = "dst";
+  std::string grown_sum;
+  o.step_hook = [&](const std::string& step) {
+    if (step == "round 0") grown_sum = Call(a->agent.get(), "fill", "16384").reply;
+    return Status::Ok();
+  };
+  Result<MigrationReport> r = a->agent->Migrate(id, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_FALSE(grown_sum.empty());
+  EXPECT_GE(StatusOf(b->agent.get(), id).memory_bytes, begin_bytes + 16 * kMiB)
+      << "the memory grew after begin";
+  // Both copies of ~24+ MiB, all but partial blocks, the grown parts included.
+  EXPECT_GE(b->agent->memory_reserve()->stats().moved_bytes, 2 * 20 * kMiB);
+  InvokeResult check = Call(b->agent.get(), "check");
+  ASSERT_TRUE(check.status.ok()) << check.status;
+  EXPECT_EQ(check.reply, grown_sum);
+  ExpectRollbackPointIsTheState(b->agent.get(), id);
+  ASSERT_TRUE(Call(b->agent.get(), "touch", "64").status.ok());
+  ExpectRollbackPointIsTheState(b->agent.get(), id);
 }
 
 }  // namespace

@@ -113,7 +113,8 @@ struct Registrar::Impl {
     }
     json hb{{"lease", lease},           {"boot", boot},       {"datasets", datasets},
             {"cpu_ns", ProcessCpuNs()}, {"rss_bytes", RssBytes()},
-            {"cores", options.cores},   {"status", status}};
+            {"cores", options.cores},   {"status", status},
+            {"memory_reserve", json::parse(MemoryReserveToJson(agent->memory_reserve()))}};
     // The package energy counter, where this machine exposes RAPL (the controller then
     // uses it instead of the device's power model; controller/energy.h).
     if (options.kind == "cpu") {

@@ -355,7 +355,9 @@ Result<bool> FrameDecoder::CheckHead(const char* p, size_t avail, uint32_t max_p
   return true;
 }
 
-Status FrameDecoder::DecodeWhole(std::string_view bytes, uint32_t max_payload, Frame* out) {
+Result<std::pair<size_t, size_t>> FrameDecoder::DecodeWholeHead(std::string_view bytes,
+                                                                 uint32_t max_payload,
+                                                                 Frame* out) {
   // A private copy of the header and names: what is checked is what is used.
   constexpr size_t kMaxHead = kFrameHeaderBytes + 3 * kMaxNameBytes;
   char head[kMaxHead];
@@ -369,7 +371,28 @@ Status FrameDecoder::DecodeWhole(std::string_view bytes, uint32_t max_payload, F
                                      valid ? fmt::format(" (the frame has {})", h.total) : ""));
   }
   ReadHead(head, h.tenant_len, h.service_len, h.handler_len, out);
-  out->payload.assign(bytes.data() + h.head, h.payload_len);
+  return std::pair<size_t, size_t>(h.head, h.payload_len);
+}
+
+Status FrameDecoder::DecodeWhole(std::string_view bytes, uint32_t max_payload, Frame* out) {
+  TERN_ASSIGN_OR_RETURN(auto payload, DecodeWholeHead(bytes, max_payload, out));
+  out->payload.assign(bytes.data() + payload.first, payload.second);
+  return Status::Ok();
+}
+
+Status FrameDecoder::DecodeWholeIntoSink(std::string_view bytes, uint32_t max_payload,
+                                         Frame* out) {
+  TERN_ASSIGN_OR_RETURN(auto payload, DecodeWholeHead(bytes, max_payload, out));
+  if (sink_armed_ && out->type == FrameType::kReply && out->request_id == sink_id_ &&
+      payload.second <= sink_.size()) {
+    std::memcpy(sink_.data(), bytes.data() + payload.first, payload.second);
+    out->payload.clear();
+    sunk_bytes_ = payload.second;
+    sink_armed_ = false;
+    sink_ = {};
+    return Status::Ok();
+  }
+  out->payload.assign(bytes.data() + payload.first, payload.second);
   return Status::Ok();
 }
 

@@ -159,6 +159,12 @@ class FrameDecoder {
   // kDataLoss if `bytes` holds more or less than one frame. No streaming state: for
   // records that hold a whole frame (the shared-memory transport's small ones).
   static Status DecodeWhole(std::string_view bytes, uint32_t max_payload, Frame* out);
+  // DecodeWhole, with this decoder's payload sink (SetPayloadSink) for a frame of any
+  // size: a kReply for the sink's request id whose payload fits gets its payload copied
+  // there (out->payload is left empty, PayloadInSink() gives its size, the sink is
+  // used up), any other frame is decoded as by DecodeWhole. For a client's small
+  // replies: no allocation, one copy, as for its large ones.
+  Status DecodeWholeIntoSink(std::string_view bytes, uint32_t max_payload, Frame* out);
   // The sticky error (OK if none).
   const Status& error() const { return error_; }
 
@@ -192,6 +198,10 @@ class FrameDecoder {
   // and the end of the window PayloadWindow() offered last.
   char* large_dst_ = nullptr;
   size_t large_window_end_ = 0;
+  // DecodeWhole's checks: the header and names copied out of `bytes` into `head`
+  // (kMaxHeadBytes), checked and read into `out`; returns the payload's offset and size.
+  static Result<std::pair<size_t, size_t>> DecodeWholeHead(std::string_view bytes,
+                                                           uint32_t max_payload, Frame* out);
   // SetPayloadSink: armed until a frame uses it.
   bool sink_armed_ = false;
   uint64_t sink_id_ = 0;

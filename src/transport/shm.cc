@@ -587,10 +587,10 @@ void ShmConnection::PublishTail() {
 
 Status ShmConnection::DecodeRecord(std::string_view bytes, std::vector<Frame>* out) {
   if (bytes.size() < kLargePayloadBytes) {
-    // A small frame (no payload sink takes it): header and names are copied out and
-    // checked, then the payload is copied once, from the ring into the frame.
+    // A small frame: header and names are copied out and checked, then the payload is
+    // copied once, from the ring into the frame or the payload sink.
     Frame& f = out->emplace_back();
-    Status s = FrameDecoder::DecodeWhole(bytes, kMaxPayloadBytes, &f);
+    Status s = decoder_.DecodeWholeIntoSink(bytes, kMaxPayloadBytes, &f);
     if (!s.ok()) {
       out->pop_back();
       return Fail(s.WithPrefix("shm: corrupt record"));

@@ -270,8 +270,8 @@ class ShmConnection {
   // (or the memfd); nothing is kept after the call returns.
   Status Send(const Frame& head, std::string_view payload);
   // Receiving a large reply into the caller's memory (FrameDecoder::SetPayloadSink):
-  // the payload of the next kReply frame with `request_id` whose payload is large
-  // (kLargePayloadBytes) and fits `dst` is copied from the ring (or memfd) into `dst`
+  // the payload of the next kReply frame with `request_id` whose payload fits `dst`
+  // (small or large) is copied from the ring (or memfd) into `dst`
   // instead of its Frame, whose payload is then empty; PayloadInSink() gives its size
   // once Poll() has returned that frame (SIZE_MAX otherwise). `dst` must stay valid
   // until then or ClearPayloadSink().

@@ -274,8 +274,9 @@ TEST(ShmConnectionTest, PayloadFromTheCallersBytesAndReplyIntoTheCallersBuffer) 
   ASSERT_NO_FATAL_FAILURE(MakePair(dir.Sock(), &p));
   std::vector<char> sink(1 << 20);
   uint64_t id = 1;
-  // Inline (64 KiB), inline at the limit of the sink, and the memfd path (600 KiB).
-  for (size_t size : {size_t{64} << 10, size_t{200} << 10, size_t{600} << 10}) {
+  // Small (64 B: decoded whole, FrameDecoder::DecodeWholeIntoSink), inline (64 KiB),
+  // inline at the limit of the sink, and the memfd path (600 KiB).
+  for (size_t size : {size_t{64}, size_t{64} << 10, size_t{200} << 10, size_t{600} << 10}) {
     SCOPED_TRACE(size);
     Frame head = MakeFrame(id, 0);
     head.payload = "ignored";

@@ -2,7 +2,8 @@
 // byte stream, and every frame it accepts must re-encode to the same bytes. A second
 // decoder reads the same stream as the TCP readers do (into PayloadWindow, at most
 // ReadLimit into a buffer, a payload sink armed for one request id) and must decode
-// the same frames.
+// the same frames, and a whole record decodes (DecodeWhole, DecodeWholeIntoSink) as the
+// shared-memory receiver does it, to the same frame.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -65,6 +66,30 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (read.size() > plain.size()) __builtin_trap();
   for (size_t i = 0; i < read.size(); ++i) {
     if (!(read[i] == plain[i])) __builtin_trap();
+  }
+
+  // The shared-memory receiver's way: the input as one record. DecodeWhole accepts it
+  // exactly when it is one whole frame and nothing more, and then decodes what the
+  // stream decoder did; DecodeWholeIntoSink the same, its payload in the sink when the
+  // frame is a reply to the sink's request id that fits.
+  const std::string_view record(reinterpret_cast<const char*>(data), size);
+  std::string one;
+  const bool whole = plain.size() == 1 && tern::transport::EncodeFrame(plain[0], &one).ok() &&
+                     one.size() == size;
+  Frame w;
+  if (FrameDecoder::DecodeWhole(record, 1 << 20, &w).ok() != whole) __builtin_trap();
+  if (whole && !(w == plain[0])) __builtin_trap();
+  FrameDecoder sk(1 << 20);
+  std::vector<char> small(size > 3 ? data[3] : 0);
+  sk.SetPayloadSink(size > 1 ? data[1] : 0, small);
+  Frame ws;
+  if (sk.DecodeWholeIntoSink(record, 1 << 20, &ws).ok() != whole) __builtin_trap();
+  if (whole) {
+    if (sk.PayloadInSink() != SIZE_MAX) {
+      if (!ws.payload.empty()) __builtin_trap();
+      ws.payload.assign(small.data(), sk.PayloadInSink());
+    }
+    if (!(ws == plain[0])) __builtin_trap();
   }
   return 0;
 }

@@ -67,11 +67,18 @@ class HostCall {
   // Guest range [ptr, ptr + len): its host address, or null after throwing a trap.
   uint8_t* Span(uint32_t ptr, uint64_t len, const char* what) {
     if (mem_ == nullptr) {
-      // Looked up at the first use (a V8 handle, address and size: ~30 ns), not for
-      // the host calls that touch no memory (tern_request_len).
-      v8::Local<v8::ArrayBuffer> buf = worker_->call().instance->Buffer();
-      mem_ = static_cast<uint8_t*>(buf->Data());
-      size_ = buf->ByteLength();
+      // The call's view of the memory (CallState::mem_buf), unless the guest grew it
+      // since: then looked up again (a V8 handle, address and size: ~30 ns), once per
+      // host call — not for the host calls that touch no memory (tern_request_len).
+      CallState& cs = worker_->call();
+      if (!cs.mem_buf.IsEmpty() && !cs.mem_buf->WasDetached()) {
+        mem_ = cs.mem_base;
+        size_ = cs.mem_size;
+      } else {
+        v8::Local<v8::ArrayBuffer> buf = cs.instance->Buffer();
+        mem_ = static_cast<uint8_t*>(buf->Data());
+        size_ = buf->ByteLength();
+      }
     }
     if (uint64_t{ptr} + len > size_) {
       worker_->ThrowTrap(fmt::format("{}: {} [{:#x}, +{}) is outside linear memory ({} bytes)", fn_,

@@ -80,6 +80,14 @@ struct CallState {
   bool reply_in_place = false;
   uint32_t reply_ptr = 0;
   uint32_t reply_len = 0;
+  // The guest memory as the call began (V8Worker::Invoke looks it up once, in the
+  // call's handle scope, which outlives the host calls): each lookup is a handle, an
+  // address and a size (~30 ns), and a small request made three. Valid while `mem_buf`
+  // is not detached: growing a wasm memory detaches its old ArrayBuffer (the
+  // WebAssembly JS API requires it), and only then can V8 have moved the bytes.
+  v8::Local<v8::ArrayBuffer> mem_buf;
+  uint8_t* mem_base = nullptr;
+  uint64_t mem_size = 0;
 };
 
 class V8Worker final : public Worker {
@@ -97,11 +105,14 @@ class V8Worker final : public Worker {
   v8::Local<v8::Context> context() const { return context_.Get(isolate_); }
   CallState& call() { return call_; }
   bool OnWorkerThread() const { return std::this_thread::get_id() == thread_; }
+  // The isolate and its context stay entered on the worker's thread (the first worker
+  // there; see Init): a call need not enter them.
+  bool stays_entered() const { return entered_; }
 
   // Runs `fn` (an export of `inst`) under the CPU-time limit and turns the outcome into
-  // a Status (engine.h). Needs an entered isolate, HandleScope and context.
-  Status Invoke(V8Instance* inst, v8::Local<v8::Function> fn, std::string_view name,
-                HostCalls* host);
+  // a Status (engine.h). Needs an entered isolate, HandleScope and context (`ctx`).
+  Status Invoke(V8Instance* inst, v8::Local<v8::Context> ctx, v8::Local<v8::Function> fn,
+                std::string_view name, HostCalls* host);
 
   // Throws a WebAssembly.RuntimeError with `message` from inside a host function.
   void ThrowTrap(std::string_view message);
@@ -137,6 +148,11 @@ class V8Worker final : public Worker {
   CallState call_;
   int live_instances_ = 0;
   bool entered_ = false;  // isolate_ stays entered on thread_ (see Init)
+  // With entered_: a handle scope open for the worker's life, under every call's own.
+  // Handles are only ever made in those (V8 aborts on a handle outside any scope), so
+  // it stays empty; it keeps the handle block allocated between calls — without it
+  // each call's scope allocated a block at its first handle and freed it at its end.
+  std::optional<v8::HandleScope> base_scope_;
   uint64_t instantiations_ = 0;
   uint64_t calls_ = 0;
 };
