@@ -425,10 +425,10 @@ Status V8Instance::CallInternal(std::string_view handler, HostCalls* host) {
         "instance is unusable after an earlier failure ({}); restore it or discard it", broken_));
   }
   v8::Isolate* iso = worker_->isolate();
-  if (worker_->stays_entered()) {
-    // The isolate and the context are entered for the worker's life (V8Worker::Init),
-    // and no other isolate runs on this thread in between.
-    DCHECK(v8::Isolate::TryGetCurrent() == iso) << "another isolate is entered on this thread";
+  // The isolate and the context are entered for the worker's life (V8Worker::Init). If
+  // another isolate was entered on this thread since (nothing in tern does; an embedder
+  // might), the call enters ours explicitly below: one thread-local read decides.
+  if (worker_->stays_entered() && v8::Isolate::TryGetCurrent() == iso) {
     v8::HandleScope scope(iso);
     v8::Local<v8::Context> ctx = worker_->context();
     TERN_ASSIGN_OR_RETURN(v8::Local<v8::Function> fn, Handler(handler));
