@@ -13,6 +13,8 @@
 #include <new>
 #include <thread>
 
+#include <v8.h>
+
 #include "wasm/engine.h"
 #include "testing/globals_guest.h"
 #include "wasm/test_util.h"
@@ -146,6 +148,32 @@ TEST_F(V8EngineTest, CompileRejectsBadModulesWithClearMessages) {
   r = e->Compile(good, 1);  // its memory starts above 1 page
   EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("above the cap"));
+}
+
+// The first worker on a thread keeps its isolate and context entered between calls. If
+// another isolate is entered on that thread meanwhile (an embedder's own), a call must
+// still run in the worker's isolate, not in whatever is current.
+TEST(V8WorkerEntryTest, ACallWorksAfterAnotherIsolateWasEnteredOnItsThread) {
+  std::thread t([] {  // a fresh thread: this worker is its first
+    Result<std::unique_ptr<Worker>> w = SharedEngine()->NewWorker();
+    ASSERT_TRUE(w.ok()) << w.status();
+    Result<std::unique_ptr<Instance>> inst =
+        (*w)->Instantiate(CompileGuest("guest_stateful"), Limits(), true);
+    ASSERT_TRUE(inst.ok()) << inst.status();
+    EXPECT_EQ(Counter(**inst), 1u);
+    std::unique_ptr<v8::ArrayBuffer::Allocator> alloc(
+        v8::ArrayBuffer::Allocator::NewDefaultAllocator());
+    v8::Isolate::CreateParams params;
+    params.array_buffer_allocator = alloc.get();
+    v8::Isolate* other = v8::Isolate::New(params);
+    other->Enter();
+    EXPECT_EQ(Counter(**inst), 2u);
+    EXPECT_EQ(v8::Isolate::TryGetCurrent(), other) << "the call left the other isolate entered";
+    other->Exit();
+    other->Dispose();
+    EXPECT_EQ(Counter(**inst), 3u);
+  });
+  t.join();
 }
 
 TEST_F(V8EngineTest, InstantiateAndCall) {
