@@ -745,6 +745,17 @@ void ExpectRollbackPointIsTheState(Agent* a, const std::string& id) {
   EXPECT_TRUE(good->memory == now->memory) << "the rollback point differs from the memory";
 }
 
+// The instance at `a` holds the state whose `check` was `sum`, its rollback point is
+// that state, and stays it after a request that writes.
+void ExpectStateAndRollbackPoint(Agent* a, const std::string& id, const std::string& sum) {
+  InvokeResult check = Call(a, "check");
+  ASSERT_TRUE(check.status.ok()) << check.status;
+  EXPECT_EQ(check.reply, sum);
+  ExpectRollbackPointIsTheState(a, id);
+  ASSERT_TRUE(Call(a, "touch", "64").status.ok());
+  ExpectRollbackPointIsTheState(a, id);
+}
+
 TEST(MigrationReserveTest, PrecopyLandsOnWarmMemoryAndTheStateStaysWhole) {
   std::unique_ptr<Node> a = StartNode("src", 2, 1024, 48 * kMiB);
   std::unique_ptr<Node> b = StartNode("dst", 2, 1024, 48 * kMiB);
@@ -816,12 +827,7 @@ TEST(MigrationReserveTest, AReserveSmallerThanTheInstanceFallsBackToFreshPages) 
   Result<MigrationReport> r = a->agent->Migrate(id, o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(b->agent->memory_reserve()->stats().moved_bytes, 4 * kMiB) << "all it had";
-  InvokeResult check = Call(b->agent.get(), "check");
-  ASSERT_TRUE(check.status.ok()) << check.status;
-  EXPECT_EQ(check.reply, sum);
-  ExpectRollbackPointIsTheState(b->agent.get(), id);
-  ASSERT_TRUE(Call(b->agent.get(), "touch", "64").status.ok());
-  ExpectRollbackPointIsTheState(b->agent.get(), id);
+  ExpectStateAndRollbackPoint(b->agent.get(), id, sum);
 }
 
 // A restore from a snapshot (and a rollback or journal replay, the same code) grows the
@@ -842,13 +848,8 @@ TEST(MigrationReserveTest, ARestoreLandsOnWarmMemory) {
   ASSERT_TRUE(b->agent->memory_reserve()->WaitFull(kReserveWait));
   ASSERT_TRUE(b->agent->Restore(id, *snap).ok());
   EXPECT_GE(b->agent->memory_reserve()->stats().moved_bytes, 2 * 12 * kMiB);
-  InvokeResult check = Call(b->agent.get(), "check");
-  ASSERT_TRUE(check.status.ok()) << check.status;
-  EXPECT_EQ(check.reply, sum);
   EXPECT_EQ(Call(b->agent.get(), "get").reply, "7");
-  ExpectRollbackPointIsTheState(b->agent.get(), id);
-  ASSERT_TRUE(Call(b->agent.get(), "touch", "64").status.ok());
-  ExpectRollbackPointIsTheState(b->agent.get(), id);
+  ExpectStateAndRollbackPoint(b->agent.get(), id, sum);
 }
 
 // The memory grows on the source after `begin` (a request during pre-copy): the target
@@ -877,12 +878,7 @@ TEST(MigrationReserveTest, MemoryGrownDuringPrecopyLandsOnWarmMemoryToo) {
       << "the memory grew after begin";
   // Both copies of ~24+ MiB, all but partial blocks, the grown parts included.
   EXPECT_GE(b->agent->memory_reserve()->stats().moved_bytes, 2 * 20 * kMiB);
-  InvokeResult check = Call(b->agent.get(), "check");
-  ASSERT_TRUE(check.status.ok()) << check.status;
-  EXPECT_EQ(check.reply, grown_sum);
-  ExpectRollbackPointIsTheState(b->agent.get(), id);
-  ASSERT_TRUE(Call(b->agent.get(), "touch", "64").status.ok());
-  ExpectRollbackPointIsTheState(b->agent.get(), id);
+  ExpectStateAndRollbackPoint(b->agent.get(), id, grown_sum);
 }
 
 }  // namespace
