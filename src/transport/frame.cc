@@ -380,6 +380,13 @@ Status FrameDecoder::DecodeWhole(std::string_view bytes, uint32_t max_payload, F
   return Status::Ok();
 }
 
+Result<std::string_view> FrameDecoder::DecodeWholeBorrowed(std::string_view bytes,
+                                                           uint32_t max_payload, Frame* out) {
+  TERN_ASSIGN_OR_RETURN(auto payload, DecodeWholeHead(bytes, max_payload, out));
+  out->payload.clear();
+  return bytes.substr(payload.first, payload.second);
+}
+
 Status FrameDecoder::DecodeWholeIntoSink(std::string_view bytes, uint32_t max_payload,
                                          Frame* out) {
   TERN_ASSIGN_OR_RETURN(auto payload, DecodeWholeHead(bytes, max_payload, out));

@@ -165,6 +165,12 @@ class FrameDecoder {
   // used up), any other frame is decoded as by DecodeWhole. For a client's small
   // replies: no allocation, one copy, as for its large ones.
   Status DecodeWholeIntoSink(std::string_view bytes, uint32_t max_payload, Frame* out);
+  // DecodeWhole without the payload's copy: out->payload is left empty and the payload's
+  // place in `bytes` is returned, for a reader that copies it once from there to where
+  // it is needed (a shared-memory request read straight into the guest). Only the
+  // header and names are checked; the payload's bytes may still change under the caller.
+  static Result<std::string_view> DecodeWholeBorrowed(std::string_view bytes,
+                                                      uint32_t max_payload, Frame* out);
   // The sticky error (OK if none).
   const Status& error() const { return error_; }
 

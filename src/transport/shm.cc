@@ -359,6 +359,7 @@ ShmConnection::ShmConnection(UniqueFd sock, uint8_t* base, size_t map_bytes, siz
 
 ShmConnection::~ShmConnection() {
   Close();
+  if (borrow_map_ != nullptr) munmap(borrow_map_, borrow_map_bytes_);
   munmap(base_, map_bytes_);
 }
 
@@ -574,9 +575,11 @@ Status ShmConnection::Send(const Frame& head, std::string_view payload) {
 // --- consumer ---
 
 void ShmConnection::PublishTail() {
-  if (tail_ == published_tail_) return;
-  StoreRelease(in_ctl().tail.value, tail_);
-  published_tail_ = tail_;
+  // A borrowed record (PollBorrowed) and what follows stay ours until it is released.
+  const uint64_t t = borrowing_ ? borrow_start_ : tail_;
+  if (t == published_tail_) return;
+  StoreRelease(in_ctl().tail.value, t);
+  published_tail_ = t;
   FullFence();  // pairs with WantSpace
   std::atomic_ref<uint64_t> wanted(in_ctl().space_wanted.value);
   if (wanted.load(std::memory_order_relaxed) != 0 &&
@@ -586,6 +589,24 @@ void ShmConnection::PublishTail() {
 }
 
 Status ShmConnection::DecodeRecord(std::string_view bytes, std::vector<Frame>* out) {
+  if (borrow_out_ != nullptr && bytes.size() >= borrow_min_) {
+    // PollBorrowed: the header and names are copied out and checked, the payload stays
+    // where it is (the reader copies it from there, once) and so does the record.
+    Frame& f = out->emplace_back();
+    Result<std::string_view> payload =
+        FrameDecoder::DecodeWholeBorrowed(bytes, kMaxPayloadBytes, &f);
+    if (!payload.ok()) {
+      out->pop_back();
+      return Fail(payload.status().WithPrefix("shm: corrupt record"));
+    }
+    *borrow_out_ = *payload;
+    borrow_out_ = nullptr;
+    borrowing_ = true;
+    borrow_start_ = record_start_;
+    ++stats_.received;
+    ++stats_.borrowed;
+    return Status::Ok();
+  }
   if (bytes.size() < kLargePayloadBytes) {
     // A small frame: header and names are copied out and checked, then the payload is
     // copied once, from the ring into the frame or the payload sink.
@@ -696,8 +717,15 @@ Status ShmConnection::ReadLarge(const ShmLargeRecord& rec, std::vector<Frame>* o
   if (!s.ok()) return Fail(DataLossError(s.message()));
   void* p = mmap(nullptr, rec.size, PROT_READ, MAP_SHARED | MAP_POPULATE, m.fd.get(), 0);
   if (p == MAP_FAILED) return Fail(ErrnoError("shm: mmap of a large message", errno));
+  const bool borrowed_before = borrowing_;
   s = DecodeRecord(std::string_view(static_cast<const char*>(p), rec.size), out);
-  munmap(p, rec.size);
+  if (s.ok() && borrowing_ && !borrowed_before) {
+    // Its payload was borrowed: mapped until ReleaseBorrowed (sealed: it cannot change).
+    borrow_map_ = p;
+    borrow_map_bytes_ = rec.size;
+  } else {
+    munmap(p, rec.size);
+  }
   return s;
 }
 
@@ -716,6 +744,7 @@ Result<bool> ShmConnection::ReadOne(std::vector<Frame>* out) {
     const uint64_t pos = tail_ & (ring_bytes_ - 1);
     const uint64_t to_end = ring_bytes_ - pos;
     const uint64_t avail = peer_head_ - tail_;  // > 0, a multiple of 8
+    record_start_ = tail_;
     const uint8_t* rec = in_data() + pos;
     ShmRecordHeader h;
     std::memcpy(&h, rec, sizeof(h));  // read once: the peer may change it under us
@@ -811,6 +840,31 @@ Result<size_t> ShmConnection::Poll(std::vector<Frame>* out, size_t max) {
   }
   if (n == 0 && peer_gone_) return UnavailableError("shm: the peer closed the connection");
   return n;
+}
+
+Result<size_t> ShmConnection::PollBorrowed(std::vector<Frame>* out, size_t min_bytes,
+                                           std::string_view* borrowed) {
+  *borrowed = {};
+  if (borrowing_) {
+    return FailedPreconditionError("shm: a borrowed record has not been released");
+  }
+  borrow_min_ = min_bytes;
+  borrow_out_ = borrowed;
+  Result<size_t> n = Poll(out, 1);
+  borrow_min_ = SIZE_MAX;
+  borrow_out_ = nullptr;
+  return n;
+}
+
+void ShmConnection::ReleaseBorrowed() {
+  if (!borrowing_) return;
+  borrowing_ = false;
+  if (borrow_map_ != nullptr) {
+    munmap(borrow_map_, borrow_map_bytes_);
+    borrow_map_ = nullptr;
+    borrow_map_bytes_ = 0;
+  }
+  if (error_.ok() && !closed_) PublishTail();
 }
 
 bool ShmConnection::HasWork() const {

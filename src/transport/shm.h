@@ -227,6 +227,7 @@ struct ShmStats {
   uint64_t sent_large = 0;    // frames committed through the memfd path
   uint64_t queued = 0;        // frames that went through the overflow queue
   uint64_t received = 0;      // frames returned by Poll
+  uint64_t borrowed = 0;      // of them, returned by PollBorrowed with the payload left in place
   size_t overflow_bytes = 0;  // bytes in the overflow queue now
 };
 
@@ -289,6 +290,22 @@ class ShmConnection {
   // which the connection is closed and every call returns that error. Frames appended
   // before an error stay in `out`.
   Result<size_t> Poll(std::vector<Frame>* out, size_t max = 64);
+
+  // Receiving a request without copying its payload: Poll(out, 1), except that a frame
+  // whose record is at least `min_bytes` long (inline in the ring, or a large message's
+  // memfd) is appended with an empty payload and `*borrowed` is set to its payload where
+  // it lies in shared memory (left empty otherwise). The space stays the receiver's until
+  // ReleaseBorrowed(): the peer cannot reuse that part of the ring, and a large message
+  // stays mapped. Meanwhile Poll() may take later frames (they are copied as always;
+  // the ring's read index the peer sees stops at the borrowed record). The header and
+  // names were copied out and checked, but the payload's bytes in the ring are the
+  // peer's to write: read each once and rely on nothing in them (a large message's are
+  // sealed). One borrow at a time: kFailedPrecondition while one is held.
+  Result<size_t> PollBorrowed(std::vector<Frame>* out, size_t min_bytes,
+                              std::string_view* borrowed);
+  // Gives the borrowed space back (and publishes the read index past it). No-op when
+  // nothing is borrowed.
+  void ReleaseBorrowed();
 
   // True if Poll() or Flush() would make progress now: the receive ring is not empty, the
   // peer has closed, or queued frames fit. Cheap (a few loads); call it between
@@ -391,6 +408,14 @@ class ShmConnection {
   uint64_t expected_large_seq_ = 1;
   std::deque<ReceivedLarge> received_large_;
   FrameDecoder decoder_;
+  // PollBorrowed: what it asks for while it runs, and what is held until ReleaseBorrowed.
+  size_t borrow_min_ = SIZE_MAX;
+  std::string_view* borrow_out_ = nullptr;
+  uint64_t record_start_ = 0;  // ring position of the record being decoded
+  bool borrowing_ = false;
+  uint64_t borrow_start_ = 0;        // the borrowed record's position: PublishTail stops there
+  void* borrow_map_ = nullptr;       // a borrowed large message's mapping
+  size_t borrow_map_bytes_ = 0;
 
   bool closed_ = false;     // Close() was called
   bool peer_gone_ = false;  // peer closed or died

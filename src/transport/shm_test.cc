@@ -549,7 +549,17 @@ TEST(ShmConnectionTest, RandomGarbageAnywhereNeverCrashes) {
     for (int round = 0; round < 5; ++round) {
       for (ShmConnection* c : {p.server.get(), p.client.get()}) {
         std::vector<Frame> got;
-        Result<size_t> r = c->Poll(&got);
+        // Every other iteration the server borrows what it can (as an agent's worker
+        // does), then gives it back.
+        std::string_view borrowed;
+        Result<size_t> r = c == p.server.get() && iter % 2 == 1
+                               ? c->PollBorrowed(&got, 256, &borrowed)
+                               : c->Poll(&got);
+        if (borrowed.data() != nullptr) {
+          volatile char sink = 0;
+          for (char ch : borrowed) sink = static_cast<char>(sink + ch);
+          c->ReleaseBorrowed();
+        }
         if (r.ok()) continue;
         const StatusCode code = r.status().code();
         EXPECT_TRUE(code == StatusCode::kDataLoss || code == StatusCode::kInvalidArgument ||
@@ -560,6 +570,150 @@ TEST(ShmConnectionTest, RandomGarbageAnywhereNeverCrashes) {
     }
   }
   EXPECT_GT(errors, 0);
+}
+
+// PollBorrowed until a frame comes (or the deadline passes).
+Result<size_t> PollBorrowedOne(ShmConnection* rx, std::vector<Frame>* out, size_t min_bytes,
+                               std::string_view* borrowed) {
+  const int64_t deadline = MonoNanos() + 3000 * kMs;
+  Result<size_t> r = size_t{0};
+  while (out->empty() && MonoNanos() < deadline) {
+    r = rx->PollBorrowed(out, min_bytes, borrowed);
+    if (!r.ok()) break;
+  }
+  return r;
+}
+
+bool InMapping(ShmConnection* c, std::string_view bytes) {
+  std::span<uint8_t> m = c->SharedMemoryForTest();
+  const auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
+  return p >= m.data() && p + bytes.size() <= m.data() + m.size();
+}
+
+// A large request's payload is left where it arrived: in the ring (inline records) or
+// in its sealed memfd (larger ones), and the ring's read index the producer sees stops
+// at the borrowed record until it is released; small records are copied as by Poll.
+TEST(ShmConnectionTest, PollBorrowedLeavesLargePayloadsInSharedMemoryUntilReleased) {
+  TempDir dir;
+  Pair p;
+  ASSERT_NO_FATAL_FAILURE(MakePair(dir.Sock(), &p));
+  uint64_t id = 1;
+  uint64_t borrowed_frames = 0;
+  for (size_t size : {size_t{64}, size_t{4} << 10, size_t{64} << 10, size_t{600} << 10}) {
+    SCOPED_TRACE(size);
+    const Frame f = MakeFrame(id++, size);
+    const Frame next = MakeFrame(id++, 100);
+    ASSERT_TRUE(p.client->Send(f).ok());
+    ASSERT_TRUE(p.client->Send(next).ok());
+    const uint64_t tail_before = Header(p.server.get())->ring[0].tail.value;
+    std::vector<Frame> got;
+    std::string_view borrowed;
+    ASSERT_TRUE(PollBorrowedOne(p.server.get(), &got, 2048, &borrowed).ok());
+    ASSERT_EQ(got.size(), 1u);  // one frame at a time
+    Frame want = f;
+    if (size < 2048) {
+      EXPECT_EQ(borrowed.data(), nullptr);
+      EXPECT_TRUE(got[0] == want);
+    } else {
+      ++borrowed_frames;
+      ASSERT_NE(borrowed.data(), nullptr);
+      EXPECT_TRUE(borrowed == f.payload);
+      // Inline records stay in the ring; the 600 KiB one (> ring/4) in its memfd.
+      EXPECT_EQ(InMapping(p.server.get(), borrowed), size < (256u << 10));
+      want.payload.clear();
+      EXPECT_TRUE(got[0] == want);
+      EXPECT_EQ(Header(p.server.get())->ring[0].tail.value, tail_before)
+          << "the producer may reuse a borrowed record";
+      std::string_view again;
+      std::vector<Frame> more;
+      EXPECT_EQ(p.server->PollBorrowed(&more, 2048, &again).status().code(),
+                StatusCode::kFailedPrecondition);
+      // Later frames can be taken meanwhile (copied); the index still stops there.
+      ASSERT_TRUE(p.server->Poll(&more).ok());
+      ASSERT_EQ(more.size(), 1u);
+      EXPECT_TRUE(more[0] == next);
+      EXPECT_EQ(Header(p.server.get())->ring[0].tail.value, tail_before);
+      EXPECT_TRUE(borrowed == f.payload);
+      p.server->ReleaseBorrowed();
+      p.server->ReleaseBorrowed();  // a no-op
+      EXPECT_EQ(Header(p.server.get())->ring[0].tail.value,
+                Header(p.server.get())->ring[0].head.value);
+      continue;
+    }
+    got = Receive(p.server.get(), nullptr, 1);
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_TRUE(got[0] == next);
+  }
+  EXPECT_EQ(p.server->stats().borrowed, borrowed_frames);
+  EXPECT_EQ(p.server->stats().received, 8u);
+}
+
+// While a record is borrowed the producer must not write over it, however much the
+// consumer takes after it: with a 4 KiB ring, frames queue on the producer's side until
+// the release, then all arrive, in order, and the borrowed bytes were never touched.
+TEST(ShmConnectionTest, AProducerNeverOverwritesABorrowedRecord) {
+  TempDir dir;
+  Pair p;
+  ShmConnectOptions opts;
+  opts.ring_bytes = 4096;  // inline up to 1024 bytes
+  ASSERT_NO_FATAL_FAILURE(MakePair(dir.Sock(), &p, opts));
+  const Frame big = MakeFrame(1, 900);
+  ASSERT_TRUE(p.client->Send(big).ok());
+  std::vector<Frame> got;
+  std::string_view borrowed;
+  ASSERT_TRUE(PollBorrowedOne(p.server.get(), &got, 512, &borrowed).ok());
+  ASSERT_EQ(got.size(), 1u);
+  ASSERT_TRUE(borrowed == big.payload);
+  std::vector<Frame> sent;
+  for (int i = 0; i < 40; ++i) {
+    sent.push_back(MakeFrame(static_cast<uint64_t>(i + 2), 400));
+    ASSERT_TRUE(p.client->Send(sent.back()).ok());
+  }
+  // The consumer takes all it can; the producer keeps refilling what it sees free.
+  std::vector<Frame> rest;
+  for (int round = 0; round < 50; ++round) {
+    ASSERT_TRUE(p.client->Flush().ok());
+    ASSERT_TRUE(p.server->Poll(&rest).ok());
+  }
+  EXPECT_TRUE(borrowed == big.payload) << "the producer wrote over a borrowed record";
+  EXPECT_LT(rest.size(), sent.size());
+  EXPECT_TRUE(p.client->HasOverflow());
+  p.server->ReleaseBorrowed();
+  std::vector<Frame> tail = Receive(p.server.get(), p.client.get(), sent.size() - rest.size());
+  rest.insert(rest.end(), tail.begin(), tail.end());
+  ASSERT_EQ(rest.size(), sent.size());
+  for (size_t i = 0; i < sent.size(); ++i) ASSERT_TRUE(rest[i] == sent[i]) << i;
+}
+
+// A peer that scribbles over a record the consumer has borrowed (its header, the
+// frame's header and names, the payload) changes only the payload bytes the reader
+// sees: what was decoded was copied out and checked first, the ring position is the
+// consumer's own, and the connection goes on after the release.
+TEST(ShmConnectionTest, ScribblingOverABorrowedRecordChangesOnlyItsPayload) {
+  TempDir dir;
+  Pair p;
+  ASSERT_NO_FATAL_FAILURE(MakePair(dir.Sock(), &p));
+  const Frame f = MakeFrame(1, 64 << 10);
+  ASSERT_TRUE(p.client->Send(f).ok());
+  std::vector<Frame> got;
+  std::string_view borrowed;
+  ASSERT_TRUE(PollBorrowedOne(p.server.get(), &got, 2048, &borrowed).ok());
+  ASSERT_EQ(got.size(), 1u);
+  Frame want = f;
+  want.payload.clear();
+  // The record starts at ring offset 0: all of it, 8 bytes of record header first.
+  std::memset(RequestRing(p.client.get()), 0xA5, 8 + EncodedFrameSize(f));
+  EXPECT_TRUE(got[0] == want);
+  ASSERT_EQ(borrowed.size(), f.payload.size());
+  EXPECT_EQ(static_cast<uint8_t>(borrowed[100]), 0xA5);  // the peer's bytes, as they are now
+  p.server->ReleaseBorrowed();
+  for (uint64_t id = 2; id < 6; ++id) {
+    const Frame next = MakeFrame(id, (id % 2) != 0 ? 64 << 10 : 64);
+    ASSERT_TRUE(p.client->Send(next).ok());
+    std::vector<Frame> more = Receive(p.server.get(), nullptr, 1);
+    ASSERT_EQ(more.size(), 1u);
+    EXPECT_TRUE(more[0] == next);
+  }
 }
 
 // ---------------------------------------------------------------------------------------
