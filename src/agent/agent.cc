@@ -272,6 +272,11 @@ constexpr int kTcpReadsPerRound = 16;
 // Frames taken from one shared-memory connection per round of the worker's loop (one
 // at a time: PollServerConns), before it turns to its other work.
 constexpr int kShmFramesPerRound = 64;
+// Requests in shared-memory records at least this long are not copied out of the ring
+// at the top level of the loop (ShmConnection::PollBorrowed): the guest reads them from
+// there when they run where they were read, anything else copies them. Below it the
+// copy into the request's string costs less than the bookkeeping (64 B requests).
+constexpr size_t kShmBorrowRecordBytes = 2048;
 // Per-instance CPU time (ExecuteTraced): the thread's CPU clock is read around one
 // request in kCpuSampleEvery, and around every request that follows one that ran
 // kCpuExactAfterNs or longer.
@@ -876,16 +881,24 @@ class Agent::WorkerThread {
     const size_t take = outer ? 1 : 64;
     const int rounds = outer ? kShmFramesPerRound : 1;
     // By index: a nested round may add connections (AdoptServerConn), never removes one.
+    // The top level also leaves a large request's payload in the ring (PollBorrowed)
+    // until it has been served: run here, the guest reads it from there; queued, it is
+    // copied out first (ServeShmFrame, Agent::InvokeWith). Nested rounds copy.
     for (size_t i = 0; i < server_conns_.size();) {
       ServerConn* sc = server_conns_[i].get();
       Result<size_t> n = size_t{0};
       for (int k = 0; k < rounds; ++k) {
         frames.clear();
-        n = sc->conn->Poll(&frames, take);
+        std::string_view borrowed;
+        n = outer ? sc->conn->PollBorrowed(&frames, kShmBorrowRecordBytes, &borrowed)
+                  : sc->conn->Poll(&frames, take);
         if (frames.empty()) break;
         progress = true;
         const std::shared_ptr<ServerConn> hold = server_conns_[i];
-        for (transport::Frame& f : frames) agent_->ServeShmFrame(this, hold, std::move(f));
+        for (transport::Frame& f : frames) {
+          agent_->ServeShmFrame(this, hold, borrowed, std::move(f));
+        }
+        sc->conn->ReleaseBorrowed();
         if (!n.ok()) break;
       }
       // Poll reports a peer that is gone (kUnavailable) once it has nothing more to read.
@@ -1291,7 +1304,7 @@ class Agent::CallingHost final : public RequestHost {
   // `trace_id`: the request's (made fresh by Execute when it has none).
   CallingHost(Agent* agent, WorkerThread* wt, const InvokeRequest& req, uint64_t trace_id,
               const std::string& instance_id)
-      : RequestHost(req.payload, instance_id),
+      : RequestHost(req.Payload(), instance_id),
         agent_(agent),
         wt_(wt),
         req_(req),
@@ -1646,13 +1659,20 @@ uint64_t& Agent::wt_rng_state() {
 
 // A request that arrived on a shared-memory connection owned by `wt`.
 void Agent::ServeShmFrame(WorkerThread* wt, const std::shared_ptr<ServerConn>& sc,
-                          transport::Frame&& f) {
+                          std::string_view borrowed, transport::Frame&& f) {
+  if (borrowed.data() != nullptr &&
+      (f.type != transport::FrameType::kInvoke || f.service.starts_with('$'))) {
+    // Not for a guest: what answers it (a pong, a dataset read) reads the frame's payload.
+    f.payload.assign(borrowed.data(), borrowed.size());
+    borrowed = {};
+  }
   if (std::optional<transport::Frame> answer = AnswerWithoutGuest(this, f)) {
     (void)sc->conn->Send(*answer);
     return;
   }
   const uint64_t id = f.request_id;
   InvokeRequest req = RequestFromFrame(std::move(f));
+  req.borrowed_payload = borrowed;
   req.reply_view_ok = true;
   // The reply goes out on the connection's owner thread (connections are single-threaded).
   InvokeWith(std::move(req), [wt, sc, id](InvokeResult r) {
@@ -1758,6 +1778,11 @@ Status Agent::AdoptTcpConnection(transport::UniqueFd fd, const TcpConnLimits& li
     return UnavailableError("agent is shutting down");
   }
   return Status::Ok();
+}
+
+ShmServingStats Agent::shm_stats() const {
+  return ShmServingStats{shm_in_place_.load(std::memory_order_relaxed),
+                         shm_copied_.load(std::memory_order_relaxed)};
 }
 
 TcpConnStats Agent::tcp_stats() const {
@@ -2339,6 +2364,7 @@ bool Agent::RouteUncached(InvokeRequest& req, Done& done, WorkerThread* self, st
     // An instance that migrated away (or a service whose instances all did): forwarded
     // to where it went.
     if (std::optional<MovedTo> to = MovedRecord(req.instance, req.service)) {
+      OwnRequestPayload(&req);
       Forward(*to, std::move(req), std::function<void(InvokeResult)>(std::move(done)));
       return false;
     }
@@ -2371,11 +2397,11 @@ bool Agent::RouteUncached(InvokeRequest& req, Done& done, WorkerThread* self, st
           0});
       return false;
     }
-    if (req.payload.size() > svc.manifest.limits.request_bytes()) {
+    if (req.PayloadSize() > svc.manifest.limits.request_bytes()) {
       done(InvokeResult{InvalidArgumentError(fmt::format(
                             "request of {} bytes exceeds the {} byte limit of service '{}' "
                             "(limits.request_kib in its manifest)",
-                            req.payload.size(), svc.manifest.limits.request_bytes(), req.service)),
+                            req.PayloadSize(), svc.manifest.limits.request_bytes(), req.service)),
                         {},
                         {},
                         0});
@@ -2434,6 +2460,7 @@ bool Agent::RouteUncached(InvokeRequest& req, Done& done, WorkerThread* self, st
     }
   }
   if (moved) {
+    OwnRequestPayload(&req);
     Forward(*moved, std::move(req), std::function<void(InvokeResult)>(std::move(done)));
     return false;
   }
@@ -2455,7 +2482,7 @@ void Agent::InvokeWith(InvokeRequest req, Done done) {
   const WorkerThread::CachedRoute* hit =
       self == nullptr ? nullptr
                       : self->CachedRouteFor(req, route_gen_.load(std::memory_order_acquire));
-  if (hit != nullptr && req.payload.size() <= hit->request_bytes) {
+  if (hit != nullptr && req.PayloadSize() <= hit->request_bytes) {
     id = hit->id;
     worker = hit->worker;
     queued = hit->queued;
@@ -2477,11 +2504,18 @@ void Agent::InvokeWith(InvokeRequest req, Done done) {
     // A request that arrived on a connection this worker owns (shm or TCP), for one of
     // its instances: run now, no queue (a mutex, a task allocation, a round of the loop).
     // Counted until it is done (as RunRequest does): the decrement, a locked
-    // instruction, comes after the reply is out.
+    // instruction, comes after the reply is out. A payload left in a shared-memory
+    // ring is read from there by the guest.
+    if (req.borrowed_payload.data() != nullptr) {
+      shm_in_place_.fetch_add(1, std::memory_order_relaxed);
+    }
     done(Execute(wt, id, req));
     queued->fetch_sub(1, std::memory_order_relaxed);
     return;
   }
+  // It waits: a payload still in a shared-memory ring is copied out (the ring's space
+  // goes back to its peer when the serving path returns, before this runs).
+  OwnRequestPayload(&req);
   std::function<void(InvokeResult)> fn(std::move(done));
   // Its wait in the queue counts in its latency (a request run inline arrived just now).
   if (req.received_ns == 0) req.received_ns = MonoNanos();

@@ -137,6 +137,24 @@ struct InvokeRequest {
   // and is done with its bytes when its `done` returns (sent, or copied). Only the
   // agent's own serving paths (TCP, shared memory) ask for it.
   bool reply_view_ok = false;
+  // The payload when it was left where it arrived instead of in `payload` (then empty):
+  // the shared-memory serving path's large requests, in the connection's ring (or a
+  // large message's mapping) until the request has been served where it was read.
+  // The peer may still write those bytes: the guest reads them once (tern_request_read,
+  // into its own memory); nothing the agent relies on is taken from them. Any path that
+  // keeps the request longer (a queue, a held or forwarded request) calls OwnPayload().
+  std::string_view borrowed_payload;
+
+  std::string_view Payload() const {
+    return borrowed_payload.data() != nullptr ? borrowed_payload : std::string_view(payload);
+  }
+  size_t PayloadSize() const { return Payload().size(); }
+  // Copies a borrowed payload into `payload` (no-op if it is there already).
+  void OwnPayload() {
+    if (borrowed_payload.data() == nullptr) return;
+    payload.assign(borrowed_payload.data(), borrowed_payload.size());
+    borrowed_payload = {};
+  }
 };
 
 struct InvokeResult {
@@ -233,6 +251,15 @@ struct TcpConnLimits {
 };
 
 // Counters of the worker-owned TCP frame connections (GET /v1/info).
+// Requests on the shared-memory connections the workers serve.
+struct ShmServingStats {
+  // Large requests read by the guest straight from the connection's shared memory
+  // (served where they were read), and those copied out of it first because they had
+  // to wait (queued to another worker or behind a busy, frozen or moving instance).
+  uint64_t requests_in_place = 0;
+  uint64_t requests_copied = 0;
+};
+
 struct TcpConnStats {
   uint64_t accepted = 0;          // handed to workers, ever
   uint64_t open = 0;              // now
@@ -463,6 +490,7 @@ class Agent {
   // Any thread. kUnavailable when the agent is shutting down (the socket is closed).
   Status AdoptTcpConnection(transport::UniqueFd fd, const TcpConnLimits& limits);
   TcpConnStats tcp_stats() const;
+  ShmServingStats shm_stats() const;
 
   // Test hook: runs `fn` on the worker that owns `instance_id`, with its engine
   // instance, and waits.
@@ -641,6 +669,12 @@ class Agent {
   // std::function only when their request is queued, held or forwarded).
   template <typename Done>
   void InvokeWith(InvokeRequest req, Done done);
+  // InvokeRequest::OwnPayload, counted (shm_stats) when the payload was borrowed.
+  void OwnRequestPayload(InvokeRequest* req) {
+    if (req->borrowed_payload.data() == nullptr) return;
+    shm_copied_.fetch_add(1, std::memory_order_relaxed);
+    req->OwnPayload();
+  }
   template <typename Done>
   bool RouteUncached(InvokeRequest& req, Done& done, WorkerThread* self, std::string* id,
                      int* worker, std::shared_ptr<std::atomic<uint64_t>>* queued) EXCLUDES(mu_);
@@ -680,8 +714,11 @@ class Agent {
   void Redispatch(WorkerThread* wt, std::shared_ptr<OutCall> call);
   Result<std::unique_ptr<OutChannel>> OpenChannel(WorkerThread* wt, dataplane::Tier tier,
                                                   const dataplane::InstanceLocation& loc);
+  // A request that arrived on a shared-memory connection owned by `wt`; `borrowed`: its
+  // payload, when it was left in shared memory (ShmConnection::PollBorrowed), valid
+  // until this returns.
   void ServeShmFrame(WorkerThread* wt, const std::shared_ptr<ServerConn>& sc,
-                     transport::Frame&& f);
+                     std::string_view borrowed, transport::Frame&& f);
   // A request that arrived on a TCP connection owned by `wt`. Returns false if the
   // connection moved to another worker instead (which serves `f`).
   bool ServeTcpFrame(WorkerThread* wt, const std::shared_ptr<TcpConn>& c, transport::Frame f);
@@ -732,6 +769,7 @@ class Agent {
         output_bytes{0};
   };
   TcpCounters tcp_;
+  std::atomic<uint64_t> shm_in_place_{0}, shm_copied_{0};
 
   std::map</*instance*/ std::string, MovedTo> moved_to_ GUARDED_BY(mu_);
   std::atomic<bool> has_moved_{false};  // moved_to_ is not empty

@@ -8,15 +8,19 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstring>
+#include <span>
 #include <thread>
 #include <tuple>
 
 #include "agent/agent.h"
 #include "agent/agent_server.h"
+#include "agent/test_node.h"
 #include "agent/worker_gate.h"
 #include "core/clock.h"
 #include "core/ids.h"
 #include "core/manifest.h"
+#include "storage/journal.h"
 #include "testing/process.h"
 #include "testing/test_env.h"
 #include "transport/shm.h"
@@ -261,6 +265,10 @@ TEST(CallsTest, SameGuestCodeOnEveryTier) {
   EXPECT_EQ(a.agent->calls_by_tier(Tier::kInProcess), 4u);
   EXPECT_EQ(a.agent->calls_by_tier(Tier::kSharedMemory), 4u);
   EXPECT_EQ(a.agent->calls_by_tier(Tier::kTcp), 4u);
+  // At b the 4 KiB, 64 KiB and 3 MiB (memfd) requests were read by the guest straight
+  // from shared memory (they ran where b's worker read them); 64 B was copied.
+  EXPECT_EQ(b.agent->shm_stats().requests_in_place, 3u);
+  EXPECT_EQ(b.agent->shm_stats().requests_copied, 0u);
   // A chain across all three tiers, and back.
   b.Deploy("relay-b");
   c.Deploy("relay-c");
@@ -505,6 +513,272 @@ TEST(CallsTest, ShmRequestsStayInOrderAcrossACallThatWaits) {
   }
   EXPECT_EQ(order, (std::vector<uint64_t>{10, 11, 12, 13, 14, 15}));
   EXPECT_EQ(a.agent->calls_by_tier(Tier::kSharedMemory), 1u);
+}
+
+// A client of an agent's shared-memory server, as another agent's channel or the rpc
+// benchmark's client is: connected for `instance` (its worker owns the connection).
+struct ShmClient {
+  std::unique_ptr<transport::Doorbell> bell;
+  std::unique_ptr<transport::ShmConnection> conn;
+
+  static ShmClient Connect(Agent* agent, const std::string& instance) {
+    ShmClient c;
+    Result<transport::Doorbell> b = transport::Doorbell::Create();
+    EXPECT_TRUE(b.ok()) << b.status();
+    c.bell = std::make_unique<transport::Doorbell>(std::move(*b));
+    Result<std::unique_ptr<transport::ShmConnection>> conn =
+        transport::ShmConnect(agent->options().shm_path, *c.bell, instance);
+    EXPECT_TRUE(conn.ok()) << conn.status();
+    if (conn.ok()) c.conn = std::move(*conn);
+    return c;
+  }
+  void Send(uint64_t id, const std::string& service, const std::string& handler,
+            const std::string& payload, uint64_t key = 0) {
+    transport::Frame f;
+    f.type = transport::FrameType::kInvoke;
+    f.request_id = id;
+    f.service = service;
+    f.handler = handler;
+    f.payload = payload;
+    f.idempotency_key = key;
+    Status s = conn->Send(f);
+    EXPECT_TRUE(s.ok()) << s;
+  }
+  // Polls (flushing what waits to be sent) until `n` answers came or 20 s passed.
+  std::vector<transport::Frame> Receive(size_t n) {
+    std::vector<transport::Frame> got;
+    const int64_t deadline = MonoNanos() + 20'000'000'000;
+    while (got.size() < n && MonoNanos() < deadline) {
+      Result<size_t> r = conn->Poll(&got);
+      EXPECT_TRUE(r.ok()) << r.status();
+      if (!r.ok()) break;
+      if (r.ok() && *r == 0) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+    return got;
+  }
+};
+
+std::string Seeded(size_t n, unsigned seed) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>(seed * 31 + i * 7 + i / 4096);
+  return s;
+}
+
+// Large requests served where the connection's worker reads them are read by the guest
+// from shared memory (the ring, or a large message's memfd): the replies are the
+// requests, byte for byte, pipelined ones in the order sent.
+TEST(CallsTest, LargeShmRequestsAreReadFromSharedMemoryByTheGuest) {
+  Node n = Node::Start("a", "h1", /*workers=*/1);
+  const std::string instance = n.Deploy("relay-a");
+  ShmClient c = ShmClient::Connect(n.agent.get(), instance);
+  ASSERT_NE(c.conn, nullptr);
+  uint64_t id = 1;
+  for (size_t size : {size_t{64}, size_t{4} << 10, size_t{64} << 10, size_t{600} << 10}) {
+    const std::string payload = Seeded(size, static_cast<unsigned>(id));
+    c.Send(id, "relay-a", "echo", payload);
+    std::vector<transport::Frame> got = c.Receive(1);
+    ASSERT_EQ(got.size(), 1u) << size;
+    EXPECT_EQ(got[0].type, transport::FrameType::kReply) << got[0].payload.substr(0, 200);
+    EXPECT_TRUE(got[0].payload == payload) << "the reply to " << size << " bytes differs";
+    ++id;
+  }
+  EXPECT_EQ(n.agent->shm_stats().requests_in_place, 3u);
+  // 24 of 64 KiB at once: more than the 1 MiB ring holds (the rest waits at the client).
+  constexpr int kBurst = 24;
+  std::vector<std::string> sent;
+  for (int i = 0; i < kBurst; ++i) {
+    sent.push_back(Seeded(64 << 10, static_cast<unsigned>(100 + i)));
+    c.Send(id + static_cast<uint64_t>(i), "relay-a", "echo", sent.back());
+  }
+  std::vector<transport::Frame> got = c.Receive(kBurst);
+  ASSERT_EQ(got.size(), static_cast<size_t>(kBurst));
+  for (int i = 0; i < kBurst; ++i) {
+    EXPECT_EQ(got[i].request_id, id + static_cast<uint64_t>(i)) << "answers out of order";
+    EXPECT_TRUE(got[i].payload == sent[i]) << "reply " << i << " differs";
+  }
+  EXPECT_EQ(n.agent->shm_stats().requests_in_place, 3u + kBurst);
+  EXPECT_EQ(n.agent->shm_stats().requests_copied, 0u);
+  // A large ping is answered without a guest, its payload in the pong.
+  transport::Frame ping;
+  ping.type = transport::FrameType::kPing;
+  ping.request_id = 99;
+  ping.payload = Seeded(64 << 10, 99);
+  ASSERT_TRUE(c.conn->Send(ping).ok());
+  got = c.Receive(1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].type, transport::FrameType::kPong);
+  EXPECT_TRUE(got[0].payload == ping.payload);
+}
+
+// A durable instance (relay made stateful and durable: each echo's request lands in its
+// memory, which the journal records) waits for its keeper before each reply and serves
+// other work meanwhile: the large request it read from shared memory stays there across
+// that wait, and the ones pipelined behind it are answered in order, byte-exact.
+TEST(CallsTest, LargeShmRequestsToADurableInstanceAreJournaledInOrder) {
+  AgentOptions ko;
+  ko.device = "csd0";
+  ko.workers = 1;
+  ko.datasets_dir = tern::testing::TempDir("calls-keeper");
+  std::unique_ptr<TestNode> keeper = TestNode::Start(ko);
+  Node n = Node::Start("cpu0", "h1", /*workers=*/1);
+  Manifest m = RelayManifest("relay-d");
+  m.stateful = true;
+  m.durable = true;
+  m.checkpoint_ms = 1000;
+  m.replicas = 1;
+  Result<ServiceStatus> s = n.agent->Deploy(m, ReadWasm("relay"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  const std::string id = s->instances.at(0);
+  ASSERT_TRUE(n.agent->SetKeeper(id, "csd0", keeper->tcp).ok());
+  ShmClient c = ShmClient::Connect(n.agent.get(), id);
+  ASSERT_NE(c.conn, nullptr);
+  std::vector<std::string> sent;
+  for (uint64_t req = 1; req <= 6; ++req) {
+    sent.push_back(Seeded(64 << 10, static_cast<unsigned>(req)));
+    c.Send(req, "relay-d", "echo", sent.back());
+  }
+  std::vector<transport::Frame> got = c.Receive(sent.size());
+  ASSERT_EQ(got.size(), sent.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i].request_id, i + 1) << "answers out of order";
+    EXPECT_TRUE(got[i].payload == sent[i]) << "reply " << i + 1 << " differs: "
+                                           << got[i].payload.substr(0, 200);
+  }
+  EXPECT_GE(n.agent->shm_stats().requests_in_place, 1u);
+  // Each echo wrote other bytes into the guest's memory: a record each, acknowledged.
+  for (const InstanceStatus& i : n.agent->GetStatus().instances) {
+    if (i.id != id) continue;
+    EXPECT_GE(i.journal_appends, sent.size());
+    EXPECT_EQ(i.journal_failures, 0u);
+  }
+  Result<std::string> records = keeper->agent->journals()->Read(id, 0);
+  ASSERT_TRUE(records.ok()) << records.status();
+  EXPECT_FALSE(records->empty());
+}
+
+// Requests that cannot run where they were read are copied out of shared memory first:
+// one for an instance on another worker (queued there), and the ones that arrive while
+// the instance waits in a call of its own (queued behind it, in order); a retry with
+// the same idempotency key gets the first answer, not its own bytes back.
+TEST(CallsTest, LargeShmRequestsThatMustWaitAreCopiedOutFirst) {
+  Node a = Node::Start("a", "h1", /*workers=*/2);
+  Node b = Node::Start("b", "h1", /*workers=*/1);
+  a.Deploy("relay-a", /*replicas=*/2);
+  b.Deploy("slow-b");
+  Learn(a, b.Locations("slow-b"));
+  std::vector<InstanceStatus> inst;
+  for (const InstanceStatus& i : a.agent->GetStatus().instances) inst.push_back(i);
+  ASSERT_EQ(inst.size(), 2u);
+  ASSERT_NE(inst[0].worker, inst[1].worker);
+  ShmClient c = ShmClient::Connect(a.agent.get(), inst[0].id);
+  ASSERT_NE(c.conn, nullptr);
+
+  // For the instance on the other worker.
+  const std::string other = Seeded(64 << 10, 1);
+  c.Send(1, "relay-a", "echo@" + inst[1].id, other);
+  std::vector<transport::Frame> got = c.Receive(1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_TRUE(got[0].payload == other) << got[0].payload.substr(0, 200);
+  EXPECT_EQ(a.agent->shm_stats().requests_copied, 1u);
+  EXPECT_EQ(a.agent->shm_stats().requests_in_place, 0u);
+
+  // A large request that waits in a call (slow-b sleeps 150 ms; the padding is part of
+  // the body, which sleep's number parsing stops at), then large ones sent meanwhile.
+  const std::string call = "slow-b|sleep|0|150 " + std::string(20000, ' ');
+  c.Send(2, "relay-a", "call@" + inst[0].id, call);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // it waits for slow-b
+  std::vector<std::string> later;
+  for (uint64_t id = 3; id < 9; ++id) {
+    later.push_back(Seeded(64 << 10, static_cast<unsigned>(id)));
+    c.Send(id, "relay-a", "echo@" + inst[0].id, later.back());
+  }
+  got = c.Receive(7);
+  ASSERT_EQ(got.size(), 7u);
+  EXPECT_EQ(got[0].request_id, 2u);
+  EXPECT_EQ(got[0].payload, "0|slept");
+  for (size_t i = 0; i < later.size(); ++i) {
+    EXPECT_EQ(got[i + 1].request_id, i + 3) << "answers out of order";
+    EXPECT_TRUE(got[i + 1].payload == later[i]) << "reply " << i + 3 << " differs";
+  }
+  // The call ran where it was read; the echoes were taken while it waited (by the
+  // worker's nested rounds, which copy) and ran after it.
+  EXPECT_EQ(a.agent->shm_stats().requests_in_place, 1u);
+
+  // Dedup: the same key with other bytes gets the first answer.
+  const std::string first = Seeded(64 << 10, 50), second = Seeded(64 << 10, 51);
+  c.Send(20, "relay-a", "echo@" + inst[0].id, first, /*key=*/777);
+  c.Send(21, "relay-a", "echo@" + inst[0].id, second, /*key=*/777);
+  c.Send(22, "relay-a", "echo@" + inst[0].id, second, /*key=*/778);
+  got = c.Receive(3);
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_TRUE(got[0].payload == first);
+  EXPECT_TRUE(got[1].payload == first) << "a retry ran again instead of getting its answer";
+  EXPECT_TRUE(got[2].payload == second);
+}
+
+// While an instance is frozen for a migration's cut-over, no request runs where it was
+// read (it might have to be held): large ones are copied out and answered all the same.
+TEST(CallsTest, LargeShmRequestsDuringAFreezeAreCopiedOut) {
+  Node a = Node::Start("a", "h1", /*workers=*/1);
+  Node b = Node::Start("b", "h1", /*workers=*/1);
+  const std::string relay = a.Deploy("relay-a");
+  Result<Manifest> m = LoadManifest(SourcePath("examples/counter/manifest.yaml"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  Result<ServiceStatus> counter = a.agent->Deploy(*m, ReadWasm("counter"));
+  ASSERT_TRUE(counter.ok()) << counter.status();
+  ShmClient c = ShmClient::Connect(a.agent.get(), relay);
+  ASSERT_NE(c.conn, nullptr);
+  std::vector<std::string> sent;
+  std::vector<transport::Frame> got;
+  MigrateOptions o;
+  o.to_tcp = b.agent->options().tcp_address;
+  o.to_device = "b";
+  o.step_hook = [&](const std::string& step) -> Status {
+    if (step != "commit") return Status::Ok();
+    for (uint64_t id = 1; id <= 4; ++id) {
+      sent.push_back(Seeded(64 << 10, static_cast<unsigned>(id)));
+      c.Send(id, "relay-a", "echo", sent.back());
+    }
+    got = c.Receive(4);
+    return Status::Ok();
+  };
+  Result<MigrationReport> r = a.agent->Migrate(counter->instances.at(0), o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(got.size(), 4u);
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i].request_id, i + 1);
+    EXPECT_TRUE(got[i].payload == sent[i]) << "reply " << i + 1 << " differs";
+  }
+  EXPECT_EQ(a.agent->shm_stats().requests_copied, 4u);
+  EXPECT_EQ(a.agent->shm_stats().requests_in_place, 0u);
+}
+
+// A client that scribbles over its request in the ring while the guest runs (here: a
+// busy-waiting `sleep` whose request is padded to 64 KiB, the connection's first
+// record) cannot hurt the agent: its header was read once, the ring's space is the
+// agent's until the reply, and the connection serves the next requests byte-exact.
+TEST(CallsTest, AClientScribblingOnItsRequestWhileItRunsCannotHurtTheAgent) {
+  Node n = Node::Start("a", "h1", /*workers=*/1);
+  const std::string instance = n.Deploy("relay-a");
+  ShmClient c = ShmClient::Connect(n.agent.get(), instance);
+  ASSERT_NE(c.conn, nullptr);
+  const std::string sleep = "100 " + std::string(64 << 10, ' ');
+  c.Send(1, "relay-a", "sleep", sleep);
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));  // the guest is running
+  std::span<uint8_t> mem = c.conn->SharedMemoryForTest();
+  // Ring 0 (requests) starts after the header page: the whole record, garbage.
+  std::memset(mem.data() + transport::internal::kShmHeaderBytes, 0xFF, sleep.size() + 200);
+  std::vector<transport::Frame> got = c.Receive(1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].payload, "slept");
+  for (uint64_t id = 2; id < 6; ++id) {
+    const std::string payload = Seeded(64 << 10, static_cast<unsigned>(id));
+    c.Send(id, "relay-a", "echo", payload);
+    got = c.Receive(1);
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_TRUE(got[0].payload == payload) << id;
+  }
+  EXPECT_EQ(n.agent->shm_stats().requests_in_place, 5u);
 }
 
 // a → b → a over TCP (other hosts), one worker each: b's call back to a arrives on a
