@@ -18,7 +18,7 @@ struct EchoHost {
   v8::Global<v8::WasmMemoryObject> memory;
   uint8_t* base = nullptr;  // the memory's current start and size (refreshed on growth)
   size_t size = 0;
-  std::span<const uint8_t> request;
+  std::span<const uint8_t> request, request_rest;  // the request, in two parts
   std::span<const uint8_t> reply;
   bool replied = false;
 
@@ -50,16 +50,27 @@ void Throw(const Info& info, const char* what) {
 }
 
 void RequestLen(const Info& info) {
-  info.GetReturnValue().Set(static_cast<uint32_t>(HostOf(info)->request.size()));
+  const EchoHost* h = HostOf(info);
+  info.GetReturnValue().Set(static_cast<uint32_t>(h->request.size() + h->request_rest.size()));
 }
 
-// request_read(dst, len, offset) -> bytes copied
+// request_read(dst, len, offset) -> bytes copied (from both parts of the request)
 void RequestRead(const Info& info) {
   EchoHost* h = HostOf(info);
   const uint32_t dst = ArgU32(info, 0), len = ArgU32(info, 1), offset = ArgU32(info, 2);
   if (!h->Fits(dst, len)) return Throw(info, "request_read: out of bounds");
-  const size_t n = offset >= h->request.size() ? 0 : std::min<size_t>(len, h->request.size() - offset);
-  std::memcpy(h->base + dst, h->request.data() + offset, n);
+  size_t n = 0;
+  size_t at = offset;
+  for (std::span<const uint8_t> part : {h->request, h->request_rest}) {
+    if (at >= part.size()) {
+      at -= part.size();
+      continue;
+    }
+    const size_t k = std::min<size_t>(len - n, part.size() - at);
+    std::memcpy(h->base + dst + n, part.data() + at, k);
+    n += k;
+    at = 0;
+  }
   info.GetReturnValue().Set(static_cast<uint32_t>(n));
 }
 
@@ -105,13 +116,15 @@ Status WithRawEcho(std::string_view wasm_bytes,
     // handle); a scope per call would add its own cost to the floor.
     size_t in_scope = 0;
     std::optional<v8::HandleScope> scope(std::in_place, iso);  // V8 forbids heap scopes
-    RawEchoFn echo = [&](std::span<const uint8_t> request) -> Result<std::span<const uint8_t>> {
+    RawEchoFn echo = [&](std::span<const uint8_t> request,
+                         std::span<const uint8_t> rest) -> Result<std::span<const uint8_t>> {
       if (++in_scope == 1000) {
         scope.reset();
         scope.emplace(iso);
         in_scope = 0;
       }
       host.request = request;
+      host.request_rest = rest;
       host.replied = false;
       v8::Local<v8::Value> r;
       if (!fn->Call(ctx, recv, 0, nullptr).ToLocal(&r)) {

@@ -19,9 +19,12 @@
 namespace tern::bench::rpc {
 
 // Answers one request through the guest; the reply points into the guest's memory and
-// stays valid until the next call. An empty span with ok() false is never returned: a
-// guest failure aborts `serve` by the error the echo function returns.
-using RawEchoFn = std::function<Result<std::span<const uint8_t>>(std::span<const uint8_t>)>;
+// stays valid until the next call. The request is given as two parts (the second often
+// empty: a record that wraps around a ring's end), read where they are: the guest's
+// tern_request_read copies from them, once. An empty span with ok() false is never
+// returned: a guest failure aborts `serve` by the error the echo function returns.
+using RawEchoFn = std::function<Result<std::span<const uint8_t>>(std::span<const uint8_t>,
+                                                                 std::span<const uint8_t>)>;
 
 // Compiles and instantiates `wasm_bytes` (with _initialize), then runs `serve`. V8 must
 // be initialized (wasm::NewV8Engine). Errors: the module does not compile, has no

@@ -35,6 +35,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <span>
 #include <type_traits>
 
 #include "common/bench_util.h"
@@ -132,6 +133,32 @@ class ShmRing {
       syscall(SYS_futex, &h_->wake_seq, FUTEX_WAKE, 1, nullptr, nullptr, 0);
     }
     return true;
+  }
+
+  // Consumer, without copying: waits as Pop does, then returns the next record's
+  // payload where it lies in the ring (two parts when it wraps around the end; the
+  // second is empty otherwise). The record stays in the ring, the producer cannot reuse
+  // its space, until Consume(). kDeadlineExceeded when nothing came in time.
+  struct Peeked {
+    std::span<const uint8_t> first, second;
+    uint32_t len;
+  };
+  Result<Peeked> Peek(int spin, int64_t deadline_ns) {
+    const uint64_t tail = Tail().load(std::memory_order_relaxed);
+    if (!WaitForData(tail, spin, deadline_ns)) {
+      return DeadlineExceededError("no record in the shared-memory ring in time");
+    }
+    const size_t at = tail & (cap_ - 1);
+    uint32_t len;
+    std::memcpy(&len, data_ + at, sizeof(len));
+    const size_t from = (at + kRecordHeader) & (cap_ - 1);
+    const size_t first = len < cap_ - from ? len : cap_ - from;
+    return Peeked{{data_ + from, first}, {data_, len - first}, len};
+  }
+  // Gives back the record Peek() returned (`len`: its length).
+  void Consume(uint32_t len) {
+    const uint64_t tail = Tail().load(std::memory_order_relaxed);
+    Tail().store(tail + RecordBytes(len), std::memory_order_release);
   }
 
   // Consumer: waits (spin, then futex) for a record until NowNs() >= deadline_ns, copies

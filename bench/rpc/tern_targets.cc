@@ -152,9 +152,8 @@ class TernShm final : public RpcTarget {
     TERN_ASSIGN_OR_RETURN(AgentInfo info, StartAgent(config, kTernShm, &server_));
     TERN_ASSIGN_OR_RETURN(transport::Doorbell bell, transport::Doorbell::Create());
     bell_ = std::make_unique<transport::Doorbell>(std::move(bell));
-    transport::ShmConnectOptions co;
-    co.ring_bytes = 1u << 20;
-    TERN_ASSIGN_OR_RETURN(conn_, transport::ShmConnect(info.shm_path, *bell_, info.instance, co));
+    // tern's default rings (2 MiB per direction, as limit_shm's at 64 KiB).
+    TERN_ASSIGN_OR_RETURN(conn_, transport::ShmConnect(info.shm_path, *bell_, info.instance));
     return Status::Ok();
   }
 
