@@ -261,7 +261,7 @@ TEST(ShmConnectionTest, RoundTripsSmall4K64KAnd8MiBFramesByteExact) {
     ASSERT_EQ(got.size(), 1u);
     EXPECT_TRUE(got[0] == reply);
   }
-  // 1 MiB rings: only the 8 MiB frame exceeds ring/4 and takes the memfd path.
+  // 2 MiB rings: only the 8 MiB frame exceeds ring/4 and takes the memfd path.
   EXPECT_EQ(p.client->stats().sent_large, 1u);
   EXPECT_EQ(p.client->stats().sent_inline, 4u);
   EXPECT_EQ(p.server->stats().sent_large, 1u);
@@ -618,8 +618,9 @@ TEST(ShmConnectionTest, PollBorrowedLeavesLargePayloadsInSharedMemoryUntilReleas
       ++borrowed_frames;
       ASSERT_NE(borrowed.data(), nullptr);
       EXPECT_TRUE(borrowed == f.payload);
-      // Inline records stay in the ring; the 600 KiB one (> ring/4) in its memfd.
-      EXPECT_EQ(InMapping(p.server.get(), borrowed), size < (256u << 10));
+      // Inline records stay in the ring; the 600 KiB one (> ring/4 of the default 2 MiB)
+      // in its memfd.
+      EXPECT_EQ(InMapping(p.server.get(), borrowed), size < (512u << 10));
       want.payload.clear();
       EXPECT_TRUE(got[0] == want);
       EXPECT_EQ(Header(p.server.get())->ring[0].tail.value, tail_before)
