@@ -980,34 +980,13 @@ class Agent::WorkerThread {
     return false;
   }
 
-  // recv() that also sets c->received_ns: the kernel's receive time of the data (from
-  // SCM_TIMESTAMPNS, on CLOCK_REALTIME, moved to the monotonic clock), else now. Bytes
-  // go first into `window` (the missing part of a large payload, possibly empty), then
-  // into `buf` (`chunk` bytes, at most kTcpReadChunk).
+  // recv() that also sets c->received_ns (transport::RecvDated). Bytes go first into
+  // `window` (the missing part of a large payload, possibly empty), then into `buf`
+  // (`chunk` bytes, at most kTcpReadChunk).
   static ssize_t RecvDated(TcpConn* c, std::span<char> window, char* buf, size_t chunk) {
-    iovec iov[2] = {{window.data(), window.size()}, {buf, chunk}};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(timespec))];
-    msghdr msg{};
-    msg.msg_iov = window.empty() ? &iov[1] : iov;
-    msg.msg_iovlen = window.empty() ? 1 : 2;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
-    ssize_t n = ::recvmsg(c->fd.get(), &msg, MSG_DONTWAIT);
-    if (n <= 0) return n;
-    const int64_t mono = MonoNanos();
-    c->received_ns = mono;
-    for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm != nullptr; cm = CMSG_NXTHDR(&msg, cm)) {
-      if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_TIMESTAMPNS) continue;
-      timespec ts;
-      std::memcpy(&ts, CMSG_DATA(cm), sizeof(ts));
-      timespec real;
-      ::clock_gettime(CLOCK_REALTIME, &real);
-      const int64_t age = (int64_t{real.tv_sec} - ts.tv_sec) * 1'000'000'000 +
-                          (int64_t{real.tv_nsec} - ts.tv_nsec);
-      // A clock step could make the age negative or absurd: then the read time stands.
-      if (age > 0 && age < 60'000'000'000) c->received_ns = mono - age;
-    }
-    return n;
+    const iovec iov[2] = {{window.data(), window.size()}, {buf, chunk}};
+    return window.empty() ? transport::RecvDated(c->fd.get(), &iov[1], 1, &c->received_ns)
+                          : transport::RecvDated(c->fd.get(), iov, 2, &c->received_ns);
   }
 
   // Reads and serves what `c` has (`events` from epoll, or 0). True if anything was
@@ -1746,10 +1725,8 @@ Status Agent::AdoptTcpConnection(transport::UniqueFd fd, const TcpConnLimits& li
   tcp_.open.fetch_add(1, std::memory_order_relaxed);
   // Receive timestamps (SCM_TIMESTAMPNS) date each read; without them, the time of
   // the read is used.
-  const int on = 1;
-  if (::setsockopt(fd.get(), SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof(on)) != 0) {
-    TERN_LOG(DEBUG) << "no receive timestamps on a TCP frame connection: "
-                    << ErrnoError("setsockopt(SO_TIMESTAMPNS)", errno);
+  if (Status st = transport::EnableReceiveTimestamps(fd.get()); !st.ok()) {
+    TERN_LOG(DEBUG) << "no receive timestamps on a TCP frame connection: " << st;
   }
   auto c = std::make_shared<TcpConn>(std::move(fd), limits, &tcp_);
   WorkerThread* wt = workers_[WorkerForHint("")].get();
