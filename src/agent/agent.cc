@@ -2980,6 +2980,16 @@ Status Agent::AppendRecord(WorkerThread* wt, Slot* slot, const std::vector<uint3
                      KeeperFailure(a.keeper->device, a.status, options_.journal_timeout_ns), seq,
                      acked});
   }
+  if (!drops.empty() && slot->service->manifest.durable_strict) {
+    // `durable: strict`: fewer copies than assigned fail the request instead, as when the
+    // controller cannot be told; the keepers stay (the next request tries them again)
+    // until the controller assigns others.
+    for (Append& a : appends) a.keeper->full = true;
+    return DeadlineExceededError(fmt::format(
+        "{}; the record is on {} alone, and {} is `durable: strict`, so it is not "
+        "acknowledged with fewer copies",
+        fmt::join(why, "; "), fmt::join(acked, ", "), slot->service->manifest.name));
+  }
   if (!drops.empty()) {
     Status told = ReportKeeperDrops(wt, slot, std::move(drops));
     if (!told.ok()) {

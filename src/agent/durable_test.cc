@@ -136,10 +136,11 @@ std::unique_ptr<Node> StartNode(const std::string& device, const std::string& da
   return TestNode::Start(o);
 }
 
-Manifest DurableCounter() {
+Manifest DurableCounter(bool strict = false) {
   Result<Manifest> m = LoadManifest(SourcePath("examples/counter/manifest.yaml"));
   EXPECT_TRUE(m.ok()) << m.status();
   m->durable = true;
+  m->durable_strict = strict;
   m->checkpoint_ms = 1000;
   m->replicas = 1;
   return *m;
@@ -452,12 +453,13 @@ class TwoKeepersTest : public ::testing::Test {
     }
     cpu0_ = StartNode("cpu0", "", JournalTimeoutNs());
     cpu1_ = StartNode("cpu1", "");
-    Result<ServiceStatus> s = cpu0_->agent->Deploy(DurableCounter(), ReadWasm("counter"));
+    Result<ServiceStatus> s = cpu0_->agent->Deploy(DurableCounter(Strict()), ReadWasm("counter"));
     ASSERT_TRUE(s.ok()) << s.status();
     id_ = s->instances.at(0);
     ASSERT_TRUE(cpu0_->agent->SetKeepers(id_, {{"csd0", csd_[0]->tcp}, {"csd1", csd_[1]->tcp}}).ok());
   }
   virtual int64_t JournalTimeoutNs() const { return 2'000'000'000; }
+  virtual bool Strict() const { return false; }
   storage::JournalStore* Journals(int i) { return csd_[i]->agent->journals(); }
   uint64_t LastSeq(int i) {
     std::optional<storage::JournalInfo> info = Journals(i)->Info(id_);
@@ -466,7 +468,8 @@ class TwoKeepersTest : public ::testing::Test {
   // What the controller's restore does: a new instance on `to`, then the journal of the
   // keeper (of `from`) whose last record has the highest number. Returns that keeper.
   int RestoreOn(Node* to, std::vector<int> from) {
-    Result<ServiceStatus> d = to->agent->Deploy(DurableCounter(), ReadWasm("counter"), false);
+    Result<ServiceStatus> d =
+        to->agent->Deploy(DurableCounter(Strict()), ReadWasm("counter"), false);
     EXPECT_TRUE(d.ok()) << d.status();
     EXPECT_TRUE(to->agent->StartInstance("counter", id_).ok());
     int best = from.at(0);
@@ -674,6 +677,58 @@ TEST_F(TwoKeepersTimeoutTest, AKeeperDropsOutOnlyOnceTheControllerKnows) {
   RestoreOn(cpu1_.get(), {0});
   Agent* b = cpu1_->agent.get();
   EXPECT_EQ(Call(b, "get").reply, "3");
+  EXPECT_EQ(Call(b, "incr", "1", 2).reply, "2") << "the retried request ran twice";
+}
+
+// `durable: strict`: a keeper that dies fails the request (rolled back, `unavailable`)
+// instead of dropping out; nothing is acknowledged with one copy, the controller is not
+// asked, and the keeper is tried again by the next request. Once the keepers are
+// assigned anew (as the controller does when it sees one gone), requests succeed.
+class StrictKeepersTest : public TwoKeepersTest {
+ protected:
+  int64_t JournalTimeoutNs() const override { return 500'000'000; }
+  bool Strict() const override { return true; }
+};
+
+TEST_F(StrictKeepersTest, AFailedKeeperFailsTheRequestInsteadOfDroppingOut) {
+  Agent* a = cpu0_->agent.get();
+  std::atomic<int> asked{0};
+  a->SetKeeperDropReporter(
+      [&](std::vector<Agent::KeeperDrop>, int64_t, std::function<void(Status)> done) {
+        ++asked;
+        done(Status::Ok());
+      });
+  ASSERT_EQ(Call(a, "incr", "1", 1).reply, "1");
+  csd_[1]->Stop();
+  for (uint64_t key : {2, 3}) {
+    InvokeResult failed = Call(a, "incr", "1", key);
+    ASSERT_FALSE(failed.status.ok());
+    EXPECT_EQ(failed.status.code(), StatusCode::kUnavailable);
+    EXPECT_NE(failed.status.message().find("the record is on csd0 alone, and counter is "
+                                           "`durable: strict`"),
+              std::string_view::npos)
+        << failed.status;
+    EXPECT_NE(failed.status.message().find("rolled back"), std::string_view::npos)
+        << failed.status;
+  }
+  EXPECT_EQ(Call(a, "get").reply, "1");
+  InstanceStatus st = StatusOf(a, id_);
+  EXPECT_EQ(st.keepers, (std::vector<std::string>{"csd0", "csd1"}));
+  EXPECT_TRUE(st.keepers_out.empty());
+  EXPECT_EQ(st.journal_degraded, 0u);
+  EXPECT_EQ(st.journal_failures, 2u);
+  EXPECT_EQ(asked.load(), 0) << "a strict journal never drops a keeper";
+
+  ASSERT_TRUE(a->SetKeepers(id_, {{"csd0", csd_[0]->tcp}, {"csd2", csd_[2]->tcp}}).ok());
+  ASSERT_TRUE(a->JournalCheckpoint(id_).ok());
+  ASSERT_EQ(Call(a, "incr", "1", 2).reply, "2");  // the client's retry
+  EXPECT_EQ(StatusOf(a, id_).journal_degraded, 0u);
+  a->SetKeeperDropReporter(nullptr);
+  cpu0_->Stop();
+  csd_[0]->Stop();
+  EXPECT_EQ(RestoreOn(cpu1_.get(), {2}), 2);
+  Agent* b = cpu1_->agent.get();
+  EXPECT_EQ(Call(b, "get").reply, "2");
   EXPECT_EQ(Call(b, "incr", "1", 2).reply, "2") << "the retried request ran twice";
 }
 
