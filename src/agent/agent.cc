@@ -2887,6 +2887,17 @@ Status Agent::AppendRecord(WorkerThread* wt, Slot* slot, const std::vector<uint3
         "every keeper of its journal ({}) failed; the controller assigns new ones",
         fmt::join(names, ", ")));
   }
+  const bool strict = slot->service->manifest.durable_strict;
+  if (strict && to.size() < slot->keepers.size()) {
+    std::vector<std::string> out;
+    for (const JournalKeeper& k : slot->keepers) {
+      if (k.out) out.push_back(k.device);
+    }
+    return UnavailableError(fmt::format(
+        "{} dropped out of its journal, and {} is `durable: strict`: its writes wait until "
+        "the controller assigns its keepers again",
+        fmt::join(out, " and "), slot->service->manifest.name));
+  }
   const uint64_t seq = ++slot->journal_seq;  // never reused (Slot::journal_seq)
   const uint64_t bytes = slot->inst->memory_bytes();
   std::string framed[2];  // "<instance>\n" + the delta [0] or full [1] record, built once
@@ -2980,15 +2991,22 @@ Status Agent::AppendRecord(WorkerThread* wt, Slot* slot, const std::vector<uint3
                      KeeperFailure(a.keeper->device, a.status, options_.journal_timeout_ns), seq,
                      acked});
   }
-  if (!drops.empty() && slot->service->manifest.durable_strict) {
-    // `durable: strict`: fewer copies than assigned fail the request instead, as when the
-    // controller cannot be told; the keepers stay (the next request tries them again)
-    // until the controller assigns others.
+  if (!drops.empty() && strict) {
+    // `durable: strict`: fewer copies than assigned fail the request instead. The
+    // controller is still told, so that it assigns the keepers again (a stalled keeper
+    // is replaced too); until then the failed ones are out and writes fail at once.
+    // Not told: they stay, and the next request tries them again.
     for (Append& a : appends) a.keeper->full = true;
+    Status told = ReportKeeperDrops(wt, slot, std::move(drops));
+    if (told.ok()) {
+      for (Append& a : appends) a.keeper->out = a.keeper->out || !a.status.ok();
+    }
     return DeadlineExceededError(fmt::format(
         "{}; the record is on {} alone, and {} is `durable: strict`, so it is not "
-        "acknowledged with fewer copies",
-        fmt::join(why, "; "), fmt::join(acked, ", "), slot->service->manifest.name));
+        "acknowledged with fewer copies{}",
+        fmt::join(why, "; "), fmt::join(acked, ", "), slot->service->manifest.name,
+        told.ok() ? fmt::format("; the controller assigns the keepers again")
+                  : fmt::format(" (and the controller could not be told: {})", told.message())));
   }
   if (!drops.empty()) {
     Status told = ReportKeeperDrops(wt, slot, std::move(drops));

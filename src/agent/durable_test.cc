@@ -681,9 +681,10 @@ TEST_F(TwoKeepersTimeoutTest, AKeeperDropsOutOnlyOnceTheControllerKnows) {
 }
 
 // `durable: strict`: a keeper that dies fails the request (rolled back, `unavailable`)
-// instead of dropping out; nothing is acknowledged with one copy, the controller is not
-// asked, and the keeper is tried again by the next request. Once the keepers are
-// assigned anew (as the controller does when it sees one gone), requests succeed.
+// instead of being left behind; nothing is acknowledged with one copy. The controller
+// is told, so that it assigns the keepers again, and until it has, writes fail at once;
+// when it cannot be told, the keeper stays and the next request tries it again. Once
+// the keepers are assigned anew, writes succeed and the new journal restores them.
 class StrictKeepersTest : public TwoKeepersTest {
  protected:
   int64_t JournalTimeoutNs() const override { return 500'000'000; }
@@ -693,31 +694,44 @@ class StrictKeepersTest : public TwoKeepersTest {
 TEST_F(StrictKeepersTest, AFailedKeeperFailsTheRequestInsteadOfDroppingOut) {
   Agent* a = cpu0_->agent.get();
   std::atomic<int> asked{0};
+  std::atomic<bool> reachable{false};
   a->SetKeeperDropReporter(
-      [&](std::vector<Agent::KeeperDrop>, int64_t, std::function<void(Status)> done) {
+      [&](std::vector<Agent::KeeperDrop> drops, int64_t, std::function<void(Status)> done) {
         ++asked;
-        done(Status::Ok());
+        EXPECT_EQ(drops.size(), 1u);
+        if (!drops.empty()) {
+          EXPECT_EQ(drops[0].keeper, "csd1");
+        }
+        done(reachable ? Status::Ok() : UnavailableError("connection refused"));
       });
   ASSERT_EQ(Call(a, "incr", "1", 1).reply, "1");
   csd_[1]->Stop();
-  for (uint64_t key : {2, 3}) {
+  auto expect_failed = [&](uint64_t key, std::string_view says) {
     InvokeResult failed = Call(a, "incr", "1", key);
     ASSERT_FALSE(failed.status.ok());
     EXPECT_EQ(failed.status.code(), StatusCode::kUnavailable);
-    EXPECT_NE(failed.status.message().find("the record is on csd0 alone, and counter is "
-                                           "`durable: strict`"),
-              std::string_view::npos)
-        << failed.status;
+    EXPECT_NE(failed.status.message().find(says), std::string_view::npos) << failed.status;
     EXPECT_NE(failed.status.message().find("rolled back"), std::string_view::npos)
         << failed.status;
-  }
+  };
+  // The controller cannot be told: csd1 stays a keeper, and is tried again.
+  expect_failed(2, "the controller could not be told: connection refused");
+  EXPECT_EQ(asked.load(), 1);
+  EXPECT_TRUE(StatusOf(a, id_).keepers_out.empty());
+  reachable = true;
+  expect_failed(2, "the record is on csd0 alone, and counter is `durable: strict`, so it is "
+                   "not acknowledged with fewer copies; the controller assigns");
+  EXPECT_EQ(asked.load(), 2);
+  // Out until the keepers are assigned again: the next write fails without a record.
+  const uint64_t seq = StatusOf(a, id_).journal_seq;
+  expect_failed(3, "csd1 dropped out of its journal, and counter is `durable: strict`");
+  EXPECT_EQ(asked.load(), 2);
   EXPECT_EQ(Call(a, "get").reply, "1");
   InstanceStatus st = StatusOf(a, id_);
-  EXPECT_EQ(st.keepers, (std::vector<std::string>{"csd0", "csd1"}));
-  EXPECT_TRUE(st.keepers_out.empty());
-  EXPECT_EQ(st.journal_degraded, 0u);
-  EXPECT_EQ(st.journal_failures, 2u);
-  EXPECT_EQ(asked.load(), 0) << "a strict journal never drops a keeper";
+  EXPECT_EQ(st.journal_seq, seq) << "no record is sent while a keeper is out";
+  EXPECT_EQ(st.keepers_out, std::vector<std::string>{"csd1"});
+  EXPECT_EQ(st.journal_degraded, 0u) << "acknowledged with one copy";
+  EXPECT_EQ(st.journal_failures, 3u);
 
   ASSERT_TRUE(a->SetKeepers(id_, {{"csd0", csd_[0]->tcp}, {"csd2", csd_[2]->tcp}}).ok());
   ASSERT_TRUE(a->JournalCheckpoint(id_).ok());
