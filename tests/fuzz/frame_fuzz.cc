@@ -2,8 +2,8 @@
 // byte stream, and every frame it accepts must re-encode to the same bytes. A second
 // decoder reads the same stream as the TCP readers do (into PayloadWindow, at most
 // ReadLimit into a buffer, a payload sink armed for one request id) and must decode
-// the same frames, and a whole record decodes (DecodeWhole, DecodeWholeIntoSink) as the
-// shared-memory receiver does it, to the same frame.
+// the same frames, and a whole record decodes (DecodeWhole, DecodeWholeIntoSink,
+// DecodeWholeBorrowed) as the shared-memory receiver does it, to the same frame.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -90,6 +90,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       ws.payload.assign(small.data(), sk.PayloadInSink());
     }
     if (!(ws == plain[0])) __builtin_trap();
+  }
+  // DecodeWholeBorrowed (a shared-memory request left in the ring) accepts the same
+  // records; its payload is the part of the record that DecodeWhole copies.
+  Frame wb;
+  tern::Result<std::string_view> borrowed = FrameDecoder::DecodeWholeBorrowed(record, 1 << 20, &wb);
+  if (borrowed.ok() != whole) __builtin_trap();
+  if (whole) {
+    if (!wb.payload.empty()) __builtin_trap();
+    if (borrowed->data() < record.data() ||
+        borrowed->data() + borrowed->size() != record.data() + record.size()) {
+      __builtin_trap();
+    }
+    wb.payload.assign(*borrowed);
+    if (!(wb == plain[0])) __builtin_trap();
   }
   return 0;
 }
