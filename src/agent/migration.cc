@@ -521,6 +521,24 @@ class Stream {
     bytes_ += payload.size();
     return c_->Call(MigrateFrame(step, std::move(payload)), kStepTimeout);
   }
+  // Sends a step without waiting for its answer: what is sent behind it is pipelined,
+  // and its answer (the first of those to come back) is kept: step_answer().
+  Status SendStep(const char* step, std::string payload) {
+    TERN_RETURN_IF_ERROR(Drain());
+    bytes_ += payload.size();
+    TERN_ASSIGN_OR_RETURN(step_id_, c_->Send(MigrateFrame(step, std::move(payload))));
+    step_answer_.reset();
+    return Status::Ok();
+  }
+  // The answer to SendStep's step once it came back (its error, or OK).
+  const std::optional<Status>& step_answer() const { return step_answer_; }
+  // Takes every answer still owed, refusals included (what followed a failed step);
+  // fails only when the connection does.
+  Status DrainRefused() {
+    Status refused;
+    while (c_->in_flight() > 0) TERN_RETURN_IF_ERROR(Answer(&refused));
+    return Status::Ok();
+  }
   // Sends `pages` (gathered at `data`) as one batch; returns its size on the wire.
   Result<size_t> SendPages(uint64_t memory_bytes, const char* data,
                            const std::vector<uint32_t>& pages, PageCodec codec) {
@@ -576,16 +594,27 @@ class Stream {
     return Status::Ok();
   }
   Status Ack() {
+    Status answer;
+    TERN_RETURN_IF_ERROR(Answer(&answer));
+    return answer;
+  }
+  // Receives the next answer into `*answer` (its error, or OK); fails when the
+  // connection does.
+  Status Answer(Status* answer) {
     TERN_ASSIGN_OR_RETURN(transport::Frame f, c_->Receive(kStepTimeout));
     if (auto it = lent_.find(f.request_id); it != lent_.end()) {
       returned_(it->second);
       lent_.erase(it);
     }
-    return transport::ErrorFrameStatus(f);
+    *answer = transport::ErrorFrameStatus(f);
+    if (f.request_id == step_id_) step_answer_ = *answer;
+    return Status::Ok();
   }
   std::unique_ptr<transport::FrameClient> c_;
   std::function<void(Agent::MigChunk*)> returned_;
   std::map<uint64_t, Agent::MigChunk*> lent_;  // by request id
+  uint64_t step_id_ = 0;
+  std::optional<Status> step_answer_;
   uint64_t bytes_ = 0;
 };
 
@@ -773,15 +802,25 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
     r0_from += kChunkPages;
     return true;
   };
-  if (o.precopy) pipe.Start(round0);
-  Result<transport::Frame> b = stream.Call("begin", begin.dump());
-  if (!b.ok() && b.status().code() == StatusCode::kNotFound) {
-    TERN_ASSIGN_OR_RETURN(std::string dep, MigrationDeployPayload(id));
-    Result<transport::Frame> d = stream.Call("deploy", std::move(dep));
-    if (!d.ok()) return net_fail(d.status().WithPrefix("deploying the service there"));
-    b = stream.Call("begin", begin.dump());
+  auto begin_and_wait = [&]() -> Status {
+    Result<transport::Frame> b = stream.Call("begin", begin.dump());
+    if (!b.ok() && b.status().code() == StatusCode::kNotFound) {
+      TERN_ASSIGN_OR_RETURN(std::string dep, MigrationDeployPayload(id));
+      Result<transport::Frame> d = stream.Call("deploy", std::move(dep));
+      if (!d.ok()) return net_fail(d.status().WithPrefix("deploying the service there"));
+      b = stream.Call("begin", begin.dump());
+    }
+    return b.ok() ? Status::Ok() : net_fail(b.status());
+  };
+  if (o.precopy) {
+    // Round 0's batches follow `begin` without waiting for its answer: the link carries
+    // them (into the target's socket buffers) while the target prepares the instance,
+    // instead of idling for those 1–10 ms. Round 0 checks the answer (below).
+    pipe.Start(round0);
+    if (Status st = stream.SendStep("begin", begin.dump()); !st.ok()) return net_fail(st);
+  } else {
+    TERN_RETURN_IF_ERROR(begin_and_wait());
   }
-  if (!b.ok()) return net_fail(b.status());
   // The held requests will be forwarded there: connect now, not after the cut-over.
   ForwarderTo(o.to_tcp)->Connect();
 
@@ -831,7 +870,27 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
       const int64_t rt = MonoNanos();
       MigrationRound round;
       if (r == 0) {
-        TERN_RETURN_IF_ERROR(send_round(nullptr, &round));
+        // Behind a `begin` not answered yet: when it failed, that is the error (the
+        // target refused the batches behind it). A target without the service gets it
+        // deployed, and round 0 is sent again.
+        const uint64_t raw_before = rep.bytes_raw;
+        Status st = send_round(nullptr, &round);
+        Status drained = st.ok() ? stream.Drain() : Status::Ok();
+        const std::optional<Status> begun = stream.step_answer();
+        if (begun.has_value() && begun->code() == StatusCode::kNotFound) {
+          if (Status d = stream.DrainRefused(); !d.ok()) return net_fail(d);
+          TERN_RETURN_IF_ERROR(begin_and_wait());
+          round = MigrationRound();
+          rep.bytes_raw = raw_before;
+          r0_from = 0;
+          r0_pages = memory_bytes / kMigrationPageBytes;
+          st = send_round(round0, &round);
+          drained = st.ok() ? stream.Drain() : Status::Ok();
+        } else if (begun.has_value() && !begun->ok()) {
+          return net_fail(*begun);
+        }
+        if (!st.ok()) return st;
+        if (!drained.ok()) return net_fail(drained);
       } else if (!exact) {
         // In checksum mode every round scans everything.
         uint64_t pages = memory_bytes / kMigrationPageBytes;
