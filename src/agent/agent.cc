@@ -984,34 +984,13 @@ class Agent::WorkerThread {
     return false;
   }
 
-  // recv() that also sets c->received_ns: the kernel's receive time of the data (from
-  // SCM_TIMESTAMPNS, on CLOCK_REALTIME, moved to the monotonic clock), else now. Bytes
-  // go first into `window` (the missing part of a large payload, possibly empty), then
-  // into `buf` (`chunk` bytes, at most kTcpReadChunk).
+  // recv() that also sets c->received_ns (transport::RecvDated). Bytes go first into
+  // `window` (the missing part of a large payload, possibly empty), then into `buf`
+  // (`chunk` bytes, at most kTcpReadChunk).
   static ssize_t RecvDated(TcpConn* c, std::span<char> window, char* buf, size_t chunk) {
-    iovec iov[2] = {{window.data(), window.size()}, {buf, chunk}};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(timespec))];
-    msghdr msg{};
-    msg.msg_iov = window.empty() ? &iov[1] : iov;
-    msg.msg_iovlen = window.empty() ? 1 : 2;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
-    ssize_t n = ::recvmsg(c->fd.get(), &msg, MSG_DONTWAIT);
-    if (n <= 0) return n;
-    const int64_t mono = MonoNanos();
-    c->received_ns = mono;
-    for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm != nullptr; cm = CMSG_NXTHDR(&msg, cm)) {
-      if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_TIMESTAMPNS) continue;
-      timespec ts;
-      std::memcpy(&ts, CMSG_DATA(cm), sizeof(ts));
-      timespec real;
-      ::clock_gettime(CLOCK_REALTIME, &real);
-      const int64_t age = (int64_t{real.tv_sec} - ts.tv_sec) * 1'000'000'000 +
-                          (int64_t{real.tv_nsec} - ts.tv_nsec);
-      // A clock step could make the age negative or absurd: then the read time stands.
-      if (age > 0 && age < 60'000'000'000) c->received_ns = mono - age;
-    }
-    return n;
+    const iovec iov[2] = {{window.data(), window.size()}, {buf, chunk}};
+    return window.empty() ? transport::RecvDated(c->fd.get(), &iov[1], 1, &c->received_ns)
+                          : transport::RecvDated(c->fd.get(), iov, 2, &c->received_ns);
   }
 
   // Reads and serves what `c` has (`events` from epoll, or 0). True if anything was
@@ -1750,10 +1729,8 @@ Status Agent::AdoptTcpConnection(transport::UniqueFd fd, const TcpConnLimits& li
   tcp_.open.fetch_add(1, std::memory_order_relaxed);
   // Receive timestamps (SCM_TIMESTAMPNS) date each read; without them, the time of
   // the read is used.
-  const int on = 1;
-  if (::setsockopt(fd.get(), SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof(on)) != 0) {
-    TERN_LOG(DEBUG) << "no receive timestamps on a TCP frame connection: "
-                    << ErrnoError("setsockopt(SO_TIMESTAMPNS)", errno);
+  if (Status st = transport::EnableReceiveTimestamps(fd.get()); !st.ok()) {
+    TERN_LOG(DEBUG) << "no receive timestamps on a TCP frame connection: " << st;
   }
   auto c = std::make_shared<TcpConn>(std::move(fd), limits, &tcp_);
   WorkerThread* wt = workers_[WorkerForHint("")].get();
@@ -2913,6 +2890,17 @@ Status Agent::AppendRecord(WorkerThread* wt, Slot* slot, const std::vector<uint3
         "every keeper of its journal ({}) failed; the controller assigns new ones",
         fmt::join(names, ", ")));
   }
+  const bool strict = slot->service->manifest.durable_strict;
+  if (strict && to.size() < slot->keepers.size()) {
+    std::vector<std::string> out;
+    for (const JournalKeeper& k : slot->keepers) {
+      if (k.out) out.push_back(k.device);
+    }
+    return UnavailableError(fmt::format(
+        "{} dropped out of its journal, and {} is `durable: strict`: its writes wait until "
+        "the controller assigns its keepers again",
+        fmt::join(out, " and "), slot->service->manifest.name));
+  }
   const uint64_t seq = ++slot->journal_seq;  // never reused (Slot::journal_seq)
   const uint64_t bytes = slot->inst->memory_bytes();
   std::string framed[2];  // "<instance>\n" + the delta [0] or full [1] record, built once
@@ -3005,6 +2993,23 @@ Status Agent::AppendRecord(WorkerThread* wt, Slot* slot, const std::vector<uint3
     drops.push_back({slot->id, a.keeper->device,
                      KeeperFailure(a.keeper->device, a.status, options_.journal_timeout_ns), seq,
                      acked});
+  }
+  if (!drops.empty() && strict) {
+    // `durable: strict`: fewer copies than assigned fail the request instead. The
+    // controller is still told, so that it assigns the keepers again (a stalled keeper
+    // is replaced too); until then the failed ones are out and writes fail at once.
+    // Not told: they stay, and the next request tries them again.
+    for (Append& a : appends) a.keeper->full = true;
+    Status told = ReportKeeperDrops(wt, slot, std::move(drops));
+    if (told.ok()) {
+      for (Append& a : appends) a.keeper->out = a.keeper->out || !a.status.ok();
+    }
+    return DeadlineExceededError(fmt::format(
+        "{}; the record is on {} alone, and {} is `durable: strict`, so it is not "
+        "acknowledged with fewer copies{}",
+        fmt::join(why, "; "), fmt::join(acked, ", "), slot->service->manifest.name,
+        told.ok() ? fmt::format("; the controller assigns the keepers again")
+                  : fmt::format(" (and the controller could not be told: {})", told.message())));
   }
   if (!drops.empty()) {
     Status told = ReportKeeperDrops(wt, slot, std::move(drops));

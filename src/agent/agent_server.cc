@@ -54,67 +54,6 @@ std::vector<std::string> PathParts(const std::string& path) {
   return parts;
 }
 
-// Keeps the kernel's receive timestamps on for this process, and waits (bounded) until
-// they are. A worker-served TCP connection dates each request by the time the kernel
-// received it (SCM_TIMESTAMPNS): a request that waited in the socket while its worker
-// ran a guest has used that time of its budget. Linux stamps packets only while some
-// socket of the system asks for it, and switches that on lazily: the first such socket
-// (or the first after the last one closed) schedules a work item, and what arrives
-// before that ran carries no time, so the request would be dated by its read, after
-// the guest. On a loaded machine that left a request that expired in the socket to run
-// (tcp_serving_test's DeadlineExpiresWhileQueued failed in bursts, one run in ten, while
-// other processes started and stopped agents). So the first server of a process holds one stamping socket open
-// for good and checks that its own byte gets a stamp.
-void KeepReceiveTimestampsOn() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    transport::UniqueFd listener(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    transport::UniqueFd client(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(addr);
-    auto* sa = reinterpret_cast<sockaddr*>(&addr);
-    if (!listener.valid() || !client.valid() || ::bind(listener.get(), sa, sizeof(addr)) != 0 ||
-        ::listen(listener.get(), 1) != 0 || ::getsockname(listener.get(), sa, &len) != 0 ||
-        ::connect(client.get(), sa, sizeof(addr)) != 0) {
-      TERN_LOG(WARN) << "receive timestamps not checked: " << ErrnoError("loopback probe", errno);
-      return;
-    }
-    // Never closed: while it is open the kernel keeps stamping.
-    const int held = ::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC);
-    const int on = 1;
-    if (held < 0 || ::setsockopt(held, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof(on)) != 0) {
-      TERN_LOG(WARN) << "receive timestamps not kept on: " << ErrnoError("probe socket", errno);
-      return;
-    }
-    const int64_t give_up = MonoNanos() + 2'000'000'000;
-    for (;;) {
-      char byte = 0;
-      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(timespec))];
-      iovec iov{&byte, 1};
-      msghdr msg{};
-      msg.msg_iov = &iov;
-      msg.msg_iovlen = 1;
-      msg.msg_control = control;
-      msg.msg_controllen = sizeof(control);
-      if (::write(client.get(), &byte, 1) != 1 || ::recvmsg(held, &msg, 0) != 1) {
-        TERN_LOG(WARN) << "receive timestamps not checked: " << ErrnoError("probe", errno);
-        return;
-      }
-      for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm != nullptr; cm = CMSG_NXTHDR(&msg, cm)) {
-        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) return;
-      }
-      if (MonoNanos() >= give_up) {
-        TERN_LOG(WARN) << "the kernel does not stamp received packets: TCP requests are "
-                          "dated by their read, not their arrival";
-        return;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-  });
-}
-
 }  // namespace
 
 std::string_view TcpServingName(TcpServing s) {
@@ -212,7 +151,7 @@ struct AgentServer::Impl {
     }
     transport::FrameConnectionRef ref = conn->ref();
     const uint64_t id = f.request_id;
-    agent->Invoke(RequestFromFrame(std::move(f)),
+    agent->Invoke(RequestFromFrame(std::move(f), conn->received_ns()),
                   [ref, id](InvokeResult r) { ref.Send(AnswerFrame(id, std::move(r))); });
   }
 
@@ -740,13 +679,15 @@ Result<std::unique_ptr<AgentServer>> AgentServer::Start(Agent* agent,
     fo.connection.limits.pause_reading_output_bytes =
         options.tcp_limits.pause_reading_output_bytes;
     fo.connection.limits.linger = std::chrono::nanoseconds(options.tcp_limits.linger_ns);
+    fo.connection.date_frames = true;  // the deadline and latency count the wait in the socket
     auto frames = transport::FrameServer::Start(
         impl->loop->loop(), fo,
         [raw](transport::FrameConnection* c, Frame f) { raw->OnFrame(c, std::move(f)); });
     if (!frames.ok()) return frames.status().WithPrefix(frame_where);
     impl->frames = std::move(*frames);
   } else {
-    KeepReceiveTimestampsOn();
+    // Worker serving dates reads itself (Agent::AdoptTcpConnection).
+    transport::KeepReceiveTimestampsOn();
     auto listener = transport::TcpListener::Listen(options.host, options.frame_port);
     if (!listener.ok()) return listener.status().WithPrefix(frame_where);
     impl->listener = std::move(*listener);

@@ -136,10 +136,11 @@ std::unique_ptr<Node> StartNode(const std::string& device, const std::string& da
   return TestNode::Start(o);
 }
 
-Manifest DurableCounter() {
+Manifest DurableCounter(bool strict = false) {
   Result<Manifest> m = LoadManifest(SourcePath("examples/counter/manifest.yaml"));
   EXPECT_TRUE(m.ok()) << m.status();
   m->durable = true;
+  m->durable_strict = strict;
   m->checkpoint_ms = 1000;
   m->replicas = 1;
   return *m;
@@ -452,12 +453,13 @@ class TwoKeepersTest : public ::testing::Test {
     }
     cpu0_ = StartNode("cpu0", "", JournalTimeoutNs());
     cpu1_ = StartNode("cpu1", "");
-    Result<ServiceStatus> s = cpu0_->agent->Deploy(DurableCounter(), ReadWasm("counter"));
+    Result<ServiceStatus> s = cpu0_->agent->Deploy(DurableCounter(Strict()), ReadWasm("counter"));
     ASSERT_TRUE(s.ok()) << s.status();
     id_ = s->instances.at(0);
     ASSERT_TRUE(cpu0_->agent->SetKeepers(id_, {{"csd0", csd_[0]->tcp}, {"csd1", csd_[1]->tcp}}).ok());
   }
   virtual int64_t JournalTimeoutNs() const { return 2'000'000'000; }
+  virtual bool Strict() const { return false; }
   storage::JournalStore* Journals(int i) { return csd_[i]->agent->journals(); }
   uint64_t LastSeq(int i) {
     std::optional<storage::JournalInfo> info = Journals(i)->Info(id_);
@@ -466,7 +468,8 @@ class TwoKeepersTest : public ::testing::Test {
   // What the controller's restore does: a new instance on `to`, then the journal of the
   // keeper (of `from`) whose last record has the highest number. Returns that keeper.
   int RestoreOn(Node* to, std::vector<int> from) {
-    Result<ServiceStatus> d = to->agent->Deploy(DurableCounter(), ReadWasm("counter"), false);
+    Result<ServiceStatus> d =
+        to->agent->Deploy(DurableCounter(Strict()), ReadWasm("counter"), false);
     EXPECT_TRUE(d.ok()) << d.status();
     EXPECT_TRUE(to->agent->StartInstance("counter", id_).ok());
     int best = from.at(0);
@@ -674,6 +677,72 @@ TEST_F(TwoKeepersTimeoutTest, AKeeperDropsOutOnlyOnceTheControllerKnows) {
   RestoreOn(cpu1_.get(), {0});
   Agent* b = cpu1_->agent.get();
   EXPECT_EQ(Call(b, "get").reply, "3");
+  EXPECT_EQ(Call(b, "incr", "1", 2).reply, "2") << "the retried request ran twice";
+}
+
+// `durable: strict`: a keeper that dies fails the request (rolled back, `unavailable`)
+// instead of being left behind; nothing is acknowledged with one copy. The controller
+// is told, so that it assigns the keepers again, and until it has, writes fail at once;
+// when it cannot be told, the keeper stays and the next request tries it again. Once
+// the keepers are assigned anew, writes succeed and the new journal restores them.
+class StrictKeepersTest : public TwoKeepersTest {
+ protected:
+  int64_t JournalTimeoutNs() const override { return 500'000'000; }
+  bool Strict() const override { return true; }
+};
+
+TEST_F(StrictKeepersTest, AFailedKeeperFailsTheRequestInsteadOfDroppingOut) {
+  Agent* a = cpu0_->agent.get();
+  std::atomic<int> asked{0};
+  std::atomic<bool> reachable{false};
+  a->SetKeeperDropReporter(
+      [&](std::vector<Agent::KeeperDrop> drops, int64_t, std::function<void(Status)> done) {
+        ++asked;
+        EXPECT_EQ(drops.size(), 1u);
+        if (!drops.empty()) {
+          EXPECT_EQ(drops[0].keeper, "csd1");
+        }
+        done(reachable ? Status::Ok() : UnavailableError("connection refused"));
+      });
+  ASSERT_EQ(Call(a, "incr", "1", 1).reply, "1");
+  csd_[1]->Stop();
+  auto expect_failed = [&](uint64_t key, std::string_view says) {
+    InvokeResult failed = Call(a, "incr", "1", key);
+    ASSERT_FALSE(failed.status.ok());
+    EXPECT_EQ(failed.status.code(), StatusCode::kUnavailable);
+    EXPECT_NE(failed.status.message().find(says), std::string_view::npos) << failed.status;
+    EXPECT_NE(failed.status.message().find("rolled back"), std::string_view::npos)
+        << failed.status;
+  };
+  // The controller cannot be told: csd1 stays a keeper, and is tried again.
+  expect_failed(2, "the controller could not be told: connection refused");
+  EXPECT_EQ(asked.load(), 1);
+  EXPECT_TRUE(StatusOf(a, id_).keepers_out.empty());
+  reachable = true;
+  expect_failed(2, "the record is on csd0 alone, and counter is `durable: strict`, so it is "
+                   "not acknowledged with fewer copies; the controller assigns");
+  EXPECT_EQ(asked.load(), 2);
+  // Out until the keepers are assigned again: the next write fails without a record.
+  const uint64_t seq = StatusOf(a, id_).journal_seq;
+  expect_failed(3, "csd1 dropped out of its journal, and counter is `durable: strict`");
+  EXPECT_EQ(asked.load(), 2);
+  EXPECT_EQ(Call(a, "get").reply, "1");
+  InstanceStatus st = StatusOf(a, id_);
+  EXPECT_EQ(st.journal_seq, seq) << "no record is sent while a keeper is out";
+  EXPECT_EQ(st.keepers_out, std::vector<std::string>{"csd1"});
+  EXPECT_EQ(st.journal_degraded, 0u) << "acknowledged with one copy";
+  EXPECT_EQ(st.journal_failures, 3u);
+
+  ASSERT_TRUE(a->SetKeepers(id_, {{"csd0", csd_[0]->tcp}, {"csd2", csd_[2]->tcp}}).ok());
+  ASSERT_TRUE(a->JournalCheckpoint(id_).ok());
+  ASSERT_EQ(Call(a, "incr", "1", 2).reply, "2");  // the client's retry
+  EXPECT_EQ(StatusOf(a, id_).journal_degraded, 0u);
+  a->SetKeeperDropReporter(nullptr);
+  cpu0_->Stop();
+  csd_[0]->Stop();
+  EXPECT_EQ(RestoreOn(cpu1_.get(), {2}), 2);
+  Agent* b = cpu1_->agent.get();
+  EXPECT_EQ(Call(b, "get").reply, "2");
   EXPECT_EQ(Call(b, "incr", "1", 2).reply, "2") << "the retried request ran twice";
 }
 

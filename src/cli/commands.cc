@@ -71,7 +71,11 @@ int CmdDeploy(int argc, char** argv) {
   f.AddBool("durable",
             "cluster, stateful services: no acknowledged request is lost when its agent dies: "
             "each reply waits until what the request wrote is journaled (fdatasync) on the "
-            "instance's checkpoint keeper (the manifest's `durable`; implies checkpoints)");
+            "instance's two journal keepers (the manifest's `durable`; implies checkpoints)");
+  f.AddBool("durable-strict",
+            "as --durable, but a request whose record a keeper fails to take fails "
+            "(`unavailable`, rolled back) instead of being acknowledged with one copy "
+            "(the manifest's `durable: strict`)");
   f.Add("devices", "", "cluster: the devices it may run on, comma-separated (default: any)");
   f.Add("policy", "",
         "cluster: let the placement engine place it: latency, energy, balanced, host-only, "
@@ -91,8 +95,9 @@ int CmdDeploy(int argc, char** argv) {
   Result<Manifest> m = LoadManifest(manifest_path);
   if (!m.ok()) return Fail(m.status());
   const bool rewritten = !f.Get("name").empty() || !f.Get("replicas").empty() ||
-                         !f.Get("checkpoint-ms").empty() || f.GetBool("durable");
-  if (f.GetBool("durable")) {
+                         !f.Get("checkpoint-ms").empty() || f.GetBool("durable") ||
+                         f.GetBool("durable-strict");
+  if (f.GetBool("durable") || f.GetBool("durable-strict")) {
     if (!m->stateful) {
       return Fail(InvalidArgumentError(fmt::format(
           "--durable is for stateful services; {} is not (`stateful: true`): a stateless "
@@ -100,6 +105,7 @@ int CmdDeploy(int argc, char** argv) {
           m->name)));
     }
     m->durable = true;
+    m->durable_strict = m->durable_strict || f.GetBool("durable-strict");
     if (m->checkpoint_ms == 0) m->checkpoint_ms = kDurableCheckpointMs;
   }
   if (!f.Get("checkpoint-ms").empty()) {

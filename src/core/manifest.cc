@@ -152,7 +152,17 @@ Result<Manifest> ParseNode(const YAML::Node& root, const std::string& src) {
         return FieldError(src, v, key, fmt::format("0 (off) or at least {} ms", kMinCheckpointMs));
       }
     } else if (key == "durable") {
-      TERN_ASSIGN_OR_RETURN(m.durable, GetBool(src, v, key));
+      if (v.IsScalar() && v.Scalar() == "strict") {
+        m.durable = m.durable_strict = true;
+      } else {
+        Result<bool> b = GetBool(src, v, key);
+        if (!b.ok()) {
+          return FieldError(src, v, key,
+                            fmt::format("expected true, false or strict, got '{}'",
+                                        v.IsScalar() ? v.Scalar() : std::string("a non-scalar")));
+        }
+        m.durable = *b;
+      }
     } else if (key == "slo_p99_ms") {
       TERN_ASSIGN_OR_RETURN(m.slo_p99_us, GetMillisAsMicros(src, v, key, kMaxSloP99Us));
     } else if (key == "tenant") {
@@ -241,7 +251,9 @@ std::string ManifestToYaml(const Manifest& m) {
   if (!m.module.empty()) out << YAML::Key << "module" << YAML::Value << YAML::DoubleQuoted << m.module;
   out << YAML::Key << "stateful" << YAML::Value << (m.stateful ? "true" : "false");
   if (m.checkpoint_ms != 0) out << YAML::Key << "checkpoint_ms" << YAML::Value << m.checkpoint_ms;
-  if (m.durable) out << YAML::Key << "durable" << YAML::Value << "true";
+  if (m.durable) {
+    out << YAML::Key << "durable" << YAML::Value << (m.durable_strict ? "strict" : "true");
+  }
   if (m.slo_p99_us != 0) {
     std::string ms = fmt::format("{}.{:03}", m.slo_p99_us / 1000, m.slo_p99_us % 1000);
     while (ms.back() == '0') ms.pop_back();

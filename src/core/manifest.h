@@ -9,7 +9,10 @@
 //   durable: true              # stateful only: no acknowledged request is ever lost. Each
 //                              # reply waits until what the request wrote is appended to
 //                              # the instance's journal on its checkpoint keeper (fdatasync);
-//                              # implies checkpoints (checkpoint_ms defaults to 10000)
+//                              # implies checkpoints (checkpoint_ms defaults to 10000).
+//                              # `durable: strict`: a request whose record an assigned
+//                              # keeper fails to take fails (rolled back) instead of being
+//                              # acknowledged with fewer copies (degraded)
 //   slo_p99_ms: 2.5            # the p99 latency target of one request, ms (at most 3
 //                              # decimals; 0 = none, the default): the placement engine
 //                              # places by it and the rebalancer moves an instance whose
@@ -54,6 +57,7 @@ struct Manifest {
   bool stateful = false;
   uint32_t checkpoint_ms = 0;  // 0 = no periodic checkpoints
   bool durable = false;        // journal every write before its reply (stateful only)
+  bool durable_strict = false;  // `durable: strict`: never acknowledged with fewer copies
   uint64_t slo_p99_us = 0;     // `slo_p99_ms` in µs; 0 = no SLO
   std::vector<std::string> handlers;
   std::string tenant = "default";

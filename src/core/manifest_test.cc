@@ -81,6 +81,20 @@ TEST(ManifestTest, DurableIsForStatefulServicesImpliesCheckpointsAndRoundTrips) 
   EXPECT_NE(stateless.status().message().find("'durable' is for stateful services"),
             std::string_view::npos)
       << stateless.status();
+  EXPECT_FALSE(m->durable_strict);
+  Result<Manifest> strict = ParseManifest(std::string(kGood) + "durable: strict\n", "s");
+  ASSERT_TRUE(strict.ok()) << strict.status();
+  EXPECT_TRUE(strict->durable);
+  EXPECT_TRUE(strict->durable_strict);
+  EXPECT_EQ(strict->checkpoint_ms, kDurableCheckpointMs);
+  again = ParseManifest(ManifestToYaml(*strict), "s2");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*strict, *again);
+  Result<Manifest> bad = ParseManifest(std::string(kGood) + "durable: always\n", "x.yaml");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("expected true, false or strict, got 'always'"),
+            std::string_view::npos)
+      << bad.status();
 }
 
 TEST(ManifestTest, SloP99MsIsExactToTheMicrosecondAndRoundTrips) {

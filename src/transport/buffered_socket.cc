@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <cerrno>
 
@@ -147,6 +148,13 @@ void BufferedSocket::OnEvents(uint32_t events) {
   if (events & (EventLoop::kReadable | EventLoop::kError)) HandleRead();
 }
 
+void BufferedSocket::DateReads() {
+  if (Status st = EnableReceiveTimestamps(fd_.get()); !st.ok()) {
+    TERN_LOG(DEBUG) << "reads dated by the time of the read: " << st;
+  }
+  date_reads_ = true;
+}
+
 void BufferedSocket::HandleRead() {
   char* buf = ReadScratch();
   // Output produced while handling this read is flushed once at the end, without
@@ -155,7 +163,13 @@ void BufferedSocket::HandleRead() {
   for (int i = 0; i < kMaxReadsPerEvent; ++i) {
     if (closed() || peer_eof_) break;
     if (state_ == State::kOpen && !(interest_ & EventLoop::kReadable)) break;  // paused
-    ssize_t n = recv(fd_.get(), buf, kReadChunkBytes, 0);
+    ssize_t n;
+    if (date_reads_) {
+      const iovec iov{buf, kReadChunkBytes};
+      n = RecvDated(fd_.get(), &iov, 1, &read_received_ns_);
+    } else {
+      n = recv(fd_.get(), buf, kReadChunkBytes, 0);
+    }
     if (n > 0) {
       last_activity_nanos_ = loop_->NowNanos();
       if (state_ == State::kOpen) {

@@ -94,6 +94,14 @@ class BufferedSocket {
 
   const UniqueFd& fd() const { return fd_; }
 
+  // Dates every read by when the kernel received its bytes (RecvDated), for OnRead to
+  // look up with read_received_ns(). Off by default: it costs a recvmsg with a control
+  // buffer and a clock read per read. Not fatal if the socket cannot be stamped (the
+  // read's time is used then).
+  void DateReads();
+  // MonoNanos() when the bytes of the current (or last) read arrived; 0 unless DateReads().
+  int64_t read_received_ns() const { return read_received_ns_; }
+
  private:
   enum class State { kOpen, kDraining, kClosed };
 
@@ -118,6 +126,8 @@ class BufferedSocket {
   bool in_read_ = false;
   bool flush_after_read_ = false;
   bool write_blocked_ = false;  // the last send() hit EAGAIN
+  bool date_reads_ = false;
+  int64_t read_received_ns_ = 0;
   uint32_t interest_ = 0;
   std::string out_;
   size_t out_pos_ = 0;

@@ -12,6 +12,9 @@
 #include <string>
 #include <string_view>
 
+#include <sys/types.h>
+#include <sys/uio.h>
+
 #include "core/status.h"
 
 namespace tern::transport {
@@ -66,6 +69,21 @@ Result<UniqueFd> ConnectTcp(std::string_view host, uint16_t port, std::chrono::n
 
 Status SetNonBlocking(int fd);
 Status SetNoDelay(int fd);
+// Asks the kernel to stamp what this socket receives (SO_TIMESTAMPNS), for RecvDated.
+Status EnableReceiveTimestamps(int fd);
+// recvmsg(MSG_DONTWAIT) into `iov` that also tells when the data arrived: the kernel's
+// receive time of the bytes read (SCM_TIMESTAMPNS, on CLOCK_REALTIME, moved to
+// MonoNanos()'s clock), or the time of the read if the socket has no stamps or the clock
+// stepped. `*received_ns` is set only when bytes were read. Returns what recvmsg does.
+ssize_t RecvDated(int fd, const iovec* iov, int iovcnt, int64_t* received_ns);
+// Keeps the kernel's receive timestamps on for this process, and waits (bounded, 2 s)
+// until they are. Linux stamps packets only while some socket of the system asks for
+// it, and switches that on lazily: the first such socket (or the first after the last
+// one closed) schedules a work item, and what arrives before it ran carries no time, so
+// a request that waited in its socket would be dated by its read. The first call holds
+// one stamping socket open for good and checks that its own byte gets a stamp; later
+// calls return at once. A server that dates its reads calls it before accepting.
+void KeepReceiveTimestampsOn();
 
 // Waits until `fd` is readable (or writable if `for_write`) or MonoNanos() reaches
 // `deadline_nanos` (kDeadlineExceeded). A deadline of 0 or less means no deadline.

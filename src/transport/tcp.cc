@@ -115,7 +115,9 @@ FrameConnection::FrameConnection(EventLoop* loop, UniqueFd fd, uint64_t id,
       peer_(PeerAddress(BufferedSocket::fd().get())),
       decoder_(options.max_payload_bytes),
       on_frame_(std::move(on_frame)),
-      on_close_(std::move(on_close)) {}
+      on_close_(std::move(on_close)) {
+  if (options.date_frames) DateReads();
+}
 
 FrameConnection::~FrameConnection() = default;
 
@@ -187,6 +189,7 @@ Result<std::unique_ptr<FrameServer>> FrameServer::Start(EventLoop* loop,
                                                         const FrameServerOptions& options,
                                                         Handler handler, CloseHandler on_close) {
   if (!handler) return InvalidArgumentError("FrameServer: a handler is required");
+  if (options.connection.date_frames) KeepReceiveTimestampsOn();
   std::unique_ptr<FrameServer> server(
       new FrameServer(loop, options, std::move(handler), std::move(on_close)));
   TERN_ASSIGN_OR_RETURN(server->listener_, TcpListener::Listen(options.host, options.port));

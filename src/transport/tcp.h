@@ -79,6 +79,9 @@ struct FrameConnectionOptions {
   internal::SocketLimits limits;
   // Answer kPing frames with kPong without calling the handler.
   bool answer_pings = true;
+  // Date each frame by when the kernel received its last bytes (received_ns()), e.g.
+  // to charge the time a request waited in the socket to its deadline.
+  bool date_frames = false;
 };
 
 class FrameConnection;
@@ -123,6 +126,9 @@ class FrameConnection final : private internal::BufferedSocket {
   using BufferedSocket::closing;
   using BufferedSocket::loop;
   using BufferedSocket::pending_output;
+  // In the frame handler: MonoNanos() when the kernel received the frame's last bytes
+  // (the read that completed it); 0 unless FrameConnectionOptions::date_frames.
+  int64_t received_ns() const { return read_received_ns(); }
 
   // Queues `f` for sending at the end of this loop iteration. Loop thread. Errors:
   // kInvalidArgument (frame cannot be encoded), kUnavailable (connection closed or

@@ -46,6 +46,7 @@ Frame Invoke(std::string handler, std::string payload) {
 //   close  close the connection
 //   fail   reply with a kError (kNotFound)
 //   flood  from a worker thread, send 400 replies of 64 KiB
+//   when   reply with the frame's received_ns() in decimal
 class FrameServerTest : public ::testing::Test {
  protected:
   void StartServer(FrameServerOptions options = {}) {
@@ -89,6 +90,11 @@ class FrameServerTest : public ::testing::Test {
         f.payload += "!";
         ref.Send(std::move(f));
       });
+    } else if (f.handler == "when") {
+      f.type = FrameType::kReply;
+      f.payload = std::to_string(c->received_ns());
+      Status s = c->Send(f);
+      EXPECT_TRUE(s.ok()) << s;
     } else if (f.handler == "close") {
       c->Close();
     } else if (f.handler == "fail") {
@@ -161,6 +167,40 @@ TEST_F(FrameServerTest, PingIsAnsweredByTheServer) {
   Result<std::chrono::nanoseconds> rtt = c->Ping(5s);
   ASSERT_TRUE(rtt.ok()) << rtt.status();
   EXPECT_GT(rtt->count(), 0);
+}
+
+// With date_frames, a frame that arrived while the loop was busy is dated by its arrival
+// (the kernel's stamp), not by the read after the loop got free; without it, 0.
+TEST_F(FrameServerTest, DatedFramesCarryTheirArrivalNotTheirRead) {
+  FrameServerOptions options;
+  options.connection.date_frames = true;
+  StartServer(options);
+  auto c = Client();
+  ASSERT_NE(c, nullptr);
+  ASSERT_TRUE(c->Ping(5s).ok());  // accepted: the server's socket asks for stamps
+  std::atomic<bool> blocking{false};
+  std::atomic<int64_t> unblocked_ns{0};
+  loop_thread_->loop()->Post([&] {
+    blocking = true;
+    std::this_thread::sleep_for(100ms);
+    unblocked_ns = MonoNanos();
+  });
+  ASSERT_TRUE(WaitUntil([&] { return blocking.load(); }));
+  const int64_t sent_ns = MonoNanos();
+  Result<Frame> r = c->Call(Invoke("when", ""), 5s);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const int64_t received_ns = std::stoll(r->payload);
+  EXPECT_GE(received_ns, sent_ns);
+  EXPECT_LT(received_ns, unblocked_ns.load()) << "dated by the read, after the loop's stall";
+
+  // Off by default.
+  TearDown();
+  StartServer();
+  c = Client();
+  ASSERT_NE(c, nullptr);
+  r = c->Call(Invoke("when", ""), 5s);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->payload, "0");
 }
 
 TEST_F(FrameServerTest, LargePayloadEcho) {
