@@ -1276,6 +1276,10 @@ int Run(const Args& args) {
         {"zero_pages", r.report.zero_pages},
         {"held", r.report.held},
         {"migrate_call_ns", r.migrate_end_ns - r.migrate_start_ns},
+        // CLOCK_MONOTONIC, as `perf record -k mono` stamps samples: the window to keep
+        // with `perf script --time`.
+        {"migrate_start_mono_ns", r.migrate_start_ns},
+        {"migrate_end_mono_ns", r.migrate_end_ns},
         {"process_cpu_ns", r.cpu_ns},
         {"load_cpu_ns", r.LoadCpuNs()},
         {"load_cpu_per_s", r.load_cpu_per_s},

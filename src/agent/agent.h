@@ -524,6 +524,7 @@ class Agent {
     // size), so the batch is assembled where the pages were copied.
     std::string data;
     size_t data_at = 0;
+    uint32_t data_crc = 0;      // Crc32c of those pages, in that order (taken as copied)
     uint64_t memory_bytes = 0;  // the instance's memory size when copied
   };
   struct Held {  // a request that arrived while its instance was frozen

@@ -198,4 +198,13 @@ bool MemoryReserve::WaitFull(int64_t timeout_ns) {
   return ready_ >= target_;
 }
 
+void ReserveWarmString(MemoryReserve* reserve, std::string* s, size_t bytes) {
+  if (reserve == nullptr || s->capacity() >= bytes || bytes < 2 * MemoryReserve::kBlockBytes) return;
+  std::string fresh;
+  fresh.reserve(bytes);  // untouched capacity: its content is not needed
+  // From its second byte on: the first holds the terminator.
+  reserve->MoveInto(reinterpret_cast<uint8_t*>(fresh.data()) + 1, bytes - 1);
+  s->swap(fresh);
+}
+
 }  // namespace tern::agent

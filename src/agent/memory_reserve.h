@@ -25,6 +25,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <string>
 #include <thread>
 
 #include "core/mutex.h"
@@ -101,5 +102,11 @@ class MemoryReserve {
   bool stop_ GUARDED_BY(mu_) = false;
   std::thread filler_;
 };
+
+// Gives `*s`, about to be overwritten with up to `bytes` bytes, a buffer of that capacity
+// on warm memory when its own is smaller: the buffer's whole 2 MiB blocks come from
+// `reserve` (may be null) as far as it has them; the pages before its first block
+// boundary and after its last fault in as usual. Its content is not kept.
+void ReserveWarmString(MemoryReserve* reserve, std::string* s, size_t bytes);
 
 }  // namespace tern::agent

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "agent/agent.h"
+#include "agent/memory_reserve.h"
 #include "agent/migration_wire.h"
 #include "core/clock.h"
 #include "core/ids.h"
@@ -354,6 +355,7 @@ class Agent::MigrationServer {
         }
         if (!*got) break;
         Status st = Handle(f, &in, reply);
+        if (st.ok() && f.handler == "begin") WarmBatchBuffers(&decoder, &f);
         if (!st.ok()) {
           TERN_LOG(WARN) << "incoming migration from " << peer << ": " << st;
           reply(transport::MakeErrorFrame(f.request_id, st));
@@ -373,6 +375,20 @@ class Agent::MigrationServer {
     }
     MutexLock l(&mu_);
     fds_.erase(fd.get());
+  }
+
+  // The page batches that follow a 'begin' are received into two buffers in turn (the
+  // frame's payload and the decoder's spare: FrameDecoder::Next): both get warm memory
+  // from the agent's reserve, after the instance's memory and rollback point took
+  // theirs, so that receiving them costs no page faults (a fresh 4 MiB buffer: ~1,000).
+  void WarmBatchBuffers(transport::FrameDecoder* decoder, transport::Frame* f) {
+    MemoryReserve* r = agent_->memory_reserve();
+    if (r == nullptr) return;
+    const size_t batch = 8 + PageBatchHeadBytes(kChunkPages) + kChunkPages * kMigrationPageBytes;
+    std::string spare;
+    ReserveWarmString(r, &spare, batch);
+    decoder->GiveSpare(std::move(spare));
+    ReserveWarmString(r, &f->payload, batch);  // the begin's, handled
   }
 
   template <typename Reply>
@@ -495,12 +511,33 @@ namespace {
 // The migration connection: page batches go out pipelined, `kWindow` unacknowledged.
 class Stream {
  public:
-  explicit Stream(std::unique_ptr<transport::FrameClient> c) : c_(std::move(c)) {}
+  // `returned(chunk)`: a chunk lent to the connection by SendChunk was answered (its
+  // buffer may be reused).
+  Stream(std::unique_ptr<transport::FrameClient> c, std::function<void(Agent::MigChunk*)> returned)
+      : c_(std::move(c)), returned_(std::move(returned)) {}
 
   Result<transport::Frame> Call(const char* step, std::string payload) {
     TERN_RETURN_IF_ERROR(Drain());
     bytes_ += payload.size();
     return c_->Call(MigrateFrame(step, std::move(payload)), kStepTimeout);
+  }
+  // Sends a step without waiting for its answer: what is sent behind it is pipelined,
+  // and its answer (the first of those to come back) is kept: step_answer().
+  Status SendStep(const char* step, std::string payload) {
+    TERN_RETURN_IF_ERROR(Drain());
+    bytes_ += payload.size();
+    TERN_ASSIGN_OR_RETURN(step_id_, c_->Send(MigrateFrame(step, std::move(payload))));
+    step_answer_.reset();
+    return Status::Ok();
+  }
+  // The answer to SendStep's step once it came back (its error, or OK).
+  const std::optional<Status>& step_answer() const { return step_answer_; }
+  // Takes every answer still owed, refusals included (what followed a failed step);
+  // fails only when the connection does.
+  Status DrainRefused() {
+    Status refused;
+    while (c_->in_flight() > 0) TERN_RETURN_IF_ERROR(Answer(&refused));
+    return Status::Ok();
   }
   // Sends `pages` (gathered at `data`) as one batch; returns its size on the wire.
   Result<size_t> SendPages(uint64_t memory_bytes, const char* data,
@@ -510,29 +547,39 @@ class Stream {
     return SendPayload(std::move(payload));
   }
   // Sends a chunk as MigScan/MigCopy left it, as one batch. Raw, the batch is finished
-  // where the worker copied the pages (its head goes into the room left before them)
-  // and the chunk's buffer becomes the frame's payload: the pages are not copied again.
-  Result<size_t> SendChunk(Agent::MigChunk& c, PageCodec codec) {
-    std::string payload;
+  // where the worker copied the pages (its head goes into the room left before them,
+  // its checksum is combined from the one the worker took) and sent from the chunk's
+  // buffer: the pages are not copied again, and the chunk is lent to the connection
+  // until the batch is answered (`*lent`; then `returned` gets it back), so that its
+  // buffer (warm memory: StartChunk) is reused for the next chunks instead of a new
+  // one per batch. LZ4: compressed into a payload of its own.
+  Result<size_t> SendChunk(Agent::MigChunk& c, PageCodec codec, bool* lent) {
+    *lent = false;
     if (codec == PageCodec::kRaw) {
       const size_t head = 8 + PageBatchHeadBytes(c.zero.size() + c.pages.size());
-      // Fewer pages than room was made for (the memory's end; checksum mode).
-      if (head < c.data_at) c.data.erase(0, c.data_at - head);
-      c.data_at = head;
-      std::memcpy(c.data.data(), &c.memory_bytes, 8);
-      FinishRawPageBatch(&c.data, 8, c.zero, c.pages);
-      payload.swap(c.data);
-    } else {
-      payload.assign(reinterpret_cast<const char*>(&c.memory_bytes), 8);
-      AppendSplitPages(c.data.data() + c.data_at, c.zero, c.pages, codec, &payload);
+      // Fewer pages than room was made for (the memory's end; checksum mode): the batch
+      // starts later in the buffer.
+      const size_t start = c.data_at - head;
+      std::memcpy(c.data.data() + start, &c.memory_bytes, 8);
+      FinishRawPageBatch(&c.data, start + 8, c.zero, c.pages, c.data_crc);
+      const size_t size = c.data.size() - start;
+      bytes_ += size;
+      TERN_ASSIGN_OR_RETURN(uint64_t id, c_->SendBorrowed(MigrateFrame("pages", ""),
+                                                          std::string_view(c.data).substr(start)));
+      lent_[id] = &c;
+      *lent = true;
+      TERN_RETURN_IF_ERROR(Window());
+      return size;
     }
+    std::string payload(reinterpret_cast<const char*>(&c.memory_bytes), 8);
+    AppendSplitPages(c.data.data() + c.data_at, c.zero, c.pages, codec, &payload);
     return SendPayload(std::move(payload));
   }
   Result<size_t> SendPayload(std::string payload) {
     const size_t size = payload.size();
     bytes_ += size;
     TERN_RETURN_IF_ERROR(c_->Send(MigrateFrame("pages", std::move(payload))).status());
-    while (c_->in_flight() >= kWindow) TERN_RETURN_IF_ERROR(Ack());
+    TERN_RETURN_IF_ERROR(Window());
     return size;
   }
   Status Drain() {
@@ -542,18 +589,40 @@ class Stream {
   uint64_t bytes() const { return bytes_; }
 
  private:
+  Status Window() {
+    while (c_->in_flight() >= kWindow) TERN_RETURN_IF_ERROR(Ack());
+    return Status::Ok();
+  }
   Status Ack() {
+    Status answer;
+    TERN_RETURN_IF_ERROR(Answer(&answer));
+    return answer;
+  }
+  // Receives the next answer into `*answer` (its error, or OK); fails when the
+  // connection does.
+  Status Answer(Status* answer) {
     TERN_ASSIGN_OR_RETURN(transport::Frame f, c_->Receive(kStepTimeout));
-    return transport::ErrorFrameStatus(f);
+    if (auto it = lent_.find(f.request_id); it != lent_.end()) {
+      returned_(it->second);
+      lent_.erase(it);
+    }
+    *answer = transport::ErrorFrameStatus(f);
+    if (f.request_id == step_id_) step_answer_ = *answer;
+    return Status::Ok();
   }
   std::unique_ptr<transport::FrameClient> c_;
+  std::function<void(Agent::MigChunk*)> returned_;
+  std::map<uint64_t, Agent::MigChunk*> lent_;  // by request id
+  uint64_t step_id_ = 0;
+  std::optional<Status> step_answer_;
   uint64_t bytes_ = 0;
 };
 
 // Copies the chunks of a round on the instance's worker one step ahead of the sender:
 // while the migrating thread encodes and sends chunk i, a thread of this pipe has the
-// worker copy chunk i + 1 (two buffers, reused across rounds). `copy(chunk)` fills the
-// next chunk and returns false when the round has no more.
+// worker copy chunk i + 1 (kChunkBuffers buffers, reused across rounds: the ones in
+// flight on the connection come back when answered). `copy(chunk)` fills the next
+// chunk and returns false when the round has no more.
 class ChunkPipe {
  public:
   using Copy = std::function<Result<bool>(Agent::MigChunk*)>;
@@ -564,7 +633,8 @@ class ChunkPipe {
       MutexLock l(&mu_);
       copy_ = std::move(copy);
       ready_.clear();
-      free_ = {&bufs_[0], &bufs_[1]};
+      free_.clear();
+      for (Agent::MigChunk& b : bufs_) free_.push_back(&b);
       done_ = stop_ = false;
       error_ = Status::Ok();
     }
@@ -582,7 +652,7 @@ class ChunkPipe {
     if (!error_.ok()) return error_;
     return static_cast<Agent::MigChunk*>(nullptr);
   }
-  // Gives a chunk from Next back for the next copy.
+  // Gives a chunk from Next back for the next copy (any thread).
   void Release(Agent::MigChunk* c) {
     MutexLock l(&mu_);
     free_.push_back(c);
@@ -624,7 +694,9 @@ class ChunkPipe {
     cv_.SignalAll();
   }
 
-  Agent::MigChunk bufs_[2];  // reused (raw batches leave with their buffer: see SendChunk)
+  // The sender's window, the chunk it sends and the one being copied.
+  static constexpr size_t kChunkBuffers = kWindow + 2;
+  Agent::MigChunk bufs_[kChunkBuffers];
   Copy copy_;
   std::thread thread_;
   Mutex mu_;
@@ -670,7 +742,14 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
   }
   TERN_ASSIGN_OR_RETURN(std::unique_ptr<transport::FrameClient> mc,
                         ConnectTo(addr, target + " migration port"));
-  Stream stream(std::move(mc));
+  // The chunk buffers come from the warm reserve (StartChunk): it refills afterwards,
+  // not while the migration runs.
+  MemoryReserve::Hold hold(reserve_.get());
+  // Round 0's progress (its copies may start before `begin` is answered: below).
+  uint64_t r0_pages = 0, r0_from = 0;
+  // Declared before the stream, which may hold chunks of it until it is gone.
+  ChunkPipe pipe;
+  Stream stream(std::move(mc), [&pipe](MigChunk* c) { pipe.Release(c); });
 
   uint64_t memory_bytes = 0;
   bool exact = false;
@@ -712,31 +791,59 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
                           {"memory_bytes", memory_bytes}};
   if (sp) begin["stack_pointer"] = *sp;
   if (Status h = hook("begin"); !h.ok()) return fail(h);
-  Result<transport::Frame> b = stream.Call("begin", begin.dump());
-  if (!b.ok() && b.status().code() == StatusCode::kNotFound) {
-    TERN_ASSIGN_OR_RETURN(std::string dep, MigrationDeployPayload(id));
-    Result<transport::Frame> d = stream.Call("deploy", std::move(dep));
-    if (!d.ok()) return net_fail(d.status().WithPrefix("deploying the service there"));
-    b = stream.Call("begin", begin.dump());
+  // Round 0 copies every page in order: the worker starts on its first chunks while the
+  // target prepares the instance (1–10 ms), as many as the pipe has buffers for.
+  r0_pages = memory_bytes / kMigrationPageBytes;
+  ChunkPipe::Copy round0 = [&](MigChunk* c) -> Result<bool> {
+    if (r0_from >= r0_pages) return false;
+    TERN_RETURN_IF_ERROR(MigScan(id, o.freeze_timeout_ns, static_cast<uint32_t>(r0_from),
+                                 kChunkPages, /*all=*/true, c));
+    r0_pages = std::max<uint64_t>(r0_pages, c->memory_bytes / kMigrationPageBytes);
+    r0_from += kChunkPages;
+    return true;
+  };
+  auto begin_and_wait = [&]() -> Status {
+    Result<transport::Frame> b = stream.Call("begin", begin.dump());
+    if (!b.ok() && b.status().code() == StatusCode::kNotFound) {
+      TERN_ASSIGN_OR_RETURN(std::string dep, MigrationDeployPayload(id));
+      Result<transport::Frame> d = stream.Call("deploy", std::move(dep));
+      if (!d.ok()) return net_fail(d.status().WithPrefix("deploying the service there"));
+      b = stream.Call("begin", begin.dump());
+    }
+    return b.ok() ? Status::Ok() : net_fail(b.status());
+  };
+  if (o.precopy) {
+    // Round 0's batches follow `begin` without waiting for its answer: the link carries
+    // them (into the target's socket buffers) while the target prepares the instance,
+    // instead of idling for those 1–10 ms. Round 0 checks the answer (below).
+    pipe.Start(round0);
+    if (Status st = stream.SendStep("begin", begin.dump()); !st.ok()) return net_fail(st);
+  } else {
+    TERN_RETURN_IF_ERROR(begin_and_wait());
   }
-  if (!b.ok()) return net_fail(b.status());
   // The held requests will be forwarded there: connect now, not after the cut-over.
   ForwarderTo(o.to_tcp)->Connect();
 
   auto send_chunk = [&](MigChunk& c, MigrationRound* round) -> Status {
     const size_t pages = c.pages.size() + c.zero.size();
-    if (pages == 0) return Status::Ok();
-    TERN_ASSIGN_OR_RETURN(size_t sent, stream.SendChunk(c, codec));
+    if (pages == 0) {
+      pipe.Release(&c);
+      return Status::Ok();
+    }
+    bool lent = false;
+    Result<size_t> sent = stream.SendChunk(c, codec, &lent);
+    if (!lent) pipe.Release(&c);
+    TERN_RETURN_IF_ERROR(sent.status());
     round->pages += static_cast<uint32_t>(pages);
-    round->bytes += sent;
+    round->bytes += *sent;
     rep.bytes_raw += pages * kMigrationPageBytes;
     return Status::Ok();
   };
 
-  ChunkPipe pipe;
   // Sends every chunk `copy` produces (copied one step ahead of the sending).
+  // (Round 0's copying started already: `copy` is empty.)
   auto send_round = [&](ChunkPipe::Copy copy, MigrationRound* round) -> Status {
-    pipe.Start(std::move(copy));
+    if (copy) pipe.Start(std::move(copy));
     Status st = Status::Ok();
     for (;;) {
       Result<MigChunk*> c = pipe.Next();
@@ -746,8 +853,7 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
       }
       if (*c == nullptr) break;
       memory_bytes = std::max(memory_bytes, (*c)->memory_bytes);
-      st = send_chunk(**c, round);
-      pipe.Release(*c);
+      st = send_chunk(**c, round);  // gives the chunk back (now or when answered)
       if (!st.ok()) {
         st = net_fail(st);
         break;
@@ -763,15 +869,37 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
       if (Status h = hook(fmt::format("round {}", r)); !h.ok()) return fail(h);
       const int64_t rt = MonoNanos();
       MigrationRound round;
-      if (r == 0 || !exact) {
-        // Round 0 copies everything; in checksum mode every round scans everything.
+      if (r == 0) {
+        // Behind a `begin` not answered yet: when it failed, that is the error (the
+        // target refused the batches behind it). A target without the service gets it
+        // deployed, and round 0 is sent again.
+        const uint64_t raw_before = rep.bytes_raw;
+        Status st = send_round(nullptr, &round);
+        Status drained = st.ok() ? stream.Drain() : Status::Ok();
+        const std::optional<Status> begun = stream.step_answer();
+        if (begun.has_value() && begun->code() == StatusCode::kNotFound) {
+          if (Status d = stream.DrainRefused(); !d.ok()) return net_fail(d);
+          TERN_RETURN_IF_ERROR(begin_and_wait());
+          round = MigrationRound();
+          rep.bytes_raw = raw_before;
+          r0_from = 0;
+          r0_pages = memory_bytes / kMigrationPageBytes;
+          st = send_round(round0, &round);
+          drained = st.ok() ? stream.Drain() : Status::Ok();
+        } else if (begun.has_value() && !begun->ok()) {
+          return net_fail(*begun);
+        }
+        if (!st.ok()) return st;
+        if (!drained.ok()) return net_fail(drained);
+      } else if (!exact) {
+        // In checksum mode every round scans everything.
         uint64_t pages = memory_bytes / kMigrationPageBytes;
         uint64_t from = 0;
         TERN_RETURN_IF_ERROR(send_round(
-            [&, r](MigChunk* c) -> Result<bool> {
+            [&](MigChunk* c) -> Result<bool> {
               if (from >= pages) return false;
               TERN_RETURN_IF_ERROR(MigScan(id, o.freeze_timeout_ns, static_cast<uint32_t>(from),
-                                           kChunkPages, r == 0, c));
+                                           kChunkPages, /*all=*/false, c));
               pages = std::max<uint64_t>(pages, c->memory_bytes / kMigrationPageBytes);
               from += kChunkPages;
               return true;

@@ -109,9 +109,13 @@ TEST(MigrationWireTest, BatchesAssembledInPlaceEqualEncodedOnes) {
   std::string in_place(5, 'x');  // a prefix before the batch (the frame's memory size)
   in_place.append(PageBatchHeadBytes(idx.size()), '?');
   in_place += gathered;
+  std::string with_crc = in_place;
   FinishRawPageBatch(&in_place, 5, zero, data);
   EXPECT_EQ(in_place.substr(0, 5), "xxxxx");
   EXPECT_EQ(in_place.substr(5), want);
+  // The worker's checksum of the pages as it copied them, combined with the head's.
+  FinishRawPageBatch(&with_crc, 5, zero, data, Crc32c(gathered.data(), gathered.size()));
+  EXPECT_EQ(with_crc, in_place);
   std::string lz4 = "pfx";
   AppendSplitPages(gathered.data(), zero, data, PageCodec::kLz4, &lz4);
   ASSERT_EQ(lz4.substr(0, 3), "pfx");
@@ -146,6 +150,58 @@ TEST(MigrationWireTest, DamagedBatchesAreRefusedBeforeAnyPageIsApplied) {
   EXPECT_EQ(applied, 0);
   EXPECT_TRUE(DecodePageBatch(batch, 4, count).ok());
   EXPECT_EQ(applied, 2);
+}
+
+// The target's form (ApplyPageBatchChecking) applies what DecodePageBatch applies; it
+// checks a raw batch's checksum page by page while applying, so damage anywhere under
+// the checksum (indices, any page) is still kDataLoss, while a bad header, a truncated
+// batch, an index beyond the memory or a damaged LZ4 batch are refused before any page
+// is applied.
+TEST(MigrationWireTest, CheckingWhileApplyingStillCatchesEveryDamagedByte) {
+  const std::string mem = Pages(9, 4);
+  const std::vector<uint32_t> idx = {0, 1, 2, 3, 4, 5, 6, 7, 8};
+  const std::string batch =
+      EncodePageBatch(reinterpret_cast<const uint8_t*>(mem.data()), idx, PageCodec::kRaw);
+  int applied = 0;
+  std::string out(9 * kMigrationPageBytes, '\x55');
+  auto into_out = [&](uint32_t p, const char* b) {
+    ++applied;
+    char* to = out.data() + size_t{p} * kMigrationPageBytes;
+    if (b == nullptr) {
+      std::memset(to, 0, kMigrationPageBytes);
+    } else {
+      std::memcpy(to, b, kMigrationPageBytes);
+    }
+  };
+  Result<PageBatchStats> st = ApplyPageBatchChecking(batch, 9, into_out);
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(st->zero_pages, 3u);
+  EXPECT_EQ(st->data_pages, 6u);
+  EXPECT_EQ(out, mem);
+  // One flipped bit in the index list, the first data page, a middle one, the last byte.
+  const size_t section = batch.size() - 6 * kMigrationPageBytes;
+  for (size_t at : {size_t{24 + 4 * 4}, section, section + 3 * kMigrationPageBytes + 77,
+                    batch.size() - 1}) {
+    std::string flipped = batch;
+    flipped[at] ^= 0x01;  // the index 4 becomes 5: still within the memory
+    Result<PageBatchStats> bad = ApplyPageBatchChecking(flipped, 9, into_out);
+    EXPECT_EQ(bad.status().code(), StatusCode::kDataLoss) << "flipped byte " << at;
+  }
+  applied = 0;
+  auto count = [&](uint32_t, const char*) { ++applied; };
+  EXPECT_EQ(ApplyPageBatchChecking(batch.substr(0, batch.size() - 1), 9, count).status().code(),
+            StatusCode::kDataLoss);
+  EXPECT_EQ(ApplyPageBatchChecking("garbage", 9, count).status().code(),
+            StatusCode::kInvalidArgument);
+  std::string beyond = batch;
+  beyond[24 + 4 * 8] = 9;  // the last index (page 8) becomes page 9 of a 9-page memory
+  EXPECT_EQ(ApplyPageBatchChecking(beyond, 9, count).status().code(),
+            StatusCode::kInvalidArgument);
+  std::string lz4 =
+      EncodePageBatch(reinterpret_cast<const uint8_t*>(mem.data()), idx, PageCodec::kLz4);
+  lz4[lz4.size() - 3] ^= 0x10;
+  EXPECT_EQ(ApplyPageBatchChecking(lz4, 9, count).status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(applied, 0);
 }
 
 TEST(MigrationWireTest, CommitStateRoundTripsAndDetectsDamage) {
@@ -611,6 +667,54 @@ TEST_F(MigrationTest, GarbageOnTheMigrationPortClosesThatConnectionOnly) {
   // The migration itself still works.
   ASSERT_TRUE(a_->agent->Migrate(id_, To(*b_)).ok());
   EXPECT_TRUE(Runs(b_->agent.get(), id_));
+}
+
+// The target writes a raw batch's pages into the incoming instance while it checks the
+// batch's checksum: a batch damaged in transit is refused (kDataLoss) and the incoming
+// instance it went into is dropped — a commit after it finds no 'begin', and the
+// instance never runs there — so no damaged byte is ever served. A real migration
+// afterwards arrives whole.
+TEST_F(MigrationTest, ADamagedBatchDropsTheIncomingInstanceItWasWrittenInto) {
+  Manifest none = CounterManifest(0);
+  Result<ServiceStatus> dep = b_->agent->Deploy(none, ReadWasm("counter"));
+  ASSERT_TRUE(dep.ok()) << dep.status();
+  Result<std::string> addr = b_->agent->MigrationAddress();
+  ASSERT_TRUE(addr.ok()) << addr.status();
+  Result<std::unique_ptr<transport::FrameClient>> c = ConnectFrames(*addr);
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto step = [&](const char* handler, std::string payload) {
+    transport::Frame f;
+    f.service = "$migrate";
+    f.handler = handler;
+    f.payload = std::move(payload);
+    return (*c)->Call(f, std::chrono::seconds(10));
+  };
+  const uint64_t bytes = 1 << 20;
+  nlohmann::json begin = {{"instance", "counter-damaged"},
+                          {"service", "counter"},
+                          {"module_hash", dep->module_hash},
+                          {"memory_bytes", bytes}};
+  Result<transport::Frame> r = step("begin", begin.dump());
+  ASSERT_TRUE(r.ok()) << r.status();
+  const std::string mem = Pages(16, 9);
+  std::vector<uint32_t> idx(16);
+  for (uint32_t p = 0; p < 16; ++p) idx[p] = p;
+  std::string pages(reinterpret_cast<const char*>(&bytes), 8);
+  pages += EncodePageBatch(reinterpret_cast<const uint8_t*>(mem.data()), idx, PageCodec::kRaw);
+  pages[pages.size() - 5000] ^= 0x01;  // in the last data page but one
+  r = step("pages", pages);
+  EXPECT_EQ(r.status().code(), StatusCode::kDataLoss) << r.status();
+  r = step("commit", std::string(4, '\0'));
+  EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition) << r.status();
+  EXPECT_FALSE(Runs(b_->agent.get(), "counter-damaged"));
+
+  ASSERT_TRUE(Call(a_->agent.get(), "fill", "2048").status.ok());
+  InvokeResult sum = Call(a_->agent.get(), "check");
+  ASSERT_TRUE(sum.status.ok()) << sum.status;
+  ASSERT_TRUE(a_->agent->Migrate(id_, To(*b_)).ok());
+  InvokeResult check = Call(b_->agent.get(), "check");
+  ASSERT_TRUE(check.status.ok()) << check.status;
+  EXPECT_EQ(check.reply, sum.reply);
 }
 
 TEST(MigrationNestedTest, WaitsForTheRequestBoundaryThenFailsClearlyAtTheTimeout) {

@@ -25,9 +25,11 @@ constexpr size_t kBatchHeader = 24;
 
 
 // Writes the header and the page indices at out[at, at + PageBatchHeadBytes(n)) of a
-// batch whose section (`section` bytes) follows them, and its checksum.
+// batch whose section (`section` bytes) follows them, and its checksum; `section_crc`:
+// the section's Crc32c when the caller has it (then the section is not read again).
 void FillHead(std::string* out, size_t at, const std::vector<uint32_t>& zero,
-              const std::vector<uint32_t>& data, PageCodec codec, size_t section) {
+              const std::vector<uint32_t>& data, PageCodec codec, size_t section,
+              std::optional<uint32_t> section_crc = std::nullopt) {
   char* h = out->data() + at;
   StoreU32(h, kBatchMagic);
   h[4] = static_cast<char>(kWireVersion);
@@ -43,8 +45,13 @@ void FillHead(std::string* out, size_t at, const std::vector<uint32_t>& zero,
       idx += 4;
     }
   }
-  const size_t end = at + PageBatchHeadBytes(zero.size() + data.size()) + section;
-  StoreU32(h + 20, Crc32c(h + kBatchHeader, end - at - kBatchHeader));
+  const size_t head = PageBatchHeadBytes(zero.size() + data.size());
+  if (section_crc.has_value()) {
+    StoreU32(h + 20, Crc32cCombine(Crc32c(h + kBatchHeader, head - kBatchHeader), *section_crc,
+                                   section));
+  } else {
+    StoreU32(h + 20, Crc32c(h + kBatchHeader, head - kBatchHeader + section));
+  }
 }
 
 // Appends the batch of pages already split into zero and data pages; `data_at(k)` gives
@@ -122,8 +129,8 @@ const char* PageCodecName(PageCodec c) {
 size_t PageBatchHeadBytes(size_t pages) { return kBatchHeader + 4 * pages; }
 
 void FinishRawPageBatch(std::string* out, size_t at, const std::vector<uint32_t>& zero,
-                        const std::vector<uint32_t>& data) {
-  FillHead(out, at, zero, data, PageCodec::kRaw, data.size() * kMigrationPageBytes);
+                        const std::vector<uint32_t>& data, std::optional<uint32_t> data_crc) {
+  FillHead(out, at, zero, data, PageCodec::kRaw, data.size() * kMigrationPageBytes, data_crc);
 }
 
 void AppendSplitPages(const char* data_pages, const std::vector<uint32_t>& zero,
@@ -162,8 +169,17 @@ void AppendGatheredPages(const char* data, const std::vector<uint32_t>& indices,
   EncodeInto(indices, codec, [&](size_t i) { return data + i * kMigrationPageBytes; }, out);
 }
 
-Result<PageBatchStats> DecodePageBatch(std::string_view p, uint32_t max_pages,
-                                       const std::function<void(uint32_t, const char*)>& apply) {
+namespace {
+
+// A page batch whose header, size and page indices were checked (not its checksum).
+struct ParsedBatch {
+  PageCodec codec;
+  uint64_t zero, data, section;
+  const char* idx;  // zero + data indices
+  const char* sec;  // the section: `section` bytes
+};
+
+Result<ParsedBatch> ParseBatch(std::string_view p, uint32_t max_pages) {
   if (p.size() < kBatchHeader) {
     return InvalidArgumentError(
         fmt::format("page batch of {} bytes is shorter than its {} byte header", p.size(),
@@ -175,48 +191,81 @@ Result<PageBatchStats> DecodePageBatch(std::string_view p, uint32_t max_pages,
         fmt::format("page batch version {}, this agent reads {}", static_cast<int>(p[4]),
                     static_cast<int>(kWireVersion)));
   }
-  const auto codec = static_cast<PageCodec>(p[5]);
-  if (codec != PageCodec::kRaw && codec != PageCodec::kLz4) {
+  ParsedBatch b;
+  b.codec = static_cast<PageCodec>(p[5]);
+  if (b.codec != PageCodec::kRaw && b.codec != PageCodec::kLz4) {
     return InvalidArgumentError(fmt::format("page batch codec {} unknown", static_cast<int>(p[5])));
   }
-  const uint64_t zero = LoadU32(p.data() + 8), data = LoadU32(p.data() + 12),
-                 section = LoadU32(p.data() + 16);
-  const uint64_t want = kBatchHeader + 4 * (zero + data) + section;
+  b.zero = LoadU32(p.data() + 8);
+  b.data = LoadU32(p.data() + 12);
+  b.section = LoadU32(p.data() + 16);
+  const uint64_t want = kBatchHeader + 4 * (b.zero + b.data) + b.section;
   if (want != p.size()) {
     return DataLossError(fmt::format("page batch is {} bytes, its header says {}", p.size(), want));
   }
-  if (Crc32c(p.data() + kBatchHeader, p.size() - kBatchHeader) != LoadU32(p.data() + 20)) {
-    return DataLossError("page batch checksum mismatch");
+  if (b.codec == PageCodec::kRaw && b.section != b.data * kMigrationPageBytes) {
+    return DataLossError(
+        fmt::format("page batch carries {} bytes for {} pages", b.section, b.data));
   }
-  const char* idx = p.data() + kBatchHeader;
-  for (uint64_t i = 0; i < zero + data; ++i) {
-    uint32_t page = LoadU32(idx + 4 * i);
+  b.idx = p.data() + kBatchHeader;
+  for (uint64_t i = 0; i < b.zero + b.data; ++i) {
+    uint32_t page = LoadU32(b.idx + 4 * i);
     if (page >= max_pages) {
       return InvalidArgumentError(
           fmt::format("page {} is beyond the memory ({} pages)", page, max_pages));
     }
   }
-  const char* sec = idx + 4 * (zero + data);
+  b.sec = b.idx + 4 * (b.zero + b.data);
+  return b;
+}
+
+Status ChecksumMismatch() { return DataLossError("page batch checksum mismatch"); }
+
+}  // namespace
+
+Result<PageBatchStats> DecodePageBatch(std::string_view p, uint32_t max_pages,
+                                       const std::function<void(uint32_t, const char*)>& apply) {
+  TERN_ASSIGN_OR_RETURN(ParsedBatch b, ParseBatch(p, max_pages));
+  if (Crc32c(p.data() + kBatchHeader, p.size() - kBatchHeader) != LoadU32(p.data() + 20)) {
+    return ChecksumMismatch();
+  }
   thread_local std::string decompressed;  // capacity reused across batches
-  const char* pages = sec;
-  const uint64_t raw_bytes = data * kMigrationPageBytes;
-  if (codec == PageCodec::kLz4) {
+  const char* pages = b.sec;
+  const uint64_t raw_bytes = b.data * kMigrationPageBytes;
+  if (b.codec == PageCodec::kLz4) {
     if (raw_bytes > (1u << 30)) return InvalidArgumentError("page batch too large");
     decompressed.resize(raw_bytes);
-    int n = LZ4_decompress_safe(sec, decompressed.data(), static_cast<int>(section),
+    int n = LZ4_decompress_safe(b.sec, decompressed.data(), static_cast<int>(b.section),
                                 static_cast<int>(raw_bytes));
     if (n < 0 || static_cast<uint64_t>(n) != raw_bytes) {
       return DataLossError("page batch does not decompress to its pages");
     }
     pages = decompressed.data();
-  } else if (section != raw_bytes) {
-    return DataLossError(fmt::format("page batch carries {} bytes for {} pages", section, data));
   }
-  for (uint64_t i = 0; i < zero; ++i) apply(LoadU32(idx + 4 * i), nullptr);
-  for (uint64_t i = 0; i < data; ++i) {
-    apply(LoadU32(idx + 4 * (zero + i)), pages + i * kMigrationPageBytes);
+  for (uint64_t i = 0; i < b.zero; ++i) apply(LoadU32(b.idx + 4 * i), nullptr);
+  for (uint64_t i = 0; i < b.data; ++i) {
+    apply(LoadU32(b.idx + 4 * (b.zero + i)), pages + i * kMigrationPageBytes);
   }
-  return PageBatchStats{static_cast<uint32_t>(zero), static_cast<uint32_t>(data), raw_bytes};
+  return PageBatchStats{static_cast<uint32_t>(b.zero), static_cast<uint32_t>(b.data), raw_bytes};
+}
+
+Result<PageBatchStats> ApplyPageBatchChecking(
+    std::string_view p, uint32_t max_pages,
+    const std::function<void(uint32_t, const char*)>& apply) {
+  TERN_ASSIGN_OR_RETURN(ParsedBatch b, ParseBatch(p, max_pages));
+  if (b.codec != PageCodec::kRaw) return DecodePageBatch(p, max_pages, apply);
+  // The indices, then each data page right before it is applied: `apply` copies it
+  // while it is in cache, so the section is read from memory once, not twice.
+  uint32_t crc = Crc32c(b.idx, 4 * (b.zero + b.data));
+  for (uint64_t i = 0; i < b.zero; ++i) apply(LoadU32(b.idx + 4 * i), nullptr);
+  for (uint64_t i = 0; i < b.data; ++i) {
+    const char* page = b.sec + i * kMigrationPageBytes;
+    crc = Crc32c(page, kMigrationPageBytes, crc);
+    apply(LoadU32(b.idx + 4 * (b.zero + i)), page);
+  }
+  if (crc != LoadU32(p.data() + 20)) return ChecksumMismatch();
+  return PageBatchStats{static_cast<uint32_t>(b.zero), static_cast<uint32_t>(b.data),
+                        b.data * kMigrationPageBytes};
 }
 
 std::string EncodeCommitState(const CommitState& c) {

@@ -55,9 +55,12 @@ void AppendGatheredPages(const char* data, const std::vector<uint32_t>& indices,
 size_t PageBatchHeadBytes(size_t pages);
 // `out` holds, from `at`, PageBatchHeadBytes(zero.size() + data.size()) bytes of room
 // and then the data pages (4 KiB each, in `data`'s order) up to its end: fills the head
-// and the checksum, making it a raw batch (zero pages as indices only).
+// and the checksum, making it a raw batch (zero pages as indices only). `data_crc`, when
+// given, is Crc32c of the data pages' bytes (computed where they were copied, while
+// each page was in cache): the pages are then not read again.
 void FinishRawPageBatch(std::string* out, size_t at, const std::vector<uint32_t>& zero,
-                        const std::vector<uint32_t>& data);
+                        const std::vector<uint32_t>& data,
+                        std::optional<uint32_t> data_crc = std::nullopt);
 // Appends a batch of pages already sorted into zero pages and data pages gathered at
 // `data_pages` (4 KiB each, in `data`'s order). LZ4 compresses straight from there.
 void AppendSplitPages(const char* data_pages, const std::vector<uint32_t>& zero,
@@ -74,6 +77,16 @@ struct PageBatchStats {
 // at all (the batch is checked before any page is applied).
 Result<PageBatchStats> DecodePageBatch(std::string_view payload, uint32_t max_pages,
                                        const std::function<void(uint32_t, const char*)>& apply);
+// The same for a destination that is thrown away whole when a batch is bad (a migration
+// target's hidden instance): the header, the size and every index are checked before
+// any page is applied, but a raw batch's checksum is taken page by page as the pages
+// are applied, so that `apply` copies each page while it is in cache (one read of the
+// section from memory instead of two). On a checksum mismatch (kDataLoss) pages have
+// been applied: the caller must discard the destination. LZ4 batches are checked first,
+// as DecodePageBatch does.
+Result<PageBatchStats> ApplyPageBatchChecking(
+    std::string_view payload, uint32_t max_pages,
+    const std::function<void(uint32_t, const char*)>& apply);
 
 // One entry of an instance's dedup table: the answer to an idempotency key.
 struct DedupEntry {

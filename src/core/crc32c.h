@@ -1,6 +1,6 @@
 // CRC32C (Castagnoli, the checksum of iSCSI, ext4 metadata, LevelDB): for the store's log
 // and the dataset store's chunks. Uses the SSE4.2 crc32 instruction when the CPU has it
-// (three interleaved lanes for inputs of 3 KiB or more: ~15 GB/s here, against ~6 for one), a table otherwise; both give the same values.
+// (interleaved lanes for inputs of 3 KiB or more: ~15 GB/s here, against ~6 for one), a table otherwise; both give the same values.
 // Thread-safety: stateless.
 #pragma once
 
@@ -15,5 +15,11 @@ uint32_t Crc32c(const void* data, size_t n, uint32_t crc = 0);
 
 // The table-driven version, for tests that compare the two.
 uint32_t Crc32cPortable(const void* data, size_t n, uint32_t crc = 0);
+
+// The CRC32C of A || B from crc_a = Crc32c(A) and crc_b = Crc32c(B) (each started from
+// 0) and len_b = |B|: for a checksum whose prefix is known only after the bytes behind
+// it were checksummed (a page batch's head, filled in after its pages were copied and
+// checksummed one by one). O(log len_b).
+uint32_t Crc32cCombine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
 
 }  // namespace tern

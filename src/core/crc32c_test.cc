@@ -41,8 +41,10 @@ TEST(Crc32cTest, InterleavedLanesAgreeWithTheTable) {
   std::mt19937 rng(11);
   std::string data(40000, '\0');
   for (char& c : data) c = static_cast<char>(rng());
-  for (size_t n : {size_t{3071}, size_t{3072}, size_t{3073}, size_t{3080}, size_t{6143},
-                   size_t{6144}, size_t{6151}, size_t{9216}, size_t{12345}, size_t{32768}}) {
+  for (size_t n : {size_t{3071}, size_t{3072}, size_t{3073}, size_t{3080}, size_t{4095},
+                   size_t{4096}, size_t{4104}, size_t{6143}, size_t{6144}, size_t{6151},
+                   size_t{7167}, size_t{7168}, size_t{8192}, size_t{9216}, size_t{12345},
+                   size_t{32768}}) {
     for (size_t off : {size_t{0}, size_t{1}, size_t{5}}) {
       EXPECT_EQ(Crc32c(data.data() + off, n), Crc32cPortable(data.data() + off, n)) << n << "+" << off;
       EXPECT_EQ(Crc32c(data.data() + off, n, 0x12345678u),
@@ -53,6 +55,28 @@ TEST(Crc32cTest, InterleavedLanesAgreeWithTheTable) {
   EXPECT_EQ(Crc32c(zeros.data(), zeros.size()), Crc32cPortable(zeros.data(), zeros.size()));
   data[30000] ^= 0x10;  // a flip in the third lane of a block changes it
   EXPECT_EQ(Crc32c(data.data(), data.size()), Crc32cPortable(data.data(), data.size()));
+}
+
+// Crc32cCombine(Crc32c(A), Crc32c(B), |B|) is the CRC of A || B, for every split of
+// random bytes (empty parts too) and long runs of zeros; a flipped bit in B changes it.
+TEST(Crc32cTest, CombineGivesTheCrcOfTheConcatenation) {
+  std::mt19937 rng(3);
+  std::string data(20000, '\0');
+  for (char& c : data) c = static_cast<char>(rng());
+  for (size_t split : {size_t{0}, size_t{1}, size_t{7}, size_t{24}, size_t{4096}, size_t{12289},
+                       data.size()}) {
+    const uint32_t a = Crc32c(data.data(), split);
+    const uint32_t b = Crc32c(data.data() + split, data.size() - split);
+    EXPECT_EQ(Crc32cCombine(a, b, data.size() - split), Crc32c(data.data(), data.size())) << split;
+  }
+  const std::string zeros(1 << 20, '\0');
+  const uint32_t head = Crc32c(data.data(), 100);
+  EXPECT_EQ(Crc32cCombine(head, Crc32c(zeros.data(), zeros.size()), zeros.size()),
+            Crc32c(zeros.data(), zeros.size(), head));
+  std::string b = data.substr(500);
+  const uint32_t good = Crc32cCombine(Crc32c(data.data(), 500), Crc32c(b.data(), b.size()), b.size());
+  b[9999] ^= 4;
+  EXPECT_NE(Crc32cCombine(Crc32c(data.data(), 500), Crc32c(b.data(), b.size()), b.size()), good);
 }
 
 }  // namespace

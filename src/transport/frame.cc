@@ -436,6 +436,12 @@ bool FrameDecoder::StartLarge(const char* p, size_t avail, const Head& h) {
   return true;
 }
 
+void FrameDecoder::GiveSpare(std::string spare) {
+  if (large_) return;
+  spare.clear();
+  large_frame_.payload = std::move(spare);
+}
+
 Result<bool> FrameDecoder::Next(Frame* out) {
   if (!error_.ok()) return error_;
   if (large_) {

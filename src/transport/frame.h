@@ -151,6 +151,11 @@ class FrameDecoder {
   // payload is buffered, so a huge payload_len is rejected without allocating.
   Result<bool> Next(Frame* out);
   size_t buffered() const { return buf_.size() - pos_; }
+  // A buffer for the next large payload to be received into (its capacity is used when
+  // large enough; Next then hands out->payload's old buffer to the one after): for a
+  // reader that prepared warm memory for a stream of large frames. Ignored while a
+  // large payload is being received.
+  void GiveSpare(std::string spare);
 
   // Decodes one frame that fills `bytes` exactly, where another process may change
   // `bytes` while it is read (a shared-memory record): the header and names are copied

@@ -199,6 +199,16 @@ Result<uint64_t> FrameClient::Send(Frame request) {
   return id;
 }
 
+Result<uint64_t> FrameClient::SendBorrowed(Frame head, std::string_view payload) {
+  if (!broken_.ok()) return broken_;
+  head.request_id = next_id_;
+  TERN_RETURN_IF_ERROR(out_.AppendBorrowed(head, payload));
+  ++next_id_;
+  ++in_flight_;
+  TERN_RETURN_IF_ERROR(WriteSome());
+  return head.request_id;
+}
+
 Result<Frame> FrameClient::Receive(std::chrono::nanoseconds timeout) {
   return NextFrame(DeadlineFromTimeout(timeout));
 }

@@ -74,6 +74,12 @@ class FrameClient {
   // for the next incoming frame, whatever its id (kError frames included: see
   // ErrorFrameStatus), writing queued requests meanwhile.
   Result<uint64_t> Send(Frame request);
+  // Send() with the payload in the caller's memory (`head`'s own payload is ignored): a
+  // large payload is written from there, not copied, and the caller can reuse its buffer
+  // rather than allocate a new one per request. The caller keeps those bytes unchanged
+  // until the request's answer has been received — by then a server that answers a
+  // request once it has arrived whole has been sent all of it — or error() is set.
+  Result<uint64_t> SendBorrowed(Frame head, std::string_view payload);
   Result<Frame> Receive(std::chrono::nanoseconds timeout);
   // Writes all queued requests (reading answers into the buffer meanwhile).
   Status Flush(std::chrono::nanoseconds timeout);

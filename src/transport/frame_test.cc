@@ -519,6 +519,33 @@ TEST(FrameTest, LargePayloadIsReceivedIntoItsFrame) {
   EXPECT_EQ(d.buffered(), 0u);
 }
 
+// A spare given to the decoder (warm memory a reader prepared) is the buffer the next
+// large payload is received into, and then the one after it gets the caller's old
+// payload buffer: two buffers in turn, none allocated.
+TEST(FrameTest, AGivenSpareReceivesTheNextLargePayload) {
+  Frame big = FullFrame();
+  big.payload.assign(300 << 10, 'p');
+  FrameDecoder d;
+  std::string spare;
+  spare.reserve(400 << 10);
+  const char* spare_at = spare.data();
+  d.GiveSpare(std::move(spare));
+  Frame f;
+  f.payload.reserve(400 << 10);
+  const char* own_at = f.payload.data();
+  d.Feed(Encode(big));
+  Result<bool> r = d.Next(&f);
+  ASSERT_TRUE(r.ok() && *r) << r.status();
+  EXPECT_EQ(f, big);
+  EXPECT_EQ(f.payload.data(), spare_at);
+  big.payload.assign(300 << 10, 'q');
+  d.Feed(Encode(big));
+  r = d.Next(&f);
+  ASSERT_TRUE(r.ok() && *r) << r.status();
+  EXPECT_EQ(f, big);
+  EXPECT_EQ(f.payload.data(), own_at);  // the caller's first buffer, passed on
+}
+
 TEST(FrameTest, LargeFramesFedInRandomPiecesRoundTrip) {
   std::mt19937_64 rng(7);
   std::vector<Frame> want;
