@@ -144,16 +144,10 @@ class ShmRing {
     uint32_t len;
   };
   Result<Peeked> Peek(int spin, int64_t deadline_ns) {
-    const uint64_t tail = Tail().load(std::memory_order_relaxed);
-    if (!WaitForData(tail, spin, deadline_ns)) {
-      return DeadlineExceededError("no record in the shared-memory ring in time");
-    }
-    const size_t at = tail & (cap_ - 1);
-    uint32_t len;
-    std::memcpy(&len, data_ + at, sizeof(len));
-    const size_t from = (at + kRecordHeader) & (cap_ - 1);
-    const size_t first = len < cap_ - from ? len : cap_ - from;
-    return Peeked{{data_ + from, first}, {data_, len - first}, len};
+    Result<Record> r = Next(spin, deadline_ns);
+    if (!r.ok()) return r.status();
+    const size_t first = r->len < cap_ - r->from ? r->len : cap_ - r->from;
+    return Peeked{{data_ + r->from, first}, {data_, r->len - first}, r->len};
   }
   // Gives back the record Peek() returned (`len`: its length).
   void Consume(uint32_t len) {
@@ -165,6 +159,22 @@ class ShmRing {
   // its payload into `out` (at most `max` bytes; the rest is dropped) and returns its
   // length. kDeadlineExceeded when nothing came in time.
   Result<uint32_t> Pop(void* out, size_t max, int spin, int64_t deadline_ns) {
+    Result<Record> r = Next(spin, deadline_ns);
+    if (!r.ok()) return r.status();
+    CopyOut(out, r->from, r->len < max ? r->len : max);
+    Tail().store(r->tail + RecordBytes(r->len), std::memory_order_release);
+    return r->len;
+  }
+
+ private:
+  // The next record, once one is there: the read index it starts at, where its payload
+  // starts in the ring and its length.
+  struct Record {
+    uint64_t tail;
+    size_t from;
+    uint32_t len;
+  };
+  Result<Record> Next(int spin, int64_t deadline_ns) {
     const uint64_t tail = Tail().load(std::memory_order_relaxed);
     if (!WaitForData(tail, spin, deadline_ns)) {
       return DeadlineExceededError("no record in the shared-memory ring in time");
@@ -172,12 +182,9 @@ class ShmRing {
     const size_t at = tail & (cap_ - 1);
     uint32_t len;
     std::memcpy(&len, data_ + at, sizeof(len));
-    CopyOut(out, (at + kRecordHeader) & (cap_ - 1), len < max ? len : max);
-    Tail().store(tail + RecordBytes(len), std::memory_order_release);
-    return len;
+    return Record{tail, (at + kRecordHeader) & (cap_ - 1), len};
   }
 
- private:
   explicit ShmRing(RingHeader* h)
       : h_(h), data_(reinterpret_cast<uint8_t*>(h) + sizeof(RingHeader)), cap_(h->capacity) {}
 
