@@ -1218,7 +1218,18 @@ struct Controller::Impl {
       }
       const uint64_t last = r.is_object() ? r.value("seq", uint64_t{0}) : j.last;
       std::string what = "durable: 0 acknowledged requests lost";
-      if (stale) {
+      auto svc = view.services.find(ck.service);
+      const bool strict = svc != view.services.end() && svc->second.durable_strict;
+      if (stale && strict) {
+        // Its agent acknowledged nothing without this keeper: the request whose record
+        // it missed failed (outcome unknown), and later writes failed until the keepers
+        // were assigned again, which would have started its journal afresh.
+        what = fmt::format(
+            "durable: strict: {} dropped out of its journal at #{}, and nothing was "
+            "acknowledged without it: 0 acknowledged requests lost (#{}'s request failed "
+            "with an unknown outcome)",
+            j.keeper->device, dropped->second, dropped->second);
+      } else if (stale) {
         what = fmt::format(
             "NOT complete: {} dropped out of its journal at #{}, so requests acknowledged "
             "after #{} may be lost: {}",
@@ -2574,6 +2585,7 @@ struct Controller::Impl {
     s.stateful = m->stateful;
     s.checkpoint_ms = m->checkpoint_ms;
     s.durable = m->durable;
+    s.durable_strict = m->durable_strict;
     s.slo_p99_us = static_cast<int64_t>(m->slo_p99_us);
     s.created_unix_ms = UnixMillis();
     if (j.contains("replicas")) {

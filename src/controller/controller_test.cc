@@ -743,9 +743,10 @@ struct DurableTwoKeepers : TestCluster {
   AgentProc* other = nullptr;  // the other cpu
   std::vector<std::string> keepers;  // its journal's, from the checkpoint record
 
-  // `extra`: flags for every agent.
+  // `extra`: flags for every agent; `durable`: the manifest's value ("true", "strict").
   void SetUp(const std::vector<std::string>& extra = {},
-             const ControllerOptions& options = FastOptions()) {
+             const ControllerOptions& options = FastOptions(),
+             const std::string& durable = "true") {
     ASSERT_NO_FATAL_FAILURE(Start({{"cpu0", "h1", "cpu", extra},
                                    {"cpu1", "h1", "cpu", extra},
                                    {"csd0", "h2", "csd", extra},
@@ -753,7 +754,7 @@ struct DurableTwoKeepers : TestCluster {
                                    {"csd2", "h4", "csd", extra}},
                                   options));
     // Base checkpoints every minute: none but the first during the test.
-    json req{{"manifest", CounterManifest(60000) + "durable: true\n"},
+    json req{{"manifest", CounterManifest(60000) + "durable: " + durable + "\n"},
              {"module_b64", Base64Encode(ReadFile(WasmPath("counter")))},
              {"replicas", 1},
              {"devices", {"cpu0", "cpu1"}}};
@@ -947,6 +948,43 @@ TEST(ControllerTest, DurableRestoreFromAKeeperThatDroppedOutSaysAcknowledgedRequ
   EXPECT_EQ(ev.find("0 acknowledged requests lost"), std::string::npos) << ev;
   // Everything before the drop-out is there; the degraded increment is there only if the
   // stalled keeper wrote its record late, before the restore read its journal.
+  const std::string got = InvokeSvc(*t.other, "counter", "get", "");
+  EXPECT_TRUE(got == "5" || got == "6") << got;
+}
+
+// The same with `durable: strict`: the request whose record the stalled keeper missed
+// fails instead of being acknowledged on the other alone, so a restore that can read
+// only the stalled keeper's journal has every acknowledged request, and says so.
+TEST(ControllerTest, StrictDurableRestoreFromAKeeperThatDroppedOutLosesNothingAcknowledged) {
+  DurableTwoKeepers t;
+  ASSERT_NO_FATAL_FAILURE(t.SetUp({"--journal-timeout-ms=500"}, FastOptions(), "strict"));
+  for (int i = 1; i <= 5; ++i) ASSERT_EQ(t.Incr(*t.home, 100 + i), std::to_string(i));
+  const std::string stalled = t.keepers[1], kept = t.keepers[0];
+  const pid_t stalled_pid = t.Agent(stalled).child->pid();
+  ASSERT_TRUE(StopProcess(stalled_pid));
+  const std::string failed = t.Incr(*t.home, 106);
+  EXPECT_NE(failed.find("`durable: strict`"), std::string::npos) << failed;
+  Result<std::optional<store::KeyValue>> rec =
+      t.st->Get(std::string(kJournalOutPrefix) + t.id + "/" + stalled);
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  ASSERT_TRUE(rec->has_value()) << "the controller was not told of the drop-out";
+  const uint64_t from = json::parse((*rec)->value).value("seq", uint64_t{0});
+  ASSERT_TRUE(t.home->child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  ASSERT_TRUE(t.Agent(kept).child->Stop(SIGKILL, std::chrono::seconds(5)).ok());
+  ASSERT_EQ(::kill(stalled_pid, SIGCONT), 0);
+  std::string ev = t.WaitForRestore();
+  EXPECT_NE(ev.find("restored " + t.id + " on " + t.other->device + " from its journal on " +
+                    stalled),
+            std::string::npos)
+      << ev;
+  EXPECT_NE(ev.find("durable: strict: " + stalled + " dropped out of its journal at #" +
+                    std::to_string(from) + ", and nothing was acknowledged without it: 0 "
+                    "acknowledged requests lost"),
+            std::string::npos)
+      << ev;
+  EXPECT_EQ(ev.find("may be lost"), std::string::npos) << ev;
+  // Every acknowledged increment; the failed one only if the stalled keeper wrote its
+  // record late (its outcome was unknown).
   const std::string got = InvokeSvc(*t.other, "counter", "get", "");
   EXPECT_TRUE(got == "5" || got == "6") << got;
 }

@@ -74,6 +74,7 @@ std::string ToJson(const ServiceRecord& r) {
               {"stateful", r.stateful},
               {"checkpoint_ms", r.checkpoint_ms},
               {"durable", r.durable},
+              {"durable_strict", r.durable_strict},
               {"slo_p99_us", r.slo_p99_us}}
       .dump();
 }
@@ -166,6 +167,7 @@ Result<ServiceRecord> ServiceFromJson(std::string_view text, std::string_view wh
   TERN_RETURN_IF_ERROR(Field(j, "stateful", &r.stateful, what));
   TERN_RETURN_IF_ERROR(Field(j, "checkpoint_ms", &r.checkpoint_ms, what));
   TERN_RETURN_IF_ERROR(Field(j, "durable", &r.durable, what));
+  TERN_RETURN_IF_ERROR(Field(j, "durable_strict", &r.durable_strict, what));
   TERN_RETURN_IF_ERROR(Field(j, "slo_p99_us", &r.slo_p99_us, what));
   return r;
 }

@@ -76,6 +76,9 @@ struct ServiceRecord {
   bool stateful = false;  // the manifest's `stateful`
   int64_t checkpoint_ms = 0;  // the manifest's `checkpoint_ms`: snapshot period, 0 = none
   bool durable = false;       // the manifest's `durable`: a journal on the checkpoint keeper
+  // `durable: strict`: never acknowledged with fewer keepers than assigned, so a keeper
+  // that dropped out misses no acknowledged request (what a restore from it reports).
+  bool durable_strict = false;
   int64_t slo_p99_us = 0;     // the manifest's `slo_p99_ms` in µs, 0 = none
 
   bool operator==(const ServiceRecord&) const = default;

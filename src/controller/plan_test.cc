@@ -187,6 +187,8 @@ TEST(ModelTest, RecordsRoundTripAndBadOnesAreErrors) {
   s.durable = true;
   s.checkpoint_ms = 10000;
   EXPECT_EQ(*ServiceFromJson(ToJson(s), "k"), s);
+  s.durable_strict = true;
+  EXPECT_EQ(*ServiceFromJson(ToJson(s), "k"), s);
   CheckpointRecord ck{"counter-1", "counter", "csd0", "cpu0", 1234, 5678};
   ck.copies = {{"csd0", 1234, 5678}};
   ck.durable = true;
