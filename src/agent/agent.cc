@@ -24,6 +24,7 @@
 #include "agent/channels.h"
 #include "agent/journal_record.h"
 #include "agent/memory_reserve.h"
+#include "agent/migration_slots.h"
 #include "agent/migration_wire.h"
 #include "core/bytes.h"
 #include "core/crc32c.h"
@@ -1978,7 +1979,9 @@ Agent::Agent(const AgentOptions& options, wasm::Engine* engine)
       engine_(engine),
       reserve_(options.memory_reserve_bytes > 0
                    ? std::make_unique<MemoryReserve>(options.memory_reserve_bytes)
-                   : nullptr) {}
+                   : nullptr) {
+  if (reserve_ != nullptr) WarmMigrationSlots();
+}
 
 Agent::~Agent() { Shutdown(); }
 
@@ -3689,6 +3692,15 @@ constexpr size_t kChunkBlock = size_t{2} << 20;  // the reserve's blocks: one hu
 // pipeline uses, more than its CRCs).
 void StartChunk(MemoryReserve* reserve, Agent::MigChunk* c, size_t max_pages) {
   const size_t head = 8 + PageBatchHeadBytes(max_pages);
+  if (c->slot != nullptr) {  // a slot of shared memory: room is laid out already
+    CHECK(head <= kMigSlotHeadRoom && max_pages * kMigrationPageBytes <=
+                                               kMigSlotBytes - kMigSlotHeadRoom);
+    c->pages.clear();
+    c->zero.clear();
+    c->data_at = kMigSlotHeadRoom;
+    c->data_crc = 0;
+    return;
+  }
   const size_t pages = max_pages * kMigrationPageBytes;
   auto aligned_at = [&] {
     const uintptr_t d = reinterpret_cast<uintptr_t>(c->data.data());
@@ -3722,12 +3734,14 @@ void AddToChunk(Agent::MigChunk* c, uint32_t page, const uint8_t* src) {
     c->zero.push_back(page);
     return;
   }
-  char* dst = c->data.data() + c->data_at + c->pages.size() * kMigrationPageBytes;
+  char* dst = c->bytes() + c->data_at + c->pages.size() * kMigrationPageBytes;
   std::memcpy(dst, p, kMigrationPageBytes);
   c->data_crc = Crc32c(dst, kMigrationPageBytes, c->data_crc);
   c->pages.push_back(page);
 }
-void EndChunk(Agent::MigChunk* c) { c->data.resize(c->data_at + c->pages.size() * kMigrationPageBytes); }
+void EndChunk(Agent::MigChunk* c) {
+  if (c->slot == nullptr) c->data.resize(c->data_at + c->pages.size() * kMigrationPageBytes);
+}
 }  // namespace
 
 Status Agent::MigCopy(const std::string& id, int64_t timeout_ns, const std::vector<uint32_t>& pages,
@@ -4163,7 +4177,7 @@ void StreamFence() {
 }
 }  // namespace
 
-Result<uint32_t> Agent::IncomingPageBatch(Incoming* in, std::string_view batch) {
+Result<uint32_t> Agent::IncomingPageBatch(Incoming* in, std::string_view batch, bool shared) {
   // The instance is not routable yet: nothing runs on its memory but this thread. A bad
   // batch drops it (MigrationServer::Serve; IncomingCommit's caller), so pages may be
   // applied before the batch's checksum is known to match: each page is checked and
@@ -4182,22 +4196,24 @@ Result<uint32_t> Agent::IncomingPageBatch(Incoming* in, std::string_view batch) 
     }
     return reinterpret_cast<uint8_t*>(good.data()) + off;
   };
-  Result<PageBatchStats> st = ApplyPageBatchChecking(
-      batch, IncomingPages(in), [&](uint32_t page, const char* bytes) {
-        const size_t off = size_t{page} * kMigrationPageBytes;
-        uint64_t& w = in->written[page / 64];
-        const uint64_t bit = uint64_t{1} << (page % 64);
-        if (bytes != nullptr) {
-          StreamPage(in->mem + off, bytes);
-          if (stateful) StreamPage(good_page(off), bytes);
-        } else {
-          if ((w & bit) != 0) std::memset(in->mem + off, 0, kMigrationPageBytes);
-          // else: a zero page where the fresh memory is zero already; left untouched
-          if (stateful && off < good.size()) std::memset(good.data() + off, 0, kMigrationPageBytes);
-        }
-        w |= bit;
-        end = std::max<uint64_t>(end, off + kMigrationPageBytes);
-      });
+  auto apply = [&](uint32_t page, const char* bytes) {
+    const size_t off = size_t{page} * kMigrationPageBytes;
+    uint64_t& w = in->written[page / 64];
+    const uint64_t bit = uint64_t{1} << (page % 64);
+    if (bytes != nullptr) {
+      StreamPage(in->mem + off, bytes);
+      if (stateful) StreamPage(good_page(off), bytes);
+    } else {
+      if ((w & bit) != 0) std::memset(in->mem + off, 0, kMigrationPageBytes);
+      // else: a zero page where the fresh memory is zero already; left untouched
+      if (stateful && off < good.size()) std::memset(good.data() + off, 0, kMigrationPageBytes);
+    }
+    w |= bit;
+    end = std::max<uint64_t>(end, off + kMigrationPageBytes);
+  };
+  Result<PageBatchStats> st =
+      shared ? ApplySharedPageBatch(batch.data(), batch.size(), IncomingPages(in), apply)
+             : ApplyPageBatchChecking(batch, IncomingPages(in), apply);
   StreamFence();  // before the commit's task reads them on the worker
   TERN_RETURN_IF_ERROR(st.status());
   // Pages at or above good.size() that went into `mem` only (zero pages): `good`

@@ -51,6 +51,7 @@ class ShmConnection;
 namespace tern::agent {
 
 class MemoryReserve;
+class MigSlots;
 class OutChannel;
 struct DedupEntry;
 
@@ -289,9 +290,21 @@ struct MigrateOptions {
   // compresses, ~2 Gbit/s here), "lz4" or "none".
   std::string codec = "auto";
   uint64_t link_bps = 0;  // 0 = unknown: assume a fast link
+  // How the pages travel (docs/design/migration.md, "Same-host migration through shared
+  // memory"): "shm" through slots of shared memory the target hands over on its
+  // `<shm socket>.mig` socket (the migration connection then carries a 16-byte frame per
+  // 4 MiB batch), "tcp" in the frames of the migration connection, "auto" shm when the
+  // target is on this agent's host and its slot socket can be reached, else tcp (the
+  // report says why: transport_note). shm when it cannot be had fails the migration
+  // (kFailedPrecondition / kUnavailable) with the reason; the instance keeps serving here.
+  std::string transport = "auto";
   // Test hook: called on the migration thread before each step ("begin", "round 0",
   // "round 1", "freeze", "commit"); a non-OK status aborts the migration there, as a failure would.
   std::function<Status(const std::string& step)> step_hook;
+  // Test hook for the shared-memory transport: may change the token presented on the
+  // slot socket (`what` = "token") and each 'slot' frame's payload (`what` = "slot")
+  // before it is sent, to check that the target refuses bad ones.
+  std::function<void(const std::string& what, std::string* bytes)> shm_hook_for_test;
 };
 
 struct MigrationRound {
@@ -315,6 +328,9 @@ struct MigrationReport {
   int64_t freeze_wait_ns = 0;  // waiting for a request boundary
   int64_t downtime_ns = 0;     // frozen → active at the target (requests wait meanwhile)
   uint64_t held = 0;           // requests that arrived while frozen, forwarded to the target
+  std::string transport;       // "tcp" | "shm": how the pages went
+  std::string transport_note;  // why "auto" took tcp (empty when it took shm, or was told)
+  uint64_t shm_bytes = 0;      // page batches written into shared memory (not in bytes_sent)
 };
 
 class Agent {
@@ -526,6 +542,15 @@ class Agent {
     size_t data_at = 0;
     uint32_t data_crc = 0;      // Crc32c of those pages, in that order (taken as copied)
     uint64_t memory_bytes = 0;  // the instance's memory size when copied
+    // Shared-memory transport: the chunk is assembled in this slot of the target's
+    // (kMigSlotBytes) instead of `data`, which stays empty.
+    char* slot = nullptr;
+    uint32_t slot_index = 0;
+    char* bytes() { return slot != nullptr ? slot : data.data(); }
+    // The end of the pages in bytes().
+    size_t end() const {
+      return slot != nullptr ? data_at + pages.size() * 4096 : data.size();
+    }
   };
   struct Held {  // a request that arrived while its instance was frozen
     InvokeRequest req;
@@ -590,6 +615,14 @@ class Agent {
       REQUIRES(mu_);
   bool IsFrozen(WorkerThread* wt, const std::string& id);
   void ShutdownMigration();
+  // With a memory reserve: faults in the slot set an incoming same-host migration takes
+  // (migration_slots.h), so that its batches cost no page faults on either side.
+  void WarmMigrationSlots() EXCLUDES(mig_mu_);
+  // Target: the slot set for an incoming migration from source process `pid` (the set
+  // kept for it, else the warm set, else a new one), and its return when the migration
+  // connection ends (kept for that process with a reserve, else unmapped).
+  Result<std::shared_ptr<MigSlots>> SlotsFor(int pid) EXCLUDES(mig_mu_);
+  void SlotsDone(int pid, std::shared_ptr<MigSlots> slots) EXCLUDES(mig_mu_);
   // "deploy" payload for the target: the instance's manifest and module.
   Result<std::string> MigrationDeployPayload(const std::string& instance) EXCLUDES(mu_);
 
@@ -602,8 +635,9 @@ class Agent {
                                                   std::optional<uint32_t> stack_pointer);
   Status IncomingGrow(Incoming* in, uint64_t memory_bytes);
   // Applies a page batch (checked whole first) to the incoming instance's memory and its
-  // rollback point to be; returns the number of pages.
-  Result<uint32_t> IncomingPageBatch(Incoming* in, std::string_view batch);
+  // rollback point to be; returns the number of pages. `shared`: the batch lies in a
+  // migration slot its source may still write (ApplySharedPageBatch).
+  Result<uint32_t> IncomingPageBatch(Incoming* in, std::string_view batch, bool shared = false);
   uint32_t IncomingPages(const Incoming* in) const;
   Status IncomingCommit(const std::shared_ptr<Incoming>& in, std::string_view commit);
   void IncomingDrop(const std::shared_ptr<Incoming>& in);
@@ -784,6 +818,14 @@ class Agent {
   Mutex mig_mu_;
   std::shared_ptr<MigrationServer> mig_server_ GUARDED_BY(mig_mu_);  // shared: incomplete here
   std::map</*tcp address*/ std::string, std::shared_ptr<Forwarder>> forwarders_ GUARDED_BY(mig_mu_);
+  // Shared-memory migration (migration_slots.h), kept only with a memory reserve: as a
+  // target, the slot set faulted in at start (not yet handed to anyone) and the sets
+  // handed to source processes, each only ever handed to that process again (it keeps
+  // its mapping); as a source, the sets targets handed over, by their slot socket path.
+  std::shared_ptr<MigSlots> warm_slots_ GUARDED_BY(mig_mu_);
+  std::map</*source pid*/ int, std::shared_ptr<MigSlots>> kept_slots_ GUARDED_BY(mig_mu_);
+  std::map</*slot socket*/ std::string, std::shared_ptr<MigSlots>> target_slots_
+      GUARDED_BY(mig_mu_);
 };
 
 // Tunes glibc's malloc for a process whose main job is an Agent: payloads up to 16 MiB

@@ -521,7 +521,7 @@ struct AgentServer::Impl {
 
   // POST /v1/instances/{id}/migrate {"to_tcp": "ip:port", "to_device": "...", "mode":
   // "precopy"|"stop-and-copy", "max_rounds": N, "stop_pages": N, "freeze_timeout_ms": N,
-  // "codec": "auto"|"lz4"|"none", "link_bps": N}
+  // "codec": "auto"|"lz4"|"none", "link_bps": N, "transport": "auto"|"tcp"|"shm"}
   HttpResponse MigrateOp(const HttpRequest& req) {
     std::vector<std::string> p = PathParts(req.path);
     nlohmann::json j = nlohmann::json::parse(req.body, nullptr, false);
@@ -529,7 +529,7 @@ struct AgentServer::Impl {
       return ErrorResponse(InvalidArgumentError(
           "migrate: the body must be a JSON object with \"to_tcp\": \"ip:port\" (the target "
           "agent's frame address) and optionally to_device, mode, max_rounds, stop_pages, "
-          "freeze_timeout_ms, codec, link_bps"));
+          "freeze_timeout_ms, codec, link_bps, transport"));
     }
     MigrateOptions o;
     try {
@@ -546,6 +546,11 @@ struct AgentServer::Impl {
       o.freeze_timeout_ns = j.value("freeze_timeout_ms", int64_t{5000}) * 1'000'000;
       o.codec = j.value("codec", o.codec);
       o.link_bps = j.value("link_bps", o.link_bps);
+      o.transport = j.value("transport", o.transport);
+      if (o.transport != "auto" && o.transport != "tcp" && o.transport != "shm") {
+        return ErrorResponse(InvalidArgumentError(fmt::format(
+            "migrate: transport '{}': expected auto, tcp or shm", o.transport)));
+      }
     } catch (const nlohmann::json::exception& e) {
       return ErrorResponse(InvalidArgumentError(std::string("migrate: ") + e.what()));
     }

@@ -17,6 +17,7 @@
 
 #include "agent/agent.h"
 #include "agent/memory_reserve.h"
+#include "agent/migration_slots.h"
 #include "agent/migration_wire.h"
 #include "core/clock.h"
 #include "core/ids.h"
@@ -88,6 +89,32 @@ Result<std::unique_ptr<transport::FrameClient>> ConnectTo(const std::string& add
       transport::FrameClient::Connect(host, port, std::chrono::seconds(5));
   if (!c.ok()) return c.status().WithPrefix(fmt::format("{} at {}", what, addr));
   return c;
+}
+
+std::string Hex(std::string_view bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : bytes) {
+    out += kDigits[c >> 4];
+    out += kDigits[c & 15];
+  }
+  return out;
+}
+
+std::optional<std::string> Unhex(std::string_view hex) {
+  if (hex.size() % 2 != 0) return std::nullopt;
+  auto digit = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  std::string out;
+  for (size_t i = 0; i < hex.size(); i += 2) {
+    const int hi = digit(hex[i]), lo = digit(hex[i + 1]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out += static_cast<char>(hi * 16 + lo);
+  }
+  return out;
 }
 
 }  // namespace
@@ -288,6 +315,16 @@ class Agent::MigrationServer {
     auto s = std::unique_ptr<MigrationServer>(new MigrationServer(agent));
     s->listen_ = std::move(fd);
     s->address_ = fmt::format("{}:{}", ip, port);
+    // Agents of this host reach the shared-memory listener's socket: its `.mig` sibling
+    // hands out migration slots. Without it, migrations in arrive over TCP only.
+    if (const std::string& shm = agent->options().shm_path; !shm.empty()) {
+      Result<std::unique_ptr<MigSlotServer>> slots = MigSlotServer::Start(shm + ".mig");
+      if (slots.ok()) {
+        s->slots_ = std::move(*slots);
+      } else {
+        TERN_LOG(WARN) << "no shared-memory migrations into this agent: " << slots.status();
+      }
+    }
     s->accept_ = std::thread([p = s.get()] { p->AcceptLoop(); });
     return s;
   }
@@ -299,6 +336,7 @@ class Agent::MigrationServer {
     }
     ::shutdown(listen_.get(), SHUT_RDWR);
     accept_.join();
+    slots_.reset();
     std::vector<std::thread> conns;
     {
       MutexLock l(&mu_);
@@ -332,7 +370,8 @@ class Agent::MigrationServer {
     (void)transport::SetNoDelay(fd.get());
     const std::string peer = transport::PeerAddress(fd.get());
     transport::FrameDecoder decoder;
-    std::shared_ptr<Incoming> in;
+    Conn conn;
+    std::shared_ptr<Incoming>& in = conn.in;
     std::string buf(1 << 20, '\0');
     transport::Frame f;  // reused: a 4 MiB payload buffer is faulted in once
     bool open = true;
@@ -354,12 +393,14 @@ class Agent::MigrationServer {
           break;
         }
         if (!*got) break;
-        Status st = Handle(f, &in, reply);
-        if (st.ok() && f.handler == "begin") WarmBatchBuffers(&decoder, &f);
+        Status st = Handle(f, &conn, reply);
+        if (st.ok() && f.handler == "begin" && conn.slots == nullptr) {
+          WarmBatchBuffers(&decoder, &f);
+        }
         if (!st.ok()) {
           TERN_LOG(WARN) << "incoming migration from " << peer << ": " << st;
           reply(transport::MakeErrorFrame(f.request_id, st));
-          if (f.handler == "pages" || f.handler == "commit") {
+          if (f.handler == "pages" || f.handler == "slot" || f.handler == "commit") {
             // The stream is broken for this instance: start over or give up.
             if (in != nullptr) agent_->IncomingDrop(in);
             in.reset();
@@ -373,8 +414,87 @@ class Agent::MigrationServer {
                      << " ended before its commit; dropped (the source keeps it)";
       agent_->IncomingDrop(in);
     }
+    ReleaseSlots(&conn);
     MutexLock l(&mu_);
     fds_.erase(fd.get());
+  }
+
+  // What one migration connection holds.
+  struct Conn {
+    std::shared_ptr<Incoming> in;
+    // Shared-memory transport ('slots'): the set handed over, the token that names it on
+    // the slot socket, the process it was offered to, and the next 'slot' frame's number.
+    std::shared_ptr<MigSlots> slots;
+    std::string token;
+    pid_t pid = 0;
+    uint32_t next_seq = 0;
+  };
+
+  // 'slots' {"host", "pid"}: a set of slots for the source process `pid` of this host, and
+  // a token for it on the slot socket.
+  Result<std::string> OfferSlots(std::string_view payload, Conn* conn) {
+    if (slots_ == nullptr) {
+      return UnavailableError(fmt::format(
+          "{} takes no shared-memory migrations (it has no shared-memory socket)",
+          agent_->options_.device));
+    }
+    nlohmann::json j = nlohmann::json::parse(payload, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("host") || !j["host"].is_string() ||
+        !j.contains("pid") || !j["pid"].is_number_integer()) {
+      return InvalidArgumentError("malformed 'slots' (want host, pid)");
+    }
+    const std::string host = j["host"].get<std::string>();
+    if (host != agent_->options_.host) {
+      return FailedPreconditionError(fmt::format("{} runs on host '{}', the source on '{}'",
+                                                 agent_->options_.device,
+                                                 agent_->options_.host, host));
+    }
+    ReleaseSlots(conn);
+    conn->pid = j["pid"].get<pid_t>();
+    TERN_ASSIGN_OR_RETURN(conn->slots, agent_->SlotsFor(conn->pid));
+    conn->token = slots_->Offer(conn->slots, conn->pid);
+    conn->next_seq = 0;
+    return nlohmann::json{{"path", slots_->path()},
+                          {"token", Hex(conn->token)},
+                          {"slots", kMigSlots},
+                          {"slot_bytes", kMigSlotBytes}}
+        .dump();
+  }
+
+  void ReleaseSlots(Conn* conn) {
+    if (conn->slots == nullptr) return;
+    slots_->Revoke(conn->token);
+    agent_->SlotsDone(conn->pid, std::move(conn->slots));
+    conn->slots.reset();
+  }
+
+  // 'slot': the batch in a slot, checked as a 'pages' payload is (the slot's bytes are
+  // the source's to write: ApplySharedPageBatch copies the head out before checking it).
+  Result<uint32_t> SlotBatch(std::string_view payload, Conn* conn) {
+    TERN_ASSIGN_OR_RETURN(SlotFrame s, DecodeSlotFrame(payload));
+    if (s.seq != conn->next_seq) {
+      return InvalidArgumentError(
+          fmt::format("'slot' frame number {} out of sequence (expected {})", s.seq,
+                      conn->next_seq));
+    }
+    ++conn->next_seq;
+    if (s.index >= kMigSlots) {
+      return InvalidArgumentError(
+          fmt::format("slot {} out of range (there are {})", s.index, kMigSlots));
+    }
+    if (s.length < 8 || uint64_t{s.offset} + s.length > kMigSlotBytes) {
+      return InvalidArgumentError(fmt::format(
+          "'slot' frame of {} bytes at offset {} does not fit a slot of {} bytes (or is "
+          "shorter than 8)",
+          s.length, s.offset, kMigSlotBytes));
+    }
+    if (conn->in == nullptr) return FailedPreconditionError("'slot' without a 'begin'");
+    const char* p = conn->slots->slot(s.index) + s.offset;
+    uint64_t bytes;
+    std::memcpy(&bytes, p, 8);
+    TERN_RETURN_IF_ERROR(agent_->IncomingGrow(conn->in.get(), bytes));
+    return agent_->IncomingPageBatch(conn->in.get(), std::string_view(p + 8, s.length - 8),
+                                     /*shared=*/true);
   }
 
   // The page batches that follow a 'begin' are received into two buffers in turn (the
@@ -392,7 +512,8 @@ class Agent::MigrationServer {
   }
 
   template <typename Reply>
-  Status Handle(const transport::Frame& f, std::shared_ptr<Incoming>* in, Reply& reply) {
+  Status Handle(const transport::Frame& f, Conn* conn, Reply& reply) {
+    std::shared_ptr<Incoming>* in = &conn->in;
     if (f.type != transport::FrameType::kInvoke || f.service != kMigrate) {
       return InvalidArgumentError("the migration port takes '$migrate' invoke frames only");
     }
@@ -423,6 +544,21 @@ class Agent::MigrationServer {
     }
     if (f.handler == "deploy") {
       TERN_RETURN_IF_ERROR(agent_->DeployFromMigration(f.payload));
+      reply(ok);
+      return Status::Ok();
+    }
+    if (f.handler == "slots") {
+      TERN_ASSIGN_OR_RETURN(ok.payload, OfferSlots(f.payload, conn));
+      reply(ok);
+      return Status::Ok();
+    }
+    if (f.handler == "slot") {
+      if (conn->slots == nullptr) {
+        return FailedPreconditionError(
+            "'slot' before any slots were set up on this connection (send 'slots' first)");
+      }
+      TERN_ASSIGN_OR_RETURN(uint32_t pages, SlotBatch(f.payload, conn));
+      ok.payload = std::to_string(pages);
       reply(ok);
       return Status::Ok();
     }
@@ -463,6 +599,7 @@ class Agent::MigrationServer {
   transport::UniqueFd listen_;
   std::string address_;
   std::thread accept_;
+  std::unique_ptr<MigSlotServer> slots_;  // null: no shared-memory socket
   Mutex mu_;
   bool stopping_ GUARDED_BY(mu_) = false;
   std::set<int> fds_ GUARDED_BY(mu_);
@@ -483,6 +620,42 @@ Result<std::string> Agent::MigrationAddress() {
     TERN_LOG(INFO) << "accepting migrations on " << mig_server_->address();
   }
   return mig_server_->address();
+}
+
+void Agent::WarmMigrationSlots() {
+  Result<std::shared_ptr<MigSlots>> s = MigSlots::Create(/*populate=*/true);
+  if (!s.ok()) {
+    TERN_LOG(WARN) << "no warm migration slots: " << s.status();
+    return;
+  }
+  MutexLock l(&mig_mu_);
+  warm_slots_ = std::move(*s);
+}
+
+Result<std::shared_ptr<MigSlots>> Agent::SlotsFor(int pid) {
+  {
+    MutexLock l(&mig_mu_);
+    if (auto it = kept_slots_.find(pid); it != kept_slots_.end()) {
+      std::shared_ptr<MigSlots> s = std::move(it->second);
+      kept_slots_.erase(it);
+      return s;
+    }
+    // Never handed to anyone yet: a set another process has mapped is not given to a
+    // second one (the first could write into the second's batches).
+    if (warm_slots_ != nullptr) return std::move(warm_slots_);
+  }
+  return MigSlots::Create(/*populate=*/false);
+}
+
+void Agent::SlotsDone(int pid, std::shared_ptr<MigSlots> slots) {
+  // Kept for the next migration from the same process (which keeps its mapping: no
+  // faults on either side), for a few processes at most (24 MiB each).
+  constexpr size_t kKeptSets = 4;
+  if (reserve_ == nullptr) return;
+  MutexLock l(&mig_mu_);
+  if (kept_slots_.count(pid) != 0 || kept_slots_.size() < kKeptSets) {
+    kept_slots_[pid] = std::move(slots);
+  }
 }
 
 void Agent::ShutdownMigration() {
@@ -555,6 +728,7 @@ class Stream {
   // one per batch. LZ4: compressed into a payload of its own.
   Result<size_t> SendChunk(Agent::MigChunk& c, PageCodec codec, bool* lent) {
     *lent = false;
+    if (c.slot != nullptr) return SendSlot(c, lent);
     if (codec == PageCodec::kRaw) {
       const size_t head = 8 + PageBatchHeadBytes(c.zero.size() + c.pages.size());
       // Fewer pages than room was made for (the memory's end; checksum mode): the batch
@@ -575,6 +749,33 @@ class Stream {
     AppendSplitPages(c.data.data() + c.data_at, c.zero, c.pages, codec, &payload);
     return SendPayload(std::move(payload));
   }
+  // Shared memory: the chunk was copied into a slot of the target's (ChunkPipe::UseSlots);
+  // its batch is finished there, and a 'slot' frame names it. The slot is lent until the
+  // frame is answered, as a raw chunk's buffer is.
+  Result<size_t> SendSlot(Agent::MigChunk& c, bool* lent) {
+    const size_t head = 8 + PageBatchHeadBytes(c.zero.size() + c.pages.size());
+    const size_t start = c.data_at - head;
+    std::memcpy(c.slot + start, &c.memory_bytes, 8);
+    FinishRawPageBatch(c.slot + start + 8, c.zero, c.pages, c.data_crc);
+    const size_t size = c.end() - start;
+    std::string payload = EncodeSlotFrame(SlotFrame{c.slot_index, static_cast<uint32_t>(start),
+                                                    static_cast<uint32_t>(size), slot_seq_++});
+    if (shm_hook_) shm_hook_("slot", &payload);
+    bytes_ += payload.size();
+    shm_bytes_ += size;
+    TERN_ASSIGN_OR_RETURN(uint64_t id, c_->Send(MigrateFrame("slot", std::move(payload))));
+    lent_[id] = &c;
+    *lent = true;
+    TERN_RETURN_IF_ERROR(Window());
+    return size;
+  }
+  // From now on chunks in slots go as 'slot' frames, `window` of them unanswered.
+  void UseSlots(size_t window,
+                std::function<void(const std::string&, std::string*)> hook) {
+    window_ = window;
+    shm_hook_ = std::move(hook);
+  }
+  uint64_t shm_bytes() const { return shm_bytes_; }
   Result<size_t> SendPayload(std::string payload) {
     const size_t size = payload.size();
     bytes_ += size;
@@ -590,7 +791,7 @@ class Stream {
 
  private:
   Status Window() {
-    while (c_->in_flight() >= kWindow) TERN_RETURN_IF_ERROR(Ack());
+    while (c_->in_flight() >= window_) TERN_RETURN_IF_ERROR(Ack());
     return Status::Ok();
   }
   Status Ack() {
@@ -616,6 +817,10 @@ class Stream {
   uint64_t step_id_ = 0;
   std::optional<Status> step_answer_;
   uint64_t bytes_ = 0;
+  size_t window_ = kWindow;
+  uint32_t slot_seq_ = 0;
+  uint64_t shm_bytes_ = 0;
+  std::function<void(const std::string&, std::string*)> shm_hook_;
 };
 
 // Copies the chunks of a round on the instance's worker one step ahead of the sender:
@@ -651,6 +856,15 @@ class ChunkPipe {
     }
     if (!error_.ok()) return error_;
     return static_cast<Agent::MigChunk*>(nullptr);
+  }
+  // The chunks are assembled in `slots` (one buffer per slot) from the next Start on.
+  // `slots` must outlive the pipe's use of them.
+  void UseSlots(const MigSlots& slots) {
+    static_assert(kChunkBuffers == kMigSlots, "a chunk buffer per slot");
+    for (size_t i = 0; i < kChunkBuffers; ++i) {
+      bufs_[i].slot = slots.slot(i);
+      bufs_[i].slot_index = static_cast<uint32_t>(i);
+    }
   }
   // Gives a chunk from Next back for the next copy (any thread).
   void Release(Agent::MigChunk* c) {
@@ -723,6 +937,13 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
     return InvalidArgumentError(fmt::format("codec '{}': expected auto, lz4 or none", o.codec));
   }
   rep.codec = PageCodecName(codec);
+  if (o.transport != "auto" && o.transport != "tcp" && o.transport != "shm") {
+    return InvalidArgumentError(
+        fmt::format("transport '{}': expected auto, tcp or shm", o.transport));
+  }
+  if (o.transport == "shm" && codec != PageCodec::kRaw) {
+    return InvalidArgumentError("transport shm carries raw pages: codec lz4 needs transport tcp");
+  }
   if (o.to_tcp.empty()) return InvalidArgumentError("no target address (to_tcp)");
   if (o.to_tcp == options_.tcp_address) {
     return InvalidArgumentError(fmt::format("{} is this agent's own address", o.to_tcp));
@@ -747,9 +968,63 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
   MemoryReserve::Hold hold(reserve_.get());
   // Round 0's progress (its copies may start before `begin` is answered: below).
   uint64_t r0_pages = 0, r0_from = 0;
-  // Declared before the stream, which may hold chunks of it until it is gone.
+  // The target's slots (shared-memory transport), declared before the pipe that copies
+  // into them; the pipe before the stream, which may hold chunks of it until it is gone.
+  std::shared_ptr<MigSlots> slots;
   ChunkPipe pipe;
   Stream stream(std::move(mc), [&pipe](MigChunk* c) { pipe.Release(c); });
+
+  // Same host: the pages go through slots of shared memory the target hands over on its
+  // slot socket, asked for on the migration connection ('slots').
+  rep.transport = "tcp";
+  if (o.transport != "tcp") {
+    Result<std::shared_ptr<MigSlots>> got = [&]() -> Result<std::shared_ptr<MigSlots>> {
+      if (codec != PageCodec::kRaw) {
+        return FailedPreconditionError("codec lz4: shared memory carries raw pages");
+      }
+      Result<transport::Frame> a = stream.Call(
+          "slots", nlohmann::json{{"host", options_.host}, {"pid", ::getpid()}}.dump());
+      if (!a.ok()) return a.status();
+      nlohmann::json j = nlohmann::json::parse(a->payload, nullptr, false);
+      if (j.is_discarded() || !j.is_object() || !j.contains("path") || !j["path"].is_string() ||
+          !j.contains("token") || !j["token"].is_string() || j.value("slots", 0) != kMigSlots ||
+          j.value("slot_bytes", size_t{0}) != kMigSlotBytes) {
+        return FailedPreconditionError("the target's 'slots' answer is not for this version: " +
+                                       a->payload.substr(0, 200));
+      }
+      std::optional<std::string> token = Unhex(j["token"].get<std::string>());
+      if (!token.has_value()) return InvalidArgumentError("the target's slot token is not hex");
+      if (o.shm_hook_for_test) o.shm_hook_for_test("token", &*token);
+      const std::string path = j["path"].get<std::string>();
+      std::shared_ptr<MigSlots> cached;
+      if (reserve_ != nullptr) {
+        MutexLock l(&mig_mu_);
+        if (auto it = target_slots_.find(path); it != target_slots_.end()) cached = it->second;
+      }
+      Result<std::shared_ptr<MigSlots>> s = FetchMigSlots(path, *token, cached);
+      if (!s.ok()) return s.status().WithPrefix("the target's slot socket " + path);
+      if (reserve_ != nullptr) {
+        // Kept: the next migration to this target maps nothing and faults nothing.
+        MutexLock l(&mig_mu_);
+        target_slots_[path] = *s;
+      }
+      return s;
+    }();
+    if (got.ok()) {
+      slots = std::move(*got);
+      rep.transport = "shm";
+      pipe.UseSlots(*slots);
+      stream.UseSlots(kMigSlots, o.shm_hook_for_test);
+    } else if (o.transport == "shm") {
+      return got.status().WithPrefix(fmt::format(
+          "migrating {} to {} over shared memory: cannot have it; it keeps serving here", id,
+          target));
+    } else {
+      rep.transport_note = fmt::format("shared memory not used: {}", got.status().message());
+      TERN_LOG(INFO) << "migrating " << id << " to " << target << " over TCP: "
+                     << rep.transport_note;
+    }
+  }
 
   uint64_t memory_bytes = 0;
   bool exact = false;
@@ -982,12 +1257,15 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
   for (Held& h : held) Forward(to, std::move(h.req), std::move(h.done));
   rep.downtime_ns = active - frozen_at;
   rep.bytes_sent = stream.bytes();
+  rep.shm_bytes = stream.shm_bytes();
   rep.total_ns = MonoNanos() - t0;
   TERN_LOG(INFO) << fmt::format(
-      "migrated {} to {}: {} rounds, {} final pages, {:.1f} MiB sent ({:.1f} MiB raw), downtime "
-      "{:.2f} ms, total {:.1f} ms, {} requests held and forwarded",
-      id, rep.to_device, rep.rounds.size(), rep.final_pages, rep.bytes_sent / 1048576.0,
-      rep.bytes_raw / 1048576.0, rep.downtime_ns / 1e6, rep.total_ns / 1e6, rep.held);
+      "migrated {} to {} over {}: {} rounds, {} final pages, {:.1f} MiB sent ({:.1f} MiB "
+      "through shared memory, {:.1f} MiB raw), downtime {:.2f} ms, total {:.1f} ms, {} "
+      "requests held and forwarded",
+      id, rep.to_device, rep.transport, rep.rounds.size(), rep.final_pages,
+      rep.bytes_sent / 1048576.0, rep.shm_bytes / 1048576.0, rep.bytes_raw / 1048576.0,
+      rep.downtime_ns / 1e6, rep.total_ns / 1e6, rep.held);
   return rep;
 }
 

@@ -27,10 +27,8 @@ constexpr size_t kBatchHeader = 24;
 // Writes the header and the page indices at out[at, at + PageBatchHeadBytes(n)) of a
 // batch whose section (`section` bytes) follows them, and its checksum; `section_crc`:
 // the section's Crc32c when the caller has it (then the section is not read again).
-void FillHead(std::string* out, size_t at, const std::vector<uint32_t>& zero,
-              const std::vector<uint32_t>& data, PageCodec codec, size_t section,
-              std::optional<uint32_t> section_crc = std::nullopt) {
-  char* h = out->data() + at;
+void FillHead(char* h, const std::vector<uint32_t>& zero, const std::vector<uint32_t>& data,
+              PageCodec codec, size_t section, std::optional<uint32_t> section_crc = std::nullopt) {
   StoreU32(h, kBatchMagic);
   h[4] = static_cast<char>(kWireVersion);
   h[5] = static_cast<char>(codec);
@@ -93,7 +91,7 @@ void AppendSplit(const std::vector<uint32_t>& zero, const std::vector<uint32_t>&
                   kMigrationPageBytes);
     }
   }
-  FillHead(out, at, zero, data, used, out->size() - section_at);
+  FillHead(out->data() + at, zero, data, used, out->size() - section_at);
 }
 
 // Appends the batch to `out`; `page_at(i)` gives the bytes of indices[i].
@@ -130,7 +128,12 @@ size_t PageBatchHeadBytes(size_t pages) { return kBatchHeader + 4 * pages; }
 
 void FinishRawPageBatch(std::string* out, size_t at, const std::vector<uint32_t>& zero,
                         const std::vector<uint32_t>& data, std::optional<uint32_t> data_crc) {
-  FillHead(out, at, zero, data, PageCodec::kRaw, data.size() * kMigrationPageBytes, data_crc);
+  FinishRawPageBatch(out->data() + at, zero, data, data_crc);
+}
+
+void FinishRawPageBatch(char* at, const std::vector<uint32_t>& zero,
+                        const std::vector<uint32_t>& data, std::optional<uint32_t> data_crc) {
+  FillHead(at, zero, data, PageCodec::kRaw, data.size() * kMigrationPageBytes, data_crc);
 }
 
 void AppendSplitPages(const char* data_pages, const std::vector<uint32_t>& zero,
@@ -179,7 +182,9 @@ struct ParsedBatch {
   const char* sec;  // the section: `section` bytes
 };
 
-Result<ParsedBatch> ParseBatch(std::string_view p, uint32_t max_pages) {
+// `p` holds the header and the indices, followed by `after` more bytes (the section
+// where it is not in `p`).
+Result<ParsedBatch> ParseHead(std::string_view p, uint64_t after, uint32_t max_pages) {
   if (p.size() < kBatchHeader) {
     return InvalidArgumentError(
         fmt::format("page batch of {} bytes is shorter than its {} byte header", p.size(),
@@ -200,9 +205,11 @@ Result<ParsedBatch> ParseBatch(std::string_view p, uint32_t max_pages) {
   b.data = LoadU32(p.data() + 12);
   b.section = LoadU32(p.data() + 16);
   const uint64_t want = kBatchHeader + 4 * (b.zero + b.data) + b.section;
-  if (want != p.size()) {
-    return DataLossError(fmt::format("page batch is {} bytes, its header says {}", p.size(), want));
+  if (want != p.size() + after) {
+    return DataLossError(
+        fmt::format("page batch is {} bytes, its header says {}", p.size() + after, want));
   }
+  if (want - b.section > p.size()) return DataLossError("page batch head truncated");
   if (b.codec == PageCodec::kRaw && b.section != b.data * kMigrationPageBytes) {
     return DataLossError(
         fmt::format("page batch carries {} bytes for {} pages", b.section, b.data));
@@ -217,6 +224,10 @@ Result<ParsedBatch> ParseBatch(std::string_view p, uint32_t max_pages) {
   }
   b.sec = b.idx + 4 * (b.zero + b.data);
   return b;
+}
+
+Result<ParsedBatch> ParseBatch(std::string_view p, uint32_t max_pages) {
+  return ParseHead(p, 0, max_pages);
 }
 
 Status ChecksumMismatch() { return DataLossError("page batch checksum mismatch"); }
@@ -264,6 +275,46 @@ Result<PageBatchStats> ApplyPageBatchChecking(
     apply(LoadU32(b.idx + 4 * (b.zero + i)), page);
   }
   if (crc != LoadU32(p.data() + 20)) return ChecksumMismatch();
+  return PageBatchStats{static_cast<uint32_t>(b.zero), static_cast<uint32_t>(b.data),
+                        b.data * kMigrationPageBytes};
+}
+
+Result<PageBatchStats> ApplySharedPageBatch(
+    const char* shared, size_t size, uint32_t max_pages,
+    const std::function<void(uint32_t, const char*)>& apply) {
+  if (size < kBatchHeader) return ParseBatch(std::string_view(shared, size), max_pages).status();
+  // The head is copied out once and everything is decided from the copy: the writer may
+  // change the shared bytes at any time, and indices read twice could differ from the
+  // ones checked.
+  thread_local std::string head;
+  head.assign(shared, kBatchHeader);
+  const uint64_t pages = uint64_t{LoadU32(head.data() + 8)} + LoadU32(head.data() + 12);
+  const uint64_t head_bytes = kBatchHeader + 4 * pages;
+  if (head_bytes > size) {
+    return DataLossError(
+        fmt::format("page batch is {} bytes, its head says {} pages", size, pages));
+  }
+  head.assign(shared, head_bytes);
+  if (static_cast<PageCodec>(head[5]) != PageCodec::kRaw) {
+    return InvalidArgumentError("a page batch in shared memory must be raw (codec 0)");
+  }
+  // Checked as a whole batch of `size` bytes whose section follows the head.
+  const uint64_t section = LoadU32(head.data() + 16);
+  if (head_bytes + section != size) {
+    return DataLossError(
+        fmt::format("page batch is {} bytes, its header says {}", size, head_bytes + section));
+  }
+  std::string_view whole(head.data(), head_bytes);
+  TERN_ASSIGN_OR_RETURN(ParsedBatch b, ParseHead(whole, section, max_pages));
+  const char* sec = shared + head_bytes;
+  uint32_t crc = Crc32c(b.idx, 4 * (b.zero + b.data));
+  for (uint64_t i = 0; i < b.zero; ++i) apply(LoadU32(b.idx + 4 * i), nullptr);
+  for (uint64_t i = 0; i < b.data; ++i) {
+    const char* page = sec + i * kMigrationPageBytes;
+    crc = Crc32c(page, kMigrationPageBytes, crc);
+    apply(LoadU32(b.idx + 4 * (b.zero + i)), page);
+  }
+  if (crc != LoadU32(head.data() + 20)) return ChecksumMismatch();
   return PageBatchStats{static_cast<uint32_t>(b.zero), static_cast<uint32_t>(b.data),
                         b.data * kMigrationPageBytes};
 }

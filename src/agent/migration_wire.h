@@ -61,6 +61,11 @@ size_t PageBatchHeadBytes(size_t pages);
 void FinishRawPageBatch(std::string* out, size_t at, const std::vector<uint32_t>& zero,
                         const std::vector<uint32_t>& data,
                         std::optional<uint32_t> data_crc = std::nullopt);
+// The same, for a batch assembled in a buffer that is not a string (a migration slot in
+// shared memory): its head goes at `at`, the data pages follow it.
+void FinishRawPageBatch(char* at, const std::vector<uint32_t>& zero,
+                        const std::vector<uint32_t>& data,
+                        std::optional<uint32_t> data_crc = std::nullopt);
 // Appends a batch of pages already sorted into zero pages and data pages gathered at
 // `data_pages` (4 KiB each, in `data`'s order). LZ4 compresses straight from there.
 void AppendSplitPages(const char* data_pages, const std::vector<uint32_t>& zero,
@@ -86,6 +91,16 @@ Result<PageBatchStats> DecodePageBatch(std::string_view payload, uint32_t max_pa
 // as DecodePageBatch does.
 Result<PageBatchStats> ApplyPageBatchChecking(
     std::string_view payload, uint32_t max_pages,
+    const std::function<void(uint32_t, const char*)>& apply);
+
+// ApplyPageBatchChecking for a raw batch of `size` bytes at `shared`, memory its writer
+// (another process: a migration source) may change at any moment: the header and the
+// indices are copied out before anything is checked, and every decision is taken from the
+// copy, so no write into `shared` can move an index past the check. A page's bytes may
+// still change between its checksum and its copy: the damage is confined to the pages the
+// writer sends anyway. LZ4 batches are refused.
+Result<PageBatchStats> ApplySharedPageBatch(
+    const char* shared, size_t size, uint32_t max_pages,
     const std::function<void(uint32_t, const char*)>& apply);
 
 // One entry of an instance's dedup table: the answer to an idempotency key.

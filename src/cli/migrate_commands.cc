@@ -50,13 +50,20 @@ std::string ReportLine(const json& r) {
         r.value("instance", "?"), r.value("from", "?"), r.value("to", "?"),
         r.value("after_failure", ""), r.value("to", "?"), r.value("epoch", int64_t{0}));
   }
-  return fmt::format(
+  std::string line = fmt::format(
       "{} migrated from {} to {}: downtime {:.2f} ms, total {:.1f} ms, {} sent ({} of state), "
       "{} round(s), {} request(s) forwarded, epoch {}",
       r.value("instance", "?"), r.value("from", "?"), r.value("to", "?"),
       r.value("downtime_us", 0.0) / 1000, r.value("total_us", 0.0) / 1000,
       Size(r.value("bytes_sent", uint64_t{0})), Size(r.value("bytes_raw", uint64_t{0})),
       r.value("rounds", 0), r.value("forwarded", 0), r.value("epoch", int64_t{0}));
+  if (r.value("transport", "") == "shm") {
+    line += fmt::format("; over shared memory ({} through slots)",
+                        Size(r.value("shm_bytes", uint64_t{0})));
+  } else if (!r.value("transport_note", "").empty()) {
+    line += fmt::format("; over TCP ({})", r.value("transport_note", ""));
+  }
+  return line;
 }
 
 }  // namespace
@@ -69,6 +76,10 @@ int CmdMigrate(int argc, char** argv) {
           "before the cut-over, the instance keeps serving where it was.");
   f.Add("to", "", "the device to move it to (required)");
   f.Add("mode", "", "precopy (default: copy while it serves, then the rest) or stop-and-copy");
+  f.Add("transport", "",
+        "how the pages travel: auto (default: shared memory to a target on the same host, "
+        "else TCP; the report says which and why), tcp, or shm (fails if it cannot be had; "
+        "the instance stays)");
   f.Add("max-rounds", "", "precopy: at most this many copy rounds before the freeze");
   f.Add("freeze-timeout-ms", "",
         "give up (and keep it at the source) if no request boundary comes within this long");
@@ -78,6 +89,12 @@ int CmdMigrate(int argc, char** argv) {
   if (f.Get("to").empty()) return UsageError(f, "tern migrate", "--to DEVICE is required");
   json req{{"to", f.Get("to")}};
   if (!f.Get("mode").empty()) req["mode"] = f.Get("mode");
+  if (const std::string t = f.Get("transport"); !t.empty()) {
+    if (t != "auto" && t != "tcp" && t != "shm") {
+      return UsageError(f, "tern migrate", "--transport must be auto, tcp or shm");
+    }
+    req["transport"] = t;
+  }
   for (const char* k : {"max-rounds", "freeze-timeout-ms"}) {
     if (f.Get(k).empty()) continue;
     Result<int64_t> v = f.GetInt(k, 1, 600000);

@@ -1768,7 +1768,8 @@ struct Controller::Impl {
   }
 
   // Ops thread: migrates `id` to `device` through its source agent's migrate endpoint
-  // (`agent_opts`: mode, max_rounds, freeze_timeout_ms), then records the new location.
+  // (`agent_opts`: mode, max_rounds, freeze_timeout_ms, transport), then records the new
+  // location.
   // `why` goes into the event. Returns the agent's report plus from/to/epoch.
   Result<json> MigrateInstance(const std::string& id, const std::string& device, json agent_opts,
                                const std::string& why) {
@@ -1892,11 +1893,11 @@ struct Controller::Impl {
     } else {
       Event(fmt::format(
           "migrated {} from {} to {} ({}): downtime {:.2f} ms, total {:.1f} ms, "
-          "{} sent ({} raw), {} rounds, {} forwarded (epoch {})",
+          "{} sent ({} raw) over {}, {} rounds, {} forwarded (epoch {})",
           id, src.device, device, why, report.value("downtime_us", 0.0) / 1000,
           report.value("total_us", 0.0) / 1000, Bytes(report.value("bytes_sent", uint64_t{0})),
-          Bytes(report.value("bytes_raw", uint64_t{0})), report.value("rounds", 0),
-          report.value("forwarded", 0), *epoch));
+          Bytes(report.value("bytes_raw", uint64_t{0})), report.value("transport", "tcp"),
+          report.value("rounds", 0), report.value("forwarded", 0), *epoch));
     }
     Poke();
     return report;
@@ -2131,9 +2132,17 @@ struct Controller::Impl {
         j["to"].get<std::string>().empty()) {
       return ErrorResponse(InvalidArgumentError(
           "migrate: body must be {\"to\": \"DEVICE\", \"mode\": \"precopy\"|\"stop-and-copy\", "
-          "\"max_rounds\": N, \"freeze_timeout_ms\": N}"));
+          "\"max_rounds\": N, \"freeze_timeout_ms\": N, \"transport\": \"auto\"|\"tcp\"|\"shm\"}"));
     }
     json opts = json::object();
+    if (j.contains("transport")) {
+      if (!j["transport"].is_string() ||
+          (j["transport"] != "auto" && j["transport"] != "tcp" && j["transport"] != "shm")) {
+        return ErrorResponse(
+            InvalidArgumentError("migrate: 'transport' must be \"auto\", \"tcp\" or \"shm\""));
+      }
+      opts["transport"] = j["transport"];
+    }
     if (j.contains("mode")) {
       if (!j["mode"].is_string() || (j["mode"] != "precopy" && j["mode"] != "stop-and-copy")) {
         return ErrorResponse(

@@ -1,0 +1,300 @@
+#include "agent/migration_slots.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "core/bytes.h"
+#include "core/logging.h"
+
+namespace tern::agent {
+
+namespace {
+
+constexpr size_t kSetBytes = kMigSlots * kMigSlotBytes;
+constexpr uint32_t kHelloMagic = 0x314C534D;  // "MSL1": a source's handshake
+constexpr int kSeals = F_SEAL_SHRINK | F_SEAL_GROW;
+// A handshake's messages are small and immediate; a peer that stalls is dropped.
+constexpr int kHandshakeTimeoutMs = 5000;
+
+Result<sockaddr_un> UnixAddress(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
+    return InvalidArgumentError(fmt::format("slot socket path '{}' is empty or longer than {}",
+                                            path, sizeof(addr.sun_path) - 1));
+  }
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  return addr;
+}
+
+void SetTimeouts(int fd) {
+  timeval tv{kHandshakeTimeoutMs / 1000, (kHandshakeTimeoutMs % 1000) * 1000};
+  (void)::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  (void)::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
+// One message, with `fd` attached when it is >= 0.
+Status SendWithFd(int sock, std::string_view data, int fd) {
+  iovec iov{const_cast<char*>(data.data()), data.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  if (fd >= 0) {
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &fd, sizeof(int));
+  }
+  ssize_t n;
+  do {
+    n = ::sendmsg(sock, &msg, MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return ErrnoError("sendmsg (slot socket)", errno);
+  return Status::Ok();
+}
+
+// One message into `buf` (its size is set to what arrived), and the descriptor attached
+// to it, if any (any others are closed).
+Status RecvWithFd(int sock, std::string* buf, transport::UniqueFd* fd) {
+  iovec iov{buf->data(), buf->size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t n;
+  do {
+    n = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return ErrnoError("recvmsg (slot socket)", errno);
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int got;
+      std::memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      if (fd->valid()) {
+        ::close(got);
+      } else {
+        *fd = transport::UniqueFd(got);
+      }
+    }
+  }
+  buf->resize(static_cast<size_t>(n));
+  return Status::Ok();
+}
+
+// The answer to a handshake: u32 status code (0 = OK: the memfd is attached), u32
+// message length, the message.
+std::string Answer(const Status& st) {
+  std::string out(8, '\0');
+  const std::string_view text = st.message().substr(0, 200);
+  StoreU32(out.data(), static_cast<uint32_t>(st.code()));
+  StoreU32(out.data() + 4, static_cast<uint32_t>(text.size()));
+  out.append(text);
+  return out;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------
+// MigSlots
+
+MigSlots::MigSlots(transport::UniqueFd fd, char* base) : fd_(std::move(fd)), base_(base) {
+  struct stat st;
+  if (::fstat(fd_.get(), &st) == 0) {
+    dev_ = st.st_dev;
+    ino_ = st.st_ino;
+  }
+}
+
+MigSlots::~MigSlots() { ::munmap(base_, kSetBytes); }
+
+bool MigSlots::SameFile(int fd) const {
+  struct stat st;
+  return ino_ != 0 && ::fstat(fd, &st) == 0 && st.st_dev == dev_ && st.st_ino == ino_;
+}
+
+Result<std::shared_ptr<MigSlots>> MigSlots::Create(bool populate) {
+  transport::UniqueFd fd(::memfd_create("tern-mig-slots", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!fd.valid()) return ErrnoError("memfd_create (migration slots)", errno);
+  if (::ftruncate(fd.get(), static_cast<off_t>(kSetBytes)) != 0) {
+    return ErrnoError("ftruncate (migration slots)", errno);
+  }
+  // The source maps it: sealed, it cannot be shrunk under the source's copies (SIGBUS)
+  // by anyone, nor unsealed.
+  if (::fcntl(fd.get(), F_ADD_SEALS, kSeals | F_SEAL_SEAL) != 0) {
+    return ErrnoError("fcntl(F_ADD_SEALS) (migration slots)", errno);
+  }
+  void* p = ::mmap(nullptr, kSetBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  if (p == MAP_FAILED) return ErrnoError("mmap (migration slots)", errno);
+  if (populate) (void)::madvise(p, kSetBytes, MADV_POPULATE_WRITE);  // best effort
+  return std::shared_ptr<MigSlots>(new MigSlots(std::move(fd), static_cast<char*>(p)));
+}
+
+Result<std::shared_ptr<MigSlots>> MigSlots::Attach(transport::UniqueFd fd) {
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return ErrnoError("fstat (migration slots)", errno);
+  if (!S_ISREG(st.st_mode)) return InvalidArgumentError("the migration slots are not a memfd");
+  if (st.st_size < 0 || static_cast<uint64_t>(st.st_size) < kSetBytes) {
+    return InvalidArgumentError(fmt::format(
+        "the migration slots' memfd has {} bytes, expected {}", st.st_size, kSetBytes));
+  }
+  const int seals = ::fcntl(fd.get(), F_GET_SEALS);
+  if (seals < 0 || (seals & F_SEAL_SHRINK) == 0) {
+    return InvalidArgumentError("the migration slots' memfd is not sealed against shrinking");
+  }
+  void* p = ::mmap(nullptr, kSetBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  if (p == MAP_FAILED) return ErrnoError("mmap (migration slots)", errno);
+  return std::shared_ptr<MigSlots>(new MigSlots(std::move(fd), static_cast<char*>(p)));
+}
+
+// ---------------------------------------------------------------------------------
+// MigSlotServer
+
+Result<std::unique_ptr<MigSlotServer>> MigSlotServer::Start(const std::string& path) {
+  TERN_ASSIGN_OR_RETURN(sockaddr_un addr, UnixAddress(path));
+  transport::UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return ErrnoError("socket (slot socket)", errno);
+  ::unlink(path.c_str());  // a stale one from an agent that died
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    return ErrnoError("bind " + path, errno);
+  }
+  if (::listen(fd.get(), 16) != 0) return ErrnoError("listen " + path, errno);
+  auto s = std::unique_ptr<MigSlotServer>(new MigSlotServer(path));
+  s->listen_ = std::move(fd);
+  s->accept_ = std::thread([p = s.get()] { p->AcceptLoop(); });
+  return s;
+}
+
+MigSlotServer::~MigSlotServer() {
+  ::shutdown(listen_.get(), SHUT_RDWR);
+  accept_.join();
+  ::unlink(path_.c_str());
+}
+
+std::string MigSlotServer::Offer(std::shared_ptr<MigSlots> slots, pid_t peer) {
+  std::string token(kMigSlotTokenBytes, '\0');
+  size_t got = 0;
+  while (got < token.size()) {
+    const ssize_t n = ::getrandom(token.data() + got, token.size() - got, 0);
+    if (n > 0) got += static_cast<size_t>(n);
+  }
+  MutexLock l(&mu_);
+  offered_[token] = Offered{std::move(slots), peer};
+  return token;
+}
+
+void MigSlotServer::Revoke(const std::string& token) {
+  MutexLock l(&mu_);
+  offered_.erase(token);
+}
+
+void MigSlotServer::AcceptLoop() {
+  for (;;) {
+    const int fd = ::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      return;  // shut down
+    }
+    transport::UniqueFd conn(fd);
+    Handshake(conn.get());
+  }
+}
+
+void MigSlotServer::Handshake(int fd) {
+  SetTimeouts(fd);
+  std::string hello(64, '\0');
+  transport::UniqueFd ignored;
+  if (!RecvWithFd(fd, &hello, &ignored).ok()) return;
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) cred.pid = -1;
+  Status st = Status::Ok();
+  std::shared_ptr<MigSlots> slots;
+  if (hello.size() != 4 + kMigSlotTokenBytes || LoadU32(hello.data()) != kHelloMagic) {
+    st = InvalidArgumentError("malformed slot handshake");
+  } else {
+    MutexLock l(&mu_);
+    auto it = offered_.find(hello.substr(4));
+    if (it == offered_.end()) {
+      st = PermissionDeniedError("unknown or used slot token");
+    } else if (it->second.peer != cred.pid) {
+      st = PermissionDeniedError(fmt::format(
+          "the slot token was issued to process {}, not to process {}", it->second.peer, cred.pid));
+    } else {
+      slots = it->second.slots;
+    }
+    if (it != offered_.end()) offered_.erase(it);  // single use, whoever presented it
+  }
+  if (!st.ok()) TERN_LOG(WARN) << "migration slot socket " << path_ << ": " << st;
+  (void)SendWithFd(fd, Answer(st), slots != nullptr ? slots->fd() : -1);
+}
+
+Result<std::shared_ptr<MigSlots>> FetchMigSlots(const std::string& path, const std::string& token,
+                                                std::shared_ptr<MigSlots> cached) {
+  TERN_ASSIGN_OR_RETURN(sockaddr_un addr, UnixAddress(path));
+  transport::UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return ErrnoError("socket (slot socket)", errno);
+  SetTimeouts(fd.get());
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    return Status(StatusCode::kUnavailable,
+                  fmt::format("connect {}: {}", path, std::strerror(errno)));
+  }
+  std::string hello(4, '\0');
+  StoreU32(hello.data(), kHelloMagic);
+  hello += token;
+  TERN_RETURN_IF_ERROR(SendWithFd(fd.get(), hello, -1));
+  std::string answer(8 + 256, '\0');
+  transport::UniqueFd memfd;
+  TERN_RETURN_IF_ERROR(RecvWithFd(fd.get(), &answer, &memfd));
+  if (answer.size() < 8 || answer.size() - 8 < LoadU32(answer.data() + 4)) {
+    return Status(StatusCode::kUnavailable, "the slot socket's answer is truncated");
+  }
+  const auto code = static_cast<StatusCode>(LoadU32(answer.data()));
+  if (code != StatusCode::kOk) {
+    return Status(code, "the target refused the slots: " + answer.substr(8, LoadU32(answer.data() + 4)));
+  }
+  if (!memfd.valid()) return InvalidArgumentError("the target's slot answer carries no memfd");
+  if (cached != nullptr && cached->SameFile(memfd.get())) return cached;
+  return MigSlots::Attach(std::move(memfd));
+}
+
+// ---------------------------------------------------------------------------------
+// The 'slot' frame
+
+std::string EncodeSlotFrame(const SlotFrame& s) {
+  std::string out(16, '\0');
+  StoreU32(out.data(), s.index);
+  StoreU32(out.data() + 4, s.offset);
+  StoreU32(out.data() + 8, s.length);
+  StoreU32(out.data() + 12, s.seq);
+  return out;
+}
+
+Result<SlotFrame> DecodeSlotFrame(std::string_view p) {
+  if (p.size() != 16) {
+    return InvalidArgumentError(fmt::format("'slot' payload of {} bytes, expected 16", p.size()));
+  }
+  SlotFrame s;
+  s.index = LoadU32(p.data());
+  s.offset = LoadU32(p.data() + 4);
+  s.length = LoadU32(p.data() + 8);
+  s.seq = LoadU32(p.data() + 12);
+  return s;
+}
+
+}  // namespace tern::agent
