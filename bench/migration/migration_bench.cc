@@ -5,7 +5,7 @@
 //                   [--sizes=1,16,64,256] [--rate=1000] [--words=8] [--before-ms=1000]
 //                   [--after-ms=1000] [--plot-mib=64] [--fill-pct=50]
 //                   [--links=1000,10000] [--link-sizes=64,256] [--stop-and-copy=1]
-//                   [--memory-reserve-mb=0]
+//                   [--memory-reserve-mb=0] [--transports=tcp,shm]
 //
 // Two agents run in this process (Agent + AgentServer each, real TCP on 127.0.0.1, as in
 // src/agent/migration_test.cc). For each state size and mode (pre-copy, then
@@ -33,6 +33,12 @@
 // (agent/memory_reserve.h; 0, the default, = none, as an embedder's AgentOptions): the
 // target then moves it under the incoming memory and rollback point instead of
 // faulting fresh pages in. Each row waits for both reserves to be full before the load.
+//
+// --transports: how the pages travel on the loopback rows (MigrateOptions::transport):
+// tcp (the migration connection carries them), shm (through the target's slots of shared
+// memory: both agents run on one host, each with a shared-memory socket). Each pre-copy
+// row runs once per transport; the stop-and-copy baseline and the link rows (two hosts)
+// take tcp.
 //
 // Then, with root, the same over an emulated link (--links, Mbit/s; none with --quick):
 // the two agents on two hosts of an emulated network made by src/emu (a network namespace
@@ -68,6 +74,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -133,6 +140,10 @@ struct Args {
   bool stop_and_copy = true;
   // Both agents' warm memory reserve (AgentOptions::memory_reserve_bytes), MiB; 0 = none.
   uint32_t reserve_mib = 0;
+  // The loopback pre-copy rows' transports ("tcp", "shm"), in this order.
+  std::vector<std::string> transports = {"tcp", "shm"};
+  // Where the agents' shared-memory sockets go (made at start).
+  std::string shm_dir;
 };
 
 std::string LinkName(uint64_t bps) {
@@ -154,7 +165,7 @@ struct Node {
 };
 
 Result<Node> StartNode(wasm::Engine* engine, const std::string& device, const std::string& ip,
-                       uint32_t reserve_mib) {
+                       uint32_t reserve_mib, const std::string& shm_dir) {
   Node n;
   AgentOptions o;
   o.device = device;
@@ -165,6 +176,9 @@ Result<Node> StartNode(wasm::Engine* engine, const std::string& device, const st
   so.host = ip;
   so.frame_port = 0;
   so.admin_port = 0;
+  // A shared-memory socket, as `tern agent` has: same-host migrations go through its
+  // `.mig` sibling.
+  if (!shm_dir.empty()) so.shm_path = shm_dir + "/" + device + ".sock";
   TERN_ASSIGN_OR_RETURN(n.server, AgentServer::Start(n.agent.get(), so));
   n.tcp = n.agent->options().tcp_address;
   return n;
@@ -595,6 +609,7 @@ struct Place {
 struct Row {
   uint32_t size_mib = 0;
   bool precopy = true;
+  std::string transport = "tcp";  // asked for (report.transport: used)
   uint64_t link_bps = 0;  // 0 = loopback
   std::string error;  // why the row failed; "" if it passed
   std::string tracking;
@@ -675,18 +690,20 @@ std::string MemoryCell(const Row& r) {
 std::string ModeName(bool precopy) { return precopy ? "pre-copy" : "stop-and-copy"; }
 
 Row RunOne(const Args& args, wasm::Engine* engine, const std::string& wasm,
-           const Manifest& manifest, uint32_t size_mib, bool precopy, const Place& place) {
+           const Manifest& manifest, uint32_t size_mib, bool precopy, const Place& place,
+           const std::string& transport) {
   Row row;
   row.size_mib = size_mib;
   row.precopy = precopy;
   row.link_bps = place.link_bps;
+  row.transport = transport;
   const std::string label =
-      fmt::format("{} MiB {}{}", size_mib, ModeName(precopy),
+      fmt::format("{} MiB {} {}{}", size_mib, ModeName(precopy), transport,
                   place.link_bps == 0 ? "" : fmt::format(" over {}", LinkName(place.link_bps)));
   Result<Node> src = InternalError("not started");
   Result<Node> dst = InternalError("not started");
   if (Status ns = RunInNetns(place.src_netns,
-                             [&] { src = StartNode(engine, "src", place.src_ip, args.reserve_mib); });
+                             [&] { src = StartNode(engine, "src", place.src_ip, args.reserve_mib, args.shm_dir); });
       !ns.ok()) {
     src = ns;
   }
@@ -695,7 +712,7 @@ Row RunOne(const Args& args, wasm::Engine* engine, const std::string& wasm,
     return row;
   }
   if (Status ns = RunInNetns(place.dst_netns,
-                             [&] { dst = StartNode(engine, "dst", place.dst_ip, args.reserve_mib); });
+                             [&] { dst = StartNode(engine, "dst", place.dst_ip, args.reserve_mib, args.shm_dir); });
       !ns.ok()) {
     dst = ns;
   }
@@ -768,6 +785,7 @@ Row RunOne(const Args& args, wasm::Engine* engine, const std::string& wasm,
   o.to_device = "dst";
   o.precopy = precopy;
   o.link_bps = place.link_bps;  // codec "auto": LZ4 on a link slower than LZ4 compresses
+  o.transport = transport;
   Mutex steps_mu;
   std::vector<std::pair<std::string, int64_t>> steps;
   o.step_hook = [&](const std::string& step) {
@@ -1141,6 +1159,7 @@ int Run(const Args& args) {
   doc["machine"] = MachineInfo(args.source_dir);
   doc["quick"] = args.quick;
   doc["memory_reserve_mib"] = args.reserve_mib;
+  doc["transports"] = args.transports;
   doc["load"] = {{"rate_per_s", args.rate},
                  {"handler", fmt::format("touch {}", args.words)},
                  {"before_ms", args.before_ns / kMs},
@@ -1167,12 +1186,12 @@ int Run(const Args& args) {
   }
 
   std::vector<Row> rows;
-  auto run = [&](uint32_t mib, bool precopy, const Place& place) {
-    Row r = RunOne(args, engine->get(), *wasm, *manifest, mib, precopy, place);
+  auto run = [&](uint32_t mib, bool precopy, const Place& place, const std::string& transport) {
+    Row r = RunOne(args, engine->get(), *wasm, *manifest, mib, precopy, place, transport);
     Progress(fmt::format(
-        "{} MiB {}{}: downtime {}, total {}, p99 before/during/after {}/{}/{} ms, max {} ms, "
+        "{} MiB {} {}{}: downtime {}, total {}, p99 before/during/after {}/{}/{} ms, max {} ms, "
         "sent {}, lost {}, dup {}{}",
-        mib, ModeName(precopy),
+        mib, ModeName(precopy), transport,
         place.link_bps == 0 ? "" : fmt::format(" over {}", LinkName(place.link_bps)),
         Ms(r.report.downtime_ns), Ms(r.report.total_ns), LatMs(r.before.stats.p99),
         LatMs(r.during.stats.p99), LatMs(r.after.stats.p99),
@@ -1181,9 +1200,8 @@ int Run(const Args& args) {
     rows.push_back(std::move(r));
   };
   for (uint32_t mib : args.sizes_mib) {
-    for (bool precopy : {true, false}) {
-      if (precopy || args.stop_and_copy) run(mib, precopy, Place{});
-    }
+    for (const std::string& t : args.transports) run(mib, /*precopy=*/true, Place{}, t);
+    if (args.stop_and_copy) run(mib, /*precopy=*/false, Place{}, "tcp");
   }
 
   // Over an emulated link: the two agents on two hosts of an emulated network.
@@ -1215,15 +1233,21 @@ int Run(const Args& args) {
       }
       ll.ns = *t;
       link_limits.push_back(ll);
-      for (uint32_t mib : args.link_sizes_mib) run(mib, /*precopy=*/true, place);
+      // Two hosts: TCP (their Unix sockets would reach each other through the file system).
+      for (uint32_t mib : args.link_sizes_mib) run(mib, /*precopy=*/true, place, "tcp");
     }
   }
 
   // ---- the report
   const uint32_t plot_mib = args.plot_mib != 0 ? args.plot_mib : args.quick ? 16 : 64;
-  auto find = [&](uint32_t mib, bool precopy) -> const Row* {
+  // A loopback row; the first transport's unless told.
+  auto find = [&](uint32_t mib, bool precopy, const std::string& transport = "") -> const Row* {
     for (const Row& r : rows) {
-      if (r.size_mib == mib && r.precopy == precopy && r.link_bps == 0) return &r;
+      if (r.size_mib == mib && r.precopy == precopy && r.link_bps == 0 &&
+          (precopy ? r.transport == (transport.empty() ? args.transports.front() : transport)
+                   : true)) {
+        return &r;
+      }
     }
     return nullptr;
   };
@@ -1266,6 +1290,9 @@ int Run(const Args& args) {
         {"dirty_tracking", r.tracking},
         {"memory_bytes", r.report.memory_bytes},
         {"codec", r.report.codec},
+        {"transport", r.report.transport.empty() ? r.transport : r.report.transport},
+        {"transport_note", r.report.transport_note},
+        {"shm_bytes", r.report.shm_bytes},
         {"downtime_ns", r.report.downtime_ns},
         {"total_ns", r.report.total_ns},
         {"freeze_wait_ns", r.report.freeze_wait_ns},
@@ -1372,12 +1399,14 @@ int Run(const Args& args) {
     summary.push_back(j);
   };
   const uint32_t goal_mib = find(kDowntimeGoalMiB, true) != nullptr ? kDowntimeGoalMiB : plot_mib;
-  if (const Row* p = find(goal_mib, true); p != nullptr && p->error.empty()) {
+  for (const std::string& t : args.transports) {
+    const Row* p = find(goal_mib, true, t);
+    if (p == nullptr || !p->error.empty()) continue;
     const Row* s = find(goal_mib, false);
     const double ms = static_cast<double>(p->report.downtime_ns) / 1e6;
     add_summary(
-        fmt::format("downtime, pre-copy, {} MiB at {:.0f} req/s × {} words", goal_mib, args.rate,
-                    args.words),
+        fmt::format("downtime, pre-copy {}, {} MiB at {:.0f} req/s × {} words", t, goal_mib,
+                    args.rate, args.words),
         Ms(p->report.downtime_ns),
         s != nullptr && s->error.empty() ? "stop-and-copy " + Ms(s->report.downtime_ns) : "—",
         ms / kDowntimeGoalMs,
@@ -1391,10 +1420,11 @@ int Run(const Args& args) {
         r.link_bps == 0 ? fmt::format("TCP loopback {:.1f} ms", link_ns(r) / 1e6)
                         : fmt::format("TCP over the link {:.1f} ms (nominal {:.1f} ms)",
                                       link_ns(r) / 1e6, nominal_ns(r) / 1e6);
-    add_summary(fmt::format("total time / (memory / link bandwidth), {} MiB {}, {}{}", r.size_mib,
+    add_summary(fmt::format("total time / (memory / link bandwidth), {} MiB {}, {}{}{}", r.size_mib,
                             ModeName(r.precopy),
                             r.link_bps == 0 ? "loopback" : LinkName(r.link_bps) + " link",
-                            r.link_bps == 0 ? "" : ", codec " + r.report.codec),
+                            r.link_bps == 0 ? "" : ", codec " + r.report.codec,
+                            ", " + (r.report.transport.empty() ? r.transport : r.report.transport)),
                 Ms(r.report.total_ns), base, ratio, r.precopy ? "≤ 1.5×" : "— (baseline)",
                 r.precopy ? std::optional<bool>(ratio <= kTotalGoalRatio) : std::nullopt);
   }
@@ -1425,21 +1455,25 @@ int Run(const Args& args) {
   // Per mode.
   for (bool precopy : {true, false}) {
     md += precopy ? "\n## Pre-copy\n\n" : "\n## Stop-and-copy (the naive baseline)\n\n";
-    md += TableRow({"state", "memory", "tracking", "downtime (source + commit)", "total",
+    md += TableRow({"state", "transport", "memory", "tracking", "downtime (source + commit)", "total",
                     "CPU (load's share)", "setup (connect + begin)", "round 0", "freeze wait", "rounds (pages)",
-                    "final pages", "sent / raw MiB", "held", "p50 / p99 before (ms)", "p99 during",
+                    "final pages", "sent / shm / raw MiB", "held", "p50 / p99 before (ms)", "p99 during",
                     "p99 after", "max (stall)", "requests", "lost", "dup", "check"});
     md += TableRow({"---", "---", "---", "---", "---", "---", "---", "---", "---", "---", "---",
-                    "---", "---", "---", "---", "---", "---", "---", "---", "---", "---"});
+                    "---", "---", "---", "---", "---", "---", "---", "---", "---", "---", "---"});
     for (const Row& r : rows) {
       if (r.precopy != precopy || r.link_bps != 0) continue;
       if (r.report.memory_bytes == 0) {
-        md += TableRow({fmt::format("{} MiB", r.size_mib), "**FAILED**: " + r.error, "", "", "", "",
-                        "", "", "", "", "", "", "", "", "", "", "", "", "", "", ""});
+        md += TableRow({fmt::format("{} MiB", r.size_mib), r.transport, "**FAILED**: " + r.error,
+                        "", "", "", "", "", "", "", "", "", "", "", "", "", "", "", "", "", "", ""});
         continue;
       }
       md += TableRow(
           {fmt::format("{} MiB", r.size_mib),
+           r.report.transport == r.transport
+               ? r.report.transport
+               : fmt::format("{} (asked {}: {})", r.report.transport, r.transport,
+                             r.report.transport_note),
            MemoryCell(r), r.tracking == "page checksums" ? "checksums" : "uffd",
            fmt::format("{} ({:.2f} + {:.2f})", Ms(r.report.downtime_ns),
                        static_cast<double>(r.DowntimeSourceNs()) / 1e6,
@@ -1448,7 +1482,8 @@ int Run(const Args& args) {
            Ms(r.report.freeze_wait_ns),
            Rounds(r.report),
            std::to_string(r.report.final_pages),
-           fmt::format("{:.1f} / {:.1f}", static_cast<double>(r.report.bytes_sent) / kMiB,
+           fmt::format("{:.1f} / {:.1f} / {:.1f}", static_cast<double>(r.report.bytes_sent) / kMiB,
+                       static_cast<double>(r.report.shm_bytes) / kMiB,
                        static_cast<double>(r.report.bytes_raw) / kMiB),
            std::to_string(r.report.held),
            fmt::format("{} / {}", LatMs(r.before.stats.p50), LatMs(r.before.stats.p99)),
@@ -1480,15 +1515,24 @@ int Run(const Args& args) {
   md += "\n## Limits on this machine (same run)\n\n";
   md += TableRow({"state", "memcpy", "memcpy into fresh memory (first touch)",
                   "first touch, huge pages (MADV_HUGEPAGE): best of 3 (first)",
-                  "TCP loopback (one connection, two threads)", "pre-copy total / link time",
+                  "TCP loopback (one connection, two threads)",
+                  "pre-copy total / link time, / memcpy (per transport)",
                   "stop-and-copy total / link time"});
   md += TableRow({"---", "---", "---", "---", "---", "---", "---"});
   for (auto& [mib, l] : limits) {
-    auto ratio = [&](bool precopy) {
-      const Row* r = find(mib, precopy);
+    auto ratio_of = [&](const Row* r) {
       if (r == nullptr || r->report.memory_bytes == 0) return std::string("—");
-      return fmt::format("{:.2f}× ({:.1f} ms)",
-                         static_cast<double>(r->report.total_ns) / link_ns(*r), link_ns(*r) / 1e6);
+      return fmt::format("{:.2f}× ({:.1f} ms), {:.1f}× memcpy",
+                         static_cast<double>(r->report.total_ns) / link_ns(*r), link_ns(*r) / 1e6,
+                         static_cast<double>(r->report.total_ns) /
+                             (static_cast<double>(l.memcpy_ns) * static_cast<double>(r->report.memory_bytes) /
+                              (static_cast<double>(mib) * kMiB)));
+    };
+    auto ratio = [&](bool precopy) {
+      if (!precopy) return ratio_of(find(mib, false));
+      std::vector<std::string> per;
+      for (const std::string& t : args.transports) per.push_back(t + " " + ratio_of(find(mib, true, t)));
+      return fmt::format("{}", fmt::join(per, "; "));
     };
     md += TableRow({fmt::format("{} MiB", mib),
                     fmt::format("{} ({:.1f} GB/s)", Ms(l.memcpy_ns), l.memcpy_bps() / 1e9),
@@ -1502,7 +1546,9 @@ int Run(const Args& args) {
   }
   md +=
       "\nLink time = the instance's memory (what must cross) / the loopback bandwidth "
-      "measured above.\n";
+      "measured above; memcpy = the memcpy of the instance's memory at the rate measured "
+      "above. Over shared memory no byte crosses the loopback: the TCP link time is the "
+      "baseline it is compared with.\n";
 
   // The emulated links.
   md += "\n## Over an emulated link (two network namespaces, tbf)\n\n";
@@ -1653,6 +1699,20 @@ bool ParseU32List(const std::string& s, std::vector<uint32_t>* out) {
   return !out->empty();
 }
 
+bool ParseTransports(const std::string& s, std::vector<std::string>* out) {
+  out->clear();
+  size_t at = 0;
+  while (at <= s.size()) {
+    size_t comma = s.find(',', at);
+    if (comma == std::string::npos) comma = s.size();
+    const std::string t = s.substr(at, comma - at);
+    if (t != "tcp" && t != "shm") return false;
+    out->push_back(t);
+    at = comma + 1;
+  }
+  return !out->empty();
+}
+
 int Main(int argc, char** argv) {
   Args args;
   const char* usage =
@@ -1660,7 +1720,8 @@ int Main(int argc, char** argv) {
       "                       [--sizes=1,16,64,256] [--rate=1000] [--words=8]\n"
       "                       [--before-ms=1000] [--after-ms=1000] [--plot-mib=64]\n"
       "                       [--fill-pct=50] [--links=1000,10000] [--link-sizes=64,256]\n"
-      "                       [--stop-and-copy=1] [--memory-reserve-mb=0]\n";
+      "                       [--stop-and-copy=1] [--memory-reserve-mb=0]\n"
+      "                       [--transports=tcp,shm]\n";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto val = [&](const char* flag) { return FlagValue(a, flag); };
@@ -1687,6 +1748,7 @@ int Main(int argc, char** argv) {
     } else if (auto v = val("--link-sizes"); v && ParseU32List(*v, &args.link_sizes_mib)) {
     } else if (auto v = val("--memory-reserve-mb"); v && ParseNum(*v, &args.reserve_mib) &&
                                                        args.reserve_mib <= 65536) {
+    } else if (auto v = val("--transports"); v && ParseTransports(*v, &args.transports)) {
     } else if (auto v = val("--stop-and-copy"); v && (*v == "0" || *v == "1")) {
       args.stop_and_copy = *v == "1";
     } else if (auto v = val("--before-ms"); v && ParseNum(*v, &ms) && ms >= 0) {
@@ -1700,13 +1762,22 @@ int Main(int argc, char** argv) {
       return 2;
     }
   }
+  char shm_dir[] = "/tmp/tern-migbench-shm-XXXXXX";
+  if (::mkdtemp(shm_dir) == nullptr) {
+    std::perror("migration_bench: mkdtemp");
+    return 1;
+  }
+  args.shm_dir = shm_dir;
   if (args.quick) {
     if (!args.sizes_given) args.sizes_mib = {1, 16};
     if (!args.before_given) args.before_ns = 300 * kMs;
     if (!args.after_given) args.after_ns = 300 * kMs;
     if (!args.links_given) args.links_mbps.clear();
   }
-  return Run(args);
+  const int rc = Run(args);
+  std::error_code ignored;
+  std::filesystem::remove_all(args.shm_dir, ignored);
+  return rc;
 }
 
 }  // namespace

@@ -987,7 +987,7 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
       if (!a.ok()) return a.status();
       nlohmann::json j = nlohmann::json::parse(a->payload, nullptr, false);
       if (j.is_discarded() || !j.is_object() || !j.contains("path") || !j["path"].is_string() ||
-          !j.contains("token") || !j["token"].is_string() || j.value("slots", 0) != kMigSlots ||
+          !j.contains("token") || !j["token"].is_string() || j.value("slots", size_t{0}) != kMigSlots ||
           j.value("slot_bytes", size_t{0}) != kMigSlotBytes) {
         return FailedPreconditionError("the target's 'slots' answer is not for this version: " +
                                        a->payload.substr(0, 200));

@@ -9,13 +9,16 @@
 #include <cstring>
 #include <optional>
 #include <thread>
+#include <unistd.h>
 
 #include "agent/agent.h"
 #include "agent/agent_server.h"
 #include "agent/memory_reserve.h"
+#include "agent/migration_slots.h"
 #include "agent/migration_wire.h"
 #include "agent/test_node.h"
 #include "agent/worker_gate.h"
+#include "core/bytes.h"
 #include "core/clock.h"
 #include "core/crc32c.h"
 #include "core/ids.h"
@@ -259,13 +262,17 @@ TEST(MigrationWireTest, CommitStateRoundTripsAndDetectsDamage) {
 using Node = TestNode;
 
 std::unique_ptr<Node> StartNode(const std::string& device, int workers = 2,
-                                size_t max_queue = 1024, uint64_t memory_reserve_bytes = 0) {
+                                size_t max_queue = 1024, uint64_t memory_reserve_bytes = 0,
+                                bool shm = true) {
   AgentOptions o;
   o.device = device;
   o.workers = workers;
   o.max_queue_per_instance = max_queue;
   o.memory_reserve_bytes = memory_reserve_bytes;
-  return TestNode::Start(o);
+  // Every node has a shared-memory socket (as `tern agent` does), so migrations between
+  // them take shared memory unless a test says otherwise.
+  return TestNode::Start(
+      o, shm ? tern::testing::TempDir("migshm-" + device) + "/shm.sock" : std::string());
 }
 
 // A frame client connected to an agent's TCP frame address ("host:port").
@@ -715,6 +722,302 @@ TEST_F(MigrationTest, ADamagedBatchDropsTheIncomingInstanceItWasWrittenInto) {
   InvokeResult check = Call(b_->agent.get(), "check");
   ASSERT_TRUE(check.status.ok()) << check.status;
   EXPECT_EQ(check.reply, sum.reply);
+}
+
+// ---- same-host migration through shared memory (migration_slots.h)
+
+TEST(MigrationWireTest, SharedBatchesApplyAsFramedOnesAndBadOnesAreRefusedFirst) {
+  const std::string mem = Pages(12, 5);
+  const std::vector<uint32_t> idx = {0, 1, 2, 4, 7, 11};
+  const std::string batch =
+      EncodePageBatch(reinterpret_cast<const uint8_t*>(mem.data()), idx, PageCodec::kRaw);
+  std::string framed(12 * kMigrationPageBytes, '\x55'), shared = framed;
+  auto into = [](std::string* out) {
+    return [out](uint32_t p, const char* b) {
+      char* to = out->data() + size_t{p} * kMigrationPageBytes;
+      if (b == nullptr) {
+        std::memset(to, 0, kMigrationPageBytes);
+      } else {
+        std::memcpy(to, b, kMigrationPageBytes);
+      }
+    };
+  };
+  ASSERT_TRUE(ApplyPageBatchChecking(batch, 12, into(&framed)).ok());
+  Result<PageBatchStats> st = ApplySharedPageBatch(batch.data(), batch.size(), 12, into(&shared));
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(st->zero_pages + st->data_pages, idx.size());
+  EXPECT_EQ(shared, framed);
+  // An index past the memory, a length the header does not say, an LZ4 batch: refused
+  // before any page is applied.
+  int applied = 0;
+  auto count = [&](uint32_t, const char*) { ++applied; };
+  EXPECT_EQ(ApplySharedPageBatch(batch.data(), batch.size(), 11, count).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(ApplySharedPageBatch(batch.data(), batch.size() - 1, 12, count).status().code(),
+            StatusCode::kDataLoss);
+  EXPECT_FALSE(ApplySharedPageBatch(batch.data(), 20, 12, count).ok());
+  const std::string lz4 =
+      EncodePageBatch(reinterpret_cast<const uint8_t*>(mem.data()), idx, PageCodec::kLz4);
+  EXPECT_EQ(ApplySharedPageBatch(lz4.data(), lz4.size(), 12, count).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(applied, 0);
+  std::string damaged = batch;
+  damaged[damaged.size() - 100] ^= 0x10;
+  EXPECT_EQ(ApplySharedPageBatch(damaged.data(), damaged.size(), 12, count).status().code(),
+            StatusCode::kDataLoss);
+}
+
+// Two agents of one host (the same `host`, each with a shared-memory socket): the pages go
+// through the target's slots, under load, back and forth, and every increment is counted
+// once; then over TCP when told so.
+TEST_F(MigrationTest, SameHostMigrationGoesThroughSharedMemoryUnderLoad) {
+  ASSERT_TRUE(Call(a_->agent.get(), "fill", "8192").status.ok());  // 8 MiB
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> acked{0}, next_key{1};
+  Node* nodes[2] = {a_.get(), b_.get()};
+  std::atomic<int> home{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 2; ++c) {
+    clients.emplace_back([&] {
+      while (!stop.load()) {
+        const uint64_t key = next_key.fetch_add(1);
+        const int64_t give_up = MonoNanos() + 10'000'000'000;
+        for (;;) {  // the same key until answered: at most once executed
+          InvokeResult r = Call(nodes[home.load()]->agent.get(), "touch", "4", key);
+          if (r.status.ok()) break;
+          if (MonoNanos() > give_up) {
+            ADD_FAILURE() << "key " << key << " never answered: " << r.status;
+            return;
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        acked.fetch_add(1);
+      }
+    });
+  }
+  int from = 0;
+  for (int m = 0; m < 4; ++m) {
+    const uint64_t before = acked.load();
+    const int64_t until = MonoNanos() + 5'000'000'000;
+    while (acked.load() < before + 30 && MonoNanos() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    MigrateOptions o = To(*nodes[1 - from]);
+    o.transport = m < 3 ? "shm" : "tcp";
+    Result<MigrationReport> r = nodes[from]->agent->Migrate(id_, o);
+    if (!r.ok()) {
+      ADD_FAILURE() << "migration " << m << ": " << r.status();
+      break;
+    }
+    if (m < 3) {
+      EXPECT_EQ(r->transport, "shm");
+      EXPECT_TRUE(r->transport_note.empty()) << r->transport_note;
+      // Every page went through the slots; the connection carried frames of 16 bytes
+      // and the commit.
+      EXPECT_GE(r->shm_bytes, 8u << 20);
+      EXPECT_LT(r->bytes_sent, r->shm_bytes / 4);
+    } else {
+      EXPECT_EQ(r->transport, "tcp");
+      EXPECT_EQ(r->shm_bytes, 0u);
+      EXPECT_GT(r->bytes_sent, 8u << 20);
+    }
+    from = 1 - from;
+    home.store(from);
+  }
+  stop.store(true);
+  for (std::thread& t : clients) t.join();
+  InvokeResult got = Call(nodes[from]->agent.get(), "get");
+  ASSERT_TRUE(got.status.ok()) << got.status;
+  EXPECT_EQ(got.reply, std::to_string(acked.load()));
+  EXPECT_GT(acked.load(), 60u);
+  EXPECT_TRUE(Call(nodes[from]->agent.get(), "check").status.ok());
+  EXPECT_FALSE(Runs(nodes[1 - from]->agent.get(), id_));
+}
+
+// With memory reserves the target's slots are faulted in at start and both sides keep
+// them for the next migration between the same agents: the state stays whole across
+// migrations that reuse them.
+TEST(MigrationSlotsTest, WarmSlotsAreReusedAcrossMigrations) {
+  std::unique_ptr<Node> a = StartNode("src", 2, 1024, 48u << 20);
+  std::unique_ptr<Node> b = StartNode("dst", 2, 1024, 48u << 20);
+  Result<ServiceStatus> s = a->agent->Deploy(CounterManifest(1), ReadWasm("counter"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  const std::string id = s->instances.at(0);
+  ASSERT_TRUE(Call(a->agent.get(), "fill", "6144").status.ok());
+  Node* nodes[2] = {a.get(), b.get()};
+  for (int m = 0; m < 4; ++m) {
+    Node* from = nodes[m % 2];
+    Node* to = nodes[1 - m % 2];
+    ASSERT_EQ(Call(from->agent.get(), "incr", "1").reply, std::to_string(m + 1));
+    const std::string sum = Call(from->agent.get(), "check").reply;
+    MigrateOptions o;
+    o.to_tcp = to->tcp;
+    o.to_device = to->agent->options().device;
+    Result<MigrationReport> r = from->agent->Migrate(id, o);
+    ASSERT_TRUE(r.ok()) << "migration " << m << ": " << r.status();
+    EXPECT_EQ(r->transport, "shm");
+    EXPECT_GE(r->shm_bytes, 6u << 20);
+    InvokeResult check = Call(to->agent.get(), "check");
+    ASSERT_TRUE(check.status.ok()) << check.status;
+    EXPECT_EQ(check.reply, sum);
+  }
+  EXPECT_EQ(Call(a->agent.get(), "get").reply, "4");
+}
+
+TEST_F(MigrationTest, AutoFallsBackToTcpWithANoteAndShmFailsClearly) {
+  ASSERT_TRUE(Call(a_->agent.get(), "incr", "3").status.ok());
+  // The target's slot socket is gone (its listener started with the migration port).
+  ASSERT_TRUE(b_->agent->MigrationAddress().ok());
+  const std::string slot_socket = b_->agent->options().shm_path + ".mig";
+  ASSERT_EQ(::unlink(slot_socket.c_str()), 0) << slot_socket;
+  MigrateOptions shm = To(*b_);
+  shm.transport = "shm";
+  Result<MigrationReport> r = a_->agent->Migrate(id_, shm);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kUnavailable) << r.status();
+  EXPECT_NE(r.status().message().find(slot_socket), std::string_view::npos) << r.status();
+  EXPECT_NE(r.status().message().find("keeps serving here"), std::string_view::npos)
+      << r.status();
+  ASSERT_TRUE(Runs(a_->agent.get(), id_));
+  EXPECT_EQ(Call(a_->agent.get(), "incr", "1").reply, "4");
+  Result<MigrationReport> fell = a_->agent->Migrate(id_, To(*b_));  // auto
+  ASSERT_TRUE(fell.ok()) << fell.status();
+  EXPECT_EQ(fell->transport, "tcp");
+  EXPECT_EQ(fell->shm_bytes, 0u);
+  EXPECT_NE(fell->transport_note.find(slot_socket), std::string::npos) << fell->transport_note;
+  EXPECT_EQ(Call(b_->agent.get(), "get").reply, "4");
+  // A target without a shared-memory socket, and one on another host.
+  std::unique_ptr<Node> plain = StartNode("plain", 2, 1024, 0, /*shm=*/false);
+  Result<MigrationReport> r2 = b_->agent->Migrate(id_, To(*plain));
+  ASSERT_TRUE(r2.ok()) << r2.status();
+  EXPECT_EQ(r2->transport, "tcp");
+  EXPECT_NE(r2->transport_note.find("no shared-memory socket"), std::string::npos)
+      << r2->transport_note;
+  AgentOptions far_options;
+  far_options.device = "far";
+  far_options.host = "elsewhere";
+  std::unique_ptr<Node> far =
+      TestNode::Start(far_options, tern::testing::TempDir("migshm-far") + "/shm.sock");
+  MigrateOptions to_far = To(*far);
+  to_far.transport = "shm";
+  Result<MigrationReport> r3 = plain->agent->Migrate(id_, to_far);
+  EXPECT_EQ(r3.status().code(), StatusCode::kFailedPrecondition) << r3.status();
+  EXPECT_NE(r3.status().message().find("host"), std::string_view::npos) << r3.status();
+  to_far.transport = "auto";
+  Result<MigrationReport> r4 = plain->agent->Migrate(id_, to_far);
+  ASSERT_TRUE(r4.ok()) << r4.status();
+  EXPECT_EQ(r4->transport, "tcp");
+  EXPECT_NE(r4->transport_note.find("elsewhere"), std::string::npos) << r4->transport_note;
+  EXPECT_EQ(Call(far->agent.get(), "get").reply, "4");
+  MigrateOptions bad = To(*b_);
+  bad.transport = "carrier-pigeon";
+  EXPECT_EQ(far->agent->Migrate(id_, bad).status().code(), StatusCode::kInvalidArgument);
+}
+
+// A source that sends bad 'slot' frames, or presents a bad token: the target refuses
+// them with what is wrong, the migration fails, and the instance keeps serving at the
+// source with its state (both agents live; a good migration follows).
+TEST_F(MigrationTest, BadSlotFramesAndTokensAreRefusedAndTheInstanceStays) {
+  // 16 MiB: round 0 alone takes more than four slot frames. The target has the service,
+  // so that the frames are numbered from the first 'begin' on (no deploy and resend).
+  ASSERT_TRUE(b_->agent->Deploy(CounterManifest(0), ReadWasm("counter")).ok());
+  ASSERT_TRUE(Call(a_->agent.get(), "fill", "16384").status.ok());
+  ASSERT_TRUE(Call(a_->agent.get(), "incr", "7").status.ok());
+  const std::string sum = Call(a_->agent.get(), "check").reply;
+  struct Case {
+    const char* name;
+    std::function<void(const std::string&, std::string*)> hook;
+    StatusCode code;
+    const char* says;
+  };
+  auto on_slot = [](int frame, std::function<void(char*)> change) {
+    auto n = std::make_shared<int>(0);
+    return [=](const std::string& what, std::string* bytes) {
+      if (what == "slot" && (*n)++ == frame) change(bytes->data());
+    };
+  };
+  const std::vector<Case> cases = {
+      {"index out of range", on_slot(2, [](char* p) { StoreU32(p, 6); }),
+       StatusCode::kInvalidArgument, "slot 6 out of range"},
+      {"length past the slot", on_slot(0, [](char* p) { StoreU32(p + 8, 5u << 20); }),
+       StatusCode::kInvalidArgument, "does not fit a slot"},
+      {"offset past the slot",
+       on_slot(1, [](char* p) { StoreU32(p + 4, static_cast<uint32_t>(kMigSlotBytes)); }),
+       StatusCode::kInvalidArgument, "does not fit a slot"},
+      {"frame replayed", on_slot(3, [](char* p) { StoreU32(p + 12, 2); }),
+       StatusCode::kInvalidArgument, "out of sequence"},
+      {"bad token",
+       [](const std::string& what, std::string* bytes) {
+         if (what == "token") (*bytes)[0] ^= 1;
+       },
+       StatusCode::kPermissionDenied, "unknown or used slot token"},
+  };
+  for (const Case& c : cases) {
+    MigrateOptions o = To(*b_);
+    o.transport = "shm";
+    o.shm_hook_for_test = c.hook;
+    Result<MigrationReport> r = a_->agent->Migrate(id_, o);
+    ASSERT_FALSE(r.ok()) << c.name;
+    EXPECT_EQ(r.status().code(), c.code) << c.name << ": " << r.status();
+    EXPECT_NE(r.status().message().find(c.says), std::string_view::npos)
+        << c.name << ": " << r.status();
+    EXPECT_NE(r.status().message().find("keeps serving here"), std::string_view::npos)
+        << c.name << ": " << r.status();
+    ASSERT_TRUE(Runs(a_->agent.get(), id_)) << c.name;
+    EXPECT_FALSE(Runs(b_->agent.get(), id_)) << c.name;
+    EXPECT_EQ(Call(a_->agent.get(), "check").reply, sum) << c.name;
+  }
+  EXPECT_EQ(Call(a_->agent.get(), "incr", "1").reply, "8");
+  Result<MigrationReport> good = a_->agent->Migrate(id_, To(*b_));
+  ASSERT_TRUE(good.ok()) << good.status();
+  EXPECT_EQ(good->transport, "shm");
+  EXPECT_EQ(Call(b_->agent.get(), "check").reply, sum);
+  EXPECT_EQ(Call(b_->agent.get(), "get").reply, "8");
+}
+
+// The target's side of the protocol, frame by frame: a 'slot' frame before any slots, a
+// 'slots' request from another host or malformed, a 'slot' frame without a 'begin' or of
+// the wrong size, and a token presented twice.
+TEST_F(MigrationTest, TheTargetRefusesSlotStepsOutOfOrder) {
+  Result<std::string> addr = b_->agent->MigrationAddress();
+  ASSERT_TRUE(addr.ok()) << addr.status();
+  Result<std::unique_ptr<transport::FrameClient>> c = ConnectFrames(*addr);
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto step = [&](const char* handler, std::string payload) {
+    transport::Frame f;
+    f.service = "$migrate";
+    f.handler = handler;
+    f.payload = std::move(payload);
+    return (*c)->Call(f, std::chrono::seconds(10));
+  };
+  Result<transport::Frame> r = step("slot", EncodeSlotFrame(SlotFrame{}));
+  EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition) << r.status();
+  EXPECT_NE(r.status().message().find("before any slots"), std::string_view::npos) << r.status();
+  r = step("slots", nlohmann::json{{"host", "elsewhere"}, {"pid", ::getpid()}}.dump());
+  EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition) << r.status();
+  r = step("slots", "{\"host\": 3}");
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << r.status();
+  r = step("slots", nlohmann::json{{"host", "local"}, {"pid", ::getpid()}}.dump());
+  ASSERT_TRUE(r.ok()) << r.status();
+  nlohmann::json j = nlohmann::json::parse(r->payload);
+  EXPECT_EQ(j["path"], b_->agent->options().shm_path + ".mig");
+  EXPECT_EQ(j["slots"], kMigSlots);
+  r = step("slot", std::string(15, '\0'));
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << r.status();
+  r = step("slot", EncodeSlotFrame(SlotFrame{0, 0, 4096, 0}));
+  EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition) << r.status();
+  EXPECT_NE(r.status().message().find("without a 'begin'"), std::string_view::npos)
+      << r.status();
+  // The token works once, for this process.
+  std::string token;
+  for (size_t i = 0; i < j["token"].get<std::string>().size(); i += 2) {
+    token += static_cast<char>(std::stoi(j["token"].get<std::string>().substr(i, 2), nullptr, 16));
+  }
+  Result<std::shared_ptr<MigSlots>> got = FetchMigSlots(j["path"], token, nullptr);
+  ASSERT_TRUE(got.ok()) << got.status();
+  std::memset((*got)->slot(kMigSlots - 1), 0x5a, kMigSlotBytes);  // all of it is mapped
+  Result<std::shared_ptr<MigSlots>> again = FetchMigSlots(j["path"], token, nullptr);
+  EXPECT_EQ(again.status().code(), StatusCode::kPermissionDenied) << again.status();
 }
 
 TEST(MigrationNestedTest, WaitsForTheRequestBoundaryThenFailsClearlyAtTheTimeout) {

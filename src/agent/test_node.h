@@ -19,7 +19,9 @@ struct TestNode {
   std::unique_ptr<AgentServer> server;
   std::string tcp;  // its frame address
 
-  static std::unique_ptr<TestNode> Start(const AgentOptions& o) {
+  // `shm_path`: the agent's shared-memory socket ("" = none), which same-host
+  // migrations into it use too (its `.mig` sibling).
+  static std::unique_ptr<TestNode> Start(const AgentOptions& o, const std::string& shm_path = "") {
     auto n = std::make_unique<TestNode>();
     Result<std::unique_ptr<Agent>> a = Agent::Create(o, tern::testing::SharedEngine());
     EXPECT_TRUE(a.ok()) << a.status();
@@ -27,6 +29,7 @@ struct TestNode {
     AgentServerOptions so;
     so.frame_port = 0;
     so.admin_port = 0;
+    so.shm_path = shm_path;
     Result<std::unique_ptr<AgentServer>> srv = AgentServer::Start(n->agent.get(), so);
     EXPECT_TRUE(srv.ok()) << srv.status();
     n->server = std::move(*srv);
