@@ -336,13 +336,13 @@ class Agent::MigrationServer {
     }
     ::shutdown(listen_.get(), SHUT_RDWR);
     accept_.join();
-    slots_.reset();
     std::vector<std::thread> conns;
     {
       MutexLock l(&mu_);
       conns.swap(conns_);
     }
     for (std::thread& t : conns) t.join();
+    slots_.reset();  // after the connections, which revoke their tokens there
   }
   const std::string& address() const { return address_; }
 
