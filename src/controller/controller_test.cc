@@ -1105,10 +1105,30 @@ TEST(ControllerTest, MigratesAndDrainsAStatefulCounterKeepingItsCount) {
   for (int i = 1; i <= 7; ++i) ASSERT_EQ(InvokeSvc(a, "counter", "incr", ""), std::to_string(i));
   int64_t epoch = InstanceDoc(api, "counter", id)["epoch"];
 
+  // `transport` reaches the agent: these agents have no shared-memory socket, so "shm"
+  // fails there (nothing moves) and "auto" goes over TCP, saying why.
+  Status shm = api.c
+                   ->Call("POST", "/v1/instances/" + id + "/migrate",
+                          json{{"to", "cpu1"}, {"transport", "shm"}}.dump())
+                   .status();
+  EXPECT_EQ(shm.code(), StatusCode::kUnavailable) << shm;
+  EXPECT_NE(shm.message().find("no shared-memory socket"), std::string::npos) << shm;
+  EXPECT_EQ(Running(api, "counter"), (std::map<std::string, std::string>{{id, "cpu0"}}));
+  Status pigeon = api.c
+                      ->Call("POST", "/v1/instances/" + id + "/migrate",
+                             json{{"to", "cpu1"}, {"transport", "pigeon"}}.dump())
+                      .status();
+  EXPECT_EQ(pigeon.code(), StatusCode::kInvalidArgument) << pigeon;
+  EXPECT_EQ(InvokeSvc(a, "counter", "get", ""), "7");
+
   Result<std::string> r =
       api.c->Call("POST", "/v1/instances/" + id + "/migrate", json{{"to", "cpu1"}}.dump());
   ASSERT_TRUE(r.ok()) << r.status() << "\n" << Events(api);
   json rep = json::parse(*r);
+  EXPECT_EQ(rep["transport"], "tcp") << rep.dump();
+  EXPECT_NE(rep["transport_note"].get<std::string>().find("no shared-memory socket"),
+            std::string::npos)
+      << rep.dump();
   EXPECT_EQ(rep["instance"], id);
   EXPECT_EQ(rep["from"], "cpu0");
   EXPECT_EQ(rep["to"], "cpu1");
