@@ -3922,62 +3922,27 @@ void AdviseHugePages(uint8_t* p, size_t n) {
   const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + n) & ~uintptr_t{4095};
   if (end > first) ::madvise(reinterpret_cast<void*>(first), end - first, MADV_HUGEPAGE);
 }
-// Faults in the incoming instance's memory and its rollback buffer ahead of the pages
-// that arrive, 2 MiB at a time (alternating between the two, in ascending order like
-// round 0), on a thread of its own: the connection thread then copies into mapped memory,
-// and the kernel's page zeroing (first touches: ~0.7 GB/s for memory this VM has not
-// touched before) runs beside the transfer instead of inside it. SCHED_IDLE: it only
-// uses CPU time nothing else wants (the transfer waiting for the network, the source
-// for acknowledgements); at normal priority it took that time from the transfer and
-// from the instances' requests, and made pre-copy slower, not faster. Stopped (and
-// joined) before anything else touches the ranges' lifetime or tracking: growth,
-// commit, drop.
-class Prefaulter {
- public:
-  explicit Prefaulter(std::vector<std::pair<uint8_t*, size_t>> ranges)
-      : thread_([this, ranges = std::move(ranges)] { Run(ranges); }) {}
-  ~Prefaulter() {
-    stop_.store(true, std::memory_order_relaxed);
-    // Back to normal priority to finish its current step: an idle thread may wait for
-    // a CPU for a long time, and the commit (the downtime) waits for it here.
-    sched_param normal{};
-    (void)pthread_setschedparam(thread_.native_handle(), SCHED_OTHER, &normal);
-    thread_.join();
-  }
-
- private:
-  void Run(const std::vector<std::pair<uint8_t*, size_t>>& ranges) {
-    sched_param idle{};
-    (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);  // best effort
-    size_t longest = 0;
-    for (const auto& [p, n] : ranges) longest = std::max(longest, n);
-    for (size_t off = 0; off < longest; off += kHugePage) {
-      for (const auto& [p, n] : ranges) {
-        if (stop_.load(std::memory_order_relaxed)) return;
-        if (off < n) ::madvise(p + off, std::min(kHugePage, n - off), MADV_POPULATE_WRITE);
-      }
-    }
-  }
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
-};
-
-using Ranges = std::vector<std::pair<uint8_t*, size_t>>;
+using Ranges = std::vector<Prefaulter::Range>;
 
 // Moves warm blocks of `reserve` (may be null) under [p, p + n), memory nobody has
 // written yet (fresh or unused capacity), and appends to `cold` what is left to fault
-// in. Adds the bytes placed to `*warm`.
-void MoveWarm(MemoryReserve* reserve, uint8_t* p, size_t n, Ranges* cold, uint64_t* warm) {
+// in, positioned by its offset from `base` (the start of the memory, or of the rollback
+// point, it is part of). Adds the bytes placed to `*warm`.
+void MoveWarm(MemoryReserve* reserve, const uint8_t* base, uint8_t* p, size_t n, Ranges* cold,
+              uint64_t* warm) {
   const size_t got = reserve != nullptr ? reserve->MoveInto(p, n) : 0;
   *warm += got;
+  auto add = [&](uint8_t* q, size_t len) {
+    cold->push_back(Prefaulter::Range{q, len, static_cast<uint64_t>(q - base)});
+  };
   if (got == 0) {
-    if (n > 0) cold->emplace_back(p, n);
+    if (n > 0) add(p, n);
     return;
   }
   uint8_t* first = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(p) + kHugePage - 1) &
                                               ~uintptr_t{kHugePage - 1});
-  if (first > p) cold->emplace_back(p, first - p);
-  if (first + got < p + n) cold->emplace_back(first + got, p + n - (first + got));
+  if (first > p) add(p, first - p);
+  if (first + got < p + n) add(first + got, p + n - (first + got));
 }
 
 // Grows `inst`'s memory to `bytes` onto warm memory ahead of a restore that writes all of
@@ -3988,7 +3953,7 @@ void GrowWarm(MemoryReserve* reserve, wasm::Instance* inst, uint64_t bytes) {
   if (reserve == nullptr || bytes < have + 2 * kHugePage || !inst->GrowMemory(bytes).ok()) return;
   Ranges cold;
   uint64_t warm = 0;
-  MoveWarm(reserve, inst->memory_data() + have, bytes - have, &cold, &warm);
+  MoveWarm(reserve, inst->memory_data(), inst->memory_data() + have, bytes - have, &cold, &warm);
 }
 }  // namespace
 
@@ -4085,8 +4050,9 @@ Result<std::shared_ptr<Agent::Incoming>> Agent::IncomingBegin(
     // changing the protection past the end. The write tracker starts at the commit,
     // after this. Then the rollback point to be, the same way.
     const size_t initial_bytes = initial * kMigrationPageBytes;
-    Ranges cold{{in->mem, initial_bytes}};
-    MoveWarm(reserve_.get(), in->mem + initial_bytes, in->bytes - initial_bytes, &cold, &in->warm);
+    Ranges cold{{in->mem, initial_bytes, 0}};
+    MoveWarm(reserve_.get(), in->mem, in->mem + initial_bytes, in->bytes - initial_bytes, &cold,
+             &in->warm);
     AdviseHugePages(in->mem, in->bytes);
     // The instance's initial pages hold its data segments; the grown ones are zero.
     in->written.assign((in->bytes / kMigrationPageBytes + 63) / 64, 0);
@@ -4100,7 +4066,8 @@ Result<std::shared_ptr<Agent::Incoming>> Agent::IncomingBegin(
       if (in->bytes > 4096) {
         uint8_t* g = reinterpret_cast<uint8_t*>(
             (reinterpret_cast<uintptr_t>(in->good.data()) + 4095) & ~uintptr_t{4095});
-        MoveWarm(reserve_.get(), g, in->bytes - 4096, &cold, &in->warm);
+        MoveWarm(reserve_.get(), reinterpret_cast<const uint8_t*>(in->good.data()), g,
+                 in->bytes - 4096, &cold, &in->warm);
       }
     }
     in->prefault = std::make_unique<Prefaulter>(std::move(cold));
@@ -4132,14 +4099,15 @@ Status Agent::IncomingGrow(Incoming* in, uint64_t memory_bytes) {
     in->mem = in->slot->inst->memory_data();
     in->bytes = in->slot->inst->memory_bytes();
     Ranges cold;  // faulted in by the copies (the prefaulter has stopped)
-    MoveWarm(reserve_.get(), in->mem + old, in->bytes - old, &cold, &in->warm);
+    MoveWarm(reserve_.get(), in->mem, in->mem + old, in->bytes - old, &cold, &in->warm);
     AdviseHugePages(in->mem + old, in->bytes - old);
     in->written.resize((in->bytes / kMigrationPageBytes + 63) / 64, 0);
     if (in->svc->manifest.stateful && in->good.capacity() < in->bytes) {
       in->good.reserve(in->bytes);  // moved: warm blocks past what it holds
       const size_t kept = in->good.size() + 1;  // and its terminator
-      MoveWarm(reserve_.get(), reinterpret_cast<uint8_t*>(in->good.data()) + kept,
-               in->bytes - kept, &cold, &in->warm);
+      MoveWarm(reserve_.get(), reinterpret_cast<const uint8_t*>(in->good.data()),
+               reinterpret_cast<uint8_t*>(in->good.data()) + kept, in->bytes - kept, &cold,
+               &in->warm);
     }
     return Status::Ok();
   });
@@ -4215,6 +4183,7 @@ Result<uint32_t> Agent::IncomingPageBatch(Incoming* in, std::string_view batch, 
       shared ? ApplySharedPageBatch(batch.data(), batch.size(), IncomingPages(in), apply)
              : ApplyPageBatchChecking(batch, IncomingPages(in), apply);
   StreamFence();  // before the commit's task reads them on the worker
+  if (in->prefault != nullptr) in->prefault->Advance(end);
   TERN_RETURN_IF_ERROR(st.status());
   // Pages at or above good.size() that went into `mem` only (zero pages): `good`
   // catches up by appending.

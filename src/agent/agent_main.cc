@@ -66,7 +66,8 @@ int RunAgentCommand(int argc, char** argv) {
         "[0, 1): guests then run in a child cgroup limited to the rest (cgroup v1)");
   f.Add("memory-mib", "1024", "memory this device offers to instances, MiB");
   f.Add("memory-reserve-mb", "128",
-        "warm memory (MiB) kept faulted in, in 2 MiB huge pages, filled at idle priority, "
+        "warm memory (MiB) kept faulted in, in 2 MiB huge pages, filled by a thread paced "
+        "to a quarter of a CPU, "
         "for incoming migrations to land on instead of fresh pages (refilled after use); "
         "it stays in the agent's RSS. 0 = none. Unless given, at most --memory-mib / 8");
   f.Add("journal-timeout-ms", "2000",

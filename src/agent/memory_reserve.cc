@@ -1,7 +1,5 @@
 #include "agent/memory_reserve.h"
 
-#include <pthread.h>
-#include <sched.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -32,10 +30,7 @@ MemoryReserve::~MemoryReserve() {
     pause_.store(true, std::memory_order_relaxed);
     cv_.SignalAll();
   }
-  if (filler_.joinable()) {
-    SetFillerPriority(/*idle=*/false);  // so that it finishes its block promptly
-    filler_.join();
-  }
+  if (filler_.joinable()) filler_.join();
   MutexLock l(&mu_);
   for (const Span& s : spans_) ::munmap(reinterpret_cast<void*>(s.addr), s.bytes);
   spans_.clear();
@@ -67,21 +62,14 @@ void MemoryReserve::Hold::Release() {
   r_ = nullptr;
 }
 
-void MemoryReserve::SetFillerPriority(bool idle) {
-  if (!filler_.joinable()) return;
-  sched_param p{};
-  (void)pthread_setschedparam(filler_.native_handle(), idle ? SCHED_IDLE : SCHED_OTHER, &p);
-}
-
-// Idle priority: the filler uses only CPU time nothing else wants. It faults its blocks
-// in by writing to them rather than with MADV_POPULATE_WRITE: a page fault holds only
-// its mapping's lock, while the madvise holds the process's mmap lock for the whole
-// call, and an idle thread preempted while holding it would stall every mmap/munmap of
-// the agent (V8's and malloc's) until it runs again. MoveInto raises its priority while
-// it moves pages out of a mapping the filler may be faulting in.
+// Paced, not idle: after each block the filler sleeps three times as long as the block
+// took, so it uses at most a quarter of a CPU (unless WaitFull hurries it). It used to
+// run at SCHED_IDLE, which on a busy machine left it preempted for seconds inside a
+// fault or a syscall holding a lock that the agent's mmap/munmap/mremap (MoveInto's
+// among them) then waited behind; see Prefaulter in the header. It faults its blocks in
+// by writing to them rather than with MADV_POPULATE_WRITE: a page fault holds only its
+// mapping's lock, the madvise the process's mmap lock.
 void MemoryReserve::Fill() {
-  sched_param idle{};
-  (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);  // best effort
   uint64_t mapping = 0;
   bool warned = false;
   for (;;) {
@@ -115,6 +103,7 @@ void MemoryReserve::Fill() {
     ++mapping;
     size_t done = 0;
     for (; done < want && !pause_.load(std::memory_order_relaxed); done += kBlockBytes) {
+      const int64_t start = MonoNanos();
       // One write per 4 KiB page: a huge page faults in on the first, the rest are
       // plain stores; where no huge page was free, every 4 KiB page faults in. The
       // kernel zero-fills each; the stores write zeros again.
@@ -130,6 +119,16 @@ void MemoryReserve::Fill() {
       }
       ready_ += kBlockBytes;
       cv_.SignalAll();
+      if (hurry_ == 0 && !stop_) {
+        // The pause (a hold, the destructor) ends the sleep early: both signal cv_.
+        const int64_t took = MonoNanos() - start;
+        const int64_t until = MonoNanos() + 3 * took;
+        while (hurry_ == 0 && !pause_.load(std::memory_order_relaxed)) {
+          const int64_t left = until - MonoNanos();
+          if (left <= 0) break;
+          cv_.WaitFor(&mu_, std::chrono::nanoseconds(left));
+        }
+      }
     }
     if (done < want) ::munmap(reinterpret_cast<void*>(a + done), want - done);
   }
@@ -141,7 +140,6 @@ size_t MemoryReserve::MoveInto(uint8_t* p, size_t n) {
   if (target_ == 0 || end <= first) return 0;
   MutexLock l(&mu_);
   if (spans_.empty()) return 0;
-  if (movers_++ == 0) SetFillerPriority(/*idle=*/false);
   uintptr_t at = first;
   while (at < end && !spans_.empty()) {
     Span& s = spans_.front();
@@ -171,7 +169,6 @@ size_t MemoryReserve::MoveInto(uint8_t* p, size_t n) {
     s.bytes -= len;
     if (s.bytes == 0) spans_.pop_front();
   }
-  if (--movers_ == 0) SetFillerPriority(/*idle=*/true);
   moved_ += at - first;
   cv_.SignalAll();  // refill (once no hold pauses it)
   return at - first;
@@ -186,16 +183,106 @@ bool MemoryReserve::WaitFull(int64_t timeout_ns) {
   const int64_t deadline = MonoNanos() + timeout_ns;
   MutexLock l(&mu_);
   if (ready_ >= target_) return true;
-  // Someone waits for it: fill at normal priority meanwhile (at idle priority on a busy
-  // machine the filler may get a fraction of a percent of a CPU).
-  if (movers_++ == 0) SetFillerPriority(/*idle=*/false);
+  // Someone waits for it: the filler does not pace itself meanwhile.
+  ++hurry_;
+  cv_.SignalAll();
   while (ready_ < target_ && holds_ == 0) {
     const int64_t left = deadline - MonoNanos();
     if (left <= 0) break;
     cv_.WaitFor(&mu_, std::chrono::nanoseconds(left));
   }
-  if (--movers_ == 0) SetFillerPriority(/*idle=*/true);
+  --hurry_;
   return ready_ >= target_;
+}
+
+namespace {
+constexpr size_t kStepBytes = size_t{2} << 20;
+
+// Faults [p, p + n) in for writing without changing its bytes, even while another thread
+// writes them.
+void FaultInForWrite(uint8_t* p, size_t n) {
+#if defined(__x86_64__)
+  // A locked OR of zero per 4 KiB page: a write access (the fault maps the page
+  // writable), atomic, so a concurrent store to the same byte is never undone; a plain
+  // store or a compiler's atomic could be (an idempotent RMW may be compiled to a load).
+  for (size_t off = 0; off < n; off += 4096) {
+    asm volatile("lock orb $0, %0" : "+m"(p[off]) : : "memory");
+  }
+#else
+  // Holds the mmap lock for the call: at most one huge page at a time.
+  const uintptr_t first = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{4095};
+  (void)::madvise(reinterpret_cast<void*>(first), reinterpret_cast<uintptr_t>(p) + n - first,
+                  MADV_POPULATE_WRITE);
+#endif
+}
+}  // namespace
+
+Prefaulter::Prefaulter(std::vector<Range> ranges, uint64_t lead) : lead_(lead) {
+  // Steps of at most 2 MiB, cut at the 2 MiB boundaries of each range's memory (a huge
+  // page per step where the kernel gives one), in the writer's order.
+  std::vector<Range> steps;
+  for (const Range& r : ranges) {
+    size_t off = 0;
+    while (off < r.n) {
+      const uintptr_t a = reinterpret_cast<uintptr_t>(r.p) + off;
+      const size_t len = std::min<size_t>(kStepBytes - (a & (kStepBytes - 1)), r.n - off);
+      steps.push_back(Range{r.p + off, len, r.at + off});
+      off += len;
+    }
+  }
+  std::stable_sort(steps.begin(), steps.end(),
+                   [](const Range& a, const Range& b) { return a.at < b.at; });
+  thread_ = std::thread([this, steps = std::move(steps)]() mutable { Run(std::move(steps)); });
+}
+
+Prefaulter::~Prefaulter() {
+  {
+    MutexLock l(&mu_);
+    stop_ = true;
+    stopping_.store(true, std::memory_order_relaxed);
+    cv_.SignalAll();
+  }
+  thread_.join();
+}
+
+void Prefaulter::Advance(uint64_t at) {
+  uint64_t was = progress_.load(std::memory_order_relaxed);
+  // Sequentially consistent with Run's store of waiting_for_ and its load of progress_:
+  // either Run sees the new progress, or this sees what it waits for and wakes it.
+  while (at > was && !progress_.compare_exchange_weak(was, at)) {
+  }
+  if (at + lead_ > waiting_for_.load()) {
+    MutexLock l(&mu_);
+    cv_.SignalAll();
+  }
+}
+
+bool Prefaulter::WaitDone(int64_t timeout_ns) {
+  const int64_t deadline = MonoNanos() + timeout_ns;
+  MutexLock l(&mu_);
+  while (!done_) {
+    const int64_t left = deadline - MonoNanos();
+    if (left <= 0) return false;
+    cv_.WaitFor(&mu_, std::chrono::nanoseconds(left));
+  }
+  return true;
+}
+
+void Prefaulter::Run(std::vector<Range> steps) {
+  for (const Range& s : steps) {
+    if (s.at >= progress_.load() + lead_) {
+      MutexLock l(&mu_);
+      waiting_for_.store(s.at);
+      while (!stop_ && s.at >= progress_.load() + lead_) cv_.Wait(&mu_);
+      waiting_for_.store(UINT64_MAX);
+      if (stop_) return;
+    }
+    if (stopping_.load(std::memory_order_relaxed)) return;
+    FaultInForWrite(s.p, s.n);
+  }
+  MutexLock l(&mu_);
+  done_ = true;
+  cv_.SignalAll();
 }
 
 void ReserveWarmString(MemoryReserve* reserve, std::string* s, size_t bytes) {

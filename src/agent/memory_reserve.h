@@ -4,8 +4,8 @@
 // reserve" says why and what it costs.
 //
 // The reserve holds up to `bytes` of 2 MiB-aligned, MADV_HUGEPAGE anonymous memory,
-// faulted in (written) by a filler thread at SCHED_IDLE, never on a request's or a
-// migration's path. MoveInto() hands blocks out by moving their page tables into the
+// faulted in (written) by a filler thread that uses at most a quarter of a CPU, never on
+// a request's or a migration's path. MoveInto() hands blocks out by moving their page tables into the
 // caller's range (mremap MREMAP_MAYMOVE | MREMAP_FIXED): no copy and no fault; with
 // source and destination 2 MiB-aligned the kernel moves whole huge-page entries. The
 // filler then refills the reserve, unless a Hold pauses it (an incoming migration
@@ -27,6 +27,8 @@
 #include <deque>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "core/mutex.h"
 
@@ -75,7 +77,7 @@ class MemoryReserve {
   };
   Stats stats() const;
 
-  // Waits until the reserve is full, filling at normal priority meanwhile; false after
+  // Waits until the reserve is full, filling at full speed meanwhile; false after
   // `timeout_ns`, or at once while a Hold pauses it (benchmarks and tests).
   bool WaitFull(int64_t timeout_ns);
 
@@ -87,7 +89,6 @@ class MemoryReserve {
                        // must lie in one mapping)
   };
   void Fill();
-  void SetFillerPriority(bool idle);
 
   const size_t target_;
   mutable Mutex mu_;
@@ -97,10 +98,64 @@ class MemoryReserve {
   uint64_t moved_ GUARDED_BY(mu_) = 0;
   uint64_t failed_ GUARDED_BY(mu_) = 0;
   int holds_ GUARDED_BY(mu_) = 0;
-  int movers_ GUARDED_BY(mu_) = 0;  // MoveInto and WaitFull calls: the filler at normal priority
+  int hurry_ GUARDED_BY(mu_) = 0;  // WaitFull calls: the filler does not pace itself
   std::atomic<bool> pause_{false};  // stop or a hold: the filler stops at its next block
   bool stop_ GUARDED_BY(mu_) = false;
   std::thread filler_;
+};
+
+// Faults in ranges of the caller's memory ahead of writes to come (a migration target's
+// incoming memory and rollback point), on a thread of its own, without changing a byte
+// of them: the writer then copies into mapped memory, and the kernel's page zeroing runs
+// beside it instead of inside it. Each range has a position `at` in a common order (the
+// byte offset in the instance's memory it mirrors); the thread faults the ranges in 2 MiB
+// steps in that order, but at most `lead` bytes past the writer's progress (Advance):
+// it does the work the writer would do itself a little earlier, never more of it.
+//
+// Why paced at normal priority rather than at idle priority: a fault holds a lock (the
+// range's VMA lock, or the process's mmap lock for the first fault of a fresh mapping
+// and for MADV_POPULATE_WRITE), zeroing a 2 MiB huge page is a preemption point, and an
+// idle thread preempted there on a busy machine did not run again for seconds while
+// every mmap/munmap/mprotect of the agent (V8's, malloc's) waited behind it
+// (docs/design/migration.md "Stalls under load"). On x86-64 the faults are writes that
+// change nothing (an atomic OR of zero), which take only the range's VMA lock (Linux 6.4+;
+// before, the mmap lock for reading); elsewhere MADV_POPULATE_WRITE, one huge page per call.
+//
+// The ranges must stay mapped, and nothing may change their mappings (grow, mremap,
+// munmap, userfaultfd registration), until the Prefaulter is destroyed: destroy it first.
+class Prefaulter {
+ public:
+  struct Range {
+    uint8_t* p;
+    size_t n;
+    uint64_t at;  // its position in the writer's order
+  };
+  static constexpr uint64_t kDefaultLead = uint64_t{16} << 20;
+
+  explicit Prefaulter(std::vector<Range> ranges, uint64_t lead = kDefaultLead);
+  ~Prefaulter();  // stops after its current step and joins
+  Prefaulter(const Prefaulter&) = delete;
+  Prefaulter& operator=(const Prefaulter&) = delete;
+
+  // The writer has reached position `at` (positions below it are written): the thread
+  // may fault up to at + lead. Cheap unless it crosses a step the thread waits for.
+  void Advance(uint64_t at);
+
+  // Waits until every range is faulted in (tests); false after `timeout_ns`.
+  bool WaitDone(int64_t timeout_ns);
+
+ private:
+  void Run(std::vector<Range> steps);
+
+  const uint64_t lead_;
+  std::atomic<uint64_t> progress_{0};
+  std::atomic<uint64_t> waiting_for_{UINT64_MAX};  // the position the thread waits for
+  Mutex mu_;
+  CondVar cv_;
+  bool stop_ GUARDED_BY(mu_) = false;
+  bool done_ GUARDED_BY(mu_) = false;
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
 };
 
 // Gives `*s`, about to be overwritten with up to `bytes` bytes, a buffer of that capacity
