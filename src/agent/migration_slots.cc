@@ -19,6 +19,18 @@ namespace tern::agent {
 namespace {
 
 constexpr size_t kSetBytes = kMigSlots * kMigSlotBytes;
+
+// Writes one byte of every 4 KiB page of [p, p + kSetBytes) (a zero where there is one).
+// MADV_POPULATE_WRITE sets up the page tables, but on this VM (shadow page tables) the
+// first access to each 4 KiB page still traps: measured, the first pass over a populated
+// 24 MiB set copies at ~0.6 GB/s, later passes at 7-14 GB/s. Touched here, outside the
+// copies, and once per mapping (sets and mappings are kept with a memory reserve).
+void TouchPages(char* p) {
+  for (size_t off = 0; off < kSetBytes; off += 4096) {
+    volatile char* c = p + off;
+    *c = *c;
+  }
+}
 constexpr uint32_t kHelloMagic = 0x314C534D;  // "MSL1": a source's handshake
 constexpr int kSeals = F_SEAL_SHRINK | F_SEAL_GROW;
 // A handshake's messages are small and immediate; a peer that stalls is dropped.
@@ -141,7 +153,10 @@ Result<std::shared_ptr<MigSlots>> MigSlots::Create(bool populate) {
   }
   void* p = ::mmap(nullptr, kSetBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
   if (p == MAP_FAILED) return ErrnoError("mmap (migration slots)", errno);
-  if (populate) (void)::madvise(p, kSetBytes, MADV_POPULATE_WRITE);  // best effort
+  if (populate) {
+    (void)::madvise(p, kSetBytes, MADV_POPULATE_WRITE);  // best effort
+    TouchPages(static_cast<char*>(p));
+  }
   return std::shared_ptr<MigSlots>(new MigSlots(std::move(fd), static_cast<char*>(p)));
 }
 
@@ -159,6 +174,10 @@ Result<std::shared_ptr<MigSlots>> MigSlots::Attach(transport::UniqueFd fd) {
   }
   void* p = ::mmap(nullptr, kSetBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
   if (p == MAP_FAILED) return ErrnoError("mmap (migration slots)", errno);
+  // Every page table entry in one call rather than a fault per 4 KiB page on the worker's
+  // first copies (6,144 of them, each a trap: slower here than the copies). Best effort.
+  (void)::madvise(p, kSetBytes, MADV_POPULATE_WRITE);
+  TouchPages(static_cast<char*>(p));
   return std::shared_ptr<MigSlots>(new MigSlots(std::move(fd), static_cast<char*>(p)));
 }
 
