@@ -439,6 +439,27 @@ class Agent::WorkerThread {
     if (current_worker != this) doorbell_.Ring();
     return true;
   }
+
+  // Queues a control task ahead of the requests already queued: it runs after the task
+  // running now (at the next request boundary), before any request still waiting, in
+  // the order urgent tasks were posted. For the steps of a live migration: an overloaded
+  // instance has up to max_queue_per_instance requests queued, and a copy step or the
+  // freeze behind all of them made every round wait for the whole backlog (seconds
+  // under load, with the backlog growing meanwhile: docs/design/migration.md "Stalls
+  // under load"). Safe for them because a request checks for the freeze when it runs,
+  // not when it is queued, and the dirty tracking does not depend on the order of copies
+  // and writes.
+  bool PostUrgent(std::function<void()> fn) {
+    {
+      MutexLock l(&mu_);
+      if (stopping_) return false;
+      urgent_.push_back(Task{std::move(fn), {}, false});
+      urgent_pending_.store(true, std::memory_order_release);
+      posted_.fetch_add(1, std::memory_order_release);
+    }
+    if (current_worker != this) doorbell_.Ring();
+    return true;
+  }
   void Wake() { doorbell_.Ring(); }
 
   // Runs `fn` on the worker thread and waits for its result.
@@ -738,7 +759,7 @@ class Agent::WorkerThread {
       bool progress = Step(/*nested=*/false);
       if (stopping_flag_.load(std::memory_order_acquire)) {
         MutexLock l(&mu_);
-        if (tasks_.empty() && deferred_.empty()) break;
+        if (tasks_.empty() && urgent_.empty() && deferred_.empty()) break;
       }
       // The TSC (CycleNanos): read on every round, ~35 ns less than clock_gettime here,
       // which a request that arrives during the read waits for.
@@ -780,11 +801,14 @@ class Agent::WorkerThread {
   // anything happened. `nested`: a guest on this thread waits in a call, so control
   // tasks and requests for instances on the stack are deferred until it returns.
   bool Step(bool nested) {
-    bool progress = false;
+    bool progress = RunUrgent(nested);
     if (!nested && !deferred_.empty()) {
       std::deque<Task> d;
       d.swap(deferred_);
-      for (Task& t : d) t.fn();
+      for (Task& t : d) {
+        RunUrgent(nested);
+        t.fn();
+      }
       progress = true;
     }
     if (posted_.load(std::memory_order_acquire) != taken_) {
@@ -795,11 +819,8 @@ class Agent::WorkerThread {
         batch.swap(tasks_);
       }
       for (Task& t : batch) {
-        if (nested && !t.io && (t.instance.empty() || IsBusy(t.instance))) {
-          deferred_.push_back(std::move(t));
-        } else {
-          t.fn();
-        }
+        progress |= RunUrgent(nested);
+        RunOrDefer(t, nested);
       }
       progress = progress || !batch.empty();
     }
@@ -807,6 +828,28 @@ class Agent::WorkerThread {
     if (!server_conns_.empty()) progress |= PollServerConns();
     if (!tcp_conns_.empty() || !tcp_dirty_.empty()) progress |= PollTcp();
     return progress;
+  }
+
+  void RunOrDefer(Task& t, bool nested) {
+    if (nested && !t.io && (t.instance.empty() || IsBusy(t.instance))) {
+      deferred_.push_back(std::move(t));
+    } else {
+      t.fn();
+    }
+  }
+
+  // Runs the urgent tasks posted so far (between two tasks of a batch: one load when
+  // there are none).
+  bool RunUrgent(bool nested) {
+    if (!urgent_pending_.load(std::memory_order_acquire)) return false;
+    std::deque<Task> urgent;
+    {
+      MutexLock l(&mu_);
+      urgent.swap(urgent_);
+      urgent_pending_.store(false, std::memory_order_relaxed);
+    }
+    for (Task& t : urgent) RunOrDefer(t, nested);
+    return !urgent.empty();
   }
 
   bool PollChannels() {
@@ -1276,6 +1319,8 @@ class Agent::WorkerThread {
 
   Mutex mu_;
   std::deque<Task> tasks_ GUARDED_BY(mu_);
+  std::deque<Task> urgent_ GUARDED_BY(mu_);          // PostUrgent: before tasks_
+  std::atomic<bool> urgent_pending_{false};          // urgent_ may be non-empty
   bool stopping_ GUARDED_BY(mu_) = false;
   std::atomic<bool> stopping_flag_{false};  // = stopping_, read without the lock
 };
@@ -2300,7 +2345,8 @@ Status Agent::RunOnSlotWithin(const std::string& instance_id, int64_t timeout_ns
   auto sh = std::make_shared<Shared>();
   // The task holds sh->m while it runs `fn`: a waiter that times out either cancels it
   // before it starts or waits for it to finish (so `fn`, a reference, stays valid).
-  bool posted = wt->Post([wt, instance_id, sh, &fn] {
+  // Urgent: ahead of the instance's queued requests (WorkerThread::PostUrgent).
+  bool posted = wt->PostUrgent([wt, instance_id, sh, &fn] {
     MutexLock l(&sh->m);
     if (sh->cancelled) return;
     auto it = wt->slots().find(instance_id);

@@ -570,7 +570,8 @@ class Agent {
   // Runs `fn` with the instance's slot on its worker like RunOnSlot, but gives up after
   // `timeout_ns` (kDeadlineExceeded; `fn` then never runs): control tasks wait for the
   // request boundary of every instance on that worker, which a request waiting in a
-  // nested call can hold back indefinitely.
+  // nested call can hold back indefinitely. It goes ahead of the requests queued on
+  // that worker (the migration steps: a backlog must not hold a migration back).
   Status RunOnSlotWithin(const std::string& instance_id, int64_t timeout_ns,
                          const std::function<Status(WorkerThread*, Slot*)>& fn) EXCLUDES(mu_);
   // Source side; each runs a step on the instance's worker thread, waiting at most

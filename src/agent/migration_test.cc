@@ -5,6 +5,7 @@
 // agent, the target failing before the cut-over, and bad input on the migration port.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <optional>
@@ -1135,6 +1136,84 @@ TEST(MigrationBurstTest, RequestsHeldDuringTheFreezeAreForwardedWithinTheTargets
   EXPECT_EQ(failed.load(), 0) << first_error;
   EXPECT_EQ(ok.load(), 200);
   EXPECT_EQ(Call(b->agent.get(), "get").reply, "200");
+}
+
+TEST(MigrationBacklogTest, TheStepsGoAheadOfAnOverloadedInstancesQueuedRequests) {
+  // 200 requests are queued on the source's only worker (a gate holds it) when the
+  // migration starts: its steps must not wait behind them (under overload each round
+  // waited for the whole backlog, seconds). The queued requests run at the source until
+  // the freeze, then are held and forwarded: each answered once, in order.
+  std::unique_ptr<Node> a = StartNode("src", /*workers=*/1);
+  std::unique_ptr<Node> b = StartNode("dst");
+  Result<ServiceStatus> c = a->agent->Deploy(CounterManifest(1), ReadWasm("counter"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  const std::string id = c->instances.at(0);
+  // A 4 MiB fill: each `check` reads all of it (milliseconds), a backlog of 100 of them
+  // is hundreds of ms of work.
+  ASSERT_TRUE(Call(a->agent.get(), "fill", "4096").status.ok());
+  const InvokeResult sum = Call(a->agent.get(), "check");
+  ASSERT_TRUE(sum.status.ok()) << sum.status;
+
+  constexpr int kQueued = 200;
+  std::atomic<int> done{0}, failed{0};
+  Mutex mu;
+  std::vector<int64_t> incr_replies;
+  std::string first_error;
+  std::optional<WorkerGate> gate(std::in_place, a->agent.get(), id);
+  for (int i = 0; i < kQueued; ++i) {
+    InvokeRequest r;
+    r.service = "counter";
+    r.handler = i % 2 == 0 ? "check" : "incr";
+    r.payload = i % 2 == 0 ? "" : "1";
+    const bool incr = i % 2 != 0;
+    a->agent->Invoke(std::move(r), [&, incr](InvokeResult res) {
+      MutexLock l(&mu);
+      if (!res.status.ok()) {
+        if (first_error.empty()) first_error = res.status.ToString();
+        failed.fetch_add(1);
+      } else if (incr) {
+        incr_replies.push_back(std::stoll(res.reply));
+      } else if (res.reply != sum.reply) {
+        if (first_error.empty()) first_error = "check answered " + res.reply;
+        failed.fetch_add(1);
+      }
+      done.fetch_add(1);
+    });
+  }
+  int done_at_begin = -1;
+  MigrateOptions o;
+  o.to_tcp = b->tcp;
+  o.to_device = "dst";
+  o.step_hook = [&](const std::string& step) -> Status {
+    // Right after the first step (MigStart) ran on the worker.
+    if (step == "begin") done_at_begin = done.load();
+    return Status::Ok();
+  };
+  Result<MigrationReport> r = UnavailableError("not run");
+  std::thread mig([&] { r = a->agent->Migrate(id, o); });
+  // Let the migration post its first step behind the gate, then open it.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  gate->Release();
+  EXPECT_TRUE(gate->ReleasedByTest());
+  mig.join();
+  gate.reset();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_GE(done_at_begin, 0);
+  EXPECT_LT(done_at_begin, kQueued) << "the migration's first step waited for the whole backlog";
+  const int64_t until = MonoNanos() + 30'000'000'000;
+  while (done.load() < kQueued && MonoNanos() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(done.load(), kQueued);
+  EXPECT_EQ(failed.load(), 0) << first_error;
+  {
+    MutexLock l(&mu);
+    std::sort(incr_replies.begin(), incr_replies.end());
+    ASSERT_EQ(incr_replies.size(), size_t{kQueued / 2});
+    for (int i = 0; i < kQueued / 2; ++i) EXPECT_EQ(incr_replies[i], i + 1);
+  }
+  EXPECT_EQ(Call(b->agent.get(), "get").reply, std::to_string(kQueued / 2));
+  EXPECT_EQ(Call(b->agent.get(), "check").reply, sum.reply);
 }
 
 // ---- the warm memory reserve (agent/memory_reserve.h)
