@@ -13,6 +13,7 @@
 
 #include "core/bytes.h"
 #include "core/logging.h"
+#include "transport/socket.h"
 
 namespace tern::agent {
 
@@ -37,13 +38,8 @@ constexpr int kSeals = F_SEAL_SHRINK | F_SEAL_GROW;
 constexpr int kHandshakeTimeoutMs = 5000;
 
 Result<sockaddr_un> UnixAddress(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
-    return InvalidArgumentError(fmt::format("slot socket path '{}' is empty or longer than {}",
-                                            path, sizeof(addr.sun_path) - 1));
-  }
-  std::memcpy(addr.sun_path, path.data(), path.size());
+  sockaddr_un addr;
+  TERN_RETURN_IF_ERROR(transport::UnixSocketAddress("slot socket", path, &addr));
   return addr;
 }
 

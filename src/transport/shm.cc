@@ -20,6 +20,7 @@
 #include <utility>
 
 #include "core/clock.h"
+#include "transport/socket.h"
 
 namespace tern::transport {
 
@@ -188,13 +189,8 @@ Result<Received> RecvMsg(int sock, void* buf, size_t cap) {
 }
 
 Result<sockaddr_un> UnixAddress(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
-    return InvalidArgumentError(fmt::format("shm: socket path '{}' is empty or longer than {}",
-                                            path, sizeof(addr.sun_path) - 1));
-  }
-  std::memcpy(addr.sun_path, path.data(), path.size());
+  sockaddr_un addr;
+  TERN_RETURN_IF_ERROR(transport::UnixSocketAddress("shm: socket", path, &addr));
   return addr;
 }
 

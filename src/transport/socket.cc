@@ -8,6 +8,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -23,6 +24,17 @@
 #include "core/logging.h"
 
 namespace tern::transport {
+
+Status UnixSocketAddress(std::string_view what, const std::string& path, sockaddr_un* addr) {
+  *addr = sockaddr_un{};
+  addr->sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(addr->sun_path)) {
+    return InvalidArgumentError(fmt::format("{} path '{}' is empty or longer than {}", what, path,
+                                            sizeof(addr->sun_path) - 1));
+  }
+  std::memcpy(addr->sun_path, path.data(), path.size());
+  return Status::Ok();
+}
 namespace {
 
 struct AddrInfoDeleter {

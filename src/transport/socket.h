@@ -17,7 +17,13 @@
 
 #include "core/status.h"
 
+struct sockaddr_un;
+
 namespace tern::transport {
+
+// Fills `*addr` with the Unix socket address of `path` (a filesystem path);
+// InvalidArgument naming `what` if the path is empty or does not fit sun_path.
+Status UnixSocketAddress(std::string_view what, const std::string& path, sockaddr_un* addr);
 
 class UniqueFd {
  public:
