@@ -49,59 +49,22 @@ void SetTimeouts(int fd) {
   (void)::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 }
 
-// One message, with `fd` attached when it is >= 0.
+// One message, with `fd` attached when it is >= 0 (blocking, bounded by SetTimeouts).
 Status SendWithFd(int sock, std::string_view data, int fd) {
-  iovec iov{const_cast<char*>(data.data()), data.size()};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  if (fd >= 0) {
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &fd, sizeof(int));
-  }
-  ssize_t n;
-  do {
-    n = ::sendmsg(sock, &msg, MSG_NOSIGNAL);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) return ErrnoError("sendmsg (slot socket)", errno);
-  return Status::Ok();
+  const int fds[1] = {fd};
+  return transport::SendUnixMessage(sock, data.data(), data.size(),
+                                    std::span<const int>(fds, fd >= 0 ? 1 : 0), /*wait=*/true)
+      .status();
 }
 
 // One message into `buf` (its size is set to what arrived), and the descriptor attached
 // to it, if any (any others are closed).
 Status RecvWithFd(int sock, std::string* buf, transport::UniqueFd* fd) {
-  iovec iov{buf->data(), buf->size()};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  ssize_t n;
-  do {
-    n = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) return ErrnoError("recvmsg (slot socket)", errno);
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < count; ++i) {
-      int got;
-      std::memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-      if (fd->valid()) {
-        ::close(got);
-      } else {
-        *fd = transport::UniqueFd(got);
-      }
-    }
-  }
-  buf->resize(static_cast<size_t>(n));
+  TERN_ASSIGN_OR_RETURN(transport::UnixMessage m,
+                        transport::ReceiveUnixMessage(sock, buf->data(), buf->size(),
+                                                      /*wait=*/true));
+  if (!m.fds.empty()) *fd = std::move(m.fds.front());
+  buf->resize(m.bytes);
   return Status::Ok();
 }
 

@@ -35,7 +35,6 @@ namespace {
 static_assert(std::atomic_ref<uint64_t>::is_always_lock_free);
 static_assert(std::atomic_ref<uint32_t>::is_always_lock_free);
 
-constexpr int kMaxFdsPerMessage = 4;
 // Peer liveness: the Unix socket is polled at most this often by CheckPeer().
 constexpr int64_t kPeerCheckIntervalNs = 1'000'000;
 constexpr uint32_t kPeerClockEvery = 16;  // a power of two
@@ -114,80 +113,6 @@ bool IsEventFd(int fd) {
   return std::string_view(target, static_cast<size_t>(n)) == "anon_inode:[eventfd]";
 }
 
-// sendmsg of one message with `fds` attached; false if the socket has no room now.
-Result<bool> SendMsg(int sock, const void* data, size_t n, std::span<const int> fds) {
-  iovec iov{const_cast<void*>(data), n};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
-  std::memset(control, 0, sizeof(control));
-  if (!fds.empty()) {
-    if (fds.size() > kMaxFdsPerMessage) return InternalError("SendMsg: too many fds");
-    msg.msg_control = control;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
-  ssize_t r;
-  do {
-    r = sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
-  } while (r < 0 && errno == EINTR);
-  if (r < 0) {
-    // ETOOMANYREFS: too many fds in flight for this user; like a full socket, wait.
-    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ETOOMANYREFS) return false;
-    return ErrnoError("sendmsg", errno);
-  }
-  if (static_cast<size_t>(r) != n) return InternalError("sendmsg: short write on SEQPACKET");
-  return true;
-}
-
-struct Received {
-  size_t bytes = 0;
-  bool would_block = false;
-  bool eof = false;
-  bool truncated = false;  // data or descriptors did not fit (the extra ones are closed)
-  std::vector<UniqueFd> fds;
-};
-
-Result<Received> RecvMsg(int sock, void* buf, size_t cap) {
-  iovec iov{buf, cap};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  ssize_t n;
-  do {
-    n = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-  } while (n < 0 && errno == EINTR);
-  Received r;
-  if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      r.would_block = true;
-      return r;
-    }
-    return ErrnoError("recvmsg", errno);
-  }
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < count; ++i) {
-      int fd;
-      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-      r.fds.emplace_back(fd);
-    }
-  }
-  r.bytes = static_cast<size_t>(n);
-  r.eof = n == 0 && r.fds.empty();
-  r.truncated = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
-  return r;
-}
-
 Result<sockaddr_un> UnixAddress(const std::string& path) {
   sockaddr_un addr;
   TERN_RETURN_IF_ERROR(transport::UnixSocketAddress("shm: socket", path, &addr));
@@ -203,7 +128,7 @@ Status SendWelcomeError(int sock, const Status& s) {
   w.message_len = static_cast<uint32_t>(text.size());
   std::string msg(reinterpret_cast<const char*>(&w), sizeof(w));
   msg.append(text);
-  return SendMsg(sock, msg.data(), msg.size(), {}).status();
+  return SendUnixMessage(sock, msg.data(), msg.size(), {}, /*wait=*/false).status();
 }
 
 }  // namespace
@@ -454,7 +379,7 @@ Result<bool> ShmConnection::SendLargeFd(std::string_view head, std::string_view 
   }
   ShmLargeMessage m{internal::kShmLargeMagic, 0, seq, encoded_size};
   const int fds[1] = {fd.get()};
-  return SendMsg(sock_.get(), &m, sizeof(m), fds);
+  return SendUnixMessage(sock_.get(), &m, sizeof(m), fds, /*wait=*/false);
 }
 
 Result<bool> ShmConnection::TryCommit(std::string_view head, std::string_view rest,
@@ -649,7 +574,7 @@ Status ShmConnection::DecodeRecord(std::string_view bytes, std::vector<Frame>* o
 Status ShmConnection::DrainSocket() {
   for (;;) {
     alignas(8) char buf[64];
-    Result<Received> r = RecvMsg(sock_.get(), buf, sizeof(buf));
+    Result<UnixMessage> r = ReceiveUnixMessage(sock_.get(), buf, sizeof(buf), /*wait=*/false);
     if (!r.ok()) {  // ECONNRESET and the like: the peer is gone
       peer_gone_ = true;
       return Status::Ok();
@@ -687,7 +612,7 @@ Status ShmConnection::ReadLarge(const ShmLargeRecord& rec, std::vector<Frame>* o
   if (received_large_.empty()) {
     // The sender passes the descriptor before it commits the record: it must be there.
     alignas(8) char buf[64];
-    Result<Received> r = RecvMsg(sock_.get(), buf, sizeof(buf));
+    Result<UnixMessage> r = ReceiveUnixMessage(sock_.get(), buf, sizeof(buf), /*wait=*/false);
     if (!r.ok() || r->would_block || r->eof) {
       return Fail(DataLossError(
           fmt::format("shm: large message {} has no descriptor on the socket", rec.seq)));
@@ -1022,7 +947,8 @@ Result<std::unique_ptr<ShmConnection>> ShmListener::Handshake(
     return s.WithPrefix("shm handshake");
   };
   alignas(8) char buf[sizeof(ShmHello) + kMaxShmHintBytes + 1];
-  TERN_ASSIGN_OR_RETURN(Received r, RecvMsg(sock.get(), buf, sizeof(buf)));
+  TERN_ASSIGN_OR_RETURN(UnixMessage r,
+                        ReceiveUnixMessage(sock.get(), buf, sizeof(buf), /*wait=*/false));
   if (r.would_block || r.eof) {
     return UnavailableError("shm handshake: the client hung up before its hello");
   }
@@ -1078,7 +1004,7 @@ Result<std::unique_ptr<ShmConnection>> ShmListener::Handshake(
   w.version = internal::kShmVersion;
   w.ring_bytes = ring_bytes;
   const int fds[3] = {memfd->get(), bell->event_fd(), bell->page_fd()};
-  Result<bool> sent = SendMsg(sock.get(), &w, sizeof(w), fds);
+  Result<bool> sent = SendUnixMessage(sock.get(), &w, sizeof(w), fds, /*wait=*/false);
   if (!sent.ok() || !*sent) {
     munmap(p, map_bytes);
     return UnavailableError("shm handshake: could not answer the client");
@@ -1139,15 +1065,16 @@ Result<std::unique_ptr<ShmConnection>> ShmConnect(const std::string& path,
   std::memcpy(hello.data(), &h, sizeof(h));
   hello.append(hint);
   const int my_fds[2] = {my_doorbell.event_fd(), my_doorbell.page_fd()};
-  TERN_ASSIGN_OR_RETURN(bool sent, SendMsg(sock.get(), hello.data(), hello.size(), my_fds));
+  TERN_ASSIGN_OR_RETURN(bool sent, SendUnixMessage(sock.get(), hello.data(), hello.size(), my_fds,
+                                                   /*wait=*/false));
   if (!sent) return UnavailableError("shm connect: could not send the hello");
 
   alignas(8) char buf[sizeof(ShmWelcome) + 256];
-  Received r;
+  UnixMessage r;
   for (;;) {
     TERN_RETURN_IF_ERROR(
         WaitFd(sock.get(), /*for_write=*/false, deadline).WithPrefix("shm connect: handshake"));
-    TERN_ASSIGN_OR_RETURN(r, RecvMsg(sock.get(), buf, sizeof(buf)));
+    TERN_ASSIGN_OR_RETURN(r, ReceiveUnixMessage(sock.get(), buf, sizeof(buf), /*wait=*/false));
     if (!r.would_block) break;
   }
   if (r.eof) return UnavailableError("shm connect: the server hung up during the handshake");

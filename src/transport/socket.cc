@@ -35,6 +35,73 @@ Status UnixSocketAddress(std::string_view what, const std::string& path, sockadd
   std::memcpy(addr->sun_path, path.data(), path.size());
   return Status::Ok();
 }
+
+Result<UnixMessage> ReceiveUnixMessage(int sock, void* buf, size_t cap, bool wait) {
+  iovec iov{buf, cap};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerUnixMessage)];
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t n;
+  do {
+    n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | (wait ? 0 : MSG_DONTWAIT));
+  } while (n < 0 && errno == EINTR);
+  UnixMessage r;
+  if (n < 0) {
+    if (!wait && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      r.would_block = true;
+      return r;
+    }
+    return ErrnoError("recvmsg", errno);
+  }
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      r.fds.emplace_back(fd);
+    }
+  }
+  r.bytes = static_cast<size_t>(n);
+  r.eof = n == 0 && r.fds.empty();
+  r.truncated = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
+  return r;
+}
+
+Result<bool> SendUnixMessage(int sock, const void* data, size_t n, std::span<const int> fds,
+                             bool wait) {
+  if (fds.size() > kMaxFdsPerUnixMessage) {
+    return InvalidArgumentError(fmt::format("sendmsg: {} descriptors in one message (at most {})",
+                                            fds.size(), kMaxFdsPerUnixMessage));
+  }
+  iovec iov{const_cast<void*>(data), n};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerUnixMessage)] = {};
+  if (!fds.empty()) {
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  }
+  ssize_t r;
+  do {
+    r = sendmsg(sock, &msg, MSG_NOSIGNAL | (wait ? 0 : MSG_DONTWAIT));
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    if (!wait && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ETOOMANYREFS)) return false;
+    return ErrnoError("sendmsg", errno);
+  }
+  if (static_cast<size_t>(r) != n) return InternalError("sendmsg: short write on a Unix socket");
+  return true;
+}
 namespace {
 
 struct AddrInfoDeleter {

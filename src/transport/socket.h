@@ -10,7 +10,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <span>
 #include <string_view>
+#include <vector>
 
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -52,6 +54,25 @@ class UniqueFd {
  private:
   int fd_ = -1;
 };
+
+// One message on a Unix socket (SOCK_SEQPACKET or SOCK_DGRAM) with descriptors passed
+// over SCM_RIGHTS: the shared-memory transport's handshake and the migration slots'.
+inline constexpr size_t kMaxFdsPerUnixMessage = 4;
+struct UnixMessage {
+  size_t bytes = 0;         // of the message, into the caller's buffer
+  bool would_block = false; // only without `wait`: nothing was there
+  bool eof = false;         // the peer closed (no bytes, no descriptors)
+  bool truncated = false;   // data or descriptors did not fit (the extra ones were closed)
+  std::vector<UniqueFd> fds;
+};
+// recvmsg of one message into [buf, buf + cap), descriptors close-on-exec. With `wait`
+// it blocks (bounded by the socket's SO_RCVTIMEO, if set); else it returns would_block.
+Result<UnixMessage> ReceiveUnixMessage(int sock, void* buf, size_t cap, bool wait);
+// sendmsg of one message with `fds` attached (at most kMaxFdsPerUnixMessage). Without
+// `wait`, false when the socket has no room now (or too many descriptors are in flight
+// for this user, ETOOMANYREFS: as good as full). A short write is an error.
+Result<bool> SendUnixMessage(int sock, const void* data, size_t n, std::span<const int> fds,
+                             bool wait);
 
 // Creates a non-blocking listening TCP socket bound to host:port with SO_REUSEADDR.
 // `host` is a name or literal address; "" and "*" mean all IPv4 addresses. Port 0

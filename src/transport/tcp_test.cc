@@ -1,8 +1,10 @@
 // FrameServer + FrameClient over 127.0.0.1 (port 0).
 #include "transport/tcp.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -470,6 +472,54 @@ TEST_F(FrameServerTest, RepliesToClosedConnectionsAreDropped) {
   ASSERT_TRUE(WaitUntil([&] { return ConnectionCount() == 0; }));
   ref.Send(Invoke("late", ""));  // must be a harmless no-op
   loop_thread_->loop()->RunSync([] {});
+}
+
+// The SCM_RIGHTS helpers shared by the shm transport's and the migration slots'
+// handshakes: descriptors arrive usable, a full receive buffer or too many
+// descriptors is reported, not hidden, and a closed peer is eof.
+TEST(UnixMessageTest, CarriesDescriptorsAndReportsTruncationAndEof) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd a(sv[0]), b(sv[1]);
+  char buf[16];
+
+  Result<UnixMessage> none = ReceiveUnixMessage(b.get(), buf, sizeof(buf), /*wait=*/false);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_TRUE(none->would_block);
+
+  int p[2];
+  ASSERT_EQ(::pipe(p), 0);
+  UniqueFd pr(p[0]), pw(p[1]);
+  const int fds[1] = {pr.get()};
+  Result<bool> sent = SendUnixMessage(a.get(), "hello", 5, fds, /*wait=*/true);
+  ASSERT_TRUE(sent.ok()) << sent.status();
+  EXPECT_TRUE(*sent);
+  Result<UnixMessage> got = ReceiveUnixMessage(b.get(), buf, sizeof(buf), /*wait=*/true);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(std::string(buf, got->bytes), "hello");
+  EXPECT_FALSE(got->truncated);
+  ASSERT_EQ(got->fds.size(), 1u);
+  ASSERT_EQ(::write(pw.get(), "x", 1), 1);  // the received descriptor is the pipe's end
+  char c = 0;
+  EXPECT_EQ(::read(got->fds[0].get(), &c, 1), 1);
+  EXPECT_EQ(c, 'x');
+  EXPECT_NE(::fcntl(got->fds[0].get(), F_GETFD) & FD_CLOEXEC, 0);
+
+  const std::string big(40, 'y');
+  ASSERT_TRUE(SendUnixMessage(a.get(), big.data(), big.size(), {}, /*wait=*/false).ok());
+  got = ReceiveUnixMessage(b.get(), buf, sizeof(buf), /*wait=*/false);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(got->truncated);
+  EXPECT_EQ(got->bytes, sizeof(buf));
+
+  const int five[5] = {pr.get(), pr.get(), pr.get(), pr.get(), pr.get()};
+  Result<bool> too_many = SendUnixMessage(a.get(), "z", 1, five, /*wait=*/false);
+  EXPECT_EQ(too_many.status().code(), StatusCode::kInvalidArgument) << too_many.status();
+
+  a.reset();
+  got = ReceiveUnixMessage(b.get(), buf, sizeof(buf), /*wait=*/true);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(got->eof);
 }
 
 }  // namespace
