@@ -3851,8 +3851,10 @@ Status Agent::MigScan(const std::string& id, int64_t timeout_ns, uint32_t from, 
 }
 
 Result<Agent::MigChunk> Agent::MigFreeze(const std::string& id, int64_t timeout_ns, bool all,
+                                         MigChunk* chunk, uint32_t chunk_pages,
                                          std::string* commit, int64_t* frozen_ns) {
   MigChunk c;
+  if (chunk != nullptr) StartChunk(reserve_.get(), chunk, chunk_pages);
   // A control task: it runs only when no guest on that worker waits in a call, i.e.
   // at a request boundary of every instance there.
   TERN_RETURN_IF_ERROR(RunOnSlotWithin(id, timeout_ns, [&](WorkerThread*, Slot* s) -> Status {
@@ -3878,10 +3880,19 @@ Result<Agent::MigChunk> Agent::MigFreeze(const std::string& id, int64_t timeout_
         c.pages.push_back(static_cast<uint32_t>(p));
       }
     }
-    c.data.resize(c.pages.size() * kMigrationPageBytes);
-    for (size_t i = 0; i < c.pages.size(); ++i) {
-      std::memcpy(c.data.data() + i * kMigrationPageBytes,
-                  base + size_t{c.pages[i]} * kMigrationPageBytes, kMigrationPageBytes);
+    if (chunk != nullptr && c.pages.size() <= chunk_pages) {
+      // Into the warm chunk (or slot): no fresh buffer to fault in while frozen.
+      chunk->memory_bytes = c.memory_bytes;
+      for (uint32_t p : c.pages) AddToChunk(chunk, p, base + size_t{p} * kMigrationPageBytes);
+      EndChunk(chunk);
+      c.pages.clear();
+    } else {
+      if (chunk != nullptr) EndChunk(chunk);  // empty
+      c.data.resize(c.pages.size() * kMigrationPageBytes);
+      for (size_t i = 0; i < c.pages.size(); ++i) {
+        std::memcpy(c.data.data() + i * kMigrationPageBytes,
+                    base + size_t{c.pages[i]} * kMigrationPageBytes, kMigrationPageBytes);
+      }
     }
     CommitState cs;
     cs.memory_bytes = c.memory_bytes;

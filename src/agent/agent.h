@@ -597,8 +597,12 @@ class Agent {
   // (its requests are held from now on) and returns what is left to send (`exact` =
   // the dirty pages; else every page whose checksum changed) and the commit state.
   // `all`: every page (stop-and-copy). `frozen_ns`: when it froze (MonoNanos).
+  // Up to `chunk_pages` pages go into `*chunk` (when not null) as MigCopy puts them, ready
+  // to be sent as one batch from its warm buffer or slot, and the result is empty; more
+  // are returned (gathered in a buffer of their own) and `*chunk` is left empty.
   Result<MigChunk> MigFreeze(const std::string& id, int64_t timeout_ns, bool all,
-                             std::string* commit, int64_t* frozen_ns);
+                             MigChunk* chunk, uint32_t chunk_pages, std::string* commit,
+                             int64_t* frozen_ns);
   // Failure before the cut-over: thaws the instance and runs the held requests.
   void MigAbort(const std::string& id);
   // Success: the instance is gone from here; later requests for it go to `to`. Returns

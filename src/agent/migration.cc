@@ -703,6 +703,20 @@ class Stream {
     step_answer_.reset();
     return Status::Ok();
   }
+  // Sends `step` behind what is in flight (no round trip for their answers first) and
+  // waits for every answer: the first refusal among them, else the step's answer.
+  Result<transport::Frame> CallBehind(const char* step, std::string payload) {
+    bytes_ += payload.size();
+    TERN_ASSIGN_OR_RETURN(const uint64_t id, c_->Send(MigrateFrame(step, std::move(payload))));
+    for (;;) {
+      TERN_ASSIGN_OR_RETURN(transport::Frame f, Receive());
+      if (f.request_id == id) {
+        TERN_RETURN_IF_ERROR(transport::ErrorFrameStatus(f));
+        return f;
+      }
+      TERN_RETURN_IF_ERROR(transport::ErrorFrameStatus(f));
+    }
+  }
   // The answer to SendStep's step once it came back (its error, or OK).
   const std::optional<Status>& step_answer() const { return step_answer_; }
   // Takes every answer still owed, refusals included (what followed a failed step);
@@ -802,14 +816,19 @@ class Stream {
   // Receives the next answer into `*answer` (its error, or OK); fails when the
   // connection does.
   Status Answer(Status* answer) {
+    TERN_ASSIGN_OR_RETURN(transport::Frame f, Receive());
+    *answer = transport::ErrorFrameStatus(f);
+    if (f.request_id == step_id_) step_answer_ = *answer;
+    return Status::Ok();
+  }
+  // The next answer; a chunk it answers is given back.
+  Result<transport::Frame> Receive() {
     TERN_ASSIGN_OR_RETURN(transport::Frame f, c_->Receive(kStepTimeout));
     if (auto it = lent_.find(f.request_id); it != lent_.end()) {
       returned_(it->second);
       lent_.erase(it);
     }
-    *answer = transport::ErrorFrameStatus(f);
-    if (f.request_id == step_id_) step_answer_ = *answer;
-    return Status::Ok();
+    return f;
   }
   std::unique_ptr<transport::FrameClient> c_;
   std::function<void(Agent::MigChunk*)> returned_;
@@ -866,6 +885,9 @@ class ChunkPipe {
       bufs_[i].slot_index = static_cast<uint32_t>(i);
     }
   }
+  // A buffer for a copy outside the pipe, between rounds: once Finish()ed, with every
+  // chunk given back (the stream drained).
+  Agent::MigChunk* Spare() { return &bufs_[0]; }
   // Gives a chunk from Next back for the next copy (any thread).
   void Release(Agent::MigChunk* c) {
     MutexLock l(&mu_);
@@ -1215,35 +1237,38 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
   const int64_t tf = MonoNanos();
   std::string commit;
   int64_t frozen_at = 0;
-  // Stop-and-copy sends everything now.
-  Result<MigChunk> fin =
-      MigFreeze(id, o.freeze_timeout_ns, /*all=*/!o.precopy, &commit, &frozen_at);
+  // The last pages go into a chunk buffer of the pipe's (warm; shared memory: a slot), and
+  // from there as one batch, as a round's do; stop-and-copy sends everything now.
+  MigChunk* last = pipe.Spare();
+  Result<MigChunk> fin = MigFreeze(id, o.freeze_timeout_ns, /*all=*/!o.precopy, last,
+                                   kChunkPages, &commit, &frozen_at);
   if (!fin.ok()) return fail(fin.status());
   rep.freeze_wait_ns = frozen_at - tf;
-  rep.final_pages = static_cast<uint32_t>(fin->pages.size());
-  // A few pages ride in the commit frame; more (stop-and-copy: all of them) go first as
-  // page batches, since one frame carries at most transport::kMaxPayloadBytes.
-  const bool inline_pages = fin->pages.size() <= kChunkPages;
-  if (!inline_pages) {
-    for (size_t i = 0; i < fin->pages.size(); i += kChunkPages) {
-      const size_t end = std::min(fin->pages.size(), i + kChunkPages);
-      std::vector<uint32_t> part(fin->pages.begin() + static_cast<std::ptrdiff_t>(i),
-                                 fin->pages.begin() + static_cast<std::ptrdiff_t>(end));
-      Result<size_t> st = stream.SendPages(fin->memory_bytes,
-                                           fin->data.data() + i * kMigrationPageBytes, part, codec);
-      if (!st.ok()) return net_fail(st.status());
-    }
+  const size_t last_pages = last->pages.size() + last->zero.size();
+  rep.final_pages = static_cast<uint32_t>(fin->pages.size() + last_pages);
+  if (last_pages != 0) {
+    bool lent = false;
+    Result<size_t> st = stream.SendChunk(*last, codec, &lent);
+    if (!st.ok()) return net_fail(st.status());
+  }
+  // More than a chunk holds: as batches of their own (one frame carries at most
+  // transport::kMaxPayloadBytes).
+  for (size_t i = 0; i < fin->pages.size(); i += kChunkPages) {
+    const size_t end = std::min(fin->pages.size(), i + kChunkPages);
+    std::vector<uint32_t> part(fin->pages.begin() + static_cast<std::ptrdiff_t>(i),
+                               fin->pages.begin() + static_cast<std::ptrdiff_t>(end));
+    Result<size_t> st = stream.SendPages(fin->memory_bytes,
+                                         fin->data.data() + i * kMigrationPageBytes, part, codec);
+    if (!st.ok()) return net_fail(st.status());
   }
   std::string payload;
   uint32_t n = static_cast<uint32_t>(commit.size());
   payload.append(reinterpret_cast<const char*>(&n), 4);
   payload += commit;
-  if (inline_pages && !fin->pages.empty()) {
-    AppendGatheredPages(fin->data.data(), fin->pages, codec, &payload);
-  }
-  rep.bytes_raw += fin->pages.size() * kMigrationPageBytes;
+  rep.bytes_raw += rep.final_pages * uint64_t{kMigrationPageBytes};
   if (Status h = hook("commit"); !h.ok()) return fail(h);
-  Result<transport::Frame> c = stream.Call("commit", std::move(payload));
+  // Behind the last batches, without a round trip for their answers first.
+  Result<transport::Frame> c = stream.CallBehind("commit", std::move(payload));
   if (!c.ok()) return net_fail(c.status());
   const int64_t active = MonoNanos();
 

@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -9,10 +11,13 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "core/bytes.h"
 #include "core/logging.h"
+#include "core/clock.h"
 #include "transport/socket.h"
 
 namespace tern::agent {
@@ -145,8 +150,10 @@ Result<std::shared_ptr<MigSlots>> MigSlots::Attach(transport::UniqueFd fd) {
 
 Result<std::unique_ptr<MigSlotServer>> MigSlotServer::Start(const std::string& path) {
   TERN_ASSIGN_OR_RETURN(sockaddr_un addr, UnixAddress(path));
-  transport::UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  transport::UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!fd.valid()) return ErrnoError("socket (slot socket)", errno);
+  transport::UniqueFd stop(::eventfd(0, EFD_CLOEXEC));
+  if (!stop.valid()) return ErrnoError("eventfd (slot socket)", errno);
   ::unlink(path.c_str());  // a stale one from an agent that died
   if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
     return ErrnoError("bind " + path, errno);
@@ -154,12 +161,14 @@ Result<std::unique_ptr<MigSlotServer>> MigSlotServer::Start(const std::string& p
   if (::listen(fd.get(), 16) != 0) return ErrnoError("listen " + path, errno);
   auto s = std::unique_ptr<MigSlotServer>(new MigSlotServer(path));
   s->listen_ = std::move(fd);
+  s->stop_ = std::move(stop);
   s->accept_ = std::thread([p = s.get()] { p->AcceptLoop(); });
   return s;
 }
 
 MigSlotServer::~MigSlotServer() {
-  ::shutdown(listen_.get(), SHUT_RDWR);
+  const uint64_t one = 1;
+  (void)!::write(stop_.get(), &one, sizeof(one));
   accept_.join();
   ::unlink(path_.c_str());
 }
@@ -182,19 +191,58 @@ void MigSlotServer::Revoke(const std::string& token) {
 }
 
 void MigSlotServer::AcceptLoop() {
+  // Handshakes waiting for their hello, oldest first. A hello arrives right after the
+  // connect, so a connection is served when it turns readable; one that stays silent is
+  // dropped at its deadline without holding up the others.
+  struct Pending {
+    transport::UniqueFd fd;
+    int64_t deadline;
+  };
+  constexpr size_t kMaxPending = 16;
+  std::vector<Pending> pending;
+  std::vector<pollfd> pfds;
   for (;;) {
-    const int fd = ::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) {
-      if (errno == EINTR || errno == ECONNABORTED) continue;
-      return;  // shut down
+    pfds.assign({{listen_.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}});
+    int timeout = -1;
+    const int64_t now = MonoNanos();
+    for (const Pending& p : pending) {
+      pfds.push_back({p.fd.get(), POLLIN, 0});
+      const int64_t left_ms = std::max<int64_t>(0, (p.deadline - now + 999'999) / 1'000'000);
+      if (timeout < 0 || left_ms < timeout) timeout = static_cast<int>(left_ms);
     }
-    transport::UniqueFd conn(fd);
-    Handshake(conn.get());
+    if (::poll(pfds.data(), pfds.size(), timeout) < 0) {
+      if (errno == EINTR) continue;
+      TERN_LOG(ERROR) << "migration slot socket " << path_ << ": poll: " << std::strerror(errno);
+      return;
+    }
+    if (pfds[1].revents != 0) return;  // shut down
+    const int64_t after = MonoNanos();
+    for (size_t i = pending.size(); i-- > 0;) {
+      if (pfds[2 + i].revents != 0) {
+        Handshake(pending[i].fd.get());
+      } else if (after < pending[i].deadline) {
+        continue;
+      } else {
+        TERN_LOG(WARN) << "migration slot socket " << path_ << ": a peer sent no hello within "
+                       << kHandshakeTimeoutMs << " ms; dropped";
+      }
+      pending.erase(pending.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+    if ((pfds[0].revents & POLLIN) == 0) continue;
+    for (;;) {
+      const int fd = ::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        break;  // EAGAIN: none left (the listening socket does not block)
+      }
+      if (pending.size() == kMaxPending) pending.erase(pending.begin());
+      SetTimeouts(fd);
+      pending.push_back(Pending{transport::UniqueFd(fd), after + kHandshakeTimeoutMs * 1'000'000LL});
+    }
   }
 }
 
 void MigSlotServer::Handshake(int fd) {
-  SetTimeouts(fd);
   std::string hello(64, '\0');
   transport::UniqueFd ignored;
   if (!RecvWithFd(fd, &hello, &ignored).ok()) return;

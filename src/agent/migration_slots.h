@@ -71,8 +71,9 @@ class MigSlots {
   ino_t ino_ = 0;
 };
 
-// The target's `.mig` socket. One thread accepts, one connection at a time (a handshake is
-// two small messages); each gets the set its token names, or a refusal.
+// The target's `.mig` socket. One thread accepts and serves each connection once its hello
+// has arrived (a handshake is two small messages), so a silent peer holds up no other: it is
+// dropped after 5 s. Each gets the set its token names, or a refusal.
 class MigSlotServer {
  public:
   // Listens on `path` (a stale socket file there is replaced).
@@ -92,7 +93,8 @@ class MigSlotServer {
   void Handshake(int fd);
 
   const std::string path_;
-  transport::UniqueFd listen_;
+  transport::UniqueFd listen_;  // non-blocking
+  transport::UniqueFd stop_;    // eventfd: written by the destructor
   std::thread accept_;
   Mutex mu_;
   struct Offered {

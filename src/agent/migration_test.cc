@@ -10,6 +10,8 @@
 #include <cstring>
 #include <optional>
 #include <thread>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "agent/agent.h"
@@ -837,9 +839,90 @@ TEST_F(MigrationTest, SameHostMigrationGoesThroughSharedMemoryUnderLoad) {
   EXPECT_FALSE(Runs(nodes[1 - from]->agent.get(), id_));
 }
 
+// The pages dirtied up to the freeze go as one batch from a chunk buffer, through a slot
+// over shared memory (they used to ride in the commit frame, over the connection, inside
+// the downtime), and arrive whole.
+TEST_F(MigrationTest, TheFreezesPagesGoThroughTheSlotsToo) {
+  ASSERT_TRUE(Call(a_->agent.get(), "fill", "8192").status.ok());  // 8 MiB
+  for (const char* transport : {"shm", "tcp"}) {
+    Node* from = transport == std::string("shm") ? a_.get() : b_.get();
+    Node* to = from == a_.get() ? b_.get() : a_.get();
+    const std::string count = Call(from->agent.get(), "get").reply;
+    MigrateOptions o = To(*to);
+    o.transport = transport;
+    o.step_hook = [&](const std::string& step) {
+      // ~520 pages dirtied after the last round: what the freeze sends.
+      if (step == "freeze") {
+        EXPECT_TRUE(Call(from->agent.get(), "touch", "600").status.ok());
+      }
+      return Status::Ok();
+    };
+    Result<MigrationReport> r = from->agent->Migrate(id_, o);
+    ASSERT_TRUE(r.ok()) << transport << ": " << r.status();
+    EXPECT_EQ(r->transport, transport);
+    EXPECT_GE(r->final_pages, 300u) << transport;
+    if (r->transport == "shm") {
+      EXPECT_LT(r->bytes_sent, 256u << 10) << "the freeze's pages went over the connection";
+    } else {
+      EXPECT_GE(r->bytes_sent, (8u << 20) + r->final_pages * 4096u - (1u << 20));
+    }
+    InvokeResult check = Call(to->agent.get(), "check");
+    EXPECT_TRUE(check.status.ok()) << transport << ": " << check.status;
+    EXPECT_EQ(Call(to->agent.get(), "get").reply, std::to_string(std::stoull(count) + 1));
+  }
+}
+
 // With memory reserves the target's slots are faulted in at start and both sides keep
 // them for the next migration between the same agents: the state stays whole across
 // migrations that reuse them.
+// A peer that connects to the `.mig` socket and says nothing holds up no other handshake
+// (the server used to serve one connection at a time, each for up to 5 s), and is dropped.
+TEST(MigrationSlotsTest, ASilentPeerHoldsUpNoHandshakeAndIsDropped) {
+  char dir[] = "/tmp/tern-slots-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  const std::string path = std::string(dir) + "/agent.shm.mig";
+  Result<std::unique_ptr<MigSlotServer>> server = MigSlotServer::Start(path);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto connect_silent = [&] {
+    transport::UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    sockaddr_un addr;
+    EXPECT_TRUE(transport::UnixSocketAddress("test", path, &addr).ok());
+    EXPECT_EQ(::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    return fd;
+  };
+  transport::UniqueFd silent1 = connect_silent();
+  transport::UniqueFd silent2 = connect_silent();
+  Result<std::shared_ptr<MigSlots>> set = MigSlots::Create(/*populate=*/false);
+  ASSERT_TRUE(set.ok()) << set.status();
+  const int64_t t0 = MonoNanos();
+  for (int i = 0; i < 3; ++i) {
+    const std::string token = (*server)->Offer(*set, ::getpid());
+    Result<std::shared_ptr<MigSlots>> got = FetchMigSlots(path, token, nullptr);
+    ASSERT_TRUE(got.ok()) << "handshake " << i << ": " << got.status();
+    EXPECT_TRUE((*got)->SameFile((*set)->fd()));
+  }
+  // Served at once, not after the silent peers' 5 s each.
+  EXPECT_LT(MonoNanos() - t0, 2'500'000'000) << "the handshakes waited behind the silent peers";
+  // A garbage hello is refused with an answer; the server goes on serving.
+  ASSERT_EQ(::send(silent2.get(), "garbage", 7, 0), 7);
+  char answer[300];
+  const ssize_t n = ::recv(silent2.get(), answer, sizeof(answer), 0);
+  ASSERT_GE(n, 8);
+  EXPECT_EQ(LoadU32(answer), static_cast<uint32_t>(StatusCode::kInvalidArgument));
+  // A silent peer is closed by the server at its deadline: a read sees the end.
+  char b;
+  timeval tv{10, 0};
+  ASSERT_EQ(::setsockopt(silent1.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+  const int64_t t1 = MonoNanos();
+  EXPECT_EQ(::recv(silent1.get(), &b, 1, 0), 0) << std::strerror(errno);
+  EXPECT_LT(MonoNanos() - t1, 8'000'000'000);
+  const std::string token = (*server)->Offer(*set, ::getpid());
+  EXPECT_TRUE(FetchMigSlots(path, token, nullptr).ok());
+  server->reset();
+  EXPECT_NE(::access(path.c_str(), F_OK), 0) << "the socket file outlived the server";
+  ::rmdir(dir);
+}
+
 TEST(MigrationSlotsTest, WarmSlotsAreReusedAcrossMigrations) {
   std::unique_ptr<Node> a = StartNode("src", 2, 1024, 48u << 20);
   std::unique_ptr<Node> b = StartNode("dst", 2, 1024, 48u << 20);
