@@ -3850,14 +3850,14 @@ Status Agent::MigScan(const std::string& id, int64_t timeout_ns, uint32_t from, 
   });
 }
 
-Result<Agent::MigChunk> Agent::MigFreeze(const std::string& id, int64_t timeout_ns, bool all,
-                                         MigChunk* chunk, uint32_t chunk_pages,
-                                         std::string* commit, int64_t* frozen_ns) {
-  MigChunk c;
-  if (chunk != nullptr) StartChunk(reserve_.get(), chunk, chunk_pages);
+Status Agent::MigFreeze(const std::string& id, int64_t timeout_ns, bool all, MigChunk* chunk,
+                        uint32_t chunk_pages, std::vector<uint32_t>* rest, std::string* commit,
+                        int64_t* frozen_ns) {
+  rest->clear();
+  StartChunk(reserve_.get(), chunk, chunk_pages);
   // A control task: it runs only when no guest on that worker waits in a call, i.e.
   // at a request boundary of every instance there.
-  TERN_RETURN_IF_ERROR(RunOnSlotWithin(id, timeout_ns, [&](WorkerThread*, Slot* s) -> Status {
+  return RunOnSlotWithin(id, timeout_ns, [&](WorkerThread*, Slot* s) -> Status {
     if (s->mig == nullptr) return NotFoundError("instance " + id + " is not migrating");
     Slot& slot = *s;
     SlotMigration& m = *slot.mig;
@@ -3865,37 +3865,31 @@ Result<Agent::MigChunk> Agent::MigFreeze(const std::string& id, int64_t timeout_
     frozen_slots_.fetch_add(1, std::memory_order_release);
     *frozen_ns = MonoNanos();
     const uint8_t* base = slot.inst->memory_data();
-    c.memory_bytes = slot.inst->memory_bytes();
-    const uint64_t n = c.memory_bytes / kMigrationPageBytes;
+    const uint64_t memory_bytes = slot.inst->memory_bytes();
+    const uint64_t n = memory_bytes / kMigrationPageBytes;
+    std::vector<uint32_t>& pages = *rest;
     if (all) {
-      for (uint64_t p = 0; p < n; ++p) c.pages.push_back(static_cast<uint32_t>(p));
+      for (uint64_t p = 0; p < n; ++p) pages.push_back(static_cast<uint32_t>(p));
     } else if (m.exact) {
-      m.TakeDirty(n, &c.pages);
+      m.TakeDirty(n, &pages);
     } else {
       if (m.crc.size() < n) m.crc.resize(n, kNoCrc);
       for (uint64_t p = 0; p < n; ++p) {
         uint32_t crc = PageCrc(base, p);
         if (crc == m.crc[p]) continue;
         m.crc[p] = crc;
-        c.pages.push_back(static_cast<uint32_t>(p));
+        pages.push_back(static_cast<uint32_t>(p));
       }
     }
-    if (chunk != nullptr && c.pages.size() <= chunk_pages) {
+    chunk->memory_bytes = memory_bytes;
+    if (pages.size() <= chunk_pages) {
       // Into the warm chunk (or slot): no fresh buffer to fault in while frozen.
-      chunk->memory_bytes = c.memory_bytes;
-      for (uint32_t p : c.pages) AddToChunk(chunk, p, base + size_t{p} * kMigrationPageBytes);
-      EndChunk(chunk);
-      c.pages.clear();
-    } else {
-      if (chunk != nullptr) EndChunk(chunk);  // empty
-      c.data.resize(c.pages.size() * kMigrationPageBytes);
-      for (size_t i = 0; i < c.pages.size(); ++i) {
-        std::memcpy(c.data.data() + i * kMigrationPageBytes,
-                    base + size_t{c.pages[i]} * kMigrationPageBytes, kMigrationPageBytes);
-      }
+      for (uint32_t p : pages) AddToChunk(chunk, p, base + size_t{p} * kMigrationPageBytes);
+      pages.clear();
     }
+    EndChunk(chunk);
     CommitState cs;
-    cs.memory_bytes = c.memory_bytes;
+    cs.memory_bytes = memory_bytes;
     cs.stack_pointer = slot.good.stack_pointer;
     // The globals of the instance as it is (for a stateful one, those of `good`).
     wasm::Snapshot globals;
@@ -3907,8 +3901,7 @@ Result<Agent::MigChunk> Agent::MigFreeze(const std::string& id, int64_t timeout_
     for (uint64_t key : slot.dedup_order) cs.dedup.push_back(slot.dedup.at(key));
     *commit = EncodeCommitState(cs);
     return Status::Ok();
-  }));
-  return c;
+  });
 }
 
 void Agent::MigAbort(const std::string& id) {

@@ -594,15 +594,15 @@ class Agent {
   Status MigScan(const std::string& id, int64_t timeout_ns, uint32_t from, uint32_t count, bool all,
                  MigChunk* out);
   // At the next request boundary (waiting at most `timeout_ns`): freezes the instance
-  // (its requests are held from now on) and returns what is left to send (`exact` =
-  // the dirty pages; else every page whose checksum changed) and the commit state.
-  // `all`: every page (stop-and-copy). `frozen_ns`: when it froze (MonoNanos).
-  // Up to `chunk_pages` pages go into `*chunk` (when not null) as MigCopy puts them, ready
-  // to be sent as one batch from its warm buffer or slot, and the result is empty; more
-  // are returned (gathered in a buffer of their own) and `*chunk` is left empty.
-  Result<MigChunk> MigFreeze(const std::string& id, int64_t timeout_ns, bool all,
-                             MigChunk* chunk, uint32_t chunk_pages, std::string* commit,
-                             int64_t* frozen_ns);
+  // (its requests are held from now on), takes the commit state and gathers what is left
+  // to send (`all`: every page, stop-and-copy; else in exact mode the dirty pages, in
+  // checksum mode those whose checksum changed). Up to `chunk_pages` of them are copied
+  // into `*chunk` (as MigCopy does: a warm buffer or a slot) and `*rest` is empty; more
+  // are left in place, `*chunk` empty and their list in `*rest`, for MigCopy while the
+  // instance stays frozen. `frozen_ns`: when it froze (MonoNanos).
+  Status MigFreeze(const std::string& id, int64_t timeout_ns, bool all, MigChunk* chunk,
+                   uint32_t chunk_pages, std::vector<uint32_t>* rest, std::string* commit,
+                   int64_t* frozen_ns);
   // Failure before the cut-over: thaws the instance and runs the held requests.
   void MigAbort(const std::string& id);
   // Success: the instance is gone from here; later requests for it go to `to`. Returns

@@ -729,13 +729,6 @@ class Stream {
     while (c_->in_flight() > 0) TERN_RETURN_IF_ERROR(Answer(&refused));
     return Status::Ok();
   }
-  // Sends `pages` (gathered at `data`) as one batch; returns its size on the wire.
-  Result<size_t> SendPages(uint64_t memory_bytes, const char* data,
-                           const std::vector<uint32_t>& pages, PageCodec codec) {
-    std::string payload(reinterpret_cast<const char*>(&memory_bytes), 8);
-    AppendGatheredPages(data, pages, codec, &payload);
-    return SendPayload(std::move(payload));
-  }
   // Sends a chunk as MigScan/MigCopy left it, as one batch. Raw, the batch is finished
   // where the worker copied the pages (its head goes into the room left before them,
   // its checksum is combined from the one the worker took) and sent from the chunk's
@@ -1240,35 +1233,48 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
   const int64_t tf = MonoNanos();
   std::string commit;
   int64_t frozen_at = 0;
-  // The last pages go into a chunk buffer of the pipe's (warm; shared memory: a slot), and
-  // from there as one batch, as a round's do; stop-and-copy sends everything now.
+  // The last pages go into a chunk buffer of the pipe's (warm; shared memory: a slot) and
+  // from there as one batch, as a round's do. More than a chunk holds (stop-and-copy:
+  // every page) are copied chunk by chunk while the instance stays frozen, one step ahead
+  // of the sending, as a round is.
   MigChunk* last = pipe.Spare();
-  Result<MigChunk> fin = MigFreeze(id, o.freeze_timeout_ns, /*all=*/!o.precopy, last,
-                                   kChunkPages, &commit, &frozen_at);
-  if (!fin.ok()) return fail(fin.status());
-  rep.freeze_wait_ns = frozen_at - tf;
-  const size_t last_pages = last->pages.size() + last->zero.size();
-  rep.final_pages = static_cast<uint32_t>(fin->pages.size() + last_pages);
-  if (last_pages != 0) {
-    bool lent = false;
-    Result<size_t> st = stream.SendChunk(*last, codec, &lent);
-    if (!st.ok()) return net_fail(st.status());
+  std::vector<uint32_t> rest;
+  if (Status st = MigFreeze(id, o.freeze_timeout_ns, /*all=*/!o.precopy, last, kChunkPages,
+                            &rest, &commit, &frozen_at);
+      !st.ok()) {
+    return fail(st);
   }
-  // More than a chunk holds: as batches of their own (one frame carries at most
-  // transport::kMaxPayloadBytes).
-  for (size_t i = 0; i < fin->pages.size(); i += kChunkPages) {
-    const size_t end = std::min(fin->pages.size(), i + kChunkPages);
-    std::vector<uint32_t> part(fin->pages.begin() + static_cast<std::ptrdiff_t>(i),
-                               fin->pages.begin() + static_cast<std::ptrdiff_t>(end));
-    Result<size_t> st = stream.SendPages(fin->memory_bytes,
-                                         fin->data.data() + i * kMigrationPageBytes, part, codec);
-    if (!st.ok()) return net_fail(st.status());
+  rep.freeze_wait_ns = frozen_at - tf;
+  if (rest.empty()) {
+    const size_t pages = last->pages.size() + last->zero.size();
+    rep.final_pages = static_cast<uint32_t>(pages);
+    if (pages != 0) {
+      bool lent = false;
+      Result<size_t> st = stream.SendChunk(*last, codec, &lent);
+      if (!st.ok()) return net_fail(st.status());
+      rep.bytes_raw += pages * kMigrationPageBytes;
+    }
+  } else {
+    rep.final_pages = static_cast<uint32_t>(rest.size());
+    MigrationRound frozen;  // counted in the report's final pages, not as a round
+    size_t i = 0;
+    std::vector<uint32_t> part;
+    TERN_RETURN_IF_ERROR(send_round(
+        [&](MigChunk* c) -> Result<bool> {
+          if (i >= rest.size()) return false;
+          const size_t end = std::min(rest.size(), i + kChunkPages);
+          part.assign(rest.begin() + static_cast<std::ptrdiff_t>(i),
+                      rest.begin() + static_cast<std::ptrdiff_t>(end));
+          i = end;
+          TERN_RETURN_IF_ERROR(MigCopy(id, o.freeze_timeout_ns, part, c));
+          return true;
+        },
+        &frozen));
   }
   std::string payload;
   uint32_t n = static_cast<uint32_t>(commit.size());
   payload.append(reinterpret_cast<const char*>(&n), 4);
   payload += commit;
-  rep.bytes_raw += rep.final_pages * uint64_t{kMigrationPageBytes};
   if (Status h = hook("commit"); !h.ok()) return fail(h);
   // Behind the last batches, without a round trip for their answers first.
   Result<transport::Frame> c = stream.CallBehind("commit", std::move(payload));

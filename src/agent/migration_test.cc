@@ -462,21 +462,28 @@ TEST_F(MigrationTest, StopAndCopySendsEverythingWhileFrozen) {
   EXPECT_EQ(r->mode, "stop-and-copy");
   EXPECT_TRUE(r->rounds.empty());
   EXPECT_EQ(uint64_t{r->final_pages} * kMigrationPageBytes, r->memory_bytes);
+  // Same host: every page went through the slots, chunk by chunk while frozen; the
+  // connection carried the steps and the commit.
+  EXPECT_EQ(r->transport, "shm");
+  EXPECT_GE(r->shm_bytes, 2u << 20);
+  EXPECT_LT(r->bytes_sent, 256u << 10);
   EXPECT_TRUE(Call(b_->agent.get(), "check").status.ok());
   EXPECT_EQ(Call(b_->agent.get(), "get").reply, "3");
 }
 
 TEST_F(MigrationTest, StopAndCopyOfAMemoryLargerThanOneFrame) {
-  // 66 MiB: more than a frame's payload (transport::kMaxPayloadBytes), so the frozen
-  // pages cannot ride in the commit frame.
+  // 66 MiB: more than a frame's payload (transport::kMaxPayloadBytes) and more than the
+  // chunks in flight hold: the frozen pages are copied and sent chunk by chunk.
   ASSERT_TRUE(Call(a_->agent.get(), "fill", "67584").status.ok());
   ASSERT_TRUE(Call(a_->agent.get(), "touch", "8").status.ok());
   const std::string sum = Call(a_->agent.get(), "check").reply;
   MigrateOptions o = To(*b_);
   o.precopy = false;
+  o.transport = "tcp";
   Result<MigrationReport> r = a_->agent->Migrate(id_, o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_GT(r->memory_bytes, uint64_t{transport::kMaxPayloadBytes});
+  EXPECT_GE(r->bytes_sent, 64u << 20);  // the pages, in batches over the connection
   EXPECT_EQ(uint64_t{r->final_pages} * kMigrationPageBytes, r->memory_bytes);
   InvokeResult check = Call(b_->agent.get(), "check");
   ASSERT_TRUE(check.status.ok()) << check.status;
