@@ -1156,6 +1156,20 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
     return st;
   };
 
+  // Copies the pages `*list` names (ascending; it outlives the round), a chunk at a time.
+  auto copy_listed = [&](const std::vector<uint32_t>* list) -> ChunkPipe::Copy {
+    return [&, list, i = size_t{0}, part = std::vector<uint32_t>()](MigChunk* c) mutable
+           -> Result<bool> {
+      if (i >= list->size()) return false;
+      const size_t end = std::min(list->size(), i + kChunkPages);
+      part.assign(list->begin() + static_cast<std::ptrdiff_t>(i),
+                  list->begin() + static_cast<std::ptrdiff_t>(end));
+      i = end;
+      TERN_RETURN_IF_ERROR(MigCopy(id, o.freeze_timeout_ns, part, c));
+      return true;
+    };
+  };
+
   if (o.precopy) {
     uint64_t last = UINT64_MAX;
     for (int r = 0; r < std::max(1, o.max_rounds); ++r) {
@@ -1204,20 +1218,7 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
             MigTakeDirty(id, o.freeze_timeout_ns, o.stop_pages);
         if (!taken.ok()) return fail(taken.status());
         if (!taken->has_value()) break;
-        const std::vector<uint32_t>& dirty = **taken;
-        size_t i = 0;
-        std::vector<uint32_t> part;
-        TERN_RETURN_IF_ERROR(send_round(
-            [&](MigChunk* c) -> Result<bool> {
-              if (i >= dirty.size()) return false;
-              const size_t end = std::min(dirty.size(), i + kChunkPages);
-              part.assign(dirty.begin() + static_cast<std::ptrdiff_t>(i),
-                          dirty.begin() + static_cast<std::ptrdiff_t>(end));
-              i = end;
-              TERN_RETURN_IF_ERROR(MigCopy(id, o.freeze_timeout_ns, part, c));
-              return true;
-            },
-            &round));
+        TERN_RETURN_IF_ERROR(send_round(copy_listed(&**taken), &round));
       }
       Status st = stream.Drain();
       if (!st.ok()) return net_fail(st);
@@ -1257,19 +1258,7 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
   } else {
     rep.final_pages = static_cast<uint32_t>(rest.size());
     MigrationRound frozen;  // counted in the report's final pages, not as a round
-    size_t i = 0;
-    std::vector<uint32_t> part;
-    TERN_RETURN_IF_ERROR(send_round(
-        [&](MigChunk* c) -> Result<bool> {
-          if (i >= rest.size()) return false;
-          const size_t end = std::min(rest.size(), i + kChunkPages);
-          part.assign(rest.begin() + static_cast<std::ptrdiff_t>(i),
-                      rest.begin() + static_cast<std::ptrdiff_t>(end));
-          i = end;
-          TERN_RETURN_IF_ERROR(MigCopy(id, o.freeze_timeout_ns, part, c));
-          return true;
-        },
-        &frozen));
+    TERN_RETURN_IF_ERROR(send_round(copy_listed(&rest), &frozen));
   }
   std::string payload;
   uint32_t n = static_cast<uint32_t>(commit.size());
