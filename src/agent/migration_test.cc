@@ -879,6 +879,40 @@ TEST_F(MigrationTest, TheFreezesPagesGoThroughTheSlotsToo) {
   }
 }
 
+// The freeze's batch goes ahead of the commit without waiting for its answer: when the
+// target refuses it, the migration fails with that refusal (not the commit's), and the
+// instance thaws and keeps serving at the source with every write it took.
+TEST_F(MigrationTest, ARefusedFreezeBatchFailsTheMigrationAndTheInstanceStays) {
+  ASSERT_TRUE(Call(a_->agent.get(), "fill", "8192").status.ok());
+  const std::string count = Call(a_->agent.get(), "get").reply;
+  bool frozen = false;
+  MigrateOptions o = To(*b_);
+  o.transport = "shm";
+  o.step_hook = [&](const std::string& step) {
+    if (step == "freeze") {
+      EXPECT_TRUE(Call(a_->agent.get(), "touch", "600").status.ok());
+      frozen = true;
+    }
+    return Status::Ok();
+  };
+  o.shm_hook_for_test = [&](const std::string& what, std::string* bytes) {
+    if (what == "slot" && frozen) StoreU32(bytes->data() + 12, 999);  // out of sequence
+  };
+  Result<MigrationReport> r = a_->agent->Migrate(id_, o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("out of sequence"), std::string_view::npos) << r.status();
+  EXPECT_NE(r.status().message().find("keeps serving here"), std::string_view::npos)
+      << r.status();
+  ASSERT_TRUE(Runs(a_->agent.get(), id_));
+  EXPECT_FALSE(Runs(b_->agent.get(), id_));
+  EXPECT_TRUE(Call(a_->agent.get(), "check").status.ok());
+  EXPECT_EQ(Call(a_->agent.get(), "get").reply, std::to_string(std::stoull(count) + 1));
+  Result<MigrationReport> good = a_->agent->Migrate(id_, To(*b_));
+  ASSERT_TRUE(good.ok()) << good.status();
+  EXPECT_TRUE(Call(b_->agent.get(), "check").status.ok());
+  EXPECT_EQ(Call(b_->agent.get(), "get").reply, std::to_string(std::stoull(count) + 1));
+}
+
 // With memory reserves the target's slots are faulted in at start and both sides keep
 // them for the next migration between the same agents: the state stays whole across
 // migrations that reuse them.
