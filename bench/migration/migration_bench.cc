@@ -469,6 +469,30 @@ int64_t MemcpyNs(size_t bytes) {
   return best;
 }
 
+// `bytes` of fresh anonymous memory, 2 MiB-aligned (so that it can be huge pages),
+// unmapped when it goes; at() is null when the mmap failed.
+class FreshMapping {
+ public:
+  explicit FreshMapping(size_t bytes) : len_(bytes + kHuge) {
+    m_ = ::mmap(nullptr, len_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m_ == MAP_FAILED) m_ = nullptr;
+  }
+  ~FreshMapping() {
+    if (m_ != nullptr) ::munmap(m_, len_);
+  }
+  FreshMapping(const FreshMapping&) = delete;
+  FreshMapping& operator=(const FreshMapping&) = delete;
+  char* at() const {
+    if (m_ == nullptr) return nullptr;
+    return reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(m_) + kHuge - 1) & ~(kHuge - 1));
+  }
+  static constexpr size_t kHuge = size_t{2} << 20;
+
+ private:
+  size_t len_;
+  void* m_;
+};
+
 // memcpy of `bytes` into memory never touched before (fresh anonymous pages, as a
 // migration target's instance memory is): the page faults are the cost. `huge`: the
 // memory is madvise(MADV_HUGEPAGE)d first (2 MiB-aligned), as the target's is. The best
@@ -478,21 +502,17 @@ int64_t MemcpyNs(size_t bytes) {
 // seconds: huge pages then fault in at ~0.3-0.6 GB/s instead of 3-8).
 int64_t FirstTouchNs(size_t bytes, bool huge, int64_t* first = nullptr) {
   std::vector<char> a(bytes, 1);
-  constexpr size_t kHuge = size_t{2} << 20;
   int64_t best = INT64_MAX;
   for (int i = 0; i < 3; ++i) {
-    const size_t len = bytes + kHuge;
-    void* m = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED) return -1;
-    char* b = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(m) + kHuge - 1) & ~(kHuge - 1));
+    FreshMapping fresh(bytes);
+    char* b = fresh.at();
+    if (b == nullptr) return -1;
     const int64_t t = NowNs();
     if (huge) ::madvise(b, bytes, MADV_HUGEPAGE);
     std::memcpy(b, a.data(), bytes);
     best = std::min(best, NowNs() - t);
     if (i == 0 && first != nullptr) *first = NowNs() - t;
-    const bool same = b[bytes / 2] == a[bytes / 2];
-    ::munmap(m, len);
-    if (!same) return -1;
+    if (b[bytes / 2] != a[bytes / 2]) return -1;
   }
   return best;
 }
@@ -504,7 +524,7 @@ int64_t FirstTouchNs(size_t bytes, bool huge, int64_t* first = nullptr) {
 // nothing; under a hypervisor with shadow page tables each 4 KiB entry is rebuilt on its
 // next access. The best of three; -1 if no huge pages could be had.
 int64_t SplitTouchNs(size_t bytes) {
-  constexpr size_t kHuge = size_t{2} << 20;
+  constexpr size_t kHuge = FreshMapping::kHuge;
   bytes &= ~(kHuge - 1);
   if (bytes == 0) return -1;
   auto touch = [](char* p, size_t n) {
@@ -514,10 +534,9 @@ int64_t SplitTouchNs(size_t bytes) {
   };
   int64_t best = INT64_MAX;
   for (int i = 0; i < 3; ++i) {
-    const size_t len = bytes + kHuge;
-    void* m = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED) return -1;
-    char* b = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(m) + kHuge - 1) & ~(kHuge - 1));
+    FreshMapping fresh(bytes);
+    char* b = fresh.at();
+    if (b == nullptr) return -1;
     ::madvise(b, bytes, MADV_HUGEPAGE);
     touch(b, bytes);
     touch(b, bytes);
@@ -526,7 +545,6 @@ int64_t SplitTouchNs(size_t bytes) {
     const int64_t t = NowNs();
     touch(b, bytes);
     best = std::min(best, NowNs() - t);
-    ::munmap(m, len);
   }
   return best;
 }
