@@ -713,11 +713,8 @@ class Stream {
     TERN_ASSIGN_OR_RETURN(const uint64_t id, c_->Send(MigrateFrame(step, std::move(payload))));
     for (;;) {
       TERN_ASSIGN_OR_RETURN(transport::Frame f, Receive());
-      if (f.request_id == id) {
-        TERN_RETURN_IF_ERROR(transport::ErrorFrameStatus(f));
-        return f;
-      }
-      TERN_RETURN_IF_ERROR(transport::ErrorFrameStatus(f));
+      TERN_RETURN_IF_ERROR(transport::ErrorFrameStatus(f));  // the step's or a batch's
+      if (f.request_id == id) return f;
     }
   }
   // The answer to SendStep's step once it came back (its error, or OK).
@@ -1246,20 +1243,13 @@ Result<MigrationReport> Agent::Migrate(const std::string& id, const MigrateOptio
     return fail(st);
   }
   rep.freeze_wait_ns = frozen_at - tf;
+  MigrationRound frozen;  // counted in the report's final pages, not as a round
   if (rest.empty()) {
-    const size_t pages = last->pages.size() + last->zero.size();
-    rep.final_pages = static_cast<uint32_t>(pages);
-    if (pages != 0) {
-      bool lent = false;
-      Result<size_t> st = stream.SendChunk(*last, codec, &lent);
-      if (!st.ok()) return net_fail(st.status());
-      rep.bytes_raw += pages * kMigrationPageBytes;
-    }
+    if (Status st = send_chunk(*last, &frozen); !st.ok()) return net_fail(st);
   } else {
-    rep.final_pages = static_cast<uint32_t>(rest.size());
-    MigrationRound frozen;  // counted in the report's final pages, not as a round
     TERN_RETURN_IF_ERROR(send_round(copy_listed(&rest), &frozen));
   }
+  rep.final_pages = frozen.pages;
   std::string payload;
   uint32_t n = static_cast<uint32_t>(commit.size());
   payload.append(reinterpret_cast<const char*>(&n), 4);
