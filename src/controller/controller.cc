@@ -2944,14 +2944,18 @@ Controller::~Controller() {
     i->rcv.SignalAll();
   }
   i->reconciler.join();
-  i->ops.reset();
-  i->fast.reset();
-  i->slow.reset();
+  // The server goes before the task threads its handlers post to: a heartbeat that
+  // arrived after a thread was gone would post to nothing. Then `slow` (a drain posts
+  // to `ops`) and `fast`, then `ops`; the loop runs until they are done, for their
+  // answers (dropped, their connections gone).
   i->loop->loop()->RunSync([i] {
     for (auto& w : i->waiters) i->loop->loop()->CancelTimer(w.timer);
     i->waiters.clear();
     i->http.reset();
   });
+  i->slow.reset();
+  i->fast.reset();
+  i->ops.reset();
   i->loop->Stop();
   i->election.reset();  // resigns
   if (i->leader_lease != 0) (void)i->store->Revoke(i->leader_lease);

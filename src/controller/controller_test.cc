@@ -1062,6 +1062,48 @@ TEST(ControllerTest, DurableNeverRestoresFromAReplacementThatDidNotTakeItsFullRe
   EXPECT_EQ(InvokeSvc(*t.other, "counter", "get", ""), "0");
 }
 
+// The controller goes while agents and users keep calling it: every call is answered or
+// fails, and the process lives. (Its server used to outlive the threads its handlers post
+// to: a heartbeat that came in between crashed the process.)
+TEST(ControllerTest, StopsWhileCallsKeepComing) {
+  for (int round = 0; round < 20; ++round) {
+    auto s = store::EmbeddedStore::Open("");
+    ASSERT_TRUE(s.ok()) << s.status();
+    auto c = Controller::Start(s->get(), FastOptions());
+    ASSERT_TRUE(c.ok()) << c.status();
+    const std::string addr = "127.0.0.1:" + std::to_string((*c)->port());
+    std::atomic<int> answered{0}, cut{0}, cut_early{0};
+    std::atomic<bool> going{false};
+    std::vector<std::thread> callers;
+    // A heartbeat (the registration thread), a cluster read (the slow thread), a
+    // journal drop-out (the registration thread, then the store).
+    for (const char* path :
+         {"/v1/agents/nobody/heartbeat", "/v1/cluster", "/v1/agents/x/journal-out"}) {
+      callers.emplace_back([&, path] {
+        const char* method = std::string_view(path) == "/v1/cluster" ? "GET" : "POST";
+        auto api = transport::JsonApiClient::Connect(addr, "controller", std::chrono::seconds(2));
+        for (;;) {
+          bool ok = api.ok() && (*api)->Raw(method, path, "{}", std::chrono::seconds(5)).ok();
+          if (!ok) {
+            ++cut;
+            if (!going.load()) ++cut_early;
+            return;
+          }
+          ++answered;
+        }
+      });
+    }
+    while (answered.load() < 30 && cut.load() == 0) {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    going = true;
+    c->reset();
+    for (std::thread& t : callers) t.join();
+    EXPECT_EQ(cut.load(), 3) << "round " << round;
+    EXPECT_EQ(cut_early.load(), 0) << "round " << round << ": a call failed before the controller went";
+  }
+}
+
 TEST(ControllerTest, CheckpointsNeedAStatefulService) {
   TestCluster t;
   ASSERT_NO_FATAL_FAILURE(t.Start({}));
