@@ -2801,6 +2801,25 @@ constexpr size_t kTrackPage = 4096;
 // this VM each first write to a protected page is a ~15 µs fault and re-arming costs a
 // TLB shootdown, ~110 µs per small request in all, while memcpy moves 4 MiB in ~100 µs.
 constexpr uint64_t kTrackMinBytes = 4u << 20;
+// Re-arming the tracker (write-protecting the written pages again) costs a TLB
+// shootdown per 2 MiB that holds a written page whenever another thread of the agent
+// runs on another CPU: ~15 µs each on this VM when that CPU is idle in user code, more
+// when it is busy in the kernel (a migration's transfer). So after a request the
+// tracker is only peeked (the pages written since it was last re-armed), each reported
+// page compared with the rollback point (a page an earlier request wrote is equal to
+// it), and the tracker re-armed once that set reaches this many pages: a request that
+// writes a few hot pages never pays a shootdown, and random writes pay one per 2 MiB
+// per re-arm instead of per request. docs/design/migration.md "The rollback point's
+// dirty tracking".
+constexpr size_t kRearmPages = 128;
+
+// The pages written since the tracker was last re-armed (which includes every page the
+// last request wrote); re-arms it when there are kRearmPages or more.
+Result<std::vector<uint32_t>> PeekWritten(wasm::DirtyTracker* tracker) {
+  TERN_ASSIGN_OR_RETURN(std::vector<uint32_t> written, tracker->Peek());
+  if (written.size() >= kRearmPages) TERN_RETURN_IF_ERROR(tracker->Rearm());
+  return written;
+}
 }  // namespace
 
 void Agent::StartTracking(Slot* slot) {
@@ -2840,15 +2859,16 @@ Status Agent::UpdateGoodState(Slot* slot) {
     if (slot->mig != nullptr && slot->mig->exact) slot->mig->MarkRange(old_bytes / kTrackPage, bytes / kTrackPage);
     TERN_RETURN_IF_ERROR(slot->tracker->Grow(bytes));
   }
-  TERN_ASSIGN_OR_RETURN(std::vector<uint32_t> dirty, slot->tracker->Collect());
-  for (uint32_t page : dirty) {
+  TERN_ASSIGN_OR_RETURN(std::vector<uint32_t> written, PeekWritten(slot->tracker.get()));
+  const bool mark = slot->mig != nullptr && slot->mig->exact;
+  for (uint32_t page : written) {
     size_t off = size_t{page} * kTrackPage;
     if (off >= old_bytes) continue;  // copied above
+    // Equal: written by an earlier request (already here) or rewritten with the same bytes.
+    if (std::memcmp(good.data() + off, base + off, kTrackPage) == 0) continue;
     std::memcpy(good.data() + off, base + off, kTrackPage);
-  }
-  slot->pages_copied += dirty.size();
-  if (slot->mig != nullptr && slot->mig->exact) {
-    for (uint32_t page : dirty) slot->mig->Mark(page);
+    ++slot->pages_copied;
+    if (mark) slot->mig->Mark(page);
   }
   // The globals (heap pointers of AssemblyScript or TinyGo guests, ...): a few reads.
   return inst->SnapshotGlobals(&slot->good);
@@ -2881,9 +2901,12 @@ Status Agent::WrittenPages(Slot* slot, std::vector<uint32_t>* dirty, std::vector
   *tracked = slot->tracker != nullptr && base == slot->tracked_base && bytes >= old_bytes;
   if (*tracked) {
     if (bytes > old_bytes) TERN_RETURN_IF_ERROR(slot->tracker->Grow(bytes));
-    TERN_ASSIGN_OR_RETURN(std::vector<uint32_t> written, slot->tracker->Collect());
+    TERN_ASSIGN_OR_RETURN(std::vector<uint32_t> written, PeekWritten(slot->tracker.get()));
     for (uint32_t p : written) {
-      if (uint64_t{p} * kTrackPage >= old_bytes) continue;  // grown: below
+      const uint64_t off = uint64_t{p} * kTrackPage;
+      if (off >= old_bytes) continue;  // grown: below
+      // Equal: an earlier request's write (PeekWritten) or the same bytes rewritten.
+      if (std::memcmp(base + off, good + off, kTrackPage) == 0) continue;
       dirty->push_back(p);
       if (differs(p)) changed->push_back(p);
     }

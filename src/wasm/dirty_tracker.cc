@@ -113,7 +113,7 @@ class UffdTracker final : public DirtyTracker {
     }
     // Pages already written in a range added by Grow() count as dirty: collect them
     // (and protect them, atomically) before protecting the rest.
-    if (from > 0) TERN_RETURN_IF_ERROR(Scan(from, to, /*populated_only=*/true, &pending_));
+    if (from > 0) TERN_RETURN_IF_ERROR(Scan(from, to, /*populated_only=*/true, /*rearm=*/true, &pending_));
     uffdio_writeprotect wp{};
     wp.range = reg.range;
     wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
@@ -141,11 +141,49 @@ class UffdTracker final : public DirtyTracker {
     return Status::Ok();
   }
 
-  Result<std::vector<uint32_t>> Collect() override {
+  Result<std::vector<uint32_t>> Collect() override { return Report(/*rearm=*/true); }
+  Result<std::vector<uint32_t>> Peek() override { return Report(/*rearm=*/false); }
+
+  Status Rearm() override {
+    pending_.clear();
+    // No output vector: the kernel's exclusive write-protect path, a plain walk.
+    const uint64_t end = reinterpret_cast<uint64_t>(base_ + bytes_);
+    uint64_t start = reinterpret_cast<uint64_t>(base_);
+    while (start < end) {
+      PmScanArg arg{};
+      arg.size = sizeof(arg);
+      arg.flags = kPmScanWpMatching | kPmScanCheckWpAsync;
+      arg.start = start;
+      arg.end = end;
+      arg.category_mask = kPageIsWritten;
+      arg.return_mask = kPageIsWritten;
+      if (::ioctl(pagemap_, kPagemapScan, &arg) < 0) return ErrnoError("PAGEMAP_SCAN", errno);
+      if (arg.walk_end <= start) return InternalError("PAGEMAP_SCAN made no progress");
+      start = arg.walk_end;
+    }
+    return Status::Ok();
+  }
+
+  Status Grow(size_t new_bytes) override {
+    if (new_bytes < bytes_) return InvalidArgumentError("dirty tracker range cannot shrink");
+    TERN_RETURN_IF_ERROR(CheckRange(base_, new_bytes, page_bytes_));
+    size_t old = bytes_;
+    TERN_RETURN_IF_ERROR(Arm(old, new_bytes));
+    bytes_ = new_bytes;
+    return Status::Ok();
+  }
+
+ private:
+  // The pages written since the last re-arm (with `rearm`, starting a new interval).
+  Result<std::vector<uint32_t>> Report(bool rearm) {
     std::vector<uint32_t> out;
-    out.swap(pending_);
+    if (rearm) {
+      out.swap(pending_);
+    } else {
+      out = pending_;
+    }
     std::vector<uint32_t> scanned;
-    TERN_RETURN_IF_ERROR(Scan(0, bytes_, /*populated_only=*/false, &scanned));
+    TERN_RETURN_IF_ERROR(Scan(0, bytes_, /*populated_only=*/false, rearm, &scanned));
     if (out.empty()) return scanned;
     // Merge the two ascending lists.
     std::vector<uint32_t> merged;
@@ -159,31 +197,23 @@ class UffdTracker final : public DirtyTracker {
     return merged;
   }
 
-  Status Grow(size_t new_bytes) override {
-    if (new_bytes < bytes_) return InvalidArgumentError("dirty tracker range cannot shrink");
-    TERN_RETURN_IF_ERROR(CheckRange(base_, new_bytes, page_bytes_));
-    size_t old = bytes_;
-    TERN_RETURN_IF_ERROR(Arm(old, new_bytes));
-    bytes_ = new_bytes;
-    return Status::Ok();
-  }
-
- private:
   // Reports the written pages of [base+from, base+to) into `out` (as page_bytes
-  // indices) and write-protects them again. A page counts as written when its entry is
-  // not write-protected; that includes never-populated entries without a uffd-wp marker
+  // indices) and, with `rearm`, write-protects them again. A page counts as written
+  // when its entry is not write-protected; that includes never-populated entries without
+  // a uffd-wp marker
   // (the kernel's fast path for this exact query), which is right for a range armed by
   // UFFDIO_WRITEPROTECT (every entry has a marker, and one that lost it was zapped, so
   // its content changed) but not for a range just added by Grow(): there
   // `populated_only` restricts the scan to present or swapped pages.
-  Status Scan(size_t from, size_t to, bool populated_only, std::vector<uint32_t>* out) {
+  Status Scan(size_t from, size_t to, bool populated_only, bool rearm,
+              std::vector<uint32_t>* out) {
     uint64_t start = reinterpret_cast<uint64_t>(base_ + from);
     const uint64_t end = reinterpret_cast<uint64_t>(base_ + to);
     const uint64_t base = reinterpret_cast<uint64_t>(base_);
     while (start < end) {
       PmScanArg arg{};
       arg.size = sizeof(arg);
-      arg.flags = kPmScanWpMatching | kPmScanCheckWpAsync;
+      arg.flags = rearm ? kPmScanWpMatching | kPmScanCheckWpAsync : kPmScanCheckWpAsync;
       arg.start = start;
       arg.end = end;
       arg.vec = reinterpret_cast<uint64_t>(regions_.data());
@@ -241,6 +271,10 @@ class ShadowTracker final : public DirtyTracker {
     }
     return out;
   }
+
+  // The shadow is brought up to date by every report: a page is reported once.
+  Result<std::vector<uint32_t>> Peek() override { return Collect(); }
+  Status Rearm() override { return Status::Ok(); }
 
   Status Grow(size_t new_bytes) override {
     if (new_bytes < shadow_.size())

@@ -64,6 +64,18 @@ class DirtyTracker {
   // whose content changed is never missed.
   virtual Result<std::vector<uint32_t>> Collect() = 0;
 
+  // Collect() without starting a new interval: every page written since the previous
+  // call of Collect(), Peek() or Rearm() is reported (the same caveats), and the uffd
+  // tracker reports it again on each later Peek() until Collect() or Rearm(). Costs no
+  // TLB shootdown: re-arming (write-protecting the written pages again) is what makes
+  // the other CPUs running this process's threads flush their TLBs, one interrupt per
+  // 2 MiB of the range that holds a written page (PAGEMAP_SCAN flushes per page table),
+  // ~15-50 µs each on a VM. A caller that compares the reported pages with a copy of
+  // its own peeks after each request and re-arms only once the set grows large.
+  virtual Result<std::vector<uint32_t>> Peek() = 0;
+  // Starts a new interval without reporting (cheaper than Collect()).
+  virtual Status Rearm() = 0;
+
   // The range grew in place to `new_bytes` (same base). The new part is tracked from
   // now on; the shadow tracker assumes it was all zero (true for new wasm pages), so
   // pages written there before this call are reported by the next Collect().

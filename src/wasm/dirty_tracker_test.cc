@@ -82,6 +82,54 @@ TEST_P(DirtyTrackerTest, ReportsExactlyTheWrittenPages) {
   EXPECT_THAT(*t->Collect(), ElementsAre(7, 63));
 }
 
+// Peek reports without re-arming: the uffd tracker keeps reporting a written page until
+// Collect or Rearm; the shadow tracker reports each change once. A write after a peek
+// is never missed, and Rearm starts a clean interval without reporting.
+TEST_P(DirtyTrackerTest, PeekReportsWithoutRearmingUntilRearmOrCollect) {
+  Region r(64 * kPage, 64 * kPage);
+  MAKE_OR_SKIP(t, r.base(), 64 * kPage, kPage);
+  const bool uffd = GetParam() == DirtyTracker::Kind::kUffdWriteProtect;
+  r.base()[2 * kPage] = 1;
+  EXPECT_THAT(*t->Peek(), ElementsAre(2));
+  r.base()[50 * kPage + 9] = 1;
+  if (uffd) {
+    EXPECT_THAT(*t->Peek(), ElementsAre(2, 50));
+    EXPECT_THAT(*t->Peek(), ElementsAre(2, 50));  // still not re-armed
+  } else {
+    EXPECT_THAT(*t->Peek(), ElementsAre(50));
+  }
+  r.base()[2 * kPage + 1] = 2;  // a page already reported, written again
+  EXPECT_THAT(*t->Peek(), ::testing::Contains(2));
+  ASSERT_TRUE(t->Rearm().ok());
+  EXPECT_THAT(*t->Peek(), IsEmpty());
+  EXPECT_THAT(*t->Collect(), IsEmpty());
+  r.base()[7 * kPage] = 3;
+  r.base()[50 * kPage] = 3;
+  EXPECT_THAT(*t->Peek(), ElementsAre(7, 50));
+  if (uffd) {
+    EXPECT_THAT(*t->Collect(), ElementsAre(7, 50));
+  } else {
+    EXPECT_THAT(*t->Collect(), IsEmpty());  // the peek brought the shadow up to date
+  }
+  EXPECT_THAT(*t->Peek(), IsEmpty());
+  EXPECT_THAT(*t->Collect(), IsEmpty());
+}
+
+// Pages found written when the range grew stay reported by Peek until a re-arm.
+TEST_P(DirtyTrackerTest, PeekKeepsThePagesFoundWhenTheRangeGrew) {
+  Region r(16 * kPage, 64 * kPage);
+  MAKE_OR_SKIP(t, r.base(), 16 * kPage, kPage);
+  r.Enable(32 * kPage);
+  r.base()[20 * kPage] = 1;  // written before Grow
+  ASSERT_TRUE(t->Grow(32 * kPage).ok());
+  EXPECT_THAT(*t->Peek(), ::testing::Contains(20));
+  if (GetParam() == DirtyTracker::Kind::kUffdWriteProtect) {
+    EXPECT_THAT(*t->Peek(), ElementsAre(20));
+  }
+  ASSERT_TRUE(t->Rearm().ok());
+  EXPECT_THAT(*t->Peek(), IsEmpty());
+}
+
 TEST_P(DirtyTrackerTest, AggregatesIntoLargerPages) {
   constexpr size_t kWasmPage = 65536;
   Region r(8 * kWasmPage, 8 * kWasmPage);

@@ -142,3 +142,52 @@ TERN_EXPORT(inplace) int32_t faulty_inplace(void) {
 #undef MODE_IS
   return TERN_OK;
 }
+
+// Scattered writes over a heap area of 5 MiB (large enough for the agent to track the
+// rollback point's pages with the kernel's write protection): "N" adds to one word in
+// each of N pseudo-random pages and keeps their sum; scatter_then_trap does the same,
+// then traps (the rollback must undo exactly those writes); scatter_check verifies
+// that the area still sums to what the successful requests added.
+#define SCATTER_BYTES (5u << 20)
+static uint32_t* scatter_area;
+static uint64_t scatter_sum;
+static uint32_t scatter_seed = 12345;
+
+static int32_t Scatter(void) {
+  char req[16];
+  uint32_t n = tern_request_read(req, sizeof(req), 0);
+  const char* p = req;
+  uint32_t count = ParseU32(&p, req + n);
+  if (scatter_area == NULL) {
+    scatter_area = calloc(SCATTER_BYTES / 4, 4);
+    if (scatter_area == NULL) return TERN_RESOURCE_EXHAUSTED;
+  }
+  for (uint32_t i = 0; i < count; i++) {
+    scatter_seed = scatter_seed * 1103515245u + 12345u;
+    const uint32_t page = (scatter_seed >> 8) % (SCATTER_BYTES / 4096);
+    const uint32_t word = page * 1024 + (scatter_seed & 1023);
+    scatter_area[word] += i + 1;
+    scatter_sum += i + 1;
+  }
+  return TERN_OK;
+}
+
+TERN_EXPORT(scatter) int32_t faulty_scatter(void) { return Scatter(); }
+
+TERN_EXPORT(scatter_then_trap) int32_t faulty_scatter_then_trap(void) {
+  Scatter();
+  __builtin_trap();
+}
+
+TERN_EXPORT(scatter_check) int32_t faulty_scatter_check(void) {
+  uint64_t sum = 0;
+  if (scatter_area != NULL) {
+    for (uint32_t i = 0; i < SCATTER_BYTES / 4; i++) sum += scatter_area[i];
+  }
+  if (sum != scatter_sum) {
+    tern_fail(TERN_DATA_LOSS, "scatter area does not match its sum", 35);
+    return TERN_DATA_LOSS;
+  }
+  ReplyCounter();
+  return 0;
+}
