@@ -1,7 +1,9 @@
 // DirtyTracker: which pages of a memory range were written since the last Collect().
 //
 // Used to keep a "last good state" copy of a stateful instance cheaply: after each
-// request, Collect() names the pages the request wrote and only those are copied.
+// request, Peek() names the pages written since the last re-arm, a superset of what the
+// request wrote; only those that differ from the copy are copied, and the tracker is
+// re-armed (Rearm) once the set grows large (agent.cc, PeekWritten).
 //
 // Two implementations:
 //   kUffdWriteProtect  userfaultfd write-protection in asynchronous mode
