@@ -3797,7 +3797,6 @@ void StartChunk(MemoryReserve* reserve, Agent::MigChunk* c, size_t max_pages) {
 // to the chunk's checksum while the copy is in cache (the batch's checksum is then
 // combined from it, instead of a pass over the whole 4 MiB chunk from memory later, on
 // another CPU: 13% of a 64 MiB migration's CPU time over 10 Gbit/s, both sides).
-void StreamPage(uint8_t* dst, const char* src);
 void StreamFence();
 void AddToChunk(Agent::MigChunk* c, uint32_t page, const uint8_t* src) {
   const char* p = reinterpret_cast<const char*>(src);
@@ -3811,10 +3810,9 @@ void AddToChunk(Agent::MigChunk* c, uint32_t page, const uint8_t* src) {
     // stores, so that writing does not first pull the lines the target read last time
     // into this cache, and the target then reads them from memory rather than out of
     // this CPU's cache (both cost ~4× the copy here, in profiles of a 64 MiB row). The
-    // checksum comes from the instance's page, in cache after the zero check (nothing
-    // writes it meanwhile: this runs on its worker, between requests).
-    c->data_crc = Crc32c(p, kMigrationPageBytes, c->data_crc);
-    StreamPage(reinterpret_cast<uint8_t*>(dst), p);
+    // checksum is taken in the same pass over the instance's page (nothing writes it
+    // meanwhile: this runs on its worker, between requests).
+    c->data_crc = Crc32cCopyPage(p, dst, nullptr, c->data_crc);
   } else {
     std::memcpy(dst, p, kMigrationPageBytes);
     c->data_crc = Crc32c(dst, kMigrationPageBytes, c->data_crc);
@@ -4204,30 +4202,11 @@ Status Agent::IncomingGrow(Incoming* in, uint64_t memory_bytes) {
 }
 
 namespace {
-// Copies a 4 KiB page with non-temporal stores (SSE2, on every x86-64): a migration
-// target writes each page into memory that nothing reads soon (the hidden instance's
-// memory and its rollback point), so its cache lines need not be read first (a plain
-// store's read for ownership) nor evict what is in cache. `src` is in cache (it was
-// just checksummed). StreamFence() before another thread reads what was written.
-void StreamPage(uint8_t* dst, const char* src) {
-#if defined(__x86_64__)
-  if ((reinterpret_cast<uintptr_t>(dst) & 15) == 0) {
-    for (size_t i = 0; i < kMigrationPageBytes; i += 64) {
-      const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
-      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 16));
-      const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 32));
-      const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 48));
-      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), a);
-      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 16), b);
-      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 32), c);
-      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 48), d);
-    }
-    return;
-  }
-#endif
-  std::memcpy(dst, src, kMigrationPageBytes);
-}
-// Non-temporal stores are weakly ordered, also against a lock's release.
+// A migration target writes each page (Crc32cCopyPage) into memory that nothing reads
+// soon (the hidden instance's memory and its rollback point) with non-temporal stores:
+// its cache lines need not be read first (a plain store's read for ownership) nor evict
+// what is in cache. They are weakly ordered, also against a lock's release: fence
+// before another thread reads what was written.
 void StreamFence() {
 #if defined(__x86_64__)
   _mm_sfence();
@@ -4254,13 +4233,14 @@ Result<uint32_t> Agent::IncomingPageBatch(Incoming* in, std::string_view batch, 
     }
     return reinterpret_cast<uint8_t*>(good.data()) + off;
   };
-  auto apply = [&](uint32_t page, const char* bytes) {
+  // Each data page is checksummed and written into the memory and the rollback point in
+  // one pass (Crc32cCopyPage: read once, streamed twice).
+  auto apply = [&](uint32_t page, const char* bytes, uint32_t crc) -> uint32_t {
     const size_t off = size_t{page} * kMigrationPageBytes;
     uint64_t& w = in->written[page / 64];
     const uint64_t bit = uint64_t{1} << (page % 64);
     if (bytes != nullptr) {
-      StreamPage(in->mem + off, bytes);
-      if (stateful) StreamPage(good_page(off), bytes);
+      crc = Crc32cCopyPage(bytes, in->mem + off, stateful ? good_page(off) : nullptr, crc);
     } else {
       if ((w & bit) != 0) std::memset(in->mem + off, 0, kMigrationPageBytes);
       // else: a zero page where the fresh memory is zero already; left untouched
@@ -4268,10 +4248,12 @@ Result<uint32_t> Agent::IncomingPageBatch(Incoming* in, std::string_view batch, 
     }
     w |= bit;
     end = std::max<uint64_t>(end, off + kMigrationPageBytes);
+    return crc;
   };
   Result<PageBatchStats> st =
-      shared ? ApplySharedPageBatch(batch.data(), batch.size(), IncomingPages(in), apply)
-             : ApplyPageBatchChecking(batch, IncomingPages(in), apply);
+      shared ? ApplySharedPageBatch(batch.data(), batch.size(), IncomingPages(in),
+                                    ChecksummingApply(apply))
+             : ApplyPageBatchChecking(batch, IncomingPages(in), ChecksummingApply(apply));
   StreamFence();  // before the commit's task reads them on the worker
   if (in->prefault != nullptr) in->prefault->Advance(end);
   TERN_RETURN_IF_ERROR(st.status());

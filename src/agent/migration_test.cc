@@ -210,6 +210,43 @@ TEST(MigrationWireTest, CheckingWhileApplyingStillCatchesEveryDamagedByte) {
   EXPECT_EQ(applied, 0);
 }
 
+// The checksumming form (the target's: Crc32cCopyPage takes each page's checksum as it
+// copies it) applies the same pages, over a buffer and over shared memory, and a flipped
+// byte in a page or an index is still kDataLoss.
+TEST(MigrationWireTest, ApplyingThatChecksumsAsItCopiesCatchesDamageToo) {
+  const std::string mem = Pages(9, 4);
+  const std::vector<uint32_t> idx = {0, 1, 2, 3, 4, 5, 6, 7, 8};
+  const std::string batch =
+      EncodePageBatch(reinterpret_cast<const uint8_t*>(mem.data()), idx, PageCodec::kRaw);
+  alignas(64) static char out[9 * kMigrationPageBytes];
+  auto copy = [&](uint32_t p, const char* b, uint32_t crc) -> uint32_t {
+    char* to = out + size_t{p} * kMigrationPageBytes;
+    if (b == nullptr) {
+      std::memset(to, 0, kMigrationPageBytes);
+      return crc;
+    }
+    return Crc32cCopyPage(b, to, nullptr, crc);
+  };
+  for (bool shared : {false, true}) {
+    std::memset(out, 0x55, sizeof(out));
+    Result<PageBatchStats> st =
+        shared ? ApplySharedPageBatch(batch.data(), batch.size(), 9, ChecksummingApply(copy))
+               : ApplyPageBatchChecking(batch, 9, ChecksummingApply(copy));
+    ASSERT_TRUE(st.ok()) << st.status();
+    EXPECT_EQ(st->data_pages, 6u);
+    EXPECT_EQ(std::string(out, sizeof(out)), mem) << shared;
+    const size_t section = batch.size() - 6 * kMigrationPageBytes;
+    for (size_t at : {size_t{24 + 4 * 4}, section + 2 * kMigrationPageBytes + 3000}) {
+      std::string flipped = batch;
+      flipped[at] ^= 0x01;
+      Result<PageBatchStats> bad =
+          shared ? ApplySharedPageBatch(flipped.data(), flipped.size(), 9, ChecksummingApply(copy))
+                 : ApplyPageBatchChecking(flipped, 9, ChecksummingApply(copy));
+      EXPECT_EQ(bad.status().code(), StatusCode::kDataLoss) << "flipped byte " << at << " " << shared;
+    }
+  }
+}
+
 TEST(MigrationWireTest, CommitStateRoundTripsAndDetectsDamage) {
   CommitState c;
   c.memory_bytes = 3 << 16;

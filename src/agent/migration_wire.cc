@@ -260,19 +260,40 @@ Result<PageBatchStats> DecodePageBatch(std::string_view p, uint32_t max_pages,
   return PageBatchStats{static_cast<uint32_t>(b.zero), static_cast<uint32_t>(b.data), raw_bytes};
 }
 
+namespace {
+// An `apply` that does not checksum, as a ChecksummingApply: the checksum first (the
+// page is then in cache for the copy).
+ChecksummingApply Checksumming(const std::function<void(uint32_t, const char*)>& apply) {
+  return [&apply](uint32_t page, const char* bytes, uint32_t crc) {
+    if (bytes != nullptr) crc = Crc32c(bytes, kMigrationPageBytes, crc);
+    apply(page, bytes);
+    return crc;
+  };
+}
+}  // namespace
+
 Result<PageBatchStats> ApplyPageBatchChecking(
     std::string_view p, uint32_t max_pages,
     const std::function<void(uint32_t, const char*)>& apply) {
   TERN_ASSIGN_OR_RETURN(ParsedBatch b, ParseBatch(p, max_pages));
   if (b.codec != PageCodec::kRaw) return DecodePageBatch(p, max_pages, apply);
-  // The indices, then each data page right before it is applied: `apply` copies it
-  // while it is in cache, so the section is read from memory once, not twice.
+  return ApplyPageBatchChecking(p, max_pages, Checksumming(apply));
+}
+
+Result<PageBatchStats> ApplyPageBatchChecking(std::string_view p, uint32_t max_pages,
+                                              const ChecksummingApply& apply) {
+  TERN_ASSIGN_OR_RETURN(ParsedBatch b, ParseBatch(p, max_pages));
+  if (b.codec != PageCodec::kRaw) {
+    return DecodePageBatch(p, max_pages, [&apply](uint32_t page, const char* bytes) {
+      (void)apply(page, bytes, 0);
+    });
+  }
+  // The indices, then each data page as it is applied: `apply` copies it and takes its
+  // checksum in one pass, so the section is read from memory once, not twice.
   uint32_t crc = Crc32c(b.idx, 4 * (b.zero + b.data));
-  for (uint64_t i = 0; i < b.zero; ++i) apply(LoadU32(b.idx + 4 * i), nullptr);
+  for (uint64_t i = 0; i < b.zero; ++i) (void)apply(LoadU32(b.idx + 4 * i), nullptr, 0);
   for (uint64_t i = 0; i < b.data; ++i) {
-    const char* page = b.sec + i * kMigrationPageBytes;
-    crc = Crc32c(page, kMigrationPageBytes, crc);
-    apply(LoadU32(b.idx + 4 * (b.zero + i)), page);
+    crc = apply(LoadU32(b.idx + 4 * (b.zero + i)), b.sec + i * kMigrationPageBytes, crc);
   }
   if (crc != LoadU32(p.data() + 20)) return ChecksumMismatch();
   return PageBatchStats{static_cast<uint32_t>(b.zero), static_cast<uint32_t>(b.data),
@@ -282,6 +303,11 @@ Result<PageBatchStats> ApplyPageBatchChecking(
 Result<PageBatchStats> ApplySharedPageBatch(
     const char* shared, size_t size, uint32_t max_pages,
     const std::function<void(uint32_t, const char*)>& apply) {
+  return ApplySharedPageBatch(shared, size, max_pages, Checksumming(apply));
+}
+
+Result<PageBatchStats> ApplySharedPageBatch(const char* shared, size_t size, uint32_t max_pages,
+                                            const ChecksummingApply& apply) {
   if (size < kBatchHeader) return ParseBatch(std::string_view(shared, size), max_pages).status();
   // The head is copied out once and everything is decided from the copy: the writer may
   // change the shared bytes at any time, and indices read twice could differ from the
@@ -308,11 +334,9 @@ Result<PageBatchStats> ApplySharedPageBatch(
   TERN_ASSIGN_OR_RETURN(ParsedBatch b, ParseHead(whole, section, max_pages));
   const char* sec = shared + head_bytes;
   uint32_t crc = Crc32c(b.idx, 4 * (b.zero + b.data));
-  for (uint64_t i = 0; i < b.zero; ++i) apply(LoadU32(b.idx + 4 * i), nullptr);
+  for (uint64_t i = 0; i < b.zero; ++i) (void)apply(LoadU32(b.idx + 4 * i), nullptr, 0);
   for (uint64_t i = 0; i < b.data; ++i) {
-    const char* page = sec + i * kMigrationPageBytes;
-    crc = Crc32c(page, kMigrationPageBytes, crc);
-    apply(LoadU32(b.idx + 4 * (b.zero + i)), page);
+    crc = apply(LoadU32(b.idx + 4 * (b.zero + i)), sec + i * kMigrationPageBytes, crc);
   }
   if (crc != LoadU32(head.data() + 20)) return ChecksumMismatch();
   return PageBatchStats{static_cast<uint32_t>(b.zero), static_cast<uint32_t>(b.data),

@@ -92,6 +92,13 @@ Result<PageBatchStats> DecodePageBatch(std::string_view payload, uint32_t max_pa
 Result<PageBatchStats> ApplyPageBatchChecking(
     std::string_view payload, uint32_t max_pages,
     const std::function<void(uint32_t, const char*)>& apply);
+// An `apply` that also takes each data page's checksum, in the same pass as its copy:
+// it returns Crc32c(bytes, kMigrationPageBytes, crc) for a data page (Crc32cCopyPage
+// does both), anything for a zero page (bytes = nullptr; the value is not used).
+using ChecksummingApply =
+    std::function<uint32_t(uint32_t page, const char* bytes, uint32_t crc)>;
+Result<PageBatchStats> ApplyPageBatchChecking(std::string_view payload, uint32_t max_pages,
+                                              const ChecksummingApply& apply);
 
 // ApplyPageBatchChecking for a raw batch of `size` bytes at `shared`, memory its writer
 // (another process: a migration source) may change at any moment: the header and the
@@ -102,6 +109,8 @@ Result<PageBatchStats> ApplyPageBatchChecking(
 Result<PageBatchStats> ApplySharedPageBatch(
     const char* shared, size_t size, uint32_t max_pages,
     const std::function<void(uint32_t, const char*)>& apply);
+Result<PageBatchStats> ApplySharedPageBatch(const char* shared, size_t size, uint32_t max_pages,
+                                            const ChecksummingApply& apply);
 
 // One entry of an instance's dedup table: the answer to an idempotency key.
 struct DedupEntry {

@@ -13,6 +13,13 @@ namespace tern {
 // bytes before; 0 to start).
 uint32_t Crc32c(const void* data, size_t n, uint32_t crc = 0);
 
+// Crc32c(src, 4096, crc), copying the 4 KiB at `src` to `dst` and, unless it is null,
+// to `dst2` in the same pass, with non-temporal stores (x86-64 with SSE4.2 and 16-byte
+// aligned destinations; else a checksum, then memcpy): for a migration's pages, which
+// are read once from memory and written where nothing reads them soon. The stores are
+// weakly ordered: the caller fences (_mm_sfence) before another thread reads them.
+uint32_t Crc32cCopyPage(const void* src, void* dst, void* dst2, uint32_t crc);
+
 // The table-driven version, for tests that compare the two.
 uint32_t Crc32cPortable(const void* data, size_t n, uint32_t crc = 0);
 

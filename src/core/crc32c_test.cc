@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <random>
 #include <string>
 
@@ -55,6 +56,40 @@ TEST(Crc32cTest, InterleavedLanesAgreeWithTheTable) {
   EXPECT_EQ(Crc32c(zeros.data(), zeros.size()), Crc32cPortable(zeros.data(), zeros.size()));
   data[30000] ^= 0x10;  // a flip in the third lane of a block changes it
   EXPECT_EQ(Crc32c(data.data(), data.size()), Crc32cPortable(data.data(), data.size()));
+}
+
+// Crc32cCopyPage gives Crc32c's value for the page (continued from any CRC) and leaves
+// exact copies in both destinations, aligned (the streaming path), unaligned (the
+// fallback) or with no second destination; source offsets that are not aligned too.
+TEST(Crc32cTest, CopyPageChecksumsAndCopiesInOnePass) {
+  std::mt19937 rng(13);
+  alignas(64) static char src[3 * 4096];
+  alignas(64) static char d1[2 * 4096];
+  alignas(64) static char d2[2 * 4096];
+  for (char& c : src) c = static_cast<char>(rng());
+  for (size_t src_off : {size_t{0}, size_t{8}, size_t{4096 + 3}}) {
+    for (size_t dst_off : {size_t{0}, size_t{16}, size_t{1}}) {
+      for (bool second : {true, false}) {
+        std::memset(d1, 0, sizeof(d1));
+        std::memset(d2, 0, sizeof(d2));
+        const uint32_t from = static_cast<uint32_t>(rng());
+        const uint32_t got = Crc32cCopyPage(src + src_off, d1 + dst_off,
+                                            second ? d2 + dst_off : nullptr, from);
+        EXPECT_EQ(got, Crc32cPortable(src + src_off, 4096, from))
+            << src_off << " " << dst_off << " " << second;
+        EXPECT_EQ(std::memcmp(d1 + dst_off, src + src_off, 4096), 0);
+        if (second) {
+          EXPECT_EQ(std::memcmp(d2 + dst_off, src + src_off, 4096), 0);
+        } else {
+          EXPECT_EQ(d2[dst_off + 100], 0) << "no second destination was given";
+        }
+      }
+    }
+  }
+  const uint32_t before = Crc32cCopyPage(src, d1, d2, 0);
+  src[3500] ^= 1;  // a bit in the fourth lane
+  EXPECT_NE(Crc32cCopyPage(src, d1, d2, 0), before);
+  EXPECT_EQ(Crc32cCopyPage(src, d1, d2, 0), Crc32cPortable(src, 4096, 0));
 }
 
 // Crc32cCombine(Crc32c(A), Crc32c(B), |B|) is the CRC of A || B, for every split of
