@@ -123,6 +123,11 @@ struct Agent::Slot {
   // frames are gone), done before the instance runs again (FinishRollback).
   bool rollback_pending = false;
   uint64_t pages_copied = 0;  // into `good`, in 4 KiB pages
+  // The small-memory tracking rule (TrackingCheck): tracked requests and re-arms in
+  // the current window; requests left to copy before tracking is tried again.
+  uint32_t track_requests = 0;
+  uint32_t track_rearms = 0;
+  uint32_t untracked_left = 0;
   std::shared_ptr<std::atomic<uint64_t>> queued;
   uint64_t requests = 0;
   uint64_t failures = 0;
@@ -2797,10 +2802,21 @@ Status Agent::RestoreSlot(WorkerThread* wt, Slot* slot, const wasm::Snapshot& sn
 
 namespace {
 constexpr size_t kTrackPage = 4096;
-// Below this size a full copy of the memory is cheaper than write-protect tracking: on
-// this VM each first write to a protected page is a ~15 µs fault and re-arming costs a
-// TLB shootdown, ~110 µs per small request in all, while memcpy moves 4 MiB in ~100 µs.
-constexpr uint64_t kTrackMinBytes = 4u << 20;
+// Below this size a full copy of the memory (~10 µs) costs about what tracking does.
+// Above it a request that writes a few pages is far cheaper tracked: a stateful
+// counter/incr with 1 MiB of state took 45 µs copying the memory, 1.5 µs tracked (p50,
+// foundation_bench on 2026-12-02), since a peek (PeekWritten) finds its one hot page.
+constexpr uint64_t kTrackMinBytes = 256u << 10;
+// But a service that rewrites most of a small memory on every request re-arms the
+// tracker on nearly every request and then takes a write-protect fault per page: 1 MiB
+// rewritten per request cost 170-250 µs tracked against 50 µs for memset and copy
+// (a standalone loop). So below this size a slot whose tracker re-armed on more than
+// one request in four over kTrackWindow requests goes back to copying for
+// kUntrackedRequests requests, then tries tracking again. Above it copying is the
+// dearer one whatever the writes.
+constexpr uint64_t kTrackAlwaysBytes = 4u << 20;
+constexpr uint32_t kTrackWindow = 64;
+constexpr uint32_t kUntrackedRequests = 1024;
 // Re-arming the tracker (write-protecting the written pages again) costs a TLB
 // shootdown per 2 MiB that holds a written page whenever another thread of the agent
 // runs on another CPU: ~15 µs each on this VM when that CPU is idle in user code, more
@@ -2813,19 +2829,42 @@ constexpr uint64_t kTrackMinBytes = 4u << 20;
 // dirty tracking".
 constexpr size_t kRearmPages = 128;
 
-// The pages written since the tracker was last re-armed (which includes every page the
-// last request wrote); re-arms it when there are kRearmPages or more.
-Result<std::vector<uint32_t>> PeekWritten(wasm::DirtyTracker* tracker) {
-  TERN_ASSIGN_OR_RETURN(std::vector<uint32_t> written, tracker->Peek());
-  if (written.size() >= kRearmPages) TERN_RETURN_IF_ERROR(tracker->Rearm());
+}  // namespace
+
+// The pages written since the slot's tracker was last re-armed (which includes every
+// page the last request wrote); re-arms it when there are kRearmPages or more, and
+// counts the re-arms for the small-memory rule above (TrackingCheck).
+Result<std::vector<uint32_t>> Agent::PeekWritten(Slot* slot) {
+  TERN_ASSIGN_OR_RETURN(std::vector<uint32_t> written, slot->tracker->Peek());
+  const bool rearm = written.size() >= kRearmPages;
+  if (rearm) TERN_RETURN_IF_ERROR(slot->tracker->Rearm());
+  ++slot->track_requests;
+  slot->track_rearms += rearm ? 1 : 0;
   return written;
 }
-}  // namespace
+
+// After a tracked request: a small memory whose tracker re-arms too often goes back to
+// copying (not while it migrates: the migration's exact mode counts on the tracker).
+void Agent::TrackingCheck(Slot* slot) {
+  if (slot->track_requests < kTrackWindow) return;
+  const bool dear = slot->track_rearms * 4 > slot->track_requests;
+  slot->track_requests = slot->track_rearms = 0;
+  if (!dear || slot->mig != nullptr || slot->tracker == nullptr ||
+      slot->inst->memory_bytes() >= kTrackAlwaysBytes) {
+    return;
+  }
+  TERN_LOG(DEBUG) << slot->id << " rewrites most of its memory per request: copying it for the next "
+                  << kUntrackedRequests << " requests instead of tracking writes";
+  slot->tracker.reset();
+  slot->tracked_base = nullptr;
+  slot->untracked_left = kUntrackedRequests;
+}
 
 void Agent::StartTracking(Slot* slot) {
   slot->MigMarkAll();  // a new tracker has not seen the writes so far
   slot->tracker.reset();
   slot->tracked_base = nullptr;
+  slot->track_requests = slot->track_rearms = slot->untracked_left = 0;
   if (slot->inst->memory_bytes() < kTrackMinBytes) return;
   uint8_t* base = slot->inst->memory_data();
   Result<std::unique_ptr<wasm::DirtyTracker>> t =
@@ -2846,8 +2885,14 @@ Status Agent::UpdateGoodState(Slot* slot) {
   if (slot->tracker == nullptr || base != slot->tracked_base || bytes < slot->good.memory.size()) {
     TERN_RETURN_IF_ERROR(inst->SnapshotInto(&slot->good));
     slot->pages_copied += bytes / kTrackPage;
-    // Track from here if the memory is now big enough (or moved under a tracker).
-    if (slot->tracker != nullptr || bytes >= kTrackMinBytes) StartTracking(slot);
+    // Track from here if the memory is now big enough (or moved under a tracker), unless
+    // it is small and went back to copying a while ago (TrackingCheck).
+    bool track = slot->tracker != nullptr || bytes >= kTrackMinBytes;
+    if (slot->untracked_left > 0 && slot->tracker == nullptr) {
+      --slot->untracked_left;
+      if (bytes < kTrackAlwaysBytes) track = false;
+    }
+    if (track) StartTracking(slot);
     return Status::Ok();
   }
   std::string& good = slot->good.memory;
@@ -2859,7 +2904,7 @@ Status Agent::UpdateGoodState(Slot* slot) {
     if (slot->mig != nullptr && slot->mig->exact) slot->mig->MarkRange(old_bytes / kTrackPage, bytes / kTrackPage);
     TERN_RETURN_IF_ERROR(slot->tracker->Grow(bytes));
   }
-  TERN_ASSIGN_OR_RETURN(std::vector<uint32_t> written, PeekWritten(slot->tracker.get()));
+  TERN_ASSIGN_OR_RETURN(std::vector<uint32_t> written, PeekWritten(slot));
   const bool mark = slot->mig != nullptr && slot->mig->exact;
   for (uint32_t page : written) {
     size_t off = size_t{page} * kTrackPage;
@@ -2870,6 +2915,7 @@ Status Agent::UpdateGoodState(Slot* slot) {
     ++slot->pages_copied;
     if (mark) slot->mig->Mark(page);
   }
+  TrackingCheck(slot);
   // The globals (heap pointers of AssemblyScript or TinyGo guests, ...): a few reads.
   return inst->SnapshotGlobals(&slot->good);
 }
@@ -2901,7 +2947,7 @@ Status Agent::WrittenPages(Slot* slot, std::vector<uint32_t>* dirty, std::vector
   *tracked = slot->tracker != nullptr && base == slot->tracked_base && bytes >= old_bytes;
   if (*tracked) {
     if (bytes > old_bytes) TERN_RETURN_IF_ERROR(slot->tracker->Grow(bytes));
-    TERN_ASSIGN_OR_RETURN(std::vector<uint32_t> written, PeekWritten(slot->tracker.get()));
+    TERN_ASSIGN_OR_RETURN(std::vector<uint32_t> written, PeekWritten(slot));
     for (uint32_t p : written) {
       const uint64_t off = uint64_t{p} * kTrackPage;
       if (off >= old_bytes) continue;  // grown: below
@@ -2945,6 +2991,7 @@ Status Agent::CommitGood(Slot* slot, const std::vector<uint32_t>& pages, bool tr
     for (uint32_t page : pages) slot->mig->Mark(page);
     slot->mig->MarkRange(old_bytes / kTrackPage, bytes / kTrackPage);  // grown
   }
+  TrackingCheck(slot);
   return slot->inst->SnapshotGlobals(&slot->good);
 }
 

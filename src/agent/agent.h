@@ -702,6 +702,11 @@ class Agent {
                                        std::string payload);
   // Starts dirty-page tracking of the slot's memory (stateful services). Worker thread.
   void StartTracking(Slot* slot);
+  // The pages written since the slot's tracker was last re-armed, re-arming it when
+  // they are many; TrackingCheck: a small memory whose tracker re-arms too often goes
+  // back to copying for a while (agent.cc, kTrackAlwaysBytes). Worker thread.
+  Result<std::vector<uint32_t>> PeekWritten(Slot* slot);
+  void TrackingCheck(Slot* slot);
   // Brings slot->good up to the instance's current state, copying only written pages
   // when a tracker is active. Worker thread, at a request boundary.
   Status UpdateGoodState(Slot* slot);

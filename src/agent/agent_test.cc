@@ -1,6 +1,7 @@
 #include "agent/agent.h"
 
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 
 #include <thread>
 
@@ -9,6 +10,7 @@
 #include "core/file.h"
 #include "core/manifest.h"
 #include "testing/test_env.h"
+#include "wasm/dirty_tracker.h"
 #include "wasm/engine.h"
 #include "wasm/snapshot.h"
 
@@ -264,6 +266,72 @@ TEST(AgentTest, RollbackPointStaysExactAcrossPeeksAndRearms) {
   EXPECT_LT(st.instances[0].pages_copied, 48u * 1280 / 4);
   EXPECT_TRUE(Call(a.get(), "faulty", "scatter_check").status.ok());
   EXPECT_TRUE(Call(a.get(), "faulty", "get").status.ok());  // the heap blob too
+}
+
+// Whether this kernel lets the agent track writes with userfaultfd (else it copies).
+bool KernelTracksWrites() {
+  constexpr size_t kBytes = 1 << 20;
+  void* p = mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return false;
+  bool ok = wasm::DirtyTracker::CreateUffd(static_cast<uint8_t*>(p), kBytes, 4096).ok();
+  munmap(p, kBytes);
+  return ok;
+}
+
+// A small stateful memory (512 KiB of state) is tracked too: requests that write a page
+// or two copy a page or two into the rollback point, not the whole memory.
+TEST(AgentTest, ASmallStatefulMemoryIsTrackedToo) {
+  if (!KernelTracksWrites()) GTEST_SKIP() << "no userfaultfd write-protect tracking here";
+  auto a = NewAgent();
+  Result<ServiceStatus> s = a->Deploy(ExampleManifest("counter"), ReadWasm("counter"));
+  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE(Call(a.get(), "counter", "fill", "512").status.ok());
+  AgentStatus before = a->GetStatus();
+  ASSERT_EQ(before.instances.size(), 1u);
+  EXPECT_LT(before.instances[0].memory_bytes, 4u << 20);
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(Call(a.get(), "counter", "incr").status.ok());
+  AgentStatus after = a->GetStatus();
+  ASSERT_TRUE(after.instances[0].dirty_tracking) << "a 512 KiB state is copied whole";
+  const uint64_t copied = after.instances[0].pages_copied - before.instances[0].pages_copied;
+  EXPECT_LT(copied, 20u * 4) << "an incr writes a page or two, not "
+                             << after.instances[0].memory_bytes / 4096 << " pages";
+  EXPECT_TRUE(Call(a.get(), "counter", "check").status.ok());
+  EXPECT_EQ(Call(a.get(), "counter", "get").reply, "20");
+}
+
+// A small memory that every request rewrites whole is cheaper copied than tracked (each
+// request would re-arm the tracker and fault on every page): after a window of such
+// requests the agent copies it instead, the state stays exact across rollbacks, and
+// 1,024 requests later, the requests now writing one page, tracking is back.
+TEST(AgentTest, ASmallMemoryRewrittenWholeGoesBackToCopyingThenTrackingReturns) {
+  if (!KernelTracksWrites()) GTEST_SKIP() << "no userfaultfd write-protect tracking here";
+  auto a = NewAgent();
+  ASSERT_TRUE(a->Deploy(FaultyManifest(), ReadWasm("guest_faulty")).ok());
+  ASSERT_TRUE(Call(a.get(), "faulty", "incr").status.ok());
+  AgentStatus st = a->GetStatus();
+  ASSERT_EQ(st.instances.size(), 1u);
+  ASSERT_TRUE(st.instances[0].dirty_tracking);
+  ASSERT_LT(st.instances[0].memory_bytes, 4u << 20);
+  for (int i = 1; i <= 80; ++i) {
+    if (i % 10 == 0) {
+      EXPECT_FALSE(Call(a.get(), "faulty", "rewrite_then_trap").status.ok());
+      InvokeResult c = Call(a.get(), "faulty", "rewrite_check");
+      ASSERT_TRUE(c.status.ok()) << "after the trap of request " << i << ": " << c.status;
+    } else {
+      ASSERT_TRUE(Call(a.get(), "faulty", "rewrite").status.ok());
+    }
+  }
+  st = a->GetStatus();
+  EXPECT_FALSE(st.instances[0].dirty_tracking) << "still tracking a memory rewritten whole";
+  EXPECT_EQ(st.instances[0].rollbacks, 8u);
+  EXPECT_TRUE(Call(a.get(), "faulty", "rewrite_check").status.ok());
+  EXPECT_FALSE(Call(a.get(), "faulty", "rewrite_then_trap").status.ok());  // copied: exact too
+  EXPECT_TRUE(Call(a.get(), "faulty", "rewrite_check").status.ok());
+  for (int i = 0; i < 1100; ++i) ASSERT_TRUE(Call(a.get(), "faulty", "incr").status.ok());
+  st = a->GetStatus();
+  EXPECT_TRUE(st.instances[0].dirty_tracking) << "tracking did not come back";
+  EXPECT_TRUE(Call(a.get(), "faulty", "rewrite_check").status.ok());
+  EXPECT_TRUE(Call(a.get(), "faulty", "get").status.ok());  // the heap blob
 }
 
 TEST(AgentTest, CleanGuestFailureKeepsState) {

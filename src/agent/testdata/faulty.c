@@ -191,3 +191,31 @@ TERN_EXPORT(scatter_check) int32_t faulty_scatter_check(void) {
   ReplyCounter();
   return 0;
 }
+
+// A small state that every request rewrites whole (1 MiB of static memory): "rewrite"
+// fills it with the next byte value, rewrite_then_trap does so with another value and
+// traps, rewrite_check verifies that every byte holds the last successful value.
+static unsigned char rewrite_buf[1 << 20];
+static unsigned char rewrite_value;
+
+TERN_EXPORT(rewrite) int32_t faulty_rewrite(void) {
+  rewrite_value++;
+  memset(rewrite_buf, rewrite_value, sizeof(rewrite_buf));
+  return TERN_OK;
+}
+
+TERN_EXPORT(rewrite_then_trap) int32_t faulty_rewrite_then_trap(void) {
+  memset(rewrite_buf, (unsigned char)(rewrite_value + 100), sizeof(rewrite_buf));
+  __builtin_trap();
+}
+
+TERN_EXPORT(rewrite_check) int32_t faulty_rewrite_check(void) {
+  for (uint32_t i = 0; i < sizeof(rewrite_buf); i++) {
+    if (rewrite_buf[i] != rewrite_value) {
+      tern_fail(TERN_DATA_LOSS, "rewritten state does not hold its last value", 45);
+      return TERN_DATA_LOSS;
+    }
+  }
+  ReplyCounter();
+  return 0;
+}
