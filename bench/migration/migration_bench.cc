@@ -64,6 +64,7 @@
 // (a migration error, lost or duplicated requests, or a failed state check), 2 on usage.
 #include <fmt/format.h>
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -571,24 +572,21 @@ int64_t SameHostFloorNs(size_t bytes, bool tcp) {
   int64_t best = INT64_MAX;
   for (int rep = 0; rep < 3 && best >= 0; ++rep) {
     src[static_cast<size_t>(rep) * 4096] = static_cast<char>(rep);
-    transport::UniqueFd ls, w, r;
+    transport::UniqueFd w, r;
     if (tcp) {
-      sockaddr_in sa{};
-      sa.sin_family = AF_INET;
-      sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-      socklen_t len = sizeof(sa);
-      ls = transport::UniqueFd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-      w = transport::UniqueFd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-      if (ls.get() < 0 || w.get() < 0 ||
-          ::bind(ls.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 ||
-          ::listen(ls.get(), 1) != 0 ||
-          ::getsockname(ls.get(), reinterpret_cast<sockaddr*>(&sa), &len) != 0 ||
-          ::connect(w.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
+      Result<transport::UniqueFd> ls = transport::ListenTcp("127.0.0.1", 0, 1);
+      Result<uint16_t> port = ls.ok() ? transport::LocalPort(ls->get()) : ls.status();
+      Result<transport::UniqueFd> c =
+          port.ok() ? transport::ConnectTcp("127.0.0.1", *port, std::chrono::seconds(2))
+                    : port.status();
+      if (!c.ok()) {
         best = -1;
         break;
       }
-      r = transport::UniqueFd(::accept4(ls.get(), nullptr, nullptr, SOCK_CLOEXEC));
-      if (r.get() < 0) {
+      w = std::move(*c);
+      r = transport::UniqueFd(::accept4(ls->get(), nullptr, nullptr, SOCK_CLOEXEC));
+      // Blocking sends, as the link limit's (ConnectTcp's socket is non-blocking).
+      if (r.get() < 0 || ::fcntl(w.get(), F_SETFL, ::fcntl(w.get(), F_GETFL) & ~O_NONBLOCK) != 0) {
         best = -1;
         break;
       }

@@ -4298,9 +4298,8 @@ Result<uint32_t> Agent::IncomingPageBatch(Incoming* in, std::string_view batch, 
     return crc;
   };
   Result<PageBatchStats> st =
-      shared ? ApplySharedPageBatch(batch.data(), batch.size(), IncomingPages(in),
-                                    ChecksummingApply(apply))
-             : ApplyPageBatchChecking(batch, IncomingPages(in), ChecksummingApply(apply));
+      shared ? ApplySharedPageBatch(batch.data(), batch.size(), IncomingPages(in), apply)
+             : ApplyPageBatchChecking(batch, IncomingPages(in), apply);
   StreamFence();  // before the commit's task reads them on the worker
   if (in->prefault != nullptr) in->prefault->Advance(end);
   TERN_RETURN_IF_ERROR(st.status());

@@ -158,6 +158,15 @@ TEST(MigrationWireTest, DamagedBatchesAreRefusedBeforeAnyPageIsApplied) {
   EXPECT_EQ(applied, 2);
 }
 
+// A plain `apply(page, bytes)` as the appliers' ChecksummingApply: the checksum, then it.
+ChecksummingApply Checksumming(std::function<void(uint32_t, const char*)> apply) {
+  return [apply = std::move(apply)](uint32_t page, const char* bytes, uint32_t crc) {
+    if (bytes != nullptr) crc = Crc32c(bytes, kMigrationPageBytes, crc);
+    apply(page, bytes);
+    return crc;
+  };
+}
+
 // The target's form (ApplyPageBatchChecking) applies what DecodePageBatch applies; it
 // checks a raw batch's checksum page by page while applying, so damage anywhere under
 // the checksum (indices, any page) is still kDataLoss, while a bad header, a truncated
@@ -179,7 +188,7 @@ TEST(MigrationWireTest, CheckingWhileApplyingStillCatchesEveryDamagedByte) {
       std::memcpy(to, b, kMigrationPageBytes);
     }
   };
-  Result<PageBatchStats> st = ApplyPageBatchChecking(batch, 9, into_out);
+  Result<PageBatchStats> st = ApplyPageBatchChecking(batch, 9, Checksumming(into_out));
   ASSERT_TRUE(st.ok()) << st.status();
   EXPECT_EQ(st->zero_pages, 3u);
   EXPECT_EQ(st->data_pages, 6u);
@@ -190,23 +199,23 @@ TEST(MigrationWireTest, CheckingWhileApplyingStillCatchesEveryDamagedByte) {
                     batch.size() - 1}) {
     std::string flipped = batch;
     flipped[at] ^= 0x01;  // the index 4 becomes 5: still within the memory
-    Result<PageBatchStats> bad = ApplyPageBatchChecking(flipped, 9, into_out);
+    Result<PageBatchStats> bad = ApplyPageBatchChecking(flipped, 9, Checksumming(into_out));
     EXPECT_EQ(bad.status().code(), StatusCode::kDataLoss) << "flipped byte " << at;
   }
   applied = 0;
   auto count = [&](uint32_t, const char*) { ++applied; };
-  EXPECT_EQ(ApplyPageBatchChecking(batch.substr(0, batch.size() - 1), 9, count).status().code(),
+  EXPECT_EQ(ApplyPageBatchChecking(batch.substr(0, batch.size() - 1), 9, Checksumming(count)).status().code(),
             StatusCode::kDataLoss);
-  EXPECT_EQ(ApplyPageBatchChecking("garbage", 9, count).status().code(),
+  EXPECT_EQ(ApplyPageBatchChecking("garbage", 9, Checksumming(count)).status().code(),
             StatusCode::kInvalidArgument);
   std::string beyond = batch;
   beyond[24 + 4 * 8] = 9;  // the last index (page 8) becomes page 9 of a 9-page memory
-  EXPECT_EQ(ApplyPageBatchChecking(beyond, 9, count).status().code(),
+  EXPECT_EQ(ApplyPageBatchChecking(beyond, 9, Checksumming(count)).status().code(),
             StatusCode::kInvalidArgument);
   std::string lz4 =
       EncodePageBatch(reinterpret_cast<const uint8_t*>(mem.data()), idx, PageCodec::kLz4);
   lz4[lz4.size() - 3] ^= 0x10;
-  EXPECT_EQ(ApplyPageBatchChecking(lz4, 9, count).status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(ApplyPageBatchChecking(lz4, 9, Checksumming(count)).status().code(), StatusCode::kDataLoss);
   EXPECT_EQ(applied, 0);
 }
 
@@ -791,8 +800,8 @@ TEST(MigrationWireTest, SharedBatchesApplyAsFramedOnesAndBadOnesAreRefusedFirst)
       }
     };
   };
-  ASSERT_TRUE(ApplyPageBatchChecking(batch, 12, into(&framed)).ok());
-  Result<PageBatchStats> st = ApplySharedPageBatch(batch.data(), batch.size(), 12, into(&shared));
+  ASSERT_TRUE(ApplyPageBatchChecking(batch, 12, Checksumming(into(&framed))).ok());
+  Result<PageBatchStats> st = ApplySharedPageBatch(batch.data(), batch.size(), 12, Checksumming(into(&shared)));
   ASSERT_TRUE(st.ok()) << st.status();
   EXPECT_EQ(st->zero_pages + st->data_pages, idx.size());
   EXPECT_EQ(shared, framed);
@@ -800,19 +809,19 @@ TEST(MigrationWireTest, SharedBatchesApplyAsFramedOnesAndBadOnesAreRefusedFirst)
   // before any page is applied.
   int applied = 0;
   auto count = [&](uint32_t, const char*) { ++applied; };
-  EXPECT_EQ(ApplySharedPageBatch(batch.data(), batch.size(), 11, count).status().code(),
+  EXPECT_EQ(ApplySharedPageBatch(batch.data(), batch.size(), 11, Checksumming(count)).status().code(),
             StatusCode::kInvalidArgument);
-  EXPECT_EQ(ApplySharedPageBatch(batch.data(), batch.size() - 1, 12, count).status().code(),
+  EXPECT_EQ(ApplySharedPageBatch(batch.data(), batch.size() - 1, 12, Checksumming(count)).status().code(),
             StatusCode::kDataLoss);
-  EXPECT_FALSE(ApplySharedPageBatch(batch.data(), 20, 12, count).ok());
+  EXPECT_FALSE(ApplySharedPageBatch(batch.data(), 20, 12, Checksumming(count)).ok());
   const std::string lz4 =
       EncodePageBatch(reinterpret_cast<const uint8_t*>(mem.data()), idx, PageCodec::kLz4);
-  EXPECT_EQ(ApplySharedPageBatch(lz4.data(), lz4.size(), 12, count).status().code(),
+  EXPECT_EQ(ApplySharedPageBatch(lz4.data(), lz4.size(), 12, Checksumming(count)).status().code(),
             StatusCode::kInvalidArgument);
   EXPECT_EQ(applied, 0);
   std::string damaged = batch;
   damaged[damaged.size() - 100] ^= 0x10;
-  EXPECT_EQ(ApplySharedPageBatch(damaged.data(), damaged.size(), 12, count).status().code(),
+  EXPECT_EQ(ApplySharedPageBatch(damaged.data(), damaged.size(), 12, Checksumming(count)).status().code(),
             StatusCode::kDataLoss);
 }
 

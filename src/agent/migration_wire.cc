@@ -260,26 +260,6 @@ Result<PageBatchStats> DecodePageBatch(std::string_view p, uint32_t max_pages,
   return PageBatchStats{static_cast<uint32_t>(b.zero), static_cast<uint32_t>(b.data), raw_bytes};
 }
 
-namespace {
-// An `apply` that does not checksum, as a ChecksummingApply: the checksum first (the
-// page is then in cache for the copy).
-ChecksummingApply Checksumming(const std::function<void(uint32_t, const char*)>& apply) {
-  return [&apply](uint32_t page, const char* bytes, uint32_t crc) {
-    if (bytes != nullptr) crc = Crc32c(bytes, kMigrationPageBytes, crc);
-    apply(page, bytes);
-    return crc;
-  };
-}
-}  // namespace
-
-Result<PageBatchStats> ApplyPageBatchChecking(
-    std::string_view p, uint32_t max_pages,
-    const std::function<void(uint32_t, const char*)>& apply) {
-  TERN_ASSIGN_OR_RETURN(ParsedBatch b, ParseBatch(p, max_pages));
-  if (b.codec != PageCodec::kRaw) return DecodePageBatch(p, max_pages, apply);
-  return ApplyPageBatchChecking(p, max_pages, Checksumming(apply));
-}
-
 Result<PageBatchStats> ApplyPageBatchChecking(std::string_view p, uint32_t max_pages,
                                               const ChecksummingApply& apply) {
   TERN_ASSIGN_OR_RETURN(ParsedBatch b, ParseBatch(p, max_pages));
@@ -298,12 +278,6 @@ Result<PageBatchStats> ApplyPageBatchChecking(std::string_view p, uint32_t max_p
   if (crc != LoadU32(p.data() + 20)) return ChecksumMismatch();
   return PageBatchStats{static_cast<uint32_t>(b.zero), static_cast<uint32_t>(b.data),
                         b.data * kMigrationPageBytes};
-}
-
-Result<PageBatchStats> ApplySharedPageBatch(
-    const char* shared, size_t size, uint32_t max_pages,
-    const std::function<void(uint32_t, const char*)>& apply) {
-  return ApplySharedPageBatch(shared, size, max_pages, Checksumming(apply));
 }
 
 Result<PageBatchStats> ApplySharedPageBatch(const char* shared, size_t size, uint32_t max_pages,

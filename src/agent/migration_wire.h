@@ -82,21 +82,18 @@ struct PageBatchStats {
 // at all (the batch is checked before any page is applied).
 Result<PageBatchStats> DecodePageBatch(std::string_view payload, uint32_t max_pages,
                                        const std::function<void(uint32_t, const char*)>& apply);
-// The same for a destination that is thrown away whole when a batch is bad (a migration
-// target's hidden instance): the header, the size and every index are checked before
-// any page is applied, but a raw batch's checksum is taken page by page as the pages
-// are applied, so that `apply` copies each page while it is in cache (one read of the
-// section from memory instead of two). On a checksum mismatch (kDataLoss) pages have
-// been applied: the caller must discard the destination. LZ4 batches are checked first,
-// as DecodePageBatch does.
-Result<PageBatchStats> ApplyPageBatchChecking(
-    std::string_view payload, uint32_t max_pages,
-    const std::function<void(uint32_t, const char*)>& apply);
 // An `apply` that also takes each data page's checksum, in the same pass as its copy:
 // it returns Crc32c(bytes, kMigrationPageBytes, crc) for a data page (Crc32cCopyPage
 // does both), anything for a zero page (bytes = nullptr; the value is not used).
 using ChecksummingApply =
     std::function<uint32_t(uint32_t page, const char* bytes, uint32_t crc)>;
+// DecodePageBatch for a destination that is thrown away whole when a batch is bad (a
+// migration target's hidden instance): the header, the size and every index are checked
+// before any page is applied, but a raw batch's checksum is taken page by page by
+// `apply` as it copies each page (one read of the section from memory instead of two).
+// On a checksum mismatch (kDataLoss) pages have been applied: the caller must discard
+// the destination. LZ4 batches are checked first, as DecodePageBatch does (`apply`'s
+// checksum of their pages is not used).
 Result<PageBatchStats> ApplyPageBatchChecking(std::string_view payload, uint32_t max_pages,
                                               const ChecksummingApply& apply);
 
@@ -106,9 +103,6 @@ Result<PageBatchStats> ApplyPageBatchChecking(std::string_view payload, uint32_t
 // copy, so no write into `shared` can move an index past the check. A page's bytes may
 // still change between its checksum and its copy: the damage is confined to the pages the
 // writer sends anyway. LZ4 batches are refused.
-Result<PageBatchStats> ApplySharedPageBatch(
-    const char* shared, size_t size, uint32_t max_pages,
-    const std::function<void(uint32_t, const char*)>& apply);
 Result<PageBatchStats> ApplySharedPageBatch(const char* shared, size_t size, uint32_t max_pages,
                                             const ChecksummingApply& apply);
 

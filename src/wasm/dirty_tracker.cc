@@ -146,22 +146,7 @@ class UffdTracker final : public DirtyTracker {
 
   Status Rearm() override {
     pending_.clear();
-    // No output vector: the kernel's exclusive write-protect path, a plain walk.
-    const uint64_t end = reinterpret_cast<uint64_t>(base_ + bytes_);
-    uint64_t start = reinterpret_cast<uint64_t>(base_);
-    while (start < end) {
-      PmScanArg arg{};
-      arg.size = sizeof(arg);
-      arg.flags = kPmScanWpMatching | kPmScanCheckWpAsync;
-      arg.start = start;
-      arg.end = end;
-      arg.category_mask = kPageIsWritten;
-      arg.return_mask = kPageIsWritten;
-      if (::ioctl(pagemap_, kPagemapScan, &arg) < 0) return ErrnoError("PAGEMAP_SCAN", errno);
-      if (arg.walk_end <= start) return InternalError("PAGEMAP_SCAN made no progress");
-      start = arg.walk_end;
-    }
-    return Status::Ok();
+    return Scan(0, bytes_, /*populated_only=*/false, /*rearm=*/true, /*out=*/nullptr);
   }
 
   Status Grow(size_t new_bytes) override {
@@ -198,9 +183,9 @@ class UffdTracker final : public DirtyTracker {
   }
 
   // Reports the written pages of [base+from, base+to) into `out` (as page_bytes
-  // indices) and, with `rearm`, write-protects them again. A page counts as written
-  // when its entry is not write-protected; that includes never-populated entries without
-  // a uffd-wp marker
+  // indices; none when `out` is null: the kernel's exclusive write-protect walk) and,
+  // with `rearm`, write-protects them again. A page counts as written when its entry is
+  // not write-protected; that includes never-populated entries without a uffd-wp marker
   // (the kernel's fast path for this exact query), which is right for a range armed by
   // UFFDIO_WRITEPROTECT (every entry has a marker, and one that lost it was zapped, so
   // its content changed) but not for a range just added by Grow(): there
@@ -216,8 +201,10 @@ class UffdTracker final : public DirtyTracker {
       arg.flags = rearm ? kPmScanWpMatching | kPmScanCheckWpAsync : kPmScanCheckWpAsync;
       arg.start = start;
       arg.end = end;
-      arg.vec = reinterpret_cast<uint64_t>(regions_.data());
-      arg.vec_len = regions_.size();
+      if (out != nullptr) {
+        arg.vec = reinterpret_cast<uint64_t>(regions_.data());
+        arg.vec_len = regions_.size();
+      }
       arg.category_mask = kPageIsWritten;
       if (populated_only) arg.category_anyof_mask = kPageIsPresent | kPageIsSwapped;
       arg.return_mask = kPageIsWritten;
@@ -229,7 +216,7 @@ class UffdTracker final : public DirtyTracker {
         }
         return ErrnoError("PAGEMAP_SCAN", err);
       }
-      for (int i = 0; i < n; ++i) {
+      for (int i = 0; out != nullptr && i < n; ++i) {
         const PageRegion& r = regions_[i];
         uint64_t first = (r.start - base) / page_bytes_;
         uint64_t last = (r.end - 1 - base) / page_bytes_;
